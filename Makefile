@@ -1,0 +1,48 @@
+# memring's entry points. `make run` and `make test` do all the set-up they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES ?= memcached
+
+.PHONY: run test lint unit bench debian-deps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian packages the tests and benchmarks use as oracles. Installed without
+# starting their services (policy-rc.d exits 101); tests start their own.
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing; run 'make debian-deps' as root" >&2; exit 1; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; rc=$$?; \
+	  rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+
+run: venv
+	$(BIN)/memring-backend --listen 127.0.0.1:11211
+
+lint: venv
+	$(BIN)/ruff check protocol backend tests bench
+	$(BIN)/mypy
+
+test: venv debian-deps lint
+	$(BIN)/python -m pytest -q
+
+unit: venv
+	$(BIN)/python -m pytest -q -m unit
+
+bench: venv debian-deps
+	$(BIN)/python bench/backend_vs_memcached.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,189 @@
+"""Text-protocol commands: request events in, reply bytes out, against one Store.
+
+This is where memcached's replies are chosen; the codec has already validated the
+syntax and the server owns the sockets. Replies are appended to a list that the
+connection writes in one batch. Meta commands live in `backend.meta_commands`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backend.meta_commands import MetaCommands
+from backend.stats import StatsReport
+from backend.store import Outcome, Store
+from protocol.requests import (
+    Arithmetic,
+    CacheMemlimit,
+    Delete,
+    FlushAll,
+    Get,
+    MetaArithmetic,
+    MetaDebug,
+    MetaDelete,
+    MetaGet,
+    MetaNoop,
+    MetaSet,
+    ProtocolError,
+    Quit,
+    Shutdown,
+    Stats,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.requests import (
+    Store as StoreRequest,
+)
+
+END = b"END\r\n"
+_OUTCOME_REPLY = {
+    Outcome.STORED: b"STORED\r\n",
+    Outcome.NOT_STORED: b"NOT_STORED\r\n",
+    Outcome.EXISTS: b"EXISTS\r\n",
+    Outcome.NOT_FOUND: b"NOT_FOUND\r\n",
+    Outcome.NO_MEMORY: b"SERVER_ERROR out of memory storing object\r\n",
+}
+_NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+
+
+class CloseConnection(Exception):
+    """Raised by a command after which the connection must close (quit, bad framing)."""
+
+
+class CommandHandler:
+    """Executes request events against the store; one per server, shared by connections."""
+
+    def __init__(self, store: Store, stats: StatsReport) -> None:
+        self.store = store
+        self.stats = stats
+        self.meta = MetaCommands(store)
+        self.verbosity = 0
+        self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
+            Get: self.get,
+            StoreRequest: self.storage,
+            Delete: self.delete,
+            Arithmetic: self.arithmetic,
+            Touch: self.touch,
+            FlushAll: self.flush_all,
+            Stats: self.stats_command,
+            Version: self.version,
+            Verbosity: self.verbosity_command,
+            Quit: self.quit,
+            Shutdown: self.shutdown,
+            CacheMemlimit: self.cache_memlimit,
+            MetaGet: self.meta.get,
+            MetaSet: self.meta.set,
+            MetaDelete: self.meta.delete,
+            MetaArithmetic: self.meta.arithmetic,
+            MetaNoop: self.meta.noop,
+            MetaDebug: self.meta.debug,
+            ProtocolError: self.protocol_error,
+        }
+
+    def handle(self, event: object, out: list[bytes]) -> None:
+        """Append the reply of one request to `out`; raises CloseConnection to hang up."""
+        self._handlers[type(event)](event, out)
+
+    # -- retrieval -------------------------------------------------------------------
+
+    def get(self, request: Get, out: list[bytes]) -> None:
+        self.values(request, request.keys, out)
+        out.append(END)
+
+    def values(self, request: Get, keys: list[bytes], out: list[bytes]) -> None:
+        """The VALUE blocks of a retrieval for `keys` (a slice of the request's keys)."""
+        store = self.store
+        append = out.append
+        if request.command == b"get":
+            lookup = store.get
+            for key in keys:
+                item = lookup(key)
+                if item is not None:
+                    append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
+        else:
+            with_cas = request.with_cas
+            touch = request.touches
+            for key in keys:
+                item = store.get_and_touch(key, request.exptime) if touch else store.get(key)
+                if item is None:
+                    continue
+                if with_cas:
+                    append(b"VALUE %s%s %d\r\n%s\r\n" % (key, item.suffix, item.cas, item.value))
+                else:
+                    append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
+
+    # -- storage ---------------------------------------------------------------------
+
+    def storage(self, request: StoreRequest, out: list[bytes]) -> None:
+        outcome = self.store.store(request.command, request.key, request.value, request.flags,
+                                   request.exptime, request.cas_unique)
+        if not request.noreply:
+            out.append(_OUTCOME_REPLY[outcome])
+
+    def delete(self, request: Delete, out: list[bytes]) -> None:
+        deleted = self.store.delete(request.key)
+        if not request.noreply:
+            out.append(b"DELETED\r\n" if deleted else b"NOT_FOUND\r\n")
+
+    def arithmetic(self, request: Arithmetic, out: list[bytes]) -> None:
+        outcome, value, _item = self.store.arithmetic(request.key, request.command == b"incr",
+                                                      request.delta)
+        if request.noreply:
+            return
+        if outcome is Outcome.STORED:
+            out.append(b"%d\r\n" % value)
+        elif outcome is Outcome.NON_NUMERIC:
+            out.append(_NON_NUMERIC)
+        else:
+            out.append(b"NOT_FOUND\r\n")
+
+    def touch(self, request: Touch, out: list[bytes]) -> None:
+        touched = self.store.touch(request.key, request.exptime)
+        if not request.noreply:
+            out.append(b"TOUCHED\r\n" if touched else b"NOT_FOUND\r\n")
+
+    # -- administration ----------------------------------------------------------------
+
+    def flush_all(self, request: FlushAll, out: list[bytes]) -> None:
+        self.store.flush_all(request.delay)
+        if not request.noreply:
+            out.append(b"OK\r\n")
+
+    def stats_command(self, request: Stats, out: list[bytes]) -> None:
+        out.append(self.stats.reply(request.args))
+
+    def version(self, request: Version, out: list[bytes]) -> None:
+        out.append(b"VERSION %s\r\n" % self.stats.settings.version.encode())
+
+    def verbosity_command(self, request: Verbosity, out: list[bytes]) -> None:
+        self.verbosity = min(request.level, 2)
+        if not request.noreply:
+            out.append(b"OK\r\n")
+
+    def cache_memlimit(self, request: CacheMemlimit, out: list[bytes]) -> None:
+        if request.megabytes < 8:
+            reply = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n"
+        elif request.megabytes > 1000000000:
+            reply = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n"
+        else:
+            self.store.set_memory_limit(request.megabytes << 20)
+            reply = b"OK\r\n"
+        if not request.noreply:
+            out.append(reply)
+
+    def shutdown(self, request: Shutdown, out: list[bytes]) -> None:
+        # memcached refuses unless started with -A; so do we: SIGTERM stops a backend.
+        out.append(b"ERROR: shutdown not enabled\r\n")
+
+    def quit(self, request: Quit, out: list[bytes]) -> None:
+        raise CloseConnection
+
+    def protocol_error(self, error: ProtocolError, out: list[bytes]) -> None:
+        if error.drop_key is not None:
+            self.store.drop(error.drop_key)
+        if error.reply:
+            out.append(error.reply)
+        if error.close:
+            raise CloseConnection

@@ -1,0 +1,181 @@
+"""The `stats` family of replies, named and ordered as memcached 1.6 prints them."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import Counter
+
+from backend.settings import BackendSettings
+from backend.store import Store
+from protocol.sizes import SLAB_CHUNK_SIZES, slab_class
+
+MEMRING_VERSION = "0.1.0"
+
+
+class ServerCounters:
+    """Connection-level counters the server updates."""
+
+    __slots__ = ("bytes_read", "bytes_written", "curr_connections", "rejected_connections",
+                 "total_connections")
+
+    def __init__(self) -> None:
+        self.curr_connections = 0
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+
+class StatsReport:
+    def __init__(self, settings: BackendSettings, store: Store, counters: ServerCounters,
+                 port: int = 0) -> None:
+        self.settings = settings
+        self.store = store
+        self.counters = counters
+        self.port = port
+        self.started = time.time()
+        self.detail = False
+
+    def reply(self, args: list[bytes]) -> bytes:
+        if not args:
+            return self._lines(self.general())
+        sub = args[0]
+        if sub == b"reset":
+            self.store.stats.reset()
+            self.counters.total_connections = 0
+            self.counters.rejected_connections = 0
+            self.counters.bytes_read = self.counters.bytes_written = 0
+            return b"RESET\r\n"
+        if sub == b"settings":
+            return self._lines(self.settings_stats())
+        if sub == b"items":
+            return self._lines(self.items())
+        if sub == b"slabs":
+            return self._lines(self.slabs())
+        if sub == b"sizes":
+            return self._lines([("sizes_status", "disabled")])
+        if sub == b"conns":
+            return b"END\r\n"
+        if sub == b"detail":
+            if len(args) < 2:
+                return b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"
+            if args[1] in (b"on", b"off"):
+                self.detail = args[1] == b"on"
+                return b"OK\r\n"
+            if args[1] == b"dump":
+                return b"END\r\n"
+            return b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"
+        return b"ERROR\r\n"
+
+    @staticmethod
+    def _lines(pairs: list[tuple[str, object]]) -> bytes:
+        return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
+                        for k, v in pairs) + b"END\r\n"
+
+    def general(self) -> list[tuple[str, object]]:
+        s = self.store.stats
+        c = self.counters
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        now = time.time()
+        return [
+            ("pid", os.getpid()),
+            ("uptime", int(now - self.started)),
+            ("time", int(now)),
+            ("version", self.settings.version),
+            ("memring_version", MEMRING_VERSION),
+            ("pointer_size", 64),
+            ("rusage_user", f"{usage.ru_utime:.6f}"),
+            ("rusage_system", f"{usage.ru_stime:.6f}"),
+            ("max_connections", self.settings.max_connections),
+            ("curr_connections", c.curr_connections),
+            ("total_connections", c.total_connections),
+            ("rejected_connections", c.rejected_connections),
+            ("connection_structures", c.curr_connections + 1),
+            ("cmd_get", s.cmd_get),
+            ("cmd_set", s.cmd_set),
+            ("cmd_flush", s.cmd_flush),
+            ("cmd_touch", s.cmd_touch),
+            ("cmd_meta", s.cmd_meta),
+            ("get_hits", s.get_hits),
+            ("get_misses", s.get_misses),
+            ("get_expired", s.get_expired),
+            ("get_flushed", s.get_flushed),
+            ("delete_misses", s.delete_misses),
+            ("delete_hits", s.delete_hits),
+            ("incr_misses", s.incr_misses),
+            ("incr_hits", s.incr_hits),
+            ("decr_misses", s.decr_misses),
+            ("decr_hits", s.decr_hits),
+            ("cas_misses", s.cas_misses),
+            ("cas_hits", s.cas_hits),
+            ("cas_badval", s.cas_badval),
+            ("touch_hits", s.touch_hits),
+            ("touch_misses", s.touch_misses),
+            ("store_too_large", s.store_too_large),
+            ("store_no_memory", s.store_no_memory),
+            ("auth_cmds", 0),
+            ("auth_errors", 0),
+            ("bytes_read", c.bytes_read),
+            ("bytes_written", c.bytes_written),
+            ("limit_maxbytes", self.store.memory_limit),
+            ("accepting_conns", 1),
+            ("threads", 1),
+            ("bytes", self.store.bytes),
+            ("curr_items", len(self.store.items)),
+            ("total_items", s.total_items),
+            ("expired_unfetched", s.expired_unfetched),
+            ("evicted_unfetched", s.evicted_unfetched),
+            ("evictions", s.evictions),
+            ("reclaimed", s.reclaimed),
+        ]
+
+    def settings_stats(self) -> list[tuple[str, object]]:
+        host = self.settings.host
+        return [
+            ("maxbytes", self.store.memory_limit),
+            ("maxconns", self.settings.max_connections),
+            ("tcpport", self.port),
+            ("udpport", 0),
+            ("inter", host),
+            ("verbosity", 0),
+            ("oldest", 0),
+            ("evictions", "on"),
+            ("growth_factor", "1.25"),
+            ("chunk_size", 48),
+            ("num_threads", 1),
+            ("detail_enabled", "yes" if self.detail else "no"),
+            ("cas_enabled", "yes"),
+            ("binding_protocol", "ascii"),
+            ("item_size_max", self.settings.max_item_size),
+            ("flush_enabled", "yes"),
+            ("max_line", self.settings.max_line),
+            ("memring_version", MEMRING_VERSION),
+        ]
+
+    def _by_class(self) -> tuple[Counter[int], Counter[int]]:
+        numbers: Counter[int] = Counter()
+        requested: Counter[int] = Counter()
+        for item in self.store.items.values():
+            cls = slab_class(item.size)
+            numbers[cls] += 1
+            requested[cls] += item.size
+        return numbers, requested
+
+    def items(self) -> list[tuple[str, object]]:
+        numbers, requested = self._by_class()
+        pairs: list[tuple[str, object]] = []
+        for cls in sorted(numbers):
+            pairs += [(f"items:{cls}:number", numbers[cls]),
+                      (f"items:{cls}:mem_requested", requested[cls])]
+        return pairs
+
+    def slabs(self) -> list[tuple[str, object]]:
+        numbers, _ = self._by_class()
+        pairs: list[tuple[str, object]] = []
+        for cls in sorted(numbers):
+            pairs += [(f"{cls}:chunk_size", SLAB_CHUNK_SIZES[cls - 1]),
+                      (f"{cls}:used_chunks", numbers[cls])]
+        pairs += [("active_slabs", len(numbers)), ("total_malloced", self.store.bytes)]
+        return pairs

@@ -1,0 +1,464 @@
+"""The request side of the memcached text and meta protocols, sans I/O.
+
+Theory of operation: the caller feeds bytes with `receive_data` and pulls events with
+`next_event` until it returns NEED_DATA. The parser is in one of three states: reading
+a command line, reading the data block a storage command announced, or swallowing a
+data block memcached would discard after an error. Lines end at "\\n" (a "\\r" before
+it is dropped) and tokens are split on " " only, as memcached's tokenize_command does.
+
+Bad input never raises: it becomes a ProtocolError event carrying the exact reply
+memcached gives and whether the connection closes. Memory is bounded: a line without a
+newline may grow to 2048 bytes (memcached closes past that) unless it is a get/gets,
+which may grow to `max_line` (then "SERVER_ERROR request too long" and close, as
+memcached's own proxy answers); a data block is buffered only when its item fits
+`max_item_size`, else it is swallowed as it streams by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from protocol import meta_flags
+from protocol.meta_flags import (
+    BAD_FORMAT,
+    MAX_META_TOKENS,
+    MAX_OPAQUE_LENGTH,
+    MetaFlagError,
+    decode_key,
+    parse_meta_flags,
+)
+from protocol.numeric import parse_i32, parse_u32_flags, parse_u64
+from protocol.requests import (
+    Arithmetic,
+    CacheMemlimit,
+    Delete,
+    FlushAll,
+    Get,
+    MetaArithmetic,
+    MetaDebug,
+    MetaDelete,
+    MetaFlags,
+    MetaGet,
+    MetaNoop,
+    MetaSet,
+    ProtocolError,
+    Quit,
+    Request,
+    Shutdown,
+    Stats,
+    Store,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.sizes import KEY_MAX_LENGTH, item_size
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+# memcached closes a connection whose unterminated line passes 2048 bytes (memcached.c).
+MAX_UNTERMINATED_LINE = 2048
+DEFAULT_MAX_LINE = 1 << 20
+DEFAULT_MAX_ITEM_SIZE = 1 << 20
+
+ERROR = b"ERROR\r\n"
+_BAD_FORMAT = BAD_FORMAT + b"\r\n"
+_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+_TOO_LONG = b"SERVER_ERROR request too long\r\n"
+_NOREPLY = b"noreply"
+
+# First letters memcached dispatches on before its generic branch; an unknown command
+# starting with one of them answers ERROR even when its last token is "HTTP/..."
+# (proto_text.c process_command_ascii).
+_DISPATCHED_FIRST = frozenset(b"gsacidt")
+
+_STORAGE_COMMANDS = (b"set", b"add", b"replace", b"append", b"prepend")
+_RETRIEVAL_COMMANDS = (b"get", b"gets", b"gat", b"gats")
+
+
+def _error(reply: bytes, noreply: bool = False) -> ProtocolError | None:
+    # noreply hides every reply of a text command, errors included (live 1.6.18).
+    return None if noreply else ProtocolError(reply + b"\r\n")
+
+
+class RequestParser:
+    """Turns a client's byte stream into request events (the server role)."""
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE,
+                 max_item_size: int = DEFAULT_MAX_ITEM_SIZE) -> None:
+        self.max_line = max_line
+        self.max_item_size = max_item_size
+        self._buf = bytearray()
+        self._pos = 0
+        # A storage command waiting for its data block: a builder and the block's size.
+        self._pending: Callable[[bytes | None], Request | None] | None = None
+        self._pending_size = 0
+        self._swallow = 0
+        self._closed = False
+        self._dispatch: dict[bytes, Callable[[list[bytes]], Request | None]] = {
+            b"get": self._retrieval, b"gets": self._retrieval,
+            b"gat": self._retrieval, b"gats": self._retrieval,
+            b"set": self._storage, b"add": self._storage, b"replace": self._storage,
+            b"append": self._storage, b"prepend": self._storage, b"cas": self._storage,
+            b"delete": self._delete, b"incr": self._arithmetic, b"decr": self._arithmetic,
+            b"touch": self._touch, b"flush_all": self._flush_all, b"stats": self._stats,
+            b"version": lambda t: Version(), b"quit": lambda t: Quit(),
+            b"verbosity": self._verbosity, b"cache_memlimit": self._cache_memlimit,
+            b"shutdown": lambda t: Shutdown(t[1:]),
+            b"mg": self._meta_get, b"ms": self._meta_set, b"md": self._meta_delete,
+            b"ma": self._meta_arithmetic, b"mn": lambda t: MetaNoop(), b"me": self._meta_debug,
+        }
+
+    # -- feeding -------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __iter__(self) -> Iterator[Request]:
+        while True:
+            event = self.next_event()
+            if event is NEED_DATA:
+                return
+            yield event  # type: ignore[misc]
+
+    def next_event(self) -> Request | _NeedData:
+        while not self._closed:
+            if self._swallow:
+                if not self._consume_swallow():
+                    return NEED_DATA
+                continue
+            if self._pending is not None:
+                size = self._pending_size
+                if len(self._buf) - self._pos < size:
+                    return NEED_DATA
+                start = self._pos
+                self._pos = start + size
+                build = self._pending
+                self._pending = None
+                if self._buf[start + size - 2: start + size] != b"\r\n":
+                    # memcached consumes exactly <bytes>+2 and checks the tail (no resync).
+                    event: Request | None = build(None)
+                else:
+                    event = build(bytes(self._buf[start: start + size - 2]))
+                if event is not None:
+                    return event
+                continue
+            buf = self._buf
+            nl = buf.find(b"\n", self._pos)
+            if nl < 0:
+                return self._unterminated()
+            line = bytes(buf[self._pos: nl])
+            self._pos = nl + 1
+            if len(line) > self.max_line:
+                return self._close(_TOO_LONG)
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            event = self._line(line)
+            if event is not None:
+                return event
+        return NEED_DATA
+
+    # -- framing -------------------------------------------------------------------
+
+    def _consume_swallow(self) -> bool:
+        available = len(self._buf) - self._pos
+        take = min(available, self._swallow)
+        self._pos += take
+        self._swallow -= take
+        return self._swallow == 0
+
+    def _unterminated(self) -> Request | _NeedData:
+        pending = len(self._buf) - self._pos
+        if pending <= MAX_UNTERMINATED_LINE:
+            return NEED_DATA
+        head = bytes(self._buf[self._pos: self._pos + 110])
+        stripped = head.lstrip(b" ")
+        if len(head) - len(stripped) > 100 or not (
+                stripped.startswith(b"get ") or stripped.startswith(b"gets ")):
+            return self._close(b"")  # memcached closes silently
+        if pending > self.max_line:
+            return self._close(_TOO_LONG)
+        return NEED_DATA
+
+    def _close(self, reply: bytes) -> ProtocolError:
+        self._closed = True
+        self._buf.clear()
+        self._pos = 0
+        return ProtocolError(reply, close=True)
+
+    def _line(self, line: bytes) -> Request | None:
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+            if not tokens:
+                return ProtocolError(ERROR)
+        if tokens[0][:1] == b"\x80":
+            return self._close(b"")  # binary protocol: not supported, close
+        handler = self._dispatch.get(tokens[0])
+        if handler is not None:
+            return handler(tokens)
+        command = tokens[0]
+        if command[0] in _DISPATCHED_FIRST or (command[0] == 0x6D and len(command) == 2):
+            return ProtocolError(ERROR)
+        if tokens[-1].startswith(b"HTTP/"):
+            return self._close(b"")  # t/malicious-commands.t: close silently
+        return ProtocolError(ERROR)
+
+    def _expect_data(self, size: int, build: Callable[[bytes | None], Request | None]) -> None:
+        self._pending = build
+        self._pending_size = size
+
+    def _swallow_data(self, size: int) -> None:
+        self._swallow = size
+
+    # -- text commands ---------------------------------------------------------------
+
+    def _retrieval(self, tokens: list[bytes]) -> Request | None:
+        command = tokens[0]
+        exptime = 0
+        if command in (b"gat", b"gats"):
+            if len(tokens) < 2:
+                return ProtocolError(ERROR)
+            parsed = parse_i32(tokens[1])
+            if parsed is None:
+                return ProtocolError(b"CLIENT_ERROR invalid exptime argument\r\n")
+            exptime = parsed
+            keys = tokens[2:]
+        else:
+            keys = tokens[1:]
+            if not keys:
+                return ProtocolError(ERROR)
+        for key in keys:
+            if len(key) > KEY_MAX_LENGTH:
+                # The whole reply is the error: values already found are dropped.
+                return ProtocolError(_BAD_FORMAT)
+        return Get(command, keys, exptime)
+
+    def _storage(self, tokens: list[bytes]) -> Request | None:
+        command = tokens[0]
+        is_cas = command == b"cas"
+        n = len(tokens)
+        if (n not in (6, 7)) if is_cas else (n not in (5, 6)):
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        key = tokens[1]
+        if len(key) > KEY_MAX_LENGTH:
+            return _error(BAD_FORMAT, noreply)
+        flags = parse_u32_flags(tokens[2])
+        exptime = parse_i32(tokens[3])
+        length = parse_i32(tokens[4])
+        if flags is None or exptime is None or length is None:
+            return _error(BAD_FORMAT, noreply)
+        cas_unique = 0
+        if is_cas:
+            parsed_cas = parse_u64(tokens[5])
+            if parsed_cas is None:
+                return _error(BAD_FORMAT, noreply)
+            cas_unique = parsed_cas
+        if length < 0:
+            return _error(BAD_FORMAT, noreply)
+        if item_size(len(key), length, flags) > self.max_item_size:
+            self._swallow_data(length + 2)
+            if noreply:
+                return ProtocolError(b"", drop_key=key) if command == b"set" else None
+            return ProtocolError(_TOO_LARGE, drop_key=key if command == b"set" else None)
+
+        def build(value: bytes | None) -> Request | None:
+            if value is None:
+                return _error(b"CLIENT_ERROR bad data chunk", noreply)
+            return Store(command, key, flags, exptime, value, cas_unique, noreply)
+
+        self._expect_data(length + 2, build)
+        return None
+
+    def _delete(self, tokens: list[bytes]) -> Request | None:
+        n = len(tokens)
+        if n < 2 or n > 4:
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        if n > 2:
+            hold_is_zero = tokens[2] == b"0"
+            valid = (n == 3 and (hold_is_zero or noreply)) or (n == 4 and hold_is_zero and noreply)
+            if not valid:
+                return _error(b"CLIENT_ERROR bad command line format.  "
+                              b"Usage: delete <key> [noreply]", noreply)
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return _error(BAD_FORMAT, noreply)
+        return Delete(tokens[1], noreply)
+
+    def _arithmetic(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) not in (3, 4):
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return _error(BAD_FORMAT, noreply)
+        delta = parse_u64(tokens[2])
+        if delta is None:
+            return _error(b"CLIENT_ERROR invalid numeric delta argument", noreply)
+        return Arithmetic(tokens[0], tokens[1], delta, noreply)
+
+    def _touch(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) not in (3, 4):
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return _error(BAD_FORMAT, noreply)
+        exptime = parse_i32(tokens[2])
+        if exptime is None:
+            return _error(b"CLIENT_ERROR invalid exptime argument", noreply)
+        return Touch(tokens[1], exptime, noreply)
+
+    def _flush_all(self, tokens: list[bytes]) -> Request | None:
+        n = len(tokens)
+        if n > 3:
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        delay = 0
+        if n != (2 if noreply else 1):
+            parsed = parse_i32(tokens[1])
+            if parsed is None:
+                return _error(b"CLIENT_ERROR invalid exptime argument", noreply)
+            delay = parsed
+        return FlushAll(delay, noreply)
+
+    def _stats(self, tokens: list[bytes]) -> Request | None:
+        return Stats(tokens[1:])
+
+    def _verbosity(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) not in (2, 3):
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        level = parse_u32_flags(tokens[1])
+        if level is None:
+            return _error(BAD_FORMAT, noreply)
+        return Verbosity(level, noreply)
+
+    def _cache_memlimit(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) not in (2, 3):
+            return ProtocolError(ERROR)
+        noreply = tokens[-1] == _NOREPLY
+        megabytes = parse_u32_flags(tokens[1])
+        if megabytes is None:
+            return _error(b"ERROR", noreply)
+        return CacheMemlimit(megabytes, noreply)
+
+    # -- meta commands -------------------------------------------------------------
+
+    def _meta_key(self, tokens: list[bytes], generic_errors: bool
+                  ) -> tuple[bytes, MetaFlags] | ProtocolError:
+        """Key length, token count and flags, checked in memcached's order."""
+        key = tokens[1]
+        if len(key) > KEY_MAX_LENGTH:
+            return ProtocolError(_BAD_FORMAT)
+        if len(tokens) > MAX_META_TOKENS:
+            return ProtocolError(b"CLIENT_ERROR options flags are too long\r\n"
+                                 if tokens[0] == b"mg" else
+                                 b"CLIENT_ERROR options flags too long\r\n")
+        start = 3 if tokens[0] == b"ms" else 2
+        try:
+            flags, error = parse_meta_flags(tokens, start)
+        except MetaFlagError as exc:
+            error = exc.message
+            flags = MetaFlags()
+        else:
+            if error is None and flags.base64:
+                decoded = decode_key(key)
+                if decoded is None:
+                    error = meta_flags.DECODE_ERROR
+                else:
+                    key = decoded
+        if error is not None:
+            if generic_errors:
+                error = b"CLIENT_ERROR invalid or duplicate flag"
+            return ProtocolError(error + b"\r\n")
+        if len(flags.opaque) > MAX_OPAQUE_LENGTH:
+            return ProtocolError(b"CLIENT_ERROR opaque token too long\r\n")
+        return key, flags
+
+    def _meta_get(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) < 2:
+            return ProtocolError(ERROR)
+        parsed = self._meta_key(tokens, generic_errors=False)
+        if isinstance(parsed, ProtocolError):
+            return parsed
+        return MetaGet(*parsed)
+
+    def _meta_delete(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) < 2:
+            return ProtocolError(ERROR)
+        parsed = self._meta_key(tokens, generic_errors=True)
+        if isinstance(parsed, ProtocolError):
+            return parsed
+        return MetaDelete(*parsed)
+
+    def _meta_arithmetic(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) < 2:
+            return ProtocolError(ERROR)
+        parsed = self._meta_key(tokens, generic_errors=True)
+        if isinstance(parsed, ProtocolError):
+            return parsed
+        if parsed[1].mode not in (0, *b"Ii+Dd-"):
+            return ProtocolError(b"CLIENT_ERROR invalid mode for ma M token\r\n")
+        return MetaArithmetic(*parsed)
+
+    def _meta_set(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) < 2:
+            return ProtocolError(ERROR)
+        if len(tokens[1]) > KEY_MAX_LENGTH or len(tokens) == 2:
+            return ProtocolError(_BAD_FORMAT)
+        if len(tokens) > MAX_META_TOKENS:
+            return ProtocolError(b"CLIENT_ERROR options flags too long\r\n")
+        length = parse_i32(tokens[2])
+        if length is None or length < 0:
+            return ProtocolError(_BAD_FORMAT)
+        # From here on an error swallows the data block (proto_text.c process_mset_command).
+        parsed = self._meta_key(tokens, generic_errors=False)
+        if isinstance(parsed, ProtocolError):
+            self._swallow_data(length + 2)
+            return parsed
+        key, flags = parsed
+        if flags.mode not in (0, *b"EAPRS"):
+            self._swallow_data(length + 2)
+            return ProtocolError(b"CLIENT_ERROR invalid mode for ms M token\r\n")
+        if item_size(len(key), length, flags.client_flags) > self.max_item_size:
+            self._swallow_data(length + 2)
+            return ProtocolError(_TOO_LARGE, drop_key=key)
+
+        def build(value: bytes | None) -> Request | None:
+            if value is None:
+                return ProtocolError(_BAD_CHUNK)  # meta mode always reports errors
+            return MetaSet(key, flags, value)
+
+        self._expect_data(length + 2, build)
+        return None
+
+    def _meta_debug(self, tokens: list[bytes]) -> Request | None:
+        if len(tokens) < 2:
+            return ProtocolError(_BAD_FORMAT)
+        key = tokens[1]
+        if len(key) > KEY_MAX_LENGTH:
+            return ProtocolError(_BAD_FORMAT)
+        base64 = len(tokens) > 2 and tokens[2] == b"b"
+        if base64:
+            decoded = decode_key(key)
+            if decoded is None:
+                return ProtocolError(b"CLIENT_ERROR error decoding key\r\n")
+            key = decoded
+        return MetaDebug(key, base64)

@@ -1,0 +1,186 @@
+"""Request events: what a client asked for, one small class per wire command.
+
+Events are plain slotted dataclasses named after the wire (`Get`, `Store`, `MetaGet`).
+Keys are bytes exactly as memcached stores them (meta `b` keys already decoded).
+Numbers are already validated the way memcached validates them; what they *mean*
+(relative or absolute expiry, CAS rules) is the store's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Get:
+    """get / gets / gat / gats: `command` is the wire token, `exptime` only for gat/gats."""
+
+    command: bytes
+    keys: list[bytes]
+    exptime: int = 0
+
+    @property
+    def with_cas(self) -> bool:
+        return self.command in (b"gets", b"gats")
+
+    @property
+    def touches(self) -> bool:
+        return self.command in (b"gat", b"gats")
+
+
+@dataclass(slots=True)
+class Store:
+    """set / add / replace / append / prepend / cas, with its data block."""
+
+    command: bytes
+    key: bytes
+    flags: int
+    exptime: int
+    value: bytes
+    cas_unique: int = 0
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class Delete:
+    key: bytes
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class Arithmetic:
+    """incr / decr."""
+
+    command: bytes
+    key: bytes
+    delta: int
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class Touch:
+    key: bytes
+    exptime: int
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class FlushAll:
+    delay: int = 0
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class Stats:
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Version:
+    pass
+
+
+@dataclass(slots=True)
+class Verbosity:
+    level: int
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class Quit:
+    pass
+
+
+@dataclass(slots=True)
+class Shutdown:
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CacheMemlimit:
+    megabytes: int
+    noreply: bool = False
+
+
+@dataclass(slots=True)
+class MetaFlags:
+    """The flags of a meta command, validated as memcached's preparse does.
+
+    `order` keeps the flag characters in request order, because memcached answers
+    the return flags in the order they were asked for.
+    """
+
+    order: str = ""
+    opaque: bytes = b""          # the whole O token, e.g. b"Oabc", echoed verbatim
+    base64: bool = False         # b: the key travelled base64-encoded
+    quiet: bool = False          # q
+    ttl: int | None = None       # T
+    vivify_ttl: int | None = None  # N
+    recache_ttl: int | None = None  # R
+    cas: int | None = None       # C
+    explicit_cas: int | None = None  # E: the CAS value to give the item
+    client_flags: int = 0        # F
+    mode: int = 0                # M, the mode byte (0 = none)
+    delta: int = 1               # D
+    initial: int = 0             # J
+    invalidate: bool = False     # I
+    no_bump: bool = False        # u
+
+    def __contains__(self, flag: str) -> bool:
+        return flag in self.order
+
+
+@dataclass(slots=True)
+class MetaGet:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(slots=True)
+class MetaSet:
+    key: bytes
+    flags: MetaFlags
+    value: bytes
+
+
+@dataclass(slots=True)
+class MetaDelete:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(slots=True)
+class MetaArithmetic:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(slots=True)
+class MetaNoop:
+    pass
+
+
+@dataclass(slots=True)
+class MetaDebug:
+    key: bytes
+    base64: bool = False
+
+
+@dataclass(slots=True)
+class ProtocolError:
+    """Bad input: what to send back (may be empty) and whether to close afterwards.
+
+    The parser has already swallowed whatever memcached would swallow, so the I/O
+    layer only sends `reply` and, if `close`, closes the connection.
+    """
+
+    reply: bytes
+    close: bool = False
+    # A `set` too large for the cache also removes the key's old item (memcached does,
+    # so no stale value outlives a failed overwrite).
+    drop_key: bytes | None = None
+
+
+Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | Version
+           | Verbosity | Quit | Shutdown | CacheMemlimit | MetaGet | MetaSet | MetaDelete
+           | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError)

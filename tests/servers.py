@@ -1,0 +1,109 @@
+"""Real server processes for tests: memcached and memring backends on free loopback ports.
+
+Each server is started as a child process, polled until it answers `version`, and
+stopped with terminate-then-kill, so a failing test never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (HOST, self.port)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _answers_version(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as s:
+            s.sendall(b"version\r\n")
+            return s.recv(64).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(grace)
+
+
+@contextlib.contextmanager
+def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
+            timeout: float = 15.0) -> Iterator[RunningServer]:
+    """Start `argv_for_port` (with `{port}` filled in) and yield once it answers."""
+    port = port or free_port()
+    argv = [a.format(port=port) for a in argv_for_port]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers_version(port):
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise RuntimeError(f"{name} exited with {process.returncode}: {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer on port {port} within {timeout}s")
+            time.sleep(0.02)
+        yield RunningServer(name, port, process)
+    finally:
+        stop(process)
+
+
+def memcached_binary() -> str:
+    path = shutil.which("memcached") or "/usr/bin/memcached"
+    if not os.path.exists(path):
+        raise RuntimeError("memcached is not installed: run `make debian-deps` as root")
+    return path
+
+
+def memcached_argv(*extra: str) -> list[str]:
+    user = ["-u", "root"] if os.geteuid() == 0 else []
+    return [memcached_binary(), "-p", "{port}", "-U", "0", "-l", HOST, *user, *extra]
+
+
+def backend_argv(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "backend", "--listen", HOST + ":{port}", *extra]
+
+
+@contextlib.contextmanager
+def memcached(*extra: str) -> Iterator[RunningServer]:
+    with running("memcached", memcached_argv(*extra)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def backend(*extra: str) -> Iterator[RunningServer]:
+    with running("memring-backend", backend_argv(*extra)) as server:
+        yield server
