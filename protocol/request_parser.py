@@ -119,6 +119,8 @@ class RequestParser:
     # -- feeding -------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
+        if self._closed:
+            return  # the connection is closing: whatever follows is dropped
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0

@@ -1,0 +1,119 @@
+"""The response side, sans I/O: a server's byte stream in, response events out.
+
+Used in the client role (the proxy reading its backends). A reply stream is parsed
+line by line; VALUE and VA lines announce a data block that is read whole before the
+event is yielded. A malformed reply is a ResponseError: the connection that sent it
+can no longer be trusted to stay in step and must be closed by the caller.
+Memory is bounded by `max_line` and `max_value`.
+"""
+
+from __future__ import annotations
+
+from protocol.request_parser import NEED_DATA, _NeedData
+from protocol.responses import (
+    End,
+    ErrorReply,
+    Line,
+    MetaReply,
+    Number,
+    Response,
+    Stat,
+    Status,
+    Value,
+    VersionReply,
+)
+
+_STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
+                           b"TOUCHED", b"OK", b"RESET"})
+_META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
+_ERROR_KINDS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+
+
+class ResponseError(Exception):
+    """The server sent something that is not a memcached reply."""
+
+
+class ResponseParser:
+    def __init__(self, *, max_line: int = 65536, max_value: int = 64 << 20) -> None:
+        self.max_line = max_line
+        self.max_value = max_value
+        self._buf = bytearray()
+        self._pos = 0
+        self._pending: tuple[bytes, list[bytes], int] | None = None  # header, tokens, size
+
+    def receive_data(self, data: bytes) -> None:
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos > 65536:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Response | _NeedData:
+        if self._pending is not None:
+            return self._data_block()
+        buf = self._buf
+        nl = buf.find(b"\n", self._pos)
+        if nl < 0:
+            if len(buf) - self._pos > self.max_line:
+                raise ResponseError(f"reply line longer than {self.max_line} bytes")
+            return NEED_DATA
+        line = bytes(buf[self._pos: nl])
+        self._pos = nl + 1
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return self._line(line)
+
+    def _line(self, line: bytes) -> Response | _NeedData:
+        head, _, rest = line.partition(b" ")
+        if head == b"VALUE":
+            tokens = rest.split(b" ")
+            if len(tokens) not in (3, 4) or not all(t.isdigit() for t in tokens[1:]):
+                raise ResponseError(f"bad VALUE line {line[:100]!r}")
+            return self._expect(head, tokens, int(tokens[2]))
+        if head == b"END" and not rest:
+            return End()
+        if head in _STATUS_WORDS and not rest:
+            return Status(head)
+        if head == b"VA":
+            tokens = rest.split(b" ")
+            if not tokens[0].isdigit():
+                raise ResponseError(f"bad VA line {line[:100]!r}")
+            return self._expect(head, tokens, int(tokens[0]))
+        if head in _META_CODES:
+            return MetaReply(head, rest.split(b" ") if rest else [])
+        if head == b"STAT":
+            name, _, value = rest.partition(b" ")
+            return Stat(name, value)
+        if head in _ERROR_KINDS:
+            return ErrorReply(head, rest)
+        if head == b"VERSION":
+            return VersionReply(rest)
+        if line.isdigit():
+            return Number(int(line))
+        if not line:
+            raise ResponseError("empty reply line")
+        return Line(line)
+
+    def _expect(self, head: bytes, tokens: list[bytes], size: int) -> Response | _NeedData:
+        if size > self.max_value:
+            raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
+        self._pending = (head, tokens, size)
+        return self._data_block()
+
+    def _data_block(self) -> Response | _NeedData:
+        assert self._pending is not None
+        head, tokens, size = self._pending
+        if len(self._buf) - self._pos < size + 2:
+            return NEED_DATA
+        start = self._pos
+        if self._buf[start + size: start + size + 2] != b"\r\n":
+            raise ResponseError("data block not terminated by \\r\\n")
+        value = bytes(self._buf[start: start + size])
+        self._pos = start + size + 2
+        self._pending = None
+        if head == b"VALUE":
+            cas = int(tokens[3]) if len(tokens) == 4 else None
+            return Value(tokens[0], int(tokens[1]), value, cas)
+        return MetaReply(b"VA", tokens[1:], value)
