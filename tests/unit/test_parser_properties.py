@@ -87,6 +87,6 @@ def test_garbage_yields_events_never_exceptions(chunks: list[bytes]) -> None:
             event = parser.next_event()
             if event is NEED_DATA:
                 break
-            assert isinstance(event, Request)  # type: ignore[arg-type,misc]
+            assert isinstance(event, Request)
         # Bounded: never more than a line (or a data block) plus one chunk is kept.
         assert parser.buffered <= 4096 + 2 + 200

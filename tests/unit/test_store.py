@@ -1,0 +1,135 @@
+"""The store's semantics, with a controllable clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.store import MAX_RELATIVE_EXPTIME, Outcome, Store
+
+pytestmark = pytest.mark.unit
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> Store:
+    return Store(memory_limit=1 << 20, clock=clock)
+
+
+def test_set_get_and_cas_increase(store: Store) -> None:
+    assert store.store(b"set", b"a", b"1", 0, 0) is Outcome.STORED
+    assert store.store(b"set", b"b", b"2", 3, 0) is Outcome.STORED
+    a, b = store.get(b"a"), store.get(b"b")
+    assert a is not None and b is not None
+    assert (a.value, b.flags, a.cas, b.cas) == (b"1", 3, 1, 2)
+
+
+def test_add_replace_append_prepend(store: Store) -> None:
+    assert store.store(b"replace", b"k", b"x", 0, 0) is Outcome.NOT_STORED
+    assert store.store(b"append", b"k", b"x", 0, 0) is Outcome.NOT_STORED
+    assert store.store(b"add", b"k", b"mid", 7, 100) is Outcome.STORED
+    assert store.store(b"add", b"k", b"x", 0, 0) is Outcome.NOT_STORED
+    assert store.store(b"append", b"k", b">", 0, 0) is Outcome.STORED
+    assert store.store(b"prepend", b"k", b"<", 0, 0) is Outcome.STORED
+    item = store.get(b"k")
+    assert item is not None
+    # append/prepend keep the flags and the expiry of the item.
+    assert (item.value, item.flags, item.expires) == (b"<mid>", 7, int(store.clock()) + 100)
+
+
+def test_cas_rules(store: Store) -> None:
+    assert store.store(b"cas", b"k", b"x", 0, 0, 1) is Outcome.NOT_FOUND
+    store.store(b"set", b"k", b"v", 0, 0)
+    item = store.peek(b"k")
+    assert item is not None
+    assert store.store(b"cas", b"k", b"x", 0, 0, item.cas + 1) is Outcome.EXISTS
+    assert store.store(b"cas", b"k", b"x", 0, 0, item.cas) is Outcome.STORED
+    assert (store.stats.cas_misses, store.stats.cas_badval, store.stats.cas_hits) == (1, 1, 1)
+
+
+def test_incr_wraps_decr_floors_and_pads(store: Store) -> None:
+    store.store(b"set", b"n", b"18446744073709551615", 0, 0)
+    assert store.arithmetic(b"n", True, 2)[:2] == (Outcome.STORED, 1)
+    store.store(b"set", b"n", b"100", 0, 0)
+    assert store.arithmetic(b"n", False, 1)[:2] == (Outcome.STORED, 99)
+    item = store.peek(b"n")
+    assert item is not None and item.value == b"99 "  # memcached pads in place
+    assert store.arithmetic(b"n", False, 1000)[:2] == (Outcome.STORED, 0)
+    store.store(b"set", b"s", b"abc", 0, 0)
+    assert store.arithmetic(b"s", True, 1)[0] is Outcome.NON_NUMERIC
+    assert store.arithmetic(b"missing", True, 1)[0] is Outcome.NOT_FOUND
+    store.store(b"set", b"g", b"9", 0, 0)
+    assert store.arithmetic(b"g", True, 1)[:2] == (Outcome.STORED, 10)
+    item = store.peek(b"g")
+    assert item is not None and item.value == b"10"
+
+
+def test_expiry_relative_absolute_negative(store: Store, clock: FakeClock) -> None:
+    now = int(clock.now)
+    store.store(b"set", b"rel", b"x", 0, 10)
+    store.store(b"set", b"abs", b"x", 0, now + MAX_RELATIVE_EXPTIME + 100)
+    store.store(b"set", b"past", b"x", 0, MAX_RELATIVE_EXPTIME + 1)
+    store.store(b"set", b"neg", b"x", 0, -1)
+    assert store.get(b"past") is None and store.get(b"neg") is None
+    clock.now += 9
+    assert store.get(b"rel") is not None
+    clock.now += 1
+    assert store.get(b"rel") is None
+    assert store.get(b"abs") is not None
+    assert store.stats.get_expired == 3
+
+
+def test_touch_and_gat_change_expiry_not_cas(store: Store, clock: FakeClock) -> None:
+    store.store(b"set", b"k", b"x", 0, 5)
+    before = store.peek(b"k")
+    assert before is not None
+    assert store.touch(b"k", 100)
+    clock.now += 50
+    item = store.get_and_touch(b"k", 0)
+    assert item is not None and item.cas == before.cas and item.expires == 0
+
+
+def test_lru_eviction_near_the_limit(clock: FakeClock) -> None:
+    store = Store(memory_limit=100_000, clock=clock)
+    for i in range(200):
+        store.store(b"set", b"k%d" % i, b"v" * 1000, 0, 0)
+        store.get(b"k0")  # k0 stays hot
+    assert store.bytes <= 100_000
+    assert store.bytes > 100_000 - 2000
+    assert store.peek(b"k0") is not None
+    assert store.peek(b"k1") is None
+    assert store.stats.evictions == 200 - len(store.items)
+
+
+def test_flush_all_now_and_delayed(store: Store, clock: FakeClock) -> None:
+    store.store(b"set", b"a", b"1", 0, 0)
+    store.flush_all()
+    assert store.get(b"a") is None
+    store.store(b"set", b"b", b"1", 0, 0)
+    store.flush_all(10)
+    clock.now += 5
+    assert store.get(b"b") is not None
+    clock.now += 5
+    assert store.get(b"b") is None
+    store.store(b"set", b"c", b"1", 0, 0)
+    assert store.get(b"c") is not None
+
+
+def test_reap_drops_expired_items(store: Store, clock: FakeClock) -> None:
+    for i in range(50):
+        store.store(b"set", b"k%d" % i, b"x", 0, 1 + i % 2)
+    clock.now += 1
+    assert store.reap() == 25
+    assert len(store.items) == 25
+    assert store.bytes == sum(item.size for item in store.items.values())
