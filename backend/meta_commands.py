@@ -62,11 +62,10 @@ class MetaCommands:
         key = request.key
         now = store.now()
         stats = store.stats
-        stats.cmd_meta += 1
         item = store.peek(key)
         created = False
         if item is None and flags.vivify_ttl is not None:
-            item = store.make_item(key, b"", 0, flags.vivify_ttl)
+            item = store.make_item(key, b"", 0, 0)  # the N flag sets its TTL in turn
             item.key_binary = flags.base64
             store._link(key, item)
             created = True
@@ -84,7 +83,9 @@ class MetaCommands:
                 item.expires = store.absolute_expiry(flags.ttl or 0, now)
                 ttl_set = True
             elif flag == "N":
-                won = won or created
+                if created:
+                    item.expires = store.absolute_expiry(flags.vivify_ttl or 0, now)
+                    won = True
             elif flag == "R":
                 if (not item.token_sent and not created and item.expires
                         and item.expires < store.absolute_expiry(flags.recache_ttl or 0, now)):
@@ -132,7 +133,6 @@ class MetaCommands:
         store = self.store
         flags = request.flags
         key = request.key
-        store.stats.cmd_meta += 1
         store.stats.cmd_set += 1
         command = _MS_MODES[flags.mode]
         item = store.make_item(key, request.value, flags.client_flags, flags.ttl or 0)
@@ -164,7 +164,8 @@ class MetaCommands:
         current = store.peek(key)
         explicit_cas = flags.explicit_cas or 0
         if flags.cas is not None and current is not None and current.cas != flags.cas:
-            if command in (b"set", b"replace") and flags.invalidate and flags.cas < current.cas:
+            if (command in (b"set", b"replace") and flags.invalidate
+                    and 0 < flags.cas < current.cas):
                 # I with an older CAS: store anyway, but mark the item stale.
                 item.stale = True
                 return store._link(key, item, explicit_cas), item
@@ -199,7 +200,6 @@ class MetaCommands:
         store = self.store
         flags = request.flags
         key = request.key
-        store.stats.cmd_meta += 1
         item = store.peek(key)
         if item is None:
             store.stats.delete_misses += 1
@@ -230,7 +230,6 @@ class MetaCommands:
         store = self.store
         flags = request.flags
         key = request.key
-        store.stats.cmd_meta += 1
         incr = flags.mode in (0, 0x49, 0x69, 0x2B)  # I i +
         outcome, value, item = store.arithmetic(key, incr, flags.delta, flags.cas or 0)
         created = False
@@ -280,7 +279,9 @@ class MetaCommands:
             out.append(b"EN\r\n")
             return
         now = self.store.now()
-        key = base64.b64encode(request.key) if request.base64 else request.key
+        # memcached 1.6.18 prints exp as now minus the expiry time (negative while the
+        # item lives); differential case me_hit_miss pins it.
         out.append(b"ME %s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\r\n" % (
-            key, -1 if item.expires == 0 else item.expires - now, now - item.last_access,
+            request.key, -1 if item.expires == 0 else now - item.expires,
+            now - item.last_access,
             item.cas, b"yes" if item.fetched else b"no", slab_class(item.size), item.size))

@@ -461,6 +461,6 @@ class RequestParser:
         if base64:
             decoded = decode_key(key)
             if decoded is None:
-                return ProtocolError(b"CLIENT_ERROR error decoding key\r\n")
+                return ProtocolError(_BAD_FORMAT)
             key = decoded
         return MetaDebug(key, base64)
