@@ -28,7 +28,7 @@ from protocol.meta_flags import (
     decode_key,
     parse_meta_flags,
 )
-from protocol.numeric import parse_i32, parse_u32_flags, parse_u64
+from protocol.numeric import I32_MAX, parse_i32, parse_u32_flags, parse_u64
 from protocol.requests import (
     Arithmetic,
     CacheMemlimit,
@@ -102,6 +102,7 @@ class RequestParser:
         self._pending_size = 0
         self._swallow = 0
         self._closed = False
+        self._first_byte_seen = False
         self._dispatch: dict[bytes, Callable[[list[bytes]], Request | None]] = {
             b"get": self._retrieval, b"gets": self._retrieval,
             b"gat": self._retrieval, b"gats": self._retrieval,
@@ -141,6 +142,12 @@ class RequestParser:
             yield event  # type: ignore[misc]
 
     def next_event(self) -> Request | _NeedData:
+        if not self._first_byte_seen and self._buf:
+            self._first_byte_seen = True
+            if self._buf[0] == 0x80:
+                # memcached negotiates the binary protocol on a connection's first byte;
+                # memring speaks only text and meta, so it closes.
+                return self._close(b"")
         while not self._closed:
             if self._swallow:
                 if not self._consume_swallow():
@@ -211,8 +218,6 @@ class RequestParser:
             tokens = [t for t in tokens if t]
             if not tokens:
                 return ProtocolError(ERROR)
-        if tokens[0][:1] == b"\x80":
-            return self._close(b"")  # binary protocol: not supported, close
         handler = self._dispatch.get(tokens[0])
         if handler is not None:
             return handler(tokens)
@@ -274,7 +279,7 @@ class RequestParser:
             if parsed_cas is None:
                 return _error(BAD_FORMAT, noreply)
             cas_unique = parsed_cas
-        if length < 0:
+        if length < 0 or length > I32_MAX - 2:
             return _error(BAD_FORMAT, noreply)
         if item_size(len(key), length, flags) > self.max_item_size:
             self._swallow_data(length + 2)
@@ -428,7 +433,7 @@ class RequestParser:
         if len(tokens) > MAX_META_TOKENS:
             return ProtocolError(b"CLIENT_ERROR options flags too long\r\n")
         length = parse_i32(tokens[2])
-        if length is None or length < 0:
+        if length is None or length < 0 or length > I32_MAX - 2:
             return ProtocolError(_BAD_FORMAT)
         # From here on an error swallows the data block (proto_text.c process_mset_command).
         parsed = self._meta_key(tokens, generic_errors=False)
