@@ -8,8 +8,9 @@ import sys
 
 import trio
 
-from backend.server import BackendServer, PortInUse
+from backend.server import BackendServer
 from backend.settings import BackendSettings, SettingsError, load_settings
+from backend.socket_io import PortInUse
 
 log = logging.getLogger("memring.backend")
 

@@ -1,10 +1,11 @@
-"""The backend's TCP server: one trio task per connection over raw trio sockets.
+"""The backend's TCP server: one trio task per connection over non-blocking sockets.
 
 Theory of operation: a connection reads what the socket has, feeds the parser, runs
 every complete request against the store in order, and writes all their replies in
-one send, so a pipelined burst costs one recv and one send. Raw `trio.socket` sockets
-are used instead of trio streams because the stream layer alone costs more than the
-codec and the store together (measured: see docs/benchmarks.md).
+one send, so a pipelined burst costs one recv and one send. Sockets are driven by
+`backend.socket_io` (trio's low-level readiness waits) instead of trio streams or
+`trio.socket`, whose per-call scheduling costs more than the codec and the store
+together (measured: see docs/benchmarks.md).
 
 Memory stays bounded: one read is at most READ_SIZE bytes, the parser bounds lines and
 values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of many
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket as stdlib_socket
+import socket
 from dataclasses import dataclass, field
 
 import trio
 
+from backend import socket_io
 from backend.commands import CloseConnection, CommandHandler
 from backend.settings import BackendSettings
 from backend.stats import ServerCounters, StatsReport
@@ -38,22 +40,10 @@ GET_SLICE = 64  # keys of one multi-get handled between flushes
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
 
 
-class PortInUse(Exception):
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(f"port {port} on {host} is already in use")
-
-
 @dataclass(eq=False)
 class _Connection:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True
-
-
-async def send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
 
 
 class BackendServer:
@@ -71,7 +61,7 @@ class BackendServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listener = await self._listen()
+        listener = socket_io.listen(self.settings.host, self.settings.port)
         port = listener.getsockname()[1]
         self.stats.port = port
         async with trio.open_nursery() as services:
@@ -79,24 +69,12 @@ class BackendServer:
             async with trio.open_nursery() as connections:
                 self._conn_nursery = connections
                 task_status.started(port)
-                with listener, self._accepting:
-                    await self._accept_forever(listener, connections)
+                try:
+                    with self._accepting:
+                        await self._accept_forever(listener, connections)
+                finally:
+                    socket_io.close(listener)
             services.cancel_scope.cancel()
-
-    async def _listen(self) -> trio.socket.SocketType:
-        host, port = self.settings.host, self.settings.port
-        listener = trio.socket.socket(stdlib_socket.AF_INET6 if ":" in host
-                                      else stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
-        listener.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
-        try:
-            await listener.bind((host, port))
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(host, port) from None
-            raise
-        listener.listen(1024)
-        return listener
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting; close idle connections now and the rest after `grace` s."""
@@ -113,13 +91,12 @@ class BackendServer:
             await trio.sleep(self.settings.reap_interval)
             self.store.reap()
 
-    async def _accept_forever(self, listener: trio.socket.SocketType,
-                              nursery: trio.Nursery) -> None:
+    async def _accept_forever(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         counters = self.counters
         counters.total_connections = 1  # memcached counts its listening socket too
         while True:
             try:
-                sock, _address = await listener.accept()
+                sock = await socket_io.accept(listener)
             except OSError as exc:
                 # Out of file descriptors and the like: log once, back off, go on.
                 log.warning("accept failed: %s", exc)
@@ -133,37 +110,39 @@ class BackendServer:
             counters.curr_connections += 1
             nursery.start_soon(self._serve_connection, sock)
 
-    async def _reject(self, sock: trio.socket.SocketType) -> None:
-        with sock, trio.move_on_after(1):
-            try:
-                await send_all(sock, TOO_MANY_CONNECTIONS)
-            except OSError:
-                pass
+    async def _reject(self, sock: socket.socket) -> None:
+        try:
+            with trio.move_on_after(1):
+                await socket_io.send_all(sock, TOO_MANY_CONNECTIONS)
+        except OSError:
+            pass
+        finally:
+            socket_io.close(sock)
 
-    async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
+    async def _serve_connection(self, sock: socket.socket) -> None:
         conn = _Connection()
         self._connections.add(conn)
         try:
-            with sock, conn.scope:
-                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            with conn.scope:
                 await self._converse(sock, conn)
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
                 log.info("connection error: %s", exc)
         finally:
+            socket_io.close(sock)
             self._connections.discard(conn)
             self.counters.curr_connections -= 1
 
-    async def _converse(self, sock: trio.socket.SocketType, conn: _Connection) -> None:
+    async def _converse(self, sock: socket.socket, conn: _Connection) -> None:
         parser = RequestParser(max_line=self.settings.max_line,
                                max_item_size=self.settings.max_item_size)
         handle = self.handler.handle
         counters = self.counters
-        recv = sock.recv
+        recv = socket_io.recv
         next_event = parser.next_event
         while not self._closing:
             conn.idle = parser.buffered == 0
-            data = await recv(READ_SIZE)
+            data = await recv(sock, READ_SIZE)
             conn.idle = False
             if not data:
                 return
@@ -189,13 +168,13 @@ class BackendServer:
             if closing:
                 return
 
-    async def _flush(self, sock: trio.socket.SocketType, out: list[bytes]) -> None:
+    async def _flush(self, sock: socket.socket, out: list[bytes]) -> None:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await send_all(sock, data)
+        await socket_io.send_all(sock, data)
 
-    async def _multi_get(self, sock: trio.socket.SocketType, request: Get,
+    async def _multi_get(self, sock: socket.socket, request: Get,
                          out: list[bytes]) -> None:
         """A get of many keys, answered a slice at a time so big replies stream."""
         keys = request.keys
