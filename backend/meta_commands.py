@@ -242,6 +242,8 @@ class MetaCommands:
             store._link(key, item)
             outcome = Outcome.STORED
             created = True
+        if outcome is Outcome.STORED and item is not None and flags.explicit_cas:
+            item.cas = flags.explicit_cas  # E: the client chooses the new CAS value
         if outcome is not Outcome.STORED or item is None:
             code = b"EX" if outcome is Outcome.EXISTS else b"NF"
             out.append(_line(code, _echo(flags, key, flags.base64)))

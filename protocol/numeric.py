@@ -39,7 +39,11 @@ def _strto(token: bytes) -> tuple[int, bool] | None:
 
 
 def parse_i32(token: bytes) -> int | None:
-    """safe_strtol: a signed 32-bit integer."""
+    """safe_strtol: a signed 32-bit integer (exptime, lengths, meta TTLs).
+
+    memcached 1.6.18 parses into a 64-bit long and keeps the low 32 bits, so an exptime
+    of 4294967297 becomes 1 second; we refuse values outside int32 instead.
+    """
     if token.isdigit() and len(token) < 10:
         return int(token)
     parsed = _strto(token)

@@ -117,6 +117,14 @@ def test_flags_are_u32_and_reject_overflow() -> None:
            ProtocolError(b"ERROR\r\n")])
 
 
+def test_numbers_past_int32_are_refused() -> None:
+    # 1.6.18 keeps the low 32 bits (4294967297 -> 1); we refuse, see protocol/numeric.py.
+    for line in (b"set k 0 4294967297 1\r\n", b"set k 0 0 4294967297\r\n",
+                 b"set k 0 0 2147483647\r\n"):
+        check(line + b"x\r\n", [ProtocolError(b"CLIENT_ERROR bad command line format\r\n"),
+                                 ProtocolError(b"ERROR\r\n")])
+
+
 def test_c_number_rules() -> None:
     check(b"set k +5 -0 1\r\nx\r\n", [Store(b"set", b"k", 5, 0, b"x")])
     check(b"set k 1_0 0 1\r\nx\r\n",

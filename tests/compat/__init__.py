@@ -1,0 +1,1 @@
+"""Differential tests: replay raw client bytes against memcached and memring, compare replies."""
