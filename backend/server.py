@@ -3,9 +3,9 @@
 Theory of operation: a connection reads what the socket has, feeds the parser, runs
 every complete request against the store in order, and writes all their replies in
 one send, so a pipelined burst costs one recv and one send. Sockets are driven by
-`backend.socket_io` (trio's low-level readiness waits) instead of trio streams or
-`trio.socket`, whose per-call scheduling costs more than the codec and the store
-together (measured: see docs/benchmarks.md).
+`backend.socket_io` (trio's low-level readiness waits) rather than trio streams, whose
+layer costs more than the codec and the store together, or `trio.socket` (3% slower
+here; see docs/benchmarks.md).
 
 Memory stays bounded: one read is at most READ_SIZE bytes, the parser bounds lines and
 values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of many
