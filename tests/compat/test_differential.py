@@ -46,15 +46,9 @@ PRESTART_DEPTH = int(os.environ.get("MEMRING_COMPAT_PRESTART", "2"))  # servers 
 
 ServerFactory = Callable[[], contextlib.AbstractContextManager[servers.RunningServer]]
 
-# memcached's LRU crawler and maintainer threads briefly hold items; an incr that meets a held
-# item allocates a new one instead of rewriting in place, so the value loses its space padding
-# and total_items grows. Without those threads 1.6.18 is deterministic (seen flaking ~1 run in 10).
-REFERENCE_ARGS = ("-o", "no_lru_crawler,no_lru_maintainer")
-
-
 def reference() -> contextlib.AbstractContextManager[servers.RunningServer]:
-    """The oracle: memcached 1.6.18 without its background LRU threads."""
-    return servers.memcached(*REFERENCE_ARGS)
+    """The oracle: memcached 1.6.18 without its background LRU threads (tests.servers)."""
+    return servers.memcached()
 
 
 @dataclass(frozen=True)

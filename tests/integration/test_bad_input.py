@@ -13,7 +13,6 @@ reading or never answers fails the test instead of hanging it; every loop is bou
 
 from __future__ import annotations
 
-import contextlib
 import random
 import select
 import socket
@@ -37,23 +36,8 @@ MAX_ITEM_SIZE = 1 << 20
 MiB = 1 << 20
 CHUNK = 64 * 1024
 SOCKET_TIMEOUT = 3.0
-MEMCACHED_ARGS = ("-o", "no_lru_crawler,no_lru_maintainer")
 
 
-@contextlib.contextmanager
-def start(kind: str, *extra: str) -> Iterator[servers.RunningServer]:
-    """A server of `kind`; memcached is SIGKILLed at the end (its SIGTERM path idles ~1 s)."""
-    if kind == "memcached":
-        context = servers.memcached(*MEMCACHED_ARGS, *extra)
-    else:
-        context = servers.backend(*extra)
-    with context as server:
-        try:
-            yield server
-        finally:
-            if kind == "memcached" and server.process.poll() is None:
-                server.process.kill()
-                server.process.wait(5)
 
 
 # --- talking to a server -----------------------------------------------------------------------
@@ -158,7 +142,7 @@ def assert_intact(server: servers.RunningServer, kept: dict[bytes, bytes]) -> No
 
 @pytest.fixture(scope="module")
 def running() -> Iterator[dict[str, servers.RunningServer]]:
-    with start("memcached") as memcached, start("backend") as backend:
+    with servers.start("memcached") as memcached, servers.start("backend") as backend:
         yield {"memcached": memcached, "backend": backend}
 
 
@@ -428,7 +412,7 @@ def test_client_disconnects_mid_value(server: servers.RunningServer,
 # --- connection limit ----------------------------------------------------------------------------
 
 def test_too_many_connections() -> None:
-    with start("backend", "--max-connections", "5") as server:
+    with servers.start("backend", "--max-connections", "5") as server:
         time.sleep(0.2)  # let the backend notice that the readiness probe hung up
         store(server, {b"k": b"v"})
         time.sleep(0.2)
@@ -476,7 +460,7 @@ RSS_GROWTH_BOUND_MB = 40
 
 
 def test_memory_stays_bounded(capsys: pytest.CaptureFixture[str]) -> None:
-    with start("backend") as server:
+    with servers.start("backend") as server:
         pid = server.pid
         kept = {b"mem:k": b"v" * 1000}
         store(server, kept)

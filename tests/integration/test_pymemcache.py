@@ -8,7 +8,6 @@ Time-dependent checks (expiry, delayed flush_all) drive both servers at once to 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -30,25 +29,8 @@ MAX_ITEM_SIZE = 1 << 20
 ITEM_OVERHEAD = 59
 CONNECT_TIMEOUT = 2.0
 TIMEOUT = 5.0
-# Without its LRU crawler memcached reclaims flushed and expired items only when they are
-# touched, so stats deltas are deterministic (the compat harness runs it the same way).
-MEMCACHED_ARGS = ("-o", "no_lru_crawler,no_lru_maintainer")
 
 
-@contextlib.contextmanager
-def start(kind: str, *extra: str) -> Iterator[servers.RunningServer]:
-    """A server of `kind`; memcached is SIGKILLed at the end (its SIGTERM path idles ~1 s)."""
-    if kind == "memcached":
-        context = servers.memcached(*MEMCACHED_ARGS, *extra)
-    else:
-        context = servers.backend(*extra)
-    with context as server:
-        try:
-            yield server
-        finally:
-            if kind == "memcached" and server.process.poll() is None:
-                server.process.kill()
-                server.process.wait(5)
 
 
 def client_for(server: servers.RunningServer, *, noreply: bool) -> Client:
@@ -58,7 +40,7 @@ def client_for(server: servers.RunningServer, *, noreply: bool) -> Client:
 
 @pytest.fixture(scope="module")
 def running() -> Iterator[dict[str, servers.RunningServer]]:
-    with start("memcached") as memcached, start("backend") as backend:
+    with servers.start("memcached") as memcached, servers.start("backend") as backend:
         yield {"memcached": memcached, "backend": backend}
 
 
@@ -343,7 +325,7 @@ def test_expiry_touch_and_delayed_flush(running: dict[str, servers.RunningServer
     """Both servers at once, so the module sleeps once for all of them."""
     clients = {kind: client_for(running[kind], noreply=False) for kind in KINDS}
     # Delayed flush on its own server per kind: it would hit every other test's keys.
-    with start("memcached") as flush_m, start("backend") as flush_b:
+    with servers.start("memcached") as flush_m, servers.start("backend") as flush_b:
         flushers = {"memcached": client_for(flush_m, noreply=False),
                     "backend": client_for(flush_b, noreply=False)}
         for kind in KINDS:
@@ -382,7 +364,7 @@ def test_expiry_touch_and_delayed_flush(running: dict[str, servers.RunningServer
 @pytest.fixture(scope="module", params=KINDS)
 def trio_of_servers(request: pytest.FixtureRequest) -> Iterator[list[servers.RunningServer]]:
     kind = request.param
-    with start(kind) as a, start(kind) as b, start(kind) as c:
+    with servers.start(kind) as a, servers.start(kind) as b, servers.start(kind) as c:
         yield [a, b, c]
 
 
