@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached
+DEBIAN_PACKAGES ?= memcached nutcracker
 
 .PHONY: run test lint unit bench debian-deps venv clean
 
@@ -28,11 +28,16 @@ debian-deps:
 	  rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
+# Two backends and a proxy on 127.0.0.1:11211 from etc/memring.toml; Ctrl-C stops all three.
 run: venv
-	$(BIN)/memring-backend --listen 127.0.0.1:11211
+	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/memring-backend --listen 127.0.0.1:11311 & \
+	$(BIN)/memring-backend --listen 127.0.0.1:11312 & \
+	$(BIN)/memring-proxy --config etc/memring.toml --listen 127.0.0.1:11211 & \
+	wait
 
 lint: venv
-	$(BIN)/ruff check protocol backend tests bench
+	$(BIN)/ruff check protocol backend proxy tests bench
 	$(BIN)/mypy
 
 test: venv debian-deps lint

@@ -120,4 +120,5 @@ def parse_meta_flags(tokens: list[bytes], start: int) -> tuple[MetaFlags, bytes 
             raise MetaFlagError(INVALID_FLAG)
         order.append(flag)
     flags.order = "".join(order)
+    flags.tokens = tokens[start:]
     return flags, error

@@ -111,6 +111,7 @@ class MetaFlags:
     """
 
     order: str = ""
+    tokens: list[bytes] = field(default_factory=list)  # the flag tokens as sent, for forwarding
     opaque: bytes = b""          # the whole O token, e.g. b"Oabc", echoed verbatim
     base64: bool = False         # b: the key travelled base64-encoded
     quiet: bool = False          # q

@@ -12,9 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 
@@ -30,6 +31,7 @@ class RunningServer:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    upstreams: list[RunningServer] = field(default_factory=list)  # a proxy's backends
 
     @property
     def address(self) -> tuple[str, int]:
@@ -127,3 +129,38 @@ def start(kind: str, *extra: str) -> contextlib.AbstractContextManager[RunningSe
     if kind == "backend":
         return backend(*extra)
     raise ValueError(f"unknown server kind {kind!r}")
+
+
+def proxy_config(shards: Sequence[Sequence[RunningServer]], **proxy: object) -> str:
+    """A static topology TOML: one [[shards]] table per group of servers."""
+    lines = ["[proxy]"]
+    for key, value in proxy.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    for group in shards:
+        nodes = ", ".join(f'"{HOST}:{server.port}"' for server in group)
+        lines += ["[[shards]]", f"nodes = [{nodes}]"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def proxy(shards: Sequence[Sequence[RunningServer]], *extra: str,
+          **settings: object) -> Iterator[RunningServer]:
+    """A memring proxy over already running servers, grouped into shards."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="memring-proxy-") as config:
+        config.write(proxy_config(shards, **settings))
+        config.flush()
+        argv = [sys.executable, "-m", "proxy", "--listen", HOST + ":{port}",
+                "--config", config.name, *extra]
+        with running("memring-proxy", argv) as server:
+            server.upstreams = [s for group in shards for s in group]
+            yield server
+
+
+@contextlib.contextmanager
+def proxy_over(kind: str, shards: int = 1, replicas: int = 1,
+               **settings: object) -> Iterator[RunningServer]:
+    """Fresh servers of `kind` ("memcached" or "backend") behind a fresh proxy."""
+    with contextlib.ExitStack() as stack:
+        groups = [[stack.enter_context(start(kind)) for _ in range(replicas)]
+                  for _ in range(shards)]
+        yield stack.enter_context(proxy(groups, **settings))

@@ -205,11 +205,29 @@ def run_on(role: str, factory: ServerFactory, case: Case) -> Exchange:
         return converse(server.address, case)
 
 
-def target_factory() -> ServerFactory:
-    """The server under test: the memring backend unless MEMRING_COMPAT_TARGET says otherwise."""
+def _proxy_over_memcached() -> contextlib.AbstractContextManager[servers.RunningServer]:
+    return servers.proxy_over("memcached")
+
+
+def _proxy_over_backend() -> contextlib.AbstractContextManager[servers.RunningServer]:
+    return servers.proxy_over("backend")
+
+
+# The servers under test. Through the proxy there is one shard, so CAS values (one counter
+# per upstream) still coincide with a single memcached's; multi-shard behaviour is tested in
+# tests/integration/test_proxy_*.py.
+TARGETS: dict[str, ServerFactory] = {
+    "backend": servers.backend,
+    "proxy-memcached": _proxy_over_memcached,
+    "proxy-backend": _proxy_over_backend,
+}
+
+
+def target_factory(name: str = "backend") -> ServerFactory:
+    """The server under test; MEMRING_COMPAT_TARGET=memcached checks the harness itself."""
     if os.environ.get("MEMRING_COMPAT_TARGET", "backend") == "memcached":
         return reference
-    return servers.backend
+    return TARGETS[name]
 
 
 def backend_present() -> bool:
@@ -253,10 +271,11 @@ def _skip_without_backend() -> None:
         pytest.skip("memring backend not written yet (no backend/__main__.py)")
 
 
+@pytest.mark.parametrize("target", list(TARGETS))
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_case_matches_memcached(case: Case) -> None:
+def test_case_matches_memcached(case: Case, target: str) -> None:
     _skip_without_backend()
-    ref, got = differential(case)
+    ref, got = differential(case, target_factory(target))
     assert not ref.timed_out, "memcached timed out, so the case is wrong:\n" + describe(
         case, ref, got)
     got_reply = reconcile_timing(ref.reply, got.reply) if case.timing else got.reply
@@ -333,10 +352,10 @@ def test_stats_counters_after_script() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Print both replies of the named cases (all cases if none), marking differences."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--target", choices=("backend", "memcached"), default="backend")
+    parser.add_argument("--target", choices=("memcached", *TARGETS), default="backend")
     parser.add_argument("names", nargs="*")
     args = parser.parse_args(argv)
-    factory: ServerFactory = reference if args.target == "memcached" else servers.backend
+    factory: ServerFactory = reference if args.target == "memcached" else TARGETS[args.target]
     chosen = [c for c in CASES if not args.names or c.name in args.names]
     differing = 0
     for case in chosen:

@@ -1,0 +1,85 @@
+"""`memring-proxy` / `python -m proxy`: the proxy in the foreground.
+
+With `--workers N` (N > 1) this process supervises N worker processes that share the
+port through SO_REUSEPORT; it forwards SIGTERM/SIGINT/SIGHUP to them and exits when they
+have all stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import trio
+
+from proxy.server import PortInUse, ProxyServer
+from proxy.settings import ProxySettings, SettingsError, load_settings, load_topology
+
+log = logging.getLogger("memring.proxy")
+WORKER_ENV = "MEMRING_PROXY_WORKER"
+
+
+async def run(settings: ProxySettings, reuse_port: bool) -> None:
+    server = ProxyServer(settings, reuse_port=reuse_port)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(server.serve)
+        log.info("proxy listening on %s:%d (pid %d), %d shard(s) from %s", settings.host, port,
+                 os.getpid(), len(settings.shards), settings.config)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    try:
+                        server.apply_topology(load_topology(server.state.settings))
+                    except SettingsError as exc:
+                        log.error("SIGHUP: keeping the current topology: %s", exc)
+                    continue
+                log.info("%s received: shutting down", signal.Signals(signum).name)
+                server.shutdown()
+                break
+
+
+def supervise(settings: ProxySettings, argv: list[str]) -> int:
+    """Start `settings.workers` copies of this proxy on one port and wait for them."""
+    env = dict(os.environ, **{WORKER_ENV: "1"})
+    workers = [subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--workers", "1"],
+                                env=env) for _ in range(settings.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    codes = [worker.wait() for worker in workers]
+    return max(codes, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"memring-proxy: error: {exc}", file=sys.stderr)
+        return 2
+    worker = os.environ.get(WORKER_ENV) == "1"
+    if settings.workers > 1 and not worker:
+        return supervise(settings, argv)
+    try:
+        trio.run(run, settings, worker)
+    except PortInUse as exc:
+        print(f"memring-proxy: error: {exc}; choose another with --listen HOST:PORT",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""A backend node as the proxy sees it: a few pipelined connections and a health record.
+
+Each of `pool_size` slots keeps one connection open, reconnecting after a failure. A
+failure (connect error, timeout, reset, bad reply) counts against the node; after
+`failure_limit` in a row the node is ejected (TKO): requests to it fail at once with
+SERVER_ERROR instead of waiting on timeouts, its connections are closed, and one probe
+every `retry_ms` tries a `version` round trip until the node answers again. Any good
+reply resets the count.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from proxy.backend_connection import BackendConnection, ConnectionFailed, PendingReply
+from proxy.settings import NodeSpec, ProxySettings
+
+log = logging.getLogger("memring.proxy")
+
+
+class NodeCounters:
+    __slots__ = ("ejections", "errors", "requests", "timeouts")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.ejections = 0
+
+
+class NodePool:
+    def __init__(self, spec: NodeSpec, settings: ProxySettings) -> None:
+        self.spec = spec
+        self.address = spec.address
+        self.weight = spec.weight
+        self.size = settings.pool_size
+        self.timeout = settings.timeout_ms / 1000
+        self.retry = settings.retry_ms / 1000
+        self.failure_limit = settings.failure_limit
+        self.counters = NodeCounters()
+        self.failures = 0
+        self.ejected = False
+        self._slots: list[BackendConnection | None] = [None] * self.size
+        self._cancel = trio.CancelScope()
+
+    @property
+    def connections(self) -> list[BackendConnection]:
+        return [c for c in self._slots if c is not None and c.alive]
+
+    @property
+    def available(self) -> bool:
+        return not self.ejected and any(c is not None and c.alive for c in self._slots)
+
+    async def run(self) -> None:
+        """Keep the slots connected until `close()`; owned by the proxy's nursery."""
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                for index in range(self.size):
+                    nursery.start_soon(self._keep_slot, index)
+
+    def close(self) -> None:
+        self._cancel.cancel()
+        for conn in self._slots:
+            if conn is not None:
+                conn.close(f"{self.address} removed from the topology")
+
+    def submit(self, request: bytes, multi: bool, affinity: int = 0) -> PendingReply:
+        """Queue `request` on the connection `affinity` picks, so that the requests of one
+        client session stay in order on one connection (memcached runs a connection's
+        commands in order; a set then a get must not race on two connections)."""
+        self.counters.requests += 1
+        if not self.ejected:
+            size = self.size
+            for step in range(size):
+                conn = self._slots[(affinity + step) % size]
+                if conn is not None and conn.alive:
+                    return conn.submit(request, multi)
+        reply = PendingReply(multi, 0.0)
+        reply.fail(f"{self.address} is {'ejected' if self.ejected else 'not connected'}")
+        self.counters.errors += 1
+        return reply
+
+    # -- health --------------------------------------------------------------------
+
+    def _failed(self, reason: str) -> None:
+        self.counters.errors += 1
+        if reason.startswith("timeout"):
+            self.counters.timeouts += 1
+        self.failures += 1
+        if not self.ejected and self.failures >= self.failure_limit:
+            self.ejected = True
+            self.counters.ejections += 1
+            log.warning("ejecting %s after %d failures in a row (last: %s); probing every %d ms",
+                        self.address, self.failures, reason, self.retry * 1000)
+            for conn in self._slots:
+                if conn is not None:
+                    conn.close(f"{self.address} ejected: {reason}")
+
+    def _succeeded(self) -> None:
+        self.failures = 0
+
+    async def _keep_slot(self, index: int) -> None:
+        backoff = min(0.05, self.retry)
+        while True:
+            if self.ejected:
+                if index == 0:
+                    await trio.sleep(self.retry)
+                    if await self._probe():
+                        log.info("%s answers again: back in rotation", self.address)
+                        self.ejected = False
+                        self.failures = 0
+                else:
+                    await trio.sleep(self.retry / 4)
+                continue
+            conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
+                                     self._failed, self._succeeded)
+            try:
+                await conn.connect()
+            except ConnectionFailed as exc:
+                self._failed(str(exc))
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, self.retry)
+                continue
+            backoff = min(0.05, self.retry)
+            self._slots[index] = conn
+            try:
+                await conn.run()
+            finally:
+                conn.close(f"connection to {self.address} lost")
+
+    async def _probe(self) -> bool:
+        conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
+                                 lambda reason: None, lambda: None)
+        try:
+            await conn.connect()
+        except ConnectionFailed:
+            return False
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                reply = conn.submit(b"version\r\n", multi=False)
+                with trio.move_on_after(self.timeout):
+                    await reply.wait()
+                nursery.cancel_scope.cancel()
+            return reply.done and reply.error is None
+        finally:
+            conn.close("probe done")

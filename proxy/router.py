@@ -1,0 +1,60 @@
+"""Which node serves a key: the ketama ring over shards, then the shard's read policy.
+
+A `ShardRouter` is immutable: a topology change (SIGHUP, later etcd) builds a new one and
+the proxy swaps it in with one assignment, so a request never sees half a change. A shard
+whose nodes are all down stays on the ring: its keys get SERVER_ERROR, never a silent
+remap to another shard (twemproxy's remap-on-eject serves stale data).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from proxy.ketama import KetamaRing
+from proxy.pool import NodePool
+
+
+@dataclass(eq=False)
+class Shard:
+    name: str
+    nodes: list[NodePool]     # the first is the leader (static mode)
+    weight: int = 1
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def leader(self) -> NodePool:
+        return self.nodes[0]
+
+
+class ShardRouter:
+    def __init__(self, shards: Sequence[Shard], hash_name: str, read_policy: str) -> None:
+        self.shards = list(shards)
+        self.read_policy = read_policy
+        self.ring = KetamaRing([(s.name, s.weight) for s in self.shards], hash_name) \
+            if self.shards else None
+        self._single = self.shards[0] if len(self.shards) == 1 else None
+
+    def shard_for(self, key: bytes) -> Shard:
+        if self._single is not None:
+            return self._single
+        assert self.ring is not None, "no shards configured"
+        return self.shards[self.ring.server_for(key)]
+
+    def read_order(self, shard: Shard) -> list[NodePool]:
+        """Nodes to try for a read, best first: the policy's pick, then the others."""
+        nodes = shard.nodes
+        if len(nodes) == 1:
+            return nodes
+        if self.read_policy == "round_robin":
+            start = next(shard._turn) % len(nodes)
+            ordered = nodes[start:] + nodes[:start]
+        elif self.read_policy == "weighted":
+            pick = random.choices(nodes, weights=[n.weight for n in nodes])[0]
+            ordered = [pick, *(n for n in nodes if n is not pick)]
+        else:
+            ordered = nodes
+        # Ejected or disconnected nodes go last: tried only when nothing better is left.
+        return sorted(ordered, key=lambda n: not n.available)

@@ -1,0 +1,356 @@
+"""A client connection to the proxy: parse, route, forward, and reply in request order.
+
+Theory of operation: a session reads what the client sent, parses every complete
+request, and *issues* all of them before waiting for any reply, so the requests of one
+pipelined batch travel to their backends in parallel (and share pipelined backend
+connections with other clients). Each request leaves a `Slot` in a list; the slots are
+then resolved in order and their replies written in one send, so the client sees
+replies in request order whatever order the backends answered in.
+
+Routing rules (static topology): keys hash to a shard on the ketama ring. Reads go to a
+node chosen by the read policy and fail over to the shard's other nodes when one cannot
+answer. Writes (storage, delete, incr/decr, touch, gat, and meta commands that change
+an item) go to every node of the shard and are answered from the leader (the first
+node), as mcrouter's replicated pools do; best effort, documented. A multi-key get is
+split per shard and reassembled in the client's key order.
+
+`noreply` and meta `q` are honoured here, not at the backend: the backend always answers
+(see protocol.request_encoder) and the session drops what the client asked not to see.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from protocol.request_encoder import encode_get, encode_request
+from protocol.requests import (
+    Arithmetic,
+    CacheMemlimit,
+    Delete,
+    FlushAll,
+    Get,
+    MetaArithmetic,
+    MetaDebug,
+    MetaDelete,
+    MetaGet,
+    MetaNoop,
+    MetaSet,
+    ProtocolError,
+    Quit,
+    Request,
+    Shutdown,
+    Stats,
+    Store,
+    Touch,
+    Verbosity,
+    Version,
+)
+from protocol.responses import End, ErrorReply, MetaReply, Value
+from proxy.backend_connection import PendingReply
+from proxy.pool import NodePool
+from proxy.router import ShardRouter
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyState
+
+
+class CloseSession(Exception):
+    pass
+
+
+def _render(reply: PendingReply) -> bytes:
+    if reply.error is not None:
+        return b"SERVER_ERROR %s\r\n" % reply.error.encode()
+    return b"".join(event.encode() for event in reply.events)
+
+
+def _failed(reply: PendingReply) -> bool:
+    """A reply the client should not get from this node if another can answer."""
+    if reply.error is not None:
+        return True
+    return bool(reply.events) and type(reply.events[0]) is ErrorReply and \
+        reply.events[0].kind == b"SERVER_ERROR"
+
+
+class Slot:
+    """One request's place in the reply order."""
+
+    __slots__ = ()
+
+    async def reply(self) -> bytes:
+        raise NotImplementedError
+
+
+class Ready(Slot):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def reply(self) -> bytes:
+        return self.data
+
+
+class Forwarded(Slot):
+    """A reply from one node, optionally filtered (noreply, q)."""
+
+    __slots__ = ("filter", "pending")
+
+    def __init__(self, pending: PendingReply,
+                 filter: Callable[[PendingReply], bytes] = _render) -> None:
+        self.pending = pending
+        self.filter = filter
+
+    async def reply(self) -> bytes:
+        pending = self.pending
+        if not pending.done:
+            await pending.wait()
+        return self.filter(pending)
+
+
+class ReadWithFailover(Slot):
+    """A read tried on the policy's node first, then on the shard's other nodes."""
+
+    __slots__ = ("affinity", "filter", "multi", "nodes", "pending", "request")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, affinity: int,
+                 filter: Callable[[PendingReply], bytes] = _render) -> None:
+        self.nodes = nodes
+        self.request = request
+        self.multi = multi
+        self.affinity = affinity
+        self.filter = filter
+        self.pending = nodes[0].submit(request, multi, affinity)
+
+    async def reply(self) -> bytes:
+        pending = self.pending
+        for node in self.nodes[1:]:
+            if not pending.done:
+                await pending.wait()
+            if not _failed(pending):
+                break
+            pending = node.submit(self.request, self.multi, self.affinity)
+        if not pending.done:
+            await pending.wait()
+        return self.filter(pending)
+
+
+class FannedOut(Slot):
+    """A write sent to every node of a shard, answered from the leader."""
+
+    __slots__ = ("filter", "leader", "others")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, affinity: int,
+                 filter: Callable[[PendingReply], bytes] = _render) -> None:
+        self.leader = nodes[0].submit(request, multi, affinity)
+        self.others = [node.submit(request, multi, affinity) for node in nodes[1:]]
+        self.filter = filter
+
+    async def reply(self) -> bytes:
+        if not self.leader.done:
+            await self.leader.wait()
+        if self.leader.error is not None:
+            self.leader.error = "leader unavailable: " + self.leader.error
+        return self.filter(self.leader)
+
+
+class Everywhere(Slot):
+    """flush_all / cache_memlimit: every node of every shard must say OK."""
+
+    __slots__ = ("noreply", "pendings")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, noreply: bool,
+                 affinity: int) -> None:
+        self.pendings = [node.submit(request, False, affinity) for node in nodes]
+        self.noreply = noreply
+
+    async def reply(self) -> bytes:
+        answer = b"OK\r\n"
+        for pending in self.pendings:
+            if not pending.done:
+                await pending.wait()
+            rendered = _render(pending)
+            if rendered != b"OK\r\n" and answer == b"OK\r\n":
+                answer = rendered
+        return b"" if self.noreply else answer
+
+
+class SplitGet(Slot):
+    """A multi-key get split per shard; values reassembled in the client's key order."""
+
+    __slots__ = ("keys", "parts")
+
+    def __init__(self, keys: list[bytes], parts: list[Slot]) -> None:
+        self.keys = keys
+        self.parts = parts
+
+    async def reply(self) -> bytes:
+        found: dict[bytes, bytes] = {}
+        for part in self.parts:
+            assert isinstance(part, ReadWithFailover | FannedOut)
+            pending = part.pending if isinstance(part, ReadWithFailover) else part.leader
+            rendered = await part.reply()
+            if pending.error is not None or not pending.events or \
+                    type(pending.events[-1]) is not End:
+                return rendered  # an error for one shard is the error for the whole get
+            for event in pending.events:
+                if type(event) is Value:
+                    found[event.key] = event.encode()
+        return b"".join(found[k] for k in self.keys if k in found) + b"END\r\n"
+
+
+def _drop_all(pending: PendingReply) -> bytes:
+    return b""
+
+
+def _quiet(*hidden: bytes) -> Callable[[PendingReply], bytes]:
+    """Meta `q`: hide the nominal reply, never an error: EN for mg, HD for ms and md, and
+    any success for ma (HD, or VA with `v`; differential case ma_quiet_hides_hd)."""
+    def render(pending: PendingReply) -> bytes:
+        if pending.error is None and pending.events:
+            first = pending.events[0]
+            if type(first) is MetaReply and first.code in hidden:
+                return b""
+        return _render(pending)
+    return render
+
+
+_QUIET_MG = _quiet(b"EN")
+_QUIET_MS_MD = _quiet(b"HD")
+_QUIET_MA = _quiet(b"HD", b"VA")
+
+_WRITE_META_GET_FLAGS = frozenset("TN")
+
+
+class ClientSession:
+    _sessions = itertools.count()
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.affinity = next(self._sessions)
+        self._dispatch: dict[type, Callable[[ShardRouter, Request], Slot]] = {
+            Get: self._get,  # type: ignore[dict-item]
+            Store: self._keyed_write,  # type: ignore[dict-item]
+            Delete: self._keyed_write,  # type: ignore[dict-item]
+            Arithmetic: self._keyed_write,  # type: ignore[dict-item]
+            Touch: self._keyed_write,  # type: ignore[dict-item]
+            MetaSet: self._meta,  # type: ignore[dict-item]
+            MetaDelete: self._meta,  # type: ignore[dict-item]
+            MetaArithmetic: self._meta,  # type: ignore[dict-item]
+            MetaGet: self._meta,  # type: ignore[dict-item]
+            MetaDebug: self._meta_debug,  # type: ignore[dict-item]
+            MetaNoop: lambda router, request: Ready(b"MN\r\n"),
+            Version: lambda router, request: Ready(
+                b"VERSION %s\r\n" % state.settings.version.encode()),
+            Stats: self._stats,  # type: ignore[dict-item]
+            FlushAll: self._everywhere,  # type: ignore[dict-item]
+            CacheMemlimit: self._everywhere,  # type: ignore[dict-item]
+            Verbosity: self._verbosity,  # type: ignore[dict-item]
+            Shutdown: lambda router, request: Ready(b"ERROR: shutdown not enabled\r\n"),
+            Quit: self._quit,
+            ProtocolError: self._protocol_error,  # type: ignore[dict-item]
+        }
+        self._closing = False
+
+    def issue(self, request: Request) -> Slot:
+        """Send `request` on its way and return its place in the reply order."""
+        self.state.stats.commands[type(request).__name__] += 1
+        return self._dispatch[type(request)](self.state.router, request)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    # -- keyed commands --------------------------------------------------------------
+
+    def _get(self, router: ShardRouter, request: Get) -> Slot:
+        keys = request.keys
+        touches = request.touches
+        if not keys:
+            return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
+        if len(keys) == 1 or len(router.shards) == 1:
+            shard = router.shard_for(keys[0])
+            if touches:
+                return FannedOut(shard.nodes, encode_request(request), True, self.affinity)
+            return ReadWithFailover(router.read_order(shard), encode_request(request), True,
+                                    self.affinity)
+        by_shard: dict[int, list[bytes]] = {}
+        shards = {}
+        for key in dict.fromkeys(keys):
+            shard = router.shard_for(key)
+            by_shard.setdefault(id(shard), []).append(key)
+            shards[id(shard)] = shard
+        parts: list[Slot] = []
+        for shard_id, shard_keys in by_shard.items():
+            shard = shards[shard_id]
+            line = encode_get(request.command, shard_keys, request.exptime)
+            if touches:
+                parts.append(FannedOut(shard.nodes, line, True, self.affinity))
+            else:
+                parts.append(ReadWithFailover(router.read_order(shard), line, True, self.affinity))
+        return SplitGet(keys, parts)
+
+    def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
+                     ) -> Slot:
+        shard = router.shard_for(request.key)
+        return FannedOut(shard.nodes, encode_request(request), False, self.affinity,
+                         _drop_all if request.noreply else _render)
+
+    def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
+              | MetaArithmetic) -> Slot:
+        shard = router.shard_for(request.key)
+        flags = request.flags
+        kind = type(request)
+        render: Callable[[PendingReply], bytes] = _render
+        if flags.quiet:
+            render = (_QUIET_MG if kind is MetaGet else
+                      _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
+        line = encode_request(request)
+        if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
+            return ReadWithFailover(router.read_order(shard), line, False, self.affinity, render)
+        return FannedOut(shard.nodes, line, False, self.affinity, render)
+
+    def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
+        shard = router.shard_for(request.key)
+        return ReadWithFailover(router.read_order(shard), encode_request(request), False,
+                                self.affinity)
+
+    # -- the rest ----------------------------------------------------------------------
+
+    def _stats(self, router: ShardRouter, request: Stats) -> Slot:
+        return Ready(self.state.stats.reply(request.args, self.state.pools()))
+
+    def _everywhere(self, router: ShardRouter, request: FlushAll | CacheMemlimit) -> Slot:
+        nodes = [node for shard in router.shards for node in shard.nodes]
+        return Everywhere(nodes, encode_request(request), request.noreply, self.affinity)
+
+    def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
+        return Ready(b"" if request.noreply else b"OK\r\n")
+
+    def _quit(self, router: ShardRouter, request: Request) -> Slot:
+        self._closing = True
+        return Ready(b"")
+
+    def _protocol_error(self, router: ShardRouter, error: ProtocolError) -> Slot:
+        self.state.stats.client_errors += 1
+        if error.drop_key is not None:
+            # memcached drops the old value of a `set` that was too large; so must the shard.
+            shard = router.shard_for(error.drop_key)
+            FannedOut(shard.nodes, b"delete %s\r\n" % error.drop_key, False, self.affinity)
+        if error.close:
+            self._closing = True
+        return Ready(error.reply)
+
+
+async def resolve(slots: list[Slot]) -> bytes:
+    """All replies of a batch, in request order."""
+    out = []
+    for slot in slots:
+        if type(slot) is Ready:
+            out.append(slot.data)
+        else:
+            out.append(await slot.reply())
+    return b"".join(out)
+

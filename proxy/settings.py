@@ -1,0 +1,187 @@
+"""The proxy's settings and its static topology, from flags, MEMRING_* variables and TOML.
+
+The topology file follows ../shared/design.md so a twemproxy user can translate a
+nutcracker.yml in a minute: a `[proxy]` table and `[[shards]]`, each shard a list of nodes
+(`"host:port"` or `{address = "host:port", weight = 2}`), a ring weight and an optional
+ring point name. The first node of a shard is its leader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+HASHES = ("md5", "fnv1a_64")
+READ_POLICIES = ("leader", "round_robin", "weighted")
+
+
+class SettingsError(Exception):
+    """Bad usage or configuration; the message names the problem (exit code 2)."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"bad address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:11311")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    name: str          # the ring point name: keys hash onto "<name>-<i>"
+    nodes: tuple[NodeSpec, ...]
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    listen: str = "127.0.0.1:11211"
+    config: str = ""
+    hash: str = "md5"
+    read_policy: str = "leader"
+    timeout_ms: int = 1000
+    failure_limit: int = 3
+    retry_ms: int = 1000
+    pool_size: int = 2               # connections per backend node
+    max_connections: int = 4096      # client connections per worker
+    max_line: int = 1 << 20
+    max_item_size: int = 1 << 20
+    workers: int = 1
+    version: str = "1.6.18"
+    shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def host(self) -> str:
+        return split_address(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_address(self.listen)[1]
+
+
+def default_point_name(node: NodeSpec) -> str:
+    """libmemcached/twemproxy name a server "host" on port 11211 and "host:port" otherwise."""
+    return node.host if node.port == 11211 else f"{node.host}:{node.port}"
+
+
+def _node(value: Any, where: str) -> NodeSpec:
+    if isinstance(value, str):
+        host, port = split_address(value)
+        return NodeSpec(host, port)
+    if isinstance(value, dict) and isinstance(value.get("address"), str):
+        host, port = split_address(value["address"])
+        weight = value.get("weight", 1)
+        if not isinstance(weight, int) or weight < 1:
+            raise SettingsError(f"{where}: weight must be a positive integer, got {weight!r}")
+        return NodeSpec(host, port, weight)
+    raise SettingsError(f"{where}: a node is \"host:port\" or {{address = \"host:port\", "
+                        f"weight = N}}, got {value!r}")
+
+
+def parse_shards(tables: Any) -> tuple[ShardSpec, ...]:
+    if not isinstance(tables, list) or not tables:
+        raise SettingsError("the config needs at least one [[shards]] table with nodes")
+    shards = []
+    names: set[str] = set()
+    for index, table in enumerate(tables, start=1):
+        where = f"shard #{index}"
+        nodes = table.get("nodes") if isinstance(table, dict) else None
+        if not isinstance(nodes, list) or not nodes:
+            raise SettingsError(f"{where}: `nodes` must be a non-empty list")
+        specs = tuple(_node(n, where) for n in nodes)
+        weight = table.get("weight", 1)
+        if not isinstance(weight, int) or weight < 1:
+            raise SettingsError(f"{where}: weight must be a positive integer, got {weight!r}")
+        name = table.get("name") or default_point_name(specs[0])
+        if not isinstance(name, str):
+            raise SettingsError(f"{where}: name must be a string")
+        if name in names:
+            raise SettingsError(f"{where}: ring point name {name!r} is used twice")
+        names.add(name)
+        shards.append(ShardSpec(name, specs, weight))
+    return tuple(shards)
+
+
+_INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
+             "max_line", "max_item_size", "workers")
+
+
+def _validate(settings: ProxySettings) -> ProxySettings:
+    split_address(settings.listen)
+    if settings.hash not in HASHES:
+        raise SettingsError(f"hash must be one of {', '.join(HASHES)}, got {settings.hash!r}")
+    if settings.read_policy not in READ_POLICIES:
+        raise SettingsError(f"read_policy must be one of {', '.join(READ_POLICIES)}, "
+                            f"got {settings.read_policy!r}")
+    for key in _INT_KEYS:
+        if getattr(settings, key) < 1:
+            raise SettingsError(f"{key} must be at least 1")
+    return settings
+
+
+def load_topology(settings: ProxySettings) -> ProxySettings:
+    """Re-read the config file's [proxy] table and shards (SIGHUP calls this)."""
+    try:
+        data = tomllib.loads(Path(settings.config).read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read config {settings.config}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"bad TOML in {settings.config}: {exc}") from None
+    table = data.get("proxy", {})
+    known = {f for f in ProxySettings.__dataclass_fields__ if f not in ("config", "shards")}
+    unknown = set(table) - known
+    if unknown:
+        raise SettingsError(f"unknown [proxy] setting(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        expected = int if key in _INT_KEYS else str
+        if not isinstance(value, expected):
+            raise SettingsError(f"[proxy] {key} must be a{'n integer' if expected is int else ' string'}")
+        values[key] = value
+    return _validate(replace(settings, **values, shards=parse_shards(data.get("shards"))))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memring-proxy",
+        description="The memring proxy: one memcached endpoint in front of ketama-placed shards.")
+    parser.add_argument("--config", help="TOML topology file (see etc/memring.toml); required")
+    parser.add_argument("--listen", help="HOST:PORT for clients (default 127.0.0.1:11211)")
+    parser.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--max-connections", type=int, help="client connections per worker")
+    return parser
+
+
+def load_settings(argv: list[str] | None = None) -> ProxySettings:
+    args = _parser().parse_args(argv)
+    config = args.config or os.environ.get("MEMRING_CONFIG")
+    if not config:
+        raise SettingsError("--config FILE is required (a TOML topology, see etc/memring.toml)")
+    settings = load_topology(ProxySettings(config=config))
+    overrides: dict[str, Any] = {}
+    for name in ("listen", "workers", "max_connections"):
+        env = os.environ.get("MEMRING_" + name.upper())
+        if env is not None:
+            try:
+                overrides[name] = env if name == "listen" else int(env)
+            except ValueError:
+                raise SettingsError(f"MEMRING_{name.upper()} must be an integer") from None
+        flag = getattr(args, name)
+        if flag is not None:
+            overrides[name] = flag
+    return _validate(replace(settings, **overrides))

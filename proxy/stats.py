@@ -1,0 +1,97 @@
+"""The proxy's own counters and its `stats` reply (a client talks to one memcached)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from proxy.pool import NodePool
+
+MEMRING_VERSION = "0.1.0"
+# Request latency histogram bounds in microseconds (the last bucket is open-ended).
+LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000)
+
+
+class ProxyStats:
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.started = time.time()
+        self.curr_connections = 0
+        self.total_connections = 0
+        self.rejected_connections = 0
+        self.commands: Counter[str] = Counter()
+        self.errors = 0            # SERVER_ERROR replies the proxy made (backend trouble)
+        self.client_errors = 0     # bad input from clients
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
+        self.latency_count = 0
+        self.latency_sum_us = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        us = seconds * 1e6
+        self.latency_count += 1
+        self.latency_sum_us += us
+        for index, bound in enumerate(LATENCY_BUCKETS_US):
+            if us <= bound:
+                self.latency_buckets[index] += 1
+                return
+        self.latency_buckets[-1] += 1
+
+    def reply(self, args: list[bytes], pools: Iterable[NodePool]) -> bytes:
+        if args == [b"reset"]:
+            self.commands.clear()
+            self.errors = self.client_errors = 0
+            self.latency_buckets = [0] * len(self.latency_buckets)
+            self.latency_count = 0
+            self.latency_sum_us = 0.0
+            return b"RESET\r\n"
+        if args and args != [b"proxy"]:
+            return b"ERROR\r\n"
+        return self._lines(self.general(pools))
+
+    @staticmethod
+    def _lines(pairs: list[tuple[str, object]]) -> bytes:
+        return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
+                        for k, v in pairs) + b"END\r\n"
+
+    def general(self, pools: Iterable[NodePool]) -> list[tuple[str, object]]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        now = time.time()
+        pairs: list[tuple[str, object]] = [
+            ("pid", os.getpid()),
+            ("uptime", int(now - self.started)),
+            ("time", int(now)),
+            ("version", self.version),
+            ("memring_version", MEMRING_VERSION),
+            ("memring_role", "proxy"),
+            ("rusage_user", f"{usage.ru_utime:.6f}"),
+            ("rusage_system", f"{usage.ru_stime:.6f}"),
+            ("curr_connections", self.curr_connections),
+            ("total_connections", self.total_connections),
+            ("rejected_connections", self.rejected_connections),
+            ("proxy_errors", self.errors),
+            ("client_errors", self.client_errors),
+        ]
+        pairs += [(f"cmd_{name}", count) for name, count in sorted(self.commands.items())]
+        pairs.append(("request_latency_us_count", self.latency_count))
+        pairs.append(("request_latency_us_sum", f"{self.latency_sum_us:.0f}"))
+        for bound, count in zip(LATENCY_BUCKETS_US, self.latency_buckets, strict=False):
+            pairs.append((f"request_latency_us_le_{bound}", count))
+        pairs.append(("request_latency_us_le_inf", self.latency_buckets[-1]))
+        for pool in pools:
+            prefix = f"backend:{pool.address}"
+            conns = pool.connections
+            pairs += [
+                (f"{prefix}:state", "ejected" if pool.ejected else
+                 ("up" if conns else "down")),
+                (f"{prefix}:requests", pool.counters.requests),
+                (f"{prefix}:errors", pool.counters.errors),
+                (f"{prefix}:timeouts", pool.counters.timeouts),
+                (f"{prefix}:ejections", pool.counters.ejections),
+                (f"{prefix}:connections", len(conns)),
+                (f"{prefix}:in_flight", sum(c.in_flight for c in conns)),
+                (f"{prefix}:max_in_flight", max((c.max_in_flight for c in conns), default=0)),
+            ]
+        return pairs
