@@ -37,7 +37,7 @@ run: venv
 	wait
 
 lint: venv
-	$(BIN)/ruff check protocol backend proxy tests bench
+	$(BIN)/ruff check protocol netio backend proxy tests bench
 	$(BIN)/mypy
 
 test: venv debian-deps lint

@@ -10,7 +10,7 @@ import trio
 
 from backend.server import BackendServer
 from backend.settings import BackendSettings, SettingsError, load_settings
-from backend.socket_io import PortInUse
+from netio.nonblocking import PortInUse
 
 log = logging.getLogger("memring.backend")
 

@@ -3,7 +3,7 @@
 Theory of operation: a connection reads what the socket has, feeds the parser, runs
 every complete request against the store in order, and writes all their replies in
 one send, so a pipelined burst costs one recv and one send. Sockets are driven by
-`backend.socket_io` (trio's low-level readiness waits) rather than trio streams, whose
+`netio.nonblocking` (trio's low-level readiness waits) rather than trio streams, whose
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from backend import socket_io
 from backend.commands import CloseConnection, CommandHandler
 from backend.settings import BackendSettings
 from backend.stats import ServerCounters, StatsReport
 from backend.store import Store
+from netio import nonblocking
 from protocol.request_parser import NEED_DATA, RequestParser
 from protocol.requests import Get
 
@@ -61,7 +61,7 @@ class BackendServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listener = socket_io.listen(self.settings.host, self.settings.port)
+        listener = nonblocking.listen(self.settings.host, self.settings.port)
         port = listener.getsockname()[1]
         self.stats.port = port
         async with trio.open_nursery() as services:
@@ -73,7 +73,7 @@ class BackendServer:
                     with self._accepting:
                         await self._accept_forever(listener, connections)
                 finally:
-                    socket_io.close(listener)
+                    nonblocking.close(listener)
             services.cancel_scope.cancel()
 
     def shutdown(self, grace: float = 5.0) -> None:
@@ -96,7 +96,7 @@ class BackendServer:
         counters.total_connections = 1  # memcached counts its listening socket too
         while True:
             try:
-                sock = await socket_io.accept(listener)
+                sock = await nonblocking.accept(listener)
             except OSError as exc:
                 # Out of file descriptors and the like: log once, back off, go on.
                 log.warning("accept failed: %s", exc)
@@ -113,11 +113,11 @@ class BackendServer:
     async def _reject(self, sock: socket.socket) -> None:
         try:
             with trio.move_on_after(1):
-                await socket_io.send_all(sock, TOO_MANY_CONNECTIONS)
+                await nonblocking.send_all(sock, TOO_MANY_CONNECTIONS)
         except OSError:
             pass
         finally:
-            socket_io.close(sock)
+            nonblocking.close(sock)
 
     async def _serve_connection(self, sock: socket.socket) -> None:
         conn = _Connection()
@@ -129,7 +129,7 @@ class BackendServer:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
                 log.info("connection error: %s", exc)
         finally:
-            socket_io.close(sock)
+            nonblocking.close(sock)
             self._connections.discard(conn)
             self.counters.curr_connections -= 1
 
@@ -138,7 +138,7 @@ class BackendServer:
                                max_item_size=self.settings.max_item_size)
         handle = self.handler.handle
         counters = self.counters
-        recv = socket_io.recv
+        recv = nonblocking.recv
         next_event = parser.next_event
         while not self._closing:
             conn.idle = parser.buffered == 0
@@ -172,7 +172,7 @@ class BackendServer:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await socket_io.send_all(sock, data)
+        await nonblocking.send_all(sock, data)
 
     async def _multi_get(self, sock: socket.socket, request: Get,
                          out: list[bytes]) -> None:

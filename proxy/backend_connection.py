@@ -13,13 +13,13 @@ matched. The owner (`NodePool`) counts the failure towards ejection and reconnec
 
 from __future__ import annotations
 
-import math
-import socket as stdlib_socket
+import socket
 from collections import deque
 from collections.abc import Callable
 
 import trio
 
+from netio import nonblocking
 from protocol import NEED_DATA, ResponseError, ResponseParser
 from protocol.responses import End, ErrorReply, Response
 
@@ -68,11 +68,11 @@ class BackendConnection:
         self.timeout = timeout
         self._on_failure = on_failure
         self._on_success = on_success
-        self._sock: trio.socket.SocketType | None = None
+        self._sock: socket.socket | None = None
         self._outbox: list[bytes] = []
         self._wake_writer = trio.Event()
         self._pending: deque[PendingReply] = deque()
-        self._recv_scope: trio.CancelScope | None = None
+        self._became_busy = trio.Event()
         self._cancel = trio.CancelScope()
         self.alive = False
         self.requests = 0
@@ -83,17 +83,12 @@ class BackendConnection:
         return len(self._pending)
 
     async def connect(self) -> None:
-        sock = trio.socket.socket(stdlib_socket.AF_INET6 if ":" in self.host
-                                  else stdlib_socket.AF_INET, stdlib_socket.SOCK_STREAM)
         try:
             with trio.fail_after(self.timeout):
-                await sock.connect((self.host, self.port))
+                self._sock = await nonblocking.connect(self.host, self.port)
         except (OSError, trio.TooSlowError) as exc:
-            sock.close()
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: "
                                    f"{getattr(exc, 'strerror', None) or 'timed out'}") from None
-        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
-        self._sock = sock
         self.alive = True
 
     async def run(self) -> None:
@@ -102,6 +97,7 @@ class BackendConnection:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_forever)
+                nursery.start_soon(self._watch_deadlines)
                 await self._read_forever()
                 nursery.cancel_scope.cancel()
 
@@ -110,14 +106,17 @@ class BackendConnection:
         if not self.alive:
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        self._pending.append(reply)
+        pending = self._pending
+        pending.append(reply)
         self._outbox.append(request)
         self.requests += 1
-        if len(self._pending) > self.max_in_flight:
-            self.max_in_flight = len(self._pending)
+        if len(pending) > self.max_in_flight:
+            self.max_in_flight = len(pending)
+            if len(pending) == 1:
+                self._became_busy.set()
+        elif len(pending) == 1:
+            self._became_busy.set()
         self._wake_writer.set()
-        if self._recv_scope is not None and self._recv_scope.deadline == math.inf:
-            self._recv_scope.deadline = reply.deadline
         return reply
 
     def close(self, reason: str) -> None:
@@ -128,7 +127,8 @@ class BackendConnection:
             self._pending.popleft().fail(reason)
         self._outbox.clear()
         if self._sock is not None:
-            self._sock.close()
+            nonblocking.close(self._sock)
+            self._sock = None
 
     async def _write_forever(self) -> None:
         assert self._sock is not None
@@ -138,11 +138,8 @@ class BackendConnection:
             self._wake_writer = trio.Event()
             data = b"".join(self._outbox)
             self._outbox.clear()
-            view = memoryview(data)
             try:
-                while view:
-                    sent = await sock.send(view)
-                    view = view[sent:]
+                await nonblocking.send_all(sock, data)
             except OSError as exc:
                 self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror}")
                 return
@@ -153,21 +150,11 @@ class BackendConnection:
         parser = ResponseParser()
         pending = self._pending
         while True:
-            deadline = pending[0].deadline if pending else math.inf
-            with trio.CancelScope(deadline=deadline) as scope:
-                self._recv_scope = scope
-                try:
-                    data = await sock.recv(READ_SIZE)
-                except OSError as exc:
-                    self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror}")
-                    return
-            self._recv_scope = None
-            if scope.cancelled_caught:
-                if pending and pending[0].deadline <= trio.current_time():
-                    self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
-                               f"{self.host}:{self.port}")
-                    return
-                continue
+            try:
+                data = await nonblocking.recv(sock, READ_SIZE)
+            except OSError as exc:
+                self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror}")
+                return
             if not data:
                 self._fail(f"{self.host}:{self.port} closed the connection")
                 return
@@ -188,6 +175,23 @@ class BackendConnection:
                 self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
                 return
             self._on_success()
+
+    async def _watch_deadlines(self) -> None:
+        """Fail the connection when its oldest reply is overdue. Replies come in order and
+        deadlines grow with submission, so watching the head of the FIFO is enough; this
+        costs one wake-up per timeout period, not a cancel scope per read."""
+        pending = self._pending
+        while True:
+            if not pending:
+                self._became_busy = trio.Event()
+                await self._became_busy.wait()
+                continue
+            head = pending[0]
+            await trio.sleep_until(head.deadline)
+            if pending and pending[0] is head and not head.done:
+                self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
+                           f"{self.host}:{self.port}")
+                return
 
     def _fail(self, reason: str) -> None:
         self.close(reason)

@@ -15,7 +15,8 @@ import sys
 
 import trio
 
-from proxy.server import PortInUse, ProxyServer
+from netio.nonblocking import PortInUse
+from proxy.server import ProxyServer
 from proxy.settings import ProxySettings, SettingsError, load_settings, load_topology
 
 log = logging.getLogger("memring.proxy")

@@ -1,4 +1,4 @@
-"""Ketama consistent hashing that places keys exactly like twemproxy and libmemcached.
+"""Ketama consistent hashing that places keys exactly like twemproxy (and libmemcached).
 
 Theory of operation: each server contributes points to a circle of 32-bit values. A
 server's point count is 160 * weight / total_weight * nservers, computed in 32-bit float
@@ -7,7 +7,8 @@ equal weights, pools of 25, 47 or 50 servers get 156 points each, not 160). The 
 server `name` are the md5 digests of `name-0`, `name-1`, ..., each digest read as four
 little-endian 32-bit words. A key is hashed to 32 bits with the configured key hash and
 served by the first point at or after it, wrapping to the first point of the circle. Where
-two servers share a point value, twemproxy's order decides (see `KetamaRing.__init__`).
+two servers share a point value, twemproxy's order decides (see `KetamaRing.__init__`);
+that rare case is the only one where libmemcached can place a key differently.
 
 The ring is immutable: the proxy builds a new one per topology and swaps it atomically.
 The lookup is one hash plus one `bisect` on a precomputed sorted list.

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket as stdlib_socket
+import socket
 import time
 from dataclasses import dataclass, field
 
 import trio
 
+from netio import nonblocking
 from protocol import NEED_DATA, RequestParser
 from proxy.pool import NodePool
 from proxy.router import Shard, ShardRouter
@@ -32,11 +33,6 @@ log = logging.getLogger("memring.proxy")
 READ_SIZE = 65536
 CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
-
-
-class PortInUse(Exception):
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(f"port {port} on {host} is already in use")
 
 
 @dataclass
@@ -56,24 +52,6 @@ class ProxyState:
 class _Session:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True
-
-
-def make_listener(host: str, port: int, reuse_port: bool) -> trio.socket.SocketType:
-    family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
-    sock = stdlib_socket.socket(family, stdlib_socket.SOCK_STREAM)
-    sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        # Several worker processes share the port; the kernel spreads connections.
-        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(host, port) from None
-        raise
-    sock.listen(4096)
-    return trio.socket.from_stdlib_socket(sock)
 
 
 class ProxyServer:
@@ -120,7 +98,8 @@ class ProxyServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listener = make_listener(self.settings.host, self.settings.port, self.reuse_port)
+        listener = nonblocking.listen(self.settings.host, self.settings.port, 4096,
+                                      self.reuse_port)
         port = listener.getsockname()[1]
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
@@ -128,8 +107,11 @@ class ProxyServer:
             async with trio.open_nursery() as sessions:
                 self._session_nursery = sessions
                 task_status.started(port)
-                with listener, self._accepting:
-                    await self._accept_forever(listener, sessions)
+                try:
+                    with self._accepting:
+                        await self._accept_forever(listener, sessions)
+                finally:
+                    nonblocking.close(listener)
             for pool in self.state.pools():
                 pool.close()
             pool_nursery.cancel_scope.cancel()
@@ -143,12 +125,11 @@ class ProxyServer:
         if self._session_nursery is not None:
             self._session_nursery.cancel_scope.deadline = trio.current_time() + grace
 
-    async def _accept_forever(self, listener: trio.socket.SocketType,
-                              nursery: trio.Nursery) -> None:
+    async def _accept_forever(self, listener: socket.socket, nursery: trio.Nursery) -> None:
         stats = self.state.stats
         while True:
             try:
-                sock, _address = await listener.accept()
+                sock = await nonblocking.accept(listener)
             except OSError as exc:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
@@ -161,35 +142,35 @@ class ProxyServer:
             stats.curr_connections += 1
             nursery.start_soon(self._serve_client, sock)
 
-    async def _reject(self, sock: trio.socket.SocketType) -> None:
-        with sock, trio.move_on_after(1):
-            try:
-                await sock.send(TOO_MANY_CONNECTIONS)
-            except OSError:
-                pass
+    async def _reject(self, sock: socket.socket) -> None:
+        try:
+            nonblocking.send_now(sock, TOO_MANY_CONNECTIONS)
+        except OSError:
+            pass
+        nonblocking.close(sock)
 
-    async def _serve_client(self, sock: trio.socket.SocketType) -> None:
+    async def _serve_client(self, sock: socket.socket) -> None:
         session = _Session()
         self._sessions.add(session)
         try:
-            with sock, session.scope:
-                sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            with session.scope:
                 await self._converse(sock, session)
         except OSError as exc:
             if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
                 log.info("client connection error: %s", exc)
         finally:
+            nonblocking.close(sock)
             self._sessions.discard(session)
             self.state.stats.curr_connections -= 1
 
-    async def _converse(self, sock: trio.socket.SocketType, session: _Session) -> None:
+    async def _converse(self, sock: socket.socket, session: _Session) -> None:
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
         client = ClientSession(self.state)
         stats = self.state.stats
         while not self._closing:
             session.idle = parser.buffered == 0
-            data = await sock.recv(READ_SIZE)
+            data = await nonblocking.recv(sock, READ_SIZE)
             session.idle = False
             if not data:
                 return
@@ -206,14 +187,13 @@ class ProxyServer:
             reply = await resolve(slots)
             stats.observe_latency((time.perf_counter() - started) / len(slots))
             if reply:
-                with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
-                    view = memoryview(reply)
-                    while view:
-                        sent = await sock.send(view)
-                        view = view[sent:]
-                if scope.cancelled_caught:
-                    log.info("dropping a client that did not read its replies for %.0f s",
-                             CLIENT_WRITE_TIMEOUT)
-                    return
+                sent = nonblocking.send_now(sock, reply)
+                if sent < len(reply):
+                    with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
+                        await nonblocking.send_all(sock, reply[sent:])
+                    if scope.cancelled_caught:
+                        log.info("dropping a client that did not read its replies "
+                                 "for %.0f s", CLIENT_WRITE_TIMEOUT)
+                        return
             if client.closing:
                 return

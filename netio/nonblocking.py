@@ -10,6 +10,7 @@ the only one of a closed-loop request).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 import trio
@@ -20,10 +21,14 @@ class PortInUse(Exception):
         super().__init__(f"port {port} on {host} is already in use")
 
 
-def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listen(host: str, port: int, backlog: int = 1024, reuse_port: bool = False
+           ) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Several worker processes share the port; the kernel spreads the connections.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         listener.bind((host, port))
     except OSError as exc:
@@ -58,6 +63,34 @@ async def recv(sock: socket.socket, size: int) -> bytes:
             return sock.recv(size)
         except BlockingIOError:
             continue
+
+
+async def connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket with TCP_NODELAY (callers bound the time)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect((host, port))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error)) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        close(sock)
+        raise
+    return sock
+
+
+def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
+    """Send what the kernel takes right now without waiting; returns the bytes sent."""
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:
