@@ -131,6 +131,11 @@ def start(kind: str, *extra: str) -> contextlib.AbstractContextManager[RunningSe
     raise ValueError(f"unknown server kind {kind!r}")
 
 
+def proxy_argv(config: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "proxy", "--listen", HOST + ":{port}", "--config", config,
+            *extra]
+
+
 def proxy_config(shards: Sequence[Sequence[RunningServer]], **proxy: object) -> str:
     """A static topology TOML: one [[shards]] table per group of servers."""
     lines = ["[proxy]"]
@@ -149,9 +154,7 @@ def proxy(shards: Sequence[Sequence[RunningServer]], *extra: str,
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="memring-proxy-") as config:
         config.write(proxy_config(shards, **settings))
         config.flush()
-        argv = [sys.executable, "-m", "proxy", "--listen", HOST + ":{port}",
-                "--config", config.name, *extra]
-        with running("memring-proxy", argv) as server:
+        with running("memring-proxy", proxy_argv(config.name, *extra)) as server:
             server.upstreams = [s for group in shards for s in group]
             yield server
 
