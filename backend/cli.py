@@ -10,12 +10,14 @@ import trio
 
 from backend.server import BackendServer
 from backend.settings import BackendSettings, SettingsError, load_settings
+from netio import nonblocking
 from netio.nonblocking import PortInUse
 
 log = logging.getLogger("memring.backend")
 
 
 async def run(settings: BackendSettings) -> None:
+    nonblocking.raise_fd_limit(settings.max_connections + 64)
     server = BackendServer(settings)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)

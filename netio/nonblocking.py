@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 
 import trio
@@ -19,6 +20,17 @@ import trio
 class PortInUse(Exception):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(f"port {port} on {host} is already in use")
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Lift this process's soft limit on open files towards `wanted` (capped by the hard
+    limit), as memcached does for -c, so max_connections is not cut short by ulimit -n."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def listen(host: str, port: int, backlog: int = 1024, reuse_port: bool = False

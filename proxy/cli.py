@@ -15,6 +15,7 @@ import sys
 
 import trio
 
+from netio import nonblocking
 from netio.nonblocking import PortInUse
 from proxy.server import ProxyServer
 from proxy.settings import ProxySettings, SettingsError, load_settings, load_topology
@@ -24,6 +25,8 @@ WORKER_ENV = "MEMRING_PROXY_WORKER"
 
 
 async def run(settings: ProxySettings, reuse_port: bool) -> None:
+    # Each client connection may come with a few backend connections of its own pool.
+    nonblocking.raise_fd_limit(settings.max_connections + 64 + 8 * len(settings.shards))
     server = ProxyServer(settings, reuse_port=reuse_port)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
