@@ -9,21 +9,17 @@ from collections import Counter
 
 from backend.settings import BackendSettings
 from backend.store import Store
+from netio.connection_server import ConnectionCounters
 from protocol.sizes import SLAB_CHUNK_SIZES, slab_class
 
 MEMRING_VERSION = "0.1.0"
 
 
-class ServerCounters:
+class ServerCounters(ConnectionCounters):
     """Connection-level counters the server updates."""
 
-    __slots__ = ("bytes_read", "bytes_written", "curr_connections", "rejected_connections",
-                 "total_connections")
-
     def __init__(self) -> None:
-        self.curr_connections = 0
-        self.total_connections = 0
-        self.rejected_connections = 0
+        super().__init__()
         self.bytes_read = 0
         self.bytes_written = 0
 

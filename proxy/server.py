@@ -12,15 +12,14 @@ period, then close the pools.
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
 import trio
 
 from netio import nonblocking
+from netio.connection_server import Connection, ConnectionServer
 from protocol import NEED_DATA, RequestParser
 from proxy.pool import NodePool
 from proxy.router import Shard, ShardRouter
@@ -32,7 +31,6 @@ log = logging.getLogger("memring.proxy")
 
 READ_SIZE = 65536
 CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
-TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
 
 
 @dataclass
@@ -48,23 +46,15 @@ class ProxyState:
         return list(self.pools_by_address.values())
 
 
-@dataclass(eq=False)
-class _Session:
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    idle: bool = True
-
-
 class ProxyServer:
     def __init__(self, settings: ProxySettings, reuse_port: bool = False) -> None:
         self.settings = settings
         self.reuse_port = reuse_port
         self.state = ProxyState(settings, ShardRouter([], settings.hash, settings.read_policy),
                                 ProxyStats(settings.version))
+        self.connections = ConnectionServer(self._converse, settings.max_connections,
+                                            self.state.stats.connections)
         self._pool_nursery: trio.Nursery | None = None
-        self._sessions: set[_Session] = set()
-        self._accepting = trio.CancelScope()
-        self._closing = False
-        self._session_nursery: trio.Nursery | None = None
 
     # -- topology ----------------------------------------------------------------------
 
@@ -104,74 +94,27 @@ class ProxyServer:
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
-            async with trio.open_nursery() as sessions:
-                self._session_nursery = sessions
+            async with trio.open_nursery() as serving:
+                await serving.start(self.connections.serve, listener)
                 task_status.started(port)
-                try:
-                    with self._accepting:
-                        await self._accept_forever(listener, sessions)
-                finally:
-                    nonblocking.close(listener)
             for pool in self.state.pools():
                 pool.close()
             pool_nursery.cancel_scope.cancel()
 
     def shutdown(self, grace: float = 5.0) -> None:
-        self._closing = True
-        self._accepting.cancel()
-        for session in list(self._sessions):
-            if session.idle:
-                session.scope.cancel()
-        if self._session_nursery is not None:
-            self._session_nursery.cancel_scope.deadline = trio.current_time() + grace
+        self.connections.shutdown(grace)
 
-    async def _accept_forever(self, listener: socket.socket, nursery: trio.Nursery) -> None:
-        stats = self.state.stats
-        while True:
-            try:
-                sock = await nonblocking.accept(listener)
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            stats.total_connections += 1
-            if stats.curr_connections >= self.state.settings.max_connections:
-                stats.rejected_connections += 1
-                nursery.start_soon(self._reject, sock)
-                continue
-            stats.curr_connections += 1
-            nursery.start_soon(self._serve_client, sock)
-
-    async def _reject(self, sock: socket.socket) -> None:
-        try:
-            nonblocking.send_now(sock, TOO_MANY_CONNECTIONS)
-        except OSError:
-            pass
-        nonblocking.close(sock)
-
-    async def _serve_client(self, sock: socket.socket) -> None:
-        session = _Session()
-        self._sessions.add(session)
-        try:
-            with session.scope:
-                await self._converse(sock, session)
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
-                log.info("client connection error: %s", exc)
-        finally:
-            nonblocking.close(sock)
-            self._sessions.discard(session)
-            self.state.stats.curr_connections -= 1
-
-    async def _converse(self, sock: socket.socket, session: _Session) -> None:
+    async def _converse(self, conn: Connection) -> None:
+        sock = conn.sock
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
         client = ClientSession(self.state)
         stats = self.state.stats
-        while not self._closing:
-            session.idle = parser.buffered == 0
+        server = self.connections
+        while not server.closing:
+            conn.idle = parser.buffered == 0
             data = await nonblocking.recv(sock, READ_SIZE)
-            session.idle = False
+            conn.idle = False
             if not data:
                 return
             parser.receive_data(data)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from netio.connection_server import ConnectionCounters
 from proxy.pool import NodePool
 
 MEMRING_VERSION = "0.1.0"
@@ -19,9 +20,7 @@ class ProxyStats:
     def __init__(self, version: str) -> None:
         self.version = version
         self.started = time.time()
-        self.curr_connections = 0
-        self.total_connections = 0
-        self.rejected_connections = 0
+        self.connections = ConnectionCounters()
         self.commands: Counter[str] = Counter()
         self.errors = 0            # SERVER_ERROR replies the proxy made (backend trouble)
         self.client_errors = 0     # bad input from clients
@@ -68,9 +67,9 @@ class ProxyStats:
             ("memring_role", "proxy"),
             ("rusage_user", f"{usage.ru_utime:.6f}"),
             ("rusage_system", f"{usage.ru_stime:.6f}"),
-            ("curr_connections", self.curr_connections),
-            ("total_connections", self.total_connections),
-            ("rejected_connections", self.rejected_connections),
+            ("curr_connections", self.connections.curr_connections),
+            ("total_connections", self.connections.total_connections),
+            ("rejected_connections", self.connections.rejected_connections),
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
         ]
