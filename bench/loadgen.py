@@ -4,6 +4,8 @@ Several processes split the connections; each drives its connections with one re
 in flight per connection (like a real client, no pipelining) over raw non-blocking
 sockets and epoll, and records every request's latency with `time.perf_counter_ns`,
 so the percentiles are computed from all samples rather than estimated from buckets.
+With `--multiget N` each get asks for N distinct random keys at once (`get k1 ... kN`);
+a request still counts as one op, and `keys_per_s` says how many keys that moved.
 
 Used by `backend_vs_memcached.py`; it can also be run on its own against a server that
 is already running:
@@ -60,6 +62,12 @@ class LoadSpec:
     processes: int = 2
     cpu: int | None = 1
     seed: int = 1
+    multiget: int = 1
+
+    @property
+    def keys_per_op(self) -> float:
+        """Keys each request names on average: a get names `multiget`, a set one."""
+        return self.get_ratio * self.multiget + (1.0 - self.get_ratio)
 
     def check(self) -> None:
         """Reject nonsense early, with a message saying which flag to fix."""
@@ -75,6 +83,8 @@ class LoadSpec:
             raise LoadError("--keys must be at least 1")
         if self.duration <= 0 or self.warmup < 0:
             raise LoadError("--duration must be > 0 and --warmup >= 0")
+        if not 1 <= self.multiget <= min(100, self.keys):
+            raise LoadError("--multiget must be between 1 and min(100, --keys)")
 
 
 @dataclass
@@ -87,6 +97,8 @@ class LoadResult:
     latencies_ns: list[int] = field(repr=False)
     misses: int = 0
     errors: int = 0
+    stuck: int = 0
+    error_sample: bytes = b""
     load_cpu_s: float = 0.0
     server_cpu_s: float | None = None
 
@@ -118,8 +130,11 @@ class LoadResult:
             "max_us": self.latencies_ns[-1] / 1000.0 if self.latencies_ns else math.nan,
             "misses": self.misses,
             "errors": self.errors,
+            "stuck": self.stuck,
             "load_cpu_pct": round(100.0 * self.load_cpu_s / self.window_s, 1),
         }
+        if self.spec.multiget > 1:
+            out["keys_per_s"] = round(self.ops_per_s * self.spec.keys_per_op, 1)
         if self.server_cpu_s is not None:
             out["server_cpu_pct"] = round(100.0 * self.server_cpu_s / self.window_s, 1)
         return out
@@ -159,9 +174,15 @@ def preload(host: str, port: int, spec: LoadSpec, timeout: float = 30.0) -> None
         raise LoadError(f"preload to {host}:{port} failed: {e}; is the server running?") from e
 
 
+def get_hit_length(spec: LoadSpec) -> int:
+    """Length of a get's reply when every key it names hits (all keys are the same length)."""
+    item = len(b"VALUE %s 0 %d\r\n" % (key(0), spec.value_size)) + spec.value_size + 2
+    return spec.multiget * item + len(END)
+
+
 def _schedule(spec: LoadSpec, seed: int) -> tuple[list[bytes], list[bytes]]:
     """Precomputed requests and the reply suffix each one ends with, replayed in a loop."""
-    per_req = 40 + (1 - spec.get_ratio) * spec.value_size
+    per_req = 40 + 16 * (spec.multiget - 1) + (1 - spec.get_ratio) * spec.value_size
     n = SCHEDULE_MAX
     while n > 1024 and n * per_req > SCHEDULE_BYTES:
         n //= 2
@@ -172,6 +193,8 @@ def _schedule(spec: LoadSpec, seed: int) -> tuple[list[bytes], list[bytes]]:
     for _ in range(n):
         k = key(rng.randrange(spec.keys))
         if rng.random() < spec.get_ratio:
+            if spec.multiget > 1:
+                k = b" ".join(key(i) for i in rng.sample(range(spec.keys), spec.multiget))
             reqs.append(b"get %s\r\n" % k)
             exps.append(END)
         else:
@@ -229,7 +252,10 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
     warm_ns = start_ns + int(spec.warmup * 1e9)
     end_ns = warm_ns + int(spec.duration * 1e9)
     mask = len(reqs) - 1
-    recv_size = max(4096, spec.value_size + 256)
+    recv_size = max(4096, get_hit_length(spec) + 256)
+    # A get reply shorter than a full hit missed at least one key. With single-key gets
+    # that is only a bare END (and a STORED is longer), so the common case costs one compare.
+    miss_below = len(END) + 1 if spec.multiget == 1 else get_hit_length(spec)
     maxfd = max(s.fileno() for s in socks) + 1
     recvs: list[Any] = [None] * maxfd
     sends: list[Any] = [None] * maxfd
@@ -246,6 +272,7 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
     lat = array("q")
     append = lat.append
     misses = errors = done = 0
+    error_sample = b""
     cursor = index * 7919 & mask
 
     while clock() < start_ns:
@@ -277,12 +304,13 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
                 data = pending[fd] + data
                 pending[fd] = b""
             if data.endswith(expect[fd]):
-                if len(data) == 5 and record:  # a bare END: the get missed
+                if len(data) < miss_below and record and expect[fd] is END:
                     misses += 1
             elif not data:
                 raise LoadError("the server closed a connection mid-run; check its log")
             elif data.startswith(ERROR_PREFIXES) and data.endswith(b"\r\n"):
                 errors += record
+                error_sample = error_sample or data[:200]
             else:
                 pending[fd] = data  # partial reply; wait for the rest
                 continue
@@ -300,11 +328,20 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
             sched_yield()
     cpu1 = time.process_time()
     counters[index] = done
+    # A connection whose request has waited over a second when the window closes, with no
+    # reply waiting to be read (so not just this process being descheduled), is stalled: its
+    # request never completed, so no latency sample shows it.
+    readable = {fd for fd, _ in poll(0)}
+    now = clock()
+    stuck = sum(1 for s in socks
+                if s.fileno() not in readable and now - t0s[s.fileno()] > 1_000_000_000)
     ep.close()
     return {
         "latencies": lat.tobytes(),
         "misses": misses,
         "errors": errors,
+        "stuck": stuck,
+        "error_sample": error_sample,
         "cpu_s": cpu1 - cpu0 if cpu0 is not None else 0.0,
     }
 
@@ -377,6 +414,8 @@ def run_load(host: str, port: int, spec: LoadSpec, label: str = "",
         latencies_ns=sorted(samples),
         misses=sum(r["misses"] for r in results),
         errors=sum(r["errors"] for r in results),
+        stuck=sum(r["stuck"] for r in results),
+        error_sample=next((r["error_sample"] for r in results if r["error_sample"]), b""),
         load_cpu_s=sum(r["cpu_s"] for r in results),
         server_cpu_s=(srv1 - srv0) if srv0 is not None and srv1 is not None else None,
     )
@@ -466,13 +505,17 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of load before measuring, not counted (%(default)s)")
     parser.add_argument("--processes", type=int, default=d.processes,
                         help="load processes splitting the connections (%(default)s)")
+    parser.add_argument("--multiget", type=int, default=d.multiget,
+                        help="keys per get request (`get k1 ... kN`, distinct random keys); "
+                             "1 = single-key gets (%(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help=argparse.SUPPRESS)
 
 
 def spec_from_args(args: argparse.Namespace, cpu: int | None) -> LoadSpec:
     return LoadSpec(connections=args.connections, get_ratio=args.get_ratio,
                     value_size=args.value_size, keys=args.keys, duration=args.duration,
-                    warmup=args.warmup, processes=args.processes, cpu=cpu, seed=args.seed)
+                    warmup=args.warmup, processes=args.processes, cpu=cpu, seed=args.seed,
+                    multiget=getattr(args, "multiget", 1))
 
 
 def main(argv: list[str] | None = None) -> int:
