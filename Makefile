@@ -48,6 +48,7 @@ unit: venv
 
 bench: venv debian-deps
 	$(BIN)/python bench/backend_vs_memcached.py
+	$(BIN)/python bench/proxy_bench.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
