@@ -93,12 +93,14 @@ class BackendConnection:
 
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
-        assert self._sock is not None
+        sock = self._sock
+        if sock is None:
+            return  # closed (ejection, topology change) before it ever ran
         with self._cancel:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_forever)
+                nursery.start_soon(self._write_forever, sock)
                 nursery.start_soon(self._watch_deadlines)
-                await self._read_forever()
+                await self._read_forever(sock)
                 nursery.cancel_scope.cancel()
 
     def submit(self, request: bytes, multi: bool) -> PendingReply:
@@ -130,9 +132,7 @@ class BackendConnection:
             nonblocking.close(self._sock)
             self._sock = None
 
-    async def _write_forever(self) -> None:
-        assert self._sock is not None
-        sock = self._sock
+    async def _write_forever(self, sock: socket.socket) -> None:
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
@@ -144,9 +144,7 @@ class BackendConnection:
                 self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror}")
                 return
 
-    async def _read_forever(self) -> None:
-        assert self._sock is not None
-        sock = self._sock
+    async def _read_forever(self, sock: socket.socket) -> None:
         parser = ResponseParser()
         pending = self._pending
         while True:
@@ -194,5 +192,7 @@ class BackendConnection:
                 return
 
     def _fail(self, reason: str) -> None:
-        self.close(reason)
-        self._on_failure(reason)
+        """Close and report once, whichever of the reader, writer or watchdog saw it first."""
+        if self.alive:
+            self.close(reason)
+            self._on_failure(reason)

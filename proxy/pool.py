@@ -127,6 +127,11 @@ class NodePool:
             self._slots[index] = conn
             try:
                 await conn.run()
+            except Exception:
+                # A bug in one connection must not take the proxy down: log it with its
+                # traceback, count it against the node, and reconnect.
+                log.exception("connection to %s failed unexpectedly", self.address)
+                self._failed("internal error")
             finally:
                 conn.close(f"connection to {self.address} lost")
 

@@ -13,6 +13,7 @@ period, then close the pools.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from netio.connection_server import Connection, ConnectionServer
 from protocol import NEED_DATA, RequestParser
 from proxy.pool import NodePool
 from proxy.router import Shard, ShardRouter
-from proxy.session import ClientSession, Slot, resolve
+from proxy.session import ClientSession, Ready, Slot
 from proxy.settings import ProxySettings
 from proxy.stats import ProxyStats
 
@@ -31,6 +32,8 @@ log = logging.getLogger("memring.proxy")
 
 READ_SIZE = 65536
 CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
+FLUSH_SIZE = 1 << 20        # replies waiting past this are sent before resolving more
+MAX_OUTSTANDING = 32        # requests of one client in flight before the proxy reads on
 
 
 @dataclass
@@ -104,6 +107,35 @@ class ProxyServer:
     def shutdown(self, grace: float = 5.0) -> None:
         self.connections.shutdown(grace)
 
+    async def _answer(self, sock: socket.socket, slots: list[Slot]) -> bool:
+        """Send the replies of `slots` in order, streaming past FLUSH_SIZE; False if the
+        client stopped reading for CLIENT_WRITE_TIMEOUT and must be dropped."""
+        out: list[bytes] = []
+        size = 0
+        for slot in slots:
+            reply = slot.data if type(slot) is Ready else await slot.reply()
+            out.append(reply)
+            size += len(reply)
+            if size >= FLUSH_SIZE:
+                if not await self._send(sock, b"".join(out)):
+                    return False
+                out.clear()
+                size = 0
+        return not out or await self._send(sock, b"".join(out))
+
+    async def _send(self, sock: socket.socket, data: bytes) -> bool:
+        if not data:
+            return True
+        sent = nonblocking.send_now(sock, data)
+        if sent < len(data):
+            with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
+                await nonblocking.send_all(sock, data[sent:])
+            if scope.cancelled_caught:
+                log.info("dropping a client that did not read its replies for %.0f s",
+                         CLIENT_WRITE_TIMEOUT)
+                return False
+        return True
+
     async def _converse(self, conn: Connection) -> None:
         sock = conn.sock
         settings = self.state.settings
@@ -120,23 +152,23 @@ class ProxyServer:
             parser.receive_data(data)
             started = time.perf_counter()
             slots: list[Slot] = []
+            answered = 0
             while not client.closing:
                 event = parser.next_event()
                 if event is NEED_DATA:
                     break
                 slots.append(client.issue(event))  # type: ignore[arg-type]
-            if not slots:
-                continue
-            reply = await resolve(slots)
-            stats.observe_latency((time.perf_counter() - started) / len(slots))
-            if reply:
-                sent = nonblocking.send_now(sock, reply)
-                if sent < len(reply):
-                    with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
-                        await nonblocking.send_all(sock, reply[sent:])
-                    if scope.cancelled_caught:
-                        log.info("dropping a client that did not read its replies "
-                                 "for %.0f s", CLIENT_WRITE_TIMEOUT)
+                if len(slots) >= MAX_OUTSTANDING:
+                    # Bound what one client can have in flight (and buffered here): answer
+                    # these before reading on; a client that stops reading stops here.
+                    if not await self._answer(sock, slots):
                         return
+                    answered += len(slots)
+                    slots = []
+            if slots and not await self._answer(sock, slots):
+                return
+            answered += len(slots)
+            if answered:
+                stats.observe_latency((time.perf_counter() - started) / answered)
             if client.closing:
                 return

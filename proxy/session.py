@@ -156,6 +156,24 @@ class FannedOut(Slot):
         return self.filter(self.leader)
 
 
+class AfterWrites(Slot):
+    """A fixed reply, sent only once side-effect writes are done: a too-large `set` answers
+    its error after the old value is gone from every node, so no later read (even on
+    another connection) can still see it."""
+
+    __slots__ = ("data", "pendings")
+
+    def __init__(self, pendings: list[PendingReply], data: bytes) -> None:
+        self.pendings = pendings
+        self.data = data
+
+    async def reply(self) -> bytes:
+        for pending in self.pendings:
+            if not pending.done:
+                await pending.wait()
+        return self.data
+
+
 class Everywhere(Slot):
     """flush_all / cache_memlimit: every node of every shard must say OK."""
 
@@ -335,22 +353,12 @@ class ClientSession:
 
     def _protocol_error(self, router: ShardRouter, error: ProtocolError) -> Slot:
         self.state.stats.client_errors += 1
+        if error.close:
+            self._closing = True
         if error.drop_key is not None:
             # memcached drops the old value of a `set` that was too large; so must the shard.
             shard = router.shard_for(error.drop_key)
-            FannedOut(shard.nodes, b"delete %s\r\n" % error.drop_key, False, self.affinity)
-        if error.close:
-            self._closing = True
+            delete = b"delete %s\r\n" % error.drop_key
+            return AfterWrites([node.submit(delete, False, self.affinity)
+                                for node in shard.nodes], error.reply)
         return Ready(error.reply)
-
-
-async def resolve(slots: list[Slot]) -> bytes:
-    """All replies of a batch, in request order."""
-    out = []
-    for slot in slots:
-        if type(slot) is Ready:
-            out.append(slot.data)
-        else:
-            out.append(await slot.reply())
-    return b"".join(out)
-
