@@ -124,7 +124,8 @@ class ReadWithFailover(Slot):
         self.filter = filter
         self.pending = nodes[0].submit(request, multi, affinity)
 
-    async def reply(self) -> bytes:
+    async def settle(self) -> PendingReply:
+        """The reply of the first node that could answer (or the last failure)."""
         pending = self.pending
         for node in self.nodes[1:]:
             if not pending.done:
@@ -134,7 +135,10 @@ class ReadWithFailover(Slot):
             pending = node.submit(self.request, self.multi, self.affinity)
         if not pending.done:
             await pending.wait()
-        return self.filter(pending)
+        return pending
+
+    async def reply(self) -> bytes:
+        return self.filter(await self.settle())
 
 
 class FannedOut(Slot):
@@ -148,12 +152,16 @@ class FannedOut(Slot):
         self.others = [node.submit(request, multi, affinity) for node in nodes[1:]]
         self.filter = filter
 
+    async def settle(self) -> PendingReply:
+        leader = self.leader
+        if not leader.done:
+            await leader.wait()
+        if leader.error is not None and not leader.error.startswith("leader unavailable"):
+            leader.error = "leader unavailable: " + leader.error
+        return leader
+
     async def reply(self) -> bytes:
-        if not self.leader.done:
-            await self.leader.wait()
-        if self.leader.error is not None:
-            self.leader.error = "leader unavailable: " + self.leader.error
-        return self.filter(self.leader)
+        return self.filter(await self.settle())
 
 
 class AfterWrites(Slot):
@@ -200,23 +208,21 @@ class SplitGet(Slot):
 
     __slots__ = ("keys", "parts")
 
-    def __init__(self, keys: list[bytes], parts: list[Slot]) -> None:
+    def __init__(self, keys: list[bytes], parts: list[ReadWithFailover | FannedOut]) -> None:
         self.keys = keys
         self.parts = parts
 
     async def reply(self) -> bytes:
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes, Value] = {}
         for part in self.parts:
-            assert isinstance(part, ReadWithFailover | FannedOut)
-            pending = part.pending if isinstance(part, ReadWithFailover) else part.leader
-            rendered = await part.reply()
-            if pending.error is not None or not pending.events or \
-                    type(pending.events[-1]) is not End:
-                return rendered  # an error for one shard is the error for the whole get
-            for event in pending.events:
+            pending = await part.settle()
+            events = pending.events
+            if pending.error is not None or not events or type(events[-1]) is not End:
+                return _render(pending)  # one shard's error is the whole get's error
+            for event in events:
                 if type(event) is Value:
-                    found[event.key] = event.encode()
-        return b"".join(found[k] for k in self.keys if k in found) + b"END\r\n"
+                    found[event.key] = event
+        return b"".join([found[k].encode() for k in self.keys if k in found]) + b"END\r\n"
 
 
 def _drop_all(pending: PendingReply) -> bytes:
@@ -300,7 +306,7 @@ class ClientSession:
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
-        parts: list[Slot] = []
+        parts: list[ReadWithFailover | FannedOut] = []
         for shard_id, shard_keys in by_shard.items():
             shard = shards[shard_id]
             line = encode_get(request.command, shard_keys, request.exptime)
