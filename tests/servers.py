@@ -137,13 +137,14 @@ def proxy_argv(config: str, *extra: str) -> list[str]:
 
 
 def proxy_config(shards: Sequence[Sequence[RunningServer]], **proxy: object) -> str:
-    """A static topology TOML: one [[shards]] table per group of servers."""
+    """A static topology TOML: one [[shards]] table per group of servers, named s1, s2, ...
+    so that key placement does not depend on the free ports the servers got."""
     lines = ["[proxy]"]
     for key, value in proxy.items():
         lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
-    for group in shards:
+    for number, group in enumerate(shards, start=1):
         nodes = ", ".join(f'"{HOST}:{server.port}"' for server in group)
-        lines += ["[[shards]]", f"nodes = [{nodes}]"]
+        lines += ["[[shards]]", f'name = "s{number}"', f"nodes = [{nodes}]"]
     return "\n".join(lines) + "\n"
 
 
