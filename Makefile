@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached nutcracker
+DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
 
 .PHONY: run test lint unit bench debian-deps venv clean
 
@@ -37,7 +37,7 @@ run: venv
 	wait
 
 lint: venv
-	$(BIN)/ruff check protocol netio backend proxy tests bench
+	$(BIN)/ruff check protocol netio cluster backend proxy tests bench
 	$(BIN)/mypy
 
 test: venv debian-deps lint

@@ -1,0 +1,55 @@
+"""memring's coordination: the etcd keyspace, leases, membership, elections, topology records.
+
+One interface, `Coordinator` (cluster.coordinator), with an etcd implementation
+(`EtcdCoordinator`, cluster.etcd_coordinator) and an in-memory fake for unit tests
+(`MemoryCoordinator`, cluster.memory_coordinator); the same contract tests run against both.
+`cluster.etcd_process` starts a local etcd for tests and `memring up`. The keyspace is described
+in cluster.keyspace. The etcd client (and grpc) is imported only by cluster.etcd_coordinator.
+"""
+
+from cluster.coordinator import (
+    ClusterConfig,
+    ClusterView,
+    Coordinator,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    FencedOut,
+    Incarnation,
+    IsrRecord,
+    LeaderRecord,
+    Leadership,
+    LeaseNotFound,
+    NodeRecord,
+    ProxyRecord,
+    Session,
+    ShardExists,
+    ShardRecord,
+    ShardView,
+    WatchCompacted,
+    WatchStream,
+)
+from cluster.keyspace import Keyspace, WatchBatch
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterView",
+    "Coordinator",
+    "CoordinatorError",
+    "CoordinatorUnavailable",
+    "FencedOut",
+    "Incarnation",
+    "IsrRecord",
+    "Keyspace",
+    "LeaderRecord",
+    "Leadership",
+    "LeaseNotFound",
+    "NodeRecord",
+    "ProxyRecord",
+    "Session",
+    "ShardExists",
+    "ShardRecord",
+    "ShardView",
+    "WatchBatch",
+    "WatchCompacted",
+    "WatchStream",
+]

@@ -1,0 +1,456 @@
+"""The coordination interface: records, the cluster view, sessions, elections.
+
+Theory of operation. A `Coordinator` is a client of a revisioned key-value store with leases
+and transactions (etcd, or the in-memory fake that mimics it). Subclasses provide six
+primitives (`_read`, `_txn`, `_grant`, `_keepalive`, `revoke`, `_watch_raw`); everything else,
+the election, the fencing and the view, is written here once, so both stores run the same
+logic and the same contract tests.
+
+A `Session` is a lease plus its keep-alive. Its `deadline` is the local monotonic time
+`sent + ttl - margin`, where `sent` is when the last *successful* keepalive was sent (the
+store cannot have started that lease's countdown earlier). A watchdog task sleeps until the
+deadline and, if no later keepalive succeeded, sets `lost` and cancels the scopes linked to the
+session. It never waits on the store, so a hung call cannot delay a step-down.
+
+Ownership changes are compare-and-set transactions on create revisions: a shard's leader key is
+created only if absent, by a member of the shard's ISR (compared by the ISR's mod revision in
+the same txn); the leader key's create revision is the leader's epoch, and every later write
+of that leader (ISR updates, resignation) is fenced on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import replace
+
+import trio
+
+from cluster.keyspace import (
+    Compare,
+    Delete,
+    Entry,
+    Keyspace,
+    Op,
+    Put,
+    TxnResult,
+    WatchBatch,
+)
+from cluster.records import (
+    HASHES as HASHES,
+)
+from cluster.records import (
+    READ_POLICIES as READ_POLICIES,
+)
+from cluster.records import (
+    REPLICATION_MODES as REPLICATION_MODES,
+)
+from cluster.records import (
+    UNCLEAN_POLICIES as UNCLEAN_POLICIES,
+)
+from cluster.records import (  # re-exported: callers import the records from here too
+    ClusterConfig as ClusterConfig,
+)
+from cluster.records import (
+    ClusterView as ClusterView,
+)
+from cluster.records import (
+    Incarnation as Incarnation,
+)
+from cluster.records import (
+    IsrRecord as IsrRecord,
+)
+from cluster.records import (
+    LeaderRecord as LeaderRecord,
+)
+from cluster.records import (
+    Leadership as Leadership,
+)
+from cluster.records import (
+    NodeRecord as NodeRecord,
+)
+from cluster.records import (
+    ProxyRecord as ProxyRecord,
+)
+from cluster.records import (
+    ShardRecord as ShardRecord,
+)
+from cluster.records import (
+    ShardView as ShardView,
+)
+
+log = logging.getLogger("memring.cluster")
+
+
+class CoordinatorError(Exception):
+    """A coordination call failed."""
+
+
+class CoordinatorUnavailable(CoordinatorError):
+    """The store did not answer within the call's timeout (or refused the connection)."""
+
+
+class LeaseNotFound(CoordinatorError):
+    """The lease is gone (expired or revoked): its session is lost."""
+
+
+class FencedOut(CoordinatorError):
+    """A write fenced on an epoch found that epoch is no longer the shard's leader."""
+
+
+class ShardExists(CoordinatorError):
+    """`add_shard` of a shard that already exists."""
+
+
+class WatchCompacted(CoordinatorError):
+    """The watch's start revision was compacted away: take a new snapshot."""
+
+
+@contextmanager
+def collapse_single() -> Iterator[None]:
+    """Re-raise a lone exception out of a nursery's ExceptionGroup, so a context manager built
+    on a nursery raises what its body raised (e.g. CoordinatorUnavailable), not a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1 or isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise
+        exc = group.exceptions[0]
+        context = exc.__context__
+        try:
+            raise exc
+        finally:
+            exc.__context__ = context
+            del exc, context
+
+
+class Session:
+    """A lease kept alive every ttl/3, with a deadline on the local monotonic clock."""
+
+    def __init__(self, coordinator: Coordinator, lease_id: int, ttl: float, margin: float,
+                 sent: float) -> None:
+        self.coordinator = coordinator
+        self.lease_id = lease_id
+        self.ttl = ttl
+        self.margin = margin
+        self.renewed_at = sent  # send time of the last successful grant/keepalive
+        self.lost = trio.Event()
+        self.lost_reason = ""
+        self.lost_at = math.inf
+        self._linked: list[trio.CancelScope] = []
+        self._renewing = trio.CancelScope()  # a lost session stops renewing its lease
+
+    @property
+    def deadline(self) -> float:
+        return self.renewed_at + self.ttl - self.margin
+
+    def is_valid(self) -> bool:
+        """True while the lease is surely still ours (checked before acknowledging a write)."""
+        return not self.lost.is_set() and trio.current_time() < self.deadline
+
+    def incarnation(self, node_id: str) -> Incarnation:
+        return Incarnation(node_id, self.lease_id)
+
+    def cancel_on_loss(self, scope: trio.CancelScope) -> None:
+        """Cancel `scope` when the session is lost (at once if it already is)."""
+        if self.lost.is_set():
+            scope.cancel()
+        else:
+            self._linked.append(scope)
+
+    def _mark_lost(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_reason = reason
+        self.lost_at = trio.current_time()
+        log.warning("session %x lost: %s", self.lease_id, reason)
+        self.lost.set()
+        self._renewing.cancel()
+        for scope in self._linked:
+            scope.cancel()
+
+    async def _keepalive_loop(self) -> None:
+        with self._renewing:
+            await self._renew_until_lost()
+
+    async def _renew_until_lost(self) -> None:
+        interval = self.ttl / 3
+        next_at = self.renewed_at + interval
+        failing = False
+        while True:
+            await trio.sleep_until(next_at)
+            sent = trio.current_time()
+            try:
+                remaining = await self.coordinator._keepalive(self.lease_id, timeout=interval)
+            except CoordinatorUnavailable as exc:
+                if not failing:
+                    log.warning("keepalive of lease %x failed: %s", self.lease_id, exc)
+                failing = True
+                next_at = trio.current_time() + min(0.1, interval / 4)
+                continue
+            if remaining <= 0:
+                self._mark_lost("the lease expired or was revoked in the store")
+                return
+            if failing:
+                log.info("keepalive of lease %x recovered", self.lease_id)
+            failing = False
+            self.renewed_at = max(self.renewed_at, sent)
+            next_at = sent + interval
+
+    async def _watchdog(self) -> None:
+        while True:
+            await trio.sleep_until(self.deadline)
+            if trio.current_time() >= self.deadline:
+                self._mark_lost(f"no keepalive succeeded within ttl {self.ttl:g}s "
+                                f"less margin {self.margin:g}s")
+                return
+
+
+class WatchStream:
+    """Receives `WatchBatch`es; raises the watch's error (e.g. CoordinatorUnavailable) when the
+    stream breaks, instead of ending quietly."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[WatchBatch]) -> None:
+        self._receive = receive
+        self.error: CoordinatorError | None = None
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchBatch:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self.error is not None:
+                raise self.error from None
+            raise StopAsyncIteration from None
+
+
+# --- the coordinator ----------------------------------------------------------------------
+
+
+class Coordinator(abc.ABC):
+    """A cluster's coordination client. Use from trio; every call is bounded by a timeout."""
+
+    def __init__(self, cluster: str, *, call_timeout: float = 1.0, root: str = "/memring"):
+        self.keyspace = Keyspace(cluster, root)
+        self.call_timeout = call_timeout
+
+    # The store's primitives -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _read(self, key: str, *, prefix: bool = False) -> tuple[int, dict[str, Entry]]:
+        """(store revision, entries) for one key or every key under a prefix."""
+
+    @abc.abstractmethod
+    async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
+                   failure: Sequence[Op] = ()) -> TxnResult: ...
+
+    @abc.abstractmethod
+    async def _grant(self, ttl: float) -> tuple[int, float]:
+        """A new lease: (lease id, granted ttl in seconds)."""
+
+    @abc.abstractmethod
+    async def _keepalive(self, lease_id: int, *, timeout: float) -> float:
+        """Renew a lease once; its remaining TTL, 0 when it no longer exists."""
+
+    @abc.abstractmethod
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke a lease (deleting its keys at once); False if it did not exist."""
+
+    @abc.abstractmethod
+    def _watch_raw(self, prefix: str, from_revision: int) -> AbstractAsyncContextManager[
+            WatchStream]: ...
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    # Sessions and membership -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_session(self, ttl: float = 2.0, *,
+                           margin: float | None = None) -> AsyncIterator[Session]:
+        """A lease kept alive until the block exits (then revoked: a graceful leave).
+
+        `margin` (default ttl/10, at least 50 ms) is how long before the lease could expire in
+        the store the session declares itself lost."""
+        sent = trio.current_time()
+        lease_id, granted = await self._grant(ttl)
+        if margin is None:
+            margin = max(0.05, granted / 10)
+        session = Session(self, lease_id, granted, margin, sent)
+        try:
+            with collapse_single():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session._keepalive_loop)
+                    nursery.start_soon(session._watchdog)
+                    try:
+                        yield session
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.call_timeout):
+                try:
+                    await self.revoke(lease_id)
+                except CoordinatorError as exc:
+                    log.warning("could not revoke lease %x on close: %s", lease_id, exc)
+
+    async def register_node(self, session: Session, node: NodeRecord) -> None:
+        await self._put(self.keyspace.node(node.node_id), node.to_json(), session.lease_id)
+
+    async def register_proxy(self, session: Session, proxy: ProxyRecord) -> None:
+        await self._put(self.keyspace.proxy(proxy.proxy_id), proxy.to_json(), session.lease_id)
+
+    async def _put(self, key: str, value: bytes, lease: int = 0) -> int:
+        result = await self._txn([], [Put(key, value, lease)])
+        return result.revision
+
+    # Configuration and topology --------------------------------------------------------
+
+    async def get_config(self) -> ClusterConfig | None:
+        key = self.keyspace.config()
+        _, entries = await self._read(key)
+        return ClusterConfig.from_json(entries[key].value) if key in entries else None
+
+    async def put_config(self, config: ClusterConfig) -> None:
+        await self._put(self.keyspace.config(), config.to_json())
+
+    async def list_shards(self) -> list[ShardRecord]:
+        return [s.record for s in (await self.snapshot()).shards.values() if s.record]
+
+    async def add_shard(self, shard: ShardRecord) -> None:
+        key = self.keyspace.shard(shard.shard_id)
+        result = await self._txn([Compare(key, "create", "==", 0)], [Put(key, shard.to_json())])
+        if not result.succeeded:
+            raise ShardExists(f"shard {shard.shard_id!r} already exists")
+
+    async def ensure_shard(self, shard_id: str, *, member: str | None = None,
+                           weight: int = 1) -> ShardRecord:
+        """Create `shards/<shard_id>` if absent; add `member` to its replicas if missing."""
+        key = self.keyspace.shard(shard_id)
+        for _ in range(20):  # bounded compare-and-set retries against concurrent joiners
+            _, entries = await self._read(key)
+            entry = entries.get(key)
+            if entry is None:
+                record = ShardRecord(shard_id, (member,) if member else (), weight)
+                guard = Compare(key, "create", "==", 0)
+            else:
+                current = ShardRecord.from_json(entry.value)
+                if member is None or member in current.replicas:
+                    return current
+                record = replace(current, replicas=(*current.replicas, member))
+                guard = Compare(key, "mod", "==", entry.mod_revision)
+            if (await self._txn([guard], [Put(key, record.to_json())])).succeeded:
+                return record
+        raise CoordinatorError(f"shard {shard_id!r}: too much contention updating its record")
+
+    async def remove_shard(self, shard_id: str) -> bool:
+        """Delete a shard's record, leader and ISR keys; False if it had no record."""
+        key = self.keyspace.shard(shard_id)
+        result = await self._txn(
+            [Compare(key, "create", "!=", 0)],
+            [Delete(key), Delete(self.keyspace.leader(shard_id)),
+             Delete(self.keyspace.isr(shard_id))])
+        return result.succeeded
+
+    # Elections -------------------------------------------------------------------------
+
+    async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
+                       unclean: bool = False) -> Leadership | None:
+        """Try once to become the shard's leader; the Leadership, or None if another leads,
+        this incarnation is not in the ISR, or the ISR changed meanwhile.
+
+        One txn: leader key absent AND (ISR absent -> create it with us alone | ISR unchanged
+        since we read it with us in it). `unclean` skips the ISR check and resets it to us."""
+        if not session.is_valid():
+            return None
+        leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
+        me = session.incarnation(node_id)
+        _, entries = await self._read(isr_key)
+        isr_entry = entries.get(isr_key)
+        leader = Put(leader_key, LeaderRecord(node_id, address, session.lease_id).to_json(),
+                     session.lease_id)
+        fresh_isr = Put(isr_key, IsrRecord((me,)).to_json())
+        compares = [Compare(leader_key, "create", "==", 0)]
+        success: list[Op] = [leader]
+        if isr_entry is None:
+            compares.append(Compare(isr_key, "create", "==", 0))
+            success.append(fresh_isr)
+        else:
+            compares.append(Compare(isr_key, "mod", "==", isr_entry.mod_revision))
+            in_sync = me in IsrRecord.from_json(isr_entry.value).members
+            if unclean and not in_sync:
+                success.append(fresh_isr)
+            elif not in_sync:
+                return None
+        result = await self._txn(compares, success)
+        if not result.succeeded:
+            return None
+        return Leadership(shard_id, node_id, result.revision, session.lease_id)
+
+    async def resign(self, leadership: Leadership) -> bool:
+        """Give up leadership if this epoch still holds the leader key."""
+        key = self.keyspace.leader(leadership.shard_id)
+        result = await self._txn([Compare(key, "create", "==", leadership.epoch)], [Delete(key)])
+        return result.succeeded
+
+    async def update_isr(self, leadership: Leadership,
+                         members: Iterable[Incarnation]) -> int:
+        """Write the shard's ISR, fenced on the epoch; its revision, or FencedOut."""
+        record = IsrRecord(tuple(sorted(set(members))), leadership.epoch)
+        result = await self._txn(
+            [Compare(self.keyspace.leader(leadership.shard_id), "create", "==",
+                     leadership.epoch)],
+            [Put(self.keyspace.isr(leadership.shard_id), record.to_json())])
+        if not result.succeeded:
+            raise FencedOut(f"shard {leadership.shard_id!r}: epoch {leadership.epoch} no longer "
+                            "leads; not writing the ISR")
+        return result.revision
+
+    # Reading and following -------------------------------------------------------------
+
+    async def snapshot(self) -> ClusterView:
+        revision, entries = await self._read(self.keyspace.prefix, prefix=True)
+        return ClusterView.build(self.keyspace, revision, entries)
+
+    def watch(self, from_revision: int) -> AbstractAsyncContextManager[WatchStream]:
+        """Changes under the cluster's prefix from `from_revision` on (use snapshot().revision
+        + 1). The stream raises CoordinatorUnavailable or WatchCompacted when it breaks."""
+        return self._watch_raw(self.keyspace.prefix, from_revision)
+
+    @asynccontextmanager
+    async def follow(self, *, retry_interval: float = 0.5
+                     ) -> AsyncIterator[trio.MemoryReceiveChannel[ClusterView]]:
+        """A fresh ClusterView after every change, forever; across store outages it keeps
+        quiet (the last view stands) and re-syncs with a new snapshot when the store is back."""
+        send, receive = trio.open_memory_channel[ClusterView](math.inf)
+        with collapse_single():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_loop, send, retry_interval)
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _follow_loop(self, send: trio.MemorySendChannel[ClusterView],
+                           retry_interval: float) -> None:
+        last: ClusterView | None = None
+        async with send:
+            while True:
+                try:
+                    view = await self.snapshot()
+                    if last is None or view.revision != last.revision:
+                        send.send_nowait(view)
+                    last = view
+                    async with self.watch(view.revision + 1) as stream:
+                        async for batch in stream:
+                            view = view.apply(batch)
+                            send.send_nowait(view)
+                            last = view
+                except (CoordinatorUnavailable, WatchCompacted) as exc:
+                    log.warning("following the cluster: %s; retrying in %gs", exc,
+                                retry_interval)
+                await trio.sleep(retry_interval)

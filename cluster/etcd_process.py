@@ -1,0 +1,191 @@
+"""Start and stop a local single-member etcd (Debian's `etcd`, 3.4) on free loopback ports.
+
+Used by the tests and by `memring up`. The member keeps its data in a temporary directory
+(removed on stop unless the caller gave one), logs to `<data dir>/etcd.log`, and is polled on
+its `/health` endpoint until it answers. `stop()` is terminate-then-kill and always reaps the
+process; a SIGSTOPped member (`pause()`) is resumed first so that it can exit cleanly.
+
+etcd 3.4's smallest lease TTL is 1.5 x its election timeout (1 s by default, so TTLs round up
+to 2 s); `fast_elections=True` uses a 50 ms heartbeat and 250 ms election timeout so a 1 s TTL
+is honoured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+# etcd 3.4 refuses to start on architectures it does not support officially unless told to.
+_GOARCH = {"aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "s390x": "s390x",
+           "ppc64le": "ppc64le", "i686": "386", "riscv64": "riscv64"}
+
+
+class EtcdNotFound(RuntimeError):
+    """No etcd binary on PATH."""
+
+
+class EtcdStartError(RuntimeError):
+    """etcd exited or did not become healthy in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def find_etcd(binary: str = "etcd") -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/bin:/usr/sbin:/usr/local/bin")
+    if path is None:
+        raise EtcdNotFound(
+            f"no {binary!r} binary on PATH: install Debian's etcd-server without starting its "
+            "service (`make debian-deps`), or pass --etcd URLS of a running etcd")
+    return path
+
+
+@dataclass
+class EtcdProcess:
+    """A running etcd member; `url` is its client URL."""
+
+    process: subprocess.Popen[bytes]
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    owns_data_dir: bool
+    argv: list[str]
+    env: dict[str, str]
+    paused: bool = field(default=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "etcd.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def pause(self) -> None:
+        """SIGSTOP: etcd freezes with its sockets open (calls hang instead of being refused)."""
+        self.process.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def healthy(self, timeout: float = 0.5) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as response:
+                return bool(json.loads(response.read()).get("health") == "true")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def kill(self) -> None:
+        """kill -9 and reap (the data dir stays, for `restart()`)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.paused = False
+
+    def restart(self, ready_timeout: float = 15.0) -> None:
+        """Start the member again (after `kill()`) with the same ports and data."""
+        self.kill()
+        self.process = _spawn(self.argv, self.env, self.log_path)
+        _await_health(self, ready_timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate, then kill after `timeout`; reap; remove an owned data dir."""
+        try:
+            if self.process.poll() is None:
+                if self.paused:
+                    self.resume()
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout)
+        finally:
+            self.paused = False
+            if self.owns_data_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL)
+
+
+def _await_health(member: EtcdProcess, ready_timeout: float) -> None:
+    """Return once the member is healthy; else stop it and raise EtcdStartError."""
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if member.process.poll() is not None:
+            tail = member.log_tail()
+            code = member.process.returncode
+            member.stop()
+            raise EtcdStartError(f"etcd exited with code {code}:\n{tail}")
+        if member.healthy():
+            return
+        time.sleep(0.05)
+    tail = member.log_tail()
+    member.stop()
+    raise EtcdStartError(f"etcd on {member.url} not healthy after {ready_timeout:g}s:\n{tail}")
+
+
+def start_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
+               fast_elections: bool = True, ready_timeout: float = 15.0,
+               binary: str = "etcd") -> EtcdProcess:
+    """Start one etcd member on free loopback ports; return once /health says true."""
+    path = find_etcd(binary)
+    owns = data_dir is None
+    base = Path(tempfile.mkdtemp(prefix="memring-etcd-")) if data_dir is None else Path(data_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    client_port, peer_port = free_port(), free_port()
+    client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
+    argv = [path, "--name", name, "--data-dir", str(base / "data"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new"]
+    if fast_elections:
+        argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
+    env = dict(os.environ)
+    goarch = _GOARCH.get(platform.machine().lower())
+    if goarch:
+        env.setdefault("ETCD_UNSUPPORTED_ARCH", goarch)
+    process = _spawn(argv, env, base / "etcd.log")
+    member = EtcdProcess(process, client_port, peer_port, base, owns, argv, env)
+    _await_health(member, ready_timeout)
+    return member
+
+
+@contextlib.contextmanager
+def running_etcd(*, data_dir: str | Path | None = None,
+                 fast_elections: bool = True) -> Iterator[EtcdProcess]:
+    """`start_etcd(...)` for the block; always stopped afterwards."""
+    member = start_etcd(data_dir=data_dir, fast_elections=fast_elections)
+    try:
+        yield member
+    finally:
+        member.stop()

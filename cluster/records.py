@@ -1,0 +1,271 @@
+"""The records kept in etcd and the cluster view built from them.
+
+Each record is a small frozen dataclass stored as a JSON value under the keyspace of
+`cluster.keyspace`; `ClusterView` is one consistent snapshot of them at a revision, what
+proxies and backends rebuild their routing from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cluster.keyspace import Entry, Keyspace, WatchBatch
+
+log = logging.getLogger("memring.cluster")
+
+
+def _dump(record: Any) -> bytes:
+    return json.dumps(asdict(record), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {raw[:80]!r}")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A live backend: `nodes/<node_id>`, bound to its session's lease."""
+
+    node_id: str
+    address: str
+    shard: str
+    peer_address: str = ""
+    weight: int = 1
+    version: str = ""
+    started: float = 0.0  # wall-clock seconds since the epoch, for humans
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeRecord:
+        d = _load(raw)
+        return cls(str(d["node_id"]), str(d["address"]), str(d["shard"]),
+                   str(d.get("peer_address", "")), int(d.get("weight", 1)),
+                   str(d.get("version", "")), float(d.get("started", 0.0)))
+
+
+HASHES = ("md5", "fnv1a_64")
+READ_POLICIES = ("leader", "round_robin", "weighted")
+REPLICATION_MODES = ("sync", "async")
+UNCLEAN_POLICIES = ("auto", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Cluster-wide settings: the `config` key."""
+
+    hash: str = "md5"
+    read_policy: str = "leader"
+    replication: str = "sync"
+    lease_ttl: float = 2.0
+    min_insync: int = 1
+    unclean_election: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("hash", self.hash, HASHES),
+            ("read_policy", self.read_policy, READ_POLICIES),
+            ("replication", self.replication, REPLICATION_MODES),
+            ("unclean_election", self.unclean_election, UNCLEAN_POLICIES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"config {name} = {value!r}: expected one of {', '.join(allowed)}")
+        if not self.lease_ttl > 0:
+            raise ValueError(f"config lease_ttl = {self.lease_ttl!r}: expected seconds > 0")
+        if self.min_insync < 1:
+            raise ValueError(f"config min_insync = {self.min_insync!r}: expected >= 1")
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ClusterConfig:
+        d = _load(raw)
+        base = cls()
+        return cls(str(d.get("hash", base.hash)), str(d.get("read_policy", base.read_policy)),
+                   str(d.get("replication", base.replication)),
+                   float(d.get("lease_ttl", base.lease_ttl)),
+                   int(d.get("min_insync", base.min_insync)),
+                   str(d.get("unclean_election", base.unclean_election)))
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    """A replica set: `shards/<shard_id>`; its id is its ring point name."""
+
+    shard_id: str
+    replicas: tuple[str, ...] = ()
+    weight: int = 1
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ShardRecord:
+        d = _load(raw)
+        return cls(str(d["shard_id"]), tuple(str(r) for r in d.get("replicas", ())),
+                   int(d.get("weight", 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    """`shards/<shard>/leader`: who leads, where, and under which lease (to evict it)."""
+
+    node_id: str
+    address: str
+    lease_id: int
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LeaderRecord:
+        d = _load(raw)
+        return cls(str(d["node_id"]), str(d["address"]), int(d["lease_id"]))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Incarnation:
+    """One life of a node: a restarted node has a new lease, so it is a new incarnation."""
+
+    node_id: str
+    lease_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class IsrRecord:
+    """`shards/<shard>/isr`: the in-sync incarnations, and the epoch of the leader that wrote it
+    (0 when the first leader's campaign created it)."""
+
+    members: tuple[Incarnation, ...]
+    epoch: int = 0
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return tuple(m.node_id for m in self.members)
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> IsrRecord:
+        d = _load(raw)
+        members = tuple(Incarnation(str(m["node_id"]), int(m["lease_id"])) for m in d["members"])
+        return cls(members, int(d.get("epoch", 0)))
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRecord:
+    """A live proxy: `proxies/<proxy_id>`, bound to its session's lease."""
+
+    proxy_id: str
+    address: str
+    version: str = ""
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ProxyRecord:
+        d = _load(raw)
+        return cls(str(d["proxy_id"]), str(d["address"]), str(d.get("version", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """What a won campaign returns: the epoch fences every later write of this leader."""
+
+    shard_id: str
+    node_id: str
+    epoch: int
+    lease_id: int
+
+
+# --- the view -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShardView:
+    shard_id: str
+    record: ShardRecord | None  # None while only a leader/isr key exists (shard being removed)
+    leader: LeaderRecord | None
+    epoch: int  # the leader key's create revision; 0 without a leader
+    isr: IsrRecord | None
+    isr_revision: int  # the ISR key's mod revision; 0 without one
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Everything under the cluster's prefix at one revision, decoded. Immutable: `apply`
+    returns a new view, so a router swaps in a whole new table at once."""
+
+    keyspace: Keyspace
+    revision: int
+    entries: Mapping[str, Entry]
+    config: ClusterConfig | None = None
+    shards: Mapping[str, ShardView] = field(default_factory=dict)
+    nodes: Mapping[str, NodeRecord] = field(default_factory=dict)
+    proxies: Mapping[str, ProxyRecord] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, keyspace: Keyspace, revision: int, entries: Mapping[str, Entry]) -> ClusterView:
+        config: ClusterConfig | None = None
+        nodes: dict[str, NodeRecord] = {}
+        proxies: dict[str, ProxyRecord] = {}
+        records: dict[str, ShardRecord] = {}
+        leaders: dict[str, tuple[LeaderRecord, int]] = {}
+        isrs: dict[str, tuple[IsrRecord, int]] = {}
+        for key, entry in entries.items():
+            ref = keyspace.parse(key)
+            if ref is None:
+                continue
+            try:
+                if ref.kind == "config":
+                    config = ClusterConfig.from_json(entry.value)
+                elif ref.kind == "node":
+                    nodes[ref.ident] = NodeRecord.from_json(entry.value)
+                elif ref.kind == "proxy":
+                    proxies[ref.ident] = ProxyRecord.from_json(entry.value)
+                elif ref.kind == "shard":
+                    records[ref.ident] = ShardRecord.from_json(entry.value)
+                elif ref.kind == "leader":
+                    leaders[ref.ident] = (LeaderRecord.from_json(entry.value),
+                                          entry.create_revision)
+                else:
+                    isrs[ref.ident] = (IsrRecord.from_json(entry.value), entry.mod_revision)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring malformed value of %s: %s", key, exc)
+        shards: dict[str, ShardView] = {}
+        for shard_id in sorted(records.keys() | leaders.keys() | isrs.keys()):
+            leader, epoch = leaders.get(shard_id, (None, 0))
+            isr, isr_rev = isrs.get(shard_id, (None, 0))
+            shards[shard_id] = ShardView(shard_id, records.get(shard_id), leader, epoch, isr,
+                                         isr_rev)
+        return cls(keyspace, revision, dict(entries), config, shards, nodes, proxies)
+
+    def apply(self, batch: WatchBatch) -> ClusterView:
+        """The view after a watch batch (events of revisions after this view's)."""
+        entries = dict(self.entries)
+        for event in batch.events:
+            if event.entry.mod_revision <= self.revision:
+                continue  # already in this view
+            if event.kind == "put":
+                entries[event.entry.key] = event.entry
+            else:
+                entries.pop(event.entry.key, None)
+        return ClusterView.build(self.keyspace, max(self.revision, batch.revision), entries)
+
+    def lease_of(self, key: str) -> int:
+        entry = self.entries.get(key)
+        return entry.lease if entry else 0
+
+
+# --- sessions -----------------------------------------------------------------------------
