@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests import servers
+from tests.integration import proxy_fixtures, wire
 from tests.integration import test_bad_input as bi
-from tests.integration import wire
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +55,8 @@ test_binary_protocol_is_refused = bi.test_binary_protocol_is_refused
 test_client_disconnects_mid_value = bi.test_client_disconnects_mid_value
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[dict[str, servers.RunningServer]]:
-    """kind -> a proxy over 3 single-node shards of that kind."""
-    with servers.proxy_over("memcached", shards=3) as memcached, \
-            servers.proxy_over("backend", shards=3) as backend:
-        yield {"memcached": memcached, "backend": backend}
-
-
-@pytest.fixture(params=KINDS)
-def server(request: pytest.FixtureRequest,
-           running: dict[str, servers.RunningServer]) -> servers.RunningServer:
-    return running[request.param]
+running = proxy_fixtures.running
+server = proxy_fixtures.server
 
 
 @pytest.fixture(params=KINDS)

@@ -27,8 +27,8 @@ import pytest
 from pymemcache.client.base import Client
 
 from tests import servers
+from tests.integration import proxy_fixtures, wire
 from tests.integration import test_pymemcache as pm
-from tests.integration import wire
 
 pytestmark = pytest.mark.integration
 
@@ -56,18 +56,8 @@ test_key_lengths = pm.test_key_lengths
 test_expiry_touch_and_delayed_flush = pm.test_expiry_touch_and_delayed_flush
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[dict[str, servers.RunningServer]]:
-    """kind -> a proxy over 3 single-node shards of that kind (what pm's tests get)."""
-    with servers.proxy_over("memcached", shards=3) as memcached, \
-            servers.proxy_over("backend", shards=3) as backend:
-        yield {"memcached": memcached, "backend": backend}
-
-
-@pytest.fixture(params=KINDS)
-def server(request: pytest.FixtureRequest,
-           running: dict[str, servers.RunningServer]) -> servers.RunningServer:
-    return running[request.param]
+running = proxy_fixtures.running
+server = proxy_fixtures.server
 
 
 @pytest.fixture(scope="module")
