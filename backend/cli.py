@@ -4,30 +4,66 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
+from contextlib import AsyncExitStack
 
 import trio
 
+from backend.cluster_member import ClusterMember, MemberIdentity
 from backend.server import BackendServer
-from backend.settings import BackendSettings, SettingsError, load_settings
+from backend.settings import BackendSettings, SettingsError, load_settings, split_address
+from backend.stats import MEMRING_VERSION
 from netio import nonblocking
 from netio.nonblocking import PortInUse
 
 log = logging.getLogger("memring.backend")
 
 
+def identity(settings: BackendSettings, port: int) -> MemberIdentity:
+    """The node's published identity; addresses default to what it listens on."""
+    host, _ = split_address(settings.advertise or settings.listen)
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    advertise_port = split_address(settings.advertise)[1] if settings.advertise else port
+    address = f"[{host}]:{advertise_port}" if ":" in host else f"{host}:{advertise_port}"
+    return MemberIdentity(
+        node_id=settings.node_id or address.replace("[", "").replace("]", ""),
+        shard=settings.shard, address=address,
+        peer_address=settings.peer_advertise or settings.peer_listen,
+        version=MEMRING_VERSION)
+
+
 async def run(settings: BackendSettings) -> None:
     nonblocking.raise_fd_limit(settings.max_connections + 64)
-    server = BackendServer(settings)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(server.serve)
-        log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",
-                 settings.host, port, settings.memory, settings.max_item_size)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("%s received: shutting down", signal.Signals(signum).name)
-                server.shutdown()
-                break
+    async with AsyncExitStack() as stack:
+        member: ClusterMember | None = None
+        if settings.clustered:
+            from cluster.etcd_coordinator import EtcdCoordinator  # grpc only in cluster mode
+
+            coordinator = EtcdCoordinator(settings.etcd, settings.cluster)
+            stack.push_async_callback(coordinator.aclose)
+            # the identity needs the bound port; the member is built once the server listens
+            member = ClusterMember(coordinator, MemberIdentity("", settings.shard, ""),
+                                   lease_ttl=settings.lease_ttl)
+        server = BackendServer(settings, member)
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve)
+            log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",
+                     settings.host, port, settings.memory, settings.max_item_size)
+            if member is not None:
+                member.identity = identity(settings, port)
+                log.info("cluster mode: etcd %s, cluster %s, shard %s, node %s",
+                         settings.etcd, settings.cluster, settings.shard,
+                         member.identity.node_id)
+                await nursery.start(member.run)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s received: shutting down", signal.Signals(signum).name)
+                    if member is not None:
+                        await member.leave()
+                    server.shutdown()
+                    break
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,17 @@
 This is where memcached's replies are chosen; the codec has already validated the
 syntax and the server owns the sockets. Replies are appended to a list that the
 connection writes in one batch. Meta commands live in `backend.meta_commands`.
+
+In cluster mode a `WriteFence` (backend.cluster_member) guards every mutating command: the
+handler asks it just before applying one, and a refusal (a SERVER_ERROR line) is sent instead
+of applying the write (classic noreply hides it; meta `q` never hides an error).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, Protocol
 
 from backend.meta_commands import MetaCommands
 from backend.stats import StatsReport
@@ -48,6 +53,39 @@ _OUTCOME_REPLY = {
 _NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
 
 
+class WriteFence(Protocol):
+    def refusal(self) -> bytes | None:
+        """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        """The memring_* lines of `stats`."""
+
+
+STANDALONE_STATS: list[tuple[str, object]] = [
+    ("memring_role", "standalone"), ("memring_shard", "-"), ("memring_node_id", "-"),
+    ("memring_epoch", 0)]
+
+
+def _always(request: object) -> bool:
+    return True
+
+
+def _mg_mutates(request: MetaGet) -> bool:
+    return "N" in request.flags.order or "T" in request.flags.order  # vivify / touch
+
+
+def _get_mutates(request: Get) -> bool:
+    return request.touches  # gat / gats
+
+
+# What each request type may change; meta commands answer an error even under q.
+_MUTATING: dict[type, tuple[Callable[[Any], bool], bool]] = {
+    StoreRequest: (_always, True), Delete: (_always, True), Arithmetic: (_always, True),
+    Touch: (_always, True), FlushAll: (_always, True), Get: (_get_mutates, False),
+    MetaSet: (_always, False), MetaDelete: (_always, False),
+    MetaArithmetic: (_always, False), MetaGet: (_mg_mutates, False)}
+
+
 class CloseConnection(Exception):
     """Raised by a command after which the connection must close (quit, bad framing)."""
 
@@ -55,9 +93,11 @@ class CloseConnection(Exception):
 class CommandHandler:
     """Executes request events against the store; one per server, shared by connections."""
 
-    def __init__(self, store: Store, stats: StatsReport) -> None:
+    def __init__(self, store: Store, stats: StatsReport,
+                 fence: WriteFence | None = None) -> None:
         self.store = store
         self.stats = stats
+        self.fence = fence
         self.meta = MetaCommands(store)
         self.verbosity = 0
         self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
@@ -81,6 +121,27 @@ class CommandHandler:
             MetaDebug: self.meta.debug,
             ProtocolError: self.protocol_error,
         }
+        if fence is not None:  # standalone pays nothing: the fence wraps only in cluster mode
+            for kind, (mutates, hideable) in _MUTATING.items():
+                self._handlers[kind] = self._fenced(self._handlers[kind], mutates, hideable)
+
+    def _fenced(self, handler: Callable[[Any, list[bytes]], None],
+                mutates: Callable[[Any], bool], hideable: bool
+                ) -> Callable[[Any, list[bytes]], None]:
+        def fenced(request: Any, out: list[bytes]) -> None:
+            if mutates(request) and self.refuse_write(request, out, hideable):
+                return
+            handler(request, out)
+        return fenced
+
+    def refuse_write(self, request: Any, out: list[bytes], hideable: bool = False) -> bool:
+        """True (and the refusal appended unless noreply hides it) if the fence says no."""
+        refusal = self.fence.refusal() if self.fence is not None else None
+        if refusal is None:
+            return False
+        if not (hideable and getattr(request, "noreply", False)):
+            out.append(refusal)
+        return True
 
     def handle(self, event: object, out: list[bytes]) -> None:
         """Append the reply of one request to `out`; raises CloseConnection to hang up."""
@@ -152,7 +213,12 @@ class CommandHandler:
             out.append(b"OK\r\n")
 
     def stats_command(self, request: Stats, out: list[bytes]) -> None:
-        out.append(self.stats.reply(request.args))
+        reply = self.stats.reply(request.args)
+        if not request.args:
+            pairs = self.fence.role_stats() if self.fence is not None else STANDALONE_STATS
+            reply = reply[: -len(END)] + b"".join(
+                b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in pairs) + END
+        out.append(reply)
 
     def version(self, request: Version, out: list[bytes]) -> None:
         out.append(b"VERSION %s\r\n" % self.stats.settings.version.encode())
@@ -181,6 +247,8 @@ class CommandHandler:
         raise CloseConnection
 
     def protocol_error(self, error: ProtocolError, out: list[bytes]) -> None:
+        if error.drop_key is not None and self.fence is not None and self.fence.refusal():
+            error = replace(error, drop_key=None)  # not ours to change: leave the item
         if error.drop_key is not None:
             self.store.drop(error.drop_key)
         if error.reply:

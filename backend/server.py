@@ -22,7 +22,7 @@ import socket
 
 import trio
 
-from backend.commands import CloseConnection, CommandHandler
+from backend.commands import CloseConnection, CommandHandler, WriteFence
 from backend.settings import BackendSettings
 from backend.stats import ServerCounters, StatsReport
 from backend.store import Store
@@ -39,13 +39,13 @@ GET_SLICE = 64  # keys of one multi-get handled between flushes
 
 
 class BackendServer:
-    def __init__(self, settings: BackendSettings) -> None:
+    def __init__(self, settings: BackendSettings, fence: WriteFence | None = None) -> None:
         self.settings = settings
         self.store = Store(memory_limit=settings.memory << 20,
                            max_item_size=settings.max_item_size)
         self.counters = ServerCounters()
         self.stats = StatsReport(settings, self.store, self.counters)
-        self.handler = CommandHandler(self.store, self.stats)
+        self.handler = CommandHandler(self.store, self.stats, fence)
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.counters)
         self._reaper = trio.CancelScope()
@@ -119,6 +119,8 @@ class BackendServer:
     async def _multi_get(self, sock: socket.socket, request: Get,
                          out: list[bytes]) -> None:
         """A get of many keys, answered a slice at a time so big replies stream."""
+        if request.touches and self.handler.refuse_write(request, out):
+            return  # gat/gats change items: only a leader may
         keys = request.keys
         for start in range(0, len(keys), GET_SLICE):
             self.handler.values(request, keys[start: start + GET_SLICE], out)

@@ -2,6 +2,8 @@
 
 Precedence: a flag on the command line, then the environment (`MEMRING_<FLAG>`, e.g.
 MEMRING_LISTEN), then the `[backend]` table of `--config FILE`, then the default.
+With `--etcd URLS` the backend is a cluster member (backend.cluster_member); without it, a
+standalone server.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ class BackendSettings:
     max_line: int = 1 << 20          # longest get/gets line accepted
     version: str = DEFAULT_VERSION   # what `version` answers; clients gate features on it
     reap_interval: float = 1.0       # seconds between expiry sweeps
+    # cluster mode (all unused without `etcd`)
+    etcd: str = ""                   # comma-separated http://HOST:PORT
+    cluster: str = "memring"
+    shard: str = ""
+    node_id: str = ""                # default: derived from the advertised address
+    advertise: str = ""              # HOST:PORT clients reach us on (default: listen)
+    peer_listen: str = ""            # HOST:PORT for replication (not bound yet)
+    peer_advertise: str = ""         # default: peer_listen
+    lease_ttl: float = 2.0           # seconds; kept alive every ttl/3
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.etcd)
 
     @property
     def host(self) -> str:
@@ -58,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-line", type=int, help="longest get line in bytes (default 1 MiB)")
     parser.add_argument("--version-string", dest="version",
                         help=f"version reported to clients (default {DEFAULT_VERSION})")
+    cluster = parser.add_argument_group("cluster mode (with --etcd)")
+    cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT; "
+                         "without it the backend runs standalone")
+    cluster.add_argument("--cluster", help="cluster name: the etcd prefix (default memring)")
+    cluster.add_argument("--shard", help="id of the shard this node serves (required)")
+    cluster.add_argument("--node-id", help="this node's id (default: from --advertise)")
+    cluster.add_argument("--advertise", help="HOST:PORT clients reach this node on "
+                         "(default: the listen address)")
+    cluster.add_argument("--peer-listen", help="HOST:PORT for replication between replicas")
+    cluster.add_argument("--peer-advertise", help="HOST:PORT replicas reach this node on "
+                         "(default: --peer-listen)")
+    cluster.add_argument("--lease-ttl", type=float,
+                         help="seconds a lost node keeps its etcd lease (default 2)")
     return parser
 
 
@@ -108,4 +136,30 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         raise SettingsError("--max-item-size must be at least 1024 bytes")
     if settings.max_connections <= 0:
         raise SettingsError("--max-connections must be positive")
+    if settings.clustered:
+        _check_cluster(settings)
     return settings
+
+
+def _check_cluster(settings: BackendSettings) -> None:
+    from cluster.etcd_coordinator import parse_endpoints
+    from cluster.keyspace import check_id
+
+    try:
+        parse_endpoints(settings.etcd)
+    except ValueError as exc:
+        raise SettingsError(f"--etcd: {exc}") from None
+    if not settings.shard:
+        raise SettingsError("--shard ID is required with --etcd")
+    for address in (settings.advertise, settings.peer_listen, settings.peer_advertise):
+        if address:
+            split_address(address)
+    if not settings.lease_ttl > 0:
+        raise SettingsError("--lease-ttl must be a positive number of seconds")
+    try:
+        check_id("cluster", settings.cluster)
+        check_id("shard", settings.shard)
+        if settings.node_id:
+            check_id("node", settings.node_id)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None

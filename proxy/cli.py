@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers > 1 and not worker:
         return supervise(settings, argv)
     try:
-        trio.run(run, settings, worker)
+        if settings.etcd:
+            from proxy.cluster_topology import run_cluster
+            trio.run(run_cluster, settings, worker)
+        else:
+            trio.run(run, settings, worker)
     except PortInUse as exc:
         print(f"memring-proxy: error: {exc}; choose another with --listen HOST:PORT",
               file=sys.stderr)

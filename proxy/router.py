@@ -4,6 +4,9 @@ A `ShardRouter` is immutable: a topology change (SIGHUP, later etcd) builds a ne
 the proxy swaps it in with one assignment, so a request never sees half a change. A shard
 whose nodes are all down stays on the ring: its keys get SERVER_ERROR, never a silent
 remap to another shard (twemproxy's remap-on-eject serves stale data).
+
+In cluster mode (`leader_writes`) a shard's nodes are its live members, the elected leader
+first (`has_leader`); a shard may then have no node at all, or no leader during an election.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from proxy.ketama import KetamaRing
 from proxy.pool import NodePool
 
 
+class NoShards(LookupError):
+    """A cluster with no shard yet: nothing can be routed."""
+
+
 @dataclass(eq=False)
 class Shard:
     name: str
-    nodes: list[NodePool]     # the first is the leader (static mode)
+    nodes: list[NodePool]     # the first is the leader (unless has_leader is False)
     weight: int = 1
+    has_leader: bool = True
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -30,9 +38,12 @@ class Shard:
 
 
 class ShardRouter:
-    def __init__(self, shards: Sequence[Shard], hash_name: str, read_policy: str) -> None:
+    def __init__(self, shards: Sequence[Shard], hash_name: str, read_policy: str, *,
+                 leader_writes: bool = False) -> None:
         self.shards = list(shards)
+        self.by_name = {s.name: s for s in self.shards}
         self.read_policy = read_policy
+        self.leader_writes = leader_writes  # cluster mode: writes go to the leader alone
         self.ring = KetamaRing([(s.name, s.weight) for s in self.shards], hash_name) \
             if self.shards else None
         self._single = self.shards[0] if len(self.shards) == 1 else None
@@ -40,7 +51,8 @@ class ShardRouter:
     def shard_for(self, key: bytes) -> Shard:
         if self._single is not None:
             return self._single
-        assert self.ring is not None, "no shards configured"
+        if self.ring is None:
+            raise NoShards("no shards configured")
         return self.shards[self.ring.server_for(key)]
 
     def read_order(self, shard: Shard) -> list[NodePool]:

@@ -44,6 +44,8 @@ class ProxyState:
     router: ShardRouter
     stats: ProxyStats
     pools_by_address: dict[str, NodePool] = field(default_factory=dict)
+    # set (and replaced) on every topology swap: writes waiting for a leader wake on it
+    topology_changed: trio.Event = field(default_factory=trio.Event)
 
     def pools(self) -> list[NodePool]:
         return list(self.pools_by_address.values())
@@ -76,11 +78,14 @@ class ProxyServer:
                     self._pool_nursery.start_soon(pool.run)
                 pools[node.address] = pool
                 nodes.append(pool)
-            shards.append(Shard(spec.name, nodes, spec.weight))
-        router = ShardRouter(shards, settings.hash, settings.read_policy)
+            shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
+        router = ShardRouter(shards, settings.hash, settings.read_policy,
+                             leader_writes=bool(settings.etcd))
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
+        changed, self.state.topology_changed = self.state.topology_changed, trio.Event()
+        changed.set()
         for address, pool in old.items():
             if address not in pools:
                 pool.close()

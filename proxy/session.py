@@ -14,6 +14,11 @@ an item) go to every node of the shard and are answered from the leader (the fir
 node), as mcrouter's replicated pools do; best effort, documented. A multi-key get is
 split per shard and reassembled in the client's key order.
 
+In cluster mode (the router's `leader_writes`) a write goes to the shard's elected leader
+alone (the backends fence writes and replicate); while the shard has no reachable leader it
+waits, up to `leader_wait_ms`, for the topology to name one, then answers
+`SERVER_ERROR no leader for shard <id>`. A shard with no live node answers SERVER_ERROR.
+
 `noreply` and meta `q` are honoured here, not at the backend: the backend always answers
 (see protocol.request_encoder) and the session drops what the client asked not to see.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import trio
 
 from protocol.request_encoder import encode_get, encode_request
 from protocol.requests import (
@@ -50,7 +57,7 @@ from protocol.requests import (
 from protocol.responses import End, ErrorReply, MetaReply, Value
 from proxy.backend_connection import PendingReply
 from proxy.pool import NodePool
-from proxy.router import ShardRouter
+from proxy.router import NoShards, Shard, ShardRouter
 
 if TYPE_CHECKING:
     from proxy.server import ProxyState
@@ -164,6 +171,84 @@ class FannedOut(Slot):
         return self.filter(await self.settle())
 
 
+def _failed_reply(multi: bool, reason: str) -> PendingReply:
+    reply = PendingReply(multi, 0.0)
+    reply.fail(reason)
+    return reply
+
+
+class Unroutable(Slot):
+    """A request for a shard that has no live node: SERVER_ERROR, never another shard."""
+
+    __slots__ = ("filter", "pending")
+
+    def __init__(self, shard: Shard, multi: bool,
+                 filter: Callable[[PendingReply], bytes] = _render) -> None:
+        self.pending = _failed_reply(multi, f"no live node for shard {shard.name}")
+        self.filter = filter
+
+    async def settle(self) -> PendingReply:
+        return self.pending
+
+    async def reply(self) -> bytes:
+        return self.filter(self.pending)
+
+
+class LeaderWrite(Slot):
+    """Cluster mode: a write sent to the shard's leader alone; with no reachable leader it
+    waits (bounded) for a topology that names one."""
+
+    __slots__ = ("affinity", "filter", "multi", "name", "pending", "request", "state")
+
+    def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
+                 affinity: int, filter: Callable[[PendingReply], bytes] = _render) -> None:
+        self.state = state
+        self.name = shard.name
+        self.request = request
+        self.multi = multi
+        self.affinity = affinity
+        self.filter = filter
+        self.pending: PendingReply | None = None
+        if shard.has_leader and shard.nodes[0].available:
+            self.pending = shard.nodes[0].submit(request, multi, affinity)
+
+    async def _await_leader(self) -> PendingReply:
+        state = self.state
+        deadline = trio.current_time() + state.settings.leader_wait_ms / 1000
+        while True:
+            shard = state.router.by_name.get(self.name)
+            if shard is not None and shard.has_leader and shard.nodes[0].available:
+                return shard.nodes[0].submit(self.request, self.multi, self.affinity)
+            now = trio.current_time()
+            if now >= deadline:
+                break
+            # a new leader's pool connects a little after the swap: poll between swaps too
+            with trio.move_on_at(min(deadline, now + 0.02)):
+                await state.topology_changed.wait()
+        if shard is not None and shard.has_leader:
+            pending = shard.nodes[0].submit(self.request, self.multi, self.affinity)
+            if not pending.done:
+                await pending.wait()
+            if pending.error is not None:
+                pending.error = f"leader of shard {self.name} unavailable: {pending.error}"
+            return pending
+        return _failed_reply(self.multi, f"no leader for shard {self.name}")
+
+    async def settle(self) -> PendingReply:
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = await self._await_leader()
+        if not pending.done:
+            await pending.wait()
+        return pending
+
+    async def reply(self) -> bytes:
+        return self.filter(await self.settle())
+
+
+Settling = ReadWithFailover | FannedOut | LeaderWrite | Unroutable
+
+
 class AfterWrites(Slot):
     """A fixed reply, sent only once side-effect writes are done: a too-large `set` answers
     its error after the old value is gone from every node, so no later read (even on
@@ -208,7 +293,7 @@ class SplitGet(Slot):
 
     __slots__ = ("keys", "parts")
 
-    def __init__(self, keys: list[bytes], parts: list[ReadWithFailover | FannedOut]) -> None:
+    def __init__(self, keys: list[bytes], parts: list[Settling]) -> None:
         self.keys = keys
         self.parts = parts
 
@@ -281,13 +366,30 @@ class ClientSession:
     def issue(self, request: Request) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
         self.state.stats.commands[type(request).__name__] += 1
-        return self._dispatch[type(request)](self.state.router, request)
+        try:
+            return self._dispatch[type(request)](self.state.router, request)
+        except NoShards:
+            return Ready(b"SERVER_ERROR no shards in the cluster\r\n")
 
     @property
     def closing(self) -> bool:
         return self._closing
 
     # -- keyed commands --------------------------------------------------------------
+
+    def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
+               render: Callable[[PendingReply], bytes] = _render) -> Settling:
+        if router.leader_writes:  # even with no live node: one may come back and lead
+            return LeaderWrite(self.state, shard, line, multi, self.affinity, render)
+        if not shard.nodes:
+            return Unroutable(shard, multi, render)
+        return FannedOut(shard.nodes, line, multi, self.affinity, render)
+
+    def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
+              render: Callable[[PendingReply], bytes] = _render) -> Settling:
+        if not shard.nodes:
+            return Unroutable(shard, multi, render)
+        return ReadWithFailover(router.read_order(shard), line, multi, self.affinity, render)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:
         keys = request.keys
@@ -297,30 +399,29 @@ class ClientSession:
         if len(keys) == 1 or len(router.shards) == 1:
             shard = router.shard_for(keys[0])
             if touches:
-                return FannedOut(shard.nodes, encode_request(request), True, self.affinity)
-            return ReadWithFailover(router.read_order(shard), encode_request(request), True,
-                                    self.affinity)
+                return self._write(router, shard, encode_request(request), True)
+            return self._read(router, shard, encode_request(request), True)
         by_shard: dict[int, list[bytes]] = {}
         shards = {}
         for key in dict.fromkeys(keys):
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
-        parts: list[ReadWithFailover | FannedOut] = []
+        parts: list[Settling] = []
         for shard_id, shard_keys in by_shard.items():
             shard = shards[shard_id]
             line = encode_get(request.command, shard_keys, request.exptime)
             if touches:
-                parts.append(FannedOut(shard.nodes, line, True, self.affinity))
+                parts.append(self._write(router, shard, line, True))
             else:
-                parts.append(ReadWithFailover(router.read_order(shard), line, True, self.affinity))
+                parts.append(self._read(router, shard, line, True))
         return SplitGet(keys, parts)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
         shard = router.shard_for(request.key)
-        return FannedOut(shard.nodes, encode_request(request), False, self.affinity,
-                         _drop_all if request.noreply else _render)
+        return self._write(router, shard, encode_request(request), False,
+                           _drop_all if request.noreply else _render)
 
     def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
               | MetaArithmetic) -> Slot:
@@ -333,13 +434,12 @@ class ClientSession:
                       _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
         line = encode_request(request)
         if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
-            return ReadWithFailover(router.read_order(shard), line, False, self.affinity, render)
-        return FannedOut(shard.nodes, line, False, self.affinity, render)
+            return self._read(router, shard, line, False, render)
+        return self._write(router, shard, line, False, render)
 
     def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
         shard = router.shard_for(request.key)
-        return ReadWithFailover(router.read_order(shard), encode_request(request), False,
-                                self.affinity)
+        return self._read(router, shard, encode_request(request), False)
 
     # -- the rest ----------------------------------------------------------------------
 

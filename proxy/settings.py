@@ -4,6 +4,9 @@ The topology file follows ../shared/design.md so a twemproxy user can translate 
 nutcracker.yml in a minute: a `[proxy]` table and `[[shards]]`, each shard a list of nodes
 (`"host:port"` or `{address = "host:port", weight = 2}`), a ring weight and an optional
 ring point name. The first node of a shard is its leader.
+
+In cluster mode (`--etcd URLS --cluster NAME`) the shards come from etcd instead
+(proxy.cluster_topology); `--config` is then optional and only its [proxy] table is used.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ShardSpec:
     name: str          # the ring point name: keys hash onto "<name>-<i>"
     nodes: tuple[NodeSpec, ...]
     weight: int = 1
+    has_leader: bool = True  # the first node leads; False in cluster mode during an election
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ class ProxySettings:
     max_item_size: int = 1 << 20
     workers: int = 1
     version: str = "1.6.18"
+    etcd: str = ""                   # cluster mode: etcd URLs; "" = static topology file
+    cluster: str = "memring"
+    advertise: str = ""              # HOST:PORT published in proxies/<id> (default: listen)
+    proxy_id: str = ""               # default: <hostname>-<port>
+    leader_wait_ms: int = 1500       # how long a write waits for its shard to elect a leader
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -118,7 +127,7 @@ def parse_shards(tables: Any) -> tuple[ShardSpec, ...]:
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
-             "max_line", "max_item_size", "workers")
+             "max_line", "max_item_size", "workers", "leader_wait_ms")
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
@@ -131,6 +140,19 @@ def _validate(settings: ProxySettings) -> ProxySettings:
     for key in _INT_KEYS:
         if getattr(settings, key) < 1:
             raise SettingsError(f"{key} must be at least 1")
+    if settings.advertise:
+        split_address(settings.advertise)
+    if settings.etcd:
+        # imported here: the static proxy never loads the etcd client
+        from cluster.etcd_coordinator import parse_endpoints
+        from cluster.keyspace import check_id
+        try:
+            parse_endpoints(settings.etcd)
+            check_id("cluster", settings.cluster)
+            if settings.proxy_id:
+                check_id("proxy", settings.proxy_id)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
     return settings
 
 
@@ -153,6 +175,8 @@ def load_topology(settings: ProxySettings) -> ProxySettings:
         if not isinstance(value, expected):
             raise SettingsError(f"[proxy] {key} must be a{'n integer' if expected is int else ' string'}")
         values[key] = value
+    if settings.etcd and "shards" not in data:
+        return _validate(replace(settings, **values))  # cluster mode: shards come from etcd
     return _validate(replace(settings, **values, shards=parse_shards(data.get("shards"))))
 
 
@@ -160,25 +184,38 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memring-proxy",
         description="The memring proxy: one memcached endpoint in front of ketama-placed shards.")
-    parser.add_argument("--config", help="TOML topology file (see etc/memring.toml); required")
+    parser.add_argument("--config", help="TOML topology file (see etc/memring.toml); required "
+                        "without --etcd")
     parser.add_argument("--listen", help="HOST:PORT for clients (default 127.0.0.1:11211)")
     parser.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--max-connections", type=int, help="client connections per worker")
+    parser.add_argument("--etcd", help="cluster mode: etcd URLs, http://HOST:PORT[,...]")
+    parser.add_argument("--cluster", help="cluster name in etcd (default memring)")
+    parser.add_argument("--advertise", help="HOST:PORT published in etcd (default: --listen)")
+    parser.add_argument("--proxy-id", help="this proxy's id in etcd (default HOSTNAME-PORT)")
+    parser.add_argument("--leader-wait-ms", type=int,
+                        help="how long a write waits for a leader during an election "
+                             "(default 1500)")
     return parser
 
 
 def load_settings(argv: list[str] | None = None) -> ProxySettings:
     args = _parser().parse_args(argv)
     config = args.config or os.environ.get("MEMRING_CONFIG")
-    if not config:
-        raise SettingsError("--config FILE is required (a TOML topology, see etc/memring.toml)")
-    settings = load_topology(ProxySettings(config=config))
+    etcd = args.etcd or os.environ.get("MEMRING_ETCD", "")
+    if not config and not etcd:
+        raise SettingsError("--config FILE (a TOML topology, see etc/memring.toml) or "
+                            "--etcd URLS (cluster mode) is required")
+    settings = ProxySettings(config=config or "", etcd=etcd)
+    if config:
+        settings = load_topology(settings)
     overrides: dict[str, Any] = {}
-    for name in ("listen", "workers", "max_connections"):
+    for name in ("listen", "workers", "max_connections", "etcd", "cluster", "advertise",
+                 "proxy_id", "leader_wait_ms"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
             try:
-                overrides[name] = env if name == "listen" else int(env)
+                overrides[name] = int(env) if name in _INT_KEYS else env
             except ValueError:
                 raise SettingsError(f"MEMRING_{name.upper()} must be an integer") from None
         flag = getattr(args, name)
