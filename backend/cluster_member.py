@@ -1,0 +1,319 @@
+"""A backend as a member of an etcd-coordinated cluster: membership, election, write fencing.
+
+Theory of operation. `ClusterMember.run` loops forever over sessions (an etcd lease kept alive
+every ttl/3; cluster.coordinator.Session). In each session it registers `nodes/<node>`, makes
+sure its shard's record lists it, and then follows the cluster view: when the shard has no
+leader it campaigns (the campaign txn checks that this incarnation is in the shard's ISR);
+when it leads it keeps the ISR equal to the shard's live members (until replication exists),
+fenced on its epoch; when another node leads it probes that leader's client port every
+PROBE_INTERVAL and, if the port refuses connections (the process is gone), revokes the
+leader's lease so the shard need not wait a whole TTL; epochs keep that safe if the guess is
+wrong. A timeout is not a refusal: a frozen leader is left to its own lease expiry.
+
+Writes are acknowledged only while this node holds the shard's leader key under a session
+that is still valid on the local clock (`refusal()`, asked by the command handler before each
+mutating command). When the session is lost (watchdog, revoked lease, etcd unreachable past
+the deadline) the member steps down at once, then opens a new session and rejoins as soon as
+etcd answers again, retrying with capped backoff and logging a bounded number of errors.
+`leave()` is the graceful exit: resign, revoke the lease, stop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import trio
+
+from cluster.coordinator import (
+    ClusterConfig,
+    ClusterView,
+    Coordinator,
+    CoordinatorError,
+    FencedOut,
+    Incarnation,
+    LeaderRecord,
+    Leadership,
+    NodeRecord,
+    Session,
+    ShardView,
+    collapse_single,
+)
+
+log = logging.getLogger("memring.backend.cluster")
+
+PROBE_INTERVAL = 0.1  # how often a follower checks that its leader's process still exists
+PROBE_TIMEOUT = 0.2   # connect timeout of one probe (a timeout is never taken as death)
+RETRY_INTERVAL = 0.2  # re-examine the view this soon after a failed coordination call
+BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF_MAX
+BACKOFF_MAX = 1.0
+LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seldom
+
+LEASE_EXPIRED = b"SERVER_ERROR lease expired: not accepting writes\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberIdentity:
+    """Who this node is in the cluster, as published in its NodeRecord."""
+
+    node_id: str
+    shard: str
+    address: str  # HOST:PORT clients reach it on
+    peer_address: str = ""
+    weight: int = 1
+    version: str = ""
+
+
+class ClusterMember:
+    """One backend's part in its shard: a session, a NodeRecord, a campaign, a write fence."""
+
+    def __init__(self, coordinator: Coordinator, identity: MemberIdentity, *,
+                 lease_ttl: float = 2.0, probe_interval: float = PROBE_INTERVAL) -> None:
+        self.coordinator = coordinator
+        self.identity = identity
+        self.lease_ttl = lease_ttl
+        self.probe_interval = probe_interval
+        self.session: Session | None = None
+        self.leadership: Leadership | None = None
+        self.epoch = 0  # of the shard's current leader as last seen; 0 without one
+        self.joined = trio.Event()  # set once the first session has registered the node
+        self._leader: LeaderRecord | None = None  # another node that leads (for the probe)
+        self._revoked: set[int] = set()  # leader leases this member already revoked
+        self._run_scope = trio.CancelScope()
+        self._leaving = False
+        self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
+
+    # -- what the server asks -----------------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        if self.leadership is not None:
+            return "leader"
+        return "syncing" if self.session is None or self._leaving else "follower"
+
+    def refusal(self) -> bytes | None:
+        """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
+        session = self.session
+        if self.leadership is None or session is None:
+            return self._not_leader
+        if not session.is_valid():
+            return LEASE_EXPIRED
+        return None
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        return [("memring_role", self.role), ("memring_shard", self.identity.shard),
+                ("memring_node_id", self.identity.node_id), ("memring_epoch", self.epoch)]
+
+    # -- the session loop ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Take part in the cluster until `leave()` (or cancellation)."""
+        task_status.started()
+        failures = 0
+        logged_at = -math.inf
+        with self._run_scope:
+            while not self._leaving:
+                try:
+                    async with self.coordinator.open_session(self.lease_ttl) as session:
+                        if failures:
+                            log.info("etcd answers again: rejoining shard %s",
+                                     self.identity.shard)
+                        failures = 0
+                        await self._take_part(session)
+                except CoordinatorError as exc:
+                    failures += 1
+                    now = trio.current_time()
+                    if failures == 1 or now - logged_at >= LOG_EVERY:
+                        logged_at = now
+                        log.error("cluster %s: %s; serving reads, refusing writes, retrying",
+                                  self.coordinator.keyspace.cluster, exc)
+                finally:
+                    self._step_down("session ended")
+                    self.session = None
+                if not self._leaving:
+                    await trio.sleep(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures, 4))
+                                     if failures else BACKOFF_FIRST)
+
+    async def leave(self, timeout: float = 2.0) -> None:
+        """Graceful exit: stop acknowledging writes, resign, revoke the lease, stop running."""
+        self._leaving = True
+        leadership, session = self.leadership, self.session
+        self.leadership = None
+        with trio.move_on_after(timeout) as scope:
+            scope.shield = True
+            try:
+                if leadership is not None:
+                    await self.coordinator.resign(leadership)
+                if session is not None:
+                    await self.coordinator.revoke(session.lease_id)
+            except CoordinatorError as exc:
+                log.warning("leaving the cluster: %s (our keys go when the lease expires)", exc)
+        self._run_scope.cancel()
+
+    async def _take_part(self, session: Session) -> None:
+        ident = self.identity
+        with trio.CancelScope() as lost:
+            session.cancel_on_loss(lost)
+            await self.coordinator.register_node(session, NodeRecord(
+                ident.node_id, ident.address, ident.shard, ident.peer_address, ident.weight,
+                ident.version, time.time()))
+            await self.coordinator.ensure_shard(ident.shard, member=ident.node_id,
+                                                weight=ident.weight)
+            self.session = session
+            self.joined.set()
+            log.info("joined cluster %s as node %s of shard %s (lease %x)",
+                     self.coordinator.keyspace.cluster, ident.node_id, ident.shard,
+                     session.lease_id)
+            with collapse_single():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._probe_leader)
+                    async with self.coordinator.follow(retry_interval=RETRY_INTERVAL) as views:
+                        await self._follow(session, views)
+        if session.lost.is_set() and not self._leaving:
+            log.warning("stepped down: session lost (%s); rejoining", session.lost_reason)
+
+    async def _follow(self, session: Session,
+                      views: trio.MemoryReceiveChannel[ClusterView]) -> None:
+        view = await views.receive()
+        while True:
+            while True:  # only the newest view matters
+                try:
+                    view = views.receive_nowait()
+                except trio.WouldBlock:
+                    break
+            try:
+                settled = await self._react(session, view)
+            except FencedOut as exc:
+                self._step_down(str(exc))
+                settled = True
+            except CoordinatorError as exc:
+                log.warning("shard %s: %s; retrying", self.identity.shard, exc)
+                settled = False
+            if settled:
+                view = await views.receive()
+            else:
+                with trio.move_on_after(RETRY_INTERVAL):
+                    view = await views.receive()
+
+    # -- reacting to the view -----------------------------------------------------------
+
+    async def _react(self, session: Session, view: ClusterView) -> bool:
+        """Campaign, follow or keep the ISR as `view` requires; False to retry soon."""
+        ident = self.identity
+        shard = view.shards.get(ident.shard)
+        leader = shard.leader if shard else None
+        if self.leadership is not None and view.revision < self.leadership.epoch:
+            return True  # a view from before our own election: nothing to learn from it
+        if self.leadership is not None:
+            if shard is None or shard.epoch != self.leadership.epoch:
+                self._step_down(f"epoch {self.leadership.epoch} no longer leads")
+            else:
+                self.epoch = shard.epoch
+                await self._keep_isr(session, view, shard)
+                return True
+        self.epoch = shard.epoch if shard else 0
+        if leader is None:
+            self._leader = None
+            if not session.is_valid():
+                return False
+            won = await self.coordinator.campaign(
+                session, ident.shard, ident.node_id, ident.address,
+                unclean=self._unclean_allowed(session, view, shard))
+            if won is not None:
+                self.leadership = won
+                self.epoch = won.epoch
+                log.info("leader of shard %s (epoch %d)", ident.shard, won.epoch)
+            return True
+        if leader.node_id == ident.node_id:
+            if shard is not None and leader.lease_id == session.lease_id:
+                # our campaign won but we did not hear so (its reply was lost)
+                self.leadership = Leadership(ident.shard, ident.node_id, shard.epoch,
+                                             session.lease_id)
+                await self._keep_isr(session, view, shard)
+                return True
+            # an earlier life of this node still holds the key: it is surely dead
+            log.info("revoking lease %x of an earlier life of this node", leader.lease_id)
+            await self.coordinator.revoke(leader.lease_id)
+            return True
+        self._leader = leader
+        return True
+
+    def _live_members(self, session: Session, view: ClusterView) -> set[Incarnation]:
+        ident = self.identity
+        live = {session.incarnation(ident.node_id)}
+        for node in view.nodes.values():
+            lease = view.lease_of(view.keyspace.node(node.node_id))
+            if node.shard == ident.shard and lease:
+                live.add(Incarnation(node.node_id, lease))
+        return live
+
+    async def _keep_isr(self, session: Session, view: ClusterView, shard: ShardView) -> None:
+        """Until replication exists, the ISR is every live member of the shard."""
+        assert self.leadership is not None
+        live = self._live_members(session, view)
+        if shard.isr is None or set(shard.isr.members) != live:
+            await self.coordinator.update_isr(self.leadership, live)
+
+    def _unclean_allowed(self, session: Session, view: ClusterView,
+                         shard: ShardView | None) -> bool:
+        """No ISR incarnation is alive and the policy is "auto": any live member may lead."""
+        if shard is None or shard.isr is None:
+            return False
+        if session.incarnation(self.identity.node_id) in shard.isr.members:
+            return False
+        if (view.config or ClusterConfig()).unclean_election != "auto":
+            return False
+        live = {Incarnation(n, view.lease_of(view.keyspace.node(n))) for n in view.nodes}
+        if any(member in live for member in shard.isr.members):
+            return False
+        log.warning("shard %s: no in-sync replica is alive; unclean election (data written "
+                    "since the ISR was last updated is lost)", self.identity.shard)
+        return True
+
+    def _step_down(self, reason: str) -> None:
+        if self.leadership is not None:
+            log.warning("no longer leader of shard %s: %s", self.identity.shard, reason)
+        self.leadership = None
+        self._leader = None
+
+    # -- fast failover ------------------------------------------------------------------
+
+    async def _probe_leader(self) -> None:
+        """Revoke the lease of a leader whose client port refuses connections twice."""
+        while True:
+            await trio.sleep(self.probe_interval)
+            leader = self._leader
+            if leader is None or leader.lease_id in self._revoked:
+                continue
+            if not (await _refuses(leader.address) and await _refuses(leader.address)):
+                continue
+            if self._leader != leader:
+                continue
+            self._revoked.add(leader.lease_id)
+            log.warning("leader %s of shard %s refuses connections at %s: revoking its lease",
+                        leader.node_id, self.identity.shard, leader.address)
+            try:
+                await self.coordinator.revoke(leader.lease_id)
+            except CoordinatorError as exc:
+                self._revoked.discard(leader.lease_id)
+                log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
+
+
+async def _refuses(address: str) -> bool:
+    """True only if a connection to `address` is actively refused (nobody listens there)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        with trio.move_on_after(PROBE_TIMEOUT):
+            await sock.connect((host, int(port)))
+        return False
+    except OSError as exc:
+        return exc.errno == errno.ECONNREFUSED
+    finally:
+        sock.close()

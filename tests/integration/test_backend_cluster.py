@@ -1,0 +1,238 @@
+"""Backends as cluster members against a real etcd: one leader per shard, fenced writes, fast
+failover after kill -9, step-down of a frozen leader, and a graceful leave.
+
+One etcd serves the module; each test uses its own cluster name. Backends are real processes
+(tests/servers.py) with the cluster flags; every wait is a bounded loop or a `fail_after`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pytest
+import trio
+
+from cluster.coordinator import ClusterView, Incarnation
+from cluster.etcd_coordinator import EtcdCoordinator
+from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from tests import servers
+from tests.integration import wire
+
+pytestmark = pytest.mark.integration
+
+try:
+    find_etcd()
+except RuntimeError as exc:  # pragma: no cover - depends on the machine
+    pytest.skip(str(exc), allow_module_level=True)
+
+SHARD = "s1"
+TRIALS = 10
+_clusters = itertools.count(1)
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdProcess]:
+    with running_etcd() as member:
+        yield member
+
+
+@dataclass
+class Shard:
+    """Backends of one shard of a fresh cluster; nodes restart on their own port."""
+
+    etcd: EtcdProcess
+    stack: contextlib.ExitStack
+    cluster: str
+    nodes: dict[int, servers.RunningServer]
+
+    def start(self, port: int | None = None) -> servers.RunningServer:
+        port = port or servers.free_port()
+        argv = servers.backend_argv("--etcd", self.etcd.url, "--cluster", self.cluster,
+                                    "--shard", SHARD)
+        node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
+        self.nodes[port] = node
+        return node
+
+    def role(self, node: servers.RunningServer) -> str:
+        return wire.stats(node)["memring_role"]
+
+    def live(self) -> list[servers.RunningServer]:
+        return [n for n in self.nodes.values() if n.process.poll() is None]
+
+    def leader(self, timeout: float = 5.0) -> servers.RunningServer:
+        """The one live node whose stats say leader (waiting for an election if needed)."""
+        found = wait_for(lambda: [n for n in self.live() if self.role(n) == "leader"] or None,
+                         timeout, "a leader")
+        assert len(found) == 1, f"{len(found)} leaders"
+        return found[0]
+
+    async def view(self) -> ClusterView:
+        async with EtcdCoordinator.connect(self.etcd.url, self.cluster) as coordinator:
+            return await coordinator.snapshot()
+
+
+@contextlib.contextmanager
+def shard_of(etcd: EtcdProcess, size: int) -> Iterator[Shard]:
+    with contextlib.ExitStack() as stack:
+        shard = Shard(etcd, stack, f"bc{next(_clusters)}", {})
+        for _ in range(size):
+            shard.start()
+        yield shard
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
+                interval: float = 0.02) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout}s")
+        time.sleep(interval)
+
+
+async def wait_in_sync(shard: Shard, timeout: float = 5.0) -> ClusterView:
+    """Until the ISR is exactly the live nodes' current incarnations (all may then lead)."""
+    with trio.fail_after(timeout):
+        while True:
+            view = await shard.view()
+            isr = view.shards[SHARD].isr if SHARD in view.shards else None
+            live = {Incarnation(n, view.lease_of(view.keyspace.node(n))) for n in view.nodes}
+            if isr is not None and len(live) == len(shard.live()) and set(isr.members) == live:
+                return view
+            await trio.sleep(0.02)
+
+
+def node_id(node: servers.RunningServer) -> str:
+    return f"{servers.HOST}:{node.port}"
+
+
+def first_stored(node: servers.RunningServer, timeout: float = 5.0) -> float:
+    """Write to `node` until one write is STORED; the monotonic time it was acknowledged."""
+    deadline = time.monotonic() + timeout
+    with wire.connect(node) as sock:
+        while time.monotonic() < deadline:
+            sock.sendall(b"set failover 0 0 1\r\nx\r\n")
+            line = wire.read_until(sock, b"\r\n")
+            if line == b"STORED\r\n":
+                return time.monotonic()
+            assert line.startswith(b"SERVER_ERROR "), line
+            time.sleep(0.005)
+    raise AssertionError(f"no write stored on {node.port} within {timeout}s")
+
+
+async def test_one_leader_and_fenced_writes(etcd: EtcdProcess) -> None:
+    with trio.fail_after(20), shard_of(etcd, 2) as shard:
+        leader = shard.leader()
+        follower = next(n for n in shard.live() if n is not leader)
+        view = await wait_in_sync(shard)
+        wait_for(lambda: shard.role(follower) == "follower", 2.0, "follower role")
+        record = view.shards[SHARD].leader
+        assert record is not None and record.node_id == node_id(leader)
+        epoch = view.shards[SHARD].epoch
+        for node in (leader, follower):
+            stats = wire.stats(node)
+            assert stats["memring_shard"] == SHARD and stats["memring_node_id"] == node_id(node)
+            assert int(stats["memring_epoch"]) == epoch
+        refused = b"SERVER_ERROR not the leader of shard s1\r\n"
+        writes = (b"set k 0 0 1\r\nv\r\n", b"add k 0 0 1\r\nv\r\n", b"delete k\r\n",
+                  b"incr n 1\r\n", b"touch k 10\r\n", b"flush_all\r\n", b"ms k 1\r\nv\r\n",
+                  b"md k\r\n", b"ma n N0\r\n", b"mg k T30 v\r\n", b"mg k N30 v\r\n",
+                  b"gat 10 k\r\n", b"ms k 1 q\r\nv\r\n")
+        for write in writes:
+            assert wire.request(follower, write) == refused, write
+        assert wire.request(follower, b"set k 0 0 1 noreply\r\nv\r\n") == b""
+        assert wire.request(follower, b"get k\r\nmg k v\r\n") == b"END\r\nEN\r\n"  # reads served
+        assert wire.request(leader, b"set k 0 0 1\r\nv\r\nget k\r\n") == \
+            b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
+        assert wire.request(follower, b"get k\r\n") == b"END\r\n"  # no replication yet
+
+
+async def test_kill9_failover_under_a_second(etcd: EtcdProcess) -> None:
+    times = []
+    with trio.fail_after(45), shard_of(etcd, 2) as shard:
+        for _ in range(TRIALS):
+            await wait_in_sync(shard)
+            leader = shard.leader()
+            follower = next(n for n in shard.live() if n is not leader)
+            killed = time.monotonic()
+            leader.process.kill()
+            times.append(first_stored(follower) - killed)
+            leader.process.wait(5)
+            shard.start(leader.port)  # back as a follower (new incarnation, empty)
+            assert shard.role(follower) == "leader"
+    median, worst = statistics.median(times), max(times)
+    print(f"\nkill -9 -> first write on the new leader over {TRIALS} trials: "
+          f"median {median * 1000:.0f} ms, max {worst * 1000:.0f} ms, "
+          f"all {[round(t * 1000) for t in times]}")
+    assert median < 1.0, times
+    assert worst < 2.5, times
+
+
+async def test_frozen_leader_steps_down_and_refuses_queued_writes(etcd: EtcdProcess) -> None:
+    with trio.fail_after(25), shard_of(etcd, 2) as shard:
+        await wait_in_sync(shard)
+        leader = shard.leader()
+        follower = next(n for n in shard.live() if n is not leader)
+        with wire.connect(leader) as sock:
+            os.kill(leader.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                queued = 20
+                sock.sendall(b"".join(b"set frozen%d 0 0 1\r\nx\r\n" % i for i in range(queued)))
+                took_over = wait_for(lambda: shard.role(follower) == "leader" and time.monotonic(),
+                                     6.0, "takeover by the follower")
+                print(f"\nSIGSTOP of the leader -> follower leads after "
+                      f"{(took_over - stopped) * 1000:.0f} ms")
+                assert took_over - stopped < 3.5
+            finally:
+                os.kill(leader.pid, signal.SIGCONT)
+            replies = wire.read_until(sock, b"\r\n", timeout=5)
+            while replies.count(b"\r\n") < queued:
+                replies += wire.read_until(sock, b"\r\n", timeout=5)
+        lines = replies.split(b"\r\n")[:-1]
+        assert len(lines) == queued and all(line.startswith(b"SERVER_ERROR ") for line in lines), \
+            lines
+        assert wire.request(leader, b"get frozen0 frozen19\r\n") == b"END\r\n"
+        wait_for(lambda: shard.role(leader) == "follower", 5.0, "old leader rejoining")
+        assert wire.request(follower, b"set after 0 0 1\r\nx\r\n") == b"STORED\r\n"
+
+
+async def test_graceful_leave_removes_the_node_at_once(etcd: EtcdProcess) -> None:
+    with trio.fail_after(20), shard_of(etcd, 2) as shard:
+        await wait_in_sync(shard)
+        leader = shard.leader()
+        follower = next(n for n in shard.live() if n is not leader)
+        leader.process.terminate()
+        stopped = time.monotonic()
+        while node_id(leader) in (await shard.view()).nodes:
+            assert time.monotonic() - stopped < 1.0, "node key still in etcd after 1 s"
+            await trio.sleep(0.01)
+        gone = time.monotonic() - stopped
+        print(f"\ngraceful stop -> node key gone from etcd after {gone * 1000:.0f} ms")
+        leader.process.wait(5)
+        first_stored(follower, timeout=1.0)
+
+
+def test_etcd_unreachable_at_start_serves_reads() -> None:
+    url = f"http://{servers.HOST}:{servers.free_port()}"
+    argv = servers.backend_argv("--etcd", url, "--shard", SHARD)
+    with servers.running("memring-backend", argv) as node:
+        assert wire.stats(node)["memring_role"] == "syncing"
+        assert wire.request(node, b"get k\r\nset k 0 0 1\r\nv\r\n") == \
+            b"END\r\nSERVER_ERROR not the leader of shard s1\r\n"
+        time.sleep(0.5)
+    assert node.process.stderr is not None
+    err = node.process.stderr.read().decode()
+    assert url in err and "retrying" in err
+    assert err.count("ERROR") <= 3, err  # bounded noise

@@ -1,0 +1,236 @@
+"""ClusterMember against the in-memory coordinator, and the write fence in the command handler.
+
+Members get real loopback listeners as their client addresses, because a follower probes its
+leader's port: closing a listener is how a test makes a "process" vanish. Real clock, 1 s
+leases; every test has an absolute `fail_after`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from backend.cluster_member import LEASE_EXPIRED, ClusterMember, MemberIdentity
+from backend.commands import CommandHandler
+from backend.settings import BackendSettings
+from backend.stats import ServerCounters, StatsReport
+from backend.store import Store
+from cluster.coordinator import Incarnation, NodeRecord
+from cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
+from protocol.request_parser import NEED_DATA, RequestParser
+
+pytestmark = pytest.mark.unit
+
+TTL = 1.0
+NOT_LEADER = b"SERVER_ERROR not the leader of shard s1\r\n"
+
+
+@dataclass
+class Running:
+    member: ClusterMember
+    listener: trio.socket.SocketType
+    scope: trio.CancelScope
+
+    @property
+    def node_id(self) -> str:
+        return self.member.identity.node_id
+
+
+async def listener() -> tuple[trio.socket.SocketType, str]:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@asynccontextmanager
+async def cluster(store: MemoryEtcd, count: int) -> AsyncIterator[list[Running]]:
+    """`count` members of shard s1, each with its own client of `store`, running."""
+    running: list[Running] = []
+    async with trio.open_nursery() as nursery:
+        for number in range(1, count + 1):
+            await start_member(nursery, store, f"n{number}", running)
+        yield running
+        nursery.cancel_scope.cancel()
+    for r in running:
+        r.listener.close()
+
+
+async def start_member(nursery: trio.Nursery, store: MemoryEtcd, node_id: str,
+                       running: list[Running]) -> Running:
+    sock, address = await listener()
+    member = ClusterMember(MemoryCoordinator(store, "unit", call_timeout=0.3),
+                           MemberIdentity(node_id, "s1", address), lease_ttl=TTL)
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await member.run()
+
+    nursery.start_soon(run)
+    entry = Running(member, sock, scope)
+    running.append(entry)
+    return entry
+
+
+async def leaders(running: list[Running], count: int = 1) -> list[Running]:
+    """Wait until exactly `count` running members lead; return them."""
+    while True:
+        found = [r for r in running if r.member.role == "leader"]
+        if len(found) == count and all(r.member.refusal() is None for r in found):
+            return found
+        await trio.sleep(0.01)
+
+
+async def test_one_leader_one_follower_and_the_isr() -> None:
+    with trio.fail_after(5):
+        async with open_memory_etcd() as store, cluster(store, 2) as running:
+            [leader] = await leaders(running)
+            follower = next(r for r in running if r is not leader)
+            while follower.member.role != "follower":
+                await trio.sleep(0.01)
+            assert follower.member.refusal() == NOT_LEADER
+            coord = MemoryCoordinator(store, "unit")
+            while True:
+                view = await coord.snapshot()
+                isr = view.shards["s1"].isr
+                want = {Incarnation(r.node_id, r.member.session.lease_id) for r in running
+                        if r.member.session is not None}
+                if isr is not None and set(isr.members) == want and len(want) == 2:
+                    break
+                await trio.sleep(0.01)
+            stats = dict(leader.member.role_stats())
+            assert stats["memring_role"] == "leader"
+            assert stats["memring_epoch"] == view.shards["s1"].epoch
+            assert dict(follower.member.role_stats())["memring_epoch"] == stats["memring_epoch"]
+
+
+async def test_a_leader_that_refuses_connections_is_revoked_fast() -> None:
+    with trio.fail_after(5):
+        async with open_memory_etcd() as store:
+            coord = MemoryCoordinator(store, "unit")
+            dead_sock, dead_address = await listener()
+            dead_sock.close()  # nobody listens there: the "process" is gone
+            async with coord.open_session(5) as session:
+                await coord.register_node(session, NodeRecord("dead", dead_address, "s1"))
+                assert await coord.campaign(session, "s1", "dead", dead_address) is not None
+                async with cluster(store, 1) as running:
+                    started = trio.current_time()
+                    await leaders(running)
+                    # a whole 5 s TTL was not waited for
+                    assert trio.current_time() - started < 1.0
+                    assert session.lost.is_set() or not (await coord.snapshot()).nodes.get(
+                        "dead")
+
+
+async def test_frozen_store_makes_the_leader_refuse_before_its_lease_expires() -> None:
+    with trio.fail_after(10):
+        async with open_memory_etcd() as store, cluster(store, 2) as running:
+            [leader] = await leaders(running)
+            session = leader.member.session
+            assert session is not None
+            store.freeze()
+            frozen = trio.current_time()
+            while leader.member.refusal() is None:
+                await trio.sleep(0.005)
+            refused_after = trio.current_time() - frozen
+            assert refused_after < TTL  # the store keeps the lease up to TTL after a renewal
+            assert leader.member.refusal() in (LEASE_EXPIRED, NOT_LEADER)
+            await trio.sleep(TTL)
+            store.thaw()
+            await leaders(running)  # everyone rejoined: one leader again
+
+
+async def test_leave_resigns_and_hands_over() -> None:
+    with trio.fail_after(5):
+        async with open_memory_etcd() as store, cluster(store, 2) as running:
+            [leader] = await leaders(running)
+            other = next(r for r in running if r is not leader)
+            while other.member.role != "follower":
+                await trio.sleep(0.01)
+            await leader.member.leave()
+            assert leader.member.refusal() == NOT_LEADER
+            coord = MemoryCoordinator(store, "unit")
+            assert leader.node_id not in (await coord.snapshot()).nodes
+            started = trio.current_time()
+            await leaders([other])
+            assert trio.current_time() - started < 0.5
+
+
+# --- the fence in the command handler ---------------------------------------------------
+
+
+class Fence:
+    def __init__(self) -> None:
+        self.answer: bytes | None = NOT_LEADER
+
+    def refusal(self) -> bytes | None:
+        return self.answer
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        return [("memring_role", "follower"), ("memring_shard", "s1"),
+                ("memring_node_id", "n1"), ("memring_epoch", 7)]
+
+
+def run_commands(handler: CommandHandler, wire: bytes) -> bytes:
+    parser = RequestParser(max_line=4096, max_item_size=1 << 20)
+    parser.receive_data(wire)
+    out: list[bytes] = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        handler.handle(event, out)
+    return b"".join(out)
+
+
+def handler_with(fence: Fence | None) -> CommandHandler:
+    settings = BackendSettings()
+    store = Store(memory_limit=64 << 20, max_item_size=1 << 20)
+    return CommandHandler(store, StatsReport(settings, store, ServerCounters()), fence)
+
+
+@pytest.mark.parametrize("write", [
+    b"set k 0 0 1\r\nw\r\n", b"add k 0 0 1\r\nw\r\n", b"replace k 0 0 1\r\nw\r\n",
+    b"append k 0 0 1\r\nw\r\n", b"prepend k 0 0 1\r\nw\r\n", b"cas k 0 0 1 1\r\nw\r\n",
+    b"delete k\r\n", b"incr k 1\r\n", b"decr k 1\r\n", b"touch k 10\r\n", b"gat 10 k\r\n",
+    b"gats 10 k\r\n", b"flush_all\r\n", b"ms k 1\r\nw\r\n", b"ms k 1 q\r\nw\r\n", b"md k\r\n",
+    b"md k q\r\n", b"ma k\r\n", b"mg k T10 v\r\n", b"mg k N10 v\r\n"])
+def test_fenced_writes_are_refused_and_not_applied(write: bytes) -> None:
+    fence = Fence()
+    handler = handler_with(fence)
+    fence.answer = None
+    assert run_commands(handler, b"set k 0 0 1\r\n5\r\n") == b"STORED\r\n"
+    fence.answer = NOT_LEADER
+    assert run_commands(handler, write) == NOT_LEADER
+    assert run_commands(handler, b"mg k v t\r\n") == b"VA 1 t-1\r\n5\r\n"
+
+
+def test_noreply_hides_the_refusal_but_still_does_not_apply() -> None:
+    fence = Fence()
+    handler = handler_with(fence)
+    assert run_commands(handler, b"set k 0 0 1 noreply\r\nw\r\ndelete k noreply\r\n") == b""
+    assert run_commands(handler, b"get k\r\nmg k s\r\n") == b"END\r\nEN\r\n"
+    fence.answer = LEASE_EXPIRED
+    assert run_commands(handler, b"set k 0 0 1\r\nw\r\n") == LEASE_EXPIRED
+
+
+def test_too_large_set_on_a_follower_keeps_the_item() -> None:
+    fence = Fence()
+    handler = handler_with(fence)
+    fence.answer = None
+    run_commands(handler, b"set k 0 0 1\r\n5\r\n")
+    fence.answer = NOT_LEADER
+    big = b"x" * (2 << 20)
+    reply = run_commands(handler, b"set k 0 0 %d\r\n%s\r\n" % (len(big), big))
+    assert reply.startswith(b"SERVER_ERROR object too large")
+    assert run_commands(handler, b"get k\r\n") == b"VALUE k 0 1\r\n5\r\nEND\r\n"
+
+
+def test_stats_name_the_role() -> None:
+    standalone = run_commands(handler_with(None), b"stats\r\n")
+    assert b"STAT memring_role standalone\r\n" in standalone and standalone.endswith(b"END\r\n")
+    member = run_commands(handler_with(Fence()), b"stats\r\n")
+    assert b"STAT memring_role follower\r\nSTAT memring_shard s1\r\n" in member
+    assert b"STAT memring_epoch 7\r\nEND\r\n" in member
