@@ -28,13 +28,9 @@ debian-deps:
 	  rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	fi
 
-# Two backends and a proxy on 127.0.0.1:11211 from etc/memring.toml; Ctrl-C stops all three.
-run: venv
-	@trap 'kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
-	$(BIN)/memring-backend --listen 127.0.0.1:11311 & \
-	$(BIN)/memring-backend --listen 127.0.0.1:11312 & \
-	$(BIN)/memring-proxy --config etc/memring.toml --listen 127.0.0.1:11211 & \
-	wait
+# A local cluster: etcd, 3 shards x 2 replicas, a proxy on 127.0.0.1:11211; Ctrl-C stops all.
+run: venv debian-deps
+	$(BIN)/memring up --port 11211
 
 lint: venv
 	$(BIN)/ruff check protocol netio cluster backend proxy tests bench

@@ -1,0 +1,78 @@
+"""The proxy's topology and `memring status` from one ClusterView (no etcd: a view built from
+entries as etcd would report them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.coordinator import (
+    ClusterConfig,
+    ClusterView,
+    Incarnation,
+    IsrRecord,
+    LeaderRecord,
+    NodeRecord,
+    ProxyRecord,
+    ShardRecord,
+)
+from cluster.keyspace import Entry, Keyspace
+from cluster.status import healthy, status_doc
+from proxy.cluster_topology import settings_for, shard_specs
+from proxy.settings import ProxySettings
+
+pytestmark = pytest.mark.unit
+
+KS = Keyspace("c")
+
+
+def view(*items: tuple[str, bytes, int]) -> ClusterView:
+    """Entries (key, value, lease), created in order (the revision is the position)."""
+    entries = {key: Entry(key, value, rev, rev, 1, lease)
+               for rev, (key, value, lease) in enumerate(items, start=1)}
+    return ClusterView.build(KS, len(items), entries)
+
+
+def node(node_id: str, shard: str, port: int, lease: int) -> tuple[str, bytes, int]:
+    return (KS.node(node_id), NodeRecord(node_id, f"127.0.0.1:{port}", shard).to_json(), lease)
+
+
+def three_shards() -> ClusterView:
+    return view(
+        (KS.shard("s2"), ShardRecord("s2", ("b1", "b2"), 2).to_json(), 0),
+        (KS.shard("s1"), ShardRecord("s1", ("a1", "a2")).to_json(), 0),
+        (KS.shard("s3"), ShardRecord("s3", ("c1",)).to_json(), 0),
+        node("a1", "s1", 1001, 11), node("a2", "s1", 1002, 12),
+        node("b1", "s2", 2001, 21), node("b2", "s2", 2002, 22),
+        (KS.leader("s1"), LeaderRecord("a2", "127.0.0.1:1002", 12).to_json(), 12),
+        (KS.isr("s1"), IsrRecord((Incarnation("a1", 11), Incarnation("a2", 12))).to_json(), 0),
+        (KS.proxy("p1"), ProxyRecord("p1", "127.0.0.1:11211").to_json(), 99),
+        (KS.config(), ClusterConfig(hash="fnv1a_64", read_policy="round_robin").to_json(), 0),
+    )
+
+
+def test_shards_sorted_leader_first_dead_shard_kept() -> None:
+    specs = shard_specs(three_shards())
+    assert [s.name for s in specs] == ["s1", "s2", "s3"]
+    s1, s2, s3 = specs
+    assert [n.port for n in s1.nodes] == [1002, 1001] and s1.has_leader  # the leader first
+    assert [n.port for n in s2.nodes] == [2001, 2002] and not s2.has_leader  # an election
+    assert s2.weight == 2
+    assert s3.nodes == () and not s3.has_leader  # no live node: stays on the ring
+
+
+def test_config_sets_hash_and_read_policy() -> None:
+    settings = settings_for(ProxySettings(etcd="http://127.0.0.1:2379"), three_shards())
+    assert (settings.hash, settings.read_policy) == ("fnv1a_64", "round_robin")
+
+
+def test_status_doc() -> None:
+    doc = status_doc(three_shards())
+    assert doc["cluster"] == "c"
+    s1, s2, s3 = doc["shards"]
+    assert (s1["leader"], s1["isr"], s1["epoch"]) == ("a2", ["a1", "a2"], 8)
+    assert [(n["id"], n["role"], n["in_sync"]) for n in s1["nodes"]] == [
+        ("a1", "follower", True), ("a2", "leader", True)]
+    assert [n["role"] for n in s2["nodes"]] == ["syncing", "syncing"]
+    assert [(n["id"], n["alive"], n["role"]) for n in s3["nodes"]] == [("c1", False, "down")]
+    assert doc["proxies"] == [{"id": "p1", "address": "127.0.0.1:11211"}]
+    assert not healthy(doc)
