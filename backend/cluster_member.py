@@ -10,6 +10,12 @@ PROBE_INTERVAL and, if the port refuses connections (the process is gone), revok
 leader's lease so the shard need not wait a whole TTL; epochs keep that safe if the guess is
 wrong. A timeout is not a refusal: a frozen leader is left to its own lease expiry.
 
+Operations (cluster.keyspace): a member whose shard record lists it as drained never
+campaigns; a leader that is drained, or that sees an election hint naming another live node
+(`memring leader transfer`), stops acknowledging writes at once and resigns (fenced on its
+epoch), and never takes back an epoch it resigned. While a hint lives only the node it names
+campaigns, unclean (outside the ISR) if the hint says so and no ISR member is alive.
+
 Writes are acknowledged only while this node holds the shard's leader key under a session
 that is still valid on the local clock (`refusal()`, asked by the command handler before each
 mutating command). When the session is lost (watchdog, revoked lease, etcd unreachable past
@@ -82,6 +88,7 @@ class ClusterMember:
         self.joined = trio.Event()  # set once the first session has registered the node
         self._leader: LeaderRecord | None = None  # another node that leads (for the probe)
         self._revoked: set[int] = set()  # leader leases this member already revoked
+        self._resigned: set[int] = set()  # epochs this member gave up (never taken back)
         self._run_scope = trio.CancelScope()
         self._leaving = False
         self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
@@ -213,6 +220,10 @@ class ClusterMember:
                 self._step_down(f"epoch {self.leadership.epoch} no longer leads")
             else:
                 self.epoch = shard.epoch
+                reason = self._handover(view, shard)
+                if reason:
+                    await self._resign(reason)
+                    return True
                 await self._keep_isr(session, view, shard)
                 return True
         self.epoch = shard.epoch if shard else 0
@@ -220,6 +231,9 @@ class ClusterMember:
             self._leader = None
             if not session.is_valid():
                 return False
+            if shard is not None and (shard.drained(ident.node_id) or (
+                    shard.hint is not None and shard.hint.node_id != ident.node_id)):
+                return True  # drained, or the hint names another node: not campaigning
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address,
                 unclean=self._unclean_allowed(session, view, shard))
@@ -229,6 +243,11 @@ class ClusterMember:
                 log.info("leader of shard %s (epoch %d)", ident.shard, won.epoch)
             return True
         if leader.node_id == ident.node_id:
+            if shard is not None and shard.epoch in self._resigned:
+                # a view from before our resignation took effect (or the resign failed)
+                await self.coordinator.resign(Leadership(ident.shard, ident.node_id,
+                                                         shard.epoch, leader.lease_id))
+                return True
             if shard is not None and leader.lease_id == session.lease_id:
                 # our campaign won but we did not hear so (its reply was lost)
                 self.leadership = Leadership(ident.shard, ident.node_id, shard.epoch,
@@ -241,6 +260,24 @@ class ClusterMember:
             return True
         self._leader = leader
         return True
+
+    def _handover(self, view: ClusterView, shard: ShardView) -> str:
+        """Why this leader must resign now ("" if it need not)."""
+        if shard.drained(self.identity.node_id):
+            return "this node is drained"
+        hint = shard.hint
+        if hint is not None and hint.node_id != self.identity.node_id and \
+                hint.node_id in view.nodes:
+            return f"leadership is being transferred to {hint.node_id}"
+        return ""
+
+    async def _resign(self, reason: str) -> None:
+        """Stop acknowledging writes at once, then give the leader key up."""
+        leadership = self.leadership
+        assert leadership is not None
+        self._resigned.add(leadership.epoch)
+        self._step_down(reason)
+        await self.coordinator.resign(leadership)
 
     def _live_members(self, session: Session, view: ClusterView) -> set[Incarnation]:
         ident = self.identity
@@ -260,12 +297,15 @@ class ClusterMember:
 
     def _unclean_allowed(self, session: Session, view: ClusterView,
                          shard: ShardView | None) -> bool:
-        """No ISR incarnation is alive and the policy is "auto": any live member may lead."""
+        """No ISR incarnation is alive and the policy is "auto" (or an operator's `shard elect
+        --unclean` names this node): any live member may lead."""
         if shard is None or shard.isr is None:
             return False
         if session.incarnation(self.identity.node_id) in shard.isr.members:
             return False
-        if (view.config or ClusterConfig()).unclean_election != "auto":
+        hint = shard.hint
+        operator = hint is not None and hint.node_id == self.identity.node_id and hint.unclean
+        if (view.config or ClusterConfig()).unclean_election != "auto" and not operator:
             return False
         live = {Incarnation(n, view.lease_of(view.keyspace.node(n))) for n in view.nodes}
         if any(member in live for member in shard.isr.members):

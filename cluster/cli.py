@@ -17,12 +17,23 @@ from typing import Any
 
 import trio
 
-from cluster.coordinator import ClusterConfig, CoordinatorError, ShardExists, ShardRecord
+from cluster.coordinator import (
+    ClusterConfig,
+    ClusterView,
+    CoordinatorError,
+    ElectionHint,
+    Incarnation,
+    ShardExists,
+    ShardRecord,
+)
 from cluster.launcher import plan_from_file, plan_from_flags, read_state, up
 from cluster.status import healthy, render_table, status_doc
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 WATCH_INTERVAL = 1.0
+HINT_TTL = 5.0        # lease of an election hint (`leader transfer`, `shard elect`)
+HANDOVER_WAIT = 5.0   # how long an operation waits for the shard's new leader
+POLL = 0.02
 
 
 class UsageError(Exception):
@@ -63,6 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     remove = with_cluster(shard_commands.add_parser(
         "remove", help="take a shard off the ring (its record, leader and ISR keys)"))
     remove.add_argument("shard_id")
+    elect = with_cluster(shard_commands.add_parser(
+        "elect", help="elect a leader for a shard that has none"))
+    elect.add_argument("shard_id")
+    elect.add_argument("--unclean", action="store_true",
+                       help="when no in-sync replica is alive, let a live member win (the "
+                            "writes only the lost replicas had are gone)")
+
+    leader = commands.add_parser("leader", help="move a shard's leadership")
+    leader_commands = leader.add_subparsers(dest="leader_command", required=True)
+    transfer = with_cluster(leader_commands.add_parser(
+        "transfer", help="make NODE (alive, in sync) the leader of SHARD"))
+    transfer.add_argument("shard_id")
+    transfer.add_argument("node_id")
+
+    node = commands.add_parser("node", help="drain or remove a node")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    drain = with_cluster(node_commands.add_parser(
+        "drain", help="the node stops leading and serving reads (persistent)"))
+    drain.add_argument("node_id")
+    drain.add_argument("--undo", action="store_true", help="take the node back")
+    drop = with_cluster(node_commands.add_parser(
+        "remove", help="drop the node from its shard (stop its backend first)"))
+    drop.add_argument("node_id")
 
     config = commands.add_parser("config", help="get or set the cluster-wide settings")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -155,10 +189,135 @@ def _shard(args: argparse.Namespace) -> int:
                 return 1
             print(f"shard {args.shard_id} added")
             return 0
+        if args.shard_command == "elect":
+            return await _elect(args, etcd)
         if not await etcd.remove_shard(args.shard_id):
             print(f"memring: error: no shard {args.shard_id!r}", file=sys.stderr)
             return 1
         print(f"shard {args.shard_id} removed from the ring")
+        return 0
+
+    return _with_etcd(args, run)
+
+
+def _fail(message: str) -> int:
+    print(f"memring: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _live_members(view: ClusterView, shard_id: str) -> dict[str, Incarnation]:
+    return {n: Incarnation(n, view.lease_of(view.keyspace.node(n)))
+            for n, record in view.nodes.items() if record.shard == shard_id}
+
+
+async def _await_leader(etcd: Any, shard_id: str, wanted: Callable[[str], bool],
+                        timeout: float) -> ClusterView | None:
+    """Poll until the shard's leader is a node `wanted` accepts; None after `timeout`."""
+    with trio.move_on_after(timeout):
+        while True:
+            view: ClusterView = await etcd.snapshot()
+            shard = view.shards.get(shard_id)
+            leader = shard.leader.node_id if shard and shard.leader else None
+            if leader is not None and wanted(leader):
+                return view
+            await trio.sleep(POLL)
+    return None
+
+
+async def _hinted_election(etcd: Any, shard_id: str, hint: ElectionHint) -> int:
+    """Write the hint under a short lease, wait for its node to lead, then drop the hint."""
+    started = trio.current_time()
+    lease = await etcd.put_hint(shard_id, hint, HINT_TTL)
+    try:
+        view = await _await_leader(etcd, shard_id, lambda n: n == hint.node_id, HINT_TTL)
+    finally:
+        with trio.CancelScope(shield=True):
+            await etcd.revoke(lease)
+    if view is None:
+        return _fail(f"{hint.node_id} did not become the leader of {shard_id} within "
+                     f"{HINT_TTL:g}s; the ordinary election goes on")
+    print(f"{hint.node_id} leads shard {shard_id} (epoch {view.shards[shard_id].epoch}) "
+          f"after {(trio.current_time() - started) * 1000:.0f} ms")
+    return 0
+
+
+def _leader(args: argparse.Namespace) -> int:
+    async def run(etcd: Any) -> int:
+        view = await etcd.snapshot()
+        shard = view.shards.get(args.shard_id)
+        if shard is None or shard.record is None:
+            return _fail(f"no shard {args.shard_id!r}")
+        if shard.leader is not None and shard.leader.node_id == args.node_id:
+            print(f"{args.node_id} already leads shard {args.shard_id}")
+            return 0
+        live = _live_members(view, args.shard_id)
+        if args.node_id not in live:
+            return _fail(f"{args.node_id} is not a live member of shard {args.shard_id}")
+        if shard.drained(args.node_id):
+            return _fail(f"{args.node_id} is drained (`memring node drain "
+                         f"{args.node_id} --undo` first)")
+        if shard.isr is None or live[args.node_id] not in shard.isr.members:
+            return _fail(f"{args.node_id} is not in sync with shard {args.shard_id}")
+        return await _hinted_election(etcd, args.shard_id, ElectionHint(args.node_id))
+
+    return _with_etcd(args, run)
+
+
+def _elect(args: argparse.Namespace, etcd: Any) -> Awaitable[int]:
+    async def run() -> int:
+        view = await etcd.snapshot()
+        shard = view.shards.get(args.shard_id)
+        if shard is None or shard.record is None:
+            return _fail(f"no shard {args.shard_id!r}")
+        if shard.leader is not None:
+            print(f"shard {args.shard_id} already has a leader: {shard.leader.node_id}")
+            return 0
+        live = {n: inc for n, inc in _live_members(view, args.shard_id).items()
+                if not shard.drained(n)}
+        if not live:
+            return _fail(f"shard {args.shard_id} has no live member that is not drained")
+        isr = set(shard.isr.members) if shard.isr else set()
+        in_sync = sorted(n for n, inc in live.items() if inc in isr or not isr)
+        if in_sync:
+            return await _hinted_election(etcd, args.shard_id, ElectionHint(in_sync[0]))
+        # until replication reports applied positions, any live member is as good as another
+        chosen = sorted(live)[0]
+        if not args.unclean:
+            return _fail(f"no in-sync replica of shard {args.shard_id} is alive; `memring "
+                         f"shard elect {args.shard_id} --unclean` would elect {chosen} (the "
+                         "writes only the lost replicas had are gone)")
+        print(f"shard {args.shard_id}: unclean election of {chosen}", file=sys.stderr)
+        return await _hinted_election(etcd, args.shard_id, ElectionHint(chosen, unclean=True))
+
+    return run()
+
+
+def _node_op(args: argparse.Namespace) -> int:
+    async def run(etcd: Any) -> int:
+        if args.node_command == "remove":
+            shard_id, registered = await etcd.remove_node(args.node_id)
+            print(f"node {args.node_id} removed from shard {shard_id}"
+                  + (" (its lease revoked; a backend still running joins again)"
+                     if registered else ""))
+            return 0
+        before: ClusterView = await etcd.snapshot()
+        record = await etcd.drain_node(args.node_id, not args.undo)
+        if args.undo:
+            print(f"node {args.node_id} of shard {record.shard_id} is no longer drained")
+            return 0
+        shard = before.shards.get(record.shard_id)
+        if shard is None or shard.leader is None or shard.leader.node_id != args.node_id:
+            print(f"node {args.node_id} of shard {record.shard_id} drained")
+            return 0
+        # it led: it resigns on its own; wait (bounded) for another node to lead
+        view = await _await_leader(etcd, record.shard_id, lambda n: n != args.node_id,
+                                   HANDOVER_WAIT)
+        new = view.shards[record.shard_id].leader if view else None
+        if new is None:
+            print(f"node {args.node_id} of shard {record.shard_id} drained; it resigned but "
+                  f"no other node leads yet")
+            return 0
+        print(f"node {args.node_id} of shard {record.shard_id} drained; {new.node_id} leads")
         return 0
 
     return _with_etcd(args, run)
@@ -207,7 +366,8 @@ def _up(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"up": _up, "status": _status, "shard": _shard, "config": _config}
+    handlers = {"up": _up, "status": _status, "shard": _shard, "config": _config,
+                "leader": _leader, "node": _node_op}
     try:
         return handlers[args.command](args)
     except UsageError as exc:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import replace
 
@@ -56,6 +56,9 @@ from cluster.records import (  # re-exported: callers import the records from he
 )
 from cluster.records import (
     ClusterView as ClusterView,
+)
+from cluster.records import (
+    ElectionHint as ElectionHint,
 )
 from cluster.records import (
     Incarnation as Incarnation,
@@ -103,6 +106,10 @@ class FencedOut(CoordinatorError):
 
 class ShardExists(CoordinatorError):
     """`add_shard` of a shard that already exists."""
+
+
+class NotFound(CoordinatorError):
+    """An operation named a shard or node the cluster does not have."""
 
 
 class WatchCompacted(CoordinatorError):
@@ -361,21 +368,36 @@ class Coordinator(abc.ABC):
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
                        unclean: bool = False) -> Leadership | None:
         """Try once to become the shard's leader; the Leadership, or None if another leads,
-        this incarnation is not in the ISR, or the ISR changed meanwhile.
+        this incarnation is not in the ISR, the node is drained, an election hint names
+        another node, or any of these changed meanwhile.
 
         One txn: leader key absent AND (ISR absent -> create it with us alone | ISR unchanged
-        since we read it with us in it). `unclean` skips the ISR check and resets it to us."""
+        since we read it with us in it) AND shard record and hint unchanged since read (so a
+        drain or a hint written meanwhile is never missed). `unclean` skips the ISR check and
+        resets it to us."""
         if not session.is_valid():
             return None
+        shard_key = self.keyspace.shard(shard_id)
         leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
+        hint_key = self.keyspace.hint(shard_id)
         me = session.incarnation(node_id)
-        _, entries = await self._read(isr_key)
+        _, entries = await self._read(shard_key, prefix=True)  # record, isr and hint at once
         isr_entry = entries.get(isr_key)
         leader = Put(leader_key, LeaderRecord(node_id, address, session.lease_id).to_json(),
                      session.lease_id)
         fresh_isr = Put(isr_key, IsrRecord((me,)).to_json())
         compares = [Compare(leader_key, "create", "==", 0)]
         success: list[Op] = [leader]
+        for key, entry in ((shard_key, entries.get(shard_key)),
+                           (hint_key, entries.get(hint_key))):
+            if entry is None:
+                compares.append(Compare(key, "create", "==", 0))
+                continue
+            compares.append(Compare(key, "mod", "==", entry.mod_revision))
+            if key == shard_key and node_id in ShardRecord.from_json(entry.value).drained:
+                return None
+            if key == hint_key and ElectionHint.from_json(entry.value).node_id != node_id:
+                return None
         if isr_entry is None:
             compares.append(Compare(isr_key, "create", "==", 0))
             success.append(fresh_isr)
@@ -409,6 +431,68 @@ class Coordinator(abc.ABC):
             raise FencedOut(f"shard {leadership.shard_id!r}: epoch {leadership.epoch} no longer "
                             "leads; not writing the ISR")
         return result.revision
+
+    # Operations (memring leader transfer, node drain/remove, shard elect) -------------
+
+    async def shard_of(self, node_id: str) -> str:
+        """The shard a node belongs to: the record listing it, else its live registration."""
+        view = await self.snapshot()
+        for shard_id, shard in view.shards.items():
+            if shard.record is not None and node_id in shard.record.replicas:
+                return shard_id
+        if node_id in view.nodes:
+            return view.nodes[node_id].shard
+        raise NotFound(f"no node {node_id!r} in cluster {self.keyspace.cluster!r}")
+
+    async def _update_shard(self, shard_id: str, change: Callable[[ShardRecord], ShardRecord]
+                            ) -> ShardRecord:
+        key = self.keyspace.shard(shard_id)
+        for _ in range(20):  # bounded compare-and-set retries against concurrent joiners
+            _, entries = await self._read(key)
+            entry = entries.get(key)
+            if entry is None:
+                raise NotFound(f"no shard {shard_id!r}")
+            record = change(ShardRecord.from_json(entry.value))
+            if (await self._txn([Compare(key, "mod", "==", entry.mod_revision)],
+                                [Put(key, record.to_json())])).succeeded:
+                return record
+        raise CoordinatorError(f"shard {shard_id!r}: too much contention updating its record")
+
+    async def drain_node(self, node_id: str, drained: bool = True) -> ShardRecord:
+        """Mark a node drained (never leads, resigns if it does, gets no reads), or undo it."""
+        shard_id = await self.shard_of(node_id)
+
+        def change(record: ShardRecord) -> ShardRecord:
+            others = tuple(n for n in record.drained if n != node_id)
+            return replace(record, drained=(*others, node_id) if drained else others)
+        return await self._update_shard(shard_id, change)
+
+    async def remove_node(self, node_id: str) -> tuple[str, bool]:
+        """Drop a node from its shard's record and revoke its lease if it is registered:
+        (its shard, whether it was registered). A backend still running joins again."""
+        shard_id = await self.shard_of(node_id)
+        await self._update_shard(shard_id, lambda record: replace(
+            record, replicas=tuple(n for n in record.replicas if n != node_id),
+            drained=tuple(n for n in record.drained if n != node_id)))
+        key = self.keyspace.node(node_id)
+        _, entries = await self._read(key)
+        lease = entries[key].lease if key in entries else 0
+        if lease:
+            await self.revoke(lease)
+        return shard_id, bool(lease)
+
+    async def put_hint(self, shard_id: str, hint: ElectionHint, ttl: float) -> int:
+        """Write the shard's election hint under a new lease of `ttl` seconds (its id: revoke
+        it when done); CoordinatorError if another hint lives."""
+        lease_id, _ = await self._grant(ttl)
+        key = self.keyspace.hint(shard_id)
+        result = await self._txn([Compare(key, "create", "==", 0)],
+                                 [Put(key, hint.to_json(), lease_id)])
+        if not result.succeeded:
+            await self.revoke(lease_id)
+            raise CoordinatorError(f"shard {shard_id!r}: another transfer or election is "
+                                   "under way")
+        return lease_id
 
     # Reading and following -------------------------------------------------------------
 

@@ -4,10 +4,24 @@ Every key of a cluster lives under one prefix, `/memring/<cluster>/`:
 
     nodes/<node>           NodeRecord      bound to the node's lease (membership)
     config                 ClusterConfig   persistent
-    shards/<shard>         ShardRecord     persistent (topology)
+    shards/<shard>         ShardRecord     persistent (topology: replicas, weight, drained)
     shards/<shard>/leader  LeaderRecord    bound to the leader's lease; create revision = epoch
     shards/<shard>/isr     IsrRecord       persistent; written in a txn fenced on the epoch
+    shards/<shard>/hint    ElectionHint    bound to a short lease of the operator's command
     proxies/<proxy>        ProxyRecord     bound to the proxy's lease
+
+Operations (`memring leader transfer`, `node drain/remove`, `shard elect`) add no process of
+their own; they write these keys and the members react:
+
+- A drained node is listed in its shard record's `drained` (persistent, until `memring node
+  drain NODE --undo` or `node remove`): it never campaigns (the campaign txn compares the shard
+  record), resigns if it leads, and proxies send it no reads.
+- The election hint names the one node that may campaign while it lives (the campaign txn
+  compares it), with `unclean` set by `memring shard elect --unclean`. `leader transfer` writes
+  it under a lease of a few seconds; the current leader, seeing a hint for another live node,
+  stops acknowledging writes and resigns; the named node wins; the command then revokes the
+  hint's lease. If it fails, the hint expires and the ordinary election resumes.
+- `node remove` drops a node from its shard record and revokes its lease if it is registered.
 
 `Keyspace` builds and parses these paths. The small operation types below (`Compare`, `Put`,
 `Delete`, `Entry`, `KeyEvent`, `WatchBatch`) are etcd's v3 KV model reduced to what memring
@@ -23,7 +37,7 @@ from typing import Literal
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
 
-KeyKind = Literal["node", "config", "shard", "leader", "isr", "proxy"]
+KeyKind = Literal["node", "config", "shard", "leader", "isr", "hint", "proxy"]
 
 
 def check_id(what: str, value: str) -> str:
@@ -66,6 +80,9 @@ class Keyspace:
     def isr(self, shard_id: str) -> str:
         return f"{self.shard(shard_id)}/isr"
 
+    def hint(self, shard_id: str) -> str:
+        return f"{self.shard(shard_id)}/hint"
+
     def shards_prefix(self) -> str:
         return f"{self.prefix}shards/"
 
@@ -90,6 +107,8 @@ class Keyspace:
                 return KeyRef("leader", ident)
             case ["shards", ident, "isr"] if _ID.match(ident):
                 return KeyRef("isr", ident)
+            case ["shards", ident, "hint"] if _ID.match(ident):
+                return KeyRef("hint", ident)
         return None
 
 

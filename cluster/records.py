@@ -104,6 +104,7 @@ class ShardRecord:
     shard_id: str
     replicas: tuple[str, ...] = ()
     weight: int = 1
+    drained: tuple[str, ...] = ()  # nodes that must not lead nor serve reads (`node drain`)
 
     def to_json(self) -> bytes:
         return _dump(self)
@@ -112,7 +113,24 @@ class ShardRecord:
     def from_json(cls, raw: bytes) -> ShardRecord:
         d = _load(raw)
         return cls(str(d["shard_id"]), tuple(str(r) for r in d.get("replicas", ())),
-                   int(d.get("weight", 1)))
+                   int(d.get("weight", 1)), tuple(str(r) for r in d.get("drained", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionHint:
+    """`shards/<shard>/hint`: while it lives only `node_id` may campaign (`leader transfer`,
+    `shard elect`); `unclean` lets it win without being in the ISR (`shard elect --unclean`)."""
+
+    node_id: str
+    unclean: bool = False
+
+    def to_json(self) -> bytes:
+        return _dump(self)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ElectionHint:
+        d = _load(raw)
+        return cls(str(d["node_id"]), bool(d.get("unclean", False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +218,10 @@ class ShardView:
     epoch: int  # the leader key's create revision; 0 without a leader
     isr: IsrRecord | None
     isr_revision: int  # the ISR key's mod revision; 0 without one
+    hint: ElectionHint | None = None
+
+    def drained(self, node_id: str) -> bool:
+        return self.record is not None and node_id in self.record.drained
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,7 @@ class ClusterView:
         records: dict[str, ShardRecord] = {}
         leaders: dict[str, tuple[LeaderRecord, int]] = {}
         isrs: dict[str, tuple[IsrRecord, int]] = {}
+        hints: dict[str, ElectionHint] = {}
         for key, entry in entries.items():
             ref = keyspace.parse(key)
             if ref is None:
@@ -239,6 +262,8 @@ class ClusterView:
                 elif ref.kind == "leader":
                     leaders[ref.ident] = (LeaderRecord.from_json(entry.value),
                                           entry.create_revision)
+                elif ref.kind == "hint":
+                    hints[ref.ident] = ElectionHint.from_json(entry.value)
                 else:
                     isrs[ref.ident] = (IsrRecord.from_json(entry.value), entry.mod_revision)
             except (ValueError, KeyError, TypeError) as exc:
@@ -248,7 +273,7 @@ class ClusterView:
             leader, epoch = leaders.get(shard_id, (None, 0))
             isr, isr_rev = isrs.get(shard_id, (None, 0))
             shards[shard_id] = ShardView(shard_id, records.get(shard_id), leader, epoch, isr,
-                                         isr_rev)
+                                         isr_rev, hints.get(shard_id))
         return cls(keyspace, revision, dict(entries), config, shards, nodes, proxies)
 
     def apply(self, batch: WatchBatch) -> ClusterView:

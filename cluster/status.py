@@ -3,7 +3,8 @@
 A shard's nodes are its live members (`nodes/*` naming the shard) and the replicas its record
 lists that are not alive. A node is `in_sync` when its current incarnation (node id + the lease
 of its `nodes/` key) is in the shard's ISR; its role is `leader` (holds the leader key),
-`follower` (alive, in sync), `syncing` (alive, not in sync) or `down`. Lag is not measured
+`follower` (alive, in sync), `syncing` (alive, not in sync) or `down`; `drained` is true for a
+node `memring node drain` took out of elections and reads. Lag is not measured
 before replication exists: 0.
 """
 
@@ -33,7 +34,7 @@ def status_doc(view: ClusterView) -> dict[str, Any]:
                     "follower" if in_sync else "syncing")
             nodes.append({"id": node_id, "address": record.address if record else "",
                           "role": role, "in_sync": in_sync, "alive": alive,
-                          "lag_seq": 0, "lag_s": 0.0})
+                          "drained": shard.drained(node_id), "lag_seq": 0, "lag_s": 0.0})
         shards.append({"id": shard_id, "epoch": shard.epoch, "leader": leader,
                        "isr": list(shard.isr.node_ids) if shard.isr else [],
                        "weight": shard.record.weight if shard.record else 0,
@@ -59,7 +60,8 @@ def render_table(doc: dict[str, Any]) -> str:
         for index, node in enumerate(shard["nodes"]):
             rows.append((shard["id"] if index == 0 else "",
                          str(shard["epoch"]) if index == 0 else "",
-                         node["id"], node["address"] or "-", node["role"],
+                         node["id"], node["address"] or "-",
+                         node["role"] + (" (drained)" if node.get("drained") else ""),
                          "yes" if node["in_sync"] else "no",
                          f"{node['lag_seq']} / {node['lag_s']:.1f}s"))
         if not shard["leader"]:

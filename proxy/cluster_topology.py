@@ -3,7 +3,8 @@
 Theory of operation. `shard_specs(view)` turns one `ClusterView` into the proxy's topology:
 the `shards/*` records sorted by id, each shard's ring point name being its id (so a failover
 never moves keys) and its weight the record's; its nodes are the elected leader first, then the
-other live members (`nodes/*` whose shard is this one). A shard with no live node keeps its
+other live members (`nodes/*` whose shard is this one) that the shard record does not list as
+drained (`memring node drain`: no reads; a drained leader resigns on its own). A shard with no live node keeps its
 place on the ring with no nodes: its keys get SERVER_ERROR, never another shard's. The cluster's
 `config` key, when present, sets the key hash and the read policy.
 
@@ -66,7 +67,9 @@ def shard_specs(view: ClusterView) -> tuple[ShardSpec, ...]:
             if shard.leader is not None and shard.leader.node_id in live:
                 leader = live[shard.leader.node_id]  # its weight for weighted reads
             nodes.append(leader)
-        for _, spec in sorted(members.get(shard_id, ())):
+        for node_id, spec in sorted(members.get(shard_id, ())):
+            if shard.drained(node_id):
+                continue
             if leader is None or spec.address != leader.address:
                 nodes.append(spec)
         shards.append(ShardSpec(shard_id, tuple(nodes), max(1, shard.record.weight),
