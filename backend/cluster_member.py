@@ -122,14 +122,18 @@ class ClusterMember:
         task_status.started()
         failures = 0
         logged_at = -math.inf
+        resume = 0  # the lease of a session lost on our clock only: kept if etcd still has it
         with self._run_scope:
             while not self._leaving:
+                session = None
                 try:
-                    async with self.coordinator.open_session(self.lease_ttl) as session:
+                    async with self.coordinator.open_session(self.lease_ttl,
+                                                             resume=resume) as session:
                         if failures:
                             log.info("etcd answers again: rejoining shard %s",
                                      self.identity.shard)
                         failures = 0
+                        resume = 0
                         await self._take_part(session)
                 except CoordinatorError as exc:
                     failures += 1
@@ -141,6 +145,8 @@ class ClusterMember:
                 finally:
                     self._step_down("session ended")
                     self.session = None
+                    if session is not None and session.lost.is_set():
+                        resume = session.lease_id
                 if not self._leaving:
                     await trio.sleep(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures, 4))
                                      if failures else BACKOFF_FIRST)

@@ -278,14 +278,25 @@ class Coordinator(abc.ABC):
     # Sessions and membership -----------------------------------------------------------
 
     @asynccontextmanager
-    async def open_session(self, ttl: float = 2.0, *,
-                           margin: float | None = None) -> AsyncIterator[Session]:
+    async def open_session(self, ttl: float = 2.0, *, margin: float | None = None,
+                           resume: int = 0) -> AsyncIterator[Session]:
         """A lease kept alive until the block exits (then revoked: a graceful leave).
 
         `margin` (default ttl/10, at least 50 ms) is how long before the lease could expire in
-        the store the session declares itself lost."""
+        the store the session declares itself lost. `resume` names the lease of a session that
+        was lost on the local clock only (etcd unreachable, or restarted): if the store still
+        holds that lease, the new session keeps it, and with it every key bound to it (node,
+        leader key, epoch, ISR incarnation), instead of starting a new life. That is safe:
+        while the lease lived in the store, nobody else could take those keys. A lost session
+        is therefore not revoked when its block exits."""
         sent = trio.current_time()
-        lease_id, granted = await self._grant(ttl)
+        lease_id, granted = 0, ttl
+        if resume and await self._remaining(resume) > 0:
+            lease_id = resume
+            log.info("lease %x survived in the store: resuming it", resume)
+        if not lease_id:
+            sent = trio.current_time()
+            lease_id, granted = await self._grant(ttl)
         if margin is None:
             margin = max(0.05, granted / 10)
         session = Session(self, lease_id, granted, margin, sent)
@@ -299,11 +310,19 @@ class Coordinator(abc.ABC):
                     finally:
                         nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self.call_timeout):
-                try:
-                    await self.revoke(lease_id)
-                except CoordinatorError as exc:
-                    log.warning("could not revoke lease %x on close: %s", lease_id, exc)
+            if not session.lost.is_set():
+                with trio.CancelScope(shield=True), trio.move_on_after(self.call_timeout):
+                    try:
+                        await self.revoke(lease_id)
+                    except CoordinatorError as exc:
+                        log.warning("could not revoke lease %x on close: %s", lease_id, exc)
+
+    async def _remaining(self, lease_id: int) -> float:
+        """Seconds the store still gives `lease_id` after renewing it; 0 if it is gone."""
+        try:
+            return await self._keepalive(lease_id, timeout=self.call_timeout)
+        except LeaseNotFound:
+            return 0.0
 
     async def register_node(self, session: Session, node: NodeRecord) -> None:
         await self._put(self.keyspace.node(node.node_id), node.to_json(), session.lease_id)
