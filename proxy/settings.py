@@ -13,43 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
+
+# The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
+# re-exported here so `proxy.settings.ShardSpec` etc. keep working.
+from cluster.static_topology import NodeSpec as NodeSpec
+from cluster.static_topology import SettingsError as SettingsError
+from cluster.static_topology import ShardSpec as ShardSpec
+from cluster.static_topology import default_point_name as default_point_name
+from cluster.static_topology import parse_shards as parse_shards
+from cluster.static_topology import read_toml
+from cluster.static_topology import split_address as split_address
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
-
-
-class SettingsError(Exception):
-    """Bad usage or configuration; the message names the problem (exit code 2)."""
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"bad address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:11311")
-    return host.strip("[]"), int(port)
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    host: str
-    port: int
-    weight: int = 1
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    name: str          # the ring point name: keys hash onto "<name>-<i>"
-    nodes: tuple[NodeSpec, ...]
-    weight: int = 1
-    has_leader: bool = True  # the first node leads; False in cluster mode during an election
 
 
 @dataclass(frozen=True)
@@ -81,49 +59,6 @@ class ProxySettings:
     @property
     def port(self) -> int:
         return split_address(self.listen)[1]
-
-
-def default_point_name(node: NodeSpec) -> str:
-    """libmemcached/twemproxy name a server "host" on port 11211 and "host:port" otherwise."""
-    return node.host if node.port == 11211 else f"{node.host}:{node.port}"
-
-
-def _node(value: Any, where: str) -> NodeSpec:
-    if isinstance(value, str):
-        host, port = split_address(value)
-        return NodeSpec(host, port)
-    if isinstance(value, dict) and isinstance(value.get("address"), str):
-        host, port = split_address(value["address"])
-        weight = value.get("weight", 1)
-        if not isinstance(weight, int) or weight < 1:
-            raise SettingsError(f"{where}: weight must be a positive integer, got {weight!r}")
-        return NodeSpec(host, port, weight)
-    raise SettingsError(f"{where}: a node is \"host:port\" or {{address = \"host:port\", "
-                        f"weight = N}}, got {value!r}")
-
-
-def parse_shards(tables: Any) -> tuple[ShardSpec, ...]:
-    if not isinstance(tables, list) or not tables:
-        raise SettingsError("the config needs at least one [[shards]] table with nodes")
-    shards = []
-    names: set[str] = set()
-    for index, table in enumerate(tables, start=1):
-        where = f"shard #{index}"
-        nodes = table.get("nodes") if isinstance(table, dict) else None
-        if not isinstance(nodes, list) or not nodes:
-            raise SettingsError(f"{where}: `nodes` must be a non-empty list")
-        specs = tuple(_node(n, where) for n in nodes)
-        weight = table.get("weight", 1)
-        if not isinstance(weight, int) or weight < 1:
-            raise SettingsError(f"{where}: weight must be a positive integer, got {weight!r}")
-        name = table.get("name") or default_point_name(specs[0])
-        if not isinstance(name, str):
-            raise SettingsError(f"{where}: name must be a string")
-        if name in names:
-            raise SettingsError(f"{where}: ring point name {name!r} is used twice")
-        names.add(name)
-        shards.append(ShardSpec(name, specs, weight))
-    return tuple(shards)
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
@@ -158,12 +93,7 @@ def _validate(settings: ProxySettings) -> ProxySettings:
 
 def load_topology(settings: ProxySettings) -> ProxySettings:
     """Re-read the config file's [proxy] table and shards (SIGHUP calls this)."""
-    try:
-        data = tomllib.loads(Path(settings.config).read_text())
-    except OSError as exc:
-        raise SettingsError(f"cannot read config {settings.config}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"bad TOML in {settings.config}: {exc}") from None
+    data = read_toml(settings.config)
     table = data.get("proxy", {})
     known = {f for f in ProxySettings.__dataclass_fields__ if f not in ("config", "shards")}
     unknown = set(table) - known
