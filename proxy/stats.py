@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import resource
 import time
@@ -32,11 +33,7 @@ class ProxyStats:
         us = seconds * 1e6
         self.latency_count += 1
         self.latency_sum_us += us
-        for index, bound in enumerate(LATENCY_BUCKETS_US):
-            if us <= bound:
-                self.latency_buckets[index] += 1
-                return
-        self.latency_buckets[-1] += 1
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, us)] += 1
 
     def reply(self, args: list[bytes], pools: Iterable[NodePool]) -> bytes:
         if args == [b"reset"]:
