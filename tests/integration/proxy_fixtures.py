@@ -3,6 +3,7 @@ proxy: `server` is what those tests take, here a proxy over 3 single-node shards
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Iterator
 
 import pytest
@@ -24,3 +25,16 @@ def running() -> Iterator[dict[str, servers.RunningServer]]:
 def server(request: pytest.FixtureRequest,
            running: dict[str, servers.RunningServer]) -> servers.RunningServer:
     return running[request.param]
+
+
+@pytest.fixture
+def many_files() -> Iterator[None]:
+    """Room for a few thousand sockets in this process and in servers started from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

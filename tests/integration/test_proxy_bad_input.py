@@ -16,7 +16,6 @@ leave the proxy up, serving, and small.
 from __future__ import annotations
 
 import contextlib
-import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -222,17 +221,7 @@ IDLE = 2000
 IDLE_RSS_BOUND_MB = 50
 
 
-@pytest.fixture
-def many_files() -> Iterator[None]:
-    """Room for a few thousand sockets here and in servers started from here (inherited)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+many_files = proxy_fixtures.many_files
 
 
 def test_two_thousand_idle_connections(many_files: None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import re
-import resource
 import selectors
 import socket
 import time
@@ -282,17 +281,7 @@ POOL_SIZE = 2
 ROUNDS = 3
 
 
-@pytest.fixture
-def many_files() -> Iterator[None]:
-    """Room for a few thousand sockets in this process and in servers started from it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+many_files = proxy_fixtures.many_files
 
 
 def pump(socks: list[socket.socket], payloads: list[bytes], expected: list[bytes],
