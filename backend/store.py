@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from protocol.numeric import U64_MAX, parse_stored_number
+from protocol.replication import ItemState
 from protocol.sizes import item_size
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
@@ -106,6 +107,10 @@ class Store:
         # A delayed flush_all: items last updated at or before `flush_before` vanish
         # once the clock reaches it.
         self.flush_before = 0
+        # Replication's hook (backend.replication_log): called with the key of an item a
+        # client changed, or None after flush_all; never for expiry or eviction, which stay
+        # local. None (the default) costs one attribute test per mutation.
+        self.on_change: Callable[[bytes | None], None] | None = None
 
     # -- time ----------------------------------------------------------------------
 
@@ -180,6 +185,8 @@ class Store:
         self.items.move_to_end(key)
         item.last_access = now
         item.fetched = True
+        if self.on_change is not None:
+            self.on_change(key)
         return item
 
     def touch(self, key: bytes, exptime: int) -> bool:
@@ -193,6 +200,8 @@ class Store:
         item.expires = self.absolute_expiry(exptime, now)
         self.items.move_to_end(key)
         item.last_access = now
+        if self.on_change is not None:
+            self.on_change(key)
         return True
 
     # -- mutation ------------------------------------------------------------------
@@ -208,6 +217,8 @@ class Store:
             self.bytes -= old.size
         if item.size > self.memory_limit:
             self.stats.store_no_memory += 1
+            if old is not None and self.on_change is not None:
+                self.on_change(key)
             return Outcome.NO_MEMORY
         item.cas = cas or self.next_cas()
         self.items[key] = item
@@ -215,6 +226,8 @@ class Store:
         self.stats.total_items += 1
         if self.bytes > self.memory_limit:
             self._evict()
+        if self.on_change is not None:
+            self.on_change(key)
         return Outcome.STORED
 
     def _evict(self) -> None:
@@ -283,6 +296,8 @@ class Store:
             return False
         self._unlink(key, item)
         self.stats.delete_hits += 1
+        if self.on_change is not None:
+            self.on_change(key)
         return True
 
     def drop(self, key: bytes) -> None:
@@ -290,6 +305,8 @@ class Store:
         item = self.items.get(key)
         if item is not None:
             self._unlink(key, item)
+            if self.on_change is not None:
+                self.on_change(key)
 
     def arithmetic(self, key: bytes, incr: bool, delta: int,
                    cas_unique: int = 0) -> tuple[Outcome, int, Item | None]:
@@ -323,6 +340,8 @@ class Store:
             item.cas = self.next_cas()
             item.updated = self.now()
             self.items.move_to_end(key)
+            if self.on_change is not None:
+                self.on_change(key)
             return Outcome.STORED, value, item
         self._replace_value(key, item, digits)
         return Outcome.STORED, value, self.items.get(key)
@@ -331,13 +350,57 @@ class Store:
         self.stats.cmd_flush += 1
         if delay > 0:
             self.flush_before = self.absolute_expiry(delay) - 1
+        else:
+            # An immediate flush: everything stored so far is gone. memcached marks the
+            # moment with a CAS watermark, which spends one CAS value; so do we.
+            self.items.clear()
+            self.bytes = 0
+            self.flush_before = 0
+            self.next_cas()
+        if self.on_change is not None:
+            self.on_change(None)
+
+    # -- replication (a follower applying the leader's item states) --------------------
+
+    def install(self, state: ItemState) -> None:
+        """Set an item exactly as the leader holds it: same CAS, expiry and flags.
+
+        Draws no CAS, but keeps `last_cas` at or above every installed CAS so that this
+        node, once leader, hands out only values no replica has seen.
+        """
+        key = state.key
+        item = Item(state.value, state.flags, state.expires,
+                    item_size(len(key), len(state.value), state.flags), state.updated)
+        item.last_access = self.now()
+        item.cas = state.cas
+        item.stale = state.stale
+        item.key_binary = state.key_binary
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        if state.cas > self.last_cas:
+            self.last_cas = state.cas
+        if item.size > self.memory_limit:
             return
-        # An immediate flush: everything stored so far is gone. memcached marks the
-        # moment with a CAS watermark, which spends one CAS value; so do we.
+        self.items[key] = item
+        self.bytes += item.size
+        if self.bytes > self.memory_limit:
+            self._evict()
+
+    def remove(self, key: bytes) -> None:
+        """A replicated delete: no stats, no expiry check."""
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+
+    def apply_flush(self, flush_before: int) -> None:
+        """A replicated flush_all: 0 empties the store, else a delayed flush's deadline."""
+        if flush_before:
+            self.flush_before = flush_before
+            return
         self.items.clear()
         self.bytes = 0
         self.flush_before = 0
-        self.next_cas()
 
     def reap(self, budget: int = 1000) -> int:
         """Drop up to `budget` expired or flushed items from the LRU's cold end."""
