@@ -47,10 +47,19 @@ async def run(settings: BackendSettings) -> None:
             member = ClusterMember(coordinator, MemberIdentity("", settings.shard, ""),
                                    lease_ttl=settings.lease_ttl)
         server = BackendServer(settings, member)
+        replicator = None
+        if member is not None and settings.replication != "off":
+            from backend.replication import Replicator
+
+            replicator = Replicator(server.store, member, settings)
+            member.listener = replicator
+            server.handler.record_writes(replicator)
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",
                      settings.host, port, settings.memory, settings.max_item_size)
+            if replicator is not None:
+                await nursery.start(replicator.run)
             if member is not None:
                 member.identity = identity(settings, port)
                 log.info("cluster mode: etcd %s, cluster %s, shard %s, node %s",
@@ -63,6 +72,8 @@ async def run(settings: BackendSettings) -> None:
                     if member is not None:
                         await member.leave()
                     server.shutdown()
+                    if replicator is not None:
+                        replicator.shutdown()
                     break
 
 

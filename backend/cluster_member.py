@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -73,6 +74,16 @@ class MemberIdentity:
     version: str = ""
 
 
+class LeadershipListener(Protocol):
+    """Told synchronously when this node starts or stops acknowledging writes (replication)."""
+
+    def became_leader(self, epoch: int) -> None: ...
+
+    def stepped_down(self) -> None: ...
+
+    def stats(self) -> list[tuple[str, object]]: ...
+
+
 class ClusterMember:
     """One backend's part in its shard: a session, a NodeRecord, a campaign, a write fence."""
 
@@ -83,7 +94,9 @@ class ClusterMember:
         self.lease_ttl = lease_ttl
         self.probe_interval = probe_interval
         self.session: Session | None = None
-        self.leadership: Leadership | None = None
+        self._leadership: Leadership | None = None
+        self.listener: LeadershipListener | None = None  # replication, when enabled
+        self.view: ClusterView | None = None  # the newest cluster view this member reacted to
         self.epoch = 0  # of the shard's current leader as last seen; 0 without one
         self.joined = trio.Event()  # set once the first session has registered the node
         self._leader: LeaderRecord | None = None  # another node that leads (for the probe)
@@ -92,6 +105,35 @@ class ClusterMember:
         self._run_scope = trio.CancelScope()
         self._leaving = False
         self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
+
+    @property
+    def leadership(self) -> Leadership | None:
+        return self._leadership
+
+    @leadership.setter
+    def leadership(self, value: Leadership | None) -> None:
+        before, self._leadership = self._leadership, value
+        listener = self.listener
+        if listener is None or before == value:
+            return
+        if before is not None:
+            listener.stepped_down()
+        if value is not None:
+            listener.became_leader(value.epoch)
+
+    def leader_peer(self) -> tuple[str, int] | None:
+        """(peer address, epoch) of the shard's leader when another node leads, else None."""
+        view = self.view
+        if self._leadership is not None or view is None:
+            return None
+        shard = view.shards.get(self.identity.shard)
+        leader = shard.leader if shard is not None else None
+        if shard is None or leader is None or leader.node_id == self.identity.node_id:
+            return None
+        node = view.nodes.get(leader.node_id)
+        if node is None or not node.peer_address:
+            return None
+        return node.peer_address, shard.epoch
 
     # -- what the server asks -----------------------------------------------------------
 
@@ -111,8 +153,12 @@ class ClusterMember:
         return None
 
     def role_stats(self) -> list[tuple[str, object]]:
-        return [("memring_role", self.role), ("memring_shard", self.identity.shard),
-                ("memring_node_id", self.identity.node_id), ("memring_epoch", self.epoch)]
+        lines: list[tuple[str, object]] = [
+            ("memring_role", self.role), ("memring_shard", self.identity.shard),
+            ("memring_node_id", self.identity.node_id), ("memring_epoch", self.epoch)]
+        if self.listener is not None:
+            lines += self.listener.stats()
+        return lines
 
     # -- the session loop ---------------------------------------------------------------
 
@@ -198,6 +244,7 @@ class ClusterMember:
                     view = views.receive_nowait()
                 except trio.WouldBlock:
                     break
+            self.view = view
             try:
                 settled = await self._react(session, view)
             except FencedOut as exc:

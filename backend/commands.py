@@ -61,6 +61,11 @@ class WriteFence(Protocol):
         """The memring_* lines of `stats`."""
 
 
+class WriteRecorder(Protocol):
+    def committed(self, key: bytes | None) -> None:
+        """A mutating command finished: note `key` (meta commands) and record the changes."""
+
+
 STANDALONE_STATS: list[tuple[str, object]] = [
     ("memring_role", "standalone"), ("memring_shard", "-"), ("memring_node_id", "-"),
     ("memring_epoch", 0)]
@@ -84,6 +89,9 @@ _MUTATING: dict[type, tuple[Callable[[Any], bool], bool]] = {
     Touch: (_always, True), FlushAll: (_always, True), Get: (_get_mutates, False),
     MetaSet: (_always, False), MetaDelete: (_always, False),
     MetaArithmetic: (_always, False), MetaGet: (_mg_mutates, False)}
+# Meta commands may change an item in place without telling the store (mg T, md I, ma E):
+# with replication their key is noted after every mutating request.
+_META = (MetaGet, MetaSet, MetaDelete, MetaArithmetic)
 
 
 class CloseConnection(Exception):
@@ -100,6 +108,7 @@ class CommandHandler:
         self.fence = fence
         self.meta = MetaCommands(store)
         self.verbosity = 0
+        self.recorder: WriteRecorder | None = None
         self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
             Get: self.get,
             StoreRequest: self.storage,
@@ -124,6 +133,28 @@ class CommandHandler:
         if fence is not None:  # standalone pays nothing: the fence wraps only in cluster mode
             for kind, (mutates, hideable) in _MUTATING.items():
                 self._handlers[kind] = self._fenced(self._handlers[kind], mutates, hideable)
+
+    def record_writes(self, recorder: WriteRecorder) -> None:
+        """Replication (opt-in): report every mutating command to `recorder` once it ran."""
+        self.recorder = recorder
+        for kind, (mutates, _hideable) in _MUTATING.items():
+            self._handlers[kind] = self._recorded(self._handlers[kind], mutates,
+                                                  kind in _META, recorder)
+        self._handlers[ProtocolError] = self._recorded(self._handlers[ProtocolError], _always,
+                                                       False, recorder)
+
+    @staticmethod
+    def _recorded(handler: Callable[[Any, list[bytes]], None], mutates: Callable[[Any], bool],
+                  meta: bool, recorder: WriteRecorder) -> Callable[[Any, list[bytes]], None]:
+        committed = recorder.committed
+
+        def recorded(request: Any, out: list[bytes]) -> None:
+            try:
+                handler(request, out)
+            finally:
+                if mutates(request):
+                    committed(request.key if meta else None)
+        return recorded
 
     def _fenced(self, handler: Callable[[Any, list[bytes]], None],
                 mutates: Callable[[Any], bool], hideable: bool

@@ -122,8 +122,11 @@ class BackendServer:
         if request.touches and self.handler.refuse_write(request, out):
             return  # gat/gats change items: only a leader may
         keys = request.keys
+        recorder = self.handler.recorder if request.touches else None
         for start in range(0, len(keys), GET_SLICE):
             self.handler.values(request, keys[start: start + GET_SLICE], out)
+            if recorder is not None:
+                recorder.committed(None)  # gat/gats touched items: replicate the slice
             if sum(map(len, out)) >= FLUSH_SIZE:
                 await self._flush(sock, out)
         out.append(b"END\r\n")

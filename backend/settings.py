@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_VERSION = "1.6.18"
+REPLICATION_MODES = ("off", "async")
 
 
 class SettingsError(Exception):
@@ -37,9 +38,11 @@ class BackendSettings:
     shard: str = ""
     node_id: str = ""                # default: derived from the advertised address
     advertise: str = ""              # HOST:PORT clients reach us on (default: listen)
-    peer_listen: str = ""            # HOST:PORT for replication (not bound yet)
+    peer_listen: str = ""            # HOST:PORT for replication (bound with replication on)
     peer_advertise: str = ""         # default: peer_listen
     lease_ttl: float = 2.0           # seconds; kept alive every ttl/3
+    replication: str = "off"         # off | async (backend.replication)
+    replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
 
     @property
     def clustered(self) -> bool:
@@ -86,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: --peer-listen)")
     cluster.add_argument("--lease-ttl", type=float,
                          help="seconds a lost node keeps its etcd lease (default 2)")
+    cluster.add_argument("--replication", choices=REPLICATION_MODES,
+                         help="leader -> follower replication on the peer port: off "
+                         "(default) or async (needs --peer-listen)")
+    cluster.add_argument("--replication-backlog", type=int,
+                         help="bytes of recent mutations a leader keeps for followers that "
+                         "reconnect (default 64 MiB; beyond it they take a snapshot)")
     return parser
 
 
@@ -136,6 +145,16 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         raise SettingsError("--max-item-size must be at least 1024 bytes")
     if settings.max_connections <= 0:
         raise SettingsError("--max-connections must be positive")
+    if settings.replication not in REPLICATION_MODES:
+        raise SettingsError(f"replication must be one of {', '.join(REPLICATION_MODES)}, "
+                            f"got {settings.replication!r}")
+    if settings.replication != "off":
+        if not settings.clustered:
+            raise SettingsError(f"--replication {settings.replication} needs --etcd")
+        if not settings.peer_listen:
+            raise SettingsError(f"--replication {settings.replication} needs --peer-listen")
+        if settings.replication_backlog < 4096:
+            raise SettingsError("--replication-backlog must be at least 4096 bytes")
     if settings.clustered:
         _check_cluster(settings)
     return settings

@@ -1,0 +1,163 @@
+"""The leader's side of replication: one task per follower connection on the peer port.
+
+Theory of operation: a follower sends HELLO with its position. While this node leads, its
+task answers with the log's mutations after that position (`ReplicationLog.since`), or, when
+the backlog no longer holds it, with a snapshot (SNAPSHOT_BEGIN, the items a chunk at a time
+with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations after the
+snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
+Then it waits on the Replicator's ParkingLot, which every committed write unparks, and sends
+what is new, in batches. A second task reads the follower's ACKs (its acknowledged position,
+`Replicator.acked`). When this node stops leading, every follower connection gets ERROR
+NOT_LEADER and is closed, and followers look for the new leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, cast
+
+import trio
+
+from backend.snapshot import StoreSnapshot
+from netio import nonblocking
+from netio.connection_server import Connection
+from protocol.replication import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Ack,
+    Error,
+    ErrorCode,
+    Event,
+    Hello,
+    MalformedFrame,
+    Position,
+    ReplicationParser,
+    SnapshotItem,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from backend.replication import Replicator
+
+log = logging.getLogger("memring.backend.replication")
+
+HELLO_TIMEOUT = 5.0
+BATCH = 1024  # mutations per send
+READ_SIZE = 65536
+
+
+class _Deposed(Exception):
+    """This node no longer leads the epoch the connection was serving."""
+
+
+async def next_event(sock: socket.socket, parser: ReplicationParser) -> Event | None:
+    """The next event from the peer, or None when it hung up."""
+    while True:
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            return cast(Event, event)
+        data = await nonblocking.recv(sock, READ_SIZE)
+        if not data:
+            return None
+        parser.receive_data(data)
+
+
+async def _send(conn: Connection, message: Error) -> None:
+    try:
+        await nonblocking.send_all(conn.sock, encode(message))
+    except OSError:
+        pass
+
+
+async def serve_follower(rep: Replicator, conn: Connection) -> None:
+    parser = ReplicationParser()
+    hello: Event | None = None
+    with trio.move_on_after(HELLO_TIMEOUT):
+        hello = await next_event(conn.sock, parser)
+    epoch = rep.log.newest.epoch
+    if not isinstance(hello, Hello):
+        await _send(conn, Error(ErrorCode.MALFORMED, epoch, "expected HELLO"))
+        return
+    if hello.version != PROTOCOL_VERSION:
+        await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
+        return
+    if not rep.leading:
+        await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
+        return
+    node = hello.node_id
+    rep.acked[node] = hello.position
+    log.info("follower %s connected at %s", node, tuple(hello.position))
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_acks, rep, conn, parser, node, nursery.cancel_scope)
+            try:
+                await _stream(rep, conn, hello.position, epoch)
+            except _Deposed:
+                await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "no longer the leader"))
+            except OSError as exc:  # the follower went away
+                log.info("follower %s: %s", node, exc)
+            nursery.cancel_scope.cancel()
+    finally:
+        rep.acked.pop(node, None)
+        log.info("follower %s disconnected", node)
+
+
+def _check(rep: Replicator, epoch: int) -> None:
+    if not rep.leading or rep.log.newest.epoch != epoch:
+        raise _Deposed
+
+
+async def _stream(rep: Replicator, conn: Connection, position: Position, epoch: int) -> None:
+    sock = conn.sock
+    send_all = nonblocking.send_all
+    while True:
+        _check(rep, epoch)
+        tail = rep.log.since(position, limit=BATCH)
+        if tail is None:
+            position = await _send_snapshot(rep, conn, epoch)
+            continue
+        if tail:
+            await send_all(sock, b"".join(map(encode, tail)))
+            position = tail[-1].position
+            continue
+        await rep.changed.park()
+
+
+async def _send_snapshot(rep: Replicator, conn: Connection, epoch: int) -> Position:
+    sock = conn.sock
+    snapshot = StoreSnapshot(rep.store, rep.log.newest)
+    rep.snapshots_sent += 1
+    started = trio.current_time()
+    await nonblocking.send_all(sock, encode(snapshot.begin()))
+    while not snapshot.done:
+        chunk = snapshot.next_chunk()
+        if chunk:
+            await nonblocking.send_all(sock, b"".join(encode(SnapshotItem(s)) for s in chunk))
+        await trio.sleep(0)  # let clients write while the snapshot streams
+        _check(rep, epoch)
+    await nonblocking.send_all(sock, encode(snapshot.end()))
+    log.info("snapshot of %d items at %s sent in %.3f s", snapshot.sent,
+             tuple(snapshot.position), trio.current_time() - started)
+    return snapshot.position
+
+
+async def _read_acks(rep: Replicator, conn: Connection, parser: ReplicationParser, node: str,
+                     done: trio.CancelScope) -> None:
+    try:
+        while True:
+            event = await next_event(conn.sock, parser)
+            if isinstance(event, Ack):
+                rep.acked[node] = event.position
+                continue
+            if isinstance(event, Error):
+                log.info("follower %s: %s %s", node, event.code.name, event.message)
+            elif isinstance(event, MalformedFrame):
+                log.warning("follower %s: bad frame (%s)", node, event.reason)
+            elif event is not None:
+                log.warning("follower %s: unexpected %s", node, type(event).__name__)
+            return
+    except OSError:
+        return
+    finally:
+        done.cancel()
