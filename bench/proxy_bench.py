@@ -46,13 +46,13 @@ from backend_vs_memcached import (
     BenchError,
     Server,
     _pdeathsig,
-    _raise_interrupt,
     busy_cpus,
     check_cpus,
     cpu_model,
     fmt_us,
     free_port,
     median_summary,
+    run_until_done,
     started,
     stop,
 )
@@ -753,17 +753,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="interpreter that runs `-m proxy` and `-m backend` (%(default)s)")
     add_load_arguments(parser)
     parser.set_defaults(multiget=10)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    try:
-        return run(args)
-    except (BenchError, LoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process started here was stopped", file=sys.stderr)
-        return 130
+    return run_until_done(run, parser.parse_args(argv),
+                          "every process started here was stopped")
 
 
 if __name__ == "__main__":
