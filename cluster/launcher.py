@@ -4,9 +4,10 @@ Theory of operation. `LocalCluster.start()` spawns etcd (cluster.etcd_process, f
 data in a temp dir) unless an etcd URL was given, writes the cluster's `config` and `shards/*`
 records, starts shards x replicas backends (`python -m backend ... --etcd URL --cluster NAME
 --shard ID --node-id ID`) and the proxies, each on its own free port with its log in the run
-directory, and returns once every shard has a leader and every proxy has registered and answers
-`version`. `stop()` terminates the proxies and backends (they revoke their leases), kills what
-is still there after a grace period, reaps them, and stops etcd last. The children are in their
+directory, and returns once every shard has a leader and every proxy has registered and has a
+live connection to every leader (its `stats`). `stop()` terminates the proxies and backends
+(they revoke their leases), kills what is still there after a grace period, reaps them, and
+stops etcd last. The children are in their
 own process group (a terminal's Ctrl-C reaches only `memring up`, which stops them in order) and
 get SIGTERM if `memring up` itself dies (PR_SET_PDEATHSIG).
 
@@ -172,14 +173,29 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def answers_version(address: str) -> bool:
+def routes_to(address: str, leaders: set[str]) -> bool:
+    """The proxy at `address` answers and has a live connection to every leader: only then
+    does a client get through to every shard (the proxy learns of a new leader, and
+    connects to it, a little after etcd has it)."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5) as s:
-            s.sendall(b"version\r\n")
-            return s.recv(64).startswith(b"VERSION ")
+            s.settimeout(0.5)
+            s.sendall(b"stats\r\n")
+            reply = b""
+            for _ in range(1000):
+                if reply.endswith(b"END\r\n"):
+                    break
+                chunk = s.recv(65536)
+                if not chunk:
+                    return False
+                reply += chunk
     except OSError:
         return False
+    up = {line.split()[1].decode()[len("backend:"):-len(":state")]
+          for line in reply.splitlines()
+          if line.startswith(b"STAT backend:") and line.endswith(b":state up")}
+    return leaders <= up
 
 
 def _backend_flags() -> str:
@@ -294,10 +310,12 @@ class LocalCluster:
                                   if s.shard_id not in view.shards
                                   or view.shards[s.shard_id].leader is None]
                     proxies = {p.address for p in view.proxies.values()}
+                    leaders = {s.leader.address for s in view.shards.values()
+                               if s.leader is not None}
                     absent = [c.address for c in self.children if c.role == "proxy"
                               and (c.address not in proxies
-                                   or not await trio.to_thread.run_sync(answers_version,
-                                                                        c.address))]
+                                   or not await trio.to_thread.run_sync(routes_to, c.address,
+                                                                        leaders))]
                     if not leaderless and not absent:
                         return
                     missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
