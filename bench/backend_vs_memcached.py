@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from loadgen import (
     LoadError,
@@ -47,6 +47,7 @@ from loadgen import (
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("memcached", "backend")
+T = TypeVar("T")
 STARTUP_TIMEOUT = 20.0
 METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
 
@@ -138,10 +139,11 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def started(name: str, kind: str, cpu: int, memory: int, python: str) -> Iterator[Server]:
-    """Start one server on a free port, wait until it answers `version`, stop it on exit."""
-    port = free_port()
-    argv = server_argv(kind, port, cpu, memory, python)
+def spawned(name: str, argv: list[str], port: int, probe: Callable[[int], T | None],
+            awaited: str) -> Iterator[tuple[Server, T]]:
+    """Start `argv`, poll `probe(port)` until it gives a value, stop the process on exit.
+
+    Shared by the benchmark scripts: servers and proxies start, wait and fail alike."""
     with tempfile.TemporaryFile() as log:
         try:
             # A new session keeps the terminal's Ctrl-C away from the server; we stop it.
@@ -153,18 +155,28 @@ def started(name: str, kind: str, cpu: int, memory: int, python: str) -> Iterato
         server = Server(name, argv, port, process, log)
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT
-            while (version := ask_version(port)) is None:
+            while (answer := probe(port)) is None:
                 if process.poll() is not None:
                     raise BenchError(f"{name} exited with status {process.returncode} at "
                                      f"startup ({' '.join(argv)}):\n{server.log_tail()}")
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not answer `version` on port {port} within "
-                                     f"{STARTUP_TIMEOUT:.0f}s:\n{server.log_tail()}")
+                    raise BenchError(f"{name} did not answer {awaited} on port {port} within "
+                                     f"{STARTUP_TIMEOUT:.0f}s ({' '.join(argv)}):\n"
+                                     f"{server.log_tail()}")
                 time.sleep(0.05)
-            server.version = version
-            yield server
+            yield server, answer
         finally:
             stop(process)
+
+
+@contextlib.contextmanager
+def started(name: str, kind: str, cpu: int, memory: int, python: str) -> Iterator[Server]:
+    """Start one server on a free port, wait until it answers `version`, stop it on exit."""
+    port = free_port()
+    argv = server_argv(kind, port, cpu, memory, python)
+    with spawned(name, argv, port, ask_version, "`version`") as (server, version):
+        server.version = version
+        yield server
 
 
 def parse_servers(text: str) -> list[tuple[str, str]]:

@@ -42,10 +42,8 @@ from typing import Any
 from backend_vs_memcached import (
     HOST,
     REPO,
-    STARTUP_TIMEOUT,
     BenchError,
     Server,
-    _pdeathsig,
     busy_cpus,
     check_cpus,
     cpu_model,
@@ -53,6 +51,7 @@ from backend_vs_memcached import (
     free_port,
     median_summary,
     run_until_done,
+    spawned,
     started,
     stop,
 )
@@ -189,25 +188,9 @@ def listening_sockets(port: int) -> int:
 @contextlib.contextmanager
 def launched(name: str, argv: list[str], port: int, workers: int = 1) -> Iterator[Server]:
     """Start a proxy, wait until it answers a get (and `workers` sockets listen), stop it."""
-    with tempfile.TemporaryFile() as log:
+    with spawned(name, argv, port, lambda p: True if answers_get(p) else None,
+                 "a get") as (server, _):
         try:
-            process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, preexec_fn=_pdeathsig,
-                                       start_new_session=True)
-        except OSError as e:
-            raise BenchError(f"cannot start {name} ({' '.join(argv)}): {e}") from e
-        server = Server(name, argv, port, process, log)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while not answers_get(port):
-                if process.poll() is not None:
-                    raise BenchError(f"{name} exited with status {process.returncode} at "
-                                     f"startup ({' '.join(argv)}):\n{server.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not answer a get on port {port} within "
-                                     f"{STARTUP_TIMEOUT:.0f}s ({' '.join(argv)}):\n"
-                                     f"{server.log_tail()}")
-                time.sleep(0.05)
             deadline = time.monotonic() + 10.0
             while listening_sockets(port) < workers and time.monotonic() < deadline:
                 time.sleep(0.05)
