@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from netio import logs
+
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async")
 
@@ -32,6 +34,9 @@ class BackendSettings:
     max_line: int = 1 << 20          # longest get/gets line accepted
     version: str = DEFAULT_VERSION   # what `version` answers; clients gate features on it
     reap_interval: float = 1.0       # seconds between expiry sweeps
+    metrics_listen: str = ""         # HOST:PORT for Prometheus GET /metrics; "" = off
+    log_level: str = "info"          # debug | info | warning | error
+    log_format: str = "logfmt"       # logfmt | json (netio.logs)
     # cluster mode (all unused without `etcd`)
     etcd: str = ""                   # comma-separated http://HOST:PORT
     cluster: str = "memring"
@@ -76,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-line", type=int, help="longest get line in bytes (default 1 MiB)")
     parser.add_argument("--version-string", dest="version",
                         help=f"version reported to clients (default {DEFAULT_VERSION})")
+    parser.add_argument("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on "
+                        "(GET /metrics; default: off)")
+    parser.add_argument("--log-level", help="debug, info (default), warning or error")
+    parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
     cluster = parser.add_argument_group("cluster mode (with --etcd)")
     cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT; "
                          "without it the backend runs standalone")
@@ -145,6 +154,11 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         raise SettingsError("--max-item-size must be at least 1024 bytes")
     if settings.max_connections <= 0:
         raise SettingsError("--max-connections must be positive")
+    if settings.metrics_listen:
+        split_address(settings.metrics_listen)
+    problem = logs.check(settings.log_level, settings.log_format)
+    if problem:
+        raise SettingsError(problem)
     if settings.replication not in REPLICATION_MODES:
         raise SettingsError(f"replication must be one of {', '.join(REPLICATION_MODES)}, "
                             f"got {settings.replication!r}")
