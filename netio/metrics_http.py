@@ -1,0 +1,100 @@
+"""A tiny HTTP/1.0 responder inside trio that serves Prometheus metrics (`GET /metrics`).
+
+Theory of operation: `MetricsEndpoint.serve` runs in the owning server's nursery (no
+threads: the collectors read the server's counters on the trio thread, between two of its
+steps, so what they read is consistent). Each scrape is one connection: read the request head
+(at most MAX_REQUEST bytes, within READ_TIMEOUT s), answer `GET /metrics` (a query string is
+ignored) with `prometheus_client.generate_latest(registry)`, anything else with 404 (400 for
+a request line that is not HTTP, 431 past the size bound), and close. At most
+MAX_CONNECTIONS scrapes run at once; `shutdown()` stops it with the server.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from netio import nonblocking
+from netio.connection_server import Connection, ConnectionCounters, ConnectionServer
+
+log = logging.getLogger("memring.metrics")
+
+MAX_REQUEST = 8192     # bytes of request line and headers
+READ_TIMEOUT = 5.0     # seconds to send the request head
+WRITE_TIMEOUT = 10.0   # seconds to take the reply
+MAX_CONNECTIONS = 16
+PATH = b"/metrics"
+# What generate_latest writes (with its default escaping): the text format every Prometheus
+# reads. (prometheus_client's CONTENT_TYPE_LATEST says version=1.0.0 in newer releases.)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8"
+             ) -> bytes:
+    head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+class MetricsEndpoint:
+    """`GET /metrics` on HOST:PORT for `registry`, served by the caller's nursery."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.counters = ConnectionCounters()
+        self.scrapes = 0
+        self.server = ConnectionServer(self._converse, MAX_CONNECTIONS, self.counters)
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        listener = nonblocking.listen(self.host, self.port, 64)
+        port = listener.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.server.serve, listener)
+            log.info("metrics on http://%s:%d/metrics", self.host, port)
+            task_status.started(port)
+
+    def shutdown(self) -> None:
+        self.server.shutdown(1.0)
+
+    def answer(self, head: bytes) -> bytes:
+        """The whole reply to a request whose head (up to the blank line) is `head`."""
+        if len(head) > MAX_REQUEST:
+            return response("431 Request Header Fields Too Large", b"request too large\n")
+        parts = head.split(b"\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            return response("400 Bad Request", b"bad request\n")
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method != b"GET" or target != PATH:
+            return response("404 Not Found", b"not found: try GET /metrics\n")
+        self.scrapes += 1
+        return response("200 OK", generate_latest(self.registry), CONTENT_TYPE)
+
+    async def _converse(self, conn: Connection) -> None:
+        head = await _read_head(conn)
+        if head is None:
+            return
+        conn.idle = False
+        with trio.move_on_after(WRITE_TIMEOUT):
+            await nonblocking.send_all(conn.sock, self.answer(head))
+
+
+async def _read_head(conn: Connection) -> bytes | None:
+    """The request head, or the first MAX_REQUEST+ bytes of one; None if the client closed
+    or took longer than READ_TIMEOUT."""
+    head = b""
+    with trio.move_on_after(READ_TIMEOUT):
+        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+            data = await nonblocking.recv(conn.sock, 4096)
+            if not data:
+                return None
+            head += data
+            if len(head) > MAX_REQUEST:
+                break
+        return head
+    return None
