@@ -14,7 +14,8 @@ from backend.cluster_member import ClusterMember, MemberIdentity
 from backend.server import BackendServer
 from backend.settings import BackendSettings, SettingsError, load_settings, split_address
 from backend.stats import MEMRING_VERSION
-from netio import nonblocking
+from cluster.coordinator import collapse_single
+from netio import logs, nonblocking
 from netio.nonblocking import PortInUse
 
 log = logging.getLogger("memring.backend")
@@ -58,6 +59,12 @@ async def run(settings: BackendSettings) -> None:
             port = await nursery.start(server.serve)
             log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",
                      settings.host, port, settings.memory, settings.max_item_size)
+            metrics = None
+            if settings.metrics_listen:
+                from backend.metrics import endpoint_for  # prometheus_client only when asked
+
+                metrics = endpoint_for(settings, server.handler)
+                await nursery.start(metrics.serve)
             if replicator is not None:
                 await nursery.start(replicator.run)
             if member is not None:
@@ -72,24 +79,25 @@ async def run(settings: BackendSettings) -> None:
                     if member is not None:
                         await member.leave()
                     server.shutdown()
+                    if metrics is not None:
+                        metrics.shutdown()
                     if replicator is not None:
                         replicator.shutdown()
                     break
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
         print(f"memring-backend: error: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_level, settings.log_format)
     try:
-        trio.run(run, settings)
+        with collapse_single():  # a bind error comes out of the server's nursery
+            trio.run(run, settings)
     except PortInUse as exc:
-        print(f"memring-backend: error: {exc}; choose another with --listen HOST:PORT",
-              file=sys.stderr)
+        print(f"memring-backend: error: {exc}; choose another port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
