@@ -25,6 +25,7 @@ from cluster.static_topology import default_point_name as default_point_name
 from cluster.static_topology import parse_shards as parse_shards
 from cluster.static_topology import read_toml
 from cluster.static_topology import split_address as split_address
+from netio import logs
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
@@ -50,6 +51,9 @@ class ProxySettings:
     advertise: str = ""              # HOST:PORT published in proxies/<id> (default: listen)
     proxy_id: str = ""               # default: <hostname>-<port>
     leader_wait_ms: int = 1500       # how long a write waits for its shard to elect a leader
+    metrics_listen: str = ""         # HOST:PORT for Prometheus GET /metrics; "" = off
+    log_level: str = "info"          # debug | info | warning | error
+    log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
 
     @property
@@ -77,6 +81,11 @@ def _validate(settings: ProxySettings) -> ProxySettings:
             raise SettingsError(f"{key} must be at least 1")
     if settings.advertise:
         split_address(settings.advertise)
+    if settings.metrics_listen:
+        split_address(settings.metrics_listen)
+    problem = logs.check(settings.log_level, settings.log_format)
+    if problem:
+        raise SettingsError(problem)
     if settings.etcd:
         # imported here: the static proxy never loads the etcd client
         from cluster.etcd_coordinator import parse_endpoints
@@ -126,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--leader-wait-ms", type=int,
                         help="how long a write waits for a leader during an election "
                              "(default 1500)")
+    parser.add_argument("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on "
+                        "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
+    parser.add_argument("--log-level", help="debug, info (default), warning or error")
+    parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
     return parser
 
 
@@ -141,7 +154,7 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
         settings = load_topology(settings)
     overrides: dict[str, Any] = {}
     for name in ("listen", "workers", "max_connections", "etcd", "cluster", "advertise",
-                 "proxy_id", "leader_wait_ms"):
+                 "proxy_id", "leader_wait_ms", "metrics_listen", "log_level", "log_format"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
             try:
