@@ -83,6 +83,9 @@ class LeadershipListener(Protocol):
 
     def stats(self) -> list[tuple[str, object]]: ...
 
+    def refusal(self) -> bytes | None:
+        """A reason to refuse writes although this node leads (too few in-sync replicas)."""
+
 
 class ClusterMember:
     """One backend's part in its shard: a session, a NodeRecord, a campaign, a write fence."""
@@ -150,7 +153,8 @@ class ClusterMember:
             return self._not_leader
         if not session.is_valid():
             return LEASE_EXPIRED
-        return None
+        listener = self.listener
+        return listener.refusal() if listener is not None else None
 
     def role_stats(self) -> list[tuple[str, object]]:
         lines: list[tuple[str, object]] = [
@@ -342,8 +346,11 @@ class ClusterMember:
         return live
 
     async def _keep_isr(self, session: Session, view: ClusterView, shard: ShardView) -> None:
-        """Until replication exists, the ISR is every live member of the shard."""
+        """Without replication the ISR is every live member of the shard (with it, the
+        replication listener keeps the ISR: backend.in_sync)."""
         assert self.leadership is not None
+        if self.listener is not None:
+            return
         live = self._live_members(session, view)
         if shard.isr is None or set(shard.isr.members) != live:
             await self.coordinator.update_isr(self.leadership, live)

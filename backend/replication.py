@@ -7,8 +7,12 @@ acknowledging writes, so no write escapes numbering):
 
 - leader: the StoreRecorder is attached to the store; the command handler calls
   `committed(key)` after every mutating command, which numbers the changes in the log and
-  wakes the follower tasks of backend.replication_server (a ParkingLot). Replies are not
-  delayed (async mode: a failover may lose the tail a follower had not received).
+  wakes the follower tasks of backend.replication_server (a ParkingLot). A task per
+  leadership keeps the shard's ISR in etcd honest (backend.in_sync: followers join once
+  caught up, leave when gone or lagging). In `sync` mode the server asks `settle()` before
+  it sends replies that follow a write: it waits until every in-sync follower acknowledged
+  the write, or closes the connection unanswered when this node stops leading first. In
+  `async` mode replies are not delayed (a failover may lose the tail followers lacked).
 - follower: backend.replication_client connects to the leader's peer address (from the
   cluster view), sends HELLO with the position of the last mutation applied, and applies
   the stream through FollowerState, which mirrors it into the same log, so the node can
@@ -26,9 +30,11 @@ import trio
 
 from backend.cluster_member import ClusterMember
 from backend.follower_state import FollowerState
-from backend.replication_log import ReplicationLog, StoreRecorder
+from backend.in_sync import InSyncReplicas
+from backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
 from backend.settings import BackendSettings, split_address
 from backend.store import Store
+from cluster.coordinator import FencedOut, Incarnation, Leadership
 from netio import nonblocking
 from netio.connection_server import ConnectionCounters, ConnectionServer
 from protocol.replication import ORIGIN, Position
@@ -39,6 +45,7 @@ log = logging.getLogger("memring.backend.replication")
 # a position no follower can hold, so every follower takes a snapshot from it.
 NOWHERE = Position(0, (1 << 64) - 1)
 MAX_FOLLOWERS = 64
+TOO_FEW_IN_SYNC = b"SERVER_ERROR fewer in-sync replicas than min_insync: not accepting writes\r\n"
 
 
 class Replicator:
@@ -50,10 +57,13 @@ class Replicator:
         self.recorder = StoreRecorder(store, self.log)
         self.follower = FollowerState(store, ORIGIN, self.log)
         self.leading = False
+        self.sync = settings.replication == "sync"
         self.changed = trio.lowlevel.ParkingLot()  # new mutations or a change of role
         self.role_changed = trio.lowlevel.ParkingLot()
-        # leader side: node id -> acked position of each connected follower
-        self.acked: dict[str, Position] = {}
+        # leader side: followers, acks, lag and the ISR of the current leadership
+        self.insync: InSyncReplicas | None = None
+        self.dirty = False  # sync: a write was committed that no reply has waited for yet
+        self._nursery: trio.Nursery | None = None
         self.snapshots_sent = 0
         self.snapshots_received = 0
         self.applied = 0  # messages applied as a follower
@@ -74,14 +84,45 @@ class Replicator:
         self.follower = FollowerState(self.store, self.log.newest, self.log)
         self.recorder.attach()
         self.leading = True
-        log.info("replication: leading epoch %d from %s", epoch, tuple(self.log.newest))
+        leadership = self.member.leadership
+        if leadership is not None and self._nursery is not None:
+            insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
+                                    max_lag_bytes=self.settings.max_lag_bytes)
+            insync.newest = insync.watermark = self.log.newest
+            insync.start(set(leadership.isr) or self._view_isr(),
+                         Incarnation(leadership.node_id, leadership.lease_id))
+            self.insync = insync
+            self._nursery.start_soon(self._keep_isr, insync, leadership)
+        log.info("replication (%s): leading epoch %d from %s", self.settings.replication,
+                 epoch, tuple(self.log.newest))
         self._wake_roles()
 
     def stepped_down(self) -> None:
         self.recorder.detach()
         self.leading = False
-        self.acked.clear()
+        insync, self.insync = self.insync, None
+        if insync is not None:
+            insync.scope.cancel()
+            insync.fail_all()
+        self.dirty = False
         self._wake_roles()
+
+    def _view_isr(self) -> set[Incarnation]:
+        view = self.member.view
+        shard = view.shards.get(self.member.identity.shard) if view is not None else None
+        return set(shard.isr.members) if shard is not None and shard.isr is not None else set()
+
+    async def _keep_isr(self, insync: InSyncReplicas, leadership: Leadership) -> None:
+        me = Incarnation(leadership.node_id, leadership.lease_id)
+
+        async def write_isr(members: set[Incarnation]) -> object:
+            return await self.member.coordinator.update_isr(leadership, members)
+
+        with insync.scope:
+            try:
+                await insync.keep(me, write_isr)
+            except FencedOut as exc:
+                log.info("ISR: %s", exc)
 
     def _wake_roles(self) -> None:
         self.changed.unpark_all()
@@ -95,23 +136,55 @@ class Replicator:
         recorder = self.recorder
         if key is not None:
             recorder.note(key)
-        if recorder.commit():
+        mutations = recorder.commit()
+        if mutations:
+            insync = self.insync
+            if insync is not None:
+                insync.committed(mutations[-1].position, sum(map(mutation_size, mutations)))
+            self.dirty = self.sync
             self.changed.unpark_all()
+
+    async def settle(self) -> bool:
+        """Sync mode, before sending replies that follow a write: True once every in-sync
+        follower holds it and this node still leads; False if it never will."""
+        self.dirty = False
+        insync = self.insync
+        if insync is None:
+            return False
+        return await insync.replicated(self.log.newest) and self.member.refusal() is None
+
+    def refusal(self) -> bytes | None:
+        """TOO_FEW_IN_SYNC when the ISR is smaller than the cluster's min_insync."""
+        view, insync = self.member.view, self.insync
+        if view is None or view.config is None or view.config.min_insync <= 1 or insync is None:
+            return None
+        return TOO_FEW_IN_SYNC if len(insync.committed_isr) < view.config.min_insync else None
 
     # -- stats -------------------------------------------------------------------------------
 
     def stats(self) -> list[tuple[str, object]]:
         position = self.log.newest if self.leading else self.follower.position
-        newest = self.log.newest.seq
-        lag = max((newest - p.seq for p in self.acked.values()
-                   if p.epoch == self.log.newest.epoch), default=0)
-        return [("memring_replication", self.settings.replication),
-                ("memring_repl_position", f"{position.epoch}:{position.seq}"),
-                ("memring_repl_followers", len(self.acked)),
-                ("memring_repl_max_lag", lag),
-                ("memring_repl_backlog_bytes", self.log.bytes),
-                ("memring_repl_snapshots_sent", self.snapshots_sent),
-                ("memring_repl_snapshots_received", self.snapshots_received)]
+        insync = self.insync
+        links = insync.links if insync is not None else {}
+        lines: list[tuple[str, object]] = [
+            ("memring_replication", self.settings.replication),
+            ("memring_repl_position", f"{position.epoch}:{position.seq}"),
+            ("memring_repl_followers", len(links)),
+            ("memring_repl_backlog_bytes", self.log.bytes),
+            ("memring_repl_snapshots_sent", self.snapshots_sent),
+            ("memring_repl_snapshots_received", self.snapshots_received)]
+        if insync is None:
+            return lines
+        lags = {node: insync.lag(link.acked) for node, link in sorted(links.items())}
+        lines += [("memring_repl_isr", ",".join(sorted(m.node_id for m in insync.committed_isr))),
+                  ("memring_repl_isr_shrinks", insync.shrinks),
+                  ("memring_repl_isr_expansions", insync.expansions),
+                  ("memring_repl_max_lag", max((seq for seq, _, _ in lags.values()), default=0))]
+        for node, (seq, seconds, size) in lags.items():
+            lines += [(f"memring_repl_lag_seq:{node}", seq),
+                      (f"memring_repl_lag_s:{node}", f"{seconds:.3f}"),
+                      (f"memring_repl_lag_bytes:{node}", size)]
+        return lines
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -127,6 +200,7 @@ class Replicator:
                                       self.counters)
         with self._scope:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self.peers.serve, listener)
                 log.info("replication (%s) on peer port %s:%d", self.settings.replication,
                          host, listener.getsockname()[1])

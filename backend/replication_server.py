@@ -6,8 +6,8 @@ the backlog no longer holds it, with a snapshot (SNAPSHOT_BEGIN, the items a chu
 with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations after the
 snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
 Then it waits on the Replicator's ParkingLot, which every committed write unparks, and sends
-what is new, in batches. A second task reads the follower's ACKs (its acknowledged position,
-`Replicator.acked`). When this node stops leading, every follower connection gets ERROR
+what is new, in batches. A second task reads the follower's ACKs and reports them to the
+leadership's InSyncReplicas (backend.in_sync), which the ISR and sync-mode replies follow. When this node stops leading, every follower connection gets ERROR
 NOT_LEADER and is closed, and followers look for the new leader.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from backend.snapshot import StoreSnapshot
+from cluster.coordinator import Incarnation
 from netio import nonblocking
 from netio.connection_server import Connection
 from protocol.replication import (
@@ -38,6 +39,7 @@ from protocol.replication import (
 )
 
 if TYPE_CHECKING:
+    from backend.in_sync import InSyncReplicas
     from backend.replication import Replicator
 
 log = logging.getLogger("memring.backend.replication")
@@ -82,24 +84,28 @@ async def serve_follower(rep: Replicator, conn: Connection) -> None:
     if hello.version != PROTOCOL_VERSION:
         await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
         return
-    if not rep.leading:
+    insync = rep.insync
+    if not rep.leading or insync is None:
         await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
         return
     node = hello.node_id
-    rep.acked[node] = hello.position
+    insync.connected(node, Incarnation(node, hello.incarnation), hello.position,
+                     snapshotting=not rep.log.covers(hello.position))
+    link = insync.links[node]
     log.info("follower %s connected at %s", node, tuple(hello.position))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_acks, rep, conn, parser, node, nursery.cancel_scope)
+            nursery.start_soon(_read_acks, insync, conn, parser, node, nursery.cancel_scope)
             try:
-                await _stream(rep, conn, hello.position, epoch)
+                await _stream(rep, conn, hello.position, epoch, node)
             except _Deposed:
                 await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "no longer the leader"))
             except OSError as exc:  # the follower went away
                 log.info("follower %s: %s", node, exc)
             nursery.cancel_scope.cancel()
     finally:
-        rep.acked.pop(node, None)
+        if insync.links.get(node) is link:  # not a newer connection of the same node
+            insync.disconnected(node)
         log.info("follower %s disconnected", node)
 
 
@@ -108,14 +114,20 @@ def _check(rep: Replicator, epoch: int) -> None:
         raise _Deposed
 
 
-async def _stream(rep: Replicator, conn: Connection, position: Position, epoch: int) -> None:
+async def _stream(rep: Replicator, conn: Connection, position: Position, epoch: int,
+                  node: str) -> None:
     sock = conn.sock
     send_all = nonblocking.send_all
     while True:
         _check(rep, epoch)
         tail = rep.log.since(position, limit=BATCH)
         if tail is None:
+            link = rep.insync.links.get(node) if rep.insync is not None else None
+            if link is not None:
+                link.snapshotting = True
             position = await _send_snapshot(rep, conn, epoch)
+            if link is not None:
+                link.snapshotting = False
             continue
         if tail:
             await send_all(sock, b"".join(map(encode, tail)))
@@ -142,13 +154,13 @@ async def _send_snapshot(rep: Replicator, conn: Connection, epoch: int) -> Posit
     return snapshot.position
 
 
-async def _read_acks(rep: Replicator, conn: Connection, parser: ReplicationParser, node: str,
-                     done: trio.CancelScope) -> None:
+async def _read_acks(insync: InSyncReplicas, conn: Connection, parser: ReplicationParser,
+                     node: str, done: trio.CancelScope) -> None:
     try:
         while True:
             event = await next_event(conn.sock, parser)
             if isinstance(event, Ack):
-                rep.acked[node] = event.position
+                insync.acked(node, event.position)
                 continue
             if isinstance(event, Error):
                 log.info("follower %s: %s %s", node, event.code.name, event.message)

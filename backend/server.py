@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Protocol
 
 import trio
 
@@ -38,6 +39,15 @@ FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
 
 
+class ReplicationGate(Protocol):
+    """Sync replication: replies that follow a write wait until it is replicated."""
+
+    dirty: bool  # a write was committed that no reply has waited for yet
+
+    async def settle(self) -> bool:
+        """Wait for the in-sync followers; False if the write will never be acknowledged."""
+
+
 class BackendServer:
     def __init__(self, settings: BackendSettings, fence: WriteFence | None = None) -> None:
         self.settings = settings
@@ -49,6 +59,8 @@ class BackendServer:
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.counters)
         self._reaper = trio.CancelScope()
+        self.gate: ReplicationGate | None = None
+        self.unacknowledged = 0  # connections closed because a write could not be replicated
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -105,12 +117,22 @@ class BackendServer:
                         await self._flush(sock, out)
             except CloseConnection:
                 quitting = True
-            if out:
-                await self._flush(sock, out)
+            try:
+                if out:
+                    await self._flush(sock, out)
+            except CloseConnection:
+                return
             if quitting:
                 return
 
     async def _flush(self, sock: socket.socket, out: list[bytes]) -> None:
+        gate = self.gate
+        if gate is not None and gate.dirty and not await gate.settle():
+            # This node stopped leading before its in-sync followers held the write: no
+            # answer is true, so none is given (the client sees the connection close).
+            out.clear()
+            self.unacknowledged += 1
+            raise CloseConnection
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from netio import logs
 
 DEFAULT_VERSION = "1.6.18"
-REPLICATION_MODES = ("off", "async")
+REPLICATION_MODES = ("off", "async", "sync")
 
 
 class SettingsError(Exception):
@@ -46,8 +46,10 @@ class BackendSettings:
     peer_listen: str = ""            # HOST:PORT for replication (bound with replication on)
     peer_advertise: str = ""         # default: peer_listen
     lease_ttl: float = 2.0           # seconds; kept alive every ttl/3
-    replication: str = "off"         # off | async (backend.replication)
+    replication: str = ""            # off | async | sync; "" = sync with --peer-listen, else off
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
+    max_lag_ms: int = 500            # a follower further behind leaves the ISR
+    max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
 
     @property
     def clustered(self) -> bool:
@@ -99,11 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--lease-ttl", type=float,
                          help="seconds a lost node keeps its etcd lease (default 2)")
     cluster.add_argument("--replication", choices=REPLICATION_MODES,
-                         help="leader -> follower replication on the peer port: off "
-                         "(default) or async (needs --peer-listen)")
+                         help="leader -> follower replication on the peer port: sync "
+                         "(replies wait for the in-sync followers; the default with "
+                         "--peer-listen), async (replies at once) or off")
     cluster.add_argument("--replication-backlog", type=int,
                          help="bytes of recent mutations a leader keeps for followers that "
                          "reconnect (default 64 MiB; beyond it they take a snapshot)")
+    cluster.add_argument("--max-lag-ms", type=int,
+                         help="a follower whose oldest unacknowledged write is older than "
+                         "this leaves the in-sync set, and writes stop waiting for it "
+                         "(default 500)")
+    cluster.add_argument("--max-lag-bytes", type=int,
+                         help="... or that has more than this many bytes unacknowledged "
+                         "(default 8 MiB)")
     return parser
 
 
@@ -147,6 +157,9 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         raise SettingsError(f"unknown backend setting(s): {', '.join(sorted(unknown))}")
     coerced: dict[str, Any] = {k: _coerce(k, v, kinds[k]) for k, v in values.items()}
     settings = BackendSettings(**coerced)
+    if not settings.replication:
+        settings = replace(settings, replication="sync" if settings.clustered and
+                           settings.peer_listen else "off")
     split_address(settings.listen)
     if settings.memory <= 0:
         raise SettingsError("--memory must be a positive number of MB")
@@ -169,6 +182,8 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
             raise SettingsError(f"--replication {settings.replication} needs --peer-listen")
         if settings.replication_backlog < 4096:
             raise SettingsError("--replication-backlog must be at least 4096 bytes")
+        if settings.max_lag_ms <= 0 or settings.max_lag_bytes <= 0:
+            raise SettingsError("--max-lag-ms and --max-lag-bytes must be positive")
     if settings.clustered:
         _check_cluster(settings)
     return settings

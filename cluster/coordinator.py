@@ -417,20 +417,24 @@ class Coordinator(abc.ABC):
                 return None
             if key == hint_key and ElectionHint.from_json(entry.value).node_id != node_id:
                 return None
+        elected_with: tuple[Incarnation, ...] = (me,)
         if isr_entry is None:
             compares.append(Compare(isr_key, "create", "==", 0))
             success.append(fresh_isr)
         else:
             compares.append(Compare(isr_key, "mod", "==", isr_entry.mod_revision))
-            in_sync = me in IsrRecord.from_json(isr_entry.value).members
+            members = IsrRecord.from_json(isr_entry.value).members
+            in_sync = me in members
             if unclean and not in_sync:
                 success.append(fresh_isr)
             elif not in_sync:
                 return None
+            else:
+                elected_with = members
         result = await self._txn(compares, success)
         if not result.succeeded:
             return None
-        return Leadership(shard_id, node_id, result.revision, session.lease_id)
+        return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with)
 
     async def resign(self, leadership: Leadership) -> bool:
         """Give up leadership if this epoch still holds the leader key."""

@@ -205,6 +205,7 @@ class Leadership:
     node_id: str
     epoch: int
     lease_id: int
+    isr: tuple[Incarnation, ...] = field(default=(), compare=False)  # elected with
 
 
 # --- the view -----------------------------------------------------------------------------

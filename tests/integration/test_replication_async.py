@@ -43,12 +43,15 @@ def etcd() -> Iterator[EtcdProcess]:
 
 
 class ReplicatedShard(Shard):
+    mode = "async"
+    extra: tuple[str, ...] = ()
+
     def start(self, port: int | None = None) -> servers.RunningServer:
         port = port or servers.free_port()
         argv = servers.backend_argv(
             "--etcd", self.etcd.url, "--cluster", self.cluster, "--shard", SHARD,
-            "--replication", "async", "--peer-listen", f"{servers.HOST}:{servers.free_port()}",
-            "--replication-backlog", str(BACKLOG))
+            "--replication", self.mode, "--peer-listen", f"{servers.HOST}:{servers.free_port()}",
+            "--replication-backlog", str(BACKLOG), *self.extra)
         node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
         self.nodes[port] = node
         return node

@@ -1,0 +1,237 @@
+"""The leader's in-sync replica set (ISR) in `sync` mode: who a write waits for, and when.
+
+Theory of operation. A write is acknowledged to its client once every follower in `waiting`
+has acknowledged the write's position (`replicated(target)`). The invariant that makes a
+failover lose nothing: every incarnation in the shard's ISR key in etcd (the only nodes that
+may win an election) is in `waiting`, or is this leader. So
+
+- a follower is *added* to `waiting` first (as soon as its lag is small), and written into
+  the etcd ISR only once it has acknowledged everything that was newest when it was added:
+  every write acknowledged before that waited for it or preceded it;
+- a follower is *removed* from the etcd ISR first (a transaction fenced on the leader's
+  epoch), and from `waiting` only once that transaction succeeded. Until then writes keep
+  waiting for it; if etcd cannot be reached they wait until the lease runs out, the leader
+  steps down, and the waiting connections are closed without an answer (never STORED).
+
+A follower is dropped when its connection is gone, or when it lags past the bound: the oldest
+mutation it has not acknowledged is older than `max_lag` seconds, or more than
+`max_lag_bytes` of mutations wait for it. A new leader starts from the ISR it was elected
+with; members not connected are dropped on the first check (the old leader, typically),
+followers that reconnect caught up are added back within a check or two.
+
+Lag is measured against `_commits`, a bounded deque of (position, monotonic time, bytes so
+far) appended once per committed command batch: seconds = now - time of the first commit the
+follower has not acknowledged; bytes = bytes so far - bytes at its position.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from itertools import count
+
+import trio
+
+from cluster.coordinator import CoordinatorError, FencedOut, Incarnation
+from protocol.replication import Position
+
+log = logging.getLogger("memring.backend.replication")
+
+CHECK_INTERVAL = 0.02  # how often the leader looks at its followers' lag
+MAX_COMMITS = 1 << 17  # commit-time samples kept for lag measurement
+
+IsrWriter = Callable[[set[Incarnation]], Awaitable[object]]
+
+
+@dataclass(slots=True)
+class FollowerLink:
+    """What the leader knows of one connected follower."""
+
+    incarnation: Incarnation
+    acked: Position
+    snapshotting: bool = False
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    target: Position
+    order: int
+    done: trio.Event = field(compare=False, default_factory=trio.Event)
+    ok: bool = field(compare=False, default=False)
+
+
+class InSyncReplicas:
+    """One leader epoch's view of its followers: acks, lag, the ISR and the writes waiting."""
+
+    def __init__(self, *, max_lag: float, max_lag_bytes: int) -> None:
+        self.max_lag = max_lag
+        self.max_lag_bytes = max_lag_bytes
+        self.links: dict[str, FollowerLink] = {}  # node id -> connected follower
+        self.waiting: dict[str, Incarnation] = {}  # followers writes wait for
+        self.committed_isr: set[Incarnation] = set()  # as last written to etcd (or elected)
+        self.adding: dict[str, Position] = {}  # added to `waiting`, not yet to etcd: at what
+        self.newest = Position(0, 0)
+        self.watermark = Position(0, 0)  # acknowledged by every follower in `waiting`
+        self._waiters: list[_Waiter] = []
+        self._order = count()
+        self._commits: deque[tuple[Position, float, int]] = deque(maxlen=MAX_COMMITS)
+        self._bytes = 0
+        self.changed = trio.lowlevel.ParkingLot()  # acks, links or the ISR moved
+        self.shrinks = 0
+        self.expansions = 0
+        self.scope = trio.CancelScope()  # the keeper task's (cancelled on stepping down)
+
+    # -- the write path --------------------------------------------------------------------
+
+    def committed(self, position: Position, size: int) -> None:
+        self.newest = position
+        self._bytes += size
+        self._commits.append((position, trio.current_time(), self._bytes))
+        if not self.waiting:
+            self.watermark = position
+
+    async def replicated(self, target: Position) -> bool:
+        """Wait until every follower in `waiting` holds `target`; False if it never will
+        (this node stopped leading)."""
+        if target <= self.watermark:
+            return True
+        waiter = _Waiter(target, next(self._order))
+        heapq.heappush(self._waiters, waiter)
+        await waiter.done.wait()
+        return waiter.ok
+
+    def _release(self) -> None:
+        waiters = self._waiters
+        mark = self.watermark
+        while waiters and waiters[0].target <= mark:
+            waiter = heapq.heappop(waiters)
+            waiter.ok = True
+            waiter.done.set()
+
+    def fail_all(self) -> None:
+        """Leadership is gone: no waiting write will be acknowledged."""
+        for waiter in self._waiters:
+            waiter.done.set()
+        self._waiters.clear()
+
+    def _advance(self) -> None:
+        links = self.links
+        mark = self.newest
+        for node_id, incarnation in self.waiting.items():
+            link = links.get(node_id)
+            if link is None or link.incarnation != incarnation:
+                return  # a member that is not connected holds the watermark back
+            if link.acked < mark:
+                mark = link.acked
+        if mark > self.watermark:
+            self.watermark = mark
+            self._release()
+
+    # -- follower links (backend.replication_server) ------------------------------------------
+
+    def connected(self, node_id: str, incarnation: Incarnation, position: Position,
+                  snapshotting: bool) -> None:
+        self.links[node_id] = FollowerLink(incarnation, position, snapshotting)
+        self.changed.unpark_all()
+
+    def acked(self, node_id: str, position: Position) -> None:
+        link = self.links.get(node_id)
+        if link is not None:
+            link.acked = position
+            if node_id in self.waiting:
+                self._advance()
+
+    def disconnected(self, node_id: str) -> None:
+        self.links.pop(node_id, None)
+        self.changed.unpark_all()
+
+    # -- lag ---------------------------------------------------------------------------------
+
+    def lag(self, position: Position) -> tuple[int, float, int]:
+        """(mutations, seconds, bytes) a follower at `position` is behind."""
+        newest = self.newest
+        if position >= newest:
+            return 0, 0.0, 0
+        seq = newest.seq - position.seq if position.epoch == newest.epoch else newest.seq
+        commits = self._commits
+        if not commits or commits[0][0] > position:  # older than what is sampled
+            first = commits[0] if commits else (newest, trio.current_time(), self._bytes)
+            return seq, trio.current_time() - first[1], self._bytes
+        lo, hi = 0, len(commits) - 1  # the first commit after `position`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if commits[mid][0] > position:
+                hi = mid
+            else:
+                lo = mid + 1
+        previous_bytes = commits[lo - 1][2] if lo else 0
+        return seq, trio.current_time() - commits[lo][1], self._bytes - previous_bytes
+
+    def too_far_behind(self, link: FollowerLink) -> bool:
+        _seq, seconds, size = self.lag(link.acked)
+        return link.snapshotting or seconds > self.max_lag or size > self.max_lag_bytes
+
+    # -- keeping the ISR (a task per leadership) ---------------------------------------------
+
+    def start(self, elected_with: set[Incarnation], me: Incarnation) -> None:
+        self.committed_isr = set(elected_with) | {me}
+        self.waiting = {m.node_id: m for m in elected_with if m != me}
+        self._advance()
+
+    async def keep(self, me: Incarnation,
+                   write_isr: IsrWriter) -> None:
+        """Shrink and expand the ISR as followers come, go and lag; until cancelled."""
+        while True:
+            await self._check(me, write_isr)
+            with trio.move_on_after(CHECK_INTERVAL):
+                await self.changed.park()
+
+    async def _check(self, me: Incarnation,
+                     write_isr: IsrWriter) -> None:
+        links = self.links
+        dropped = {node_id for node_id, member in self.waiting.items()
+                   if (link := links.get(node_id)) is None or link.incarnation != member
+                   or self.too_far_behind(link)}
+        for node_id in dropped & self.adding.keys():  # never reached etcd: local only
+            del self.adding[node_id]
+            del self.waiting[node_id]
+            dropped.discard(node_id)
+            log.info("follower %s fell behind before joining the ISR", node_id)
+        if dropped:
+            keep = {m for m in self.committed_isr if m.node_id not in dropped}
+            if await self._write(write_isr, keep | {me}):
+                for node_id in dropped:
+                    member = self.waiting.pop(node_id)
+                    log.warning("ISR: dropped %s (lease %x): %s", node_id, member.lease_id,
+                                "lagging" if node_id in links else "disconnected")
+                self.shrinks += 1
+                self._advance()
+        for node_id, link in links.items():  # followers close enough: start waiting for them
+            if node_id not in self.waiting and not self.too_far_behind(link):
+                self.waiting[node_id] = link.incarnation
+                self.adding[node_id] = self.newest
+                self._advance()
+        ready = {node_id for node_id, position in self.adding.items()
+                 if (link := links.get(node_id)) is not None and link.acked >= position}
+        if ready:
+            members = self.committed_isr | {self.waiting[n] for n in ready} | {me}
+            if await self._write(write_isr, members):
+                for node_id in ready:
+                    del self.adding[node_id]
+                    log.info("ISR: added %s", node_id)
+                self.expansions += 1
+
+    async def _write(self, write_isr: IsrWriter,
+                     members: set[Incarnation]) -> bool:
+        try:
+            await write_isr(members)
+        except FencedOut:
+            raise
+        except CoordinatorError as exc:
+            log.warning("ISR update failed (%s): writes wait for the old ISR", exc)
+            return False
+        self.committed_isr = set(members)
+        return True

@@ -1,0 +1,274 @@
+"""Sync replication against a real etcd (`--replication sync`, the default with
+`--peer-listen`): every acknowledged write is on every in-sync follower, the ISR in etcd
+follows the followers (a frozen or dead one is dropped after the lag bound, a caught-up one
+added back), kill -9 of the leader loses no acknowledged write, a frozen leader acknowledges
+nothing after its successor is elected, `min_insync` refuses writes without enough replicas.
+
+Small scale (each test a few seconds); bench/failover.py runs the long versions. Every wait
+is a bounded loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from cluster.coordinator import ClusterConfig
+from cluster.etcd_coordinator import EtcdCoordinator
+from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from tests import servers
+from tests.integration import wire
+from tests.integration.test_backend_cluster import SHARD, node_id, wait_for
+from tests.integration.test_replication_async import (
+    ReplicatedShard,
+    dump,
+    pipeline,
+    wait_identical,
+)
+
+pytestmark = pytest.mark.integration
+
+try:
+    find_etcd()
+except RuntimeError as exc:  # pragma: no cover - depends on the machine
+    pytest.skip(str(exc), allow_module_level=True)
+
+_clusters = itertools.count(1)
+MAX_LAG_MS = 300
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdProcess]:
+    with running_etcd() as member:
+        yield member
+
+
+class SyncShard(ReplicatedShard):
+    mode = "sync"
+    extra = ("--max-lag-ms", str(MAX_LAG_MS))
+
+    def isr(self) -> set[str]:
+        view = trio.run(self.view)
+        shard = view.shards.get(SHARD)
+        return set(shard.isr.node_ids) if shard is not None and shard.isr else set()
+
+
+@contextlib.contextmanager
+def sync_shard(etcd: EtcdProcess, size: int) -> Iterator[SyncShard]:
+    with contextlib.ExitStack() as stack:
+        shard = SyncShard(etcd, stack, f"rs{next(_clusters)}", {})
+        for _ in range(size):
+            shard.start()
+        yield shard
+
+
+def settled(shard: SyncShard) -> tuple[servers.RunningServer, list[servers.RunningServer]]:
+    """The leader and its followers once the etcd ISR names every live node."""
+    leader = shard.leader()
+    followers = [n for n in shard.live() if n is not leader]
+    everyone = {node_id(n) for n in shard.live()}
+    wait_for(lambda: shard.isr() == everyone, 10.0, f"ISR {sorted(everyone)}")
+    return leader, followers
+
+
+def set_one(sock: object, key: bytes, value: bytes) -> bytes:
+    sock.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))  # type: ignore[attr-defined]
+    return wire.read_until(sock, b"\r\n")  # type: ignore[arg-type]
+
+
+def test_every_acknowledged_write_is_on_the_follower(etcd: EtcdProcess) -> None:
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        with wire.connect(leader) as writer, wire.connect(follower) as reader:
+            for i in range(300):
+                assert set_one(writer, b"k%d" % i, b"v%d" % i) == b"STORED\r\n"
+                reader.sendall(b"get k%d\r\n" % i)  # right after the ack, on the follower
+                assert wire.read_until(reader, b"END\r\n") == \
+                    b"VALUE k%d 0 %d\r\nv%d\r\nEND\r\n" % (i, len(b"v%d" % i), i)
+            reply = pipeline(writer, [b"incr n 1\r\n", b"set n 0 0 1\r\n5\r\n", b"incr n 2\r\n",
+                                      b"delete k0\r\n", b"ms m 2 T60\r\nhi\r\n"])
+            assert reply == b"NOT_FOUND\r\nSTORED\r\n7\r\nDELETED\r\nHD\r\n"
+            reader.sendall(b"get n k0\r\nmg m v t\r\n")
+            got = wire.read_until(reader, b"\r\nhi\r\n")
+            assert got.startswith(b"VALUE n 0 1\r\n7\r\nEND\r\nVA 2 t")
+        stats = wire.stats(leader)
+        assert stats["memring_replication"] == "sync"
+        assert set(stats["memring_repl_isr"].split(",")) == {node_id(leader), node_id(follower)}
+        assert stats[f"memring_repl_lag_seq:{node_id(follower)}"] == "0"
+
+
+def test_kill9_of_the_leader_loses_no_acknowledged_write(etcd: EtcdProcess) -> None:
+    with sync_shard(etcd, 3) as shard:
+        leader, followers = settled(shard)
+        with wire.connect(leader) as sock:
+            pipeline(sock, [b"set untouched 7 0 5\r\nhello\r\n"])
+            sock.sendall(b"gets untouched\r\n")
+            token = int(wire.read_until(sock, b"END\r\n").split(b"\r\n")[0].split()[4])
+        acked: list[bytes] = []
+        failed: list[str] = []
+
+        def writer() -> None:  # one write at a time; stops at the first failure
+            try:
+                with wire.connect(leader) as wsock:
+                    for i in range(100000):
+                        if set_one(wsock, b"tail%d" % i, b"t%05d" % i) != b"STORED\r\n":
+                            return
+                        acked.append(b"tail%d" % i)
+            except (OSError, AssertionError) as exc:
+                failed.append(type(exc).__name__)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        wait_for(lambda: len(acked) >= 150, 5.0, "150 acknowledged writes")
+        leader.process.kill()
+        killed = time.monotonic()
+        thread.join(10)
+        assert failed, "the writer did not notice the kill"
+        assert len(acked) >= 150
+        new = wait_for(lambda: next((n for n in followers if n.process.poll() is None
+                                     and shard.role(n) == "leader"), None), 5.0, "a new leader")
+        print(f"\nsync kill -9: new leader after {(time.monotonic() - killed) * 1000:.0f} ms; "
+              f"{len(acked)} writes were acknowledged before the kill")
+        items = dump(new, acked)
+        lost = [k for k in acked if items[k] is None]
+        assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
+        assert wire.request(new, b"cas untouched 7 0 3 %d\r\nnew\r\n" % token) == b"STORED\r\n"
+        other = next(n for n in followers if n is not new)
+        wait_for(lambda: shard.role(other) == "follower", 5.0, "the third node following")
+        wait_identical(new, other, acked + [b"untouched"], timeout=5)
+
+
+def test_frozen_follower_is_dropped_after_the_lag_bound_and_rejoins(etcd: EtcdProcess
+                                                                      ) -> None:
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        follower.process.send_signal(signal.SIGSTOP)
+        try:
+            with wire.connect(leader) as sock:
+                started = time.monotonic()
+                assert set_one(sock, b"during", b"frozen") == b"STORED\r\n"
+                waited = time.monotonic() - started
+                assert shard.isr() == {node_id(leader)}, "the ISR did not shrink in etcd"
+                quick = []
+                for i in range(50):  # no longer waiting for the frozen follower
+                    t0 = time.monotonic()
+                    assert set_one(sock, b"f%d" % i, b"x") == b"STORED\r\n"
+                    quick.append(time.monotonic() - t0)
+        finally:
+            follower.process.send_signal(signal.SIGCONT)
+        print(f"\nfrozen follower: first write waited {waited * 1000:.0f} ms "
+              f"(bound {MAX_LAG_MS} ms), then median "
+              f"{sorted(quick)[len(quick) // 2] * 1000:.1f} ms")
+        assert MAX_LAG_MS / 1000 * 0.8 <= waited < 3.0
+        wait_for(lambda: shard.isr() == {node_id(leader), node_id(follower)}, 10.0,
+                 "the follower back in the ISR")
+        keys = [b"during"] + [b"f%d" % i for i in range(50)]
+        wait_identical(leader, follower, keys, timeout=5)
+        assert int(wire.stats(leader)["memring_repl_isr_shrinks"]) >= 1
+
+
+def test_restarted_empty_follower_takes_a_snapshot_while_writes_go_on(etcd: EtcdProcess
+                                                                        ) -> None:
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        keys = [b"early%d" % i for i in range(3000)]
+        with wire.connect(leader) as sock:
+            for start in range(0, len(keys), 500):
+                assert pipeline(sock, [b"set %s 0 0 200\r\n%s\r\n" % (k, b"y" * 200)
+                                       for k in keys[start:start + 500]]) == b"STORED\r\n" * 500
+        port = follower.port
+        follower.process.kill()
+        follower.process.wait(5)
+        wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the ISR without the dead one")
+        acked: list[float] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            with wire.connect(leader) as wsock:
+                i = 0
+                while not stop.is_set() and i < 20000:
+                    assert set_one(wsock, b"live%d" % i, b"%08d" % i) == b"STORED\r\n"
+                    acked.append(time.monotonic())
+                    i += 1
+                    time.sleep(0.001)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        try:
+            restarted = shard.start(port)
+            joined = time.monotonic()
+            wait_for(lambda: int(wire.stats(restarted)["memring_repl_snapshots_received"]) >= 1,
+                     10.0, "a snapshot")
+            wait_for(lambda: shard.isr() == {node_id(leader), node_id(restarted)}, 10.0,
+                     "the restarted follower in the ISR")
+            back = time.monotonic()
+            during = sum(1 for t in acked if joined <= t <= back)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert during > 0, "no write was acknowledged while the follower caught up"
+        live = [b"live%d" % i for i in range(len(acked))]
+        wait_identical(leader, restarted, keys + live, timeout=10)
+        print(f"\nrestarted follower: in the ISR {back - joined:.2f} s after it answered; "
+              f"{during} writes acknowledged meanwhile; {len(keys) + len(live)} keys identical")
+
+
+def test_frozen_leader_acknowledges_nothing_after_its_successor(etcd: EtcdProcess) -> None:
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        with wire.connect(leader) as sock:
+            assert set_one(sock, b"before", b"1") == b"STORED\r\n"
+            leader.process.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            sock.sendall(b"".join(b"set q%d 0 0 1\r\nq\r\n" % i for i in range(20)))
+            try:
+                wait_for(lambda: shard.role(follower) == "leader", 6.0, "the follower leading")
+                elected = time.monotonic()
+                assert set_one_fresh(follower, b"after", b"2") == b"STORED\r\n"
+            finally:
+                leader.process.send_signal(signal.SIGCONT)
+            sock.settimeout(3)
+            replies = b""
+            with contextlib.suppress(OSError):
+                while replies.count(b"\r\n") < 20 and (chunk := sock.recv(65536)):
+                    replies += chunk
+        assert b"STORED" not in replies, replies[:200]
+        answers = sorted(set(replies.split(b"\r\n")) - {b""}) or "a closed connection"
+        print(f"\nfrozen leader: successor after {elected - stopped:.2f} s; the 20 queued "
+              f"writes got {answers}")
+        wait_for(lambda: shard.role(leader) == "follower", 10.0, "the old leader following")
+        wait_identical(follower, leader, [b"before", b"after"] + [b"q%d" % i for i in range(20)],
+                       timeout=10)
+        assert dump(leader, [b"q0"])[b"q0"] is None
+
+
+def set_one_fresh(node: servers.RunningServer, key: bytes, value: bytes) -> bytes:
+    with wire.connect(node) as sock:
+        return set_one(sock, key, value)
+
+
+def test_min_insync_refuses_writes_without_enough_replicas(etcd: EtcdProcess) -> None:
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+
+        async def configure(min_insync: int) -> None:
+            async with EtcdCoordinator.connect(etcd.url, shard.cluster) as coordinator:
+                await coordinator.put_config(ClusterConfig(min_insync=min_insync))
+
+        trio.run(configure, 2)
+        time.sleep(0.2)
+        assert set_one_fresh(leader, b"a", b"1") == b"STORED\r\n"
+        follower.process.kill()
+        wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the ISR shrink")
+        assert set_one_fresh(leader, b"b", b"2").startswith(b"SERVER_ERROR fewer in-sync")
+        assert wire.request(leader, b"get a\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+        trio.run(configure, 1)
+        wait_for(lambda: set_one_fresh(leader, b"b", b"2") == b"STORED\r\n", 5.0,
+                 "writes accepted with min_insync 1")
