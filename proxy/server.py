@@ -112,13 +112,16 @@ class ProxyServer:
     def shutdown(self, grace: float = 5.0) -> None:
         self.connections.shutdown(grace)
 
-    async def _answer(self, sock: socket.socket, slots: list[Slot]) -> bool:
+    async def _answer(self, sock: socket.socket, slots: list[Slot], started: float) -> bool:
         """Send the replies of `slots` in order, streaming past FLUSH_SIZE; False if the
-        client stopped reading for CLIENT_WRITE_TIMEOUT and must be dropped."""
+        client stopped reading for CLIENT_WRITE_TIMEOUT and must be dropped. Each reply's
+        latency since `started` goes into the stats' histogram."""
         out: list[bytes] = []
         size = 0
+        observe = self.state.stats.observe_reply
         for slot in slots:
             reply = slot.data if type(slot) is Ready else await slot.reply()
+            observe(started)
             out.append(reply)
             size += len(reply)
             if size >= FLUSH_SIZE:
@@ -146,7 +149,6 @@ class ProxyServer:
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
         client = ClientSession(self.state)
-        stats = self.state.stats
         server = self.connections
         while not server.closing:
             conn.idle = parser.buffered == 0
@@ -157,7 +159,6 @@ class ProxyServer:
             parser.receive_data(data)
             started = time.perf_counter()
             slots: list[Slot] = []
-            answered = 0
             while not client.closing:
                 event = parser.next_event()
                 if event is NEED_DATA:
@@ -166,14 +167,10 @@ class ProxyServer:
                 if len(slots) >= MAX_OUTSTANDING:
                     # Bound what one client can have in flight (and buffered here): answer
                     # these before reading on; a client that stops reading stops here.
-                    if not await self._answer(sock, slots):
+                    if not await self._answer(sock, slots, started):
                         return
-                    answered += len(slots)
                     slots = []
-            if slots and not await self._answer(sock, slots):
+            if slots and not await self._answer(sock, slots, started):
                 return
-            answered += len(slots)
-            if answered:
-                stats.observe_latency((time.perf_counter() - started) / answered)
             if client.closing:
                 return

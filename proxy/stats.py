@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
 import os
 import resource
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
@@ -13,8 +13,11 @@ from netio.connection_server import ConnectionCounters
 from proxy.pool import NodePool
 
 MEMRING_VERSION = "0.1.0"
-# Request latency histogram bounds in microseconds (the last bucket is open-ended).
-LATENCY_BUCKETS_US = (100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000)
+# Request latency histogram bounds in microseconds (the last bucket is open-ended): from the
+# read that brought a request in to its reply being ready to send, counted per request.
+LATENCY_BUCKETS_US = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 250000,
+                      1000000)
+LATENCY_BOUNDS_S = tuple(us / 1e6 for us in LATENCY_BUCKETS_US)
 
 
 class ProxyStats:
@@ -25,23 +28,25 @@ class ProxyStats:
         self.commands: Counter[str] = Counter()
         self.errors = 0            # SERVER_ERROR replies the proxy made (backend trouble)
         self.client_errors = 0     # bad input from clients
-        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)
-        self.latency_count = 0
-        self.latency_sum_us = 0.0
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)  # per bucket, not cumulative
+        self.latency_sum = 0.0  # seconds
 
-    def observe_latency(self, seconds: float) -> None:
-        us = seconds * 1e6
-        self.latency_count += 1
-        self.latency_sum_us += us
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, us)] += 1
+    def observe_reply(self, started: float) -> None:
+        """A reply is ready: count its latency since `started` (a perf_counter reading)."""
+        elapsed = time.perf_counter() - started
+        self.latency_sum += elapsed
+        self.latency_buckets[bisect_left(LATENCY_BOUNDS_S, elapsed)] += 1
+
+    @property
+    def latency_count(self) -> int:
+        return sum(self.latency_buckets)
 
     def reply(self, args: list[bytes], pools: Iterable[NodePool]) -> bytes:
         if args == [b"reset"]:
             self.commands.clear()
             self.errors = self.client_errors = 0
-            self.latency_buckets = [0] * len(self.latency_buckets)
-            self.latency_count = 0
-            self.latency_sum_us = 0.0
+            self.latency_buckets[:] = [0] * len(self.latency_buckets)
+            self.latency_sum = 0.0
             return b"RESET\r\n"
         if args and args != [b"proxy"]:
             return b"ERROR\r\n"
@@ -72,7 +77,7 @@ class ProxyStats:
         ]
         pairs += [(f"cmd_{name}", count) for name, count in sorted(self.commands.items())]
         pairs.append(("request_latency_us_count", self.latency_count))
-        pairs.append(("request_latency_us_sum", f"{self.latency_sum_us:.0f}"))
+        pairs.append(("request_latency_us_sum", f"{self.latency_sum * 1e6:.0f}"))
         for bound, count in zip(LATENCY_BUCKETS_US, self.latency_buckets, strict=False):
             pairs.append((f"request_latency_us_le_{bound}", count))
         pairs.append(("request_latency_us_le_inf", self.latency_buckets[-1]))
