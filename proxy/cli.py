@@ -15,10 +15,17 @@ import sys
 
 import trio
 
-from netio import nonblocking
+from cluster.coordinator import collapse_single
+from netio import logs, nonblocking
 from netio.nonblocking import PortInUse
 from proxy.server import ProxyServer
-from proxy.settings import ProxySettings, SettingsError, load_settings, load_topology
+from proxy.settings import (
+    ProxySettings,
+    SettingsError,
+    load_settings,
+    load_topology,
+    split_address,
+)
 
 log = logging.getLogger("memring.proxy")
 WORKER_ENV = "MEMRING_PROXY_WORKER"
@@ -48,8 +55,9 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
 def supervise(settings: ProxySettings, argv: list[str]) -> int:
     """Start `settings.workers` copies of this proxy on one port and wait for them."""
     env = dict(os.environ, **{WORKER_ENV: "1"})
-    workers = [subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--workers", "1"],
-                                env=env) for _ in range(settings.workers)]
+    workers = [subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--workers", "1",
+                                 *_worker_metrics(settings, index)], env=env)
+               for index in range(settings.workers)]
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:
@@ -62,27 +70,35 @@ def supervise(settings: ProxySettings, argv: list[str]) -> int:
     return max(codes, default=0)
 
 
+def _worker_metrics(settings: ProxySettings, index: int) -> list[str]:
+    """Worker `index` serves its own metrics on PORT+index (port 0: any free port)."""
+    if not settings.metrics_listen:
+        return []
+    host, port = split_address(settings.metrics_listen)
+    host = f"[{host}]" if ":" in host else host
+    return ["--metrics-listen", f"{host}:{port + index if port else 0}"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings = load_settings(argv)
     except SettingsError as exc:
         print(f"memring-proxy: error: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_level, settings.log_format)
     worker = os.environ.get(WORKER_ENV) == "1"
     if settings.workers > 1 and not worker:
         return supervise(settings, argv)
     try:
-        if settings.etcd:
-            from proxy.cluster_topology import run_cluster
-            trio.run(run_cluster, settings, worker)
-        else:
-            trio.run(run, settings, worker)
+        with collapse_single():  # a bind error comes out of the server's nursery
+            if settings.etcd:
+                from proxy.cluster_topology import run_cluster
+                trio.run(run_cluster, settings, worker)
+            else:
+                trio.run(run, settings, worker)
     except PortInUse as exc:
-        print(f"memring-proxy: error: {exc}; choose another with --listen HOST:PORT",
-              file=sys.stderr)
+        print(f"memring-proxy: error: {exc}; choose another port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -102,6 +102,10 @@ class ProxyServer:
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
+            if self.settings.metrics_listen:  # stopped with the pools below
+                from proxy.metrics import endpoint_for  # prometheus_client only when asked
+
+                await pool_nursery.start(endpoint_for(self.state).serve)
             async with trio.open_nursery() as serving:
                 await serving.start(self.connections.serve, listener)
                 task_status.started(port)
