@@ -315,6 +315,9 @@ class ClusterMember:
             log.info("revoking lease %x of an earlier life of this node", leader.lease_id)
             await self.coordinator.revoke(leader.lease_id)
             return True
+        if self._leader is None or self._leader.lease_id != leader.lease_id:
+            log.info("shard %s: following leader %s at %s (epoch %d)", ident.shard,
+                     leader.node_id, leader.address, self.epoch)
         self._leader = leader
         return True
 
@@ -354,6 +357,8 @@ class ClusterMember:
         live = self._live_members(session, view)
         if shard.isr is None or set(shard.isr.members) != live:
             await self.coordinator.update_isr(self.leadership, live)
+            log.info("ISR of shard %s: %s (its live members)", self.identity.shard,
+                     ", ".join(sorted(member.node_id for member in live)))
 
     def _unclean_allowed(self, session: Session, view: ClusterView,
                          shard: ShardView | None) -> bool:
