@@ -42,6 +42,7 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    log.info("SIGHUP: reloading %s", server.state.settings.config)
                     try:
                         server.apply_topology(load_topology(server.state.settings))
                     except SettingsError as exc:
