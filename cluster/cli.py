@@ -28,6 +28,7 @@ from cluster.coordinator import (
 )
 from cluster.launcher import plan_from_file, plan_from_flags, read_state, up
 from cluster.status import healthy, render_table, status_doc
+from netio import logs
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 WATCH_INTERVAL = 1.0
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="memring", description="Run a local memring cluster, look at one, change its "
         "topology and settings.", epilog="Without --etcd: the etcd `memring up` recorded for "
         f"the cluster, else $MEMRING_ETCD, else {DEFAULT_ETCD}.")
+    parser.add_argument("--log-level", choices=logs.LEVELS,
+                        help="debug, info (default) ...; `memring up` passes it on to its "
+                        "processes (as $MEMRING_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=logs.FORMATS,
+                        help="logfmt (default) or json: one line per event")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_cluster(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -364,11 +370,25 @@ def _up(args: argparse.Namespace) -> int:
     return up(plan, args.port, args.etcd)
 
 
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Log as asked; an explicit choice goes to the processes `memring up` starts, too."""
+    for name in ("log_level", "log_format"):
+        if getattr(args, name):
+            os.environ["MEMRING_" + name.upper()] = getattr(args, name)
+    level = os.environ.get("MEMRING_LOG_LEVEL", "info")
+    fmt = os.environ.get("MEMRING_LOG_FORMAT", "logfmt")
+    problem = logs.check(level, fmt)
+    if problem:
+        raise UsageError(problem)
+    logs.configure(level, fmt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"up": _up, "status": _status, "shard": _shard, "config": _config,
                 "leader": _leader, "node": _node_op}
     try:
+        _configure_logs(args)
         return handlers[args.command](args)
     except UsageError as exc:
         print(f"memring: error: {exc}", file=sys.stderr)
