@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         "topology and settings.", epilog="Without --etcd: the etcd `memring up` recorded for "
         f"the cluster, else $MEMRING_ETCD, else {DEFAULT_ETCD}.")
     parser.add_argument("--log-level", choices=logs.LEVELS,
-                        help="debug, info (default) ...; `memring up` passes it on to its "
-                        "processes (as $MEMRING_LOG_LEVEL)")
+                        help="debug, info (default), warning or error; `memring up` passes "
+                        "it on to its processes (as $MEMRING_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=logs.FORMATS,
                         help="logfmt (default) or json: one line per event")
     commands = parser.add_subparsers(dest="command", required=True)
