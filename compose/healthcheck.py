@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""The container health check of memring's image: a memcached `version` on the client port.
+
+Usage: memring-healthcheck [HOST:PORT]   (default 127.0.0.1:11211, or $MEMRING_HEALTH_ADDRESS)
+Exit 0 when the server answers `VERSION ...` within the timeout, else 1 with the reason on
+stderr (Docker keeps it in `docker inspect`). Backends and proxies both answer `version`
+themselves, so one check serves both; it needs nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+TIMEOUT = 2.0  # seconds for connect + reply; Docker's own timeout is the outer bound
+
+
+def check(address: str, timeout: float = TIMEOUT) -> str | None:
+    """None when `address` answers `version`, else what went wrong."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                      timeout=timeout) as sock:
+            sock.sendall(b"version\r\n")
+            reply = b""
+            while b"\r\n" not in reply and len(reply) < 1024:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                reply += chunk
+    except (OSError, ValueError) as exc:
+        return f"{address}: {exc}"
+    if not reply.startswith(b"VERSION "):
+        return f"{address}: unexpected reply {reply[:80]!r}"
+    return None
+
+
+def main(argv: list[str]) -> int:
+    address = argv[1] if len(argv) > 1 else os.environ.get("MEMRING_HEALTH_ADDRESS",
+                                                           "127.0.0.1:11211")
+    problem = check(address)
+    if problem is not None:
+        print(f"memring-healthcheck: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
