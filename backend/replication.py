@@ -81,6 +81,10 @@ class Replicator:
         if epoch <= self.log.newest.epoch:  # cannot happen with etcd revisions; be safe
             self.log.reset(Position(0, NOWHERE.seq - 1))
         self.log.begin_epoch(epoch)
+        # CAS values unique across epochs: the old leader may have handed out values (to a
+        # gets of a write never replicated) past the newest this node saw. Epochs are etcd
+        # revisions, so each epoch owns 2^32 values above every earlier epoch's.
+        self.store.last_cas = max(self.store.last_cas, epoch << 32)
         self.follower = FollowerState(self.store, self.log.newest, self.log)
         self.recorder.attach()
         self.leading = True

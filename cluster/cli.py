@@ -27,7 +27,8 @@ from cluster.coordinator import (
     ShardRecord,
 )
 from cluster.launcher import plan_from_file, plan_from_flags, read_state, up
-from cluster.status import healthy, render_table, status_doc
+from cluster.node_stats import fetch_all
+from cluster.status import addresses, healthy, render_table, status_doc, with_rates
 from netio import logs
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -143,17 +144,26 @@ def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]
         return 1
 
 
+async def _status_doc(etcd: Any) -> dict[str, Any]:
+    view = await etcd.snapshot()
+    return status_doc(view, await fetch_all(addresses(view)))
+
+
 def _status(args: argparse.Namespace) -> int:
     async def once(etcd: Any) -> int:
-        doc = status_doc(await etcd.snapshot())
+        doc = await _status_doc(etcd)
         print(json.dumps(doc, indent=2) if args.json else render_table(doc), flush=True)
         return 0 if healthy(doc) else 1
 
     async def watch(etcd: Any) -> int:
         code = 0
+        previous: dict[str, Any] | None = None
+        taken = 0.0
         while True:  # bounded by Ctrl-C
             try:
-                doc = status_doc(await etcd.snapshot())
+                now = trio.current_time()
+                doc = with_rates(await _status_doc(etcd), previous, now - taken)
+                previous, taken = doc, now
             except CoordinatorError as exc:
                 print(f"memring: etcd: {exc}", file=sys.stderr, flush=True)
                 code = 1

@@ -40,6 +40,7 @@ from cluster.etcd_process import HOST, EtcdProcess, free_port, start_etcd
 from cluster.keyspace import check_id
 
 READY_TIMEOUT = 30.0
+RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 STOP_GRACE = 5.0
 _PR_SET_PDEATHSIG = 1
 
@@ -244,7 +245,8 @@ class LocalCluster:
                 if "--lease-ttl" in help_text:
                     argv += ["--lease-ttl", f"{self.plan.config.lease_ttl:g}"]
                 if "--peer-listen" in help_text:
-                    argv += ["--peer-listen", f"{HOST}:{free_port()}"]
+                    argv += ["--peer-listen", f"{HOST}:{free_port()}",
+                             "--replication", self.plan.config.replication]
                 self._spawn(Child("backend", node_id, address, argv,
                                   self.run_dir / f"{node_id}.log"))
                 say(f"memring up: backend  {node_id:<10} shard {shard.shard_id:<6} {address} "
@@ -278,13 +280,18 @@ class LocalCluster:
         from cluster.etcd_coordinator import EtcdCoordinator
 
         assert self.etcd_url is not None
-        try:
-            async with EtcdCoordinator.connect(self.etcd_url, self.plan.name) as etcd:
-                await etcd.put_config(self.plan.config)
-                for shard in self.plan.shards:
-                    await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
-        except CoordinatorError as exc:
-            raise LaunchError(f"cannot write the cluster's records: {exc}") from None
+        deadline = trio.current_time() + RECORDS_TIMEOUT
+        while True:  # a just-started etcd on a busy machine may miss the first 1 s deadline
+            try:
+                async with EtcdCoordinator.connect(self.etcd_url, self.plan.name) as etcd:
+                    await etcd.put_config(self.plan.config)
+                    for shard in self.plan.shards:
+                        await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
+                return
+            except CoordinatorError as exc:
+                if trio.current_time() >= deadline:
+                    raise LaunchError(f"cannot write the cluster's records: {exc}") from None
+            await trio.sleep(0.2)
 
     async def _await_ready(self) -> None:
         """Every shard has a leader; every proxy registered and answers."""

@@ -3,8 +3,10 @@
 Theory of operation. `shard_specs(view)` turns one `ClusterView` into the proxy's topology:
 the `shards/*` records sorted by id, each shard's ring point name being its id (so a failover
 never moves keys) and its weight the record's; its nodes are the elected leader first, then the
-other live members (`nodes/*` whose shard is this one) that the shard record does not list as
-drained (`memring node drain`: no reads; a drained leader resigns on its own). A shard with no live node keeps its
+other live members (`nodes/*` whose shard is this one) that are in the shard's ISR (their current
+incarnation: a follower catching up or dropped for lag would serve stale reads) and that the
+shard record does not list as drained (`memring node drain`: no reads; a drained leader resigns
+on its own). A shard with no live node keeps its
 place on the ring with no nodes: its keys get SERVER_ERROR, never another shard's. The cluster's
 `config` key, when present, sets the key hash and the read policy.
 
@@ -27,7 +29,13 @@ from dataclasses import replace
 
 import trio
 
-from cluster.coordinator import ClusterView, Coordinator, CoordinatorError, ProxyRecord
+from cluster.coordinator import (
+    ClusterView,
+    Coordinator,
+    CoordinatorError,
+    Incarnation,
+    ProxyRecord,
+)
 from netio import nonblocking
 from proxy.server import ProxyServer
 from proxy.settings import NodeSpec, ProxySettings, SettingsError, ShardSpec, split_address
@@ -67,9 +75,13 @@ def shard_specs(view: ClusterView) -> tuple[ShardSpec, ...]:
             if shard.leader is not None and shard.leader.node_id in live:
                 leader = live[shard.leader.node_id]  # its weight for weighted reads
             nodes.append(leader)
+        isr = set(shard.isr.members) if shard.isr is not None else None
         for node_id, spec in sorted(members.get(shard_id, ())):
             if shard.drained(node_id):
                 continue
+            if isr is not None and Incarnation(
+                    node_id, view.lease_of(view.keyspace.node(node_id))) not in isr:
+                continue  # not in sync (catching up, or dropped): its reads may be stale
             if leader is None or spec.address != leader.address:
                 nodes.append(spec)
         shards.append(ShardSpec(shard_id, tuple(nodes), max(1, shard.record.weight),

@@ -106,17 +106,32 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
         finally:
             client.close()
 
-        status = subprocess.run([sys.executable, "-m", "cluster", "status", "--json",
-                                 "--cluster", name], capture_output=True, text=True, env=env,
-                                timeout=30)
-        assert status.returncode == 0, status.stdout + status.stderr
-        doc = json.loads(status.stdout)
+        deadline = time.monotonic() + 10
+        while True:  # until every follower is in sync (sync replication: at once, or nearly)
+            status = subprocess.run([sys.executable, "-m", "cluster", "status", "--json",
+                                     "--cluster", name], capture_output=True, text=True,
+                                    env=env, timeout=30)
+            assert status.returncode == 0, status.stdout + status.stderr
+            doc = json.loads(status.stdout)
+            nodes = [n for shard in doc["shards"] for n in shard["nodes"]]
+            if all(n["in_sync"] and n["lag_seq"] == 0 for n in nodes) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert doc["cluster"] == name
         assert len(doc["shards"]) == SHARDS, doc
         for shard in doc["shards"]:
             assert shard["leader"], shard
             assert len(shard["nodes"]) == REPLICAS, shard
+            roles = sorted(n["role"] for n in shard["nodes"])
+            assert roles == ["follower"] * (REPLICAS - 1) + ["leader"], shard
+            assert all(n["in_sync"] and n["lag_seq"] == 0 and n["answers"]
+                       for n in shard["nodes"]), shard
+            assert shard["hit_ratio"] in (None, 1.0), shard  # every get above was a hit
+        # each key: one set and one get on its leader (followers apply, they count nothing)
+        assert sum(shard["ops"] for shard in doc["shards"]) == 200, doc
         assert [p["address"] for p in doc["proxies"]] == [f"{HOST}:{port}"]
+        assert doc["proxies"][0]["answers"], doc
     finally:
         stop_sent = time.monotonic()
         if up.poll() is None:

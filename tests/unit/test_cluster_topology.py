@@ -60,6 +60,17 @@ def test_shards_sorted_leader_first_dead_shard_kept() -> None:
     assert s3.nodes == () and not s3.has_leader  # no live node: stays on the ring
 
 
+def test_followers_out_of_the_isr_serve_no_reads() -> None:
+    restarted = view(  # a1 restarted (lease 13): the ISR still names its old life, lease 11
+        (KS.shard("s1"), ShardRecord("s1", ("a1", "a2", "a3")).to_json(), 0),
+        node("a1", "s1", 1001, 13), node("a2", "s1", 1002, 12), node("a3", "s1", 1003, 14),
+        (KS.leader("s1"), LeaderRecord("a2", "127.0.0.1:1002", 12).to_json(), 12),
+        (KS.isr("s1"), IsrRecord((Incarnation("a1", 11), Incarnation("a2", 12),
+                                  Incarnation("a3", 14))).to_json(), 0))
+    (s1,) = shard_specs(restarted)
+    assert [n.port for n in s1.nodes] == [1002, 1003]  # the leader, then in-sync a3 only
+
+
 def test_config_sets_hash_and_read_policy() -> None:
     settings = settings_for(ProxySettings(etcd="http://127.0.0.1:2379"), three_shards())
     assert (settings.hash, settings.read_policy) == ("fnv1a_64", "round_robin")
@@ -76,3 +87,27 @@ def test_status_doc() -> None:
     assert [(n["id"], n["alive"], n["role"]) for n in s3["nodes"]] == [("c1", False, "down")]
     assert doc["proxies"] == [{"id": "p1", "address": "127.0.0.1:11211"}]
     assert not healthy(doc)
+
+
+def test_status_doc_with_node_stats_lag_ops_and_rates() -> None:
+    from cluster.status import render_table, with_rates
+
+    leader = {"memring_repl_lag_seq:a1": "12", "memring_repl_lag_s:a1": "0.250",
+              "cmd_get": "30", "cmd_set": "10", "get_hits": "24", "get_misses": "6"}
+    stats: dict[str, dict[str, str] | None] = {
+        "127.0.0.1:1002": leader, "127.0.0.1:1001": {"cmd_get": "10", "get_hits": "6",
+                                                     "get_misses": "4"},
+        "127.0.0.1:2001": None, "127.0.0.1:11211": {"curr_connections": "7"}}
+    first = status_doc(three_shards(), stats)
+    s1, s2, _ = first["shards"]
+    a1, a2 = s1["nodes"]
+    assert (a1["lag_seq"], a1["lag_s"], a1["answers"]) == (12, 0.25, True)
+    assert (a2["lag_seq"], a2["lag_s"]) == (0, 0.0)  # the leader
+    assert (s1["ops"], s1["hit_ratio"]) == (50, 0.75)
+    assert s2["nodes"][0]["answers"] is False and s2["nodes"][0]["lag_seq"] == -1
+    assert first["proxies"][0]["connections"] == 7
+    leader["cmd_get"] = "130"
+    second = with_rates(status_doc(three_shards(), stats), first, 2.0)
+    assert second["shards"][0]["ops_per_s"] == 50.0
+    table = render_table(second)
+    assert "OPS/S" in table and "12 / 0.250s" in table and "(no answer)" in table
