@@ -142,7 +142,7 @@ def test_kill9_of_the_leader_loses_no_acknowledged_write(etcd: EtcdProcess) -> N
         assert wire.request(new, b"cas untouched 7 0 3 %d\r\nnew\r\n" % token) == b"STORED\r\n"
         other = next(n for n in followers if n is not new)
         wait_for(lambda: shard.role(other) == "follower", 5.0, "the third node following")
-        wait_identical(new, other, acked + [b"untouched"], timeout=5)
+        wait_identical(new, other, [*acked, b"untouched"], timeout=5)
 
 
 def test_frozen_follower_is_dropped_after_the_lag_bound_and_rejoins(etcd: EtcdProcess
@@ -272,3 +272,34 @@ def test_min_insync_refuses_writes_without_enough_replicas(etcd: EtcdProcess) ->
         trio.run(configure, 1)
         wait_for(lambda: set_one_fresh(leader, b"b", b"2") == b"STORED\r\n", 5.0,
                  "writes accepted with min_insync 1")
+
+
+def test_round_robin_reads_through_the_proxy_see_every_acknowledged_write(
+        etcd: EtcdProcess) -> None:
+    from tests.integration.test_cluster_proxy import proxy_argv
+
+    with sync_shard(etcd, 3) as shard:
+        settled(shard)
+
+        async def round_robin() -> None:
+            async with EtcdCoordinator.connect(etcd.url, shard.cluster) as coordinator:
+                await coordinator.put_config(ClusterConfig(read_policy="round_robin"))
+
+        trio.run(round_robin)
+        proxy = shard.stack.enter_context(servers.running("proxy",
+                                                          proxy_argv(etcd.url, shard.cluster)))
+        wait_for(lambda: set_one_fresh(proxy, b"probe", b"p") == b"STORED\r\n", 10.0,
+                 "writes through the proxy")
+        wait_for(lambda: len(wire.stats(proxy)) > 0, 5.0, "proxy stats")
+        stale = 0
+        with wire.connect(proxy) as sock:
+            for i in range(600):  # the same key overwritten: a stale read shows an old value
+                assert set_one(sock, b"rr", b"%d" % i) == b"STORED\r\n"
+                sock.sendall(b"get rr\r\n")
+                got = wire.read_until(sock, b"END\r\n")
+                stale += got != b"VALUE rr 0 %d\r\n%d\r\nEND\r\n" % (len(b"%d" % i), i)
+        served = [int(wire.stats(n)["get_hits"]) for n in shard.live()]
+        print(f"\nround_robin through the proxy: 600 write-then-read pairs, {stale} stale; "
+              f"get hits per node {served}")
+        assert stale == 0
+        assert sum(1 for hits in served if hits >= 100) == 3, served  # followers served reads
