@@ -58,6 +58,7 @@ RETRY_INTERVAL = 0.2  # re-examine the view this soon after a failed coordinatio
 BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF_MAX
 BACKOFF_MAX = 1.0
 LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seldom
+HANDOVER_DRAIN = 1.0  # a resigning leader waits this long at most for in-flight writes
 
 LEASE_EXPIRED = b"SERVER_ERROR lease expired: not accepting writes\r\n"
 
@@ -86,6 +87,9 @@ class LeadershipListener(Protocol):
     def refusal(self) -> bytes | None:
         """A reason to refuse writes although this node leads (too few in-sync replicas)."""
 
+    async def drain(self, timeout: float) -> None:
+        """Before a graceful step-down: let the followers acknowledge the writes in flight."""
+
 
 class ClusterMember:
     """One backend's part in its shard: a session, a NodeRecord, a campaign, a write fence."""
@@ -107,6 +111,7 @@ class ClusterMember:
         self._resigned: set[int] = set()  # epochs this member gave up (never taken back)
         self._run_scope = trio.CancelScope()
         self._leaving = False
+        self._handing_over = False  # refusing writes while in-flight ones replicate
         self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
 
     @property
@@ -149,7 +154,7 @@ class ClusterMember:
     def refusal(self) -> bytes | None:
         """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
         session = self.session
-        if self.leadership is None or session is None:
+        if self.leadership is None or session is None or self._handing_over:
             return self._not_leader
         if not session.is_valid():
             return LEASE_EXPIRED
@@ -205,9 +210,9 @@ class ClusterMember:
         """Graceful exit: stop acknowledging writes, resign, revoke the lease, stop running."""
         self._leaving = True
         leadership, session = self.leadership, self.session
-        self.leadership = None
         with trio.move_on_after(timeout) as scope:
             scope.shield = True
+            await self._hand_over(timeout / 2)
             try:
                 if leadership is not None:
                     await self.coordinator.resign(leadership)
@@ -336,8 +341,25 @@ class ClusterMember:
         leadership = self.leadership
         assert leadership is not None
         self._resigned.add(leadership.epoch)
+        log.info("resigning as leader of shard %s (epoch %d): %s", self.identity.shard,
+                 leadership.epoch, reason)
+        await self._hand_over(HANDOVER_DRAIN)
         self._step_down(reason)
         await self.coordinator.resign(leadership)
+
+    async def _hand_over(self, timeout: float) -> None:
+        """Refuse new writes now (the proxy retries them on the next leader) and let the
+        followers acknowledge those in flight, so none is cut off unanswered; then stop
+        leading."""
+        if self.leadership is None:
+            return
+        self._handing_over = True
+        try:
+            if self.listener is not None:
+                await self.listener.drain(timeout)
+        finally:
+            self._handing_over = False
+            self.leadership = None
 
     def _live_members(self, session: Session, view: ClusterView) -> set[Incarnation]:
         ident = self.identity

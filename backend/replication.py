@@ -157,6 +157,12 @@ class Replicator:
             return False
         return await insync.replicated(self.log.newest) and self.member.refusal() is None
 
+    async def drain(self, timeout: float) -> None:
+        insync = self.insync
+        if insync is not None:
+            with trio.move_on_after(timeout):
+                await insync.replicated(self.log.newest)
+
     def refusal(self) -> bytes | None:
         """TOO_FEW_IN_SYNC when the ISR is smaller than the cluster's min_insync."""
         view, insync = self.member.view, self.insync

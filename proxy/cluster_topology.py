@@ -4,7 +4,8 @@ Theory of operation. `shard_specs(view)` turns one `ClusterView` into the proxy'
 the `shards/*` records sorted by id, each shard's ring point name being its id (so a failover
 never moves keys) and its weight the record's; its nodes are the elected leader first, then the
 other live members (`nodes/*` whose shard is this one) that are in the shard's ISR (their current
-incarnation: a follower catching up or dropped for lag would serve stale reads) and that the
+incarnation: a follower catching up or dropped for lag would serve stale reads; only when
+neither a leader nor an in-sync replica is alive do the others serve reads) and that the
 shard record does not list as drained (`memring node drain`: no reads; a drained leader resigns
 on its own). A shard with no live node keeps its
 place on the ring with no nodes: its keys get SERVER_ERROR, never another shard's. The cluster's
@@ -76,14 +77,17 @@ def shard_specs(view: ClusterView) -> tuple[ShardSpec, ...]:
                 leader = live[shard.leader.node_id]  # its weight for weighted reads
             nodes.append(leader)
         isr = set(shard.isr.members) if shard.isr is not None else None
+        stale: list[NodeSpec] = []
         for node_id, spec in sorted(members.get(shard_id, ())):
-            if shard.drained(node_id):
+            if shard.drained(node_id) or (leader is not None and spec.address == leader.address):
                 continue
             if isr is not None and Incarnation(
                     node_id, view.lease_of(view.keyspace.node(node_id))) not in isr:
-                continue  # not in sync (catching up, or dropped): its reads may be stale
-            if leader is None or spec.address != leader.address:
+                stale.append(spec)  # not in sync (catching up, or dropped): may be stale
+            else:
                 nodes.append(spec)
+        if not nodes:  # no leader and no in-sync replica alive: any answer beats none
+            nodes = stale
         shards.append(ShardSpec(shard_id, tuple(nodes), max(1, shard.record.weight),
                                 has_leader=leader is not None))
     return tuple(shards)

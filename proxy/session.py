@@ -198,7 +198,7 @@ class LeaderWrite(Slot):
     """Cluster mode: a write sent to the shard's leader alone; with no reachable leader it
     waits (bounded) for a topology that names one."""
 
-    __slots__ = ("affinity", "filter", "multi", "name", "pending", "request", "state")
+    __slots__ = ("affinity", "filter", "multi", "name", "pending", "request", "state", "target")
 
     def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
                  affinity: int, filter: Callable[[PendingReply], bytes] = _render) -> None:
@@ -209,16 +209,22 @@ class LeaderWrite(Slot):
         self.affinity = affinity
         self.filter = filter
         self.pending: PendingReply | None = None
+        self.target: NodePool | None = None  # the leader the write went to
         if shard.has_leader and shard.nodes[0].available:
-            self.pending = shard.nodes[0].submit(request, multi, affinity)
+            self.target = shard.nodes[0]
+            self.pending = self.target.submit(request, multi, affinity)
 
-    async def _await_leader(self) -> PendingReply:
+    async def _await_leader(self, refused_by: NodePool | None = None) -> PendingReply:
+        """Submit to the shard's leader once there is a reachable one (other than
+        `refused_by`), waiting up to leader_wait_ms."""
         state = self.state
         deadline = trio.current_time() + state.settings.leader_wait_ms / 1000
         while True:
             shard = state.router.by_name.get(self.name)
-            if shard is not None and shard.has_leader and shard.nodes[0].available:
-                return shard.nodes[0].submit(self.request, self.multi, self.affinity)
+            if shard is not None and shard.has_leader and shard.nodes[0].available and \
+                    shard.nodes[0] is not refused_by:
+                self.target = shard.nodes[0]
+                return self.target.submit(self.request, self.multi, self.affinity)
             now = trio.current_time()
             if now >= deadline:
                 break
@@ -240,10 +246,28 @@ class LeaderWrite(Slot):
             pending = self.pending = await self._await_leader()
         if not pending.done:
             await pending.wait()
+        if _not_applied(pending):  # a leader stepping down refused it: ask the next one
+            pending = self.pending = await self._await_leader(self.target)
+            if not pending.done:
+                await pending.wait()
         return pending
 
     async def reply(self) -> bytes:
         return self.filter(await self.settle())
+
+
+# Refusals a backend sends *before* applying a write (it does not lead, or its lease ran
+# out): the write can go to the next leader without being applied twice.
+_NOT_APPLIED = (b"not the leader of shard ", b"lease expired")
+
+
+def _not_applied(pending: PendingReply) -> bool:
+    events = pending.events
+    if pending.error is not None or len(events) != 1:
+        return False
+    event = events[0]
+    return type(event) is ErrorReply and event.kind == b"SERVER_ERROR" and \
+        event.message.startswith(_NOT_APPLIED)
 
 
 Settling = ReadWithFailover | FannedOut | LeaderWrite | Unroutable

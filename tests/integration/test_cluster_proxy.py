@@ -20,7 +20,7 @@ from contextlib import ExitStack, asynccontextmanager
 import pytest
 import trio
 
-from cluster.coordinator import NodeRecord
+from cluster.coordinator import Leadership, NodeRecord
 from cluster.etcd_coordinator import EtcdCoordinator
 from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
 from proxy.ketama import KetamaRing
@@ -112,6 +112,13 @@ class HandCluster:
                     won = await self.coordinator.campaign(session, shard, node_id, address,
                                                           unclean=True)
                     assert won is not None, f"{node_id} did not win {shard}"
+                else:  # in sync at once, as a leader would say of a caught-up follower
+                    view = (await self.coordinator.snapshot()).shards[shard]
+                    if view.leader is not None and view.isr is not None:
+                        await self.coordinator.update_isr(
+                            Leadership(shard, view.leader.node_id, view.epoch,
+                                       view.leader.lease_id),
+                            {*view.isr.members, session.incarnation(node_id)})
                 task_status.started(scope)
                 await trio.sleep_forever()
 

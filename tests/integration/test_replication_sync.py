@@ -303,3 +303,54 @@ def test_round_robin_reads_through_the_proxy_see_every_acknowledged_write(
               f"get hits per node {served}")
         assert stale == 0
         assert sum(1 for hits in served if hits >= 100) == 3, served  # followers served reads
+
+
+def test_leader_transfer_under_load_fails_no_client_request(etcd: EtcdProcess) -> None:
+    """The resigning leader refuses new writes (the proxy retries them on the next leader)
+    and lets the in-flight ones replicate before it steps down."""
+    import subprocess
+    import sys
+
+    from tests.integration.test_cluster_proxy import proxy_argv
+
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        proxy = shard.stack.enter_context(servers.running("proxy",
+                                                          proxy_argv(etcd.url, shard.cluster)))
+        wait_for(lambda: set_one_fresh(proxy, b"probe", b"p") == b"STORED\r\n", 10.0,
+                 "writes through the proxy")
+        acked: list[bytes] = []
+        failures: list[bytes] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            with wire.connect(proxy) as sock:
+                for i in range(50000):
+                    if stop.is_set():
+                        return
+                    reply = set_one(sock, b"w%d" % i, b"%d" % i)
+                    (acked if reply == b"STORED\r\n" else failures).append(
+                        b"w%d" % i if reply == b"STORED\r\n" else reply)
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: len(acked) >= 100, 5.0, "100 writes")
+            moved = subprocess.run(
+                [sys.executable, "-m", "cluster", "leader", "transfer", SHARD,
+                 node_id(follower), "--etcd", etcd.url, "--cluster", shard.cluster],
+                capture_output=True, text=True, timeout=30)
+            assert moved.returncode == 0, moved.stdout + moved.stderr
+            before = len(acked)
+            wait_for(lambda: len(acked) >= before + 100, 5.0, "100 writes on the new leader")
+        finally:
+            stop.set()
+            thread.join(10)
+        assert shard.role(follower) == "leader"
+        print(f"\nleader transfer under load: {len(acked)} writes acknowledged, "
+              f"{len(failures)} failed")
+        assert failures == []
+        wait_for(lambda: shard.isr() == {node_id(leader), node_id(follower)}, 10.0,
+                 "the old leader back in the ISR")
+        items = dump(follower, acked)
+        assert [k for k in acked if items[k] is None] == []
