@@ -110,7 +110,7 @@ class BackendCollector(Collector):
                                 "Item memory in use (memcached's item size)", value=store.bytes)
         yield GaugeMetricFamily(f"{PREFIX}_memory_limit_bytes", "Item memory limit",
                                 value=store.memory_limit)
-        yield GaugeMetricFamily(f"{PREFIX}_connections", "Open client connections",
+        yield GaugeMetricFamily(f"{PREFIX}_current_connections", "Open client connections",
                                 value=c.curr_connections)
         yield CounterMetricFamily(f"{PREFIX}_connections_total",
                                   "Client connections accepted (memcached counts the "

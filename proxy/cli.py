@@ -15,7 +15,6 @@ import sys
 
 import trio
 
-from cluster.coordinator import collapse_single
 from netio import logs, nonblocking
 from netio.nonblocking import PortInUse
 from proxy.server import ProxyServer
@@ -80,6 +79,13 @@ def _worker_metrics(settings: ProxySettings, index: int) -> list[str]:
     return ["--metrics-listen", f"{host}:{port + index if port else 0}"]
 
 
+def _port_in_use(exc: BaseException) -> PortInUse | None:
+    """The bind error alone inside `exc`, however many nurseries' groups wrap it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, PortInUse) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -92,14 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     if settings.workers > 1 and not worker:
         return supervise(settings, argv)
     try:
-        with collapse_single():  # a bind error comes out of the server's nursery
-            if settings.etcd:
-                from proxy.cluster_topology import run_cluster
-                trio.run(run_cluster, settings, worker)
-            else:
-                trio.run(run, settings, worker)
-    except PortInUse as exc:
-        print(f"memring-proxy: error: {exc}; choose another port", file=sys.stderr)
+        if settings.etcd:
+            from proxy.cluster_topology import run_cluster
+            trio.run(run_cluster, settings, worker)
+        else:
+            trio.run(run, settings, worker)
+    except (PortInUse, BaseExceptionGroup) as exc:
+        in_use = _port_in_use(exc)
+        if in_use is None:
+            raise
+        print(f"memring-proxy: error: {in_use}; choose another port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -30,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from netio.metrics_http import MetricsEndpoint
+from protocol.requests import Request
 from proxy.settings import split_address
 from proxy.stats import LATENCY_BOUNDS_S, MEMRING_VERSION
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # proxy.server imports this module, lazily
     from proxy.server import ProxyState
 
 PREFIX = "memring_proxy"
+REQUEST_TYPES = tuple(kind.__name__ for kind in get_args(Request))
 _WORD = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -57,7 +59,8 @@ class ProxyCollector(Collector):
         commands = CounterMetricFamily(f"{PREFIX}_commands_total",
                                        "Client requests by command (request type)",
                                        labels=["command"])
-        for name, count in sorted(stats.commands.items()):
+        counts = dict.fromkeys(REQUEST_TYPES, 0) | stats.commands  # every type from the start
+        for name, count in sorted(counts.items()):
             commands.add_metric([command_label(name)], count)
         yield commands
         yield CounterMetricFamily(f"{PREFIX}_client_errors_total",
@@ -74,7 +77,7 @@ class ProxyCollector(Collector):
                                     "reply being ready", buckets=buckets,
                                     sum_value=stats.latency_sum)
         conns = stats.connections
-        yield GaugeMetricFamily(f"{PREFIX}_connections", "Open client connections",
+        yield GaugeMetricFamily(f"{PREFIX}_current_connections", "Open client connections",
                                 value=conns.curr_connections)
         yield CounterMetricFamily(f"{PREFIX}_connections_total", "Client connections accepted",
                                   value=conns.total_connections)
