@@ -151,6 +151,12 @@ class ClusterMember:
             return "leader"
         return "syncing" if self.session is None or self._leaving else "follower"
 
+    def holds_lease(self) -> bool:
+        """This node leads under a session still valid on the local clock (a write applied
+        earlier may be acknowledged; also while handing over, when new ones are refused)."""
+        session = self.session
+        return self.leadership is not None and session is not None and session.is_valid()
+
     def refusal(self) -> bytes | None:
         """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
         session = self.session

@@ -62,7 +62,7 @@ class Replicator:
         self.role_changed = trio.lowlevel.ParkingLot()
         # leader side: followers, acks, lag and the ISR of the current leadership
         self.insync: InSyncReplicas | None = None
-        self.dirty = False  # sync: a write was committed that no reply has waited for yet
+        self.commits = 0  # sync: write batches committed (backend.server waits on changes)
         self._nursery: trio.Nursery | None = None
         self.snapshots_sent = 0
         self.snapshots_received = 0
@@ -108,7 +108,6 @@ class Replicator:
         if insync is not None:
             insync.scope.cancel()
             insync.fail_all()
-        self.dirty = False
         self._wake_roles()
 
     def _view_isr(self) -> set[Incarnation]:
@@ -145,17 +144,16 @@ class Replicator:
             insync = self.insync
             if insync is not None:
                 insync.committed(mutations[-1].position, sum(map(mutation_size, mutations)))
-            self.dirty = self.sync
+            self.commits += 1
             self.changed.unpark_all()
 
     async def settle(self) -> bool:
         """Sync mode, before sending replies that follow a write: True once every in-sync
         follower holds it and this node still leads; False if it never will."""
-        self.dirty = False
         insync = self.insync
         if insync is None:
             return False
-        return await insync.replicated(self.log.newest) and self.member.refusal() is None
+        return await insync.replicated(self.log.newest) and self.member.holds_lease()
 
     async def drain(self, timeout: float) -> None:
         insync = self.insync

@@ -18,7 +18,6 @@ ones finish the batch in hand, and cancel whatever is left after the grace perio
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Protocol
 
 import trio
@@ -42,7 +41,7 @@ GET_SLICE = 64  # keys of one multi-get handled between flushes
 class ReplicationGate(Protocol):
     """Sync replication: replies that follow a write wait until it is replicated."""
 
-    dirty: bool  # a write was committed that no reply has waited for yet
+    commits: int  # write batches committed so far; a connection compares it with its mark
 
     async def settle(self) -> bool:
         """Wait for the in-sync followers; False if the write will never be acknowledged."""
@@ -94,12 +93,15 @@ class BackendServer:
         recv = nonblocking.recv
         next_event = parser.next_event
         server = self.connections
+        gate = self.gate
         while not server.closing:
             conn.idle = parser.buffered == 0
             data = await recv(sock, READ_SIZE)
             conn.idle = False
             if not data:
                 return
+            if gate is not None:
+                conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
             parser.receive_data(data)
             out: list[bytes] = []
@@ -110,24 +112,25 @@ class BackendServer:
                     if event is NEED_DATA:
                         break
                     if type(event) is Get and len(event.keys) > GET_SLICE:
-                        await self._multi_get(sock, event, out)
+                        await self._multi_get(conn, event, out)
                         continue
                     handle(event, out)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
-                        await self._flush(sock, out)
+                        await self._flush(conn, out)
             except CloseConnection:
                 quitting = True
             try:
                 if out:
-                    await self._flush(sock, out)
+                    await self._flush(conn, out)
             except CloseConnection:
                 return
             if quitting:
                 return
 
-    async def _flush(self, sock: socket.socket, out: list[bytes]) -> None:
+    async def _flush(self, conn: Connection, out: list[bytes]) -> None:
+        """Send `out`; in sync mode, first wait until this connection's writes replicated."""
         gate = self.gate
-        if gate is not None and gate.dirty and not await gate.settle():
+        if gate is not None and gate.commits != conn.mark and not await gate.settle():
             # This node stopped leading before its in-sync followers held the write: no
             # answer is true, so none is given (the client sees the connection close).
             out.clear()
@@ -136,10 +139,11 @@ class BackendServer:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await nonblocking.send_all(sock, data)
+        await nonblocking.send_all(conn.sock, data)
+        if gate is not None:
+            conn.mark = gate.commits  # committed while we waited: other connections'
 
-    async def _multi_get(self, sock: socket.socket, request: Get,
-                         out: list[bytes]) -> None:
+    async def _multi_get(self, conn: Connection, request: Get, out: list[bytes]) -> None:
         """A get of many keys, answered a slice at a time so big replies stream."""
         if request.touches and self.handler.refuse_write(request, out):
             return  # gat/gats change items: only a leader may
@@ -150,5 +154,5 @@ class BackendServer:
             if recorder is not None:
                 recorder.committed(None)  # gat/gats touched items: replicate the slice
             if sum(map(len, out)) >= FLUSH_SIZE:
-                await self._flush(sock, out)
+                await self._flush(conn, out)
         out.append(b"END\r\n")

@@ -41,6 +41,7 @@ class Connection:
     sock: socket.socket
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True  # the handler is waiting for a request: safe to close at shutdown
+    mark: int = 0  # the handler's bookkeeping (backend: replicated writes already waited for)
 
 
 class ConnectionServer:
