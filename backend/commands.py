@@ -143,17 +143,22 @@ class CommandHandler:
         self._handlers[ProtocolError] = self._recorded(self._handlers[ProtocolError], _always,
                                                        False, recorder)
 
-    @staticmethod
-    def _recorded(handler: Callable[[Any, list[bytes]], None], mutates: Callable[[Any], bool],
+    def _recorded(self, handler: Callable[[Any, list[bytes]], None], mutates: Callable[[Any], bool],
                   meta: bool, recorder: WriteRecorder) -> Callable[[Any, list[bytes]], None]:
         committed = recorder.committed
+        fence = self.fence
+
+        def fence_allows() -> bool:
+            return fence is None or fence.refusal() is None
 
         def recorded(request: Any, out: list[bytes]) -> None:
             try:
                 handler(request, out)
             finally:
                 if mutates(request):
-                    committed(request.key if meta else None)
+                    # a refused write changed nothing: note no key (an unchanged item would
+                    # be replicated, and its refusal would wait for that)
+                    committed(request.key if meta and fence_allows() else None)
         return recorded
 
     def _fenced(self, handler: Callable[[Any, list[bytes]], None],

@@ -66,8 +66,10 @@ class _Waiter:
 class InSyncReplicas:
     """One leader epoch's view of its followers: acks, lag, the ISR and the writes waiting."""
 
-    def __init__(self, *, max_lag: float, max_lag_bytes: int) -> None:
+    def __init__(self, *, max_lag: float, max_lag_bytes: int,
+                 lease_valid: Callable[[], bool] = lambda: True) -> None:
         self.max_lag = max_lag
+        self.lease_valid = lease_valid  # checked when a write is released, not later
         self.max_lag_bytes = max_lag_bytes
         self.links: dict[str, FollowerLink] = {}  # node id -> connected follower
         self.waiting: dict[str, Incarnation] = {}  # followers writes wait for
@@ -95,9 +97,11 @@ class InSyncReplicas:
 
     async def replicated(self, target: Position) -> bool:
         """Wait until every follower in `waiting` holds `target`; False if it never will
-        (this node stopped leading)."""
+        (this node stopped leading, or its lease ran out before the followers acknowledged).
+        The verdict is taken when the followers' acknowledgement arrives: a graceful step-down
+        right after it does not turn a replicated write into a failure."""
         if target <= self.watermark:
-            return True
+            return self.lease_valid()
         waiter = _Waiter(target, next(self._order))
         heapq.heappush(self._waiters, waiter)
         await waiter.done.wait()
@@ -106,9 +110,10 @@ class InSyncReplicas:
     def _release(self) -> None:
         waiters = self._waiters
         mark = self.watermark
+        valid = self.lease_valid()
         while waiters and waiters[0].target <= mark:
             waiter = heapq.heappop(waiters)
-            waiter.ok = True
+            waiter.ok = valid
             waiter.done.set()
 
     def fail_all(self) -> None:

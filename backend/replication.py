@@ -91,7 +91,8 @@ class Replicator:
         leadership = self.member.leadership
         if leadership is not None and self._nursery is not None:
             insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
-                                    max_lag_bytes=self.settings.max_lag_bytes)
+                                    max_lag_bytes=self.settings.max_lag_bytes,
+                                    lease_valid=self.member.holds_lease)
             insync.newest = insync.watermark = self.log.newest
             insync.start(set(leadership.isr) or self._view_isr(),
                          Incarnation(leadership.node_id, leadership.lease_id))
@@ -104,6 +105,11 @@ class Replicator:
     def stepped_down(self) -> None:
         self.recorder.detach()
         self.leading = False
+        # the store is exactly the log's newest position: follow the next leader from there
+        # (a position it never held makes it send a snapshot)
+        follower = FollowerState(self.store, self.log.newest, self.log)
+        follower.newest_epoch = max(self.follower.newest_epoch, self.log.newest.epoch)
+        self.follower = follower
         insync, self.insync = self.insync, None
         if insync is not None:
             insync.scope.cancel()
@@ -153,7 +159,7 @@ class Replicator:
         insync = self.insync
         if insync is None:
             return False
-        return await insync.replicated(self.log.newest) and self.member.holds_lease()
+        return await insync.replicated(self.log.newest)
 
     async def drain(self, timeout: float) -> None:
         insync = self.insync
