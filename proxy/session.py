@@ -214,11 +214,13 @@ class LeaderWrite(Slot):
             self.target = shard.nodes[0]
             self.pending = self.target.submit(request, multi, affinity)
 
-    async def _await_leader(self, refused_by: NodePool | None = None) -> PendingReply:
+    async def _await_leader(self, refused_by: NodePool | None = None,
+                            deadline: float | None = None) -> PendingReply:
         """Submit to the shard's leader once there is a reachable one (other than
-        `refused_by`), waiting up to leader_wait_ms."""
+        `refused_by`), waiting until `deadline` (default: leader_wait_ms from now)."""
         state = self.state
-        deadline = trio.current_time() + state.settings.leader_wait_ms / 1000
+        if deadline is None:
+            deadline = trio.current_time() + state.settings.leader_wait_ms / 1000
         while True:
             shard = state.router.by_name.get(self.name)
             if shard is not None and shard.has_leader and shard.nodes[0].available and \
@@ -246,8 +248,14 @@ class LeaderWrite(Slot):
             pending = self.pending = await self._await_leader()
         if not pending.done:
             await pending.wait()
-        if _not_applied(pending):  # a leader stepping down refused it: ask the next one
-            pending = self.pending = await self._await_leader(self.target)
+        deadline = None
+        while _not_applied(pending):  # a leader stepping down refused it: ask the next one
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + self.state.settings.leader_wait_ms / 1000
+            elif now >= deadline:
+                break
+            pending = self.pending = await self._await_leader(self.target, deadline)
             if not pending.done:
                 await pending.wait()
         return pending
