@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 HOST = "127.0.0.1"
 
@@ -32,6 +33,15 @@ class RunningServer:
     port: int
     process: subprocess.Popen[bytes]
     upstreams: list[RunningServer] = field(default_factory=list)  # a proxy's backends
+    log: IO[bytes] | None = None  # its stderr (a file: a pipe nobody reads could fill up)
+
+    def log_text(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -70,20 +80,22 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
     """Start `argv_for_port` (with `{port}` filled in) and yield once it answers."""
     port = port or free_port()
     argv = [a.format(port=port) for a in argv_for_port]
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function (log_text)
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+                               stderr=log)
+    server = RunningServer(name, port, process, log=log)
     try:
         deadline = time.monotonic() + timeout
         while not _answers_version(port):
             if process.poll() is not None:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise RuntimeError(f"{name} exited with {process.returncode}: {err}")
+                raise RuntimeError(f"{name} exited with {process.returncode}: "
+                                   f"{server.log_text()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not answer on port {port} within {timeout}s")
             time.sleep(0.02)
-        yield RunningServer(name, port, process)
+        yield server
     finally:
-        stop(process, graceful=graceful)
+        stop(process, graceful=graceful)  # the log stays readable (closed when collected)
 
 
 def memcached_binary() -> str:

@@ -232,7 +232,6 @@ def test_etcd_unreachable_at_start_serves_reads() -> None:
         assert wire.request(node, b"get k\r\nset k 0 0 1\r\nv\r\n") == \
             b"END\r\nSERVER_ERROR not the leader of shard s1\r\n"
         time.sleep(0.5)
-    assert node.process.stderr is not None
-    err = node.process.stderr.read().decode()
+    err = node.log_text()
     assert url in err and "retrying" in err
     assert err.count("ERROR") <= 3, err  # bounded noise

@@ -323,8 +323,7 @@ def stderr_lines(*extra: str) -> Iterator[list[str]]:
     lines: list[str] = []
     with servers.running("memring-backend", servers.backend_argv(*extra)) as node:
         yield lines
-    assert node.process.stderr is not None
-    lines += node.process.stderr.read().decode().splitlines()
+    lines += node.log_text().splitlines()
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])

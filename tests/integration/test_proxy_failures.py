@@ -98,7 +98,7 @@ def proxy_status(proxy: servers.RunningServer) -> str:
         code = proxy.process.wait(1.0)  # a dying proxy closes its sockets before it exits
     except subprocess.TimeoutExpired:
         return "the proxy is still running"
-    err = proxy.process.stderr.read().decode(errors="replace") if proxy.process.stderr else ""
+    err = proxy.log_text()
     return f"the proxy EXITED with {code}; its stderr ends: {err[-1500:]}"
 
 
