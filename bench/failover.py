@@ -151,6 +151,17 @@ class Cluster:
         self.nodes: list[Node] = []
         self.proxy_port = 0
         self.etcd_url = ""
+        self.servers: list[Server] = []  # every backend and proxy process started, in order
+
+    def save_logs(self, directory: str) -> None:
+        """Write each process's whole log to DIRECTORY/<name>-<n>.log (n: its start order)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for n, server in enumerate(self.servers, start=1):
+            server.log.flush()
+            server.log.seek(0)
+            (path / f"{server.name}-{n}.log").write_bytes(server.log.read())
+        print(f"logs of {len(self.servers)} processes in {path}", flush=True)
 
     def start(self) -> None:
         from cluster.etcd_process import start_etcd
@@ -181,6 +192,7 @@ class Cluster:
             argv += ["--leader-wait-ms", str(args.leader_wait_ms)]
         proxy, _ = self.stack.enter_context(
             spawned("proxy", argv, self.proxy_port, ask_version, "`version`"))
+        self.servers.append(proxy)
         print(f"started proxy {HOST}:{self.proxy_port} (pid {proxy.process.pid})", flush=True)
 
     def _write_records(self) -> None:
@@ -204,6 +216,7 @@ class Cluster:
     def launch(self, node: Node) -> None:
         node.server, _ = self.stack.enter_context(
             spawned(node.node_id, node.argv, node.port, ask_version, "`version`"))
+        self.servers.append(node.server)
         print(f"started backend {node.node_id} on {node.address} (pid {node.process.pid})",
               flush=True)
 
@@ -249,7 +262,8 @@ class Cluster:
                     raise BenchError(f"{node.node_id} exited with {node.process.returncode}:"
                                      f"\n{node.server.log_tail()}")
             if time.monotonic() - started > timeout:
-                raise BenchError(f"cluster not healthy after {timeout:g}s: {problem}")
+                roles = ", ".join(f"{n.node_id} {n.role() or 'down'}" for n in self.nodes)
+                raise BenchError(f"cluster not healthy after {timeout:g}s: {problem} ({roles})")
             time.sleep(0.05)
         return time.monotonic() - started
 
@@ -607,8 +621,10 @@ def observe(cluster: Cluster, load: Load, old: Node, others: list[Node],
         if fenced is not None and queued < 200:  # writes the frozen leader finds on waking
             fenced.sendall(b"set fenced:%d:%d 0 0 1\r\nx\r\n" % (number, queued))
             queued += 1
-        if any(n.role() == "leader" for n in others):
+        leading = [n for n in others if n.role() == "leader"]
+        if leading:
             elected = time.monotonic()
+            out["new_leader"] = leading[0].node_id
         time.sleep(POLL)
     if elected is None:
         raise BenchError(f"trial {number}: no new leader for shard {old.shard} within "
@@ -652,6 +668,21 @@ def observe(cluster: Cluster, load: Load, old: Node, others: list[Node],
 
 
 # --- the run ---------------------------------------------------------------------------------
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the servers ran from, and the tracked files changed since (if any)."""
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no")
+               .splitlines() if line[3:].startswith(("backend/", "proxy/", "cluster/",
+                                                      "protocol/", "netio/"))]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_server_files": changed}
 
 
 def summarize(trials: list[dict[str, Any]], fault: str) -> dict[str, Any]:
@@ -739,14 +770,18 @@ def run(args: argparse.Namespace) -> int:
     trials: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         cluster = Cluster(args, stack)
-        cluster.start()
-        waited = cluster.wait_healthy()
-        print(f"cluster healthy after {waited:.1f}s", flush=True)
-        check_placement(cluster, ring)
-        for number in range(1, args.trials + 1):
-            trial = run_trial(cluster, number, ring, args)
-            trials.append(trial)
-            print(trial_line(trial), flush=True)
+        try:
+            cluster.start()
+            waited = cluster.wait_healthy()
+            print(f"cluster healthy after {waited:.1f}s", flush=True)
+            check_placement(cluster, ring)
+            for number in range(1, args.trials + 1):
+                trial = run_trial(cluster, number, ring, args)
+                trials.append(trial)
+                print(trial_line(trial), flush=True)
+        finally:
+            if args.logs:
+                cluster.save_logs(args.logs)
     summary = summarize(trials, args.fault)
     fw, el = summary["first_write_s"], summary["elected_s"]
     print()
@@ -770,8 +805,9 @@ def run(args: argparse.Namespace) -> int:
     if json_path:
         doc = {
             "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "fault": args.fault, "mode": args.mode,
-            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "python")},
+            "fault": args.fault, "mode": args.mode, "code": code_version(),
+            "settings": {k: v for k, v in vars(args).items()
+                         if k not in ("json", "python", "logs")},
             "host": {"python": platform.python_version(), "machine": platform.machine(),
                      "cpu_model": cpu_model(), "cpus": os.cpu_count()},
             "summary": summary, "markdown_row": row, "trials": trials,
@@ -845,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="where to write the figures (default "
                              "docs/bench/failover-<fault>-<mode>.json; '' for none)")
+    parser.add_argument("--logs", metavar="DIR", default=None,
+                        help="at the end (also after an error) save every process's log there")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs `-m backend` and `-m proxy` (%(default)s)")
     return run_until_done(run, parser.parse_args(argv))
