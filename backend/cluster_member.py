@@ -14,7 +14,9 @@ Operations (cluster.keyspace): a member whose shard record lists it as drained n
 campaigns; a leader that is drained, or that sees an election hint naming another live node
 (`memring leader transfer`), stops acknowledging writes at once and resigns (fenced on its
 epoch), and never takes back an epoch it resigned. While a hint lives only the node it names
-campaigns, unclean (outside the ISR) if the hint says so and no ISR member is alive.
+campaigns, unclean (outside the ISR) if the hint says so and no ISR member is alive. In an
+unclean election (no ISR member alive, policy "auto") a member campaigns only if no other live
+member answers `stats` with a newer replication position: the most complete data survives.
 
 Writes are acknowledged only while this node holds the shard's leader key under a session
 that is still valid on the local clock (`refusal()`, asked by the command handler before each
@@ -49,6 +51,8 @@ from cluster.coordinator import (
     ShardView,
     collapse_single,
 )
+from cluster.node_stats import fetch_all
+from protocol.replication import Position
 
 log = logging.getLogger("memring.backend.cluster")
 
@@ -59,6 +63,7 @@ BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF
 BACKOFF_MAX = 1.0
 LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seldom
 HANDOVER_DRAIN = 1.0  # a resigning leader waits this long at most for in-flight writes
+UNCLEAN_ASK_TIMEOUT = 0.3  # an unclean candidate asks the other members' positions this long
 
 LEASE_EXPIRED = b"SERVER_ERROR lease expired: not accepting writes\r\n"
 
@@ -89,6 +94,9 @@ class LeadershipListener(Protocol):
 
     async def drain(self, timeout: float) -> None:
         """Before a graceful step-down: let the followers acknowledge the writes in flight."""
+
+    def position(self) -> Position:
+        """The replication position of this node's store (unclean elections compare it)."""
 
 
 class ClusterMember:
@@ -302,9 +310,11 @@ class ClusterMember:
             if shard is not None and (shard.drained(ident.node_id) or (
                     shard.hint is not None and shard.hint.node_id != ident.node_id)):
                 return True  # drained, or the hint names another node: not campaigning
+            unclean = self._unclean_allowed(session, view, shard)
+            if unclean and not await self._most_advanced(view):
+                return False  # a live member holds more of the data: let it lead (look again)
             won = await self.coordinator.campaign(
-                session, ident.shard, ident.node_id, ident.address,
-                unclean=self._unclean_allowed(session, view, shard))
+                session, ident.shard, ident.node_id, ident.address, unclean=unclean)
             if won is not None:
                 self.leadership = won
                 self.epoch = won.epoch
@@ -407,6 +417,28 @@ class ClusterMember:
                     "since the ISR was last updated is lost)", self.identity.shard)
         return True
 
+    async def _most_advanced(self, view: ClusterView) -> bool:
+        """In an unclean election: does no other live, campaigning member of the shard hold a
+        newer replication position (ties: the smallest node id)? Members that do not answer
+        `stats` within a fraction of a second are not waited for."""
+        listener = self.listener
+        shard = view.shards.get(self.identity.shard)
+        if listener is None or shard is None:
+            return True
+        mine = listener.position()
+        me = self.identity.node_id
+        others = {n.address: n.node_id for n in view.nodes.values()
+                  if n.shard == self.identity.shard and n.node_id != self.identity.node_id
+                  and not shard.drained(n.node_id)}
+        for address, stats in (await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT)).items():
+            position = _position(stats.get("memring_repl_position", "")) if stats else None
+            if position is not None and (position > mine or (
+                    position == mine and others[address] < me)):
+                log.info("unclean election: %s holds %s (we hold %s): not campaigning",
+                         others[address], tuple(position), tuple(mine))
+                return False
+        return True
+
     def _step_down(self, reason: str) -> None:
         if self.leadership is not None:
             log.warning("no longer leader of shard %s: %s", self.identity.shard, reason)
@@ -434,6 +466,11 @@ class ClusterMember:
             except CoordinatorError as exc:
                 self._revoked.discard(leader.lease_id)
                 log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
+
+
+def _position(text: str) -> Position | None:
+    epoch, _, seq = text.partition(":")
+    return Position(int(epoch), int(seq)) if epoch.isdigit() and seq.isdigit() else None
 
 
 async def _refuses(address: str) -> bool:

@@ -161,6 +161,9 @@ class Replicator:
             return False
         return await insync.replicated(self.log.newest)
 
+    def position(self) -> Position:
+        return self.log.newest if self.leading else self.follower.position
+
     async def drain(self, timeout: float) -> None:
         insync = self.insync
         if insync is not None:

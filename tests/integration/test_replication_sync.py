@@ -354,3 +354,38 @@ def test_leader_transfer_under_load_fails_no_client_request(etcd: EtcdProcess) -
                  "the old leader back in the ISR")
         items = dump(follower, acked)
         assert [k for k in acked if items[k] is None] == []
+
+
+def test_unclean_election_picks_the_most_advanced_live_member(etcd: EtcdProcess) -> None:
+    """No ISR member alive (both followers dropped while frozen, then the leader killed):
+    with unclean_election "auto" the follower holding more of the writes must lead."""
+    with sync_shard(etcd, 3) as shard:
+        leader, followers = settled(shard)
+        behind, ahead = sorted(followers, key=node_id, reverse=True)  # id order must not help
+        behind.process.send_signal(signal.SIGSTOP)
+        try:
+            assert set_one_fresh(leader, b"zero", b"0") == b"STORED\r\n"  # lag: then a drop
+            wait_for(lambda: node_id(behind) not in shard.isr(), 10.0, "the first drop")
+            first = [b"first%d" % i for i in range(100)]
+            with wire.connect(leader) as sock:
+                assert pipeline(sock, [b"set %s 0 0 1\r\n1\r\n" % k for k in first]) == \
+                    b"STORED\r\n" * 100
+            ahead.process.send_signal(signal.SIGSTOP)
+            try:
+                assert set_one_fresh(leader, b"one", b"1") == b"STORED\r\n"
+                wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the second drop")
+                with wire.connect(leader) as sock:
+                    assert set_one(sock, b"last", b"2") == b"STORED\r\n"
+                leader.process.kill()
+                leader.process.wait(5)
+            finally:
+                ahead.process.send_signal(signal.SIGCONT)
+        finally:
+            behind.process.send_signal(signal.SIGCONT)
+        new = wait_for(lambda: next((n for n in followers if shard.role(n) == "leader"), None),
+                       10.0, "an unclean leader")
+        assert new is ahead, f"{node_id(new)} led; {node_id(ahead)} held more"
+        items = dump(new, first)
+        assert all(items[k] is not None for k in first)
+        wait_for(lambda: shard.role(behind) == "follower", 10.0, "the other following")
+        wait_identical(new, behind, [*first, b"last"], timeout=10)
