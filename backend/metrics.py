@@ -131,10 +131,14 @@ class BackendCollector(Collector):
         labels = {"version": self.handler.stats.settings.version,
                   "memring_version": MEMRING_VERSION}
         role = "standalone"
+        per_follower: dict[str, list[tuple[str, float]]] = {}
         for key, value in pairs:
             name = key.removeprefix("memring_")
             number = _number(value)
-            if key == "memring_role":
+            if ":" in name and number is not None:  # memring_repl_lag_s:<node id>
+                base, _, follower = name.partition(":")
+                per_follower.setdefault(base, []).append((follower, number))
+            elif key == "memring_role":
                 role = str(value)
             elif key == "memring_epoch" and number is not None:
                 yield GaugeMetricFamily(f"{PREFIX}_epoch", "Epoch of the shard's leader as "
@@ -151,6 +155,13 @@ class BackendCollector(Collector):
                                         value=int(position.group(2)))
             else:
                 labels[_NAME.sub("_", name)] = str(value)
+        for base, values in per_follower.items():
+            family = GaugeMetricFamily(f"{PREFIX}_{_NAME.sub('_', base)}",
+                                       f"stats memring_{base}:<follower> (leader only)",
+                                       labels=["follower"])
+            for follower, number in values:
+                family.add_metric([follower], number)
+            yield family
         roles = GaugeMetricFamily(f"{PREFIX}_role", "1 for this node's current role",
                                   labels=["role"])
         for known in (*ROLES, *([role] if role not in ROLES else [])):

@@ -1,0 +1,43 @@
+"""The backend's Prometheus collector turns `stats` pairs into metric families: per-follower
+replication figures (`memring_repl_lag_s:<node>`) become one family labelled by follower, not
+one metric name per node."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+
+from backend.commands import CommandHandler
+from backend.metrics import registry_for
+from backend.settings import BackendSettings
+from backend.stats import ServerCounters, StatsReport
+from backend.store import Store
+
+pytestmark = pytest.mark.unit
+
+
+class LeaderFence:
+    def refusal(self) -> bytes | None:
+        return None
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        return [("memring_role", "leader"), ("memring_shard", "s1"), ("memring_node_id", "n1"),
+                ("memring_epoch", 7), ("memring_replication", "sync"),
+                ("memring_repl_position", "7:42"), ("memring_repl_isr", "n1,n2"),
+                ("memring_repl_isr_shrinks", 2), ("memring_repl_lag_seq:n2", 3),
+                ("memring_repl_lag_s:n2", "0.125"), ("memring_repl_lag_seq:n3", 40),
+                ("memring_repl_lag_s:n3", "1.500")]
+
+
+def test_follower_lag_is_labelled_by_follower() -> None:
+    store = Store()
+    settings = BackendSettings()
+    handler = CommandHandler(store, StatsReport(settings, store, ServerCounters()),
+                             LeaderFence())
+    text = generate_latest(registry_for(handler)).decode()
+    assert 'memring_backend_repl_lag_seq{follower="n2"} 3.0' in text
+    assert 'memring_backend_repl_lag_s{follower="n3"} 1.5' in text
+    assert "memring_backend_repl_isr_shrinks 2.0" in text
+    assert "memring_backend_repl_position_seq 42.0" in text
+    assert 'memring_backend_role{role="leader"} 1.0' in text
+    assert "n2 " not in text.replace('"n2"', "")  # no metric name carries a node id
