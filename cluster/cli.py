@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shards", type=int, default=3, help="number of shards (default 3)")
     run.add_argument("--replicas", type=int, default=2, help="nodes per shard (default 2)")
     run.add_argument("--port", type=int, default=11211, help="the proxy's port (default 11211)")
+    run.add_argument("--metrics", action="store_true",
+                     help="serve Prometheus /metrics from every backend and proxy (free ports, "
+                     "printed at start)")
 
     status = with_cluster(commands.add_parser(
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
@@ -377,7 +380,7 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 1-65535")
-    return up(plan, args.port, args.etcd)
+    return up(plan, args.port, args.etcd, metrics=args.metrics)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

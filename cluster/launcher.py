@@ -211,9 +211,11 @@ def _backend_flags() -> str:
 class LocalCluster:
     """etcd (unless given), the backends and the proxies of one plan, on this machine."""
 
-    def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None) -> None:
+    def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
+                 metrics: bool = False) -> None:
         self.plan = plan
         self.port = port
+        self.metrics = metrics
         self.etcd_url = etcd_url
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
@@ -222,6 +224,15 @@ class LocalCluster:
         self._state_written = False
 
     # -- bringing it up ------------------------------------------------------------------
+
+    def _metrics_flag(self) -> list[str]:
+        return ["--metrics-listen", f"{HOST}:{free_port()}"] if self.metrics else []
+
+    @staticmethod
+    def _metrics_note(argv: list[str]) -> str:
+        if "--metrics-listen" not in argv:
+            return ""
+        return f" metrics http://{argv[argv.index('--metrics-listen') + 1]}/metrics"
 
     def start(self, say: Any = say) -> None:
         if not port_is_free(self.port):
@@ -247,18 +258,20 @@ class LocalCluster:
                 if "--peer-listen" in help_text:
                     argv += ["--peer-listen", f"{HOST}:{free_port()}",
                              "--replication", self.plan.config.replication]
+                argv += self._metrics_flag()
                 self._spawn(Child("backend", node_id, address, argv,
                                   self.run_dir / f"{node_id}.log"))
                 say(f"memring up: backend  {node_id:<10} shard {shard.shard_id:<6} {address} "
-                    f"(pid {self._pid(-1)})")
+                    f"(pid {self._pid(-1)}){self._metrics_note(argv)}")
         for index in range(self.plan.proxies):
             port = self.port if index == 0 else free_port()
             address = f"{HOST}:{port}"
             name = f"proxy-{index + 1}"
             argv = [sys.executable, "-m", "proxy", "--listen", address, "--etcd", url,
-                    "--cluster", self.plan.name, "--proxy-id", name]
+                    "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
             self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
-            say(f"memring up: proxy    {name:<10} {address} (pid {self._pid(-1)})")
+            say(f"memring up: proxy    {name:<10} {address} (pid {self._pid(-1)})"
+                f"{self._metrics_note(argv)}")
         trio.run(self._await_ready)
         self._write_state()
         say(f"memring up: logs in {self.run_dir}; state in {state_path(self.plan.name)}")
@@ -381,9 +394,9 @@ class LocalCluster:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def up(plan: ClusterPlan, port: int, etcd_url: str | None) -> int:
+def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
     """Run the cluster until SIGINT/SIGTERM; 0 after a clean stop, 1 if it could not start."""
-    cluster = LocalCluster(plan, port, etcd_url)
+    cluster = LocalCluster(plan, port, etcd_url, metrics=metrics)
 
     def on_signal(signum: int, _frame: object) -> None:
         cluster.stopping = True

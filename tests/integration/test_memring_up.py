@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     started = time.monotonic()
     up = subprocess.Popen([sys.executable, "-m", "cluster", "up", "--shards", str(SHARDS),
-                           "--replicas", str(REPLICAS), "--port", str(port), "--cluster", name],
+                           "--replicas", str(REPLICAS), "--port", str(port), "--cluster", name,
+                           *(["--metrics"] if target == "group" else [])],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                           stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     lines: list[str] = []
@@ -132,6 +134,13 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
         assert sum(shard["ops"] for shard in doc["shards"]) == 200, doc
         assert [p["address"] for p in doc["proxies"]] == [f"{HOST}:{port}"]
         assert doc["proxies"][0]["answers"], doc
+        urls = re.findall(r"metrics (http://\S+/metrics)", text)
+        assert len(urls) == (SHARDS * REPLICAS + 1 if target == "group" else 0), text
+        for url in urls:  # every backend and the proxy: Prometheus text with memring figures
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                body = reply.read().decode()
+            assert reply.status == 200 and ("memring_backend_role{" in body or
+                                            "memring_proxy_" in body), body[:500]
     finally:
         stop_sent = time.monotonic()
         if up.poll() is None:
