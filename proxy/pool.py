@@ -44,6 +44,7 @@ class NodePool:
         self.ejected = False
         self._slots: list[BackendConnection | None] = [None] * self.size
         self._cancel = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def connections(self) -> list[BackendConnection]:
@@ -57,10 +58,30 @@ class NodePool:
         """Keep the slots connected until `close()`; owned by the proxy's nursery."""
         with self._cancel:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 for index in range(self.size):
                     nursery.start_soon(self._keep_slot, index)
 
     def close(self) -> None:
+        """Out of the topology: the router sends it nothing new, but the replies already on
+        their way are read before the connections close (up to the request timeout). A
+        leader that resigns (`memring node drain`, `leader transfer`) answers its last writes
+        just as it leaves the topology: STORED once they are replicated, or `not the leader`,
+        which the session retries on the next leader. Failing them at once made client
+        errors of both (seen in 1 of 3 drains of a leader under load)."""
+        if self._nursery is not None and not self._cancel.cancel_called and \
+                any(conn.in_flight for conn in self.connections):
+            self._nursery.start_soon(self._close_when_answered)
+        else:
+            self._close_now()
+
+    async def _close_when_answered(self) -> None:
+        with trio.move_on_after(self.timeout):
+            while any(conn.in_flight for conn in self.connections):
+                await trio.sleep(0.005)
+        self._close_now()
+
+    def _close_now(self) -> None:
         self._cancel.cancel()
         for conn in self._slots:
             if conn is not None:
