@@ -498,6 +498,53 @@ class Load:
             op.detail = line
 
 
+class ProxyPulse:
+    """`version` on its own connection to the proxy every 50 ms: the longest wait for an
+    answer shows whether the proxy itself stalled (its event loop, not one shard)."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.port, self.timeout = port, timeout
+        self.samples: list[tuple[float, float]] = []  # (sent, seconds to answer or timeout)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pulse", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(self.timeout + 2)
+
+    def worst(self, since: float) -> tuple[float, float]:
+        """(longest wait, when it began relative to `since`) over samples sent after since."""
+        later = [(took, sent - since) for sent, took in self.samples if sent >= since]
+        return max(later, default=(0.0, 0.0))
+
+    def _run(self) -> None:
+        sock: socket.socket | None = None
+        while not self.stopping.is_set():
+            sent = time.monotonic()
+            try:
+                if sock is None:
+                    sock = socket.create_connection((HOST, self.port), timeout=self.timeout)
+                    sock.settimeout(self.timeout)
+                sock.sendall(b"version\r\n")
+                reply = b""
+                while not reply.endswith(b"\r\n"):
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    reply += chunk
+            except OSError:
+                if sock is not None:
+                    sock.close()
+                sock = None
+            self.samples.append((sent, time.monotonic() - sent))
+            self.stopping.wait(max(0.0, sent + 0.05 - time.monotonic()))
+        if sock is not None:
+            sock.close()
+
+
 # --- one trial -------------------------------------------------------------------------------
 
 
@@ -568,6 +615,8 @@ def run_trial(cluster: Cluster, number: int, ring: Any, args: argparse.Namespace
     load = Load(cluster.proxy_port, number, ring, cluster.shard_ids, victim, args)
     result: dict[str, Any] = {"trial": number, "shard": victim, "old_leader": old.node_id}
     fenced = None
+    pulse = ProxyPulse(cluster.proxy_port, args.request_timeout)
+    pulse.start()
     load.start()
     try:
         time.sleep(args.steady)
@@ -585,8 +634,12 @@ def run_trial(cluster: Cluster, number: int, ring: Any, args: argparse.Namespace
                 old.process.send_signal(signal.SIGCONT)
     finally:
         load.stop()
+        pulse.stop()
         if fenced is not None:
             fenced.close()
+    stall, stall_at = pulse.worst(result["_t0"] - args.steady)
+    result["proxy_stall_s"] = round(stall, 3)  # longest `version` round trip of the trial
+    result["proxy_stall_at_s"] = round(stall_at - args.steady, 3)  # its start, from the fault
     result.pop("_t0")
     ops = load.ops
     writes, reads = counts(ops, "set"), counts(ops, "get")
@@ -722,7 +775,8 @@ def trial_line(t: dict[str, Any]) -> str:
             f"first write {ms(t['first_write_s'])} ms; {t['acked']:,} acked, "
             f"{t['lost_acked_writes']} lost; failed writes {t['failed_writes']} "
             f"({t['timed_out']} timed out); stale reads {t['stale_reads']}, failed reads "
-            f"{t['failed_reads']}; all in sync again after {ms(t['healthy_again_s'])} ms")
+            f"{t['failed_reads']}; proxy's slowest `version` {ms(t['proxy_stall_s'])} ms; all "
+            f"in sync again after {ms(t['healthy_again_s'])} ms")
     if "old_leader_acks_after_election" in t:
         line += (f"; old leader: {t['old_leader_acks_after_election']} of "
                  f"{t['queued_on_old_leader']} queued writes acked, follower again "
