@@ -20,8 +20,9 @@ with; members not connected are dropped on the first check (the old leader, typi
 followers that reconnect caught up are added back within a check or two.
 
 Lag is measured against `_commits`, a bounded deque of (position, monotonic time, bytes so
-far) appended once per committed command batch: seconds = now - time of the first commit the
-follower has not acknowledged; bytes = bytes so far - bytes at its position.
+far) appended once per committed command batch and trimmed of what every connected follower
+acknowledged: seconds = now - time of the first commit the follower has not acknowledged;
+bytes = bytes so far - bytes at its position.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class InSyncReplicas:
         self._order = count()
         self._commits: deque[tuple[Position, float, int]] = deque(maxlen=MAX_COMMITS)
         self._bytes = 0
+        self._trimmed_bytes = 0  # bytes so far at the newest commit dropped from `_commits`
         self.changed = trio.lowlevel.ParkingLot()  # acks, links or the ISR moved
         self.shrinks = 0
         self.expansions = 0
@@ -148,6 +150,14 @@ class InSyncReplicas:
             link.acked = position
             if node_id in self.waiting:
                 self._advance()
+            self._trim(min(link.acked for link in self.links.values()))
+
+    def _trim(self, floor: Position) -> None:
+        """Forget commit samples every connected follower has acknowledged (lag needs only
+        the others), so the lag search stays short."""
+        commits = self._commits
+        while commits and commits[0][0] <= floor:
+            self._trimmed_bytes = commits.popleft()[2]
 
     def disconnected(self, node_id: str) -> None:
         self.links.pop(node_id, None)
@@ -162,9 +172,10 @@ class InSyncReplicas:
             return 0, 0.0, 0
         seq = newest.seq - position.seq if position.epoch == newest.epoch else newest.seq
         commits = self._commits
-        if not commits or commits[0][0] > position:  # older than what is sampled
-            first = commits[0] if commits else (newest, trio.current_time(), self._bytes)
-            return seq, trio.current_time() - first[1], self._bytes
+        if not commits:
+            return seq, 0.0, self._bytes - self._trimmed_bytes
+        if commits[0][0] > position:  # behind every sample: at least this far
+            return seq, trio.current_time() - commits[0][1], self._bytes - self._trimmed_bytes
         lo, hi = 0, len(commits) - 1  # the first commit after `position`
         while lo < hi:
             mid = (lo + hi) // 2
@@ -172,7 +183,7 @@ class InSyncReplicas:
                 hi = mid
             else:
                 lo = mid + 1
-        previous_bytes = commits[lo - 1][2] if lo else 0
+        previous_bytes = commits[lo - 1][2] if lo else self._trimmed_bytes
         return seq, trio.current_time() - commits[lo][1], self._bytes - previous_bytes
 
     def too_far_behind(self, link: FollowerLink) -> bool:

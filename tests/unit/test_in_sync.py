@@ -1,0 +1,132 @@
+"""InSyncReplicas without sockets or etcd: which writes wait for whom, when the ISR shrinks
+and grows, and what is written to etcd in which order (the invariant that makes a failover
+lose nothing: an etcd ISR member is never left out of the waiting set)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from backend.in_sync import InSyncReplicas
+from cluster.coordinator import CoordinatorUnavailable, Incarnation
+from protocol.replication import Position
+
+pytestmark = pytest.mark.unit
+
+ME = Incarnation("n1", 1)
+N2 = Incarnation("n2", 2)
+N3 = Incarnation("n3", 3)
+
+
+class EtcdIsr:
+    """Records ISR writes; fails them while `down`."""
+
+    def __init__(self) -> None:
+        self.writes: list[set[Incarnation]] = []
+        self.down = False
+
+    async def __call__(self, members: set[Incarnation]) -> object:
+        await trio.sleep(0)
+        if self.down:
+            raise CoordinatorUnavailable("etcd is down")
+        self.writes.append(set(members))
+        return len(self.writes)
+
+
+def leader(elected_with: set[Incarnation], **kw: object) -> InSyncReplicas:
+    insync = InSyncReplicas(max_lag=0.5, max_lag_bytes=1 << 20, **kw)  # type: ignore[arg-type]
+    insync.newest = insync.watermark = Position(5, 0)
+    insync.start(elected_with, ME)
+    return insync
+
+
+async def test_a_write_waits_for_every_in_sync_follower() -> None:
+    insync = leader({ME, N2, N3})
+    for node in (N2, N3):
+        insync.connected(node.node_id, node, Position(5, 0), snapshotting=False)
+    insync.committed(Position(5, 1), 100)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        insync.acked("n2", Position(5, 1))
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []  # n3 has not acknowledged
+        insync.acked("n3", Position(5, 1))
+    assert done == [True]
+    assert insync.lag(Position(5, 0))[0] == 1 and insync.lag(Position(5, 1)) == (0, 0.0, 0)
+
+
+async def test_a_dead_follower_leaves_etcd_first_then_writes_stop_waiting() -> None:
+    etcd = EtcdIsr()
+    insync = leader({ME, N2, N3})
+    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # n3 never reconnects
+    insync.committed(Position(5, 1), 10)
+    insync.acked("n2", Position(5, 1))
+    results: list[bool] = []
+
+    async def write() -> None:
+        results.append(await insync.replicated(Position(5, 1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []  # n3 is in the etcd ISR: the write must wait for it
+        etcd.down = True
+        await insync._check(ME, etcd)
+        assert results == [] and "n3" in insync.waiting  # etcd unreachable: still waiting
+        etcd.down = False
+        await insync._check(ME, etcd)
+    assert etcd.writes == [{ME, N2}]
+    assert results == [True] and "n3" not in insync.waiting
+    assert insync.shrinks == 1
+
+
+async def test_a_caught_up_follower_is_waited_for_before_it_enters_etcd() -> None:
+    etcd = EtcdIsr()
+    insync = leader({ME})
+    insync.committed(Position(5, 1), 10)
+    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # close behind
+    await insync._check(ME, etcd)
+    assert "n2" in insync.waiting and etcd.writes == []  # waited for, not in etcd yet
+    insync.acked("n2", Position(5, 1))
+    await insync._check(ME, etcd)
+    assert etcd.writes == [{ME, N2}] and insync.expansions == 1
+    assert insync.committed_isr == {ME, N2}
+
+
+async def test_a_snapshotting_or_lagging_follower_is_not_added() -> None:
+    etcd = EtcdIsr()
+    insync = leader({ME})
+    insync.connected("n2", N2, Position(0, 0), snapshotting=True)
+    insync.committed(Position(5, 1), 2 << 20)  # more bytes than the bound
+    insync.connected("n3", N3, Position(5, 0), snapshotting=False)
+    await insync._check(ME, etcd)
+    assert insync.waiting == {} and etcd.writes == []
+
+
+async def test_stepping_down_or_a_lost_lease_acknowledges_nothing() -> None:
+    valid = [True]
+    insync = leader({ME, N2}, lease_valid=lambda: valid[0])
+    insync.connected("n2", N2, Position(5, 0), snapshotting=False)
+    insync.committed(Position(5, 1), 10)
+    insync.committed(Position(5, 2), 10)
+    results: list[bool] = []
+
+    async def write(target: Position) -> None:
+        results.append(await insync.replicated(target))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, Position(5, 1))
+        nursery.start_soon(write, Position(5, 2))
+        await trio.testing.wait_all_tasks_blocked()
+        valid[0] = False  # the lease ran out before the follower acknowledged
+        insync.acked("n2", Position(5, 1))
+        await trio.testing.wait_all_tasks_blocked()
+        insync.fail_all()  # then the node stepped down
+    assert results == [False, False]
