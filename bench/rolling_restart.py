@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import BenchError, Server, ask_version, cpu_model, run_until_done, spawned
+from backend_vs_memcached import BenchError, ask_version, cpu_model, run_until_done, spawned
 from failover import HOST, Cluster, Node, free_port, replication_modes, stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,10 +62,6 @@ EXIT_TIMEOUT = 15.0  # a SIGTERMed backend must have exited by then
 
 class RollingCluster(Cluster):
     """failover.Cluster's processes and health check, with this script's name and flags."""
-
-    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
-        super().__init__(args, stack)
-        self.servers: list[Server] = []  # every process started, restarts included
 
     def start(self) -> None:
         from cluster.etcd_process import start_etcd
@@ -100,21 +96,6 @@ class RollingCluster(Cluster):
             spawned("proxy", argv, self.proxy_port, ask_version, "`version`"))
         self.servers.append(proxy)
         say(f"started proxy {HOST}:{self.proxy_port} (pid {proxy.process.pid})")
-
-    def launch(self, node: Node) -> None:
-        super().launch(node)
-        assert node.server is not None
-        self.servers.append(node.server)
-
-    def save_logs(self, directory: str) -> None:
-        """Every process's output (each incarnation of a backend) into `directory`."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        for server in self.servers:
-            server.log.flush()
-            server.log.seek(0)
-            (path / f"{server.name}-{server.process.pid}.log").write_bytes(server.log.read())
-        say(f"logs of {len(self.servers)} processes in {path}")
 
     def _write_records(self) -> None:
         import trio
