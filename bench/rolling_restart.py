@@ -197,6 +197,7 @@ class Client:
         if missing:
             raise BenchError(f"client {self.number}: {len(missing)} keys could not be written "
                              f"before the restarts: {self.failures[-1].detail}")
+        self.sets, self.latencies = 0, []  # the figures count the client loop only
 
     def _loop(self, stop: threading.Event, deadline: float) -> None:
         next_at = time.monotonic()
