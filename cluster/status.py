@@ -60,7 +60,7 @@ def status_doc(view: ClusterView, stats: NodeStats | None = None) -> dict[str, A
             role = ("down" if not alive else "leader" if node_id == leader else
                     "follower" if in_sync else "syncing")
             mine = stats.get(record.address) if record else None
-            lag_seq, lag_s = (0, 0.0) if role == "leader" or not alive else \
+            lag_seq, lag_s = (0, 0.0) if role == "leader" else (-1, -1.0) if not alive else \
                 _lag(leader_stats, node_id)
             entry: dict[str, Any] = {
                 "id": node_id, "address": record.address if record else "", "role": role,
