@@ -104,11 +104,12 @@ async def _watch(rep: Replicator, target: tuple[str, int], scope: trio.CancelSco
 
 def _fresh_state(rep: Replicator) -> FollowerState:
     """A follower cut off inside a snapshot holds a partial store: empty it, start over."""
-    old = rep.follower
     rep.store.apply_flush(0)
     rep.log.reset(ORIGIN)
+    # From the origin the leader may replay its backlog, older epochs first: that history is
+    # not a deposed leader speaking (the gap checks and following only the leader etcd names
+    # guard that), so the newest epoch seen starts over too.
     state = FollowerState(rep.store, ORIGIN, rep.log)
-    state.newest_epoch = old.newest_epoch
     rep.follower = state
     return state
 
