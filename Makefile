@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
 
-.PHONY: run test lint unit bench debian-deps venv clean
+.PHONY: run test lint unit bench failover debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,13 @@ unit: venv
 bench: venv debian-deps
 	$(BIN)/python bench/backend_vs_memcached.py
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/replication_cost.py
+
+# Failover and a rolling restart under load (real etcd, backends and a proxy; a few minutes).
+failover: venv debian-deps
+	$(BIN)/python bench/failover.py --fault kill
+	$(BIN)/python bench/failover.py --fault stop
+	$(BIN)/python bench/rolling_restart.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
