@@ -193,7 +193,10 @@ class Replicator:
         if insync is None:
             return lines
         lags = {node: insync.lag(link.acked) for node, link in sorted(links.items())}
+        view = self.member.view
+        min_insync = view.config.min_insync if view is not None and view.config else 1
         lines += [("memring_repl_isr", ",".join(sorted(m.node_id for m in insync.committed_isr))),
+                  ("memring_repl_min_insync", min_insync),
                   ("memring_repl_isr_shrinks", insync.shrinks),
                   ("memring_repl_isr_expansions", insync.expansions),
                   ("memring_repl_max_lag", max((seq for seq, _, _ in lags.values()), default=0))]

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,10 +43,23 @@ class EtcdStartError(RuntimeError):
     """etcd exited or did not become healthy in time."""
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, never the same twice in this process: the kernel
+    may hand a just-closed port out again, and two servers started side by side (threads)
+    would then race for it, the loser's caller talking to the winner."""
+    with _handed_out_lock:
+        for _ in range(1000):
+            with socket.socket() as s:
+                s.bind((HOST, 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise OSError("no unused loopback port left")
 
 
 def find_etcd(binary: str = "etcd") -> str:

@@ -18,13 +18,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from cluster import etcd_process
+
 HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A loopback port, never handed out twice in this test run (cluster.etcd_process)."""
+    return etcd_process.free_port()
 
 
 @dataclass
@@ -93,6 +94,9 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not answer on port {port} within {timeout}s")
             time.sleep(0.02)
+        if process.poll() is not None:  # somebody else answered on that port
+            raise RuntimeError(f"{name} exited with {process.returncode} although port {port} "
+                               f"answers: {server.log_text()}")
         yield server
     finally:
         stop(process, graceful=graceful)  # the log stays readable (closed when collected)

@@ -263,11 +263,15 @@ def test_min_insync_refuses_writes_without_enough_replicas(etcd: EtcdProcess) ->
                 await coordinator.put_config(ClusterConfig(min_insync=min_insync))
 
         trio.run(configure, 2)
-        time.sleep(0.2)
+        wait_for(lambda: wire.stats(leader).get("memring_repl_min_insync") == "2", 5.0,
+                 "the leader seeing min_insync 2")
         assert set_one_fresh(leader, b"a", b"1") == b"STORED\r\n"
         follower.process.kill()
         wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the ISR shrink")
-        assert set_one_fresh(leader, b"b", b"2").startswith(b"SERVER_ERROR fewer in-sync")
+        reply = set_one_fresh(leader, b"b", b"2")
+        assert reply.startswith(b"SERVER_ERROR fewer in-sync"), (
+            reply, {k: v for k, v in wire.stats(leader).items() if k.startswith("memring")},
+            leader.log_text()[-3000:])
         assert wire.request(leader, b"get a\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
         trio.run(configure, 1)
         wait_for(lambda: set_one_fresh(leader, b"b", b"2") == b"STORED\r\n", 5.0,
