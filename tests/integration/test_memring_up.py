@@ -134,6 +134,24 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
         assert sum(shard["ops"] for shard in doc["shards"]) == 200, doc
         assert [p["address"] for p in doc["proxies"]] == [f"{HOST}:{port}"]
         assert doc["proxies"][0]["answers"], doc
+        if target == "process":  # `status --watch --json`: one doc a second, ops/s moving
+            watch = subprocess.Popen([sys.executable, "-m", "cluster", "status", "--watch",
+                                      "--json", "--cluster", name], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+            try:
+                writer = pymemcache.Client((HOST, port), connect_timeout=5, timeout=5)
+                deadline = time.monotonic() + 2.6
+                while time.monotonic() < deadline:  # ~1,000 sets a second, bounded
+                    writer.set_many({f"w{i}": b"x" for i in range(50)})
+                    time.sleep(0.05)
+                writer.close()
+            finally:
+                watch.send_signal(signal.SIGINT)
+                out, _ = watch.communicate(timeout=10)
+            docs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            assert len(docs) >= 2, out
+            rates = [s["ops_per_s"] for s in docs[-1]["shards"]]
+            assert all(r is not None for r in rates) and sum(rates) > 100, docs[-1]
         urls = re.findall(r"metrics (http://\S+/metrics)", text)
         assert len(urls) == (SHARDS * REPLICAS + 1 if target == "group" else 0), text
         for url in urls:  # every backend and the proxy: Prometheus text with memring figures
