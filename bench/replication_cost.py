@@ -37,6 +37,7 @@ from backend_vs_memcached import (
     run_until_done,
     spawned,
 )
+from failover import stats
 from loadgen import ProgressLine, add_load_arguments, preload, run_load, spec_from_args
 
 HOST = "127.0.0.1"
@@ -44,24 +45,6 @@ REPO = Path(__file__).resolve().parent.parent
 MODES = ("standalone", "async", "sync")
 MIXES = (("90% get", 0.9), ("100% set", 0.0))
 READY_TIMEOUT = 20.0
-
-
-def stats(port: int) -> dict[str, str]:
-    import socket
-
-    try:
-        with socket.create_connection((HOST, port), timeout=1) as sock:
-            sock.sendall(b"stats\r\n")
-            data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return {}
-                data += chunk
-    except OSError:
-        return {}
-    return {p[1]: p[2] for line in data.decode().splitlines()
-            if len(p := line.split(" ", 2)) == 3 and p[0] == "STAT"}
 
 
 @contextlib.contextmanager
