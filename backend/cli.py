@@ -55,8 +55,7 @@ async def run(settings: BackendSettings) -> None:
             replicator = Replicator(server.store, member, settings)
             member.listener = replicator
             server.handler.record_writes(replicator)
-            if replicator.sync:
-                server.gate = replicator
+            server.gate = replicator  # replies wait only while it replicates in sync mode
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
             log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",

@@ -98,6 +98,9 @@ class LeadershipListener(Protocol):
     def position(self) -> Position:
         """The replication position of this node's store (unclean elections compare it)."""
 
+    def configure(self, config: ClusterConfig | None) -> None:
+        """Every new cluster view's config (the replication mode may follow it)."""
+
 
 class ClusterMember:
     """One backend's part in its shard: a session, a NodeRecord, a campaign, a write fence."""
@@ -268,6 +271,8 @@ class ClusterMember:
                 except trio.WouldBlock:
                     break
             self.view = view
+            if self.listener is not None:
+                self.listener.configure(view.config)
             try:
                 settled = await self._react(session, view)
             except FencedOut as exc:

@@ -34,7 +34,7 @@ from backend.in_sync import InSyncReplicas
 from backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
 from backend.settings import BackendSettings, split_address
 from backend.store import Store
-from cluster.coordinator import FencedOut, Incarnation, Leadership
+from cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
 from netio import nonblocking
 from netio.connection_server import ConnectionCounters, ConnectionServer
 from protocol.replication import ORIGIN, Position
@@ -57,7 +57,9 @@ class Replicator:
         self.recorder = StoreRecorder(store, self.log)
         self.follower = FollowerState(store, ORIGIN, self.log)
         self.leading = False
-        self.sync = settings.replication == "sync"
+        # auto: the cluster config's mode (sync until a config says otherwise), followed live
+        self.follows_config = settings.replication == "auto"
+        self.sync = settings.replication in ("sync", "auto")
         self.changed = trio.lowlevel.ParkingLot()  # new mutations or a change of role
         self.role_changed = trio.lowlevel.ParkingLot()
         # leader side: followers, acks, lag and the ISR of the current leadership
@@ -98,8 +100,8 @@ class Replicator:
                          Incarnation(leadership.node_id, leadership.lease_id))
             self.insync = insync
             self._nursery.start_soon(self._keep_isr, insync, leadership)
-        log.info("replication (%s): leading epoch %d from %s", self.settings.replication,
-                 epoch, tuple(self.log.newest))
+        log.info("replication (%s): leading epoch %d from %s", self.mode, epoch,
+                 tuple(self.log.newest))
         self._wake_roles()
 
     def stepped_down(self) -> None:
@@ -115,6 +117,19 @@ class Replicator:
             insync.scope.cancel()
             insync.fail_all()
         self._wake_roles()
+
+    @property
+    def mode(self) -> str:
+        return "sync" if self.sync else "async"
+
+    def configure(self, config: ClusterConfig | None) -> None:
+        """A new cluster view: with `--replication auto`, take its replication mode."""
+        if not self.follows_config or config is None:
+            return
+        sync = config.replication == "sync"
+        if sync != self.sync:
+            self.sync = sync
+            log.info("replication mode now %s (cluster config)", self.mode)
 
     def _view_isr(self) -> set[Incarnation]:
         view = self.member.view
@@ -150,7 +165,8 @@ class Replicator:
             insync = self.insync
             if insync is not None:
                 insync.committed(mutations[-1].position, sum(map(mutation_size, mutations)))
-            self.commits += 1
+            if self.sync:
+                self.commits += 1
             self.changed.unpark_all()
 
     async def settle(self) -> bool:
@@ -184,7 +200,7 @@ class Replicator:
         insync = self.insync
         links = insync.links if insync is not None else {}
         lines: list[tuple[str, object]] = [
-            ("memring_replication", self.settings.replication),
+            ("memring_replication", self.mode),
             ("memring_repl_position", f"{position.epoch}:{position.seq}"),
             ("memring_repl_followers", len(links)),
             ("memring_repl_backlog_bytes", self.log.bytes),

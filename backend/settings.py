@@ -18,7 +18,7 @@ from typing import Any
 from netio import logs
 
 DEFAULT_VERSION = "1.6.18"
-REPLICATION_MODES = ("off", "async", "sync")
+REPLICATION_MODES = ("off", "async", "sync", "auto")
 
 
 class SettingsError(Exception):
@@ -46,7 +46,7 @@ class BackendSettings:
     peer_listen: str = ""            # HOST:PORT for replication (bound with replication on)
     peer_advertise: str = ""         # default: peer_listen
     lease_ttl: float = 2.0           # seconds; kept alive every ttl/3
-    replication: str = ""            # off | async | sync; "" = sync with --peer-listen, else off
+    replication: str = ""            # off | async | sync | auto ("": auto with --peer-listen)
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
@@ -102,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="seconds a lost node keeps its etcd lease (default 2)")
     cluster.add_argument("--replication", choices=REPLICATION_MODES,
                          help="leader -> follower replication on the peer port: sync "
-                         "(replies wait for the in-sync followers; the default with "
-                         "--peer-listen), async (replies at once) or off")
+                         "(replies wait for the in-sync followers), async (replies at once), "
+                         "auto (the cluster config's mode, sync unless `memring config set "
+                         "replication async`; the default with --peer-listen) or off")
     cluster.add_argument("--replication-backlog", type=int,
                          help="bytes of recent mutations a leader keeps for followers that "
                          "reconnect (default 64 MiB; beyond it they take a snapshot)")
@@ -158,7 +159,7 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
     coerced: dict[str, Any] = {k: _coerce(k, v, kinds[k]) for k, v in values.items()}
     settings = BackendSettings(**coerced)
     if not settings.replication:
-        settings = replace(settings, replication="sync" if settings.clustered and
+        settings = replace(settings, replication="auto" if settings.clustered and
                            settings.peer_listen else "off")
     split_address(settings.listen)
     if settings.memory <= 0:

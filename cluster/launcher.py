@@ -256,8 +256,8 @@ class LocalCluster:
                 if "--lease-ttl" in help_text:
                     argv += ["--lease-ttl", f"{self.plan.config.lease_ttl:g}"]
                 if "--peer-listen" in help_text:
-                    argv += ["--peer-listen", f"{HOST}:{free_port()}",
-                             "--replication", self.plan.config.replication]
+                    # replication "auto" (the default): the mode the config says, live
+                    argv += ["--peer-listen", f"{HOST}:{free_port()}"]
                 argv += self._metrics_flag()
                 self._spawn(Child("backend", node_id, address, argv,
                                   self.run_dir / f"{node_id}.log"))

@@ -393,3 +393,29 @@ def test_unclean_election_picks_the_most_advanced_live_member(etcd: EtcdProcess)
         assert all(items[k] is not None for k in first)
         wait_for(lambda: shard.role(behind) == "follower", 10.0, "the other following")
         wait_identical(new, behind, [*first, b"last"], timeout=10)
+
+
+def test_auto_mode_follows_the_cluster_config_live(etcd: EtcdProcess) -> None:
+    """`--replication auto` (the default with --peer-listen): sync until `memring config set
+    replication async`, and back, without a restart."""
+    import subprocess
+    import sys
+
+    class AutoShard(SyncShard):
+        mode = "auto"
+
+    with contextlib.ExitStack() as stack:
+        shard = AutoShard(etcd, stack, f"rs{next(_clusters)}", {})
+        for _ in range(2):
+            shard.start()
+        leader, _ = settled(shard)
+        assert wire.stats(leader)["memring_replication"] == "sync"
+        for mode in ("async", "sync"):
+            done = subprocess.run(
+                [sys.executable, "-m", "cluster", "config", "set", "replication", mode,
+                 "--etcd", etcd.url, "--cluster", shard.cluster],
+                capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stdout + done.stderr
+            wait_for(lambda m=mode: all(wire.stats(n)["memring_replication"] == m
+                                        for n in shard.live()), 5.0, f"{mode} everywhere")
+            assert set_one_fresh(leader, b"k-" + mode.encode(), b"v") == b"STORED\r\n"
