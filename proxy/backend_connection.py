@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -26,18 +27,29 @@ from protocol.responses import End, ErrorReply, Response
 READ_SIZE = 65536
 
 
+class ReplyListener(Protocol):
+    """Who is told when a reply is complete (a client's reply stream), and which of a
+    node's connections its requests use."""
+
+    affinity: int
+
+    def reply_arrived(self) -> None: ...
+
+
 class PendingReply:
     """The reply to one forwarded request, filled in by the connection's reader."""
 
-    __slots__ = ("_event", "deadline", "done", "error", "events", "multi")
+    __slots__ = ("_event", "deadline", "done", "error", "events", "listener", "multi")
 
-    def __init__(self, multi: bool, deadline: float) -> None:
+    def __init__(self, multi: bool, deadline: float,
+                 listener: ReplyListener | None = None) -> None:
         self.multi = multi            # get/gets/gat/gats/stats: events until END
         self.deadline = deadline
         self.events: list[Response] = []
         self.done = False
         self.error: str | None = None
-        self._event: trio.Event | None = None
+        self._event: trio.Event | None = None  # made only when a task waits
+        self.listener = listener
 
     def _finish(self) -> None:
         self.done = True
@@ -48,6 +60,8 @@ class PendingReply:
         if not self.done:
             self.error = reason
             self._finish()
+            if self.listener is not None:
+                self.listener.reply_arrived()
 
     async def wait(self) -> None:
         if not self.done:
@@ -103,11 +117,15 @@ class BackendConnection:
                 await self._read_forever(sock)
                 nursery.cancel_scope.cancel()
 
-    def submit(self, request: bytes, multi: bool) -> PendingReply:
-        reply = PendingReply(multi, trio.current_time() + self.timeout)
+    def submit(self, request: bytes, multi: bool,
+               listener: ReplyListener | None = None) -> PendingReply:
+        """Queue `request`; `listener` hears when its reply is complete (not when it fails
+        here, at once: the caller sees that in the returned reply)."""
         if not self.alive:
+            reply = PendingReply(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
+        reply = PendingReply(multi, trio.current_time() + self.timeout, listener)
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)
@@ -147,6 +165,7 @@ class BackendConnection:
     async def _read_forever(self, sock: socket.socket) -> None:
         parser = ResponseParser()
         pending = self._pending
+        arrived: list[ReplyListener] = []
         while True:
             try:
                 data = await nonblocking.recv(sock, READ_SIZE)
@@ -169,9 +188,17 @@ class BackendConnection:
                     if not head.multi or type(event) is End or type(event) is ErrorReply:
                         pending.popleft()
                         head._finish()
+                        if head.listener is not None:
+                            arrived.append(head.listener)
             except ResponseError as exc:
                 self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
                 return
+            finally:
+                # Told once the whole read is parsed, so a client's pipelined replies that
+                # came in one read leave in one send.
+                for listener in arrived:
+                    listener.reply_arrived()
+                arrived.clear()
             self._on_success()
 
     async def _watch_deadlines(self) -> None:

@@ -14,7 +14,12 @@ import logging
 
 import trio
 
-from proxy.backend_connection import BackendConnection, ConnectionFailed, PendingReply
+from proxy.backend_connection import (
+    BackendConnection,
+    ConnectionFailed,
+    PendingReply,
+    ReplyListener,
+)
 from proxy.settings import NodeSpec, ProxySettings
 
 log = logging.getLogger("memring.proxy")
@@ -87,17 +92,20 @@ class NodePool:
             if conn is not None:
                 conn.close(f"{self.address} removed from the topology")
 
-    def submit(self, request: bytes, multi: bool, affinity: int = 0) -> PendingReply:
-        """Queue `request` on the connection `affinity` picks, so that the requests of one
-        client session stay in order on one connection (memcached runs a connection's
-        commands in order; a set then a get must not race on two connections)."""
+    def submit(self, request: bytes, multi: bool, client: ReplyListener | None = None
+               ) -> PendingReply:
+        """Queue `request` on the connection the client's `affinity` picks, so that the
+        requests of one client session stay in order on one connection (memcached runs a
+        connection's commands in order; a set then a get must not race on two
+        connections). The client hears when the reply is complete."""
         self.counters.requests += 1
         if not self.ejected:
             size = self.size
+            affinity = client.affinity if client is not None else 0
             for step in range(size):
                 conn = self._slots[(affinity + step) % size]
                 if conn is not None and conn.alive:
-                    return conn.submit(request, multi)
+                    return conn.submit(request, multi, client)
         reply = PendingReply(multi, 0.0)
         reply.fail(f"{self.address} is {'ejected' if self.ejected else 'not connected'}")
         self.counters.errors += 1

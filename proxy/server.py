@@ -13,7 +13,6 @@ period, then close the pools.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -23,16 +22,15 @@ from netio import nonblocking
 from netio.connection_server import Connection, ConnectionServer
 from protocol import NEED_DATA, RequestParser
 from proxy.pool import NodePool
+from proxy.reply_stream import ReplyStream
 from proxy.router import Shard, ShardRouter
-from proxy.session import ClientSession, Ready, Slot
+from proxy.session import ClientSession
 from proxy.settings import ProxySettings
 from proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 
 READ_SIZE = 65536
-CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
-FLUSH_SIZE = 1 << 20        # replies waiting past this are sent before resolving more
 MAX_OUTSTANDING = 32        # requests of one client in flight before the proxy reads on
 
 
@@ -60,6 +58,7 @@ class ProxyServer:
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.state.stats.connections)
         self._pool_nursery: trio.Nursery | None = None
+        self._drainers: trio.Nursery | None = None
 
     # -- topology ----------------------------------------------------------------------
 
@@ -107,6 +106,7 @@ class ProxyServer:
 
                 await pool_nursery.start(endpoint_for(self.state).serve)
             async with trio.open_nursery() as serving:
+                self._drainers = serving  # reply drainers (see reply_stream)
                 await serving.start(self.connections.serve, listener)
                 task_status.started(port)
             for pool in self.state.pools():
@@ -116,65 +116,47 @@ class ProxyServer:
     def shutdown(self, grace: float = 5.0) -> None:
         self.connections.shutdown(grace)
 
-    async def _answer(self, sock: socket.socket, slots: list[Slot], started: float) -> bool:
-        """Send the replies of `slots` in order, streaming past FLUSH_SIZE; False if the
-        client stopped reading for CLIENT_WRITE_TIMEOUT and must be dropped. Each reply's
-        latency since `started` goes into the stats' histogram."""
-        out: list[bytes] = []
-        size = 0
-        observe = self.state.stats.observe_reply
-        for slot in slots:
-            reply = slot.data if type(slot) is Ready else await slot.reply()
-            observe(started)
-            out.append(reply)
-            size += len(reply)
-            if size >= FLUSH_SIZE:
-                if not await self._send(sock, b"".join(out)):
-                    return False
-                out.clear()
-                size = 0
-        return not out or await self._send(sock, b"".join(out))
-
-    async def _send(self, sock: socket.socket, data: bytes) -> bool:
-        if not data:
-            return True
-        sent = nonblocking.send_now(sock, data)
-        if sent < len(data):
-            with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
-                await nonblocking.send_all(sock, data[sent:])
-            if scope.cancelled_caught:
-                log.info("dropping a client that did not read its replies for %.0f s",
-                         CLIENT_WRITE_TIMEOUT)
-                return False
-        return True
-
     async def _converse(self, conn: Connection) -> None:
+        assert self._drainers is not None
         sock = conn.sock
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
-        client = ClientSession(self.state)
+        replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers)
+        client = ClientSession(self.state, replies)
         server = self.connections
-        while not server.closing:
-            conn.idle = parser.buffered == 0
-            data = await nonblocking.recv(sock, READ_SIZE)
-            conn.idle = False
-            if not data:
-                return
-            parser.receive_data(data)
-            started = time.perf_counter()
-            slots: list[Slot] = []
-            while not client.closing:
-                event = parser.next_event()
-                if event is NEED_DATA:
-                    break
-                slots.append(client.issue(event))  # type: ignore[arg-type]
-                if len(slots) >= MAX_OUTSTANDING:
-                    # Bound what one client can have in flight (and buffered here): answer
-                    # these before reading on; a client that stops reading stops here.
-                    if not await self._answer(sock, slots, started):
-                        return
-                    slots = []
-            if slots and not await self._answer(sock, slots, started):
-                return
-            if client.closing:
-                return
+        queue = replies.queue
+        try:
+            while not server.closing:
+                # Replies of the last batch may still be on their way: the backends' readers
+                # send them (see reply_stream).
+                replies.idle_when_answered = parser.buffered == 0
+                conn.idle = replies.idle_when_answered and replies.answered
+                replies.waiting_for_client = True
+                data = await nonblocking.recv(sock, READ_SIZE)
+                replies.waiting_for_client = False
+                conn.idle = False
+                if not data:
+                    await replies.wait_answered()
+                    return
+                parser.receive_data(data)
+                started = time.perf_counter()
+                if not replies.answered:  # a pipelining client: the last batch first
+                    await replies.wait_answered()
+                replies.started = started
+                while not client.closing:
+                    event = parser.next_event()
+                    if event is NEED_DATA:
+                        break
+                    queue.append(client.issue(event))  # type: ignore[arg-type]
+                    if len(queue) >= MAX_OUTSTANDING:
+                        # Bound what one client can have in flight (and buffered here):
+                        # answer these before reading on; a client that stops reading
+                        # stops here.
+                        replies.send_ready()
+                        await replies.wait_answered()
+                replies.send_ready()
+                if client.closing:
+                    await replies.wait_answered()
+                    return
+        finally:
+            replies.close()

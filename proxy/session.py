@@ -3,9 +3,10 @@
 Theory of operation: a session reads what the client sent, parses every complete
 request, and *issues* all of them before waiting for any reply, so the requests of one
 pipelined batch travel to their backends in parallel (and share pipelined backend
-connections with other clients). Each request leaves a `Slot` in a list; the slots are
-then resolved in order and their replies written in one send, so the client sees
-replies in request order whatever order the backends answered in.
+connections with other clients). Each request leaves a `Slot` in its client's
+`ReplyStream` (proxy/reply_stream.py), which sends the replies in request order whatever
+order the backends answered in: most from the backend reader's turn as soon as the head
+slot can `poll()` its reply, the rest (failover, leader waits) by awaiting `reply()`.
 
 Routing rules (static topology): keys hash to a shard on the ketama ring. Reads go to a
 node chosen by the read policy and fail over to the shard's other nodes when one cannot
@@ -25,7 +26,6 @@ waits, up to `leader_wait_ms`, for the topology to name one, then answers
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,7 +55,7 @@ from protocol.requests import (
     Version,
 )
 from protocol.responses import End, ErrorReply, MetaReply, Value
-from proxy.backend_connection import PendingReply
+from proxy.backend_connection import PendingReply, ReplyListener
 from proxy.pool import NodePool
 from proxy.router import NoShards, Shard, ShardRouter
 
@@ -81,10 +81,23 @@ def _failed(reply: PendingReply) -> bool:
         reply.events[0].kind == b"SERVER_ERROR"
 
 
+# What `Slot.poll()` says when the reply cannot be made yet: WAITING for a backend's reply
+# (its client's `reply_arrived` will be called), or NEEDS_TASK: only `reply()`, awaited in a
+# task, can make it (a read to fail over, a write waiting for a leader or to be retried).
+WAITING = None
+NEEDS_TASK = False
+Poll = bytes | bool | None
+
+
 class Slot:
     """One request's place in the reply order."""
 
     __slots__ = ()
+
+    def poll(self) -> Poll:
+        """The reply if it can be made now without waiting, else WAITING or NEEDS_TASK;
+        `reply()` gives the same bytes."""
+        return NEEDS_TASK
 
     async def reply(self) -> bytes:
         raise NotImplementedError
@@ -96,40 +109,57 @@ class Ready(Slot):
     def __init__(self, data: bytes) -> None:
         self.data = data
 
+    def poll(self) -> Poll:
+        return self.data
+
     async def reply(self) -> bytes:
         return self.data
 
 
-class Forwarded(Slot):
-    """A reply from one node, optionally filtered (noreply, q)."""
+class Filtered(Slot):
+    """A slot whose reply is one settled `PendingReply` passed through `filter`."""
 
-    __slots__ = ("filter", "pending")
+    __slots__ = ()
+    filter: Callable[[PendingReply], bytes]
 
-    def __init__(self, pending: PendingReply,
-                 filter: Callable[[PendingReply], bytes] = _render) -> None:
-        self.pending = pending
-        self.filter = filter
+    def settled_now(self) -> PendingReply | bool | None:
+        """The settled reply if it is there without waiting, else WAITING or NEEDS_TASK."""
+        return NEEDS_TASK
+
+    def poll(self) -> Poll:
+        settled = self.settled_now()
+        if type(settled) is PendingReply:
+            return self.filter(settled)
+        return settled  # type: ignore[return-value]
+
+    async def settle(self) -> PendingReply:
+        raise NotImplementedError
 
     async def reply(self) -> bytes:
-        pending = self.pending
-        if not pending.done:
-            await pending.wait()
-        return self.filter(pending)
+        return self.filter(await self.settle())
 
 
-class ReadWithFailover(Slot):
+class ReadWithFailover(Filtered):
     """A read tried on the policy's node first, then on the shard's other nodes."""
 
-    __slots__ = ("affinity", "filter", "multi", "nodes", "pending", "request")
+    __slots__ = ("client", "filter", "multi", "nodes", "pending", "request")
 
-    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, affinity: int,
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, client: ReplyListener,
                  filter: Callable[[PendingReply], bytes] = _render) -> None:
         self.nodes = nodes
         self.request = request
         self.multi = multi
-        self.affinity = affinity
+        self.client = client
         self.filter = filter
-        self.pending = nodes[0].submit(request, multi, affinity)
+        self.pending = nodes[0].submit(request, multi, client)
+
+    def settled_now(self) -> PendingReply | bool | None:
+        pending = self.pending
+        if not pending.done:
+            return WAITING
+        if len(self.nodes) > 1 and _failed(pending):
+            return NEEDS_TASK  # the next node is asked in settle()
+        return pending
 
     async def settle(self) -> PendingReply:
         """The reply of the first node that could answer (or the last failure)."""
@@ -139,36 +169,36 @@ class ReadWithFailover(Slot):
                 await pending.wait()
             if not _failed(pending):
                 break
-            pending = node.submit(self.request, self.multi, self.affinity)
+            pending = node.submit(self.request, self.multi, self.client)
         if not pending.done:
             await pending.wait()
         return pending
 
-    async def reply(self) -> bytes:
-        return self.filter(await self.settle())
 
-
-class FannedOut(Slot):
+class FannedOut(Filtered):
     """A write sent to every node of a shard, answered from the leader."""
 
     __slots__ = ("filter", "leader", "others")
 
-    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, affinity: int,
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, client: ReplyListener,
                  filter: Callable[[PendingReply], bytes] = _render) -> None:
-        self.leader = nodes[0].submit(request, multi, affinity)
-        self.others = [node.submit(request, multi, affinity) for node in nodes[1:]]
+        self.leader = nodes[0].submit(request, multi, client)
+        self.others = [node.submit(request, multi, client) for node in nodes[1:]]
         self.filter = filter
 
-    async def settle(self) -> PendingReply:
+    def settled_now(self) -> PendingReply | bool | None:
+        return self._settled() if self.leader.done else WAITING
+
+    def _settled(self) -> PendingReply:
         leader = self.leader
-        if not leader.done:
-            await leader.wait()
         if leader.error is not None and not leader.error.startswith("leader unavailable"):
             leader.error = "leader unavailable: " + leader.error
         return leader
 
-    async def reply(self) -> bytes:
-        return self.filter(await self.settle())
+    async def settle(self) -> PendingReply:
+        if not self.leader.done:
+            await self.leader.wait()
+        return self._settled()
 
 
 def _failed_reply(multi: bool, reason: str) -> PendingReply:
@@ -177,7 +207,7 @@ def _failed_reply(multi: bool, reason: str) -> PendingReply:
     return reply
 
 
-class Unroutable(Slot):
+class Unroutable(Filtered):
     """A request for a shard that has no live node: SERVER_ERROR, never another shard."""
 
     __slots__ = ("filter", "pending")
@@ -187,32 +217,32 @@ class Unroutable(Slot):
         self.pending = _failed_reply(multi, f"no live node for shard {shard.name}")
         self.filter = filter
 
+    def settled_now(self) -> PendingReply | bool | None:
+        return self.pending
+
     async def settle(self) -> PendingReply:
         return self.pending
 
-    async def reply(self) -> bytes:
-        return self.filter(self.pending)
 
-
-class LeaderWrite(Slot):
+class LeaderWrite(Filtered):
     """Cluster mode: a write sent to the shard's leader alone; with no reachable leader it
     waits (bounded) for a topology that names one."""
 
-    __slots__ = ("affinity", "filter", "multi", "name", "pending", "request", "state", "target")
+    __slots__ = ("client", "filter", "multi", "name", "pending", "request", "state", "target")
 
     def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
-                 affinity: int, filter: Callable[[PendingReply], bytes] = _render) -> None:
+                 client: ReplyListener, filter: Callable[[PendingReply], bytes] = _render) -> None:
         self.state = state
         self.name = shard.name
         self.request = request
         self.multi = multi
-        self.affinity = affinity
+        self.client = client
         self.filter = filter
         self.pending: PendingReply | None = None
         self.target: NodePool | None = None  # the leader the write went to
         if shard.has_leader and shard.nodes[0].available:
             self.target = shard.nodes[0]
-            self.pending = self.target.submit(request, multi, affinity)
+            self.pending = self.target.submit(request, multi, client)
 
     async def _await_leader(self, refused_by: NodePool | None = None,
                             deadline: float | None = None) -> PendingReply:
@@ -233,7 +263,7 @@ class LeaderWrite(Slot):
             if shard is not None and shard.has_leader and shard.nodes[0].available and (
                     shard.nodes[0] is not refused_by or trio.current_time() >= same_again):
                 self.target = shard.nodes[0]
-                return self.target.submit(self.request, self.multi, self.affinity)
+                return self.target.submit(self.request, self.multi, self.client)
             now = trio.current_time()
             if now >= deadline:
                 break
@@ -241,13 +271,23 @@ class LeaderWrite(Slot):
             with trio.move_on_at(min(deadline, now + 0.02)):
                 await state.topology_changed.wait()
         if shard is not None and shard.has_leader:
-            pending = shard.nodes[0].submit(self.request, self.multi, self.affinity)
+            pending = shard.nodes[0].submit(self.request, self.multi, self.client)
             if not pending.done:
                 await pending.wait()
             if pending.error is not None:
                 pending.error = f"leader of shard {self.name} unavailable: {pending.error}"
             return pending
         return _failed_reply(self.multi, f"no leader for shard {self.name}")
+
+    def settled_now(self) -> PendingReply | bool | None:
+        pending = self.pending
+        if pending is None:
+            return NEEDS_TASK  # no reachable leader yet: wait for one in settle()
+        if not pending.done:
+            return WAITING
+        if _not_applied(pending):
+            return NEEDS_TASK  # refused by a leader stepping down: retried in settle()
+        return pending
 
     async def settle(self) -> PendingReply:
         pending = self.pending
@@ -266,9 +306,6 @@ class LeaderWrite(Slot):
             if not pending.done:
                 await pending.wait()
         return pending
-
-    async def reply(self) -> bytes:
-        return self.filter(await self.settle())
 
 
 REFUSED_PAUSE = 0.02  # before a write refused as "not the leader" goes to the same node again
@@ -301,6 +338,9 @@ class AfterWrites(Slot):
         self.pendings = pendings
         self.data = data
 
+    def poll(self) -> Poll:
+        return self.data if all(p.done for p in self.pendings) else WAITING
+
     async def reply(self) -> bytes:
         for pending in self.pendings:
             if not pending.done:
@@ -314,19 +354,26 @@ class Everywhere(Slot):
     __slots__ = ("noreply", "pendings")
 
     def __init__(self, nodes: list[NodePool], request: bytes, noreply: bool,
-                 affinity: int) -> None:
-        self.pendings = [node.submit(request, False, affinity) for node in nodes]
+                 client: ReplyListener) -> None:
+        self.pendings = [node.submit(request, False, client) for node in nodes]
         self.noreply = noreply
 
-    async def reply(self) -> bytes:
+    def poll(self) -> Poll:
+        return self._answer() if all(p.done for p in self.pendings) else WAITING
+
+    def _answer(self) -> bytes:
         answer = b"OK\r\n"
         for pending in self.pendings:
-            if not pending.done:
-                await pending.wait()
             rendered = _render(pending)
             if rendered != b"OK\r\n" and answer == b"OK\r\n":
                 answer = rendered
         return b"" if self.noreply else answer
+
+    async def reply(self) -> bytes:
+        for pending in self.pendings:
+            if not pending.done:
+                await pending.wait()
+        return self._answer()
 
 
 class SplitGet(Slot):
@@ -338,17 +385,40 @@ class SplitGet(Slot):
         self.keys = keys
         self.parts = parts
 
+    def poll(self) -> Poll:
+        # The parts in order, as reply() awaits them: the first error is the answer.
+        settled = []
+        for part in self.parts:
+            pending = part.settled_now()
+            if type(pending) is not PendingReply:
+                return pending  # type: ignore[return-value]
+            if _incomplete(pending):
+                return _render(pending)
+            settled.append(pending)
+        return self._join(settled)
+
     async def reply(self) -> bytes:
-        found: dict[bytes, Value] = {}
+        settled = []
         for part in self.parts:
             pending = await part.settle()
-            events = pending.events
-            if pending.error is not None or not events or type(events[-1]) is not End:
+            if _incomplete(pending):
                 return _render(pending)  # one shard's error is the whole get's error
-            for event in events:
+            settled.append(pending)
+        return self._join(settled)
+
+    def _join(self, settled: list[PendingReply]) -> bytes:
+        found: dict[bytes, Value] = {}
+        for pending in settled:
+            for event in pending.events:
                 if type(event) is Value:
                     found[event.key] = event
         return b"".join([found[k].encode() for k in self.keys if k in found]) + b"END\r\n"
+
+
+def _incomplete(pending: PendingReply) -> bool:
+    """A get's reply that is not values then END: an error."""
+    events = pending.events
+    return pending.error is not None or not events or type(events[-1]) is not End
 
 
 def _drop_all(pending: PendingReply) -> bytes:
@@ -375,11 +445,9 @@ _WRITE_META_GET_FLAGS = frozenset("TN")
 
 
 class ClientSession:
-    _sessions = itertools.count()
-
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, replies: ReplyListener) -> None:
         self.state = state
-        self.affinity = next(self._sessions)
+        self.replies = replies  # hears of every reply; picks each node's connection
         self._dispatch: dict[type, Callable[[ShardRouter, Request], Slot]] = {
             Get: self._get,  # type: ignore[dict-item]
             Store: self._keyed_write,  # type: ignore[dict-item]
@@ -421,16 +489,16 @@ class ClientSession:
     def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
                render: Callable[[PendingReply], bytes] = _render) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
-            return LeaderWrite(self.state, shard, line, multi, self.affinity, render)
+            return LeaderWrite(self.state, shard, line, multi, self.replies, render)
         if not shard.nodes:
             return Unroutable(shard, multi, render)
-        return FannedOut(shard.nodes, line, multi, self.affinity, render)
+        return FannedOut(shard.nodes, line, multi, self.replies, render)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
               render: Callable[[PendingReply], bytes] = _render) -> Settling:
         if not shard.nodes:
             return Unroutable(shard, multi, render)
-        return ReadWithFailover(router.read_order(shard), line, multi, self.affinity, render)
+        return ReadWithFailover(router.read_order(shard), line, multi, self.replies, render)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:
         keys = request.keys
@@ -489,7 +557,7 @@ class ClientSession:
 
     def _everywhere(self, router: ShardRouter, request: FlushAll | CacheMemlimit) -> Slot:
         nodes = [node for shard in router.shards for node in shard.nodes]
-        return Everywhere(nodes, encode_request(request), request.noreply, self.affinity)
+        return Everywhere(nodes, encode_request(request), request.noreply, self.replies)
 
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")
@@ -506,6 +574,6 @@ class ClientSession:
             # memcached drops the old value of a `set` that was too large; so must the shard.
             shard = router.shard_for(error.drop_key)
             delete = b"delete %s\r\n" % error.drop_key
-            return AfterWrites([node.submit(delete, False, self.affinity)
+            return AfterWrites([node.submit(delete, False, self.replies)
                                 for node in shard.nodes], error.reply)
         return Ready(error.reply)
