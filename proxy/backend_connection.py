@@ -4,7 +4,9 @@ Theory of operation: callers `submit()` an encoded request and get a `PendingRep
 bytes go to an outbox that a writer task sends in batches, and the reply slot joins a
 FIFO. Because every forwarded request asks for a reply (the encoder strips noreply and
 `q`), the reader task matches reply events to slots by order alone. Many client
-requests are thus in flight on one connection at once.
+requests are thus in flight on one connection at once. Once a read is parsed, the reader
+tells the listener of each reply it completed (the client's `ReplyStream`), which sends
+what is ready from the reader's turn.
 
 A reply not complete by its deadline fails the connection: the socket is closed and every
 slot still waiting is failed, because after a lost reply the stream can no longer be
