@@ -22,6 +22,14 @@ from cluster import etcd_process
 
 HOST = "127.0.0.1"
 
+# Servers are started from several threads at once (the differential suite prestarts them).
+# CPython 3.11 spawns with vfork() and lets other threads run meanwhile; once in a few
+# thousand spawns here the child's exec failed with EFAULT ("[Errno 14] Bad address" for the
+# venv's python, seen once in CI). A plain fork is a few ms slower and has no such window.
+# `_USE_VFORK` is CPython's documented fail-safe switch for this (gh-91401).
+if hasattr(subprocess, "_USE_VFORK"):
+    subprocess._USE_VFORK = False
+
 
 def free_port() -> int:
     """A loopback port, never handed out twice in this test run (cluster.etcd_process)."""
