@@ -31,10 +31,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -42,6 +41,7 @@ from cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.chaos import netns
 from tests.integration import wire
+from tests.integration.test_backend_cluster import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -57,7 +57,6 @@ if _reason is not None:  # pragma: no cover - depends on the machine
 TTL = 2.0              # --lease-ttl of every node (the default)
 SHARD = "s1"
 REQUEST_TIMEOUT = 6.0  # longer than TTL plus any sync lag bound: a late STORED is still seen
-T = TypeVar("T")
 
 
 def accepted_modes() -> set[str]:
@@ -66,19 +65,6 @@ def accepted_modes() -> set[str]:
                           text=True, timeout=30).stdout
     found = re.search(r"--replication \{([^}]*)\}", text)
     return set(found.group(1).split(",")) if found else set()
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
-             interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            value = probe()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout}s")
-        time.sleep(interval)
 
 
 @dataclass

@@ -93,9 +93,10 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str,
                 interval: float = 0.02) -> T:
     deadline = time.monotonic() + timeout
     while True:
-        value = probe()
-        if value:
-            return value
+        with contextlib.suppress(OSError):  # a node restarting refuses for a moment
+            value = probe()
+            if value:
+                return value
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what} within {timeout}s")
         time.sleep(interval)
