@@ -22,7 +22,7 @@ import trio
 
 from cluster.coordinator import ClusterView, Incarnation
 from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 
@@ -37,12 +37,6 @@ SHARD = "s1"
 TRIALS = 10
 _clusters = itertools.count(1)
 T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 @dataclass

@@ -13,14 +13,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 from cluster.coordinator import ClusterConfig
 from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, Shard, node_id, wait_for, wait_in_sync
@@ -34,12 +34,6 @@ except RuntimeError as exc:  # pragma: no cover - depends on the machine
     pytest.skip(str(exc), allow_module_level=True)
 
 _clusters = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 
 import pytest
@@ -22,7 +22,7 @@ import trio
 
 from cluster.coordinator import Leadership, NodeRecord
 from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from proxy.ketama import KetamaRing
 from tests import servers
 
@@ -35,12 +35,6 @@ except RuntimeError as exc:  # pragma: no cover - depends on the machine
 
 HOST = servers.HOST
 LEADER_WAIT_MS = 800
-
-
-@pytest.fixture(scope="module")
-def etcd_member() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 async def ask(port: int, payload: bytes, end: bytes = b"\r\n", timeout: float = 5.0) -> bytes:
@@ -145,16 +139,16 @@ def proxy_argv(url: str, cluster: str) -> list[str]:
             "--cluster", cluster, "--leader-wait-ms", str(LEADER_WAIT_MS)]
 
 
-async def test_proxy_follows_the_cluster(etcd_member: EtcdProcess) -> None:
+async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
     cluster = "follow"
     with ExitStack() as stack, trio.fail_after(40):
         a, b, c, d, e = (stack.enter_context(servers.memcached()) for _ in range(5))
-        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd_member.url,
+        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd.url,
                                                                          cluster)))
         port = proxy.port
         # an empty cluster: no shard to route to, but the proxy answers
         assert await ask(port, b"get x\r\n") == b"SERVER_ERROR no shards in the cluster\r\n"
-        async with hand_cluster(etcd_member.url, cluster) as hand:
+        async with hand_cluster(etcd.url, cluster) as hand:
             await hand.join("a", "s1", a, lead=True)
             await hand.join("b", "s1", b)
             await hand.join("c", "s2", c, lead=True)
@@ -247,14 +241,14 @@ async def test_proxy_follows_the_cluster(etcd_member: EtcdProcess) -> None:
                 b"VALUE %s 0 1\r\nw\r\nEND\r\n" % k2
 
 
-async def test_proxy_waits_for_etcd_at_start(etcd_member: EtcdProcess) -> None:
+async def test_proxy_waits_for_etcd_at_start(etcd: EtcdProcess) -> None:
     """Started before the cluster has any record, the proxy picks the shards up live."""
     cluster = "late"
     with ExitStack() as stack, trio.fail_after(30):
         a = stack.enter_context(servers.memcached())
-        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd_member.url,
+        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd.url,
                                                                          cluster)))
-        async with hand_cluster(etcd_member.url, cluster) as hand:
+        async with hand_cluster(etcd.url, cluster) as hand:
             await hand.join("a", "s1", a, lead=True)
 
             async def routed() -> bool:
@@ -262,7 +256,7 @@ async def test_proxy_waits_for_etcd_at_start(etcd_member: EtcdProcess) -> None:
             await wait_until(routed, 3, "the proxy routes to the first shard")
         # the proxy revokes its registration when it stops
         servers.stop(proxy.process)
-        async with EtcdCoordinator.connect(etcd_member.url, cluster) as coordinator:
+        async with EtcdCoordinator.connect(etcd.url, cluster) as coordinator:
             assert not (await coordinator.snapshot()).proxies
 
 
@@ -357,12 +351,12 @@ def test_memring_up_smoke(tmp_path: object) -> None:
     assert not survivors, f"processes left behind: {survivors}"
 
 
-def test_memring_operations(etcd_member: EtcdProcess) -> None:
+def test_memring_operations(etcd: EtcdProcess) -> None:
     """`memring shard add/list/remove`, `config get/set`, and `status` exiting 1 without a
     leader, against a real etcd."""
     def memring(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cluster", *args, "--etcd",
-                               etcd_member.url, "--cluster", "ops"], capture_output=True,
+                               etcd.url, "--cluster", "ops"], capture_output=True,
                               text=True, timeout=30)
 
     assert memring("shard", "add", "s1", "--weight", "2").returncode == 0

@@ -15,7 +15,7 @@ import trio
 
 from cluster.coordinator import Coordinator, CoordinatorUnavailable, NodeRecord
 from cluster.etcd_coordinator import EtcdCoordinator, parse_endpoints
-from cluster.etcd_process import EtcdProcess, find_etcd, free_port, running_etcd, start_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd, free_port, start_etcd
 from tests.unit.test_coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
 
 pytestmark = pytest.mark.integration
@@ -47,16 +47,10 @@ class EtcdHarness(Harness):
             self.member.resume()
 
 
-@pytest.fixture(scope="module")
-def etcd_member() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
-
-
 class TestEtcdCoordinator(CoordinatorContract):
     @pytest.fixture
-    def harness(self, etcd_member: EtcdProcess) -> Iterator[Harness]:
-        harness = EtcdHarness(etcd_member)
+    def harness(self, etcd: EtcdProcess) -> Iterator[Harness]:
+        harness = EtcdHarness(etcd)
         try:
             yield harness
         finally:

@@ -36,7 +36,7 @@ import trio
 
 from cluster.coordinator import ClusterView
 from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from proxy.ketama import KetamaRing
 from tests import servers
 from tests.integration import wire
@@ -53,12 +53,6 @@ except RuntimeError as exc:  # pragma: no cover - depends on the machine
 REPO = Path(__file__).resolve().parents[2]
 MAX_LAG_MS = 300
 _clusters = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 # --- a cluster of several shards ----------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from backend.settings import SettingsError, load_settings
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, Shard, wait_for
@@ -34,12 +34,6 @@ except RuntimeError as exc:  # pragma: no cover - depends on the machine
 _clusters = itertools.count(1)
 BACKLOG = 65536  # small, so a follower that joins after 1,000 writes needs a snapshot
 Item = tuple[bytes, int, int, int]  # value, flags, cas, ttl (-1: none)
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 class ReplicatedShard(Shard):

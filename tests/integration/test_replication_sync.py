@@ -22,7 +22,7 @@ import trio
 
 from cluster.coordinator import ClusterConfig
 from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, node_id, wait_for
@@ -42,12 +42,6 @@ except RuntimeError as exc:  # pragma: no cover - depends on the machine
 
 _clusters = itertools.count(1)
 MAX_LAG_MS = 300
-
-
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdProcess]:
-    with running_etcd() as member:
-        yield member
 
 
 class SyncShard(ReplicatedShard):
