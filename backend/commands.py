@@ -130,35 +130,40 @@ class CommandHandler:
             MetaDebug: self.meta.debug,
             ProtocolError: self.protocol_error,
         }
-        if fence is not None:  # standalone pays nothing: the fence wraps only in cluster mode
-            for kind, (mutates, hideable) in _MUTATING.items():
-                self._handlers[kind] = self._fenced(self._handlers[kind], mutates, hideable)
+        self._unfenced = dict(self._handlers)
+        self._wrap()
 
     def record_writes(self, recorder: WriteRecorder) -> None:
         """Replication (opt-in): report every mutating command to `recorder` once it ran."""
         self.recorder = recorder
-        for kind, (mutates, _hideable) in _MUTATING.items():
-            self._handlers[kind] = self._recorded(self._handlers[kind], mutates,
-                                                  kind in _META, recorder)
-        self._handlers[ProtocolError] = self._recorded(self._handlers[ProtocolError], _always,
-                                                       False, recorder)
+        self._wrap()
 
-    def _recorded(self, handler: Callable[[Any, list[bytes]], None], mutates: Callable[[Any], bool],
+    def _wrap(self) -> None:
+        """The handlers: the fence outermost (a refused write reaches neither the store nor
+        the recorder), then the recorder. Standalone pays nothing: no fence, no recorder."""
+        recorder = self.recorder
+        for kind, (mutates, hideable) in _MUTATING.items():
+            handler = self._unfenced[kind]
+            if recorder is not None:
+                handler = self._recorded(handler, mutates, kind in _META, recorder)
+            if self.fence is not None:
+                handler = self._fenced(handler, mutates, hideable)
+            self._handlers[kind] = handler
+        if recorder is not None:
+            self._handlers[ProtocolError] = self._recorded(
+                self._unfenced[ProtocolError], _always, False, recorder)
+
+    @staticmethod
+    def _recorded(handler: Callable[[Any, list[bytes]], None], mutates: Callable[[Any], bool],
                   meta: bool, recorder: WriteRecorder) -> Callable[[Any, list[bytes]], None]:
         committed = recorder.committed
-        fence = self.fence
-
-        def fence_allows() -> bool:
-            return fence is None or fence.refusal() is None
 
         def recorded(request: Any, out: list[bytes]) -> None:
             try:
                 handler(request, out)
             finally:
                 if mutates(request):
-                    # a refused write changed nothing: note no key (an unchanged item would
-                    # be replicated, and its refusal would wait for that)
-                    committed(request.key if meta and fence_allows() else None)
+                    committed(request.key if meta else None)
         return recorded
 
     def _fenced(self, handler: Callable[[Any, list[bytes]], None],

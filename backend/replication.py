@@ -66,6 +66,7 @@ class Replicator:
         self.insync: InSyncReplicas | None = None
         self.commits = 0  # sync: write batches committed (backend.server waits on changes)
         self._nursery: trio.Nursery | None = None
+        self.unacknowledged = 0  # sync writes whose connection closed unanswered
         self.snapshots_sent = 0
         self.snapshots_received = 0
         self.applied = 0  # messages applied as a follower
@@ -173,9 +174,10 @@ class Replicator:
         """Sync mode, before sending replies that follow a write: True once every in-sync
         follower holds it and this node still leads; False if it never will."""
         insync = self.insync
-        if insync is None:
-            return False
-        return await insync.replicated(self.log.newest)
+        if insync is not None and await insync.replicated(self.log.newest):
+            return True
+        self.unacknowledged += 1
+        return False
 
     def position(self) -> Position:
         return self.log.newest if self.leading else self.follower.position
@@ -186,17 +188,23 @@ class Replicator:
             with trio.move_on_after(timeout):
                 await insync.replicated(self.log.newest)
 
+    def _min_insync(self) -> int:
+        view = self.member.view
+        return view.config.min_insync if view is not None and view.config is not None else 1
+
     def refusal(self) -> bytes | None:
         """TOO_FEW_IN_SYNC when the ISR is smaller than the cluster's min_insync."""
-        view, insync = self.member.view, self.insync
-        if view is None or view.config is None or view.config.min_insync <= 1 or insync is None:
+        insync = self.insync
+        if insync is None:
             return None
-        return TOO_FEW_IN_SYNC if len(insync.committed_isr) < view.config.min_insync else None
+        min_insync = self._min_insync()
+        return TOO_FEW_IN_SYNC if min_insync > 1 and len(insync.committed_isr) < min_insync \
+            else None
 
     # -- stats -------------------------------------------------------------------------------
 
     def stats(self) -> list[tuple[str, object]]:
-        position = self.log.newest if self.leading else self.follower.position
+        position = self.position()
         insync = self.insync
         links = insync.links if insync is not None else {}
         lines: list[tuple[str, object]] = [
@@ -205,14 +213,13 @@ class Replicator:
             ("memring_repl_followers", len(links)),
             ("memring_repl_backlog_bytes", self.log.bytes),
             ("memring_repl_snapshots_sent", self.snapshots_sent),
-            ("memring_repl_snapshots_received", self.snapshots_received)]
+            ("memring_repl_snapshots_received", self.snapshots_received),
+            ("memring_repl_unacknowledged", self.unacknowledged)]
         if insync is None:
             return lines
         lags = {node: insync.lag(link.acked) for node, link in sorted(links.items())}
-        view = self.member.view
-        min_insync = view.config.min_insync if view is not None and view.config else 1
         lines += [("memring_repl_isr", ",".join(sorted(m.node_id for m in insync.committed_isr))),
-                  ("memring_repl_min_insync", min_insync),
+                  ("memring_repl_min_insync", self._min_insync()),
                   ("memring_repl_isr_shrinks", insync.shrinks),
                   ("memring_repl_isr_expansions", insync.expansions),
                   ("memring_repl_max_lag", max((seq for seq, _, _ in lags.values()), default=0))]

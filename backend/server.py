@@ -59,7 +59,6 @@ class BackendServer:
                                             self.counters)
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
-        self.unacknowledged = 0  # connections closed because a write could not be replicated
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -134,7 +133,6 @@ class BackendServer:
             # This node stopped leading before its in-sync followers held the write: no
             # answer is true, so none is given (the client sees the connection close).
             out.clear()
-            self.unacknowledged += 1
             raise CloseConnection
         data = b"".join(out)
         out.clear()
