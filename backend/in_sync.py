@@ -140,9 +140,10 @@ class InSyncReplicas:
     # -- follower links (backend.replication_server) ------------------------------------------
 
     def connected(self, node_id: str, incarnation: Incarnation, position: Position,
-                  snapshotting: bool) -> None:
-        self.links[node_id] = FollowerLink(incarnation, position, snapshotting)
+                  snapshotting: bool) -> FollowerLink:
+        link = self.links[node_id] = FollowerLink(incarnation, position, snapshotting)
         self.changed.unpark_all()
+        return link
 
     def acked(self, node_id: str, position: Position) -> None:
         link = self.links.get(node_id)

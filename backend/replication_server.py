@@ -7,8 +7,9 @@ with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations
 snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
 Then it waits on the Replicator's ParkingLot, which every committed write unparks, and sends
 what is new, in batches. A second task reads the follower's ACKs and reports them to the
-leadership's InSyncReplicas (backend.in_sync), which the ISR and sync-mode replies follow. When this node stops leading, every follower connection gets ERROR
-NOT_LEADER and is closed, and followers look for the new leader.
+leadership's InSyncReplicas (backend.in_sync), which the ISR and sync-mode replies follow.
+When this node stops leading, every follower connection gets ERROR NOT_LEADER and is closed,
+and followers look for the new leader.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from protocol.replication import (
 )
 
 if TYPE_CHECKING:
-    from backend.in_sync import InSyncReplicas
+    from backend.in_sync import FollowerLink, InSyncReplicas
     from backend.replication import Replicator
 
 log = logging.getLogger("memring.backend.replication")
@@ -89,15 +90,14 @@ async def serve_follower(rep: Replicator, conn: Connection) -> None:
         await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
         return
     node = hello.node_id
-    insync.connected(node, Incarnation(node, hello.incarnation), hello.position,
-                     snapshotting=not rep.log.covers(hello.position))
-    link = insync.links[node]
+    link = insync.connected(node, Incarnation(node, hello.incarnation), hello.position,
+                            snapshotting=not rep.log.covers(hello.position))
     log.info("follower %s connected at %s", node, tuple(hello.position))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_acks, insync, conn, parser, node, nursery.cancel_scope)
             try:
-                await _stream(rep, conn, hello.position, epoch, node)
+                await _stream(rep, conn, hello.position, epoch, link)
             except _Deposed:
                 await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "no longer the leader"))
             except OSError as exc:  # the follower went away
@@ -115,19 +115,16 @@ def _check(rep: Replicator, epoch: int) -> None:
 
 
 async def _stream(rep: Replicator, conn: Connection, position: Position, epoch: int,
-                  node: str) -> None:
+                  link: FollowerLink) -> None:
     sock = conn.sock
     send_all = nonblocking.send_all
     while True:
         _check(rep, epoch)
         tail = rep.log.since(position, limit=BATCH)
         if tail is None:
-            link = rep.insync.links.get(node) if rep.insync is not None else None
-            if link is not None:
-                link.snapshotting = True
+            link.snapshotting = True  # not to be waited for, nor added to the ISR
             position = await _send_snapshot(rep, conn, epoch)
-            if link is not None:
-                link.snapshotting = False
+            link.snapshotting = False
             continue
         if tail:
             await send_all(sock, b"".join(map(encode, tail)))
