@@ -15,8 +15,9 @@ campaigns; a leader that is drained, or that sees an election hint naming anothe
 (`memring leader transfer`), stops acknowledging writes at once and resigns (fenced on its
 epoch), and never takes back an epoch it resigned. While a hint lives only the node it names
 campaigns, unclean (outside the ISR) if the hint says so and no ISR member is alive. In an
-unclean election (no ISR member alive, policy "auto") a member campaigns only if no other live
-member answers `stats` with a newer replication position: the most complete data survives.
+unclean election (no ISR member alive, policy "auto") a member campaigns only if no other
+member answers `stats` with a newer replication position (for a while also members whose
+session lapsed and that are not registered yet): the most complete data survives.
 
 Writes are acknowledged only while this node holds the shard's leader key under a session
 that is still valid on the local clock (`refusal()`, asked by the command handler before each
@@ -52,7 +53,7 @@ from cluster.coordinator import (
     collapse_single,
 )
 from cluster.node_stats import fetch_all
-from protocol.replication import Position
+from protocol.replication import Position, parse_position
 
 log = logging.getLogger("memring.backend.cluster")
 
@@ -64,6 +65,8 @@ BACKOFF_MAX = 1.0
 LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seldom
 HANDOVER_DRAIN = 1.0  # a resigning leader waits this long at most for in-flight writes
 UNCLEAN_ASK_TIMEOUT = 0.3  # an unclean candidate asks the other members' positions this long
+UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-registering took
+                     # ~0.4 s after a freeze past the TTL)
 
 LEASE_EXPIRED = b"SERVER_ERROR lease expired: not accepting writes\r\n"
 
@@ -123,6 +126,8 @@ class ClusterMember:
         self._run_scope = trio.CancelScope()
         self._leaving = False
         self._handing_over = False  # refusing writes while in-flight ones replicate
+        self._unclean_since: float | None = None  # when an unclean election became possible
+        self._last_addresses: dict[str, str] = {}  # shard members' client addresses, as last seen
         self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
 
     @property
@@ -271,6 +276,8 @@ class ClusterMember:
                 except trio.WouldBlock:
                     break
             self.view = view
+            self._last_addresses.update((n.node_id, n.address) for n in view.nodes.values()
+                                        if n.shard == self.identity.shard)
             if self.listener is not None:
                 self.listener.configure(view.config)
             try:
@@ -308,6 +315,8 @@ class ClusterMember:
                 await self._keep_isr(session, view, shard)
                 return True
         self.epoch = shard.epoch if shard else 0
+        if leader is not None:
+            self._unclean_since = None  # an election happened: the next one waits afresh
         if leader is None:
             self._leader = None
             if not session.is_valid():
@@ -316,8 +325,10 @@ class ClusterMember:
                     shard.hint is not None and shard.hint.node_id != ident.node_id)):
                 return True  # drained, or the hint names another node: not campaigning
             unclean = self._unclean_allowed(session, view, shard)
-            if unclean and not await self._most_advanced(view):
-                return False  # a live member holds more of the data: let it lead (look again)
+            if not unclean:
+                self._unclean_since = None
+            elif not await self._may_take_unclean(view, shard):
+                return False  # look again soon
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address, unclean=unclean)
             if won is not None:
@@ -422,21 +433,39 @@ class ClusterMember:
                     "since the ISR was last updated is lost)", self.identity.shard)
         return True
 
-    async def _most_advanced(self, view: ClusterView) -> bool:
-        """In an unclean election: does no other live, campaigning member of the shard hold a
-        newer replication position (ties: the smallest node id)? Members that do not answer
-        `stats` within a fraction of a second are not waited for."""
+    async def _may_take_unclean(self, view: ClusterView, shard: ShardView | None) -> bool:
+        """An unclean election is the operator's (`shard elect --unclean` named this node), or
+        no other member of the shard holds more of the data (`_most_advanced`). For the first
+        UNCLEAN_GRACE the members asked include those not registered right now, at the
+        address they last had: a member whose session lapsed while it was frozen or cut off
+        answers `stats` before it is registered again; a dead one refuses at once."""
+        if shard is not None and shard.hint is not None and \
+                shard.hint.node_id == self.identity.node_id:
+            return True
+        now = trio.current_time()
+        if self._unclean_since is None:
+            self._unclean_since = now
+        return await self._most_advanced(view, absent_too=now - self._unclean_since
+                                         < UNCLEAN_GRACE)
+
+    async def _most_advanced(self, view: ClusterView, absent_too: bool) -> bool:
+        """Does no other member of the shard (registered, or `absent_too`) that is not drained
+        hold a newer replication position (ties: the smallest node id)? Members that do not
+        answer `stats` within a fraction of a second are not waited for."""
         listener = self.listener
         shard = view.shards.get(self.identity.shard)
         if listener is None or shard is None:
             return True
         mine = listener.position()
         me = self.identity.node_id
-        others = {n.address: n.node_id for n in view.nodes.values()
-                  if n.shard == self.identity.shard and n.node_id != self.identity.node_id
-                  and not shard.drained(n.node_id)}
+        members = {n.node_id: n.address for n in view.nodes.values()
+                   if n.shard == self.identity.shard}
+        if absent_too:
+            members = {**self._last_addresses, **members}
+        others = {address: node_id for node_id, address in members.items()
+                  if node_id != me and not shard.drained(node_id)}
         for address, stats in (await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT)).items():
-            position = _position(stats.get("memring_repl_position", "")) if stats else None
+            position = parse_position(stats.get("memring_repl_position", "")) if stats else None
             if position is not None and (position > mine or (
                     position == mine and others[address] < me)):
                 log.info("unclean election: %s holds %s (we hold %s): not campaigning",
@@ -471,11 +500,6 @@ class ClusterMember:
             except CoordinatorError as exc:
                 self._revoked.discard(leader.lease_id)
                 log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
-
-
-def _position(text: str) -> Position | None:
-    epoch, _, seq = text.partition(":")
-    return Position(int(epoch), int(seq)) if epoch.isdigit() and seq.isdigit() else None
 
 
 async def _refuses(address: str) -> bool:

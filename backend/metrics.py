@@ -32,6 +32,7 @@ from backend.commands import STANDALONE_STATS, CommandHandler
 from backend.settings import BackendSettings, split_address
 from backend.stats import MEMRING_VERSION
 from netio.metrics_http import MetricsEndpoint
+from protocol.replication import parse_position
 
 PREFIX = "memring_backend"
 ROLES = ("standalone", "leader", "follower", "syncing")
@@ -58,7 +59,6 @@ STORE_COUNTERS = (
     ("reclaimed_total", "reclaimed", "entries reused from expired items"),
 )
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
-_POSITION = re.compile(r"^(\d+):(\d+)$")
 
 
 def _number(value: object) -> float | None:
@@ -147,12 +147,12 @@ class BackendCollector(Collector):
             elif number is not None:
                 yield GaugeMetricFamily(f"{PREFIX}_{_NAME.sub('_', name)}",
                                         f"stats {key}", value=number)
-            elif (position := _POSITION.match(str(value))) is not None:
+            elif (position := parse_position(str(value))) is not None:
                 base = f"{PREFIX}_{_NAME.sub('_', name)}"
                 yield GaugeMetricFamily(f"{base}_epoch", f"stats {key} (epoch)",
-                                        value=int(position.group(1)))
+                                        value=position.epoch)
                 yield GaugeMetricFamily(f"{base}_seq", f"stats {key} (sequence)",
-                                        value=int(position.group(2)))
+                                        value=position.seq)
             else:
                 labels[_NAME.sub("_", name)] = str(value)
         for base, values in per_follower.items():

@@ -65,6 +65,12 @@ class Position(NamedTuple):
 ORIGIN: Final = Position(0, 0)
 
 
+def parse_position(text: str) -> Position | None:
+    """A position as `stats` shows it, `epoch:seq`; None if `text` is not one."""
+    epoch, _, seq = text.partition(":")
+    return Position(int(epoch), int(seq)) if epoch.isdecimal() and seq.isdecimal() else None
+
+
 # -- what a mutation changes ------------------------------------------------------------
 
 
