@@ -14,7 +14,6 @@ from backend.cluster_member import ClusterMember, MemberIdentity
 from backend.server import BackendServer
 from backend.settings import BackendSettings, SettingsError, load_settings, split_address
 from backend.stats import MEMRING_VERSION
-from cluster.coordinator import collapse_single
 from netio import logs, nonblocking
 from netio.nonblocking import PortInUse
 
@@ -95,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
-        with collapse_single():  # a bind error comes out of the server's nursery
-            trio.run(run, settings)
-    except PortInUse as exc:
-        print(f"memring-backend: error: {exc}; choose another port", file=sys.stderr)
+        trio.run(run, settings)
+    except (PortInUse, BaseExceptionGroup) as exc:
+        in_use = PortInUse.alone_in(exc)
+        if in_use is None:
+            raise
+        print(f"memring-backend: error: {in_use}; choose another port", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -21,6 +21,14 @@ class PortInUse(Exception):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(f"port {port} on {host} is already in use")
 
+    @staticmethod
+    def alone_in(exc: BaseException) -> PortInUse | None:
+        """The bind error alone inside `exc`, however many nurseries' groups wrap it (the
+        servers bind inside nurseries; their CLIs print it as one line)."""
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        return exc if isinstance(exc, PortInUse) else None
+
 
 def raise_fd_limit(wanted: int) -> int:
     """Lift this process's soft limit on open files towards `wanted` (capped by the hard

@@ -79,13 +79,6 @@ def _worker_metrics(settings: ProxySettings, index: int) -> list[str]:
     return ["--metrics-listen", f"{host}:{port + index if port else 0}"]
 
 
-def _port_in_use(exc: BaseException) -> PortInUse | None:
-    """The bind error alone inside `exc`, however many nurseries' groups wrap it."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, PortInUse) else None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             trio.run(run, settings, worker)
     except (PortInUse, BaseExceptionGroup) as exc:
-        in_use = _port_in_use(exc)
+        in_use = PortInUse.alone_in(exc)
         if in_use is None:
             raise
         print(f"memring-proxy: error: {in_use}; choose another port", file=sys.stderr)
