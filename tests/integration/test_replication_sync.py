@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -72,9 +75,9 @@ def settled(shard: SyncShard) -> tuple[servers.RunningServer, list[servers.Runni
     return leader, followers
 
 
-def set_one(sock: object, key: bytes, value: bytes) -> bytes:
-    sock.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))  # type: ignore[attr-defined]
-    return wire.read_until(sock, b"\r\n")  # type: ignore[arg-type]
+def set_one(sock: socket.socket, key: bytes, value: bytes) -> bytes:
+    sock.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))
+    return wire.read_until(sock, b"\r\n")
 
 
 def test_every_acknowledged_write_is_on_the_follower(etcd: EtcdProcess) -> None:
@@ -306,9 +309,6 @@ def test_round_robin_reads_through_the_proxy_see_every_acknowledged_write(
 def test_leader_transfer_under_load_fails_no_client_request(etcd: EtcdProcess) -> None:
     """The resigning leader refuses new writes (the proxy retries them on the next leader)
     and lets the in-flight ones replicate before it steps down."""
-    import subprocess
-    import sys
-
     from tests.integration.test_cluster_proxy import proxy_argv
 
     with sync_shard(etcd, 2) as shard:
@@ -411,9 +411,6 @@ def test_unclean_election_picks_the_most_advanced_live_member(etcd: EtcdProcess)
 def test_auto_mode_follows_the_cluster_config_live(etcd: EtcdProcess) -> None:
     """`--replication auto` (the default with --peer-listen): sync until `memring config set
     replication async`, and back, without a restart."""
-    import subprocess
-    import sys
-
     class AutoShard(SyncShard):
         mode = "auto"
 
