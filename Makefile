@@ -33,7 +33,7 @@ run: venv debian-deps
 	$(BIN)/memring up --port 11211
 
 lint: venv
-	$(BIN)/ruff check protocol netio cluster backend proxy tests bench
+	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench
 	$(BIN)/mypy
 
 test: venv debian-deps lint

@@ -1,4 +1,4 @@
-"""`memring-backend` / `python -m backend`: run one storage node in the foreground."""
+"""`memring-backend` / `python -m memring.backend`: run one storage node in the foreground."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from backend.cluster_member import ClusterMember, MemberIdentity
-from backend.server import BackendServer
-from backend.settings import BackendSettings, SettingsError, load_settings, split_address
-from backend.stats import MEMRING_VERSION
-from netio import logs, nonblocking
-from netio.nonblocking import PortInUse
+from memring.backend.cluster_member import ClusterMember, MemberIdentity
+from memring.backend.server import BackendServer
+from memring.backend.settings import BackendSettings, SettingsError, load_settings, split_address
+from memring.backend.stats import MEMRING_VERSION
+from memring.netio import logs, nonblocking
+from memring.netio.nonblocking import PortInUse
 
 log = logging.getLogger("memring.backend")
 
@@ -39,7 +39,8 @@ async def run(settings: BackendSettings) -> None:
     async with AsyncExitStack() as stack:
         member: ClusterMember | None = None
         if settings.clustered:
-            from cluster.etcd_coordinator import EtcdCoordinator  # grpc only in cluster mode
+            # grpc only in cluster mode
+            from memring.cluster.etcd_coordinator import EtcdCoordinator
 
             coordinator = EtcdCoordinator(settings.etcd, settings.cluster)
             stack.push_async_callback(coordinator.aclose)
@@ -49,7 +50,7 @@ async def run(settings: BackendSettings) -> None:
         server = BackendServer(settings, member)
         replicator = None
         if member is not None and settings.replication != "off":
-            from backend.replication import Replicator
+            from memring.backend.replication import Replicator
 
             replicator = Replicator(server.store, member, settings)
             member.listener = replicator
@@ -61,7 +62,8 @@ async def run(settings: BackendSettings) -> None:
                      settings.host, port, settings.memory, settings.max_item_size)
             metrics = None
             if settings.metrics_listen:
-                from backend.metrics import endpoint_for  # prometheus_client only when asked
+                # prometheus_client only when asked
+                from memring.backend.metrics import endpoint_for
 
                 metrics = endpoint_for(settings, server.handler)
                 await nursery.start(metrics.serve)

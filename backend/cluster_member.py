@@ -38,7 +38,7 @@ from typing import Protocol
 
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     Coordinator,
@@ -52,8 +52,8 @@ from cluster.coordinator import (
     ShardView,
     collapse_single,
 )
-from cluster.node_stats import fetch_all
-from protocol.replication import Position, parse_position
+from memring.cluster.node_stats import fetch_all
+from memring.protocol.replication import Position, parse_position
 
 log = logging.getLogger("memring.backend.cluster")
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from backend.meta_commands import MetaCommands
-from backend.stats import StatsReport
-from backend.store import Outcome, Store
-from protocol.requests import (
+from memring.backend.meta_commands import MetaCommands
+from memring.backend.stats import StatsReport
+from memring.backend.store import Outcome, Store
+from memring.protocol.requests import (
     Arithmetic,
     CacheMemlimit,
     Delete,
@@ -38,7 +38,7 @@ from protocol.requests import (
     Verbosity,
     Version,
 )
-from protocol.requests import (
+from memring.protocol.requests import (
     Store as StoreRequest,
 )
 

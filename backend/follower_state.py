@@ -18,9 +18,9 @@ the mutations after that position (see backend.snapshot for why that converges).
 
 from __future__ import annotations
 
-from backend.replication_log import ReplicationLog
-from backend.store import Store
-from protocol.replication import (
+from memring.backend.replication_log import ReplicationLog
+from memring.backend.store import Store
+from memring.protocol.replication import (
     ORIGIN,
     Deletion,
     EpochStart,

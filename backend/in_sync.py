@@ -36,8 +36,8 @@ from itertools import count
 
 import trio
 
-from cluster.coordinator import CoordinatorError, FencedOut, Incarnation
-from protocol.replication import Position
+from memring.cluster.coordinator import CoordinatorError, FencedOut, Incarnation
+from memring.protocol.replication import Position
 
 log = logging.getLogger("memring.backend.replication")
 

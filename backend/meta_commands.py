@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 
-from backend.store import Item, Outcome, Store
-from protocol.requests import (
+from memring.backend.store import Item, Outcome, Store
+from memring.protocol.requests import (
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -19,7 +19,7 @@ from protocol.requests import (
     MetaNoop,
     MetaSet,
 )
-from protocol.sizes import slab_class
+from memring.protocol.sizes import slab_class
 
 _MS_MODES = {0: b"set", 0x53: b"set", 0x45: b"add", 0x41: b"append", 0x50: b"prepend",
              0x52: b"replace"}

@@ -28,11 +28,11 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from backend.commands import STANDALONE_STATS, CommandHandler
-from backend.settings import BackendSettings, split_address
-from backend.stats import MEMRING_VERSION
-from netio.metrics_http import MetricsEndpoint
-from protocol.replication import parse_position
+from memring.backend.commands import STANDALONE_STATS, CommandHandler
+from memring.backend.settings import BackendSettings, split_address
+from memring.backend.stats import MEMRING_VERSION
+from memring.netio.metrics_http import MetricsEndpoint
+from memring.protocol.replication import parse_position
 
 PREFIX = "memring_backend"
 ROLES = ("standalone", "leader", "follower", "syncing")

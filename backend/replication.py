@@ -28,16 +28,16 @@ import logging
 
 import trio
 
-from backend.cluster_member import ClusterMember
-from backend.follower_state import FollowerState
-from backend.in_sync import InSyncReplicas
-from backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
-from backend.settings import BackendSettings, split_address
-from backend.store import Store
-from cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
-from netio import nonblocking
-from netio.connection_server import ConnectionCounters, ConnectionServer
-from protocol.replication import ORIGIN, Position
+from memring.backend.cluster_member import ClusterMember
+from memring.backend.follower_state import FollowerState
+from memring.backend.in_sync import InSyncReplicas
+from memring.backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
+from memring.backend.settings import BackendSettings, split_address
+from memring.backend.store import Store
+from memring.cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
+from memring.netio import nonblocking
+from memring.netio.connection_server import ConnectionCounters, ConnectionServer
+from memring.protocol.replication import ORIGIN, Position
 
 log = logging.getLogger("memring.backend.replication")
 
@@ -234,8 +234,8 @@ class Replicator:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Serve followers on the peer port and follow the leader, until `shutdown()`."""
-        from backend.replication_client import follow_leader
-        from backend.replication_server import serve_follower
+        from memring.backend.replication_client import follow_leader
+        from memring.backend.replication_server import serve_follower
 
         host, port = split_address(self.settings.peer_listen)
         listener = nonblocking.listen(host, port)

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from backend.follower_state import FollowerState, ReplicationRejected
-from backend.replication_log import ReplicationGap
-from backend.replication_server import READ_SIZE
-from backend.settings import SettingsError, split_address
-from netio import nonblocking
-from protocol.replication import (
+from memring.backend.follower_state import FollowerState, ReplicationRejected
+from memring.backend.replication_log import ReplicationGap
+from memring.backend.replication_server import READ_SIZE
+from memring.backend.settings import SettingsError, split_address
+from memring.netio import nonblocking
+from memring.protocol.replication import (
     NEED_DATA,
     ORIGIN,
     Ack,
@@ -41,7 +41,7 @@ from protocol.replication import (
 )
 
 if TYPE_CHECKING:
-    from backend.replication import Replicator
+    from memring.backend.replication import Replicator
 
 log = logging.getLogger("memring.backend.replication")
 

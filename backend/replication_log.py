@@ -28,8 +28,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 
-from backend.store import Item, Store
-from protocol.replication import (
+from memring.backend.store import Item, Store
+from memring.protocol.replication import (
     ORIGIN,
     Change,
     Deletion,

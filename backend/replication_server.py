@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from backend.snapshot import StoreSnapshot
-from cluster.coordinator import Incarnation
-from netio import nonblocking
-from netio.connection_server import Connection
-from protocol.replication import (
+from memring.backend.snapshot import StoreSnapshot
+from memring.cluster.coordinator import Incarnation
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection
+from memring.protocol.replication import (
     NEED_DATA,
     PROTOCOL_VERSION,
     Ack,
@@ -40,8 +40,8 @@ from protocol.replication import (
 )
 
 if TYPE_CHECKING:
-    from backend.in_sync import FollowerLink, InSyncReplicas
-    from backend.replication import Replicator
+    from memring.backend.in_sync import FollowerLink, InSyncReplicas
+    from memring.backend.replication import Replicator
 
 log = logging.getLogger("memring.backend.replication")
 

@@ -22,14 +22,14 @@ from typing import Protocol
 
 import trio
 
-from backend.commands import CloseConnection, CommandHandler, WriteFence
-from backend.settings import BackendSettings
-from backend.stats import ServerCounters, StatsReport
-from backend.store import Store
-from netio import nonblocking
-from netio.connection_server import Connection, ConnectionServer
-from protocol.request_parser import NEED_DATA, RequestParser
-from protocol.requests import Get
+from memring.backend.commands import CloseConnection, CommandHandler, WriteFence
+from memring.backend.settings import BackendSettings
+from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.store import Store
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection, ConnectionServer
+from memring.protocol.request_parser import NEED_DATA, RequestParser
+from memring.protocol.requests import Get
 
 log = logging.getLogger("memring.backend")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from netio import logs
+from memring.netio import logs
 
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async", "sync", "auto")
@@ -191,8 +191,8 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
 
 
 def _check_cluster(settings: BackendSettings) -> None:
-    from cluster.etcd_coordinator import parse_endpoints
-    from cluster.keyspace import check_id
+    from memring.cluster.etcd_coordinator import parse_endpoints
+    from memring.cluster.keyspace import check_id
 
     try:
         parse_endpoints(settings.etcd)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from backend.replication_log import item_state
-from backend.store import Store
-from protocol.replication import ItemState, Position, SnapshotBegin, SnapshotEnd
+from memring.backend.replication_log import item_state
+from memring.backend.store import Store
+from memring.protocol.replication import ItemState, Position, SnapshotBegin, SnapshotEnd
 
 
 class StoreSnapshot:

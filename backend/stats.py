@@ -7,10 +7,10 @@ import resource
 import time
 from collections import Counter
 
-from backend.settings import BackendSettings
-from backend.store import Store
-from netio.connection_server import ConnectionCounters
-from protocol.sizes import SLAB_CHUNK_SIZES, slab_class
+from memring.backend.settings import BackendSettings
+from memring.backend.store import Store
+from memring.netio.connection_server import ConnectionCounters
+from memring.protocol.sizes import SLAB_CHUNK_SIZES, slab_class
 
 MEMRING_VERSION = "0.1.0"
 

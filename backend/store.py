@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from protocol.numeric import U64_MAX, parse_stored_number
-from protocol.replication import ItemState
-from protocol.sizes import item_size
+from memring.protocol.numeric import U64_MAX, parse_stored_number
+from memring.protocol.replication import ItemState
+from memring.protocol.sizes import item_size
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30

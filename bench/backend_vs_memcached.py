@@ -115,7 +115,7 @@ def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> lis
     if not (REPO / "backend" / "__main__.py").exists():
         raise BenchError(f"the backend is not there yet ({REPO / 'backend' / '__main__.py'} "
                          "is missing): run with `--servers memcached` until it exists")
-    return [*pin, python, "-m", "backend", "--listen", f"{HOST}:{port}",
+    return [*pin, python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
             "--memory", str(memory)]
 
 

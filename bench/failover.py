@@ -70,7 +70,7 @@ HEALTHY_TIMEOUT = 60.0
 def replication_modes(python: str) -> list[str]:
     """The `--replication` choices the backend's --help offers (off excluded)."""
     try:
-        text = subprocess.run([python, "-m", "backend", "--help"], cwd=REPO, text=True,
+        text = subprocess.run([python, "-m", "memring.backend", "--help"], cwd=REPO, text=True,
                               capture_output=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise BenchError(f"cannot run `{python} -m backend --help`: {e}") from e
@@ -164,7 +164,7 @@ class Cluster:
         print(f"logs of {len(self.servers)} processes in {path}", flush=True)
 
     def start(self) -> None:
-        from cluster.etcd_process import start_etcd
+        from memring.cluster.etcd_process import start_etcd
 
         args = self.args
         try:
@@ -178,7 +178,7 @@ class Cluster:
         for sid in self.shard_ids:
             for r in range(1, args.replicas + 1):
                 port = free_port()
-                argv = [args.python, "-m", "backend", "--listen", f"{HOST}:{port}",
+                argv = [args.python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
                         "--etcd", self.etcd_url, "--cluster", CLUSTER, "--shard", sid,
                         "--node-id", f"{sid}-r{r}", "--lease-ttl", f"{args.ttl:g}",
                         "--replication", args.mode, "--peer-listen", f"{HOST}:{free_port()}"]
@@ -186,7 +186,7 @@ class Cluster:
                 self.nodes.append(node)
                 self.launch(node)
         self.proxy_port = free_port()
-        argv = [args.python, "-m", "proxy", "--listen", f"{HOST}:{self.proxy_port}",
+        argv = [args.python, "-m", "memring.proxy", "--listen", f"{HOST}:{self.proxy_port}",
                 "--etcd", self.etcd_url, "--cluster", CLUSTER]
         if args.leader_wait_ms is not None:
             argv += ["--leader-wait-ms", str(args.leader_wait_ms)]
@@ -198,8 +198,8 @@ class Cluster:
     def _write_records(self) -> None:
         import trio
 
-        from cluster.coordinator import ClusterConfig, CoordinatorError
-        from cluster.etcd_coordinator import EtcdCoordinator
+        from memring.cluster.coordinator import ClusterConfig, CoordinatorError
+        from memring.cluster.etcd_coordinator import EtcdCoordinator
 
         async def write() -> None:
             async with EtcdCoordinator.connect(self.etcd_url, CLUSTER) as etcd:
@@ -247,7 +247,7 @@ class Cluster:
             if "memring_repl_isr" in s and len(isr) != self.args.replicas:
                 return f"shard {sid}: ISR {isr}"
             addresses.add(leaders[0].address)
-        from cluster.launcher import routes_to
+        from memring.cluster.launcher import routes_to
 
         if not routes_to(f"{HOST}:{self.proxy_port}", addresses):
             return "the proxy has no live connection to every leader"
@@ -798,7 +798,7 @@ def markdown_row(args: argparse.Namespace, s: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.ketama import KetamaRing
+    from memring.proxy.ketama import KetamaRing
 
     modes = replication_modes(args.python)
     if not modes:

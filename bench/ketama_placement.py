@@ -24,7 +24,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.ketama import KetamaRing
+from memring.proxy.ketama import KetamaRing
 from tests import servers
 from tests.compat.test_ketama_nutcracker import (
     PoolServer,

@@ -3,8 +3,8 @@
 Scenarios (each proxy has 2 shards behind it, so routing and multi-get splitting happen):
   direct      the load talks to one `memcached -t 1` directly
   twemproxy   nutcracker (md5, ketama) -> 2 x memcached -t 1
-  memring-mc  `python -m proxy` -> 2 x memcached -t 1 (the same two as twemproxy's)
-  memring-be  `python -m proxy` -> 2 x memring backend (`python -m backend`)
+  memring-mc  `python -m memring.proxy` -> 2 x memcached -t 1 (the same two as twemproxy's)
+  memring-be  `python -m memring.proxy` -> 2 x memring backend (`python -m memring.backend`)
 Servers and proxies are pinned to one core (--server-cpu), the load to another (--load-cpu).
 Two loads: `getset` (single-key gets and sets) and `multiget` (each get names --multiget
 distinct keys; a request counts as one op, keys/s is reported too). Each round runs every
@@ -231,20 +231,20 @@ def memring_argv(python: str, shard_ports: list[int], port: int, conf: Path,
                     + "".join(f'\n[[shards]]\nnodes = ["{HOST}:{p}"]\n' for p in shard_ports))
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     extra = ["--workers", str(workers)] if workers is not None else []
-    return [*pin, python, "-m", "proxy", "--listen", f"{HOST}:{port}", "--config", str(conf),
+    return [*pin, python, "-m", "memring.proxy", "--listen", f"{HOST}:{port}", "--config", str(conf),
             *extra]
 
 
 def memring_proxy_status(python: str) -> tuple[bool, bool, str]:
-    """(usable, has --workers, why not) from `python -m proxy --help`."""
+    """(usable, has --workers, why not) from `python -m memring.proxy --help`."""
     try:
-        out = subprocess.run([python, "-m", "proxy", "--help"], cwd=REPO, capture_output=True,
+        out = subprocess.run([python, "-m", "memring.proxy", "--help"], cwd=REPO, capture_output=True,
                              timeout=30, text=True)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, False, f"`{python} -m proxy --help` failed: {e}"
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        return False, False, (f"`python -m proxy --help` exited {out.returncode}: "
+        return False, False, (f"`python -m memring.proxy --help` exited {out.returncode}: "
                               + " | ".join(tail))
     return True, "--workers" in out.stdout, ""
 

@@ -54,13 +54,13 @@ def shard(mode: str, args: argparse.Namespace) -> Iterator[int]:
     with contextlib.ExitStack() as stack:
         if mode == "standalone":
             port = free_port()
-            stack.enter_context(spawned("backend", [*pin, args.python, "-m", "backend",
+            stack.enter_context(spawned("backend", [*pin, args.python, "-m", "memring.backend",
                                                     "--listen", f"{HOST}:{port}",
                                                     "--memory", str(args.memory)],
                                         port, ask_version, "`version`"))
             yield port
             return
-        from cluster.etcd_process import start_etcd
+        from memring.cluster.etcd_process import start_etcd
 
         try:
             etcd = start_etcd()
@@ -70,7 +70,7 @@ def shard(mode: str, args: argparse.Namespace) -> Iterator[int]:
         ports = []
         for r in range(args.replicas):
             port = free_port()
-            argv = [*pin, args.python, "-m", "backend", "--listen", f"{HOST}:{port}",
+            argv = [*pin, args.python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
                     "--memory", str(args.memory), "--etcd", etcd.url, "--cluster", "cost",
                     "--shard", "s1", "--node-id", f"r{r + 1}", "--replication", mode,
                     "--peer-listen", f"{HOST}:{free_port()}"]

@@ -64,7 +64,7 @@ class RollingCluster(Cluster):
     """failover.Cluster's processes and health check, with this script's name and flags."""
 
     def start(self) -> None:
-        from cluster.etcd_process import start_etcd
+        from memring.cluster.etcd_process import start_etcd
 
         args = self.args
         try:
@@ -78,7 +78,7 @@ class RollingCluster(Cluster):
         for sid in self.shard_ids:
             for r in range(1, args.replicas + 1):
                 port = free_port()
-                argv = [args.python, "-m", "backend", "--listen", f"{HOST}:{port}",
+                argv = [args.python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
                         "--etcd", self.etcd_url, "--cluster", CLUSTER, "--shard", sid,
                         "--node-id", f"{sid}-r{r}", "--lease-ttl", f"{args.ttl:g}",
                         "--replication", "sync", "--peer-listen", f"{HOST}:{free_port()}"]
@@ -88,7 +88,7 @@ class RollingCluster(Cluster):
                 self.nodes.append(node)
                 self.launch(node)
         self.proxy_port = free_port()
-        argv = [args.python, "-m", "proxy", "--listen", f"{HOST}:{self.proxy_port}",
+        argv = [args.python, "-m", "memring.proxy", "--listen", f"{HOST}:{self.proxy_port}",
                 "--etcd", self.etcd_url, "--cluster", CLUSTER]
         if args.leader_wait_ms is not None:
             argv += ["--leader-wait-ms", str(args.leader_wait_ms)]
@@ -100,8 +100,8 @@ class RollingCluster(Cluster):
     def _write_records(self) -> None:
         import trio
 
-        from cluster.coordinator import ClusterConfig, CoordinatorError
-        from cluster.etcd_coordinator import EtcdCoordinator
+        from memring.cluster.coordinator import ClusterConfig, CoordinatorError
+        from memring.cluster.etcd_coordinator import EtcdCoordinator
 
         async def write() -> None:
             async with EtcdCoordinator.connect(self.etcd_url, CLUSTER) as etcd:
@@ -117,7 +117,7 @@ class RollingCluster(Cluster):
 
     def memring(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """`memring ARGV --etcd URL --cluster NAME`, as an operator types it."""
-        command = [self.args.python, "-m", "cluster", *argv, "--etcd", self.etcd_url,
+        command = [self.args.python, "-m", "memring.cluster", *argv, "--etcd", self.etcd_url,
                    "--cluster", CLUSTER]
         try:
             return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)

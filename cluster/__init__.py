@@ -9,7 +9,7 @@ from the proxy's static TOML topology, parsed by cluster.static_topology, and re
 in cluster.keyspace. The etcd client (and grpc) is imported only by cluster.etcd_coordinator.
 """
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     Coordinator,
@@ -30,7 +30,7 @@ from cluster.coordinator import (
     WatchCompacted,
     WatchStream,
 )
-from cluster.keyspace import Keyspace, WatchBatch
+from memring.cluster.keyspace import Keyspace, WatchBatch
 
 __all__ = [
     "ClusterConfig",

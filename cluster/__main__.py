@@ -1,7 +1,7 @@
-"""`python -m cluster`: the `memring` command."""
+"""`python -m memring.cluster`: the `memring` command."""
 
 import sys
 
-from cluster.cli import main
+from memring.cluster.cli import main
 
 sys.exit(main())

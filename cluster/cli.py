@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     CoordinatorError,
@@ -26,10 +26,10 @@ from cluster.coordinator import (
     ShardExists,
     ShardRecord,
 )
-from cluster.launcher import plan_from_file, plan_from_flags, read_state, up
-from cluster.node_stats import fetch_all
-from cluster.status import addresses, healthy, render_table, status_doc, with_rates
-from netio import logs
+from memring.cluster.launcher import plan_from_file, plan_from_flags, read_state, up
+from memring.cluster.node_stats import fetch_all
+from memring.cluster.status import addresses, healthy, render_table, status_doc, with_rates
+from memring.netio import logs
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 WATCH_INTERVAL = 1.0
@@ -132,7 +132,7 @@ def _etcd(args: argparse.Namespace) -> str:
 
 
 def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
-    from cluster.etcd_coordinator import EtcdCoordinator
+    from memring.cluster.etcd_coordinator import EtcdCoordinator
 
     async def run() -> int:
         async with EtcdCoordinator.connect(_etcd(args), _cluster(args)) as etcd:

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 import trio
 
-from cluster.keyspace import (
+from memring.cluster.keyspace import (
     Compare,
     Delete,
     Entry,
@@ -39,49 +39,49 @@ from cluster.keyspace import (
     TxnResult,
     WatchBatch,
 )
-from cluster.records import (
+from memring.cluster.records import (
     HASHES as HASHES,
 )
-from cluster.records import (
+from memring.cluster.records import (
     READ_POLICIES as READ_POLICIES,
 )
-from cluster.records import (
+from memring.cluster.records import (
     REPLICATION_MODES as REPLICATION_MODES,
 )
-from cluster.records import (
+from memring.cluster.records import (
     UNCLEAN_POLICIES as UNCLEAN_POLICIES,
 )
-from cluster.records import (  # re-exported: callers import the records from here too
+from memring.cluster.records import (  # re-exported: callers import the records from here too
     ClusterConfig as ClusterConfig,
 )
-from cluster.records import (
+from memring.cluster.records import (
     ClusterView as ClusterView,
 )
-from cluster.records import (
+from memring.cluster.records import (
     ElectionHint as ElectionHint,
 )
-from cluster.records import (
+from memring.cluster.records import (
     Incarnation as Incarnation,
 )
-from cluster.records import (
+from memring.cluster.records import (
     IsrRecord as IsrRecord,
 )
-from cluster.records import (
+from memring.cluster.records import (
     LeaderRecord as LeaderRecord,
 )
-from cluster.records import (
+from memring.cluster.records import (
     Leadership as Leadership,
 )
-from cluster.records import (
+from memring.cluster.records import (
     NodeRecord as NodeRecord,
 )
-from cluster.records import (
+from memring.cluster.records import (
     ProxyRecord as ProxyRecord,
 )
-from cluster.records import (
+from memring.cluster.records import (
     ShardRecord as ShardRecord,
 )
-from cluster.records import (
+from memring.cluster.records import (
     ShardView as ShardView,
 )
 

@@ -28,7 +28,7 @@ import trio
 from etcd3 import etcdrpc  # type: ignore[import-untyped]
 from etcd3.etcdrpc import kv_pb2  # type: ignore[import-untyped]
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     Coordinator,
     CoordinatorError,
     CoordinatorUnavailable,
@@ -37,7 +37,7 @@ from cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
-from cluster.keyspace import (
+from memring.cluster.keyspace import (
     Compare,
     Delete,
     Entry,

@@ -2,7 +2,7 @@
 
 Theory of operation. `LocalCluster.start()` spawns etcd (cluster.etcd_process, fast elections,
 data in a temp dir) unless an etcd URL was given, writes the cluster's `config` and `shards/*`
-records, starts shards x replicas backends (`python -m backend ... --etcd URL --cluster NAME
+records, starts shards x replicas backends (`python -m memring.backend ... --etcd URL --cluster NAME
 --shard ID --node-id ID`) and the proxies, each on its own free port with its log in the run
 directory, and returns once every shard has a leader and every proxy has registered and has a
 live connection to every leader (its `stats`). `stop()` terminates the proxies and backends
@@ -35,9 +35,9 @@ from typing import Any
 
 import trio
 
-from cluster.coordinator import ClusterConfig, CoordinatorError
-from cluster.etcd_process import HOST, EtcdProcess, free_port, start_etcd
-from cluster.keyspace import check_id
+from memring.cluster.coordinator import ClusterConfig, CoordinatorError
+from memring.cluster.etcd_process import HOST, EtcdProcess, free_port, start_etcd
+from memring.cluster.keyspace import check_id
 
 READY_TIMEOUT = 30.0
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
@@ -202,7 +202,7 @@ def routes_to(address: str, leaders: set[str]) -> bool:
 def _backend_flags() -> str:
     """The backend's --help, to pass only the cluster flags it knows."""
     try:
-        return subprocess.run([sys.executable, "-m", "backend", "--help"], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "memring.backend", "--help"], capture_output=True,
                               text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -250,7 +250,7 @@ class LocalCluster:
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
                 address = f"{HOST}:{free_port()}"
-                argv = [sys.executable, "-m", "backend", "--listen", address, "--etcd", url,
+                argv = [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
                         "--cluster", self.plan.name, "--shard", shard.shard_id,
                         "--node-id", node_id]
                 if "--lease-ttl" in help_text:
@@ -267,7 +267,7 @@ class LocalCluster:
             port = self.port if index == 0 else free_port()
             address = f"{HOST}:{port}"
             name = f"proxy-{index + 1}"
-            argv = [sys.executable, "-m", "proxy", "--listen", address, "--etcd", url,
+            argv = [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
                     "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
             self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
             say(f"memring up: proxy    {name:<10} {address} (pid {self._pid(-1)})"
@@ -290,7 +290,7 @@ class LocalCluster:
             raise LaunchError("interrupted while starting")
 
     async def _write_records(self) -> None:
-        from cluster.etcd_coordinator import EtcdCoordinator
+        from memring.cluster.etcd_coordinator import EtcdCoordinator
 
         assert self.etcd_url is not None
         deadline = trio.current_time() + RECORDS_TIMEOUT
@@ -308,7 +308,7 @@ class LocalCluster:
 
     async def _await_ready(self) -> None:
         """Every shard has a leader; every proxy registered and answers."""
-        from cluster.etcd_coordinator import EtcdCoordinator
+        from memring.cluster.etcd_coordinator import EtcdCoordinator
 
         assert self.etcd_url is not None
         missing = "etcd"

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     Coordinator,
     CoordinatorUnavailable,
     LeaseNotFound,
     WatchStream,
 )
-from cluster.keyspace import Compare, Entry, KeyEvent, Op, Put, TxnResult, WatchBatch
+from memring.cluster.keyspace import Compare, Entry, KeyEvent, Op, Put, TxnResult, WatchBatch
 
 EXPIRY_TICK = 0.05
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import trio
 
-from protocol.request_parser import NEED_DATA
-from protocol.response_parser import ResponseError, ResponseParser
-from protocol.responses import End, Stat
+from memring.protocol.request_parser import NEED_DATA
+from memring.protocol.response_parser import ResponseError, ResponseParser
+from memring.protocol.responses import End, Stat
 
 STATS_TIMEOUT = 0.5
 MAX_REPLY = 1 << 20

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cluster.keyspace import Entry, Keyspace, WatchBatch
+from memring.cluster.keyspace import Entry, Keyspace, WatchBatch
 
 log = logging.getLogger("memring.cluster")
 

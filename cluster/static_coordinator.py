@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     Coordinator,
@@ -46,8 +46,8 @@ from cluster.coordinator import (
     ShardView,
     WatchStream,
 )
-from cluster.keyspace import Compare, Entry, Op, TxnResult
-from cluster.static_topology import SettingsError, ShardSpec, parse_shards, read_toml
+from memring.cluster.keyspace import Compare, Entry, Op, TxnResult
+from memring.cluster.static_topology import SettingsError, ShardSpec, parse_shards, read_toml
 
 log = logging.getLogger("memring.cluster")
 

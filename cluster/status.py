@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.coordinator import ClusterView, Incarnation
+from memring.cluster.coordinator import ClusterView, Incarnation
 
 NodeStats = dict[str, dict[str, str] | None]  # address -> `stats`, None: no answer
 _OPS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "incr_hits",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from netio import nonblocking
+from memring.netio import nonblocking
 
 log = logging.getLogger("memring.net")
 

@@ -17,8 +17,8 @@ import trio
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from netio import nonblocking
-from netio.connection_server import Connection, ConnectionCounters, ConnectionServer
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection, ConnectionCounters, ConnectionServer
 
 log = logging.getLogger("memring.metrics")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import binascii
 
-from protocol.numeric import parse_i32, parse_u32_flags, parse_u64
-from protocol.requests import MetaFlags
+from memring.protocol.numeric import parse_i32, parse_u32_flags, parse_u64
+from memring.protocol.requests import MetaFlags
 
 # protocol.txt: "The flags are limited to 32 bytes" for the opaque (O) token.
 MAX_OPAQUE_LENGTH = 32

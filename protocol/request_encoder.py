@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 
-from protocol.requests import (
+from memring.protocol.requests import (
     Arithmetic,
     CacheMemlimit,
     Delete,

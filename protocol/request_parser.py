@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from protocol import meta_flags
-from protocol.meta_flags import (
+from memring.protocol import meta_flags
+from memring.protocol.meta_flags import (
     BAD_FORMAT,
     MAX_META_TOKENS,
     MAX_OPAQUE_LENGTH,
@@ -28,8 +28,8 @@ from protocol.meta_flags import (
     decode_key,
     parse_meta_flags,
 )
-from protocol.numeric import I32_MAX, parse_i32, parse_u32_flags, parse_u64
-from protocol.requests import (
+from memring.protocol.numeric import I32_MAX, parse_i32, parse_u32_flags, parse_u64
+from memring.protocol.requests import (
     Arithmetic,
     CacheMemlimit,
     Delete,
@@ -52,7 +52,7 @@ from protocol.requests import (
     Verbosity,
     Version,
 )
-from protocol.sizes import KEY_MAX_LENGTH, item_size
+from memring.protocol.sizes import KEY_MAX_LENGTH, item_size
 
 
 class _NeedData:

@@ -9,8 +9,8 @@ Memory is bounded by `max_line` and `max_value`.
 
 from __future__ import annotations
 
-from protocol.request_parser import NEED_DATA, _NeedData
-from protocol.responses import (
+from memring.protocol.request_parser import NEED_DATA, _NeedData
+from memring.protocol.responses import (
     End,
     ErrorReply,
     Line,

@@ -22,9 +22,9 @@ from typing import Protocol
 
 import trio
 
-from netio import nonblocking
-from protocol import NEED_DATA, ResponseError, ResponseParser
-from protocol.responses import End, ErrorReply, Response
+from memring.netio import nonblocking
+from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.responses import End, ErrorReply, Response
 
 READ_SIZE = 65536
 

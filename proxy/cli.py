@@ -1,4 +1,4 @@
-"""`memring-proxy` / `python -m proxy`: the proxy in the foreground.
+"""`memring-proxy` / `python -m memring.proxy`: the proxy in the foreground.
 
 With `--workers N` (N > 1) this process supervises N worker processes that share the
 port through SO_REUSEPORT; it forwards SIGTERM/SIGINT/SIGHUP to them and exits when they
@@ -15,10 +15,10 @@ import sys
 
 import trio
 
-from netio import logs, nonblocking
-from netio.nonblocking import PortInUse
-from proxy.server import ProxyServer
-from proxy.settings import (
+from memring.netio import logs, nonblocking
+from memring.netio.nonblocking import PortInUse
+from memring.proxy.server import ProxyServer
+from memring.proxy.settings import (
     ProxySettings,
     SettingsError,
     load_settings,
@@ -55,7 +55,7 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
 def supervise(settings: ProxySettings, argv: list[str]) -> int:
     """Start `settings.workers` copies of this proxy on one port and wait for them."""
     env = dict(os.environ, **{WORKER_ENV: "1"})
-    workers = [subprocess.Popen([sys.executable, "-m", "proxy", *argv, "--workers", "1",
+    workers = [subprocess.Popen([sys.executable, "-m", "memring.proxy", *argv, "--workers", "1",
                                  *_worker_metrics(settings, index)], env=env)
                for index in range(settings.workers)]
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(settings, argv)
     try:
         if settings.etcd:
-            from proxy.cluster_topology import run_cluster
+            from memring.proxy.cluster_topology import run_cluster
             trio.run(run_cluster, settings, worker)
         else:
             trio.run(run, settings, worker)

@@ -30,17 +30,17 @@ from dataclasses import replace
 
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterView,
     Coordinator,
     CoordinatorError,
     Incarnation,
     ProxyRecord,
 )
-from netio import nonblocking
-from proxy.server import ProxyServer
-from proxy.settings import NodeSpec, ProxySettings, SettingsError, ShardSpec, split_address
-from proxy.stats import MEMRING_VERSION
+from memring.netio import nonblocking
+from memring.proxy.server import ProxyServer
+from memring.proxy.settings import NodeSpec, ProxySettings, SettingsError, ShardSpec, split_address
+from memring.proxy.stats import MEMRING_VERSION
 
 log = logging.getLogger("memring.proxy")
 
@@ -169,7 +169,7 @@ class ClusterTopology:
 
 async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
     """The proxy in cluster mode, until SIGTERM/SIGINT (SIGHUP is ignored: etcd is the source)."""
-    from cluster.etcd_coordinator import EtcdCoordinator  # grpc: only in cluster mode
+    from memring.cluster.etcd_coordinator import EtcdCoordinator  # grpc: only in cluster mode
 
     async with EtcdCoordinator.connect(settings.etcd, settings.cluster, probe=False) as etcd:
         topology = ClusterTopology(etcd, settings)

@@ -29,13 +29,13 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from netio.metrics_http import MetricsEndpoint
-from protocol.requests import Request
-from proxy.settings import split_address
-from proxy.stats import LATENCY_BOUNDS_S, MEMRING_VERSION
+from memring.netio.metrics_http import MetricsEndpoint
+from memring.protocol.requests import Request
+from memring.proxy.settings import split_address
+from memring.proxy.stats import LATENCY_BOUNDS_S, MEMRING_VERSION
 
 if TYPE_CHECKING:  # proxy.server imports this module, lazily
-    from proxy.server import ProxyState
+    from memring.proxy.server import ProxyState
 
 PREFIX = "memring_proxy"
 REQUEST_TYPES = tuple(kind.__name__ for kind in get_args(Request))

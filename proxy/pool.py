@@ -14,13 +14,13 @@ import logging
 
 import trio
 
-from proxy.backend_connection import (
+from memring.proxy.backend_connection import (
     BackendConnection,
     ConnectionFailed,
     PendingReply,
     ReplyListener,
 )
-from proxy.settings import NodeSpec, ProxySettings
+from memring.proxy.settings import NodeSpec, ProxySettings
 
 log = logging.getLogger("memring.proxy")
 

@@ -28,10 +28,10 @@ import logging
 
 import trio
 
-from netio import nonblocking
-from netio.connection_server import Connection, ConnectionServer
-from proxy.session import NEEDS_TASK, WAITING, Ready, Slot
-from proxy.stats import ProxyStats
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection, ConnectionServer
+from memring.proxy.session import NEEDS_TASK, WAITING, Ready, Slot
+from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 

@@ -16,8 +16,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy.ketama import KetamaRing
-from proxy.pool import NodePool
+from memring.proxy.ketama import KetamaRing
+from memring.proxy.pool import NodePool
 
 
 class NoShards(LookupError):

@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from netio import nonblocking
-from netio.connection_server import Connection, ConnectionServer
-from protocol import NEED_DATA, RequestParser
-from proxy.pool import NodePool
-from proxy.reply_stream import ReplyStream
-from proxy.router import Shard, ShardRouter
-from proxy.session import ClientSession
-from proxy.settings import ProxySettings
-from proxy.stats import ProxyStats
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection, ConnectionServer
+from memring.protocol import NEED_DATA, RequestParser
+from memring.proxy.pool import NodePool
+from memring.proxy.reply_stream import ReplyStream
+from memring.proxy.router import Shard, ShardRouter
+from memring.proxy.session import ClientSession
+from memring.proxy.settings import ProxySettings
+from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 
@@ -102,7 +102,7 @@ class ProxyServer:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
             if self.settings.metrics_listen:  # stopped with the pools below
-                from proxy.metrics import endpoint_for  # prometheus_client only when asked
+                from memring.proxy.metrics import endpoint_for  # prometheus_client only when asked
 
                 await pool_nursery.start(endpoint_for(self.state).serve)
             async with trio.open_nursery() as serving:

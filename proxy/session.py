@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from protocol.request_encoder import encode_get, encode_request
-from protocol.requests import (
+from memring.protocol.request_encoder import encode_get, encode_request
+from memring.protocol.requests import (
     Arithmetic,
     CacheMemlimit,
     Delete,
@@ -54,13 +54,13 @@ from protocol.requests import (
     Verbosity,
     Version,
 )
-from protocol.responses import End, ErrorReply, MetaReply, Value
-from proxy.backend_connection import PendingReply, ReplyListener
-from proxy.pool import NodePool
-from proxy.router import NoShards, Shard, ShardRouter
+from memring.protocol.responses import End, ErrorReply, MetaReply, Value
+from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.pool import NodePool
+from memring.proxy.router import NoShards, Shard, ShardRouter
 
 if TYPE_CHECKING:
-    from proxy.server import ProxyState
+    from memring.proxy.server import ProxyState
 
 
 class CloseSession(Exception):

@@ -18,14 +18,14 @@ from typing import Any
 
 # The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
 # re-exported here so `proxy.settings.ShardSpec` etc. keep working.
-from cluster.static_topology import NodeSpec as NodeSpec
-from cluster.static_topology import SettingsError as SettingsError
-from cluster.static_topology import ShardSpec as ShardSpec
-from cluster.static_topology import default_point_name as default_point_name
-from cluster.static_topology import parse_shards as parse_shards
-from cluster.static_topology import read_toml
-from cluster.static_topology import split_address as split_address
-from netio import logs
+from memring.cluster.static_topology import NodeSpec as NodeSpec
+from memring.cluster.static_topology import SettingsError as SettingsError
+from memring.cluster.static_topology import ShardSpec as ShardSpec
+from memring.cluster.static_topology import default_point_name as default_point_name
+from memring.cluster.static_topology import parse_shards as parse_shards
+from memring.cluster.static_topology import read_toml
+from memring.cluster.static_topology import split_address as split_address
+from memring.netio import logs
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
@@ -88,8 +88,8 @@ def _validate(settings: ProxySettings) -> ProxySettings:
         raise SettingsError(problem)
     if settings.etcd:
         # imported here: the static proxy never loads the etcd client
-        from cluster.etcd_coordinator import parse_endpoints
-        from cluster.keyspace import check_id
+        from memring.cluster.etcd_coordinator import parse_endpoints
+        from memring.cluster.keyspace import check_id
         try:
             parse_endpoints(settings.etcd)
             check_id("cluster", settings.cluster)

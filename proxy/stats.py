@@ -9,8 +9,8 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 
-from netio.connection_server import ConnectionCounters
-from proxy.pool import NodePool
+from memring.netio.connection_server import ConnectionCounters
+from memring.proxy.pool import NodePool
 
 MEMRING_VERSION = "0.1.0"
 # Request latency histogram bounds in microseconds (the last bucket is open-ended): from the

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
-from cluster import etcd_process
+from memring.cluster import etcd_process
 
 HOST = "127.0.0.1"
 
@@ -123,7 +123,7 @@ def memcached_argv(*extra: str) -> list[str]:
 
 
 def backend_argv(*extra: str) -> list[str]:
-    return [sys.executable, "-m", "backend", "--listen", HOST + ":{port}", *extra]
+    return [sys.executable, "-m", "memring.backend", "--listen", HOST + ":{port}", *extra]
 
 
 # memcached's LRU crawler and maintainer threads briefly hold items; an incr that meets a
@@ -156,7 +156,7 @@ def start(kind: str, *extra: str) -> contextlib.AbstractContextManager[RunningSe
 
 
 def proxy_argv(config: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "proxy", "--listen", HOST + ":{port}", "--config", config,
+    return [sys.executable, "-m", "memring.proxy", "--listen", HOST + ":{port}", "--config", config,
             *extra]
 
 

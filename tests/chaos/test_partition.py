@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.chaos import netns
 from tests.integration import wire
@@ -60,8 +60,8 @@ REQUEST_TIMEOUT = 6.0  # longer than TTL plus any sync lag bound: a late STORED 
 
 
 def accepted_modes() -> set[str]:
-    """The `--replication` choices `python -m backend --help` offers."""
-    text = subprocess.run([sys.executable, "-m", "backend", "--help"], capture_output=True,
+    """The `--replication` choices `python -m memring.backend --help` offers."""
+    text = subprocess.run([sys.executable, "-m", "memring.backend", "--help"], capture_output=True,
                           text=True, timeout=30).stdout
     found = re.search(r"--replication \{([^}]*)\}", text)
     return set(found.group(1).split(",")) if found else set()
@@ -234,7 +234,7 @@ def first_stored(node: Node, timeout: float) -> float:
 
 def backend_argv(mode: str, etcd_url: str, cluster: str, listen: str, peer: str,
                  advertise: str | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "backend", "--listen", listen, "--etcd", etcd_url,
+    argv = [sys.executable, "-m", "memring.backend", "--listen", listen, "--etcd", etcd_url,
             "--cluster", cluster, "--shard", SHARD, "--lease-ttl", f"{TTL:g}",
             "--replication", mode, "--peer-listen", peer]
     return argv + (["--advertise", advertise] if advertise else [])

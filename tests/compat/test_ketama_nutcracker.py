@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.ketama import HASH_NAMES, KetamaRing, key_hash, point_name
+from memring.proxy.ketama import HASH_NAMES, KetamaRing, key_hash, point_name
 from tests import servers
 
 pytestmark = pytest.mark.compat

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from memring.cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
 
 
 @pytest.fixture(scope="module")

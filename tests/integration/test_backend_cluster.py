@@ -20,9 +20,9 @@ from typing import TypeVar
 import pytest
 import trio
 
-from cluster.coordinator import ClusterView, Incarnation
-from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.coordinator import ClusterView, Incarnation
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 

@@ -2,7 +2,7 @@
 real backend processes and a real proxy in cluster mode.
 
 One etcd serves the module; each test uses its own cluster name. The commands run as the
-user runs them (`python -m cluster ...`); every wait is bounded.
+user runs them (`python -m memring.cluster ...`); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from cluster.coordinator import ClusterConfig
-from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.coordinator import ClusterConfig
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, Shard, node_id, wait_for, wait_in_sync
@@ -52,7 +52,7 @@ async def cluster_of(etcd: EtcdProcess, size: int, config: ClusterConfig | None 
 
 
 async def memring(shard: Shard, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "cluster", *args, "--etcd", shard.etcd.url,
+    argv = [sys.executable, "-m", "memring.cluster", *args, "--etcd", shard.etcd.url,
             "--cluster", shard.cluster]
     return await trio.to_thread.run_sync(lambda: subprocess.run(
         argv, capture_output=True, text=True, timeout=30))

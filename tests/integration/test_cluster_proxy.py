@@ -20,10 +20,10 @@ from contextlib import ExitStack, asynccontextmanager
 import pytest
 import trio
 
-from cluster.coordinator import Leadership, NodeRecord
-from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd
-from proxy.ketama import KetamaRing
+from memring.cluster.coordinator import Leadership, NodeRecord
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.proxy.ketama import KetamaRing
 from tests import servers
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ async def hand_cluster(url: str, cluster: str) -> AsyncIterator[HandCluster]:
 
 
 def proxy_argv(url: str, cluster: str) -> list[str]:
-    return [sys.executable, "-m", "proxy", "--listen", HOST + ":{port}", "--etcd", url,
+    return [sys.executable, "-m", "memring.proxy", "--listen", HOST + ":{port}", "--etcd", url,
             "--cluster", cluster, "--leader-wait-ms", str(LEADER_WAIT_MS)]
 
 
@@ -261,7 +261,7 @@ async def test_proxy_waits_for_etcd_at_start(etcd: EtcdProcess) -> None:
 
 
 def _backend_has_cluster_mode() -> bool:
-    out = subprocess.run([sys.executable, "-m", "backend", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "memring.backend", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
     return "--etcd" in out
 
@@ -294,12 +294,12 @@ def _alive(pid: int) -> bool:
 
 def test_memring_up_smoke(tmp_path: object) -> None:
     if not _backend_has_cluster_mode():
-        pytest.skip("the backend has no cluster mode yet (`python -m backend --help` lacks "
+        pytest.skip("the backend has no cluster mode yet (`python -m memring.backend --help` lacks "
                     "--etcd): `memring up` cannot start real shards")
     pymemcache = pytest.importorskip("pymemcache.client.base")
     port = servers.free_port()
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
-    up = subprocess.Popen([sys.executable, "-m", "cluster", "up", "--shards", "2",
+    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", "2",
                            "--replicas", "2", "--port", str(port), "--cluster", "smoke"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                           stdin=subprocess.DEVNULL, text=True)
@@ -324,7 +324,7 @@ def test_memring_up_smoke(tmp_path: object) -> None:
         client.set("hello", b"world")
         assert client.get("hello") == b"world"
         client.close()
-        status = subprocess.run([sys.executable, "-m", "cluster", "status", "--json",
+        status = subprocess.run([sys.executable, "-m", "memring.cluster", "status", "--json",
                                  "--cluster", "smoke"], capture_output=True, text=True,
                                 env=env, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -355,7 +355,7 @@ def test_memring_operations(etcd: EtcdProcess) -> None:
     """`memring shard add/list/remove`, `config get/set`, and `status` exiting 1 without a
     leader, against a real etcd."""
     def memring(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cluster", *args, "--etcd",
+        return subprocess.run([sys.executable, "-m", "memring.cluster", *args, "--etcd",
                                etcd.url, "--cluster", "ops"], capture_output=True,
                               text=True, timeout=30)
 

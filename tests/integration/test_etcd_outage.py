@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cluster.etcd_process import EtcdProcess, find_etcd, start_etcd
-from proxy.ketama import KetamaRing
+from memring.cluster.etcd_process import EtcdProcess, find_etcd, start_etcd
+from memring.proxy.ketama import KetamaRing
 from tests import servers
 from tests.integration import wire
 
@@ -144,7 +144,7 @@ def cluster_up() -> Iterator[tuple[EtcdProcess, servers.RunningServer,
                     nodes.setdefault(shard, []).append(
                         stack.enter_context(servers.running("memring-backend", argv)))
             proxy = stack.enter_context(servers.running("proxy", [
-                sys.executable, "-m", "proxy", "--listen", HOST + ":{port}", "--etcd", etcd.url,
+                sys.executable, "-m", "memring.proxy", "--listen", HOST + ":{port}", "--etcd", etcd.url,
                 "--cluster", CLUSTER, "--leader-wait-ms", str(LEADER_WAIT_MS)]))
             yield etcd, proxy, nodes
     finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.etcd_process import find_etcd
+from memring.cluster.etcd_process import find_etcd
 from tests import servers
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
     name = f"up{target}"
     env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     started = time.monotonic()
-    up = subprocess.Popen([sys.executable, "-m", "cluster", "up", "--shards", str(SHARDS),
+    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", str(SHARDS),
                            "--replicas", str(REPLICAS), "--port", str(port), "--cluster", name,
                            *(["--metrics"] if target == "group" else [])],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -110,7 +110,7 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
 
         deadline = time.monotonic() + 10
         while True:  # until every follower is in sync (sync replication: at once, or nearly)
-            status = subprocess.run([sys.executable, "-m", "cluster", "status", "--json",
+            status = subprocess.run([sys.executable, "-m", "memring.cluster", "status", "--json",
                                      "--cluster", name], capture_output=True, text=True,
                                     env=env, timeout=30)
             assert status.returncode == 0, status.stdout + status.stderr
@@ -135,7 +135,7 @@ def test_memring_up_3x2_ctrl_c_leaves_nothing(tmp_path: Path, target: str) -> No
         assert [p["address"] for p in doc["proxies"]] == [f"{HOST}:{port}"]
         assert doc["proxies"][0]["answers"], doc
         if target == "process":  # `status --watch --json`: one doc a second, ops/s moving
-            watch = subprocess.Popen([sys.executable, "-m", "cluster", "status", "--watch",
+            watch = subprocess.Popen([sys.executable, "-m", "memring.cluster", "status", "--watch",
                                       "--json", "--cluster", name], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=env)
             try:

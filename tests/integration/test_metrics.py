@@ -189,7 +189,7 @@ def test_metrics_port_in_use_is_a_one_line_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         for module in ("backend", "proxy"):
-            argv = [sys.executable, "-m", module, "--listen",
+            argv = [sys.executable, "-m", f"memring.{module}", "--listen",
                     f"{servers.HOST}:{servers.free_port()}",
                     "--metrics-listen", f"{servers.HOST}:{port}"]
             if module == "proxy":
@@ -290,7 +290,7 @@ def test_proxy_counts_a_dead_backend_errors_and_ejection() -> None:
 
 
 def test_cluster_backend_reports_role_epoch_and_replication() -> None:
-    from cluster.etcd_process import find_etcd, running_etcd
+    from memring.cluster.etcd_process import find_etcd, running_etcd
 
     try:
         find_etcd()

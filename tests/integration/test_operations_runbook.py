@@ -13,7 +13,7 @@ a real etcd, real backends in cluster mode (`--replication sync`) and a cluster-
 - rolling restart of every backend (bench/rolling_restart.py at small scale): no client
   request fails, no acknowledged write is lost.
 
-The commands run as the user runs them (`python -m cluster ...`). One etcd serves the module;
+The commands run as the user runs them (`python -m memring.cluster ...`). One etcd serves the module;
 each test has its own cluster name. Every wait is bounded; figures are printed (pytest -s).
 """
 
@@ -34,10 +34,10 @@ from typing import Any
 import pytest
 import trio
 
-from cluster.coordinator import ClusterView
-from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd
-from proxy.ketama import KetamaRing
+from memring.cluster.coordinator import ClusterView
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.proxy.ketama import KetamaRing
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import wait_for
@@ -89,14 +89,14 @@ class Cluster:
         return node
 
     def start_proxy(self) -> servers.RunningServer:
-        argv = [sys.executable, "-m", "proxy", "--listen", servers.HOST + ":{port}",
+        argv = [sys.executable, "-m", "memring.proxy", "--listen", servers.HOST + ":{port}",
                 "--etcd", self.etcd.url, "--cluster", self.name]
         self.proxy = self.stack.enter_context(servers.running("proxy", argv))
         return self.proxy
 
     def memring(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cluster", *args, "--etcd", self.etcd.url,
+            [sys.executable, "-m", "memring.cluster", *args, "--etcd", self.etcd.url,
              "--cluster", self.name], capture_output=True, text=True, timeout=30, cwd=REPO)
 
     def status(self) -> dict[str, Any]:

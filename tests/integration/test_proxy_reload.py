@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.ketama import KetamaRing
+from memring.proxy.ketama import KetamaRing
 from tests import servers
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from backend.settings import SettingsError, load_settings
-from cluster.etcd_process import EtcdProcess, find_etcd
+from memring.backend.settings import SettingsError, load_settings
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, Shard, wait_for

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from cluster.coordinator import ClusterConfig
-from cluster.etcd_coordinator import EtcdCoordinator
-from cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.coordinator import ClusterConfig
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, node_id, wait_for
@@ -335,7 +335,7 @@ def test_leader_transfer_under_load_fails_no_client_request(etcd: EtcdProcess) -
         try:
             wait_for(lambda: len(acked) >= 100, 5.0, "100 writes")
             moved = subprocess.run(
-                [sys.executable, "-m", "cluster", "leader", "transfer", SHARD,
+                [sys.executable, "-m", "memring.cluster", "leader", "transfer", SHARD,
                  node_id(follower), "--etcd", etcd.url, "--cluster", shard.cluster],
                 capture_output=True, text=True, timeout=30)
             assert moved.returncode == 0, moved.stdout + moved.stderr
@@ -422,7 +422,7 @@ def test_auto_mode_follows_the_cluster_config_live(etcd: EtcdProcess) -> None:
         assert wire.stats(leader)["memring_replication"] == "sync"
         for mode in ("async", "sync"):
             done = subprocess.run(
-                [sys.executable, "-m", "cluster", "config", "set", "replication", mode,
+                [sys.executable, "-m", "memring.cluster", "config", "set", "replication", mode,
                  "--etcd", etcd.url, "--cluster", shard.cluster],
                 capture_output=True, text=True, timeout=30)
             assert done.returncode == 0, done.stdout + done.stderr

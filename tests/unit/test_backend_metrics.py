@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from backend.commands import CommandHandler
-from backend.metrics import registry_for
-from backend.settings import BackendSettings
-from backend.stats import ServerCounters, StatsReport
-from backend.store import Store
+from memring.backend.commands import CommandHandler
+from memring.backend.metrics import registry_for
+from memring.backend.settings import BackendSettings
+from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.store import Store
 
 pytestmark = pytest.mark.unit
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from backend.cluster_member import LEASE_EXPIRED, ClusterMember, MemberIdentity
-from backend.commands import CommandHandler
-from backend.settings import BackendSettings
-from backend.stats import ServerCounters, StatsReport
-from backend.store import Store
-from cluster.coordinator import Incarnation, NodeRecord
-from cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
-from protocol.request_parser import NEED_DATA, RequestParser
+from memring.backend.cluster_member import LEASE_EXPIRED, ClusterMember, MemberIdentity
+from memring.backend.commands import CommandHandler
+from memring.backend.settings import BackendSettings
+from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.store import Store
+from memring.cluster.coordinator import Incarnation, NodeRecord
+from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
+from memring.protocol.request_parser import NEED_DATA, RequestParser
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     Incarnation,
@@ -15,10 +15,10 @@ from cluster.coordinator import (
     ProxyRecord,
     ShardRecord,
 )
-from cluster.keyspace import Entry, Keyspace
-from cluster.status import healthy, status_doc
-from proxy.cluster_topology import settings_for, shard_specs
-from proxy.settings import ProxySettings
+from memring.cluster.keyspace import Entry, Keyspace
+from memring.cluster.status import healthy, status_doc
+from memring.proxy.cluster_topology import settings_for, shard_specs
+from memring.proxy.settings import ProxySettings
 
 pytestmark = pytest.mark.unit
 
@@ -90,7 +90,7 @@ def test_status_doc() -> None:
 
 
 def test_status_doc_with_node_stats_lag_ops_and_rates() -> None:
-    from cluster.status import render_table, with_rates
+    from memring.cluster.status import render_table, with_rates
 
     leader = {"memring_repl_lag_seq:a1": "12", "memring_repl_lag_s:a1": "0.250",
               "cmd_get": "30", "cmd_set": "10", "get_hits": "24", "get_misses": "6"}

@@ -334,9 +334,12 @@ def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> 
     for source in sources:
         assert (ROOT / source).exists(), source
         assert source.rstrip("/") in allowed, f"{source} is excluded by the .dockerignore"
-    # the packages pyproject installs are all copied in
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert {p for p in packages["packages"]} <= {s.rstrip("/") for s in sources}
+    # the package pyproject installs is copied in, and every source folder it links to
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert find["find"]["include"][0] == "memring"
+    linked = {link.readlink().name for link in (ROOT / "memring").iterdir() if link.is_symlink()}
+    assert linked == {"protocol", "netio", "cluster", "backend", "proxy"}
+    assert {"memring", *linked} <= {s.rstrip("/") for s in sources}
     services_built = {svc["build"]["dockerfile"] for svc in services().values() if "build" in svc}
     assert services_built == {"compose/Dockerfile"}
 
@@ -346,7 +349,7 @@ def test_dockerfile_copies_what_exists_and_the_ignore_file_lets_it_through() -> 
 
 @cache
 def cli_help(module: str, *subcommand: str) -> str:
-    result = subprocess.run([sys.executable, "-m", module, *subcommand, "--help"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", f"memring.{module}", *subcommand, "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout

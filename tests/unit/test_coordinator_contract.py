@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
     Coordinator,
@@ -31,8 +31,8 @@ from cluster.coordinator import (
     ShardExists,
     ShardRecord,
 )
-from cluster.keyspace import Keyspace
-from cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
+from memring.cluster.keyspace import Keyspace
+from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
 
 CALL_TIMEOUT = 0.5
 _clusters = itertools.count(1)

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.commands import CommandHandler
-from backend.follower_state import FollowerState, ReplicationRejected
-from backend.replication_log import ReplicationLog, StoreRecorder
-from backend.settings import BackendSettings
-from backend.snapshot import StoreSnapshot
-from backend.stats import ServerCounters, StatsReport
-from backend.store import Store
-from protocol import request_parser
-from protocol.replication import (
+from memring.backend.commands import CommandHandler
+from memring.backend.follower_state import FollowerState, ReplicationRejected
+from memring.backend.replication_log import ReplicationLog, StoreRecorder
+from memring.backend.settings import BackendSettings
+from memring.backend.snapshot import StoreSnapshot
+from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.store import Store
+from memring.protocol import request_parser
+from memring.protocol.replication import (
     NEED_DATA,
     Deletion,
     ErrorCode,
@@ -35,7 +35,7 @@ from protocol.replication import (
     SnapshotItem,
     encode,
 )
-from protocol.requests import MetaArithmetic, MetaDelete, MetaGet, MetaSet
+from memring.protocol.requests import MetaArithmetic, MetaDelete, MetaGet, MetaSet
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from backend.in_sync import InSyncReplicas
-from cluster.coordinator import CoordinatorUnavailable, Incarnation
-from protocol.replication import Position
+from memring.backend.in_sync import InSyncReplicas
+from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
+from memring.protocol.replication import Position
 
 pytestmark = pytest.mark.unit
 

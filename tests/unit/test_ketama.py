@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.ketama import (
+from memring.proxy.ketama import (
     HASH_NAMES,
     KetamaRing,
     key_hash,

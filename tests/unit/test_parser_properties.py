@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import NEED_DATA, RequestParser
-from protocol.requests import ProtocolError, Request
+from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol.requests import ProtocolError, Request
 
 pytestmark = pytest.mark.unit
 

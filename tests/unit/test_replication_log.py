@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.replication_log import ReplicationGap, ReplicationLog, StoreRecorder
-from backend.store import Store
-from protocol.replication import (
+from memring.backend.replication_log import ReplicationGap, ReplicationLog, StoreRecorder
+from memring.backend.store import Store
+from memring.protocol.replication import (
     Deletion,
     EpochStart,
     Flush,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.replication import (
+from memring.protocol.replication import (
     NEED_DATA,
     Ack,
     Deletion,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import NEED_DATA, RequestParser
-from protocol.request_encoder import encode_request
+from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol.request_encoder import encode_request
 
 pytestmark = pytest.mark.unit
 

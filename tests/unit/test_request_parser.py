@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import NEED_DATA, RequestParser
-from protocol.requests import (
+from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol.requests import (
     Arithmetic,
     Delete,
     FlushAll,

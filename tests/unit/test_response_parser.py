@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import NEED_DATA, ResponseError, ResponseParser
-from protocol.responses import (
+from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.responses import (
     End,
     ErrorReply,
     Line,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cluster.coordinator import (
+from memring.cluster.coordinator import (
     ClusterConfig,
     CoordinatorError,
     Incarnation,
@@ -18,11 +18,11 @@ from cluster.coordinator import (
     NodeRecord,
     ShardRecord,
 )
-from cluster.records import ElectionHint
-from cluster.static_coordinator import READ_ONLY, StaticCoordinator
-from cluster.static_topology import SettingsError, read_toml
-from proxy.cluster_topology import settings_for, shard_specs
-from proxy.settings import ProxySettings, ShardSpec, load_topology, parse_shards
+from memring.cluster.records import ElectionHint
+from memring.cluster.static_coordinator import READ_ONLY, StaticCoordinator
+from memring.cluster.static_topology import SettingsError, read_toml
+from memring.proxy.cluster_topology import settings_for, shard_specs
+from memring.proxy.settings import ProxySettings, ShardSpec, load_topology, parse_shards
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.store import MAX_RELATIVE_EXPTIME, Outcome, Store
+from memring.backend.store import MAX_RELATIVE_EXPTIME, Outcome, Store
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,7 @@
+"""memring: a highly available, memcached-compatible cache cluster.
+
+The source folders stay at the top of the repository (`protocol/`, `netio/`, `cluster/`,
+`backend/`, `proxy/`, the layout the project is known by); `memring/` holds a link to each,
+so that the same files import, type-check and install as `memring.protocol`, `memring.proxy`,
+... and only `memring` lands in site-packages (a generic top-level `proxy` would collide).
+"""
