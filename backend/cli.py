@@ -12,20 +12,23 @@ import trio
 
 from memring.backend.cluster_member import ClusterMember, MemberIdentity
 from memring.backend.server import BackendServer
-from memring.backend.settings import BackendSettings, SettingsError, load_settings, split_address
+from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
 from memring.netio import logs, nonblocking
 from memring.netio.nonblocking import PortInUse
+from memring.netio.settings import SettingsError, split_address
 
 log = logging.getLogger("memring.backend")
 
 
 def identity(settings: BackendSettings, port: int) -> MemberIdentity:
     """The node's published identity; addresses default to what it listens on."""
-    host, _ = split_address(settings.advertise or settings.listen)
+    if settings.advertise:
+        host, advertise_port = split_address(settings.advertise)
+    else:
+        host, advertise_port = split_address(settings.listen, listen=True)[0], port
     if host in ("0.0.0.0", "::"):
         host = socket.gethostname()
-    advertise_port = split_address(settings.advertise)[1] if settings.advertise else port
     address = f"[{host}]:{advertise_port}" if ":" in host else f"{host}:{advertise_port}"
     return MemberIdentity(
         node_id=settings.node_id or address.replace("[", "").replace("]", ""),

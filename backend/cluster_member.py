@@ -53,7 +53,9 @@ from memring.cluster.coordinator import (
     collapse_single,
 )
 from memring.cluster.node_stats import fetch_all
+from memring.protocol import write_refusals
 from memring.protocol.replication import Position, parse_position
+from memring.protocol.write_refusals import not_leader_line, refusal_line
 
 log = logging.getLogger("memring.backend.cluster")
 
@@ -68,7 +70,7 @@ UNCLEAN_ASK_TIMEOUT = 0.3  # an unclean candidate asks the other members' positi
 UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-registering took
                      # ~0.4 s after a freeze past the TTL)
 
-LEASE_EXPIRED = b"SERVER_ERROR lease expired: not accepting writes\r\n"
+LEASE_EXPIRED = refusal_line(write_refusals.LEASE_EXPIRED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,7 @@ class ClusterMember:
         self._handing_over = False  # refusing writes while in-flight ones replicate
         self._unclean_since: float | None = None  # when an unclean election became possible
         self._last_addresses: dict[str, str] = {}  # shard members' client addresses, as last seen
-        self._not_leader = b"SERVER_ERROR not the leader of shard %s\r\n" % identity.shard.encode()
+        self._not_leader = not_leader_line(identity.shard)
 
     @property
     def leadership(self) -> Leadership | None:

@@ -29,9 +29,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from memring.backend.commands import STANDALONE_STATS, CommandHandler
-from memring.backend.settings import BackendSettings, split_address
+from memring.backend.settings import BackendSettings
 from memring.backend.stats import MEMRING_VERSION
 from memring.netio.metrics_http import MetricsEndpoint
+from memring.netio.settings import split_address
 from memring.protocol.replication import parse_position
 
 PREFIX = "memring_backend"
@@ -182,5 +183,5 @@ def registry_for(handler: CommandHandler) -> CollectorRegistry:
 
 def endpoint_for(settings: BackendSettings, handler: CommandHandler) -> MetricsEndpoint:
     """The `/metrics` endpoint on `--metrics-listen`, to run in the server's nursery."""
-    host, port = split_address(settings.metrics_listen)
+    host, port = split_address(settings.metrics_listen, listen=True)
     return MetricsEndpoint(registry_for(handler), host, port)

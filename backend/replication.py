@@ -32,12 +32,15 @@ from memring.backend.cluster_member import ClusterMember
 from memring.backend.follower_state import FollowerState
 from memring.backend.in_sync import InSyncReplicas
 from memring.backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
-from memring.backend.settings import BackendSettings, split_address
+from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
 from memring.cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
 from memring.netio import nonblocking
 from memring.netio.connection_server import ConnectionCounters, ConnectionServer
+from memring.netio.settings import split_address
+from memring.protocol import write_refusals
 from memring.protocol.replication import ORIGIN, Position
+from memring.protocol.write_refusals import refusal_line
 
 log = logging.getLogger("memring.backend.replication")
 
@@ -45,7 +48,7 @@ log = logging.getLogger("memring.backend.replication")
 # a position no follower can hold, so every follower takes a snapshot from it.
 NOWHERE = Position(0, (1 << 64) - 1)
 MAX_FOLLOWERS = 64
-TOO_FEW_IN_SYNC = b"SERVER_ERROR fewer in-sync replicas than min_insync: not accepting writes\r\n"
+TOO_FEW_IN_SYNC = refusal_line(write_refusals.TOO_FEW_IN_SYNC)
 
 
 class Replicator:
@@ -237,7 +240,7 @@ class Replicator:
         from memring.backend.replication_client import follow_leader
         from memring.backend.replication_server import serve_follower
 
-        host, port = split_address(self.settings.peer_listen)
+        host, port = split_address(self.settings.peer_listen, listen=True)
         listener = nonblocking.listen(host, port)
         self.peers = ConnectionServer(lambda conn: serve_follower(self, conn), MAX_FOLLOWERS,
                                       self.counters)

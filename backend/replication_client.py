@@ -22,10 +22,9 @@ import trio
 from memring.backend.follower_state import FollowerState, ReplicationRejected
 from memring.backend.replication_log import ReplicationGap
 from memring.backend.replication_server import READ_SIZE
-from memring.backend.settings import SettingsError, split_address
 from memring.netio import nonblocking
+from memring.netio.settings import SettingsError, split_address
 from memring.protocol.replication import (
-    NEED_DATA,
     ORIGIN,
     Ack,
     Error,
@@ -39,6 +38,7 @@ from memring.protocol.replication import (
     SnapshotItem,
     encode,
 )
+from memring.protocol.sentinels import NEED_DATA
 
 if TYPE_CHECKING:
     from memring.backend.replication import Replicator

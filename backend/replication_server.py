@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -25,7 +25,6 @@ from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection
 from memring.protocol.replication import (
-    NEED_DATA,
     PROTOCOL_VERSION,
     Ack,
     Error,
@@ -38,6 +37,7 @@ from memring.protocol.replication import (
     SnapshotItem,
     encode,
 )
+from memring.protocol.sentinels import NEED_DATA
 
 if TYPE_CHECKING:
     from memring.backend.in_sync import FollowerLink, InSyncReplicas
@@ -59,7 +59,7 @@ async def next_event(sock: socket.socket, parser: ReplicationParser) -> Event | 
     while True:
         event = parser.next_event()
         if event is not NEED_DATA:
-            return cast(Event, event)
+            return event
         data = await nonblocking.recv(sock, READ_SIZE)
         if not data:
             return None

@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from memring.netio import logs
+from memring.netio.settings import SettingsError, split_address
 
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async", "sync", "auto")
-
-
-class SettingsError(Exception):
-    """Bad usage or configuration; the message names the problem (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -57,18 +54,11 @@ class BackendSettings:
 
     @property
     def host(self) -> str:
-        return split_address(self.listen)[0]
+        return split_address(self.listen, listen=True)[0]
 
     @property
     def port(self) -> int:
-        return split_address(self.listen)[1]
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"bad address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:11211")
-    return host.strip("[]") or "0.0.0.0", int(port)
+        return split_address(self.listen, listen=True)[1]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,7 +151,7 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
     if not settings.replication:
         settings = replace(settings, replication="auto" if settings.clustered and
                            settings.peer_listen else "off")
-    split_address(settings.listen)
+    split_address(settings.listen, listen=True)
     if settings.memory <= 0:
         raise SettingsError("--memory must be a positive number of MB")
     if settings.max_item_size < 1024:
@@ -169,7 +159,7 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
     if settings.max_connections <= 0:
         raise SettingsError("--max-connections must be positive")
     if settings.metrics_listen:
-        split_address(settings.metrics_listen)
+        split_address(settings.metrics_listen, listen=True)
     problem = logs.check(settings.log_level, settings.log_format)
     if problem:
         raise SettingsError(problem)
@@ -200,9 +190,10 @@ def _check_cluster(settings: BackendSettings) -> None:
         raise SettingsError(f"--etcd: {exc}") from None
     if not settings.shard:
         raise SettingsError("--shard ID is required with --etcd")
-    for address in (settings.advertise, settings.peer_listen, settings.peer_advertise):
+    for address, listen in ((settings.advertise, False), (settings.peer_listen, True),
+                            (settings.peer_advertise, False)):
         if address:
-            split_address(address)
+            split_address(address, listen=listen)
     if not settings.lease_ttl > 0:
         raise SettingsError("--lease-ttl must be a positive number of seconds")
     try:

@@ -47,7 +47,8 @@ from memring.cluster.coordinator import (
     WatchStream,
 )
 from memring.cluster.keyspace import Compare, Entry, Op, TxnResult
-from memring.cluster.static_topology import SettingsError, ShardSpec, parse_shards, read_toml
+from memring.cluster.static_topology import ShardSpec, parse_shards, read_toml
+from memring.netio.settings import SettingsError
 
 log = logging.getLogger("memring.cluster")
 

@@ -17,16 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class SettingsError(Exception):
-    """Bad usage or configuration; the message names the problem (exit code 2)."""
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"bad address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:11311")
-    return host.strip("[]"), int(port)
+from memring.netio.settings import SettingsError, split_address
 
 
 @dataclass(frozen=True)

@@ -43,16 +43,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple
 
+from memring.protocol.receive_buffer import ReceiveBuffer
+from memring.protocol.sentinels import NEED_DATA, NeedData
+
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = (1 << 20) + 4096  # a 1 MiB item plus its key and header
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
 
 
 class Position(NamedTuple):
@@ -340,7 +335,7 @@ class ReplicationParser:
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
-        self._buffer = bytearray()
+        self._buffer = ReceiveBuffer()
         self._broken: MalformedFrame | None = None
 
     def receive_data(self, data: bytes) -> None:
@@ -351,20 +346,21 @@ class ReplicationParser:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         if self._broken is not None:
             return self._broken
         buffer = self._buffer
         if len(buffer) < 4:
             return NEED_DATA
-        length = _U32.unpack_from(buffer)[0]
+        length = _U32.unpack_from(buffer.peek(4))[0]
         if length < 1 or length > self.max_frame:
             return self._break(f"frame length {length} outside 1..{self.max_frame}")
         if len(buffer) < 4 + length:
             return NEED_DATA
-        kind = buffer[4]
-        body = bytes(buffer[5:4 + length])
-        del buffer[:4 + length]
+        kind = buffer.peek(5)[4]
+        buffer.skip(5)
+        body = buffer.take(length - 1)
+        assert body is not None  # the whole frame is buffered
         try:
             message = _parse_frame(kind, _Reader(body))
         except _BadBody as error:

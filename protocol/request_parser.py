@@ -17,7 +17,6 @@ memcached's own proxy answers); a data block is buffered only when its item fits
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Final
 
 from memring.protocol import meta_flags
 from memring.protocol.meta_flags import (
@@ -29,6 +28,7 @@ from memring.protocol.meta_flags import (
     parse_meta_flags,
 )
 from memring.protocol.numeric import I32_MAX, parse_i32, parse_u32_flags, parse_u64
+from memring.protocol.receive_buffer import ReceiveBuffer
 from memring.protocol.requests import (
     Arithmetic,
     CacheMemlimit,
@@ -52,15 +52,10 @@ from memring.protocol.requests import (
     Verbosity,
     Version,
 )
+from memring.protocol.sentinels import NEED_DATA, NeedData
 from memring.protocol.sizes import KEY_MAX_LENGTH, item_size
 
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
+__all__ = ["NEED_DATA", "RequestParser"]
 
 # memcached closes a connection whose unterminated line passes 2048 bytes (memcached.c).
 MAX_UNTERMINATED_LINE = 2048
@@ -95,8 +90,7 @@ class RequestParser:
                  max_item_size: int = DEFAULT_MAX_ITEM_SIZE) -> None:
         self.max_line = max_line
         self.max_item_size = max_item_size
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = ReceiveBuffer()
         # A storage command waiting for its data block: a builder and the block's size.
         self._pending: Callable[[bytes | None], Request | None] | None = None
         self._pending_size = 0
@@ -122,29 +116,23 @@ class RequestParser:
     def receive_data(self, data: bytes) -> None:
         if self._closed:
             return  # the connection is closing: whatever follows is dropped
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536:
-            del self._buf[: self._pos]
-            self._pos = 0
         self._buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self._buf)
 
     def __iter__(self) -> Iterator[Request]:
         while True:
             event = self.next_event()
             if event is NEED_DATA:
                 return
-            yield event  # type: ignore[misc]
+            yield event
 
-    def next_event(self) -> Request | _NeedData:
+    def next_event(self) -> Request | NeedData:
         if not self._first_byte_seen and self._buf:
             self._first_byte_seen = True
-            if self._buf[0] == 0x80:
+            if self._buf.peek(1) == b"\x80":
                 # memcached negotiates the binary protocol on a connection's first byte;
                 # memring speaks only text and meta, so it closes.
                 return self._close(b"")
@@ -154,27 +142,20 @@ class RequestParser:
                     return NEED_DATA
                 continue
             if self._pending is not None:
-                size = self._pending_size
-                if len(self._buf) - self._pos < size:
+                block = self._buf.take_block(self._pending_size - 2)
+                if block is None:
                     return NEED_DATA
-                start = self._pos
-                self._pos = start + size
                 build = self._pending
                 self._pending = None
-                if self._buf[start + size - 2: start + size] != b"\r\n":
-                    # memcached consumes exactly <bytes>+2 and checks the tail (no resync).
-                    event: Request | None = build(None)
-                else:
-                    event = build(bytes(self._buf[start: start + size - 2]))
+                # memcached consumes exactly <bytes>+2 and checks the tail (no resync).
+                data, terminated = block
+                event: Request | None = build(data if terminated else None)
                 if event is not None:
                     return event
                 continue
-            buf = self._buf
-            nl = buf.find(b"\n", self._pos)
-            if nl < 0:
+            line = self._buf.take_line()
+            if line is None:
                 return self._unterminated()
-            line = bytes(buf[self._pos: nl])
-            self._pos = nl + 1
             if len(line) > self.max_line:
                 return self._close(_TOO_LONG)
             if line.endswith(b"\r"):
@@ -187,17 +168,14 @@ class RequestParser:
     # -- framing -------------------------------------------------------------------
 
     def _consume_swallow(self) -> bool:
-        available = len(self._buf) - self._pos
-        take = min(available, self._swallow)
-        self._pos += take
-        self._swallow -= take
+        self._swallow -= self._buf.skip(self._swallow)
         return self._swallow == 0
 
-    def _unterminated(self) -> Request | _NeedData:
-        pending = len(self._buf) - self._pos
+    def _unterminated(self) -> Request | NeedData:
+        pending = len(self._buf)
         if pending <= MAX_UNTERMINATED_LINE:
             return NEED_DATA
-        head = bytes(self._buf[self._pos: self._pos + 110])
+        head = self._buf.peek(110)
         stripped = head.lstrip(b" ")
         if len(head) - len(stripped) > 100 or not (
                 stripped.startswith(b"get ") or stripped.startswith(b"gets ")):
@@ -209,7 +187,6 @@ class RequestParser:
     def _close(self, reply: bytes) -> ProtocolError:
         self._closed = True
         self._buf.clear()
-        self._pos = 0
         return ProtocolError(reply, close=True)
 
     def _line(self, line: bytes) -> Request | None:

@@ -9,7 +9,7 @@ Memory is bounded by `max_line` and `max_value`.
 
 from __future__ import annotations
 
-from memring.protocol.request_parser import NEED_DATA, _NeedData
+from memring.protocol.receive_buffer import ReceiveBuffer
 from memring.protocol.responses import (
     End,
     ErrorReply,
@@ -22,6 +22,7 @@ from memring.protocol.responses import (
     Value,
     VersionReply,
 )
+from memring.protocol.sentinels import NEED_DATA, NeedData
 
 _STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
                            b"TOUCHED", b"OK", b"RESET"})
@@ -37,35 +38,25 @@ class ResponseParser:
     def __init__(self, *, max_line: int = 65536, max_value: int = 64 << 20) -> None:
         self.max_line = max_line
         self.max_value = max_value
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = ReceiveBuffer()
         self._pending: tuple[bytes, list[bytes], int] | None = None  # header, tokens, size
 
     def receive_data(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        elif self._pos > 65536:
-            del self._buf[: self._pos]
-            self._pos = 0
         self._buf += data
 
-    def next_event(self) -> Response | _NeedData:
+    def next_event(self) -> Response | NeedData:
         if self._pending is not None:
             return self._data_block()
-        buf = self._buf
-        nl = buf.find(b"\n", self._pos)
-        if nl < 0:
-            if len(buf) - self._pos > self.max_line:
+        line = self._buf.take_line()
+        if line is None:
+            if len(self._buf) > self.max_line:
                 raise ResponseError(f"reply line longer than {self.max_line} bytes")
             return NEED_DATA
-        line = bytes(buf[self._pos: nl])
-        self._pos = nl + 1
         if line.endswith(b"\r"):
             line = line[:-1]
         return self._line(line)
 
-    def _line(self, line: bytes) -> Response | _NeedData:
+    def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")
         if head == b"VALUE":
             tokens = rest.split(b" ")
@@ -96,22 +87,21 @@ class ResponseParser:
             raise ResponseError("empty reply line")
         return Line(line)
 
-    def _expect(self, head: bytes, tokens: list[bytes], size: int) -> Response | _NeedData:
+    def _expect(self, head: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
         if size > self.max_value:
             raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
         self._pending = (head, tokens, size)
         return self._data_block()
 
-    def _data_block(self) -> Response | _NeedData:
+    def _data_block(self) -> Response | NeedData:
         assert self._pending is not None
         head, tokens, size = self._pending
-        if len(self._buf) - self._pos < size + 2:
+        block = self._buf.take_block(size)
+        if block is None:
             return NEED_DATA
-        start = self._pos
-        if self._buf[start + size: start + size + 2] != b"\r\n":
+        value, terminated = block
+        if not terminated:
             raise ResponseError("data block not terminated by \\r\\n")
-        value = bytes(self._buf[start: start + size])
-        self._pos = start + size + 2
         self._pending = None
         if head == b"VALUE":
             cas = int(tokens[3]) if len(tokens) == 4 else None

@@ -186,7 +186,7 @@ class BackendConnection:
                     if not pending:
                         raise ResponseError(f"unexpected reply {event!r}")
                     head = pending[0]
-                    head.events.append(event)  # type: ignore[arg-type]
+                    head.events.append(event)
                     if not head.multi or type(event) is End or type(event) is ErrorReply:
                         pending.popleft()
                         head._finish()

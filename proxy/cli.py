@@ -17,14 +17,9 @@ import trio
 
 from memring.netio import logs, nonblocking
 from memring.netio.nonblocking import PortInUse
+from memring.netio.settings import SettingsError, split_address
 from memring.proxy.server import ProxyServer
-from memring.proxy.settings import (
-    ProxySettings,
-    SettingsError,
-    load_settings,
-    load_topology,
-    split_address,
-)
+from memring.proxy.settings import ProxySettings, load_settings, load_topology
 
 log = logging.getLogger("memring.proxy")
 WORKER_ENV = "MEMRING_PROXY_WORKER"
@@ -74,7 +69,7 @@ def _worker_metrics(settings: ProxySettings, index: int) -> list[str]:
     """Worker `index` serves its own metrics on PORT+index (port 0: any free port)."""
     if not settings.metrics_listen:
         return []
-    host, port = split_address(settings.metrics_listen)
+    host, port = split_address(settings.metrics_listen, listen=True)
     host = f"[{host}]" if ":" in host else host
     return ["--metrics-listen", f"{host}:{port + index if port else 0}"]
 

@@ -38,8 +38,9 @@ from memring.cluster.coordinator import (
     ProxyRecord,
 )
 from memring.netio import nonblocking
+from memring.netio.settings import SettingsError, split_address
 from memring.proxy.server import ProxyServer
-from memring.proxy.settings import NodeSpec, ProxySettings, SettingsError, ShardSpec, split_address
+from memring.proxy.settings import NodeSpec, ProxySettings, ShardSpec
 from memring.proxy.stats import MEMRING_VERSION
 
 log = logging.getLogger("memring.proxy")

@@ -30,8 +30,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from memring.netio.metrics_http import MetricsEndpoint
+from memring.netio.settings import split_address
 from memring.protocol.requests import Request
-from memring.proxy.settings import split_address
 from memring.proxy.stats import LATENCY_BOUNDS_S, MEMRING_VERSION
 
 if TYPE_CHECKING:  # proxy.server imports this module, lazily
@@ -148,5 +148,5 @@ def registry_for(state: ProxyState) -> CollectorRegistry:
 
 def endpoint_for(state: ProxyState) -> MetricsEndpoint:
     """The `/metrics` endpoint on `--metrics-listen`, to run in the server's nursery."""
-    host, port = split_address(state.settings.metrics_listen)
+    host, port = split_address(state.settings.metrics_listen, listen=True)
     return MetricsEndpoint(registry_for(state), host, port)

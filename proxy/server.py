@@ -147,7 +147,7 @@ class ProxyServer:
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
-                    queue.append(client.issue(event))  # type: ignore[arg-type]
+                    queue.append(client.issue(event))
                     if len(queue) >= MAX_OUTSTANDING:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading

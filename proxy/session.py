@@ -55,6 +55,7 @@ from memring.protocol.requests import (
     Version,
 )
 from memring.protocol.responses import End, ErrorReply, MetaReply, Value
+from memring.protocol.write_refusals import retry_at_leader
 from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.pool import NodePool
 from memring.proxy.router import NoShards, Shard, ShardRouter
@@ -310,10 +311,6 @@ class LeaderWrite(Filtered):
 
 REFUSED_PAUSE = 0.02  # before a write refused as "not the leader" goes to the same node again
 
-# Refusals a backend sends *before* applying a write (it does not lead, or its lease ran
-# out): the write can go to the next leader without being applied twice.
-_NOT_APPLIED = (b"not the leader of shard ", b"lease expired")
-
 
 def _not_applied(pending: PendingReply) -> bool:
     events = pending.events
@@ -321,7 +318,7 @@ def _not_applied(pending: PendingReply) -> bool:
         return False
     event = events[0]
     return type(event) is ErrorReply and event.kind == b"SERVER_ERROR" and \
-        event.message.startswith(_NOT_APPLIED)
+        retry_at_leader(event.message)
 
 
 Settling = ReadWithFailover | FannedOut | LeaderWrite | Unroutable

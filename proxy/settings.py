@@ -19,13 +19,12 @@ from typing import Any
 # The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
 # re-exported here so `proxy.settings.ShardSpec` etc. keep working.
 from memring.cluster.static_topology import NodeSpec as NodeSpec
-from memring.cluster.static_topology import SettingsError as SettingsError
 from memring.cluster.static_topology import ShardSpec as ShardSpec
 from memring.cluster.static_topology import default_point_name as default_point_name
 from memring.cluster.static_topology import parse_shards as parse_shards
 from memring.cluster.static_topology import read_toml
-from memring.cluster.static_topology import split_address as split_address
 from memring.netio import logs
+from memring.netio.settings import SettingsError, split_address
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
@@ -58,11 +57,11 @@ class ProxySettings:
 
     @property
     def host(self) -> str:
-        return split_address(self.listen)[0]
+        return split_address(self.listen, listen=True)[0]
 
     @property
     def port(self) -> int:
-        return split_address(self.listen)[1]
+        return split_address(self.listen, listen=True)[1]
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
@@ -70,7 +69,7 @@ _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connec
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
-    split_address(settings.listen)
+    split_address(settings.listen, listen=True)
     if settings.hash not in HASHES:
         raise SettingsError(f"hash must be one of {', '.join(HASHES)}, got {settings.hash!r}")
     if settings.read_policy not in READ_POLICIES:
@@ -82,7 +81,7 @@ def _validate(settings: ProxySettings) -> ProxySettings:
     if settings.advertise:
         split_address(settings.advertise)
     if settings.metrics_listen:
-        split_address(settings.metrics_listen)
+        split_address(settings.metrics_listen, listen=True)
     problem = logs.check(settings.log_level, settings.log_format)
     if problem:
         raise SettingsError(problem)

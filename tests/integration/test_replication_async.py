@@ -18,8 +18,9 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from memring.backend.settings import SettingsError, load_settings
+from memring.backend.settings import load_settings
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.netio.settings import SettingsError
 from tests import servers
 from tests.integration import wire
 from tests.integration.test_backend_cluster import SHARD, Shard, wait_for

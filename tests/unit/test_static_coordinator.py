@@ -20,7 +20,8 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.records import ElectionHint
 from memring.cluster.static_coordinator import READ_ONLY, StaticCoordinator
-from memring.cluster.static_topology import SettingsError, read_toml
+from memring.cluster.static_topology import read_toml
+from memring.netio.settings import SettingsError
 from memring.proxy.cluster_topology import settings_for, shard_specs
 from memring.proxy.settings import ProxySettings, ShardSpec, load_topology, parse_shards
 
