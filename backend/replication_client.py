@@ -21,7 +21,6 @@ import trio
 
 from memring.backend.follower_state import FollowerState, ReplicationRejected
 from memring.backend.replication_log import ReplicationGap
-from memring.backend.replication_server import READ_SIZE
 from memring.netio import nonblocking
 from memring.netio.settings import SettingsError, split_address
 from memring.protocol.replication import (
@@ -127,7 +126,7 @@ async def _receive(rep: Replicator, sock: socket.socket) -> None:
     parser = ReplicationParser()
     acked = state.position
     while True:
-        data = await nonblocking.recv(sock, READ_SIZE)
+        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
         if not data:
             return
         parser.receive_data(data)

@@ -47,7 +47,6 @@ log = logging.getLogger("memring.backend.replication")
 
 HELLO_TIMEOUT = 5.0
 BATCH = 1024  # mutations per send
-READ_SIZE = 65536
 
 
 class _Deposed(Exception):
@@ -60,7 +59,7 @@ async def next_event(sock: socket.socket, parser: ReplicationParser) -> Event | 
         event = parser.next_event()
         if event is not NEED_DATA:
             return event
-        data = await nonblocking.recv(sock, READ_SIZE)
+        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
         if not data:
             return None
         parser.receive_data(data)

@@ -7,7 +7,7 @@ one send, so a pipelined burst costs one recv and one send. Sockets are driven b
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
-Memory stays bounded: one read is at most READ_SIZE bytes, the parser bounds lines and
+Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds lines and
 values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of many
 large values streams instead of piling up.
 
@@ -33,7 +33,6 @@ from memring.protocol.requests import Get
 
 log = logging.getLogger("memring.backend")
 
-READ_SIZE = 65536
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
 
@@ -95,7 +94,7 @@ class BackendServer:
         gate = self.gate
         while not server.closing:
             conn.idle = parser.buffered == 0
-            data = await recv(sock, READ_SIZE)
+            data = await recv(sock, nonblocking.READ_SIZE)
             conn.idle = False
             if not data:
                 return

@@ -10,7 +10,6 @@ and cancels the rest when the grace period ends.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -23,8 +22,6 @@ from memring.netio import nonblocking
 log = logging.getLogger("memring.net")
 
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
-# Errors that mean the peer went away: routine, not worth a log line.
-_PEER_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
 
 
 class ConnectionCounters:
@@ -104,7 +101,7 @@ class ConnectionServer:
             with conn.scope:
                 await self.handler(conn)
         except OSError as exc:
-            if exc.errno not in _PEER_GONE:
+            if exc.errno not in nonblocking.PEER_GONE:
                 log.info("connection error: %s", exc)
         finally:
             nonblocking.close(conn.sock)

@@ -16,6 +16,10 @@ import socket
 
 import trio
 
+READ_SIZE = 65536  # one recv at most: a connection's input is read in pieces of this size
+# Errors that mean the peer went away: routine, not worth a log line.
+PEER_GONE = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT})
+
 
 class PortInUse(Exception):
     def __init__(self, host: str, port: int) -> None:

@@ -26,8 +26,6 @@ from memring.netio import nonblocking
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.responses import End, ErrorReply, Response
 
-READ_SIZE = 65536
-
 
 class ReplyListener(Protocol):
     """Who is told when a reply is complete (a client's reply stream), and which of a
@@ -170,7 +168,7 @@ class BackendConnection:
         arrived: list[ReplyListener] = []
         while True:
             try:
-                data = await nonblocking.recv(sock, READ_SIZE)
+                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
             except OSError as exc:
                 self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror}")
                 return

@@ -22,7 +22,6 @@ rendered and unsent), as when it awaited every batch's replies itself.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 
@@ -37,8 +36,6 @@ log = logging.getLogger("memring.proxy")
 
 CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
 FLUSH_SIZE = 1 << 20        # replies waiting past this are sent before resolving more
-# Errors that mean the client went away: routine, not worth a log line.
-_PEER_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT)
 
 
 class ReplyStream:
@@ -195,7 +192,7 @@ class ReplyStream:
     def drop(self, error: OSError | None) -> None:
         """The client is gone or does not read: end its connection (its handler closes the
         socket)."""
-        if error is not None and error.errno not in _PEER_GONE:
+        if error is not None and error.errno not in nonblocking.PEER_GONE:
             log.info("connection error: %s", error)
         self._closed = True
         self._conn.scope.cancel()

@@ -30,7 +30,6 @@ from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 
-READ_SIZE = 65536
 MAX_OUTSTANDING = 32        # requests of one client in flight before the proxy reads on
 
 
@@ -132,7 +131,7 @@ class ProxyServer:
                 replies.idle_when_answered = parser.buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
                 replies.waiting_for_client = True
-                data = await nonblocking.recv(sock, READ_SIZE)
+                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
                 replies.waiting_for_client = False
                 conn.idle = False
                 if not data:
