@@ -15,7 +15,7 @@ from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
 from memring.netio import logs, nonblocking
-from memring.netio.nonblocking import PortInUse
+from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
 
 log = logging.getLogger("memring.backend")
@@ -98,17 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memring-backend: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    try:
-        trio.run(run, settings)
-    except (PortInUse, BaseExceptionGroup) as exc:
-        in_use = PortInUse.alone_in(exc)
-        if in_use is None:
-            raise
-        print(f"memring-backend: error: {in_use}; choose another port", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return run_server("memring-backend", run, settings)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import trio
 
 from memring.netio import logs, nonblocking
-from memring.netio.nonblocking import PortInUse
+from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
 from memring.proxy.server import ProxyServer
 from memring.proxy.settings import ProxySettings, load_settings, load_topology
@@ -85,21 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     worker = os.environ.get(WORKER_ENV) == "1"
     if settings.workers > 1 and not worker:
         return supervise(settings, argv)
-    try:
-        if settings.etcd:
-            from memring.proxy.cluster_topology import run_cluster
-            trio.run(run_cluster, settings, worker)
-        else:
-            trio.run(run, settings, worker)
-    except (PortInUse, BaseExceptionGroup) as exc:
-        in_use = PortInUse.alone_in(exc)
-        if in_use is None:
-            raise
-        print(f"memring-proxy: error: {in_use}; choose another port", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    if settings.etcd:
+        from memring.proxy.cluster_topology import run_cluster
+        return run_server("memring-proxy", run_cluster, settings, worker)
+    return run_server("memring-proxy", run, settings, worker)
 
 
 if __name__ == "__main__":
