@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, get_args
+from typing import get_args
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -32,10 +32,8 @@ from prometheus_client.registry import Collector
 from memring.netio.metrics_http import MetricsEndpoint
 from memring.netio.settings import split_address
 from memring.protocol.requests import Request
+from memring.proxy.state import ProxyState
 from memring.proxy.stats import LATENCY_BOUNDS_S, MEMRING_VERSION
-
-if TYPE_CHECKING:  # proxy.server imports this module, lazily
-    from memring.proxy.server import ProxyState
 
 PREFIX = "memring_proxy"
 REQUEST_TYPES = tuple(kind.__name__ for kind in get_args(Request))

@@ -29,7 +29,7 @@ import trio
 
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.proxy.session import NEEDS_TASK, WAITING, Ready, Slot
+from memring.proxy.slots import NEEDS_TASK, WAITING, Ready, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
@@ -109,8 +109,8 @@ class ReplyStream:
                     break
                 del queue[0]
                 self._observe(self.started)
-                out.append(reply)  # type: ignore[arg-type]
-                size += len(reply)  # type: ignore[arg-type]
+                out.append(reply)
+                size += len(reply)
                 if size >= FLUSH_SIZE:
                     break  # send these before rendering more
             data = b"".join(out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import trio
 
@@ -26,26 +25,12 @@ from memring.proxy.reply_stream import ReplyStream
 from memring.proxy.router import Shard, ShardRouter
 from memring.proxy.session import ClientSession
 from memring.proxy.settings import ProxySettings
+from memring.proxy.state import ProxyState
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 
 MAX_OUTSTANDING = 32        # requests of one client in flight before the proxy reads on
-
-
-@dataclass
-class ProxyState:
-    """What every session reads: settings, the current router (swapped whole), stats."""
-
-    settings: ProxySettings
-    router: ShardRouter
-    stats: ProxyStats
-    pools_by_address: dict[str, NodePool] = field(default_factory=dict)
-    # set (and replaced) on every topology swap: writes waiting for a leader wake on it
-    topology_changed: trio.Event = field(default_factory=trio.Event)
-
-    def pools(self) -> list[NodePool]:
-        return list(self.pools_by_address.values())
 
 
 class ProxyServer:

@@ -1,0 +1,388 @@
+"""A request's place in its client's reply order: the `Slot` kinds and how each settles.
+
+Theory of operation: a session *issues* each request as a `Slot` whose backend requests are
+already queued (see proxy/session.py). A slot answers `poll()` without waiting: the reply
+bytes, WAITING (a backend reply is still on its way; the client's `reply_arrived` hears of
+it), or NEEDS_TASK (only `reply()`, awaited in a task, can make it: a read failing over to
+the next node, a write waiting for a leader or retried after a refusal). `reply()` gives the
+same bytes as a successful `poll()`. Most slots are `Filtered`: one settled `PendingReply`
+passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Final, Literal
+
+import trio
+
+from memring.protocol.responses import End, ErrorReply, Value
+from memring.protocol.write_refusals import retry_at_leader
+from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.pool import NodePool
+from memring.proxy.router import Shard
+from memring.proxy.state import ProxyState
+
+
+class _Pending(enum.Enum):
+    """Why `Slot.poll()` has no reply yet."""
+
+    WAITING = "WAITING"  # for a backend's reply (its client's `reply_arrived` will be called)
+    NEEDS_TASK = "NEEDS_TASK"  # only `reply()`, awaited in a task, can make it
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+WAITING: Final = _Pending.WAITING
+NEEDS_TASK: Final = _Pending.NEEDS_TASK
+Poll = bytes | _Pending
+Settled = PendingReply | _Pending
+Waiting = Literal[_Pending.WAITING]
+
+
+def render(reply: PendingReply) -> bytes:
+    if reply.error is not None:
+        return b"SERVER_ERROR %s\r\n" % reply.error.encode()
+    return b"".join(event.encode() for event in reply.events)
+
+
+def _failed(reply: PendingReply) -> bool:
+    """A reply the client should not get from this node if another can answer."""
+    if reply.error is not None:
+        return True
+    return bool(reply.events) and type(reply.events[0]) is ErrorReply and \
+        reply.events[0].kind == b"SERVER_ERROR"
+
+
+# What `Slot.poll()` says when the reply cannot be made yet: WAITING for a backend's reply
+# (its client's `reply_arrived` will be called), or NEEDS_TASK: only `reply()`, awaited in a
+
+
+class Slot:
+    """One request's place in the reply order."""
+
+    __slots__ = ()
+
+    def poll(self) -> Poll:
+        """The reply if it can be made now without waiting, else WAITING or NEEDS_TASK;
+        `reply()` gives the same bytes."""
+        return NEEDS_TASK
+
+    async def reply(self) -> bytes:
+        raise NotImplementedError
+
+
+class Ready(Slot):
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def poll(self) -> Poll:
+        return self.data
+
+    async def reply(self) -> bytes:
+        return self.data
+
+
+class Filtered(Slot):
+    """A slot whose reply is one settled `PendingReply` passed through `filter`."""
+
+    __slots__ = ()
+    filter: Callable[[PendingReply], bytes]
+
+    def settled_now(self) -> Settled:
+        """The settled reply if it is there without waiting, else WAITING or NEEDS_TASK."""
+        return NEEDS_TASK
+
+    def poll(self) -> Poll:
+        settled = self.settled_now()
+        if isinstance(settled, _Pending):
+            return settled
+        return self.filter(settled)
+
+    async def settle(self) -> PendingReply:
+        raise NotImplementedError
+
+    async def reply(self) -> bytes:
+        return self.filter(await self.settle())
+
+
+class ReadWithFailover(Filtered):
+    """A read tried on the policy's node first, then on the shard's other nodes."""
+
+    __slots__ = ("client", "filter", "multi", "nodes", "pending", "request")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, client: ReplyListener,
+                 filter: Callable[[PendingReply], bytes] = render) -> None:
+        self.nodes = nodes
+        self.request = request
+        self.multi = multi
+        self.client = client
+        self.filter = filter
+        self.pending = nodes[0].submit(request, multi, client)
+
+    def settled_now(self) -> Settled:
+        pending = self.pending
+        if not pending.done:
+            return WAITING
+        if len(self.nodes) > 1 and _failed(pending):
+            return NEEDS_TASK  # the next node is asked in settle()
+        return pending
+
+    async def settle(self) -> PendingReply:
+        """The reply of the first node that could answer (or the last failure)."""
+        pending = self.pending
+        for node in self.nodes[1:]:
+            if not pending.done:
+                await pending.wait()
+            if not _failed(pending):
+                break
+            pending = node.submit(self.request, self.multi, self.client)
+        if not pending.done:
+            await pending.wait()
+        return pending
+
+
+class FannedOut(Filtered):
+    """A write sent to every node of a shard, answered from the leader."""
+
+    __slots__ = ("filter", "leader", "others")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, client: ReplyListener,
+                 filter: Callable[[PendingReply], bytes] = render) -> None:
+        self.leader = nodes[0].submit(request, multi, client)
+        self.others = [node.submit(request, multi, client) for node in nodes[1:]]
+        self.filter = filter
+
+    def settled_now(self) -> Settled:
+        return self._settled() if self.leader.done else WAITING
+
+    def _settled(self) -> PendingReply:
+        leader = self.leader
+        if leader.error is not None and not leader.error.startswith("leader unavailable"):
+            leader.error = "leader unavailable: " + leader.error
+        return leader
+
+    async def settle(self) -> PendingReply:
+        if not self.leader.done:
+            await self.leader.wait()
+        return self._settled()
+
+
+def _failed_reply(multi: bool, reason: str) -> PendingReply:
+    reply = PendingReply(multi, 0.0)
+    reply.fail(reason)
+    return reply
+
+
+class Unroutable(Filtered):
+    """A request for a shard that has no live node: SERVER_ERROR, never another shard."""
+
+    __slots__ = ("filter", "pending")
+
+    def __init__(self, shard: Shard, multi: bool,
+                 filter: Callable[[PendingReply], bytes] = render) -> None:
+        self.pending = _failed_reply(multi, f"no live node for shard {shard.name}")
+        self.filter = filter
+
+    def settled_now(self) -> Settled:
+        return self.pending
+
+    async def settle(self) -> PendingReply:
+        return self.pending
+
+
+class LeaderWrite(Filtered):
+    """Cluster mode: a write sent to the shard's leader alone; with no reachable leader it
+    waits (bounded) for a topology that names one."""
+
+    __slots__ = ("client", "filter", "multi", "name", "pending", "request", "state", "target")
+
+    def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
+                 client: ReplyListener, filter: Callable[[PendingReply], bytes] = render) -> None:
+        self.state = state
+        self.name = shard.name
+        self.request = request
+        self.multi = multi
+        self.client = client
+        self.filter = filter
+        self.pending: PendingReply | None = None
+        self.target: NodePool | None = None  # the leader the write went to
+        if shard.has_leader and shard.nodes[0].available:
+            self.target = shard.nodes[0]
+            self.pending = self.target.submit(request, multi, client)
+
+    async def _await_leader(self, refused_by: NodePool | None = None,
+                            deadline: float | None = None) -> PendingReply:
+        """Submit to the shard's leader once there is a reachable one (other than
+        `refused_by` for REFUSED_PAUSE), waiting until `deadline` (default: leader_wait_ms
+        from now)."""
+        state = self.state
+        if deadline is None:
+            deadline = trio.current_time() + state.settings.leader_wait_ms / 1000
+        # The node that refused may be the leader the topology names already, before it has
+        # heard that its campaign won (the proxy's watch can see the leader key a few ms
+        # before the winner does): ask it again after a pause rather than waiting for another
+        # leader that never comes (measured: a write stalled the whole leader_wait_ms, 1.5 s,
+        # in 2 of 3 leader transfers under load).
+        same_again = trio.current_time() + REFUSED_PAUSE
+        while True:
+            shard = state.router.by_name.get(self.name)
+            if shard is not None and shard.has_leader and shard.nodes[0].available and (
+                    shard.nodes[0] is not refused_by or trio.current_time() >= same_again):
+                self.target = shard.nodes[0]
+                return self.target.submit(self.request, self.multi, self.client)
+            now = trio.current_time()
+            if now >= deadline:
+                break
+            # a new leader's pool connects a little after the swap: poll between swaps too
+            with trio.move_on_at(min(deadline, now + 0.02)):
+                await state.topology_changed.wait()
+        if shard is not None and shard.has_leader:
+            pending = shard.nodes[0].submit(self.request, self.multi, self.client)
+            if not pending.done:
+                await pending.wait()
+            if pending.error is not None:
+                pending.error = f"leader of shard {self.name} unavailable: {pending.error}"
+            return pending
+        return _failed_reply(self.multi, f"no leader for shard {self.name}")
+
+    def settled_now(self) -> Settled:
+        pending = self.pending
+        if pending is None:
+            return NEEDS_TASK  # no reachable leader yet: wait for one in settle()
+        if not pending.done:
+            return WAITING
+        if _not_applied(pending):
+            return NEEDS_TASK  # refused by a leader stepping down: retried in settle()
+        return pending
+
+    async def settle(self) -> PendingReply:
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = await self._await_leader()
+        if not pending.done:
+            await pending.wait()
+        deadline = None
+        while _not_applied(pending):  # a leader stepping down refused it: ask the next one
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + self.state.settings.leader_wait_ms / 1000
+            elif now >= deadline:
+                break
+            pending = self.pending = await self._await_leader(self.target, deadline)
+            if not pending.done:
+                await pending.wait()
+        return pending
+
+
+REFUSED_PAUSE = 0.02  # before a write refused as "not the leader" goes to the same node again
+
+
+def _not_applied(pending: PendingReply) -> bool:
+    events = pending.events
+    if pending.error is not None or len(events) != 1:
+        return False
+    event = events[0]
+    return type(event) is ErrorReply and event.kind == b"SERVER_ERROR" and \
+        retry_at_leader(event.message)
+
+
+Settling = ReadWithFailover | FannedOut | LeaderWrite | Unroutable
+
+
+class AfterWrites(Slot):
+    """A fixed reply, sent only once side-effect writes are done: a too-large `set` answers
+    its error after the old value is gone from every node, so no later read (even on
+    another connection) can still see it."""
+
+    __slots__ = ("data", "pendings")
+
+    def __init__(self, pendings: list[PendingReply], data: bytes) -> None:
+        self.pendings = pendings
+        self.data = data
+
+    def poll(self) -> Poll:
+        return self.data if all(p.done for p in self.pendings) else WAITING
+
+    async def reply(self) -> bytes:
+        for pending in self.pendings:
+            if not pending.done:
+                await pending.wait()
+        return self.data
+
+
+class Everywhere(Slot):
+    """flush_all / cache_memlimit: every node of every shard must say OK."""
+
+    __slots__ = ("noreply", "pendings")
+
+    def __init__(self, nodes: list[NodePool], request: bytes, noreply: bool,
+                 client: ReplyListener) -> None:
+        self.pendings = [node.submit(request, False, client) for node in nodes]
+        self.noreply = noreply
+
+    def poll(self) -> Poll:
+        return self._answer() if all(p.done for p in self.pendings) else WAITING
+
+    def _answer(self) -> bytes:
+        answer = b"OK\r\n"
+        for pending in self.pendings:
+            rendered = render(pending)
+            if rendered != b"OK\r\n" and answer == b"OK\r\n":
+                answer = rendered
+        return b"" if self.noreply else answer
+
+    async def reply(self) -> bytes:
+        for pending in self.pendings:
+            if not pending.done:
+                await pending.wait()
+        return self._answer()
+
+
+class SplitGet(Slot):
+    """A multi-key get split per shard; values reassembled in the client's key order."""
+
+    __slots__ = ("keys", "parts")
+
+    def __init__(self, keys: list[bytes], parts: list[Settling]) -> None:
+        self.keys = keys
+        self.parts = parts
+
+    def poll(self) -> Poll:
+        # The parts in order, as reply() awaits them: the first error is the answer.
+        settled = []
+        for part in self.parts:
+            pending = part.settled_now()
+            if isinstance(pending, _Pending):
+                return pending
+            if _incomplete(pending):
+                return render(pending)
+            settled.append(pending)
+        return self._join(settled)
+
+    async def reply(self) -> bytes:
+        settled = []
+        for part in self.parts:
+            pending = await part.settle()
+            if _incomplete(pending):
+                return render(pending)  # one shard's error is the whole get's error
+            settled.append(pending)
+        return self._join(settled)
+
+    def _join(self, settled: list[PendingReply]) -> bytes:
+        found: dict[bytes, Value] = {}
+        for pending in settled:
+            for event in pending.events:
+                if type(event) is Value:
+                    found[event.key] = event
+        return b"".join([found[k].encode() for k in self.keys if k in found]) + b"END\r\n"
+
+
+def _incomplete(pending: PendingReply) -> bool:
+    """A get's reply that is not values then END: an error."""
+    events = pending.events
+    return pending.error is not None or not events or type(events[-1]) is not End
