@@ -50,7 +50,7 @@ async def run(settings: BackendSettings) -> None:
         server = BackendServer(settings, member)
         replicator = None
         if member is not None and settings.replication != "off":
-            from memring.backend.replication import Replicator
+            from memring.backend.replication.replicator import Replicator
 
             replicator = Replicator(server.store, member, settings)
             member.listener = replicator

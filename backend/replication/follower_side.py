@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from memring.backend.follower_state import FollowerState, ReplicationRejected
-from memring.backend.replication_log import ReplicationGap
-from memring.backend.replication_server import READ_SIZE
+from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
+from memring.backend.replication.leader_side import READ_SIZE
+from memring.backend.replication.mutation_log import ReplicationGap
 from memring.backend.settings import SettingsError, split_address
 from memring.netio import nonblocking
 from memring.protocol.replication import (
@@ -41,7 +41,7 @@ from memring.protocol.replication import (
 )
 
 if TYPE_CHECKING:
-    from memring.backend.replication import Replicator
+    from memring.backend.replication.replicator import Replicator
 
 log = logging.getLogger("memring.backend.replication")
 

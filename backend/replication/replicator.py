@@ -29,9 +29,9 @@ import logging
 import trio
 
 from memring.backend.cluster_member import ClusterMember
-from memring.backend.follower_state import FollowerState
-from memring.backend.in_sync import InSyncReplicas
-from memring.backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
+from memring.backend.replication.follower_apply import FollowerState
+from memring.backend.replication.in_sync import InSyncReplicas
+from memring.backend.replication.mutation_log import ReplicationLog, StoreRecorder, mutation_size
 from memring.backend.settings import BackendSettings, split_address
 from memring.backend.store import Store
 from memring.cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
@@ -234,8 +234,8 @@ class Replicator:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Serve followers on the peer port and follow the leader, until `shutdown()`."""
-        from memring.backend.replication_client import follow_leader
-        from memring.backend.replication_server import serve_follower
+        from memring.backend.replication.follower_side import follow_leader
+        from memring.backend.replication.leader_side import serve_follower
 
         host, port = split_address(self.settings.peer_listen)
         listener = nonblocking.listen(host, port)

@@ -7,7 +7,7 @@ with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations
 snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
 Then it waits on the Replicator's ParkingLot, which every committed write unparks, and sends
 what is new, in batches. A second task reads the follower's ACKs and reports them to the
-leadership's InSyncReplicas (backend.in_sync), which the ISR and sync-mode replies follow.
+leadership's InSyncReplicas (`in_sync`), which the ISR and sync-mode replies follow.
 When this node stops leading, every follower connection gets ERROR NOT_LEADER and is closed,
 and followers look for the new leader.
 """
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from memring.backend.snapshot import StoreSnapshot
+from memring.backend.replication.snapshot import StoreSnapshot
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection
@@ -40,8 +40,8 @@ from memring.protocol.replication import (
 )
 
 if TYPE_CHECKING:
-    from memring.backend.in_sync import FollowerLink, InSyncReplicas
-    from memring.backend.replication import Replicator
+    from memring.backend.replication.in_sync import FollowerLink, InSyncReplicas
+    from memring.backend.replication.replicator import Replicator
 
 log = logging.getLogger("memring.backend.replication")
 
