@@ -1,26 +1,31 @@
-"""Asynchronous leader -> follower replication of one shard (opt-in: `--replication async`).
+"""The replicator: one per backend in cluster mode, it switches the node between leading and
+following its shard and owns the tasks of both roles.
 
-Theory of operation: one `Replicator` per backend owns the node's ReplicationLog and its
-FollowerState, and switches between the two roles as ClusterMember reports them
-(`became_leader`/`stepped_down`, called synchronously when the member starts or stops
+Theory of operation: the Replicator owns the node's ReplicationLog (`mutation_log`) and its
+FollowerState (`follower_apply`), and switches between the two roles as ClusterMember reports
+them (`became_leader`/`stepped_down`, called synchronously when the member starts or stops
 acknowledging writes, so no write escapes numbering):
 
 - leader: the StoreRecorder is attached to the store; the command handler calls
   `committed(key)` after every mutating command, which numbers the changes in the log and
-  wakes the follower tasks of `leader_side` (a ParkingLot). A task per leadership keeps the
-  shard's ISR in etcd honest (`in_sync`: followers join once caught up, leave when gone or
-  lagging). In `sync` mode the server asks `settle()` before
-  it sends replies that follow a write: it waits until every in-sync follower acknowledged
-  the write, or closes the connection unanswered when this node stops leading first. In
-  `async` mode replies are not delayed (a failover may lose the tail followers lacked).
+  wakes the follower connections of `leader_side` (a ParkingLot). The leadership's
+  InSyncReplicas (`in_sync`) is made at once; one task of `run()` keeps the shard's ISR in
+  etcd honest for each leadership in turn (followers join once caught up, leave when gone or
+  lagging). In `sync` mode the server asks `settle()` before it sends replies that follow a
+  write: it waits until every in-sync follower acknowledged the write, or closes the
+  connection unanswered when this node stops leading first. In `async` mode replies are not
+  delayed (a failover may lose the tail followers lacked).
 - follower: `follower_side` connects to the leader's peer address (from the cluster view),
   sends HELLO with the position of the last mutation applied, and applies the stream
-  through FollowerState (`follower_apply`), which mirrors it into the same log, so the node
-  can serve followers as soon as it is promoted: its new epoch continues from that position.
+  through FollowerState, which mirrors it into the same log, so the node can serve followers
+  as soon as it is promoted: its new epoch continues from that position.
 
-Stores change only through one role at a time: on promotion the client is cancelled and
-refuses to apply anything more before the recorder is attached. The two sides see this
-class only as their host (`ports.LeaderSideHost`, `ports.FollowerSideHost`).
+Tasks: `run()` owns one nursery with the peer server (a `leader_side` task per follower
+connection), the `follower_side` task and the ISR task; the role callbacks only change state
+and wake them (a leadership that begins before `run()` is taken up when it starts).
+Stores change only through one role at a time: the follower side checks the role before it
+applies each message, and the recorder is attached only on promotion. The two sides see this class only as their host
+(`ports.LeaderSideHost`, `ports.FollowerSideHost`).
 """
 
 from __future__ import annotations
@@ -69,8 +74,8 @@ class Replicator:
         self._role_changed = trio.lowlevel.ParkingLot()
         # leader side: followers, acks, lag and the ISR of the current leadership
         self.insync: InSyncReplicas | None = None
+        self._leadership: Leadership | None = None  # whose ISR `insync` keeps
         self.commits = 0  # sync: write batches committed (backend.server waits on changes)
-        self._nursery: trio.Nursery | None = None
         self.counters = ReplicationCounters()
         self.peer_counters = ConnectionCounters()  # the peer port's connections
         self.peers: ConnectionServer | None = None
@@ -94,15 +99,15 @@ class Replicator:
         self.recorder.attach()
         self.leading = True
         leadership = self.member.leadership
-        if leadership is not None and self._nursery is not None:
-            insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
-                                    max_lag_bytes=self.settings.max_lag_bytes,
-                                    lease_valid=self.member.holds_lease)
-            insync.newest = insync.watermark = self.log.newest
-            insync.start(set(leadership.isr) or self._view_isr(),
-                         Incarnation(leadership.node_id, leadership.lease_id))
-            self.insync = insync
-            self._nursery.start_soon(self._keep_isr, insync, leadership)
+        assert leadership is not None, "ClusterMember sets its leadership before telling us"
+        insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
+                                max_lag_bytes=self.settings.max_lag_bytes,
+                                lease_valid=self.member.holds_lease)
+        insync.newest = insync.watermark = self.log.newest
+        insync.start(set(leadership.isr) or self._view_isr(),
+                     Incarnation(leadership.node_id, leadership.lease_id))
+        # run()'s ISR task takes it up when woken (or when run() starts, if it has not yet)
+        self.insync, self._leadership = insync, leadership
         log.info("replication (%s): leading epoch %d from %s", self.mode, epoch,
                  tuple(self.log.newest))
         self._wake_roles()
@@ -115,7 +120,7 @@ class Replicator:
         follower = FollowerState(self.store, self.log.newest, self.log)
         follower.newest_epoch = max(self.follower.newest_epoch, self.log.newest.epoch)
         self.follower = follower
-        insync, self.insync = self.insync, None
+        insync, self.insync, self._leadership = self.insync, None, None
         if insync is not None:
             insync.scope.cancel()
             insync.fail_all()
@@ -138,6 +143,19 @@ class Replicator:
         view = self.member.view
         shard = view.shards.get(self.member.identity.shard) if view is not None else None
         return set(shard.isr.members) if shard is not None and shard.isr is not None else set()
+
+    async def _keep_each_isr(self) -> None:
+        """Keep the ISR of the current leadership, one leadership after the other: role
+        changes only set `insync`, this task (run()'s) follows it, so a leadership that began
+        before run() is kept from its start, and none is skipped."""
+        kept: InSyncReplicas | None = None
+        while True:
+            insync, leadership = self.insync, self._leadership
+            if insync is None or leadership is None or insync is kept:
+                await self._role_changed.park()
+                continue
+            kept = insync
+            await self._keep_isr(insync, leadership)  # until stepping down cancels its scope
 
     async def _keep_isr(self, insync: InSyncReplicas, leadership: Leadership) -> None:
         me = Incarnation(leadership.node_id, leadership.lease_id)
@@ -271,7 +289,7 @@ class Replicator:
                                       self.peer_counters)
         with self._scope:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                nursery.start_soon(self._keep_each_isr)
                 await nursery.start(self.peers.serve, listener)
                 log.info("replication (%s) on peer port %s:%d", self.settings.replication,
                          host, listener.getsockname()[1])
