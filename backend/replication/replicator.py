@@ -59,6 +59,9 @@ TOO_FEW_IN_SYNC = b"SERVER_ERROR fewer in-sync replicas than min_insync: not acc
 
 
 class Replicator:
+    """A backend's replication: leads or follows its shard as the ClusterMember says; the
+    host of both sides."""
+
     def __init__(self, store: Store, member: ClusterMember, settings: BackendSettings) -> None:
         self.store = store
         self.member = member
@@ -147,7 +150,7 @@ class Replicator:
     async def _keep_each_isr(self) -> None:
         """Keep the ISR of the current leadership, one leadership after the other: role
         changes only set `insync`, this task (run()'s) follows it, so a leadership that began
-        before run() is kept from its start, and none is skipped."""
+        before run() is kept once run() starts, and none is skipped."""
         kept: InSyncReplicas | None = None
         while True:
             insync, leadership = self.insync, self._leadership
