@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from memring.backend.cluster_member import ClusterMember, MemberIdentity
+from memring.backend.replication.replicator import Replicator
 from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
@@ -53,8 +54,6 @@ async def run(settings: BackendSettings) -> None:
         server = BackendServer(settings, member)
         replicator = None
         if member is not None and settings.replication != "off":
-            from memring.backend.replication import Replicator
-
             replicator = Replicator(server.store, member, settings)
             member.listener = replicator
             server.handler.record_writes(replicator)

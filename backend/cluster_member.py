@@ -406,7 +406,7 @@ class ClusterMember:
 
     async def _keep_isr(self, session: Session, view: ClusterView, shard: ShardView) -> None:
         """Without replication the ISR is every live member of the shard (with it, the
-        replication listener keeps the ISR: backend.in_sync)."""
+        replication listener keeps the ISR: backend.replication.in_sync)."""
         assert self.leadership is not None
         if self.listener is not None:
             return

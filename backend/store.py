@@ -107,7 +107,7 @@ class Store:
         # A delayed flush_all: items last updated at or before `flush_before` vanish
         # once the clock reaches it.
         self.flush_before = 0
-        # Replication's hook (backend.replication_log): called with the key of an item a
+        # Replication's hook (backend.replication.mutation_log): called with the key of an item a
         # client changed, or None after flush_all; never for expiry or eviction, which stay
         # local. None (the default) costs one attribute test per mutation.
         self.on_change: Callable[[bytes | None], None] | None = None

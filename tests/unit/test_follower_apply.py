@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memring.backend.commands import CommandHandler
-from memring.backend.follower_state import FollowerState, ReplicationRejected
-from memring.backend.replication_log import ReplicationLog, StoreRecorder
+from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
+from memring.backend.replication.mutation_log import ReplicationLog, StoreRecorder
+from memring.backend.replication.snapshot import StoreSnapshot
 from memring.backend.settings import BackendSettings
-from memring.backend.snapshot import StoreSnapshot
 from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.protocol import request_parser

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from memring.backend.in_sync import InSyncReplicas
+from memring.backend.replication.in_sync import InSyncReplicas
 from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
 from memring.protocol.replication import Position
 

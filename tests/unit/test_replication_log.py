@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memring.backend.replication_log import ReplicationGap, ReplicationLog, StoreRecorder
+from memring.backend.replication.mutation_log import ReplicationGap, ReplicationLog, StoreRecorder
 from memring.backend.store import Store
 from memring.protocol.replication import (
     Deletion,

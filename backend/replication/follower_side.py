@@ -1,30 +1,30 @@
 """The follower's side of replication: follow the shard's current leader over the peer port.
 
-Theory of operation: while this node does not lead, one task finds the leader's peer address
-in the cluster view (`ClusterMember.leader_peer`), connects, sends HELLO with the position of
-the last mutation applied, and applies what comes back through FollowerState, in order:
+Theory of operation: while this node does not lead, one task finds the leader's peer
+address in the cluster view (`leader_peer`), connects, sends HELLO with the position of the
+last mutation applied, and applies what comes back through FollowerState, in order:
 mutations, or a snapshot followed by the tail. After each read it ACKs its position. It hangs
 up and starts over (capped backoff) when the connection drops, the leader changes, the leader
 answers ERROR, or a message does not follow (a gap or an older epoch: it says so with ERROR
 and asks again from its position, and the leader falls back to a snapshot if it must). A
 snapshot cut off half-way leaves a partial store: it is emptied and the follower asks again
-from the origin. When this node is promoted the task stops applying at once.
+from the origin. When this node is promoted the task stops applying at once. All it knows
+of the node is its `ports.FollowerSideHost`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from memring.backend.follower_state import FollowerState, ReplicationRejected
-from memring.backend.replication_log import ReplicationGap
+from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
+from memring.backend.replication.mutation_log import ReplicationGap
+from memring.backend.replication.ports import FollowerSideHost
 from memring.netio import nonblocking
 from memring.netio.settings import SettingsError, split_address
 from memring.protocol.replication import (
-    ORIGIN,
     Ack,
     Error,
     ErrorCode,
@@ -39,9 +39,6 @@ from memring.protocol.replication import (
 )
 from memring.protocol.sentinels import NEED_DATA
 
-if TYPE_CHECKING:
-    from memring.backend.replication import Replicator
-
 log = logging.getLogger("memring.backend.replication")
 
 CONNECT_TIMEOUT = 1.0
@@ -50,79 +47,67 @@ BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 
 
-async def follow_leader(rep: Replicator) -> None:
+async def follow_leader(host: FollowerSideHost) -> None:
     backoff = BACKOFF_FIRST
     failures = 0
+    counters = host.counters
     while True:
-        target = await _leader(rep)
-        before = rep.applied
+        target = await _leader(host)
+        before = counters.applied
         try:
-            await _session(rep, target)
+            await _session(host, target)
         except* (OSError, trio.TooSlowError, SettingsError) as group:
             failures += 1
             if failures == 1 or failures % 50 == 0:
                 exc = group.exceptions[0]
                 log.info("replication from %s: %s", target[0], exc or type(exc).__name__)
-        if rep.applied != before:
+        if counters.applied != before:
             backoff, failures = BACKOFF_FIRST, 0
         else:
             backoff = min(BACKOFF_MAX, backoff * 2)
         await trio.sleep(backoff)
 
 
-async def _leader(rep: Replicator) -> tuple[str, int]:
+async def _leader(host: FollowerSideHost) -> tuple[str, int]:
     """Wait until another node leads and publishes a peer address."""
     while True:
-        target = None if rep.leading else rep.member.leader_peer()
+        target = None if host.leading else host.leader_peer()
         if target is not None:
             return target
         with trio.move_on_after(WATCH_INTERVAL):
-            await rep.role_changed.park()
+            await host.next_role_change()
 
 
-async def _session(rep: Replicator, target: tuple[str, int]) -> None:
-    host, port = split_address(target[0])
+async def _session(host: FollowerSideHost, target: tuple[str, int]) -> None:
+    peer_host, peer_port = split_address(target[0])
     with trio.fail_after(CONNECT_TIMEOUT):
-        sock = await nonblocking.connect(host, port)
+        sock = await nonblocking.connect(peer_host, peer_port)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, rep, target, nursery.cancel_scope)
-            await _receive(rep, sock)
+            nursery.start_soon(_watch, host, target, nursery.cancel_scope)
+            await _receive(host, sock)
             nursery.cancel_scope.cancel()
     finally:
         nonblocking.close(sock)
 
 
-async def _watch(rep: Replicator, target: tuple[str, int], scope: trio.CancelScope) -> None:
+async def _watch(host: FollowerSideHost, target: tuple[str, int],
+                 scope: trio.CancelScope) -> None:
     """Hang up when this node leads or another node (or epoch) does."""
-    while not rep.leading and rep.member.leader_peer() == target:
+    while not host.leading and host.leader_peer() == target:
         with trio.move_on_after(WATCH_INTERVAL):
-            await rep.role_changed.park()
+            await host.next_role_change()
     scope.cancel()
 
 
-def _fresh_state(rep: Replicator) -> FollowerState:
-    """A follower cut off inside a snapshot holds a partial store: empty it, start over."""
-    rep.store.apply_flush(0)
-    rep.log.reset(ORIGIN)
-    # From the origin the leader may replay its backlog, older epochs first: that history is
-    # not a deposed leader speaking (the gap checks and following only the leader etcd names
-    # guard that), so the newest epoch seen starts over too.
-    state = FollowerState(rep.store, ORIGIN, rep.log)
-    rep.follower = state
-    return state
-
-
-async def _receive(rep: Replicator, sock: socket.socket) -> None:
-    """Apply the leader's stream until it ends (counting in `rep.applied`)."""
-    state = rep.follower
-    if state.in_snapshot:
-        state = _fresh_state(rep)
-    member = rep.member
-    session = member.session
-    await nonblocking.send_all(sock, encode(Hello(
-        member.identity.node_id, session.lease_id if session is not None else 0,
-        state.position)))
+async def _receive(host: FollowerSideHost, sock: socket.socket) -> None:
+    """Apply the leader's stream until it ends (counting in `counters.applied`)."""
+    state: FollowerState = host.follower
+    if state.in_snapshot:  # cut off inside a snapshot: a partial store
+        state = host.start_over()
+    me = host.incarnation()
+    await nonblocking.send_all(sock, encode(Hello(me.node_id, me.lease_id, state.position)))
+    counters = host.counters
     parser = ReplicationParser()
     acked = state.position
     while True:
@@ -134,7 +119,7 @@ async def _receive(rep: Replicator, sock: socket.socket) -> None:
             event = parser.next_event()
             if event is NEED_DATA:
                 break
-            if rep.leading or rep.follower is not state:
+            if host.leading or host.follower is not state:
                 return  # promoted: apply nothing more
             try:
                 if isinstance(event, Mutation):
@@ -142,7 +127,7 @@ async def _receive(rep: Replicator, sock: socket.socket) -> None:
                 elif isinstance(event, SnapshotItem):
                     state.install(event.state)
                 elif isinstance(event, SnapshotBegin):
-                    rep.snapshots_received += 1
+                    counters.snapshots_received += 1
                     log.info("snapshot from the leader at %s", tuple(event.position))
                     state.begin_snapshot(event)
                 elif isinstance(event, SnapshotEnd):
@@ -164,9 +149,9 @@ async def _receive(rep: Replicator, sock: socket.socket) -> None:
                 return
             except ReplicationGap as exc:  # the mirrored log disagrees: start over
                 log.warning("replication log: %s; starting over", exc)
-                _fresh_state(rep)
+                host.start_over()
                 return
-            rep.applied += 1
+            counters.applied += 1
         if not state.in_snapshot and state.position != acked:
             acked = state.position
             await nonblocking.send_all(sock, encode(Ack(acked)))

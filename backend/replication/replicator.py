@@ -1,25 +1,31 @@
-"""Asynchronous leader -> follower replication of one shard (opt-in: `--replication async`).
+"""The replicator: one per backend in cluster mode, it switches the node between leading and
+following its shard and owns the tasks of both roles.
 
-Theory of operation: one `Replicator` per backend owns the node's ReplicationLog and its
-FollowerState, and switches between the two roles as ClusterMember reports them
-(`became_leader`/`stepped_down`, called synchronously when the member starts or stops
+Theory of operation: the Replicator owns the node's ReplicationLog (`mutation_log`) and its
+FollowerState (`follower_apply`), and switches between the two roles as ClusterMember reports
+them (`became_leader`/`stepped_down`, called synchronously when the member starts or stops
 acknowledging writes, so no write escapes numbering):
 
 - leader: the StoreRecorder is attached to the store; the command handler calls
   `committed(key)` after every mutating command, which numbers the changes in the log and
-  wakes the follower tasks of backend.replication_server (a ParkingLot). A task per
-  leadership keeps the shard's ISR in etcd honest (backend.in_sync: followers join once
-  caught up, leave when gone or lagging). In `sync` mode the server asks `settle()` before
-  it sends replies that follow a write: it waits until every in-sync follower acknowledged
-  the write, or closes the connection unanswered when this node stops leading first. In
-  `async` mode replies are not delayed (a failover may lose the tail followers lacked).
-- follower: backend.replication_client connects to the leader's peer address (from the
-  cluster view), sends HELLO with the position of the last mutation applied, and applies
-  the stream through FollowerState, which mirrors it into the same log, so the node can
-  serve followers as soon as it is promoted: its new epoch continues from that position.
+  wakes the follower connections of `leader_side` (a ParkingLot). The leadership's
+  InSyncReplicas (`in_sync`) is made at once; one task of `run()` keeps the shard's ISR in
+  etcd honest for each leadership in turn (followers join once caught up, leave when gone or
+  lagging). In `sync` mode the server asks `settle()` before it sends replies that follow a
+  write: it waits until every in-sync follower acknowledged the write, or closes the
+  connection unanswered when this node stops leading first. In `async` mode replies are not
+  delayed (a failover may lose the tail followers lacked).
+- follower: `follower_side` connects to the leader's peer address (from the cluster view),
+  sends HELLO with the position of the last mutation applied, and applies the stream
+  through FollowerState, which mirrors it into the same log, so the node can serve followers
+  as soon as it is promoted: its new epoch continues from that position.
 
-Stores change only through one role at a time: on promotion the client is cancelled and
-refuses to apply anything more before the recorder is attached.
+Tasks: `run()` owns one nursery with the peer server (a `leader_side` task per follower
+connection), the `follower_side` task and the ISR task; the role callbacks only change state
+and wake them (a leadership that begins before `run()` is taken up when it starts).
+Stores change only through one role at a time: the follower side checks the role before it
+applies each message, and the recorder is attached only on promotion. The two sides see this class only as their host
+(`ports.LeaderSideHost`, `ports.FollowerSideHost`).
 """
 
 from __future__ import annotations
@@ -29,9 +35,13 @@ import logging
 import trio
 
 from memring.backend.cluster_member import ClusterMember
-from memring.backend.follower_state import FollowerState
-from memring.backend.in_sync import InSyncReplicas
-from memring.backend.replication_log import ReplicationLog, StoreRecorder, mutation_size
+from memring.backend.replication.follower_apply import FollowerState
+from memring.backend.replication.follower_side import follow_leader
+from memring.backend.replication.in_sync import InSyncReplicas
+from memring.backend.replication.leader_side import serve_follower
+from memring.backend.replication.mutation_log import ReplicationLog, StoreRecorder, mutation_size
+from memring.backend.replication.ports import ReplicationCounters
+from memring.backend.replication.snapshot import StoreSnapshot
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
 from memring.cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
@@ -52,6 +62,9 @@ TOO_FEW_IN_SYNC = refusal_line(write_refusals.TOO_FEW_IN_SYNC)
 
 
 class Replicator:
+    """A backend's replication: leads or follows its shard as the ClusterMember says; the
+    host of both sides."""
+
     def __init__(self, store: Store, member: ClusterMember, settings: BackendSettings) -> None:
         self.store = store
         self.member = member
@@ -63,17 +76,14 @@ class Replicator:
         # auto: the cluster config's mode (sync until a config says otherwise), followed live
         self.follows_config = settings.replication == "auto"
         self.sync = settings.replication in ("sync", "auto")
-        self.changed = trio.lowlevel.ParkingLot()  # new mutations or a change of role
-        self.role_changed = trio.lowlevel.ParkingLot()
+        self._changed = trio.lowlevel.ParkingLot()  # new mutations or a change of role
+        self._role_changed = trio.lowlevel.ParkingLot()
         # leader side: followers, acks, lag and the ISR of the current leadership
         self.insync: InSyncReplicas | None = None
+        self._leadership: Leadership | None = None  # whose ISR `insync` keeps
         self.commits = 0  # sync: write batches committed (backend.server waits on changes)
-        self._nursery: trio.Nursery | None = None
-        self.unacknowledged = 0  # sync writes whose connection closed unanswered
-        self.snapshots_sent = 0
-        self.snapshots_received = 0
-        self.applied = 0  # messages applied as a follower
-        self.counters = ConnectionCounters()
+        self.counters = ReplicationCounters()
+        self.peer_counters = ConnectionCounters()  # the peer port's connections
         self.peers: ConnectionServer | None = None
         self._scope = trio.CancelScope()
 
@@ -95,15 +105,15 @@ class Replicator:
         self.recorder.attach()
         self.leading = True
         leadership = self.member.leadership
-        if leadership is not None and self._nursery is not None:
-            insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
-                                    max_lag_bytes=self.settings.max_lag_bytes,
-                                    lease_valid=self.member.holds_lease)
-            insync.newest = insync.watermark = self.log.newest
-            insync.start(set(leadership.isr) or self._view_isr(),
-                         Incarnation(leadership.node_id, leadership.lease_id))
-            self.insync = insync
-            self._nursery.start_soon(self._keep_isr, insync, leadership)
+        assert leadership is not None, "ClusterMember sets its leadership before telling us"
+        insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
+                                max_lag_bytes=self.settings.max_lag_bytes,
+                                lease_valid=self.member.holds_lease)
+        insync.newest = insync.watermark = self.log.newest
+        insync.start(set(leadership.isr) or self._view_isr(),
+                     Incarnation(leadership.node_id, leadership.lease_id))
+        # run()'s ISR task takes it up when woken (or when run() starts, if it has not yet)
+        self.insync, self._leadership = insync, leadership
         log.info("replication (%s): leading epoch %d from %s", self.mode, epoch,
                  tuple(self.log.newest))
         self._wake_roles()
@@ -116,7 +126,7 @@ class Replicator:
         follower = FollowerState(self.store, self.log.newest, self.log)
         follower.newest_epoch = max(self.follower.newest_epoch, self.log.newest.epoch)
         self.follower = follower
-        insync, self.insync = self.insync, None
+        insync, self.insync, self._leadership = self.insync, None, None
         if insync is not None:
             insync.scope.cancel()
             insync.fail_all()
@@ -140,6 +150,19 @@ class Replicator:
         shard = view.shards.get(self.member.identity.shard) if view is not None else None
         return set(shard.isr.members) if shard is not None and shard.isr is not None else set()
 
+    async def _keep_each_isr(self) -> None:
+        """Keep the ISR of the current leadership, one leadership after the other: role
+        changes only set `insync`, this task (run()'s) follows it, so a leadership that began
+        before run() is kept once run() starts, and none is skipped."""
+        kept: InSyncReplicas | None = None
+        while True:
+            insync, leadership = self.insync, self._leadership
+            if insync is None or leadership is None or insync is kept:
+                await self._role_changed.park()
+                continue
+            kept = insync
+            await self._keep_isr(insync, leadership)  # until stepping down cancels its scope
+
     async def _keep_isr(self, insync: InSyncReplicas, leadership: Leadership) -> None:
         me = Incarnation(leadership.node_id, leadership.lease_id)
 
@@ -153,8 +176,36 @@ class Replicator:
                 log.info("ISR: %s", exc)
 
     def _wake_roles(self) -> None:
-        self.changed.unpark_all()
-        self.role_changed.unpark_all()
+        self._changed.unpark_all()
+        self._role_changed.unpark_all()
+
+    # -- the host of both sides (ports.LeaderSideHost, ports.FollowerSideHost) ---------------
+
+    def snapshot(self) -> StoreSnapshot:
+        return StoreSnapshot(self.store, self.log.newest)
+
+    async def next_change(self) -> None:
+        await self._changed.park()
+
+    async def next_role_change(self) -> None:
+        await self._role_changed.park()
+
+    def leader_peer(self) -> tuple[str, int] | None:
+        return self.member.leader_peer()
+
+    def incarnation(self) -> Incarnation:
+        session = self.member.session
+        return Incarnation(self.member.identity.node_id,
+                           session.lease_id if session is not None else 0)
+
+    def start_over(self) -> FollowerState:
+        self.store.apply_flush(0)
+        self.log.reset(ORIGIN)
+        # From the origin the leader may replay its backlog, older epochs first: that history
+        # is not a deposed leader speaking (the gap checks and following only the leader etcd
+        # names guard that), so the newest epoch seen starts over too.
+        self.follower = FollowerState(self.store, ORIGIN, self.log)
+        return self.follower
 
     # -- the command path (CommandHandler.recorder) -----------------------------------------
 
@@ -171,7 +222,7 @@ class Replicator:
                 insync.committed(mutations[-1].position, sum(map(mutation_size, mutations)))
             if self.sync:
                 self.commits += 1
-            self.changed.unpark_all()
+            self._changed.unpark_all()
 
     async def settle(self) -> bool:
         """Sync mode, before sending replies that follow a write: True once every in-sync
@@ -179,7 +230,7 @@ class Replicator:
         insync = self.insync
         if insync is not None and await insync.replicated(self.log.newest):
             return True
-        self.unacknowledged += 1
+        self.counters.unacknowledged += 1
         return False
 
     def position(self) -> Position:
@@ -210,14 +261,15 @@ class Replicator:
         position = self.position()
         insync = self.insync
         links = insync.links if insync is not None else {}
+        counters = self.counters
         lines: list[tuple[str, object]] = [
             ("memring_replication", self.mode),
             ("memring_repl_position", f"{position.epoch}:{position.seq}"),
             ("memring_repl_followers", len(links)),
             ("memring_repl_backlog_bytes", self.log.bytes),
-            ("memring_repl_snapshots_sent", self.snapshots_sent),
-            ("memring_repl_snapshots_received", self.snapshots_received),
-            ("memring_repl_unacknowledged", self.unacknowledged)]
+            ("memring_repl_snapshots_sent", counters.snapshots_sent),
+            ("memring_repl_snapshots_received", counters.snapshots_received),
+            ("memring_repl_unacknowledged", counters.unacknowledged)]
         if insync is None:
             return lines
         lags = {node: insync.lag(link.acked) for node, link in sorted(links.items())}
@@ -237,16 +289,13 @@ class Replicator:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Serve followers on the peer port and follow the leader, until `shutdown()`."""
-        from memring.backend.replication_client import follow_leader
-        from memring.backend.replication_server import serve_follower
-
         host, port = split_address(self.settings.peer_listen, listen=True)
         listener = nonblocking.listen(host, port)
         self.peers = ConnectionServer(lambda conn: serve_follower(self, conn), MAX_FOLLOWERS,
-                                      self.counters)
+                                      self.peer_counters)
         with self._scope:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                nursery.start_soon(self._keep_each_isr)
                 await nursery.start(self.peers.serve, listener)
                 log.info("replication (%s) on peer port %s:%d", self.settings.replication,
                          host, listener.getsockname()[1])

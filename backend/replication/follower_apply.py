@@ -13,12 +13,12 @@ this node draws CAS values no replica has handed out.
 
 A snapshot replaces the store: SNAPSHOT_BEGIN empties it, each item is installed, and
 SNAPSHOT_END moves the position to the snapshot's starting position; the leader then sends
-the mutations after that position (see backend.snapshot for why that converges).
+the mutations after that position (see `snapshot` for why that converges).
 """
 
 from __future__ import annotations
 
-from memring.backend.replication_log import ReplicationLog
+from memring.backend.replication.mutation_log import ReplicationLog
 from memring.backend.store import Store
 from memring.protocol.replication import (
     ORIGIN,

@@ -5,22 +5,23 @@ task answers with the log's mutations after that position (`ReplicationLog.since
 the backlog no longer holds it, with a snapshot (SNAPSHOT_BEGIN, the items a chunk at a time
 with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations after the
 snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
-Then it waits on the Replicator's ParkingLot, which every committed write unparks, and sends
-what is new, in batches. A second task reads the follower's ACKs and reports them to the
-leadership's InSyncReplicas (backend.in_sync), which the ISR and sync-mode replies follow.
-When this node stops leading, every follower connection gets ERROR NOT_LEADER and is closed,
-and followers look for the new leader.
+Then it waits for the next change (`LeaderSideHost.next_change`: every committed write wakes
+it) and sends what is new, in batches. A second task reads the follower's ACKs and reports
+them to the leadership's InSyncReplicas (`in_sync`), which the ISR and sync-mode replies
+follow. When this node stops leading, every follower connection gets ERROR NOT_LEADER and
+is closed, and followers look for the new leader. All it knows of the node is its
+`ports.LeaderSideHost`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
-from memring.backend.snapshot import StoreSnapshot
+from memring.backend.replication.in_sync import FollowerLink, InSyncReplicas
+from memring.backend.replication.ports import LeaderSideHost
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection
@@ -38,10 +39,6 @@ from memring.protocol.replication import (
     encode,
 )
 from memring.protocol.sentinels import NEED_DATA
-
-if TYPE_CHECKING:
-    from memring.backend.in_sync import FollowerLink, InSyncReplicas
-    from memring.backend.replication import Replicator
 
 log = logging.getLogger("memring.backend.replication")
 
@@ -72,31 +69,31 @@ async def _send(conn: Connection, message: Error) -> None:
         pass
 
 
-async def serve_follower(rep: Replicator, conn: Connection) -> None:
+async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
     parser = ReplicationParser()
     hello: Event | None = None
     with trio.move_on_after(HELLO_TIMEOUT):
         hello = await next_event(conn.sock, parser)
-    epoch = rep.log.newest.epoch
+    epoch = host.log.newest.epoch
     if not isinstance(hello, Hello):
         await _send(conn, Error(ErrorCode.MALFORMED, epoch, "expected HELLO"))
         return
     if hello.version != PROTOCOL_VERSION:
         await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
         return
-    insync = rep.insync
-    if not rep.leading or insync is None:
+    insync = host.insync
+    if not host.leading or insync is None:
         await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
         return
     node = hello.node_id
     link = insync.connected(node, Incarnation(node, hello.incarnation), hello.position,
-                            snapshotting=not rep.log.covers(hello.position))
+                            snapshotting=not host.log.covers(hello.position))
     log.info("follower %s connected at %s", node, tuple(hello.position))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_read_acks, insync, conn, parser, node, nursery.cancel_scope)
             try:
-                await _stream(rep, conn, hello.position, epoch, link)
+                await _stream(host, conn, hello.position, epoch, link)
             except _Deposed:
                 await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "no longer the leader"))
             except OSError as exc:  # the follower went away
@@ -108,34 +105,34 @@ async def serve_follower(rep: Replicator, conn: Connection) -> None:
         log.info("follower %s disconnected", node)
 
 
-def _check(rep: Replicator, epoch: int) -> None:
-    if not rep.leading or rep.log.newest.epoch != epoch:
+def _check(host: LeaderSideHost, epoch: int) -> None:
+    if not host.leading or host.log.newest.epoch != epoch:
         raise _Deposed
 
 
-async def _stream(rep: Replicator, conn: Connection, position: Position, epoch: int,
+async def _stream(host: LeaderSideHost, conn: Connection, position: Position, epoch: int,
                   link: FollowerLink) -> None:
     sock = conn.sock
     send_all = nonblocking.send_all
     while True:
-        _check(rep, epoch)
-        tail = rep.log.since(position, limit=BATCH)
+        _check(host, epoch)
+        tail = host.log.since(position, limit=BATCH)
         if tail is None:
             link.snapshotting = True  # not to be waited for, nor added to the ISR
-            position = await _send_snapshot(rep, conn, epoch)
+            position = await _send_snapshot(host, conn, epoch)
             link.snapshotting = False
             continue
         if tail:
             await send_all(sock, b"".join(map(encode, tail)))
             position = tail[-1].position
             continue
-        await rep.changed.park()
+        await host.next_change()
 
 
-async def _send_snapshot(rep: Replicator, conn: Connection, epoch: int) -> Position:
+async def _send_snapshot(host: LeaderSideHost, conn: Connection, epoch: int) -> Position:
     sock = conn.sock
-    snapshot = StoreSnapshot(rep.store, rep.log.newest)
-    rep.snapshots_sent += 1
+    snapshot = host.snapshot()
+    host.counters.snapshots_sent += 1
     started = trio.current_time()
     await nonblocking.send_all(sock, encode(snapshot.begin()))
     while not snapshot.done:
@@ -143,7 +140,7 @@ async def _send_snapshot(rep: Replicator, conn: Connection, epoch: int) -> Posit
         if chunk:
             await nonblocking.send_all(sock, b"".join(encode(SnapshotItem(s)) for s in chunk))
         await trio.sleep(0)  # let clients write while the snapshot streams
-        _check(rep, epoch)
+        _check(host, epoch)
     await nonblocking.send_all(sock, encode(snapshot.end()))
     log.info("snapshot of %d items at %s sent in %.3f s", snapshot.sent,
              tuple(snapshot.position), trio.current_time() - started)

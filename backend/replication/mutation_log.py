@@ -4,7 +4,7 @@ Theory of operation: a leader numbers every client-visible change to its store a
 (epoch, seq) and keeps the most recent ones in a backlog bounded by count and bytes. A
 follower that reconnects at position P resumes from the backlog when the backlog still
 holds P (or P is the position just before its oldest entry); otherwise `since` answers
-None and the follower needs a snapshot (backend.snapshot) followed by the tail.
+None and the follower needs a snapshot (`snapshot`) followed by the tail.
 
 Each mutation carries the *resulting* state of the item (or its deletion, or a flush), not
 the command that caused it, so applying a mutation twice, or after a snapshot that already

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from memring.backend.replication_log import item_state
+from memring.backend.replication.mutation_log import item_state
 from memring.backend.store import Store
 from memring.protocol.replication import ItemState, Position, SnapshotBegin, SnapshotEnd
 

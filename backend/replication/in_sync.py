@@ -137,7 +137,7 @@ class InSyncReplicas:
             self.watermark = mark
             self._release()
 
-    # -- follower links (backend.replication_server) ------------------------------------------
+    # -- follower links (leader_side) ------------------------------------------------------
 
     def connected(self, node_id: str, incarnation: Incarnation, position: Position,
                   snapshotting: bool) -> FollowerLink:

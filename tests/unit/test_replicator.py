@@ -1,0 +1,62 @@
+"""The Replicator's roles and tasks: two backends' replicators over loopback peer ports, with
+their ClusterMembers on the in-memory coordinator (real clock, 1 s leases; absolute
+`fail_after`). Members get real loopback listeners as client addresses, because a follower
+probes its leader's port."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from memring.backend.cluster_member import ClusterMember, MemberIdentity
+from memring.backend.replication.replicator import Replicator
+from memring.backend.settings import BackendSettings
+from memring.backend.store import Store
+from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
+from tests.servers import free_port
+
+pytestmark = pytest.mark.unit
+
+
+async def node(etcd: MemoryEtcd, node_id: str) -> tuple[ClusterMember, Replicator,
+                                                       trio.socket.SocketType]:
+    """A member of shard s1 with its replicator (sync mode); neither runs yet."""
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    peer = f"127.0.0.1:{free_port()}"
+    member = ClusterMember(MemoryCoordinator(etcd, "unit", call_timeout=0.3),
+                           MemberIdentity(node_id, "s1", f"127.0.0.1:{sock.getsockname()[1]}",
+                                          peer_address=peer), lease_ttl=1.0)
+    settings = BackendSettings(peer_listen=peer, replication="sync")
+    replicator = Replicator(Store(), member, settings)
+    member.listener = replicator
+    return member, replicator, sock
+
+
+async def isr_nodes(etcd: MemoryEtcd) -> set[str]:
+    shard = (await MemoryCoordinator(etcd, "unit").snapshot()).shards.get("s1")
+    return {m.node_id for m in shard.isr.members} if shard and shard.isr else set()
+
+
+async def test_a_leadership_that_began_before_run_is_served_and_its_isr_kept() -> None:
+    with trio.fail_after(10):
+        async with open_memory_etcd() as etcd, trio.open_nursery() as nursery:
+            member, replicator, sock = await node(etcd, "n1")
+            nursery.start_soon(member.run)
+            while member.leadership is None:  # the first member of a new shard leads it
+                await trio.sleep(0.01)
+            assert replicator.insync is not None  # before run(): the leadership is not lost
+            await nursery.start(replicator.run)
+            follower, follower_replicator, follower_sock = await node(etcd, "n2")
+            await nursery.start(follower_replicator.run)
+            nursery.start_soon(follower.run)
+            # the follower is served, catches up, and the ISR task (started by run(), after
+            # the leadership began) writes it into the shard's ISR
+            while await isr_nodes(etcd) != {"n1", "n2"}:
+                await trio.sleep(0.01)
+            assert follower.role == "follower"
+            assert dict(replicator.stats())["memring_repl_isr"] == "n1,n2"
+            nursery.cancel_scope.cancel()
+    sock.close()
+    follower_sock.close()
