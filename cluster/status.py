@@ -1,4 +1,4 @@
-"""What `memring status` shows: one ClusterView as the JSON of ../shared/design.md or a table.
+"""What `memring status` shows: one ClusterView as JSON (the fields docs/operations.md lists) or a table.
 
 A shard's nodes are its live members (`nodes/*` naming the shard) and the replicas its record
 lists that are not alive. A node is `in_sync` when its current incarnation (node id + the lease

@@ -1,7 +1,7 @@
 """The proxy's settings and its static topology, from flags, MEMRING_* variables and TOML.
 
-The topology file follows ../shared/design.md so a twemproxy user can translate a
-nutcracker.yml in a minute: a `[proxy]` table and `[[shards]]`, each shard a list of nodes
+The topology file (etc/memring.toml shows it, with comments) is shaped so that a twemproxy
+user can translate a nutcracker.yml in a minute: a `[proxy]` table and `[[shards]]`, each shard a list of nodes
 (`"host:port"` or `{address = "host:port", weight = 2}`), a ring weight and an optional
 ring point name. The first node of a shard is its leader.
 

@@ -2,7 +2,7 @@
 
 A client loop reads keys stored before the outage and writes fresh keys on both shards
 through the proxy while etcd is SIGKILLed for ~3 s and then restarted on the same ports and
-data dir. The design (../shared/design.md, "etcd unreachable") says: reads go on everywhere,
+data dir. docs/architecture.md ("etcd unreachable") says: reads go on everywhere,
 the proxy keeps its last routing table, a leader acknowledges writes only until its lease
 deadline (last good keepalive sent + TTL - margin) and then answers SERVER_ERROR until it
 holds a lease again. Checked here:
