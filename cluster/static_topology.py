@@ -1,9 +1,9 @@
 """The static topology file's pure parsing, shared by the proxy and `StaticCoordinator`.
 
-The file (etc/memring.toml shows it, with comments) is shaped so that a twemproxy user can translate a nutcracker.yml in a
-minute: a `[proxy]` table and `[[shards]]`, each shard a list of nodes (`"host:port"` or
-`{address = "host:port", weight = 2}`), a ring weight and an optional ring point name. The
-first node of a shard is its leader.
+The file (etc/memring.toml shows it, with comments) is shaped so that a twemproxy user can
+translate a nutcracker.yml in a minute: a `[proxy]` table and `[[shards]]`, each shard a list
+of nodes (`"host:port"` or `{address = "host:port", weight = 2}`), a ring weight and an
+optional ring point name. The first node of a shard is its leader.
 
 This module lives in `cluster` (and imports only netio.settings) so that both the proxy
 (proxy.settings re-exports these names) and cluster.static_coordinator parse the file with one
