@@ -395,14 +395,17 @@ class LocalCluster:
 
     def _write_state(self) -> None:
         path = state_path(self.plan.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"cluster": self.plan.name, "etcd": self.etcd_url, "pid": os.getpid(),
                  "proxies": [c.address for c in self.children if c.role == "proxy"],
                  "backends": {c.name: c.address for c in self.children if c.role == "backend"},
                  "logs": str(self.run_dir), "started": time.time()}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise LaunchError(f"cannot write the state file {path}: {exc.strerror}") from None
         self._state_written = True
 
     # -- running and stopping --------------------------------------------------------------
