@@ -25,7 +25,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memring.proxy.ketama import KetamaRing
-from tests import servers
+from tests.helpers import servers
 from tests.compat.test_ketama_nutcracker import (
     PoolServer,
     compare_placement,

@@ -4,7 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
+# Test cases shared by several modules live in tests/helpers/: rewrite their asserts too
+# (pytest rewrites only test modules and conftests unless told), before anything imports them.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import servers  # noqa: E402
 
 
 @pytest.fixture

@@ -38,9 +38,8 @@ from pathlib import Path
 import pytest
 
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
 from tests.chaos import netns
-from tests.integration import wire
+from tests.helpers import servers, wire
 from tests.integration.test_backend_cluster import wait_for
 
 pytestmark = pytest.mark.chaos

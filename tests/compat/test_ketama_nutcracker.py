@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from memring.proxy.ketama import HASH_NAMES, KetamaRing, key_hash, point_name
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.compat
 

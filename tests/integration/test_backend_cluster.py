@@ -2,7 +2,7 @@
 failover after kill -9, step-down of a frozen leader, and a graceful leave.
 
 One etcd serves the module; each test uses its own cluster name. Backends are real processes
-(tests/servers.py) with the cluster flags; every wait is a bounded loop or a `fail_after`.
+(tests/helpers/servers.py) with the cluster flags; every wait is a bounded loop or a `fail_after`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import trio
 from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,7 @@ import trio
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 from tests.integration.test_backend_cluster import SHARD, Shard, node_id, wait_for, wait_in_sync
 from tests.integration.test_cluster_proxy import ask, proxy_argv
 

@@ -24,7 +24,7 @@ from memring.cluster.coordinator import Leadership, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from memring.proxy.ketama import KetamaRing
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 

@@ -30,8 +30,7 @@ import pytest
 
 from memring.cluster.etcd_process import EtcdProcess, find_etcd, start_etcd
 from memring.proxy.ketama import KetamaRing
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 
 pytestmark = pytest.mark.chaos
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from memring.cluster.etcd_process import find_etcd
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

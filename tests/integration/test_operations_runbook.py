@@ -38,8 +38,7 @@ from memring.cluster.coordinator import ClusterView
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from memring.proxy.ketama import KetamaRing
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 from tests.integration.test_backend_cluster import wait_for
 from tests.integration.test_replication_async import dump, pipeline, wait_identical
 

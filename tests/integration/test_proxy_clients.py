@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pymemcache.client.base import Client
 
-from tests import servers
-from tests.integration import proxy_fixtures, wire
+from tests.helpers import proxy_fixtures, servers, wire
 from tests.integration import test_pymemcache as pm
 
 pytestmark = pytest.mark.integration

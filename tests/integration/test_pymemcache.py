@@ -17,7 +17,7 @@ from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 from pymemcache.exceptions import MemcacheClientError, MemcacheServerError
 
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,7 @@ import pytest
 
 from memring.backend.settings import SettingsError, load_settings
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 from tests.integration.test_backend_cluster import SHARD, Shard, wait_for
 
 pytestmark = pytest.mark.integration

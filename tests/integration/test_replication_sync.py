@@ -26,8 +26,7 @@ import trio
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 from tests.integration.test_backend_cluster import SHARD, node_id, wait_for
 from tests.integration.test_replication_async import (
     ReplicatedShard,
