@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers
-from tests.compat.test_ketama_nutcracker import (
+from tests.helpers.nutcracker import (
     PoolServer,
     compare_placement,
     nutcracker_binary,

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.cases import CASES, Case, set_
 from tests.helpers import servers
+from tests.helpers.differential_cases import CASES, Case, set_
 
 pytestmark = pytest.mark.compat
 

@@ -57,7 +57,6 @@ def keep(request: pytest.FixtureRequest, server: servers.RunningServer) -> dict[
     return values
 
 
-
 # --- oversized lines ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prefix", [b"", b"set ", b"  delete "])
@@ -89,7 +88,6 @@ def test_long_get_line_with_newline_under_the_limit_works(server: servers.Runnin
     reply = request(server, b"get " + b" ".join(keys) + b"\r\n")
     assert reply == b"".join(get_reply({k: kept[k]}) for k in keys) + b"END\r\n"
     assert_intact(server, kept)
-
 
 
 # --- bad lengths ---------------------------------------------------------------------------------
@@ -156,7 +154,6 @@ def test_bad_data_chunk(server: servers.RunningServer, kept: dict[bytes, bytes])
     assert_intact(server, kept)
 
 
-
 # --- keys ------------------------------------------------------------------------------------------
 
 def test_key_length_limit(server: servers.RunningServer, kept: dict[bytes, bytes]) -> None:
@@ -181,7 +178,6 @@ def test_key_length_limit(server: servers.RunningServer, kept: dict[bytes, bytes
     replies = [request(server, sent) for sent, _ in exchanges]
     assert replies == [expected for _, expected in exchanges]
     assert_intact(server, {**kept, k250: b"ok"})
-
 
 
 # --- garbage -------------------------------------------------------------------------------------
@@ -220,7 +216,6 @@ def test_binary_protocol_is_refused(backend: servers.RunningServer,
     assert not ex.timed_out, f"no close within 3 s after {payload[:24]!r}; reply {ex.reply!r}"
     assert ex.closed and ex.reply == b"", ex
     assert_intact(backend, kept_backend)
-
 
 
 # --- clients that go away ------------------------------------------------------------------------

@@ -58,7 +58,6 @@ def key(request: pytest.FixtureRequest) -> Callable[[str], str]:
     return lambda suffix: f"{prefix}:{suffix}"
 
 
-
 # --- default_noreply=True: the client never sees a reply, so every check reads back ---------
 
 def test_noreply_default_storage_commands(noreply_client: Client, client: Client,
@@ -103,7 +102,6 @@ def test_noreply_default_storage_commands(noreply_client: Client, client: Client
     # The connection is still in step after all those silent commands.
     assert c.version() == VERSION
     assert client.get(k("b")) == b"2"
-
 
 
 # --- default_noreply=False: assert the server's answers --------------------------------------

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import trio
+
 from tests.helpers import servers
 
 VERSION_REPLY = b"VERSION 1.6.18\r\n"
@@ -253,3 +255,19 @@ def placement(upstreams: Sequence[servers.RunningServer], keys: Iterable[bytes]
     bad = {k: v for k, v in where.items() if len(v) != 1}
     assert not bad, f"keys not on exactly one upstream: {dict(list(bad.items())[:5])}"
     return {k: v[0] for k, v in where.items()}
+
+
+async def ask(port: int, payload: bytes, end: bytes = b"\r\n", timeout: float = 5.0) -> bytes:
+    """Send `payload` to 127.0.0.1:port and read until the reply ends with `end`."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(servers.HOST, port)
+        async with stream:
+            await stream.send_all(payload)
+            reply = b""
+            while not reply.endswith(end):
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
+

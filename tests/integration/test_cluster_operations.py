@@ -22,8 +22,8 @@ from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests.helpers import servers, wire
-from tests.integration.test_backend_cluster import SHARD, Shard, node_id, wait_for, wait_in_sync
-from tests.integration.test_cluster_proxy import ask, proxy_argv
+from tests.helpers.cluster import SHARD, Shard, node_id, proxy_argv, wait_for, wait_in_sync
+from tests.helpers.wire import ask
 
 pytestmark = pytest.mark.integration
 

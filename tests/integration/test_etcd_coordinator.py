@@ -16,7 +16,7 @@ import trio
 from memring.cluster.coordinator import Coordinator, CoordinatorUnavailable, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator, parse_endpoints
 from memring.cluster.etcd_process import EtcdProcess, find_etcd, free_port, start_etcd
-from tests.unit.test_coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
+from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
 
 pytestmark = pytest.mark.integration
 

@@ -39,8 +39,8 @@ from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers, wire
-from tests.integration.test_backend_cluster import wait_for
-from tests.integration.test_replication_async import dump, pipeline, wait_identical
+from tests.helpers.cluster import wait_for
+from tests.helpers.replicas import dump, pipeline, wait_identical
 
 pytestmark = pytest.mark.integration
 

@@ -91,7 +91,6 @@ def test_stats_move(client: Client, key: Callable[[str], str]) -> None:
     assert settings[b"item_size_max"] == MAX_ITEM_SIZE
 
 
-
 # --- HashClient over three servers ------------------------------------------------------------
 
 @pytest.fixture(scope="module", params=KINDS)
