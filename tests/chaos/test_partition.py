@@ -41,14 +41,9 @@ from memring.cluster.etcd_process import EtcdProcess, find_etcd
 from tests.helpers import netns, servers, wire
 from tests.helpers.cluster import wait_for
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.requires_etcd]
 
 _reason = netns.unavailable()
-if _reason is None:
-    try:
-        find_etcd()
-    except RuntimeError as exc:  # pragma: no cover - depends on the machine
-        _reason = str(exc)
 if _reason is not None:  # pragma: no cover - depends on the machine
     pytest.skip(_reason, allow_module_level=True)
 

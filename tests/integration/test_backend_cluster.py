@@ -15,16 +15,11 @@ import time
 import pytest
 import trio
 
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from tests.helpers import servers, wire
 from tests.helpers.cluster import SHARD, node_id, shard_of, wait_for, wait_in_sync
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 TRIALS = 10
 

@@ -22,18 +22,13 @@ import trio
 
 from memring.cluster.coordinator import Leadership, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers
 from tests.helpers.cluster import LEADER_WAIT_MS, proxy_argv
 from tests.helpers.wire import ask
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 HOST = servers.HOST
 

@@ -15,17 +15,12 @@ import time
 import pytest
 
 from memring.backend.settings import SettingsError, load_settings
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from tests.helpers import servers, wire
 from tests.helpers.cluster import replicated_shard, wait_for
 from tests.helpers.replicas import dump, pipeline, wait_identical
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 
 def stat(node: servers.RunningServer, name: str) -> str:

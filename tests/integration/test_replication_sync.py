@@ -25,17 +25,12 @@ import trio
 
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from tests.helpers import servers, wire
 from tests.helpers.cluster import SHARD, ReplicatedShard, node_id, proxy_argv, wait_for
 from tests.helpers.replicas import dump, pipeline, wait_identical
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 _clusters = itertools.count(1)
 MAX_LAG_MS = 300
