@@ -25,8 +25,8 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memring.proxy.ketama import KetamaRing
-from tests import servers
-from tests.compat.test_ketama_nutcracker import (
+from tests.helpers import servers
+from tests.helpers.nutcracker import (
     PoolServer,
     compare_placement,
     nutcracker_binary,

@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +83,8 @@ class EtcdProcess:
     argv: list[str]
     env: dict[str, str]
     paused: bool = field(default=False)
+    process_group: int | None = None
+    preexec_fn: Callable[[], object] | None = None
 
     @property
     def url(self) -> str:
@@ -124,7 +126,8 @@ class EtcdProcess:
     def restart(self, ready_timeout: float = 15.0) -> None:
         """Start the member again (after `kill()`) with the same ports and data."""
         self.kill()
-        self.process = _spawn(self.argv, self.env, self.log_path)
+        self.process = _spawn(self.argv, self.env, self.log_path, self.process_group,
+                              self.preexec_fn)
         _await_health(self, ready_timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -145,10 +148,13 @@ class EtcdProcess:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path,
+           process_group: int | None = None, preexec_fn: Callable[[], object] | None = None
+           ) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, process_group=process_group,
+                                preexec_fn=preexec_fn)
 
 
 def _await_health(member: EtcdProcess, ready_timeout: float) -> None:
@@ -172,6 +178,19 @@ def start_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
                fast_elections: bool = True, ready_timeout: float = 15.0,
                binary: str = "etcd") -> EtcdProcess:
     """Start one etcd member on free loopback ports; return once /health says true."""
+    member = spawn_etcd(data_dir=data_dir, name=name, fast_elections=fast_elections,
+                        binary=binary)
+    _await_health(member, ready_timeout)
+    return member
+
+
+def spawn_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
+               fast_elections: bool = True, binary: str = "etcd",
+               process_group: int | None = None,
+               preexec_fn: Callable[[], object] | None = None) -> EtcdProcess:
+    """Start one etcd member on free loopback ports and return at once (the caller polls
+    `healthy()`). `process_group` and `preexec_fn` go to Popen (`memring up` keeps its
+    children out of the terminal's process group); `restart()` uses them again."""
     path = find_etcd(binary)
     owns = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="memring-etcd-")) if data_dir is None else Path(data_dir)
@@ -188,10 +207,9 @@ def start_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
     goarch = _GOARCH.get(platform.machine().lower())
     if goarch:
         env.setdefault("ETCD_UNSUPPORTED_ARCH", goarch)
-    process = _spawn(argv, env, base / "etcd.log")
-    member = EtcdProcess(process, client_port, peer_port, base, owns, argv, env)
-    _await_health(member, ready_timeout)
-    return member
+    process = _spawn(argv, env, base / "etcd.log", process_group, preexec_fn)
+    return EtcdProcess(process, client_port, peer_port, base, owns, argv, env,
+                       process_group=process_group, preexec_fn=preexec_fn)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,23 @@
 """`memring up`: a whole local cluster in the foreground, and the state file it leaves.
 
-Theory of operation. `LocalCluster.start()` spawns etcd (cluster.etcd_process, fast elections,
-data in a temp dir) unless an etcd URL was given, writes the cluster's `config` and `shards/*`
-records, starts shards x replicas backends (`python -m memring.backend ... --etcd URL --cluster NAME
---shard ID --node-id ID`) and the proxies, each on its own free port with its log in the run
-directory, and returns once every shard has a leader and every proxy has registered and has a
-live connection to every leader (its `stats`). `stop()` terminates the proxies and backends
-(they revoke their leases), kills what is still there after a grace period, reaps them, and
-stops etcd last. The children are in their
-own process group (a terminal's Ctrl-C reaches only `memring up`, which stops them in order) and
-get SIGTERM if `memring up` itself dies (PR_SET_PDEATHSIG).
+Theory of operation. `up()` is one `trio.run`: a task turns SIGINT/SIGTERM
+(`trio.open_signal_receiver`) into the cancellation of everything but the stop.
+`LocalCluster.start()` spawns etcd (cluster.etcd_process, fast elections, data in the run
+directory) unless an etcd URL was given, writes the cluster's `config` and `shards/*`
+records, starts shards x replicas backends (`python -m memring.backend ... --etcd URL
+--cluster NAME --shard ID --node-id ID --peer-listen ...`) and the proxies (`python -m
+memring.proxy`), each on its own free port with its log in the run directory, and returns
+once every shard has a leader and every proxy has registered and has a live connection to
+every leader (its `stats`). Every wait is a trio sleep inside a cancel scope with a deadline.
+`stop()` (shielded, bounded) sends SIGTERM to the proxies and backends (they revoke their
+leases), gives them STOP_GRACE seconds (a second signal cuts it short), SIGKILLs what is
+left and reaps it, then stops etcd the same way, last. The launcher never imports the
+servers: it knows their flags, which ship in the same package.
+
+The children are in their own process group (a terminal's Ctrl-C reaches only `memring up`,
+which stops them in order) and get SIGTERM if `memring up` itself dies (PR_SET_PDEATHSIG,
+which fires when the spawning *thread* exits: they are spawned from the trio thread, never
+from a worker thread as `trio.lowlevel.open_process` would).
 
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
 records the etcd URL so `memring status` finds the cluster without `--etcd`.
@@ -29,6 +37,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +45,19 @@ from typing import Any
 import trio
 
 from memring.cluster.coordinator import ClusterConfig, CoordinatorError
-from memring.cluster.etcd_process import HOST, EtcdProcess, free_port, start_etcd
+from memring.cluster.etcd_process import HOST, EtcdProcess, free_port, spawn_etcd
 from memring.cluster.keyspace import check_id
 
-READY_TIMEOUT = 30.0
+ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
-STOP_GRACE = 5.0
+READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
+STOP_GRACE = 5.0  # SIGTERM to SIGKILL
+KILL_WAIT = 5.0  # SIGKILL to reaped (a process in uninterruptible sleep takes its time)
+POLL = 0.05  # how often a wait for a process looks again
+SUPERVISE_POLL = 0.2
 _PR_SET_PDEATHSIG = 1
+
+Say = Callable[[str], None]
 
 
 def say(line: str) -> None:
@@ -139,6 +154,37 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """In its own process group, SIGTERM when `memring up` dies; call from the trio thread."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, process_group=0,
+                                preexec_fn=_die_with_parent)
+
+
+async def wait_exited(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until every one of `processes` has exited (and is reaped); the caller bounds it."""
+    while any(process.poll() is None for process in processes):
+        await trio.sleep(POLL)
+
+
+async def terminate_then_kill(processes: list[subprocess.Popen[bytes]],
+                              grace: trio.CancelScope) -> list[subprocess.Popen[bytes]]:
+    """SIGTERM, wait within `grace` (a scope whose deadline the caller set), SIGKILL what is
+    left and reap it within KILL_WAIT; returns the processes that outlived even that."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    with grace:
+        await wait_exited(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    with trio.move_on_after(KILL_WAIT):
+        await wait_exited(processes)
+    return [process for process in processes if process.poll() is None]
+
+
 @dataclass
 class Child:
     role: str           # "backend" or "proxy"
@@ -149,10 +195,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, process_group=0,
-                                            preexec_fn=_die_with_parent)
+        self.process = _spawn(self.argv, self.log_path)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -177,7 +220,7 @@ def port_is_free(port: int) -> bool:
 def routes_to(address: str, leaders: set[str]) -> bool:
     """The proxy at `address` answers and has a live connection to every leader: only then
     does a client get through to every shard (the proxy learns of a new leader, and
-    connects to it, a little after etcd has it)."""
+    connects to it, a little after etcd has it). Blocking, at most ~1 s."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5) as s:
@@ -199,15 +242,6 @@ def routes_to(address: str, leaders: set[str]) -> bool:
     return leaders <= up
 
 
-def _backend_flags() -> str:
-    """The backend's --help, to pass only the cluster flags it knows."""
-    try:
-        return subprocess.run([sys.executable, "-m", "memring.backend", "--help"], capture_output=True,
-                              text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 class LocalCluster:
     """etcd (unless given), the backends and the proxies of one plan, on this machine."""
 
@@ -220,7 +254,8 @@ class LocalCluster:
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
-        self.stopping = False  # set by a signal: waits give up, start() raises
+        self._grace = trio.CancelScope()  # stop()'s current wait for SIGTERM to work
+        self._hurried = False  # hurry() was called: no more waiting for SIGTERM
         self._state_written = False
 
     # -- bringing it up ------------------------------------------------------------------
@@ -234,190 +269,226 @@ class LocalCluster:
             return ""
         return f" metrics http://{argv[argv.index('--metrics-listen') + 1]}/metrics"
 
-    def start(self, say: Any = say) -> None:
+    def backend_argv(self, shard: ShardPlan, node_id: str, address: str, url: str
+                     ) -> list[str]:
+        """The backend's cluster mode; replication "auto" (its default with --peer-listen)
+        follows the mode the cluster's config says, live."""
+        return [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
+                "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
+                "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
+                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag()]
+
+    def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
+        return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
+                "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
+
+    async def start(self, say: Say = say) -> None:
+        """Bring the plan up; LaunchError says what did not come up. Cancellable."""
         if not port_is_free(self.port):
             raise LaunchError(f"port {self.port} is already in use; choose another with --port")
         if self.etcd_url is None:
-            self.etcd = start_etcd(data_dir=self.run_dir / "etcd")
-            self.etcd_url = self.etcd.url
+            self.etcd_url = await self._start_etcd()
+            assert self.etcd is not None
             say(f"memring up: etcd     {self.etcd_url} (pid {self.etcd.process.pid})")
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
-        self._check_stopping()
-        trio.run(self._write_records)
-        help_text = _backend_flags()
         url = self.etcd_url
+        await self._write_records(url)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
                 address = f"{HOST}:{free_port()}"
-                argv = [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
-                        "--cluster", self.plan.name, "--shard", shard.shard_id,
-                        "--node-id", node_id]
-                if "--lease-ttl" in help_text:
-                    argv += ["--lease-ttl", f"{self.plan.config.lease_ttl:g}"]
-                if "--peer-listen" in help_text:
-                    # replication "auto" (the default): the mode the config says, live
-                    argv += ["--peer-listen", f"{HOST}:{free_port()}"]
-                argv += self._metrics_flag()
-                self._spawn(Child("backend", node_id, address, argv,
-                                  self.run_dir / f"{node_id}.log"))
+                argv = self.backend_argv(shard, node_id, address, url)
+                pid = self._spawn(Child("backend", node_id, address, argv,
+                                        self.run_dir / f"{node_id}.log"))
                 say(f"memring up: backend  {node_id:<10} shard {shard.shard_id:<6} {address} "
-                    f"(pid {self._pid(-1)}){self._metrics_note(argv)}")
+                    f"(pid {pid}){self._metrics_note(argv)}")
         for index in range(self.plan.proxies):
             port = self.port if index == 0 else free_port()
             address = f"{HOST}:{port}"
             name = f"proxy-{index + 1}"
-            argv = [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
-                    "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
-            self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
-            say(f"memring up: proxy    {name:<10} {address} (pid {self._pid(-1)})"
+            argv = self.proxy_argv(name, address, url)
+            pid = self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
+            say(f"memring up: proxy    {name:<10} {address} (pid {pid})"
                 f"{self._metrics_note(argv)}")
-        trio.run(self._await_ready)
+        await self._await_ready(url)
         self._write_state()
         say(f"memring up: logs in {self.run_dir}; state in {state_path(self.plan.name)}")
 
-    def _pid(self, index: int) -> int:
-        process = self.children[index].process
-        return process.pid if process else 0
-
-    def _spawn(self, child: Child) -> None:
-        self._check_stopping()
-        child.spawn()
+    def _spawn(self, child: Child) -> int:
+        try:
+            child.spawn()
+        except OSError as exc:
+            raise LaunchError(f"cannot start {child.role} {child.name}: {exc}") from None
         self.children.append(child)
+        assert child.process is not None
+        return child.process.pid
 
-    def _check_stopping(self) -> None:
-        if self.stopping:
-            raise LaunchError("interrupted while starting")
+    async def _start_etcd(self) -> str:
+        try:
+            self.etcd = etcd = spawn_etcd(data_dir=self.run_dir / "etcd", process_group=0,
+                                          preexec_fn=_die_with_parent)
+        except (RuntimeError, OSError) as exc:  # EtcdNotFound says how to install it
+            raise LaunchError(f"cannot start etcd: {exc}") from None
+        with trio.move_on_after(ETCD_TIMEOUT):
+            while etcd.process.poll() is None:
+                if await trio.to_thread.run_sync(etcd.healthy):  # at most 0.5 s
+                    return etcd.url
+                await trio.sleep(POLL)
+            raise LaunchError(f"etcd exited with code {etcd.process.returncode}:\n"
+                              f"{etcd.log_tail()}")
+        raise LaunchError(f"etcd on {etcd.url} not healthy after {ETCD_TIMEOUT:g}s:\n"
+                          f"{etcd.log_tail()}")
 
-    async def _write_records(self) -> None:
+    async def _write_records(self, url: str) -> None:
         from memring.cluster.etcd_coordinator import EtcdCoordinator
 
-        assert self.etcd_url is not None
-        deadline = trio.current_time() + RECORDS_TIMEOUT
-        while True:  # a just-started etcd on a busy machine may miss the first 1 s deadline
-            try:
-                async with EtcdCoordinator.connect(self.etcd_url, self.plan.name) as etcd:
-                    await etcd.put_config(self.plan.config)
-                    for shard in self.plan.shards:
-                        await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
-                return
-            except CoordinatorError as exc:
-                if trio.current_time() >= deadline:
-                    raise LaunchError(f"cannot write the cluster's records: {exc}") from None
-            await trio.sleep(0.2)
+        problem = "etcd does not answer"
+        with trio.move_on_after(RECORDS_TIMEOUT):
+            while True:  # a just-started etcd on a busy machine may miss the first 1 s deadline
+                try:
+                    async with EtcdCoordinator.connect(url, self.plan.name) as etcd:
+                        await etcd.put_config(self.plan.config)
+                        for shard in self.plan.shards:
+                            await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
+                    return
+                except CoordinatorError as exc:
+                    problem = str(exc)
+                await trio.sleep(0.2)
+        raise LaunchError(f"cannot write the cluster's records within {RECORDS_TIMEOUT:g}s: "
+                          f"{problem}")
 
-    async def _await_ready(self) -> None:
+    async def _await_ready(self, url: str) -> None:
         """Every shard has a leader; every proxy registered and answers."""
         from memring.cluster.etcd_coordinator import EtcdCoordinator
 
-        assert self.etcd_url is not None
         missing = "etcd"
-        async with EtcdCoordinator.connect(self.etcd_url, self.plan.name) as etcd:
-            deadline = trio.current_time() + READY_TIMEOUT
-            while trio.current_time() < deadline:
-                self._check_stopping()
-                for child in self.children:
-                    code = child.exited()
-                    if code is not None:
-                        raise LaunchError(f"{child.role} {child.name} exited with code {code}:"
-                                          f"\n{child.log_tail()}")
-                try:
-                    view = await etcd.snapshot()
-                except CoordinatorError as exc:
-                    missing = f"etcd ({exc})"
-                else:
-                    leaderless = [s.shard_id for s in self.plan.shards
-                                  if s.shard_id not in view.shards
-                                  or view.shards[s.shard_id].leader is None]
-                    proxies = {p.address for p in view.proxies.values()}
-                    leaders = {s.leader.address for s in view.shards.values()
-                               if s.leader is not None}
-                    absent = [c.address for c in self.children if c.role == "proxy"
-                              and (c.address not in proxies
-                                   or not await trio.to_thread.run_sync(routes_to, c.address,
-                                                                        leaders))]
-                    if not leaderless and not absent:
-                        return
-                    missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
-                               f"the proxy at {', '.join(absent)}")
-                await trio.sleep(0.1)
+        with trio.move_on_after(READY_TIMEOUT):
+            async with EtcdCoordinator.connect(url, self.plan.name, probe=False) as etcd:
+                while True:
+                    for child in self.children:
+                        code = child.exited()
+                        if code is not None:
+                            raise LaunchError(f"{child.role} {child.name} exited with code "
+                                              f"{code}:\n{child.log_tail()}")
+                    try:
+                        view = await etcd.snapshot()
+                    except CoordinatorError as exc:
+                        missing = f"etcd ({exc})"
+                    else:
+                        leaderless = [s.shard_id for s in self.plan.shards
+                                      if s.shard_id not in view.shards
+                                      or view.shards[s.shard_id].leader is None]
+                        proxies = {p.address for p in view.proxies.values()}
+                        leaders = {s.leader.address for s in view.shards.values()
+                                   if s.leader is not None}
+                        absent = [c.address for c in self.children if c.role == "proxy"
+                                  and (c.address not in proxies
+                                       or not await trio.to_thread.run_sync(
+                                           routes_to, c.address, leaders))]
+                        if not leaderless and not absent:
+                            return
+                        missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
+                                   f"the proxy at {', '.join(absent)}")
+                    await trio.sleep(0.1)
         raise LaunchError(f"not ready after {READY_TIMEOUT:g}s: waiting for {missing}; logs "
                           f"in {self.run_dir}")
 
     def _write_state(self) -> None:
         path = state_path(self.plan.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {"cluster": self.plan.name, "etcd": self.etcd_url, "pid": os.getpid(),
                  "proxies": [c.address for c in self.children if c.role == "proxy"],
                  "backends": {c.name: c.address for c in self.children if c.role == "backend"},
                  "logs": str(self.run_dir), "started": time.time()}
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            raise LaunchError(f"cannot write the state file {path}: {exc.strerror}") from None
         self._state_written = True
 
     # -- running and stopping --------------------------------------------------------------
 
-    def supervise(self, say: Any = say) -> None:
-        """Until `stopping`: report a child that exits (the rest keep running)."""
+    async def supervise(self, say: Say = say) -> None:
+        """Until cancelled: report a child that exits (the rest keep running)."""
         reported: set[str] = set()
-        while not self.stopping:
+        while True:
             for child in self.children:
                 code = child.exited()
                 if code is not None and child.name not in reported:
                     reported.add(child.name)
                     say(f"memring up: {child.role} {child.name} exited with code {code}; "
                         f"last lines of {child.log_path}:\n{child.log_tail()}")
-            time.sleep(0.2)
+            await trio.sleep(SUPERVISE_POLL)
 
-    def stop(self) -> None:
-        """Proxies and backends: terminate, then kill after STOP_GRACE; etcd last."""
+    def hurry(self) -> None:
+        """Stop waiting for SIGTERM to work: SIGKILL now (a second Ctrl-C)."""
+        self._hurried = True
+        self._grace.cancel()
+
+    def _grace_period(self) -> trio.CancelScope:
+        self._grace = trio.CancelScope(deadline=trio.current_time() + STOP_GRACE)
+        if self._hurried:
+            self._grace.cancel()
+        return self._grace
+
+    async def stop(self, say: Say = say) -> None:
+        """Proxies and backends, then etcd: SIGTERM, SIGKILL after STOP_GRACE, reaped; then
+        the state file and the run directory. Bounded (2 x (STOP_GRACE + KILL_WAIT)); the
+        caller shields it."""
         try:
-            for child in self.children:
-                if child.process is not None and child.process.poll() is None:
-                    child.process.terminate()
-            deadline = time.monotonic() + STOP_GRACE
-            for child in self.children:
-                if child.process is None:
-                    continue
-                try:
-                    child.process.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
-                    child.process.wait(STOP_GRACE)
+            survivors = await terminate_then_kill(
+                [c.process for c in self.children if c.process is not None],
+                self._grace_period())
+            if self.etcd is not None:  # last: the servers revoke their leases on the way out
+                survivors += await terminate_then_kill([self.etcd.process],
+                                                       self._grace_period())
+            for process in survivors:
+                say(f"memring up: pid {process.pid} survived SIGKILL for {KILL_WAIT:g}s")
         finally:
-            if self.etcd is not None:
-                self.etcd.stop()
             if self._state_written:
                 with contextlib.suppress(OSError):
                     state_path(self.plan.name).unlink()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
-    """Run the cluster until SIGINT/SIGTERM; 0 after a clean stop, 1 if it could not start."""
-    cluster = LocalCluster(plan, port, etcd_url, metrics=metrics)
+async def run(cluster: LocalCluster, say: Say = say) -> int:
+    """Start `cluster` and supervise it until SIGINT/SIGTERM; always stop it. 0 after a
+    clean stop (also when a signal interrupts the start), 1 if it could not start."""
+    plan = cluster.plan
+    code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            running = trio.CancelScope()
 
-    def on_signal(signum: int, _frame: object) -> None:
-        cluster.stopping = True
+            async def on_signals() -> None:
+                async for _signum in signals:
+                    if running.cancel_called:
+                        cluster.hurry()  # a second signal: kill without waiting
+                    else:
+                        say("memring up: stopping")
+                        running.cancel()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            cluster.start()
-        except (LaunchError, RuntimeError, OSError) as exc:
-            if not cluster.stopping:
+            nursery.start_soon(on_signals)
+            try:
+                with running:
+                    await cluster.start(say)
+                    replicas = sorted({s.replicas for s in plan.shards})
+                    say(f"memring up: ready: cluster {plan.name}, {len(plan.shards)} shard(s) x "
+                        f"{'/'.join(map(str, replicas))} replica(s) behind {HOST}:{cluster.port};"
+                        f" `memring status --cluster {plan.name}` shows it; Ctrl-C stops all")
+                    await cluster.supervise(say)
+            except LaunchError as exc:
                 print(f"memring up: error: {exc}", file=sys.stderr)
-                return 1
-            return 0
-        replicas = sorted({s.replicas for s in plan.shards})
-        say(f"memring up: ready: cluster {plan.name}, {len(plan.shards)} shard(s) x "
-              f"{'/'.join(map(str, replicas))} replica(s) behind {HOST}:{port}; "
-              f"`memring status --cluster {plan.name}` shows it; Ctrl-C stops all")
-        cluster.supervise()
-        say("memring up: stopping")
-        return 0
-    finally:
-        cluster.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+                code = 1
+            finally:
+                with trio.CancelScope(shield=True):
+                    await cluster.stop(say)
+                nursery.cancel_scope.cancel()  # the signal watcher
+    return code
+
+
+def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
+    """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
+    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics))

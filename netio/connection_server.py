@@ -1,16 +1,25 @@
 """A TCP accept loop with a connection limit and graceful shutdown, for both servers.
 
-Structured concurrency: `serve` owns the connection nursery; each accepted socket runs
-`handler(conn)` in its own task and is closed when the handler returns. Past
-`max_connections`, a new client gets memcached's `ERROR Too many open connections` and
-is closed. `shutdown(grace)` stops accepting, cancels connections that are idle (waiting
-for a request: handlers say so through `conn.idle`), lets busy ones finish their batch,
-and cancels the rest when the grace period ends.
+Structured concurrency: `serve` owns the connection nursery (the accept loop runs in
+`serve`'s own task; each accepted socket runs `handler(conn)` in a task of that nursery
+and is closed when the handler returns). Past `max_connections`, a new client gets
+memcached's `ERROR Too many open connections` and is closed. `shutdown(grace)` stops
+accepting (the listener closes at once), cancels connections that are idle (waiting for a
+request: handlers say so through `conn.idle`), lets busy ones finish their batch, and
+cancels the rest when the grace period ends (a deadline on the scope around the nursery).
+
+accept(2) errors follow trio: the ones `trio.SocketListener.accept` skips (a connection
+that died in the backlog, a firewall's EPERM) are skipped; the capacity errnos that
+`trio.serve_listeners` retries (out of descriptors or memory) are logged once per episode
+and retried after a short sleep; anything else is a bug or a broken listener and
+propagates.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +31,19 @@ from memring.netio import nonblocking
 log = logging.getLogger("memring.net")
 
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
+
+# trio's _highlevel_serve_listeners.ACCEPT_CAPACITY_ERRNOS: the system is overloaded;
+# sleep SLEEP_TIME and try again (the pending connection waits in the backlog).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_SLEEP = 0.1
+# trio's _highlevel_socket._ignorable_accept_errno_names: that one connection failed
+# (reset or aborted in the backlog, refused by a firewall, ...); accept the next.
+ACCEPT_IGNORABLE_ERRNOS = frozenset(
+    getattr(errno, name) for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    if hasattr(errno, name))
 
 
 class ConnectionCounters:
@@ -42,6 +64,8 @@ class Connection:
 
 
 class ConnectionServer:
+    """Serves one listener once: `serve()` until `shutdown()`."""
+
     def __init__(self, handler: Callable[[Connection], Awaitable[None]], max_connections: int,
                  counters: ConnectionCounters) -> None:
         self.handler = handler
@@ -49,51 +73,65 @@ class ConnectionServer:
         self.counters = counters
         self.closing = False
         self._connections: set[Connection] = set()
-        self._accepting = trio.CancelScope()
-        self._nursery: trio.Nursery | None = None
+        self._accepting = trio.CancelScope()  # cancelled by shutdown()
+        self._grace = trio.CancelScope()  # around the connections; shutdown() sets its deadline
 
     async def serve(self, listener: socket.socket,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept on `listener` (closed on return) until `shutdown()`."""
+        """Accept on `listener` (closed when accepting stops) until `shutdown()`; return
+        when the last connection is done."""
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                with self._accepting:
-                    await self._accept_forever(listener, nursery)
+            with self._grace:
+                async with trio.open_nursery() as connections:
+                    task_status.started()
+                    with self._accepting:
+                        await self._accept_forever(listener, connections)
+                    nonblocking.close(listener)  # refuse new clients during the grace period
         finally:
-            nonblocking.close(listener)
+            if listener.fileno() != -1:
+                nonblocking.close(listener)
 
     def shutdown(self, grace: float = 5.0) -> None:
+        """Stop accepting; close idle connections now and the rest after `grace` s."""
         self.closing = True
         self._accepting.cancel()
+        self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
         for conn in list(self._connections):
             if conn.idle:
                 conn.scope.cancel()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.deadline = trio.current_time() + grace
 
-    async def _accept_forever(self, listener: socket.socket, nursery: trio.Nursery) -> None:
+    async def _accept_forever(self, listener: socket.socket, connections: trio.Nursery) -> None:
         counters = self.counters
+        overloaded = False
         while True:
             try:
                 sock = await nonblocking.accept(listener)
             except OSError as exc:
-                # Out of file descriptors and the like: log it, back off, go on.
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+                if exc.errno in ACCEPT_IGNORABLE_ERRNOS:
+                    continue
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                if not overloaded:  # once per episode, not ten lines a second
+                    log.error("accept returned %s (%s); retrying every %gs until it works",
+                              errno.errorcode[exc.errno], os.strerror(exc.errno),
+                              ACCEPT_RETRY_SLEEP)
+                    overloaded = True
+                await trio.sleep(ACCEPT_RETRY_SLEEP)
                 continue
+            if overloaded:
+                log.warning("accepting connections again")
+                overloaded = False
             counters.total_connections += 1
             if counters.curr_connections >= self.max_connections:
                 counters.rejected_connections += 1
                 try:
                     nonblocking.send_now(sock, TOO_MANY_CONNECTIONS)
                 except OSError:
-                    pass
+                    pass  # the client is gone already; it is closed below either way
                 nonblocking.close(sock)
                 continue
             counters.curr_connections += 1
-            nursery.start_soon(self._run, Connection(sock))
+            connections.start_soon(self._run, Connection(sock))
 
     async def _run(self, conn: Connection) -> None:
         self._connections.add(conn)

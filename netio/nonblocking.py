@@ -9,6 +9,7 @@ the only one of a closed-loop request).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -73,7 +74,8 @@ async def accept(listener: socket.socket) -> socket.socket:
             await trio.lowlevel.wait_readable(listener)
             continue
         conn.setblocking(False)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # as trio's SocketStream: a reset peer may refuse it
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
 

@@ -1,10 +1,40 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
+# Test cases shared by several modules live in tests/helpers/: rewrite their asserts too
+# (pytest rewrites only test modules and conftests unless told), before anything imports them.
+pytest.register_assert_rewrite("tests.helpers")
+
+from memring.cluster.etcd_process import find_etcd  # noqa: E402
+from tests.helpers import servers  # noqa: E402
+
+
+@functools.cache
+def etcd_missing() -> str | None:
+    """Why tests that need etcd cannot run here, or None when they can."""
+    try:
+        find_etcd()
+    except RuntimeError:
+        return ("needs etcd, which is not installed: `make debian-deps` (as root) installs "
+                "Debian's etcd-server without starting its service")
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The one place that skips tests needing etcd: those marked `requires_etcd` and those
+    that take the `etcd` fixture (tests/integration/conftest.py)."""
+    for item in items:
+        needs_etcd = item.get_closest_marker("requires_etcd") is not None or \
+            "etcd" in getattr(item, "fixturenames", ())
+        if needs_etcd:
+            item.add_marker(pytest.mark.requires_etcd)
+            reason = etcd_missing()
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

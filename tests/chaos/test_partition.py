@@ -1,7 +1,7 @@
 """A network partition, not a dead process: the leader of a 3-node shard is cut off from etcd
 and from its followers while a client can still reach it.
 
-Layout (tests/chaos/netns.py, as root): etcd and two followers run in the root namespace,
+Layout (tests/helpers/netns.py, as root): etcd and two followers run in the root namespace,
 bound on the root side of a veth "cluster" link (etcd also on 127.0.0.1); the first node, which
 becomes the leader, runs inside a namespace (`ip netns exec`) with two links: the cluster link
 (to etcd and the followers) and a "client" link through which this test's writer reaches it.
@@ -38,19 +38,12 @@ from pathlib import Path
 import pytest
 
 from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.chaos import netns
-from tests.integration import wire
-from tests.integration.test_backend_cluster import wait_for
+from tests.helpers import netns, servers, wire
+from tests.helpers.cluster import wait_for
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.requires_etcd]
 
 _reason = netns.unavailable()
-if _reason is None:
-    try:
-        find_etcd()
-    except RuntimeError as exc:  # pragma: no cover - depends on the machine
-        _reason = str(exc)
 if _reason is not None:  # pragma: no cover - depends on the machine
     pytest.skip(_reason, allow_module_level=True)
 

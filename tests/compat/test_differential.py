@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import servers
-from tests.compat.cases import CASES, Case, set_
+from tests.helpers import servers
+from tests.helpers.differential_cases import CASES, Case, set_
 
 pytestmark = pytest.mark.compat
 
@@ -47,7 +47,7 @@ PRESTART_DEPTH = int(os.environ.get("MEMRING_COMPAT_PRESTART", "2"))  # servers 
 ServerFactory = Callable[[], contextlib.AbstractContextManager[servers.RunningServer]]
 
 def reference() -> contextlib.AbstractContextManager[servers.RunningServer]:
-    """The oracle: memcached 1.6.18 without its background LRU threads (tests.servers)."""
+    """The oracle: memcached 1.6.18 without its background LRU threads (tests.helpers.servers)."""
     return servers.memcached()
 
 
@@ -125,7 +125,7 @@ def _start(factory: ServerFactory) -> Started:
 
 
 def _stop(started: Started) -> None:
-    """SIGKILL, then let tests.servers reap it (its SIGTERM path costs memcached a second)."""
+    """SIGKILL, then let tests.helpers.servers reap it (its SIGTERM path costs memcached a second)."""
     manager, server = started
     try:
         server.process.kill()

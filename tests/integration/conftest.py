@@ -6,15 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from memring.cluster.etcd_process import EtcdProcess, find_etcd, running_etcd
+from memring.cluster.etcd_process import EtcdProcess, running_etcd
 
 
 @pytest.fixture(scope="module")
 def etcd() -> Iterator[EtcdProcess]:
-    """A real etcd on free ports for one test module (skipped where etcd is not installed)."""
-    try:
-        find_etcd()
-    except RuntimeError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(str(exc))
+    """A real etcd on free ports for one test module (a test that takes it is marked
+    requires_etcd by tests/conftest.py, which skips it where etcd is not installed)."""
     with running_etcd() as member:
         yield member

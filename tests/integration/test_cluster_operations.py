@@ -20,18 +20,12 @@ import trio
 
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
-from tests.integration.test_backend_cluster import SHARD, Shard, node_id, wait_for, wait_in_sync
-from tests.integration.test_cluster_proxy import ask, proxy_argv
+from memring.cluster.etcd_process import EtcdProcess
+from tests.helpers import servers, wire
+from tests.helpers.cluster import SHARD, Shard, node_id, proxy_argv, wait_for, wait_in_sync
+from tests.helpers.wire import ask
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 _clusters = itertools.count(1)
 

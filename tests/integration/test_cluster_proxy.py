@@ -22,34 +22,15 @@ import trio
 
 from memring.cluster.coordinator import Leadership, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from memring.proxy.ketama import KetamaRing
-from tests import servers
+from tests.helpers import servers
+from tests.helpers.cluster import LEADER_WAIT_MS, proxy_argv
+from tests.helpers.wire import ask
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 HOST = servers.HOST
-LEADER_WAIT_MS = 800
-
-
-async def ask(port: int, payload: bytes, end: bytes = b"\r\n", timeout: float = 5.0) -> bytes:
-    """Send `payload` to 127.0.0.1:port and read until the reply ends with `end`."""
-    with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(HOST, port)
-        async with stream:
-            await stream.send_all(payload)
-            reply = b""
-            while not reply.endswith(end):
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply
 
 
 async def backends_up(port: int) -> set[str]:
@@ -132,11 +113,6 @@ async def hand_cluster(url: str, cluster: str) -> AsyncIterator[HandCluster]:
             trio.open_nursery() as nursery:
         yield HandCluster(coordinator, nursery)
         nursery.cancel_scope.cancel()
-
-
-def proxy_argv(url: str, cluster: str) -> list[str]:
-    return [sys.executable, "-m", "memring.proxy", "--listen", HOST + ":{port}", "--etcd", url,
-            "--cluster", cluster, "--leader-wait-ms", str(LEADER_WAIT_MS)]
 
 
 async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:

@@ -15,15 +15,10 @@ import trio
 
 from memring.cluster.coordinator import Coordinator, CoordinatorUnavailable, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator, parse_endpoints
-from memring.cluster.etcd_process import EtcdProcess, find_etcd, free_port, start_etcd
-from tests.unit.test_coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
+from memring.cluster.etcd_process import EtcdProcess, free_port, start_etcd
+from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 
 class EtcdHarness(Harness):

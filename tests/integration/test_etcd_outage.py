@@ -28,17 +28,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from memring.cluster.etcd_process import EtcdProcess, find_etcd, start_etcd
+from memring.cluster.etcd_process import EtcdProcess, start_etcd
 from memring.proxy.ketama import KetamaRing
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 
-pytestmark = pytest.mark.chaos
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.chaos, pytest.mark.requires_etcd]
 
 HOST = servers.HOST
 CLUSTER = "outage"

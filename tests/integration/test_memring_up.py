@@ -23,15 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from memring.cluster.etcd_process import find_etcd
-from tests import servers
+from tests.helpers import servers
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 HOST = servers.HOST
 SHARDS, REPLICAS = 3, 2

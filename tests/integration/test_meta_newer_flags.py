@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from tests.servers import RunningServer
+from tests.helpers.servers import RunningServer
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheError
 
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -289,13 +289,10 @@ def test_proxy_counts_a_dead_backend_errors_and_ejection() -> None:
 # -- cluster mode ------------------------------------------------------------------------
 
 
+@pytest.mark.requires_etcd
 def test_cluster_backend_reports_role_epoch_and_replication() -> None:
-    from memring.cluster.etcd_process import find_etcd, running_etcd
+    from memring.cluster.etcd_process import running_etcd
 
-    try:
-        find_etcd()
-    except RuntimeError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(str(exc))
     metrics = servers.free_port()
     with running_etcd() as etcd, servers.running("memring-backend", servers.backend_argv(
             "--etcd", etcd.url, "--cluster", "metrics1", "--shard", "s1", "--node-id", "n1",

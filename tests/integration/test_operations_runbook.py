@@ -36,19 +36,13 @@ import trio
 
 from memring.cluster.coordinator import ClusterView
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from memring.proxy.ketama import KetamaRing
-from tests import servers
-from tests.integration import wire
-from tests.integration.test_backend_cluster import wait_for
-from tests.integration.test_replication_async import dump, pipeline, wait_identical
+from tests.helpers import servers, wire
+from tests.helpers.cluster import wait_for
+from tests.helpers.replicas import dump, pipeline, wait_identical
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LAG_MS = 300

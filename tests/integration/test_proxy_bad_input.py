@@ -1,7 +1,7 @@
 """Hostile and broken input through the proxy, checked against memcached 1.6.18.
 
-The cases of test_bad_input.py are reused as they are: its test functions and fixtures are
-imported here and this module's fixtures hand them a proxy over 3 memcached shards and a
+The cases shared with test_bad_input.py (tests/helpers/bad_input_cases.py) are bound
+here and this module's fixtures hand them a proxy over 3 memcached shards and a
 proxy over 3 memring backend shards instead of single servers. Its "backend-only" cases
 (bounded get lines, lengths beyond int32, the binary protocol refused) are about memring's
 own parser, which is the proxy's here, so they run through both proxies.
@@ -22,36 +22,36 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
-from tests.integration import proxy_fixtures, wire
-from tests.integration import test_bad_input as bi
+from tests.helpers import bad_input_cases as cases
+from tests.helpers import proxy_fixtures, servers, wire
 
 pytestmark = pytest.mark.integration
 
-KINDS = bi.KINDS
-MiB = bi.MiB
+KINDS = cases.KINDS
+MiB = wire.MiB
 
-# --- the cases of test_bad_input.py, through a proxy -----------------------------------------
+# --- the cases shared with test_bad_input.py, through a proxy ------------------------------
 
-kept = bi.kept
-kept_backend = bi.kept_backend
+kept = cases.kept
+kept_backend = cases.kept_backend
 
-test_long_line_without_newline_closes_silently = bi.test_long_line_without_newline_closes_silently
-test_long_get_line_answers_request_too_long = bi.test_long_get_line_answers_request_too_long
+test_long_line_without_newline_closes_silently = (
+    cases.test_long_line_without_newline_closes_silently)
+test_long_get_line_answers_request_too_long = cases.test_long_get_line_answers_request_too_long
 test_long_get_line_with_newline_under_the_limit_works = (
-    bi.test_long_get_line_with_newline_under_the_limit_works)
-test_bad_length_is_a_command_line_error = bi.test_bad_length_is_a_command_line_error
-test_length_beyond_int32_is_rejected = bi.test_length_beyond_int32_is_rejected
-test_value_larger_than_the_item_limit = bi.test_value_larger_than_the_item_limit
-test_value_one_byte_over_the_limit = bi.test_value_one_byte_over_the_limit
-test_bad_data_chunk = bi.test_bad_data_chunk
-test_key_length_limit = bi.test_key_length_limit
+    cases.test_long_get_line_with_newline_under_the_limit_works)
+test_bad_length_is_a_command_line_error = cases.test_bad_length_is_a_command_line_error
+test_length_beyond_int32_is_rejected = cases.test_length_beyond_int32_is_rejected
+test_value_larger_than_the_item_limit = cases.test_value_larger_than_the_item_limit
+test_value_one_byte_over_the_limit = cases.test_value_one_byte_over_the_limit
+test_bad_data_chunk = cases.test_bad_data_chunk
+test_key_length_limit = cases.test_key_length_limit
 test_binary_garbage_on_one_connection_keeps_the_connection = (
-    bi.test_binary_garbage_on_one_connection_keeps_the_connection)
+    cases.test_binary_garbage_on_one_connection_keeps_the_connection)
 test_0x80_after_the_first_line_is_an_unknown_command = (
-    bi.test_0x80_after_the_first_line_is_an_unknown_command)
-test_binary_protocol_is_refused = bi.test_binary_protocol_is_refused
-test_client_disconnects_mid_value = bi.test_client_disconnects_mid_value
+    cases.test_0x80_after_the_first_line_is_an_unknown_command)
+test_binary_protocol_is_refused = cases.test_binary_protocol_is_refused
+test_client_disconnects_mid_value = cases.test_client_disconnects_mid_value
 
 
 running = proxy_fixtures.running
@@ -78,7 +78,7 @@ def oracle() -> Iterator[servers.RunningServer]:
 def test_too_large_value_drops_the_old_value_on_the_shard(server: servers.RunningServer,
                                                           command: bytes, noreply: bool) -> None:
     victims = [b"victim:%s:%d:%d" % (command, noreply, i) for i in range(6)]
-    bi.store(server, dict.fromkeys(victims, b"old value"))
+    wire.store(server, dict.fromkeys(victims, b"old value"))
     where = wire.placement(server.upstreams, victims)
     assert len(set(where.values())) >= 2, where  # the victims live on several shards
     size = 2 * MiB
@@ -87,16 +87,16 @@ def test_too_large_value_drops_the_old_value_on_the_shard(server: servers.Runnin
     payload = b"".join(b"%s %s 0 0 %d%s\r\n%s\r\n" % (command, v, size, suffix, data)
                        for v in victims)
     too_large = b"" if noreply else b"SERVER_ERROR object too large for cache\r\n"
-    assert bi.request(server, payload) == too_large * len(victims)
+    assert wire.request(server, payload) == too_large * len(victims)
     # Asked of the shards directly: memcached's `set` unlinks the old item, the others keep it.
     left = wire.holders(server.upstreams, victims)
     if command == b"set":
         assert all(not v for v in left.values()), left
     else:
         assert {k: v for k, v in left.items()} == {k: [where[k]] for k in victims}
-    assert bi.request(server, b"get " + b" ".join(victims) + b"\r\n") == (
+    assert wire.request(server, b"get " + b" ".join(victims) + b"\r\n") == (
         b"END\r\n" if command == b"set"
-        else bi.get_reply(dict.fromkeys(victims, b"old value")) + b"END\r\n")
+        else wire.get_reply(dict.fromkeys(victims, b"old value")) + b"END\r\n")
 
 
 # --- garbage, compared with memcached itself ----------------------------------------------------
@@ -105,40 +105,40 @@ def test_too_large_value_drops_the_old_value_on_the_shard(server: servers.Runnin
 def test_binary_garbage_matches_memcached_direct(running: dict[str, servers.RunningServer],
                                                  oracle: servers.RunningServer,
                                                  seed: int) -> None:
-    blob = bi.garbage(seed, 16 * 1024)
+    blob = wire.garbage(seed, 16 * 1024)
     # The proxy answers `stats` (and `version`) itself; garbage must not contain them.
     assert not any(line.lstrip(b" ").startswith((b"stats", b"version", b"flush_all",
                                                  b"verbosity"))
                    for line in blob.split(b"\n")), seed
-    expected = bi.converse(oracle, [blob, b"\r\n" + bi.SENTINEL], until=bi.SENTINEL_REPLY,
+    expected = wire.converse(oracle, [blob, b"\r\n" + wire.SENTINEL], until=wire.SENTINEL_REPLY,
                            timeout=5)
     assert not expected.timed_out and not expected.closed, expected
     for kind in KINDS:
         proxy = running[kind]
-        got = bi.converse(proxy, [blob, b"\r\n" + bi.SENTINEL], until=bi.SENTINEL_REPLY,
+        got = wire.converse(proxy, [blob, b"\r\n" + wire.SENTINEL], until=wire.SENTINEL_REPLY,
                           timeout=5)
         assert (got.closed, got.timed_out, got.reply) == (False, False, expected.reply), (
-            kind, bi.first_difference(expected.reply, got.reply, blob))
-        bi.assert_intact(proxy, {})
+            kind, wire.first_difference(expected.reply, got.reply, blob))
+        wire.assert_intact(proxy, {})
 
 
 def test_too_many_connections_through_the_proxy() -> None:
     with servers.proxy_over("backend", shards=1, max_connections=5) as proxy:
         time.sleep(0.2)  # let the proxy notice that the readiness probe hung up
-        bi.store(proxy, {b"k": b"v"})
+        wire.store(proxy, {b"k": b"v"})
         time.sleep(0.2)
-        conns = [bi.connect(proxy) for _ in range(5)]
+        conns = [wire.connect(proxy) for _ in range(5)]
         try:
             for sock in conns:
                 sock.sendall(b"version\r\n")
-                assert sock.recv(100) == bi.VERSION_REPLY
-            with bi.connect(proxy) as extra:
-                ex = bi.drive(extra, [], until=None, timeout=3)
+                assert sock.recv(100) == wire.VERSION_REPLY
+            with wire.connect(proxy) as extra:
+                ex = wire.drive(extra, [], until=None, timeout=3)
             assert (ex.reply, ex.closed) == (b"ERROR Too many open connections\r\n", True), ex
             for sock in conns[:2]:
                 sock.close()
             for _ in range(50):
-                ex = bi.converse(proxy, [b"get k\r\n"], until=b"END\r\n", timeout=3)
+                ex = wire.converse(proxy, [b"get k\r\n"], until=b"END\r\n", timeout=3)
                 if ex.reply != b"ERROR Too many open connections\r\n":
                     break
                 time.sleep(0.05)
@@ -158,13 +158,13 @@ def serve_check(proxy: servers.RunningServer, tag: int,
     key, value = b"other:%d" % tag, b"value-%d" % tag
     kept = kept or {}
     payload = (b"set %s 0 0 %d\r\n%s\r\nget %s\r\n" % (key, len(value), value, key)
-               + b"".join(b"get %s\r\n" % k for k in kept) + bi.SENTINEL)
-    expected = (b"STORED\r\n" + bi.get_reply({key: value}) + b"END\r\n"
-                + b"".join(bi.get_reply({k: v}) + b"END\r\n" for k, v in kept.items())
-                + bi.SENTINEL_REPLY)
-    with bi.connect(proxy) as sock:
+               + b"".join(b"get %s\r\n" % k for k in kept) + wire.SENTINEL)
+    expected = (b"STORED\r\n" + wire.get_reply({key: value}) + b"END\r\n"
+                + b"".join(wire.get_reply({k: v}) + b"END\r\n" for k, v in kept.items())
+                + wire.SENTINEL_REPLY)
+    with wire.connect(proxy) as sock:
         sock.sendall(payload)
-        assert wire.read_until(sock, bi.SENTINEL_REPLY) == expected
+        assert wire.read_until(sock, wire.SENTINEL_REPLY) == expected
     return time.perf_counter() - started
 
 
@@ -179,9 +179,9 @@ def test_client_that_never_reads_does_not_hold_the_proxy(
         capsys: pytest.CaptureFixture[str]) -> None:
     with servers.proxy_over("backend", shards=3) as proxy:
         big = bytes(i % 251 for i in range(BIG_VALUE))
-        bi.store(proxy, {b"big": big})
+        wire.store(proxy, {b"big": big})
         serve_check(proxy, 0)
-        start_kib = bi.rss_kib(proxy.pid)
+        start_kib = wire.rss_kib(proxy.pid)
         figures = [("start", start_kib)]
         latencies = []
         stuck = socket.create_connection(proxy.address, timeout=3)
@@ -193,7 +193,7 @@ def test_client_that_never_reads_does_not_hold_the_proxy(
             while time.monotonic() < deadline:
                 latencies.append(serve_check(proxy, tag))
                 tag += 1
-                figures.append((f"stuck +{tag}", bi.rss_kib(proxy.pid)))
+                figures.append((f"stuck +{tag}", wire.rss_kib(proxy.pid)))
                 time.sleep(0.1)
             peak_kib = max(kib for _, kib in figures)
             assert proxy.process.poll() is None, "the proxy died"
@@ -201,7 +201,7 @@ def test_client_that_never_reads_does_not_hold_the_proxy(
             stuck.close()
         time.sleep(0.3)
         latencies.append(serve_check(proxy, 999))
-        end_kib = bi.rss_kib(proxy.pid)
+        end_kib = wire.rss_kib(proxy.pid)
         growth_mb = (peak_kib - start_kib) / 1024
         with capsys.disabled():
             print(f"\nclient stuck on {STUCK_GETS} gets of {BIG_VALUE // 1024} KiB "
@@ -228,8 +228,8 @@ def test_two_thousand_idle_connections(many_files: None,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     with servers.proxy_over("backend", shards=3) as proxy, contextlib.ExitStack() as socks:
         kept_values = {b"idle:k": b"v" * 1000}
-        bi.store(proxy, kept_values)
-        start_kib = bi.rss_kib(proxy.pid)
+        wire.store(proxy, kept_values)
+        start_kib = wire.rss_kib(proxy.pid)
         started = time.monotonic()
         for i in range(IDLE):
             sock = socks.enter_context(socket.create_connection(proxy.address, timeout=3))
@@ -244,7 +244,7 @@ def test_two_thousand_idle_connections(many_files: None,
                 break
             time.sleep(0.05)
         assert curr >= IDLE + 1, curr
-        held_kib = bi.rss_kib(proxy.pid)
+        held_kib = wire.rss_kib(proxy.pid)
         served = serve_check(proxy, 1, kept_values)
         assert proxy.process.poll() is None
         growth_mb = (held_kib - start_kib) / 1024

@@ -1,7 +1,7 @@
 """Clients through the proxy: pymemcache and raw meta commands over 3 shards, and pooling.
 
-The pymemcache assertions of test_pymemcache.py are reused as they are: its test functions
-and fixtures are imported here, and this module's `running` fixture hands them a proxy over
+The pymemcache cases shared with test_pymemcache.py (tests/helpers/pymemcache_cases.py) are
+bound here, and this module's `running` fixture hands them a proxy over
 3 memcached shards ("memcached") and a proxy over 3 memring backend shards ("backend")
 instead of single servers, so each test runs twice, through each proxy. Only the tests that
 are about one server (its own `stats` counters; pymemcache's HashClient) are left out.
@@ -25,34 +25,33 @@ from collections.abc import Callable, Iterator
 import pytest
 from pymemcache.client.base import Client
 
-from tests import servers
-from tests.integration import proxy_fixtures, wire
-from tests.integration import test_pymemcache as pm
+from tests.helpers import proxy_fixtures, servers, wire
+from tests.helpers import pymemcache_cases as cases
 
 pytestmark = pytest.mark.integration
 
-KINDS = pm.KINDS
+KINDS = cases.KINDS
 
 # --- the pymemcache suite, through a proxy -------------------------------------------------------
 
-client = pm.client
-noreply_client = pm.noreply_client
-key = pm.key
+client = cases.client
+noreply_client = cases.noreply_client
+key = cases.key
 
-test_noreply_default_storage_commands = pm.test_noreply_default_storage_commands
-test_set_get = pm.test_set_get
-test_set_many_get_many = pm.test_set_many_get_many
-test_add_replace_append_prepend = pm.test_add_replace_append_prepend
-test_gets_cas = pm.test_gets_cas
-test_incr_decr = pm.test_incr_decr
-test_incr_wraps_from_the_largest_value = pm.test_incr_wraps_from_the_largest_value
-test_touch_delete_delete_many = pm.test_touch_delete_delete_many
-test_flush_all = pm.test_flush_all
-test_version = pm.test_version
-test_binary_values = pm.test_binary_values
-test_values_near_the_item_size_limit = pm.test_values_near_the_item_size_limit
-test_key_lengths = pm.test_key_lengths
-test_expiry_touch_and_delayed_flush = pm.test_expiry_touch_and_delayed_flush
+test_noreply_default_storage_commands = cases.test_noreply_default_storage_commands
+test_set_get = cases.test_set_get
+test_set_many_get_many = cases.test_set_many_get_many
+test_add_replace_append_prepend = cases.test_add_replace_append_prepend
+test_gets_cas = cases.test_gets_cas
+test_incr_decr = cases.test_incr_decr
+test_incr_wraps_from_the_largest_value = cases.test_incr_wraps_from_the_largest_value
+test_touch_delete_delete_many = cases.test_touch_delete_delete_many
+test_flush_all = cases.test_flush_all
+test_version = cases.test_version
+test_binary_values = cases.test_binary_values
+test_values_near_the_item_size_limit = cases.test_values_near_the_item_size_limit
+test_key_lengths = cases.test_key_lengths
+test_expiry_touch_and_delayed_flush = cases.test_expiry_touch_and_delayed_flush
 
 
 running = proxy_fixtures.running

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests import servers
-from tests.integration import wire
+from tests.helpers import servers, wire
 
 pytestmark = pytest.mark.chaos
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memring.proxy.ketama import KetamaRing
-from tests import servers
+from tests.helpers import servers
 
 pytestmark = pytest.mark.integration
 

@@ -9,113 +9,19 @@ Every wait is a bounded loop.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
 
 import pytest
 
 from memring.backend.settings import load_settings
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
+from memring.cluster.etcd_process import EtcdProcess
 from memring.netio.settings import SettingsError
-from tests import servers
-from tests.integration import wire
-from tests.integration.test_backend_cluster import SHARD, Shard, wait_for
+from tests.helpers import servers, wire
+from tests.helpers.cluster import replicated_shard, wait_for
+from tests.helpers.replicas import dump, pipeline, wait_identical
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
-
-_clusters = itertools.count(1)
-BACKLOG = 65536  # small, so a follower that joins after 1,000 writes needs a snapshot
-Item = tuple[bytes, int, int, int]  # value, flags, cas, ttl (-1: none)
-
-
-class ReplicatedShard(Shard):
-    mode = "async"
-    extra: tuple[str, ...] = ()
-
-    def start(self, port: int | None = None) -> servers.RunningServer:
-        port = port or servers.free_port()
-        argv = servers.backend_argv(
-            "--etcd", self.etcd.url, "--cluster", self.cluster, "--shard", SHARD,
-            "--replication", self.mode, "--peer-listen", f"{servers.HOST}:{servers.free_port()}",
-            "--replication-backlog", str(BACKLOG), *self.extra)
-        node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
-        self.nodes[port] = node
-        return node
-
-
-@contextlib.contextmanager
-def replicated_shard(etcd: EtcdProcess, size: int) -> Iterator[ReplicatedShard]:
-    with contextlib.ExitStack() as stack:
-        shard = ReplicatedShard(etcd, stack, f"ra{next(_clusters)}", {})
-        for _ in range(size):
-            shard.start()
-        yield shard
-
-
-def pipeline(sock: socket.socket, commands: Sequence[bytes]) -> bytes:
-    """Send commands then `mn`; the replies up to (without) the MN."""
-    sock.sendall(b"".join(commands) + b"mn\r\n")
-    return wire.read_until(sock, b"MN\r\n", timeout=10)[:-4]
-
-
-def dump(node: servers.RunningServer, keys: Sequence[bytes]) -> dict[bytes, Item | None]:
-    """`mg <key> v f c t` for every key."""
-    out: dict[bytes, Item | None] = {}
-    with wire.connect(node) as sock:
-        for start in range(0, len(keys), 200):
-            batch = keys[start:start + 200]
-            reply = pipeline(sock, [b"mg %s v f c t\r\n" % k for k in batch])
-            offset = 0
-            for key in batch:
-                end = reply.index(b"\r\n", offset)
-                line = reply[offset:end].split()
-                offset = end + 2
-                if line[0] == b"EN":
-                    out[key] = None
-                    continue
-                assert line[0] == b"VA", line
-                size = int(line[1])
-                value = reply[offset:offset + size]
-                offset += size + 2
-                flags = {t[:1]: int(t[1:]) for t in line[2:] if t[:1] in (b"f", b"c", b"t")}
-                out[key] = (value, flags[b"f"], flags[b"c"], flags[b"t"])
-    return out
-
-
-def differences(leader: dict[bytes, Item | None], follower: dict[bytes, Item | None]
-                ) -> list[bytes]:
-    bad = []
-    for key, mine in leader.items():
-        theirs = follower.get(key)
-        if mine is None or theirs is None:
-            if mine != theirs:
-                bad.append(key)
-        elif mine[:3] != theirs[:3] or abs(mine[3] - theirs[3]) > 1:
-            bad.append(key)
-    return bad
-
-
-def wait_identical(leader: servers.RunningServer, follower: servers.RunningServer,
-                   keys: Sequence[bytes], timeout: float) -> float:
-    """Until the follower shows every key as the leader does; returns the seconds waited."""
-    started = time.monotonic()
-    expected = dump(leader, keys)
-    bad: list[bytes] = []
-    while time.monotonic() - started < timeout:
-        bad = differences(expected, dump(follower, keys))
-        if not bad:
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"{len(bad)} keys differ after {timeout}s, e.g. {bad[:5]}")
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 
 def stat(node: servers.RunningServer, name: str) -> str:

@@ -25,23 +25,12 @@ import trio
 
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdProcess, find_etcd
-from tests import servers
-from tests.integration import wire
-from tests.integration.test_backend_cluster import SHARD, node_id, wait_for
-from tests.integration.test_replication_async import (
-    ReplicatedShard,
-    dump,
-    pipeline,
-    wait_identical,
-)
+from memring.cluster.etcd_process import EtcdProcess
+from tests.helpers import servers, wire
+from tests.helpers.cluster import SHARD, ReplicatedShard, node_id, proxy_argv, wait_for
+from tests.helpers.replicas import dump, pipeline, wait_identical
 
-pytestmark = pytest.mark.integration
-
-try:
-    find_etcd()
-except RuntimeError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 _clusters = itertools.count(1)
 MAX_LAG_MS = 300
@@ -277,7 +266,6 @@ def test_min_insync_refuses_writes_without_enough_replicas(etcd: EtcdProcess) ->
 
 def test_round_robin_reads_through_the_proxy_see_every_acknowledged_write(
         etcd: EtcdProcess) -> None:
-    from tests.integration.test_cluster_proxy import proxy_argv
 
     with sync_shard(etcd, 3) as shard:
         settled(shard)
@@ -309,7 +297,6 @@ def test_round_robin_reads_through_the_proxy_see_every_acknowledged_write(
 def test_leader_transfer_under_load_fails_no_client_request(etcd: EtcdProcess) -> None:
     """The resigning leader refuses new writes (the proxy retries them on the next leader)
     and lets the in-flight ones replicate before it steps down."""
-    from tests.integration.test_cluster_proxy import proxy_argv
 
     with sync_shard(etcd, 2) as shard:
         leader, (follower,) = settled(shard)

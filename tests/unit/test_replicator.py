@@ -13,7 +13,7 @@ from memring.backend.replication.replicator import Replicator
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
 from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import servers
+from tests.helpers import servers
 
 KINDS = ("memcached", "backend")
 

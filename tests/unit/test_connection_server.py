@@ -1,0 +1,163 @@
+"""ConnectionServer: which accept(2) errors it retries (trio's policy), the connection
+limit, and shutdown by deadline. Real sockets on 127.0.0.1; accept errors are injected by
+wrapping `nonblocking.accept`."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from memring.netio import nonblocking
+from memring.netio.connection_server import (
+    TOO_MANY_CONNECTIONS,
+    Connection,
+    ConnectionCounters,
+    ConnectionServer,
+)
+
+pytestmark = pytest.mark.unit
+
+Accept = Callable[[socket.socket], Awaitable[socket.socket]]
+
+
+def failing_first(monkeypatch: pytest.MonkeyPatch, errnos: list[int]) -> list[int]:
+    """accept() raises OSError(e) for each of `errnos` in turn, then accepts for real;
+    returns the errnos not raised yet."""
+    pending = list(errnos)
+    real: Accept = nonblocking.accept
+
+    async def accept(listener: socket.socket) -> socket.socket:
+        if pending:
+            code = pending.pop(0)
+            raise OSError(code, f"injected {errno.errorcode[code]}")
+        return await real(listener)
+
+    monkeypatch.setattr(nonblocking, "accept", accept)
+    return pending
+
+
+async def echo_once(conn: Connection) -> None:
+    data = await nonblocking.recv(conn.sock, 100)
+    await nonblocking.send_all(conn.sock, data)
+
+
+async def exchange(port: int, data: bytes = b"ping") -> bytes:
+    sock = await nonblocking.connect("127.0.0.1", port)
+    try:
+        await nonblocking.send_all(sock, data)
+        return await nonblocking.recv(sock, 100)
+    finally:
+        nonblocking.close(sock)
+
+
+async def start(nursery: trio.Nursery, server: ConnectionServer) -> int:
+    listener = nonblocking.listen("127.0.0.1", 0)
+    port: int = listener.getsockname()[1]
+    await nursery.start(server.serve, listener)
+    return port
+
+
+async def test_capacity_errnos_are_logged_once_and_retried(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    pending = failing_first(monkeypatch, [errno.EMFILE, errno.EMFILE, errno.ENFILE])
+    server = ConnectionServer(echo_once, 10, ConnectionCounters())
+    with trio.fail_after(10), caplog.at_level(logging.WARNING, "memring.net"):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            assert await exchange(port) == b"ping"
+            server.shutdown(1.0)
+    assert pending == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "EMFILE" in errors[0].getMessage()
+
+
+async def test_ignorable_errnos_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    pending = failing_first(monkeypatch, [errno.ECONNABORTED, errno.EPERM, errno.ECONNRESET])
+    server = ConnectionServer(echo_once, 10, ConnectionCounters())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            assert await exchange(port) == b"ping"
+            server.shutdown(1.0)
+    assert pending == []
+
+
+async def test_other_errnos_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
+    failing_first(monkeypatch, [errno.EINVAL])
+    server = ConnectionServer(echo_once, 10, ConnectionCounters())
+    listener = nonblocking.listen("127.0.0.1", 0)
+    with trio.fail_after(10), pytest.raises(ExceptionGroup) as caught:  # from serve's nursery
+        await server.serve(listener)
+    leaf: BaseException = caught.value
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, OSError) and leaf.errno == errno.EINVAL
+    assert listener.fileno() == -1  # closed on the way out
+
+
+async def test_past_the_limit_a_client_is_told_and_closed() -> None:
+    counters = ConnectionCounters()
+    release = trio.Event()
+
+    async def hold(conn: Connection) -> None:
+        await release.wait()
+
+    server = ConnectionServer(hold, 1, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            first = await nonblocking.connect("127.0.0.1", port)
+            while counters.curr_connections < 1:
+                await trio.sleep(0.01)
+            second = await nonblocking.connect("127.0.0.1", port)
+            assert await nonblocking.recv(second, 100) == TOO_MANY_CONNECTIONS
+            assert await nonblocking.recv(second, 100) == b""
+            nonblocking.close(second)
+            nonblocking.close(first)
+            assert counters.rejected_connections == 1
+            release.set()
+            server.shutdown(1.0)
+    assert counters.curr_connections == 0
+
+
+async def test_shutdown_closes_idle_now_and_busy_at_the_deadline() -> None:
+    busy_started = trio.Event()
+    cancelled: list[str] = []
+
+    async def handler(conn: Connection) -> None:
+        data = await nonblocking.recv(conn.sock, 100)  # idle until the request
+        conn.idle = False
+        busy_started.set()
+        try:
+            await trio.sleep_forever()  # a batch that never finishes
+        finally:
+            cancelled.append(data.decode())
+
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            idle = await nonblocking.connect("127.0.0.1", port)
+            busy = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(busy, b"busy")
+            await busy_started.wait()
+            while counters.curr_connections < 2:
+                await trio.sleep(0.01)
+            began = trio.current_time()
+            server.shutdown(0.5)
+            assert await nonblocking.recv(idle, 100) == b""  # closed at once
+            assert trio.current_time() - began < 0.4
+            assert cancelled == []
+            with pytest.raises(OSError):  # the listener is closed: new clients are refused
+                await nonblocking.connect("127.0.0.1", port)
+        assert trio.current_time() - began >= 0.5
+        assert cancelled == ["busy"]
+        nonblocking.close(idle)
+        nonblocking.close(busy)
+    assert counters.curr_connections == 0
