@@ -7,12 +7,15 @@ the backend (`delete noreply`: memcached answers NOT_FOUND), and a meta flag spe
 `q` but not exactly `q` (`qz`: memcached reads a flag by its first character) forwarded as
 quiet. Either way the backend stayed silent and the victim's VALUE went to another client.
 Each case runs the attacker's request between a victim's set and another client's get of a
-missing key, on one pooled backend connection, many times.
+missing key, on one pooled backend connection, many times. And should a backend ever answer
+out of step, the reply is checked against the request it came for and never delivered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -58,3 +61,41 @@ def test_a_silent_looking_request_shifts_no_reply(proxy: servers.RunningServer, 
             assert ask(victim, b"get %s\r\n" % key, b"END\r\n") == \
                 b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(SECRET), SECRET)
             assert attacked == memcached_says + b"MN\r\n"
+
+
+def test_a_reply_that_answers_another_request_is_never_delivered() -> None:
+    listener = socket.create_server((servers.HOST, 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        # answers `version` (the proxy's probe), and every other request with a value of a
+        # key nobody asked for: what a backend out of step would send
+        listener.settimeout(0.1)
+        conns: list[socket.socket] = []
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = listener.accept()
+                conn.settimeout(0.02)
+                conns.append(conn)
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    for line in conn.recv(65536).splitlines():
+                        conn.sendall(b"VERSION 1.6.18\r\n" if line == b"version" else
+                                     b"VALUE victim 0 6\r\nsecret\r\nEND\r\n")
+        for conn in conns:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    rogue = servers.RunningServer("rogue", port, process=None)  # type: ignore[arg-type]
+    try:
+        with servers.proxy([[rogue]]) as proxy, wire.connect(proxy) as client:
+            for _ in range(3):
+                reply = ask(client, b"get a\r\n", b"\r\n")
+                assert reply.startswith(b"SERVER_ERROR "), reply
+                assert b"secret" not in reply and b"victim" not in reply
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
