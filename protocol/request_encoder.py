@@ -42,8 +42,12 @@ def _meta_key(key: bytes, flags: MetaFlags) -> bytes:
     return base64.b64encode(key) if flags.base64 else key
 
 
+_Q = ord("q")
+
+
 def _meta_tokens(flags: MetaFlags) -> bytes:
-    tokens = [t for t in flags.tokens if t != b"q"]
+    # memcached reads a meta flag by its first character: `qz` and `q1` are `q` too.
+    tokens = [t for t in flags.tokens if t[0] != _Q]
     return b" " + b" ".join(tokens) if tokens else b""
 
 

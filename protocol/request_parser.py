@@ -276,7 +276,9 @@ class RequestParser:
         n = len(tokens)
         if n < 2 or n > 4:
             return ProtocolError(ERROR)
-        noreply = tokens[-1] == _NOREPLY
+        # memcached looks for noreply only past the key (`delete noreply` deletes the key
+        # "noreply" and answers; proto_text.c process_delete_command, ntokens > 3).
+        noreply = n > 2 and tokens[-1] == _NOREPLY
         if n > 2:
             hold_is_zero = tokens[2] == b"0"
             valid = (n == 3 and (hold_is_zero or noreply)) or (n == 4 and hold_is_zero and noreply)

@@ -61,7 +61,7 @@ class ResponseParser:
         if head == b"VALUE":
             tokens = rest.split(b" ")
             if len(tokens) not in (3, 4) or not all(t.isdigit() for t in tokens[1:]):
-                raise ResponseError(f"bad VALUE line {line[:100]!r}")
+                raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
             return self._expect(head, tokens, int(tokens[2]))
         if head == b"END" and not rest:
             return End()
@@ -70,7 +70,7 @@ class ResponseParser:
         if head == b"VA":
             tokens = rest.split(b" ")
             if not tokens[0].isdigit():
-                raise ResponseError(f"bad VA line {line[:100]!r}")
+                raise ResponseError(f"bad VA line ({len(line)} bytes)")
             return self._expect(head, tokens, int(tokens[0]))
         if head in _META_CODES:
             return MetaReply(head, rest.split(b" ") if rest else [])

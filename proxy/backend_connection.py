@@ -3,7 +3,10 @@
 Theory of operation: callers `submit()` an encoded request and get a `PendingReply`; the
 bytes go to an outbox that a writer task sends in batches, and the reply slot joins a
 FIFO. Because every forwarded request asks for a reply (the encoder strips noreply and
-`q`), the reader task matches reply events to slots by order alone. Many client
+`q`), the reader task matches reply events to slots by order alone; each event must also
+have a shape that answers its request (protocol.reply_shapes: the command's status words,
+the values of the keys it asked for), else the stream is out of step and the connection
+fails, with every request on it, rather than hand a reply to a request it does not answer. Many client
 requests are thus in flight on one connection at once. Once a read is parsed, the reader
 tells the listener of each reply it completed (the client's `ReplyStream`), which sends
 what is ready from the reader's turn.
@@ -24,6 +27,7 @@ import trio
 
 from memring.netio import nonblocking
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.responses import End, ErrorReply, Response
 
 
@@ -39,11 +43,12 @@ class ReplyListener(Protocol):
 class PendingReply:
     """The reply to one forwarded request, filled in by the connection's reader."""
 
-    __slots__ = ("_event", "deadline", "done", "error", "events", "listener", "multi")
+    __slots__ = ("_event", "deadline", "done", "error", "events", "listener", "multi", "shape")
 
-    def __init__(self, multi: bool, deadline: float,
-                 listener: ReplyListener | None = None) -> None:
+    def __init__(self, multi: bool, deadline: float, listener: ReplyListener | None = None,
+                 shape: ReplyShape | None = None) -> None:
         self.multi = multi            # get/gets/gat/gats/stats: events until END
+        self.shape = shape            # what may answer it (None: never sent, failed here)
         self.deadline = deadline
         self.events: list[Response] = []
         self.done = False
@@ -125,7 +130,8 @@ class BackendConnection:
             reply = PendingReply(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        reply = PendingReply(multi, trio.current_time() + self.timeout, listener)
+        reply = PendingReply(multi, trio.current_time() + self.timeout, listener,
+                             reply_shape(request))
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)
@@ -182,8 +188,12 @@ class BackendConnection:
                     if event is NEED_DATA:
                         break
                     if not pending:
-                        raise ResponseError(f"unexpected reply {event!r}")
+                        raise ResponseError(f"a {type(event).__name__} reply to no request")
                     head = pending[0]
+                    if head.shape is not None and not head.shape.accepts(event):
+                        # (never the event itself: its bytes may be another client's)
+                        raise ResponseError(f"out of step: a {type(event).__name__} reply "
+                                            f"does not answer the request it came for")
                     head.events.append(event)
                     if not head.multi or type(event) is End or type(event) is ErrorReply:
                         pending.popleft()

@@ -1,0 +1,110 @@
+"""Which replies can answer which request: how the proxy sees that a backend left its step.
+
+Theory of operation: a pipelined backend connection matches replies to requests by order
+alone, which holds only while every request gets exactly one reply (the encoder sees to
+that; tests/unit/test_request_encoder.py checks it). This module is the second line: each
+forwarded request carries the shape of the replies that can answer it (the status words of
+its command, or values of the keys it asked for then END), and a reply of another shape
+means the stream is out of step. The caller then closes that connection and fails only the
+requests on it: a reply is never handed to a request it does not answer, so a client can
+never receive another client's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from memring.protocol.responses import (
+    End,
+    ErrorReply,
+    Line,
+    MetaReply,
+    Number,
+    Response,
+    Stat,
+    Status,
+    Value,
+    VersionReply,
+)
+
+
+class ReplyShape:
+    """The replies that answer one request; `multi`: events until END (or an error)."""
+
+    __slots__ = ("codes", "kinds", "multi")
+
+    def __init__(self, kinds: tuple[type, ...], codes: frozenset[bytes] = frozenset(),
+                 multi: bool = False) -> None:
+        self.kinds = (ErrorReply, *kinds)  # an error may answer anything
+        self.codes = codes  # the status words or meta codes allowed (empty: any)
+        self.multi = multi
+
+    def accepts(self, event: Response) -> bool:
+        if not isinstance(event, self.kinds):
+            return False
+        if self.codes:
+            if type(event) is Status:
+                return event.word in self.codes
+            if type(event) is MetaReply:
+                return event.code in self.codes
+        return True
+
+
+class ValuesOf(ReplyShape):
+    """A retrieval: VALUE lines of the keys asked for, then END."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: list[bytes]) -> None:
+        super().__init__((Value, End), multi=True)
+        # a list is faster to search for the few keys of most gets; a set for many
+        self.keys: Collection[bytes] = keys if len(keys) <= 8 else frozenset(keys)
+
+    def accepts(self, event: Response) -> bool:
+        if type(event) is Value:
+            return event.key in self.keys
+        return type(event) is End or type(event) is ErrorReply
+
+
+def _statuses(*words: bytes) -> ReplyShape:
+    return ReplyShape((Status,), frozenset(words))
+
+
+def _meta(*codes: bytes) -> ReplyShape:
+    return ReplyShape((MetaReply,), frozenset(codes))
+
+
+_STORED = _statuses(b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND")
+_OK = ReplyShape((Status, Line), frozenset({b"OK"}))  # cache_memlimit: MEMLIMIT_TOO_SMALL ...
+_SHAPES = {
+    b"set": _STORED, b"add": _STORED, b"replace": _STORED, b"append": _STORED,
+    b"prepend": _STORED, b"cas": _STORED,
+    b"delete": _statuses(b"DELETED", b"NOT_FOUND"),
+    b"touch": _statuses(b"TOUCHED", b"NOT_FOUND"),
+    b"incr": ReplyShape((Number, Status), frozenset({b"NOT_FOUND"})),
+    b"decr": ReplyShape((Number, Status), frozenset({b"NOT_FOUND"})),
+    b"flush_all": _OK, b"cache_memlimit": _OK, b"verbosity": _OK,
+    b"version": ReplyShape((VersionReply,)),
+    b"stats": ReplyShape((Stat, End), multi=True),
+    b"mg": _meta(b"VA", b"HD", b"EN"),
+    b"ms": _meta(b"HD", b"NS", b"EX", b"NF"),
+    b"md": _meta(b"HD", b"NF", b"EX"),
+    b"ma": _meta(b"HD", b"VA", b"NF", b"NS", b"EX"),
+    b"me": _meta(b"ME", b"EN"),
+    b"mn": _meta(b"MN"),
+}
+_RETRIEVALS = (b"get", b"gets", b"gat", b"gats")
+
+
+def reply_shape(request: bytes) -> ReplyShape:
+    """The shape of the replies that answer `request` (one encoded request)."""
+    line_end = request.find(b"\r\n")
+    end = request.find(b" ", 0, line_end)
+    command = request[:end if end >= 0 else line_end]
+    shape = _SHAPES.get(command)
+    if shape is not None:
+        return shape
+    if command in _RETRIEVALS:
+        tokens = request[:line_end].split(b" ")
+        return ValuesOf(tokens[2:] if command in (b"gat", b"gats") else tokens[1:])
+    raise ValueError(f"no reply shape for {command!r}")
