@@ -270,7 +270,12 @@ class CommandHandler:
             out.append(b"OK\r\n")
 
     def cache_memlimit(self, request: CacheMemlimit, out: list[bytes]) -> None:
-        if request.megabytes < 8:
+        refusal = self.fence.refusal() if self.fence is not None else None
+        if refusal is not None:
+            # A follower's settings follow its leader's: resized alone it would evict what
+            # the leader keeps, and a failover would hand clients a smaller cache.
+            reply = refusal
+        elif request.megabytes < 8:
             reply = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n"
         elif request.megabytes > 1000000000:
             reply = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n"

@@ -57,8 +57,9 @@ from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
-    Everywhere,
+    AllSayOk,
     FannedOut,
+    Forwarded,
     LeaderWrite,
     ReadWithFailover,
     Ready,
@@ -92,6 +93,7 @@ _QUIET_MS_MD = _quiet(b"HD")
 _QUIET_MA = _quiet(b"HD", b"VA")
 
 _WRITE_META_GET_FLAGS = frozenset("TN")
+CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
 
 _Event = TypeVar("_Event")
 
@@ -121,8 +123,8 @@ class ClientSession:
             _route(Version, lambda router, request: Ready(
                  b"VERSION %s\r\n" % state.settings.version.encode())),
             _route(Stats, self._stats),
-            _route(FlushAll, self._everywhere),
-            _route(CacheMemlimit, self._everywhere),
+            _route(FlushAll, self._flush_all),
+            _route(CacheMemlimit, self._cache_memlimit),
             _route(Verbosity, self._verbosity),
             _route(Shutdown, lambda router, request: Ready(b"ERROR: shutdown not enabled\r\n")),
             _route(Quit, self._quit),
@@ -213,9 +215,18 @@ class ClientSession:
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
         return Ready(self.state.stats.reply(request.args, self.state.pools()))
 
-    def _everywhere(self, router: ShardRouter, request: FlushAll | CacheMemlimit) -> Slot:
-        nodes = [node for shard in router.shards for node in shard.nodes]
-        return Everywhere(nodes, encode_request(request), request.noreply, self.replies)
+    def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
+        line = encode_request(request)
+        if router.leader_writes:  # each shard's leader; followers get it by replication
+            return AllSayOk([self._write(router, shard, line, False) for shard in router.shards],
+                            request.noreply)
+        return AllSayOk([Forwarded(node, line, self.replies)
+                         for shard in router.shards for node in shard.nodes], request.noreply)
+
+    def _cache_memlimit(self, router: ShardRouter, request: CacheMemlimit) -> Slot:
+        # A proxy holds no items, and fanned out raw this would resize every backend at
+        # once, followers unlike their leaders: each backend's limit is its --memory.
+        return Ready(b"" if request.noreply else CACHE_MEMLIMIT_REFUSED)
 
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")

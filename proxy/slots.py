@@ -315,32 +315,55 @@ class AfterWrites(Slot):
         return self.data
 
 
-class Everywhere(Slot):
-    """flush_all / cache_memlimit: every node of every shard must say OK."""
+class Forwarded(Filtered):
+    """A request to one node, answered by that node."""
 
-    __slots__ = ("noreply", "pendings")
+    __slots__ = ("filter", "pending")
 
-    def __init__(self, nodes: list[NodePool], request: bytes, noreply: bool,
-                 client: ReplyListener) -> None:
-        self.pendings = [node.submit(request, False, client) for node in nodes]
+    def __init__(self, node: NodePool, request: bytes, client: ReplyListener,
+                 filter: Callable[[PendingReply], bytes] = render) -> None:
+        self.pending = node.submit(request, False, client)
+        self.filter = filter
+
+    def settled_now(self) -> Settled:
+        return self.pending if self.pending.done else WAITING
+
+    async def settle(self) -> PendingReply:
+        if not self.pending.done:
+            await self.pending.wait()
+        return self.pending
+
+
+class AllSayOk(Slot):
+    """flush_all: OK only when every part did (each node in static mode, each shard's leader
+    in cluster mode, whose followers get it by replication); else the first other answer."""
+
+    __slots__ = ("noreply", "parts")
+
+    def __init__(self, parts: list[Settling | Forwarded], noreply: bool) -> None:
+        self.parts = parts
         self.noreply = noreply
 
     def poll(self) -> Poll:
-        return self._answer() if all(p.done for p in self.pendings) else WAITING
-
-    def _answer(self) -> bytes:
-        answer = b"OK\r\n"
-        for pending in self.pendings:
-            rendered = render(pending)
-            if rendered != b"OK\r\n" and answer == b"OK\r\n":
-                answer = rendered
-        return b"" if self.noreply else answer
+        settled = []
+        for part in self.parts:
+            pending = part.settled_now()
+            if isinstance(pending, _Pending):
+                return pending
+            settled.append(pending)
+        return self._answer(settled)
 
     async def reply(self) -> bytes:
-        for pending in self.pendings:
-            if not pending.done:
-                await pending.wait()
-        return self._answer()
+        return self._answer([await part.settle() for part in self.parts])
+
+    def _answer(self, settled: list[PendingReply]) -> bytes:
+        answer = b"OK\r\n"
+        for pending in settled:
+            rendered = render(pending)
+            if rendered != b"OK\r\n":
+                answer = rendered
+                break
+        return b"" if self.noreply else answer
 
 
 class SplitGet(Slot):

@@ -275,6 +275,8 @@ def _skip_without_backend() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case_matches_memcached(case: Case, target: str) -> None:
     _skip_without_backend()
+    if target.startswith("proxy") and not case.proxy:
+        pytest.skip("the proxy answers this command for itself, by design")
     ref, got = differential(case, target_factory(target))
     assert not ref.timed_out, "memcached timed out, so the case is wrong:\n" + describe(
         case, ref, got)

@@ -30,6 +30,8 @@ class Case:
     `timing=True` lets TTL-like reply fields (`t`, `exp=`, `la=`) differ by one second, since the
     two servers tick their clocks independently. `mn_lines` counts the `MN` replies the case
     itself produces, so the harness does not mistake one of them for the sentinel's.
+    `proxy=False` is for commands the proxy answers for itself by design (not a difference
+    of the codec): the case then runs against servers only.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Case:
     timing: bool = False
     pause: float = 0.02
     mn_lines: int = 0
+    proxy: bool = True
 
     @property
     def sent(self) -> bytes:
@@ -45,8 +48,8 @@ class Case:
 
 
 def case(name: str, *chunks: bytes, sentinel: bool = True, timing: bool = False,
-         pause: float = 0.02, mn_lines: int = 0) -> Case:
-    return Case(name, tuple(chunks), sentinel, timing, pause, mn_lines)
+         pause: float = 0.02, mn_lines: int = 0, proxy: bool = True) -> Case:
+    return Case(name, tuple(chunks), sentinel, timing, pause, mn_lines, proxy)
 
 
 def set_(key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bytes:
@@ -180,8 +183,9 @@ CASES: list[Case] = [
     case("version", b"version\r\n"),
     case("verbosity", b"verbosity 1\r\nverbosity 1 noreply\r\nverbosity\r\nverbosity abc\r\n"
          b"verbosity 1 2 3\r\n"),
+    # through the proxy cache_memlimit is refused (tests/integration/test_proxy_admin.py)
     case("cache_memlimit", b"cache_memlimit 100\r\ncache_memlimit 100 noreply\r\n"
-         b"cache_memlimit 1\r\ncache_memlimit abc\r\ncache_memlimit\r\n"),
+         b"cache_memlimit 1\r\ncache_memlimit abc\r\ncache_memlimit\r\n", proxy=False),
     case("shutdown_not_enabled", b"shutdown\r\nshutdown graceful\r\nget k\r\n"),
     case("stats_reset_and_unknown", b"stats reset\r\nstats nonsense\r\n"),
     case("quit_closes", set_(b"k", b"x") + b"quit\r\nget k\r\n", sentinel=False),
