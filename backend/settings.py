@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from memring.netio import logs
-from memring.netio.settings import SettingsError, split_address
+from memring.netio.settings import Listening, SettingsError, split_address
 
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async", "sync", "auto")
 
 
 @dataclass(frozen=True)
-class BackendSettings:
+class BackendSettings(Listening):
     listen: str = "127.0.0.1:11211"
     memory: int = 64                 # MB, as memcached's -m
     max_item_size: int = 1 << 20     # bytes, as memcached's -I
@@ -51,14 +51,6 @@ class BackendSettings:
     @property
     def clustered(self) -> bool:
         return bool(self.etcd)
-
-    @property
-    def host(self) -> str:
-        return split_address(self.listen, listen=True)[0]
-
-    @property
-    def port(self) -> int:
-        return split_address(self.listen, listen=True)[1]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,20 @@ class SettingsError(Exception):
     """Bad usage or configuration; the message names the problem (exit code 2)."""
 
 
+class Listening:
+    """Host and port of a server's settings, read from its `listen` address."""
+
+    listen: str
+
+    @property
+    def host(self) -> str:
+        return split_address(self.listen, listen=True)[0]
+
+    @property
+    def port(self) -> int:
+        return split_address(self.listen, listen=True)[1]
+
+
 def split_address(address: str, *, listen: bool = False) -> tuple[str, int]:
     """(host, port) of `address`; `listen` lets an empty host mean every interface."""
     host, sep, port = address.rpartition(":")

@@ -24,14 +24,14 @@ from memring.cluster.static_topology import default_point_name as default_point_
 from memring.cluster.static_topology import parse_shards as parse_shards
 from memring.cluster.static_topology import read_toml
 from memring.netio import logs
-from memring.netio.settings import SettingsError, split_address
+from memring.netio.settings import Listening, SettingsError, split_address
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
 
 
 @dataclass(frozen=True)
-class ProxySettings:
+class ProxySettings(Listening):
     listen: str = "127.0.0.1:11211"
     config: str = ""
     hash: str = "md5"
@@ -54,14 +54,6 @@ class ProxySettings:
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
-
-    @property
-    def host(self) -> str:
-        return split_address(self.listen, listen=True)[0]
-
-    @property
-    def port(self) -> int:
-        return split_address(self.listen, listen=True)[1]
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
