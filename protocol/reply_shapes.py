@@ -55,8 +55,8 @@ class ValuesOf(ReplyShape):
 
     __slots__ = ("keys",)
 
-    def __init__(self, keys: list[bytes]) -> None:
-        super().__init__((Value, End), multi=True)
+    def __init__(self, keys: list[bytes]) -> None:  # no super(): one is made per get
+        self.multi = True
         # a list is faster to search for the few keys of most gets; a set for many
         self.keys: Collection[bytes] = keys if len(keys) <= 8 else frozenset(keys)
 
@@ -105,6 +105,6 @@ def reply_shape(request: bytes) -> ReplyShape:
     if shape is not None:
         return shape
     if command in _RETRIEVALS:
-        tokens = request[:line_end].split(b" ")
-        return ValuesOf(tokens[2:] if command in (b"gat", b"gats") else tokens[1:])
+        keys = request[end + 1:line_end].split(b" ")
+        return ValuesOf(keys[1:] if command[-2:] == b"at" or command[-3:] == b"ats" else keys)
     raise ValueError(f"no reply shape for {command!r}")
