@@ -226,9 +226,12 @@ class Replicator:
 
     async def settle(self) -> bool:
         """Sync mode, before sending replies that follow a write: True once every in-sync
-        follower holds it and this node still leads; False if it never will."""
+        follower holds it and this node still leads; False if it never will. A write
+        admitted while the ISR was large enough, released because a follower left it, is
+        not acknowledged below min_insync: only the leader may hold it."""
         insync = self.insync
-        if insync is not None and await insync.replicated(self.log.newest):
+        if insync is not None and await insync.replicated(self.log.newest) \
+                and self.refusal() is None:
             return True
         self.counters.unacknowledged += 1
         return False

@@ -254,6 +254,9 @@ def test_min_insync_refuses_writes_without_enough_replicas(etcd: EtcdProcess) ->
         assert set_one_fresh(leader, b"a", b"1") == b"STORED\r\n"
         follower.process.kill()
         wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the ISR shrink")
+        # etcd shows the shrink a moment before the leader has heard its txn succeed
+        wait_for(lambda: wire.stats(leader)["memring_repl_isr"] == node_id(leader), 5.0,
+                 "the leader seeing the ISR shrink")
         reply = set_one_fresh(leader, b"b", b"2")
         assert reply.startswith(b"SERVER_ERROR fewer in-sync"), (
             reply, {k: v for k, v in wire.stats(leader).items() if k.startswith("memring")},
