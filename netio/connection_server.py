@@ -3,10 +3,21 @@
 Structured concurrency: `serve` owns the connection nursery (the accept loop runs in
 `serve`'s own task; each accepted socket runs `handler(conn)` in a task of that nursery
 and is closed when the handler returns). Past `max_connections`, a new client gets
-memcached's `ERROR Too many open connections` and is closed. `shutdown(grace)` stops
-accepting (the listener closes at once), cancels connections that are idle (waiting for a
-request: handlers say so through `conn.idle`), lets busy ones finish their batch, and
-cancels the rest when the grace period ends (a deadline on the scope around the nursery).
+memcached's `ERROR Too many open connections` (or the server's own `rejection`) and is
+closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
+`shutdown(grace)` stops accepting (the listener closes at once), cancels connections that are
+idle (waiting for a request: handlers say so through `conn.idle`), lets busy ones finish
+their batch, and cancels the rest when the grace period ends (a deadline on the scope
+around the nursery).
+
+Idle timeout (memcached's `-o idle_timeout`): handlers read through `receive(conn)`, which
+waits under `conn.deadline` (a `move_on_at` scope, only when a timeout is set) and returns
+None once it passes. The deadline is set at accept and moved forward by `rearm(conn)` each
+time the handler has completed a request, never by bytes arriving: a connection that
+completes no request for `idle_timeout` seconds while the server waits for its input is
+closed, whether it sent nothing, half a line or half a data block (a slowloris trickling
+bytes gains nothing). A handler busy on a batch or sending replies is not in `receive`, so
+it is never idle; the handler decides what None means and counts `idle_kicks`.
 
 accept(2) errors follow trio: the ones `trio.SocketListener.accept` skips (a connection
 that died in the backlog, a firewall's EPERM) are skipped; the capacity errnos that
@@ -19,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,7 +38,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from memring.netio import nonblocking
+from memring.netio import heap, nonblocking
 
 log = logging.getLogger("memring.net")
 
@@ -36,6 +48,7 @@ TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
 # sleep SLEEP_TIME and try again (the pending connection waits in the backlog).
 ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_SLEEP = 0.1
+_NEVER = math.inf
 # trio's _highlevel_socket._ignorable_accept_errno_names: that one connection failed
 # (reset or aborted in the backlog, refused by a firewall, ...); accept the next.
 ACCEPT_IGNORABLE_ERRNOS = frozenset(
@@ -53,6 +66,7 @@ class ConnectionCounters:
         self.curr_connections = 0
         self.total_connections = 0
         self.rejected_connections = 0
+        self.idle_kicks = 0  # closed by the idle timeout (memcached's `idle_kicks`)
 
 
 @dataclass(eq=False)
@@ -61,19 +75,31 @@ class Connection:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     idle: bool = True  # the handler is waiting for a request: safe to close at shutdown
     mark: int = 0  # the handler's bookkeeping (backend: replicated writes already waited for)
+    deadline: float = math.inf  # trio time when a wait for input gives up (idle timeout)
+    waiting: trio.CancelScope | None = None  # around the current wait for input, if timed
+    held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
 
 
 class ConnectionServer:
     """Serves one listener once: `serve()` until `shutdown()`."""
 
     def __init__(self, handler: Callable[[Connection], Awaitable[None]], max_connections: int,
-                 counters: ConnectionCounters) -> None:
+                 counters: ConnectionCounters, *, idle_timeout: float = 0.0,
+                 rejection: bytes = TOO_MANY_CONNECTIONS, evict_idle: bool = False) -> None:
+        """`idle_timeout` seconds (0: none) bound each connection's wait for a request;
+        past `max_connections` a client gets `rejection`, or with `evict_idle` the oldest
+        idle connection's wait ends at once to make room (when none is idle: `rejection`)."""
         self.handler = handler
         self.max_connections = max_connections
         self.counters = counters
+        self.idle_timeout = idle_timeout
+        self.rejection = rejection
+        self.evict_idle = evict_idle
         self.closing = False
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, None] = {}  # in accept order (oldest first)
         self._accepting = trio.CancelScope()  # cancelled by shutdown()
+        self._housekeeping = trio.CancelScope()  # heap trims; cancelled by shutdown()
+        self._nursery: trio.Nursery | None = None
         self._grace = trio.CancelScope()  # around the connections; shutdown() sets its deadline
 
     async def serve(self, listener: socket.socket,
@@ -83,6 +109,7 @@ class ConnectionServer:
         try:
             with self._grace:
                 async with trio.open_nursery() as connections:
+                    self._nursery = connections
                     task_status.started()
                     with self._accepting:
                         await self._accept_forever(listener, connections)
@@ -95,6 +122,7 @@ class ConnectionServer:
         """Stop accepting; close idle connections now and the rest after `grace` s."""
         self.closing = True
         self._accepting.cancel()
+        self._housekeeping.cancel()
         self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
         for conn in list(self._connections):
             if conn.idle:
@@ -122,19 +150,54 @@ class ConnectionServer:
                 log.warning("accepting connections again")
                 overloaded = False
             counters.total_connections += 1
-            if counters.curr_connections >= self.max_connections:
+            if counters.curr_connections >= self.max_connections and not self._evict():
                 counters.rejected_connections += 1
                 try:
-                    nonblocking.send_now(sock, TOO_MANY_CONNECTIONS)
+                    nonblocking.send_now(sock, self.rejection)
                 except OSError:
                     pass  # the client is gone already; it is closed below either way
                 nonblocking.close(sock)
                 continue
             counters.curr_connections += 1
-            connections.start_soon(self._run, Connection(sock))
+            conn = Connection(sock)
+            if self.idle_timeout:
+                conn.deadline = trio.current_time() + self.idle_timeout
+            connections.start_soon(self._run, conn)
+
+    def _evict(self) -> bool:
+        """With `evict_idle`: end the wait of the oldest idle connection (its handler sees
+        `receive` return None and closes it); False if there is none."""
+        if not self.evict_idle:
+            return False
+        for conn in self._connections:
+            if conn.idle and conn.deadline != -math.inf:
+                conn.deadline = -math.inf
+                if conn.waiting is not None:
+                    conn.waiting.cancel()
+                return True
+        return False
+
+    async def receive(self, conn: Connection) -> bytes | None:
+        """The next bytes from the client (b"" when it closed), or None once
+        `conn.deadline` passed first."""
+        if conn.deadline == _NEVER:  # no idle timeout: no scope to enter
+            return await nonblocking.recv(conn.sock, nonblocking.READ_SIZE)
+        with trio.move_on_at(conn.deadline) as conn.waiting:
+            return await nonblocking.recv(conn.sock, nonblocking.READ_SIZE)
+        return None
+
+    def rearm(self, conn: Connection) -> None:
+        """`conn` completed a request: it may now wait `idle_timeout` s for the next."""
+        if self.idle_timeout and conn.deadline != -math.inf:
+            conn.deadline = trio.current_time() + self.idle_timeout
+
+    def idle_kick(self, conn: Connection) -> None:
+        """The handler closes `conn` for idling past the timeout: count it."""
+        self.counters.idle_kicks += 1
+        log.debug("closing a connection idle for more than %g s", self.idle_timeout)
 
     async def _run(self, conn: Connection) -> None:
-        self._connections.add(conn)
+        self._connections[conn] = None
         try:
             with conn.scope:
                 await self.handler(conn)
@@ -143,5 +206,12 @@ class ConnectionServer:
                 log.info("connection error: %s", exc)
         finally:
             nonblocking.close(conn.sock)
-            self._connections.discard(conn)
+            del self._connections[conn]
             self.counters.curr_connections -= 1
+            if not self.closing and heap.heap_trim.connection_closed(conn.held):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._trim_heap)
+
+    async def _trim_heap(self) -> None:
+        with self._housekeeping:
+            await heap.heap_trim.trim_soon()

@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from memring.netio import nonblocking
+from memring.netio import heap, nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
 from memring.proxy.pool import NodePool
@@ -40,7 +40,8 @@ class ProxyServer:
         self.state = ProxyState(settings, ShardRouter([], settings.hash, settings.read_policy),
                                 ProxyStats(settings.version))
         self.connections = ConnectionServer(self._converse, settings.max_connections,
-                                            self.state.stats.connections)
+                                            self.state.stats.connections,
+                                            idle_timeout=settings.idle_timeout)
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
 
@@ -102,12 +103,12 @@ class ProxyServer:
 
     async def _converse(self, conn: Connection) -> None:
         assert self._drainers is not None
-        sock = conn.sock
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers)
         client = ClientSession(self.state, replies)
         server = self.connections
+        idle_timeout = server.idle_timeout
         queue = replies.queue
         try:
             while not server.closing:
@@ -116,9 +117,16 @@ class ProxyServer:
                 replies.idle_when_answered = parser.buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
                 replies.waiting_for_client = True
-                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+                data = await server.receive(conn)
                 replies.waiting_for_client = False
                 conn.idle = False
+                if data is None:  # no request completed within --idle-timeout
+                    if replies.answered:
+                        server.idle_kick(conn)
+                        return
+                    await replies.wait_answered()  # not idle: its replies are on their way
+                    server.rearm(conn)
+                    continue
                 if not data:
                     await replies.wait_answered()
                     return
@@ -127,10 +135,12 @@ class ProxyServer:
                 if not replies.answered:  # a pipelining client: the last batch first
                     await replies.wait_answered()
                 replies.started = started
+                issued = False
                 while not client.closing:
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
+                    issued = True
                     queue.append(client.issue(event))
                     if len(queue) >= MAX_OUTSTANDING:
                         # Bound what one client can have in flight (and buffered here):
@@ -142,5 +152,9 @@ class ProxyServer:
                 if client.closing:
                     await replies.wait_answered()
                     return
+                if issued and idle_timeout:
+                    server.rearm(conn)
         finally:
             replies.close()
+            conn.held = parser.buffered
+            heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
