@@ -152,16 +152,14 @@ class ConnectionServer:
             counters.total_connections += 1
             if counters.curr_connections >= self.max_connections and not self._evict():
                 counters.rejected_connections += 1
-                try:
-                    nonblocking.send_now(sock, self.rejection)
-                except OSError:
-                    pass  # the client is gone already; it is closed below either way
+                nonblocking.send_last(sock, self.rejection)
                 nonblocking.close(sock)
                 continue
             counters.curr_connections += 1
             conn = Connection(sock)
             if self.idle_timeout:
                 conn.deadline = trio.current_time() + self.idle_timeout
+            self._connections[conn] = None
             connections.start_soon(self._run, conn)
 
     def _evict(self) -> bool:
@@ -197,7 +195,6 @@ class ConnectionServer:
         log.debug("closing a connection idle for more than %g s", self.idle_timeout)
 
     async def _run(self, conn: Connection) -> None:
-        self._connections[conn] = None
         try:
             with conn.scope:
                 await self.handler(conn)

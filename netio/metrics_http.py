@@ -94,7 +94,7 @@ class MetricsEndpoint:
             data = await self.server.receive(conn)
             if data is None:  # too slow, or cut off to make room for another scrape
                 self.server.idle_kick(conn)
-                nonblocking.send_now(conn.sock, TIMED_OUT)
+                nonblocking.send_last(conn.sock, TIMED_OUT)
                 return
             if not data:
                 return
