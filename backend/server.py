@@ -92,20 +92,21 @@ class BackendServer:
             heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
 
     async def _serve_requests(self, conn: Connection, parser: RequestParser) -> None:
+        sock = conn.sock
         handle = self.handler.handle
         counters = self.counters
+        recv = nonblocking.recv
         next_event = parser.next_event
         server = self.connections
-        receive = server.receive
         idle_timeout = server.idle_timeout
+        current_time = trio.current_time
         gate = self.gate
         while not server.closing:
             conn.idle = parser.buffered == 0
-            data = await receive(conn)
-            conn.idle = False
+            conn.reading = True  # only here may --idle-timeout close the connection
+            data = await recv(sock, nonblocking.READ_SIZE)
+            conn.reading = conn.idle = False
             if not data:
-                if data is None:  # no request completed within --idle-timeout
-                    server.idle_kick(conn)
                 return
             if gate is not None:
                 conn.mark = gate.commits  # writes so far were other connections'
@@ -136,7 +137,7 @@ class BackendServer:
             if quitting:
                 return
             if served and idle_timeout:
-                server.rearm(conn)  # idle from the last reply sent, as memcached's conn_new_cmd
+                conn.active = current_time()  # idle from the last reply sent
 
     async def _flush(self, conn: Connection, out: list[bytes]) -> None:
         """Send `out`; in sync mode, first wait until this connection's writes replicated."""

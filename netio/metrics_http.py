@@ -58,7 +58,7 @@ class MetricsEndpoint:
         self.scrapes = 0
         self.server = ConnectionServer(self._converse, MAX_CONNECTIONS, self.counters,
                                        idle_timeout=HEADER_TIMEOUT, rejection=BUSY,
-                                       evict_idle=True)
+                                       evict_idle=True, kick_reply=TIMED_OUT)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -89,16 +89,15 @@ class MetricsEndpoint:
         return response("200 OK", generate_latest(self.registry), CONTENT_TYPE)
 
     async def _converse(self, conn: Connection) -> None:
+        # Reading the head: too slow (HEADER_TIMEOUT), or the oldest when a scrape needs
+        # the room, and the server cancels this and answers 408 (kick_reply).
         head = b""
+        conn.reading = True
         while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) <= MAX_REQUEST:
-            data = await self.server.receive(conn)
-            if data is None:  # too slow, or cut off to make room for another scrape
-                self.server.idle_kick(conn)
-                nonblocking.send_last(conn.sock, TIMED_OUT)
-                return
+            data = await nonblocking.recv(conn.sock, 4096)
             if not data:
                 return
             head += data
-        conn.idle = False
+        conn.reading = conn.idle = False
         with trio.move_on_after(WRITE_TIMEOUT):
             await nonblocking.send_all(conn.sock, self.answer(head))

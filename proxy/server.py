@@ -103,12 +103,14 @@ class ProxyServer:
 
     async def _converse(self, conn: Connection) -> None:
         assert self._drainers is not None
+        sock = conn.sock
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers)
         client = ClientSession(self.state, replies)
         server = self.connections
         idle_timeout = server.idle_timeout
+        conn.busy = lambda: not replies.answered  # replies on their way: not idle
         queue = replies.queue
         try:
             while not server.closing:
@@ -116,17 +118,10 @@ class ProxyServer:
                 # send them (see reply_stream).
                 replies.idle_when_answered = parser.buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
-                replies.waiting_for_client = True
-                data = await server.receive(conn)
-                replies.waiting_for_client = False
+                replies.waiting_for_client = conn.reading = True  # --idle-timeout may close it
+                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+                replies.waiting_for_client = conn.reading = False
                 conn.idle = False
-                if data is None:  # no request completed within --idle-timeout
-                    if replies.answered:
-                        server.idle_kick(conn)
-                        return
-                    await replies.wait_answered()  # not idle: its replies are on their way
-                    server.rearm(conn)
-                    continue
                 if not data:
                     await replies.wait_answered()
                     return
@@ -153,8 +148,9 @@ class ProxyServer:
                     await replies.wait_answered()
                     return
                 if issued and idle_timeout:
-                    server.rearm(conn)
+                    server.rearm(conn)  # idle from here (or from its last reply: conn.busy)
         finally:
             replies.close()
+            conn.busy = None  # it refers to replies, which refer to conn: no cycle left
             conn.held = parser.buffered
             heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
