@@ -119,6 +119,9 @@ class BackendCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_connections_rejected_total",
                                   "Connections refused at the limit",
                                   value=c.rejected_connections)
+        yield CounterMetricFamily(f"{PREFIX}_idle_kicks_total",
+                                  "Connections closed by --idle-timeout",
+                                  value=c.idle_kicks)
         yield GaugeMetricFamily(f"{PREFIX}_max_connections", "Connection limit",
                                 value=report.settings.max_connections)
         yield CounterMetricFamily(f"{PREFIX}_read_bytes_total", "Bytes read from clients",

@@ -26,7 +26,7 @@ from memring.backend.commands import CloseConnection, CommandHandler, WriteFence
 from memring.backend.settings import BackendSettings
 from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
-from memring.netio import nonblocking
+from memring.netio import heap, nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
@@ -55,7 +55,7 @@ class BackendServer:
         self.stats = StatsReport(settings, self.store, self.counters)
         self.handler = CommandHandler(self.store, self.stats, fence)
         self.connections = ConnectionServer(self._converse, settings.max_connections,
-                                            self.counters)
+                                            self.counters, idle_timeout=settings.idle_timeout)
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
 
@@ -83,19 +83,29 @@ class BackendServer:
                 self.store.reap()
 
     async def _converse(self, conn: Connection) -> None:
-        sock = conn.sock
         parser = RequestParser(max_line=self.settings.max_line,
                                max_item_size=self.settings.max_item_size)
+        try:
+            await self._serve_requests(conn, parser)
+        finally:
+            conn.held = parser.buffered
+            heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
+
+    async def _serve_requests(self, conn: Connection, parser: RequestParser) -> None:
+        sock = conn.sock
         handle = self.handler.handle
         counters = self.counters
         recv = nonblocking.recv
         next_event = parser.next_event
         server = self.connections
+        idle_timeout = server.idle_timeout
+        current_time = trio.current_time
         gate = self.gate
         while not server.closing:
             conn.idle = parser.buffered == 0
+            conn.reading = True  # only here may --idle-timeout close the connection
             data = await recv(sock, nonblocking.READ_SIZE)
-            conn.idle = False
+            conn.reading = conn.idle = False
             if not data:
                 return
             if gate is not None:
@@ -104,11 +114,13 @@ class BackendServer:
             parser.receive_data(data)
             out: list[bytes] = []
             quitting = False
+            served = False
             try:
                 while True:
                     event = next_event()
                     if event is NEED_DATA:
                         break
+                    served = True
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out)
                         continue
@@ -124,6 +136,8 @@ class BackendServer:
                 return
             if quitting:
                 return
+            if served and idle_timeout:
+                conn.active = current_time()  # idle from the last reply sent
 
     async def _flush(self, conn: Connection, out: list[bytes]) -> None:
         """Send `out`; in sync mode, first wait until this connection's writes replicated."""

@@ -9,6 +9,7 @@ standalone server.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -29,6 +30,10 @@ class BackendSettings(Listening):
     max_item_size: int = 1 << 20     # bytes, as memcached's -I
     max_connections: int = 1024      # as memcached's -c
     max_line: int = 1 << 20          # longest get/gets line accepted
+    # seconds a client connection may wait without completing a request (0 = never
+    # closed, as memcached's -o idle_timeout): off, because the proxy's pooled connections
+    # idle legitimately (and a closed one counts as a node failure there)
+    idle_timeout: float = 0.0
     version: str = DEFAULT_VERSION   # what `version` answers; clients gate features on it
     reap_interval: float = 1.0       # seconds between expiry sweeps
     metrics_listen: str = ""         # HOST:PORT for Prometheus GET /metrics; "" = off
@@ -63,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-item-size", type=int, help="largest item in bytes (default 1 MiB)")
     parser.add_argument("--max-connections", type=int, help="client connections (default 1024)")
     parser.add_argument("--max-line", type=int, help="longest get line in bytes (default 1 MiB)")
+    parser.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                        help="close a client connection that completes no request for this "
+                        "long while the server waits for its input, half-sent requests "
+                        "included (memcached's -o idle_timeout; default 0: never)")
     parser.add_argument("--version-string", dest="version",
                         help=f"version reported to clients (default {DEFAULT_VERSION})")
     parser.add_argument("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on "
@@ -150,6 +159,8 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         raise SettingsError("--max-item-size must be at least 1024 bytes")
     if settings.max_connections <= 0:
         raise SettingsError("--max-connections must be positive")
+    if not 0 <= settings.idle_timeout < math.inf:
+        raise SettingsError("--idle-timeout must be a number of seconds, 0 (off) or more")
     if settings.metrics_listen:
         split_address(settings.metrics_listen, listen=True)
     problem = logs.check(settings.log_level, settings.log_format)

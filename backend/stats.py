@@ -42,6 +42,7 @@ class StatsReport:
             self.store.stats.reset()
             self.counters.total_connections = 0
             self.counters.rejected_connections = 0
+            self.counters.idle_kicks = 0
             self.counters.bytes_read = self.counters.bytes_written = 0
             return b"RESET\r\n"
         if sub == b"settings":
@@ -113,6 +114,7 @@ class StatsReport:
             ("store_no_memory", s.store_no_memory),
             ("auth_cmds", 0),
             ("auth_errors", 0),
+            *([("idle_kicks", c.idle_kicks)] if self.settings.idle_timeout else []),  # as 1.6
             ("bytes_read", c.bytes_read),
             ("bytes_written", c.bytes_written),
             ("limit_maxbytes", self.store.memory_limit),
@@ -146,6 +148,7 @@ class StatsReport:
             ("binding_protocol", "ascii"),
             ("item_size_max", self.settings.max_item_size),
             ("flush_enabled", "yes"),
+            ("idle_timeout", f"{self.settings.idle_timeout:g}"),
             ("max_line", self.settings.max_line),
             ("memring_version", MEMRING_VERSION),
         ]

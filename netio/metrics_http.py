@@ -1,12 +1,16 @@
-"""A tiny HTTP/1.0 responder inside trio that serves Prometheus metrics (`GET /metrics`).
+"""A tiny HTTP/1.1 responder inside trio that serves Prometheus metrics (`GET /metrics`).
 
 Theory of operation: `MetricsEndpoint.serve` runs in the owning server's nursery (no
 threads: the collectors read the server's counters on the trio thread, between two of its
-steps, so what they read is consistent). Each scrape is one connection: read the request head
-(at most MAX_REQUEST bytes, within READ_TIMEOUT s), answer `GET /metrics` (a query string is
-ignored) with `prometheus_client.generate_latest(registry)`, anything else with 404 (400 for
-a request line that is not HTTP, 431 past the size bound), and close. At most
-MAX_CONNECTIONS scrapes run at once; `shutdown()` stops it with the server.
+steps, so what they read is consistent). Each scrape is one connection, in its own task:
+read the request head (at most MAX_REQUEST bytes, within HEADER_TIMEOUT s of connecting),
+answer `GET /metrics` (a query string is ignored) with `prometheus_client.generate_latest`,
+and close. Every error is HTTP: 400 for a request line that is not HTTP, 404 for another
+path, 405 for another method, 431 past the size bound, 408 when the head is not in within
+HEADER_TIMEOUT, 503 past MAX_CONNECTIONS. A slow client cannot hold up a scrape: at the
+limit, the connection that has waited longest for its head is cut off (408) to make room,
+so the limit only refuses (503) when every slot is busy sending a reply. `shutdown()`
+stops it with the server.
 """
 
 from __future__ import annotations
@@ -23,20 +27,24 @@ from memring.netio.connection_server import Connection, ConnectionCounters, Conn
 log = logging.getLogger("memring.metrics")
 
 MAX_REQUEST = 8192     # bytes of request line and headers
-READ_TIMEOUT = 5.0     # seconds to send the request head
+HEADER_TIMEOUT = 2.0   # seconds from connecting to the end of the request head
 WRITE_TIMEOUT = 10.0   # seconds to take the reply
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 8    # scrapes at once (a Prometheus server sends one at a time)
 PATH = b"/metrics"
 # What generate_latest writes (with its default escaping): the text format every Prometheus
 # reads. (prometheus_client's CONTENT_TYPE_LATEST says version=1.0.0 in newer releases.)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8"
-             ) -> bytes:
-    head = (f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+def response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+             extra: str = "") -> bytes:
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
     return head.encode("ascii") + body
+
+
+BUSY = response("503 Service Unavailable", b"too many scrapes at once\n", extra="Retry-After: 1\r\n")
+TIMED_OUT = response("408 Request Timeout", b"request head not received in time\n")
 
 
 class MetricsEndpoint:
@@ -48,7 +56,9 @@ class MetricsEndpoint:
         self.port = port
         self.counters = ConnectionCounters()
         self.scrapes = 0
-        self.server = ConnectionServer(self._converse, MAX_CONNECTIONS, self.counters)
+        self.server = ConnectionServer(self._converse, MAX_CONNECTIONS, self.counters,
+                                       idle_timeout=HEADER_TIMEOUT, rejection=BUSY,
+                                       evict_idle=True, kick_reply=TIMED_OUT)
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -70,31 +80,24 @@ class MetricsEndpoint:
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
             return response("400 Bad Request", b"bad request\n")
         method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET" or target != PATH:
+        if target != PATH:
             return response("404 Not Found", b"not found: try GET /metrics\n")
+        if method != b"GET":
+            return response("405 Method Not Allowed", b"only GET /metrics\n",
+                            extra="Allow: GET\r\n")
         self.scrapes += 1
         return response("200 OK", generate_latest(self.registry), CONTENT_TYPE)
 
     async def _converse(self, conn: Connection) -> None:
-        head = await _read_head(conn)
-        if head is None:
-            return
-        conn.idle = False
-        with trio.move_on_after(WRITE_TIMEOUT):
-            await nonblocking.send_all(conn.sock, self.answer(head))
-
-
-async def _read_head(conn: Connection) -> bytes | None:
-    """The request head, or the first MAX_REQUEST+ bytes of one; None if the client closed
-    or took longer than READ_TIMEOUT."""
-    head = b""
-    with trio.move_on_after(READ_TIMEOUT):
-        while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        # Reading the head: too slow (HEADER_TIMEOUT), or the oldest when a scrape needs
+        # the room, and the server cancels this and answers 408 (kick_reply).
+        head = b""
+        conn.reading = True
+        while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) <= MAX_REQUEST:
             data = await nonblocking.recv(conn.sock, 4096)
             if not data:
-                return None
+                return
             head += data
-            if len(head) > MAX_REQUEST:
-                break
-        return head
-    return None
+        conn.reading = conn.idle = False
+        with trio.move_on_after(WRITE_TIMEOUT):
+            await nonblocking.send_all(conn.sock, self.answer(head))

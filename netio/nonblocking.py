@@ -119,6 +119,16 @@ def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
         return 0
 
 
+def send_last(sock: socket.socket, data: bytes) -> None:
+    """Send a last reply if the kernel takes it now, then read (and drop) what the peer sent
+    already, before the caller closes: closing with unread input sends a reset instead of a
+    FIN, and a reset can destroy the reply before the peer reads it. Errors are ignored: the
+    peer may be gone."""
+    with contextlib.suppress(OSError):  # BlockingIOError included: nothing to read
+        sock.send(data)
+        sock.recv(READ_SIZE)
+
+
 async def send_all(sock: socket.socket, data: bytes) -> None:
     view = memoryview(data)
     while view:

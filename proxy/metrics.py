@@ -82,6 +82,9 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_connections_rejected_total",
                                   "Client connections refused at the limit",
                                   value=conns.rejected_connections)
+        yield CounterMetricFamily(f"{PREFIX}_idle_kicks_total",
+                                  "Client connections closed by --idle-timeout",
+                                  value=conns.idle_kicks)
         yield from self._topology()
         settings = self.state.settings
         info = InfoMetricFamily(PREFIX, "This proxy: versions and mode")

@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from memring.netio import nonblocking
+from memring.netio import heap, nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
 from memring.proxy.pool import NodePool
@@ -40,7 +40,8 @@ class ProxyServer:
         self.state = ProxyState(settings, ShardRouter([], settings.hash, settings.read_policy),
                                 ProxyStats(settings.version))
         self.connections = ConnectionServer(self._converse, settings.max_connections,
-                                            self.state.stats.connections)
+                                            self.state.stats.connections,
+                                            idle_timeout=settings.idle_timeout)
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
 
@@ -108,6 +109,8 @@ class ProxyServer:
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers)
         client = ClientSession(self.state, replies)
         server = self.connections
+        idle_timeout = server.idle_timeout
+        conn.busy = lambda: not replies.answered  # replies on their way: not idle
         queue = replies.queue
         try:
             while not server.closing:
@@ -115,9 +118,9 @@ class ProxyServer:
                 # send them (see reply_stream).
                 replies.idle_when_answered = parser.buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
-                replies.waiting_for_client = True
+                replies.waiting_for_client = conn.reading = True  # --idle-timeout may close it
                 data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
-                replies.waiting_for_client = False
+                replies.waiting_for_client = conn.reading = False
                 conn.idle = False
                 if not data:
                     await replies.wait_answered()
@@ -127,10 +130,12 @@ class ProxyServer:
                 if not replies.answered:  # a pipelining client: the last batch first
                     await replies.wait_answered()
                 replies.started = started
+                issued = False
                 while not client.closing:
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
+                    issued = True
                     queue.append(client.issue(event))
                     if len(queue) >= MAX_OUTSTANDING:
                         # Bound what one client can have in flight (and buffered here):
@@ -142,5 +147,10 @@ class ProxyServer:
                 if client.closing:
                     await replies.wait_answered()
                     return
+                if issued and idle_timeout:
+                    server.rearm(conn)  # idle from here (or from its last reply: conn.busy)
         finally:
             replies.close()
+            conn.busy = None  # it refers to replies, which refer to conn: no cycle left
+            conn.held = parser.buffered
+            heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now

@@ -72,6 +72,7 @@ class ProxyStats:
             ("curr_connections", self.connections.curr_connections),
             ("total_connections", self.connections.total_connections),
             ("rejected_connections", self.connections.rejected_connections),
+            ("idle_kicks", self.connections.idle_kicks),
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
         ]

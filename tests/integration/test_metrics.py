@@ -167,10 +167,11 @@ def test_endpoint_answers_only_get_metrics_and_bounds_requests() -> None:
             # a client that never finishes its request does not hold up a scrape
             silent.sendall(b"GET /metr")
             assert fetch(metrics)[0] == 200
-        for request, status_line in ((b"POST /metrics HTTP/1.0\r\n\r\n", b"HTTP/1.0 404 "),
-                                     (b"garbage\r\n\r\n", b"HTTP/1.0 400 "),
+        for request, status_line in ((b"POST /metrics HTTP/1.0\r\n\r\n", b"HTTP/1.1 405 "),
+                                     (b"GET /other HTTP/1.0\r\n\r\n", b"HTTP/1.1 404 "),
+                                     (b"garbage\r\n\r\n", b"HTTP/1.1 400 "),
                                      (b"GET /metrics HTTP/1.0\r\nX: " + b"a" * 10000,
-                                      b"HTTP/1.0 431 ")):
+                                      b"HTTP/1.1 431 ")):
             with socket.create_connection((servers.HOST, metrics), timeout=5) as sock:
                 sock.sendall(request)
                 assert _read_all(sock).startswith(status_line)
@@ -181,6 +182,39 @@ def _read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+HEADER_TIMEOUT = 2.0  # netio.metrics_http.HEADER_TIMEOUT, as a client sees it
+
+
+def test_slow_headers_never_hold_up_a_scrape() -> None:
+    """16 connections that never finish their request head, three rounds: each scrape is
+    answered at once (the endpoint cuts the slowest off to make room), every slow client
+    hears HTTP 408, never memcached's text, and a lone slow one is cut after the timeout."""
+    metrics = servers.free_port()
+    with servers.backend("--metrics-listen", f"{servers.HOST}:{metrics}"):
+        scrape(metrics)
+        for _ in range(3):
+            slow = [socket.create_connection((servers.HOST, metrics), timeout=5)
+                    for _ in range(16)]
+            try:
+                for sock in slow:
+                    sock.sendall(b"GET /metr")
+                began = time.monotonic()
+                scrape(metrics)
+                assert time.monotonic() - began < HEADER_TIMEOUT / 2
+                for sock in slow:
+                    sock.settimeout(HEADER_TIMEOUT + 3)
+                    assert _read_all(sock).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            finally:
+                for sock in slow:
+                    sock.close()
+        with socket.create_connection((servers.HOST, metrics), timeout=5) as lone:
+            began = time.monotonic()
+            lone.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            lone.settimeout(HEADER_TIMEOUT + 3)
+            assert _read_all(lone).startswith(b"HTTP/1.1 408 ")
+            assert HEADER_TIMEOUT * 0.8 <= time.monotonic() - began <= HEADER_TIMEOUT + 2
 
 
 def test_metrics_port_in_use_is_a_one_line_error() -> None:
