@@ -26,7 +26,7 @@ from memring.backend.commands import CloseConnection, CommandHandler, WriteFence
 from memring.backend.settings import BackendSettings
 from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
-from memring.netio import heap, nonblocking
+from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
@@ -88,8 +88,7 @@ class BackendServer:
         try:
             await self._serve_requests(conn, parser)
         finally:
-            conn.held = parser.buffered
-            heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
+            conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
     async def _serve_requests(self, conn: Connection, parser: RequestParser) -> None:
         sock = conn.sock

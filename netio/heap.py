@@ -5,11 +5,11 @@ received) must go back to the allocator when it closes, and from the allocator t
 Two things stood in the way, measured with 200 half-sent 1 MiB get lines (bench/idle_clients.py):
 
 - A reference cycle: an object that keeps bound methods of itself (the request parser's
-  dispatch table) is freed only by the cyclic GC, whose full pass an idle server may never
-  run; its buffer stayed (+220 MB after the 200 connections closed). `break_cycle` clears
-  such an object's attributes when its connection ends, so reference counting frees them at
-  once. A forced `gc.collect()` instead would stall the server: 22 ms with 100,000 stored
-  items, 130 ms with 500,000.
+  dispatch table did) is freed only by the cyclic GC, whose full pass an idle server may
+  never run; its buffer stayed (+220 MB after the 200 connections closed). So a
+  connection's objects hold no cycle (the parser's dispatch table is at class level;
+  tests/unit/test_heap.py checks it). A forced `gc.collect()` instead would stall the
+  server: 22 ms with 100,000 stored items, 130 ms with 500,000.
 - glibc keeps freed heap memory mapped (above all in the middle of the heap, between live
   objects); `HeapTrim` calls `malloc_trim(0)` once after a burst of closes that released
   much memory, which hands those free pages back (madvise). It costs ~2 ms on a heap of a
@@ -33,12 +33,6 @@ TRIM_THRESHOLD = 16 << 20  # bytes released by closed connections before a trim 
 TRIM_DELAY = 0.25          # seconds: let the rest of a burst of closes happen first
 TRIM_INTERVAL = 1.0        # seconds: at most one trim this often
 CONNECTION_COST = 8 << 10  # what a closed connection frees besides its buffers (task, socket)
-
-
-def break_cycle(obj: object) -> None:
-    """Drop every attribute of `obj`, which is no longer used: what it held is freed now
-    even if `obj` is part of a reference cycle (it no longer is)."""
-    vars(obj).clear()
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

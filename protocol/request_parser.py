@@ -97,19 +97,6 @@ class RequestParser:
         self._swallow = 0
         self._closed = False
         self._first_byte_seen = False
-        self._dispatch: dict[bytes, Callable[[list[bytes]], Request | None]] = {
-            b"get": self._retrieval, b"gets": self._retrieval,
-            b"gat": self._retrieval, b"gats": self._retrieval,
-            b"set": self._storage, b"add": self._storage, b"replace": self._storage,
-            b"append": self._storage, b"prepend": self._storage, b"cas": self._storage,
-            b"delete": self._delete, b"incr": self._arithmetic, b"decr": self._arithmetic,
-            b"touch": self._touch, b"flush_all": self._flush_all, b"stats": self._stats,
-            b"version": lambda t: Version(), b"quit": lambda t: Quit(),
-            b"verbosity": self._verbosity, b"cache_memlimit": self._cache_memlimit,
-            b"shutdown": lambda t: Shutdown(t[1:]),
-            b"mg": self._meta_get, b"ms": self._meta_set, b"md": self._meta_delete,
-            b"ma": self._meta_arithmetic, b"mn": lambda t: MetaNoop(), b"me": self._meta_debug,
-        }
 
     # -- feeding -------------------------------------------------------------------
 
@@ -195,9 +182,9 @@ class RequestParser:
             tokens = [t for t in tokens if t]
             if not tokens:
                 return ProtocolError(ERROR)
-        handler = self._dispatch.get(tokens[0])
+        handler = _DISPATCH.get(tokens[0])
         if handler is not None:
-            return handler(tokens)
+            return handler(self, tokens)
         command = tokens[0]
         if command[0] in _DISPATCHED_FIRST or (command[0] == 0x6D and len(command) == 2):
             return ProtocolError(ERROR)
@@ -448,3 +435,24 @@ class RequestParser:
                 return ProtocolError(_BAD_FORMAT)
             key = decoded
         return MetaDebug(key, base64)
+
+
+# By command, the method that reads its tokens. At class level: a table of bound methods in
+# each parser would make every parser a reference cycle, whose buffer (up to a 1 MiB
+# half-sent line) only the cyclic GC could free after its connection closed.
+_DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] = {
+    b"get": RequestParser._retrieval, b"gets": RequestParser._retrieval,
+    b"gat": RequestParser._retrieval, b"gats": RequestParser._retrieval,
+    b"set": RequestParser._storage, b"add": RequestParser._storage,
+    b"replace": RequestParser._storage, b"append": RequestParser._storage,
+    b"prepend": RequestParser._storage, b"cas": RequestParser._storage,
+    b"delete": RequestParser._delete, b"incr": RequestParser._arithmetic,
+    b"decr": RequestParser._arithmetic, b"touch": RequestParser._touch,
+    b"flush_all": RequestParser._flush_all, b"stats": RequestParser._stats,
+    b"version": lambda parser, tokens: Version(), b"quit": lambda parser, tokens: Quit(),
+    b"verbosity": RequestParser._verbosity, b"cache_memlimit": RequestParser._cache_memlimit,
+    b"shutdown": lambda parser, tokens: Shutdown(tokens[1:]),
+    b"mg": RequestParser._meta_get, b"ms": RequestParser._meta_set,
+    b"md": RequestParser._meta_delete, b"ma": RequestParser._meta_arithmetic,
+    b"mn": lambda parser, tokens: MetaNoop(), b"me": RequestParser._meta_debug,
+}

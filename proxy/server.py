@@ -17,7 +17,7 @@ import time
 
 import trio
 
-from memring.netio import heap, nonblocking
+from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
 from memring.proxy.pool import NodePool
@@ -152,5 +152,4 @@ class ProxyServer:
         finally:
             replies.close()
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
-            conn.held = parser.buffered
-            heap.break_cycle(parser)  # its dispatch table is a cycle: free its buffer now
+            conn.held = parser.buffered  # freed with the parser (no cycle holds it)
