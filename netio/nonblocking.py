@@ -119,7 +119,7 @@ def send_now(sock: socket.socket, data: bytes | memoryview) -> int:
         return 0
 
 
-async def send_all(sock: socket.socket, data: bytes) -> None:
+async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         try:

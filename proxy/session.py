@@ -92,6 +92,9 @@ _QUIET_MS_MD = _quiet(b"HD")
 _QUIET_MA = _quiet(b"HD", b"VA")
 
 _WRITE_META_GET_FLAGS = frozenset("TN")
+# A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
+# many keys; a bigger one is split like any other, so its reply is rendered in slices.
+PASS_THROUGH_KEYS = 64
 
 _Event = TypeVar("_Event")
 
@@ -163,14 +166,18 @@ class ClientSession:
         touches = request.touches
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
-        if len(keys) == 1 or len(router.shards) == 1:
+        distinct = keys if len(keys) == 1 else dict.fromkeys(keys)
+        if len(distinct) == len(keys) and (len(keys) == 1 or (
+                len(router.shards) == 1 and len(keys) <= PASS_THROUGH_KEYS)):
             shard = router.shard_for(keys[0])
             if touches:
                 return self._write(router, shard, encode_request(request), True)
             return self._read(router, shard, encode_request(request), True)
+        # Repeated keys are asked once and repeated here, slice by slice (a backend would
+        # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
         by_shard: dict[int, list[bytes]] = {}
         shards = {}
-        for key in dict.fromkeys(keys):
+        for key in distinct:
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
@@ -211,7 +218,8 @@ class ClientSession:
     # -- the rest ----------------------------------------------------------------------
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
-        return Ready(self.state.stats.reply(request.args, self.state.pools()))
+        state = self.state
+        return Ready(state.stats.reply(request.args, state.pools(), state.buffers))
 
     def _everywhere(self, router: ShardRouter, request: FlushAll | CacheMemlimit) -> Slot:
         nodes = [node for shard in router.shards for node in shard.nodes]
