@@ -49,10 +49,10 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
-                 "_closed", "_conn", "_drainer", "_flush_size", "_held_in", "_held_out",
-                 "_nursery", "_observe", "_server", "_sock", "_unsent", "_write_timeout",
-                 "affinity", "idle_when_answered", "queue", "started", "waiting_for_client",
-                 "window")
+                 "_closed", "_conn", "_drainer", "_flush_size", "_held_in", "_held_most",
+                 "_held_out", "_nursery", "_observe", "_server", "_sock", "_unsent",
+                 "_write_timeout", "affinity", "idle_when_answered", "queue", "started",
+                 "waiting_for_client", "window")
 
     _clients = itertools.count()
 
@@ -84,6 +84,7 @@ class ReplyStream:
         self._closed = False
         self._held_in = 0  # bytes charged to `buffers`: the parser's partial requests
         self._held_out = 0  # ... and replies waiting for the socket
+        self._held_most = 0
         self._batch_bytes = 0  # replies sent since the window was last adjusted
         self._batch_replies = 0
 
@@ -118,6 +119,7 @@ class ReplyStream:
         if self._closed or not self._buffers.change(self._held_in, size):
             return False
         self._held_in = size
+        self._held_most = max(self._held_most, size + self._held_out)
         return True
 
     def _hold_output(self, size: int, force: bool = False) -> bool:
@@ -127,17 +129,21 @@ class ReplyStream:
         if not self._buffers.change(self._held_out, size, force):
             return False
         self._held_out = size
+        self._held_most = max(self._held_most, size + self._held_in)
         return True
 
-    def close(self) -> None:
+    def close(self) -> int:
         """The session is over: never write to its socket again (its fd may be reused), and
-        give back what it held."""
+        give back what it held; returns the most it ever held (the server's reclaimer runs
+        after big ones)."""
         self._closed = True
         self._buffers.change(self._held_in + self._held_out, 0)
         self._held_in = self._held_out = 0
         self._unsent = b""
+        self.queue.clear()  # the slots' replies go now, not when the collector finds them
         if self._drainer is not None:
             self._drainer.cancel()
+        return self._held_most
 
     def reply_arrived(self) -> None:
         """Send the replies that are ready at the head of the queue, without waiting."""
@@ -281,8 +287,7 @@ class ReplyStream:
     def _refuse(self) -> None:
         """Holding more for this client would pass --max-buffered-bytes: tell it as memcached
         tells a client it cannot allocate for, and close it; the others keep theirs."""
-        log.info("closing a client: its replies would pass the proxy's buffer budget "
-                 "(%d of %d bytes held)", self._buffers.used, self._buffers.limit)
+        self._buffers.log_refusal("replies")
         try:
             nonblocking.send_now(self._sock, OUT_OF_MEMORY_WRITING)
         except OSError:

@@ -20,7 +20,7 @@ import trio
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
-from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
+from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget, Reclaimer
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
 from memring.proxy.router import Shard, ShardRouter
@@ -42,6 +42,7 @@ class ProxyServer:
                                 BufferBudget(settings.max_buffered_bytes))
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.state.stats.connections)
+        self.reclaimer = Reclaimer()
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
 
@@ -85,6 +86,7 @@ class ProxyServer:
         port = listener.getsockname()[1]
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
+            pool_nursery.start_soon(self.reclaimer.run)  # stopped with the pools below
             self.apply_topology(self.settings)
             if self.settings.metrics_listen:  # stopped with the pools below
                 from memring.proxy.metrics import endpoint_for  # prometheus_client only when asked
@@ -159,13 +161,12 @@ class ProxyServer:
                 replies.hold_input(0)
                 await self._refuse(replies)
         finally:
-            replies.close()
+            self.reclaimer.note_closed(replies.close())
 
     async def _refuse(self, replies: ReplyStream) -> None:
         """The client's partial requests would pass --max-buffered-bytes: after the replies
         it is owed, memcached's answer to a read buffer it cannot allocate, then close."""
-        log.info("closing a client: its input would pass the proxy's buffer budget "
-                 "(%d of %d bytes held)", self.state.buffers.used, self.state.buffers.limit)
+        self.state.buffers.log_refusal("input")
         replies.queue.append(Ready(OUT_OF_MEMORY_READING))
         replies.send_ready()
         await replies.wait_answered()
