@@ -67,7 +67,7 @@ class BufferBudget:
 
 
 # Closed connections that held this much in all make the reclaimer run (once per burst).
-RECLAIM_AFTER_BYTES = 8 << 20
+RECLAIM_AFTER_BYTES = 4 << 20
 RECLAIM_DELAY = 0.5  # seconds: closes within this share one collection
 
 

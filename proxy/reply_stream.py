@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 
 import trio
 
@@ -116,7 +117,10 @@ class ReplyStream:
     def hold_input(self, size: int) -> bool:
         """Charge the `size` bytes the parser holds (partial requests); False if they would
         pass the proxy-wide budget (the session then refuses the client)."""
-        if self._closed or not self._buffers.change(self._held_in, size):
+        if self._closed:
+            return False
+        if not self._buffers.change(self._held_in, size):
+            self._held_most = max(self._held_most, size)  # its parser holds it all the same
             return False
         self._held_in = size
         self._held_most = max(self._held_most, size + self._held_out)
@@ -127,6 +131,7 @@ class ReplyStream:
         if self._closed:
             size = 0
         if not self._buffers.change(self._held_out, size, force):
+            self._held_most = max(self._held_most, size)
             return False
         self._held_out = size
         self._held_most = max(self._held_most, size + self._held_in)
@@ -290,6 +295,7 @@ class ReplyStream:
         self._buffers.log_refusal("replies")
         try:
             nonblocking.send_now(self._sock, OUT_OF_MEMORY_WRITING)
+            self._sock.shutdown(socket.SHUT_WR)  # the answer, then EOF, before any reset
         except OSError:
             pass  # it is being closed either way
         self.drop(None)

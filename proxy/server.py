@@ -12,7 +12,9 @@ period, then close the pools.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 
 import trio
@@ -159,14 +161,18 @@ class ProxyServer:
             if refused:
                 del parser  # its bytes are not held while the client gets its last replies
                 replies.hold_input(0)
-                await self._refuse(replies)
+                await self._refuse(replies, sock)
         finally:
             self.reclaimer.note_closed(replies.close())
 
-    async def _refuse(self, replies: ReplyStream) -> None:
+    async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:
         """The client's partial requests would pass --max-buffered-bytes: after the replies
         it is owed, memcached's answer to a read buffer it cannot allocate, then close."""
         self.state.buffers.log_refusal("input")
         replies.queue.append(Ready(OUT_OF_MEMORY_READING))
         replies.send_ready()
         await replies.wait_answered()
+        with contextlib.suppress(OSError):
+            # EOF after the answer: closing with its unread input resets the connection,
+            # and a reset that overtakes the answer would lose it.
+            sock.shutdown(socket.SHUT_WR)

@@ -43,6 +43,11 @@ class _Pending(enum.Enum):
 WAITING: Final = _Pending.WAITING
 NEEDS_TASK: Final = _Pending.NEEDS_TASK
 SLICE_SIZE = 256 * 1024  # bytes of a big multi-get's reply rendered at a time
+# memcached.c limited_get: an item referenced more than IT_REFCOUNT_LIMIT (60000) times is
+# answered as a miss, and a get holds a reference per repeat (on top of the item's own) until
+# its reply is written, so one get returns a key at most 59,999 times (1.6.18, measured: a
+# get of 3 keys repeated 83,333 times each returns 179,997 values).
+REPEATS_LIMIT = 59_999
 
 
 class SlicedReply:
@@ -51,12 +56,14 @@ class SlicedReply:
     slice at a time, each rendered only once the previous one has left. The backend answers
     big multi-gets in slices the same way (backend/server.py `_multi_get`)."""
 
-    __slots__ = ("_blocks", "_head", "_keys", "_next")
+    __slots__ = ("_blocks", "_head", "_keys", "_next", "_repeats")
 
     def __init__(self, blocks: dict[bytes, bytes], keys: list[bytes]) -> None:
         self._blocks = blocks
         self._keys = keys
         self._next = 0  # the next key to render; len(keys) + 1 once END is rendered
+        # how often each key was rendered, when a key could pass memcached's limit
+        self._repeats: dict[bytes, int] | None = {} if len(keys) > REPEATS_LIMIT else None
         self._head = self._render()  # the first slice
 
     @property
@@ -79,14 +86,21 @@ class SlicedReply:
     def _render(self) -> bytes:
         keys = self._keys
         blocks = self._blocks
+        repeats = self._repeats
         out = []
         size = 0
         index = self._next
         count = len(keys)
         while index < count and size < SLICE_SIZE:
-            block = blocks.get(keys[index])
+            key = keys[index]
+            block = blocks.get(key)
             index += 1
             if block is not None:
+                if repeats is not None:
+                    seen = repeats.get(key, 0)
+                    if seen >= REPEATS_LIMIT:
+                        continue  # a miss, as memcached answers it
+                    repeats[key] = seen + 1
                 out.append(block)
                 size += len(block)
         if index == count:
