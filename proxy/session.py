@@ -189,7 +189,7 @@ class ClientSession:
                 parts.append(self._write(router, shard, line, True))
             else:
                 parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, parts)
+        return SplitGet(keys, len(distinct), parts)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:

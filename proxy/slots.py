@@ -418,10 +418,11 @@ class SplitGet(Slot):
     """A multi-key get split per shard (each distinct key asked once); values reassembled in
     the client's key order, a big reply in slices."""
 
-    __slots__ = ("keys", "parts", "sliced")
+    __slots__ = ("distinct", "keys", "parts", "sliced")
 
-    def __init__(self, keys: list[bytes], parts: list[Settling]) -> None:
+    def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling]) -> None:
         self.keys = keys
+        self.distinct = distinct  # how many different keys `keys` names
         self.parts = parts
         self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
 
@@ -452,13 +453,18 @@ class SplitGet(Slot):
 
     def _join(self, settled: list[PendingReply]) -> Reply:
         blocks: dict[bytes, bytes] = {}
+        size = 0
         for pending in settled:
             for event in pending.events:
                 if type(event) is Value:
-                    blocks[event.key] = event.encode()
-        reply = SlicedReply(blocks, self.keys)
+                    block = blocks[event.key] = event.encode()
+                    size += len(block)
+        keys = self.keys
+        if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
+            return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
+        reply = SlicedReply(blocks, keys)
         if reply.rendered:
-            return reply.next_slice()  # small enough for one slice: the common case
+            return reply.next_slice()
         self.parts = []  # the encoded blocks are all the rest needs: let the replies go
         self.sliced = reply
         return reply
