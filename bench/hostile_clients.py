@@ -101,8 +101,11 @@ def memcached_argv(port: int, memory: int) -> list[str]:
         raise BenchError("memcached is not installed: `apt-get install memcached` "
                          "(or `make debian-deps` as root)")
     user = ["-u", "root"] if os.geteuid() == 0 else []
+    # Without the LRU crawler and maintainer, which briefly hold items: a get that repeats a
+    # key past memcached's 59,999 references (IT_REFCOUNT_LIMIT) then answers the same
+    # bytes every time (with them, where the limit bites moves from run to run).
     return [binary, "-t", "1", "-p", str(port), "-U", "0", "-l", HOST, "-c", "8192",
-            "-m", str(memory), *user]
+            "-m", str(memory), "-o", "no_lru_crawler,no_lru_maintainer", *user]
 
 
 def backend_argv(python: str, port: int, memory: int) -> list[str]:
