@@ -50,9 +50,9 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
-                 "_closed", "_conn", "_drainer", "_flush_size", "_held_in", "_held_most",
-                 "_held_out", "_nursery", "_observe", "_server", "_sock", "_unsent",
-                 "_write_timeout", "affinity", "idle_when_answered", "queue", "started",
+                 "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
+                 "_nursery", "_observe", "_server", "_sock", "_unsent", "_write_timeout",
+                 "affinity", "held_input", "idle_when_answered", "queue", "started",
                  "waiting_for_client", "window")
 
     _clients = itertools.count()
@@ -83,7 +83,7 @@ class ReplyStream:
         self._unsent: bytes | memoryview = b""  # the tail of a partial send, for the drainer
         self._answered: trio.Event | None = None
         self._closed = False
-        self._held_in = 0  # bytes charged to `buffers`: the parser's partial requests
+        self.held_input = 0  # bytes charged to `buffers`: the parser's partial requests
         self._held_out = 0  # ... and replies waiting for the socket
         self._held_most = 0
         self._batch_bytes = 0  # replies sent since the window was last adjusted
@@ -110,19 +110,15 @@ class ReplyStream:
         elif self.window < MAX_OUTSTANDING:
             self.window = min(MAX_OUTSTANDING, self.window * 2)
 
-    @property
-    def held_input(self) -> int:
-        return self._held_in
-
     def hold_input(self, size: int) -> bool:
         """Charge the `size` bytes the parser holds (partial requests); False if they would
         pass the proxy-wide budget (the session then refuses the client)."""
         if self._closed:
             return False
-        if not self._buffers.change(self._held_in, size):
+        if not self._buffers.change(self.held_input, size):
             self._held_most = max(self._held_most, size)  # its parser holds it all the same
             return False
-        self._held_in = size
+        self.held_input = size
         self._held_most = max(self._held_most, size + self._held_out)
         return True
 
@@ -134,7 +130,7 @@ class ReplyStream:
             self._held_most = max(self._held_most, size)
             return False
         self._held_out = size
-        self._held_most = max(self._held_most, size + self._held_in)
+        self._held_most = max(self._held_most, size + self.held_input)
         return True
 
     def close(self) -> int:
@@ -142,8 +138,8 @@ class ReplyStream:
         give back what it held; returns the most it ever held (the server's reclaimer runs
         after big ones)."""
         self._closed = True
-        self._buffers.change(self._held_in + self._held_out, 0)
-        self._held_in = self._held_out = 0
+        self._buffers.change(self.held_input + self._held_out, 0)
+        self.held_input = self._held_out = 0
         self._unsent = b""
         self.queue.clear()  # the slots' replies go now, not when the collector finds them
         if self._drainer is not None:

@@ -166,9 +166,9 @@ class ClientSession:
         touches = request.touches
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
-        distinct = keys if len(keys) == 1 else dict.fromkeys(keys)
-        if len(distinct) == len(keys) and (len(keys) == 1 or (
-                len(router.shards) == 1 and len(keys) <= PASS_THROUGH_KEYS)):
+        distinct = None if len(keys) == 1 else dict.fromkeys(keys)
+        if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)
+                                <= PASS_THROUGH_KEYS):
             shard = router.shard_for(keys[0])
             if touches:
                 return self._write(router, shard, encode_request(request), True)
