@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
 
-.PHONY: run test lint unit bench failover debian-deps venv clean
+.PHONY: run test lint unit bench hostile failover debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: venv debian-deps
 	$(BIN)/python bench/backend_vs_memcached.py
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/replication_cost.py
+
+# Hostile clients (repeated-key gets, clients that never read, half-sent lines, idle
+# connections) against memcached and the proxy: peak RSS and others' latency (a few minutes).
+hostile: venv debian-deps
+	$(BIN)/python bench/hostile_clients.py
 
 # Failover and a rolling restart under load (real etcd, backends and a proxy; a few minutes).
 failover: venv debian-deps

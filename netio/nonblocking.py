@@ -129,7 +129,7 @@ def send_last(sock: socket.socket, data: bytes) -> None:
         sock.recv(READ_SIZE)
 
 
-async def send_all(sock: socket.socket, data: bytes) -> None:
+async def send_all(sock: socket.socket, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         try:

@@ -7,51 +7,66 @@ replies: the reply goes out from the reader's turn, so the session task is woken
 its client's next request, never once per reply (that wake-up, with its `trio.Event`, cost
 more than the rest of a forwarded get).
 
-Two cases leave that fast path for a drainer task, which awaits the slots in order and
-sends with a write timeout, as the session did before: a head slot that needs more than
-its first answer (a read failing over, a write waiting for a leader or retried after a
-refusal: `Slot.poll()` says NEEDS_TASK), and a client that does not take its replies as
-fast as they come (a partial send). The fast path resumes once the drainer has emptied
-the queue.
+Three cases leave that fast path for a drainer task, which awaits the slots in order and
+sends with a write timeout: a head slot that needs more than its first answer (a read
+failing over, a write waiting for a leader or retried after a refusal: `Slot.poll()` says
+NEEDS_TASK), a big multi-get's `SlicedReply` (rendered a slice at a time, each once the
+previous one has left, with a checkpoint between slices so that a fast reader of a huge
+reply cannot hold the others up), and a client that does not take its replies as fast as
+they come (a partial send). The fast path resumes once the drainer has emptied the queue.
 
-The session issues its next batch only once the previous one is answered (`answered`),
-so requests reach the backends in the same order, and with the same bound on what one
-client has in flight and buffered (MAX_OUTSTANDING requests, FLUSH_SIZE bytes of replies
-rendered and unsent), as when it awaited every batch's replies itself.
+Bounds per client: the session issues its next batch only once the previous one is
+answered (`answered`), and a batch is at most `window` requests: 4 on a new connection,
+doubling each time a full window is answered, up to MAX_OUTSTANDING, and cut so that a
+batch's replies fit the client's budget (`--client-buffer-bytes`) once a batch overran it.
+A client that never reads therefore holds at most a few replies here. Rendered replies wait
+in pieces of at most min(FLUSH_SIZE, budget); a piece its socket does not take within
+`--client-write-timeout-ms` closes the client. Every byte waiting (and every partial
+request its parser holds: the session charges those) is charged to the proxy-wide
+`BufferBudget`; a charge that would pass it closes this client with memcached's
+`SERVER_ERROR out of memory ...`, and `close()` gives everything back.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import socket
 
 import trio
 
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.proxy.slots import NEEDS_TASK, WAITING, Ready, Slot
+from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
+from memring.proxy.slots import WAITING, Ready, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 
-CLIENT_WRITE_TIMEOUT = 30.0  # a client that stops reading its replies is dropped after this
-FLUSH_SIZE = 1 << 20        # replies waiting past this are sent before resolving more
+FLUSH_SIZE = 1 << 20     # replies waiting past this are sent before resolving more
+MAX_OUTSTANDING = 32     # requests of one client in flight before the proxy reads on
+INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its replies
 
 
 class ReplyStream:
-    __slots__ = ("_answered", "_closed", "_conn", "_drainer", "_nursery", "_observe",
-                 "_server", "_sock", "_unsent", "affinity", "idle_when_answered", "queue",
-                 "started", "waiting_for_client")
+    __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
+                 "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
+                 "_nursery", "_observe", "_server", "_sock", "_unsent", "_write_timeout",
+                 "affinity", "held_input", "idle_when_answered", "queue", "started",
+                 "waiting_for_client", "window")
 
     _clients = itertools.count()
 
     def __init__(self, conn: Connection, server: ConnectionServer, stats: ProxyStats,
-                 nursery: trio.Nursery) -> None:
+                 nursery: trio.Nursery, buffers: BufferBudget, budget: int,
+                 write_timeout: float) -> None:
         """`nursery` runs the drainer (shared by all clients: a nursery per client cost
-        memory; the drainer has its own cancel scope, cancelled with the client)."""
+        memory; the drainer has its own cancel scope, cancelled with the client).
+        `buffers` is the proxy-wide budget, `budget` this client's (bytes of replies)."""
         self.affinity = next(self._clients)  # which connection of each node this client uses
         # slots issued, in request order (at most MAX_OUTSTANDING: a list is smaller)
         self.queue: list[Slot] = []
+        self.window = INITIAL_WINDOW  # requests the session issues before awaiting replies
         self.started = 0.0  # when the batch in the queue was read (perf_counter)
         self.waiting_for_client = False  # the session waits for a request (in recv)
         self.idle_when_answered = False  # ... with no partial request buffered
@@ -60,10 +75,19 @@ class ReplyStream:
         self._server = server
         self._observe = stats.observe_reply
         self._nursery = nursery
+        self._buffers = buffers
+        self._budget = budget
+        self._flush_size = min(FLUSH_SIZE, budget)
+        self._write_timeout = write_timeout
         self._drainer: trio.CancelScope | None = None  # while a drainer owns the queue
-        self._unsent = b""  # the tail of a partial send, for the drainer
+        self._unsent: bytes | memoryview = b""  # the tail of a partial send, for the drainer
         self._answered: trio.Event | None = None
         self._closed = False
+        self.held_input = 0  # bytes charged to `buffers`: the parser's partial requests
+        self._held_out = 0  # ... and replies waiting for the socket
+        self._held_most = 0
+        self._batch_bytes = 0  # replies sent since the window was last adjusted
+        self._batch_replies = 0
 
     @property
     def answered(self) -> bool:
@@ -76,11 +100,51 @@ class ReplyStream:
                 self._answered = trio.Event()
             await self._answered.wait()
 
-    def close(self) -> None:
-        """The session is over: never write to its socket again (its fd may be reused)."""
+    def adjust_window(self) -> None:
+        """A full window was answered: widen it, or narrow it to the client's budget if its
+        replies overran it (measured by their mean size)."""
+        sent, count = self._batch_bytes, self._batch_replies
+        self._batch_bytes = self._batch_replies = 0
+        if sent > self._budget and count:
+            self.window = max(1, count * self._budget // sent)
+        elif self.window < MAX_OUTSTANDING:
+            self.window = min(MAX_OUTSTANDING, self.window * 2)
+
+    def hold_input(self, size: int) -> bool:
+        """Charge the `size` bytes the parser holds (partial requests); False if they would
+        pass the proxy-wide budget (the session then refuses the client)."""
+        if self._closed:
+            return False
+        if not self._buffers.change(self.held_input, size):
+            self._held_most = max(self._held_most, size)  # its parser holds it all the same
+            return False
+        self.held_input = size
+        self._held_most = max(self._held_most, size + self._held_out)
+        return True
+
+    def _hold_output(self, size: int, force: bool = False) -> bool:
+        """Charge `size` bytes of replies waiting for the socket (0: they left)."""
+        if self._closed:
+            size = 0
+        if not self._buffers.change(self._held_out, size, force):
+            self._held_most = max(self._held_most, size)
+            return False
+        self._held_out = size
+        self._held_most = max(self._held_most, size + self.held_input)
+        return True
+
+    def close(self) -> int:
+        """The session is over: never write to its socket again (its fd may be reused), and
+        give back what it held; returns the most it ever held (netio.heap trims the heap
+        after big ones)."""
         self._closed = True
+        self._buffers.change(self.held_input + self._held_out, 0)
+        self.held_input = self._held_out = 0
+        self._unsent = b""
+        self.queue.clear()  # the slots' replies go now, not when the collector finds them
         if self._drainer is not None:
             self._drainer.cancel()
+        return self._held_most
 
     def reply_arrived(self) -> None:
         """Send the replies that are ready at the head of the queue, without waiting."""
@@ -96,6 +160,7 @@ class ReplyStream:
     def _send_ready(self) -> None:
         queue = self.queue
         sock = self._sock
+        flush_size = self._flush_size
         while queue:
             out: list[bytes] = []
             size = 0
@@ -104,33 +169,42 @@ class ReplyStream:
                 reply = queue[0].poll()
                 if reply is WAITING:
                     break
-                if reply is NEEDS_TASK:
+                if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
                     needs_task = True
                     break
                 del queue[0]
                 self._observe(self.started)
                 out.append(reply)
                 size += len(reply)
-                if size >= FLUSH_SIZE:
+                if size >= flush_size:
                     break  # send these before rendering more
+            self._batch_replies += len(out)
+            self._batch_bytes += size
             data = b"".join(out)
             sent = nonblocking.send_now(sock, data) if data else 0
-            if sent < len(data) or needs_task:
-                self._start_drainer(data[sent:])
+            if sent < len(data):
+                # Nothing of it sent: refusable at a reply boundary; else the reply started.
+                if not self._hold_output(len(data) - sent, force=sent > 0):
+                    self._refuse()
+                    return
+                self._start_drainer(memoryview(data)[sent:])
                 return
-            if size < FLUSH_SIZE:
+            if needs_task:
+                self._start_drainer(b"")
+                return
+            if size < flush_size:
                 break  # waiting for a backend, or all sent
         if not queue:
             self._done()
 
-    def _start_drainer(self, unsent: bytes) -> None:
+    def _start_drainer(self, unsent: bytes | memoryview) -> None:
         self._drainer = trio.CancelScope()
         self._unsent = unsent
         self._nursery.start_soon(self._drain, self._drainer)
 
     async def _drain(self, scope: trio.CancelScope) -> None:
         """Await the queue's slots in order and send their replies, like the session did
-        before the fast path; drop the client if it does not read for CLIENT_WRITE_TIMEOUT."""
+        before the fast path; drop the client if it does not read for the write timeout."""
         with scope:
             if await self._drain_queue():
                 self._drainer = None
@@ -140,42 +214,87 @@ class ReplyStream:
         """False if the client was dropped."""
         queue = self.queue
         observe = self._observe
+        flush_size = self._flush_size
         try:
-            out = [self._unsent]
-            size = len(self._unsent)
-            self._unsent = b""
+            if self._unsent:  # charged when the fast path handed it over
+                unsent, self._unsent = self._unsent, b""
+                if not await self._wait_sent(unsent):
+                    return False
+            out: list[bytes] = []
+            size = 0
             while queue:
                 slot = queue[0]
                 reply = slot.data if type(slot) is Ready else await slot.reply()
                 del queue[0]
                 observe(self.started)
-                out.append(reply)
-                size += len(reply)
-                if size >= FLUSH_SIZE:
-                    if not await self._send(b"".join(out)):
-                        return False
-                    out.clear()
-                    size = 0
-            if not await self._send(b"".join(out)):
+                self._batch_replies += 1
+                if isinstance(reply, bytes):
+                    out.append(reply)
+                    size += len(reply)
+                    if size >= flush_size:
+                        if not await self._send(out, True):
+                            return False
+                        size = 0
+                    continue
+                boundary = True  # `out` ends where a reply ends
+                while not reply.done:
+                    piece = reply.next_slice()
+                    out.append(piece)
+                    size += len(piece)
+                    if size >= flush_size or reply.done:
+                        if not await self._send(out, boundary):
+                            return False
+                        size = 0
+                        boundary = reply.done
+                        # A client that reads as fast as this renders must not keep the
+                        # proxy's other clients waiting for the whole reply.
+                        await trio.lowlevel.checkpoint()
+            if out and not await self._send(out, True):
                 return False
         except OSError as exc:
             self.drop(exc)
             return False
         return True
 
-    async def _send(self, data: bytes) -> bool:
-        if not data or self._closed:
-            return not self._closed
+    async def _send(self, out: list[bytes], boundary: bool) -> bool:
+        """Send `out` (and clear it); what the socket does not take at once is charged to
+        the proxy-wide budget while it waits. False if the client was dropped."""
+        data = b"".join(out)
+        out.clear()
+        if self._closed:
+            return False
+        self._batch_bytes += len(data)
         sent = nonblocking.send_now(self._sock, data)
-        if sent < len(data):
-            with trio.move_on_after(CLIENT_WRITE_TIMEOUT) as scope:
-                await nonblocking.send_all(self._sock, data[sent:])
-            if scope.cancelled_caught:
-                log.info("dropping a client that did not read its replies for %.0f s",
-                         CLIENT_WRITE_TIMEOUT)
-                self.drop(None)
-                return False
-        return True
+        if sent == len(data):
+            return True
+        # Refused only where the client has whole replies so far (nothing of `data` sent,
+        # starting at a reply's start); a reply under way is charged and finished.
+        if not self._hold_output(len(data) - sent, force=sent > 0 or not boundary):
+            self._refuse()
+            return False
+        return await self._wait_sent(memoryview(data)[sent:])
+
+    async def _wait_sent(self, data: bytes | memoryview) -> bool:
+        with trio.move_on_after(self._write_timeout) as scope:
+            await nonblocking.send_all(self._sock, data)
+        if scope.cancelled_caught:
+            log.info("dropping a client that did not read its replies for %.0f s",
+                     self._write_timeout)
+            self.drop(None)
+            return False
+        self._hold_output(0)
+        return not self._closed
+
+    def _refuse(self) -> None:
+        """Holding more for this client would pass --max-buffered-bytes: tell it as memcached
+        tells a client it cannot allocate for, and close it; the others keep theirs."""
+        self._buffers.log_refusal("replies")
+        try:
+            nonblocking.send_now(self._sock, OUT_OF_MEMORY_WRITING)
+            self._sock.shutdown(socket.SHUT_WR)  # the answer, then EOF, before any reset
+        except OSError:
+            pass  # it is being closed either way
+        self.drop(None)
 
     def _done(self) -> None:
         """Everything issued is answered: let the session issue more, or stop it when the
@@ -196,4 +315,3 @@ class ReplyStream:
             log.info("connection error: %s", error)
         self._closed = True
         self._conn.scope.cancel()
-

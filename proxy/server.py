@@ -12,7 +12,9 @@ period, then close the pools.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 
 import trio
@@ -20,17 +22,17 @@ import trio
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
+from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
 from memring.proxy.router import Shard, ShardRouter
 from memring.proxy.session import ClientSession
 from memring.proxy.settings import ProxySettings
+from memring.proxy.slots import Ready
 from memring.proxy.state import ProxyState
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
-
-MAX_OUTSTANDING = 32        # requests of one client in flight before the proxy reads on
 
 
 class ProxyServer:
@@ -38,7 +40,8 @@ class ProxyServer:
         self.settings = settings
         self.reuse_port = reuse_port
         self.state = ProxyState(settings, ShardRouter([], settings.hash, settings.read_policy),
-                                ProxyStats(settings.version))
+                                ProxyStats(settings.version),
+                                BufferBudget(settings.max_buffered_bytes))
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.state.stats.connections,
                                             idle_timeout=settings.idle_timeout)
@@ -106,17 +109,24 @@ class ProxyServer:
         sock = conn.sock
         settings = self.state.settings
         parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
-        replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers)
+        replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
+                              self.state.buffers, settings.client_buffer_bytes,
+                              settings.client_write_timeout_ms / 1000)
         client = ClientSession(self.state, replies)
         server = self.connections
         idle_timeout = server.idle_timeout
         conn.busy = lambda: not replies.answered  # replies on their way: not idle
         queue = replies.queue
+        refused = False  # the client's partial requests would pass the proxy's budget
         try:
             while not server.closing:
                 # Replies of the last batch may still be on their way: the backends' readers
                 # send them (see reply_stream).
-                replies.idle_when_answered = parser.buffered == 0
+                buffered = parser.buffered
+                if buffered != replies.held_input and not replies.hold_input(buffered):
+                    refused = True
+                    break
+                replies.idle_when_answered = buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
                 replies.waiting_for_client = conn.reading = True  # --idle-timeout may close it
                 data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
@@ -128,6 +138,9 @@ class ProxyServer:
                 parser.receive_data(data)
                 started = time.perf_counter()
                 if not replies.answered:  # a pipelining client: the last batch first
+                    if not replies.hold_input(parser.buffered):  # held while it waits
+                        refused = True
+                        break
                     await replies.wait_answered()
                 replies.started = started
                 issued = False
@@ -137,19 +150,35 @@ class ProxyServer:
                         break
                     issued = True
                     queue.append(client.issue(event))
-                    if len(queue) >= MAX_OUTSTANDING:
+                    if len(queue) >= replies.window:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading
                         # stops here.
                         replies.send_ready()
                         await replies.wait_answered()
+                        replies.adjust_window()
                 replies.send_ready()
                 if client.closing:
                     await replies.wait_answered()
                     return
                 if issued and idle_timeout:
                     server.rearm(conn)  # idle from here (or from its last reply: conn.busy)
+            if refused:
+                del parser  # its bytes are not held while the client gets its last replies
+                replies.hold_input(0)
+                await self._refuse(replies, sock)
         finally:
-            replies.close()
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
-            conn.held = parser.buffered  # freed with the parser (no cycle holds it)
+            conn.held = replies.close()  # the most it held (netio.heap trims after big ones)
+
+    async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:
+        """The client's partial requests would pass --max-buffered-bytes: after the replies
+        it is owed, memcached's answer to a read buffer it cannot allocate, then close."""
+        self.state.buffers.log_refusal("input")
+        replies.queue.append(Ready(OUT_OF_MEMORY_READING))
+        replies.send_ready()
+        await replies.wait_answered()
+        with contextlib.suppress(OSError):
+            # EOF after the answer: closing with its unread input resets the connection,
+            # and a reset that overtakes the answer would lose it.
+            sock.shutdown(socket.SHUT_WR)

@@ -94,12 +94,15 @@ _QUIET_MA = _quiet(b"HD", b"VA")
 
 _WRITE_META_GET_FLAGS = frozenset("TN")
 CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
+# A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
+# many keys; a bigger one is split like any other, so its reply is rendered in slices.
+PASS_THROUGH_KEYS = 64
 
 _Event = TypeVar("_Event")
 
 
-def _route(kind: type[_Event], handler: Callable[[ShardRouter, _Event], Slot]
-           ) -> tuple[type, Callable[[ShardRouter, Any], Slot]]:
+def _route(kind: type[_Event], handler: Callable[[ClientSession, ShardRouter, _Event], Slot]
+           ) -> tuple[type, Callable[[ClientSession, ShardRouter, Any], Slot]]:
     """A dispatch entry; mypy checks that `handler` takes the events of type `kind`."""
     return kind, handler
 
@@ -108,35 +111,13 @@ class ClientSession:
     def __init__(self, state: ProxyState, replies: ReplyListener) -> None:
         self.state = state
         self.replies = replies  # hears of every reply; picks each node's connection
-        self._dispatch: dict[type, Callable[[ShardRouter, Any], Slot]] = dict([
-            _route(Get, self._get),
-            _route(Store, self._keyed_write),
-            _route(Delete, self._keyed_write),
-            _route(Arithmetic, self._keyed_write),
-            _route(Touch, self._keyed_write),
-            _route(MetaSet, self._meta),
-            _route(MetaDelete, self._meta),
-            _route(MetaArithmetic, self._meta),
-            _route(MetaGet, self._meta),
-            _route(MetaDebug, self._meta_debug),
-            _route(MetaNoop, lambda router, request: Ready(b"MN\r\n")),
-            _route(Version, lambda router, request: Ready(
-                 b"VERSION %s\r\n" % state.settings.version.encode())),
-            _route(Stats, self._stats),
-            _route(FlushAll, self._flush_all),
-            _route(CacheMemlimit, self._cache_memlimit),
-            _route(Verbosity, self._verbosity),
-            _route(Shutdown, lambda router, request: Ready(b"ERROR: shutdown not enabled\r\n")),
-            _route(Quit, self._quit),
-            _route(ProtocolError, self._protocol_error),
-        ])
         self._closing = False
 
     def issue(self, request: Request) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
         self.state.stats.commands[type(request).__name__] += 1
         try:
-            return self._dispatch[type(request)](self.state.router, request)
+            return _DISPATCH[type(request)](self, self.state.router, request)
         except NoShards:
             return Ready(b"SERVER_ERROR no shards in the cluster\r\n")
 
@@ -165,14 +146,18 @@ class ClientSession:
         touches = request.touches
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
-        if len(keys) == 1 or len(router.shards) == 1:
+        distinct = None if len(keys) == 1 else dict.fromkeys(keys)
+        if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)
+                                <= PASS_THROUGH_KEYS):
             shard = router.shard_for(keys[0])
             if touches:
                 return self._write(router, shard, encode_request(request), True)
             return self._read(router, shard, encode_request(request), True)
+        # Repeated keys are asked once and repeated here, slice by slice (a backend would
+        # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
         by_shard: dict[int, list[bytes]] = {}
         shards = {}
-        for key in dict.fromkeys(keys):
+        for key in distinct:
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
@@ -184,7 +169,7 @@ class ClientSession:
                 parts.append(self._write(router, shard, line, True))
             else:
                 parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, parts)
+        return SplitGet(keys, len(distinct), parts)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
@@ -213,7 +198,8 @@ class ClientSession:
     # -- the rest ----------------------------------------------------------------------
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
-        return Ready(self.state.stats.reply(request.args, self.state.pools()))
+        state = self.state
+        return Ready(state.stats.reply(request.args, state.pools(), state.buffers))
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
@@ -227,6 +213,15 @@ class ClientSession:
         # A proxy holds no items, and fanned out raw this would resize every backend at
         # once, followers unlike their leaders: each backend's limit is its --memory.
         return Ready(b"" if request.noreply else CACHE_MEMLIMIT_REFUSED)
+
+    def _noop(self, router: ShardRouter, request: MetaNoop) -> Slot:
+        return Ready(b"MN\r\n")
+
+    def _version(self, router: ShardRouter, request: Version) -> Slot:
+        return Ready(b"VERSION %s\r\n" % self.state.settings.version.encode())
+
+    def _shutdown(self, router: ShardRouter, request: Shutdown) -> Slot:
+        return Ready(b"ERROR: shutdown not enabled\r\n")
 
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")
@@ -246,3 +241,29 @@ class ClientSession:
             return AfterWrites([node.submit(delete, False, self.replies)
                                 for node in shard.nodes], error.reply)
         return Ready(error.reply)
+
+
+# By request type, the session's method that issues it. At class level: a table of bound
+# methods in each session would make it a reference cycle, keeping a closed client's objects
+# until the cyclic GC runs.
+_DISPATCH = dict([
+    _route(Get, ClientSession._get),
+    _route(Store, ClientSession._keyed_write),
+    _route(Delete, ClientSession._keyed_write),
+    _route(Arithmetic, ClientSession._keyed_write),
+    _route(Touch, ClientSession._keyed_write),
+    _route(MetaSet, ClientSession._meta),
+    _route(MetaDelete, ClientSession._meta),
+    _route(MetaArithmetic, ClientSession._meta),
+    _route(MetaGet, ClientSession._meta),
+    _route(MetaDebug, ClientSession._meta_debug),
+    _route(MetaNoop, ClientSession._noop),
+    _route(Version, ClientSession._version),
+    _route(Stats, ClientSession._stats),
+    _route(FlushAll, ClientSession._flush_all),
+    _route(CacheMemlimit, ClientSession._cache_memlimit),
+    _route(Verbosity, ClientSession._verbosity),
+    _route(Shutdown, ClientSession._shutdown),
+    _route(Quit, ClientSession._quit),
+    _route(ProtocolError, ClientSession._protocol_error),
+])

@@ -57,6 +57,9 @@ class ProxySettings(Listening):
     advertise: str = ""              # HOST:PORT published in proxies/<id> (default: listen)
     proxy_id: str = ""               # default: <hostname>-<port>
     leader_wait_ms: int = 1500       # how long a write waits for its shard to elect a leader
+    client_buffer_bytes: int = 4 << 20   # replies one client may have buffered here
+    client_write_timeout_ms: int = 30000  # a client whose waiting replies do not leave is closed
+    max_buffered_bytes: int = 256 << 20  # all clients' buffered input and replies (per worker)
     metrics_listen: str = ""         # HOST:PORT for Prometheus GET /metrics; "" = off
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
@@ -64,7 +67,8 @@ class ProxySettings(Listening):
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
-             "max_line", "max_item_size", "workers", "leader_wait_ms")
+             "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
+             "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)
 
 
@@ -143,6 +147,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--leader-wait-ms", type=int,
                         help="how long a write waits for a leader during an election "
                              "(default 1500)")
+    parser.add_argument("--client-buffer-bytes", type=int,
+                        help="replies one client may have waiting in the proxy before it stops "
+                             "reading that client (default 4 MiB)")
+    parser.add_argument("--client-write-timeout-ms", type=int,
+                        help="a client that does not take its waiting replies for this long is "
+                             "closed (default 30000)")
+    parser.add_argument("--max-buffered-bytes", type=int,
+                        help="all clients' buffered input and replies, per worker; the client "
+                             "that would pass it gets 'SERVER_ERROR out of memory ...' and is "
+                             "closed (default 256 MiB)")
     parser.add_argument("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on "
                         "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
@@ -162,8 +176,9 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
         settings = load_topology(settings)
     overrides: dict[str, Any] = {}
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
-                 "advertise", "proxy_id", "leader_wait_ms", "metrics_listen", "log_level",
-                 "log_format"):
+                 "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
+                 "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
+                 "log_level", "log_format"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
             try:

@@ -7,6 +7,11 @@ it), or NEEDS_TASK (only `reply()`, awaited in a task, can make it: a read faili
 the next node, a write waiting for a leader or retried after a refusal). `reply()` gives the
 same bytes as a successful `poll()`. Most slots are `Filtered`: one settled `PendingReply`
 passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
+
+A multi-get (`SplitGet`) asks each distinct key once and keeps one encoded VALUE block per
+distinct key; a reply bigger than SLICE_SIZE is a `SlicedReply`, rendered a slice at a time
+as the client's socket drains (proxy/reply_stream.py), so `get k k k ...` costs the proxy
+one copy of the value, not one per repeat, while the bytes on the wire stay memcached's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,76 @@ class _Pending(enum.Enum):
 
 WAITING: Final = _Pending.WAITING
 NEEDS_TASK: Final = _Pending.NEEDS_TASK
-Poll = bytes | _Pending
+SLICE_SIZE = 256 * 1024  # bytes of a big multi-get's reply rendered at a time
+# memcached.c limited_get: an item referenced more than IT_REFCOUNT_LIMIT (60000) times is
+# answered as a miss, and a get holds a reference per repeat (on top of the item's own) until
+# its reply is written, so one get returns a key at most 59,999 times (1.6.18, measured: a
+# get of 3 keys repeated 83,333 times each returns 179,997 values).
+REPEATS_LIMIT = 59_999
+
+
+class SlicedReply:
+    """A multi-get's reply too big to render at once: one encoded VALUE block per distinct
+    key, emitted in the client's key order (repeats included, as memcached answers them) a
+    slice at a time, each rendered only once the previous one has left. The backend answers
+    big multi-gets in slices the same way (backend/server.py `_multi_get`)."""
+
+    __slots__ = ("_blocks", "_head", "_keys", "_next", "_repeats")
+
+    def __init__(self, blocks: dict[bytes, bytes], keys: list[bytes]) -> None:
+        self._blocks = blocks
+        self._keys = keys
+        self._next = 0  # the next key to render; len(keys) + 1 once END is rendered
+        # how often each key was rendered, when a key could pass memcached's limit
+        self._repeats: dict[bytes, int] | None = {} if len(keys) > REPEATS_LIMIT else None
+        self._head = self._render()  # the first slice
+
+    @property
+    def rendered(self) -> bool:
+        """Every slice, END included, has been rendered."""
+        return self._next > len(self._keys)
+
+    @property
+    def done(self) -> bool:
+        return self._next > len(self._keys) and not self._head
+
+    def next_slice(self) -> bytes:
+        """About SLICE_SIZE bytes of the reply (b"" once it is all out)."""
+        head = self._head
+        if head:
+            self._head = b""
+            return head
+        return self._render() if self._next <= len(self._keys) else b""
+
+    def _render(self) -> bytes:
+        keys = self._keys
+        blocks = self._blocks
+        repeats = self._repeats
+        out = []
+        size = 0
+        index = self._next
+        count = len(keys)
+        while index < count and size < SLICE_SIZE:
+            key = keys[index]
+            block = blocks.get(key)
+            index += 1
+            if block is not None:
+                if repeats is not None:
+                    seen = repeats.get(key, 0)
+                    if seen >= REPEATS_LIMIT:
+                        continue  # a miss, as memcached answers it
+                    repeats[key] = seen + 1
+                out.append(block)
+                size += len(block)
+        if index == count:
+            out.append(b"END\r\n")
+            index += 1
+        self._next = index
+        return b"".join(out)
+
+
+Reply = bytes | SlicedReply
+Poll = bytes | SlicedReply | _Pending
 Settled = PendingReply | _Pending
 Waiting = Literal[_Pending.WAITING]
 
@@ -56,9 +130,6 @@ def _failed(reply: PendingReply) -> bool:
         reply.events[0].kind == b"SERVER_ERROR"
 
 
-# What `Slot.poll()` says when the reply cannot be made yet: WAITING for a backend's reply
-# (its client's `reply_arrived` will be called), or NEEDS_TASK: only `reply()`, awaited in a
-
 
 class Slot:
     """One request's place in the reply order."""
@@ -67,10 +138,10 @@ class Slot:
 
     def poll(self) -> Poll:
         """The reply if it can be made now without waiting, else WAITING or NEEDS_TASK;
-        `reply()` gives the same bytes."""
+        `reply()` gives the same bytes (a big multi-get's: the same SlicedReply)."""
         return NEEDS_TASK
 
-    async def reply(self) -> bytes:
+    async def reply(self) -> Reply:
         raise NotImplementedError
 
 
@@ -367,15 +438,20 @@ class AllSayOk(Slot):
 
 
 class SplitGet(Slot):
-    """A multi-key get split per shard; values reassembled in the client's key order."""
+    """A multi-key get split per shard (each distinct key asked once); values reassembled in
+    the client's key order, a big reply in slices."""
 
-    __slots__ = ("keys", "parts")
+    __slots__ = ("distinct", "keys", "parts", "sliced")
 
-    def __init__(self, keys: list[bytes], parts: list[Settling]) -> None:
+    def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling]) -> None:
         self.keys = keys
+        self.distinct = distinct  # how many different keys `keys` names
         self.parts = parts
+        self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
 
     def poll(self) -> Poll:
+        if self.sliced is not None:
+            return self.sliced
         # The parts in order, as reply() awaits them: the first error is the answer.
         settled = []
         for part in self.parts:
@@ -387,7 +463,9 @@ class SplitGet(Slot):
             settled.append(pending)
         return self._join(settled)
 
-    async def reply(self) -> bytes:
+    async def reply(self) -> Reply:
+        if self.sliced is not None:
+            return self.sliced
         settled = []
         for part in self.parts:
             pending = await part.settle()
@@ -396,13 +474,23 @@ class SplitGet(Slot):
             settled.append(pending)
         return self._join(settled)
 
-    def _join(self, settled: list[PendingReply]) -> bytes:
-        found: dict[bytes, Value] = {}
+    def _join(self, settled: list[PendingReply]) -> Reply:
+        blocks: dict[bytes, bytes] = {}
+        size = 0
         for pending in settled:
             for event in pending.events:
                 if type(event) is Value:
-                    found[event.key] = event
-        return b"".join([found[k].encode() for k in self.keys if k in found]) + b"END\r\n"
+                    block = blocks[event.key] = event.encode()
+                    size += len(block)
+        keys = self.keys
+        if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
+            return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
+        reply = SlicedReply(blocks, keys)
+        if reply.rendered:
+            return reply.next_slice()
+        self.parts = []  # the encoded blocks are all the rest needs: let the replies go
+        self.sliced = reply
+        return reply
 
 
 def _incomplete(pending: PendingReply) -> bool:

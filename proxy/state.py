@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.router import ShardRouter
 from memring.proxy.settings import ProxySettings
@@ -18,11 +19,13 @@ from memring.proxy.stats import ProxyStats
 
 @dataclass
 class ProxyState:
-    """What every session reads: settings, the current router (swapped whole), stats."""
+    """What every session reads: settings, the current router (swapped whole), stats, and
+    the proxy-wide budget of buffered client data."""
 
     settings: ProxySettings
     router: ShardRouter
     stats: ProxyStats
+    buffers: BufferBudget
     pools_by_address: dict[str, NodePool] = field(default_factory=dict)
     # set (and replaced) on every topology swap: writes waiting for a leader wake on it
     topology_changed: trio.Event = field(default_factory=trio.Event)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from memring.netio.connection_server import ConnectionCounters
+from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
 
 MEMRING_VERSION = "0.1.0"
@@ -41,7 +42,8 @@ class ProxyStats:
     def latency_count(self) -> int:
         return sum(self.latency_buckets)
 
-    def reply(self, args: list[bytes], pools: Iterable[NodePool]) -> bytes:
+    def reply(self, args: list[bytes], pools: Iterable[NodePool],
+              buffers: BufferBudget | None = None) -> bytes:
         if args == [b"reset"]:
             self.commands.clear()
             self.errors = self.client_errors = 0
@@ -50,14 +52,15 @@ class ProxyStats:
             return b"RESET\r\n"
         if args and args != [b"proxy"]:
             return b"ERROR\r\n"
-        return self._lines(self.general(pools))
+        return self._lines(self.general(pools, buffers))
 
     @staticmethod
     def _lines(pairs: list[tuple[str, object]]) -> bytes:
         return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
                         for k, v in pairs) + b"END\r\n"
 
-    def general(self, pools: Iterable[NodePool]) -> list[tuple[str, object]]:
+    def general(self, pools: Iterable[NodePool], buffers: BufferBudget | None = None
+                ) -> list[tuple[str, object]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         now = time.time()
         pairs: list[tuple[str, object]] = [
@@ -76,6 +79,11 @@ class ProxyStats:
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
         ]
+        if buffers is not None:  # client data held: partial requests, replies waiting
+            pairs += [("buffered_bytes", buffers.used),
+                      ("buffered_bytes_peak", buffers.peak),
+                      ("max_buffered_bytes", buffers.limit),
+                      ("buffer_refusals", buffers.refusals)]
         pairs += [(f"cmd_{name}", count) for name, count in sorted(self.commands.items())]
         pairs.append(("request_latency_us_count", self.latency_count))
         pairs.append(("request_latency_us_sum", f"{self.latency_sum * 1e6:.0f}"))
