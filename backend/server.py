@@ -30,6 +30,7 @@ from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
+from memring.protocol.sizes import limit_repeats
 
 log = logging.getLogger("memring.backend")
 
@@ -157,7 +158,7 @@ class BackendServer:
         """A get of many keys, answered a slice at a time so big replies stream."""
         if request.touches and self.handler.refuse_write(request, out):
             return  # gat/gats change items: only a leader may
-        keys = request.keys
+        keys = limit_repeats(request.keys)  # as memcached, a key at most 59,999 times
         recorder = self.handler.recorder if request.touches else None
         for start in range(0, len(keys), GET_SLICE):
             self.handler.values(request, keys[start: start + GET_SLICE], out)

@@ -4,6 +4,25 @@ from __future__ import annotations
 
 KEY_MAX_LENGTH = 250
 
+# memcached.c limited_get: an item referenced more than IT_REFCOUNT_LIMIT (60000) times is
+# answered as a miss, and a get holds a reference per repeat (on top of the item's own) until
+# its reply is written, so one get returns a key at most 59,999 times (1.6.18, measured: a
+# get of 3 keys repeated 83,333 times each returns 179,997 values).
+GET_REPEATS_LIMIT = 59_999
+
+
+def limit_repeats(keys: list[bytes]) -> list[bytes]:
+    """`keys` of one get without the repeats past GET_REPEATS_LIMIT, which memcached omits."""
+    if len(keys) <= GET_REPEATS_LIMIT:
+        return keys
+    seen: dict[bytes, int] = {}
+    kept = []
+    for key in keys:
+        count = seen[key] = seen.get(key, 0) + 1
+        if count <= GET_REPEATS_LIMIT:
+            kept.append(key)
+    return kept
+
 # 64-bit build with CAS: a 48-byte item header plus the 8-byte CAS field.
 _ITEM_HEADER = 48 + 8
 

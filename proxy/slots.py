@@ -23,6 +23,7 @@ from typing import Final, Literal
 import trio
 
 from memring.protocol.responses import End, ErrorReply, Value
+from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
 from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.pool import NodePool
@@ -43,11 +44,6 @@ class _Pending(enum.Enum):
 WAITING: Final = _Pending.WAITING
 NEEDS_TASK: Final = _Pending.NEEDS_TASK
 SLICE_SIZE = 256 * 1024  # bytes of a big multi-get's reply rendered at a time
-# memcached.c limited_get: an item referenced more than IT_REFCOUNT_LIMIT (60000) times is
-# answered as a miss, and a get holds a reference per repeat (on top of the item's own) until
-# its reply is written, so one get returns a key at most 59,999 times (1.6.18, measured: a
-# get of 3 keys repeated 83,333 times each returns 179,997 values).
-REPEATS_LIMIT = 59_999
 
 
 class SlicedReply:
@@ -63,7 +59,7 @@ class SlicedReply:
         self._keys = keys
         self._next = 0  # the next key to render; len(keys) + 1 once END is rendered
         # how often each key was rendered, when a key could pass memcached's limit
-        self._repeats: dict[bytes, int] | None = {} if len(keys) > REPEATS_LIMIT else None
+        self._repeats: dict[bytes, int] | None = {} if len(keys) > GET_REPEATS_LIMIT else None
         self._head = self._render()  # the first slice
 
     @property
@@ -98,7 +94,7 @@ class SlicedReply:
             if block is not None:
                 if repeats is not None:
                     seen = repeats.get(key, 0)
-                    if seen >= REPEATS_LIMIT:
+                    if seen >= GET_REPEATS_LIMIT:
                         continue  # a miss, as memcached answers it
                     repeats[key] = seen + 1
                 out.append(block)

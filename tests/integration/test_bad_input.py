@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import bad_input_cases as cases
-from tests.helpers import servers
+from tests.helpers import servers, wire
 from tests.helpers.wire import (
     CHUNK,
     SENTINEL,
@@ -106,6 +106,21 @@ def test_binary_garbage_matches_memcached(running: dict[str, servers.RunningServ
     assert not memcached.timed_out and not memcached.closed, memcached
     assert (backend.closed, backend.reply) == (memcached.closed, memcached.reply), (
         first_difference(memcached.reply, backend.reply, blob))
+
+
+def test_a_key_repeated_past_memcacheds_limit_in_one_get(
+        running: dict[str, servers.RunningServer]) -> None:
+    """memcached returns a key at most 59,999 times in one get (limited_get's refcount
+    limit); the rest of the repeats are misses. The backend answers the same bytes."""
+    line = b"get " + b" ".join([b"r1", b"r2"] * 65_000) + b"\r\n"
+    replies = {}
+    for kind in KINDS:
+        server = running[kind]
+        wire.store(server, {b"r1": b"one", b"r2": b"two"})
+        ex = converse(server, [line + SENTINEL], until=SENTINEL_REPLY, timeout=20)
+        replies[kind] = ex.reply
+    assert replies["memcached"].count(b"VALUE r1 ") == 59_999
+    assert replies["backend"] == replies["memcached"]
 
 
 # --- connection limit ----------------------------------------------------------------------------
