@@ -65,11 +65,13 @@ class GrammarOptions:
     flush_all: bool = True
     mutation_rate: float = 0.2
     hostile_key_rate: float = 0.06
-    q_like_rate: float = 0.02  # q-like meta tokens cost a proxy timeout while that bug is open
+    q_like_rate: float = 0.005  # q-like meta tokens cost a proxy timeout while that bug is open
     large_value_rate: float = 0.004
     stuck_rate: float = 0.003  # a data block longer than what follows it (the case ends idle)
     max_commands: int = 8
 
+
+DEFAULT_OPTIONS = GrammarOptions()
 
 @dataclass(frozen=True)
 class FuzzCase:
@@ -102,7 +104,7 @@ def case_prefix(number: int) -> bytes:
 
 
 def generate_case(seed: int, index: int, prefix: bytes,
-                  options: GrammarOptions = GrammarOptions()) -> FuzzCase:
+                  options: GrammarOptions = DEFAULT_OPTIONS) -> FuzzCase:
     """Case `index` of the run seeded `seed`, its keys under `prefix`."""
     assert len(prefix) == PREFIX_LENGTH, prefix
     rng = random.Random(f"{seed}:{index}")
@@ -111,7 +113,7 @@ def generate_case(seed: int, index: int, prefix: bytes,
 
 
 def regenerate(case: FuzzCase, prefix: bytes, dropped: frozenset[int],
-               options: GrammarOptions = GrammarOptions()) -> FuzzCase:
+               options: GrammarOptions = DEFAULT_OPTIONS) -> FuzzCase:
     """The same case under another prefix, with the commands at `dropped` left out."""
     fresh = generate_case(case.seed, case.index, prefix, options)
     kept = tuple(c for i, c in enumerate(fresh.commands) if i not in dropped)
@@ -411,7 +413,7 @@ class _Grammar:
         if letter == "F":
             return flag + self.pick((b"0", b"7", b"4294967295", b"4294967296", b"-1", b"x"))
         if letter in "CE":
-            return flag + self.pick(UNREACHABLE_CAS[:2] + (b"abc", b""))
+            return flag + self.pick((*UNREACHABLE_CAS[:2], b"abc", b""))
         if letter in "JD":
             return flag + self.pick((b"0", b"1", b"13", b"18446744073709551615",
                                      b"18446744073709551616", b"-1", b"x", b""))
