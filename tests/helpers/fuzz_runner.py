@@ -50,6 +50,7 @@ MAX_REPLY = 8 << 20
 MEMORY_MB = "1024"  # large enough that no run evicts, so no server's eviction order matters
 RESYNC_EVERY = 1000  # cases between flush_all on every server (differential mode)
 SHRINK_RUNS = 40  # re-runs one shrink may spend
+SHRINK_SECONDS = 4.0  # ... and time (a case that desynchronises a proxy costs 1 s a run)
 
 
 @dataclass(frozen=True)
@@ -322,12 +323,13 @@ class DifferentialRunner:
     """Runs cases against the oracle and every target; see the module docstring."""
 
     def __init__(self, fuzz: FuzzServers, seed: int, options: GrammarOptions = DEFAULT_OPTIONS,
-                 max_findings: int = 20, drop_open_bugs: bool = False) -> None:
+                 max_findings: int = 20,
+                 drop: tuple[known.CommandDifference, ...] = ()) -> None:
         self.fuzz = fuzz
         self.seed = seed
         self.options = options
         self.max_findings = max_findings
-        self.drop_open_bugs = drop_open_bugs
+        self.drop = drop  # commands these name are left out of every case
         self.report = DifferentialReport()
         self._prefixes = 0
         self._seen: set[tuple[str, tuple[bytes, ...]]] = set()
@@ -347,8 +349,8 @@ class DifferentialRunner:
             if index and index % RESYNC_EVERY == 0:
                 self.fuzz.flush(self.fuzz.all_names())
             case = generate_case(self.seed, index, self.fresh_prefix(), self.options)
-            if self.drop_open_bugs:
-                case = self.without(case, known.OPEN_BUGS)
+            if self.drop:
+                case = self.without(case, self.drop)
             self.check(case)
             report.cases += 1
             if progress is not None:
@@ -455,6 +457,9 @@ class DifferentialRunner:
     def undocumented(self, original: FuzzCase, case: FuzzCase, target: str, oracle: Outcome,
                      got: Outcome) -> None:
         report = self.report
+        if len(report.undocumented) >= self.max_findings:
+            report.undocumented_count[target] += 1  # counted, no longer re-run or shrunk
+            return
         again = self.differs(self.reprefix(case, frozenset()), target)
         if again is None:
             if len(report.flaky) < self.max_findings:
@@ -474,8 +479,10 @@ class DifferentialRunner:
                ) -> tuple[FuzzCase, Outcome, Outcome]:
         """Drop commands one at a time (last first) while the difference persists."""
         budget = SHRINK_RUNS
+        end = time.monotonic() + SHRINK_SECONDS
         position = len(case.commands) - 1
-        while position >= 0 and budget > 0 and len(case.commands) > 1:
+        while position >= 0 and budget > 0 and len(case.commands) > 1 and \
+                time.monotonic() < end:
             budget -= 1
             trial = self.reprefix(case, frozenset({position}))
             still = self.differs(trial, target)
@@ -598,6 +605,7 @@ class Victim(threading.Thread):
                 self.report.victim_replies += count
             if reply != expected:
                 self.record_wrong(requests, expected, reply)
+            time.sleep(0.001)  # leave the hostile cases some of the CPU
 
     def foreign(self, reply: bytes) -> bool:
         """Does `reply` carry what belongs to another client: a reply no set or get gives, a
@@ -643,12 +651,16 @@ class Victim(threading.Thread):
 class IsolationRunner:
     """Hostile cases through both proxies while victims check their own replies."""
 
+    runs = 0  # victims of each run get their own key names
+
     def __init__(self, fuzz: FuzzServers, seed: int, victims_per_proxy: int = 2,
-                 drop_open_bugs: bool = False) -> None:
+                 drop: tuple[known.CommandDifference, ...] = ()) -> None:
         self.fuzz = fuzz
         self.seed = seed
         self.victims_per_proxy = victims_per_proxy
-        self.drop_open_bugs = drop_open_bugs
+        self.drop = drop  # commands these name are left out of every hostile case
+        IsolationRunner.runs += 1
+        self.run_number = IsolationRunner.runs
         self.options = GrammarOptions(flush_all=False)
         self.report = IsolationReport()
 
@@ -657,7 +669,8 @@ class IsolationRunner:
         report = self.report
         lock, stop = threading.Lock(), threading.Event()
         proxies = [n for n in self.fuzz.targets if n in known.PROXIES]
-        victims = [Victim(f"{n[6:]}{i}", self.fuzz.address(n), self.seed * 100 + j,
+        victims = [Victim(f"{n[6:]}{i}r{self.run_number}", self.fuzz.address(n),
+                          self.seed * 100 + j,
                           report, lock, stop, lambda: report.cases)
                    for j, (n, i) in enumerate((n, i) for n in proxies
                                               for i in range(self.victims_per_proxy))]
@@ -671,8 +684,8 @@ class IsolationRunner:
                 if elapsed > max_seconds:
                     break
                 case = generate_case(self.seed, index, differential.fresh_prefix(), self.options)
-                if self.drop_open_bugs:
-                    case = differential.without(case, known.OPEN_BUGS)
+                if self.drop:
+                    case = differential.without(case, self.drop)
                 if any(known.matching(known.OPEN_BUGS, t, case.commands) for t in proxies):
                     report.trigger_cases.append(index)
                 request, reply = sentinel(case.prefix)
