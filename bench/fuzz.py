@@ -42,9 +42,16 @@ class ProgressLine:
                   f"{rate:.0f} cases/s", file=sys.stderr, flush=True)
 
 
+def left_out(args: argparse.Namespace) -> tuple[fuzz_differences.CommandDifference, ...]:
+    tables = {"open-bugs": fuzz_differences.OPEN_BUGS, "reported": fuzz_differences.REPORTED,
+              "both": fuzz_differences.OPEN_BUGS + fuzz_differences.REPORTED}
+    return tables[args.leave_out] if args.leave_out else ()
+
+
 def run_differential(fuzz: fuzz_runner.FuzzServers, args: argparse.Namespace,
                      budget: float) -> bool:
-    runner = fuzz_runner.DifferentialRunner(fuzz, args.seed, max_findings=args.max_findings)
+    runner = fuzz_runner.DifferentialRunner(fuzz, args.seed, max_findings=args.max_findings,
+                                            drop=left_out(args))
     report = runner.run(args.cases, budget, ProgressLine("differential", args.cases, budget))
     print("\n".join(report.lines()))
     shown = {**report.open_bug_examples, **report.reported_examples}
@@ -59,7 +66,7 @@ def run_differential(fuzz: fuzz_runner.FuzzServers, args: argparse.Namespace,
 
 def run_isolation(fuzz: fuzz_runner.FuzzServers, args: argparse.Namespace,
                   budget: float) -> bool:
-    runner = fuzz_runner.IsolationRunner(fuzz, args.seed, args.victims)
+    runner = fuzz_runner.IsolationRunner(fuzz, args.seed, args.victims, drop=left_out(args))
     report = runner.run(args.cases, budget, ProgressLine("isolation", args.cases, budget))
     print("\n".join(report.lines()))
     for example in report.examples:
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=2, help="shards behind each proxy")
     parser.add_argument("--max-findings", type=int, default=30,
                         help="distinct undocumented differences shrunk and printed")
+    parser.add_argument("--leave-out", choices=("open-bugs", "reported", "both"),
+                        help="leave the commands of these known causes out of every case")
     parser.add_argument("--causes", action="store_true", help="list the known causes and exit")
     args = parser.parse_args(argv)
     if args.causes:
