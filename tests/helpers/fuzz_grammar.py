@@ -143,8 +143,8 @@ class _Grammar:
         roll = rng.random()
         if roll < 0.85:
             return self.pick(self.names)
-        if roll < 0.90:  # control and binary bytes inside a key (no space, no LF)
-            body = bytes(rng.choice([0, 1, 9, 13, 0x7F, 0x80, 0xFF, 0x41]) for _ in range(3))
+        if roll < 0.90:  # control and binary bytes inside a key (no space, no LF; NUL: mutate)
+            body = bytes(rng.choice([1, 9, 13, 0x7F, 0x80, 0xFF, 0x41]) for _ in range(3))
             return self.prefix + b"x" + body
         if roll < 0.93:
             return self.prefix + b"k" * (250 - PREFIX_LENGTH)  # the longest key
