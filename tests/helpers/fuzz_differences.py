@@ -122,6 +122,11 @@ REPLY_NORMALIZERS: tuple[ReplyNormalizer, ...] = (
         "moves a counter for the rest of the run; their equality pattern is still compared",
         ALL, canonical_cas),
 )
+# When memcached's sentinel never came back (a data block longer than the rest of the case,
+# or one being swallowed), memcached also holds back the replies of that read batch, which
+# memring sends at once: then memcached's reply need only be a prefix of the target's.
+HELD_REPLIES = ("held_replies", "memcached sends no reply of a read batch while it waits for "
+                "(or swallows) the rest of a data block; memring sends them at once")
 # Timing is applied to the pair (it copies memcached's value into the target's reply).
 TIMING = ("timing", "TTLs and last-access ages (t, l, exp=, la=) may differ by the 1 s tick "
           "of two independent clocks")
@@ -310,5 +315,6 @@ def reasons() -> dict[str, str]:
     """Every documented cause and open bug by name, for reports."""
     table = {n.name: n.reason for n in REPLY_NORMALIZERS}
     table[TIMING[0]] = TIMING[1]
+    table[HELD_REPLIES[0]] = HELD_REPLIES[1]
     table.update({d.name: d.reason for d in COMMAND_DIFFERENCES + OPEN_BUGS + REPORTED})
     return table
