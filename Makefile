@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
 
-.PHONY: run test lint unit bench hostile failover debian-deps venv clean
+.PHONY: run test lint unit bench hostile failover fuzz debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,13 @@ failover: venv debian-deps
 	$(BIN)/python bench/failover.py --fault kill
 	$(BIN)/python bench/failover.py --fault stop
 	$(BIN)/python bench/rolling_restart.py
+
+# The fuzzer: 100,000 grammar-made cases against memcached, differential then isolation
+# (stops by itself after FUZZ_SECONDS). FUZZ_ARGS adds flags, e.g. FUZZ_ARGS="--seed 7".
+FUZZ_CASES ?= 100000
+FUZZ_SECONDS ?= 1800
+fuzz: venv debian-deps
+	$(BIN)/python bench/fuzz.py --cases $(FUZZ_CASES) --max-seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
