@@ -230,7 +230,7 @@ class MetaCommands:
         store = self.store
         flags = request.flags
         key = request.key
-        incr = flags.mode in (0, 0x49, 0x69, 0x2B)  # I i +
+        incr = flags.mode in (0, 0x49, 0x2B)  # I +
         outcome, value, item = store.arithmetic(key, incr, flags.delta, flags.cas or 0)
         created = False
         if outcome is Outcome.NON_NUMERIC:

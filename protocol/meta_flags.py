@@ -46,7 +46,8 @@ def decode_key(token: bytes) -> bytes | None:
     return key or None
 
 
-def parse_meta_flags(tokens: list[bytes], start: int) -> tuple[MetaFlags, bytes | None]:
+def parse_meta_flags(tokens: list[bytes], start: int, *, allow_x: bool = False
+                     ) -> tuple[MetaFlags, bytes | None]:
     """Parse tokens[start:] into MetaFlags, and the error message memcached would give.
 
     Raises MetaFlagError for duplicate or unknown flags (the scan stops there);
@@ -64,6 +65,8 @@ def parse_meta_flags(tokens: list[bytes], start: int) -> tuple[MetaFlags, bytes 
         seen.add(code)
         flag = chr(code)
         rest = token[1:]
+        if flag == "x" and not allow_x:  # md's, from a later release: unknown elsewhere
+            raise MetaFlagError(INVALID_FLAG)
         if flag in _NO_TOKEN_FLAGS:
             if flag == "O":
                 flags.opaque = token

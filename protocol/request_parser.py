@@ -177,6 +177,9 @@ class RequestParser:
         return ProtocolError(reply, close=True)
 
     def _line(self, line: bytes) -> Request | None:
+        nul = line.find(b"\x00")
+        if nul >= 0:
+            line = line[:nul]  # memcached tokenizes a line up to its first NUL (strlen)
         tokens = line.split(b" ")
         if b"" in tokens:
             tokens = [t for t in tokens if t]
@@ -346,7 +349,7 @@ class RequestParser:
                                  b"CLIENT_ERROR options flags too long\r\n")
         start = 3 if tokens[0] == b"ms" else 2
         try:
-            flags, error = parse_meta_flags(tokens, start)
+            flags, error = parse_meta_flags(tokens, start, allow_x=tokens[0] == b"md")
         except MetaFlagError as exc:
             error = exc.message
             flags = MetaFlags()
@@ -387,7 +390,7 @@ class RequestParser:
         parsed = self._meta_key(tokens, generic_errors=True)
         if isinstance(parsed, ProtocolError):
             return parsed
-        if parsed[1].mode not in (0, *b"Ii+Dd-"):
+        if parsed[1].mode not in (0, *b"I+D-"):  # 1.6.18: no lowercase (fuzzer, `ma k Mi`)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ma M token\r\n")
         return MetaArithmetic(*parsed)
 

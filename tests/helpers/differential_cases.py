@@ -181,6 +181,12 @@ CASES: list[Case] = [
     case("flush_all_errors", b"flush_all abc\r\nflush_all abc noreply\r\n"
          b"flush_all 1 noreply x\r\n"),
     case("version", b"version\r\n"),
+    # found by the fuzzer: x is md's flag only; ma's modes are upper case in 1.6.18
+    case("meta_x_flag_and_lowercase_mode", b"mg k x\r\nma k x\r\nma k Mi\r\nma k Md\r\n"
+         b"ma k MI N0 J1\r\n"),
+    # memcached tokenizes a line up to its first NUL (found by the fuzzer)
+    case("nul_ends_the_command_line", b"add k 0 \x00 6\r\nagcjjg\r\nincr k\x00 x\r\n"
+         b"get a\x00b\r\n\x00abc\r\n"),
     case("verbosity", b"verbosity 1\r\nverbosity 1 noreply\r\nverbosity\r\nverbosity abc\r\n"
          b"verbosity 1 2 3\r\n"),
     # through the proxy cache_memlimit is refused (tests/integration/test_proxy_admin.py)
