@@ -20,7 +20,6 @@ import atexit
 import collections
 import contextlib
 import os
-import re
 import socket
 import sys
 import threading
@@ -34,6 +33,7 @@ import pytest
 
 from tests.helpers import servers
 from tests.helpers.differential_cases import CASES, Case, set_
+from tests.helpers.fuzz_differences import reconcile_timing  # one copy: the fuzzer uses it too
 
 pytestmark = pytest.mark.compat
 
@@ -232,22 +232,6 @@ def target_factory(name: str = "backend") -> ServerFactory:
 
 def backend_present() -> bool:
     return (REPO / "backend" / "__main__.py").exists()
-
-
-_TIMED = re.compile(rb"( t| exp=| la=)(-?\d+)")
-
-
-def reconcile_timing(expected: bytes, actual: bytes) -> bytes:
-    """Copy TTL-like numbers from `expected` into `actual` where they differ by at most 1 s."""
-    want = list(_TIMED.finditer(expected))
-    got = list(_TIMED.finditer(actual))
-    if len(want) != len(got):
-        return actual
-    for w, g in zip(want, got, strict=True):
-        if w.group(1) != g.group(1) or abs(int(w.group(2)) - int(g.group(2))) > 1:
-            return actual
-    values = iter(w.group(2) for w in want)
-    return _TIMED.sub(lambda m: m.group(1) + next(values), actual)
 
 
 def differential(case: Case, factory: ServerFactory | None = None) -> tuple[Exchange, Exchange]:
