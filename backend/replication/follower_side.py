@@ -8,8 +8,15 @@ up and starts over (capped backoff) when the connection drops, the leader change
 answers ERROR, or a message does not follow (a gap or an older epoch: it says so with ERROR
 and asks again from its position, and the leader falls back to a snapshot if it must). A
 snapshot cut off half-way leaves a partial store: it is emptied and the follower asks again
-from the origin. When this node is promoted the task stops applying at once. All it knows
-of the node is its `ports.FollowerSideHost`.
+from the origin. When this node is promoted the task stops applying at once.
+
+HELLO names this node's incarnation (node id + lease), which the leader writes into the ISR.
+A node that lost its etcd session and opened a new one (a new lease) is a new incarnation even
+though its peer connection may have survived (a freeze past the TTL): it hangs up and says
+HELLO again at once with the new lease, from its position (the leader's backlog, no snapshot),
+so the leader drops the old incarnation from the ISR and adds the new one once caught up.
+A session merely lost (lease 0 until the next one) or resumed under the same lease changes
+nothing. All it knows of the node is its `ports.FollowerSideHost`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import trio
 from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
 from memring.backend.replication.mutation_log import ReplicationGap
 from memring.backend.replication.ports import FollowerSideHost
+from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.settings import SettingsError, split_address
 from memring.protocol.replication import (
@@ -55,7 +63,9 @@ async def follow_leader(host: FollowerSideHost) -> None:
         target = await _leader(host)
         before = counters.applied
         try:
-            await _session(host, target)
+            if await _session(host, target):
+                backoff, failures = BACKOFF_FIRST, 0
+                continue  # a new incarnation: introduce it to the leader at once
         except* (OSError, trio.TooSlowError, SettingsError) as group:
             failures += 1
             if failures == 1 or failures % 50 == 0:
@@ -78,34 +88,49 @@ async def _leader(host: FollowerSideHost) -> tuple[str, int]:
             await host.next_role_change()
 
 
-async def _session(host: FollowerSideHost, target: tuple[str, int]) -> None:
+async def _session(host: FollowerSideHost, target: tuple[str, int]) -> bool:
+    """One connection to the leader; True when it ended because this node is a new
+    incarnation, which must say HELLO again."""
     peer_host, peer_port = split_address(target[0])
     with trio.fail_after(CONNECT_TIMEOUT):
         sock = await nonblocking.connect(peer_host, peer_port)
+    me = host.incarnation()  # as HELLO will name it
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, host, target, nursery.cancel_scope)
-            await _receive(host, sock)
+            nursery.start_soon(_watch, host, target, me, nursery.cancel_scope)
+            await _receive(host, sock, me)
             nursery.cancel_scope.cancel()
     finally:
         nonblocking.close(sock)
+    return _reborn(host, me)
 
 
-async def _watch(host: FollowerSideHost, target: tuple[str, int],
+def _reborn(host: FollowerSideHost, introduced: Incarnation) -> bool:
+    """This node holds a lease other than the one its HELLO named (lease 0, between two
+    sessions, is not an incarnation to announce: wait for the next lease)."""
+    current = host.incarnation()
+    return current.lease_id != 0 and current != introduced
+
+
+async def _watch(host: FollowerSideHost, target: tuple[str, int], introduced: Incarnation,
                  scope: trio.CancelScope) -> None:
-    """Hang up when this node leads or another node (or epoch) does."""
+    """Hang up when this node leads or another node (or epoch) does, or when this node is
+    a new incarnation (a new session's lease) that the leader must hear of."""
     while not host.leading and host.leader_peer() == target:
+        if _reborn(host, introduced):
+            log.info("new incarnation (lease %x, was %x): saying HELLO to the leader again",
+                     host.incarnation().lease_id, introduced.lease_id)
+            break
         with trio.move_on_after(WATCH_INTERVAL):
             await host.next_role_change()
     scope.cancel()
 
 
-async def _receive(host: FollowerSideHost, sock: socket.socket) -> None:
+async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation) -> None:
     """Apply the leader's stream until it ends (counting in `counters.applied`)."""
     state: FollowerState = host.follower
     if state.in_snapshot:  # cut off inside a snapshot: a partial store
         state = host.start_over()
-    me = host.incarnation()
     await nonblocking.send_all(sock, encode(Hello(me.node_id, me.lease_id, state.position)))
     counters = host.counters
     parser = ReplicationParser()

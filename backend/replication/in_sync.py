@@ -15,7 +15,12 @@ may win an election) is in `waiting`, or is this leader. So
 
 A follower is dropped when its connection is gone, or when it lags past the bound: the oldest
 mutation it has not acknowledged is older than `max_lag` seconds, or more than
-`max_lag_bytes` of mutations wait for it. A new leader starts from the ISR it was elected
+`max_lag_bytes` of mutations wait for it. It is also dropped when the incarnation waited for
+is no longer the node's current one (`current`: the lease of its `nodes/` key in the leader's
+view), either because the node said HELLO again with a new lease (its session was lost and
+re-opened, the follower side reconnects for that) or because its lease is gone: an
+incarnation that can no longer campaign must not stand in the ISR for the node. Only a link
+whose incarnation is current is added, so an old incarnation is never written back. A new leader starts from the ISR it was elected
 with; members not connected are dropped on the first check (the old leader, typically),
 followers that reconnect caught up are added back within a check or two.
 
@@ -45,6 +50,7 @@ CHECK_INTERVAL = 0.02  # how often the leader looks at its followers' lag
 MAX_COMMITS = 1 << 17  # commit-time samples kept for lag measurement
 
 IsrWriter = Callable[[set[Incarnation]], Awaitable[object]]
+IsCurrent = Callable[[Incarnation], bool]
 
 
 @dataclass(slots=True)
@@ -68,8 +74,10 @@ class InSyncReplicas:
     """One leader epoch's view of its followers: acks, lag, the ISR and the writes waiting."""
 
     def __init__(self, *, max_lag: float, max_lag_bytes: int,
-                 lease_valid: Callable[[], bool] = lambda: True) -> None:
+                 lease_valid: Callable[[], bool] = lambda: True,
+                 current: IsCurrent = lambda incarnation: True) -> None:
         self.max_lag = max_lag
+        self.current = current  # is this incarnation its node's live one (else never added)
         self.lease_valid = lease_valid  # checked when a write is released, not later
         self.max_lag_bytes = max_lag_bytes
         self.links: dict[str, FollowerLink] = {}  # node id -> connected follower
@@ -209,9 +217,10 @@ class InSyncReplicas:
     async def _check(self, me: Incarnation,
                      write_isr: IsrWriter) -> None:
         links = self.links
+        current = self.current
         dropped = {node_id for node_id, member in self.waiting.items()
                    if (link := links.get(node_id)) is None or link.incarnation != member
-                   or self.too_far_behind(link)}
+                   or not current(member) or self.too_far_behind(link)}
         for node_id in dropped & self.adding.keys():  # never reached etcd: local only
             del self.adding[node_id]
             del self.waiting[node_id]
@@ -223,16 +232,19 @@ class InSyncReplicas:
                 for node_id in dropped:
                     member = self.waiting.pop(node_id)
                     log.warning("ISR: dropped %s (lease %x): %s", node_id, member.lease_id,
-                                "lagging" if node_id in links else "disconnected")
+                                self._why(member))
                 self.shrinks += 1
                 self._advance()
         for node_id, link in links.items():  # followers close enough: start waiting for them
-            if node_id not in self.waiting and not self.too_far_behind(link):
+            if node_id not in self.waiting and not self.too_far_behind(link) \
+                    and current(link.incarnation):
                 self.waiting[node_id] = link.incarnation
                 self.adding[node_id] = self.newest
                 self._advance()
         ready = {node_id for node_id, position in self.adding.items()
-                 if (link := links.get(node_id)) is not None and link.acked >= position}
+                 if (link := links.get(node_id)) is not None and link.acked >= position
+                 and link.incarnation == self.waiting[node_id]
+                 and current(self.waiting[node_id])}
         if ready:
             members = self.committed_isr | {self.waiting[n] for n in ready} | {me}
             if await self._write(write_isr, members):
@@ -240,6 +252,16 @@ class InSyncReplicas:
                     del self.adding[node_id]
                     log.info("ISR: added %s", node_id)
                 self.expansions += 1
+
+    def _why(self, member: Incarnation) -> str:
+        link = self.links.get(member.node_id)
+        if link is None:
+            return "disconnected"
+        if link.incarnation != member:
+            return f"reconnected as lease {link.incarnation.lease_id:x}"
+        if not self.current(member):
+            return "its lease is gone"
+        return "lagging"
 
     async def _write(self, write_isr: IsrWriter,
                      members: set[Incarnation]) -> bool:

@@ -108,7 +108,8 @@ class Replicator:
         assert leadership is not None, "ClusterMember sets its leadership before telling us"
         insync = InSyncReplicas(max_lag=self.settings.max_lag_ms / 1000,
                                 max_lag_bytes=self.settings.max_lag_bytes,
-                                lease_valid=self.member.holds_lease)
+                                lease_valid=self.member.holds_lease,
+                                current=self._is_current)
         insync.newest = insync.watermark = self.log.newest
         insync.start(set(leadership.isr) or self._view_isr(),
                      Incarnation(leadership.node_id, leadership.lease_id))
@@ -144,6 +145,13 @@ class Replicator:
         if sync != self.sync:
             self.sync = sync
             log.info("replication mode now %s (cluster config)", self.mode)
+
+    def _is_current(self, incarnation: Incarnation) -> bool:
+        """The node's `nodes/` key is bound to this incarnation's lease in the newest view
+        (an older incarnation, or a node whose lease is gone, never enters the ISR)."""
+        view = self.member.view
+        return view is not None and incarnation.lease_id != 0 and \
+            view.lease_of(view.keyspace.node(incarnation.node_id)) == incarnation.lease_id
 
     def _view_isr(self) -> set[Incarnation]:
         view = self.member.view

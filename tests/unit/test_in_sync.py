@@ -130,3 +130,48 @@ async def test_stepping_down_or_a_lost_lease_acknowledges_nothing() -> None:
         await trio.testing.wait_all_tasks_blocked()
         insync.fail_all()  # then the node stepped down
     assert results == [False, False]
+
+
+async def test_a_follower_with_a_new_lease_replaces_its_old_incarnation() -> None:
+    """Issue 12: a follower that lost its session says HELLO again with a new lease over a new
+    connection; the old incarnation leaves etcd first, the new one joins once caught up, and
+    the old one is never written back (it is no longer the node's current incarnation)."""
+    etcd = EtcdIsr()
+    n2_new = Incarnation("n2", 22)
+    live = {"n1": 1, "n2": 2}
+
+    def current(incarnation: Incarnation) -> bool:
+        return live.get(incarnation.node_id) == incarnation.lease_id
+
+    insync = InSyncReplicas(max_lag=0.5, max_lag_bytes=1 << 20, current=current)
+    insync.newest = insync.watermark = Position(5, 0)
+    insync.start({ME, N2}, ME)
+    insync.connected("n2", N2, Position(5, 0), snapshotting=False)
+    await insync._check(ME, etcd)
+    assert etcd.writes == [] and insync.waiting == {"n2": N2}
+
+    live["n2"] = 22  # new session; the old connection still stands, naming lease 2
+    await insync._check(ME, etcd)
+    assert etcd.writes == [{ME}] and insync.waiting == {}  # the old lease: dropped, etcd first
+    await insync._check(ME, etcd)
+    assert etcd.writes == [{ME}]  # never written back
+
+    insync.committed(Position(5, 1), 10)
+    insync.connected("n2", n2_new, Position(5, 0), snapshotting=False)  # HELLO, new lease
+    await insync._check(ME, etcd)
+    assert insync.waiting == {"n2": n2_new} and etcd.writes == [{ME}]  # waited for first
+    insync.acked("n2", Position(5, 1))
+    await insync._check(ME, etcd)
+    assert etcd.writes == [{ME}, {ME, n2_new}] and insync.committed_isr == {ME, n2_new}
+
+
+async def test_a_hello_naming_a_lease_that_is_not_current_is_never_added() -> None:
+    etcd = EtcdIsr()
+    insync = InSyncReplicas(max_lag=0.5, max_lag_bytes=1 << 20,
+                            current=lambda incarnation: incarnation.lease_id != 2)
+    insync.newest = insync.watermark = Position(5, 0)
+    insync.start({ME}, ME)
+    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # an old connection's HELLO
+    await insync._check(ME, etcd)
+    await insync._check(ME, etcd)
+    assert insync.waiting == {} and etcd.writes == []

@@ -1,0 +1,83 @@
+"""follow_leader against a fake leader on a loopback socket and a fake host: a node whose
+lease changes (its session was lost and re-opened) says HELLO again with the new lease, at
+once; a session merely lost (lease 0) keeps the connection (issue 12)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from memring.backend.replication import follower_side
+from memring.backend.replication.follower_apply import FollowerState
+from memring.backend.replication.mutation_log import ReplicationLog
+from memring.backend.replication.ports import ReplicationCounters
+from memring.backend.store import Store
+from memring.cluster.coordinator import Incarnation
+from memring.netio import nonblocking
+from memring.protocol.replication import ORIGIN, Hello, ReplicationParser
+from memring.protocol.sentinels import NEED_DATA
+
+pytestmark = pytest.mark.unit
+
+
+class Host:
+    """ports.FollowerSideHost, following a leader at `peer`."""
+
+    def __init__(self, peer: str) -> None:
+        self.store = Store(memory_limit=1 << 20, max_item_size=1 << 16)
+        self.log = ReplicationLog()
+        self.follower = FollowerState(self.store, ORIGIN, self.log)
+        self.counters = ReplicationCounters()
+        self.leading = False
+        self.peer = peer
+        self.lease = 7
+
+    def leader_peer(self) -> tuple[str, int] | None:
+        return (self.peer, 1)
+
+    def incarnation(self) -> Incarnation:
+        return Incarnation("n2", self.lease)
+
+    def start_over(self) -> FollowerState:
+        self.follower = FollowerState(self.store, ORIGIN, self.log)
+        return self.follower
+
+    async def next_role_change(self) -> None:
+        await trio.sleep_forever()
+
+
+async def _hello(sock: socket.socket) -> Hello:
+    parser = ReplicationParser()
+    while True:
+        event = parser.next_event()
+        if isinstance(event, Hello):
+            return event
+        assert event is NEED_DATA, event
+        data = await nonblocking.recv(sock, 4096)
+        assert data, "closed before HELLO"
+        parser.receive_data(data)
+
+
+async def test_a_new_lease_says_hello_again_and_a_lost_session_does_not() -> None:
+    listener = nonblocking.listen("127.0.0.1", 0)
+    host = Host(f"127.0.0.1:{listener.getsockname()[1]}")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follower_side.follow_leader, host)
+            first = await nonblocking.accept(listener)
+            assert (await _hello(first)).incarnation == 7
+            host.lease = 0  # session lost, not yet re-opened: nothing to announce
+            with trio.move_on_after(3 * follower_side.WATCH_INTERVAL) as quiet:
+                await nonblocking.recv(first, 4096)  # neither data nor the end of it
+            assert quiet.cancelled_caught, "the follower hung up on a lost session"
+            host.lease = 9  # a new session
+            started = trio.current_time()
+            second = await nonblocking.accept(listener)
+            assert (await _hello(second)).incarnation == 9
+            assert trio.current_time() - started < 4 * follower_side.WATCH_INTERVAL
+            assert await nonblocking.recv(first, 4096) == b""  # the old connection is closed
+            nursery.cancel_scope.cancel()
+    for sock in (listener, first, second):
+        sock.close()
