@@ -159,15 +159,23 @@ class EtcdCoordinator(Coordinator):
         return CoordinatorError(f"etcd at {url}: {code}: {details}")
 
     async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
-                     timeout: float | None = None) -> Any:
+                     timeout: float | None = None, *, idempotent: bool = False) -> Any:
+        """One call on the current endpoint. An unavailable endpoint makes the next one
+        current; an `idempotent` call (a read) is then tried there too, each endpoint once,
+        so one member down is not a failure (a write is not: it may have been applied)."""
         limit = self.call_timeout if timeout is None else timeout
-        index, stub = self._stub(kind)
-        call = getattr(stub, method)
-        try:
-            return await trio.to_thread.run_sync(lambda: call(request, timeout=limit),
-                                                 abandon_on_cancel=True)
-        except grpc.RpcError as exc:
-            raise self._error(index, exc, limit) from None
+        attempts = len(self.endpoints) if idempotent else 1
+        for attempt in range(attempts):
+            index, stub = self._stub(kind)
+            call = getattr(stub, method)
+            try:
+                return await trio.to_thread.run_sync(
+                    functools.partial(call, request, timeout=limit), abandon_on_cancel=True)
+            except grpc.RpcError as exc:
+                error = self._error(index, exc, limit)
+                if not isinstance(error, CoordinatorUnavailable) or attempt == attempts - 1:
+                    raise error from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # primitives -----------------------------------------------------------------------
 
@@ -176,7 +184,7 @@ class EtcdCoordinator(Coordinator):
         request = etcdrpc.RangeRequest(key=raw)
         if prefix:
             request.range_end = prefix_end(raw)
-        response = await self._unary(etcdrpc.KVStub, "Range", request)
+        response = await self._unary(etcdrpc.KVStub, "Range", request, idempotent=True)
         return int(response.header.revision), {e.key: e for e in map(_entry, response.kvs)}
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],

@@ -7,6 +7,9 @@ prefix. Tests that kill etcd start their own.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -68,6 +71,27 @@ async def test_unreachable_at_start_is_a_clear_error() -> None:
                                                call_timeout=CALL_TIMEOUT):
                 pass
         assert trio.current_time() - start < CALL_TIMEOUT + 0.5
+
+
+def test_status_reads_through_a_later_endpoint_when_the_first_is_down(
+        etcd: EtcdProcess) -> None:
+    """Issue 12: `memring status` failed when the first of three endpoints was down."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "memring", "status", "--json", "--etcd", f"{dead},{etcd.url}",
+         "--cluster", "nobody-here"], capture_output=True, text=True, timeout=30)
+    assert done.returncode in (0, 1), done.stderr  # 1: no shard has a leader (none exist)
+    assert json.loads(done.stdout)["cluster"] == "nobody-here", done.stderr
+
+
+async def test_reads_go_to_the_next_endpoint(etcd: EtcdProcess) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with trio.fail_after(10):
+        async with EtcdCoordinator.connect(f"{dead},{etcd.url}", "failover",
+                                           call_timeout=CALL_TIMEOUT) as coordinator:
+            view = await coordinator.snapshot()  # the probe and this read passed the dead one
+            assert view.shards == {}
+            assert coordinator.url == etcd.url
 
 
 async def test_killed_etcd_refuses_then_restart_resyncs() -> None:
