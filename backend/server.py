@@ -18,6 +18,7 @@ ones finish the batch in hand, and cancel whatever is left after the grace perio
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
@@ -28,6 +29,7 @@ from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.protocol.replication import Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
 from memring.protocol.sizes import limit_repeats
@@ -39,12 +41,27 @@ GET_SLICE = 64  # keys of one multi-get handled between flushes
 
 
 class ReplicationGate(Protocol):
-    """Sync replication: replies that follow a write wait until it is replicated."""
+    """Sync replication: replies that follow a write, or that depend on the state of a key
+    whose newest write the in-sync followers do not hold yet, wait until it is replicated."""
 
     commits: int  # write batches committed so far; a connection compares it with its mark
 
     async def settle(self) -> bool:
         """Wait for the in-sync followers; False if the write will never be acknowledged."""
+
+    def unacknowledged(self, keys: Sequence[bytes]) -> Position | None:
+        """The newest mutation of `keys` the in-sync followers do not hold yet, or None."""
+
+    async def settle_reads(self, position: Position) -> bool:
+        """Wait until they hold `position`; False if they never will."""
+
+
+def _keys_of(event: object) -> Sequence[bytes]:
+    """The keys whose state a request's reply depends on."""
+    if type(event) is Get:
+        return event.keys
+    key = getattr(event, "key", None)
+    return (key,) if key is not None else ()
 
 
 class BackendServer:
@@ -115,6 +132,7 @@ class BackendServer:
             out: list[bytes] = []
             quitting = False
             served = False
+            depends: Position | None = None  # newest unreplicated mutation the replies show
             try:
                 while True:
                     event = next_event()
@@ -122,16 +140,22 @@ class BackendServer:
                         break
                     served = True
                     if type(event) is Get and len(event.keys) > GET_SLICE:
-                        await self._multi_get(conn, event, out)
+                        await self._multi_get(conn, event, out, depends)
+                        depends = None
                         continue
                     handle(event, out)
+                    if gate is not None:
+                        newest = gate.unacknowledged(_keys_of(event))
+                        if newest is not None and (depends is None or newest > depends):
+                            depends = newest
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
-                        await self._flush(conn, out)
+                        await self._flush(conn, out, depends)
+                        depends = None
             except CloseConnection:
                 quitting = True
             try:
                 if out:
-                    await self._flush(conn, out)
+                    await self._flush(conn, out, depends)
             except CloseConnection:
                 return
             if quitting:
@@ -139,10 +163,14 @@ class BackendServer:
             if served and idle_timeout:
                 conn.active = current_time()  # idle from the last reply sent
 
-    async def _flush(self, conn: Connection, out: list[bytes]) -> None:
-        """Send `out`; in sync mode, first wait until this connection's writes replicated."""
+    async def _flush(self, conn: Connection, out: list[bytes],
+                     depends: Position | None = None) -> None:
+        """Send `out`; in sync mode, first wait until this connection's writes replicated,
+        and the newest mutation the replies depend on (`depends`, any connection's)."""
         gate = self.gate
-        if gate is not None and gate.commits != conn.mark and not await gate.settle():
+        if gate is not None and (
+                (gate.commits != conn.mark and not await gate.settle())
+                or (depends is not None and not await gate.settle_reads(depends))):
             # This node stopped leading before its in-sync followers held the write: no
             # answer is true, so none is given (the client sees the connection close).
             out.clear()
@@ -154,16 +182,27 @@ class BackendServer:
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
 
-    async def _multi_get(self, conn: Connection, request: Get, out: list[bytes]) -> None:
-        """A get of many keys, answered a slice at a time so big replies stream."""
+    async def _multi_get(self, conn: Connection, request: Get, out: list[bytes],
+                         depends: Position | None) -> None:
+        """A get of many keys, answered a slice at a time so big replies stream; `depends`:
+        what the replies before it in `out` depend on."""
         if request.touches and self.handler.refuse_write(request, out):
             return  # gat/gats change items: only a leader may
         keys = limit_repeats(request.keys)  # as memcached, a key at most 59,999 times
         recorder = self.handler.recorder if request.touches else None
+        gate = self.gate
         for start in range(0, len(keys), GET_SLICE):
-            self.handler.values(request, keys[start: start + GET_SLICE], out)
+            chunk = keys[start: start + GET_SLICE]
+            self.handler.values(request, chunk, out)
             if recorder is not None:
                 recorder.committed(None)  # gat/gats touched items: replicate the slice
+            if gate is not None:
+                newest = gate.unacknowledged(chunk)
+                if newest is not None and (depends is None or newest > depends):
+                    depends = newest
             if sum(map(len, out)) >= FLUSH_SIZE:
-                await self._flush(conn, out)
+                await self._flush(conn, out, depends)
+                depends = None
         out.append(b"END\r\n")
+        if depends is not None:  # the END goes with the batch's last flush: wait here
+            await self._flush(conn, out, depends)

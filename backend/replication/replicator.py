@@ -31,6 +31,7 @@ applies each message, and the recorder is attached only on promotion. The two si
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import trio
 
@@ -49,7 +50,14 @@ from memring.netio import nonblocking
 from memring.netio.connection_server import ConnectionCounters, ConnectionServer
 from memring.netio.settings import split_address
 from memring.protocol import write_refusals
-from memring.protocol.replication import ORIGIN, Position
+from memring.protocol.replication import (
+    ORIGIN,
+    Deletion,
+    Flush,
+    ItemState,
+    Mutation,
+    Position,
+)
 from memring.protocol.write_refusals import refusal_line
 
 log = logging.getLogger("memring.backend.replication")
@@ -59,6 +67,7 @@ log = logging.getLogger("memring.backend.replication")
 NOWHERE = Position(0, (1 << 64) - 1)
 MAX_FOLLOWERS = 64
 TOO_FEW_IN_SYNC = refusal_line(write_refusals.TOO_FEW_IN_SYNC)
+UNACKED_PRUNE = 65536  # keys with a newest mutation on record before acknowledged ones go
 
 
 class Replicator:
@@ -82,6 +91,10 @@ class Replicator:
         self.insync: InSyncReplicas | None = None
         self._leadership: Leadership | None = None  # whose ISR `insync` keeps
         self.commits = 0  # sync: write batches committed (backend.server waits on changes)
+        # sync: each key's newest mutation (and the newest flush_all) until the in-sync
+        # followers hold it: a reply that depends on one waits for it (no dirty reads)
+        self._unacked: dict[bytes, Position] = {}
+        self._unacked_flush = ORIGIN
         self.counters = ReplicationCounters()
         self.peer_counters = ConnectionCounters()  # the peer port's connections
         self.peers: ConnectionServer | None = None
@@ -97,6 +110,8 @@ class Replicator:
         if epoch <= self.log.newest.epoch:  # cannot happen with etcd revisions; be safe
             self.log.reset(Position(0, NOWHERE.seq - 1))
         self.log.begin_epoch(epoch)
+        self._unacked.clear()  # a new leadership: its followers hold what it holds
+        self._unacked_flush = ORIGIN
         # CAS values unique across epochs: the old leader may have handed out values (to a
         # gets of a write never replicated) past the newest this node saw. Epochs are etcd
         # revisions, so each epoch owns 2^32 values above every earlier epoch's.
@@ -230,7 +245,53 @@ class Replicator:
                 insync.committed(mutations[-1].position, sum(map(mutation_size, mutations)))
             if self.sync:
                 self.commits += 1
+                self._note_unacknowledged(mutations)
             self._changed.unpark_all()
+
+    def _note_unacknowledged(self, mutations: list[Mutation]) -> None:
+        unacked = self._unacked
+        for mutation in mutations:
+            change = mutation.change
+            if isinstance(change, ItemState | Deletion):
+                unacked[change.key] = mutation.position
+            elif isinstance(change, Flush):
+                self._unacked_flush = mutation.position
+        insync = self.insync
+        if len(unacked) > UNACKED_PRUNE and insync is not None:
+            mark = insync.watermark
+            self._unacked = {k: p for k, p in unacked.items() if p > mark}
+
+    def unacknowledged(self, keys: Sequence[bytes]) -> Position | None:
+        """Sync mode: the newest mutation of `keys` (or flush_all) that the in-sync followers
+        do not hold yet, or None. A reply that depends on these keys' state waits for it."""
+        insync = self.insync
+        unacked = self._unacked
+        if insync is None or not (unacked or self._unacked_flush > ORIGIN):
+            return None
+        mark = insync.watermark
+        newest = None
+        if self._unacked_flush > mark:
+            newest = self._unacked_flush
+        else:
+            self._unacked_flush = ORIGIN  # acknowledged since
+        for key in keys:
+            position = unacked.get(key)
+            if position is None:
+                continue
+            if position <= mark:
+                del unacked[key]  # acknowledged since
+            elif newest is None or position > newest:
+                newest = position
+        return newest
+
+    async def settle_reads(self, position: Position) -> bool:
+        """Wait until the in-sync followers hold `position`; False if they never will (this
+        node stopped leading): the reply that depends on it must not be sent."""
+        insync = self.insync
+        if insync is not None and await insync.replicated(position):
+            return True
+        self.counters.unacknowledged += 1
+        return False
 
     async def settle(self) -> bool:
         """Sync mode, before sending replies that follow a write: True once every in-sync

@@ -419,3 +419,33 @@ def test_auto_mode_follows_the_cluster_config_live(etcd: EtcdProcess) -> None:
             wait_for(lambda m=mode: all(wire.stats(n)["memring_replication"] == m
                                         for n in shard.live()), 5.0, f"{mode} everywhere")
             assert set_one_fresh(leader, b"k-" + mode.encode(), b"v") == b"STORED\r\n"
+
+
+def test_no_reply_depends_on_a_write_the_followers_do_not_hold(etcd: EtcdProcess) -> None:
+    """Issue 12's dirty read: another connection's get of a key whose newest write the
+    in-sync followers do not hold yet waits for them, per key (a get of another key does
+    not wait); it is answered once the write is replicated or its follower left the ISR."""
+    with sync_shard(etcd, 2) as shard:
+        leader, (follower,) = settled(shard)
+        with wire.connect(leader) as writer, wire.connect(leader) as reader:
+            assert set_one(writer, b"dirty", b"v1") == b"STORED\r\n"
+            assert set_one(writer, b"other", b"o1") == b"STORED\r\n"
+            follower.process.send_signal(signal.SIGSTOP)
+            try:
+                writer.sendall(b"set dirty 0 0 2\r\nv2\r\n")  # waits for the frozen follower
+                time.sleep(0.05)
+                reader.sendall(b"get other\r\n")  # another key: no wait
+                assert wire.read_until(reader, b"END\r\n", timeout=2.0) == \
+                    b"VALUE other 0 2\r\no1\r\nEND\r\n"
+                reader.sendall(b"get dirty\r\n")
+                reader.settimeout(0.2)
+                with pytest.raises(TimeoutError):
+                    reader.recv(100)  # v2 is on the leader alone: no reply yet
+                reader.settimeout(wire.SOCKET_TIMEOUT)
+                # the follower leaves the ISR (max lag 500 ms): the write is acknowledged,
+                # and the held get answered, in that order on the wire's clock
+                assert wire.read_until(writer, b"\r\n", timeout=10.0) == b"STORED\r\n"
+                assert wire.read_until(reader, b"END\r\n", timeout=5.0) == \
+                    b"VALUE dirty 0 2\r\nv2\r\nEND\r\n"
+            finally:
+                follower.process.send_signal(signal.SIGCONT)
