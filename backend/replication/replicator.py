@@ -95,6 +95,7 @@ class Replicator:
         # followers hold it: a reply that depends on one waits for it (no dirty reads)
         self._unacked: dict[bytes, Position] = {}
         self._unacked_flush = ORIGIN
+        self._acked_when_deposed = ORIGIN  # the last leadership's watermark, at its end
         self.counters = ReplicationCounters()
         self.peer_counters = ConnectionCounters()  # the peer port's connections
         self.peers: ConnectionServer | None = None
@@ -144,6 +145,7 @@ class Replicator:
         self.follower = follower
         insync, self.insync, self._leadership = self.insync, None, None
         if insync is not None:
+            self._acked_when_deposed = insync.watermark
             insync.scope.cancel()
             insync.fail_all()
         self._wake_roles()
@@ -288,7 +290,12 @@ class Replicator:
         """Wait until the in-sync followers hold `position`; False if they never will (this
         node stopped leading): the reply that depends on it must not be sent."""
         insync = self.insync
-        if insync is not None and await insync.replicated(position):
+        if insync is None:  # stepped down since: the followers held what was acknowledged
+            return position <= self._acked_when_deposed
+        # A read needs the followers to hold the write, not this node's lease to be valid
+        # (a leader handing over drains its writes, then resigns: reads held meanwhile go).
+        if position <= insync.watermark or await insync.replicated(position) \
+                or position <= insync.watermark:
             return True
         self.counters.unacknowledged += 1
         return False
