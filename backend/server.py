@@ -7,9 +7,9 @@ one send, so a pipelined burst costs one recv and one send. Sockets are driven b
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
-Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds lines and
-values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of many
-large values streams instead of piling up.
+Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds
+lines and values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of
+many large values streams instead of piling up.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, close idle connections at once, let busy
 ones finish the batch in hand, and cancel whatever is left after the grace period.
@@ -29,7 +29,7 @@ from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.protocol.replication import Position
+from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
 from memring.protocol.sizes import limit_repeats
@@ -49,8 +49,9 @@ class ReplicationGate(Protocol):
     async def settle(self) -> bool:
         """Wait for the in-sync followers; False if the write will never be acknowledged."""
 
-    def unacknowledged(self, keys: Sequence[bytes]) -> Position | None:
-        """The newest mutation of `keys` the in-sync followers do not hold yet, or None."""
+    def unacknowledged(self, keys: Sequence[bytes], since: Position) -> Position:
+        """The newer of `since` and the newest mutation of `keys` the in-sync followers do
+        not hold yet (ORIGIN: none)."""
 
     async def settle_reads(self, position: Position) -> bool:
         """Wait until they hold `position`; False if they never will."""
@@ -132,7 +133,7 @@ class BackendServer:
             out: list[bytes] = []
             quitting = False
             served = False
-            depends: Position | None = None  # newest unreplicated mutation the replies show
+            depends = ORIGIN  # the newest unreplicated mutation the replies show
             try:
                 while True:
                     event = next_event()
@@ -141,16 +142,14 @@ class BackendServer:
                     served = True
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
-                        depends = None
+                        depends = ORIGIN  # _multi_get flushed what depended on it
                         continue
                     handle(event, out)
                     if gate is not None:
-                        newest = gate.unacknowledged(_keys_of(event))
-                        if newest is not None and (depends is None or newest > depends):
-                            depends = newest
+                        depends = gate.unacknowledged(_keys_of(event), depends)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
                         await self._flush(conn, out, depends)
-                        depends = None
+                        depends = ORIGIN
             except CloseConnection:
                 quitting = True
             try:
@@ -164,13 +163,13 @@ class BackendServer:
                 conn.active = current_time()  # idle from the last reply sent
 
     async def _flush(self, conn: Connection, out: list[bytes],
-                     depends: Position | None = None) -> None:
+                     depends: Position = ORIGIN) -> None:
         """Send `out`; in sync mode, first wait until this connection's writes replicated,
         and the newest mutation the replies depend on (`depends`, any connection's)."""
         gate = self.gate
         if gate is not None and (
                 (gate.commits != conn.mark and not await gate.settle())
-                or (depends is not None and not await gate.settle_reads(depends))):
+                or (depends > ORIGIN and not await gate.settle_reads(depends))):
             # This node stopped leading before its in-sync followers held the write: no
             # answer is true, so none is given (the client sees the connection close).
             out.clear()
@@ -183,7 +182,7 @@ class BackendServer:
             conn.mark = gate.commits  # committed while we waited: other connections'
 
     async def _multi_get(self, conn: Connection, request: Get, out: list[bytes],
-                         depends: Position | None) -> None:
+                         depends: Position) -> None:
         """A get of many keys, answered a slice at a time so big replies stream; `depends`:
         what the replies before it in `out` depend on."""
         if request.touches and self.handler.refuse_write(request, out):
@@ -197,12 +196,10 @@ class BackendServer:
             if recorder is not None:
                 recorder.committed(None)  # gat/gats touched items: replicate the slice
             if gate is not None:
-                newest = gate.unacknowledged(chunk)
-                if newest is not None and (depends is None or newest > depends):
-                    depends = newest
+                depends = gate.unacknowledged(chunk, depends)
             if sum(map(len, out)) >= FLUSH_SIZE:
                 await self._flush(conn, out, depends)
-                depends = None
+                depends = ORIGIN
         out.append(b"END\r\n")
-        if depends is not None:  # the END goes with the batch's last flush: wait here
+        if depends > ORIGIN:  # the END goes with the batch's last flush: wait here
             await self._flush(conn, out, depends)

@@ -74,9 +74,6 @@ _NOREPLY = b"noreply"
 # (proto_text.c process_command_ascii).
 _DISPATCHED_FIRST = frozenset(b"gsacidt")
 
-_STORAGE_COMMANDS = (b"set", b"add", b"replace", b"append", b"prepend")
-_RETRIEVAL_COMMANDS = (b"get", b"gets", b"gat", b"gats")
-
 
 def _error(reply: bytes, noreply: bool = False) -> ProtocolError | None:
     # noreply hides every reply of a text command, errors included (live 1.6.18).

@@ -263,17 +263,18 @@ class Replicator:
             mark = insync.watermark
             self._unacked = {k: p for k, p in unacked.items() if p > mark}
 
-    def unacknowledged(self, keys: Sequence[bytes]) -> Position | None:
-        """Sync mode: the newest mutation of `keys` (or flush_all) that the in-sync followers
-        do not hold yet, or None. A reply that depends on these keys' state waits for it."""
+    def unacknowledged(self, keys: Sequence[bytes], since: Position) -> Position:
+        """Sync mode: the newer of `since` and the newest mutation of `keys` (or flush_all)
+        that the in-sync followers do not hold yet (ORIGIN: none). A reply that depends on
+        these keys' state waits for it."""
         insync = self.insync
         unacked = self._unacked
         if insync is None or not (unacked or self._unacked_flush > ORIGIN):
-            return None
+            return since
         mark = insync.watermark
-        newest = None
+        newest = since
         if self._unacked_flush > mark:
-            newest = self._unacked_flush
+            newest = max(newest, self._unacked_flush)
         else:
             self._unacked_flush = ORIGIN  # acknowledged since
         for key in keys:
@@ -282,7 +283,7 @@ class Replicator:
                 continue
             if position <= mark:
                 del unacked[key]  # acknowledged since
-            elif newest is None or position > newest:
+            elif position > newest:
                 newest = position
         return newest
 
