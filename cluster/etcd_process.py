@@ -1,4 +1,4 @@
-"""Start and stop a local single-member etcd (Debian's `etcd`, 3.4) on free loopback ports.
+"""Start and stop a local etcd (one member, or a cluster of several) (Debian's `etcd`, 3.4) on free loopback ports.
 
 Used by the tests and by `memring up`. The member keeps its data in a temporary directory
 (removed on stop unless the caller gave one), logs to `<data dir>/etcd.log`, and is polled on
@@ -191,16 +191,25 @@ def spawn_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
     """Start one etcd member on free loopback ports and return at once (the caller polls
     `healthy()`). `process_group` and `preexec_fn` go to Popen (`memring up` keeps its
     children out of the terminal's process group); `restart()` uses them again."""
+    client_port, peer_port = free_port(), free_port()
+    return _spawn_member(name, data_dir, client_port, peer_port,
+                         f"{name}=http://{HOST}:{peer_port}", fast_elections=fast_elections,
+                         binary=binary, process_group=process_group, preexec_fn=preexec_fn)
+
+
+def _spawn_member(name: str, data_dir: str | Path | None, client_port: int, peer_port: int,
+                  initial_cluster: str, *, fast_elections: bool, binary: str = "etcd",
+                  process_group: int | None = None,
+                  preexec_fn: Callable[[], object] | None = None) -> EtcdProcess:
     path = find_etcd(binary)
     owns = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="memring-etcd-")) if data_dir is None else Path(data_dir)
     base.mkdir(parents=True, exist_ok=True)
-    client_port, peer_port = free_port(), free_port()
     client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
     argv = [path, "--name", name, "--data-dir", str(base / "data"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{name}={peer}", "--initial-cluster-state", "new"]
+            "--initial-cluster", initial_cluster, "--initial-cluster-state", "new"]
     if fast_elections:
         argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
     env = dict(os.environ)
@@ -212,6 +221,74 @@ def spawn_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
                        process_group=process_group, preexec_fn=preexec_fn)
 
 
+@dataclass
+class EtcdCluster:
+    """Several etcd members forming one cluster on loopback: what a deployment runs, so that
+    the tests can kill or pause one member, etcd's leader included, and see memring carry on
+    through the others."""
+
+    members: list[EtcdProcess]
+
+    @property
+    def urls(self) -> str:
+        """Every member's client URL, comma-separated (memring's `--etcd` form)."""
+        return ",".join(member.url for member in self.members)
+
+    def member_id(self, member: EtcdProcess, timeout: float = 0.5) -> tuple[str, str] | None:
+        """(this member's id, the id of the leader it follows), from its status endpoint;
+        None when it does not answer (paused, dead) or knows no leader."""
+        request = urllib.request.Request(f"{member.url}/v3/maintenance/status", data=b"{}",
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status = json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return None
+        me = str(status.get("header", {}).get("member_id", ""))
+        leader = str(status.get("leader", ""))
+        return (me, leader) if me and leader and leader != "0" else None
+
+    def leader(self, timeout: float = 0.5) -> EtcdProcess | None:
+        """The member that is etcd's raft leader, as the live members report it."""
+        ids: dict[str, EtcdProcess] = {}
+        leaders: set[str] = set()
+        for member in self.members:
+            if member.paused or member.process.poll() is not None:
+                continue
+            found = self.member_id(member, timeout)
+            if found is not None:
+                ids[found[0]] = member
+                leaders.add(found[1])
+        if len(leaders) != 1:
+            return None
+        return ids.get(leaders.pop())
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+def start_etcd_cluster(size: int = 3, *, fast_elections: bool = True,
+                       ready_timeout: float = 20.0, name: str = "memring") -> EtcdCluster:
+    """Start `size` members on free loopback ports as one new cluster; return once each says
+    it is healthy (which needs an elected leader)."""
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    names = [f"{name}-{i + 1}" for i in range(size)]
+    initial = ",".join(f"{n}=http://{HOST}:{peer}" for n, (_client, peer) in zip(names, ports, strict=True))
+    members: list[EtcdProcess] = []
+    try:
+        for member_name, (client_port, peer_port) in zip(names, ports, strict=True):
+            members.append(_spawn_member(member_name, None, client_port, peer_port, initial,
+                                         fast_elections=fast_elections))
+        for member in members:
+            _await_health(member, ready_timeout)
+    except BaseException:
+        for member in members:
+            member.stop()
+        raise
+    return EtcdCluster(members)
+
+
 @contextlib.contextmanager
 def running_etcd(*, data_dir: str | Path | None = None,
                  fast_elections: bool = True) -> Iterator[EtcdProcess]:
@@ -221,3 +298,13 @@ def running_etcd(*, data_dir: str | Path | None = None,
         yield member
     finally:
         member.stop()
+
+
+@contextlib.contextmanager
+def running_etcd_cluster(size: int = 3, *, fast_elections: bool = True) -> Iterator[EtcdCluster]:
+    """`start_etcd_cluster(...)` for the block; every member always stopped afterwards."""
+    etcd = start_etcd_cluster(size, fast_elections=fast_elections)
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
