@@ -1,0 +1,103 @@
+"""One Jepsen run: deploy, load with clients while the nemesis injects faults, heal, read every
+key back, check the history. `run()` is what tests/chaos/test_jepsen.py and bench/jepsen.py
+call; the history is written to the run's directory so a violation can be re-checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from tests.helpers.jepsen.deployment import Deployment, deployed
+from tests.helpers.jepsen.history import Op, Outcome
+from tests.helpers.jepsen.nemesis import FAULTS, ClusterMonitor, Election, FaultRecord, Nemesis
+from tests.helpers.jepsen.workload import Client, SharedKeys, final_reads
+
+log = logging.getLogger("memring.jepsen")
+
+WRITES = frozenset({"set", "cas", "incr", "delete"})
+
+
+@dataclass
+class RunConfig:
+    seconds: float = 60.0
+    faults: list[str] = field(default_factory=lambda: sorted(FAULTS))
+    seed: int = 1
+    clients: int = 10
+    registers: int = 8
+    shards: int = 2
+    replicas: int = 3
+    proxies: int = 2
+    hold: tuple[float, float] = (1.0, 4.0)
+    workdir: Path | None = None
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    history: list[Op]
+    final: dict[str, int | None]
+    faults: list[FaultRecord]
+    elections: list[Election]
+    not_whole: int
+    workdir: Path
+
+    @property
+    def unclean_elections(self) -> int:
+        return sum(e.unclean for e in self.elections)
+
+    def longest_write_gap(self) -> float:
+        """The longest time any register key went without an acknowledged write while the
+        nemesis ran: the write unavailability clients saw on that key's shard."""
+        by_key: dict[str, list[float]] = {}
+        for op in self.history:
+            if op.kind in WRITES and op.outcome is Outcome.OK and not op.key.startswith("fresh:") \
+                    and op.complete is not None:
+                by_key.setdefault(op.key, []).append(op.complete)
+        longest = 0.0
+        for times in by_key.values():
+            times.sort()
+            longest = max([longest, *(b - a for a, b in zip(times, times[1:], strict=False))])
+        return longest
+
+
+async def _healed_view(deployment: Deployment, monitor: ClusterMonitor) -> None:
+    for link in (link for backend in deployment.backends for link in backend.links()):
+        link.heal()
+    waited = await monitor.wait_whole()
+    if waited is None:
+        log.warning("cluster not whole after the run: final reads may fail")
+
+
+async def run(config: RunConfig) -> RunResult:
+    rng = random.Random(config.seed)
+    history: list[Op] = []
+    registers = [f"r{i}" for i in range(config.registers)]
+    shared = SharedKeys()
+    async with deployed(shards=config.shards, replicas=config.replicas,
+                        proxies=config.proxies, workdir=config.workdir) as deployment:
+        monitor = ClusterMonitor(deployment)
+        async with trio.open_nursery() as outer:
+            await outer.start(monitor.run)
+            if await monitor.wait_whole() is None:
+                raise RuntimeError("the cluster did not come up whole: see "
+                                   f"{deployment.workdir}")
+            nemesis = Nemesis(deployment, monitor, random.Random(rng.random()), config.faults,
+                              hold=config.hold)
+            ports = [p.port for p in deployment.proxies]
+            until = trio.current_time() + config.seconds
+            async with trio.open_nursery() as load:
+                for number in range(config.clients):
+                    client = Client(number, ports, registers, shared, history.append,
+                                    random.Random(rng.random()))
+                    load.start_soon(client.run, until)
+                load.start_soon(nemesis.run, until)
+            await _healed_view(deployment, monitor)
+            final = await final_reads(ports[0], registers + shared.fresh)
+            outer.cancel_scope.cancel()
+        return RunResult(config, history, final, nemesis.faults, monitor.elections,
+                         nemesis.not_whole, deployment.workdir)
