@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
 
-.PHONY: run test lint unit bench hostile failover fuzz debian-deps venv clean
+.PHONY: run test lint unit bench hostile failover fuzz jepsen debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -64,6 +64,14 @@ FUZZ_CASES ?= 100000
 FUZZ_SECONDS ?= 1800
 fuzz: venv debian-deps
 	$(BIN)/python bench/fuzz.py --cases $(FUZZ_CASES) --max-seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
+
+# Jepsen-style runs: every fault type (and all mixed) JEPSEN_RUNS times for JEPSEN_SECONDS each
+# against 3 etcd members + 2 shards x 3 sync replicas + 2 proxies; prints the table of lost
+# writes, dirty reads, linearizability violations and unclean elections (~40 minutes).
+JEPSEN_RUNS ?= 2
+JEPSEN_SECONDS ?= 120
+jepsen: venv debian-deps
+	$(BIN)/python bench/jepsen.py --runs $(JEPSEN_RUNS) --seconds $(JEPSEN_SECONDS) $(JEPSEN_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
