@@ -22,9 +22,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, run from anywhere
 
-from tests.helpers.jepsen.nemesis import FAULTS  # noqa: E402
-from tests.helpers.jepsen.run import RunConfig, RunResult, run  # noqa: E402
-from tests.helpers.jepsen.summary import FaultTotals, table  # noqa: E402
+from tests.helpers.jepsen.nemesis import FAULTS
+from tests.helpers.jepsen.run import RunConfig, RunResult, run
+from tests.helpers.jepsen.summary import FaultTotals, table
 
 
 def main() -> int:
@@ -35,6 +35,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="nemesis time per run")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--mode", choices=("sync", "async"), default="sync",
+                        help="the backends' replication (async: to measure its weaker promise)")
     args = parser.parse_args()
     kinds = [k for k in args.faults.split(",") if k]
     unknown = [k for k in kinds if k != "mixed" and k not in FAULTS]
@@ -49,7 +51,7 @@ def main() -> int:
         totals.append(total)
         for number in range(args.runs):
             seed = args.seed * 1000 + done
-            config = RunConfig(seconds=args.seconds, seed=seed, clients=args.clients,
+            config = RunConfig(seconds=args.seconds, seed=seed, clients=args.clients, mode=args.mode,
                                faults=sorted(FAULTS) if kind == "mixed" else [kind])
             print(f"[{done + 1}/{planned}] {kind} run {number + 1}, seed {seed}, "
                   f"{args.seconds:g} s ({time.monotonic() - started:.0f} s so far)", flush=True)

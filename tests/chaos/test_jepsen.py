@@ -7,8 +7,8 @@ election goes unclean while a complete copy is alive (faults here come one at a 
 
 from __future__ import annotations
 
-import trio
 import pytest
+import trio
 
 from tests.helpers.jepsen.nemesis import FAULTS
 from tests.helpers.jepsen.run import RunConfig, run

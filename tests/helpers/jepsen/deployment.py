@@ -144,19 +144,19 @@ def _answers_version(port: int) -> bool:
 
 
 def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int,
-                  lease_ttl: float) -> list[str]:
+                  lease_ttl: float, mode: str) -> list[str]:
     assert backend.client_link is not None and backend.peer_link is not None
     return [sys.executable, "-m", "memring.backend", "--listen", f"{HOST}:{backend.port}",
             "--etcd", etcd_urls, "--cluster", cluster, "--shard", backend.shard,
             "--advertise", backend.client_link.address,
             "--peer-listen", f"{HOST}:{peer_port}",
             "--peer-advertise", backend.peer_link.address,
-            "--replication", "sync", "--lease-ttl", str(lease_ttl)]
+            "--replication", mode, "--lease-ttl", str(lease_ttl)]
 
 
 @contextlib.asynccontextmanager
 async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
-                   lease_ttl: float = 2.0, leader_wait_ms: int = 2000,
+                   lease_ttl: float = 2.0, leader_wait_ms: int = 2000, mode: str = "sync",
                    workdir: Path | None = None) -> AsyncIterator[Deployment]:
     """Start the whole cluster inside the caller's trio run; everything stopped on exit,
     the logs kept in `workdir` (a new temporary directory unless given)."""
@@ -183,7 +183,8 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                     await nursery.start(backend.client_link.serve)
                     await nursery.start(backend.peer_link.serve)
                     urls = ",".join(f"http://{link.address}" for link in backend.etcd_links)
-                    backend.argv = _backend_argv(backend, urls, cluster, peer_port, lease_ttl)
+                    backend.argv = _backend_argv(backend, urls, cluster, peer_port, lease_ttl,
+                                                 mode)
                     backends.append(backend)
             for backend in backends:
                 backend.start()

@@ -5,6 +5,7 @@ call; the history is written to the run's directory so a violation can be re-che
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class RunConfig:
     replicas: int = 3
     proxies: int = 2
     hold: tuple[float, float] = (1.0, 4.0)
+    mode: str = "sync"  # the backends' --replication
     workdir: Path | None = None
 
 
@@ -61,7 +63,7 @@ class RunResult:
         longest = 0.0
         for times in by_key.values():
             times.sort()
-            longest = max([longest, *(b - a for a, b in zip(times, times[1:], strict=False))])
+            longest = max([longest, *(b - a for a, b in itertools.pairwise(times))])
         return longest
 
 
@@ -79,7 +81,8 @@ async def run(config: RunConfig) -> RunResult:
     registers = [f"r{i}" for i in range(config.registers)]
     shared = SharedKeys()
     async with deployed(shards=config.shards, replicas=config.replicas,
-                        proxies=config.proxies, workdir=config.workdir) as deployment:
+                        proxies=config.proxies, workdir=config.workdir,
+                        mode=config.mode) as deployment:
         monitor = ClusterMonitor(deployment)
         async with trio.open_nursery() as outer:
             await outer.start(monitor.run)

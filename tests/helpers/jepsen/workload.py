@@ -204,10 +204,7 @@ class Client:
             with trio.fail_after(OP_TIMEOUT):
                 conn = await self._connection()
                 found = await conn.get(key, kind == "gets")
-            if kind == "get":
-                result = found[0] if found is not None else None
-            else:
-                result = found
+            result = (found[0] if found is not None else None) if kind == "get" else found
         except (OSError, ConnectionError, ProtocolError, trio.TooSlowError, ValueError,
                 trio.BrokenResourceError):
             await self._drop()
