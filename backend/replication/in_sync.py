@@ -89,7 +89,7 @@ class InSyncReplicas:
         self.current = current  # is this incarnation its node's live one (else never added)
         self.lease_valid = lease_valid  # checked when a write is released, not later
         self.max_lag_bytes = max_lag_bytes
-        self.links: dict[str, FollowerLink] = {}  # node id -> connected follower
+        self.links: dict[str, FollowerLink] = {}  # node id -> its newest connection
         self.waiting: dict[str, Incarnation] = {}  # followers writes wait for
         self.committed_isr: set[Incarnation] = set()  # as last written to etcd (or elected)
         self.adding: dict[str, Position] = {}  # added to `waiting`, not yet to etcd: at what
