@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 import trio
 
 from memring.backend.cluster_member import ClusterMember, MemberIdentity
-from memring.backend.replication.replicator import Replicator
+from memring.backend.replication.replicator import PEER_MAX_CONNECTIONS, Replicator
 from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
@@ -39,7 +39,8 @@ def identity(settings: BackendSettings, port: int) -> MemberIdentity:
 
 
 async def run(settings: BackendSettings) -> None:
-    nonblocking.raise_fd_limit(settings.max_connections + 64)
+    # the peer port's connections come on top of the client port's (their own limit)
+    nonblocking.raise_fd_limit(settings.max_connections + PEER_MAX_CONNECTIONS + 64)
     async with AsyncExitStack() as stack:
         member: ClusterMember | None = None
         if settings.clustered:

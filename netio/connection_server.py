@@ -5,6 +5,8 @@ Structured concurrency: `serve` owns the connection nursery (the accept loop run
 and is closed when the handler returns). Past `max_connections`, a new client gets
 memcached's `ERROR Too many open connections` (or the server's own `rejection`) and is
 closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
+A server with `max_pending` (the peer port) also caps the connections its handler has not
+admitted yet, ending the oldest of them for each new arrival past the cap.
 `shutdown(grace)` stops accepting (the listener closes at once), cancels connections that are
 idle (waiting for a request: handlers say so through `conn.idle`), lets busy ones finish
 their batch, and cancels the rest when the grace period ends (a deadline on the scope
@@ -68,6 +70,7 @@ class ConnectionCounters:
         self.total_connections = 0
         self.rejected_connections = 0
         self.idle_kicks = 0  # closed by the idle timeout (memcached's `idle_kicks`)
+        self.pending_evictions = 0  # not yet admitted, closed for a newer one (max_pending)
 
 
 @dataclass(eq=False)
@@ -81,6 +84,7 @@ class Connection:
     busy: Callable[[], bool] | None = None  # True while replies are on their way: not idle
     kicked: bool = False  # closed by the idle timeout or evicted
     held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
+    pending: bool = False  # with `max_pending`: not yet admitted by its handler
 
 
 class ConnectionServer:
@@ -89,11 +93,14 @@ class ConnectionServer:
     def __init__(self, handler: Callable[[Connection], Awaitable[None]], max_connections: int,
                  counters: ConnectionCounters, *, idle_timeout: float = 0.0,
                  rejection: bytes = TOO_MANY_CONNECTIONS, evict_idle: bool = False,
-                 kick_reply: bytes = b"") -> None:
+                 kick_reply: bytes = b"", max_pending: int = 0) -> None:
         """`idle_timeout` seconds (0: none) bound each connection's wait for a request;
         past `max_connections` a client gets `rejection`, or with `evict_idle` the oldest
         idle connection is closed at once to make room (when none is idle: `rejection`).
-        A connection closed for idling (or evicted) is sent `kick_reply` first."""
+        A connection closed for idling (or evicted) is sent `kick_reply` first.
+        `max_pending` (0: off) caps the connections whose handler has not admitted them yet
+        (`conn.pending = False`): a new one past the cap evicts the oldest pending one, so
+        clients that never identify themselves cannot crowd out one that does."""
         self.handler = handler
         self.max_connections = max_connections
         self.counters = counters
@@ -101,6 +108,7 @@ class ConnectionServer:
         self.rejection = rejection
         self.evict_idle = evict_idle
         self.kick_reply = kick_reply
+        self.max_pending = max_pending
         self.closing = False
         self._connections: dict[Connection, None] = {}  # in accept order (oldest first)
         self._accepting = trio.CancelScope()  # cancelled by shutdown()
@@ -156,13 +164,15 @@ class ConnectionServer:
                 log.warning("accepting connections again")
                 overloaded = False
             counters.total_connections += 1
+            if self.max_pending:
+                self._evict_pending()
             if counters.curr_connections >= self.max_connections and not self._evict():
                 counters.rejected_connections += 1
                 nonblocking.send_last(sock, self.rejection)
                 nonblocking.close(sock)
                 continue
             counters.curr_connections += 1
-            conn = Connection(sock, active=trio.current_time())
+            conn = Connection(sock, active=trio.current_time(), pending=bool(self.max_pending))
             self._connections[conn] = None
             connections.start_soon(self._run, conn)
 
@@ -176,14 +186,23 @@ class ConnectionServer:
                 return True
         return False
 
+    def _evict_pending(self) -> None:
+        """Make room for one more pending connection: close the oldest when at the cap
+        (the ones already closing do not count)."""
+        pending = [conn for conn in self._connections if conn.pending and not conn.kicked]
+        if len(pending) >= self.max_pending:
+            self.counters.pending_evictions += 1
+            self._kick(pending[0], idle=False)
+
     @staticmethod
     def rearm(conn: Connection) -> None:
         """`conn` completed a request: it may now wait `idle_timeout` s for the next."""
         conn.active = trio.current_time()
 
-    def _kick(self, conn: Connection) -> None:
+    def _kick(self, conn: Connection, idle: bool = True) -> None:
         conn.kicked = True
-        self.counters.idle_kicks += 1
+        if idle:
+            self.counters.idle_kicks += 1
         conn.scope.cancel()
 
     async def _housekeep(self) -> None:

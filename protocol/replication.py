@@ -11,7 +11,8 @@ A follower opens the connection and sends HELLO with its position, the (epoch, s
 last mutation it applied. The leader answers either with the MUTATIONs after that position
 (its backlog still holds it) or with SNAPSHOT_BEGIN, one SNAPSHOT_ITEM per live item and
 SNAPSHOT_END, then the MUTATIONs after the snapshot's position. The follower ACKs positions
-it has applied; either side sends ERROR before hanging up (stale epoch, gap, bad frame).
+it has applied; either side sends ERROR before hanging up (stale epoch, gap, bad frame, a
+HELLO that does not name a current member of the shard).
 
 Wire format (all integers big-endian, unsigned unless marked i64)::
 
@@ -111,6 +112,8 @@ class ErrorCode(IntEnum):
     MALFORMED = 3
     NOT_LEADER = 4
     VERSION = 5
+    NOT_MEMBER = 6  # HELLO's node id + lease is not a current member of the leader's shard
+    FULL = 7  # the leader's peer port has no room for another follower
 
 
 # -- events ---------------------------------------------------------------------------

@@ -16,13 +16,16 @@ though its peer connection may have survived (a freeze past the TTL): it hangs u
 HELLO again at once with the new lease, from its position (the leader's backlog, no snapshot),
 so the leader drops the old incarnation from the ISR and adds the new one once caught up.
 A session merely lost (lease 0 until the next one) or resumed under the same lease changes
-nothing. All it knows of the node is its `ports.FollowerSideHost`.
+nothing. The leader refuses a HELLO whose incarnation is not a current member of its shard
+in its view (ERROR NOT_MEMBER): a new lease may simply not have reached it yet, so the
+follower asks again every NOT_MEMBER_RETRY s rather than backing off. All it knows of the node is its `ports.FollowerSideHost`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from enum import Enum
 
 import trio
 
@@ -53,19 +56,40 @@ CONNECT_TIMEOUT = 1.0
 WATCH_INTERVAL = 0.05
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
+# The leader refused HELLO (NOT_MEMBER): its view may trail etcd by a watch round trip
+# behind this node's new lease, so ask again soon, at a fixed pace (not the growing backoff)
+NOT_MEMBER_RETRY = 0.1
+
+
+class SessionEnd(Enum):
+    """Why a connection to the leader ended, which says when to connect again."""
+
+    DROPPED = "dropped"  # hung up, an error, a change of leader: the capped backoff
+    REBORN = "reborn"  # this node is a new incarnation: say HELLO again at once
+    NOT_MEMBER = "not a member"  # the leader does not know this incarnation (yet): soon
 
 
 async def follow_leader(host: FollowerSideHost) -> None:
     backoff = BACKOFF_FIRST
-    failures = 0
+    failures = refusals = 0
     counters = host.counters
     while True:
         target = await _leader(host)
         before = counters.applied
         try:
-            if await _session(host, target):
+            end = await _session(host, target)
+            if end is SessionEnd.REBORN:
                 backoff, failures = BACKOFF_FIRST, 0
                 continue  # a new incarnation: introduce it to the leader at once
+            if end is SessionEnd.NOT_MEMBER:
+                refusals += 1
+                if refusals == 1 or refusals % 100 == 0:
+                    log.info("leader %s does not know lease %x yet (%d refusals): retrying "
+                             "every %g s", target[0], host.incarnation().lease_id, refusals,
+                             NOT_MEMBER_RETRY)
+                await trio.sleep(NOT_MEMBER_RETRY)
+                continue
+            refusals = 0
         except* (OSError, trio.TooSlowError, SettingsError) as group:
             failures += 1
             if failures == 1 or failures % 50 == 0:
@@ -88,21 +112,23 @@ async def _leader(host: FollowerSideHost) -> tuple[str, int]:
             await host.next_role_change()
 
 
-async def _session(host: FollowerSideHost, target: tuple[str, int]) -> bool:
-    """One connection to the leader; True when it ended because this node is a new
-    incarnation, which must say HELLO again."""
+async def _session(host: FollowerSideHost, target: tuple[str, int]) -> SessionEnd:
+    """One connection to the leader, and why it ended."""
     peer_host, peer_port = split_address(target[0])
     with trio.fail_after(CONNECT_TIMEOUT):
         sock = await nonblocking.connect(peer_host, peer_port)
     me = host.incarnation()  # as HELLO will name it
+    refused: ErrorCode | None = None
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, host, target, me, nursery.cancel_scope)
-            await _receive(host, sock, me)
+            refused = await _receive(host, sock, me)
             nursery.cancel_scope.cancel()
     finally:
         nonblocking.close(sock)
-    return _reborn(host, me)
+    if _reborn(host, me):
+        return SessionEnd.REBORN
+    return SessionEnd.NOT_MEMBER if refused is ErrorCode.NOT_MEMBER else SessionEnd.DROPPED
 
 
 def _reborn(host: FollowerSideHost, introduced: Incarnation) -> bool:
@@ -126,8 +152,10 @@ async def _watch(host: FollowerSideHost, target: tuple[str, int], introduced: In
     scope.cancel()
 
 
-async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation) -> None:
-    """Apply the leader's stream until it ends (counting in `counters.applied`)."""
+async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation
+                   ) -> ErrorCode | None:
+    """Apply the leader's stream until it ends (counting in `counters.applied`); the code
+    of the ERROR the leader ended it with, if it did."""
     state: FollowerState = host.follower
     if state.in_snapshot:  # cut off inside a snapshot: a partial store
         state = host.start_over()
@@ -138,14 +166,14 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation)
     while True:
         data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
         if not data:
-            return
+            return None
         parser.receive_data(data)
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
                 break
             if host.leading or host.follower is not state:
-                return  # promoted: apply nothing more
+                return None  # promoted: apply nothing more
             try:
                 if isinstance(event, Mutation):
                     state.apply(event)
@@ -160,22 +188,22 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation)
                     log.info("snapshot of %d items installed", event.count)
                 elif isinstance(event, Error):
                     log.info("leader says %s: %s", event.code.name, event.message)
-                    return
+                    return event.code
                 else:
                     reason = event.reason if isinstance(event, MalformedFrame) else \
                         f"unexpected {type(event).__name__}"
                     log.warning("replication stream: %s", reason)
                     await nonblocking.send_all(sock, encode(Error(
                         ErrorCode.MALFORMED, state.newest_epoch, reason)))
-                    return
+                    return None
             except ReplicationRejected as exc:
                 log.info("refusing the leader's stream: %s", exc)
                 await nonblocking.send_all(sock, encode(exc.error))
-                return
+                return None
             except ReplicationGap as exc:  # the mirrored log disagrees: start over
                 log.warning("replication log: %s; starting over", exc)
                 host.start_over()
-                return
+                return None
             counters.applied += 1
         if not state.in_snapshot and state.position != acked:
             acked = state.position

@@ -20,9 +20,16 @@ is no longer the node's current one (`current`: the lease of its `nodes/` key in
 view), either because the node said HELLO again with a new lease (its session was lost and
 re-opened, the follower side reconnects for that) or because its lease is gone: an
 incarnation that can no longer campaign must not stand in the ISR for the node. Only a link
-whose incarnation is current is added, so an old incarnation is never written back. A new leader starts from the ISR it was elected
-with; members not connected are dropped on the first check (the old leader, typically),
-followers that reconnect caught up are added back within a check or two.
+whose incarnation is current is added, so an old incarnation is never written back. A new
+leader starts from the ISR it was elected with; members not connected are dropped on the
+first check (the old leader, typically), followers that reconnect caught up are added back
+within a check or two.
+
+Links are per connection (issue 12's impostors): a HELLO whose incarnation is not current is
+refused before it gets a link (leader_side), so no unregistered identity is ever waited for;
+one current connection per node at most, a newer one superseding (and hanging up) the older;
+an ACK moves the link of the connection it was read on, never another connection's, and a
+connection that ends removes only its own link.
 
 Lag is measured against `_commits`, a bounded deque of (position, monotonic time, bytes so
 far) appended once per committed command batch and trimmed of what every connected follower
@@ -53,13 +60,15 @@ IsrWriter = Callable[[set[Incarnation]], Awaitable[object]]
 IsCurrent = Callable[[Incarnation], bool]
 
 
-@dataclass(slots=True)
+@dataclass(eq=False, slots=True)
 class FollowerLink:
-    """What the leader knows of one connected follower."""
+    """What the leader knows of one follower connection; `hang_up` closes that connection
+    (called when a newer connection of the same node supersedes it)."""
 
     incarnation: Incarnation
     acked: Position
     snapshotting: bool = False
+    hang_up: Callable[[], object] = lambda: None
 
 
 @dataclass(order=True, slots=True)
@@ -80,7 +89,7 @@ class InSyncReplicas:
         self.current = current  # is this incarnation its node's live one (else never added)
         self.lease_valid = lease_valid  # checked when a write is released, not later
         self.max_lag_bytes = max_lag_bytes
-        self.links: dict[str, FollowerLink] = {}  # node id -> connected follower
+        self.links: dict[str, FollowerLink] = {}  # node id -> its newest connection
         self.waiting: dict[str, Incarnation] = {}  # followers writes wait for
         self.committed_isr: set[Incarnation] = set()  # as last written to etcd (or elected)
         self.adding: dict[str, Position] = {}  # added to `waiting`, not yet to etcd: at what
@@ -147,19 +156,31 @@ class InSyncReplicas:
 
     # -- follower links (leader_side) ------------------------------------------------------
 
-    def connected(self, node_id: str, incarnation: Incarnation, position: Position,
-                  snapshotting: bool) -> FollowerLink:
-        link = self.links[node_id] = FollowerLink(incarnation, position, snapshotting)
+    def connected(self, incarnation: Incarnation, position: Position, snapshotting: bool,
+                  hang_up: Callable[[], object] = lambda: None) -> FollowerLink:
+        """A connection whose HELLO named a current incarnation (leader_side checks
+        `current` first): it supersedes the node's older connection, which is hung up, so a
+        follower that reconnects over a half-open connection wins and the one link left is
+        always the connection that acks."""
+        node_id = incarnation.node_id
+        link = FollowerLink(incarnation, position, snapshotting, hang_up)
+        older = self.links.get(node_id)
+        self.links[node_id] = link
+        if older is not None:
+            older.hang_up()
         self.changed.unpark_all()
         return link
 
-    def acked(self, node_id: str, position: Position) -> None:
-        link = self.links.get(node_id)
-        if link is not None:
-            link.acked = position
-            if node_id in self.waiting:
-                self._advance()
-            self._trim(min(link.acked for link in self.links.values()))
+    def acked(self, link: FollowerLink, position: Position) -> None:
+        """An ACK read on `link`'s connection: it moves that link only (a superseded
+        connection's acks count for nothing)."""
+        link.acked = position
+        node_id = link.incarnation.node_id
+        if self.links.get(node_id) is not link:
+            return
+        if node_id in self.waiting:
+            self._advance()
+        self._trim(min(link.acked for link in self.links.values()))
 
     def _trim(self, floor: Position) -> None:
         """Forget commit samples every connected follower has acknowledged (lag needs only
@@ -168,9 +189,12 @@ class InSyncReplicas:
         while commits and commits[0][0] <= floor:
             self._trimmed_bytes = commits.popleft()[2]
 
-    def disconnected(self, node_id: str) -> None:
-        self.links.pop(node_id, None)
-        self.changed.unpark_all()
+    def disconnected(self, link: FollowerLink) -> None:
+        """`link`'s connection ended; a newer connection of the same node stays."""
+        node_id = link.incarnation.node_id
+        if self.links.get(node_id) is link:
+            del self.links[node_id]
+            self.changed.unpark_all()
 
     # -- lag ---------------------------------------------------------------------------------
 

@@ -7,10 +7,20 @@ with a yield to the clients between chunks, SNAPSHOT_END) and then the mutations
 snapshot's position; if the backlog dropped that position meanwhile, it snapshots again.
 Then it waits for the next change (`LeaderSideHost.next_change`: every committed write wakes
 it) and sends what is new, in batches. A second task reads the follower's ACKs and reports
-them to the leadership's InSyncReplicas (`in_sync`), which the ISR and sync-mode replies
-follow. When this node stops leading, every follower connection gets ERROR NOT_LEADER and
-is closed, and followers look for the new leader. All it knows of the node is its
-`ports.LeaderSideHost`.
+them to the leadership's InSyncReplicas (`in_sync`) on that connection's own link, which
+the ISR and sync-mode replies follow. When this node stops leading, every follower
+connection gets ERROR NOT_LEADER and is closed, and followers look for the new leader. All it
+knows of the node is its `ports.LeaderSideHost`.
+
+Who may be served (issue 12; the peer port has no authentication yet): a HELLO must name a
+current incarnation, a node registered in this shard (its `nodes/` key, not this node's)
+whose lease is the one named; any other gets ERROR NOT_MEMBER and is closed (a real follower
+whose new lease has not reached this node's view yet retries shortly). Until its HELLO is
+accepted a connection is *pending*: the peer server keeps only a few of those, a new arrival
+evicting the oldest (replicator.PEER_PENDING), and the HELLO timeout still applies; once
+accepted, a newer connection of the same node supersedes it. So silent or unregistered
+clients cannot fill the port, and the peer connections stay bounded by the shard's members
+plus the pending cap.
 """
 
 from __future__ import annotations
@@ -86,12 +96,22 @@ async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
         await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
         return
     node = hello.node_id
-    link = insync.connected(node, Incarnation(node, hello.incarnation), hello.position,
-                            snapshotting=not host.log.covers(hello.position))
+    incarnation = Incarnation(node, hello.incarnation)
+    if not insync.current(incarnation):
+        # Not a registered member of this shard under this lease in our view: an impostor,
+        # or a real follower whose new lease has not reached us yet (it retries soon).
+        log.info("refused HELLO of %s (lease %x): not a current member of the shard",
+                 node, hello.incarnation)
+        await _send(conn, Error(ErrorCode.NOT_MEMBER, epoch, "not a current member"))
+        return
+    conn.pending = False  # admitted: at most one such connection per node (below)
+    link = insync.connected(incarnation, hello.position,
+                            snapshotting=not host.log.covers(hello.position),
+                            hang_up=conn.scope.cancel)
     log.info("follower %s connected at %s", node, tuple(hello.position))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_acks, insync, conn, parser, node, nursery.cancel_scope)
+            nursery.start_soon(_read_acks, insync, conn, parser, link, nursery.cancel_scope)
             try:
                 await _stream(host, conn, hello.position, epoch, link)
             except _Deposed:
@@ -100,8 +120,7 @@ async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
                 log.info("follower %s: %s", node, exc)
             nursery.cancel_scope.cancel()
     finally:
-        if insync.links.get(node) is link:  # not a newer connection of the same node
-            insync.disconnected(node)
+        insync.disconnected(link)  # its own link only: not a newer connection's
         log.info("follower %s disconnected", node)
 
 
@@ -148,12 +167,13 @@ async def _send_snapshot(host: LeaderSideHost, conn: Connection, epoch: int) -> 
 
 
 async def _read_acks(insync: InSyncReplicas, conn: Connection, parser: ReplicationParser,
-                     node: str, done: trio.CancelScope) -> None:
+                     link: FollowerLink, done: trio.CancelScope) -> None:
+    node = link.incarnation.node_id
     try:
         while True:
             event = await next_event(conn.sock, parser)
             if isinstance(event, Ack):
-                insync.acked(node, event.position)
+                insync.acked(link, event.position)  # this connection's link, nobody else's
                 continue
             if isinstance(event, Error):
                 log.info("follower %s: %s %s", node, event.code.name, event.message)

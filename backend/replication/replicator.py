@@ -53,10 +53,13 @@ from memring.protocol import write_refusals
 from memring.protocol.replication import (
     ORIGIN,
     Deletion,
+    Error,
+    ErrorCode,
     Flush,
     ItemState,
     Mutation,
     Position,
+    encode,
 )
 from memring.protocol.write_refusals import refusal_line
 
@@ -65,7 +68,15 @@ log = logging.getLogger("memring.backend.replication")
 # A leader promoted in the middle of a snapshot holds a partial store: its log restarts from
 # a position no follower can hold, so every follower takes a snapshot from it.
 NOWHERE = Position(0, (1 << 64) - 1)
+# The peer port's own limits, apart from the client port's --max-connections (issue 12): a
+# connection is pending until its HELLO names a current member of this shard (leader_side);
+# at most PEER_PENDING are kept, a new one evicting the oldest (each still has the HELLO
+# timeout), so silent or unregistered clients can never fill the port; admitted connections
+# number at most one per member (a newer one supersedes the older), MAX_FOLLOWERS in all.
+PEER_PENDING = 8
 MAX_FOLLOWERS = 64
+PEER_MAX_CONNECTIONS = PEER_PENDING + MAX_FOLLOWERS
+PEER_FULL = encode(Error(ErrorCode.FULL, 0, f"more than {MAX_FOLLOWERS} followers"))
 TOO_FEW_IN_SYNC = refusal_line(write_refusals.TOO_FEW_IN_SYNC)
 UNACKED_PRUNE = 65536  # keys with a newest mutation on record before acknowledged ones go
 
@@ -164,10 +175,15 @@ class Replicator:
             log.info("replication mode now %s (cluster config)", self.mode)
 
     def _is_current(self, incarnation: Incarnation) -> bool:
-        """The node's `nodes/` key is bound to this incarnation's lease in the newest view
-        (an older incarnation, or a node whose lease is gone, never enters the ISR)."""
+        """Another node of this shard whose `nodes/` key is bound to this incarnation's lease
+        in the newest view (an older incarnation, a node whose lease is gone, a node of
+        another shard, lease 0 or this node's own id never enters the ISR, nor is served)."""
         view = self.member.view
-        return view is not None and incarnation.lease_id != 0 and \
+        identity = self.member.identity
+        if view is None or incarnation.lease_id == 0 or incarnation.node_id == identity.node_id:
+            return False
+        record = view.nodes.get(incarnation.node_id)
+        return record is not None and record.shard == identity.shard and \
             view.lease_of(view.keyspace.node(incarnation.node_id)) == incarnation.lease_id
 
     def _view_isr(self) -> set[Incarnation]:
@@ -371,8 +387,9 @@ class Replicator:
         """Serve followers on the peer port and follow the leader, until `shutdown()`."""
         host, port = split_address(self.settings.peer_listen, listen=True)
         listener = nonblocking.listen(host, port)
-        self.peers = ConnectionServer(lambda conn: serve_follower(self, conn), MAX_FOLLOWERS,
-                                      self.peer_counters)
+        self.peers = ConnectionServer(lambda conn: serve_follower(self, conn),
+                                      PEER_MAX_CONNECTIONS, self.peer_counters,
+                                      rejection=PEER_FULL, max_pending=PEER_PENDING)
         with self._scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_each_isr)

@@ -125,6 +125,38 @@ async def test_past_the_limit_a_client_is_told_and_closed() -> None:
     assert counters.curr_connections == 0
 
 
+async def test_past_max_pending_the_oldest_unadmitted_connection_makes_room() -> None:
+    """The peer port (issue 12): connections that never identify themselves cannot lock out
+    one that does; a new arrival past `max_pending` ends the oldest pending connection, and
+    admitted ones are never evicted."""
+    counters = ConnectionCounters()
+
+    async def admit_on_hello(conn: Connection) -> None:
+        if await nonblocking.recv(conn.sock, 100) == b"hello":
+            conn.pending = False
+            await nonblocking.send_all(conn.sock, b"welcome")
+        await trio.sleep_forever()
+
+    server = ConnectionServer(admit_on_hello, 10, counters, max_pending=2)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            admitted = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(admitted, b"hello")
+            assert await nonblocking.recv(admitted, 100) == b"welcome"
+            silent = [await nonblocking.connect("127.0.0.1", port) for _ in range(30)]
+            latecomer = await nonblocking.connect("127.0.0.1", port)  # 32 > the limit of 10
+            await nonblocking.send_all(latecomer, b"hello")
+            assert await nonblocking.recv(latecomer, 100) == b"welcome"
+            closed = [await nonblocking.recv(sock, 100) for sock in silent[:-1]]
+            assert closed == [b""] * 29  # the oldest silent ones, never the admitted one
+            assert counters.pending_evictions == 29 and counters.rejected_connections == 0
+            assert counters.curr_connections == 3  # 2 admitted + the newest silent one
+            for sock in (admitted, latecomer, *silent):
+                nonblocking.close(sock)
+            server.shutdown(0.1)
+
+
 async def test_shutdown_closes_idle_now_and_busy_at_the_deadline() -> None:
     busy_started = trio.Event()
     cancelled: list[str] = []

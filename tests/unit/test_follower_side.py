@@ -16,7 +16,7 @@ from memring.backend.replication.ports import ReplicationCounters
 from memring.backend.store import Store
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
-from memring.protocol.replication import ORIGIN, Hello, ReplicationParser
+from memring.protocol.replication import ORIGIN, Error, ErrorCode, Hello, ReplicationParser, encode
 from memring.protocol.sentinels import NEED_DATA
 
 pytestmark = pytest.mark.unit
@@ -81,3 +81,27 @@ async def test_a_new_lease_says_hello_again_and_a_lost_session_does_not() -> Non
             nursery.cancel_scope.cancel()
     for sock in (listener, first, second):
         sock.close()
+
+
+async def test_a_hello_refused_as_not_a_member_is_said_again_soon() -> None:
+    """The leader refuses a HELLO whose lease is not in its view yet (ERROR NOT_MEMBER, issue
+    12): the follower asks again every NOT_MEMBER_RETRY s, not after a growing backoff (it
+    waited up to BACKOFF_MAX = 1 s before)."""
+    listener = nonblocking.listen("127.0.0.1", 0)
+    host = Host(f"127.0.0.1:{listener.getsockname()[1]}")
+    gaps: list[float] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follower_side.follow_leader, host)
+            refused_at = None
+            for _ in range(6):
+                sock = await nonblocking.accept(listener)
+                await _hello(sock)
+                if refused_at is not None:
+                    gaps.append(trio.current_time() - refused_at)
+                await nonblocking.send_all(sock, encode(Error(ErrorCode.NOT_MEMBER, 1, "who?")))
+                refused_at = trio.current_time()
+                sock.close()
+            nursery.cancel_scope.cancel()
+    listener.close()
+    assert max(gaps) < 2 * follower_side.NOT_MEMBER_RETRY, gaps

@@ -43,8 +43,7 @@ def leader(elected_with: set[Incarnation], **kw: object) -> InSyncReplicas:
 
 async def test_a_write_waits_for_every_in_sync_follower() -> None:
     insync = leader({ME, N2, N3})
-    for node in (N2, N3):
-        insync.connected(node.node_id, node, Position(5, 0), snapshotting=False)
+    n2, n3 = (insync.connected(node, Position(5, 0), snapshotting=False) for node in (N2, N3))
     insync.committed(Position(5, 1), 100)
     done: list[bool] = []
 
@@ -54,10 +53,10 @@ async def test_a_write_waits_for_every_in_sync_follower() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(write)
         await trio.testing.wait_all_tasks_blocked()
-        insync.acked("n2", Position(5, 1))
+        insync.acked(n2, Position(5, 1))
         await trio.testing.wait_all_tasks_blocked()
         assert done == []  # n3 has not acknowledged
-        insync.acked("n3", Position(5, 1))
+        insync.acked(n3, Position(5, 1))
     assert done == [True]
     assert insync.lag(Position(5, 0))[0] == 1 and insync.lag(Position(5, 1)) == (0, 0.0, 0)
 
@@ -65,9 +64,9 @@ async def test_a_write_waits_for_every_in_sync_follower() -> None:
 async def test_a_dead_follower_leaves_etcd_first_then_writes_stop_waiting() -> None:
     etcd = EtcdIsr()
     insync = leader({ME, N2, N3})
-    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # n3 never reconnects
+    n2 = insync.connected(N2, Position(5, 0), snapshotting=False)  # n3 never reconnects
     insync.committed(Position(5, 1), 10)
-    insync.acked("n2", Position(5, 1))
+    insync.acked(n2, Position(5, 1))
     results: list[bool] = []
 
     async def write() -> None:
@@ -91,10 +90,10 @@ async def test_a_caught_up_follower_is_waited_for_before_it_enters_etcd() -> Non
     etcd = EtcdIsr()
     insync = leader({ME})
     insync.committed(Position(5, 1), 10)
-    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # close behind
+    n2 = insync.connected(N2, Position(5, 0), snapshotting=False)  # close behind
     await insync._check(ME, etcd)
     assert "n2" in insync.waiting and etcd.writes == []  # waited for, not in etcd yet
-    insync.acked("n2", Position(5, 1))
+    insync.acked(n2, Position(5, 1))
     await insync._check(ME, etcd)
     assert etcd.writes == [{ME, N2}] and insync.expansions == 1
     assert insync.committed_isr == {ME, N2}
@@ -103,9 +102,9 @@ async def test_a_caught_up_follower_is_waited_for_before_it_enters_etcd() -> Non
 async def test_a_snapshotting_or_lagging_follower_is_not_added() -> None:
     etcd = EtcdIsr()
     insync = leader({ME})
-    insync.connected("n2", N2, Position(0, 0), snapshotting=True)
+    insync.connected(N2, Position(0, 0), snapshotting=True)
     insync.committed(Position(5, 1), 2 << 20)  # more bytes than the bound
-    insync.connected("n3", N3, Position(5, 0), snapshotting=False)
+    insync.connected(N3, Position(5, 0), snapshotting=False)
     await insync._check(ME, etcd)
     assert insync.waiting == {} and etcd.writes == []
 
@@ -113,7 +112,7 @@ async def test_a_snapshotting_or_lagging_follower_is_not_added() -> None:
 async def test_stepping_down_or_a_lost_lease_acknowledges_nothing() -> None:
     valid = [True]
     insync = leader({ME, N2}, lease_valid=lambda: valid[0])
-    insync.connected("n2", N2, Position(5, 0), snapshotting=False)
+    n2 = insync.connected(N2, Position(5, 0), snapshotting=False)
     insync.committed(Position(5, 1), 10)
     insync.committed(Position(5, 2), 10)
     results: list[bool] = []
@@ -126,7 +125,7 @@ async def test_stepping_down_or_a_lost_lease_acknowledges_nothing() -> None:
         nursery.start_soon(write, Position(5, 2))
         await trio.testing.wait_all_tasks_blocked()
         valid[0] = False  # the lease ran out before the follower acknowledged
-        insync.acked("n2", Position(5, 1))
+        insync.acked(n2, Position(5, 1))
         await trio.testing.wait_all_tasks_blocked()
         insync.fail_all()  # then the node stepped down
     assert results == [False, False]
@@ -146,7 +145,7 @@ async def test_a_follower_with_a_new_lease_replaces_its_old_incarnation() -> Non
     insync = InSyncReplicas(max_lag=0.5, max_lag_bytes=1 << 20, current=current)
     insync.newest = insync.watermark = Position(5, 0)
     insync.start({ME, N2}, ME)
-    insync.connected("n2", N2, Position(5, 0), snapshotting=False)
+    insync.connected(N2, Position(5, 0), snapshotting=False)
     await insync._check(ME, etcd)
     assert etcd.writes == [] and insync.waiting == {"n2": N2}
 
@@ -157,10 +156,10 @@ async def test_a_follower_with_a_new_lease_replaces_its_old_incarnation() -> Non
     assert etcd.writes == [{ME}]  # never written back
 
     insync.committed(Position(5, 1), 10)
-    insync.connected("n2", n2_new, Position(5, 0), snapshotting=False)  # HELLO, new lease
+    n2 = insync.connected(n2_new, Position(5, 0), snapshotting=False)  # HELLO, new lease
     await insync._check(ME, etcd)
     assert insync.waiting == {"n2": n2_new} and etcd.writes == [{ME}]  # waited for first
-    insync.acked("n2", Position(5, 1))
+    insync.acked(n2, Position(5, 1))
     await insync._check(ME, etcd)
     assert etcd.writes == [{ME}, {ME, n2_new}] and insync.committed_isr == {ME, n2_new}
 
@@ -171,7 +170,39 @@ async def test_a_hello_naming_a_lease_that_is_not_current_is_never_added() -> No
                             current=lambda incarnation: incarnation.lease_id != 2)
     insync.newest = insync.watermark = Position(5, 0)
     insync.start({ME}, ME)
-    insync.connected("n2", N2, Position(5, 0), snapshotting=False)  # an old connection's HELLO
+    insync.connected(N2, Position(5, 0), snapshotting=False)  # an old connection's HELLO
     await insync._check(ME, etcd)
     await insync._check(ME, etcd)
     assert insync.waiting == {} and etcd.writes == []
+
+
+async def test_acks_move_only_their_own_connection_and_a_newer_connection_supersedes() -> None:
+    """Issue 12: a second connection under the follower's node id (an impostor with the
+    public lease, or the follower itself over a half-open connection) supersedes the first,
+    which is hung up; acks read on a superseded connection move nothing, and its end does
+    not remove the newer link. Before, links and acks were keyed by node id: the real
+    follower's acks moved the impostor's link, and the impostor's leaving removed the only
+    link, leaving the still-connected follower out of the ISR until it reconnected."""
+    etcd = EtcdIsr()
+    insync = leader({ME, N2})
+    hung_up: list[str] = []
+    real = insync.connected(N2, Position(5, 0), snapshotting=False,
+                            hang_up=lambda: hung_up.append("real"))
+    insync.committed(Position(5, 1), 10)
+    impostor = insync.connected(N2, Position(5, 0), snapshotting=False,
+                                hang_up=lambda: hung_up.append("impostor"))
+    assert hung_up == ["real"] and insync.links["n2"] is impostor
+    insync.acked(real, Position(5, 1))  # the real follower's ack, read before it was closed
+    assert insync.watermark == Position(5, 0) and impostor.acked == Position(5, 0)
+    insync.disconnected(real)  # the superseded connection ends: the newer link stays
+    assert insync.links["n2"] is impostor
+
+    again = insync.connected(N2, Position(5, 1), snapshotting=False)  # the follower is back
+    assert hung_up == ["real", "impostor"]
+    insync.acked(impostor, Position(5, 1))  # nothing: it no longer stands for n2
+    insync.disconnected(impostor)
+    assert insync.links == {"n2": again} and insync.watermark == Position(5, 0)
+    insync.acked(again, Position(5, 1))
+    assert insync.watermark == Position(5, 1)
+    await insync._check(ME, etcd)
+    assert etcd.writes == [] and insync.waiting == {"n2": N2}  # never dropped

@@ -1,0 +1,162 @@
+"""Hostile clients of a leader's peer port, speaking the replication protocol from a plain
+socket (there is no authentication of the peer port yet; issue 12): a HELLO under any node id
+and lease, an acknowledger that alternates acking and silence, and a crowd of connections
+that never say HELLO, held open (reopened when the leader closes them)."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from memring.cluster.coordinator import ClusterView
+from memring.protocol.replication import (
+    ORIGIN,
+    Ack,
+    Error,
+    Hello,
+    Mutation,
+    Position,
+    ReplicationParser,
+    SnapshotEnd,
+    encode,
+)
+from memring.protocol.sentinels import NEED_DATA
+from tests.helpers.cluster import SHARD
+
+CONNECT_TIMEOUT = 2.0
+
+
+def leader_peer(view: ClusterView) -> tuple[str, int]:
+    """The peer address the shard's leader publishes."""
+    leader = view.shards[SHARD].leader
+    assert leader is not None, "no leader"
+    host, _, port = view.nodes[leader.node_id].peer_address.rpartition(":")
+    return host, int(port)
+
+
+def hello(peer: tuple[str, int], node_id: str, lease: int,
+          position: Position = ORIGIN) -> socket.socket:
+    """A connection to `peer` that said HELLO as (`node_id`, `lease`)."""
+    sock = socket.create_connection(peer, timeout=CONNECT_TIMEOUT)
+    sock.sendall(encode(Hello(node_id, lease, position)))
+    return sock
+
+
+def refusal(sock: socket.socket, timeout: float = 2.0) -> Error | None:
+    """The ERROR the leader answered with (None: it streams, or closed without one)."""
+    sock.settimeout(timeout)
+    parser = ReplicationParser()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = parser.next_event()
+        if isinstance(event, Error):
+            return event
+        if event is not NEED_DATA:
+            return None
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return None
+        if not data:
+            return None
+        parser.receive_data(data)
+    return None
+
+
+class Acknowledger(threading.Thread):
+    """Says HELLO as (`node_id`, `lease`), reads the stream and ACKs the newest position for
+    `acking` s, then stays silent (reads nothing, acks nothing) for `silent` s, in turn,
+    until `stop()`; counts the acks sent."""
+
+    def __init__(self, peer: tuple[str, int], node_id: str, lease: int, *,
+                 acking: float, silent: float) -> None:
+        super().__init__(daemon=True)
+        self.sock = hello(peer, node_id, lease)
+        self.sock.settimeout(0.02)
+        self.acking, self.silent = acking, silent
+        self.acks = 0
+        self.closed_by_leader = False
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        parser = ReplicationParser()
+        newest = ORIGIN
+        with contextlib.suppress(OSError):
+            while not self._done.is_set():
+                until = time.monotonic() + self.acking
+                while time.monotonic() < until and not self._done.is_set():
+                    try:
+                        data = self.sock.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        self.closed_by_leader = True
+                        return
+                    parser.receive_data(data)
+                    while (event := parser.next_event()) is not NEED_DATA:
+                        if isinstance(event, Mutation | SnapshotEnd):
+                            newest = event.position
+                        elif isinstance(event, Error):
+                            self.closed_by_leader = True
+                            return
+                    self.sock.sendall(encode(Ack(newest)))
+                    self.acks += 1
+                self._done.wait(self.silent)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+        self.sock.close()
+
+
+class SilentCrowd(threading.Thread):
+    """`count` connections to `peer` that never say anything, reopened (every `every` s)
+    when the leader closes them; counts how many the leader closed or refused."""
+
+    def __init__(self, peer: tuple[str, int], count: int, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.peer, self.count, self.every = peer, count, every
+        self.socks: list[socket.socket] = []
+        self.closed = 0
+        self._done = threading.Event()
+
+    def _fill(self) -> None:
+        while len(self.socks) < self.count:
+            try:
+                self.socks.append(socket.create_connection(self.peer, timeout=CONNECT_TIMEOUT))
+            except OSError:
+                self.closed += 1
+                return
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            self._fill()
+            readable, _, _ = select.select(self.socks, [], [], self.every)
+            for sock in readable:  # a silent client reads only the end (or a refusal)
+                with contextlib.suppress(OSError):
+                    sock.recv(4096)
+                sock.close()
+                self.socks.remove(sock)
+                self.closed += 1
+            self._done.wait(self.every)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+        for sock in self.socks:
+            sock.close()
+
+
+@contextlib.contextmanager
+def silent_crowd(peer: tuple[str, int], count: int) -> Iterator[SilentCrowd]:
+    crowd = SilentCrowd(peer, count)
+    crowd._fill()
+    crowd.start()
+    try:
+        yield crowd
+    finally:
+        crowd.stop()
