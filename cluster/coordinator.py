@@ -185,24 +185,30 @@ class Session:
 
     async def _renew_until_lost(self) -> None:
         interval = self.ttl / 3
+        # One attempt may not eat the budget: a keepalive stuck on a frozen etcd member is
+        # given up after this and sent again at once through the next member, so the lease is
+        # renewed through the others within the TTL (etcd's new leader keeps it alive).
+        attempt = max(0.1, min(interval, (self.ttl - self.margin) / 6))
         next_at = self.renewed_at + interval
         failing = False
         while True:
             await trio.sleep_until(next_at)
             sent = trio.current_time()
             try:
-                remaining = await self.coordinator._keepalive(self.lease_id, timeout=interval)
+                remaining = await self.coordinator._keepalive(self.lease_id, timeout=attempt)
             except CoordinatorUnavailable as exc:
                 if not failing:
                     log.warning("keepalive of lease %x failed: %s", self.lease_id, exc)
                 failing = True
-                next_at = trio.current_time() + min(0.1, interval / 4)
+                # a refused connection fails at once: pace the retries, a little
+                next_at = max(trio.current_time(), sent + min(0.05, attempt / 2))
                 continue
             if remaining <= 0:
                 self._mark_lost("the lease expired or was revoked in the store")
                 return
             if failing:
-                log.info("keepalive of lease %x recovered", self.lease_id)
+                log.info("keepalive of lease %x recovered (%.0f ms before the local deadline)",
+                         self.lease_id, (self.deadline - trio.current_time()) * 1000)
             failing = False
             self.renewed_at = max(self.renewed_at, sent)
             next_at = sent + interval
@@ -317,12 +323,23 @@ class Coordinator(abc.ABC):
                     except CoordinatorError as exc:
                         log.warning("could not revoke lease %x on close: %s", lease_id, exc)
 
+    @property
+    def endpoint_count(self) -> int:
+        """How many store endpoints a call may fail over between (each tried once)."""
+        return 1
+
     async def _remaining(self, lease_id: int) -> float:
-        """Seconds the store still gives `lease_id` after renewing it; 0 if it is gone."""
-        try:
-            return await self._keepalive(lease_id, timeout=self.call_timeout)
-        except LeaseNotFound:
-            return 0.0
+        """Seconds the store still gives `lease_id` after renewing it; 0 if it is gone. A
+        keepalive is idempotent: an endpoint that does not answer is followed by the next."""
+        for attempt in range(self.endpoint_count):
+            try:
+                return await self._keepalive(lease_id, timeout=self.call_timeout)
+            except LeaseNotFound:
+                return 0.0
+            except CoordinatorUnavailable:
+                if attempt == self.endpoint_count - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def register_node(self, session: Session, node: NodeRecord) -> None:
         await self._put(self.keyspace.node(node.node_id), node.to_json(), session.lease_id)

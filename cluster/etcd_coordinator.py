@@ -9,8 +9,15 @@ the thread ends by its gRPC deadline. A watch is one bidirectional stream read b
 hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
 closing the watch cancels the gRPC call, which ends the thread.
 
-UNAVAILABLE and DEADLINE_EXCEEDED become `CoordinatorUnavailable` naming the endpoint; with
-several endpoints the next call goes to the next one.
+UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
+follower answers when it could not forward to a leader in time) become `CoordinatorUnavailable`
+naming the endpoint; with several endpoints the next call goes to the next one, the member that
+failed longest ago first. A watch lives on the current endpoint: when any call finds that
+endpoint unavailable the watch ends with CoordinatorUnavailable and `follow()` resyncs through
+the next one. A stream on a frozen (SIGSTOPped) member gets no error of its own, only silence:
+without this a paused etcd leader froze every watcher's view for as long as it was paused
+(measured: a dead memring leader replaced after 7.3 s, when the etcd member resumed, instead of
+within a second).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -118,6 +126,8 @@ class EtcdCoordinator(Coordinator):
         self._channels = [grpc.insecure_channel(ep, options=_CHANNEL_OPTIONS)
                           for ep in self.endpoints]
         self._current = 0
+        self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
+        self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self._closed = False
 
     @classmethod
@@ -135,6 +145,10 @@ class EtcdCoordinator(Coordinator):
             await self.aclose()
 
     @property
+    def endpoint_count(self) -> int:
+        return len(self.endpoints)
+
+    @property
     def url(self) -> str:
         return f"http://{self.endpoints[self._current]}"
 
@@ -143,14 +157,34 @@ class EtcdCoordinator(Coordinator):
             raise CoordinatorError("the etcd coordinator is closed")
         return self._current, kind(self._channels[self._current])
 
-    def _error(self, index: int, exc: grpc.RpcError, timeout: float) -> CoordinatorError:
+    def _fail_over(self, index: int) -> None:
+        """Endpoint `index` did not answer: if it is current, make current the endpoint that
+        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
+        self._failed_at[index] = time.monotonic()
+        if len(self.endpoints) == 1 or index != self._current:
+            return
+        count = len(self.endpoints)
+        order = [(index + step) % count for step in range(1, count)]
+        self._current = min(order, key=lambda i: self._failed_at[i])
+        self._moved.set()
+        self._moved = trio.Event()
+
+    async def _until_moved_from(self, index: int) -> None:
+        while self._current == index:
+            await self._moved.wait()
+
+    def _error(self, index: int, exc: grpc.RpcError, timeout: float, *,
+               fail_over: bool = True) -> CoordinatorError:
+        """The CoordinatorError for a failed call on endpoint `index`; an unavailable endpoint
+        is failed over from (`fail_over=False` from a thread: the caller does it in trio)."""
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
         url = f"http://{self.endpoints[index]}"
-        if code in _UNAVAILABLE:
-            if len(self.endpoints) > 1 and index == self._current:
-                self._current = (index + 1) % len(self.endpoints)
-            what = "did not answer" if code == grpc.StatusCode.DEADLINE_EXCEEDED else "refused"
+        if code in _UNAVAILABLE or (code == grpc.StatusCode.UNKNOWN
+                                    and "deadline exceeded" in (details or "")):
+            if fail_over:
+                self._fail_over(index)
+            what = "refused" if code == grpc.StatusCode.UNAVAILABLE else "did not answer"
             return CoordinatorUnavailable(
                 f"etcd at {url} {what} within {timeout:g}s ({details}); is etcd running there? "
                 "start it (`memring up` spawns one; Debian: etcd-server) or pass --etcd URLS")
@@ -231,6 +265,7 @@ class EtcdCoordinator(Coordinator):
     @asynccontextmanager
     async def _watch_raw(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
         index, stub = self._stub(etcdrpc.WatchStub)
+        url = f"http://{self.endpoints[index]}"
         raw = prefix.encode()
         create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
             key=raw, range_end=prefix_end(raw), start_revision=from_revision))
@@ -257,10 +292,10 @@ class EtcdCoordinator(Coordinator):
             try:
                 for rs in call:
                     if rs.compact_revision:
-                        return WatchCompacted(f"etcd at {self.url}: revision {from_revision} "
+                        return WatchCompacted(f"etcd at {url}: revision {from_revision} "
                                               f"was compacted (now {rs.compact_revision})")
                     if rs.canceled:
-                        return CoordinatorError(f"etcd at {self.url} cancelled the watch: "
+                        return CoordinatorError(f"etcd at {url} cancelled the watch: "
                                                 f"{rs.cancel_reason}")
                     if rs.created:
                         to_trio(created.set)
@@ -270,30 +305,44 @@ class EtcdCoordinator(Coordinator):
                                      _entry(ev.kv)) for ev in rs.events))
                         if not to_trio(functools.partial(send.send_nowait, batch)):
                             return None
-                return CoordinatorUnavailable(f"etcd at {self.url} ended the watch stream")
+                return CoordinatorUnavailable(f"etcd at {url} ended the watch stream")
             except grpc.RpcError as exc:
                 if closing.is_set():
                     return None
-                return self._error(index, exc, self.call_timeout)
+                return self._error(index, exc, self.call_timeout, fail_over=False)
 
         async def run_pump() -> None:
             # its own limiter: a long-lived watch must not hold a slot of the unary calls' pool
             error = await trio.to_thread.run_sync(pump, abandon_on_cancel=True,
                                                   limiter=trio.CapacityLimiter(1))
-            stream.error = error
+            if isinstance(error, CoordinatorUnavailable):
+                self._fail_over(index)
+            if error is not None or stream.error is None:
+                stream.error = error
             created.set()
             send.close()
+
+        async def end_when_moved() -> None:
+            # another call found this endpoint unavailable: a frozen member sends no error
+            await self._until_moved_from(index)
+            stream.error = CoordinatorUnavailable(
+                f"etcd at {url} stopped answering other calls: "
+                f"moving the watch to http://{self.endpoints[self._current]}")
+            closing.set()
+            call.cancel()
 
         failed: CoordinatorError | None = None
         try:
             with collapse_single():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(run_pump)
+                    nursery.start_soon(end_when_moved)
                     with trio.move_on_after(self.call_timeout):
                         await created.wait()
                     if not created.is_set():
+                        self._fail_over(index)
                         failed = CoordinatorUnavailable(
-                            f"etcd at {self.url} did not confirm a watch within "
+                            f"etcd at {url} did not confirm a watch within "
                             f"{self.call_timeout:g}s; is etcd running there?")
                     elif stream.error is not None:
                         failed = stream.error

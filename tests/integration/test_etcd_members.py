@@ -1,0 +1,170 @@
+"""An etcd member fails under a sync shard (issue 12): a 3-member etcd, every backend given all
+three endpoints, etcd's raft leader listed first (the endpoint a client uses until it fails).
+
+- The etcd leader paused (SIGSTOP) past the 2 s lease TTL, then resumed; meanwhile the
+  shard's memring leader is killed: a new memring leader must take over within a bound
+  through the other members. Before the fix every member's watch hung on the paused member
+  and no view changed until it resumed (measured 7.3 s without a writable leader).
+- The etcd leader killed (kill -9), then restarted.
+
+In both: each backend loses its session at most once (the lease, alive in etcd, is kept), no
+unclean election, the ISR is every live node again within a few seconds of the fault's end,
+and every acknowledged write is readable on the shard's leader. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from tests.helpers.cluster import SHARD, wait_for
+from tests.helpers.etcd_faults import MembersShard, ShardWatcher, members_shard, node_report
+from tests.helpers.replicas import dump
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
+
+FAULT = 4.0            # seconds an etcd member stays paused or dead: past the 2 s TTL
+KILL_AFTER = 1.0       # into the pause, the shard's memring leader is killed
+NEW_LEADER_BOUND = 2.0  # from that kill to the next acknowledged write
+BACK_IN_SYNC = 5.0     # from the fault's end to a full ISR
+
+
+@pytest.fixture
+def etcd3() -> Iterator[EtcdCluster]:
+    with running_etcd_cluster(3) as etcd:
+        yield etcd
+
+
+async def _in_sync(shard: MembersShard, live: int, timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            view = await shard.view()
+            isr = view.shards[SHARD].isr if SHARD in view.shards else None
+            nodes = {Incarnation(n, view.lease_of(view.keyspace.node(n))) for n in view.nodes}
+            if isr is not None and len(nodes) == live and set(isr.members) == nodes:
+                return
+            await trio.sleep(0.05)
+
+
+def _check_after(shard: MembersShard, watcher: ShardWatcher, ended: float) -> None:
+    """The common verdict once the fault is over."""
+    live = [n for n in shard.nodes if n.process.poll() is None]
+    reports = [node_report(n) for n in shard.nodes]
+    detail = "\n".join([*map(str, reports), *watcher.timeline()[-12:]])
+    try:
+        trio.run(_in_sync, shard, len(live), BACK_IN_SYNC - (time.monotonic() - ended))
+    except trio.TooSlowError:
+        raise AssertionError(f"ISR not every live node {BACK_IN_SYNC} s after the fault\n"
+                             f"{detail}") from None
+    for report in reports:
+        assert len(report.lost) <= 1, f"{report.node} lost its session twice\n{detail}"
+    revoked = any("revoked in the store" in lost for r in reports for lost in r.lost)
+    if revoked and any(r.unclean for r in reports):
+        # Still open: etcd < 3.4.28 (no etcd PR #16822) lets the resumed stale leader revoke
+        # leases that are alive; every node then has a new lease, the ISR names only the old
+        # ones, and the election is unclean although the live nodes hold every write.
+        pytest.xfail(f"etcd revoked live leases and the election went unclean\n{detail}")
+    for report in reports:
+        assert report.unclean == 0, f"{report.node}: unclean election\n{detail}"
+    leaders = wait_for(lambda: [n for n in live if shard.role(n) == "leader"] or None, 5.0,
+                       "a leader")
+    assert len(leaders) == 1, detail
+    items = dump(leaders[0], list(watcher.stored))
+    missing = [k for k, v in watcher.stored.items() if items[k] is None or items[k][0] != v]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}\n{detail}"
+    print(f"\n{len(watcher.stored)} writes acknowledged, {watcher.refused} refused\n{detail}")
+
+
+def test_etcd_leader_paused_while_the_shard_leader_dies(etcd3: EtcdCluster) -> None:
+    with members_shard(etcd3, 3) as shard:
+        trio.run(_in_sync, shard, 3, 15.0)
+        victim = etcd3.leader()
+        assert victim is not None and shard.urls.startswith(victim.url)
+        with ShardWatcher(shard) as watcher:
+            wait_for(lambda: len(watcher.stored) > 50, 5.0, "writes before the fault")
+            victim.pause()
+            try:
+                time.sleep(KILL_AFTER)
+                (leader,) = [n for n in shard.nodes if shard.role(n) == "leader"]
+                leader.process.kill()
+                killed = watcher.now()
+                time.sleep(FAULT - KILL_AFTER)
+            finally:
+                victim.resume()
+            ended = time.monotonic()
+            time.sleep(1.0)
+            watcher.stop()
+        gap = watcher.longest_write_gap(killed, watcher.now())
+        print(f"\nno writable leader for {gap:.2f} s after the kill (etcd leader paused)")
+        assert gap < NEW_LEADER_BOUND, (
+            f"no acknowledged write for {gap:.2f} s after the shard leader died\n"
+            + "\n".join(map(str, map(node_report, shard.nodes))))
+        _check_after(shard, watcher, ended)
+
+
+def test_etcd_leader_paused_past_the_ttl(etcd3: EtcdCluster) -> None:
+    with members_shard(etcd3, 3) as shard:
+        trio.run(_in_sync, shard, 3, 15.0)
+        victim = etcd3.leader()
+        assert victim is not None
+        with ShardWatcher(shard) as watcher:
+            wait_for(lambda: len(watcher.stored) > 50, 5.0, "writes before the fault")
+            start = watcher.now()
+            victim.pause()
+            try:
+                time.sleep(FAULT)
+            finally:
+                victim.resume()
+            ended = time.monotonic()
+            time.sleep(2.0)
+            watcher.stop()
+        print(f"\nlongest time without an acknowledged write: "
+              f"{watcher.longest_write_gap(start, watcher.now()):.2f} s")
+        _check_after(shard, watcher, ended)
+
+
+def test_etcd_leader_killed_and_restarted(etcd3: EtcdCluster) -> None:
+    with members_shard(etcd3, 3) as shard:
+        trio.run(_in_sync, shard, 3, 15.0)
+        victim = etcd3.leader()
+        assert victim is not None
+        with ShardWatcher(shard) as watcher:
+            wait_for(lambda: len(watcher.stored) > 50, 5.0, "writes before the fault")
+            start = watcher.now()
+            victim.kill()
+            time.sleep(FAULT)
+            victim.restart()
+            ended = time.monotonic()
+            time.sleep(2.0)
+            watcher.stop()
+        print(f"\nlongest time without an acknowledged write: "
+              f"{watcher.longest_write_gap(start, watcher.now()):.2f} s")
+        _check_after(shard, watcher, ended)
+
+
+async def test_a_watch_leaves_a_member_other_calls_found_frozen(etcd3: EtcdCluster) -> None:
+    """A watch on a SIGSTOPped member gets no error of its own; once a call finds that member
+    unavailable, the watch ends (CoordinatorUnavailable) so that `follow()` moves on."""
+    first = etcd3.members[0]
+    with trio.fail_after(15):
+        async with EtcdCoordinator.connect(etcd3.urls, "frozen-watch",
+                                           call_timeout=0.5) as coordinator:
+            revision = (await coordinator.snapshot()).revision
+            async with coordinator.watch(revision + 1) as stream:
+                first.pause()
+                try:
+                    with pytest.raises(CoordinatorUnavailable):
+                        await coordinator._keepalive(1, timeout=0.3)
+                    with trio.fail_after(1.0), pytest.raises(CoordinatorUnavailable,
+                                                             match="stopped answering"):
+                        async for _ in stream:
+                            pass
+                finally:
+                    first.resume()
+            assert coordinator.url != first.url
