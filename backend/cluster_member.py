@@ -66,6 +66,7 @@ BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF
 BACKOFF_MAX = 1.0
 LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seldom
 HANDOVER_DRAIN = 1.0  # a resigning leader waits this long at most for in-flight writes
+EARLIER_LEASES_KEPT = 8  # earlier leases of this process published in its node record
 UNCLEAN_ASK_TIMEOUT = 0.3  # an unclean candidate asks the other members' positions this long
 UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-registering took
                      # ~0.4 s after a freeze past the TTL)
@@ -131,6 +132,7 @@ class ClusterMember:
         self._unclean_since: float | None = None  # when an unclean election became possible
         self._last_addresses: dict[str, str] = {}  # shard members' client addresses, as last seen
         self._not_leader = not_leader_line(identity.shard)
+        self._leases: list[int] = []  # every lease this process registered with, oldest first
 
     @property
     def leadership(self) -> Leadership | None:
@@ -193,6 +195,16 @@ class ClusterMember:
             lines += self.listener.stats()
         return lines
 
+    def _earlier_leases(self, session: Session) -> tuple[int, ...]:
+        """Leases this process held before `session`'s: the store is the same one, so an ISR
+        entry naming one of them names this copy of the data (NodeRecord.earlier_leases)."""
+        return tuple(lease for lease in self._leases if lease != session.lease_id)
+
+    def _earlier_incarnations(self) -> set[Incarnation]:
+        session = self.session
+        leases = self._earlier_leases(session) if session is not None else tuple(self._leases)
+        return {Incarnation(self.identity.node_id, lease) for lease in leases}
+
     # -- the session loop ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -252,7 +264,10 @@ class ClusterMember:
             session.cancel_on_loss(lost)
             await self.coordinator.register_node(session, NodeRecord(
                 ident.node_id, ident.address, ident.shard, ident.peer_address, ident.weight,
-                ident.version, time.time()))
+                ident.version, time.time(), self._earlier_leases(session)))
+            if session.lease_id not in self._leases:
+                self._leases.append(session.lease_id)
+                del self._leases[:-EARLIER_LEASES_KEPT - 1]
             await self.coordinator.ensure_shard(ident.shard, member=ident.node_id,
                                                 weight=ident.weight)
             self.session = session
@@ -332,7 +347,8 @@ class ClusterMember:
             elif not await self._may_take_unclean(view, shard):
                 return False  # look again soon
             won = await self.coordinator.campaign(
-                session, ident.shard, ident.node_id, ident.address, unclean=unclean)
+                session, ident.shard, ident.node_id, ident.address, unclean=unclean,
+                earlier_leases=self._earlier_leases(session))
             if won is not None:
                 self.leadership = won
                 self.epoch = won.epoch
@@ -422,14 +438,14 @@ class ClusterMember:
         --unclean` names this node): any live member may lead."""
         if shard is None or shard.isr is None:
             return False
-        if session.incarnation(self.identity.node_id) in shard.isr.members:
+        if {session.incarnation(self.identity.node_id), *self._earlier_incarnations()} \
+                & set(shard.isr.members):
             return False
         hint = shard.hint
         operator = hint is not None and hint.node_id == self.identity.node_id and hint.unclean
         if (view.config or ClusterConfig()).unclean_election != "auto" and not operator:
             return False
-        live = {Incarnation(n, view.lease_of(view.keyspace.node(n))) for n in view.nodes}
-        if any(member in live for member in shard.isr.members):
+        if any(member in view.live_incarnations() for member in shard.isr.members):
             return False
         log.warning("shard %s: no in-sync replica is alive; unclean election (data written "
                     "since the ISR was last updated is lost)", self.identity.shard)

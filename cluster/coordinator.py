@@ -402,7 +402,8 @@ class Coordinator(abc.ABC):
     # Elections -------------------------------------------------------------------------
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
-                       unclean: bool = False) -> Leadership | None:
+                       unclean: bool = False, earlier_leases: Iterable[int] = ()
+                       ) -> Leadership | None:
         """Try once to become the shard's leader; the Leadership, or None if another leads,
         this incarnation is not in the ISR, the node is drained, an election hint names
         another node, or any of these changed meanwhile.
@@ -410,7 +411,10 @@ class Coordinator(abc.ABC):
         One txn: leader key absent AND (ISR absent -> create it with us alone | ISR unchanged
         since we read it with us in it) AND shard record and hint unchanged since read (so a
         drain or a hint written meanwhile is never missed). `unclean` skips the ISR check and
-        resets it to us."""
+        resets it to us. `earlier_leases` are leases this same process held before (its store
+        kept): an ISR entry naming one of them is us, and the same txn rewrites that entry to
+        the current lease (etcd revoking live leases, as 3.4 does after its leader was paused,
+        then needs no unclean election)."""
         if not session.is_valid():
             return None
         shard_key = self.keyspace.shard(shard_id)
@@ -440,14 +444,19 @@ class Coordinator(abc.ABC):
             success.append(fresh_isr)
         else:
             compares.append(Compare(isr_key, "mod", "==", isr_entry.mod_revision))
-            members = IsrRecord.from_json(isr_entry.value).members
-            in_sync = me in members
+            record = IsrRecord.from_json(isr_entry.value)
+            members = record.members
+            earlier = {Incarnation(node_id, lease) for lease in earlier_leases} & set(members)
+            in_sync = me in members or bool(earlier)
             if unclean and not in_sync:
                 success.append(fresh_isr)
             elif not in_sync:
                 return None
-            else:
+            elif me in members:
                 elected_with = members
+            else:  # in sync under an earlier lease of this process: the entry becomes ours
+                elected_with = tuple(sorted({*members} - earlier | {me}))
+                success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
         result = await self._txn(compares, success)
         if not result.succeeded:
             return None

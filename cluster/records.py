@@ -40,6 +40,11 @@ class NodeRecord:
     weight: int = 1
     version: str = ""
     started: float = 0.0  # wall-clock seconds since the epoch, for humans
+    # Leases this same running process held before its current one (its session was lost and
+    # re-opened; its store was kept): an ISR entry naming one of them still names this copy
+    # of the data, so it may lead cleanly and counts as a live in-sync member. A restarted
+    # process starts with none.
+    earlier_leases: tuple[int, ...] = ()
 
     def to_json(self) -> bytes:
         return _dump(self)
@@ -49,7 +54,8 @@ class NodeRecord:
         d = _load(raw)
         return cls(str(d["node_id"]), str(d["address"]), str(d["shard"]),
                    str(d.get("peer_address", "")), int(d.get("weight", 1)),
-                   str(d.get("version", "")), float(d.get("started", 0.0)))
+                   str(d.get("version", "")), float(d.get("started", 0.0)),
+                   tuple(int(lease) for lease in d.get("earlier_leases", ())))
 
 
 HASHES = ("md5", "fnv1a_64")
@@ -292,6 +298,17 @@ class ClusterView:
     def lease_of(self, key: str) -> int:
         entry = self.entries.get(key)
         return entry.lease if entry else 0
+
+    def live_incarnations(self) -> set[Incarnation]:
+        """Every registered node's current incarnation and the earlier ones of the same
+        running process (`NodeRecord.earlier_leases`): the copies of the data alive now."""
+        live = set()
+        for node_id, record in self.nodes.items():
+            lease = self.lease_of(self.keyspace.node(node_id))
+            if lease:
+                live.add(Incarnation(node_id, lease))
+                live.update(Incarnation(node_id, earlier) for earlier in record.earlier_leases)
+        return live
 
 
 # --- sessions -----------------------------------------------------------------------------

@@ -208,7 +208,8 @@ class StaticCoordinator(Coordinator):
         _refuse()
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
-                       unclean: bool = False) -> Leadership | None:
+                       unclean: bool = False, earlier_leases: Iterable[int] = ()
+                       ) -> Leadership | None:
         _refuse()
 
     async def update_isr(self, leadership: Leadership,

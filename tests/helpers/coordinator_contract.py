@@ -186,6 +186,29 @@ class CoordinatorContract:
                 isr = (await coord.snapshot()).shards["s1"].isr
                 assert isr is not None and isr.members == (b.incarnation("n2"),)
 
+    async def test_an_earlier_lease_of_the_same_process_wins_cleanly(self, harness: Harness
+                                                                     ) -> None:
+        """A process whose session was lost (etcd revoked its live lease) re-registers with a
+        new lease; naming the old one (its store is the same) it wins without an unclean
+        election, and the txn rewrites its ISR entry to the new lease, keeping the others."""
+        with trio.fail_after(10):
+            async with (harness.client() as coord, coord.open_session(2) as a,
+                        coord.open_session(2) as b):
+                first = await coord.campaign(a, "s1", "n1", "a1")
+                assert first is not None
+                await coord.update_isr(first, [a.incarnation("n1"), b.incarnation("n2")])
+                assert await coord.resign(first)
+                async with coord.open_session(2) as a_again:
+                    assert await coord.campaign(a_again, "s1", "n1", "a1",
+                                                earlier_leases=[b.lease_id]) is None  # not ours
+                    won = await coord.campaign(a_again, "s1", "n1", "a1",
+                                               earlier_leases=[a.lease_id])
+                    assert won is not None and won.epoch > first.epoch
+                    expected = tuple(sorted([a_again.incarnation("n1"), b.incarnation("n2")]))
+                    assert won.isr == expected
+                    isr = (await coord.snapshot()).shards["s1"].isr
+                    assert isr is not None and isr.members == expected
+
     async def test_resign_lets_the_other_win_with_a_higher_epoch(self, harness: Harness
                                                                  ) -> None:
         with trio.fail_after(10):
