@@ -27,6 +27,8 @@ from pathlib import Path
 
 import trio
 
+from memring.cluster.coordinator import ClusterConfig
+from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, free_port, start_etcd_cluster
 from tests.helpers.jepsen.relay import HOST, CutLink
 
@@ -157,6 +159,7 @@ def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int
 @contextlib.asynccontextmanager
 async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                    lease_ttl: float = 2.0, leader_wait_ms: int = 2000, mode: str = "sync",
+                   read_policy: str = "leader",
                    workdir: Path | None = None) -> AsyncIterator[Deployment]:
     """Start the whole cluster inside the caller's trio run; everything stopped on exit,
     the logs kept in `workdir` (a new temporary directory unless given)."""
@@ -167,6 +170,9 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
     backends: list[Backend] = []
     proxy_processes: list[Process] = []
     try:
+        async with EtcdCoordinator.connect(etcd.urls, cluster) as coordinator:
+            await coordinator.put_config(ClusterConfig(replication=mode, read_policy=read_policy,
+                                                       lease_ttl=lease_ttl))
         async with trio.open_nursery() as nursery:
             for s in range(1, shards + 1):
                 for r in range(replicas):

@@ -35,6 +35,7 @@ class RunConfig:
     proxies: int = 2
     hold: tuple[float, float] = (1.0, 4.0)
     mode: str = "sync"  # the backends' --replication
+    read_policy: str = "leader"  # round_robin: reads from in-sync followers too
     workdir: Path | None = None
 
 
@@ -82,7 +83,7 @@ async def run(config: RunConfig) -> RunResult:
     shared = SharedKeys()
     async with deployed(shards=config.shards, replicas=config.replicas,
                         proxies=config.proxies, workdir=config.workdir,
-                        mode=config.mode) as deployment:
+                        mode=config.mode, read_policy=config.read_policy) as deployment:
         monitor = ClusterMonitor(deployment)
         async with trio.open_nursery() as outer:
             await outer.start(monitor.run)

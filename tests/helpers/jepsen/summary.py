@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 
 from tests.helpers.jepsen.anomalies import Report, check
@@ -45,7 +46,9 @@ class FaultTotals:
         self.faults += len(result.faults)
         self.longest_gap = max(self.longest_gap, result.longest_write_gap())
         self.nemesis_seconds += result.config.seconds
-        if not self.clean_run(result, report):
+        if self.clean_run(result, report):
+            shutil.rmtree(result.workdir, ignore_errors=True)  # logs of a clean run: not kept
+        else:
             self.kept.append(str(result.workdir))
         return report
 
