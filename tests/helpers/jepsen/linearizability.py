@@ -37,11 +37,13 @@ from .register import (
     CAS,
     DELETE,
     ILLEGAL,
+    INCR,
     SET,
     RegisterOp,
     State,
     compile_op,
     describe_state,
+    observed_value,
     step,
     token_values,
 )
@@ -103,6 +105,14 @@ def check_key(key: str, ops: Iterable[Op], initial: int | None = None,
     return _Search(key, acknowledged, indeterminate, initial, budget).run()
 
 
+# The INFO ops ordered since the last OK op: the state before them, and the number of the
+# last one if it is an incr (else -1); None after an OK op.
+_Run = tuple[State, int] | None
+# What backtracking restores: the op ordered, its list node, the scan's phase and the INFO
+# classes it tried, then the configuration before it (state, frontier, run).
+_Frame = tuple[int, int, int, int, State, int, _Run]
+
+
 class _Search:
     """The walk over one key's configurations. Ops are numbered: the OK ones by completion
     (so `frontier`, the first unordered OK op, is also the first return on the list), then
@@ -151,20 +161,23 @@ class _Search:
         ops, nxt, node_op, node_returns = self.ops, self.next, self.node_op, self.node_returns
         blind, info_class, liveness = self.blind, self.info_class, self.liveness
         acknowledged = self.acknowledged
-        cache: set[tuple[int, int, int, State, int]] = set()
-        stack: list[tuple[int, int, int, int, State, int, int]] = []
-        frontier = ordered = ordered_info = last_was_info = 0
+        cache: set[tuple[int, int, int, State, _Run]] = set()
+        stack: list[_Frame] = []
+        frontier = ordered = ordered_info = 0
+        run: _Run = None  # the INFO ops just ordered: (the state before them, last incr)
         state: State = liveness.fold(self.initial, 0)
         node, phase, classes_tried = nxt[0], 0, 0  # phase 0: OK ops, phase 1: INFO ops
+        ceiling: float | None = None  # the INFO incrs' ceiling in this configuration
         while frontier < acknowledged:
             if node_returns[node]:
                 if phase == 0:
-                    node, phase, classes_tried = nxt[0], 1, 0
+                    node, phase, classes_tried, ceiling = nxt[0], 1, 0, None
                     continue
                 self._note_dead_end(frontier, state, stack, ordered)
                 if not stack:
                     return self._violation(len(cache))
-                number, node, phase, classes_tried, state, frontier, last_was_info = stack.pop()
+                number, node, phase, classes_tried, state, frontier, run = stack.pop()
+                ceiling = None
                 if number < acknowledged:
                     ordered ^= 1 << number
                 else:
@@ -174,10 +187,19 @@ class _Search:
                 continue
             number = node_op[node]
             r = ops[number]
-            if r.indeterminate != (phase == 1) or (last_was_info and blind[number]):
+            if r.indeterminate != (phase == 1):
                 node = nxt[node]
                 continue
-            if phase:
+            if phase == 0:
+                # after INFO ops, only an op they made legal: any other could go first
+                if run is not None and step(run[0], r) is not ILLEGAL:
+                    node = nxt[node]
+                    continue
+            else:
+                # a blind write makes the INFO ops before it pointless; INFO incrs commute
+                if run is not None and (blind[number] or (r.kind == INCR and number < run[1])):
+                    node = nxt[node]
+                    continue
                 kind_class = info_class[number]
                 if kind_class == 2 and liveness.last_observer(r.argument) >= frontier:
                     kind_class = 0  # someone may still read this set's value
@@ -190,28 +212,59 @@ class _Search:
             if after is ILLEGAL:
                 node = nxt[node]
                 continue
+            if phase and r.kind == INCR and isinstance(after, int):
+                if ceiling is None:
+                    ceiling = self._incr_ceiling(state if run is None else run[0])
+                if after > ceiling:  # no op in reach could read what it leads to
+                    node = nxt[node]
+                    continue
             next_ordered, next_info, next_frontier = ordered, ordered_info, frontier
+            next_run: _Run = None
             if phase:
                 next_info |= 1 << (number - acknowledged)
+                next_run = (state if run is None else run[0], number if r.kind == INCR else -1)
             else:
                 next_ordered |= 1 << number
                 if number == frontier:  # skip past every op already ordered
                     rest = next_ordered >> frontier
                     next_frontier += (~rest & (rest + 1)).bit_length() - 1
             after = liveness.fold(after, next_frontier)
-            config = (next_ordered >> next_frontier, next_frontier, next_info, after, phase)
+            config = (next_ordered >> next_frontier, next_frontier, next_info, after, next_run)
             if (phase and after == state) or config in cache:
                 node = nxt[node]
                 continue
             cache.add(config)
             if len(cache) > self.budget:
                 return self._unknown(len(cache))
-            stack.append((number, node, phase, classes_tried, state, frontier, last_was_info))
-            ordered, ordered_info, frontier, state, last_was_info = (
-                next_ordered, next_info, next_frontier, after, phase)
+            stack.append((number, node, phase, classes_tried, state, frontier, run))
+            ordered, ordered_info, frontier, state, run = (
+                next_ordered, next_info, next_frontier, after, next_run)
             self._lift(number)
-            node, phase, classes_tried = nxt[0], 0, 0
+            node, phase, classes_tried, ceiling = nxt[0], 0, 0, None
         return KeyVerdict(self.key, Verdict.LINEARIZABLE, configurations=len(cache))
+
+    def _incr_ceiling(self, run_start: State) -> float:
+        """The highest value a run of INFO ops from `run_start` may usefully increment to.
+
+        Such a run must end with an OK op it makes legal (see `run`), and increments only
+        raise the value: that op reads an exact value (get, gets, incr, cas STORED, or an
+        INFO cas on the way needs one), or merely needs the item present and different from
+        `run_start` (delete, cas EXISTS). Only ops called before the first pending return
+        can be that op: they are the nodes before it on the list."""
+        ceiling = -1
+        node = self.next[0]
+        while not self.node_returns[node]:
+            r = self.ops[self.node_op[node]]
+            node = self.next[node]
+            if not r.indeterminate and (
+                    (r.kind == CAS and r.result == "EXISTS"
+                     and (run_start is None or run_start == r.expected))
+                    or (r.kind == DELETE and r.result is True and run_start is None)):
+                return float("inf")
+            value = observed_value(r)
+            if value is not None:
+                ceiling = max(ceiling, value)
+        return ceiling
 
     def _lift(self, number: int) -> None:
         nxt, prev = self.next, self.prev
@@ -228,8 +281,7 @@ class _Search:
                 nxt[prev[node]] = node
                 prev[nxt[node]] = node
 
-    def _note_dead_end(self, frontier: int, state: State,
-                       stack: list[tuple[int, int, int, int, State, int, int]],
+    def _note_dead_end(self, frontier: int, state: State, stack: list[_Frame],
                        ordered: int) -> None:
         if frontier > self.stuck_frontier:
             self.stuck_frontier, self.stuck_states = frontier, []

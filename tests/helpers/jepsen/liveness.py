@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from .register import CAS, GET, GETS, INCR, STALE, RegisterOp, State
+from .register import INCR, STALE, RegisterOp, State, observed_value
 
 
 class ValueLiveness:
@@ -32,7 +32,7 @@ class ValueLiveness:
         for index, op in enumerate(ops):
             if op.kind == INCR:
                 self.reach += op.argument
-            observed = _observed_value(op)
+            observed = observed_value(op)
             if observed is not None:
                 until = min(index, acknowledged)
                 last_observer[observed] = max(last_observer.get(observed, -1), until)
@@ -58,19 +58,3 @@ class ValueLiveness:
             return STALE
         return state
 
-
-def _observed_value(op: RegisterOp) -> int | None:
-    """The value whose equality with the state decides whether `op` is legal, if any."""
-    if op.kind == CAS:
-        return op.expected  # STORED needs it, EXISTS needs it not; even as INFO (STORED)
-    if op.indeterminate:
-        return None
-    result = op.result
-    if op.kind == GET and isinstance(result, int):
-        return result
-    if op.kind == GETS and isinstance(result, tuple):
-        value = result[0]
-        return value if isinstance(value, int) else None
-    if op.kind == INCR and isinstance(result, int):
-        return result - op.argument
-    return None

@@ -139,6 +139,23 @@ def _checked_result(op: Op, kind: int) -> object:
     return result
 
 
+def observed_value(op: RegisterOp) -> int | None:
+    """The value whose equality with the state decides whether `op` is legal, if any."""
+    if op.kind == CAS:
+        return op.expected  # STORED needs it, EXISTS needs it not; even as INFO (STORED)
+    if op.indeterminate:
+        return None
+    result = op.result
+    if op.kind == GET and isinstance(result, int):
+        return result
+    if op.kind == GETS and isinstance(result, tuple):
+        value = result[0]
+        return value if isinstance(value, int) else None
+    if op.kind == INCR and isinstance(result, int):
+        return result - op.argument
+    return None
+
+
 def step(state: State, op: RegisterOp) -> State | Illegal:
     """The state after `op` took effect in `state`, or ILLEGAL if its answer rules that out."""
     kind = op.kind
