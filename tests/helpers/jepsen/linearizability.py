@@ -7,8 +7,8 @@ dropped. The rest become entries on a doubly linked list sorted by time: a call 
 and, for an OK op, a return at `complete` (at equal times calls come first: such ops count
 as concurrent). An op may be ordered next only if its call precedes the first return still on
 the list; ordering it lifts its entries off the list. The search is a depth-first walk over
-configurations (which ops are ordered, the model's state), kept iteratively on an explicit
-stack; a configuration seen before is not walked again (Lowe's cache), and the walk stops at
+configurations (which ops are ordered, the model's state, folded by liveness.py so that
+values no later op can read count as one), kept iteratively on an explicit stack; a configuration seen before is not walked again (Lowe's cache), and the walk stops at
 `budget` configurations with UNKNOWN.
 
 An INFO write has a call but no return: it may be ordered at any point after its call, or
@@ -165,7 +165,7 @@ class _Search:
         stack: list[_Frame] = []
         frontier = ordered = ordered_info = 0
         run: _Run = None  # the INFO ops just ordered: (the state before them, last incr)
-        state: State = liveness.fold(self.initial, 0)
+        state: State = self.initial  # the model's real state; the cache sees it folded
         node, phase, classes_tried = nxt[0], 0, 0  # phase 0: OK ops, phase 1: INFO ops
         ceiling: float | None = None  # the INFO incrs' ceiling in this configuration
         while frontier < acknowledged:
@@ -228,9 +228,9 @@ class _Search:
                 if number == frontier:  # skip past every op already ordered
                     rest = next_ordered >> frontier
                     next_frontier += (~rest & (rest + 1)).bit_length() - 1
-            after = liveness.fold(after, next_frontier)
-            config = (next_ordered >> next_frontier, next_frontier, next_info, after, next_run)
-            if (phase and after == state) or config in cache:
+            folded = liveness.fold(after, next_frontier)
+            config = (next_ordered >> next_frontier, next_frontier, next_info, folded, next_run)
+            if (phase and folded == liveness.fold(state, frontier)) or config in cache:
                 node = nxt[node]
                 continue
             cache.add(config)

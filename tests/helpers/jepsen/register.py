@@ -1,9 +1,9 @@
 """One key's memcached item as a register: the sequential model the linearizability search
 steps through.
 
-Theory of operation: the state is the item's value (an int), None when the item is absent,
-or `Stale.VERSION`: present, with a value that no op still to be ordered can tell from any
-other (the search folds such values together; see linearizability.py). `compile_op` turns an
+Theory of operation: the state is the item's value (an int) or None when the item is absent;
+the search's cache also sees `Stale.VERSION`, any value that no op still to be ordered can
+tell from another (liveness.py folds such values together). `compile_op` turns an
 `Op` into a `RegisterOp` once, resolving its cas token to the value that token was read with;
 `step(state, op)` is then the state after `op`, or `Illegal.STEP` when the op's answer
 cannot have come from `state`. An INFO op's answer is unknown, so any answer is legal for it:
