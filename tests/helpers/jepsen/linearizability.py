@@ -28,7 +28,8 @@ return no order could get past, the states the model could be in there, and what
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .history import READ_KINDS, History, Op, Outcome
@@ -109,14 +110,16 @@ def check_key(key: str, ops: Iterable[Op], initial: int | None = None,
 # last one if it is an incr (else -1); None after an OK op.
 _Run = tuple[State, int] | None
 # What backtracking restores: the op ordered, its list node, the scan's phase and the INFO
-# classes it tried, then the configuration before it (state, frontier, run).
-_Frame = tuple[int, int, int, int, State, int, _Run]
+# classes it tried, then the configuration before it (state, frontier, ahead, INFO ops, run).
+_Frame = tuple[int, int, int, int, State, int, int, int, _Run]
 
 
 class _Search:
     """The walk over one key's configurations. Ops are numbered: the OK ones by completion
     (so `frontier`, the first unordered OK op, is also the first return on the list), then
-    the INFO ones. List nodes: 0 is the head, then the entries in time order, then the tail."""
+    the INFO ones. Nodes 1..n are the entries in time order, on two lists: the OK ops' calls
+    and returns (head 0), and the INFO ops' calls (head `info_head`), so that the INFO calls
+    that stay unordered to the end are not walked past in every scan for an OK op."""
 
     def __init__(self, key: str, acknowledged: list[RegisterOp],
                  indeterminate: list[RegisterOp], initial: int | None, budget: int) -> None:
@@ -134,17 +137,23 @@ class _Search:
                 entries.append((complete, 1, number))
         entries.sort()
         count = len(entries)
-        self.tail = count + 1
-        self.next = [*range(1, count + 2), self.tail]
-        self.prev = [0, *range(0, count + 1)]
-        self.node_op = [-1] * (count + 2)
-        self.node_returns = [False] * (count + 1) + [True]  # the tail ends every scan
+        self.info_head = count + 2
+        size = count + 4  # the entries, the OK list's head and tail, the INFO list's
+        self.next, self.prev = [0] * size, [0] * size
+        self.node_op = [-1] * size
+        self.node_returns = [False] * size
+        self.node_returns[count + 1] = self.node_returns[count + 3] = True  # tails end scans
         self.call_node = [0] * len(self.ops)
         self.return_node = [0] * len(self.ops)
+        ok_list, info_list = [0], [self.info_head]
         for node, (_, is_return, number) in enumerate(entries, 1):
             self.node_op[node] = number
             self.node_returns[node] = bool(is_return)
             (self.return_node if is_return else self.call_node)[number] = node
+            (info_list if number >= self.acknowledged else ok_list).append(node)
+        for nodes in ([*ok_list, count + 1], [*info_list, count + 3]):
+            for before, after in itertools.pairwise(nodes):
+                self.next[before], self.prev[after] = after, before
         # Search facts per op: does it overwrite the state blindly; its interchangeability
         # class when INFO (1: delete; 2: a set, once its value is stale).
         self.blind = [r.kind == SET or (r.indeterminate and r.kind == DELETE) for r in self.ops]
@@ -160,36 +169,34 @@ class _Search:
     def run(self) -> KeyVerdict:
         ops, nxt, node_op, node_returns = self.ops, self.next, self.node_op, self.node_returns
         blind, info_class, liveness = self.blind, self.info_class, self.liveness
-        acknowledged = self.acknowledged
+        acknowledged, info_head, return_node = self.acknowledged, self.info_head, self.return_node
         cache: set[tuple[int, int, int, State, _Run]] = set()
         stack: list[_Frame] = []
-        frontier = ordered = ordered_info = 0
+        # The OK ops ordered: all those numbered below `frontier`, and those whose bit is set
+        # in `ahead` (bit i: op frontier + i), a small int however long the history is.
+        frontier = ahead = ordered_info = 0
         run: _Run = None  # the INFO ops just ordered: (the state before them, last incr)
         state: State = self.initial  # the model's real state; the cache sees it folded
+        state_folded = liveness.fold(state, 0)
         node, phase, classes_tried = nxt[0], 0, 0  # phase 0: OK ops, phase 1: INFO ops
         ceiling: float | None = None  # the INFO incrs' ceiling in this configuration
         while frontier < acknowledged:
-            if node_returns[node]:
+            # a scan ends at the first return: no op called after it can go next
+            if node_returns[node] or (phase and node > return_node[frontier]):
                 if phase == 0:
-                    node, phase, classes_tried, ceiling = nxt[0], 1, 0, None
+                    node, phase, classes_tried, ceiling = nxt[info_head], 1, 0, None
                     continue
-                self._note_dead_end(frontier, state, stack, ordered)
+                self._note_dead_end(frontier, state, stack, ahead)
                 if not stack:
                     return self._violation(len(cache))
-                number, node, phase, classes_tried, state, frontier, run = stack.pop()
-                ceiling = None
-                if number < acknowledged:
-                    ordered ^= 1 << number
-                else:
-                    ordered_info ^= 1 << (number - acknowledged)
+                (number, node, phase, classes_tried,
+                 state, frontier, ahead, ordered_info, run) = stack.pop()
+                ceiling, state_folded = None, liveness.fold(state, frontier)
                 self._restore(number)
                 node = nxt[node]
                 continue
             number = node_op[node]
             r = ops[number]
-            if r.indeterminate != (phase == 1):
-                node = nxt[node]
-                continue
             if phase == 0:
                 # after INFO ops, only an op they made legal: any other could go first
                 if run is not None and step(run[0], r) is not ILLEGAL:
@@ -214,48 +221,48 @@ class _Search:
                 continue
             if phase and r.kind == INCR and isinstance(after, int):
                 if ceiling is None:
-                    ceiling = self._incr_ceiling(state if run is None else run[0])
+                    ceiling = self._incr_ceiling(state if run is None else run[0], frontier)
                 if after > ceiling:  # no op in reach could read what it leads to
                     node = nxt[node]
                     continue
-            next_ordered, next_info, next_frontier = ordered, ordered_info, frontier
+            next_ahead, next_info, next_frontier = ahead, ordered_info, frontier
             next_run: _Run = None
             if phase:
                 next_info |= 1 << (number - acknowledged)
                 next_run = (state if run is None else run[0], number if r.kind == INCR else -1)
             else:
-                next_ordered |= 1 << number
+                next_ahead |= 1 << (number - frontier)
                 if number == frontier:  # skip past every op already ordered
-                    rest = next_ordered >> frontier
-                    next_frontier += (~rest & (rest + 1)).bit_length() - 1
+                    done = (~next_ahead & (next_ahead + 1)).bit_length() - 1
+                    next_frontier += done
+                    next_ahead >>= done
             folded = liveness.fold(after, next_frontier)
-            config = (next_ordered >> next_frontier, next_frontier, next_info, folded, next_run)
-            if (phase and folded == liveness.fold(state, frontier)) or config in cache:
+            config = (next_ahead, next_frontier, next_info, folded, next_run)
+            if (phase and folded == state_folded) or config in cache:
                 node = nxt[node]
                 continue
             cache.add(config)
             if len(cache) > self.budget:
                 return self._unknown(len(cache))
-            stack.append((number, node, phase, classes_tried, state, frontier, run))
-            ordered, ordered_info, frontier, state, run = (
-                next_ordered, next_info, next_frontier, after, next_run)
+            stack.append((number, node, phase, classes_tried,
+                          state, frontier, ahead, ordered_info, run))
+            ahead, ordered_info, frontier, state, state_folded, run = (
+                next_ahead, next_info, next_frontier, after, folded, next_run)
             self._lift(number)
             node, phase, classes_tried, ceiling = nxt[0], 0, 0, None
         return KeyVerdict(self.key, Verdict.LINEARIZABLE, configurations=len(cache))
 
-    def _incr_ceiling(self, run_start: State) -> float:
+    def _incr_ceiling(self, run_start: State, frontier: int) -> float:
         """The highest value a run of INFO ops from `run_start` may usefully increment to.
 
         Such a run must end with an OK op it makes legal (see `run`), and increments only
         raise the value: that op reads an exact value (get, gets, incr, cas STORED, or an
         INFO cas on the way needs one), or merely needs the item present and different from
         `run_start` (delete, cas EXISTS). Only ops called before the first pending return
-        can be that op: they are the nodes before it on the list."""
+        can be that op: they are the nodes before it."""
         ceiling = -1
-        node = self.next[0]
-        while not self.node_returns[node]:
-            r = self.ops[self.node_op[node]]
-            node = self.next[node]
+        first_return = self.return_node[frontier]
+        for r in self._called_before(first_return):
             if not r.indeterminate and (
                     (r.kind == CAS and r.result == "EXISTS"
                      and (run_start is None or run_start == r.expected))
@@ -265,6 +272,14 @@ class _Search:
             if value is not None:
                 ceiling = max(ceiling, value)
         return ceiling
+
+    def _called_before(self, first_return: int) -> Iterator[RegisterOp]:
+        """The unordered ops, OK and INFO, whose calls precede the node `first_return`."""
+        for head in (0, self.info_head):
+            node = self.next[head]
+            while node < first_return and not self.node_returns[node]:
+                yield self.ops[self.node_op[node]]
+                node = self.next[node]
 
     def _lift(self, number: int) -> None:
         nxt, prev = self.next, self.prev
@@ -282,11 +297,11 @@ class _Search:
                 prev[nxt[node]] = node
 
     def _note_dead_end(self, frontier: int, state: State, stack: list[_Frame],
-                       ordered: int) -> None:
+                       ahead: int) -> None:
         if frontier > self.stuck_frontier:
             self.stuck_frontier, self.stuck_states = frontier, []
             self.stuck_path = [frame[0] for frame in stack[-SHOWN_PREFIX_TAIL:]]
-            self.stuck_ordered = ordered.bit_count()
+            self.stuck_ordered = frontier + ahead.bit_count()
         if frontier == self.stuck_frontier and state not in self.stuck_states:
             self.stuck_states.append(state)
 
