@@ -39,8 +39,8 @@ class FaultTotals:
         self.lost += report.lost
         self.dirty += report.dirty_reads
         self.phantom += report.phantom_reads
-        self.violations += report.violations
-        self.unknown += report.unknown_keys
+        self.violations += len(report.violations)
+        self.unknown += len(report.unknown_keys)
         self.unclean += result.unclean_elections
         self.not_whole += result.not_whole
         self.faults += len(result.faults)
