@@ -133,6 +133,7 @@ class ClusterMember:
         self._last_addresses: dict[str, str] = {}  # shard members' client addresses, as last seen
         self._not_leader = not_leader_line(identity.shard)
         self._leases: list[int] = []  # every lease this process registered with, oldest first
+        self._deposed_epoch = 0  # the epoch this node led before stepping down, until caught up
 
     @property
     def leadership(self) -> Leadership | None:
@@ -141,6 +142,8 @@ class ClusterMember:
     @leadership.setter
     def leadership(self, value: Leadership | None) -> None:
         before, self._leadership = self._leadership, value
+        if before is not None and value is None:  # reads wait until caught up (read_refusal)
+            self._deposed_epoch = max(self._deposed_epoch, before.epoch)
         listener = self.listener
         if listener is None or before == value:
             return
@@ -169,7 +172,18 @@ class ClusterMember:
     def role(self) -> str:
         if self.leadership is not None:
             return "leader"
-        return "syncing" if self.session is None or self._leaving else "follower"
+        return "syncing" if self.session is None or self._leaving or self._catching_up() \
+            else "follower"
+
+    def _catching_up(self) -> bool:
+        """Stepped down, and the store does not hold a later epoch's stream yet."""
+        deposed = self._deposed_epoch
+        if deposed:
+            listener = self.listener  # None: no replication, no store to catch up with
+            if listener is not None and listener.position().epoch <= deposed:
+                return True
+            self._deposed_epoch = 0
+        return False
 
     def holds_lease(self) -> bool:
         """This node leads under a session still valid on the local clock (a write applied
@@ -186,6 +200,17 @@ class ClusterMember:
             return LEASE_EXPIRED
         listener = self.listener
         return listener.refusal() if listener is not None else None
+
+    def read_refusal(self) -> bytes | None:
+        """None if a read may be answered from this store now. A leader answers while its
+        lease holds on its own clock (no other node can lead before it runs out); a node that
+        stepped down answers again once its store has caught up with a later epoch's leader
+        (the new leader's EpochStart, or its snapshot replacing a tail of writes nobody
+        acknowledged). Followers that never led answer as before (follower reads)."""
+        if self.leadership is not None:
+            session = self.session
+            return None if session is not None and session.is_valid() else LEASE_EXPIRED
+        return self._not_leader if self._catching_up() else None
 
     def role_stats(self) -> list[tuple[str, object]]:
         lines: list[tuple[str, object]] = [

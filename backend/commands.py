@@ -57,6 +57,9 @@ class WriteFence(Protocol):
     def refusal(self) -> bytes | None:
         """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
 
+    def read_refusal(self) -> bytes | None:
+        """None if a read may be answered from this node's store now, else the line to send."""
+
     def role_stats(self) -> list[tuple[str, object]]:
         """The memring_* lines of `stats`."""
 
@@ -170,10 +173,24 @@ class CommandHandler:
                 mutates: Callable[[Any], bool], hideable: bool
                 ) -> Callable[[Any, list[bytes]], None]:
         def fenced(request: Any, out: list[bytes]) -> None:
-            if mutates(request) and self.refuse_write(request, out, hideable):
+            if mutates(request):
+                if self.refuse_write(request, out, hideable):
+                    return
+            elif self.refuse_read(out):
                 return
             handler(request, out)
         return fenced
+
+    def refuse_read(self, out: list[bytes]) -> bool:
+        """True (and the refusal appended) if the fence says this store may not answer reads
+        now: a node that stepped down from leading and has not caught up with the new leader
+        yet (its store may hold writes nobody acknowledged, or miss ones the new leader did),
+        a leader whose lease ran out on its own clock. The proxy asks the leader again."""
+        refusal = self.fence.read_refusal() if self.fence is not None else None
+        if refusal is None:
+            return False
+        out.append(refusal)
+        return True
 
     def refuse_write(self, request: Any, out: list[bytes], hideable: bool = False) -> bool:
         """True (and the refusal appended unless noreply hides it) if the fence says no."""

@@ -185,8 +185,9 @@ class BackendServer:
                          depends: Position) -> None:
         """A get of many keys, answered a slice at a time so big replies stream; `depends`:
         what the replies before it in `out` depend on."""
-        if request.touches and self.handler.refuse_write(request, out):
-            return  # gat/gats change items: only a leader may
+        if self.handler.refuse_write(request, out) if request.touches else \
+                self.handler.refuse_read(out):
+            return  # gat/gats change items: only a leader may; reads as the fence says
         keys = limit_repeats(request.keys)  # as memcached, a key at most 59,999 times
         recorder = self.handler.recorder if request.touches else None
         gate = self.gate

@@ -19,6 +19,9 @@ In cluster mode (the router's `leader_writes`) a write goes to the shard's elect
 alone (the backends fence writes and replicate); while the shard has no reachable leader it
 waits, up to `leader_wait_ms`, for the topology to name one, then answers
 `SERVER_ERROR no leader for shard <id>`. A shard with no live node answers SERVER_ERROR.
+With the `leader` read policy reads go to the leader alone too (`LeaderRead`: linearizable,
+asked again at the next leader when the node failed or refused), never a follower instead;
+`round_robin` and `weighted` read from the in-sync followers as well, and are not.
 
 `noreply` and meta `q` are honoured here, not at the backend: the backend always answers
 (see protocol.request_encoder) and the session drops what the client asked not to see.
@@ -60,6 +63,7 @@ from memring.proxy.slots import (
     AllSayOk,
     FannedOut,
     Forwarded,
+    LeaderRead,
     LeaderWrite,
     ReadWithFailover,
     Ready,
@@ -139,6 +143,8 @@ class ClientSession:
               renderer: Callable[[PendingReply], bytes] = render) -> Settling:
         if not shard.nodes:
             return Unroutable(shard, multi, renderer)
+        if router.leader_writes and router.read_policy == "leader":
+            return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:

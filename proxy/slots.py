@@ -317,13 +317,19 @@ class LeaderWrite(Filtered):
             return pending
         return _failed_reply(self.multi, f"no leader for shard {self.name}")
 
+    @staticmethod
+    def _retry(pending: PendingReply) -> bool:
+        """Whether the next leader may be asked: the write was refused before it was applied
+        (a write that got no answer may have been applied: never sent twice)."""
+        return _not_applied(pending)
+
     def settled_now(self) -> Settled:
         pending = self.pending
         if pending is None:
             return NEEDS_TASK  # no reachable leader yet: wait for one in settle()
         if not pending.done:
             return WAITING
-        if _not_applied(pending):
+        if self._retry(pending):
             return NEEDS_TASK  # refused by a leader stepping down: retried in settle()
         return pending
 
@@ -334,12 +340,40 @@ class LeaderWrite(Filtered):
         if not pending.done:
             await pending.wait()
         deadline = None
-        while _not_applied(pending):  # a leader stepping down refused it: ask the next one
+        while self._retry(pending):  # a leader stepping down refused it: ask the next one
             now = trio.current_time()
             if deadline is None:
                 deadline = now + self.state.settings.leader_wait_ms / 1000
             elif now >= deadline:
                 break
+            pending = self.pending = await self._await_leader(self.target, deadline)
+            if not pending.done:
+                await pending.wait()
+        return pending
+
+
+class LeaderRead(LeaderWrite):
+    """Cluster mode, read policy `leader`: a read answered by the shard's leader alone, so
+    that it is linearizable. Never a follower instead (one may miss a write the leader
+    acknowledged after it was dropped from the ISR, or a new leader acknowledged before this
+    proxy heard of it). A read changes nothing, so one that failed or was refused (a node
+    that stepped down, a lease run out) is asked again at the leader, within leader_wait_ms."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _retry(pending: PendingReply) -> bool:
+        return pending.error is not None or _not_applied(pending)
+
+    async def settle(self) -> PendingReply:
+        """Within one leader_wait_ms from now: a failed read is asked again, not the wait."""
+        deadline = trio.current_time() + self.state.settings.leader_wait_ms / 1000
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = await self._await_leader(deadline=deadline)
+        if not pending.done:
+            await pending.wait()
+        while self._retry(pending) and trio.current_time() < deadline:
             pending = self.pending = await self._await_leader(self.target, deadline)
             if not pending.done:
                 await pending.wait()
@@ -358,7 +392,7 @@ def _not_applied(pending: PendingReply) -> bool:
         retry_at_leader(event.message)
 
 
-Settling = ReadWithFailover | FannedOut | LeaderWrite | Unroutable
+Settling = ReadWithFailover | FannedOut | LeaderWrite | LeaderRead | Unroutable
 
 
 class AfterWrites(Slot):

@@ -110,8 +110,9 @@ async def test_frozen_leader_steps_down_and_refuses_queued_writes(etcd: EtcdProc
         lines = replies.split(b"\r\n")[:-1]
         assert len(lines) == queued and all(line.startswith(b"SERVER_ERROR ") for line in lines), \
             lines
-        assert wire.request(leader, b"get frozen0 frozen19\r\n") == b"END\r\n"
+        # (until it has stepped down, a leader whose lease lapsed refuses reads too)
         wait_for(lambda: shard.role(leader) == "follower", 5.0, "old leader rejoining")
+        assert wire.request(leader, b"get frozen0 frozen19\r\n") == b"END\r\n"
         assert wire.request(follower, b"set after 0 0 1\r\nx\r\n") == b"STORED\r\n"
 
 

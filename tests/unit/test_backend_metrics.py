@@ -20,6 +20,9 @@ class LeaderFence:
     def refusal(self) -> bytes | None:
         return None
 
+    def read_refusal(self) -> bytes | None:
+        return None
+
     def role_stats(self) -> list[tuple[str, object]]:
         return [("memring_role", "leader"), ("memring_shard", "s1"), ("memring_node_id", "n1"),
                 ("memring_epoch", 7), ("memring_replication", "sync"),

@@ -21,6 +21,7 @@ from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.cluster.coordinator import Incarnation, NodeRecord
 from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
+from memring.protocol.replication import Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 
 pytestmark = pytest.mark.unit
@@ -161,6 +162,63 @@ async def test_leave_resigns_and_hands_over() -> None:
             assert trio.current_time() - started < 0.5
 
 
+class CatchingUp:
+    """A replication listener whose store position the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.at = Position(0, 0)
+
+    def position(self) -> Position:
+        return self.at
+
+    def stats(self) -> list[tuple[str, object]]:
+        return []
+
+    def refusal(self) -> bytes | None:
+        return None
+
+    async def drain(self, timeout: float) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def configure(self, config: object) -> None:
+        pass
+
+    def stepped_down(self) -> None:
+        pass
+
+    def became_leader(self, epoch: int) -> None:
+        self.at = Position(epoch, 0)
+
+
+async def test_reads_refused_from_a_lapsed_lease_until_caught_up_with_the_next_leader() -> None:
+    """A leader answers reads while its lease holds on its own clock, then refuses them; once
+    deposed it refuses them until its store holds a later epoch's stream (it may hold writes
+    nobody acknowledged, or miss the new leader's). A follower that never led answers."""
+    with trio.fail_after(10):
+        async with open_memory_etcd() as store, cluster(store, 2) as running:
+            listeners = {}
+            for r in running:
+                listeners[r.node_id] = r.member.listener = CatchingUp()  # type: ignore[assignment]
+            [leader] = await leaders(running)
+            follower = next(r for r in running if r is not leader)
+            led = leader.member.epoch
+            assert leader.member.read_refusal() is None
+            assert follower.member.read_refusal() is None
+            store.freeze()
+            while leader.member.read_refusal() is None:
+                await trio.sleep(0.005)
+            assert leader.member.read_refusal() in (LEASE_EXPIRED, NOT_LEADER)
+            while leader.member.role == "leader":
+                await trio.sleep(0.005)
+            for _ in range(20):  # while its store is still at the epoch it led
+                assert leader.member.read_refusal() == NOT_LEADER
+                await trio.sleep(0.01)
+            store.thaw()
+            listeners[leader.node_id].at = Position(led + 1, 0)  # the next leader's stream
+            assert leader.member.read_refusal() is None
+            assert follower.member.read_refusal() is None or follower.member.role == "leader"
+
+
 # --- the fence in the command handler ---------------------------------------------------
 
 
@@ -170,6 +228,9 @@ class Fence:
 
     def refusal(self) -> bytes | None:
         return self.answer
+
+    def read_refusal(self) -> bytes | None:
+        return None
 
     def role_stats(self) -> list[tuple[str, object]]:
         return [("memring_role", "follower"), ("memring_shard", "s1"),

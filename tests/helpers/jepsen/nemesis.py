@@ -68,14 +68,19 @@ class ClusterMonitor:
         self.view = view
         for shard_id, shard in view.shards.items():
             if shard.leader is not None and shard.epoch != self._epoch.get(shard_id, 0):
-                me = Incarnation(shard.leader.node_id, shard.leader.lease_id)
+                node = shard.leader.node_id
+                record = view.nodes.get(node)
+                # the same process under an earlier lease holds the same store (clean)
+                mine = {Incarnation(node, lease) for lease in (
+                    shard.leader.lease_id, *(record.earlier_leases if record else ()))}
                 before = self._isr.get(shard_id)
-                unclean = before is not None and me not in before
+                unclean = before is not None and not mine & before
                 self.elections.append(Election(shard_id, shard.epoch, shard.leader.node_id,
                                                unclean, trio.current_time()))
                 if unclean:
-                    log.warning("unclean election in %s: %s was not in %s", shard_id,
-                                shard.leader.node_id, sorted(m.node_id for m in before or ()))
+                    log.warning("unclean election in %s: %s (leases %s) was not in %s",
+                                shard_id, node, sorted(m.lease_id for m in mine),
+                                sorted(before or ()))
                 self._epoch[shard_id] = shard.epoch
             if shard.isr is not None:
                 self._isr[shard_id] = set(shard.isr.members)

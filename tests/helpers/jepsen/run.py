@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,20 @@ class RunResult:
     elections: list[Election]
     not_whole: int
     workdir: Path
+    wall_offset: float = 0.0  # time.time() - trio.current_time(): history times to the logs'
+
+    def save_events(self, path: Path) -> None:
+        """Faults and elections with history times and wall-clock times, for reading a
+        violation against the nodes' logs."""
+        def wall(at: float) -> str:
+            return time.strftime("%H:%M:%S", time.gmtime(at + self.wall_offset)) + \
+                f".{int((at + self.wall_offset) % 1 * 1000):03d}"
+        lines = [f"{f.start:.3f} {wall(f.start)} fault {f.kind} on {f.target}, healed "
+                 f"{f.healed:.3f} {wall(f.healed)}, whole after {f.whole_after}"
+                 for f in self.faults]
+        lines += [f"{e.at:.3f} {wall(e.at)} election {e.shard} epoch {e.epoch} -> {e.leader}"
+                  f"{' UNCLEAN' if e.unclean else ''}" for e in self.elections]
+        path.write_text("\n".join(sorted(lines)) + "\n")
 
     @property
     def unclean_elections(self) -> int:
@@ -104,4 +119,5 @@ async def run(config: RunConfig) -> RunResult:
             final = await final_reads(ports[0], registers + shared.fresh)
             outer.cancel_scope.cancel()
         return RunResult(config, history, final, nemesis.faults, monitor.elections,
-                         nemesis.not_whole, deployment.workdir)
+                         nemesis.not_whole, deployment.workdir,
+                         time.time() - trio.current_time())

@@ -32,6 +32,7 @@ class FaultTotals:
         """Check one run's history and add it in; the history is saved beside its logs."""
         history = History(result.history)
         history.save(result.workdir / "history.jsonl", final=result.final)
+        result.save_events(result.workdir / "events.txt")
         report = check(history, result.final)
         self.runs += 1
         self.ops += len(result.history)
