@@ -9,13 +9,17 @@ The abort is a race; the threads it needs are not: counting them is the determin
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 # A fresh interpreter, so that this process's grpc (imported or not) does not matter. The
 # coordinator's channel points at a port nobody listens on and stays open (gRPC keeps
@@ -61,3 +65,18 @@ def test_a_child_forked_after_using_etcd_runs_no_grpc_thread_before_exec() -> No
     assert len(children) == 5, done.stdout
     # (exit status, threads in the child before exec): one thread, the one that forked
     assert children == [(0, 1)] * 5, done.stderr[-2000:]
+
+
+def test_only_the_etcd_coordinator_imports_grpc() -> None:
+    """It turns gRPC's fork support off before importing grpc (etcd3 imports grpc too): any
+    other importer could come first."""
+    importers = []
+    for path in sorted(REPO.glob("*/**/*.py")):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name.split(".")[0] in ("grpc", "etcd3") for name in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert sorted(set(importers)) == ["cluster/etcd_coordinator.py"]
