@@ -162,6 +162,27 @@ async def test_leave_resigns_and_hands_over() -> None:
             assert trio.current_time() - started < TTL  # no lease expiry was waited for
 
 
+async def test_a_leaving_member_does_not_campaign_again() -> None:
+    """leave() resigns, then revokes its lease: in between the shard has no leader, and a
+    member that still followed the view took it back and acknowledged writes again (seen on
+    a busy machine: refusal() None after leave()). A slow revoke makes the window certain."""
+    with trio.fail_after(5):
+        async with open_memory_etcd() as store, cluster(store, 1) as running:
+            [leader] = await leaders(running)
+            coordinator = leader.member.coordinator
+            revoke = coordinator.revoke
+
+            async def slow_revoke(lease_id: int) -> bool:
+                await trio.sleep(0.3)  # the resignation's view reaches the member meanwhile
+                return await revoke(lease_id)
+
+            coordinator.revoke = slow_revoke  # type: ignore[method-assign]
+            await leader.member.leave()
+            assert leader.member.refusal() == NOT_LEADER
+            shard = (await MemoryCoordinator(store, "unit").snapshot()).shards["s1"]
+            assert shard.leader is None
+
+
 # --- the fence in the command handler ---------------------------------------------------
 
 
