@@ -24,7 +24,8 @@ that is still valid on the local clock (`refusal()`, asked by the command handle
 mutating command). When the session is lost (watchdog, revoked lease, etcd unreachable past
 the deadline) the member steps down at once, then opens a new session and rejoins as soon as
 etcd answers again, retrying with capped backoff and logging a bounded number of errors.
-`leave()` is the graceful exit: resign, revoke the lease, stop.
+`leave()` is the graceful exit: refuse writes and campaign no more, resign, revoke the
+lease, stop.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class ClusterMember:
     def refusal(self) -> bytes | None:
         """None if a write may be acknowledged now, else the SERVER_ERROR line to send."""
         session = self.session
-        if self.leadership is None or session is None or self._handing_over:
+        if self.leadership is None or session is None or self._handing_over or self._leaving:
             return self._not_leader
         if not session.is_valid():
             return LEASE_EXPIRED
@@ -340,6 +341,10 @@ class ClusterMember:
 
     async def _react(self, session: Session, view: ClusterView) -> bool:
         """Campaign, follow or keep the ISR as `view` requires; False to retry soon."""
+        if self._leaving:
+            # leave() resigned and will revoke the lease: between the two the shard has no
+            # leader, and campaigning then would take it back under a lease about to go
+            return True
         ident = self.identity
         shard = view.shards.get(ident.shard)
         leader = shard.leader if shard else None

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLUSTER = "rolling"
 POLL = 0.25          # between two `memring status --json`
 EXIT_TIMEOUT = 15.0  # a SIGTERMed backend must have exited by then
+LEADER_TIMEOUT = 15.0  # nodes agree on their shard's one leader by then (after a transfer too)
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -123,6 +124,17 @@ class RollingCluster(Cluster):
             return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30)
         except subprocess.TimeoutExpired as e:
             raise BenchError(f"`memring {' '.join(argv)}` did not finish within 30s") from e
+
+    def leader(self, sid: str, timeout: float) -> Node:
+        """The shard's one leader, once exactly one node says it leads. A node's `stats` is its
+        own view, a txn reply behind etcd's (and a busy node may not answer within `stats`'
+        timeout), so one look may see none or two: look again until `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while len(leaders := self.leaders(sid)) != 1:
+            if time.monotonic() > deadline:
+                raise BenchError(f"shard {sid} has {len(leaders)} leaders after {timeout:g}s")
+            time.sleep(POLL)
+        return leaders[0]
 
     def status_of(self, node: Node) -> dict[str, Any] | None:
         """The node's entry in `memring status --json` (None if absent or unreadable)."""
@@ -391,7 +403,7 @@ def replica_differences(cluster: RollingCluster, clients: list[Client]) -> dict[
     keys = [k for c in clients for k in c.keys]
     out = {}
     for sid in cluster.shard_ids:
-        leader = cluster.leaders(sid)[0]
+        leader = cluster.leader(sid, LEADER_TIMEOUT)
         held = {}
         for node in cluster.shard_nodes(sid):
             values: dict[bytes, bytes] = {}
@@ -465,9 +477,14 @@ class Rolling:
                              f"({done.returncode}): {done.stderr.strip()}")
         self.note(f"{shard}: `memring leader transfer {shard} {target.node_id}`: "
                   f"{done.stdout.strip()} (command {took:.2f}s)")
-        if target.role() != "leader" or old.role() == "leader":
-            raise BenchError(f"after the transfer {target.node_id} is {target.role()!r} and "
-                             f"{old.node_id} is {old.role()!r}")
+        # The command returns when etcd shows the new leader; each node learns its own role a
+        # txn reply later (and a busy node may not answer `stats` at once): poll, bounded.
+        deadline = time.monotonic() + LEADER_TIMEOUT
+        while (roles := (target.role(), old.role()))[0] != "leader" or roles[1] in ("leader", ""):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{LEADER_TIMEOUT:g}s after the transfer {target.node_id} is "
+                                 f"{roles[0]!r} and {old.node_id} is {roles[1]!r}")
+            time.sleep(POLL)
         return {"transfer_s": round(took, 3), "memring_says": done.stdout.strip()}
 
     def step(self, kind: str, node: Node, action: Any) -> None:
@@ -493,10 +510,7 @@ class Rolling:
     def run(self) -> None:
         cluster = self.cluster
         for sid in cluster.shard_ids:
-            leaders = cluster.leaders(sid)
-            if len(leaders) != 1:
-                raise BenchError(f"shard {sid} has {len(leaders)} leaders")
-            leader = leaders[0]
+            leader = cluster.leader(sid, LEADER_TIMEOUT)
             followers = [n for n in cluster.shard_nodes(sid) if n is not leader]
             for follower in followers:
                 self.step("restart follower", follower,
@@ -550,8 +564,8 @@ def run(args: argparse.Namespace) -> int:
             cluster.wait_healthy()
             checked, lost, examples = read_back(cluster.proxy_port, load.clients)
             differ = replica_differences(cluster, load.clients)
-            epochs = {sid: stats(cluster.leaders(sid)[0].port).get("memring_epoch")
-                      for sid in cluster.shard_ids}
+            epochs = {sid: stats(cluster.leader(sid, LEADER_TIMEOUT).port).get(
+                "memring_epoch") for sid in cluster.shard_ids}
         finally:
             if args.logs:  # before the stack stops the processes and drops their logs
                 cluster.save_logs(args.logs)

@@ -36,11 +36,12 @@ class Shard:
     stack: contextlib.ExitStack
     cluster: str
     nodes: dict[int, servers.RunningServer]
+    flags: tuple[str, ...] = ()  # more backend flags (e.g. --lease-ttl)
 
     def start(self, port: int | None = None) -> servers.RunningServer:
         port = port or servers.free_port()
         argv = servers.backend_argv("--etcd", self.etcd.url, "--cluster", self.cluster,
-                                    "--shard", SHARD)
+                                    "--shard", SHARD, *self.flags)
         node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
         self.nodes[port] = node
         return node
@@ -81,9 +82,9 @@ class ReplicatedShard(Shard):
 
 
 @contextlib.contextmanager
-def shard_of(etcd: EtcdProcess, size: int) -> Iterator[Shard]:
+def shard_of(etcd: EtcdProcess, size: int, flags: tuple[str, ...] = ()) -> Iterator[Shard]:
     with contextlib.ExitStack() as stack:
-        shard = Shard(etcd, stack, f"bc{next(_shard_clusters)}", {})
+        shard = Shard(etcd, stack, f"bc{next(_shard_clusters)}", {}, flags)
         for _ in range(size):
             shard.start()
         yield shard

@@ -210,6 +210,23 @@ def stats(server: servers.RunningServer, args: str = "") -> dict[str, str]:
         return parse_stats(read_until(sock, b"END\r\n"))
 
 
+def only_connection(server: servers.RunningServer, timeout: float = 10.0) -> socket.socket:
+    """A new connection once it is the server's only one: it asks `stats` until
+    curr_connections is 1 (the server notices earlier hang-ups asynchronously), within
+    `timeout` s. A test of the connection limit counts from it instead of sleeping."""
+    sock = connect(server)
+    deadline = time.monotonic() + timeout
+    while True:
+        sock.sendall(b"stats\r\n")
+        current = parse_stats(read_until(sock, b"END\r\n")).get("curr_connections")
+        if current == "1":
+            return sock
+        if time.monotonic() > deadline:
+            sock.close()
+            raise AssertionError(f"{current} connections still open after {timeout:g} s")
+        time.sleep(0.02)
+
+
 class StatsConnection:
     """One connection kept open to ask a server for `stats` repeatedly."""
 

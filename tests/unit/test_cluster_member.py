@@ -111,7 +111,7 @@ async def test_one_leader_one_follower_and_the_isr() -> None:
 
 
 async def test_a_leader_that_refuses_connections_is_revoked_fast() -> None:
-    with trio.fail_after(5):
+    with trio.fail_after(10):
         async with open_memory_etcd() as store:
             coord = MemoryCoordinator(store, "unit")
             dead_sock, dead_address = await listener()
@@ -122,8 +122,9 @@ async def test_a_leader_that_refuses_connections_is_revoked_fast() -> None:
                 async with cluster(store, 1) as running:
                     started = trio.current_time()
                     await leaders(running)
-                    # a whole 5 s TTL was not waited for
-                    assert trio.current_time() - started < 1.0
+                    # the dead leader's lease (kept alive here) was revoked: the probe found
+                    # it gone within half its 5 s TTL (slack for a busy machine)
+                    assert trio.current_time() - started < 2.5
                     assert session.lost.is_set() or not (await coord.snapshot()).nodes.get(
                         "dead")
 
@@ -159,7 +160,28 @@ async def test_leave_resigns_and_hands_over() -> None:
             assert leader.node_id not in (await coord.snapshot()).nodes
             started = trio.current_time()
             await leaders([other])
-            assert trio.current_time() - started < 0.5
+            assert trio.current_time() - started < TTL  # no lease expiry was waited for
+
+
+async def test_a_leaving_member_does_not_campaign_again() -> None:
+    """leave() resigns, then revokes its lease: in between the shard has no leader, and a
+    member that still followed the view took it back and acknowledged writes again (seen on
+    a busy machine: refusal() None after leave()). A slow revoke makes the window certain."""
+    with trio.fail_after(5):
+        async with open_memory_etcd() as store, cluster(store, 1) as running:
+            [leader] = await leaders(running)
+            coordinator = leader.member.coordinator
+            revoke = coordinator.revoke
+
+            async def slow_revoke(lease_id: int) -> bool:
+                await trio.sleep(0.3)  # the resignation's view reaches the member meanwhile
+                return await revoke(lease_id)
+
+            coordinator.revoke = slow_revoke  # type: ignore[method-assign]
+            await leader.member.leave()
+            assert leader.member.refusal() == NOT_LEADER
+            shard = (await MemoryCoordinator(store, "unit").snapshot()).shards["s1"]
+            assert shard.leader is None
 
 
 class CatchingUp:

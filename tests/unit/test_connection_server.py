@@ -158,6 +158,7 @@ async def test_past_max_pending_the_oldest_unadmitted_connection_makes_room() ->
 
 
 async def test_shutdown_closes_idle_now_and_busy_at_the_deadline() -> None:
+    grace = 2.0  # long: a slow machine still sees the idle one closed before it ends
     busy_started = trio.Event()
     cancelled: list[str] = []
 
@@ -182,13 +183,12 @@ async def test_shutdown_closes_idle_now_and_busy_at_the_deadline() -> None:
             while counters.curr_connections < 2:
                 await trio.sleep(0.01)
             began = trio.current_time()
-            server.shutdown(0.5)
-            assert await nonblocking.recv(idle, 100) == b""  # closed at once
-            assert trio.current_time() - began < 0.4
-            assert cancelled == []
+            server.shutdown(grace)
+            assert await nonblocking.recv(idle, 100) == b""
+            assert cancelled == []  # closed at once: the grace period (busy one) still runs
             with pytest.raises(OSError):  # the listener is closed: new clients are refused
                 await nonblocking.connect("127.0.0.1", port)
-        assert trio.current_time() - began >= 0.5
+        assert trio.current_time() - began >= grace
         assert cancelled == ["busy"]
         nonblocking.close(idle)
         nonblocking.close(busy)
