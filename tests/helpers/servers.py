@@ -61,7 +61,8 @@ class RunningServer:
         return self.process.pid
 
 
-def _answers_version(port: int) -> bool:
+def answers_version(port: int) -> bool:
+    """Whether a memcached-speaking server answers `version` on the port (0.5 s at most)."""
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as s:
             s.sendall(b"version\r\n")
@@ -95,7 +96,7 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
     server = RunningServer(name, port, process, log=log)
     try:
         deadline = time.monotonic() + timeout
-        while not _answers_version(port):
+        while not answers_version(port):
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: "
                                    f"{server.log_text()}")

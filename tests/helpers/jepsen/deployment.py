@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import trio
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, free_port, start_etcd_cluster
+from tests.helpers import servers
 from tests.helpers.jepsen.relay import HOST, CutLink
 
 START_TIMEOUT = 20.0
@@ -89,7 +89,7 @@ class Process:
             while True:
                 if not self.alive:
                     raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
-                if await trio.to_thread.run_sync(_answers_version, self.port):
+                if await trio.to_thread.run_sync(servers.answers_version, self.port):
                     return
                 await trio.sleep(0.05)
         raise RuntimeError(f"{self.name} did not answer within {timeout:g} s: {self.log_tail()}")
@@ -134,15 +134,6 @@ class Deployment:
 
     def log_files(self) -> list[Path]:
         return [p.log_path for p in [*self.backends, *self.proxies]]
-
-
-def _answers_version(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5) as sock:
-            sock.sendall(b"version\r\n")
-            return sock.recv(64).startswith(b"VERSION ")
-    except OSError:
-        return False
 
 
 def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int,

@@ -21,6 +21,7 @@ import trio
 
 from memring.cluster.coordinator import ClusterView, CoordinatorError, Incarnation
 from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdProcess
 from tests.helpers.jepsen.deployment import Backend, Deployment
 
 log = logging.getLogger("memring.jepsen")
@@ -231,35 +232,33 @@ async def isolate_leader(nemesis: Nemesis, hold: float) -> str:
     return leader.name
 
 
-def _etcd_member(nemesis: Nemesis) -> int:
+def _etcd_member(nemesis: Nemesis) -> tuple[EtcdProcess, str]:
+    """An etcd member (the raft leader half the time) and its name; blocking (a thread's)."""
     etcd = nemesis.deployment.etcd
     leader = etcd.leader()
     if leader is not None and nemesis.rng.random() < 0.5:
-        return etcd.members.index(leader)
-    return nemesis.rng.randrange(len(etcd.members))
+        member = leader
+    else:
+        member = nemesis.rng.choice(etcd.members)
+    name = f"etcd-{etcd.members.index(member) + 1}"
+    return member, f"{name} (leader)" if member is leader else name
 
 
 async def kill_etcd_member(nemesis: Nemesis, hold: float) -> str:
-    etcd = nemesis.deployment.etcd
-    index = await trio.to_thread.run_sync(_etcd_member, nemesis)
-    member = etcd.members[index]
-    was_leader = etcd.leader() is member
+    member, name = await trio.to_thread.run_sync(_etcd_member, nemesis)
     member.kill()
     try:
         await trio.sleep(hold)
     finally:
         await trio.to_thread.run_sync(member.restart)
-    return f"etcd-{index + 1}{' (leader)' if was_leader else ''}"
+    return name
 
 
 async def pause_etcd_member(nemesis: Nemesis, hold: float) -> str:
-    etcd = nemesis.deployment.etcd
-    index = await trio.to_thread.run_sync(_etcd_member, nemesis)
-    member = etcd.members[index]
-    was_leader = etcd.leader() is member
+    member, name = await trio.to_thread.run_sync(_etcd_member, nemesis)
     member.pause()
     await _held(hold, member.resume)
-    return f"etcd-{index + 1}{' (leader)' if was_leader else ''}"
+    return name
 
 
 async def kill_proxy(nemesis: Nemesis, hold: float) -> str:
