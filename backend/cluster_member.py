@@ -506,18 +506,27 @@ class ClusterMember:
             return True
         mine = listener.position()
         me = self.identity.node_id
-        members = {n.node_id: n.address for n in view.nodes.values()
-                   if n.shard == self.identity.shard}
-        if absent_too:
-            members = {**self._last_addresses, **members}
+        registered = {n.node_id: n.address for n in view.nodes.values()
+                      if n.shard == self.identity.shard}
+        members = {**self._last_addresses, **registered} if absent_too else registered
         others = {address: node_id for node_id, address in members.items()
                   if node_id != me and not shard.drained(node_id)}
+        in_sync = {m.node_id for m in shard.isr.members} if shard.isr is not None else set()
         for address, stats in (await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT)).items():
             position = parse_position(stats.get("memring_repl_position", "")) if stats else None
-            if position is not None and (position > mine or (
-                    position == mine and others[address] < me)):
+            node = others[address]
+            if position is None:
+                continue
+            if node in in_sync and node not in registered and position >= mine:
+                # an in-sync member alive between two sessions (its lease lapsed while it
+                # was cut off): it registers again within moments and leads cleanly under
+                # its earlier lease (NodeRecord.earlier_leases); not taking its place
+                log.info("unclean election: in-sync member %s is alive, holding %s (we hold "
+                         "%s): not campaigning", node, tuple(position), tuple(mine))
+                return False
+            if position > mine or (position == mine and node < me):
                 log.info("unclean election: %s holds %s (we hold %s): not campaigning",
-                         others[address], tuple(position), tuple(mine))
+                         node, tuple(position), tuple(mine))
                 return False
         return True
 

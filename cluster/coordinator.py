@@ -104,6 +104,16 @@ class FencedOut(CoordinatorError):
     """A write fenced on an epoch found that epoch is no longer the shard's leader."""
 
 
+class IsrMoved(CoordinatorError):
+    """The ISR key is not at the revision the leader last wrote: a write of its own that
+    timed out was applied after all (a member that received it before freezing, or a
+    partition that held it, delivers it late). `revision` is where it is now."""
+
+    def __init__(self, message: str, revision: int) -> None:
+        super().__init__(message)
+        self.revision = revision
+
+
 class ShardExists(CoordinatorError):
     """`add_shard` of a shard that already exists."""
 
@@ -439,6 +449,7 @@ class Coordinator(abc.ABC):
             if key == hint_key and ElectionHint.from_json(entry.value).node_id != node_id:
                 return None
         elected_with: tuple[Incarnation, ...] = (me,)
+        isr_revision = 0  # the txn's own revision when it writes the ISR
         if isr_entry is None:
             compares.append(Compare(isr_key, "create", "==", 0))
             success.append(fresh_isr)
@@ -454,13 +465,15 @@ class Coordinator(abc.ABC):
                 return None
             elif me in members:
                 elected_with = members
+                isr_revision = isr_entry.mod_revision
             else:  # in sync under an earlier lease of this process: the entry becomes ours
                 elected_with = tuple(sorted({*members} - earlier | {me}))
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
         result = await self._txn(compares, success)
         if not result.succeeded:
             return None
-        return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with)
+        return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with,
+                          isr_revision or result.revision)
 
     async def resign(self, leadership: Leadership) -> bool:
         """Give up leadership if this epoch still holds the leader key."""
@@ -468,18 +481,30 @@ class Coordinator(abc.ABC):
         result = await self._txn([Compare(key, "create", "==", leadership.epoch)], [Delete(key)])
         return result.succeeded
 
-    async def update_isr(self, leadership: Leadership,
-                         members: Iterable[Incarnation]) -> int:
-        """Write the shard's ISR, fenced on the epoch; its revision, or FencedOut."""
+    async def update_isr(self, leadership: Leadership, members: Iterable[Incarnation], *,
+                         expected_revision: int | None = None) -> int:
+        """Write the shard's ISR, fenced on the epoch; its revision, or FencedOut. With
+        `expected_revision` also on the ISR key's mod revision (IsrMoved, with where it is,
+        if it moved): a write that timed out here may still reach etcd later, after a newer
+        one sent through another member, and must then fail rather than undo the newer."""
+        leader_key = self.keyspace.leader(leadership.shard_id)
+        isr_key = self.keyspace.isr(leadership.shard_id)
         record = IsrRecord(tuple(sorted(set(members))), leadership.epoch)
-        result = await self._txn(
-            [Compare(self.keyspace.leader(leadership.shard_id), "create", "==",
-                     leadership.epoch)],
-            [Put(self.keyspace.isr(leadership.shard_id), record.to_json())])
-        if not result.succeeded:
-            raise FencedOut(f"shard {leadership.shard_id!r}: epoch {leadership.epoch} no longer "
-                            "leads; not writing the ISR")
-        return result.revision
+        compares = [Compare(leader_key, "create", "==", leadership.epoch)]
+        if expected_revision is not None:
+            compares.append(Compare(isr_key, "mod", "==", expected_revision))
+        result = await self._txn(compares, [Put(isr_key, record.to_json())])
+        if result.succeeded:
+            return result.revision
+        if expected_revision is not None:
+            _, entries = await self._read(self.keyspace.shard(leadership.shard_id), prefix=True)
+            leader, isr = entries.get(leader_key), entries.get(isr_key)
+            if leader is not None and leader.create_revision == leadership.epoch:
+                revision = isr.mod_revision if isr is not None else 0
+                raise IsrMoved(f"shard {leadership.shard_id!r}: the ISR is at revision "
+                               f"{revision}, not {expected_revision}", revision)
+        raise FencedOut(f"shard {leadership.shard_id!r}: epoch {leadership.epoch} no longer "
+                        "leads; not writing the ISR")
 
     # Operations (memring leader transfer, node drain/remove, shard elect) -------------
 

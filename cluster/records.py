@@ -212,6 +212,7 @@ class Leadership:
     epoch: int
     lease_id: int
     isr: tuple[Incarnation, ...] = field(default=(), compare=False)  # elected with
+    isr_revision: int = field(default=0, compare=False)  # the ISR key's mod revision then
 
 
 # --- the view -----------------------------------------------------------------------------

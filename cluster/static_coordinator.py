@@ -212,8 +212,8 @@ class StaticCoordinator(Coordinator):
                        ) -> Leadership | None:
         _refuse()
 
-    async def update_isr(self, leadership: Leadership,
-                         members: Iterable[Incarnation]) -> int:
+    async def update_isr(self, leadership: Leadership, members: Iterable[Incarnation], *,
+                         expected_revision: int | None = None) -> int:
         _refuse()
 
     async def drain_node(self, node_id: str, drained: bool = True) -> ShardRecord:

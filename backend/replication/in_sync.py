@@ -48,7 +48,7 @@ from itertools import count
 
 import trio
 
-from memring.cluster.coordinator import CoordinatorError, FencedOut, Incarnation
+from memring.cluster.coordinator import CoordinatorError, FencedOut, Incarnation, IsrMoved
 from memring.protocol.replication import Position
 
 log = logging.getLogger("memring.backend.replication")
@@ -104,6 +104,7 @@ class InSyncReplicas:
         self.shrinks = 0
         self.expansions = 0
         self.scope = trio.CancelScope()  # the keeper task's (cancelled on stepping down)
+        self._rewrite = False  # etcd's ISR may not be `committed_isr` (IsrMoved)
 
     # -- the write path --------------------------------------------------------------------
 
@@ -276,6 +277,8 @@ class InSyncReplicas:
                     del self.adding[node_id]
                     log.info("ISR: added %s", node_id)
                 self.expansions += 1
+        if self._rewrite:
+            await self._write(write_isr, self.committed_isr | {me})
 
     def _why(self, member: Incarnation) -> str:
         link = self.links.get(member.node_id)
@@ -293,8 +296,15 @@ class InSyncReplicas:
             await write_isr(members)
         except FencedOut:
             raise
+        except IsrMoved as exc:
+            # a write of ours that timed out landed after all: what etcd holds is not
+            # `committed_isr`; rewrite it on the next check (writes wait as before)
+            log.warning("ISR update failed (%s): rewriting it", exc)
+            self._rewrite = True
+            return False
         except CoordinatorError as exc:
             log.warning("ISR update failed (%s): writes wait for the old ISR", exc)
             return False
         self.committed_isr = set(members)
+        self._rewrite = False
         return True

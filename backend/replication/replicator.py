@@ -45,7 +45,13 @@ from memring.backend.replication.ports import ReplicationCounters
 from memring.backend.replication.snapshot import StoreSnapshot
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
-from memring.cluster.coordinator import ClusterConfig, FencedOut, Incarnation, Leadership
+from memring.cluster.coordinator import (
+    ClusterConfig,
+    FencedOut,
+    Incarnation,
+    IsrMoved,
+    Leadership,
+)
 from memring.netio import nonblocking
 from memring.netio.connection_server import ConnectionCounters, ConnectionServer
 from memring.netio.settings import split_address
@@ -207,8 +213,17 @@ class Replicator:
     async def _keep_isr(self, insync: InSyncReplicas, leadership: Leadership) -> None:
         me = Incarnation(leadership.node_id, leadership.lease_id)
 
+        revision = leadership.isr_revision  # each write compares on the last one's
+
         async def write_isr(members: set[Incarnation]) -> object:
-            return await self.member.coordinator.update_isr(leadership, members)
+            nonlocal revision
+            try:
+                revision = await self.member.coordinator.update_isr(
+                    leadership, members, expected_revision=revision or None)
+            except IsrMoved as exc:  # our own late write: the next attempt starts from it
+                revision = exc.revision
+                raise
+            return revision
 
         with insync.scope:
             try:

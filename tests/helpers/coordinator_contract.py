@@ -24,6 +24,7 @@ from memring.cluster.coordinator import (
     CoordinatorUnavailable,
     FencedOut,
     Incarnation,
+    IsrMoved,
     Leadership,
     LeaseNotFound,
     NodeRecord,
@@ -208,6 +209,26 @@ class CoordinatorContract:
                     assert won.isr == expected
                     isr = (await coord.snapshot()).shards["s1"].isr
                     assert isr is not None and isr.members == expected
+
+    async def test_an_isr_write_on_a_stale_revision_fails(self, harness: Harness) -> None:
+        """A leader's ISR writes compare on the revision of its last one: a write that timed
+        out and lands late (after a newer one) must not undo the newer."""
+        with trio.fail_after(10):
+            async with (harness.client() as coord, coord.open_session(2) as a,
+                        coord.open_session(2) as b):
+                won = await coord.campaign(a, "s1", "n1", "a1")
+                assert won is not None and won.isr_revision > 0
+                both = [a.incarnation("n1"), b.incarnation("n2")]
+                first = await coord.update_isr(won, both, expected_revision=won.isr_revision)
+                second = await coord.update_isr(won, both[:1], expected_revision=first)
+                with pytest.raises(IsrMoved) as moved:  # the late one, sent before `second`
+                    await coord.update_isr(won, both, expected_revision=first)
+                assert moved.value.revision == second
+                isr = (await coord.snapshot()).shards["s1"].isr
+                assert isr is not None and isr.members == (a.incarnation("n1"),)
+                assert await coord.resign(won)
+                with pytest.raises(FencedOut):
+                    await coord.update_isr(won, both, expected_revision=second)
 
     async def test_resign_lets_the_other_win_with_a_higher_epoch(self, harness: Harness
                                                                  ) -> None:
