@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -47,14 +48,35 @@ _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections and bind(0)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_FIRST_PORT = 10000
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on, never the same twice in this process: the kernel
-    may hand a just-closed port out again, and two servers started side by side (threads)
-    would then race for it, the loser's caller talking to the winner."""
+    """A loopback port nobody listens on, never the same twice in this process (two servers
+    started side by side would race for a port handed out twice), and below the kernel's
+    ephemeral range: a server restarted on its own port (a node after kill -9, an etcd
+    member) must find it free, and a port of that range may meanwhile be taken as the source
+    port of any outgoing connection (measured: a Jepsen run's restarted backend refused to
+    start, `port ... already in use`)."""
+    floor = _ephemeral_floor()
+    candidates = range(_FIRST_PORT, floor) if floor - _FIRST_PORT >= 1000 else None
     with _handed_out_lock:
         for _ in range(1000):
             with socket.socket() as s:
-                s.bind((HOST, 0))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((HOST, random.choice(candidates) if candidates else 0))
+                except OSError:
+                    continue  # taken: try another
                 port = int(s.getsockname()[1])
             if port not in _handed_out:
                 _handed_out.add(port)
