@@ -226,11 +226,6 @@ class ClusterMember:
         entry naming one of them names this copy of the data (NodeRecord.earlier_leases)."""
         return tuple(lease for lease in self._leases if lease != session.lease_id)
 
-    def _earlier_incarnations(self) -> set[Incarnation]:
-        session = self.session
-        leases = self._earlier_leases(session) if session is not None else tuple(self._leases)
-        return {Incarnation(self.identity.node_id, lease) for lease in leases}
-
     # -- the session loop ---------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -468,14 +463,16 @@ class ClusterMember:
         --unclean` names this node): any live member may lead."""
         if shard is None or shard.isr is None:
             return False
-        if {session.incarnation(self.identity.node_id), *self._earlier_incarnations()} \
-                & set(shard.isr.members):
+        node_id = self.identity.node_id
+        mine = {Incarnation(node_id, lease)
+                for lease in (session.lease_id, *self._earlier_leases(session))}
+        if mine & set(shard.isr.members):
             return False
         hint = shard.hint
         operator = hint is not None and hint.node_id == self.identity.node_id and hint.unclean
         if (view.config or ClusterConfig()).unclean_election != "auto" and not operator:
             return False
-        if any(member in view.live_incarnations() for member in shard.isr.members):
+        if view.live_incarnations() & set(shard.isr.members):
             return False
         log.warning("shard %s: no in-sync replica is alive; unclean election (data written "
                     "since the ISR was last updated is lost)", self.identity.shard)

@@ -1,4 +1,5 @@
-"""Start and stop a local etcd (one member, or a cluster of several) (Debian's `etcd`, 3.4) on free loopback ports.
+"""Start and stop a local etcd (Debian's `etcd`, 3.4) on free loopback ports: one member, or a
+cluster of several (`start_etcd_cluster`).
 
 Used by the tests and by `memring up`. The member keeps its data in a temporary directory
 (removed on stop unless the caller gave one), logs to `<data dir>/etcd.log`, and is polled on
@@ -256,7 +257,7 @@ class EtcdCluster:
         """Every member's client URL, comma-separated (memring's `--etcd` form)."""
         return ",".join(member.url for member in self.members)
 
-    def member_id(self, member: EtcdProcess, timeout: float = 0.5) -> tuple[str, str] | None:
+    def _raft_ids(self, member: EtcdProcess, timeout: float = 0.5) -> tuple[str, str] | None:
         """(this member's id, the id of the leader it follows), from its status endpoint;
         None when it does not answer (paused, dead) or knows no leader."""
         request = urllib.request.Request(f"{member.url}/v3/maintenance/status", data=b"{}",
@@ -277,7 +278,7 @@ class EtcdCluster:
         for member in self.members:
             if member.paused or member.process.poll() is not None:
                 continue
-            found = self.member_id(member, timeout)
+            found = self._raft_ids(member, timeout)
             if found is not None:
                 ids[found[0]] = member
                 leaders.add(found[1])
@@ -296,7 +297,8 @@ def start_etcd_cluster(size: int = 3, *, fast_elections: bool = True,
     it is healthy (which needs an elected leader)."""
     ports = [(free_port(), free_port()) for _ in range(size)]
     names = [f"{name}-{i + 1}" for i in range(size)]
-    initial = ",".join(f"{n}=http://{HOST}:{peer}" for n, (_client, peer) in zip(names, ports, strict=True))
+    initial = ",".join(f"{n}=http://{HOST}:{peer}"
+                       for n, (_client, peer) in zip(names, ports, strict=True))
     members: list[EtcdProcess] = []
     try:
         for member_name, (client_port, peer_port) in zip(names, ports, strict=True):

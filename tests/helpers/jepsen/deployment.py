@@ -132,9 +132,6 @@ class Deployment:
     def backend(self, node_id: str) -> Backend | None:
         return next((b for b in self.backends if b.node_id == node_id), None)
 
-    def log_files(self) -> list[Path]:
-        return [p.log_path for p in [*self.backends, *self.proxies]]
-
 
 def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int,
                   lease_ttl: float, mode: str) -> list[str]:

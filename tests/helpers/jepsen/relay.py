@@ -31,20 +31,14 @@ class CutLink:
         self.port = 0
         self._open = trio.Event()
         self._open.set()
-        self.cuts = 0
 
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
-    @property
-    def is_cut(self) -> bool:
-        return not self._open.is_set()
-
     def cut(self) -> None:
         if self._open.is_set():
             self._open = trio.Event()
-            self.cuts += 1
 
     def heal(self) -> None:
         self._open.set()

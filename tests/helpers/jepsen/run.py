@@ -83,7 +83,7 @@ class RunResult:
         return longest
 
 
-async def _healed_view(deployment: Deployment, monitor: ClusterMonitor) -> None:
+async def _heal_everything(deployment: Deployment, monitor: ClusterMonitor) -> None:
     for link in (link for backend in deployment.backends for link in backend.links()):
         link.heal()
     waited = await monitor.wait_whole()
@@ -115,7 +115,7 @@ async def run(config: RunConfig) -> RunResult:
                                     random.Random(rng.random()))
                     load.start_soon(client.run, until)
                 load.start_soon(nemesis.run, until)
-            await _healed_view(deployment, monitor)
+            await _heal_everything(deployment, monitor)
             final = await final_reads(ports[0], registers + shared.fresh)
             outer.cancel_scope.cancel()
         return RunResult(config, history, final, nemesis.faults, monitor.elections,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tests.helpers.jepsen.anomalies import Report, check
 from tests.helpers.jepsen.history import History
@@ -22,11 +22,9 @@ class FaultTotals:
     violations: int = 0
     unknown: int = 0
     unclean: int = 0
-    not_whole: int = 0
     faults: int = 0
     longest_gap: float = 0.0
     nemesis_seconds: float = 0.0
-    kept: list[str] = field(default_factory=list)
 
     def add(self, result: RunResult) -> Report:
         """Check one run's history and add it in; the history is saved beside its logs."""
@@ -43,14 +41,11 @@ class FaultTotals:
         self.violations += len(report.violations)
         self.unknown += len(report.unknown_keys)
         self.unclean += result.unclean_elections
-        self.not_whole += result.not_whole
         self.faults += len(result.faults)
         self.longest_gap = max(self.longest_gap, result.longest_write_gap())
         self.nemesis_seconds += result.config.seconds
         if self.clean_run(result, report):
             shutil.rmtree(result.workdir, ignore_errors=True)  # logs of a clean run: not kept
-        else:
-            self.kept.append(str(result.workdir))
         return report
 
     @staticmethod
@@ -81,7 +76,7 @@ def _sum(totals: list[FaultTotals]) -> FaultTotals:
     total = FaultTotals("**all**")
     for t in totals:
         for name in ("runs", "ops", "acknowledged", "lost", "dirty", "phantom", "violations",
-                     "unknown", "unclean", "not_whole", "faults", "nemesis_seconds"):
+                     "unknown", "unclean", "faults", "nemesis_seconds"):
             setattr(total, name, getattr(total, name) + getattr(t, name))
         total.longest_gap = max(total.longest_gap, t.longest_gap)
     return total
