@@ -129,8 +129,13 @@ def test_a_hello_under_an_unregistered_or_foreign_identity_is_refused_and_never_
         # a registered node of another shard of the same cluster: a real id and lease
         foreign = shard.stack.enter_context(servers.running("memring-backend", servers.backend_argv(
             "--etcd", etcd.url, "--cluster", shard.cluster, "--shard", "other")))
-        view = trio.run(shard.view)
-        foreign_me = shard.current(view, foreign)
+        # it answers `version` a moment before it has registered in etcd: wait for that
+
+        def registered() -> tuple[ClusterView, Incarnation] | None:
+            view = trio.run(shard.view)
+            me = shard.current(view, foreign)
+            return (view, me) if me.lease_id else None
+        view, foreign_me = wait_for(registered, 10.0, "the foreign node registered")
         assert foreign_me.lease_id and view.nodes[foreign_me.node_id].shard == "other"
         peer = leader_peer(view)
         impostors = [Acknowledger(peer, name, lease, acking=0.3, silent=0.7)
