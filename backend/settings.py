@@ -52,6 +52,8 @@ class BackendSettings(Listening):
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
+    # authentication
+    auth_file: str = ""              # memcached's -Y: `user:password` lines ("" = off)
 
     @property
     def clustered(self) -> bool:
@@ -106,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--max-lag-bytes", type=int,
                          help="... or that has more than this many bytes unacknowledged "
                          "(default 8 MiB)")
+    authentication = parser.add_argument_group("authentication")
+    authentication.add_argument("--auth-file", metavar="FILE",
+                                help="memcached's -Y: clients must first send a `set` whose "
+                                "data is `user password` for a `user:password` line of FILE "
+                                "(at most 8 users; reloaded on SIGHUP; default: off)")
     return parser
 
 

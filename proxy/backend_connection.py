@@ -27,8 +27,10 @@ import trio
 
 from memring.netio import nonblocking
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.ascii_auth import auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
-from memring.protocol.responses import End, ErrorReply, Response
+from memring.protocol.response_parser import Unauthenticated
+from memring.protocol.responses import End, ErrorReply, Response, Status, VersionReply
 
 
 class ReplyListener(Protocol):
@@ -79,10 +81,15 @@ class ConnectionFailed(Exception):
     pass
 
 
+Login = tuple[bytes, bytes]  # the user and password the proxy authenticates with
+
+
 class BackendConnection:
     def __init__(self, host: str, port: int, timeout: float,
-                 on_failure: Callable[[str], None], on_success: Callable[[], None]) -> None:
+                 on_failure: Callable[[str], None], on_success: Callable[[], None],
+                 login: Login | None = None) -> None:
         self.host = host
+        self.login = login
         self.port = port
         self.timeout = timeout
         self._on_failure = on_failure
@@ -108,7 +115,54 @@ class BackendConnection:
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: "
                                    f"{getattr(exc, 'strerror', None) or 'timed out'}") from None
+        if self.login is not None:
+            await self._authenticate(self._sock, self.login)
         self.alive = True
+
+    async def _authenticate(self, sock: socket.socket, login: Login) -> None:
+        """memcached's ASCII authentication before the connection carries a request. A
+        `version` first: a backend without an auth file would store the auth `set` as an
+        item, readable by anyone; one with it answers `CLIENT_ERROR unauthenticated`."""
+        where = f"{self.host}:{self.port}"
+        try:
+            with trio.fail_after(self.timeout):
+                try:
+                    reply = await self._ask(sock, b"version\r\n")
+                except Unauthenticated:
+                    reply = await self._ask(sock, auth_request(*login))
+                    if reply != Status(b"STORED"):
+                        raise ConnectionFailed(
+                            f"authentication to {where} failed: it refused this proxy's "
+                            f"user {login[0].decode(errors='replace')!r} with "
+                            f"{reply.encode().strip().decode(errors='replace')!r}") from None
+                    return
+            if type(reply) is not VersionReply:
+                raise ConnectionFailed(f"bad reply from {where} to version: {reply!r}")
+        except (OSError, trio.TooSlowError, ResponseError) as exc:
+            problem = getattr(exc, "strerror", None) or str(exc) or "timed out"
+            self._discard(sock)
+            raise ConnectionFailed(f"authentication to {where} failed: {problem}") from None
+        except ConnectionFailed:
+            self._discard(sock)
+            raise
+
+    def _discard(self, sock: socket.socket) -> None:
+        nonblocking.close(sock)
+        self._sock = None
+
+    @staticmethod
+    async def _ask(sock: socket.socket, request: bytes) -> Response:
+        """Send `request` on a connection nothing else uses yet; its one-line reply."""
+        await nonblocking.send_all(sock, request)
+        parser = ResponseParser()
+        while True:
+            data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+            if not data:
+                raise OSError(0, "closed the connection")
+            parser.receive_data(data)
+            event = parser.next_event()
+            if event is not NEED_DATA:
+                return event
 
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
@@ -200,6 +254,12 @@ class BackendConnection:
                         head._finish()
                         if head.listener is not None:
                             arrived.append(head.listener)
+            except Unauthenticated as exc:
+                self._fail(f"{self.host}:{self.port}: {exc}" + (
+                               "" if self.login is not None else
+                               " and this proxy has no credentials: give it "
+                               "--backend-auth-file"))
+                return
             except ResponseError as exc:
                 self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
                 return

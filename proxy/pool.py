@@ -11,12 +11,14 @@ reply resets the count.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
 from memring.proxy.backend_connection import (
     BackendConnection,
     ConnectionFailed,
+    Login,
     PendingReply,
     ReplyListener,
 )
@@ -35,9 +37,15 @@ class NodeCounters:
         self.ejections = 0
 
 
+def _no_login() -> Login | None:
+    return None
+
+
 class NodePool:
-    def __init__(self, spec: NodeSpec, settings: ProxySettings) -> None:
+    def __init__(self, spec: NodeSpec, settings: ProxySettings,
+                 login: Callable[[], Login | None] = _no_login) -> None:
         self.spec = spec
+        self.login = login  # the credentials each new connection authenticates with
         self.address = spec.address
         self.weight = spec.weight
         self.size = settings.pool_size
@@ -144,7 +152,7 @@ class NodePool:
                     await trio.sleep(self.retry / 4)
                 continue
             conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                     self._failed, self._succeeded)
+                                     self._failed, self._succeeded, self.login())
             try:
                 await conn.connect()
             except ConnectionFailed as exc:
@@ -166,7 +174,7 @@ class NodePool:
 
     async def _probe(self) -> bool:
         conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                 lambda reason: None, lambda: None)
+                                 lambda reason: None, lambda: None, self.login())
         try:
             await conn.connect()
         except ConnectionFailed:

@@ -64,6 +64,9 @@ class ProxySettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+    # authentication
+    auth_file: str = ""              # memcached's -Y for the proxy's clients ("" = off)
+    backend_auth_file: str = ""      # the proxy's own user for the backends: the file's first
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
@@ -161,6 +164,16 @@ def _parser() -> argparse.ArgumentParser:
                         "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
+    authentication = parser.add_argument_group("authentication")
+    authentication.add_argument("--auth-file", metavar="FILE",
+                                help="memcached's -Y for the proxy's clients: they must first "
+                                "send a `set` whose data is `user password` for a "
+                                "`user:password` line of FILE (reloaded on SIGHUP; default: off)")
+    authentication.add_argument("--backend-auth-file", metavar="FILE",
+                                help="the proxy's own credentials for backends started with "
+                                "--auth-file (or memcached -Y): the first `user:password` line "
+                                "of FILE, sent on every new backend connection (reloaded on "
+                                "SIGHUP; default: none)")
     return parser
 
 
@@ -178,7 +191,7 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
-                 "log_level", "log_format"):
+                 "log_level", "log_format", "auth_file", "backend_auth_file"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
             try:
