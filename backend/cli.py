@@ -76,6 +76,9 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
                 await nursery.start(replicator.run)
             if member is not None:
                 member.identity = identity(settings, port)
+                if auth is not None:
+                    users = auth  # its first user asks the shard's members for `stats`
+                    member.stats_login = lambda: users.credentials.first()  # (reloaded too)
                 log.info("cluster mode: etcd %s, cluster %s, shard %s, node %s",
                          settings.etcd, settings.cluster, settings.shard,
                          member.identity.node_id)

@@ -34,6 +34,7 @@ import errno
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +56,7 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.node_stats import fetch_all
 from memring.protocol import write_refusals
+from memring.protocol.ascii_auth import Login
 from memring.protocol.replication import Position, parse_position
 from memring.protocol.write_refusals import not_leader_line, refusal_line
 
@@ -73,6 +75,10 @@ UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-reg
                      # ~0.4 s after a freeze past the TTL)
 
 LEASE_EXPIRED = refusal_line(write_refusals.LEASE_EXPIRED)
+
+
+def _no_login() -> Login | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,9 @@ class ClusterMember:
         self._not_leader = not_leader_line(identity.shard)
         self._leases: list[int] = []  # every lease this process registered with, oldest first
         self._deposed_epoch = 0  # the epoch this node led before stepping down, until caught up
+        # with --auth-file: the user it asks the shard's other members for `stats` as (its
+        # own file's first; members of a cluster share the file)
+        self.stats_login: Callable[[], Login | None] = _no_login
 
     @property
     def leadership(self) -> Leadership | None:
@@ -509,7 +518,8 @@ class ClusterMember:
         others = {address: node_id for node_id, address in members.items()
                   if node_id != me and not shard.drained(node_id)}
         in_sync = {m.node_id for m in shard.isr.members} if shard.isr is not None else set()
-        for address, stats in (await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT)).items():
+        asked = await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT, self.stats_login())
+        for address, stats in asked.items():
             position = parse_position(stats.get("memring_repl_position", "")) if stats else None
             node = others[address]
             if position is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from memring.cluster.auth_file import load_credentials
 from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
@@ -30,6 +31,7 @@ from memring.cluster.launcher import plan_from_file, plan_from_flags, read_state
 from memring.cluster.node_stats import fetch_all
 from memring.cluster.status import addresses, healthy, render_table, status_doc, with_rates
 from memring.netio import logs
+from memring.protocol.ascii_auth import AuthFileError, Login
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 WATCH_INTERVAL = 1.0
@@ -74,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
     status.add_argument("--json", action="store_true", help="print JSON once, for scripts")
     status.add_argument("--watch", action="store_true", help="refresh every second")
+    authentication = status.add_argument_group("authentication")
+    authentication.add_argument(
+        "--auth-file", default=os.environ.get("MEMRING_AUTH_FILE"), metavar="FILE",
+        help="the nodes' --auth-file (or MEMRING_AUTH_FILE): its first user asks them for "
+        "`stats`")
 
     shard = commands.add_parser("shard", help="list, add or remove shards")
     shard_commands = shard.add_subparsers(dest="shard_command", required=True)
@@ -147,14 +154,19 @@ def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]
         return 1
 
 
-async def _status_doc(etcd: Any) -> dict[str, Any]:
+async def _status_doc(etcd: Any, login: Login | None = None) -> dict[str, Any]:
     view = await etcd.snapshot()
-    return status_doc(view, await fetch_all(addresses(view)))
+    return status_doc(view, await fetch_all(addresses(view), login=login))
 
 
 def _status(args: argparse.Namespace) -> int:
+    try:
+        login = load_credentials(args.auth_file).first() if args.auth_file else None
+    except AuthFileError as exc:
+        raise UsageError(str(exc)) from None
+
     async def once(etcd: Any) -> int:
-        doc = await _status_doc(etcd)
+        doc = await _status_doc(etcd, login)
         print(json.dumps(doc, indent=2) if args.json else render_table(doc), flush=True)
         return 0 if healthy(doc) else 1
 
@@ -165,7 +177,7 @@ def _status(args: argparse.Namespace) -> int:
         while True:  # bounded by Ctrl-C
             try:
                 now = trio.current_time()
-                doc = with_rates(await _status_doc(etcd), previous, now - taken)
+                doc = with_rates(await _status_doc(etcd, login), previous, now - taken)
                 previous, taken = doc, now
             except CoordinatorError as exc:
                 print(f"memring: etcd: {exc}", file=sys.stderr, flush=True)

@@ -47,6 +47,9 @@ MAX_ENTRY_LEN = 256
 MAX_TOKEN_LENGTH = 16384
 
 
+Login = tuple[bytes, bytes]  # a user and password a client authenticates with
+
+
 class AuthFileError(ValueError):
     """The auth file is not what memcached would load (memcached refuses to start)."""
 
@@ -94,7 +97,7 @@ class Credentials:
             found |= same_user & same_password
         return found
 
-    def first(self) -> tuple[bytes, bytes] | None:
+    def first(self) -> Login | None:
         """The file's first user and password: what a client of these servers sends."""
         return self.entries[0] if self.entries else None
 

@@ -27,7 +27,7 @@ import trio
 
 from memring.netio import nonblocking
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
-from memring.protocol.ascii_auth import auth_request
+from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Response, Status, VersionReply
@@ -79,9 +79,6 @@ class PendingReply:
 
 class ConnectionFailed(Exception):
     pass
-
-
-Login = tuple[bytes, bytes]  # the user and password the proxy authenticates with
 
 
 class BackendConnection:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import trio
 
+from memring.protocol.ascii_auth import Login
 from memring.proxy.backend_connection import (
     BackendConnection,
     ConnectionFailed,
-    Login,
     PendingReply,
     ReplyListener,
 )

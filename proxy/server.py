@@ -23,8 +23,7 @@ from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.protocol import NEED_DATA, RequestParser
-from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
-from memring.proxy.backend_connection import Login
+from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
