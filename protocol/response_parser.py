@@ -41,6 +41,10 @@ class Unauthenticated(ResponseError):
     `CLIENT_ERROR unauthenticated` (or another refusal of its auth gate, when a forwarded
     `set` was taken for an attempt) answers no request, so the stream cannot be used."""
 
+    def __init__(self, line: bytes) -> None:
+        self.line = line.decode(errors="replace")  # the refusal, without its CRLF
+        super().__init__(f"the server requires authentication (it answers {self.line})")
+
 
 class ResponseParser:
     def __init__(self, *, max_line: int = 65536, max_value: int = 64 << 20) -> None:
@@ -87,8 +91,7 @@ class ResponseParser:
             return Stat(name, value)
         if head in _ERROR_KINDS:
             if line in _GATE_LINES:
-                raise Unauthenticated(f"the server requires authentication (it answers "
-                                      f"{line.decode(errors='replace')})")
+                raise Unauthenticated(line)
             return ErrorReply(head, rest)
         if head == b"VERSION":
             return VersionReply(rest)

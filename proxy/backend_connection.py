@@ -126,12 +126,17 @@ class BackendConnection:
                 try:
                     reply = await self._ask(sock, b"version\r\n")
                 except Unauthenticated:
-                    reply = await self._ask(sock, auth_request(*login))
-                    if reply != Status(b"STORED"):
+                    try:
+                        reply = await self._ask(sock, auth_request(*login))
+                    except Unauthenticated as refusal:  # the gate's own refusals
                         raise ConnectionFailed(
                             f"authentication to {where} failed: it refused this proxy's "
-                            f"user {login[0].decode(errors='replace')!r} with "
-                            f"{reply.encode().strip().decode(errors='replace')!r}") from None
+                            f"user {login[0].decode(errors='replace')!r}: {refusal.line}"
+                        ) from None
+                    if reply != Status(b"STORED"):
+                        raise ConnectionFailed(
+                            f"authentication to {where} failed: {reply!r} instead of STORED"
+                        ) from None
                     return
             if type(reply) is not VersionReply:
                 raise ConnectionFailed(f"bad reply from {where} to version: {reply!r}")
