@@ -63,6 +63,7 @@ class LoadSpec:
     cpu: int | None = 1
     seed: int = 1
     multiget: int = 1
+    auth: bytes = b""  # memcached's ASCII auth set, sent first on every connection ("": none)
 
     @property
     def keys_per_op(self) -> float:
@@ -149,11 +150,27 @@ def value(size: int) -> bytes:
     return b"x" * size
 
 
+def authenticate(s: socket.socket, spec: LoadSpec) -> None:
+    """Send the spec's auth set on a new blocking connection; it must be answered STORED."""
+    if not spec.auth:
+        return
+    s.sendall(spec.auth)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        reply += chunk
+    if reply != STORED:
+        raise OSError(f"authentication refused: {reply[:100]!r}")
+
+
 def preload(host: str, port: int, spec: LoadSpec, timeout: float = 30.0) -> None:
     """Set every key once, pipelined in batches, so the measured gets hit."""
     val = value(spec.value_size)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
+            authenticate(s, spec)
             for first in range(0, spec.keys, PRELOAD_BATCH):
                 last = min(spec.keys, first + PRELOAD_BATCH)
                 s.sendall(b"".join(
@@ -225,6 +242,7 @@ def _worker(index: int, host: str, port: int, nconns: int, spec: LoadSpec,
         for _ in range(nconns):
             s = socket.create_connection((host, port), timeout=10)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            authenticate(s, spec)
             s.setblocking(False)
             socks.append(s)
     except OSError as e:
