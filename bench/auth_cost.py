@@ -13,6 +13,7 @@ in rotating order, so drift on a shared machine falls on all of them alike.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -57,6 +58,13 @@ def start(python: str, port: int, cpu: int, extra: list[str]) -> subprocess.Pope
     return process
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU the process used so far (/proc; taskset execs the server in place)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -97,26 +105,37 @@ def main(argv: list[str] | None = None) -> int:
                 process = start(python, port, args.server_cpu, extra)
                 try:
                     preload(HOST, port, load)
+                    used = cpu_seconds(process.pid)
                     result = run_load(HOST, port, load, f"{name} round {round_ + 1}", line)
+                    used = cpu_seconds(process.pid) - used
                 finally:
                     stop(process)
                 summary = result.summary()
+                # CPU per request is steadier than throughput on a shared machine: others'
+                # load takes time from the server, not (much) work per request. The warm-up's
+                # requests are counted at the measured rate.
+                requests = summary["ops_per_s"] * (load.duration + load.warmup)
+                summary["cpu_us_per_op"] = used / requests * 1e6 if requests else float("nan")
                 figures[name].append(summary)
                 line.clear()
                 print(f"round {round_ + 1} {name:>4}: {summary['ops_per_s']:>9.0f} ops/s  "
                       f"p50 {summary['p50_us']:.0f} us  p99 {summary['p99_us']:.0f} us  "
+                      f"server CPU {summary['cpu_us_per_op']:.1f} us/op  "
                       f"errors {summary['errors']}", flush=True)
     first = names[0]
     print(f"\nmedians over {args.rounds} rounds (ratio to {first}):")
     base_ops = statistics.median(f["ops_per_s"] for f in figures[first])
     base_p99 = statistics.median(f["p99_us"] for f in figures[first])
+    base_cpu = statistics.median(f["cpu_us_per_op"] for f in figures[first])
     for name in names:
         ops = statistics.median(f["ops_per_s"] for f in figures[name])
         p99 = statistics.median(f["p99_us"] for f in figures[name])
+        cpu = statistics.median(f["cpu_us_per_op"] for f in figures[name])
         spread = (max(f["ops_per_s"] for f in figures[name])
                   - min(f["ops_per_s"] for f in figures[name])) / ops
         print(f"  {name:>4}: {ops:>9.0f} ops/s ({ops / base_ops:.3f})  p99 {p99:.0f} us "
-              f"({p99 / base_p99:.3f})  spread of ops/s across rounds {spread:.1%}")
+              f"({p99 / base_p99:.3f})  server CPU {cpu:.2f} us/op ({cpu / base_cpu:.3f})  "
+              f"ops/s spread across rounds {spread:.0%}")
     return 0
 
 
