@@ -16,6 +16,8 @@ Each rule below names proto_text.c's try_read_command_asciiauth or authfile.c (1
 differential oracle; tests/compat/test_ascii_auth.py pins the replies). Where 1.6.18 reads
 past its buffer (a data length near 2**32 wraps) or buffers without bound, memring takes the
 fix memcached made later (a data length above 16384: `CLIENT_ERROR auth token too long`).
+The data is read as 1.6.18 to 1.6.39 read it (split into tokens, the first two used);
+1.6.40 (778cfd6e, a refactor) takes everything after the first space as the password.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ GATE_REPLIES = frozenset({UNAUTHENTICATED, AUTHENTICATION_FAILURE, BAD_TOKEN_FOR
 # with fgets into 256 bytes, so a line of 255 bytes or more ends the file there.
 MAX_ENTRIES = 8
 MAX_ENTRY_LEN = 256
-# proto_text.c MAX_AUTH_REQ_LEN (memcached 1.6.40+; 1.6.18 waits for any length).
+# proto_text.c MAX_AUTH_REQ_LEN (memcached 1.6.42+, 9981d748; 1.6.18 waits for any length).
 MAX_TOKEN_LENGTH = 16384
 
 

@@ -157,7 +157,7 @@ def test_each_request_gets_its_refusal(started: dict[str, servers.RunningServer]
 
 def test_a_long_token_is_refused_at_once(started: dict[str, servers.RunningServer]) -> None:
     """1.6.18 waits for (and buffers) any announced length, and a length near 2**32 wraps
-    its read past the buffer; memcached 1.6.40 refuses more than 16384 bytes, and so does
+    its read past the buffer; memcached 1.6.42 refuses more than 16384 bytes, and so does
     memring (the data is then read as commands)."""
     got = ask_all(started, [b"set k 0 0 16385\r\n", b"version\r\n"])
     assert got["memcached"].replies == (b"", b"")  # still waiting for the 16385 bytes

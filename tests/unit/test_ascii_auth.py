@@ -142,7 +142,7 @@ def test_a_bad_auth_line_is_unauthenticated_and_its_data_read_as_a_command() -> 
 
 
 def test_a_long_token_is_refused_without_reading_it() -> None:
-    # memcached 1.6.40's MAX_AUTH_REQ_LEN; 1.6.18 waits for any length (or wraps past 2**32)
+    # memcached 1.6.42's MAX_AUTH_REQ_LEN; 1.6.18 waits for any length (or wraps past 2**32)
     check(b"set k 0 0 16385\r\n", [refused(TOKEN_TOO_LONG)])
     assert events_of(b"set k 0 0 16384\r\n")[0] == []  # waits for its data
 
