@@ -17,7 +17,8 @@ from memring.protocol.ascii_auth import auth_request
 from tests.helpers import servers
 from tests.helpers.wire import connect, parse_stats, read_until
 
-QUIET = 0.05      # after a reply line: silence this long ends the step's reply
+QUIET = 0.2       # after a reply line: silence this long ends the step's reply (a proxy
+                  # sends STORED at once and the END of a get after it with the backend's)
 NO_REPLY = 0.4    # a step that gets no reply at all is over after this long
 STEP_LIMIT = 3.0  # absolute bound of one step
 
