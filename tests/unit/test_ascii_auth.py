@@ -3,10 +3,13 @@ gate fed each case whole, one byte at a time, and followed by the request after 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import (
     AUTHENTICATION_FAILURE,
@@ -195,3 +198,22 @@ def test_the_gate_yields_events_or_refusals_and_nothing_else(chunks: list[bytes]
             if event is NEED_DATA:
                 break
             assert isinstance(event, (ProtocolError, Authenticated)) or parser.authenticated
+
+
+def test_reload_keeps_the_table_when_the_file_is_bad(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "users"
+    path.write_bytes(b"alice:secret\n")
+    auth = Authenticator(load_credentials(str(path)))
+    path.write_bytes(b"carol:new\n")
+    assert reload_credentials(auth, str(path))
+    assert auth.credentials.check(b"carol", b"new") and not auth.credentials.check(b"alice",
+                                                                                  b"secret")
+    path.write_bytes(b"carol:new\n\n")
+    assert not reload_credentials(auth, str(path))
+    assert auth.credentials.check(b"carol", b"new")
+    assert "keeping the 1 user(s) loaded before" in caplog.text
+    path.unlink()
+    assert not reload_credentials(auth, str(path))
+    with pytest.raises(AuthFileError, match="cannot read auth file"):
+        load_credentials(str(path))
