@@ -96,6 +96,11 @@ class CoordinatorUnavailable(CoordinatorError):
     """The store did not answer within the call's timeout (or refused the connection)."""
 
 
+class AccessDenied(CoordinatorError):
+    """The store refused our TLS handshake, credentials or permissions: retrying cannot
+    help; the message names the setting to fix."""
+
+
 class LeaseNotFound(CoordinatorError):
     """The lease is gone (expired or revoked): its session is lost."""
 
