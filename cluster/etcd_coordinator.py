@@ -244,6 +244,17 @@ class EtcdCoordinator(Coordinator):
         when etcd does not answer, AccessDenied when it refuses us."""
         await self._read(self.keyspace.config())
 
+    async def check_access(self) -> None:
+        """For a server starting: with TLS files or a user, probe once, so that a wrong
+        setting (AccessDenied) stops it at once; an etcd not answering yet is only logged
+        (the server retries, as without security)."""
+        if self.security == EtcdSecurity():
+            return
+        try:
+            await self.probe()
+        except CoordinatorUnavailable as exc:
+            log.warning("cannot check the etcd credentials yet: %s", exc)
+
     @property
     def authentications(self) -> int:
         """Tokens obtained so far (the first, then one per renewal)."""
