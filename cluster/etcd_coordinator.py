@@ -299,7 +299,9 @@ class EtcdCoordinator(Coordinator):
         """The AccessDenied for an error that retrying cannot cure, naming what to fix."""
         user = self.security.user
         docs = "docs/operations.md, 'etcd security'"
-        if code == grpc.StatusCode.UNAVAILABLE and "handshake" in details.lower():
+        # an SSL protocol error, not a handshake cut short ("Handshake read failed (Endpoint
+        # closing)" is a member going down: an outage, retried)
+        if code == grpc.StatusCode.UNAVAILABLE and "SSL_ERROR_SSL" in details:
             return AccessDenied(
                 f"TLS handshake with etcd at {url} failed ({details}): check --etcd-ca (the "
                 "CA that signed etcd's certificate) and, if etcd runs with "
@@ -368,6 +370,8 @@ class EtcdCoordinator(Coordinator):
             what = "refused" if code == grpc.StatusCode.UNAVAILABLE else "did not answer"
             if self.scheme == "http" and "Socket closed" in details:
                 what += " (an etcd serving https:// closes plain connections so)"
+            elif self.scheme == "https" and "Handshake read failed" in details:
+                what += " (so does an etcd serving plain http://, and one going down)"
             return CoordinatorUnavailable(
                 f"etcd at {url} {what} within {timeout:g}s ({details}); is etcd running there? "
                 "start it (`memring up` spawns one; Debian: etcd-server) or pass --etcd URLS")
