@@ -327,13 +327,28 @@ class EtcdCluster:
         leader = str(status.get("leader", ""))
         return (me, leader) if me and leader and leader != "0" else None
 
+    @staticmethod
+    def _says_leader(member: EtcdProcess, timeout: float = 0.5) -> bool:
+        """The member's `etcd_server_is_leader` metric is 1 (False when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"{member.url}/metrics", timeout=timeout,
+                                        context=member.ssl_context()) as response:
+                return b"\netcd_server_is_leader 1" in response.read()
+        except (OSError, urllib.error.URLError):
+            return False
+
     def leader(self, timeout: float = 0.5) -> EtcdProcess | None:
-        """The member that is etcd's raft leader, as the live members report it."""
+        """The member that is etcd's raft leader, as the live members report it. A TLS
+        member with auth on refuses the gateway's status call (etcd 3.4 refuses gateway calls
+        without a token when it demands client certificates): there, the one member whose
+        metrics say it leads."""
         ids: dict[str, EtcdProcess] = {}
         leaders: set[str] = set()
-        for member in self.members:
-            if member.paused or member.process.poll() is not None:
-                continue
+        live = [m for m in self.members if not m.paused and m.process.poll() is None]
+        if any(member.tls for member in live):
+            leading = [m for m in live if self._says_leader(m, timeout)]
+            return leading[0] if len(leading) == 1 else None
+        for member in live:
             found = self._raft_ids(member, timeout)
             if found is not None:
                 ids[found[0]] = member

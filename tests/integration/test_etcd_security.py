@@ -30,7 +30,9 @@ from memring.cluster.coordinator import (
     NodeRecord,
 )
 from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import enable_auth, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.launcher import LocalCluster, plan_from_flags
 from tests.helpers import servers
 from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
 from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
@@ -272,3 +274,60 @@ def test_servers_refused_by_etcd_exit_naming_what_to_fix(secure_etcd: SecureEtcd
         assert f"{name}: error: etcd at {secure_etcd.url} refused user 'memring': wrong user " \
             f"name or password; check --etcd-user and the first line of " \
             f"--etcd-password-file {wrong}" in done.stderr, done.stderr
+
+
+async def test_a_secured_three_member_etcd_survives_its_leader(
+        private_ca: CertificateAuthority) -> None:
+    """start_etcd_cluster with TLS between members too: kill -9 etcd's leader, and memring
+    reads, writes and renews its token through the other two."""
+    with running_etcd_cluster(3, ca=private_ca) as etcd, trio.fail_after(40):
+        users = enable_auth(etcd, "/memring/sec3/")
+        client = private_ca.issue("memring-etcd-client")
+        security = EtcdSecurity(str(client.ca), str(client.cert), str(client.key), users.user,
+                                str(users.password_file))
+        assert etcd.urls.count("https://") == 3
+        async with EtcdCoordinator.connect(etcd.urls, "sec3", security=security) as coordinator:
+            await coordinator.put_config(ClusterConfig())
+            leader = etcd.leader()
+            assert leader is not None
+            leader.kill()
+            while True:  # the first write after the kill may meet the dead member
+                try:
+                    await coordinator.put_config(ClusterConfig(lease_ttl=3.0))
+                    break
+                except CoordinatorUnavailable:
+                    await trio.sleep(0.1)
+            config = await coordinator.get_config()
+            assert config is not None and config.lease_ttl == 3.0
+            assert coordinator.url != leader.url
+
+
+async def test_memring_up_can_start_its_etcd_secured(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalCluster(secure_etcd=True), what `memring up --secure` is to use: its own CA, etcd
+    with TLS both ways and auth, credentials passed to every backend and proxy; `memring
+    status` finds them in the state file; without them etcd refuses."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    lines: list[str] = []
+    cluster = LocalCluster(plan_from_flags("sec-up", 1, 2), servers.free_port(),
+                           secure_etcd=True)
+    try:
+        with trio.fail_after(60):
+            await cluster.start(lines.append)
+        assert cluster.etcd_url is not None and cluster.etcd_url.startswith("https://")
+        assert "user memring" in lines[0], lines
+        assert await ask(cluster.port, b"set k 0 0 2\r\nok\r\n") == b"STORED\r\n"
+        assert await ask(cluster.port, b"get k\r\n", b"END\r\n") == b"VALUE k 0 2\r\nok\r\nEND\r\n"
+        for child in cluster.children:
+            assert "--etcd-password-file" in child.argv
+        done = await trio.to_thread.run_sync(lambda: _memring("status", "--cluster", "sec-up"))
+        assert done.returncode == 0, done.stderr
+        assert "leader" in done.stdout
+        async with EtcdCoordinator.connect(cluster.etcd_url, "sec-up", probe=False,
+                                           security=EtcdSecurity(
+                                               cluster.etcd_security.ca)) as stranger:
+            with pytest.raises(AccessDenied, match="rejected our TLS client certificate"):
+                await stranger.put_config(ClusterConfig())
+    finally:
+        with trio.CancelScope(shield=True):
+            await cluster.stop(lines.append)
