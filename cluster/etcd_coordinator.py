@@ -22,14 +22,15 @@ within a second).
 Security (cluster.etcd_security holds the options). `https://` endpoints get a TLS channel
 with the given CA and client certificate; a mix of http and https is refused. With a user, the
 coordinator calls Auth.Authenticate before its first call and sends the token as the "token"
-metadata of every call and watch. etcd 3.4's simple tokens live in one member's memory and
-die after `--auth-token-ttl` unused (and on any restart); a call refused for its token ("invalid
-auth token", or "revision of auth store is old" after a change of users or roles) is sent
-again once with a new token, which is safe for a write: etcd refused it before applying it. A
-watch whose creation is refused (etcd 3.4 says "permission denied" for a stale token too) is
-created once more after a new token. What then still fails, a wrong password, a missing
-permission, a failed TLS handshake, is `AccessDenied`, naming the setting to fix; it is never
-taken for an outage (`CoordinatorUnavailable`), which callers retry forever.
+metadata of every call, keepalive and watch. etcd 3.4's simple tokens live in the members'
+memory: they die after `--auth-token-ttl` seconds unused and with a restart. A call refused
+for its token ("invalid auth token", or "revision of auth store is old" when users or roles
+changed while it was on its way) is sent again once with a new token, which is safe for a
+write: etcd refused it before applying it. A watch whose creation is refused (etcd 3.4 cancels
+it saying "invalid auth token" or "permission denied") is created once more after a new
+token. What then still fails, a wrong password, a missing permission, a rejected certificate,
+is `AccessDenied`, naming the setting to fix; it is never taken for an outage
+(`CoordinatorUnavailable`), which callers retry forever.
 
 gRPC's fork support is turned off before grpc is imported. A process holding this client also
 spawns processes (`memring up`, the benchmarks), and `subprocess.Popen` with a `preexec_fn`
