@@ -89,6 +89,10 @@ from memring.cluster.keyspace import (
 
 T = TypeVar("T")
 log = logging.getLogger("memring.cluster")
+# After etcd refused our password, the same refusal is raised without asking again for this
+# long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
+# proxy retries its session and watch.
+AUTH_REFUSAL_KEPT = 5.0
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -219,6 +223,7 @@ class EtcdCoordinator(Coordinator):
         self._token = ""
         self._token_generation = 0  # counts tokens obtained (`authentications`)
         self._token_lock = trio.Lock()
+        self._auth_refused: tuple[float, AccessDenied] | None = None  # (when, what)
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
@@ -286,13 +291,22 @@ class EtcdCoordinator(Coordinator):
         async with self._token_lock:
             if self._token_generation != generation:
                 return
+            if self._auth_refused is not None:
+                when, refusal = self._auth_refused
+                if time.monotonic() - when < AUTH_REFUSAL_KEPT:
+                    raise AccessDenied(str(refusal))
             try:
                 password = self.security.password()
             except ValueError as exc:  # the file went away or was emptied since the start
                 raise AccessDenied(str(exc)) from None
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
-            response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
-                                         idempotent=True, authenticated=False)
+            try:
+                response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
+                                             idempotent=True, authenticated=False)
+            except AccessDenied as exc:
+                self._auth_refused = (time.monotonic(), exc)
+                raise
+            self._auth_refused = None
             self._token = str(response.token)
             self._token_generation += 1
 

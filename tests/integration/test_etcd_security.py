@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ from memring.cluster.coordinator import (
     CoordinatorUnavailable,
     NodeRecord,
 )
-from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_coordinator import AUTH_REFUSAL_KEPT, EtcdCoordinator
 from memring.cluster.etcd_process import enable_auth, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import LocalCluster, plan_from_flags
@@ -174,6 +175,36 @@ async def test_a_certificate_named_after_a_user_logs_in_as_it(secure_etcd: Secur
                                            security=security) as coordinator:
             await coordinator.put_config(ClusterConfig())
             assert coordinator.authentications == 0  # no token: the certificate alone
+
+
+async def test_a_refused_password_is_not_tried_again_at_once(secure_etcd: SecureEtcd,
+                                                            tmp_path: Path) -> None:
+    """Every Authenticate costs etcd a bcrypt hash: after a refusal, calls within
+    AUTH_REFUSAL_KEPT get the same AccessDenied without asking etcd; after it, etcd is asked
+    again, with the password file read again (fixed meanwhile)."""
+    password = tmp_path / "rotating.password"
+    password.write_text("wrong\n")
+    good = secure_etcd.security
+    security = EtcdSecurity(good.ca, good.cert, good.key, good.user, str(password))
+    def refusals_logged() -> int:
+        return secure_etcd.member.log_path.read_text(errors="replace").count("invalid password")
+
+    with trio.fail_after(20):
+        before = refusals_logged()
+        async with EtcdCoordinator.connect(secure_etcd.url, "sec-rotate", probe=False,
+                                           security=security) as coordinator:
+            for _ in range(3):
+                with pytest.raises(AccessDenied, match="wrong user name or password"):
+                    await coordinator.snapshot()
+            assert refusals_logged() == before + 1  # one Authenticate for 3 calls
+            password.write_text(Path(good.password_file).read_text())
+            with pytest.raises(AccessDenied, match="wrong user name or password"):
+                await coordinator.snapshot()  # still within AUTH_REFUSAL_KEPT
+            assert refusals_logged() == before + 1  # etcd was not asked again
+            coordinator._auth_refused = (time.monotonic() - AUTH_REFUSAL_KEPT - 1,
+                                         AccessDenied("old"))  # as if the time had passed
+            await coordinator.snapshot()
+            assert coordinator.authentications == 1
 
 
 # --- tokens -------------------------------------------------------------------------------
