@@ -74,7 +74,7 @@ from memring.cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
-from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
     Compare,
     Delete,
@@ -123,7 +123,7 @@ def parse_endpoints(urls: str | Sequence[str]) -> list[str]:
         endpoints.append(f"{parts.hostname}:{parts.port}")
     if not endpoints:
         raise ValueError("no etcd URL given: expected http://HOST:PORT[,...]")
-    EtcdSecurity().check(urls)  # one scheme for all
+    url_scheme(urls)  # one scheme for all
     return endpoints
 
 

@@ -55,13 +55,7 @@ class EtcdSecurity:
     def check(self, urls: str | Sequence[str]) -> str:
         """The scheme ("http" or "https") of `urls`; ValueError naming what to fix when the
         URLs mix schemes, TLS files come with http, files are unreadable or half given."""
-        items = urls.split(",") if isinstance(urls, str) else list(urls)
-        schemes = {urlsplit(i.strip()).scheme if "://" in i else "http"
-                   for i in items if i.strip()}
-        if len(schemes) > 1:
-            raise ValueError(f"etcd URLs mix {' and '.join(sorted(schemes))}: give every "
-                             "member as https:// (TLS) or every one as http://")
-        scheme = schemes.pop() if schemes else "http"
+        scheme = url_scheme(urls)
         if self.tls_files and scheme != "https":
             raise ValueError("--etcd-ca/--etcd-cert/--etcd-key need https:// etcd URLs")
         if bool(self.cert) != bool(self.key):
@@ -91,6 +85,16 @@ class EtcdSecurity:
             ([f"client certificate {self.cert}"] if self.cert else []) + \
             ([f"user {self.user}"] if self.user else [])
         return ", ".join(parts) or "no TLS files, no user"
+
+
+def url_scheme(urls: str | Sequence[str]) -> str:
+    """The one scheme of etcd `urls` (a bare HOST:PORT is http); ValueError on a mix."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    schemes = {urlsplit(i.strip()).scheme if "://" in i else "http" for i in items if i.strip()}
+    if len(schemes) > 1:
+        raise ValueError(f"etcd URLs mix {' and '.join(sorted(schemes))}: give every "
+                         "member as https:// (TLS) or every one as http://")
+    return schemes.pop() if schemes else "http"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
