@@ -11,6 +11,7 @@ what to fix; an expired token, or one an etcd restart forgot, is renewed transpa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -362,3 +363,36 @@ async def test_memring_up_can_start_its_etcd_secured(tmp_path: Path,
     finally:
         with trio.CancelScope(shield=True):
             await cluster.stop(lines.append)
+
+
+def test_memring_up_passes_a_given_etcds_credentials_on(secure_etcd: SecureEtcd,
+                                                        tmp_path: Path) -> None:
+    """`memring up --etcd URL` with the etcd security flags: every backend and proxy gets them,
+    and the state file lets `memring status` reach the secured etcd without flags."""
+    port = servers.free_port()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    up = subprocess.Popen([sys.executable, "-m", "memring", "up", *secure_etcd.flags(),
+                           "--cluster", "sec-given", "--shards", "1", "--replicas", "1",
+                           "--port", str(port)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        deadline = time.monotonic() + 45
+        for line in up.stdout:  # bounded by memring up's own 30 s readiness deadline
+            lines.append(line)
+            if "memring up: ready" in line or time.monotonic() > deadline:
+                break
+        assert any("memring up: ready" in line for line in lines), "".join(lines)
+        assert f"etcd     {secure_etcd.url} (given)" in lines[0]
+        done = _memring("status", "--cluster", "sec-given", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "s1-r1" in done.stdout and "leader" in done.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(5)
+    assert up.returncode == 0, "".join(lines)
