@@ -11,13 +11,14 @@ to 2 s); `fast_elections=True` uses a 50 ms heartbeat and 250 ms election timeou
 is honoured.
 
 Secured members (`ca=` a CertificateAuthority): each member gets a certificate of its own
-(common name `etcd-<name>`, never an etcd user's name: with `--client-cert-auth` etcd takes a
-client certificate's common name as the user when a request carries no token, and its gRPC
-gateway presents the member's own certificate), serves clients and peers over TLS only and
-demands a client certificate from both. `enable_auth()` then adds the root user and a user
-and role whose read-write permission covers one key prefix (a cluster's, see
+(common name `etcd-<name>-<port>`, never an etcd user's name: with `--client-cert-auth` etcd
+takes a client certificate's common name as the user when a request carries no token, and
+its gRPC gateway presents the member's own certificate), serves clients and peers over TLS
+only and demands a client certificate from both. `enable_auth()` then adds the root user and
+a user and role whose read-write permission covers given key prefixes (a cluster's, see
 cluster.keyspace), and turns authentication on, through etcd's JSON gateway to the Auth API
-(Debian ships no etcdctl). Passwords are random and written to 0600 files.
+(no etcdctl needed: Debian's etcd-server does not ship it). Passwords are random and written
+to 0600 files.
 """
 
 from __future__ import annotations
@@ -285,7 +286,9 @@ def _spawn_member(name: str, data_dir: str | Path | None, client_port: int, peer
             "--initial-cluster", initial_cluster, "--initial-cluster-state", "new"]
     if fast_elections:
         argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
-    tls = ca.issue(f"etcd-{name}", (HOST, "localhost")) if ca else None
+    # its own files (a name per port): etcd re-reads them at each handshake, and members
+    # started side by side from one CA must not rewrite each other's
+    tls = ca.issue(f"etcd-{name}-{client_port}", (HOST, "localhost")) if ca else None
     if tls is not None:
         argv += _tls_flags(tls)
     if auth_token_ttl is not None:

@@ -14,8 +14,9 @@ from memring.cluster.certificates import CertificateAuthority, Credential
 from memring.cluster.etcd_process import EtcdProcess, EtcdUsers, enable_auth, running_etcd
 from memring.cluster.etcd_security import EtcdSecurity
 
-# the common name of memring's client certificate: no etcd user has it (a certificate whose
-# common name is a user's logs in as that user without a password)
+# memring's client certificate's common name (with the member's port: each etcd started from
+# the session's CA gets its own files): no etcd user has it (a certificate whose common name
+# is a user's logs in as that user without a password)
 CLIENT_NAME = "memring-etcd-client"
 
 
@@ -45,4 +46,4 @@ def secure_etcd(ca: CertificateAuthority, prefix: str, *more_prefixes: str,
     """One member with TLS and auth for the block; `memring` may use the prefixes given."""
     with running_etcd(ca=ca, auth_token_ttl=auth_token_ttl) as member:
         users = enable_auth(member, prefix, *more_prefixes)
-        yield SecureEtcd(member, users, ca, ca.issue(CLIENT_NAME))
+        yield SecureEtcd(member, users, ca, ca.issue(f"{CLIENT_NAME}-{member.client_port}"))
