@@ -15,6 +15,7 @@ from memring.backend.replication.replicator import PEER_MAX_CONNECTIONS, Replica
 from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
+from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
@@ -47,8 +48,10 @@ async def run(settings: BackendSettings) -> None:
             # grpc only in cluster mode
             from memring.cluster.etcd_coordinator import EtcdCoordinator
 
-            coordinator = EtcdCoordinator(settings.etcd, settings.cluster)
+            coordinator = EtcdCoordinator(settings.etcd, settings.cluster,
+                                          security=settings.etcd_security)
             stack.push_async_callback(coordinator.aclose)
+            await coordinator.check_access()  # AccessDenied: exit 1 (main)
             # the identity needs the bound port; the member is built once the server listens
             member = ClusterMember(coordinator, MemberIdentity("", settings.shard, ""),
                                    lease_ttl=settings.lease_ttl)
@@ -98,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memring-backend: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    return run_server("memring-backend", run, settings)
+    try:
+        return run_server("memring-backend", run, settings)
+    except AccessDenied as exc:  # raised before any nursery: not in a group
+        print(f"memring-backend: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
