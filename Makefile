@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached nutcracker etcd-server
+DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl
 
 .PHONY: run test lint unit bench hostile failover fuzz jepsen debian-deps venv clean
 

@@ -16,6 +16,7 @@ from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
 from memring.cluster.auth_file import load_credentials, reload_credentials
+from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
@@ -49,8 +50,10 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
             # grpc only in cluster mode
             from memring.cluster.etcd_coordinator import EtcdCoordinator
 
-            coordinator = EtcdCoordinator(settings.etcd, settings.cluster)
+            coordinator = EtcdCoordinator(settings.etcd, settings.cluster,
+                                          security=settings.etcd_security)
             stack.push_async_callback(coordinator.aclose)
+            await coordinator.check_access()  # AccessDenied: exit 1 (main)
             # the identity needs the bound port; the member is built once the server listens
             member = ClusterMember(coordinator, MemberIdentity("", settings.shard, ""),
                                    lease_ttl=settings.lease_ttl)
@@ -117,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         except AuthFileError as exc:  # memcached will not start either
             print(f"memring-backend: error: {exc}", file=sys.stderr)
             return 2
-    return run_server("memring-backend", run, settings, auth)
+    try:
+        return run_server("memring-backend", run, settings, auth)
+    except AccessDenied as exc:  # raised before any nursery: not in a group
+        print(f"memring-backend: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

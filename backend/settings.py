@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from memring.cluster import etcd_security
+from memring.cluster.etcd_security import EtcdSecurity
 from memring.netio import logs
 from memring.netio.settings import Listening, SettingsError, split_address
 
@@ -40,7 +42,7 @@ class BackendSettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     # cluster mode (all unused without `etcd`)
-    etcd: str = ""                   # comma-separated http://HOST:PORT
+    etcd: str = ""                   # comma-separated http(s)://HOST:PORT
     cluster: str = "memring"
     shard: str = ""
     node_id: str = ""                # default: derived from the advertised address
@@ -52,12 +54,22 @@ class BackendSettings(Listening):
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
+    # etcd security (cluster.etcd_security): TLS files and an etcd user
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password_file: str = ""
     # authentication
     auth_file: str = ""              # memcached's -Y: `user:password` lines ("" = off)
 
     @property
     def clustered(self) -> bool:
         return bool(self.etcd)
+
+    @property
+    def etcd_security(self) -> EtcdSecurity:
+        return EtcdSecurity.of(self)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
     cluster = parser.add_argument_group("cluster mode (with --etcd)")
-    cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT; "
-                         "without it the backend runs standalone")
+    cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT (or all "
+                         "https://: see etcd security); without it the backend runs "
+                         "standalone")
     cluster.add_argument("--cluster", help="cluster name: the etcd prefix (default memring)")
     cluster.add_argument("--shard", help="id of the shard this node serves (required)")
     cluster.add_argument("--node-id", help="this node's id (default: from --advertise)")
@@ -113,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                                 help="memcached's -Y: clients must first send a `set` whose "
                                 "data is `user password` for a `user:password` line of FILE "
                                 "(at most 8 users; reloaded on SIGHUP; default: off)")
+    etcd_security.add_arguments(parser)
     return parser
 
 
@@ -198,6 +212,10 @@ def _check_cluster(settings: BackendSettings) -> None:
         parse_endpoints(settings.etcd)
     except ValueError as exc:
         raise SettingsError(f"--etcd: {exc}") from None
+    try:
+        settings.etcd_security.check(settings.etcd)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if not settings.shard:
         raise SettingsError("--shard ID is required with --etcd")
     for address, listen in ((settings.advertise, False), (settings.peer_listen, True),

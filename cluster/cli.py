@@ -1,8 +1,10 @@
 """`memring`: run a local cluster (`up`), look at one (`status`), change its topology and config.
 
 Without `--etcd`, a command uses the etcd that `memring up` recorded in its state file for the
-cluster (cluster.launcher.state_path), else $MEMRING_ETCD, else http://127.0.0.1:2379. Exit
-codes: 0 ok, 1 runtime failure (or `status` with a shard that has no leader), 2 bad usage.
+cluster (cluster.launcher.state_path), else $MEMRING_ETCD, else http://127.0.0.1:2379. The
+"etcd security" flags (cluster.etcd_security) come from the command line, else $MEMRING_ETCD_*,
+else the state file when the etcd URL came from it. Exit codes: 0 ok, 1 runtime failure
+(`status` with a shard that has no leader, etcd refusing our credentials), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import trio
 
+from memring.cluster import etcd_security
 from memring.cluster.auth_file import load_credentials
 from memring.cluster.coordinator import (
     ClusterConfig,
@@ -27,6 +30,7 @@ from memring.cluster.coordinator import (
     ShardExists,
     ShardRecord,
 )
+from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import plan_from_file, plan_from_flags, read_state, up
 from memring.cluster.node_stats import fetch_all
 from memring.cluster.status import addresses, healthy, render_table, status_doc, with_rates
@@ -55,11 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=logs.FORMATS,
                         help="logfmt (default) or json: one line per event")
     commands = parser.add_subparsers(dest="command", required=True)
+    clustered: list[argparse.ArgumentParser] = []
 
     def with_cluster(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--etcd", help="etcd URLs, http://HOST:PORT[,...] (default: the one "
-                                      "`memring up` recorded, else " + DEFAULT_ETCD + ")")
+        p.add_argument("--etcd", help="etcd URLs, http://HOST:PORT[,...] or all https:// "
+                                      "(default: the one `memring up` recorded, else "
+                                      + DEFAULT_ETCD + ")")
         p.add_argument("--cluster", help="cluster name (default memring)")
+        clustered.append(p)
         return p
 
     run = with_cluster(commands.add_parser(
@@ -122,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     put = with_cluster(config_commands.add_parser("set", help="change one setting"))
     put.add_argument("key")
     put.add_argument("value")
+    for p in clustered:  # last among each command's flags
+        etcd_security.add_arguments(p)
     return parser
 
 
@@ -129,20 +138,30 @@ def _cluster(args: argparse.Namespace) -> str:
     return str(args.cluster or os.environ.get("MEMRING_CLUSTER") or "memring")
 
 
-def _etcd(args: argparse.Namespace) -> str:
+def _etcd_and_security(args: argparse.Namespace) -> tuple[str, EtcdSecurity]:
+    """The etcd URLs and how to reach them: each option from its flag, else $MEMRING_ETCD_*,
+    else the state file `memring up` wrote (only with the URL it recorded)."""
+    recorded: dict[str, Any] = {}
     if args.etcd:
-        return str(args.etcd)
-    state = read_state(_cluster(args))
-    if state and isinstance(state.get("etcd"), str):
-        return str(state["etcd"])
-    return os.environ.get("MEMRING_ETCD") or DEFAULT_ETCD
+        url = str(args.etcd)
+    else:
+        state = read_state(_cluster(args))
+        if state and isinstance(state.get("etcd"), str):
+            url = str(state["etcd"])
+            recorded = state.get("etcd_security") or {}
+        else:
+            url = os.environ.get("MEMRING_ETCD") or DEFAULT_ETCD
+    values = [str(getattr(args, name, None) or os.environ.get("MEMRING_" + name.upper())
+                  or recorded.get(name) or "") for name in etcd_security.FIELDS]
+    return url, EtcdSecurity(*values)
 
 
 def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
     from memring.cluster.etcd_coordinator import EtcdCoordinator
 
     async def run() -> int:
-        async with EtcdCoordinator.connect(_etcd(args), _cluster(args)) as etcd:
+        url, security = _etcd_and_security(args)
+        async with EtcdCoordinator.connect(url, _cluster(args), security=security) as etcd:
             return await action(etcd)
 
     try:
@@ -392,7 +411,17 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 1-65535")
-    return up(plan, args.port, args.etcd, metrics=args.metrics)
+    security = EtcdSecurity()
+    if args.etcd:  # the given etcd's TLS files and user go to every backend and proxy
+        security = _etcd_and_security(args)[1]
+        try:
+            security.check(args.etcd)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif any(getattr(args, name) for name in etcd_security.FIELDS):
+        raise UsageError("the etcd security flags describe a given etcd: they need --etcd "
+                         "URLS (without it, `memring up` starts an etcd of its own)")
+    return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

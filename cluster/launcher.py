@@ -19,14 +19,23 @@ which stops them in order) and get SIGTERM if `memring up` itself dies (PR_SET_P
 which fires when the spawning *thread* exits: they are spawned from the trio thread, never
 from a worker thread as `trio.lowlevel.open_process` would).
 
+etcd security: a given etcd's TLS files and user (`etcd_security`) go to every backend and
+proxy as flags. With `secure_etcd=True` the etcd `LocalCluster` starts is secured: a private
+CA in the run directory, TLS for clients and peers with client certificates required, the
+root user and a `memring` user and role limited to the cluster's prefix (etcd_process.
+enable_auth), and a client certificate for memring's processes (`memring up --secure` is to
+turn this on with the rest of issue 13).
+
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
-records the etcd URL so `memring status` finds the cluster without `--etcd`.
+records the etcd URL, and the paths (never the contents) of its TLS files and password file,
+so `memring status` finds the cluster without `--etcd`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import shutil
@@ -44,11 +53,14 @@ from typing import Any
 
 import trio
 
-from memring.cluster.coordinator import ClusterConfig, CoordinatorError
-from memring.cluster.etcd_process import HOST, EtcdProcess, free_port, spawn_etcd
-from memring.cluster.keyspace import check_id
+from memring.cluster.certificates import CertificateAuthority, CertificateError
+from memring.cluster.coordinator import AccessDenied, ClusterConfig, CoordinatorError
+from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
+from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.keyspace import Keyspace, check_id
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
+ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL
@@ -246,11 +258,14 @@ class LocalCluster:
     """etcd (unless given), the backends and the proxies of one plan, on this machine."""
 
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, etcd_security: EtcdSecurity | None = None,
+                 secure_etcd: bool = False) -> None:
         self.plan = plan
         self.port = port
         self.metrics = metrics
         self.etcd_url = etcd_url
+        self.etcd_security = etcd_security or EtcdSecurity()
+        self.secure_etcd = secure_etcd
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
@@ -276,11 +291,13 @@ class LocalCluster:
         return [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
                 "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
                 "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
-                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag()]
+                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
+                *self.etcd_security.argv()]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
-                "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
+                "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag(),
+                *self.etcd_security.argv()]
 
     async def start(self, say: Say = say) -> None:
         """Bring the plan up; LaunchError says what did not come up. Cancellable."""
@@ -289,7 +306,8 @@ class LocalCluster:
         if self.etcd_url is None:
             self.etcd_url = await self._start_etcd()
             assert self.etcd is not None
-            say(f"memring up: etcd     {self.etcd_url} (pid {self.etcd.process.pid})")
+            secured = f" ({self.etcd_security.describe()})" if self.secure_etcd else ""
+            say(f"memring up: etcd     {self.etcd_url} (pid {self.etcd.process.pid}){secured}")
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
         url = self.etcd_url
@@ -324,20 +342,39 @@ class LocalCluster:
         return child.process.pid
 
     async def _start_etcd(self) -> str:
+        ca = None
         try:
+            if self.secure_etcd:
+                ca = await trio.to_thread.run_sync(CertificateAuthority.create,
+                                                   self.run_dir / "ca")
             self.etcd = etcd = spawn_etcd(data_dir=self.run_dir / "etcd", process_group=0,
-                                          preexec_fn=_die_with_parent)
-        except (RuntimeError, OSError) as exc:  # EtcdNotFound says how to install it
+                                          preexec_fn=_die_with_parent, ca=ca)
+        except (RuntimeError, OSError, CertificateError) as exc:
+            # EtcdNotFound says how to install it, CertificateError what openssl said
             raise LaunchError(f"cannot start etcd: {exc}") from None
         with trio.move_on_after(ETCD_TIMEOUT):
             while etcd.process.poll() is None:
                 if await trio.to_thread.run_sync(etcd.healthy):  # at most 0.5 s
+                    if ca is not None:
+                        await self._secure(etcd, ca)
                     return etcd.url
                 await trio.sleep(POLL)
             raise LaunchError(f"etcd exited with code {etcd.process.returncode}:\n"
                               f"{etcd.log_tail()}")
         raise LaunchError(f"etcd on {etcd.url} not healthy after {ETCD_TIMEOUT:g}s:\n"
                           f"{etcd.log_tail()}")
+
+    async def _secure(self, etcd: EtcdProcess, ca: CertificateAuthority) -> None:
+        """Users and roles on the fresh etcd, and the credentials memring's processes use."""
+        try:
+            users = await trio.to_thread.run_sync(
+                lambda: enable_auth(etcd, Keyspace(self.plan.name).prefix,
+                                    directory=self.run_dir / "etcd-auth"))
+            client = await trio.to_thread.run_sync(ca.issue, ETCD_CLIENT_CERT)
+        except (RuntimeError, OSError, CertificateError) as exc:  # EtcdAdminError, openssl
+            raise LaunchError(f"cannot secure etcd: {exc}") from None
+        self.etcd_security = EtcdSecurity(str(client.ca), str(client.cert), str(client.key),
+                                          users.user, str(users.password_file))
 
     async def _write_records(self, url: str) -> None:
         from memring.cluster.etcd_coordinator import EtcdCoordinator
@@ -346,11 +383,14 @@ class LocalCluster:
         with trio.move_on_after(RECORDS_TIMEOUT):
             while True:  # a just-started etcd on a busy machine may miss the first 1 s deadline
                 try:
-                    async with EtcdCoordinator.connect(url, self.plan.name) as etcd:
+                    async with EtcdCoordinator.connect(url, self.plan.name,
+                                                       security=self.etcd_security) as etcd:
                         await etcd.put_config(self.plan.config)
                         for shard in self.plan.shards:
                             await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
                     return
+                except AccessDenied as exc:  # waiting will not change it
+                    raise LaunchError(f"etcd refuses us: {exc}") from None
                 except CoordinatorError as exc:
                     problem = str(exc)
                 await trio.sleep(0.2)
@@ -363,7 +403,8 @@ class LocalCluster:
 
         missing = "etcd"
         with trio.move_on_after(READY_TIMEOUT):
-            async with EtcdCoordinator.connect(url, self.plan.name, probe=False) as etcd:
+            async with EtcdCoordinator.connect(url, self.plan.name, probe=False,
+                                               security=self.etcd_security) as etcd:
                 while True:
                     for child in self.children:
                         code = child.exited()
@@ -399,6 +440,9 @@ class LocalCluster:
                  "proxies": [c.address for c in self.children if c.role == "proxy"],
                  "backends": {c.name: c.address for c in self.children if c.role == "backend"},
                  "logs": str(self.run_dir), "started": time.time()}
+        if self.etcd_security != EtcdSecurity():  # paths only: the files stay 0600
+            state["etcd_security"] = {f"etcd_{k}": v for k, v in
+                                      dataclasses.asdict(self.etcd_security).items()}
         tmp = path.with_suffix(".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -489,6 +533,8 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
     return code
 
 
-def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
+def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
+       etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False) -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
-    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics))
+    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
+                                      etcd_security=etcd_security, secure_etcd=secure_etcd))

@@ -16,6 +16,7 @@ import sys
 import trio
 
 from memring.cluster.auth_file import load_credentials
+from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(settings, argv)
     if settings.etcd:
         from memring.proxy.cluster_topology import run_cluster
-        return run_server("memring-proxy", run_cluster, settings, worker)
+        try:
+            return run_server("memring-proxy", run_cluster, settings, worker)
+        except AccessDenied as exc:  # raised before any nursery: not in a group
+            print(f"memring-proxy: error: {exc}", file=sys.stderr)
+            return 1
     return run_server("memring-proxy", run, settings, worker)
 
 

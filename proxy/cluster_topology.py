@@ -173,7 +173,9 @@ async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
     etcd is the topology's source)."""
     from memring.cluster.etcd_coordinator import EtcdCoordinator  # grpc: only in cluster mode
 
-    async with EtcdCoordinator.connect(settings.etcd, settings.cluster, probe=False) as etcd:
+    async with EtcdCoordinator.connect(settings.etcd, settings.cluster, probe=False,
+                                       security=settings.etcd_security) as etcd:
+        await etcd.check_access()  # AccessDenied: exit 1 (proxy.cli)
         topology = ClusterTopology(etcd, settings)
         view = await topology.first_view()
         settings = settings_for(settings, view)

@@ -17,6 +17,9 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from memring.cluster import etcd_security
+from memring.cluster.etcd_security import EtcdSecurity
+
 # The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
 # re-exported here so `proxy.settings.ShardSpec` etc. keep working.
 from memring.cluster.static_topology import NodeSpec as NodeSpec
@@ -64,9 +67,19 @@ class ProxySettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+    # etcd security (cluster.etcd_security): TLS files and an etcd user
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password_file: str = ""
     # authentication
     auth_file: str = ""              # memcached's -Y for the proxy's clients ("" = off)
     backend_auth_file: str = ""      # the proxy's own user for the backends: the file's first
+
+    @property
+    def etcd_security(self) -> EtcdSecurity:
+        return EtcdSecurity.of(self)
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
@@ -100,6 +113,7 @@ def _validate(settings: ProxySettings) -> ProxySettings:
         from memring.cluster.keyspace import check_id
         try:
             parse_endpoints(settings.etcd)
+            settings.etcd_security.check(settings.etcd)
             check_id("cluster", settings.cluster)
             if settings.proxy_id:
                 check_id("proxy", settings.proxy_id)
@@ -143,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="close a client connection that completes no request for this "
                         "long while the proxy waits for its input, half-sent requests "
                         "included (0: never; default 300)")
-    parser.add_argument("--etcd", help="cluster mode: etcd URLs, http://HOST:PORT[,...]")
+    parser.add_argument("--etcd", help="cluster mode: etcd URLs, http://HOST:PORT[,...] (or "
+                        "all https://: see etcd security)")
     parser.add_argument("--cluster", help="cluster name in etcd (default memring)")
     parser.add_argument("--advertise", help="HOST:PORT published in etcd (default: --listen)")
     parser.add_argument("--proxy-id", help="this proxy's id in etcd (default HOSTNAME-PORT)")
@@ -174,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "--auth-file (or memcached -Y): the first `user:password` line "
                                 "of FILE, sent on every new backend connection (reloaded on "
                                 "SIGHUP; default: none)")
+    etcd_security.add_arguments(parser)
     return parser
 
 
@@ -191,7 +207,8 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
-                 "log_level", "log_format", "auth_file", "backend_auth_file"):
+                 "log_level", "log_format", *etcd_security.FIELDS, "auth_file",
+                 "backend_auth_file"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
             try:

@@ -9,6 +9,7 @@ import pytest
 # (pytest rewrites only test modules and conftests unless told), before anything imports them.
 pytest.register_assert_rewrite("tests.helpers")
 
+from memring.cluster.certificates import CertificateAuthority  # noqa: E402
 from memring.cluster.etcd_process import find_etcd  # noqa: E402
 from tests.helpers import servers  # noqa: E402
 
@@ -47,3 +48,9 @@ def memcached_server() -> Iterator[servers.RunningServer]:
 def backend_server() -> Iterator[servers.RunningServer]:
     with servers.backend() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def private_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    """One private CA for the session's TLS tests; `private_ca.issue(name)` for a certificate."""
+    return CertificateAuthority.create(tmp_path_factory.mktemp("ca"))
