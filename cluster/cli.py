@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", action="store_true",
                      help="serve Prometheus /metrics from every backend and proxy (free ports, "
                      "printed at start)")
+    run_auth = run.add_argument_group("authentication")
+    run_auth.add_argument("--auth-file", metavar="FILE",
+                          help="memcached's ASCII auth on every backend and proxy (their "
+                          "--auth-file); the proxies authenticate to the backends as FILE's "
+                          "first user, and `memring status` finds the file in the state file")
 
     status = with_cluster(commands.add_parser(
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
@@ -86,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     authentication = status.add_argument_group("authentication")
     authentication.add_argument(
         "--auth-file", default=os.environ.get("MEMRING_AUTH_FILE"), metavar="FILE",
-        help="the nodes' --auth-file (or MEMRING_AUTH_FILE): its first user asks them for "
-        "`stats`")
+        help="the nodes' --auth-file (or MEMRING_AUTH_FILE; default: the one `memring up` "
+        "recorded): its first user asks them for `stats`")
 
     shard = commands.add_parser("shard", help="list, add or remove shards")
     shard_commands = shard.add_subparsers(dest="shard_command", required=True)
@@ -179,8 +184,10 @@ async def _status_doc(etcd: Any, login: Login | None = None) -> dict[str, Any]:
 
 
 def _status(args: argparse.Namespace) -> int:
+    state = read_state(_cluster(args)) if not (args.auth_file or args.etcd) else None
+    auth_file = args.auth_file or (state or {}).get("auth_file")
     try:
-        login = load_credentials(args.auth_file).first() if args.auth_file else None
+        login = load_credentials(str(auth_file)).first() if auth_file else None
     except AuthFileError as exc:
         raise UsageError(str(exc)) from None
 
@@ -421,7 +428,13 @@ def _up(args: argparse.Namespace) -> int:
     elif any(getattr(args, name) for name in etcd_security.FIELDS):
         raise UsageError("the etcd security flags describe a given etcd: they need --etcd "
                          "URLS (without it, `memring up` starts an etcd of its own)")
-    return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security)
+    if args.auth_file:
+        try:
+            load_credentials(args.auth_file)
+        except AuthFileError as exc:
+            raise UsageError(str(exc)) from None
+    return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security,
+              auth_file=os.path.abspath(args.auth_file) if args.auth_file else "")
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

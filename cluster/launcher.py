@@ -53,11 +53,13 @@ from typing import Any
 
 import trio
 
+from memring.cluster.auth_file import load_credentials
 from memring.cluster.certificates import CertificateAuthority, CertificateError
 from memring.cluster.coordinator import AccessDenied, ClusterConfig, CoordinatorError
 from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.keyspace import Keyspace, check_id
+from memring.protocol.ascii_auth import Login, auth_request
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
@@ -229,14 +231,25 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def routes_to(address: str, leaders: set[str]) -> bool:
+def routes_to(address: str, leaders: set[str], login: Login | None = None) -> bool:
     """The proxy at `address` answers and has a live connection to every leader: only then
     does a client get through to every shard (the proxy learns of a new leader, and
-    connects to it, a little after etcd has it). Blocking, at most ~1 s."""
+    connects to it, a little after etcd has it). `login`: the proxy's clients authenticate
+    (its --auth-file). Blocking, at most ~1 s."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5) as s:
             s.settimeout(0.5)
+            if login is not None:
+                s.sendall(auth_request(*login))
+                answer = b""
+                while not answer.endswith(b"\r\n") and len(answer) < 256:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        return False
+                    answer += chunk
+                if answer != b"STORED\r\n":
+                    return False
             s.sendall(b"stats\r\n")
             reply = b""
             for _ in range(1000):
@@ -259,8 +272,13 @@ class LocalCluster:
 
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
                  metrics: bool = False, etcd_security: EtcdSecurity | None = None,
-                 secure_etcd: bool = False) -> None:
+                 secure_etcd: bool = False, auth_file: str = "") -> None:
         self.plan = plan
+        # memcached's ASCII auth on every backend and proxy (`memring up --auth-file`); the
+        # proxies authenticate to the backends as its first user, and so does the readiness
+        # check to the proxies
+        self.auth_file = auth_file
+        self.login = load_credentials(auth_file).first() if auth_file else None
         self.port = port
         self.metrics = metrics
         self.etcd_url = etcd_url
@@ -292,12 +310,17 @@ class LocalCluster:
                 "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
                 "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
                 "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
-                *self.etcd_security.argv()]
+                *self._auth_flags("--auth-file"), *self.etcd_security.argv()]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
                 "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag(),
+                *self._auth_flags("--auth-file", "--backend-auth-file"),
                 *self.etcd_security.argv()]
+
+    def _auth_flags(self, *flags: str) -> list[str]:
+        return [part for flag in flags for part in (flag, self.auth_file)] \
+            if self.auth_file else []
 
     async def start(self, say: Say = say) -> None:
         """Bring the plan up; LaunchError says what did not come up. Cancellable."""
@@ -425,7 +448,7 @@ class LocalCluster:
                         absent = [c.address for c in self.children if c.role == "proxy"
                                   and (c.address not in proxies
                                        or not await trio.to_thread.run_sync(
-                                           routes_to, c.address, leaders))]
+                                           routes_to, c.address, leaders, self.login))]
                         if not leaderless and not absent:
                             return
                         missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
@@ -440,6 +463,8 @@ class LocalCluster:
                  "proxies": [c.address for c in self.children if c.role == "proxy"],
                  "backends": {c.name: c.address for c in self.children if c.role == "backend"},
                  "logs": str(self.run_dir), "started": time.time()}
+        if self.auth_file:  # `memring status` asks the nodes for stats as its first user
+            state["auth_file"] = self.auth_file
         if self.etcd_security != EtcdSecurity():  # paths only: the files stay 0600
             state["etcd_security"] = {f"etcd_{k}": v for k, v in
                                       dataclasses.asdict(self.etcd_security).items()}
@@ -534,7 +559,9 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
 
 
 def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
-       etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False) -> int:
+       etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False,
+       auth_file: str = "") -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
     return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
-                                      etcd_security=etcd_security, secure_etcd=secure_etcd))
+                                      etcd_security=etcd_security, secure_etcd=secure_etcd,
+                                      auth_file=auth_file))
