@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def test_pymemcache_after_the_auth_set(users: Path, proxy_user: Path, through: s
                 wrong.set(b"auth", b"alice nope")
         finally:
             wrong.close()
+
+
+def test_metrics_count_attempts(users: Path) -> None:
+    metrics_port = servers.free_port()
+    with servers.backend("--auth-file", str(users), "--metrics-listen",
+                         f"127.0.0.1:{metrics_port}") as backend:
+        for password in (b"nope", b"secret"):
+            with connect(backend) as sock:
+                authenticate(sock, b"alice", password)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                    timeout=5) as page:
+            text = page.read().decode()
+    assert "memring_backend_auth_checks_total 2.0" in text
+    assert "memring_backend_auth_failures_total 1.0" in text
 
 
 def test_wrong_password_gets_memcacheds_reply_and_may_try_again(users: Path) -> None:
