@@ -52,6 +52,8 @@ class BackendSettings(Listening):
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
+    # peer authentication (issue 13): the cluster's shared secret for the replication link
+    peer_secret_file: str = ""       # "" = plain mode (one machine only)
 
     @property
     def clustered(self) -> bool:
@@ -106,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--max-lag-bytes", type=int,
                          help="... or that has more than this many bytes unacknowledged "
                          "(default 8 MiB)")
+    peer_auth = parser.add_argument_group("peer authentication")
+    peer_auth.add_argument("--peer-secret-file", metavar="FILE",
+                           help="the cluster's replication secret (at least 32 random bytes, "
+                           "the same file on every member, e.g. `openssl rand -hex 32`): "
+                           "leader and follower prove it to each other before any data "
+                           "moves; without it the peer link is unauthenticated (one machine "
+                           "only)")
     return parser
 
 
@@ -180,7 +189,15 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
             raise SettingsError("--max-lag-ms and --max-lag-bytes must be positive")
     if settings.clustered:
         _check_cluster(settings)
+    if settings.peer_secret_file:
+        _check_peer_secret(settings)
     return settings
+
+
+def _check_peer_secret(settings: BackendSettings) -> None:
+    from memring.backend.replication.peer_auth import read_secret
+
+    read_secret(settings.peer_secret_file)  # SettingsError if missing or short
 
 
 def _check_cluster(settings: BackendSettings) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState
 from memring.backend.replication.in_sync import InSyncReplicas
 from memring.backend.replication.mutation_log import ReplicationLog
+from memring.backend.replication.peer_auth import PeerKey
 from memring.backend.replication.snapshot import StoreSnapshot
-from memring.cluster.coordinator import Incarnation
+from memring.cluster.coordinator import Incarnation, Leadership
 
 
 @dataclass(slots=True)
@@ -46,6 +48,14 @@ class LeaderSideHost(Protocol):
         """The current leadership's followers (acks, lag, ISR); None when not leading."""
 
     @property
+    def leadership(self) -> Leadership | None:
+        """This node's leader key (node id, lease, epoch) as WELCOME names it."""
+
+    @property
+    def peer_key(self) -> PeerKey:
+        """The peer secret and what proofs bind (cluster, shard)."""
+
+    @property
     def counters(self) -> ReplicationCounters: ...
 
     def snapshot(self) -> StoreSnapshot:
@@ -68,8 +78,13 @@ class FollowerSideHost(Protocol):
     @property
     def counters(self) -> ReplicationCounters: ...
 
-    def leader_peer(self) -> tuple[str, int] | None:
-        """(peer address, epoch) of the shard's leader when another node leads, else None."""
+    @property
+    def peer_key(self) -> PeerKey:
+        """The peer secret and what proofs bind (cluster, shard)."""
+
+    def leader_peer(self) -> LeaderPeer | None:
+        """The shard's leader (peer address, epoch, node id, lease) when another node
+        leads, else None."""
 
     def incarnation(self) -> Incarnation:
         """This node as it introduces itself to the leader (lease id 0 without a session)."""
