@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", action="store_true",
                      help="serve Prometheus /metrics from every backend and proxy (free ports, "
                      "printed at start)")
+    secret = run.add_mutually_exclusive_group()
+    secret.add_argument("--peer-secret-file", metavar="FILE",
+                        help="the backends' replication secret (default: a new random one in "
+                        "the run directory, mode 0600)")
+    secret.add_argument("--no-peer-secret", action="store_true",
+                        help="replicate without authentication (one machine only)")
 
     status = with_cluster(commands.add_parser(
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
@@ -380,7 +386,10 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 1-65535")
-    return up(plan, args.port, args.etcd, metrics=args.metrics)
+    secret = "" if args.no_peer_secret else args.peer_secret_file
+    if secret and not os.path.isfile(secret):
+        raise UsageError(f"--peer-secret-file {secret}: no such file")
+    return up(plan, args.port, args.etcd, metrics=args.metrics, peer_secret_file=secret)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

@@ -21,6 +21,11 @@ from a worker thread as `trio.lowlevel.open_process` would).
 
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
 records the etcd URL so `memring status` finds the cluster without `--etcd`.
+
+The backends' replication links are authenticated by default: `memring up` writes a new
+random peer secret (`peer-secret`, mode 0600) in the run directory and passes it to every
+backend with --peer-secret-file (`--peer-secret-file FILE` uses a given one, for nodes
+started by hand beside the cluster; `--no-peer-secret` runs them unauthenticated).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -207,6 +213,14 @@ class Child:
             return ""
 
 
+def write_peer_secret(path: Path) -> None:
+    """A new random peer secret (64 hex characters: 32 random bytes, the backend's minimum
+    is 32 bytes) in `path`, created readable by its owner only; FileExistsError if present."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -246,7 +260,9 @@ class LocalCluster:
     """etcd (unless given), the backends and the proxies of one plan, on this machine."""
 
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, peer_secret_file: str | None = None) -> None:
+        """`peer_secret_file`: the backends' --peer-secret-file; None (the default) writes a
+        new one in the run directory, "" runs the peer links unauthenticated."""
         self.plan = plan
         self.port = port
         self.metrics = metrics
@@ -254,6 +270,10 @@ class LocalCluster:
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
+        if peer_secret_file is None:
+            peer_secret_file = str(self.run_dir / "peer-secret")
+            write_peer_secret(Path(peer_secret_file))
+        self.peer_secret_file = peer_secret_file
         self._grace = trio.CancelScope()  # stop()'s current wait for SIGTERM to work
         self._hurried = False  # hurry() was called: no more waiting for SIGTERM
         self._state_written = False
@@ -276,7 +296,9 @@ class LocalCluster:
         return [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
                 "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
                 "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
-                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag()]
+                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
+                *(["--peer-secret-file", self.peer_secret_file] if self.peer_secret_file
+                  else [])]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
@@ -293,6 +315,9 @@ class LocalCluster:
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
         url = self.etcd_url
+        say(f"memring up: peer links authenticated with {self.peer_secret_file}"
+            if self.peer_secret_file else
+            "memring up: peer links unauthenticated (--no-peer-secret)")
         await self._write_records(url)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
@@ -489,6 +514,8 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
     return code
 
 
-def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
+def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
+       peer_secret_file: str | None = None) -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
-    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics))
+    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
+                                      peer_secret_file=peer_secret_file))

@@ -58,13 +58,6 @@ def readable_by_others(path: str) -> bool:
         return False
 
 
-def write_secret(path: Path) -> None:
-    """A new random secret in `path`, readable by its owner only (memring up)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(MIN_SECRET) + "\n")
-
-
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_SIZE)
 

@@ -16,10 +16,10 @@ from typing import TypeVar
 
 import trio
 
-from memring.backend.replication.peer_auth import write_secret
 from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
+from memring.cluster.launcher import write_peer_secret
 from tests.helpers import servers, wire
 
 SHARD = "s1"
@@ -69,7 +69,7 @@ class Shard:
 
 class ReplicatedShard(Shard):
     """A shard whose backends replicate (`mode`), with a small backlog; with
-    `peer_secret_file` set (`write_peer_secret`), its peer links are authenticated."""
+    `peer_secret_file` set (`peer_secret_in`), its peer links are authenticated."""
 
     mode = "async"
     extra: tuple[str, ...] = ()
@@ -132,10 +132,10 @@ async def wait_in_sync(shard: Shard, timeout: float = 5.0) -> ClusterView:
             await trio.sleep(0.02)
 
 
-def write_peer_secret(directory: Path) -> str:
+def peer_secret_in(directory: Path) -> str:
     """A new random peer secret file (0600) in `directory`, for --peer-secret-file."""
     path = directory / f"peer-secret-{next(_secrets)}"
-    write_secret(path)
+    write_peer_secret(path)
     return str(path)
 
 

@@ -45,9 +45,9 @@ from tests.helpers.cluster import (
     SHARD,
     ReplicatedShard,
     node_id,
+    peer_secret_in,
     wait_for,
     wait_in_sync,
-    write_peer_secret,
 )
 from tests.helpers.peer_impostor import (
     Acknowledger,
@@ -88,7 +88,7 @@ def secure_shard(etcd: EtcdProcess, tmp_path: Path) -> Iterator[tuple[
     follower)."""
     with contextlib.ExitStack() as stack:
         shard = SecureShard(etcd, stack, f"pa{next(_clusters)}", {})
-        shard.peer_secret_file = write_peer_secret(tmp_path)
+        shard.peer_secret_file = peer_secret_in(tmp_path)
         for _ in range(2):
             shard.start()
         leader = shard.leader()

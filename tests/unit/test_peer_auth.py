@@ -15,10 +15,10 @@ from memring.backend.replication.peer_auth import (
     exposed,
     new_nonce,
     read_secret,
-    write_secret,
 )
 from memring.backend.settings import load_settings
 from memring.cluster.coordinator import Incarnation
+from memring.cluster.launcher import write_peer_secret
 from memring.netio.settings import SettingsError
 from memring.protocol.replication import NONCE_SIZE, PROOF_SIZE, Position
 
@@ -93,7 +93,7 @@ def test_nonces_are_fresh() -> None:
 
 def test_the_secret_file(tmp_path: Path) -> None:
     path = tmp_path / "secret"
-    write_secret(path)
+    write_peer_secret(path)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert len(read_secret(str(path))) == 2 * MIN_SECRET  # hex, its newline dropped
     path.write_bytes(b"x" * MIN_SECRET + b"\r\n")

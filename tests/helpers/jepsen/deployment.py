@@ -26,10 +26,10 @@ from pathlib import Path
 
 import trio
 
-from memring.backend.replication.peer_auth import write_secret
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, free_port, start_etcd_cluster
+from memring.cluster.launcher import write_peer_secret
 from tests.helpers import servers
 from tests.helpers.jepsen.relay import HOST, CutLink
 
@@ -160,7 +160,7 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
     if peer_secret:
         secret_file = str(workdir / "peer-secret")
         with contextlib.suppress(FileExistsError):  # a workdir used again keeps its secret
-            write_secret(Path(secret_file))
+            write_peer_secret(Path(secret_file))
     cluster = f"jepsen{os.getpid()}"
     etcd = await trio.to_thread.run_sync(start_etcd_cluster, 3)
     backends: list[Backend] = []
