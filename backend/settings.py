@@ -54,6 +54,7 @@ class BackendSettings(Listening):
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
     # peer authentication (issue 13): the cluster's shared secret for the replication link
     peer_secret_file: str = ""       # "" = plain mode (one machine only)
+    peer_secret_optional: bool = False  # also accept peers that send no proof (migration)
 
     @property
     def clustered(self) -> bool:
@@ -115,10 +116,20 @@ def _parser() -> argparse.ArgumentParser:
                            "leader and follower prove it to each other before any data "
                            "moves; without it the peer link is unauthenticated (one machine "
                            "only)")
+    peer_auth.add_argument("--peer-secret-optional", action="store_true", default=None,
+                           help="with --peer-secret-file, also accept peers that send no proof "
+                           "(they have no secret yet): only while moving a running cluster to "
+                           "a secret, one rolling restart; a wrong proof is still refused")
     return parser
 
 
 def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is bool and isinstance(value, str):  # MEMRING_PEER_SECRET_OPTIONAL=1
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
     if kind is int and isinstance(value, str):
         try:
             return int(value)
@@ -191,6 +202,8 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         _check_cluster(settings)
     if settings.peer_secret_file:
         _check_peer_secret(settings)
+    elif settings.peer_secret_optional:
+        raise SettingsError("--peer-secret-optional needs --peer-secret-file")
     return settings
 
 

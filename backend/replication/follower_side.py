@@ -240,6 +240,8 @@ async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: Replic
                       f"{welcome.node_id}'s proof is " + ("missing" if not welcome.proof
                                                           else "wrong (not the peer secret)"))
         return False
+    if key.required and not welcome.proof:
+        log.info("following %s without its proof (--peer-secret-optional)", welcome.node_id)
     return True
 
 

@@ -158,6 +158,9 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
                     "no proof" if not hello.proof else "wrong proof (not the peer secret)")
         await _send(conn, Error(ErrorCode.UNAUTHENTICATED, epoch, "proof missing or wrong"))
         return None
+    if key.required and not hello.proof:
+        log.info("accepted HELLO of %s without a proof (--peer-secret-optional)",
+                 hello.node_id)
     leadership, insync = host.leadership, host.insync
     if not host.leading or insync is None or leadership is None \
             or leadership.epoch != epoch:

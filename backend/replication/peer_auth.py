@@ -9,7 +9,9 @@ lease, and for the leader its epoch; for the follower its position), and both si
 nonces (`new_nonce`), the verifier's own included, so nothing recorded on one connection
 passes on another. Proofs are compared with `hmac.compare_digest`. Without a secret (plain
 mode) proofs are empty and `verify` accepts anything: only the etcd identity checks of
-leader_side and follower_side apply. The message order is in protocol.replication.
+leader_side and follower_side apply. With `--peer-secret-optional` (only while a running
+cluster moves to a secret) a node proves itself but also accepts a peer that sends no proof;
+a wrong proof is still refused. The message order is in protocol.replication.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class PeerKey:
     secret: bytes = field(repr=False)
     cluster: str
     shard: str
+    optional: bool = False  # --peer-secret-optional: a peer with no proof passes (migration)
 
     @property
     def required(self) -> bool:
@@ -117,5 +120,8 @@ class PeerKey:
             follower.node_id, follower.lease_id, follower_nonce, leader_nonce))
 
     def verify(self, expected: bytes, given: bytes) -> bool:
-        """Plain mode accepts anything; else the proofs must match (constant time)."""
-        return not self.secret or hmac.compare_digest(expected, given)
+        """Plain mode accepts anything, and `optional` a missing proof (a peer without the
+        secret yet); else the proofs must match (constant time)."""
+        if not self.secret or (self.optional and not given):
+            return True
+        return hmac.compare_digest(expected, given)

@@ -128,7 +128,11 @@ class Replicator:
         if secret and readable_by_others(settings.peer_secret_file):
             log.warning("the peer secret file %s is readable by other users (chmod 600 it)",
                         settings.peer_secret_file)
-        self.peer_key = PeerKey(secret, settings.cluster, member.identity.shard)
+        self.peer_key = PeerKey(secret, settings.cluster, member.identity.shard,
+                                optional=settings.peer_secret_optional)
+        if secret and settings.peer_secret_optional:
+            log.warning("--peer-secret-optional: peers that send no proof are accepted (only "
+                        "while the cluster moves to a peer secret)")
 
     # -- roles (ClusterMember.listener) -----------------------------------------------------
 
@@ -426,8 +430,10 @@ class Replicator:
                 nursery.start_soon(self._keep_each_isr)
                 await nursery.start(self.peers.serve, listener)
                 log.info("replication (%s) on peer port %s:%d, %s", self.settings.replication,
-                         host, listener.getsockname()[1], "authenticated (peer secret)"
-                         if self.peer_key.required else "unauthenticated (no peer secret)")
+                         host, listener.getsockname()[1],
+                         "unauthenticated (no peer secret)" if not self.peer_key.required else
+                         "authenticated (peer secret, optional)" if self.peer_key.optional else
+                         "authenticated (peer secret)")
                 if exposed(host) and not self.peer_key.required:
                     log.warning("the peer port %s:%d is reachable from other machines without "
                                 "a peer secret: anyone who reaches it and reads etcd can join "

@@ -298,3 +298,33 @@ def test_a_follower_refuses_a_fake_leader_etcd_points_it_at(
         assert wire.stats(follower)["memring_repl_snapshots_received"] == snapshots
         print(f"\nfake leader ({claim}): {len(errors)} connection(s) refused with "
               f"{expected.name}; the follower's {len(KEYS)} keys kept")
+
+
+def test_an_optional_secret_lets_a_running_cluster_move_to_one(
+        etcd: EtcdProcess, tmp_path: Path) -> None:
+    """--peer-secret-optional (one rolling restart): a node with the secret and one without
+    replicate both ways, while a wrong proof is still refused."""
+    with contextlib.ExitStack() as stack:
+        shard = SecureShard(etcd, stack, f"pa{next(_clusters)}", {})
+        secret = peer_secret_in(tmp_path)
+        shard.peer_secret_file, shard.extra = secret, ("--peer-secret-optional",)
+        upgraded = shard.start()  # leads: the first member of a new shard
+        shard.peer_secret_file, shard.extra = "", ()
+        plain = shard.start()
+        view = trio.run(wait_in_sync, shard, 10.0)
+        assert shard.leader() is upgraded
+        wrong = shard.key(os.urandom(MIN_SECRET))
+        current = shard.current(view, node_id(plain))
+        refused_with_nothing_else(leader_peer(view), view.shards[SHARD].epoch,
+                                  current.node_id, current.lease_id, wrong, UNAUTHENTICATED)
+        # the other way round: the plain node leads, the upgraded one (restarted) follows
+        servers.stop(upgraded.process)
+        wait_for(lambda: shard.role(plain) == "leader", 10.0, "the plain node leading")
+        shard.peer_secret_file, shard.extra = secret, ("--peer-secret-optional",)
+        restarted = shard.start(upgraded.port)
+        trio.run(wait_in_sync, shard, 10.0)
+        with wire.connect(plain) as sock:
+            replicas.pipeline(sock, [b"set %s 0 0 5 q\r\nvalue\r\n" % k for k in KEYS])
+        replicas.wait_identical(plain, restarted, KEYS, 5.0)
+        assert "following" in restarted.log_text() and "without its proof" in \
+            restarted.log_text()

@@ -86,6 +86,16 @@ def test_plain_mode_makes_empty_proofs_and_checks_none() -> None:
     assert plain.verify(b"", b"x" * PROOF_SIZE)
 
 
+def test_an_optional_secret_accepts_no_proof_but_never_a_wrong_one() -> None:
+    optional = PeerKey(SECRET, "prod", "s1", optional=True)
+    expected = optional.follower_proof(FOLLOWER, AT, NL, NF)
+    assert expected == KEY.follower_proof(FOLLOWER, AT, NL, NF)  # it proves itself as usual
+    assert optional.verify(expected, b"")
+    assert optional.verify(expected, expected)
+    assert not optional.verify(expected, PeerKey(b"t" * MIN_SECRET, "prod", "s1")
+                               .follower_proof(FOLLOWER, AT, NL, NF))
+
+
 def test_nonces_are_fresh() -> None:
     nonces = {new_nonce() for _ in range(100)}
     assert len(nonces) == 100 and all(len(n) == NONCE_SIZE for n in nonces)
@@ -126,6 +136,14 @@ def test_the_backend_flag_env_and_config(tmp_path: Path, monkeypatch: pytest.Mon
         load_settings(cluster)
     assert load_settings([*cluster, "--peer-secret-file", str(good)]).peer_secret_file == \
         str(good)  # the flag wins
+    monkeypatch.delenv("MEMRING_PEER_SECRET_FILE")
+    with pytest.raises(SettingsError, match="needs --peer-secret-file"):
+        load_settings([*cluster, "--peer-secret-optional"])
+    monkeypatch.setenv("MEMRING_PEER_SECRET_OPTIONAL", "true")
+    assert load_settings([*cluster, "--peer-secret-file", str(good)]).peer_secret_optional
+    monkeypatch.setenv("MEMRING_PEER_SECRET_OPTIONAL", "maybe")
+    with pytest.raises(SettingsError, match="true or false"):
+        load_settings([*cluster, "--peer-secret-file", str(good)])
 
 
 @pytest.mark.parametrize(("host", "reachable"), [
