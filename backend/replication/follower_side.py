@@ -73,6 +73,7 @@ BACKOFF_MAX = 1.0
 # The leader refused HELLO (NOT_MEMBER): its view may trail etcd by a watch round trip
 # behind this node's new lease, so ask again soon, at a fixed pace (not the growing backoff)
 NOT_MEMBER_RETRY = 0.1
+LOG_REFUSALS = 100  # of the leaders refused, the first and every 100th are logged
 
 
 class SessionEnd(Enum):
@@ -178,8 +179,16 @@ async def _next_event(sock: socket.socket, parser: ReplicationParser) -> Event |
         parser.receive_data(data)
 
 
-async def _refuse(sock: socket.socket, code: ErrorCode, epoch: int, why: str) -> None:
-    log.warning("refusing the leader at %s: %s", _peer_name(sock), why)
+async def _refuse(host: FollowerSideHost, sock: socket.socket, code: ErrorCode, epoch: int,
+                  why: str) -> None:
+    """Say why with ERROR; log the first refusal and every LOG_REFUSALS-th (the follower asks
+    again within its backoff; `stats` has the count)."""
+    counters = host.counters
+    counters.leaders_refused += 1
+    refused = counters.leaders_refused
+    level = logging.WARNING if refused == 1 or refused % LOG_REFUSALS == 0 else logging.DEBUG
+    log.log(level, "refusing the leader at %s: %s (%d refused so far)", _peer_name(sock), why,
+            refused)
     await nonblocking.send_all(sock, encode(Error(code, epoch, why)))
 
 
@@ -205,7 +214,7 @@ async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: Replic
     if not isinstance(challenge, Challenge) or challenge.version != PROTOCOL_VERSION:
         what = f"version {challenge.version}" if isinstance(challenge, Challenge) else \
             type(challenge).__name__ if challenge is not None else "nothing"
-        await _refuse(sock, ErrorCode.VERSION if isinstance(challenge, Challenge) else
+        await _refuse(host, sock, ErrorCode.VERSION if isinstance(challenge, Challenge) else
                       ErrorCode.MALFORMED, epoch, f"expected CHALLENGE version "
                       f"{PROTOCOL_VERSION}, got {what}")
         return False
@@ -216,7 +225,7 @@ async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: Replic
                                                   proof)))
     welcome = await _next_event(sock, parser)
     if isinstance(welcome, Error):
-        if welcome.code is ErrorCode.UNAUTHENTICATED:
+        if welcome.code is ErrorCode.UNAUTHENTICATED:  # follow_leader's backoff: ~1/s
             log.warning("the leader at %s refused this node's proof: is --peer-secret-file "
                         "the cluster's?", _peer_name(sock))
         else:
@@ -224,11 +233,11 @@ async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: Replic
         return welcome.code
     if not isinstance(welcome, Welcome):
         what = type(welcome).__name__ if welcome is not None else "nothing"
-        await _refuse(sock, ErrorCode.MALFORMED, epoch, f"expected WELCOME, got {what}")
+        await _refuse(host, sock, ErrorCode.MALFORMED, epoch, f"expected WELCOME, got {what}")
         return False
     claimed = (welcome.node_id, welcome.lease_id, welcome.epoch)
     if claimed != (target.node_id, target.lease_id, target.epoch):
-        await _refuse(sock, ErrorCode.NOT_LEADER, epoch,
+        await _refuse(host, sock, ErrorCode.NOT_LEADER, epoch,
                       f"{welcome.node_id} (lease {welcome.lease_id:x}, epoch {welcome.epoch}) "
                       f"is not the leader etcd names ({target.node_id}, lease "
                       f"{target.lease_id:x}, epoch {target.epoch})")
@@ -236,7 +245,7 @@ async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: Replic
     leader = Incarnation(welcome.node_id, welcome.lease_id)
     expected = key.leader_proof(leader, welcome.epoch, me, nonce, challenge.nonce)
     if not key.verify(expected, welcome.proof):
-        await _refuse(sock, ErrorCode.UNAUTHENTICATED, epoch,
+        await _refuse(host, sock, ErrorCode.UNAUTHENTICATED, epoch,
                       f"{welcome.node_id}'s proof is " + ("missing" if not welcome.proof
                                                           else "wrong (not the peer secret)"))
         return False

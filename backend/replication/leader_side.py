@@ -62,6 +62,7 @@ log = logging.getLogger("memring.backend.replication")
 # closed: together with replicator.PEER_PENDING it bounds what impostors can hold (issue 13)
 HANDSHAKE_TIMEOUT = 2.0
 BATCH = 1024  # mutations per send
+LOG_REFUSALS = 100  # of the refused proofs, the first and every 100th are logged
 
 
 class _Deposed(Exception):
@@ -121,6 +122,16 @@ async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
         log.info("follower %s disconnected", node)
 
 
+def _refused(host: LeaderSideHost, message: str, *args: object) -> None:
+    """Count a refused proof; log the first and every LOG_REFUSALS-th as a warning (an
+    impostor retrying in a loop does not flood the log; `stats` has the count)."""
+    counters = host.counters
+    counters.peers_refused += 1
+    refused = counters.peers_refused
+    level = logging.WARNING if refused == 1 or refused % LOG_REFUSALS == 0 else logging.DEBUG
+    log.log(level, message + " (%d refused so far)", *args, refused)
+
+
 def _peer_name(conn: Connection) -> str:
     try:
         host, port = conn.sock.getpeername()[:2]
@@ -153,9 +164,9 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
     expected = key.follower_proof(follower, hello.position, nonce, hello.nonce)
     if not key.verify(expected, hello.proof):
         # Not the cluster's secret (or none): whoever it claims to be, it learns nothing
-        log.warning("refused HELLO of %s (lease %x) from %s: %s", hello.node_id,
-                    hello.incarnation, _peer_name(conn),
-                    "no proof" if not hello.proof else "wrong proof (not the peer secret)")
+        _refused(host, "refused HELLO of %s (lease %x) from %s: %s", hello.node_id,
+                 hello.incarnation, _peer_name(conn),
+                 "no proof" if not hello.proof else "wrong proof (not the peer secret)")
         await _send(conn, Error(ErrorCode.UNAUTHENTICATED, epoch, "proof missing or wrong"))
         return None
     if key.required and not hello.proof:
@@ -169,6 +180,7 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
     if not insync.current(follower):
         # Not a registered member of this shard under this lease in our view: an impostor,
         # or a real follower whose new lease has not reached us yet (it retries soon).
+        host.counters.peers_refused += 1
         log.info("refused HELLO of %s (lease %x): not a current member of the shard",
                  hello.node_id, hello.incarnation)
         await _send(conn, Error(ErrorCode.NOT_MEMBER, epoch, "not a current member"))

@@ -31,6 +31,8 @@ class ReplicationCounters:
     snapshots_received: int = 0
     applied: int = 0  # messages applied as a follower
     unacknowledged: int = 0  # sync writes whose connection closed unanswered
+    peers_refused: int = 0  # HELLOs refused as leader: no proof or a wrong one, not a member
+    leaders_refused: int = 0  # leaders refused as follower: not etcd's, or a wrong proof
 
 
 class LeaderSideHost(Protocol):

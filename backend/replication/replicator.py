@@ -400,6 +400,8 @@ class Replicator:
             ("memring_repl_backlog_bytes", self.log.bytes),
             ("memring_repl_snapshots_sent", counters.snapshots_sent),
             ("memring_repl_snapshots_received", counters.snapshots_received),
+            ("memring_repl_peers_refused", counters.peers_refused),
+            ("memring_repl_leaders_refused", counters.leaders_refused),
             ("memring_repl_unacknowledged", counters.unacknowledged)]
         if insync is None:
             return lines

@@ -149,7 +149,9 @@ def test_the_shard_replicates_with_a_secret_and_refuses_everyone_without_it(
         # the real follower was never dropped and the ISR never changed
         view = trio.run(shard.view)
         assert shard.isr(view) == isr
-        assert wire.stats(leader)["memring_repl_followers"] == "1"
+        leader_stats = wire.stats(leader)
+        assert leader_stats["memring_repl_followers"] == "1"
+        assert int(leader_stats["memring_repl_peers_refused"]) == 4  # 3 HELLOs, the acker
         print(f"\nrefused (no proof, a wrong secret): each received CHALLENGE "
               f"({len(encode(Challenge(new_nonce())))} bytes) and one ERROR")
 
@@ -295,7 +297,9 @@ def test_a_follower_refuses_a_fake_leader_etcd_points_it_at(
         assert errors and {e.code for e in errors} == {expected}, errors
         assert replicas.dump(follower, KEYS) == before
         assert replicas.dump(follower, [b"planted"]) == {b"planted": None}
-        assert wire.stats(follower)["memring_repl_snapshots_received"] == snapshots
+        follower_stats = wire.stats(follower)
+        assert follower_stats["memring_repl_snapshots_received"] == snapshots
+        assert int(follower_stats["memring_repl_leaders_refused"]) == len(errors)
         print(f"\nfake leader ({claim}): {len(errors)} connection(s) refused with "
               f"{expected.name}; the follower's {len(KEYS)} keys kept")
 
