@@ -54,6 +54,7 @@ from tests.helpers.peer_impostor import (
     handshake,
     leader_peer,
     received_until_close,
+    silent_crowd,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
@@ -332,3 +333,34 @@ def test_an_optional_secret_lets_a_running_cluster_move_to_one(
         replicas.wait_identical(plain, restarted, KEYS, 5.0)
         assert "following" in restarted.log_text() and "without its proof" in \
             restarted.log_text()
+
+
+def test_unauthenticated_connections_are_closed_and_never_lock_a_follower_out(
+        etcd: EtcdProcess, tmp_path: Path) -> None:
+    """A connection that completes no handshake is closed after HANDSHAKE_TIMEOUT (2 s) with
+    CHALLENGE and one ERROR; 80 of them, reopened as they close, do not keep a restarting
+    follower out (only 8 unauthenticated connections are kept, the oldest evicted)."""
+    with secure_shard(etcd, tmp_path) as (shard, leader, follower):
+        view = trio.run(shard.view)
+        peer, epoch = leader_peer(view), view.shards[SHARD].epoch
+        with socket.create_connection(peer, timeout=5) as sock:
+            started = time.monotonic()
+            received = received_until_close(sock)
+            took = time.monotonic() - started
+        assert 1.8 < took < 3.5, took
+        closed_after = took
+        assert [type(e) for e in frames(received)] == [Challenge, Error]
+        assert frames(received)[1] == Error(ErrorCode.MALFORMED, epoch, "no HELLO within 2 s")
+        with silent_crowd(peer, 80) as crowd:
+            time.sleep(0.5)
+            servers.stop(follower.process)
+            started = time.monotonic()
+            shard.start(follower.port)
+            trio.run(wait_in_sync, shard, 10.0)
+            took = time.monotonic() - started
+        print(f"\nsilent peer closed after {closed_after:.2f} s; with 80 silent connections "
+              f"({crowd.closed} closed by the leader) the restarted follower was in sync "
+              f"{took:.1f} s after its start")
+        with wire.connect(leader) as sock:
+            sock.sendall(b"set after 0 0 1\r\nx\r\n")
+            assert wire.read_until(sock, b"\r\n") == b"STORED\r\n"
