@@ -29,7 +29,9 @@ so a recorded exchange replays nowhere, and to the role, cluster, shard and inca
 member of another shard or an old session cannot pass for this one. The secret never travels.
 Without a secret (plain mode, one machine) the messages are the same with empty proofs and
 only the etcd checks apply. The proofs are made and checked by backend.replication.peer_auth;
-this module only frames them.
+this module only frames them. The handshake authenticates the two ends; it does not encrypt
+or sign the frames after it (that is TLS's part). Version 1 peers (no handshake) cannot talk
+to version 2 ones: each side sees a frame it does not expect and closes with ERROR.
 
 Then the leader sends either the MUTATIONs after the follower's position (its backlog still
 holds it) or SNAPSHOT_BEGIN, one SNAPSHOT_ITEM per live item and SNAPSHOT_END, then the
