@@ -400,6 +400,8 @@ class Replicator:
             ("memring_repl_backlog_bytes", self.log.bytes),
             ("memring_repl_snapshots_sent", counters.snapshots_sent),
             ("memring_repl_snapshots_received", counters.snapshots_received),
+            ("memring_repl_peer_auth", "plain" if not self.peer_key.required else
+             "optional" if self.peer_key.optional else "secret"),
             ("memring_repl_peers_refused", counters.peers_refused),
             ("memring_repl_leaders_refused", counters.leaders_refused),
             ("memring_repl_unacknowledged", counters.unacknowledged)]

@@ -152,6 +152,7 @@ def test_the_shard_replicates_with_a_secret_and_refuses_everyone_without_it(
         assert shard.isr(view) == isr
         leader_stats = wire.stats(leader)
         assert leader_stats["memring_repl_followers"] == "1"
+        assert leader_stats["memring_repl_peer_auth"] == "secret"
         assert int(leader_stats["memring_repl_peers_refused"]) == 4  # 3 HELLOs, the acker
         print(f"\nrefused (no proof, a wrong secret): each received CHALLENGE "
               f"({len(encode(Challenge(new_nonce())))} bytes) and one ERROR")
