@@ -84,8 +84,8 @@ NOWHERE = Position(0, (1 << 64) - 1)
 # connection is pending until its handshake proves the peer secret and names a current member
 # of this shard (leader_side); at most PEER_PENDING are kept, a new one evicting the oldest
 # (each has the 2 s handshake deadline), so silent, unauthenticated or unregistered clients
-# can never fill the port; admitted connections
-# number at most one per member (a newer one supersedes the older), MAX_FOLLOWERS in all.
+# can never fill the port; admitted connections number at most one per member (a newer one
+# supersedes the older), MAX_FOLLOWERS in all.
 PEER_PENDING = 8
 MAX_FOLLOWERS = 64
 PEER_MAX_CONNECTIONS = PEER_PENDING + MAX_FOLLOWERS
