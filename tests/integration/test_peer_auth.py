@@ -53,6 +53,7 @@ from tests.helpers.peer_impostor import (
     Acknowledger,
     handshake,
     leader_peer,
+    read_challenge,
     received_until_close,
     silent_crowd,
 )
@@ -138,6 +139,12 @@ def test_the_shard_replicates_with_a_secret_and_refuses_everyone_without_it(
         # (2) the wrong secret, naming a real member's current node id and lease
         refused_with_nothing_else(peer, epoch, real.node_id, real.lease_id, wrong,
                                   UNAUTHENTICATED)
+        # a memcached client on the wrong port
+        with socket.create_connection(peer, timeout=5) as sock:
+            read_challenge(sock)
+            sock.sendall(b"version\r\n")
+            rest = received_until_close(sock)
+        assert rest == encode(Error(ErrorCode.MALFORMED, epoch, "expected HELLO")), rest
         # a node nobody registered, with the wrong secret
         refused_with_nothing_else(peer, epoch, "evil", 0x1234, wrong, UNAUTHENTICATED)
         # posing as the follower with the wrong secret, acking: refused at once
@@ -153,7 +160,8 @@ def test_the_shard_replicates_with_a_secret_and_refuses_everyone_without_it(
         leader_stats = wire.stats(leader)
         assert leader_stats["memring_repl_followers"] == "1"
         assert leader_stats["memring_repl_peer_auth"] == "secret"
-        assert int(leader_stats["memring_repl_peers_refused"]) == 4  # 3 HELLOs, the acker
+        # the refused proofs: 3 HELLOs and the acker (a text client is not a refused proof)
+        assert int(leader_stats["memring_repl_peers_refused"]) == 4
         print(f"\nrefused (no proof, a wrong secret): each received CHALLENGE "
               f"({len(encode(Challenge(new_nonce())))} bytes) and one ERROR")
 
