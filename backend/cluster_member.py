@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -91,6 +91,16 @@ class MemberIdentity:
     peer_address: str = ""
     weight: int = 1
     version: str = ""
+
+
+class LeaderPeer(NamedTuple):
+    """The shard's leader as a follower's view registers it: where to replicate from, and
+    the identity its WELCOME must prove (the leader key's node, lease and epoch)."""
+
+    address: str  # its peer address
+    epoch: int
+    node_id: str
+    lease_id: int
 
 
 class LeadershipListener(Protocol):
@@ -162,8 +172,8 @@ class ClusterMember:
         if value is not None:
             listener.became_leader(value.epoch)
 
-    def leader_peer(self) -> tuple[str, int] | None:
-        """(peer address, epoch) of the shard's leader when another node leads, else None."""
+    def leader_peer(self) -> LeaderPeer | None:
+        """The shard's leader as the view registers it, when another node leads, else None."""
         view = self.view
         if self._leadership is not None or view is None:
             return None
@@ -174,7 +184,7 @@ class ClusterMember:
         node = view.nodes.get(leader.node_id)
         if node is None or not node.peer_address:
             return None
-        return node.peer_address, shard.epoch
+        return LeaderPeer(node.peer_address, shard.epoch, leader.node_id, leader.lease_id)
 
     # -- what the server asks -----------------------------------------------------------
 

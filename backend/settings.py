@@ -62,6 +62,9 @@ class BackendSettings(Listening):
     etcd_password_file: str = ""
     # authentication
     auth_file: str = ""              # memcached's -Y: `user:password` lines ("" = off)
+    # peer authentication (issue 13): the cluster's shared secret for the replication link
+    peer_secret_file: str = ""       # "" = plain mode (one machine only)
+    peer_secret_optional: bool = False  # also accept peers that send no proof (migration)
 
     @property
     def clustered(self) -> bool:
@@ -126,11 +129,28 @@ def _parser() -> argparse.ArgumentParser:
                                 help="memcached's -Y: clients must first send a `set` whose "
                                 "data is `user password` for a `user:password` line of FILE "
                                 "(at most 8 users; reloaded on SIGHUP; default: off)")
+    peer_auth = parser.add_argument_group("peer authentication")
+    peer_auth.add_argument("--peer-secret-file", metavar="FILE",
+                           help="the cluster's replication secret (at least 32 random bytes, "
+                           "the same file on every member, e.g. `openssl rand -hex 32`): "
+                           "leader and follower prove it to each other before any data "
+                           "moves; without it the peer link is unauthenticated (one machine "
+                           "only)")
+    peer_auth.add_argument("--peer-secret-optional", action="store_true", default=None,
+                           help="with --peer-secret-file, also accept peers that send no proof "
+                           "(they have no secret yet): only while moving a running cluster to "
+                           "a secret, one rolling restart; a wrong proof is still refused")
     etcd_security.add_arguments(parser)
     return parser
 
 
 def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is bool and isinstance(value, str):  # MEMRING_PEER_SECRET_OPTIONAL=1
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
     if kind is int and isinstance(value, str):
         try:
             return int(value)
@@ -201,7 +221,17 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
             raise SettingsError("--max-lag-ms and --max-lag-bytes must be positive")
     if settings.clustered:
         _check_cluster(settings)
+    if settings.peer_secret_file:
+        _check_peer_secret(settings)
+    elif settings.peer_secret_optional:
+        raise SettingsError("--peer-secret-optional needs --peer-secret-file")
     return settings
+
+
+def _check_peer_secret(settings: BackendSettings) -> None:
+    from memring.backend.replication.peer_auth import read_secret
+
+    read_secret(settings.peer_secret_file)  # SettingsError if missing or short
 
 
 def _check_cluster(settings: BackendSettings) -> None:

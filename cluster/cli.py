@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="memcached's ASCII auth on every backend and proxy (their "
                           "--auth-file); the proxies authenticate to the backends as FILE's "
                           "first user, and `memring status` finds the file in the state file")
+    secret = run.add_mutually_exclusive_group()
+    secret.add_argument("--peer-secret-file", metavar="FILE",
+                        help="the backends' replication secret (default: a new random one in "
+                        "the run directory, mode 0600)")
+    secret.add_argument("--no-peer-secret", action="store_true",
+                        help="replicate without authentication (one machine only)")
 
     status = with_cluster(commands.add_parser(
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
@@ -433,8 +439,12 @@ def _up(args: argparse.Namespace) -> int:
             load_credentials(args.auth_file)
         except AuthFileError as exc:
             raise UsageError(str(exc)) from None
+    secret = "" if args.no_peer_secret else args.peer_secret_file
+    if secret and not os.path.isfile(secret):
+        raise UsageError(f"--peer-secret-file {secret}: no such file")
     return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security,
-              auth_file=os.path.abspath(args.auth_file) if args.auth_file else "")
+              auth_file=os.path.abspath(args.auth_file) if args.auth_file else "",
+              peer_secret_file=secret)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

@@ -29,6 +29,11 @@ turn this on with the rest of issue 13).
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
 records the etcd URL, and the paths (never the contents) of its TLS files and password file,
 so `memring status` finds the cluster without `--etcd`.
+
+The backends' replication links are authenticated by default: `memring up` writes a new
+random peer secret (`peer-secret`, mode 0600) in the run directory and passes it to every
+backend with --peer-secret-file (`--peer-secret-file FILE` uses a given one, for nodes
+started by hand beside the cluster; `--no-peer-secret` runs them unauthenticated).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -221,6 +227,14 @@ class Child:
             return ""
 
 
+def write_peer_secret(path: Path) -> None:
+    """A new random peer secret (64 hex characters: 32 random bytes, the backend's minimum
+    is 32 bytes) in `path`, created readable by its owner only; FileExistsError if present."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -272,7 +286,10 @@ class LocalCluster:
 
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
                  metrics: bool = False, etcd_security: EtcdSecurity | None = None,
-                 secure_etcd: bool = False, auth_file: str = "") -> None:
+                 secure_etcd: bool = False, auth_file: str = "",
+                 peer_secret_file: str | None = None) -> None:
+        """`peer_secret_file`: the backends' --peer-secret-file; None (the default) writes a
+        new one in the run directory, "" runs the peer links unauthenticated."""
         self.plan = plan
         # memcached's ASCII auth on every backend and proxy (`memring up --auth-file`); the
         # proxies authenticate to the backends as its first user, and so does the readiness
@@ -287,6 +304,10 @@ class LocalCluster:
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
+        if peer_secret_file is None:
+            peer_secret_file = str(self.run_dir / "peer-secret")
+            write_peer_secret(Path(peer_secret_file))
+        self.peer_secret_file = peer_secret_file
         self._grace = trio.CancelScope()  # stop()'s current wait for SIGTERM to work
         self._hurried = False  # hurry() was called: no more waiting for SIGTERM
         self._state_written = False
@@ -310,7 +331,9 @@ class LocalCluster:
                 "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
                 "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
                 "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
-                *self._auth_flags("--auth-file"), *self.etcd_security.argv()]
+                *self._auth_flags("--auth-file"), *self.etcd_security.argv(),
+                *(["--peer-secret-file", self.peer_secret_file] if self.peer_secret_file
+                  else [])]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
@@ -334,6 +357,9 @@ class LocalCluster:
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
         url = self.etcd_url
+        say(f"memring up: peer links authenticated with {self.peer_secret_file}"
+            if self.peer_secret_file else
+            "memring up: peer links unauthenticated (--no-peer-secret)")
         await self._write_records(url)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
@@ -560,8 +586,9 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
 
 def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
        etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False,
-       auth_file: str = "") -> int:
+       auth_file: str = "", peer_secret_file: str | None = None) -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
     return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
                                       etcd_security=etcd_security, secure_etcd=secure_etcd,
-                                      auth_file=auth_file))
+                                      auth_file=auth_file,
+                                      peer_secret_file=peer_secret_file))
