@@ -17,14 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from memring.netio import logs
-from memring.netio.settings import Listening, SettingsError, split_address
+from memring.netio.settings import (
+    Listening,
+    SettingsError,
+    TlsListening,
+    add_tls_flags,
+    check_tls,
+    split_address,
+)
 
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async", "sync", "auto")
 
 
 @dataclass(frozen=True)
-class BackendSettings(Listening):
+class BackendSettings(Listening, TlsListening):
     listen: str = "127.0.0.1:11211"
     memory: int = 64                 # MB, as memcached's -m
     max_item_size: int = 1 << 20     # bytes, as memcached's -I
@@ -52,6 +59,15 @@ class BackendSettings(Listening):
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
+    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
+    tls: bool = False                # --listen serves TLS (memcached -Z)
+    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
+    tls_cert: str = ""               # ssl_chain_cert
+    tls_key: str = ""                # ssl_key
+    tls_ca: str = ""                 # ssl_ca_cert
+    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
+    tls_min_version: str = "tlsv1.2"  # ssl_min_version
+    tls_ciphers: str = ""            # ssl_ciphers
 
     @property
     def clustered(self) -> bool:
@@ -106,10 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--max-lag-bytes", type=int,
                          help="... or that has more than this many bytes unacknowledged "
                          "(default 8 MiB)")
+    add_tls_flags(parser)
     return parser
 
 
 def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
     if kind is int and isinstance(value, str):
         try:
             return int(value)
@@ -180,6 +203,7 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
             raise SettingsError("--max-lag-ms and --max-lag-bytes must be positive")
     if settings.clustered:
         _check_cluster(settings)
+    check_tls(settings)
     return settings
 
 

@@ -55,7 +55,15 @@ class PlainStream:
             return 0
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        await nonblocking.send_all(self.sock, data)
+        sock = self.sock  # as nonblocking.send_all, inlined: one coroutine per send, not two
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
 
     def send_last(self, data: bytes) -> None:
         nonblocking.send_last(self.sock, data)
@@ -162,8 +170,11 @@ class TlsStream:
             self._flush_now()
 
     def send_last(self, data: bytes) -> None:
+        """As nonblocking.send_last: the reply if the kernel takes it now, then drop what the
+        peer sent (unread input would turn the close into a reset)."""
         with contextlib.suppress(OSError, ssl.SSLError):
             self.send_now(data)
+            self.sock.recv(nonblocking.READ_SIZE)
 
 
 Stream = PlainStream | TlsStream

@@ -25,14 +25,22 @@ from memring.cluster.static_topology import default_point_name as default_point_
 from memring.cluster.static_topology import parse_shards as parse_shards
 from memring.cluster.static_topology import read_toml
 from memring.netio import logs
-from memring.netio.settings import Listening, SettingsError, split_address
+from memring.netio.settings import (
+    TLS_FIELDS,
+    Listening,
+    SettingsError,
+    TlsListening,
+    add_tls_flags,
+    check_tls,
+    split_address,
+)
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
 
 
 @dataclass(frozen=True)
-class ProxySettings(Listening):
+class ProxySettings(Listening, TlsListening):
     listen: str = "127.0.0.1:11211"
     config: str = ""
     hash: str = "md5"
@@ -64,12 +72,22 @@ class ProxySettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
+    tls: bool = False                # --listen serves TLS (memcached -Z)
+    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
+    tls_cert: str = ""               # ssl_chain_cert
+    tls_key: str = ""                # ssl_key
+    tls_ca: str = ""                 # ssl_ca_cert
+    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
+    tls_min_version: str = "tlsv1.2"  # ssl_min_version
+    tls_ciphers: str = ""            # ssl_ciphers
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
              "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
              "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)
+_BOOL_KEYS = ("tls",)
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
@@ -117,9 +135,11 @@ def load_topology(settings: ProxySettings) -> ProxySettings:
     for key, value in table.items():
         if key in _FLOAT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
-        expected = float if key in _FLOAT_KEYS else int if key in _INT_KEYS else str
+        expected = (float if key in _FLOAT_KEYS else int if key in _INT_KEYS else
+                    bool if key in _BOOL_KEYS else str)
         if not isinstance(value, expected):
-            kind = {float: " number", int: "n integer", str: " string"}[expected]
+            kind = {float: " number", int: "n integer", str: " string",
+                    bool: " boolean"}[expected]
             raise SettingsError(f"[proxy] {key} must be a{kind}")
         values[key] = value
     if settings.etcd and "shards" not in data:
@@ -161,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
+    add_tls_flags(parser)
     return parser
 
 
@@ -178,16 +199,23 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
-                 "log_level", "log_format"):
+                 "log_level", "log_format", *TLS_FIELDS):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
+            if name in _BOOL_KEYS:
+                if env.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise SettingsError(f"MEMRING_{name.upper()} must be true or false")
+                env = str(env.lower() in ("1", "true", "yes", "on"))
             try:
                 overrides[name] = (int(env) if name in _INT_KEYS else
-                                   float(env) if name in _FLOAT_KEYS else env)
+                                   float(env) if name in _FLOAT_KEYS else
+                                   env == "True" if name in _BOOL_KEYS else env)
             except ValueError:
                 kind = "a number" if name in _FLOAT_KEYS else "an integer"
                 raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
         flag = getattr(args, name)
         if flag is not None:
             overrides[name] = flag
-    return _validate(replace(settings, **overrides))
+    settings = _validate(replace(settings, **overrides))
+    check_tls(settings)  # at start only: SIGHUP reloads the same files (ServerTls.reload)
+    return settings
