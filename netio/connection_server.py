@@ -274,6 +274,11 @@ class ConnectionServer:
         or takes longer than HANDSHAKE_TIMEOUT."""
         stream = TlsStream(conn.sock, tls.context, server_side=True)  # the newest context
         conn.stream = stream
+        try:  # now: a client that gave up is gone from the socket by the time we log
+            host, port = conn.sock.getpeername()[:2]
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            peer = "a client already gone"
         reason = ""
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
             try:
@@ -285,10 +290,5 @@ class ConnectionServer:
         if not reason:
             return True
         tls.handshake_errors += 1
-        try:
-            host, port = conn.sock.getpeername()[:2]
-            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            peer = "a client that is gone"
         log.info("TLS handshake with %s failed: %s", peer, reason)
         return False
