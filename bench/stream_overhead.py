@@ -1,6 +1,8 @@
 """What a PlainStream costs over calling netio.nonblocking directly: the per-call time of the
 hot path's recv, send_now (+ the reply stream's backlog check) and send_all on a socket pair,
-in one trio run, the best of several repeats (the least disturbed by other work).
+in one trio run, the best of several repeats (the least disturbed by other work). Then what a
+TlsStream costs the server per request: its recv of a get and send_all of the reply, plain and
+TLS (a private CA in a temporary directory; the client's side is not timed).
 
     .venv/bin/python bench/stream_overhead.py [--calls 200000] [--repeats 7]
 """
@@ -10,15 +12,19 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from memring.cluster.certificates import CertificateAuthority
 from memring.netio import nonblocking
-from memring.netio.streams import PlainStream
+from memring.netio.streams import PlainStream, Stream, TlsStream
+from memring.netio.tls import TlsSettings, client_context, server_context
 
 REQUEST = b"get key:0000001234\r\n"
+REPLY = b"VALUE key:0000001234 0 100\r\n" + b"v" * 100 + b"\r\nEND\r\n"
 
 
 async def _per_call(name: str, body: Callable[[int], Awaitable[None]], calls: int,
@@ -84,6 +90,46 @@ async def main(calls: int, repeats: int) -> None:
         print(f"{name}: PlainStream - nonblocking = {(min(s1, s2) - min(d1, d2)) * 1e9:+.0f} ns")
     a.close()
     b.close()
+    await _tls_round_trips(calls // 4, repeats)
+
+
+async def _tls_round_trips(calls: int, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        ca = CertificateAuthority.create(directory)
+        cert = ca.issue("bench")
+        server_side = server_context(TlsSettings(cert=str(cert.cert), key=str(cert.key)))
+        client_side = client_context(TlsSettings(ca=str(ca.cert), verify="require"))
+
+        async def pair(secure: bool) -> tuple[Stream, Stream]:
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            if not secure:
+                return PlainStream(a), PlainStream(b)
+            server = TlsStream(a, server_side, server_side=True)
+            client = TlsStream(b, client_side, server_side=False, server_hostname="127.0.0.1")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.handshake)
+                nursery.start_soon(client.handshake)
+            return server, client
+
+        best: dict[bool, float] = {}
+        for _ in range(repeats):
+            for secure in (False, True):
+                server, client = await pair(secure)
+                spent = 0.0
+                for _ in range(calls):
+                    client.send_now(REQUEST)
+                    started = time.perf_counter()
+                    await server.recv(nonblocking.READ_SIZE)
+                    await server.send_all(REPLY)
+                    spent += time.perf_counter() - started
+                    await client.recv(nonblocking.READ_SIZE)
+                best[secure] = min(best.get(secure, float("inf")), spent / calls)
+                server.sock.close()
+                client.sock.close()
+        print(f"server recv + send_all of a get: plain {best[False] * 1e9:.0f} ns, "
+              f"TLS {best[True] * 1e9:.0f} ns ({(best[True] - best[False]) * 1e9:+.0f} ns)")
 
 
 if __name__ == "__main__":
