@@ -148,13 +148,17 @@ def test_refused_handshakes(kind: str, case: str, private_ca: CertificateAuthori
         probe = tls.client_context(private_ca.cert, own_client)
     with tls_server(kind, credential, *flags, probe=probe) as server:
         errors_before = int(tls.stats(server.port, probe)["ssl_handshake_errors"])
-        with pytest.raises((ssl.SSLError, ConnectionError)) as refused:
-            # TLS 1.3: a client learns that its certificate was refused at its first read
-            tls.exchange(server.port, contexts[client_side], b"version\r\n")
+        try:  # TLS 1.3: a client learns that its certificate was refused at its first read
+            reply = tls.exchange(server.port, contexts[client_side], b"version\r\n")
+        except (ssl.SSLError, ConnectionError) as exc:
+            reply, error = b"", str(exc)
+        else:
+            error = "closed"  # the server's alert lost in a race with its close: EOF
+        assert reply == b""  # never an answer
         if case == "expired_server_certificate":
-            assert "certificate has expired" in str(refused.value)
+            assert "certificate has expired" in error
         elif case == "client_trusts_another_ca":
-            assert "certificate verify failed" in str(refused.value)
+            assert "certificate verify failed" in error
         _wait_for(lambda: re.search(r"TLS handshake with 127\.0\.0\.1:\d+ failed: .*" + logged,
                                     server.log_text()) is not None,
                   f"the server to log {logged!r}:\n{server.log_text()}")
