@@ -66,8 +66,12 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
             server.gate = replicator  # replies wait only while it replicates in sync mode
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)
-            log.info("serving memcached protocol on %s:%d (memory %d MB, max item %d bytes)",
-                     settings.host, port, settings.memory, settings.max_item_size)
+            log.info("serving memcached protocol on %s:%d%s (memory %d MB, max item %d bytes)",
+                     settings.host, port, " over TLS" if settings.tls else "", settings.memory,
+                     settings.max_item_size)
+            if server.tls_connections is not None:
+                log.info("serving TLS on %s:%d beside it", split_address(
+                    settings.tls_listen, listen=True)[0], server.tls_port)
             metrics = None
             if settings.metrics_listen:
                 # prometheus_client only when asked
@@ -89,10 +93,9 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                            signal.SIGHUP) as signals:
                 async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        if auth is None:
-                            log.info("SIGHUP: nothing to reload (no --auth-file)")
-                        else:
+                    if signum == signal.SIGHUP:  # the one SIGHUP handler: files reload
+                        server.reload_files()
+                        if auth is not None:
                             reload_credentials(auth, settings.auth_file)
                         continue
                     log.info("%s received: shutting down", signal.Signals(signum).name)

@@ -33,6 +33,7 @@ from memring.protocol.requests import (
     MetaSet,
     ProtocolError,
     Quit,
+    RefreshCerts,
     Shutdown,
     Stats,
     Touch,
@@ -42,6 +43,7 @@ from memring.protocol.requests import (
 from memring.protocol.requests import (
     Store as StoreRequest,
 )
+from memring.protocol.responses import TLS_NOT_ENABLED, refresh_certs_reply
 
 END = b"END\r\n"
 _OUTCOME_REPLY = {
@@ -125,6 +127,7 @@ class CommandHandler:
             Verbosity: self.verbosity_command,
             Quit: self.quit,
             Shutdown: self.shutdown,
+            RefreshCerts: self.refresh_certs,
             CacheMemlimit: self.cache_memlimit,
             MetaGet: self.meta.get,
             MetaSet: self.meta.set,
@@ -307,6 +310,11 @@ class CommandHandler:
     def shutdown(self, request: Shutdown, out: list[bytes]) -> None:
         # memcached refuses unless started with -A; so do we: SIGTERM stops a backend.
         out.append(b"ERROR: shutdown not enabled\r\n")
+
+    def refresh_certs(self, request: RefreshCerts, out: list[bytes]) -> None:
+        tls = self.stats.tls
+        error = TLS_NOT_ENABLED if tls is None else tls.reload()
+        out.append(refresh_certs_reply(error, request.noreply))
 
     def quit(self, request: Quit, out: list[bytes]) -> None:
         raise CloseConnection

@@ -122,6 +122,10 @@ class BackendCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_idle_kicks_total",
                                   "Connections closed by --idle-timeout",
                                   value=c.idle_kicks)
+        if report.tls is not None:  # memcached's ssl_handshake_errors
+            yield CounterMetricFamily(f"{PREFIX}_tls_handshake_errors_total",
+                                      "TLS handshakes that failed or timed out",
+                                      value=report.tls.handshake_errors)
         yield GaugeMetricFamily(f"{PREFIX}_max_connections", "Connection limit",
                                 value=report.settings.max_connections)
         auth = report.auth

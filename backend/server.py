@@ -11,6 +11,11 @@ Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parse
 lines and values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of
 many large values streams instead of piling up.
 
+TLS (`--tls`, `--tls-listen`): one `ServerTls` for the node (its certificates, reloaded by
+SIGHUP and `refresh_certs`, and its handshake counter); the main listener is TLS with `--tls`,
+and `--tls-listen` adds a second `ConnectionServer` that is TLS while the main one stays
+plain. Requests are read and replies written through `conn.stream` either way.
+
 Shutdown (SIGTERM/SIGINT): stop accepting, close idle connections at once, let busy
 ones finish the batch in hand, and cancel whatever is left after the grace period.
 """
@@ -29,6 +34,8 @@ from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.settings import exposed_without_tls, split_address
+from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
@@ -76,26 +83,58 @@ class BackendServer:
         self.counters = ServerCounters()
         self.stats = StatsReport(settings, self.store, self.counters, auth=auth)
         self.handler = CommandHandler(self.store, self.stats, fence)
+        self.tls = ServerTls(settings.tls_settings) if settings.tls_enabled else None
+        self.stats.tls = self.tls
         self.connections = ConnectionServer(self._converse, settings.max_connections,
-                                            self.counters, idle_timeout=settings.idle_timeout)
+                                            self.counters, idle_timeout=settings.idle_timeout,
+                                            tls=self.tls if settings.tls else None)
+        # --tls-listen: TLS on a second port, the same connection limit and counters
+        self.tls_connections = ConnectionServer(
+            self._converse, settings.max_connections, self.counters,
+            idle_timeout=settings.idle_timeout, tls=self.tls) if settings.tls_listen else None
+        self.tls_port = 0
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listener = nonblocking.listen(self.settings.host, self.settings.port)
+        settings = self.settings
+        listener = nonblocking.listen(settings.host, settings.port)
         port = listener.getsockname()[1]
         self.stats.port = port
         self.counters.total_connections = 1  # memcached counts its listening socket too
+        tls_listener = None
+        if self.tls_connections is not None:
+            try:
+                tls_listener = nonblocking.listen(*split_address(settings.tls_listen,
+                                                                 listen=True))
+            except BaseException:
+                nonblocking.close(listener)
+                raise
+            self.tls_port = tls_listener.getsockname()[1]
+        if not settings.tls and exposed_without_tls(settings.host):
+            log.warning("clients on %s:%d are served without TLS: anyone who can reach the "
+                        "port reads and writes the cache (--tls, or --tls-listen for a TLS "
+                        "port beside it)", settings.host, port)
         async with trio.open_nursery() as services:
             services.start_soon(self._reap_forever)
             await services.start(self.connections.serve, listener)
+            if self.tls_connections is not None:
+                await services.start(self.tls_connections.serve, tls_listener)
             task_status.started(port)
         # (the nursery exits when shutdown() has stopped the connection server)
+
+    def reload_files(self) -> None:
+        """SIGHUP: read again what the node loaded from files (the TLS certificates; a file
+        that does not load leaves the old one in place, logged)."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting; close idle connections now and the rest after `grace` s."""
         self.connections.shutdown(grace)
+        if self.tls_connections is not None:
+            self.tls_connections.shutdown(grace)
         self._reaper.cancel()
 
     async def _reap_forever(self) -> None:
@@ -116,10 +155,9 @@ class BackendServer:
 
     async def _serve_requests(self, conn: Connection,
                               parser: RequestParser | AuthenticatingParser) -> None:
-        sock = conn.sock
         handle = self.handler.handle
         counters = self.counters
-        recv = nonblocking.recv
+        recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
         server = self.connections
         idle_timeout = server.idle_timeout
@@ -128,7 +166,7 @@ class BackendServer:
         while not server.closing:
             conn.idle = parser.buffered == 0
             conn.reading = True  # only here may --idle-timeout close the connection
-            data = await recv(sock, nonblocking.READ_SIZE)
+            data = await recv(nonblocking.READ_SIZE)
             conn.reading = conn.idle = False
             if not data:
                 return
@@ -183,7 +221,7 @@ class BackendServer:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await nonblocking.send_all(conn.sock, data)
+        await conn.stream.send_all(data)
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
 

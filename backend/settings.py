@@ -19,14 +19,21 @@ from typing import Any
 from memring.cluster import etcd_security
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.netio import logs
-from memring.netio.settings import Listening, SettingsError, split_address
+from memring.netio.settings import (
+    Listening,
+    SettingsError,
+    TlsListening,
+    add_tls_flags,
+    check_tls,
+    split_address,
+)
 
 DEFAULT_VERSION = "1.6.18"
 REPLICATION_MODES = ("off", "async", "sync", "auto")
 
 
 @dataclass(frozen=True)
-class BackendSettings(Listening):
+class BackendSettings(Listening, TlsListening):
     listen: str = "127.0.0.1:11211"
     memory: int = 64                 # MB, as memcached's -m
     max_item_size: int = 1 << 20     # bytes, as memcached's -I
@@ -65,6 +72,15 @@ class BackendSettings(Listening):
     # peer authentication (issue 13): the cluster's shared secret for the replication link
     peer_secret_file: str = ""       # "" = plain mode (one machine only)
     peer_secret_optional: bool = False  # also accept peers that send no proof (migration)
+    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
+    tls: bool = False                # --listen serves TLS (memcached -Z)
+    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
+    tls_cert: str = ""               # ssl_chain_cert
+    tls_key: str = ""                # ssl_key
+    tls_ca: str = ""                 # ssl_ca_cert
+    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
+    tls_min_version: str = "tlsv1.2"  # ssl_min_version
+    tls_ciphers: str = ""            # ssl_ciphers
 
     @property
     def clustered(self) -> bool:
@@ -140,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="with --peer-secret-file, also accept peers that send no proof "
                            "(they have no secret yet): only while moving a running cluster to "
                            "a secret, one rolling restart; a wrong proof is still refused")
+    add_tls_flags(parser)
     etcd_security.add_arguments(parser)
     return parser
 
@@ -225,6 +242,7 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
         _check_peer_secret(settings)
     elif settings.peer_secret_optional:
         raise SettingsError("--peer-secret-optional needs --peer-secret-file")
+    check_tls(settings)
     return settings
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
 from memring.netio.connection_server import ConnectionCounters
+from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import Authenticator
 from memring.protocol.sizes import SLAB_CHUNK_SIZES, slab_class
 
@@ -35,6 +36,7 @@ class StatsReport:
         self.port = port
         self.started = time.time()
         self.detail = False
+        self.tls: ServerTls | None = None  # the client listeners' TLS (refresh_certs, ssl_*)
 
     def reply(self, args: list[bytes]) -> bytes:
         if not args:
@@ -48,6 +50,8 @@ class StatsReport:
             self.counters.bytes_read = self.counters.bytes_written = 0
             if self.auth is not None:
                 self.auth.reset()
+            if self.tls is not None:
+                self.tls.handshake_errors = 0  # in memcached's struct stats: reset too
             return b"RESET\r\n"
         if sub == b"settings":
             return self._lines(self.settings_stats())
@@ -124,6 +128,7 @@ class StatsReport:
             ("limit_maxbytes", self.store.memory_limit),
             ("accepting_conns", 1),
             ("threads", 1),
+            *self._tls_stats(),
             ("bytes", self.store.bytes),
             ("curr_items", len(self.store.items)),
             ("total_items", s.total_items),
@@ -155,8 +160,36 @@ class StatsReport:
             ("item_size_max", self.settings.max_item_size),
             ("flush_enabled", "yes"),
             ("idle_timeout", f"{self.settings.idle_timeout:g}"),
+            *self._tls_settings(),
             ("max_line", self.settings.max_line),
             ("memring_version", MEMRING_VERSION),
+        ]
+
+    def _tls_stats(self) -> list[tuple[str, object]]:
+        """memcached prints these only with -Z (ssl_new_sessions also needs its session cache,
+        which memring does not offer)."""
+        tls = self.tls
+        if tls is None:
+            return []
+        return [("ssl_handshake_errors", tls.handshake_errors),
+                ("time_since_server_cert_refresh", tls.time_since_refresh)]
+
+    def _tls_settings(self) -> list[tuple[str, object]]:
+        """As memcached 1.6.18 (built with TLS) prints them, with -Z or without; what memring
+        does not offer shows memcached's default (keyformat PEM, no session cache, no kTLS)."""
+        tls = self.settings.tls_settings
+        return [
+            ("ssl_enabled", "yes" if self.tls is not None else "no"),
+            ("ssl_chain_cert", tls.cert or "(null)"),
+            ("ssl_key", tls.key or "(null)"),
+            ("ssl_verify_mode", tls.verify_number),
+            ("ssl_keyformat", 1),
+            ("ssl_ciphers", tls.ciphers or "NULL"),
+            ("ssl_ca_cert", tls.ca or "NULL"),
+            ("ssl_wbuf_size", 16384),
+            ("ssl_session_cache", "no"),
+            ("ssl_kernel_tls", "no"),
+            ("ssl_min_version", tls.version_name),
         ]
 
     def _by_class(self) -> tuple[Counter[int], Counter[int]]:

@@ -23,6 +23,14 @@ whose `busy()` says replies are still on their way (the proxy) counts as active,
 is ever idle. The request path pays two flag stores per read and a clock read per batch:
 a cancel scope around each read instead cost ~5 us, 40% of the backend's throughput.
 
+TLS (`tls`, a netio.tls.ServerTls): the accept loop only accepts; each connection's own task
+runs the handshake, bounded by netio.streams.HANDSHAKE_TIMEOUT, before its handler sees
+it, so a slow or hostile handshake holds up no one else. A connection in its handshake is
+idle for shutdown and eviction. A failed one is counted (`tls.handshake_errors`) and logged
+at info with the peer's address and OpenSSL's reason. Handlers read and write through
+`conn.stream` (netio.streams: plain or TLS, one contract). Past `max_connections` a TLS
+client is closed without the plain-text rejection, which it could not read.
+
 accept(2) errors follow trio: the ones `trio.SocketListener.accept` skips (a connection
 that died in the backlog, a firewall's EPERM) are skipped; the capacity errnos that
 `trio.serve_listeners` retries (out of descriptors or memory) are logged once per episode
@@ -36,12 +44,15 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from memring.netio import heap, nonblocking
+from memring.netio.streams import HANDSHAKE_TIMEOUT, PlainStream, Stream, TlsStream
+from memring.netio.tls import ServerTls, handshake_failure
 
 log = logging.getLogger("memring.net")
 
@@ -85,6 +96,10 @@ class Connection:
     kicked: bool = False  # closed by the idle timeout or evicted
     held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
     pending: bool = False  # with `max_pending`: not yet admitted by its handler
+    stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
+
+    def __post_init__(self) -> None:
+        self.stream = PlainStream(self.sock)
 
 
 class ConnectionServer:
@@ -93,14 +108,16 @@ class ConnectionServer:
     def __init__(self, handler: Callable[[Connection], Awaitable[None]], max_connections: int,
                  counters: ConnectionCounters, *, idle_timeout: float = 0.0,
                  rejection: bytes = TOO_MANY_CONNECTIONS, evict_idle: bool = False,
-                 kick_reply: bytes = b"", max_pending: int = 0) -> None:
+                 kick_reply: bytes = b"", max_pending: int = 0,
+                 tls: ServerTls | None = None) -> None:
         """`idle_timeout` seconds (0: none) bound each connection's wait for a request;
         past `max_connections` a client gets `rejection`, or with `evict_idle` the oldest
         idle connection is closed at once to make room (when none is idle: `rejection`).
         A connection closed for idling (or evicted) is sent `kick_reply` first.
         `max_pending` (0: off) caps the connections whose handler has not admitted them yet
         (`conn.pending = False`): a new one past the cap evicts the oldest pending one, so
-        clients that never identify themselves cannot crowd out one that does."""
+        clients that never identify themselves cannot crowd out one that does. With `tls`
+        every connection is TLS (its handshake first, in its own task)."""
         self.handler = handler
         self.max_connections = max_connections
         self.counters = counters
@@ -109,6 +126,7 @@ class ConnectionServer:
         self.evict_idle = evict_idle
         self.kick_reply = kick_reply
         self.max_pending = max_pending
+        self.tls = tls
         self.closing = False
         self._connections: dict[Connection, None] = {}  # in accept order (oldest first)
         self._accepting = trio.CancelScope()  # cancelled by shutdown()
@@ -168,7 +186,8 @@ class ConnectionServer:
                 self._evict_pending()
             if counters.curr_connections >= self.max_connections and not self._evict():
                 counters.rejected_connections += 1
-                nonblocking.send_last(sock, self.rejection)
+                if self.tls is None:  # a TLS client could not read it
+                    nonblocking.send_last(sock, self.rejection)
                 nonblocking.close(sock)
                 continue
             counters.curr_connections += 1
@@ -233,16 +252,43 @@ class ConnectionServer:
     async def _run(self, conn: Connection) -> None:
         try:
             with conn.scope:
+                if self.tls is not None and not await self._handshake(conn, self.tls):
+                    return
                 await self.handler(conn)
         except OSError as exc:
             if exc.errno not in nonblocking.PEER_GONE:
                 log.info("connection error: %s", exc)
         finally:
             if conn.kicked and self.kick_reply:
-                nonblocking.send_last(conn.sock, self.kick_reply)
+                conn.stream.send_last(self.kick_reply)
             nonblocking.close(conn.sock)
             del self._connections[conn]
             self.counters.curr_connections -= 1
             if (self._services is not None and not self.closing
                     and heap.heap_trim.connection_closed(conn.held)):
                 self._services.start_soon(heap.heap_trim.trim_soon)
+
+    @staticmethod
+    async def _handshake(conn: Connection, tls: ServerTls) -> bool:
+        """Make `conn` a TLS connection; False (counted and logged) if the handshake fails
+        or takes longer than HANDSHAKE_TIMEOUT."""
+        stream = TlsStream(conn.sock, tls.context, server_side=True)  # the newest context
+        conn.stream = stream
+        try:  # now: a client that gave up is gone from the socket by the time we log
+            host, port = conn.sock.getpeername()[:2]
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            peer = "a client already gone"
+        reason = ""
+        with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
+            try:
+                await stream.handshake()
+            except (ssl.SSLError, EOFError, OSError) as exc:
+                reason = handshake_failure(exc)
+        if deadline.cancelled_caught:
+            reason = f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
+        if not reason:
+            return True
+        tls.handshake_errors += 1
+        log.info("TLS handshake with %s failed: %s", peer, reason)
+        return False

@@ -55,7 +55,15 @@ class PlainStream:
             return 0
 
     async def send_all(self, data: bytes | memoryview) -> None:
-        await nonblocking.send_all(self.sock, data)
+        sock = self.sock  # as nonblocking.send_all, inlined: one coroutine per send, not two
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
 
     def send_last(self, data: bytes) -> None:
         nonblocking.send_last(self.sock, data)
@@ -117,20 +125,26 @@ class TlsStream:
 
     async def recv(self, size: int) -> bytes:
         tls = self._tls
+        incoming = self._incoming
         while True:
-            try:
-                return tls.read(size)
-            except ssl.SSLWantReadError:
-                if self._outgoing.pending:  # TLS 1.3 may answer, e.g. a key update
-                    await self.send_all(b"")
+            # Decrypt only when there is something to decrypt: a read that finds nothing
+            # raises SSLWantReadError, 1.1 us per read where looking first costs 0.1 us
+            # (timeit here); decrypting a small request is ~0.8 us.
+            if incoming.pending or tls.pending():
                 try:
-                    await self._fill()
-                except EOFError:
-                    return b""  # a peer that closes without close_notify: plain EOF
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return b""
-            except ssl.SSLError as exc:  # corrupted or forged records: the stream is over
-                raise ConnectionResetError(f"TLS error: {exc.reason or exc}") from None
+                    return tls.read(size)
+                except ssl.SSLWantReadError:
+                    pass  # a record not whole yet: read on
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""
+                except ssl.SSLError as exc:  # corrupted or forged records: the stream is over
+                    raise ConnectionResetError(f"TLS error: {exc.reason or exc}") from None
+            if self._outgoing.pending:  # TLS 1.3 may answer, e.g. a key update
+                await self.send_all(b"")
+            data = await nonblocking.recv(self.sock, nonblocking.READ_SIZE)
+            if not data:
+                return b""  # a peer that closes without close_notify: plain EOF
+            incoming.write(data)
 
     def _flush_now(self) -> None:
         """Send what of the ciphertext the kernel takes now; keep the rest."""
@@ -162,8 +176,11 @@ class TlsStream:
             self._flush_now()
 
     def send_last(self, data: bytes) -> None:
+        """As nonblocking.send_last: the reply if the kernel takes it now, then drop what the
+        peer sent (unread input would turn the close into a reset)."""
         with contextlib.suppress(OSError, ssl.SSLError):
             self.send_now(data)
+            self.sock.recv(nonblocking.READ_SIZE)
 
 
 Stream = PlainStream | TlsStream

@@ -6,12 +6,20 @@ ssl_ca_cert -> `ca`, ssl_verify_mode 0/1/2 -> `verify` none/request/require (mem
 (tlsv1.2 by default, as memcached), ssl_ciphers -> `ciphers`. Contexts are the standard
 library's; what a listener hands to new connections lives in a `ServerTls`, whose `reload()`
 (SIGHUP, memcached's `refresh_certs`) swaps in a context built from the same files read anew,
-and keeps the old one when the new files do not load, as memcached does.
+and keeps the old one when the new files do not load. memcached 1.6.18 loads the new files
+into its live context, so a refresh that fails at the key (a new certificate beside the old
+key) leaves it serving a certificate without its key: every handshake fails after that (seen
+with Debian's memcached); a whole new context avoids that. A file that does not load is named
+in memcached's words ("Error loading the certificate chain: PATH : reason", ... the key, the
+CA certificate), which `refresh_certs` answers; OpenSSL's reason is the `ssl` module's
+(memcached prints OpenSSL's whole error line, e.g. "error:0480006C:PEM routines::no start
+line" where Python says "PEM lib").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -52,25 +60,73 @@ class TlsSettings:
             raise TlsConfigError("verifying peers' certificates needs a CA file")
 
     @property
+    def version_name(self) -> str:
+        """memcached's spelling of ssl_min_version, for `stats settings`."""
+        version = self.min_version.lower()
+        return f"tlsv1.{version}" if version in "0123" and len(version) == 1 else version
+
+    @property
     def verify_number(self) -> int:
         """memcached's ssl_verify_mode number, for `stats settings`."""
         return list(VERIFY_MODES).index(self.verify)
 
 
+_SSL_NOISE = re.compile(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$")
+
+
+def _reason(exc: Exception) -> str:
+    """OpenSSL's or the system's words for why a file did not load."""
+    if isinstance(exc, ssl.SSLError):
+        if exc.reason:
+            return exc.reason.lower().replace("_", " ")
+        return _SSL_NOISE.sub("", exc.strerror or str(exc)) or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
 def _load(context: ssl.SSLContext, settings: TlsSettings) -> ssl.SSLContext:
     settings.check()
     context.minimum_version = MIN_VERSIONS[settings.min_version.lower()]
-    try:
-        if settings.cert:
+    if settings.cert:
+        try:  # the chain alone first, so that its errors are told from the key's
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=settings.cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(f"Error loading the certificate chain: {settings.cert} : "
+                                 f"{_reason(exc)}") from None
+        try:
             context.load_cert_chain(settings.cert, settings.key or None)
-        if settings.ca:
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(f"Error loading the key: {settings.key or settings.cert} : "
+                                 f"{_reason(exc)}") from None
+    if settings.ca:
+        try:
             context.load_verify_locations(cafile=settings.ca)
-        if settings.ciphers:
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(f"Error loading the CA certificate: {settings.ca} : "
+                                 f"{_reason(exc)}") from None
+    if settings.ciphers:
+        try:
             context.set_ciphers(settings.ciphers)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsConfigError(f"cannot load TLS files ({settings.cert or settings.ca}): "
-                             f"{exc}") from None
+        except ssl.SSLError:
+            raise TlsConfigError(f"Error setting the provided cipher(s) : "
+                                 f"{settings.ciphers}") from None
     return context
+
+
+def handshake_failure(exc: BaseException) -> str:
+    """Why a handshake failed, in OpenSSL's words without the ssl module's decorations:
+    "certificate verify failed: unable to get local issuer certificate", "peer did not
+    return a certificate", "sslv3 alert certificate expired" (the peer refused ours)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return _SSL_NOISE.sub("", exc.strerror or str(exc)) or str(exc)
+    if isinstance(exc, EOFError):
+        return "the peer closed the connection during the handshake"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:

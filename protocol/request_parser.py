@@ -44,6 +44,7 @@ from memring.protocol.requests import (
     MetaSet,
     ProtocolError,
     Quit,
+    RefreshCerts,
     Request,
     Shutdown,
     Stats,
@@ -452,6 +453,8 @@ _DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] =
     b"version": lambda parser, tokens: Version(), b"quit": lambda parser, tokens: Quit(),
     b"verbosity": RequestParser._verbosity, b"cache_memlimit": RequestParser._cache_memlimit,
     b"shutdown": lambda parser, tokens: Shutdown(tokens[1:]),
+    # memcached's set_noreply_maybe: the last token, whatever comes before it
+    b"refresh_certs": lambda parser, tokens: RefreshCerts(tokens[-1] == _NOREPLY),
     b"mg": RequestParser._meta_get, b"ms": RequestParser._meta_set,
     b"md": RequestParser._meta_delete, b"ma": RequestParser._meta_arithmetic,
     b"mn": lambda parser, tokens: MetaNoop(), b"me": RequestParser._meta_debug,

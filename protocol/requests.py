@@ -98,6 +98,13 @@ class Shutdown:
 
 
 @dataclass(slots=True)
+class RefreshCerts:
+    """memcached's refresh_certs: reload the TLS certificates (answered where it arrives)."""
+
+    noreply: bool = False
+
+
+@dataclass(slots=True)
 class CacheMemlimit:
     megabytes: int
     noreply: bool = False
@@ -192,5 +199,5 @@ class Authenticated:
 
 
 Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | Version
-           | Verbosity | Quit | Shutdown | CacheMemlimit | MetaGet | MetaSet | MetaDelete
-           | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError | Authenticated)
+           | Verbosity | Quit | Shutdown | RefreshCerts | CacheMemlimit | MetaGet | MetaSet
+           | MetaDelete | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError | Authenticated)

@@ -116,3 +116,17 @@ class Line:
 
 Response = (Value | End | Status | Number | VersionReply | Stat | ErrorReply | MetaReply
             | Line)
+
+
+# refresh_certs (memcached's process_refresh_certs_command): "OK" obeys noreply; an error is
+# written with write_and_free, which ignores it; without -Z the error is "Error TLS not
+# enabled". Pinned by tests/compat/test_tls_memcached.py.
+TLS_NOT_ENABLED = "Error TLS not enabled"
+
+
+def refresh_certs_reply(error: str | None, noreply: bool) -> bytes:
+    """The answer to refresh_certs: `error` is why the certificates did not reload (None:
+    they did)."""
+    if error is None:
+        return b"" if noreply else b"OK\r\n"
+    return error.encode(errors="replace") + CRLF

@@ -34,8 +34,12 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
     server = ProxyServer(settings, reuse_port=reuse_port)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
-        log.info("proxy listening on %s:%d (pid %d), %d shard(s) from %s", settings.host, port,
-                 os.getpid(), len(settings.shards), settings.config)
+        log.info("proxy listening on %s:%d%s (pid %d), %d shard(s) from %s", settings.host,
+                 port, " over TLS" if settings.tls else "", os.getpid(), len(settings.shards),
+                 settings.config)
+        if server.tls_connections is not None:
+            log.info("serving TLS on %s:%d beside it",
+                     split_address(settings.tls_listen, listen=True)[0], server.tls_port)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -44,7 +48,7 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
                         server.apply_topology(load_topology(server.state.settings))
                     except SettingsError as exc:
                         log.error("SIGHUP: keeping the current topology: %s", exc)
-                    server.reload_auth()
+                    server.reload_files()
                     continue
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 server.shutdown()

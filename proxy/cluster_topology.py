@@ -200,9 +200,8 @@ async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
                                            signal.SIGHUP) as signals:
                 async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        log.info("SIGHUP: the topology follows etcd; auth files reloaded")
-                        server.reload_auth()
+                    if signum == signal.SIGHUP:  # the topology follows etcd; files reload
+                        server.reload_files()
                         continue
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     background.cancel()  # deregisters: the session's lease is revoked

@@ -93,6 +93,10 @@ class ProxyCollector(Collector):
             yield CounterMetricFamily(f"{PREFIX}_auth_failures_total",
                                       "Client authentication attempts refused (auth_errors)",
                                       value=auth.auth_errors)
+        if self.state.tls is not None:  # memcached's ssl_handshake_errors
+            yield CounterMetricFamily(f"{PREFIX}_tls_handshake_errors_total",
+                                      "Client TLS handshakes that failed or timed out",
+                                      value=self.state.tls.handshake_errors)
         yield from self._topology()
         settings = self.state.settings
         info = InfoMetricFamily(PREFIX, "This proxy: versions and mode")

@@ -14,6 +14,9 @@ NEEDS_TASK), a big multi-get's `SlicedReply` (rendered a slice at a time, each o
 previous one has left, with a checkpoint between slices so that a fast reader of a huge
 reply cannot hold the others up), and a client that does not take its replies as fast as
 they come (a partial send). The fast path resumes once the drainer has emptied the queue.
+Replies go through the client's `conn.stream` (netio.streams): a TLS stream takes a whole
+send and keeps what the socket refused as `backlog`, so a send that leaves a backlog is a
+partial send here too (the drainer waits for it, the budget is charged for it).
 
 Bounds per client: the session issues its next batch only once the previous one is
 answered (`answered`), and a batch is at most `window` requests: 4 on a new connection,
@@ -51,7 +54,7 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_observe", "_server", "_sock", "_unsent", "_write_timeout",
+                 "_nursery", "_observe", "_server", "_stream", "_unsent", "_write_timeout",
                  "affinity", "held_input", "idle_when_answered", "queue", "started",
                  "waiting_for_client", "window")
 
@@ -71,7 +74,7 @@ class ReplyStream:
         self.waiting_for_client = False  # the session waits for a request (in recv)
         self.idle_when_answered = False  # ... with no partial request buffered
         self._conn = conn
-        self._sock = conn.sock
+        self._stream = conn.stream
         self._server = server
         self._observe = stats.observe_reply
         self._nursery = nursery
@@ -159,7 +162,7 @@ class ReplyStream:
 
     def _send_ready(self) -> None:
         queue = self.queue
-        sock = self._sock
+        stream = self._stream
         flush_size = self._flush_size
         while queue:
             out: list[bytes] = []
@@ -181,10 +184,10 @@ class ReplyStream:
             self._batch_replies += len(out)
             self._batch_bytes += size
             data = b"".join(out)
-            sent = nonblocking.send_now(sock, data) if data else 0
-            if sent < len(data):
+            sent = stream.send_now(data) if data else 0
+            if sent < len(data) or stream.backlog:
                 # Nothing of it sent: refusable at a reply boundary; else the reply started.
-                if not self._hold_output(len(data) - sent, force=sent > 0):
+                if not self._hold_output(len(data) - sent + stream.backlog, force=sent > 0):
                     self._refuse()
                     return
                 self._start_drainer(memoryview(data)[sent:])
@@ -216,7 +219,7 @@ class ReplyStream:
         observe = self._observe
         flush_size = self._flush_size
         try:
-            if self._unsent:  # charged when the fast path handed it over
+            if self._unsent or self._stream.backlog:  # charged when the fast path handed it over
                 unsent, self._unsent = self._unsent, b""
                 if not await self._wait_sent(unsent):
                     return False
@@ -264,19 +267,22 @@ class ReplyStream:
         if self._closed:
             return False
         self._batch_bytes += len(data)
-        sent = nonblocking.send_now(self._sock, data)
-        if sent == len(data):
+        stream = self._stream
+        sent = stream.send_now(data)
+        if sent == len(data) and not stream.backlog:
             return True
         # Refused only where the client has whole replies so far (nothing of `data` sent,
         # starting at a reply's start); a reply under way is charged and finished.
-        if not self._hold_output(len(data) - sent, force=sent > 0 or not boundary):
+        if not self._hold_output(len(data) - sent + stream.backlog,
+                                 force=sent > 0 or not boundary):
             self._refuse()
             return False
         return await self._wait_sent(memoryview(data)[sent:])
 
     async def _wait_sent(self, data: bytes | memoryview) -> bool:
+        """Send `data` and whatever the stream holds back (its TLS backlog)."""
         with trio.move_on_after(self._write_timeout) as scope:
-            await nonblocking.send_all(self._sock, data)
+            await self._stream.send_all(data)
         if scope.cancelled_caught:
             log.info("dropping a client that did not read its replies for %.0f s",
                      self._write_timeout)
@@ -290,8 +296,8 @@ class ReplyStream:
         tells a client it cannot allocate for, and close it; the others keep theirs."""
         self._buffers.log_refusal("replies")
         try:
-            nonblocking.send_now(self._sock, OUT_OF_MEMORY_WRITING)
-            self._sock.shutdown(socket.SHUT_WR)  # the answer, then EOF, before any reset
+            self._stream.send_now(OUT_OF_MEMORY_WRITING)
+            self._stream.sock.shutdown(socket.SHUT_WR)  # the answer, then EOF, before any reset
         except OSError:
             pass  # it is being closed either way
         self.drop(None)

@@ -6,6 +6,11 @@ change builds a new `ShardRouter` and swaps it in with one assignment; pools are
 per node address, so nodes present before and after keep their connections, and pools
 of removed nodes are closed once the new router is in place.
 
+TLS (`--tls`, `--tls-listen`): as the backend's, one `ServerTls` (the proxy's own
+certificates: SIGHUP and `refresh_certs` reload them) for the main listener with `--tls`, or
+for a second listener beside a plain main one with `--tls-listen`; sessions read and write
+through `conn.stream`.
+
 Shutdown (SIGTERM/SIGINT): stop accepting, close idle sessions, give busy ones a grace
 period, then close the pools.
 """
@@ -22,6 +27,8 @@ import trio
 from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.settings import exposed_without_tls, split_address
+from memring.netio.tls import ServerTls
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
@@ -44,9 +51,17 @@ class ProxyServer:
         self.state = ProxyState(settings, ShardRouter([], settings.hash, settings.read_policy),
                                 ProxyStats(settings.version),
                                 BufferBudget(settings.max_buffered_bytes))
+        self.state.tls = ServerTls(settings.tls_settings) if settings.tls_enabled else None
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.state.stats.connections,
-                                            idle_timeout=settings.idle_timeout)
+                                            idle_timeout=settings.idle_timeout,
+                                            tls=self.state.tls if settings.tls else None)
+        # --tls-listen: TLS on a second port, the same connection limit and counters
+        self.tls_connections = ConnectionServer(
+            self._converse, settings.max_connections, self.state.stats.connections,
+            idle_timeout=settings.idle_timeout,
+            tls=self.state.tls) if settings.tls_listen else None
+        self.tls_port = 0
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
         # memcached's -Y: clients authenticate first (None: off); AuthFileError if unreadable
@@ -105,9 +120,22 @@ class ProxyServer:
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        listener = nonblocking.listen(self.settings.host, self.settings.port, 4096,
-                                      self.reuse_port)
+        settings = self.settings
+        listener = nonblocking.listen(settings.host, settings.port, 4096, self.reuse_port)
         port = listener.getsockname()[1]
+        tls_listener = None
+        if self.tls_connections is not None:
+            try:
+                tls_host, tls_port = split_address(settings.tls_listen, listen=True)
+                tls_listener = nonblocking.listen(tls_host, tls_port, 4096, self.reuse_port)
+            except BaseException:
+                nonblocking.close(listener)
+                raise
+            self.tls_port = tls_listener.getsockname()[1]
+        if not settings.tls and exposed_without_tls(settings.host):
+            log.warning("clients on %s:%d are served without TLS: anyone who can reach the "
+                        "port reads and writes the cache (--tls, or --tls-listen for a TLS "
+                        "port beside it)", settings.host, port)
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
@@ -118,17 +146,29 @@ class ProxyServer:
             async with trio.open_nursery() as serving:
                 self._drainers = serving  # reply drainers (see reply_stream)
                 await serving.start(self.connections.serve, listener)
+                if self.tls_connections is not None:
+                    await serving.start(self.tls_connections.serve, tls_listener)
                 task_status.started(port)
             for pool in self.state.pools():
                 pool.close()
             pool_nursery.cancel_scope.cancel()
 
+    def reload_files(self) -> None:
+        """SIGHUP: read again what the proxy loaded from files besides its topology (the TLS
+        certificates, the auth files; a file that does not load leaves the old one in place,
+        logged)."""
+        if self.state.tls is not None:
+            self.state.tls.reload()
+        self.reload_auth()
+
     def shutdown(self, grace: float = 5.0) -> None:
         self.connections.shutdown(grace)
+        if self.tls_connections is not None:
+            self.tls_connections.shutdown(grace)
 
     async def _converse(self, conn: Connection) -> None:
         assert self._drainers is not None
-        sock = conn.sock
+        recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         settings = self.state.settings
         requests = RequestParser(max_line=settings.max_line,
                                  max_item_size=settings.max_item_size)
@@ -154,7 +194,7 @@ class ProxyServer:
                 replies.idle_when_answered = buffered == 0
                 conn.idle = replies.idle_when_answered and replies.answered
                 replies.waiting_for_client = conn.reading = True  # --idle-timeout may close it
-                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+                data = await recv(nonblocking.READ_SIZE)
                 replies.waiting_for_client = conn.reading = False
                 conn.idle = False
                 if not data:
@@ -191,7 +231,7 @@ class ProxyServer:
             if refused:
                 del parser  # its bytes are not held while the client gets its last replies
                 replies.hold_input(0)
-                await self._refuse(replies, sock)
+                await self._refuse(replies, conn.sock)
         finally:
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
             conn.held = replies.close()  # the most it held (netio.heap trims after big ones)

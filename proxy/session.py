@@ -48,6 +48,7 @@ from memring.protocol.requests import (
     MetaSet,
     ProtocolError,
     Quit,
+    RefreshCerts,
     Request,
     Shutdown,
     Stats,
@@ -56,7 +57,7 @@ from memring.protocol.requests import (
     Verbosity,
     Version,
 )
-from memring.protocol.responses import MetaReply
+from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
@@ -206,7 +207,7 @@ class ClientSession:
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
         state = self.state
-        return Ready(state.stats.reply(request.args, state.pools(), state.buffers))
+        return Ready(state.stats.reply(request.args, state.pools(), state.buffers, state.tls))
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
@@ -229,6 +230,12 @@ class ClientSession:
 
     def _shutdown(self, router: ShardRouter, request: Shutdown) -> Slot:
         return Ready(b"ERROR: shutdown not enabled\r\n")
+
+    def _refresh_certs(self, router: ShardRouter, request: RefreshCerts) -> Slot:
+        # the proxy's own certificates (its client listeners'); backends reload their own
+        tls = self.state.tls
+        error = TLS_NOT_ENABLED if tls is None else tls.reload()
+        return Ready(refresh_certs_reply(error, request.noreply))
 
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")
@@ -274,6 +281,7 @@ _DISPATCH = dict([
     _route(CacheMemlimit, ClientSession._cache_memlimit),
     _route(Verbosity, ClientSession._verbosity),
     _route(Shutdown, ClientSession._shutdown),
+    _route(RefreshCerts, ClientSession._refresh_certs),
     _route(Quit, ClientSession._quit),
     _route(ProtocolError, ClientSession._protocol_error),
     _route(Authenticated, ClientSession._authenticated),

@@ -28,14 +28,22 @@ from memring.cluster.static_topology import default_point_name as default_point_
 from memring.cluster.static_topology import parse_shards as parse_shards
 from memring.cluster.static_topology import read_toml
 from memring.netio import logs
-from memring.netio.settings import Listening, SettingsError, split_address
+from memring.netio.settings import (
+    TLS_FIELDS,
+    Listening,
+    SettingsError,
+    TlsListening,
+    add_tls_flags,
+    check_tls,
+    split_address,
+)
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
 
 
 @dataclass(frozen=True)
-class ProxySettings(Listening):
+class ProxySettings(Listening, TlsListening):
     listen: str = "127.0.0.1:11211"
     config: str = ""
     hash: str = "md5"
@@ -77,6 +85,16 @@ class ProxySettings(Listening):
     auth_file: str = ""              # memcached's -Y for the proxy's clients ("" = off)
     backend_auth_file: str = ""      # the proxy's own user for the backends: the file's first
 
+    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
+    tls: bool = False                # --listen serves TLS (memcached -Z)
+    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
+    tls_cert: str = ""               # ssl_chain_cert
+    tls_key: str = ""                # ssl_key
+    tls_ca: str = ""                 # ssl_ca_cert
+    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
+    tls_min_version: str = "tlsv1.2"  # ssl_min_version
+    tls_ciphers: str = ""            # ssl_ciphers
+
     @property
     def etcd_security(self) -> EtcdSecurity:
         return EtcdSecurity.of(self)
@@ -86,6 +104,7 @@ _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connec
              "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
              "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)
+_BOOL_KEYS = ("tls",)
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
@@ -134,9 +153,11 @@ def load_topology(settings: ProxySettings) -> ProxySettings:
     for key, value in table.items():
         if key in _FLOAT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
-        expected = float if key in _FLOAT_KEYS else int if key in _INT_KEYS else str
+        expected = (float if key in _FLOAT_KEYS else int if key in _INT_KEYS else
+                    bool if key in _BOOL_KEYS else str)
         if not isinstance(value, expected):
-            kind = {float: " number", int: "n integer", str: " string"}[expected]
+            kind = {float: " number", int: "n integer", str: " string",
+                    bool: " boolean"}[expected]
             raise SettingsError(f"[proxy] {key} must be a{kind}")
         values[key] = value
     if settings.etcd and "shards" not in data:
@@ -189,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
                                 "--auth-file (or memcached -Y): the first `user:password` line "
                                 "of FILE, sent on every new backend connection (reloaded on "
                                 "SIGHUP; default: none)")
+    add_tls_flags(parser)
     etcd_security.add_arguments(parser)
     return parser
 
@@ -208,16 +230,23 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
                  "log_level", "log_format", *etcd_security.FIELDS, "auth_file",
-                 "backend_auth_file"):
+                 "backend_auth_file", *TLS_FIELDS):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
+            if name in _BOOL_KEYS:
+                if env.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise SettingsError(f"MEMRING_{name.upper()} must be true or false")
+                env = str(env.lower() in ("1", "true", "yes", "on"))
             try:
                 overrides[name] = (int(env) if name in _INT_KEYS else
-                                   float(env) if name in _FLOAT_KEYS else env)
+                                   float(env) if name in _FLOAT_KEYS else
+                                   env == "True" if name in _BOOL_KEYS else env)
             except ValueError:
                 kind = "a number" if name in _FLOAT_KEYS else "an integer"
                 raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
         flag = getattr(args, name)
         if flag is not None:
             overrides[name] = flag
-    return _validate(replace(settings, **overrides))
+    settings = _validate(replace(settings, **overrides))
+    check_tls(settings)  # at start only: SIGHUP reloads the same files (ServerTls.reload)
+    return settings

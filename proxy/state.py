@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from memring.netio.tls import ServerTls
 from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.router import ShardRouter
@@ -29,6 +30,8 @@ class ProxyState:
     pools_by_address: dict[str, NodePool] = field(default_factory=dict)
     # set (and replaced) on every topology swap: writes waiting for a leader wake on it
     topology_changed: trio.Event = field(default_factory=trio.Event)
+    # the client listeners' TLS: refresh_certs reloads it, `stats` shows its counters
+    tls: ServerTls | None = None
 
     def pools(self) -> list[NodePool]:
         return list(self.pools_by_address.values())

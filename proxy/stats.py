@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from memring.netio.connection_server import ConnectionCounters
+from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import Authenticator
 from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
@@ -45,8 +46,10 @@ class ProxyStats:
         return sum(self.latency_buckets)
 
     def reply(self, args: list[bytes], pools: Iterable[NodePool],
-              buffers: BufferBudget | None = None) -> bytes:
+              buffers: BufferBudget | None = None, tls: ServerTls | None = None) -> bytes:
         if args == [b"reset"]:
+            if tls is not None:
+                tls.handshake_errors = 0  # as memcached's stats reset
             self.commands.clear()
             self.errors = self.client_errors = 0
             self.latency_buckets[:] = [0] * len(self.latency_buckets)
@@ -56,15 +59,15 @@ class ProxyStats:
             return b"RESET\r\n"
         if args and args != [b"proxy"]:
             return b"ERROR\r\n"
-        return self._lines(self.general(pools, buffers))
+        return self._lines(self.general(pools, buffers, tls))
 
     @staticmethod
     def _lines(pairs: list[tuple[str, object]]) -> bytes:
         return b"".join(b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
                         for k, v in pairs) + b"END\r\n"
 
-    def general(self, pools: Iterable[NodePool], buffers: BufferBudget | None = None
-                ) -> list[tuple[str, object]]:
+    def general(self, pools: Iterable[NodePool], buffers: BufferBudget | None = None,
+                tls: ServerTls | None = None) -> list[tuple[str, object]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         now = time.time()
         pairs: list[tuple[str, object]] = [
@@ -85,6 +88,9 @@ class ProxyStats:
         ]
         if self.auth is not None:
             pairs += [("auth_cmds", self.auth.auth_cmds), ("auth_errors", self.auth.auth_errors)]
+        if tls is not None:  # as memcached -Z: the proxy's own client listeners
+            pairs += [("ssl_handshake_errors", tls.handshake_errors),
+                      ("time_since_server_cert_refresh", tls.time_since_refresh)]
         if buffers is not None:  # client data held: partial requests, replies waiting
             pairs += [("buffered_bytes", buffers.used),
                       ("buffered_bytes_peak", buffers.peak),

@@ -193,6 +193,9 @@ CASES: list[Case] = [
     case("cache_memlimit", b"cache_memlimit 100\r\ncache_memlimit 100 noreply\r\n"
          b"cache_memlimit 1\r\ncache_memlimit abc\r\ncache_memlimit\r\n", proxy=False),
     case("shutdown_not_enabled", b"shutdown\r\nshutdown graceful\r\nget k\r\n"),
+    # without -Z / --tls: noreply does not hide the error (tests/compat/test_tls_memcached.py)
+    case("refresh_certs_without_tls", b"refresh_certs\r\nrefresh_certs noreply\r\n"
+         b"refresh_certs a b\r\nget k\r\n"),
     case("stats_reset_and_unknown", b"stats reset\r\nstats nonsense\r\n"),
     case("quit_closes", set_(b"k", b"x") + b"quit\r\nget k\r\n", sentinel=False),
     case("quit_alone", b"quit\r\n", sentinel=False),

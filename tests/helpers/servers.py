@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -89,8 +89,11 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0, graceful: bool = 
 
 @contextlib.contextmanager
 def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
-            timeout: float = 15.0, graceful: bool = True) -> Iterator[RunningServer]:
-    """Start `argv_for_port` (with `{port}` filled in) and yield once it answers."""
+            timeout: float = 15.0, graceful: bool = True,
+            ready: Callable[[int], bool] | None = None) -> Iterator[RunningServer]:
+    """Start `argv_for_port` (with `{port}` filled in) and yield once it answers (`ready`,
+    default: a plain `version`; a TLS port needs tests.helpers.tls.answers_version_over)."""
+    ready = ready or answers_version
     port = port or free_port()
     argv = [a.format(port=port) for a in argv_for_port]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function (log_text)
@@ -99,7 +102,7 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
     server = RunningServer(name, port, process, log=log)
     try:
         deadline = time.monotonic() + timeout
-        while not answers_version(port):
+        while not ready(port):
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: "
                                    f"{server.log_text()}")
@@ -138,15 +141,18 @@ ORACLE_ARGS = ("-o", "no_lru_crawler,no_lru_maintainer")
 
 
 @contextlib.contextmanager
-def memcached(*extra: str) -> Iterator[RunningServer]:
+def memcached(*extra: str, ready: Callable[[int], bool] | None = None
+              ) -> Iterator[RunningServer]:
     """Debian's memcached as the oracle; SIGKILLed at the end (its SIGTERM path idles ~1 s)."""
-    with running("memcached", memcached_argv(*ORACLE_ARGS, *extra), graceful=False) as server:
+    with running("memcached", memcached_argv(*ORACLE_ARGS, *extra), graceful=False,
+                 ready=ready) as server:
         yield server
 
 
 @contextlib.contextmanager
-def backend(*extra: str) -> Iterator[RunningServer]:
-    with running("memring-backend", backend_argv(*extra)) as server:
+def backend(*extra: str, ready: Callable[[int], bool] | None = None
+            ) -> Iterator[RunningServer]:
+    with running("memring-backend", backend_argv(*extra), ready=ready) as server:
         yield server
 
 
@@ -178,12 +184,13 @@ def proxy_config(shards: Sequence[Sequence[RunningServer]], **proxy: object) -> 
 
 @contextlib.contextmanager
 def proxy(shards: Sequence[Sequence[RunningServer]], *extra: str,
+          ready: Callable[[int], bool] | None = None,
           **settings: object) -> Iterator[RunningServer]:
     """A memring proxy over already running servers, grouped into shards."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="memring-proxy-") as config:
         config.write(proxy_config(shards, **settings))
         config.flush()
-        with running("memring-proxy", proxy_argv(config.name, *extra)) as server:
+        with running("memring-proxy", proxy_argv(config.name, *extra), ready=ready) as server:
             server.upstreams = [s for group in shards for s in group]
             yield server
 

@@ -12,6 +12,8 @@ from memring.backend.metrics import registry_for
 from memring.backend.settings import BackendSettings
 from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
+from memring.cluster.certificates import CertificateAuthority
+from memring.netio.tls import ServerTls, TlsSettings
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +46,15 @@ def test_follower_lag_is_labelled_by_follower() -> None:
     assert "memring_backend_repl_position_seq 42.0" in text
     assert 'memring_backend_role{role="leader"} 1.0' in text
     assert "n2 " not in text.replace('"n2"', "")  # no metric name carries a node id
+
+
+def test_tls_handshake_errors_only_with_tls(private_ca: CertificateAuthority) -> None:
+    store = Store()
+    report = StatsReport(BackendSettings(), store, ServerCounters())
+    handler = CommandHandler(store, report)
+    assert "tls_handshake_errors" not in generate_latest(registry_for(handler)).decode()
+    cert = private_ca.issue("metrics")
+    report.tls = ServerTls(TlsSettings(cert=str(cert.cert), key=str(cert.key)))
+    report.tls.handshake_errors = 3
+    text = generate_latest(registry_for(CommandHandler(store, report))).decode()
+    assert "memring_backend_tls_handshake_errors_total 3.0" in text

@@ -12,13 +12,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from memring.netio import nonblocking
+from memring.cluster.certificates import CertificateAuthority
+from memring.netio import connection_server, nonblocking
 from memring.netio.connection_server import (
     TOO_MANY_CONNECTIONS,
     Connection,
     ConnectionCounters,
     ConnectionServer,
 )
+from memring.netio.streams import TlsStream
+from memring.netio.tls import ServerTls, TlsSettings, client_context
 
 pytestmark = pytest.mark.unit
 
@@ -193,3 +196,61 @@ async def test_shutdown_closes_idle_now_and_busy_at_the_deadline() -> None:
         nonblocking.close(idle)
         nonblocking.close(busy)
     assert counters.curr_connections == 0
+
+
+# --- TLS: the handshake runs in the connection's task -------------------------------------
+
+def _server_tls(ca: CertificateAuthority) -> ServerTls:
+    cert = ca.issue("connection-server")
+    return ServerTls(TlsSettings(cert=str(cert.cert), key=str(cert.key)))
+
+
+async def tls_echo_once(conn: Connection) -> None:
+    data = await conn.stream.recv(100)
+    await conn.stream.send_all(data)
+
+
+async def test_tls_connections_handshake_in_their_own_task(
+        private_ca: CertificateAuthority, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A client that never says hello is closed after HANDSHAKE_TIMEOUT (counted, logged),
+    while one that does is served meanwhile: the accept loop never waits for handshakes."""
+    monkeypatch.setattr(connection_server, "HANDSHAKE_TIMEOUT", 0.5)
+    tls = _server_tls(private_ca)
+    server = ConnectionServer(tls_echo_once, 10, ConnectionCounters(), tls=tls)
+    context = client_context(TlsSettings(ca=str(private_ca.cert), verify="require"))
+    with trio.fail_after(10), caplog.at_level(logging.INFO, "memring.net"):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            silent = await nonblocking.connect("127.0.0.1", port)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            stream = TlsStream(sock, context, server_side=False, server_hostname="127.0.0.1")
+            await stream.handshake()
+            await stream.send_all(b"ping")
+            assert await stream.recv(100) == b"ping"
+            assert tls.handshake_errors == 0
+            assert await nonblocking.recv(silent, 100) == b""  # closed at the timeout
+            assert tls.handshake_errors == 1
+            nonblocking.close(silent)
+            nonblocking.close(sock)
+            server.shutdown(1.0)
+    assert any("TLS handshake with 127.0.0.1:" in r.getMessage() and "no handshake within"
+               in r.getMessage() for r in caplog.records)
+
+
+async def test_a_tls_listener_past_its_limit_sends_no_plain_text(
+        private_ca: CertificateAuthority) -> None:
+    counters = ConnectionCounters()
+    server = ConnectionServer(tls_echo_once, 1, counters, tls=_server_tls(private_ca))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            first = await nonblocking.connect("127.0.0.1", port)
+            while counters.curr_connections < 1:
+                await trio.sleep(0.01)
+            second = await nonblocking.connect("127.0.0.1", port)
+            assert await nonblocking.recv(second, 100) == b""  # not TOO_MANY_CONNECTIONS
+            assert counters.rejected_connections == 1
+            for sock in (first, second):
+                nonblocking.close(sock)
+            server.shutdown(0.1)

@@ -17,6 +17,7 @@ from memring.protocol.requests import (
     MetaSet,
     ProtocolError,
     Quit,
+    RefreshCerts,
     Stats,
     Store,
     Touch,
@@ -144,6 +145,9 @@ def test_other_text_commands() -> None:
     check(b"stats\r\nstats items\r\n", [Stats([]), Stats([b"items"])])
     check(b"version\r\n", [Version()])
     check(b"quit\r\n", [Quit()])
+    # memcached: noreply is the last token, whatever precedes it (tests/compat/test_tls_memcached)
+    check(b"refresh_certs\r\nrefresh_certs noreply\r\nrefresh_certs a b\r\n",
+          [RefreshCerts(), RefreshCerts(True), RefreshCerts()])
 
 
 def test_unknown_and_short_commands() -> None:
