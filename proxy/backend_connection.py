@@ -14,11 +14,19 @@ what is ready from the reader's turn.
 A reply not complete by its deadline fails the connection: the socket is closed and every
 slot still waiting is failed, because after a lost reply the stream can no longer be
 matched. The owner (`NodePool`) counts the failure towards ejection and reconnects.
+
+With backend TLS the connection's stream is a `TlsStream` (netio.streams) over the same
+socket, else a `PlainStream`: the reader and writer see the same four calls either way. The
+handshake belongs to `connect()`, under the same deadline as the TCP connect, and is
+confirmed by one `version` round trip: in TLS 1.3 the backend checks the proxy's client
+certificate after the proxy's side of the handshake has finished, so a refusal only arrives
+with the first reply. Any failure there is a `HandshakeFailed` naming the reason.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -26,6 +34,7 @@ from typing import Protocol
 import trio
 
 from memring.netio import nonblocking
+from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.responses import End, ErrorReply, Response
@@ -79,15 +88,50 @@ class ConnectionFailed(Exception):
     pass
 
 
+class HandshakeFailed(ConnectionFailed):
+    """The TCP connection was made but TLS was not: the message says why."""
+
+
+# What the backend's TLS alerts mean from the proxy's side (OpenSSL's reason codes).
+_ALERTS = {
+    "CERTIFICATE_REQUIRED": "the backend requires a client certificate (--backend-tls-cert)",
+    "UNKNOWN_CA": "the backend does not trust the proxy's client certificate (unknown CA)",
+    "CERTIFICATE_EXPIRED": "the backend refused the proxy's client certificate as expired",
+    "BAD_CERTIFICATE": "the backend refused the proxy's client certificate",
+    "CERTIFICATE_UNKNOWN": "the backend refused the proxy's client certificate",
+    "HANDSHAKE_FAILURE": "the backend refused the handshake",
+}
+
+
+def handshake_problem(exc: BaseException) -> str:
+    """A TLS failure in words an operator acts on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the backend's certificate is not accepted: {exc.verify_message}"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "the backend closed the connection (a plain-text port, or it refused us)"
+    text = (getattr(exc, "reason", None) or str(exc)).upper().replace(" ", "_")
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
+        return "the backend does not speak TLS on this port"
+    for alert, meaning in _ALERTS.items():
+        if f"ALERT_{alert}" in text:
+            return meaning
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 class BackendConnection:
     def __init__(self, host: str, port: int, timeout: float,
-                 on_failure: Callable[[str], None], on_success: Callable[[], None]) -> None:
+                 on_failure: Callable[[str], None], on_success: Callable[[], None],
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self._on_failure = on_failure
         self._on_success = on_success
+        self._tls = tls
         self._sock: socket.socket | None = None
+        self._stream: PlainStream | TlsStream | None = None
         self._outbox: list[bytes] = []
         self._wake_writer = trio.Event()
         self._pending: deque[PendingReply] = deque()
@@ -102,24 +146,59 @@ class BackendConnection:
         return len(self._pending)
 
     async def connect(self) -> None:
+        """TCP, then TLS when configured, within one request timeout."""
+        deadline = trio.current_time() + self.timeout
         try:
-            with trio.fail_after(self.timeout):
-                self._sock = await nonblocking.connect(self.host, self.port)
+            with trio.fail_at(deadline):
+                sock = await nonblocking.connect(self.host, self.port)
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: "
                                    f"{getattr(exc, 'strerror', None) or 'timed out'}") from None
+        self._sock = sock
+        if self._tls is None:
+            self._stream = PlainStream(sock)
+        else:
+            try:
+                with trio.fail_at(deadline):
+                    self._stream = await self._secure(sock, self._tls)
+            except (OSError, EOFError, trio.TooSlowError) as exc:  # ssl.SSLError is an OSError
+                self.close("TLS handshake failed")
+                raise HandshakeFailed(f"TLS handshake with {self.host}:{self.port} failed: "
+                                      f"{handshake_problem(exc)}") from None
+            except BaseException:  # cancelled: the socket must not outlive this
+                self.close("connect cancelled")
+                raise
         self.alive = True
+
+    async def _secure(self, sock: socket.socket, context: ssl.SSLContext) -> TlsStream:
+        """The handshake, and a `version` round trip that carries the backend's verdict on
+        our certificate (TLS 1.3 sends it after our side has finished)."""
+        stream = TlsStream(sock, context, server_side=False, server_hostname=self.host)
+        await stream.handshake()
+        try:
+            await stream.send_all(b"version\r\n")
+        except OSError:
+            pass  # reset by a backend that refused us: its alert may still be there to read
+        line = b""
+        while not line.endswith(b"\r\n"):
+            data = await stream.recv(1024)
+            if not data:
+                raise EOFError("closed during the first request")
+            line += data
+            if len(line) > 1024:  # nothing a backend says to `version` is that long
+                raise ConnectionResetError("no memcached reply to version")
+        return stream
 
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
-        sock = self._sock
-        if sock is None:
+        stream = self._stream
+        if stream is None or self._sock is None:
             return  # closed (ejection, topology change) before it ever ran
         with self._cancel:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_forever, sock)
+                nursery.start_soon(self._write_forever, stream)
                 nursery.start_soon(self._watch_deadlines)
-                await self._read_forever(sock)
+                await self._read_forever(stream)
                 nursery.cancel_scope.cancel()
 
     def submit(self, request: bytes, multi: bool,
@@ -155,28 +234,31 @@ class BackendConnection:
         if self._sock is not None:
             nonblocking.close(self._sock)
             self._sock = None
+            self._stream = None
 
-    async def _write_forever(self, sock: socket.socket) -> None:
+    async def _write_forever(self, stream: PlainStream | TlsStream) -> None:
+        send_all = stream.send_all
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             data = b"".join(self._outbox)
             self._outbox.clear()
             try:
-                await nonblocking.send_all(sock, data)
+                await send_all(data)
             except OSError as exc:
-                self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror}")
+                self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
 
-    async def _read_forever(self, sock: socket.socket) -> None:
+    async def _read_forever(self, stream: PlainStream | TlsStream) -> None:
         parser = ResponseParser()
         pending = self._pending
         arrived: list[ReplyListener] = []
+        recv = stream.recv
         while True:
             try:
-                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+                data = await recv(nonblocking.READ_SIZE)
             except OSError as exc:
-                self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror}")
+                self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
             if not data:
                 self._fail(f"{self.host}:{self.port} closed the connection")

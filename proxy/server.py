@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 
 import trio
 
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.tls import TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
@@ -47,6 +49,7 @@ class ProxyServer:
                                             idle_timeout=settings.idle_timeout)
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
+        self._backend_tls: tuple[TlsSettings | None, ssl.SSLContext | None] = (None, None)
 
     # -- topology ----------------------------------------------------------------------
 
@@ -56,13 +59,15 @@ class ProxyServer:
         old = self.state.pools_by_address
         pools: dict[str, NodePool] = {}
         shards = []
+        tls = self._backend_context(settings)
         for spec in settings.shards:
             nodes = []
             for node in spec.nodes:
                 pool = pools.get(node.address) or old.get(node.address)
                 if pool is None:
-                    pool = NodePool(node, settings)
+                    pool = NodePool(node, settings, tls)
                     self._pool_nursery.start_soon(pool.run)
+                pool.tls = tls  # a kept pool's next connections follow a changed setting
                 pools[node.address] = pool
                 nodes.append(pool)
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
@@ -78,6 +83,14 @@ class ProxyServer:
                 pool.close()
         log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s",
                  len(shards), len(pools), settings.hash, settings.read_policy)
+
+    def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
+        """The client context for new backend connections, built again only when the
+        backend TLS settings change (the files were checked when the settings loaded)."""
+        wanted = settings.backend_tls_settings
+        if wanted != self._backend_tls[0]:
+            self._backend_tls = (wanted, client_context(wanted) if wanted else None)
+        return self._backend_tls[1]
 
     # -- serving -----------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from memring.cluster.static_topology import parse_shards as parse_shards
 from memring.cluster.static_topology import read_toml
 from memring.netio import logs
 from memring.netio.settings import Listening, SettingsError, split_address
+from memring.netio.tls import TlsConfigError, TlsSettings, client_context
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
@@ -64,12 +65,29 @@ class ProxySettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+    # backend TLS: the proxy's links to its backends (every node, static or from etcd)
+    backend_tls: bool = False
+    backend_tls_ca: str = ""         # CA the backends' certificates must chain to
+    backend_tls_cert: str = ""       # the proxy's client certificate (backends with mutual TLS)
+    backend_tls_key: str = ""        # its key ("" = in the certificate file)
+    backend_tls_verify: str = "require"  # require | none: check the backend's certificate
+
+    @property
+    def backend_tls_settings(self) -> TlsSettings | None:
+        """What the links to the backends use; None for plain TCP."""
+        if not self.backend_tls:
+            return None
+        return TlsSettings(cert=self.backend_tls_cert, key=self.backend_tls_key,
+                           ca=self.backend_tls_ca, verify=self.backend_tls_verify)
 
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
              "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
              "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)
+_BOOL_KEYS = ("backend_tls",)
+_BACKEND_TLS_FILES = ("backend_tls_ca", "backend_tls_cert", "backend_tls_key")
+BACKEND_TLS_VERIFY = ("require", "none")
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
@@ -102,7 +120,29 @@ def _validate(settings: ProxySettings) -> ProxySettings:
                 check_id("proxy", settings.proxy_id)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+    _validate_backend_tls(settings)
     return settings
+
+
+def _validate_backend_tls(settings: ProxySettings) -> None:
+    if settings.backend_tls_verify not in BACKEND_TLS_VERIFY:
+        raise SettingsError(f"backend_tls_verify must be require or none, "
+                            f"got {settings.backend_tls_verify!r}")
+    tls = settings.backend_tls_settings
+    if tls is None:
+        given = [key for key in _BACKEND_TLS_FILES if getattr(settings, key)]
+        if given:
+            raise SettingsError(f"{', '.join(given)} without backend_tls (--backend-tls)")
+        return
+    if tls.verify == "require" and not tls.ca:
+        raise SettingsError("backend TLS verifies the backends' certificates: give "
+                            "--backend-tls-ca (or --backend-tls-verify none)")
+    if tls.key and not tls.cert:
+        raise SettingsError("backend_tls_key without backend_tls_cert")
+    try:
+        client_context(tls)  # the files load now, not at the first connection
+    except TlsConfigError as exc:
+        raise SettingsError(f"backend TLS: {exc}") from None
 
 
 def load_topology(settings: ProxySettings) -> ProxySettings:
@@ -117,9 +157,11 @@ def load_topology(settings: ProxySettings) -> ProxySettings:
     for key, value in table.items():
         if key in _FLOAT_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
-        expected = float if key in _FLOAT_KEYS else int if key in _INT_KEYS else str
+        expected = (float if key in _FLOAT_KEYS else int if key in _INT_KEYS else
+                    bool if key in _BOOL_KEYS else str)
         if not isinstance(value, expected):
-            kind = {float: " number", int: "n integer", str: " string"}[expected]
+            kind = {float: " number", int: "n integer", str: " string",
+                    bool: " boolean"}[expected]
             raise SettingsError(f"[proxy] {key} must be a{kind}")
         values[key] = value
     if settings.etcd and "shards" not in data:
@@ -161,7 +203,37 @@ def _parser() -> argparse.ArgumentParser:
                         "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
+    tls = parser.add_argument_group("backend TLS", "the proxy's connections to its backends "
+                                    "(every node, from --config or etcd)")
+    tls.add_argument("--backend-tls", action=argparse.BooleanOptionalAction,
+                     help="connect to the backends over TLS (default: plain TCP)")
+    tls.add_argument("--backend-tls-ca", metavar="FILE",
+                     help="PEM CA certificates the backends' certificates must chain to; each "
+                          "must also name the host the proxy connects to")
+    tls.add_argument("--backend-tls-cert", metavar="FILE",
+                     help="the proxy's client certificate chain (PEM), for backends that "
+                          "require one (mutual TLS)")
+    tls.add_argument("--backend-tls-key", metavar="FILE",
+                     help="its private key (default: in the certificate file)")
+    tls.add_argument("--backend-tls-verify", metavar="MODE",
+                     help="require (default): verify the backends' certificates; none: "
+                          "encrypt only (no protection from an impostor)")
     return parser
+
+
+def _from_env(name: str, value: str) -> Any:
+    if name in _BOOL_KEYS:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"MEMRING_{name.upper()} must be true or false")
+    try:
+        return (int(value) if name in _INT_KEYS else
+                float(value) if name in _FLOAT_KEYS else value)
+    except ValueError:
+        kind = "a number" if name in _FLOAT_KEYS else "an integer"
+        raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
 
 
 def load_settings(argv: list[str] | None = None) -> ProxySettings:
@@ -178,15 +250,11 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
-                 "log_level", "log_format"):
+                 "log_level", "log_format", "backend_tls", "backend_tls_ca", "backend_tls_cert",
+                 "backend_tls_key", "backend_tls_verify"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
-            try:
-                overrides[name] = (int(env) if name in _INT_KEYS else
-                                   float(env) if name in _FLOAT_KEYS else env)
-            except ValueError:
-                kind = "a number" if name in _FLOAT_KEYS else "an integer"
-                raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
+            overrides[name] = _from_env(name, env)
         flag = getattr(args, name)
         if flag is not None:
             overrides[name] = flag

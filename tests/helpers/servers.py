@@ -10,15 +10,17 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
 from memring.cluster import etcd_process
+from memring.cluster.certificates import Credential
 
 HOST = "127.0.0.1"
 
@@ -71,6 +73,27 @@ def answers_version(port: int) -> bool:
         return False
 
 
+def answers_version_over_tls(client: Credential | None) -> Callable[[int], bool]:
+    """`answers_version` for a TLS port, presenting `client` (the server's certificate is
+    not checked: this only asks whether it is up)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+
+    def answers(port: int) -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as raw, \
+                    context.wrap_socket(raw) as s:
+                s.sendall(b"version\r\n")
+                return s.recv(64).startswith(b"VERSION ")
+        except OSError:
+            return False
+
+    return answers
+
+
 def stop(process: subprocess.Popen[bytes], grace: float = 5.0, graceful: bool = True) -> None:
     if process.poll() is None:
         if graceful:
@@ -86,8 +109,9 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0, graceful: bool = 
 
 @contextlib.contextmanager
 def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
-            timeout: float = 15.0, graceful: bool = True) -> Iterator[RunningServer]:
-    """Start `argv_for_port` (with `{port}` filled in) and yield once it answers."""
+            timeout: float = 15.0, graceful: bool = True,
+            answers: Callable[[int], bool] = answers_version) -> Iterator[RunningServer]:
+    """Start `argv_for_port` (with `{port}` filled in) and yield once it `answers`."""
     port = port or free_port()
     argv = [a.format(port=port) for a in argv_for_port]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function (log_text)
@@ -96,7 +120,7 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
     server = RunningServer(name, port, process, log=log)
     try:
         deadline = time.monotonic() + timeout
-        while not answers_version(port):
+        while not answers(port):
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: "
                                    f"{server.log_text()}")
@@ -139,6 +163,19 @@ def memcached(*extra: str) -> Iterator[RunningServer]:
     """Debian's memcached as the oracle; SIGKILLed at the end (its SIGTERM path idles ~1 s)."""
     with running("memcached", memcached_argv(*ORACLE_ARGS, *extra), graceful=False) as server:
         yield server
+
+
+@contextlib.contextmanager
+def tls_memcached(server: Credential, client: Credential | None = None, verify_mode: int = 2,
+                  *extra: str) -> Iterator[RunningServer]:
+    """memcached -Z presenting `server`; with verify_mode 2 (memcached's ssl_verify_mode) it
+    requires a client certificate from its CA: `client` is what the readiness check shows."""
+    tls = (f"ssl_chain_cert={server.cert},ssl_key={server.key},ssl_ca_cert={server.ca},"
+           f"ssl_verify_mode={verify_mode}")
+    argv = memcached_argv("-Z", "-o", tls, *extra)
+    with running("memcached -Z", argv, graceful=False,
+                 answers=answers_version_over_tls(client)) as running_server:
+        yield running_server
 
 
 @contextlib.contextmanager

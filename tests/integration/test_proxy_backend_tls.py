@@ -1,0 +1,147 @@
+"""The proxy's links to its backends over TLS (issue 13, "Proxy to backend"), against Debian's
+memcached 1.6.18 started with -Z: with mutual TLS (ssl_verify_mode=2, a client certificate is
+required) pymemcache's values come back byte for byte through the proxy; a proxy that cannot
+complete the handshake (a CA it does not know, a certificate that names another host or has
+expired, no client certificate or one the backend does not trust) answers with its
+node-failure error and logs the reason once, not once per retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymemcache.client.base import Client
+
+from memring.cluster.certificates import CertificateAuthority, Credential
+from tests.helpers import servers, wire
+
+pytestmark = pytest.mark.integration
+
+
+def tls_flags(ca: Path, client: Credential | None) -> list[str]:
+    flags = ["--backend-tls", "--backend-tls-ca", str(ca)]
+    if client is not None:
+        flags += ["--backend-tls-cert", str(client.cert), "--backend-tls-key", str(client.key)]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def mutual(private_ca: CertificateAuthority) -> Iterator[servers.RunningServer]:
+    """A proxy over two memcached -Z shards that require its client certificate."""
+    proxy_cert = private_ca.issue("proxy")
+    with contextlib.ExitStack() as stack:
+        shards = [[stack.enter_context(servers.tls_memcached(
+            private_ca.issue(f"backend-{n}"), proxy_cert))] for n in range(2)]
+        yield stack.enter_context(servers.proxy(
+            shards, *tls_flags(private_ca.cert, proxy_cert)))
+
+
+def client_of(proxy: servers.RunningServer) -> Client:
+    return Client(proxy.address, connect_timeout=5, timeout=10)
+
+
+def test_values_round_trip_byte_exact(mutual: servers.RunningServer) -> None:
+    client = client_of(mutual)
+    values = {b"k-%d" % n: bytes(range(256)) * n + b"\r\nEND\r\n" for n in range(20)}
+    for key, value in values.items():
+        assert client.set(key, value, noreply=False)
+    assert client.get(b"k-7") == values[b"k-7"]
+    assert client.get_many(list(values)) == values
+    assert client.get(b"absent") is None
+    assert client.delete(b"k-3", noreply=False)
+    assert client.get(b"k-3") is None
+
+
+def test_a_one_megabyte_value(mutual: servers.RunningServer) -> None:
+    client = client_of(mutual)
+    value = bytes(n * 7 % 251 for n in range(1_000_000))
+    assert client.set(b"big", value, noreply=False)
+    assert client.get(b"big") == value
+
+
+def test_a_thousand_key_multi_get(mutual: servers.RunningServer) -> None:
+    client = client_of(mutual)
+    values = {b"many-%04d" % n: b"v%d" % n * (n % 50 + 1) for n in range(1000)}
+    assert client.set_many(values, noreply=False) == []
+    assert client.get_many(list(values)) == values
+    # both shards took part (the split and the reassembly crossed TLS links)
+    proxy_stats = wire.stats(mutual)
+    assert all(int(wire.backend_stats(proxy_stats, node)["requests"]) > 0
+               for node in mutual.upstreams), proxy_stats
+
+
+def _refused(proxy: servers.RunningServer, reason: str) -> None:
+    """Requests fail with the node-failure error; the reason (a pattern) is logged, once."""
+    deadline = time.monotonic() + 10
+    for _ in range(3):  # across the ejection and at least one probe (retry_ms 300)
+        reply = wire.request(proxy, b"get some-key\r\n")
+        assert reply.startswith(b"SERVER_ERROR 127.0.0.1:") and reply.endswith(b"\r\n"), reply
+        assert b"is ejected" in reply or b"is not connected" in reply, reply
+        time.sleep(0.4)
+    while not re.search(reason, proxy.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = proxy.log_text()
+    lines = [line for line in log.splitlines() if "TLS handshake with" in line and
+             "level=ERROR" in line]
+    assert len(lines) == 1 and re.search(reason, lines[0]), log
+    port = proxy.upstreams[0].port
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
+@contextlib.contextmanager
+def proxy_to(backend: servers.RunningServer, ca: Path, client: Credential | None
+             ) -> Iterator[servers.RunningServer]:
+    with servers.proxy([[backend]], *tls_flags(ca, client), retry_ms=300) as proxy:
+        yield proxy
+
+
+def test_a_backend_certificate_from_another_ca(private_ca: CertificateAuthority,
+                                               tmp_path: Path) -> None:
+    other = CertificateAuthority.create(tmp_path / "other")
+    proxy_cert = private_ca.issue("proxy-a")
+    with servers.tls_memcached(other.issue("stranger"), None, verify_mode=0) as backend, \
+            proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
+        # memcached sends its CA's certificate along when it has one (ssl_ca_cert)
+        _refused(proxy, "certificate is not accepted: (unable to get local issuer certificate"
+                        "|self-signed certificate in certificate chain)")
+
+
+def test_a_backend_certificate_for_another_host(private_ca: CertificateAuthority) -> None:
+    proxy_cert = private_ca.issue("proxy-b")
+    elsewhere = private_ca.issue("elsewhere", hosts=("10.11.12.13", "cache.example"))
+    with servers.tls_memcached(elsewhere, proxy_cert) as backend, \
+            proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
+        _refused(proxy, "certificate is not accepted: IP address mismatch")
+
+
+def test_an_expired_backend_certificate(private_ca: CertificateAuthority) -> None:
+    proxy_cert = private_ca.issue("proxy-c")
+    with servers.tls_memcached(private_ca.issue("old", days=-1), proxy_cert) as backend, \
+            proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
+        _refused(proxy, "certificate is not accepted: certificate has expired")
+
+
+def test_no_client_certificate_for_a_backend_that_requires_one(
+        private_ca: CertificateAuthority) -> None:
+    with servers.tls_memcached(private_ca.issue("strict"), private_ca.issue("probe")) as backend, \
+            proxy_to(backend, private_ca.cert, None) as proxy:
+        _refused(proxy, "the backend requires a client certificate")
+
+
+def test_a_client_certificate_the_backend_does_not_trust(private_ca: CertificateAuthority,
+                                                         tmp_path: Path) -> None:
+    foreign = CertificateAuthority.create(tmp_path / "foreign").issue("proxy-d")
+    with servers.tls_memcached(private_ca.issue("picky"), private_ca.issue("probe-2")) as backend, \
+            proxy_to(backend, private_ca.cert, foreign) as proxy:
+        _refused(proxy, "the backend does not trust the proxy's client certificate")
+
+
+def test_a_plain_backend_port(private_ca: CertificateAuthority) -> None:
+    with servers.memcached() as backend, \
+            proxy_to(backend, private_ca.cert, private_ca.issue("proxy-e")) as proxy:
+        _refused(proxy, "the backend does not speak TLS on this port")
