@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from memring.cluster import etcd_process
-from memring.cluster.certificates import Credential
 
 HOST = "127.0.0.1"
 
@@ -73,27 +71,6 @@ def answers_version(port: int) -> bool:
         return False
 
 
-def answers_version_over_tls(client: Credential | None) -> Callable[[int], bool]:
-    """`answers_version` for a TLS port, presenting `client` (the server's certificate is
-    not checked: this only asks whether it is up)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if client is not None:
-        context.load_cert_chain(client.cert, client.key)
-
-    def answers(port: int) -> bool:
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5) as raw, \
-                    context.wrap_socket(raw) as s:
-                s.sendall(b"version\r\n")
-                return s.recv(64).startswith(b"VERSION ")
-        except OSError:
-            return False
-
-    return answers
-
-
 def stop(process: subprocess.Popen[bytes], grace: float = 5.0, graceful: bool = True) -> None:
     if process.poll() is None:
         if graceful:
@@ -110,8 +87,10 @@ def stop(process: subprocess.Popen[bytes], grace: float = 5.0, graceful: bool = 
 @contextlib.contextmanager
 def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
             timeout: float = 15.0, graceful: bool = True,
-            answers: Callable[[int], bool] = answers_version) -> Iterator[RunningServer]:
-    """Start `argv_for_port` (with `{port}` filled in) and yield once it `answers`."""
+            ready: Callable[[int], bool] | None = None) -> Iterator[RunningServer]:
+    """Start `argv_for_port` (with `{port}` filled in) and yield once it answers (`ready`,
+    default: a plain `version`; a TLS port needs tests.helpers.tls.answers_version_over)."""
+    ready = ready or answers_version
     port = port or free_port()
     argv = [a.format(port=port) for a in argv_for_port]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function (log_text)
@@ -120,7 +99,7 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
     server = RunningServer(name, port, process, log=log)
     try:
         deadline = time.monotonic() + timeout
-        while not answers(port):
+        while not ready(port):
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}: "
                                    f"{server.log_text()}")
@@ -159,28 +138,18 @@ ORACLE_ARGS = ("-o", "no_lru_crawler,no_lru_maintainer")
 
 
 @contextlib.contextmanager
-def memcached(*extra: str) -> Iterator[RunningServer]:
+def memcached(*extra: str, ready: Callable[[int], bool] | None = None
+              ) -> Iterator[RunningServer]:
     """Debian's memcached as the oracle; SIGKILLed at the end (its SIGTERM path idles ~1 s)."""
-    with running("memcached", memcached_argv(*ORACLE_ARGS, *extra), graceful=False) as server:
+    with running("memcached", memcached_argv(*ORACLE_ARGS, *extra), graceful=False,
+                 ready=ready) as server:
         yield server
 
 
 @contextlib.contextmanager
-def tls_memcached(server: Credential, client: Credential | None = None, verify_mode: int = 2,
-                  *extra: str) -> Iterator[RunningServer]:
-    """memcached -Z presenting `server`; with verify_mode 2 (memcached's ssl_verify_mode) it
-    requires a client certificate from its CA: `client` is what the readiness check shows."""
-    tls = (f"ssl_chain_cert={server.cert},ssl_key={server.key},ssl_ca_cert={server.ca},"
-           f"ssl_verify_mode={verify_mode}")
-    argv = memcached_argv("-Z", "-o", tls, *extra)
-    with running("memcached -Z", argv, graceful=False,
-                 answers=answers_version_over_tls(client)) as running_server:
-        yield running_server
-
-
-@contextlib.contextmanager
-def backend(*extra: str) -> Iterator[RunningServer]:
-    with running("memring-backend", backend_argv(*extra)) as server:
+def backend(*extra: str, ready: Callable[[int], bool] | None = None
+            ) -> Iterator[RunningServer]:
+    with running("memring-backend", backend_argv(*extra), ready=ready) as server:
         yield server
 
 
@@ -212,12 +181,13 @@ def proxy_config(shards: Sequence[Sequence[RunningServer]], **proxy: object) -> 
 
 @contextlib.contextmanager
 def proxy(shards: Sequence[Sequence[RunningServer]], *extra: str,
+          ready: Callable[[int], bool] | None = None,
           **settings: object) -> Iterator[RunningServer]:
     """A memring proxy over already running servers, grouped into shards."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="memring-proxy-") as config:
         config.write(proxy_config(shards, **settings))
         config.flush()
-        with running("memring-proxy", proxy_argv(config.name, *extra)) as server:
+        with running("memring-proxy", proxy_argv(config.name, *extra), ready=ready) as server:
             server.upstreams = [s for group in shards for s in group]
             yield server
 

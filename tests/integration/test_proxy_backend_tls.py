@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,35 @@ from memring.cluster.certificates import CertificateAuthority, Credential
 from tests.helpers import servers, wire
 
 pytestmark = pytest.mark.integration
+
+
+def answers_over_tls(client: Credential | None) -> Callable[[int], bool]:
+    """Readiness of a memcached -Z port, presenting `client` (its certificate unchecked)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+
+    def ready(port: int) -> bool:
+        try:
+            with socket.create_connection((servers.HOST, port), timeout=0.5) as raw, \
+                    context.wrap_socket(raw) as sock:
+                sock.sendall(b"version\r\n")
+                return sock.recv(64).startswith(b"VERSION ")
+        except OSError:
+            return False
+
+    return ready
+
+
+def tls_memcached(server: Credential, client: Credential | None, verify_mode: int = 2
+                  ) -> contextlib.AbstractContextManager[servers.RunningServer]:
+    """memcached -Z presenting `server`; with ssl_verify_mode 2 it requires a client
+    certificate from its CA (`client` is what the readiness check shows)."""
+    options = (f"ssl_chain_cert={server.cert},ssl_key={server.key},ssl_ca_cert={server.ca},"
+               f"ssl_verify_mode={verify_mode}")
+    return servers.memcached("-Z", "-o", options, ready=answers_over_tls(client))
 
 
 def tls_flags(ca: Path, client: Credential | None) -> list[str]:
@@ -35,7 +66,7 @@ def mutual(private_ca: CertificateAuthority) -> Iterator[servers.RunningServer]:
     """A proxy over two memcached -Z shards that require its client certificate."""
     proxy_cert = private_ca.issue("proxy")
     with contextlib.ExitStack() as stack:
-        shards = [[stack.enter_context(servers.tls_memcached(
+        shards = [[stack.enter_context(tls_memcached(
             private_ca.issue(f"backend-{n}"), proxy_cert))] for n in range(2)]
         yield stack.enter_context(servers.proxy(
             shards, *tls_flags(private_ca.cert, proxy_cert)))
@@ -104,7 +135,7 @@ def test_a_backend_certificate_from_another_ca(private_ca: CertificateAuthority,
                                                tmp_path: Path) -> None:
     other = CertificateAuthority.create(tmp_path / "other")
     proxy_cert = private_ca.issue("proxy-a")
-    with servers.tls_memcached(other.issue("stranger"), None, verify_mode=0) as backend, \
+    with tls_memcached(other.issue("stranger"), None, verify_mode=0) as backend, \
             proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
         # memcached sends its CA's certificate along when it has one (ssl_ca_cert)
         _refused(proxy, "certificate is not accepted: (unable to get local issuer certificate"
@@ -114,21 +145,21 @@ def test_a_backend_certificate_from_another_ca(private_ca: CertificateAuthority,
 def test_a_backend_certificate_for_another_host(private_ca: CertificateAuthority) -> None:
     proxy_cert = private_ca.issue("proxy-b")
     elsewhere = private_ca.issue("elsewhere", hosts=("10.11.12.13", "cache.example"))
-    with servers.tls_memcached(elsewhere, proxy_cert) as backend, \
+    with tls_memcached(elsewhere, proxy_cert) as backend, \
             proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
         _refused(proxy, "certificate is not accepted: IP address mismatch")
 
 
 def test_an_expired_backend_certificate(private_ca: CertificateAuthority) -> None:
     proxy_cert = private_ca.issue("proxy-c")
-    with servers.tls_memcached(private_ca.issue("old", days=-1), proxy_cert) as backend, \
+    with tls_memcached(private_ca.issue("old", days=-1), proxy_cert) as backend, \
             proxy_to(backend, private_ca.cert, proxy_cert) as proxy:
         _refused(proxy, "certificate is not accepted: certificate has expired")
 
 
 def test_no_client_certificate_for_a_backend_that_requires_one(
         private_ca: CertificateAuthority) -> None:
-    with servers.tls_memcached(private_ca.issue("strict"), private_ca.issue("probe")) as backend, \
+    with tls_memcached(private_ca.issue("strict"), private_ca.issue("probe")) as backend, \
             proxy_to(backend, private_ca.cert, None) as proxy:
         _refused(proxy, "the backend requires a client certificate")
 
@@ -136,7 +167,7 @@ def test_no_client_certificate_for_a_backend_that_requires_one(
 def test_a_client_certificate_the_backend_does_not_trust(private_ca: CertificateAuthority,
                                                          tmp_path: Path) -> None:
     foreign = CertificateAuthority.create(tmp_path / "foreign").issue("proxy-d")
-    with servers.tls_memcached(private_ca.issue("picky"), private_ca.issue("probe-2")) as backend, \
+    with tls_memcached(private_ca.issue("picky"), private_ca.issue("probe-2")) as backend, \
             proxy_to(backend, private_ca.cert, foreign) as proxy:
         _refused(proxy, "the backend does not trust the proxy's client certificate")
 
