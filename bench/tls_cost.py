@@ -24,10 +24,12 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ from backend_vs_memcached import (
     busy_cpus,
     check_cpus,
     cpu_model,
+    fmt_us,
     free_port,
     median_summary,
     run_until_done,
@@ -101,6 +104,51 @@ def tls_probe(client: Credential) -> Callable[[int], str | None]:
         return reply[8:-2].decode() if reply.startswith(b"VERSION ") else None
 
     return ask
+
+
+def cpu_us_per_op(run: dict[str, Any]) -> float:
+    """CPU of the servers and the proxy behind the endpoint per request, in µs: what other
+    work on a shared machine disturbs least (it takes time slices, not cycles per request)."""
+    ops = run["ops_per_s"]
+    return run["server_cpu_pct"] * 1e4 / ops if ops and "server_cpu_pct" in run else math.nan
+
+
+def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per pair, the ratio TLS/plain of each round's two runs (adjacent in the alternated
+    order, so they met the same neighbours on the machine), then the median over rounds."""
+    out: dict[str, dict[str, Any]] = {}
+    for tls, plain in PAIRS:
+        pairs = list(zip(runs.get(tls, []), runs.get(plain, []), strict=False))
+        if not pairs:
+            continue
+        ratios = {
+            "ops_per_s": [a["ops_per_s"] / b["ops_per_s"] for a, b in pairs if b["ops_per_s"]],
+            "p99_us": [a["p99_us"] / b["p99_us"] for a, b in pairs if b["p99_us"]],
+        }
+        cpu = [(cpu_us_per_op(a), cpu_us_per_op(b)) for a, b in pairs]
+        out[f"{tls}/{plain}"] = {
+            "rounds": len(pairs),
+            **{m: round(statistics.median(v), 3) for m, v in ratios.items() if v},
+            **{f"{m}_range": [round(min(v), 2), round(max(v), 2)] for m, v in ratios.items()
+               if v},
+            "cpu_us_per_op": {"tls": round(statistics.median(a for a, _ in cpu), 1),
+                              "plain": round(statistics.median(b for _, b in cpu), 1),
+                              "ratio": round(statistics.median(a / b for a, b in cpu), 3)},
+        }
+    return out
+
+
+def paired_lines(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, r in section["paired"].items():
+        cpu = r["cpu_us_per_op"]
+        lines.append(f"  {key:<26} paired over {r['rounds']} rounds (median of each round's "
+                     f"ratio, range): throughput {r['ops_per_s']:.2f}x "
+                     f"({r['ops_per_s_range'][0]:.2f}-{r['ops_per_s_range'][1]:.2f}), "
+                     f"p99 {r['p99_us']:.2f}x ({r['p99_us_range'][0]:.2f}-"
+                     f"{r['p99_us_range'][1]:.2f}), CPU per request {cpu['ratio']:.2f}x "
+                     f"({fmt_us(cpu['plain'])} -> {fmt_us(cpu['tls'])} µs)")
+    return lines
 
 
 def proxy_flags(python: str) -> str:
@@ -222,7 +270,8 @@ def run(args: argparse.Namespace) -> int:
             medians = {ep.name: median_summary(got[load][ep.name]) for ep in endpoints
                        if got[load].get(ep.name) and not ep.failed}
             sections[load] = {"title": load_title(load, spec), "spec": asdict(spec),
-                              "keys_per_op": spec.keys_per_op, "median": medians}
+                              "keys_per_op": spec.keys_per_op, "median": medians,
+                              "paired": paired_ratios(got[load])}
             add_ratios(sections[load], list(PAIRS))
         commands = {p.name: p.argv for ep in endpoints for p in ep.processes()}
         versions = {p.name: p.version for ep in endpoints for p in ep.processes() if p.version}
@@ -231,9 +280,9 @@ def run(args: argparse.Namespace) -> int:
     md = []
     for section in sections.values():
         print(f"{section['title']} (median of {args.rounds} round(s)):")
-        print("\n".join(table(section, SCENARIOS)))
+        print("\n".join(table(section, SCENARIOS) + paired_lines(section)))
         print()
-        md.append(markdown(section, SCENARIOS))
+        md.append(markdown(section, SCENARIOS) + "\n\n" + "\n".join(paired_lines(section)))
     for p in results.problems:
         print(f"problem: {p}", file=sys.stderr)
     if args.json:
