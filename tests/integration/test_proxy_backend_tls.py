@@ -176,3 +176,18 @@ def test_a_plain_backend_port(private_ca: CertificateAuthority) -> None:
     with servers.memcached() as backend, \
             proxy_to(backend, private_ca.cert, private_ca.issue("proxy-e")) as proxy:
         _refused(proxy, "the backend does not speak TLS on this port")
+
+
+def test_verify_none_encrypts_without_checking(private_ca: CertificateAuthority) -> None:
+    """--backend-tls-verify none: an expired certificate naming another host is accepted
+    (encryption only, no protection from an impostor), the client certificate still shown."""
+    proxy_cert = private_ca.issue("proxy-f")
+    anyone = private_ca.issue("anyone", hosts=("10.11.12.14",), days=-1)
+    with tls_memcached(anyone, proxy_cert) as backend, \
+            servers.proxy([[backend]], "--backend-tls", "--backend-tls-verify", "none",
+                          "--backend-tls-cert", str(proxy_cert.cert), "--backend-tls-key",
+                          str(proxy_cert.key)) as proxy:
+        client = client_of(proxy)
+        assert client.set(b"k", b"v" * 1000, noreply=False)
+        assert client.get(b"k") == b"v" * 1000
+        assert "TLS handshake" not in proxy.log_text()
