@@ -9,6 +9,9 @@ Scenario pairs, each TLS scenario against its plain twin under the same closed-l
                    -> 2 x memcached -Z requiring it; the load talks plain to the proxy
   proxy-tls-all    TLS on the client link too (the proxy's --tls listener), only if this
                    proxy has one (`--tls` in `python -m memring.proxy --help`)
+  backends         the proxy -> 2 x memring backend, plain
+  backends-tls     TLS on every link: the load -TLS-> proxy -TLS-> 2 x memring backend
+                   with --tls requiring a client certificate (only if both have --tls)
 A private CA (cluster.certificates) issues every certificate. Servers and proxies are pinned
 to --server-cpu, the load to --load-cpu. Each round runs every load against every scenario,
 alternating the order; the tables show medians and the ratios TLS/plain of each pair.
@@ -83,9 +86,13 @@ SCENARIOS = {
     "proxy": "proxy -> memcached",
     "proxy-tls": "proxy -TLS-> memcached -Z",
     "proxy-tls-all": "-TLS-> proxy -TLS-> mc -Z",
+    "backends": "proxy -> backends",
+    "backends-tls": "-TLS-> proxy -TLS-> backends",
 }
 # (TLS, plain) pairs: the ratios printed
-PAIRS = (("memcached-tls", "memcached"), ("proxy-tls", "proxy"), ("proxy-tls-all", "proxy"))
+PAIRS = (("memcached-tls", "memcached"), ("proxy-tls", "proxy"), ("proxy-tls-all", "proxy"),
+         ("backends-tls", "backends"))
+CLIENT_TLS = ("proxy-tls-all", "backends-tls")  # need the servers' own TLS listeners
 
 
 def tls_probe(client: Credential) -> Callable[[int], str | None]:
@@ -151,12 +158,12 @@ def paired_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
-def proxy_flags(python: str) -> str:
+def help_text(python: str, program: str) -> str:
     try:
-        return subprocess.run([python, "-m", "memring.proxy", "--help"], cwd=REPO,
+        return subprocess.run([python, "-m", program, "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise BenchError(f"`{python} -m memring.proxy --help` failed: {e}") from e
+        raise BenchError(f"`{python} -m {program} --help` failed: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,12 +182,16 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: CPU {cpu} is already {busy:.0%} busy with other work; the "
                       "figures will be noisy (alternated rounds and medians help)",
                       file=sys.stderr)
-    helptext = proxy_flags(args.python)
+    helptext = help_text(args.python, "memring.proxy")
     if "--backend-tls" not in helptext:
         raise BenchError("this memring proxy has no --backend-tls")
-    if "proxy-tls-all" in scenarios and "--tls-cert" not in helptext:
-        scenarios.remove("proxy-tls-all")
-        print("skipping proxy-tls-all: this proxy has no TLS listener (--tls) yet", flush=True)
+    listeners = "--tls-cert" in helptext and \
+        "--tls-cert" in help_text(args.python, "memring.backend")
+    for name in CLIENT_TLS:
+        if name in scenarios and not listeners:
+            scenarios.remove(name)
+            print(f"skipping {name}: the proxy and the backend have no TLS listener (--tls) "
+                  "yet", flush=True)
     cpu = args.server_cpu
     results = Results()
     line = ProgressLine()
@@ -199,6 +210,21 @@ def run(args: argparse.Namespace) -> int:
             argv = server_argv("memcached", port, cpu, args.memory, args.python)
             if tls:
                 argv += ["-Z", "-o", tls_o]
+            probe = tls_probe(load_cred) if tls else ask_version
+            server, version = stack.enter_context(spawned(name, argv, port, probe, "`version`"))
+            server.version = version
+            print(f"started {name} {version} on port {port}", flush=True)
+            return server
+
+        listener_tls = ["--tls", "--tls-cert", str(server_cred.cert), "--tls-key",
+                        str(server_cred.key), "--tls-ca", str(ca.cert), "--tls-verify",
+                        "require"]
+
+        def backend(name: str, tls: bool) -> Server:
+            port = free_port()
+            argv = server_argv("backend", port, cpu, args.memory, args.python)
+            if tls:
+                argv += listener_tls
             probe = tls_probe(load_cred) if tls else ask_version
             server, version = stack.enter_context(spawned(name, argv, port, probe, "`version`"))
             server.version = version
@@ -238,13 +264,17 @@ def run(args: argparse.Namespace) -> int:
             elif name == "proxy-tls":
                 port, server = proxy(name, secure, backend_tls)
                 endpoints.append(Endpoint(name, title, port, server, secure))
-            else:  # the client link too: the proxy's own listener (flags as memcached's -Z)
-                server_side = ["--tls", "--tls-cert", str(server_cred.cert), "--tls-key",
-                               str(server_cred.key), "--tls-ca", str(ca.cert),
-                               "--tls-verify", "require"]
-                port, server = proxy(name, secure, backend_tls + server_side)
+            elif name == "proxy-tls-all":  # the client link too: the proxy's own listener
+                port, server = proxy(name, secure, backend_tls + listener_tls)
                 endpoints.append(Endpoint(name, title, port, server, secure))
                 load_for[name] = load_tls
+            else:  # memring backends behind the proxy, plain or TLS on every link
+                tls = name == "backends-tls"
+                nodes = [backend(f"{name}-{i + 1}", tls) for i in range(2)]
+                port, server = proxy(name, nodes, backend_tls + listener_tls if tls else [])
+                endpoints.append(Endpoint(name, title, port, server, nodes))
+                if tls:
+                    load_for[name] = load_tls
         first = next(iter(specs.values()))
         for ep in endpoints:
             print(f"preloading {first.keys:,} keys through {ep.name}", flush=True)
