@@ -68,12 +68,24 @@ def mutual(private_ca: CertificateAuthority) -> Iterator[servers.RunningServer]:
     with contextlib.ExitStack() as stack:
         shards = [[stack.enter_context(tls_memcached(
             private_ca.issue(f"backend-{n}"), proxy_cert))] for n in range(2)]
-        yield stack.enter_context(servers.proxy(
-            shards, *tls_flags(private_ca.cert, proxy_cert)))
+        proxy = stack.enter_context(servers.proxy(shards, *tls_flags(private_ca.cert,
+                                                                     proxy_cert)))
+        wait_connected(proxy)
+        yield proxy
 
 
 def client_of(proxy: servers.RunningServer) -> Client:
     return Client(proxy.address, connect_timeout=5, timeout=10)
+
+
+def wait_connected(proxy: servers.RunningServer, timeout: float = 10.0) -> None:
+    """Until a get through the proxy is answered by its backends: the proxy answers
+    `version` itself as soon as it listens, before its pools have shaken hands."""
+    deadline = time.monotonic() + timeout
+    probe = b"get " + b" ".join(b"probe-%d" % n for n in range(20)) + b"\r\n"  # every shard
+    while (reply := wire.request(proxy, probe)) != b"END\r\n":
+        assert time.monotonic() < deadline, reply
+        time.sleep(0.02)
 
 
 def test_values_round_trip_byte_exact(mutual: servers.RunningServer) -> None:
@@ -187,6 +199,7 @@ def test_verify_none_encrypts_without_checking(private_ca: CertificateAuthority)
             servers.proxy([[backend]], "--backend-tls", "--backend-tls-verify", "none",
                           "--backend-tls-cert", str(proxy_cert.cert), "--backend-tls-key",
                           str(proxy_cert.key)) as proxy:
+        wait_connected(proxy)
         client = client_of(proxy)
         assert client.set(b"k", b"v" * 1000, noreply=False)
         assert client.get(b"k") == b"v" * 1000
