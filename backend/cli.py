@@ -15,9 +15,12 @@ from memring.backend.replication.replicator import PEER_MAX_CONNECTIONS, Replica
 from memring.backend.server import BackendServer
 from memring.backend.settings import BackendSettings, load_settings
 from memring.backend.stats import MEMRING_VERSION
+from memring.cluster.auth_file import load_credentials, reload_credentials
+from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
+from memring.protocol.ascii_auth import Authenticator, AuthFileError
 
 log = logging.getLogger("memring.backend")
 
@@ -38,7 +41,7 @@ def identity(settings: BackendSettings, port: int) -> MemberIdentity:
         version=MEMRING_VERSION)
 
 
-async def run(settings: BackendSettings) -> None:
+async def run(settings: BackendSettings, auth: Authenticator | None = None) -> None:
     # the peer port's connections come on top of the client port's (their own limit)
     nonblocking.raise_fd_limit(settings.max_connections + PEER_MAX_CONNECTIONS + 64)
     async with AsyncExitStack() as stack:
@@ -47,12 +50,14 @@ async def run(settings: BackendSettings) -> None:
             # grpc only in cluster mode
             from memring.cluster.etcd_coordinator import EtcdCoordinator
 
-            coordinator = EtcdCoordinator(settings.etcd, settings.cluster)
+            coordinator = EtcdCoordinator(settings.etcd, settings.cluster,
+                                          security=settings.etcd_security)
             stack.push_async_callback(coordinator.aclose)
+            await coordinator.check_access()  # AccessDenied: exit 1 (main)
             # the identity needs the bound port; the member is built once the server listens
             member = ClusterMember(coordinator, MemberIdentity("", settings.shard, ""),
                                    lease_ttl=settings.lease_ttl)
-        server = BackendServer(settings, member)
+        server = BackendServer(settings, member, auth)
         replicator = None
         if member is not None and settings.replication != "off":
             replicator = Replicator(server.store, member, settings)
@@ -74,12 +79,22 @@ async def run(settings: BackendSettings) -> None:
                 await nursery.start(replicator.run)
             if member is not None:
                 member.identity = identity(settings, port)
+                if auth is not None:
+                    users = auth  # its first user asks the shard's members for `stats`
+                    member.stats_login = lambda: users.credentials.first()  # (reloaded too)
                 log.info("cluster mode: etcd %s, cluster %s, shard %s, node %s",
                          settings.etcd, settings.cluster, settings.shard,
                          member.identity.node_id)
                 await nursery.start(member.run)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                           signal.SIGHUP) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if auth is None:
+                            log.info("SIGHUP: nothing to reload (no --auth-file)")
+                        else:
+                            reload_credentials(auth, settings.auth_file)
+                        continue
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     if member is not None:
                         await member.leave()
@@ -98,7 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memring-backend: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    return run_server("memring-backend", run, settings)
+    auth = None
+    if settings.auth_file:
+        try:
+            auth = Authenticator(load_credentials(settings.auth_file))
+        except AuthFileError as exc:  # memcached will not start either
+            print(f"memring-backend: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return run_server("memring-backend", run, settings, auth)
+    except AccessDenied as exc:  # raised before any nursery: not in a group
+        print(f"memring-backend: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ import errno
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import trio
 
@@ -55,6 +56,7 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.node_stats import fetch_all
 from memring.protocol import write_refusals
+from memring.protocol.ascii_auth import Login
 from memring.protocol.replication import Position, parse_position
 from memring.protocol.write_refusals import not_leader_line, refusal_line
 
@@ -75,6 +77,10 @@ UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-reg
 LEASE_EXPIRED = refusal_line(write_refusals.LEASE_EXPIRED)
 
 
+def _no_login() -> Login | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class MemberIdentity:
     """Who this node is in the cluster, as published in its NodeRecord."""
@@ -85,6 +91,16 @@ class MemberIdentity:
     peer_address: str = ""
     weight: int = 1
     version: str = ""
+
+
+class LeaderPeer(NamedTuple):
+    """The shard's leader as a follower's view registers it: where to replicate from, and
+    the identity its WELCOME must prove (the leader key's node, lease and epoch)."""
+
+    address: str  # its peer address
+    epoch: int
+    node_id: str
+    lease_id: int
 
 
 class LeadershipListener(Protocol):
@@ -135,6 +151,9 @@ class ClusterMember:
         self._not_leader = not_leader_line(identity.shard)
         self._leases: list[int] = []  # every lease this process registered with, oldest first
         self._deposed_epoch = 0  # the epoch this node led before stepping down, until caught up
+        # with --auth-file: the user it asks the shard's other members for `stats` as (its
+        # own file's first; members of a cluster share the file)
+        self.stats_login: Callable[[], Login | None] = _no_login
 
     @property
     def leadership(self) -> Leadership | None:
@@ -153,8 +172,8 @@ class ClusterMember:
         if value is not None:
             listener.became_leader(value.epoch)
 
-    def leader_peer(self) -> tuple[str, int] | None:
-        """(peer address, epoch) of the shard's leader when another node leads, else None."""
+    def leader_peer(self) -> LeaderPeer | None:
+        """The shard's leader as the view registers it, when another node leads, else None."""
         view = self.view
         if self._leadership is not None or view is None:
             return None
@@ -165,7 +184,7 @@ class ClusterMember:
         node = view.nodes.get(leader.node_id)
         if node is None or not node.peer_address:
             return None
-        return node.peer_address, shard.epoch
+        return LeaderPeer(node.peer_address, shard.epoch, leader.node_id, leader.lease_id)
 
     # -- what the server asks -----------------------------------------------------------
 
@@ -509,7 +528,8 @@ class ClusterMember:
         others = {address: node_id for node_id, address in members.items()
                   if node_id != me and not shard.drained(node_id)}
         in_sync = {m.node_id for m in shard.isr.members} if shard.isr is not None else set()
-        for address, stats in (await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT)).items():
+        asked = await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT, self.stats_login())
+        for address, stats in asked.items():
             position = parse_position(stats.get("memring_repl_position", "")) if stats else None
             node = others[address]
             if position is None:

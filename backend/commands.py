@@ -20,6 +20,7 @@ from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
 from memring.protocol.requests import (
     Arithmetic,
+    Authenticated,
     CacheMemlimit,
     Delete,
     FlushAll,
@@ -132,6 +133,7 @@ class CommandHandler:
             MetaNoop: self.meta.noop,
             MetaDebug: self.meta.debug,
             ProtocolError: self.protocol_error,
+            Authenticated: self.authenticated,
         }
         self._unfenced = dict(self._handlers)
         self._wrap()
@@ -308,6 +310,9 @@ class CommandHandler:
 
     def quit(self, request: Quit, out: list[bytes]) -> None:
         raise CloseConnection
+
+    def authenticated(self, event: Authenticated, out: list[bytes]) -> None:
+        out.append(event.reply)
 
     def protocol_error(self, error: ProtocolError, out: list[bytes]) -> None:
         if error.drop_key is not None and self.fence is not None and self.fence.refusal():

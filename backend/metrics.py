@@ -124,6 +124,14 @@ class BackendCollector(Collector):
                                   value=c.idle_kicks)
         yield GaugeMetricFamily(f"{PREFIX}_max_connections", "Connection limit",
                                 value=report.settings.max_connections)
+        auth = report.auth
+        if auth is not None:  # --auth-file: memcached's auth_cmds, auth_errors
+            yield CounterMetricFamily(f"{PREFIX}_auth_checks_total",
+                                      "Authentication attempts checked (auth_cmds)",
+                                      value=auth.auth_cmds)
+            yield CounterMetricFamily(f"{PREFIX}_auth_failures_total",
+                                      "Authentication attempts refused (auth_errors)",
+                                      value=auth.auth_errors)
         yield CounterMetricFamily(f"{PREFIX}_read_bytes_total", "Bytes read from clients",
                                   value=c.bytes_read)
         yield CounterMetricFamily(f"{PREFIX}_written_bytes_total", "Bytes sent to clients",

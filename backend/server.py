@@ -29,6 +29,7 @@ from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
@@ -66,12 +67,14 @@ def _keys_of(event: object) -> Sequence[bytes]:
 
 
 class BackendServer:
-    def __init__(self, settings: BackendSettings, fence: WriteFence | None = None) -> None:
+    def __init__(self, settings: BackendSettings, fence: WriteFence | None = None,
+                 auth: Authenticator | None = None) -> None:
         self.settings = settings
+        self.auth = auth  # memcached's -Y: clients authenticate first (None: off)
         self.store = Store(memory_limit=settings.memory << 20,
                            max_item_size=settings.max_item_size)
         self.counters = ServerCounters()
-        self.stats = StatsReport(settings, self.store, self.counters)
+        self.stats = StatsReport(settings, self.store, self.counters, auth=auth)
         self.handler = CommandHandler(self.store, self.stats, fence)
         self.connections = ConnectionServer(self._converse, settings.max_connections,
                                             self.counters, idle_timeout=settings.idle_timeout)
@@ -102,14 +105,17 @@ class BackendServer:
                 self.store.reap()
 
     async def _converse(self, conn: Connection) -> None:
-        parser = RequestParser(max_line=self.settings.max_line,
-                               max_item_size=self.settings.max_item_size)
+        requests = RequestParser(max_line=self.settings.max_line,
+                                 max_item_size=self.settings.max_item_size)
+        # in front of the requests until the client authenticated (--auth-file)
+        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
         try:
             await self._serve_requests(conn, parser)
         finally:
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
-    async def _serve_requests(self, conn: Connection, parser: RequestParser) -> None:
+    async def _serve_requests(self, conn: Connection,
+                              parser: RequestParser | AuthenticatingParser) -> None:
         sock = conn.sock
         handle = self.handler.handle
         counters = self.counters

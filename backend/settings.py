@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from memring.cluster import etcd_security
+from memring.cluster.etcd_security import EtcdSecurity
 from memring.netio import logs
 from memring.netio.settings import Listening, SettingsError, split_address
 
@@ -40,7 +42,7 @@ class BackendSettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     # cluster mode (all unused without `etcd`)
-    etcd: str = ""                   # comma-separated http://HOST:PORT
+    etcd: str = ""                   # comma-separated http(s)://HOST:PORT
     cluster: str = "memring"
     shard: str = ""
     node_id: str = ""                # default: derived from the advertised address
@@ -52,10 +54,25 @@ class BackendSettings(Listening):
     replication_backlog: int = 64 << 20  # bytes of recent mutations a leader keeps
     max_lag_ms: int = 500            # a follower further behind leaves the ISR
     max_lag_bytes: int = 8 << 20     # ... or with more than this many bytes unacknowledged
+    # etcd security (cluster.etcd_security): TLS files and an etcd user
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password_file: str = ""
+    # authentication
+    auth_file: str = ""              # memcached's -Y: `user:password` lines ("" = off)
+    # peer authentication (issue 13): the cluster's shared secret for the replication link
+    peer_secret_file: str = ""       # "" = plain mode (one machine only)
+    peer_secret_optional: bool = False  # also accept peers that send no proof (migration)
 
     @property
     def clustered(self) -> bool:
         return bool(self.etcd)
+
+    @property
+    def etcd_security(self) -> EtcdSecurity:
+        return EtcdSecurity.of(self)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
     cluster = parser.add_argument_group("cluster mode (with --etcd)")
-    cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT; "
-                         "without it the backend runs standalone")
+    cluster.add_argument("--etcd", help="etcd URLs, comma-separated http://HOST:PORT (or all "
+                         "https://: see etcd security); without it the backend runs "
+                         "standalone")
     cluster.add_argument("--cluster", help="cluster name: the etcd prefix (default memring)")
     cluster.add_argument("--shard", help="id of the shard this node serves (required)")
     cluster.add_argument("--node-id", help="this node's id (default: from --advertise)")
@@ -106,10 +124,33 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--max-lag-bytes", type=int,
                          help="... or that has more than this many bytes unacknowledged "
                          "(default 8 MiB)")
+    authentication = parser.add_argument_group("authentication")
+    authentication.add_argument("--auth-file", metavar="FILE",
+                                help="memcached's -Y: clients must first send a `set` whose "
+                                "data is `user password` for a `user:password` line of FILE "
+                                "(at most 8 users; reloaded on SIGHUP; default: off)")
+    peer_auth = parser.add_argument_group("peer authentication")
+    peer_auth.add_argument("--peer-secret-file", metavar="FILE",
+                           help="the cluster's replication secret (at least 32 random bytes, "
+                           "the same file on every member, e.g. `openssl rand -hex 32`): "
+                           "leader and follower prove it to each other before any data "
+                           "moves; without it the peer link is unauthenticated (one machine "
+                           "only)")
+    peer_auth.add_argument("--peer-secret-optional", action="store_true", default=None,
+                           help="with --peer-secret-file, also accept peers that send no proof "
+                           "(they have no secret yet): only while moving a running cluster to "
+                           "a secret, one rolling restart; a wrong proof is still refused")
+    etcd_security.add_arguments(parser)
     return parser
 
 
 def _coerce(name: str, value: object, kind: type) -> object:
+    if kind is bool and isinstance(value, str):  # MEMRING_PEER_SECRET_OPTIONAL=1
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {value!r}")
     if kind is int and isinstance(value, str):
         try:
             return int(value)
@@ -180,7 +221,17 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
             raise SettingsError("--max-lag-ms and --max-lag-bytes must be positive")
     if settings.clustered:
         _check_cluster(settings)
+    if settings.peer_secret_file:
+        _check_peer_secret(settings)
+    elif settings.peer_secret_optional:
+        raise SettingsError("--peer-secret-optional needs --peer-secret-file")
     return settings
+
+
+def _check_peer_secret(settings: BackendSettings) -> None:
+    from memring.backend.replication.peer_auth import read_secret
+
+    read_secret(settings.peer_secret_file)  # SettingsError if missing or short
 
 
 def _check_cluster(settings: BackendSettings) -> None:
@@ -191,6 +242,10 @@ def _check_cluster(settings: BackendSettings) -> None:
         parse_endpoints(settings.etcd)
     except ValueError as exc:
         raise SettingsError(f"--etcd: {exc}") from None
+    try:
+        settings.etcd_security.check(settings.etcd)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     if not settings.shard:
         raise SettingsError("--shard ID is required with --etcd")
     for address, listen in ((settings.advertise, False), (settings.peer_listen, True),

@@ -10,6 +10,7 @@ from collections import Counter
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
 from memring.netio.connection_server import ConnectionCounters
+from memring.protocol.ascii_auth import Authenticator
 from memring.protocol.sizes import SLAB_CHUNK_SIZES, slab_class
 
 MEMRING_VERSION = "0.1.0"
@@ -26,8 +27,9 @@ class ServerCounters(ConnectionCounters):
 
 class StatsReport:
     def __init__(self, settings: BackendSettings, store: Store, counters: ServerCounters,
-                 port: int = 0) -> None:
+                 port: int = 0, auth: Authenticator | None = None) -> None:
         self.settings = settings
+        self.auth = auth
         self.store = store
         self.counters = counters
         self.port = port
@@ -44,6 +46,8 @@ class StatsReport:
             self.counters.rejected_connections = 0
             self.counters.idle_kicks = 0
             self.counters.bytes_read = self.counters.bytes_written = 0
+            if self.auth is not None:
+                self.auth.reset()
             return b"RESET\r\n"
         if sub == b"settings":
             return self._lines(self.settings_stats())
@@ -112,8 +116,8 @@ class StatsReport:
             ("touch_misses", s.touch_misses),
             ("store_too_large", s.store_too_large),
             ("store_no_memory", s.store_no_memory),
-            ("auth_cmds", 0),
-            ("auth_errors", 0),
+            ("auth_cmds", self.auth.auth_cmds if self.auth is not None else 0),
+            ("auth_errors", self.auth.auth_errors if self.auth is not None else 0),
             *([("idle_kicks", c.idle_kicks)] if self.settings.idle_timeout else []),  # as 1.6
             ("bytes_read", c.bytes_read),
             ("bytes_written", c.bytes_written),
@@ -146,6 +150,8 @@ class StatsReport:
             ("detail_enabled", "yes" if self.detail else "no"),
             ("cas_enabled", "yes"),
             ("binding_protocol", "ascii"),
+            ("auth_enabled_sasl", "no"),
+            ("auth_enabled_ascii", self.settings.auth_file or "no"),  # memcached: the path
             ("item_size_max", self.settings.max_item_size),
             ("flush_enabled", "yes"),
             ("idle_timeout", f"{self.settings.idle_timeout:g}"),

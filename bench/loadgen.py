@@ -71,6 +71,7 @@ class LoadSpec:
     tls_ca: str = ""    # TLS to the server, verified against this CA ("" = plain TCP)
     tls_cert: str = ""  # the load's client certificate, for servers that require one
     tls_key: str = ""
+    auth: bytes = b""  # memcached's ASCII auth set, sent first on every connection ("": none)
 
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls_ca:
@@ -178,11 +179,27 @@ def connect(host: str, port: int, spec: LoadSpec, timeout: float) -> socket.sock
         raise
 
 
+def authenticate(s: socket.socket, spec: LoadSpec) -> None:
+    """Send the spec's auth set on a new blocking connection; it must be answered STORED."""
+    if not spec.auth:
+        return
+    s.sendall(spec.auth)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        reply += chunk
+    if reply != STORED:
+        raise OSError(f"authentication refused: {reply[:100]!r}")
+
+
 def preload(host: str, port: int, spec: LoadSpec, timeout: float = 30.0) -> None:
     """Set every key once, pipelined in batches, so the measured gets hit."""
     val = value(spec.value_size)
     try:
         with connect(host, port, spec, timeout) as s:
+            authenticate(s, spec)
             for first in range(0, spec.keys, PRELOAD_BATCH):
                 last = min(spec.keys, first + PRELOAD_BATCH)
                 s.sendall(b"".join(
@@ -254,6 +271,7 @@ def _worker(index: int, host: str, port: int, nconns: int, spec: LoadSpec,
         for _ in range(nconns):
             s = connect(host, port, spec, 10)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            authenticate(s, spec)
             s.setblocking(False)
             socks.append(s)
     except OSError as e:

@@ -11,6 +11,7 @@ mode in turn (alternating the order); the table shows medians and each mode / as
 
     .venv/bin/python bench/replication_cost.py                       # 90% get, then 100% set
     .venv/bin/python bench/replication_cost.py --rounds 3 --duration 10 --json ''
+    .venv/bin/python bench/replication_cost.py --peer-secret --json ''  # authenticated links
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,12 +70,19 @@ def shard(mode: str, args: argparse.Namespace) -> Iterator[int]:
             raise BenchError(f"etcd: {e}") from e
         stack.callback(etcd.stop)
         ports = []
+        secret: list[str] = []
+        if args.peer_secret:  # authenticated peer links (issue 13)
+            from memring.cluster.launcher import write_peer_secret
+
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            write_peer_secret(workdir / "peer-secret")
+            secret = ["--peer-secret-file", str(workdir / "peer-secret")]
         for r in range(args.replicas):
             port = free_port()
             argv = [*pin, args.python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
                     "--memory", str(args.memory), "--etcd", etcd.url, "--cluster", "cost",
                     "--shard", "s1", "--node-id", f"r{r + 1}", "--replication", mode,
-                    "--peer-listen", f"{HOST}:{free_port()}"]
+                    "--peer-listen", f"{HOST}:{free_port()}", *secret]
             stack.enter_context(spawned(f"r{r + 1}", argv, port, ask_version, "`version`"))
             ports.append(port)
         deadline = time.monotonic() + READY_TIMEOUT
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--peer-secret", action="store_true",
+                        help="authenticate the peer links (a new --peer-secret-file)")
     parser.add_argument("--json", default=str(REPO / "docs" / "bench" / "replication-cost.json"),
                         help="where to write the figures ('' for nowhere; %(default)s)")
     args = parser.parse_args(argv)

@@ -1,8 +1,10 @@
 """`memring`: run a local cluster (`up`), look at one (`status`), change its topology and config.
 
 Without `--etcd`, a command uses the etcd that `memring up` recorded in its state file for the
-cluster (cluster.launcher.state_path), else $MEMRING_ETCD, else http://127.0.0.1:2379. Exit
-codes: 0 ok, 1 runtime failure (or `status` with a shard that has no leader), 2 bad usage.
+cluster (cluster.launcher.state_path), else $MEMRING_ETCD, else http://127.0.0.1:2379. The
+"etcd security" flags (cluster.etcd_security) come from the command line, else $MEMRING_ETCD_*,
+else the state file when the etcd URL came from it. Exit codes: 0 ok, 1 runtime failure
+(`status` with a shard that has no leader, etcd refusing our credentials), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 import trio
 
+from memring.cluster import etcd_security
+from memring.cluster.auth_file import load_credentials
 from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
@@ -26,10 +30,12 @@ from memring.cluster.coordinator import (
     ShardExists,
     ShardRecord,
 )
+from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import plan_from_file, plan_from_flags, read_state, up
 from memring.cluster.node_stats import fetch_all
 from memring.cluster.status import addresses, healthy, render_table, status_doc, with_rates
 from memring.netio import logs
+from memring.protocol.ascii_auth import AuthFileError, Login
 
 DEFAULT_ETCD = "http://127.0.0.1:2379"
 WATCH_INTERVAL = 1.0
@@ -53,11 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=logs.FORMATS,
                         help="logfmt (default) or json: one line per event")
     commands = parser.add_subparsers(dest="command", required=True)
+    clustered: list[argparse.ArgumentParser] = []
 
     def with_cluster(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--etcd", help="etcd URLs, http://HOST:PORT[,...] (default: the one "
-                                      "`memring up` recorded, else " + DEFAULT_ETCD + ")")
+        p.add_argument("--etcd", help="etcd URLs, http://HOST:PORT[,...] or all https:// "
+                                      "(default: the one `memring up` recorded, else "
+                                      + DEFAULT_ETCD + ")")
         p.add_argument("--cluster", help="cluster name (default memring)")
+        clustered.append(p)
         return p
 
     run = with_cluster(commands.add_parser(
@@ -69,11 +78,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", action="store_true",
                      help="serve Prometheus /metrics from every backend and proxy (free ports, "
                      "printed at start)")
+    run_auth = run.add_argument_group("authentication")
+    run_auth.add_argument("--auth-file", metavar="FILE",
+                          help="memcached's ASCII auth on every backend and proxy (their "
+                          "--auth-file); the proxies authenticate to the backends as FILE's "
+                          "first user, and `memring status` finds the file in the state file")
+    secret = run.add_mutually_exclusive_group()
+    secret.add_argument("--peer-secret-file", metavar="FILE",
+                        help="the backends' replication secret (default: a new random one in "
+                        "the run directory, mode 0600)")
+    secret.add_argument("--no-peer-secret", action="store_true",
+                        help="replicate without authentication (one machine only)")
 
     status = with_cluster(commands.add_parser(
         "status", help="shards, leaders, epochs, ISR; exit 1 when a shard has no leader"))
     status.add_argument("--json", action="store_true", help="print JSON once, for scripts")
     status.add_argument("--watch", action="store_true", help="refresh every second")
+    authentication = status.add_argument_group("authentication")
+    authentication.add_argument(
+        "--auth-file", default=os.environ.get("MEMRING_AUTH_FILE"), metavar="FILE",
+        help="the nodes' --auth-file (or MEMRING_AUTH_FILE; default: the one `memring up` "
+        "recorded): its first user asks them for `stats`")
 
     shard = commands.add_parser("shard", help="list, add or remove shards")
     shard_commands = shard.add_subparsers(dest="shard_command", required=True)
@@ -115,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     put = with_cluster(config_commands.add_parser("set", help="change one setting"))
     put.add_argument("key")
     put.add_argument("value")
+    for p in clustered:  # last among each command's flags
+        etcd_security.add_arguments(p)
     return parser
 
 
@@ -122,20 +149,30 @@ def _cluster(args: argparse.Namespace) -> str:
     return str(args.cluster or os.environ.get("MEMRING_CLUSTER") or "memring")
 
 
-def _etcd(args: argparse.Namespace) -> str:
+def _etcd_and_security(args: argparse.Namespace) -> tuple[str, EtcdSecurity]:
+    """The etcd URLs and how to reach them: each option from its flag, else $MEMRING_ETCD_*,
+    else the state file `memring up` wrote (only with the URL it recorded)."""
+    recorded: dict[str, Any] = {}
     if args.etcd:
-        return str(args.etcd)
-    state = read_state(_cluster(args))
-    if state and isinstance(state.get("etcd"), str):
-        return str(state["etcd"])
-    return os.environ.get("MEMRING_ETCD") or DEFAULT_ETCD
+        url = str(args.etcd)
+    else:
+        state = read_state(_cluster(args))
+        if state and isinstance(state.get("etcd"), str):
+            url = str(state["etcd"])
+            recorded = state.get("etcd_security") or {}
+        else:
+            url = os.environ.get("MEMRING_ETCD") or DEFAULT_ETCD
+    values = [str(getattr(args, name, None) or os.environ.get("MEMRING_" + name.upper())
+                  or recorded.get(name) or "") for name in etcd_security.FIELDS]
+    return url, EtcdSecurity(*values)
 
 
 def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]) -> int:
     from memring.cluster.etcd_coordinator import EtcdCoordinator
 
     async def run() -> int:
-        async with EtcdCoordinator.connect(_etcd(args), _cluster(args)) as etcd:
+        url, security = _etcd_and_security(args)
+        async with EtcdCoordinator.connect(url, _cluster(args), security=security) as etcd:
             return await action(etcd)
 
     try:
@@ -147,14 +184,21 @@ def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]
         return 1
 
 
-async def _status_doc(etcd: Any) -> dict[str, Any]:
+async def _status_doc(etcd: Any, login: Login | None = None) -> dict[str, Any]:
     view = await etcd.snapshot()
-    return status_doc(view, await fetch_all(addresses(view)))
+    return status_doc(view, await fetch_all(addresses(view), login=login))
 
 
 def _status(args: argparse.Namespace) -> int:
+    state = read_state(_cluster(args)) if not (args.auth_file or args.etcd) else None
+    auth_file = args.auth_file or (state or {}).get("auth_file")
+    try:
+        login = load_credentials(str(auth_file)).first() if auth_file else None
+    except AuthFileError as exc:
+        raise UsageError(str(exc)) from None
+
     async def once(etcd: Any) -> int:
-        doc = await _status_doc(etcd)
+        doc = await _status_doc(etcd, login)
         print(json.dumps(doc, indent=2) if args.json else render_table(doc), flush=True)
         return 0 if healthy(doc) else 1
 
@@ -165,7 +209,7 @@ def _status(args: argparse.Namespace) -> int:
         while True:  # bounded by Ctrl-C
             try:
                 now = trio.current_time()
-                doc = with_rates(await _status_doc(etcd), previous, now - taken)
+                doc = with_rates(await _status_doc(etcd, login), previous, now - taken)
                 previous, taken = doc, now
             except CoordinatorError as exc:
                 print(f"memring: etcd: {exc}", file=sys.stderr, flush=True)
@@ -380,7 +424,27 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: expected 1-65535")
-    return up(plan, args.port, args.etcd, metrics=args.metrics)
+    security = EtcdSecurity()
+    if args.etcd:  # the given etcd's TLS files and user go to every backend and proxy
+        security = _etcd_and_security(args)[1]
+        try:
+            security.check(args.etcd)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif any(getattr(args, name) for name in etcd_security.FIELDS):
+        raise UsageError("the etcd security flags describe a given etcd: they need --etcd "
+                         "URLS (without it, `memring up` starts an etcd of its own)")
+    if args.auth_file:
+        try:
+            load_credentials(args.auth_file)
+        except AuthFileError as exc:
+            raise UsageError(str(exc)) from None
+    secret = "" if args.no_peer_secret else args.peer_secret_file
+    if secret and not os.path.isfile(secret):
+        raise UsageError(f"--peer-secret-file {secret}: no such file")
+    return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security,
+              auth_file=os.path.abspath(args.auth_file) if args.auth_file else "",
+              peer_secret_file=secret)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

@@ -86,6 +86,7 @@ from memring.cluster.records import (
 )
 
 log = logging.getLogger("memring.cluster")
+ACCESS_RETRY = 5.0  # seconds before following again after the store refused us
 
 
 class CoordinatorError(Exception):
@@ -94,6 +95,11 @@ class CoordinatorError(Exception):
 
 class CoordinatorUnavailable(CoordinatorError):
     """The store did not answer within the call's timeout (or refused the connection)."""
+
+
+class AccessDenied(CoordinatorError):
+    """The store refused our TLS handshake, credentials or permissions: retrying cannot
+    help; the message names the setting to fix."""
 
 
 class LeaseNotFound(CoordinatorError):
@@ -611,4 +617,10 @@ class Coordinator(abc.ABC):
                 except (CoordinatorUnavailable, WatchCompacted) as exc:
                     log.warning("following the cluster: %s; retrying in %gs", exc,
                                 retry_interval)
+                except AccessDenied as exc:
+                    # the last view stands, as in an outage: a proxy keeps routing while an
+                    # operator fixes the credentials or the role
+                    log.error("following the cluster: %s; retrying in %gs", exc,
+                              ACCESS_RETRY)
+                    await trio.sleep(ACCESS_RETRY)
                 await trio.sleep(retry_interval)

@@ -19,6 +19,19 @@ without this a paused etcd leader froze every watcher's view for as long as it w
 (measured: a dead memring leader replaced after 7.3 s, when the etcd member resumed, instead of
 within a second).
 
+Security (cluster.etcd_security holds the options). `https://` endpoints get a TLS channel
+with the given CA and client certificate; a mix of http and https is refused. With a user, the
+coordinator calls Auth.Authenticate before its first call and sends the token as the "token"
+metadata of every call, keepalive and watch. etcd 3.4's simple tokens live in the members'
+memory: they die after `--auth-token-ttl` seconds unused and with a restart. A call refused
+for its token ("invalid auth token", or "revision of auth store is old" when users or roles
+changed while it was on its way) is sent again once with a new token, which is safe for a
+write: etcd refused it before applying it. A watch whose creation is refused (etcd 3.4 cancels
+it saying "invalid auth token" or "permission denied") is created once more after a new
+token. What then still fails, a wrong password, a missing permission, a rejected certificate,
+is `AccessDenied`, naming the setting to fix; it is never taken for an outage
+(`CoordinatorUnavailable`), which callers retry forever.
+
 gRPC's fork support is turned off before grpc is imported. A process holding this client also
 spawns processes (`memring up`, the benchmarks), and `subprocess.Popen` with a `preexec_fn`
 forks rather than vforks, which runs gRPC's fork handlers: in the child they restart the event
@@ -33,6 +46,7 @@ aborted and none hung. Every child memring forks execs at once: nothing needs gR
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import threading
@@ -51,6 +65,7 @@ from etcd3 import etcdrpc  # type: ignore[import-untyped]
 from etcd3.etcdrpc import kv_pb2  # type: ignore[import-untyped]
 
 from memring.cluster.coordinator import (
+    AccessDenied,
     Coordinator,
     CoordinatorError,
     CoordinatorUnavailable,
@@ -59,6 +74,7 @@ from memring.cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
+from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
     Compare,
     Delete,
@@ -72,6 +88,11 @@ from memring.cluster.keyspace import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("memring.cluster")
+# After etcd refused our password, the same refusal is raised without asking again for this
+# long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
+# proxy retries its session and watch.
+AUTH_REFUSAL_KEPT = 5.0
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -88,19 +109,57 @@ _CHANNEL_OPTIONS = [
 
 
 def parse_endpoints(urls: str | Sequence[str]) -> list[str]:
-    """"http://h:p,http://h2:p2" (or a list; bare "h:p" too) -> ["h:p", "h2:p2"]."""
+    """"http://h:p,http://h2:p2" (or a list; bare "h:p" too, meaning http; or every one
+    https://) -> ["h:p", "h2:p2"]. A mix of http and https is a ValueError."""
     items = urls.split(",") if isinstance(urls, str) else list(urls)
     endpoints = []
     for item in (i.strip() for i in items):
         if not item:
             continue
         parts = urlsplit(item if "://" in item else f"http://{item}")
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise ValueError(f"bad etcd URL {item!r}: expected http://HOST:PORT")
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+            raise ValueError(f"bad etcd URL {item!r}: expected http://HOST:PORT "
+                             "or https://HOST:PORT")
         endpoints.append(f"{parts.hostname}:{parts.port}")
     if not endpoints:
         raise ValueError("no etcd URL given: expected http://HOST:PORT[,...]")
+    url_scheme(urls)  # one scheme for all
     return endpoints
+
+
+def _read_file(flag: str, path: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: {exc.strerror}") from None
+
+
+def _channel(endpoint: str, scheme: str, security: EtcdSecurity) -> grpc.Channel:
+    if scheme == "http":
+        return grpc.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_file("--etcd-ca", security.ca),
+        private_key=_read_file("--etcd-key", security.key),
+        certificate_chain=_read_file("--etcd-cert", security.cert))
+    return grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
+
+
+def _details(exc: grpc.RpcError) -> tuple[Any, str]:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return code, details or ""
+
+
+# etcd's rpctypes errors this client acts on (etcd 3.4 api/v3rpc/rpctypes/error.go)
+_INVALID_TOKEN = "invalid auth token"
+_OLD_AUTH_REVISION = "revision of auth store is old"
+_AUTH_FAILED = "authentication failed"
+_PERMISSION_DENIED = "permission denied"
+_USER_EMPTY = "user name is empty"
+_AUTH_NOT_ENABLED = "authentication is not enabled"
 
 
 def _entry(kv: Any) -> Entry:
@@ -130,15 +189,41 @@ def _compare(c: Compare) -> Any:
     return msg
 
 
+def _keepalive_once(stub: Any, request: Any, timeout: float, metadata: Any) -> float:
+    """One keepalive on its own stream: the TTL etcd granted (0: the lease is gone)."""
+    call = stub.LeaseKeepAlive(iter([request]), timeout=timeout, metadata=metadata)
+    try:
+        for response in call:
+            return float(response.TTL)
+        return 0.0
+    finally:
+        call.cancel()
+
+
+class _WatchRefused(AccessDenied):
+    """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
+    token, which it reports the same way)."""
+
+
 class EtcdCoordinator(Coordinator):
     """The Coordinator over etcd. Build with `connect()`; close with `aclose()`."""
 
     def __init__(self, urls: str | Sequence[str], cluster: str = "memring", *,
-                 call_timeout: float = 1.0, root: str = "/memring") -> None:
+                 call_timeout: float = 1.0, root: str = "/memring",
+                 security: EtcdSecurity | None = None) -> None:
         super().__init__(cluster, call_timeout=call_timeout, root=root)
         self.endpoints = parse_endpoints(urls)
-        self._channels = [grpc.insecure_channel(ep, options=_CHANNEL_OPTIONS)
-                          for ep in self.endpoints]
+        self.security = security or EtcdSecurity()
+        self.scheme = self.security.check(urls)
+        if self.security.user and self.scheme == "http":
+            log.warning("etcd user %s authenticates over plain http: its password and "
+                        "token cross the network in clear (use https:// URLs)",
+                        self.security.user)
+        self._channels = [_channel(ep, self.scheme, self.security) for ep in self.endpoints]
+        self._token = ""
+        self._token_generation = 0  # counts tokens obtained (`authentications`)
+        self._token_lock = trio.Lock()
+        self._auth_refused: tuple[float, AccessDenied] | None = None  # (when, what)
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
@@ -147,16 +232,39 @@ class EtcdCoordinator(Coordinator):
     @classmethod
     @asynccontextmanager
     async def connect(cls, urls: str | Sequence[str], cluster: str = "memring", *,
-                      call_timeout: float = 1.0, probe: bool = True
+                      call_timeout: float = 1.0, probe: bool = True,
+                      security: EtcdSecurity | None = None
                       ) -> AsyncIterator[EtcdCoordinator]:
-        """A coordinator for the block; with `probe`, fail at once if etcd does not answer."""
-        self = cls(urls, cluster, call_timeout=call_timeout)
+        """A coordinator for the block; with `probe`, fail at once if etcd does not answer
+        or refuses us (`AccessDenied`)."""
+        self = cls(urls, cluster, call_timeout=call_timeout, security=security)
         try:
             if probe:
-                await self._read(self.keyspace.config())
+                await self.probe()
             yield self
         finally:
             await self.aclose()
+
+    async def probe(self) -> None:
+        """Authenticate (with a user) and read the config key: raises CoordinatorUnavailable
+        when etcd does not answer, AccessDenied when it refuses us."""
+        await self._read(self.keyspace.config())
+
+    async def check_access(self) -> None:
+        """For a server starting: with TLS files or a user, probe once, so that a wrong
+        setting (AccessDenied) stops it at once; an etcd not answering yet is only logged
+        (the server retries, as without security)."""
+        if self.security == EtcdSecurity():
+            return
+        try:
+            await self.probe()
+        except CoordinatorUnavailable as exc:
+            log.warning("cannot check the etcd credentials yet: %s", exc)
+
+    @property
+    def authentications(self) -> int:
+        """Tokens obtained so far (the first, then one per renewal)."""
+        return self._token_generation
 
     @property
     def endpoint_count(self) -> int:
@@ -164,7 +272,81 @@ class EtcdCoordinator(Coordinator):
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoints[self._current]}"
+        return self._url(self._current)
+
+    def _url(self, index: int) -> str:
+        return f"{self.scheme}://{self.endpoints[index]}"
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return (("token", self._token),) if self._token else None
+
+    def _stale_token(self, code: Any, details: str) -> bool:
+        """etcd refused the token we sent (not our user): a new one may pass."""
+        return bool(self._token) and (
+            (code == grpc.StatusCode.UNAUTHENTICATED and _INVALID_TOKEN in details)
+            or (code == grpc.StatusCode.INVALID_ARGUMENT and _OLD_AUTH_REVISION in details))
+
+    async def _renew_token(self, generation: int) -> None:
+        """A new token, unless another task got one since `generation` was current."""
+        async with self._token_lock:
+            if self._token_generation != generation:
+                return
+            if self._auth_refused is not None:
+                when, refusal = self._auth_refused
+                if time.monotonic() - when < AUTH_REFUSAL_KEPT:
+                    raise AccessDenied(str(refusal))
+            try:
+                password = self.security.password()
+            except ValueError as exc:  # the file went away or was emptied since the start
+                raise AccessDenied(str(exc)) from None
+            request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
+            try:
+                response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
+                                             idempotent=True, authenticated=False)
+            except AccessDenied as exc:
+                self._auth_refused = (time.monotonic(), exc)
+                raise
+            self._auth_refused = None
+            self._token = str(response.token)
+            self._token_generation += 1
+
+    def _refusal(self, url: str, code: Any, details: str) -> AccessDenied | None:
+        """The AccessDenied for an error that retrying cannot cure, naming what to fix."""
+        user = self.security.user
+        docs = "docs/operations.md, 'etcd security'"
+        # an SSL protocol error, not a handshake cut short ("Handshake read failed (Endpoint
+        # closing)" is a member going down: an outage, retried)
+        if code == grpc.StatusCode.UNAVAILABLE and "SSL_ERROR_SSL" in details:
+            return AccessDenied(
+                f"TLS handshake with etcd at {url} failed ({details}): check --etcd-ca (the "
+                "CA that signed etcd's certificate) and, if etcd runs with "
+                "--client-cert-auth, --etcd-cert and --etcd-key")
+        if code == grpc.StatusCode.UNAVAILABLE and "TSI_DATA_CORRUPTED" in details:
+            # what gRPC reports when etcd's --client-cert-auth rejects our certificate or
+            # its absence (the TLS alert itself only reaches gRPC's own log)
+            return AccessDenied(
+                f"etcd at {url} rejected our TLS client certificate ({details}): give one "
+                "signed by the CA etcd trusts with --etcd-cert and --etcd-key")
+        if _AUTH_FAILED in details:
+            return AccessDenied(
+                f"etcd at {url} refused user {user!r}: wrong user name or password; check "
+                f"--etcd-user and the first line of --etcd-password-file "
+                f"{self.security.password_file}")
+        if _AUTH_NOT_ENABLED in details:
+            return AccessDenied(
+                f"etcd at {url} has authentication disabled, yet --etcd-user {user} was "
+                f"given: enable it ({docs}) or leave out --etcd-user")
+        if _USER_EMPTY in details or (_PERMISSION_DENIED in details and not user):
+            as_cn = (" (etcd took our client certificate's common name for a user name)"
+                     if self.security.cert else "")
+            return AccessDenied(
+                f"etcd at {url} has authentication enabled and we gave no user{as_cn}: pass "
+                f"--etcd-user and --etcd-password-file ({details})")
+        if _PERMISSION_DENIED in details or _INVALID_TOKEN in details:
+            return AccessDenied(
+                f"etcd at {url} denied user {user!r} access to {self.keyspace.prefix} "
+                f"({details}): grant its role readwrite on that prefix ({docs})")
+        return None
 
     def _stub(self, kind: Callable[[Any], T]) -> tuple[int, T]:
         if self._closed:
@@ -191,14 +373,20 @@ class EtcdCoordinator(Coordinator):
                fail_over: bool = True) -> CoordinatorError:
         """The CoordinatorError for a failed call on endpoint `index`; an unavailable endpoint
         is failed over from (`fail_over=False` from a thread: the caller does it in trio)."""
-        code = exc.code() if hasattr(exc, "code") else None
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        url = f"http://{self.endpoints[index]}"
+        code, details = _details(exc)
+        url = self._url(index)
+        refusal = self._refusal(url, code, details)
+        if refusal is not None:
+            return refusal
         if code in _UNAVAILABLE or (code == grpc.StatusCode.UNKNOWN
                                     and "deadline exceeded" in (details or "")):
             if fail_over:
                 self._fail_over(index)
             what = "refused" if code == grpc.StatusCode.UNAVAILABLE else "did not answer"
+            if self.scheme == "http" and "Socket closed" in details:
+                what += " (an etcd serving https:// closes plain connections so)"
+            elif self.scheme == "https" and "Handshake read failed" in details:
+                what += " (so does an etcd serving plain http://, and one going down)"
             return CoordinatorUnavailable(
                 f"etcd at {url} {what} within {timeout:g}s ({details}); is etcd running there? "
                 "start it (`memring up` spawns one; Debian: etcd-server) or pass --etcd URLS")
@@ -207,23 +395,34 @@ class EtcdCoordinator(Coordinator):
         return CoordinatorError(f"etcd at {url}: {code}: {details}")
 
     async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
-                     timeout: float | None = None, *, idempotent: bool = False) -> Any:
+                     timeout: float | None = None, *, idempotent: bool = False,
+                     authenticated: bool = True) -> Any:
         """One call on the current endpoint. An unavailable endpoint makes the next one
         current; an `idempotent` call (a read) is then tried there too, each endpoint once,
-        so one member down is not a failure (a write is not: it may have been applied)."""
+        so one member down is not a failure (a write is not: it may have been applied).
+        `authenticated`: with the token (got first if we have none; renewed once if etcd
+        calls it stale)."""
         limit = self.call_timeout if timeout is None else timeout
         attempts = len(self.endpoints) if idempotent else 1
-        for attempt in range(attempts):
+        renewed = not (authenticated and self.security.user)
+        if not renewed and not self._token:
+            await self._renew_token(self._token_generation)
+        while True:
+            generation = self._token_generation
             index, stub = self._stub(kind)
-            call = getattr(stub, method)
+            call = functools.partial(getattr(stub, method), request, timeout=limit,
+                                     metadata=self._metadata() if authenticated else None)
             try:
-                return await trio.to_thread.run_sync(
-                    functools.partial(call, request, timeout=limit), abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
             except grpc.RpcError as exc:
+                if not renewed and self._stale_token(*_details(exc)):
+                    renewed = True
+                    await self._renew_token(generation)
+                    continue
                 error = self._error(index, exc, limit)
-                if not isinstance(error, CoordinatorUnavailable) or attempt == attempts - 1:
+                attempts -= 1
+                if not isinstance(error, CoordinatorUnavailable) or attempts <= 0:
                     raise error from None
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # primitives -----------------------------------------------------------------------
 
@@ -251,22 +450,22 @@ class EtcdCoordinator(Coordinator):
         return int(response.ID), float(response.TTL)
 
     async def _keepalive(self, lease_id: int, *, timeout: float) -> float:
-        index, stub = self._stub(etcdrpc.LeaseStub)
         request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
-
-        def renew_once() -> float:
-            call = stub.LeaseKeepAlive(iter([request]), timeout=timeout)
+        renewed = not self.security.user
+        if not renewed and not self._token:
+            await self._renew_token(self._token_generation)
+        while True:
+            generation = self._token_generation
+            index, stub = self._stub(etcdrpc.LeaseStub)
+            renew = functools.partial(_keepalive_once, stub, request, timeout, self._metadata())
             try:
-                for response in call:
-                    return float(response.TTL)
-                return 0.0
-            finally:
-                call.cancel()
-
-        try:
-            return await trio.to_thread.run_sync(renew_once, abandon_on_cancel=True)
-        except grpc.RpcError as exc:
-            raise self._error(index, exc, timeout) from None
+                return await trio.to_thread.run_sync(renew, abandon_on_cancel=True)
+            except grpc.RpcError as exc:
+                if not renewed and self._stale_token(*_details(exc)):
+                    renewed = True
+                    await self._renew_token(generation)
+                    continue
+                raise self._error(index, exc, timeout) from None
 
     async def revoke(self, lease_id: int) -> bool:
         try:
@@ -278,8 +477,31 @@ class EtcdCoordinator(Coordinator):
 
     @asynccontextmanager
     async def _watch_raw(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """A watch whose creation etcd refused for our token is created again, once, after a
+        new token; refused again, it is AccessDenied."""
+        if self.security.user and not self._token:
+            await self._renew_token(self._token_generation)
+        generation = self._token_generation
+        yielded = False
+        try:
+            async with self._watch_once(prefix, from_revision) as stream:
+                yielded = True
+                yield stream
+                return
+        except _WatchRefused:
+            if yielded or not self.security.user:
+                raise
+        await self._renew_token(generation)
+        try:
+            async with self._watch_once(prefix, from_revision) as stream:
+                yield stream
+        except _WatchRefused as exc:
+            raise AccessDenied(str(exc)) from None
+
+    @asynccontextmanager
+    async def _watch_once(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
         index, stub = self._stub(etcdrpc.WatchStub)
-        url = f"http://{self.endpoints[index]}"
+        url = self._url(index)
         raw = prefix.encode()
         create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
             key=raw, range_end=prefix_end(raw), start_revision=from_revision))
@@ -293,7 +515,7 @@ class EtcdCoordinator(Coordinator):
         stream = WatchStream(receive)
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
-        call = stub.Watch(requests())
+        call = stub.Watch(requests(), metadata=self._metadata())
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -309,6 +531,11 @@ class EtcdCoordinator(Coordinator):
                         return WatchCompacted(f"etcd at {url}: revision {from_revision} "
                                               f"was compacted (now {rs.compact_revision})")
                     if rs.canceled:
+                        if (_PERMISSION_DENIED in rs.cancel_reason
+                                or _INVALID_TOKEN in rs.cancel_reason):
+                            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED,
+                                                    rs.cancel_reason)
+                            return _WatchRefused(str(refusal))
                         return CoordinatorError(f"etcd at {url} cancelled the watch: "
                                                 f"{rs.cancel_reason}")
                     if rs.created:
@@ -323,6 +550,8 @@ class EtcdCoordinator(Coordinator):
             except grpc.RpcError as exc:
                 if closing.is_set():
                     return None
+                if self._stale_token(*_details(exc)):
+                    return _WatchRefused(f"etcd at {url} refused our token: {exc.details()}")
                 return self._error(index, exc, self.call_timeout, fail_over=False)
 
         async def run_pump() -> None:
@@ -341,7 +570,7 @@ class EtcdCoordinator(Coordinator):
             await self._until_moved_from(index)
             stream.error = CoordinatorUnavailable(
                 f"etcd at {url} stopped answering other calls: "
-                f"moving the watch to http://{self.endpoints[self._current]}")
+                f"moving the watch to {self.url}")
             closing.set()
             call.cancel()
 

@@ -9,18 +9,31 @@ process; a SIGSTOPped member (`pause()`) is resumed first so that it can exit cl
 etcd 3.4's smallest lease TTL is 1.5 x its election timeout (1 s by default, so TTLs round up
 to 2 s); `fast_elections=True` uses a 50 ms heartbeat and 250 ms election timeout so a 1 s TTL
 is honoured.
+
+Secured members (`ca=` a CertificateAuthority): each member gets a certificate of its own
+(common name `etcd-<name>-<port>`, never an etcd user's name: with `--client-cert-auth` etcd
+takes a client certificate's common name as the user when a request carries no token, and
+its gRPC gateway presents the member's own certificate), serves clients and peers over TLS
+only and demands a client certificate from both. `enable_auth()` then adds the root user and
+a user and role whose read-write permission covers given key prefixes (a cluster's, see
+cluster.keyspace), and turns authentication on, through etcd's JSON gateway to the Auth API
+(no etcdctl needed: Debian's etcd-server does not ship it). Passwords are random and written
+to 0600 files.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -30,6 +43,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from memring.cluster.certificates import CertificateAuthority, Credential
+from memring.cluster.keyspace import prefix_end
 
 HOST = "127.0.0.1"
 # etcd 3.4 refuses to start on architectures it does not support officially unless told to.
@@ -43,6 +60,10 @@ class EtcdNotFound(RuntimeError):
 
 class EtcdStartError(RuntimeError):
     """etcd exited or did not become healthy in time."""
+
+
+class EtcdAdminError(RuntimeError):
+    """etcd refused a call of `enable_auth()` or `grant_prefix()` (the message is etcd's)."""
 
 
 _handed_out: set[int] = set()
@@ -108,10 +129,19 @@ class EtcdProcess:
     paused: bool = field(default=False)
     process_group: int | None = None
     preexec_fn: Callable[[], object] | None = None
+    tls: Credential | None = None  # the member's certificate; it is also its client's here
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.client_port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For HTTP calls to a TLS member (its CA; its own certificate as the client's)."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        return context
 
     @property
     def log_path(self) -> Path:
@@ -134,7 +164,8 @@ class EtcdProcess:
 
     def healthy(self, timeout: float = 0.5) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as response:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout,
+                                        context=self.ssl_context()) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False
@@ -199,10 +230,13 @@ def _await_health(member: EtcdProcess, ready_timeout: float) -> None:
 
 def start_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
                fast_elections: bool = True, ready_timeout: float = 15.0,
-               binary: str = "etcd") -> EtcdProcess:
-    """Start one etcd member on free loopback ports; return once /health says true."""
+               binary: str = "etcd", ca: CertificateAuthority | None = None,
+               auth_token_ttl: int | None = None) -> EtcdProcess:
+    """Start one etcd member on free loopback ports; return once /health says true. With
+    `ca`, TLS for clients and peers, client certificates required (see the module doc);
+    `auth_token_ttl`: seconds an unused auth token lives (etcd's default 300)."""
     member = spawn_etcd(data_dir=data_dir, name=name, fast_elections=fast_elections,
-                        binary=binary)
+                        binary=binary, ca=ca, auth_token_ttl=auth_token_ttl)
     _await_health(member, ready_timeout)
     return member
 
@@ -210,38 +244,62 @@ def start_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
 def spawn_etcd(*, data_dir: str | Path | None = None, name: str = "memring",
                fast_elections: bool = True, binary: str = "etcd",
                process_group: int | None = None,
-               preexec_fn: Callable[[], object] | None = None) -> EtcdProcess:
+               preexec_fn: Callable[[], object] | None = None,
+               ca: CertificateAuthority | None = None,
+               auth_token_ttl: int | None = None) -> EtcdProcess:
     """Start one etcd member on free loopback ports and return at once (the caller polls
     `healthy()`). `process_group` and `preexec_fn` go to Popen (`memring up` keeps its
     children out of the terminal's process group); `restart()` uses them again."""
     client_port, peer_port = free_port(), free_port()
+    scheme = "https" if ca else "http"
     return _spawn_member(name, data_dir, client_port, peer_port,
-                         f"{name}=http://{HOST}:{peer_port}", fast_elections=fast_elections,
-                         binary=binary, process_group=process_group, preexec_fn=preexec_fn)
+                         f"{name}={scheme}://{HOST}:{peer_port}",
+                         fast_elections=fast_elections, binary=binary,
+                         process_group=process_group, preexec_fn=preexec_fn, ca=ca,
+                         auth_token_ttl=auth_token_ttl)
+
+
+def _tls_flags(tls: Credential) -> list[str]:
+    """Clients and peers over TLS only, each required to present a certificate of the CA."""
+    cert, key, ca = str(tls.cert), str(tls.key), str(tls.ca)
+    return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+            "--client-cert-auth",
+            "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+            "--peer-client-cert-auth"]
 
 
 def _spawn_member(name: str, data_dir: str | Path | None, client_port: int, peer_port: int,
                   initial_cluster: str, *, fast_elections: bool, binary: str = "etcd",
                   process_group: int | None = None,
-                  preexec_fn: Callable[[], object] | None = None) -> EtcdProcess:
+                  preexec_fn: Callable[[], object] | None = None,
+                  ca: CertificateAuthority | None = None,
+                  auth_token_ttl: int | None = None) -> EtcdProcess:
     path = find_etcd(binary)
     owns = data_dir is None
     base = Path(tempfile.mkdtemp(prefix="memring-etcd-")) if data_dir is None else Path(data_dir)
     base.mkdir(parents=True, exist_ok=True)
-    client, peer = f"http://{HOST}:{client_port}", f"http://{HOST}:{peer_port}"
+    scheme = "https" if ca else "http"
+    client, peer = f"{scheme}://{HOST}:{client_port}", f"{scheme}://{HOST}:{peer_port}"
     argv = [path, "--name", name, "--data-dir", str(base / "data"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", initial_cluster, "--initial-cluster-state", "new"]
     if fast_elections:
         argv += ["--heartbeat-interval", "50", "--election-timeout", "250"]
+    # its own files (a name per port): etcd re-reads them at each handshake, and members
+    # started side by side from one CA must not rewrite each other's
+    tls = ca.issue(f"etcd-{name}-{client_port}", (HOST, "localhost")) if ca else None
+    if tls is not None:
+        argv += _tls_flags(tls)
+    if auth_token_ttl is not None:
+        argv += ["--auth-token-ttl", str(auth_token_ttl)]
     env = dict(os.environ)
     goarch = _GOARCH.get(platform.machine().lower())
     if goarch:
         env.setdefault("ETCD_UNSUPPORTED_ARCH", goarch)
     process = _spawn(argv, env, base / "etcd.log", process_group, preexec_fn)
     return EtcdProcess(process, client_port, peer_port, base, owns, argv, env,
-                       process_group=process_group, preexec_fn=preexec_fn)
+                       process_group=process_group, preexec_fn=preexec_fn, tls=tls)
 
 
 @dataclass
@@ -263,7 +321,8 @@ class EtcdCluster:
         request = urllib.request.Request(f"{member.url}/v3/maintenance/status", data=b"{}",
                                          method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout,
+                                        context=member.ssl_context()) as response:
                 status = json.loads(response.read())
         except (OSError, urllib.error.URLError, ValueError):
             return None
@@ -271,13 +330,28 @@ class EtcdCluster:
         leader = str(status.get("leader", ""))
         return (me, leader) if me and leader and leader != "0" else None
 
+    @staticmethod
+    def _says_leader(member: EtcdProcess, timeout: float = 0.5) -> bool:
+        """The member's `etcd_server_is_leader` metric is 1 (False when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"{member.url}/metrics", timeout=timeout,
+                                        context=member.ssl_context()) as response:
+                return b"\netcd_server_is_leader 1" in response.read()
+        except (OSError, urllib.error.URLError):
+            return False
+
     def leader(self, timeout: float = 0.5) -> EtcdProcess | None:
-        """The member that is etcd's raft leader, as the live members report it."""
+        """The member that is etcd's raft leader, as the live members report it. A TLS
+        member with auth on refuses the gateway's status call (etcd 3.4 refuses gateway calls
+        without a token when it demands client certificates): there, the one member whose
+        metrics say it leads."""
         ids: dict[str, EtcdProcess] = {}
         leaders: set[str] = set()
-        for member in self.members:
-            if member.paused or member.process.poll() is not None:
-                continue
+        live = [m for m in self.members if not m.paused and m.process.poll() is None]
+        if any(member.tls for member in live):
+            leading = [m for m in live if self._says_leader(m, timeout)]
+            return leading[0] if len(leading) == 1 else None
+        for member in live:
             found = self._raft_ids(member, timeout)
             if found is not None:
                 ids[found[0]] = member
@@ -292,18 +366,22 @@ class EtcdCluster:
 
 
 def start_etcd_cluster(size: int = 3, *, fast_elections: bool = True,
-                       ready_timeout: float = 20.0, name: str = "memring") -> EtcdCluster:
+                       ready_timeout: float = 20.0, name: str = "memring",
+                       ca: CertificateAuthority | None = None,
+                       auth_token_ttl: int | None = None) -> EtcdCluster:
     """Start `size` members on free loopback ports as one new cluster; return once each says
-    it is healthy (which needs an elected leader)."""
+    it is healthy (which needs an elected leader). `ca` and `auth_token_ttl` as start_etcd."""
     ports = [(free_port(), free_port()) for _ in range(size)]
     names = [f"{name}-{i + 1}" for i in range(size)]
-    initial = ",".join(f"{n}=http://{HOST}:{peer}"
+    scheme = "https" if ca else "http"
+    initial = ",".join(f"{n}={scheme}://{HOST}:{peer}"
                        for n, (_client, peer) in zip(names, ports, strict=True))
     members: list[EtcdProcess] = []
     try:
         for member_name, (client_port, peer_port) in zip(names, ports, strict=True):
             members.append(_spawn_member(member_name, None, client_port, peer_port, initial,
-                                         fast_elections=fast_elections))
+                                         fast_elections=fast_elections, ca=ca,
+                                         auth_token_ttl=auth_token_ttl))
         for member in members:
             _await_health(member, ready_timeout)
     except BaseException:
@@ -314,10 +392,12 @@ def start_etcd_cluster(size: int = 3, *, fast_elections: bool = True,
 
 
 @contextlib.contextmanager
-def running_etcd(*, data_dir: str | Path | None = None,
-                 fast_elections: bool = True) -> Iterator[EtcdProcess]:
+def running_etcd(*, data_dir: str | Path | None = None, fast_elections: bool = True,
+                 ca: CertificateAuthority | None = None,
+                 auth_token_ttl: int | None = None) -> Iterator[EtcdProcess]:
     """`start_etcd(...)` for the block; always stopped afterwards."""
-    member = start_etcd(data_dir=data_dir, fast_elections=fast_elections)
+    member = start_etcd(data_dir=data_dir, fast_elections=fast_elections, ca=ca,
+                        auth_token_ttl=auth_token_ttl)
     try:
         yield member
     finally:
@@ -325,10 +405,90 @@ def running_etcd(*, data_dir: str | Path | None = None,
 
 
 @contextlib.contextmanager
-def running_etcd_cluster(size: int = 3, *, fast_elections: bool = True) -> Iterator[EtcdCluster]:
+def running_etcd_cluster(size: int = 3, *, fast_elections: bool = True,
+                         ca: CertificateAuthority | None = None) -> Iterator[EtcdCluster]:
     """`start_etcd_cluster(...)` for the block; every member always stopped afterwards."""
-    etcd = start_etcd_cluster(size, fast_elections=fast_elections)
+    etcd = start_etcd_cluster(size, fast_elections=fast_elections, ca=ca)
     try:
         yield etcd
     finally:
         etcd.stop()
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+ROOT_USER = "root"
+MEMRING_USER = "memring"  # user and role
+
+
+@dataclass(frozen=True)
+class EtcdUsers:
+    """What `enable_auth()` set up: the users' password files and the prefix granted."""
+
+    root_password_file: Path
+    user: str
+    password_file: Path
+    prefix: str
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _auth_call(member: EtcdProcess, path: str, body: dict[str, Any],
+               timeout: float = 5.0) -> dict[str, Any]:
+    """POST one Auth API call to etcd's JSON gateway (`/v3/auth/...`)."""
+    headers = {"Content-Type": "application/json"}
+    request = urllib.request.Request(f"{member.url}/v3/auth/{path}", method="POST",
+                                     data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout,
+                                    context=member.ssl_context()) as response:
+            reply = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise EtcdAdminError(f"etcd at {member.url}: auth/{path}: {exc.code} {detail}") from None
+    except (OSError, ValueError) as exc:
+        raise EtcdAdminError(f"etcd at {member.url}: auth/{path}: {exc}") from None
+    if not isinstance(reply, dict):
+        raise EtcdAdminError(f"etcd at {member.url}: auth/{path}: unexpected reply {reply!r}")
+    return reply
+
+
+def _password_file(path: Path) -> tuple[str, Path]:
+    """A new random password, written (0600) to `path`."""
+    password = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password, path
+
+
+def _grant(member: EtcdProcess, role: str, prefix: str) -> None:
+    end = prefix_end(prefix.encode()).decode()
+    _auth_call(member, "role/grant", {"name": role, "perm": {
+        "permType": "READWRITE", "key": _b64(prefix), "range_end": _b64(end)}})
+
+
+def enable_auth(etcd: EtcdProcess | EtcdCluster, prefix: str, *more_prefixes: str,
+                directory: str | Path | None = None, user: str = MEMRING_USER) -> EtcdUsers:
+    """Add `root` and `user` (with a role of the same name: read-write on keys starting with
+    `prefix`, e.g. `Keyspace(cluster).prefix`, and on `more_prefixes`), then turn etcd's
+    authentication on. The passwords go to `root.password` and `<user>.password` in
+    `directory` (default: the first member's data directory). The gateway serves these
+    calls only before authentication is on: with it on and `--client-cert-auth`, etcd 3.4
+    refuses every gateway call that carries no token, Authenticate included."""
+    member = etcd.members[0] if isinstance(etcd, EtcdCluster) else etcd
+    base = Path(directory) if directory is not None else member.data_dir
+    root_password, root_file = _password_file(base / f"{ROOT_USER}.password")
+    password, user_file = _password_file(base / f"{user}.password")
+    _auth_call(member, "user/add", {"name": ROOT_USER, "password": root_password})
+    _auth_call(member, "user/grant", {"user": ROOT_USER, "role": ROOT_USER})
+    _auth_call(member, "role/add", {"name": user})
+    for granted in (prefix, *more_prefixes):
+        _grant(member, user, granted)
+    _auth_call(member, "user/add", {"name": user, "password": password})
+    _auth_call(member, "user/grant", {"user": user, "role": user})
+    _auth_call(member, "enable", {})
+    return EtcdUsers(root_file, user, user_file, prefix)

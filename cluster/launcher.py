@@ -19,16 +19,31 @@ which stops them in order) and get SIGTERM if `memring up` itself dies (PR_SET_P
 which fires when the spawning *thread* exits: they are spawned from the trio thread, never
 from a worker thread as `trio.lowlevel.open_process` would).
 
+etcd security: a given etcd's TLS files and user (`etcd_security`) go to every backend and
+proxy as flags. With `secure_etcd=True` the etcd `LocalCluster` starts is secured: a private
+CA in the run directory, TLS for clients and peers with client certificates required, the
+root user and a `memring` user and role limited to the cluster's prefix (etcd_process.
+enable_auth), and a client certificate for memring's processes (`memring up --secure` is to
+turn this on with the rest of issue 13).
+
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
-records the etcd URL so `memring status` finds the cluster without `--etcd`.
+records the etcd URL, and the paths (never the contents) of its TLS files and password file,
+so `memring status` finds the cluster without `--etcd`.
+
+The backends' replication links are authenticated by default: `memring up` writes a new
+random peer secret (`peer-secret`, mode 0600) in the run directory and passes it to every
+backend with --peer-secret-file (`--peer-secret-file FILE` uses a given one, for nodes
+started by hand beside the cluster; `--no-peer-secret` runs them unauthenticated).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -44,11 +59,16 @@ from typing import Any
 
 import trio
 
-from memring.cluster.coordinator import ClusterConfig, CoordinatorError
-from memring.cluster.etcd_process import HOST, EtcdProcess, free_port, spawn_etcd
-from memring.cluster.keyspace import check_id
+from memring.cluster.auth_file import load_credentials
+from memring.cluster.certificates import CertificateAuthority, CertificateError
+from memring.cluster.coordinator import AccessDenied, ClusterConfig, CoordinatorError
+from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
+from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.keyspace import Keyspace, check_id
+from memring.protocol.ascii_auth import Login, auth_request
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
+ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL
@@ -207,6 +227,14 @@ class Child:
             return ""
 
 
+def write_peer_secret(path: Path) -> None:
+    """A new random peer secret (64 hex characters: 32 random bytes, the backend's minimum
+    is 32 bytes) in `path`, created readable by its owner only; FileExistsError if present."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -217,14 +245,25 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def routes_to(address: str, leaders: set[str]) -> bool:
+def routes_to(address: str, leaders: set[str], login: Login | None = None) -> bool:
     """The proxy at `address` answers and has a live connection to every leader: only then
     does a client get through to every shard (the proxy learns of a new leader, and
-    connects to it, a little after etcd has it). Blocking, at most ~1 s."""
+    connects to it, a little after etcd has it). `login`: the proxy's clients authenticate
+    (its --auth-file). Blocking, at most ~1 s."""
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=0.5) as s:
             s.settimeout(0.5)
+            if login is not None:
+                s.sendall(auth_request(*login))
+                answer = b""
+                while not answer.endswith(b"\r\n") and len(answer) < 256:
+                    chunk = s.recv(256)
+                    if not chunk:
+                        return False
+                    answer += chunk
+                if answer != b"STORED\r\n":
+                    return False
             s.sendall(b"stats\r\n")
             reply = b""
             for _ in range(1000):
@@ -246,14 +285,29 @@ class LocalCluster:
     """etcd (unless given), the backends and the proxies of one plan, on this machine."""
 
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
-                 metrics: bool = False) -> None:
+                 metrics: bool = False, etcd_security: EtcdSecurity | None = None,
+                 secure_etcd: bool = False, auth_file: str = "",
+                 peer_secret_file: str | None = None) -> None:
+        """`peer_secret_file`: the backends' --peer-secret-file; None (the default) writes a
+        new one in the run directory, "" runs the peer links unauthenticated."""
         self.plan = plan
+        # memcached's ASCII auth on every backend and proxy (`memring up --auth-file`); the
+        # proxies authenticate to the backends as its first user, and so does the readiness
+        # check to the proxies
+        self.auth_file = auth_file
+        self.login = load_credentials(auth_file).first() if auth_file else None
         self.port = port
         self.metrics = metrics
         self.etcd_url = etcd_url
+        self.etcd_security = etcd_security or EtcdSecurity()
+        self.secure_etcd = secure_etcd
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
+        if peer_secret_file is None:
+            peer_secret_file = str(self.run_dir / "peer-secret")
+            write_peer_secret(Path(peer_secret_file))
+        self.peer_secret_file = peer_secret_file
         self._grace = trio.CancelScope()  # stop()'s current wait for SIGTERM to work
         self._hurried = False  # hurry() was called: no more waiting for SIGTERM
         self._state_written = False
@@ -276,11 +330,20 @@ class LocalCluster:
         return [sys.executable, "-m", "memring.backend", "--listen", address, "--etcd", url,
                 "--cluster", self.plan.name, "--shard", shard.shard_id, "--node-id", node_id,
                 "--lease-ttl", f"{self.plan.config.lease_ttl:g}",
-                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag()]
+                "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
+                *self._auth_flags("--auth-file"), *self.etcd_security.argv(),
+                *(["--peer-secret-file", self.peer_secret_file] if self.peer_secret_file
+                  else [])]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
-                "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag()]
+                "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag(),
+                *self._auth_flags("--auth-file", "--backend-auth-file"),
+                *self.etcd_security.argv()]
+
+    def _auth_flags(self, *flags: str) -> list[str]:
+        return [part for flag in flags for part in (flag, self.auth_file)] \
+            if self.auth_file else []
 
     async def start(self, say: Say = say) -> None:
         """Bring the plan up; LaunchError says what did not come up. Cancellable."""
@@ -289,10 +352,14 @@ class LocalCluster:
         if self.etcd_url is None:
             self.etcd_url = await self._start_etcd()
             assert self.etcd is not None
-            say(f"memring up: etcd     {self.etcd_url} (pid {self.etcd.process.pid})")
+            secured = f" ({self.etcd_security.describe()})" if self.secure_etcd else ""
+            say(f"memring up: etcd     {self.etcd_url} (pid {self.etcd.process.pid}){secured}")
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
         url = self.etcd_url
+        say(f"memring up: peer links authenticated with {self.peer_secret_file}"
+            if self.peer_secret_file else
+            "memring up: peer links unauthenticated (--no-peer-secret)")
         await self._write_records(url)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
@@ -324,20 +391,39 @@ class LocalCluster:
         return child.process.pid
 
     async def _start_etcd(self) -> str:
+        ca = None
         try:
+            if self.secure_etcd:
+                ca = await trio.to_thread.run_sync(CertificateAuthority.create,
+                                                   self.run_dir / "ca")
             self.etcd = etcd = spawn_etcd(data_dir=self.run_dir / "etcd", process_group=0,
-                                          preexec_fn=_die_with_parent)
-        except (RuntimeError, OSError) as exc:  # EtcdNotFound says how to install it
+                                          preexec_fn=_die_with_parent, ca=ca)
+        except (RuntimeError, OSError, CertificateError) as exc:
+            # EtcdNotFound says how to install it, CertificateError what openssl said
             raise LaunchError(f"cannot start etcd: {exc}") from None
         with trio.move_on_after(ETCD_TIMEOUT):
             while etcd.process.poll() is None:
                 if await trio.to_thread.run_sync(etcd.healthy):  # at most 0.5 s
+                    if ca is not None:
+                        await self._secure(etcd, ca)
                     return etcd.url
                 await trio.sleep(POLL)
             raise LaunchError(f"etcd exited with code {etcd.process.returncode}:\n"
                               f"{etcd.log_tail()}")
         raise LaunchError(f"etcd on {etcd.url} not healthy after {ETCD_TIMEOUT:g}s:\n"
                           f"{etcd.log_tail()}")
+
+    async def _secure(self, etcd: EtcdProcess, ca: CertificateAuthority) -> None:
+        """Users and roles on the fresh etcd, and the credentials memring's processes use."""
+        try:
+            users = await trio.to_thread.run_sync(
+                lambda: enable_auth(etcd, Keyspace(self.plan.name).prefix,
+                                    directory=self.run_dir / "etcd-auth"))
+            client = await trio.to_thread.run_sync(ca.issue, ETCD_CLIENT_CERT)
+        except (RuntimeError, OSError, CertificateError) as exc:  # EtcdAdminError, openssl
+            raise LaunchError(f"cannot secure etcd: {exc}") from None
+        self.etcd_security = EtcdSecurity(str(client.ca), str(client.cert), str(client.key),
+                                          users.user, str(users.password_file))
 
     async def _write_records(self, url: str) -> None:
         from memring.cluster.etcd_coordinator import EtcdCoordinator
@@ -346,11 +432,14 @@ class LocalCluster:
         with trio.move_on_after(RECORDS_TIMEOUT):
             while True:  # a just-started etcd on a busy machine may miss the first 1 s deadline
                 try:
-                    async with EtcdCoordinator.connect(url, self.plan.name) as etcd:
+                    async with EtcdCoordinator.connect(url, self.plan.name,
+                                                       security=self.etcd_security) as etcd:
                         await etcd.put_config(self.plan.config)
                         for shard in self.plan.shards:
                             await etcd.ensure_shard(shard.shard_id, weight=shard.weight)
                     return
+                except AccessDenied as exc:  # waiting will not change it
+                    raise LaunchError(f"etcd refuses us: {exc}") from None
                 except CoordinatorError as exc:
                     problem = str(exc)
                 await trio.sleep(0.2)
@@ -363,7 +452,8 @@ class LocalCluster:
 
         missing = "etcd"
         with trio.move_on_after(READY_TIMEOUT):
-            async with EtcdCoordinator.connect(url, self.plan.name, probe=False) as etcd:
+            async with EtcdCoordinator.connect(url, self.plan.name, probe=False,
+                                               security=self.etcd_security) as etcd:
                 while True:
                     for child in self.children:
                         code = child.exited()
@@ -384,7 +474,7 @@ class LocalCluster:
                         absent = [c.address for c in self.children if c.role == "proxy"
                                   and (c.address not in proxies
                                        or not await trio.to_thread.run_sync(
-                                           routes_to, c.address, leaders))]
+                                           routes_to, c.address, leaders, self.login))]
                         if not leaderless and not absent:
                             return
                         missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
@@ -399,6 +489,11 @@ class LocalCluster:
                  "proxies": [c.address for c in self.children if c.role == "proxy"],
                  "backends": {c.name: c.address for c in self.children if c.role == "backend"},
                  "logs": str(self.run_dir), "started": time.time()}
+        if self.auth_file:  # `memring status` asks the nodes for stats as its first user
+            state["auth_file"] = self.auth_file
+        if self.etcd_security != EtcdSecurity():  # paths only: the files stay 0600
+            state["etcd_security"] = {f"etcd_{k}": v for k, v in
+                                      dataclasses.asdict(self.etcd_security).items()}
         tmp = path.with_suffix(".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -489,6 +584,11 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
     return code
 
 
-def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False) -> int:
+def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
+       etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False,
+       auth_file: str = "", peer_secret_file: str | None = None) -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
-    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics))
+    return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
+                                      etcd_security=etcd_security, secure_etcd=secure_etcd,
+                                      auth_file=auth_file,
+                                      peer_secret_file=peer_secret_file))

@@ -2,7 +2,8 @@
 """The container health check of memring's image: a memcached `version` on the client port.
 
 Usage: memring-healthcheck [HOST:PORT]   (default 127.0.0.1:11211, or $MEMRING_HEALTH_ADDRESS)
-Exit 0 when the server answers `VERSION ...` within the timeout, else 1 with the reason on
+Exit 0 when the server answers `VERSION ...` (or, with --auth-file, refuses it as
+memcached does before authentication) within the timeout, else 1 with the reason on
 stderr (Docker keeps it in `docker inspect`). Backends and proxies both answer `version`
 themselves, so one check serves both; it needs nothing but the standard library.
 """
@@ -31,7 +32,9 @@ def check(address: str, timeout: float = TIMEOUT) -> str | None:
                 reply += chunk
     except (OSError, ValueError) as exc:
         return f"{address}: {exc}"
-    if not reply.startswith(b"VERSION "):
+    # a server started with --auth-file refuses `version` until the client authenticated:
+    # that refusal is memcached speaking, so it is up
+    if not reply.startswith(b"VERSION ") and reply != b"CLIENT_ERROR unauthenticated\r\n":
         return f"{address}: unexpected reply {reply[:80]!r}"
     return None
 

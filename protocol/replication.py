@@ -7,12 +7,36 @@ trusted only as far as its framing: a frame that is too long, too short, of an u
 type or with a body that does not parse becomes a `MalformedFrame` event, after which the
 parser is dead (it repeats the same event) and the connection must close. Nothing raises.
 
-A follower opens the connection and sends HELLO with its position, the (epoch, seq) of the
-last mutation it applied. The leader answers either with the MUTATIONs after that position
-(its backlog still holds it) or with SNAPSHOT_BEGIN, one SNAPSHOT_ITEM per live item and
-SNAPSHOT_END, then the MUTATIONs after the snapshot's position. The follower ACKs positions
-it has applied; either side sends ERROR before hanging up (stale epoch, gap, bad frame, a
-HELLO that does not name a current member of the shard).
+A follower opens the connection; the two ends authenticate each other, then the leader
+streams. The handshake (issue 13), before the leader sends a byte of data and before the
+follower applies anything:
+
+1. leader -> follower  CHALLENGE  the protocol version and a fresh random nonce Nl, sent on
+                                   accept (the only thing an unauthenticated peer ever gets)
+2. follower -> leader  HELLO      its node id, lease (the incarnation registered in etcd), its
+                                   position, a fresh nonce Nf and its proof:
+                                   HMAC-SHA256(secret, "follower", cluster, shard, node id,
+                                   lease, position, Nl, Nf)
+3. leader -> follower  WELCOME    its node id, lease and epoch (its leader key in etcd) and its
+                                   proof: HMAC-SHA256(secret, "leader", cluster, shard, node
+                                   id, lease, epoch, the follower's node id and lease, Nf, Nl)
+
+The leader checks the proof (ERROR UNAUTHENTICATED), then that the HELLO names a registered
+member of its shard under its current lease (ERROR NOT_MEMBER); the follower checks that
+WELCOME names the shard's current leader record and epoch in its view (ERROR NOT_LEADER),
+then the proof (ERROR UNAUTHENTICATED). Each proof is bound to the other side's fresh nonce,
+so a recorded exchange replays nowhere, and to the role, cluster, shard and incarnation, so a
+member of another shard or an old session cannot pass for this one. The secret never travels.
+Without a secret (plain mode, one machine) the messages are the same with empty proofs and
+only the etcd checks apply. The proofs are made and checked by backend.replication.peer_auth;
+this module only frames them. The handshake authenticates the two ends; it does not encrypt
+or sign the frames after it (that is TLS's part). Version 1 peers (no handshake) cannot talk
+to version 2 ones: each side sees a frame it does not expect and closes with ERROR.
+
+Then the leader sends either the MUTATIONs after the follower's position (its backlog still
+holds it) or SNAPSHOT_BEGIN, one SNAPSHOT_ITEM per live item and SNAPSHOT_END, then the
+MUTATIONs after the snapshot's position. The follower ACKs positions it has applied; either
+side sends ERROR before hanging up (stale epoch, gap, bad frame, a refused handshake).
 
 Wire format (all integers big-endian, unsigned unless marked i64)::
 
@@ -21,6 +45,7 @@ Wire format (all integers big-endian, unsigned unless marked i64)::
     item       = key_len:u16 key value_len:u32 value flags:u32 expires:i64 cas:u64
                  updated:i64 bits:u8            bits: 1 = stale, 2 = key was base64 (meta b)
     0x01 HELLO           version:u16 incarnation:u64 position node_len:u16 node_id(utf-8)
+                         nonce:32 proof_len:u8 proof       proof_len 0 (plain) or 32
     0x02 SNAPSHOT_BEGIN  position flush_before:i64
     0x03 SNAPSHOT_ITEM   item
     0x04 SNAPSHOT_END    position count:u64
@@ -31,6 +56,8 @@ Wire format (all integers big-endian, unsigned unless marked i64)::
                            op 4 EPOCH  position       previous epoch's last position
     0x06 ACK             position
     0x07 ERROR           code:u8 epoch:u64 msg_len:u16 message(utf-8)
+    0x08 CHALLENGE       version:u16 nonce:32
+    0x09 WELCOME         lease:u64 epoch:u64 node_len:u16 node_id(utf-8) proof_len:u8 proof
 
 Positions order as tuples. Seq restarts per epoch: a new leader's log opens with an EPOCH
 mutation at (epoch, 0) naming the position it continues from, so a follower can tell a
@@ -47,7 +74,9 @@ from typing import Final, NamedTuple
 from memring.protocol.receive_buffer import ReceiveBuffer
 from memring.protocol.sentinels import NEED_DATA, NeedData
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the authenticated handshake (CHALLENGE, HELLO's proof, WELCOME)
+NONCE_SIZE = 32  # bytes of each side's fresh nonce
+PROOF_SIZE = 32  # an HMAC-SHA256 proof; 0 bytes in plain mode (no peer secret)
 DEFAULT_MAX_FRAME = (1 << 20) + 4096  # a 1 MiB item plus its key and header
 
 
@@ -114,17 +143,40 @@ class ErrorCode(IntEnum):
     VERSION = 5
     NOT_MEMBER = 6  # HELLO's node id + lease is not a current member of the leader's shard
     FULL = 7  # the leader's peer port has no room for another follower
+    UNAUTHENTICATED = 8  # the handshake's proof is missing or wrong (not the peer secret)
 
 
 # -- events ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
+class Challenge:
+    """The leader's first frame on a peer connection: its fresh nonce."""
+
+    nonce: bytes
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
+    """The follower's answer to CHALLENGE: who it is, where it is, its nonce and proof."""
+
     node_id: str
     incarnation: int
     position: Position
+    nonce: bytes
+    proof: bytes = b""
     version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The leader accepted HELLO: who it is (its leader key in etcd) and its proof."""
+
+    node_id: str
+    lease_id: int
+    epoch: int
+    proof: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +226,8 @@ class MalformedFrame:
     reason: str
 
 
-Message = Hello | SnapshotBegin | SnapshotItem | SnapshotEnd | Mutation | Ack | Error
+Message = (Challenge | Hello | Welcome | SnapshotBegin | SnapshotItem | SnapshotEnd | Mutation
+           | Ack | Error)
 Event = Message | MalformedFrame
 
 
@@ -189,8 +242,10 @@ _U64 = struct.Struct(">Q")
 _ITEM_TAIL = struct.Struct(">IqQqB")  # flags expires cas updated bits
 _HELLO_HEAD = struct.Struct(">HQQQ")  # version incarnation epoch seq
 _ERROR_HEAD = struct.Struct(">BQ")
+_WELCOME_HEAD = struct.Struct(">QQ")  # lease epoch
 
-_HELLO, _SNAPSHOT_BEGIN, _SNAPSHOT_ITEM, _SNAPSHOT_END, _MUTATION, _ACK, _ERROR = range(1, 8)
+(_HELLO, _SNAPSHOT_BEGIN, _SNAPSHOT_ITEM, _SNAPSHOT_END, _MUTATION, _ACK, _ERROR, _CHALLENGE,
+ _WELCOME) = range(1, 10)
 _OP_SET, _OP_DELETE, _OP_FLUSH, _OP_EPOCH = range(1, 5)
 _STALE, _KEY_BINARY = 1, 2
 
@@ -212,6 +267,23 @@ def _change(change: Change) -> bytes:
     return _U8.pack(_OP_EPOCH) + _POSITION.pack(*change.previous)
 
 
+def _nonce(nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"a nonce is {NONCE_SIZE} bytes, got {len(nonce)}")
+    return nonce
+
+
+def _proof(proof: bytes) -> bytes:
+    if len(proof) not in (0, PROOF_SIZE):
+        raise ValueError(f"a proof is 0 or {PROOF_SIZE} bytes, got {len(proof)}")
+    return _U8.pack(len(proof)) + proof
+
+
+def _text(text: str) -> bytes:
+    data = text.encode()
+    return _U16.pack(len(data)) + data
+
+
 def _body(message: Message) -> tuple[int, bytes]:
     if isinstance(message, Mutation):
         return _MUTATION, _POSITION.pack(message.epoch, message.seq) + _change(message.change)
@@ -220,17 +292,20 @@ def _body(message: Message) -> tuple[int, bytes]:
     if isinstance(message, SnapshotItem):
         return _SNAPSHOT_ITEM, _item(message.state)
     if isinstance(message, Hello):
-        node = message.node_id.encode()
         return _HELLO, (_HELLO_HEAD.pack(message.version, message.incarnation,
-                                         *message.position) + _U16.pack(len(node)) + node)
+                                         *message.position) + _text(message.node_id)
+                        + _nonce(message.nonce) + _proof(message.proof))
+    if isinstance(message, Challenge):
+        return _CHALLENGE, _U16.pack(message.version) + _nonce(message.nonce)
+    if isinstance(message, Welcome):
+        return _WELCOME, (_WELCOME_HEAD.pack(message.lease_id, message.epoch)
+                          + _text(message.node_id) + _proof(message.proof))
     if isinstance(message, SnapshotBegin):
         return _SNAPSHOT_BEGIN, (_POSITION.pack(*message.position)
                                  + _I64.pack(message.flush_before))
     if isinstance(message, SnapshotEnd):
         return _SNAPSHOT_END, _POSITION.pack(*message.position) + _U64.pack(message.count)
-    text = message.message.encode()
-    return _ERROR, (_ERROR_HEAD.pack(message.code, message.epoch) + _U16.pack(len(text))
-                    + text)
+    return _ERROR, _ERROR_HEAD.pack(message.code, message.epoch) + _text(message.message)
 
 
 def encode(message: Message) -> bytes:
@@ -286,6 +361,15 @@ class _Reader:
         except UnicodeDecodeError as error:
             raise _BadBody("bad utf-8") from error
 
+    def nonce(self) -> bytes:
+        return self.take(NONCE_SIZE)
+
+    def proof(self) -> bytes:
+        size = self.one(_U8)
+        if size not in (0, PROOF_SIZE):
+            raise _BadBody(f"proof of {size} bytes")
+        return self.take(size)
+
     def done(self) -> None:
         if self.offset != len(self.data):
             raise _BadBody("trailing bytes in frame")
@@ -315,7 +399,14 @@ def _parse_frame(kind: int, reader: _Reader) -> Message:
         message = SnapshotItem(reader.item())
     elif kind == _HELLO:
         version, incarnation, epoch, seq = reader.unpack(_HELLO_HEAD)
-        message = Hello(reader.text(), incarnation, Position(epoch, seq), version)
+        message = Hello(reader.text(), incarnation, Position(epoch, seq), reader.nonce(),
+                        reader.proof(), version)
+    elif kind == _CHALLENGE:
+        version = reader.one(_U16)
+        message = Challenge(reader.nonce(), version)
+    elif kind == _WELCOME:
+        lease, epoch = reader.unpack(_WELCOME_HEAD)
+        message = Welcome(reader.text(), lease, epoch, reader.proof())
     elif kind == _SNAPSHOT_BEGIN:
         message = SnapshotBegin(reader.position(), reader.one(_I64))
     elif kind == _SNAPSHOT_END:

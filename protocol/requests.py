@@ -9,6 +9,7 @@ Numbers are already validated the way memcached validates them; what they *mean*
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass(slots=True)
@@ -182,6 +183,14 @@ class ProtocolError:
     drop_key: bytes | None = None
 
 
+@dataclass(slots=True)
+class Authenticated:
+    """The `set` of memcached's ASCII authentication, accepted (protocol.ascii_auth)."""
+
+    user: bytes
+    reply: ClassVar[bytes] = b"STORED\r\n"
+
+
 Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | Version
            | Verbosity | Quit | Shutdown | CacheMemlimit | MetaGet | MetaSet | MetaDelete
-           | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError)
+           | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError | Authenticated)

@@ -9,6 +9,7 @@ Memory is bounded by `max_line` and `max_value`.
 
 from __future__ import annotations
 
+from memring.protocol.ascii_auth import GATE_REPLIES
 from memring.protocol.receive_buffer import ReceiveBuffer
 from memring.protocol.responses import (
     End,
@@ -28,10 +29,21 @@ _STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"
                            b"TOUCHED", b"OK", b"RESET"})
 _META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
 _ERROR_KINDS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+_GATE_LINES = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
 
 
 class ResponseError(Exception):
     """The server sent something that is not a memcached reply."""
+
+
+class Unauthenticated(ResponseError):
+    """The server wants memcached's ASCII authentication first (`-Y`/`--auth-file`): its
+    `CLIENT_ERROR unauthenticated` (or another refusal of its auth gate, when a forwarded
+    `set` was taken for an attempt) answers no request, so the stream cannot be used."""
+
+    def __init__(self, line: bytes) -> None:
+        self.line = line.decode(errors="replace")  # the refusal, without its CRLF
+        super().__init__(f"the server requires authentication (it answers {self.line})")
 
 
 class ResponseParser:
@@ -78,6 +90,8 @@ class ResponseParser:
             name, _, value = rest.partition(b" ")
             return Stat(name, value)
         if head in _ERROR_KINDS:
+            if line in _GATE_LINES:
+                raise Unauthenticated(line)
             return ErrorReply(head, rest)
         if head == b"VERSION":
             return VersionReply(rest)

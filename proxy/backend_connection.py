@@ -36,8 +36,10 @@ import trio
 from memring.netio import nonblocking
 from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
-from memring.protocol.responses import End, ErrorReply, Response
+from memring.protocol.response_parser import Unauthenticated
+from memring.protocol.responses import End, ErrorReply, Response, Status, VersionReply
 
 
 class ReplyListener(Protocol):
@@ -123,8 +125,9 @@ def handshake_problem(exc: BaseException) -> str:
 class BackendConnection:
     def __init__(self, host: str, port: int, timeout: float,
                  on_failure: Callable[[str], None], on_success: Callable[[], None],
-                 tls: ssl.SSLContext | None = None) -> None:
+                 login: Login | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.login = login
         self.port = port
         self.timeout = timeout
         self._on_failure = on_failure
@@ -156,11 +159,11 @@ class BackendConnection:
                                    f"{getattr(exc, 'strerror', None) or 'timed out'}") from None
         self._sock = sock
         if self._tls is None:
-            self._stream = PlainStream(sock)
+            stream: PlainStream | TlsStream = PlainStream(sock)
         else:
             try:
                 with trio.fail_at(deadline):
-                    self._stream = await self._secure(sock, self._tls)
+                    stream = await self._secure(sock, self._tls)
             except (OSError, EOFError, trio.TooSlowError) as exc:  # ssl.SSLError is an OSError
                 self.close("TLS handshake failed")
                 raise HandshakeFailed(f"TLS handshake with {self.host}:{self.port} failed: "
@@ -168,6 +171,9 @@ class BackendConnection:
             except BaseException:  # cancelled: the socket must not outlive this
                 self.close("connect cancelled")
                 raise
+        self._stream = stream
+        if self.login is not None:
+            await self._authenticate(stream, self.login)
         self.alive = True
 
     async def _secure(self, sock: socket.socket, context: ssl.SSLContext) -> TlsStream:
@@ -180,7 +186,7 @@ class BackendConnection:
         except OSError:
             pass  # reset by a backend that refused us: its alert may still be there to read
         line = b""
-        while not line.endswith(b"\r\n"):
+        while not line.endswith(b"\r\n"):  # any line: an auth gate's refusal answers too
             data = await stream.recv(1024)
             if not data:
                 raise EOFError("closed during the first request")
@@ -188,6 +194,61 @@ class BackendConnection:
             if len(line) > 1024:  # nothing a backend says to `version` is that long
                 raise ConnectionResetError("no memcached reply to version")
         return stream
+
+    async def _authenticate(self, stream: PlainStream | TlsStream, login: Login) -> None:
+        """memcached's ASCII authentication before the connection carries a request. A
+        `version` first: a backend without an auth file would store the auth `set` as an
+        item, readable by anyone; one with it answers `CLIENT_ERROR unauthenticated`."""
+        where = f"{self.host}:{self.port}"
+        try:
+            with trio.fail_after(self.timeout):
+                try:
+                    reply = await self._ask(stream, b"version\r\n")
+                except Unauthenticated:
+                    try:
+                        reply = await self._ask(stream, auth_request(*login))
+                    except Unauthenticated as refusal:  # the gate's own refusals
+                        raise ConnectionFailed(
+                            f"authentication to {where} failed: it refused this proxy's "
+                            f"user {login[0].decode(errors='replace')!r}: {refusal.line}"
+                        ) from None
+                    if reply != Status(b"STORED"):
+                        raise ConnectionFailed(
+                            f"authentication to {where} failed: {reply!r} instead of STORED"
+                        ) from None
+                    return
+            if type(reply) is not VersionReply:
+                raise ConnectionFailed(f"bad reply from {where} to version: {reply!r}")
+        except (OSError, trio.TooSlowError, ResponseError) as exc:
+            problem = getattr(exc, "strerror", None) or str(exc) or "timed out"
+            self._discard()
+            raise ConnectionFailed(f"authentication to {where} failed: {problem}") from None
+        except ConnectionFailed:
+            self._discard()
+            raise
+        except BaseException:  # cancelled: the socket must not outlive this
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        if self._sock is not None:
+            nonblocking.close(self._sock)
+        self._sock = None
+        self._stream = None
+
+    @staticmethod
+    async def _ask(stream: PlainStream | TlsStream, request: bytes) -> Response:
+        """Send `request` on a connection nothing else uses yet; its one-line reply."""
+        await stream.send_all(request)
+        parser = ResponseParser()
+        while True:
+            data = await stream.recv(nonblocking.READ_SIZE)
+            if not data:
+                raise OSError(0, "closed the connection")
+            parser.receive_data(data)
+            event = parser.next_event()
+            if event is not NEED_DATA:
+                return event
 
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
@@ -282,6 +343,12 @@ class BackendConnection:
                         head._finish()
                         if head.listener is not None:
                             arrived.append(head.listener)
+            except Unauthenticated as exc:
+                self._fail(f"{self.host}:{self.port}: {exc}" + (
+                               "" if self.login is not None else
+                               " and this proxy has no credentials: give it "
+                               "--backend-auth-file"))
+                return
             except ResponseError as exc:
                 self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
                 return

@@ -15,9 +15,12 @@ import sys
 
 import trio
 
+from memring.cluster.auth_file import load_credentials
+from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
+from memring.protocol.ascii_auth import AuthFileError
 from memring.proxy.server import ProxyServer
 from memring.proxy.settings import ProxySettings, load_settings, load_topology
 
@@ -41,6 +44,7 @@ async def run(settings: ProxySettings, reuse_port: bool) -> None:
                         server.apply_topology(load_topology(server.state.settings))
                     except SettingsError as exc:
                         log.error("SIGHUP: keeping the current topology: %s", exc)
+                    server.reload_auth()
                     continue
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 server.shutdown()
@@ -82,12 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memring-proxy: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    for path in (settings.auth_file, settings.backend_auth_file):
+        try:
+            if path:
+                load_credentials(path)  # the server loads it again; here: fail before starting
+        except AuthFileError as exc:
+            print(f"memring-proxy: error: {exc}", file=sys.stderr)
+            return 2
     worker = os.environ.get(WORKER_ENV) == "1"
     if settings.workers > 1 and not worker:
         return supervise(settings, argv)
     if settings.etcd:
         from memring.proxy.cluster_topology import run_cluster
-        return run_server("memring-proxy", run_cluster, settings, worker)
+        try:
+            return run_server("memring-proxy", run_cluster, settings, worker)
+        except AccessDenied as exc:  # raised before any nursery: not in a group
+            print(f"memring-proxy: error: {exc}", file=sys.stderr)
+            return 1
     return run_server("memring-proxy", run, settings, worker)
 
 

@@ -169,10 +169,13 @@ class ClusterTopology:
 
 
 async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
-    """The proxy in cluster mode, until SIGTERM/SIGINT (SIGHUP is ignored: etcd is the source)."""
+    """The proxy in cluster mode, until SIGTERM/SIGINT (SIGHUP reloads only the auth files:
+    etcd is the topology's source)."""
     from memring.cluster.etcd_coordinator import EtcdCoordinator  # grpc: only in cluster mode
 
-    async with EtcdCoordinator.connect(settings.etcd, settings.cluster, probe=False) as etcd:
+    async with EtcdCoordinator.connect(settings.etcd, settings.cluster, probe=False,
+                                       security=settings.etcd_security) as etcd:
+        await etcd.check_access()  # AccessDenied: exit 1 (proxy.cli)
         topology = ClusterTopology(etcd, settings)
         view = await topology.first_view()
         settings = settings_for(settings, view)
@@ -198,7 +201,8 @@ async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
                                            signal.SIGHUP) as signals:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
-                        log.info("SIGHUP ignored: in cluster mode the topology follows etcd")
+                        log.info("SIGHUP: the topology follows etcd; auth files reloaded")
+                        server.reload_auth()
                         continue
                     log.info("%s received: shutting down", signal.Signals(signum).name)
                     background.cancel()  # deregisters: the session's lease is revoked

@@ -85,6 +85,14 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_idle_kicks_total",
                                   "Client connections closed by --idle-timeout",
                                   value=conns.idle_kicks)
+        auth = self.state.stats.auth
+        if auth is not None:  # --auth-file: memcached's auth_cmds, auth_errors
+            yield CounterMetricFamily(f"{PREFIX}_auth_checks_total",
+                                      "Client authentication attempts checked (auth_cmds)",
+                                      value=auth.auth_cmds)
+            yield CounterMetricFamily(f"{PREFIX}_auth_failures_total",
+                                      "Client authentication attempts refused (auth_errors)",
+                                      value=auth.auth_errors)
         yield from self._topology()
         settings = self.state.settings
         info = InfoMetricFamily(PREFIX, "This proxy: versions and mode")

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 
 import trio
 
+from memring.protocol.ascii_auth import Login
 from memring.proxy.backend_connection import (
     BackendConnection,
     ConnectionFailed,
@@ -42,10 +44,16 @@ class NodeCounters:
         self.ejections = 0
 
 
+def _no_login() -> Login | None:
+    return None
+
+
 class NodePool:
     def __init__(self, spec: NodeSpec, settings: ProxySettings,
+                 login: Callable[[], Login | None] = _no_login,
                  tls: ssl.SSLContext | None = None) -> None:
         self.spec = spec
+        self.login = login  # the credentials each new connection authenticates with
         self.tls = tls  # backend TLS (proxy.server builds it once from the settings)
         self._tls_problem: str | None = None  # the handshake failure logged last
         self.address = spec.address
@@ -154,7 +162,7 @@ class NodePool:
                     await trio.sleep(self.retry / 4)
                 continue
             conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                     self._failed, self._succeeded, self.tls)
+                                     self._failed, self._succeeded, self.login(), self.tls)
             try:
                 await conn.connect()
             except ConnectionFailed as exc:
@@ -188,7 +196,7 @@ class NodePool:
 
     async def _probe(self) -> bool:
         conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                 lambda reason: None, lambda: None, self.tls)
+                                 lambda reason: None, lambda: None, self.login(), self.tls)
         try:
             await conn.connect()
         except ConnectionFailed as exc:

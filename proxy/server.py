@@ -20,10 +20,12 @@ import time
 
 import trio
 
+from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -50,6 +52,26 @@ class ProxyServer:
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
         self._backend_tls: tuple[TlsSettings | None, ssl.SSLContext | None] = (None, None)
+        # memcached's -Y: clients authenticate first (None: off); AuthFileError if unreadable
+        self.auth = Authenticator(load_credentials(settings.auth_file)) \
+            if settings.auth_file else None
+        self.state.stats.auth = self.auth
+        # the proxy's own user for backends that want one (the file's first entry)
+        self._backend_users = Authenticator(load_credentials(settings.backend_auth_file)) \
+            if settings.backend_auth_file else None
+
+    def backend_login(self) -> Login | None:
+        """The user and password new backend connections authenticate with (None: none)."""
+        return self._backend_users.credentials.first() if self._backend_users else None
+
+    def reload_auth(self) -> None:
+        """SIGHUP: read the auth files again; one that cannot be loaded is kept as it was.
+        Connections already authenticated stay so (as in memcached)."""
+        if self.auth is not None:
+            reload_credentials(self.auth, self.state.settings.auth_file)
+        if self._backend_users is not None:
+            reload_credentials(self._backend_users, self.state.settings.backend_auth_file,
+                               "SIGHUP (backend credentials)")
 
     # -- topology ----------------------------------------------------------------------
 
@@ -65,7 +87,7 @@ class ProxyServer:
             for node in spec.nodes:
                 pool = pools.get(node.address) or old.get(node.address)
                 if pool is None:
-                    pool = NodePool(node, settings, tls)
+                    pool = NodePool(node, settings, self.backend_login, tls)
                     self._pool_nursery.start_soon(pool.run)
                 pool.tls = tls  # a kept pool's next connections follow a changed setting
                 pools[node.address] = pool
@@ -121,7 +143,10 @@ class ProxyServer:
         assert self._drainers is not None
         sock = conn.sock
         settings = self.state.settings
-        parser = RequestParser(max_line=settings.max_line, max_item_size=settings.max_item_size)
+        requests = RequestParser(max_line=settings.max_line,
+                                 max_item_size=settings.max_item_size)
+        # in front of the requests until the client authenticated (--auth-file)
+        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from memring.protocol.request_encoder import encode_get, encode_request
 from memring.protocol.requests import (
     Arithmetic,
+    Authenticated,
     CacheMemlimit,
     Delete,
     FlushAll,
@@ -236,6 +237,9 @@ class ClientSession:
         self._closing = True
         return Ready(b"")
 
+    def _authenticated(self, router: ShardRouter, event: Authenticated) -> Slot:
+        return Ready(event.reply)
+
     def _protocol_error(self, router: ShardRouter, error: ProtocolError) -> Slot:
         self.state.stats.client_errors += 1
         if error.close:
@@ -272,4 +276,5 @@ _DISPATCH = dict([
     _route(Shutdown, ClientSession._shutdown),
     _route(Quit, ClientSession._quit),
     _route(ProtocolError, ClientSession._protocol_error),
+    _route(Authenticated, ClientSession._authenticated),
 ])

@@ -17,6 +17,9 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from memring.cluster import etcd_security
+from memring.cluster.etcd_security import EtcdSecurity
+
 # The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
 # re-exported here so `proxy.settings.ShardSpec` etc. keep working.
 from memring.cluster.static_topology import NodeSpec as NodeSpec
@@ -65,12 +68,25 @@ class ProxySettings(Listening):
     log_level: str = "info"          # debug | info | warning | error
     log_format: str = "logfmt"       # logfmt | json (netio.logs)
     shards: tuple[ShardSpec, ...] = field(default_factory=tuple)
+    # etcd security (cluster.etcd_security): TLS files and an etcd user
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password_file: str = ""
+    # authentication
+    auth_file: str = ""              # memcached's -Y for the proxy's clients ("" = off)
+    backend_auth_file: str = ""      # the proxy's own user for the backends: the file's first
     # backend TLS: the proxy's links to its backends (every node, static or from etcd)
     backend_tls: bool = False
     backend_tls_ca: str = ""         # CA the backends' certificates must chain to
     backend_tls_cert: str = ""       # the proxy's client certificate (backends with mutual TLS)
     backend_tls_key: str = ""        # its key ("" = in the certificate file)
     backend_tls_verify: str = "require"  # require | none: check the backend's certificate
+
+    @property
+    def etcd_security(self) -> EtcdSecurity:
+        return EtcdSecurity.of(self)
 
     @property
     def backend_tls_settings(self) -> TlsSettings | None:
@@ -115,6 +131,7 @@ def _validate(settings: ProxySettings) -> ProxySettings:
         from memring.cluster.keyspace import check_id
         try:
             parse_endpoints(settings.etcd)
+            settings.etcd_security.check(settings.etcd)
             check_id("cluster", settings.cluster)
             if settings.proxy_id:
                 check_id("proxy", settings.proxy_id)
@@ -182,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="close a client connection that completes no request for this "
                         "long while the proxy waits for its input, half-sent requests "
                         "included (0: never; default 300)")
-    parser.add_argument("--etcd", help="cluster mode: etcd URLs, http://HOST:PORT[,...]")
+    parser.add_argument("--etcd", help="cluster mode: etcd URLs, http://HOST:PORT[,...] (or "
+                        "all https://: see etcd security)")
     parser.add_argument("--cluster", help="cluster name in etcd (default memring)")
     parser.add_argument("--advertise", help="HOST:PORT published in etcd (default: --listen)")
     parser.add_argument("--proxy-id", help="this proxy's id in etcd (default HOSTNAME-PORT)")
@@ -203,6 +221,16 @@ def _parser() -> argparse.ArgumentParser:
                         "(GET /metrics; default: off); with --workers N, worker i uses PORT+i")
     parser.add_argument("--log-level", help="debug, info (default), warning or error")
     parser.add_argument("--log-format", help="logfmt (default) or json: one line per event")
+    authentication = parser.add_argument_group("authentication")
+    authentication.add_argument("--auth-file", metavar="FILE",
+                                help="memcached's -Y for the proxy's clients: they must first "
+                                "send a `set` whose data is `user password` for a "
+                                "`user:password` line of FILE (reloaded on SIGHUP; default: off)")
+    authentication.add_argument("--backend-auth-file", metavar="FILE",
+                                help="the proxy's own credentials for backends started with "
+                                "--auth-file (or memcached -Y): the first `user:password` line "
+                                "of FILE, sent on every new backend connection (reloaded on "
+                                "SIGHUP; default: none)")
     tls = parser.add_argument_group("backend TLS", "the proxy's connections to its backends "
                                     "(every node, from --config or etcd)")
     tls.add_argument("--backend-tls", action=argparse.BooleanOptionalAction,
@@ -218,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--backend-tls-verify", metavar="MODE",
                      help="require (default): verify the backends' certificates; none: "
                           "encrypt only (no protection from an impostor)")
+    etcd_security.add_arguments(parser)  # last: test_etcd_security_settings holds it there
     return parser
 
 
@@ -250,7 +279,8 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
-                 "log_level", "log_format", "backend_tls", "backend_tls_ca", "backend_tls_cert",
+                 "log_level", "log_format", *etcd_security.FIELDS, "auth_file",
+                 "backend_auth_file", "backend_tls", "backend_tls_ca", "backend_tls_cert",
                  "backend_tls_key", "backend_tls_verify"):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from memring.netio.connection_server import ConnectionCounters
+from memring.protocol.ascii_auth import Authenticator
 from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
 
@@ -31,6 +32,7 @@ class ProxyStats:
         self.client_errors = 0     # bad input from clients
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)  # per bucket, not cumulative
         self.latency_sum = 0.0  # seconds
+        self.auth: Authenticator | None = None  # --auth-file: its auth_cmds, auth_errors
 
     def observe_reply(self, started: float) -> None:
         """A reply is ready: count its latency since `started` (a perf_counter reading)."""
@@ -49,6 +51,8 @@ class ProxyStats:
             self.errors = self.client_errors = 0
             self.latency_buckets[:] = [0] * len(self.latency_buckets)
             self.latency_sum = 0.0
+            if self.auth is not None:
+                self.auth.reset()
             return b"RESET\r\n"
         if args and args != [b"proxy"]:
             return b"ERROR\r\n"
@@ -79,6 +83,8 @@ class ProxyStats:
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
         ]
+        if self.auth is not None:
+            pairs += [("auth_cmds", self.auth.auth_cmds), ("auth_errors", self.auth.auth_errors)]
         if buffers is not None:  # client data held: partial requests, replies waiting
             pairs += [("buffered_bytes", buffers.used),
                       ("buffered_bytes_peak", buffers.peak),

@@ -1,8 +1,14 @@
 """The follower's side of replication: follow the shard's current leader over the peer port.
 
-Theory of operation: while this node does not lead, one task finds the leader's peer
-address in the cluster view (`leader_peer`), connects, sends HELLO with the position of the
-last mutation applied, and applies what comes back through FollowerState, in order:
+Theory of operation: while this node does not lead, one task finds the leader in the cluster
+view (`leader_peer`: its peer address, node id, lease and epoch), connects, and authenticates
+it (issue 13): it answers the leader's CHALLENGE with HELLO (the position of the last
+mutation applied, a fresh nonce and, with a peer secret, its proof; `peer_auth`), and takes
+nothing from the leader until its WELCOME names the leader etcd names (node, lease, epoch:
+else ERROR NOT_LEADER) and proves the secret over this HELLO's nonce (else ERROR
+UNAUTHENTICATED), all within HANDSHAKE_TIMEOUT. A refused "leader" (a fake one an etcd
+record points at) never changes the store. Then it applies what comes through FollowerState,
+in order:
 mutations, or a snapshot followed by the tail. After each read it ACKs its position. It hangs
 up and starts over (capped backoff) when the connection drops, the leader changes, the leader
 answers ERROR, or a message does not follow (a gap or an older epoch: it says so with ERROR
@@ -29,23 +35,30 @@ from enum import Enum
 
 import trio
 
+from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
 from memring.backend.replication.mutation_log import ReplicationGap
+from memring.backend.replication.peer_auth import new_nonce
 from memring.backend.replication.ports import FollowerSideHost
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.settings import SettingsError, split_address
 from memring.protocol.replication import (
+    PROTOCOL_VERSION,
     Ack,
+    Challenge,
     Error,
     ErrorCode,
+    Event,
     Hello,
     MalformedFrame,
     Mutation,
+    Position,
     ReplicationParser,
     SnapshotBegin,
     SnapshotEnd,
     SnapshotItem,
+    Welcome,
     encode,
 )
 from memring.protocol.sentinels import NEED_DATA
@@ -53,12 +66,14 @@ from memring.protocol.sentinels import NEED_DATA
 log = logging.getLogger("memring.backend.replication")
 
 CONNECT_TIMEOUT = 1.0
+HANDSHAKE_TIMEOUT = 2.0  # CHALLENGE to WELCOME, as the leader allows (leader_side)
 WATCH_INTERVAL = 0.05
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 # The leader refused HELLO (NOT_MEMBER): its view may trail etcd by a watch round trip
 # behind this node's new lease, so ask again soon, at a fixed pace (not the growing backoff)
 NOT_MEMBER_RETRY = 0.1
+LOG_REFUSALS = 100  # of the leaders refused, the first and every 100th are logged
 
 
 class SessionEnd(Enum):
@@ -85,7 +100,7 @@ async def follow_leader(host: FollowerSideHost) -> None:
                 refusals += 1
                 if refusals == 1 or refusals % 100 == 0:
                     log.info("leader %s does not know lease %x yet (%d refusals): retrying "
-                             "every %g s", target[0], host.incarnation().lease_id, refusals,
+                             "every %g s", target.address, host.incarnation().lease_id, refusals,
                              NOT_MEMBER_RETRY)
                 await trio.sleep(NOT_MEMBER_RETRY)
                 continue
@@ -94,7 +109,7 @@ async def follow_leader(host: FollowerSideHost) -> None:
             failures += 1
             if failures == 1 or failures % 50 == 0:
                 exc = group.exceptions[0]
-                log.info("replication from %s: %s", target[0], exc or type(exc).__name__)
+                log.info("replication from %s: %s", target.address, exc or type(exc).__name__)
         if counters.applied != before:
             backoff, failures = BACKOFF_FIRST, 0
         else:
@@ -102,7 +117,7 @@ async def follow_leader(host: FollowerSideHost) -> None:
         await trio.sleep(backoff)
 
 
-async def _leader(host: FollowerSideHost) -> tuple[str, int]:
+async def _leader(host: FollowerSideHost) -> LeaderPeer:
     """Wait until another node leads and publishes a peer address."""
     while True:
         target = None if host.leading else host.leader_peer()
@@ -112,9 +127,9 @@ async def _leader(host: FollowerSideHost) -> tuple[str, int]:
             await host.next_role_change()
 
 
-async def _session(host: FollowerSideHost, target: tuple[str, int]) -> SessionEnd:
+async def _session(host: FollowerSideHost, target: LeaderPeer) -> SessionEnd:
     """One connection to the leader, and why it ended."""
-    peer_host, peer_port = split_address(target[0])
+    peer_host, peer_port = split_address(target.address)
     with trio.fail_after(CONNECT_TIMEOUT):
         sock = await nonblocking.connect(peer_host, peer_port)
     me = host.incarnation()  # as HELLO will name it
@@ -122,7 +137,7 @@ async def _session(host: FollowerSideHost, target: tuple[str, int]) -> SessionEn
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, host, target, me, nursery.cancel_scope)
-            refused = await _receive(host, sock, me)
+            refused = await _receive(host, sock, me, target)
             nursery.cancel_scope.cancel()
     finally:
         nonblocking.close(sock)
@@ -138,7 +153,7 @@ def _reborn(host: FollowerSideHost, introduced: Incarnation) -> bool:
     return current.lease_id != 0 and current != introduced
 
 
-async def _watch(host: FollowerSideHost, target: tuple[str, int], introduced: Incarnation,
+async def _watch(host: FollowerSideHost, target: LeaderPeer, introduced: Incarnation,
                  scope: trio.CancelScope) -> None:
     """Hang up when this node leads or another node (or epoch) does, or when this node is
     a new incarnation (a new session's lease) that the leader must hear of."""
@@ -152,22 +167,108 @@ async def _watch(host: FollowerSideHost, target: tuple[str, int], introduced: In
     scope.cancel()
 
 
-async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation
-                   ) -> ErrorCode | None:
-    """Apply the leader's stream until it ends (counting in `counters.applied`); the code
-    of the ERROR the leader ended it with, if it did."""
-    state: FollowerState = host.follower
-    if state.in_snapshot:  # cut off inside a snapshot: a partial store
-        state = host.start_over()
-    await nonblocking.send_all(sock, encode(Hello(me.node_id, me.lease_id, state.position)))
-    counters = host.counters
-    parser = ReplicationParser()
-    acked = state.position
+async def _next_event(sock: socket.socket, parser: ReplicationParser) -> Event | None:
+    """The next event from the leader, or None when it hung up."""
     while True:
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            return event
         data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
         if not data:
             return None
         parser.receive_data(data)
+
+
+async def _refuse(host: FollowerSideHost, sock: socket.socket, code: ErrorCode, epoch: int,
+                  why: str) -> None:
+    """Say why with ERROR; log the first refusal and every LOG_REFUSALS-th (the follower asks
+    again within its backoff; `stats` has the count)."""
+    counters = host.counters
+    counters.leaders_refused += 1
+    refused = counters.leaders_refused
+    level = logging.WARNING if refused == 1 or refused % LOG_REFUSALS == 0 else logging.DEBUG
+    log.log(level, "refusing the leader at %s: %s (%d refused so far)", _peer_name(sock), why,
+            refused)
+    await nonblocking.send_all(sock, encode(Error(code, epoch, why)))
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: ReplicationParser,
+                     me: Incarnation, position: Position, target: LeaderPeer
+                     ) -> ErrorCode | bool:
+    """CHALLENGE, HELLO with this node's proof, WELCOME checked against the leader etcd names
+    (`target`) and its proof: True when the leader is authenticated; else False (this side
+    refused, ERROR sent) or the code of the leader's ERROR."""
+    epoch = host.follower.newest_epoch
+    challenge = await _next_event(sock, parser)
+    if isinstance(challenge, Error):
+        log.info("leader says %s: %s", challenge.code.name, challenge.message)
+        return challenge.code
+    if not isinstance(challenge, Challenge) or challenge.version != PROTOCOL_VERSION:
+        what = f"version {challenge.version}" if isinstance(challenge, Challenge) else \
+            type(challenge).__name__ if challenge is not None else "nothing"
+        await _refuse(host, sock, ErrorCode.VERSION if isinstance(challenge, Challenge) else
+                      ErrorCode.MALFORMED, epoch, f"expected CHALLENGE version "
+                      f"{PROTOCOL_VERSION}, got {what}")
+        return False
+    key = host.peer_key
+    nonce = new_nonce()
+    proof = key.follower_proof(me, position, challenge.nonce, nonce)
+    await nonblocking.send_all(sock, encode(Hello(me.node_id, me.lease_id, position, nonce,
+                                                  proof)))
+    welcome = await _next_event(sock, parser)
+    if isinstance(welcome, Error):
+        if welcome.code is ErrorCode.UNAUTHENTICATED:  # follow_leader's backoff: ~1/s
+            log.warning("the leader at %s refused this node's proof: is --peer-secret-file "
+                        "the cluster's?", _peer_name(sock))
+        else:
+            log.info("leader says %s: %s", welcome.code.name, welcome.message)
+        return welcome.code
+    if not isinstance(welcome, Welcome):
+        what = type(welcome).__name__ if welcome is not None else "nothing"
+        await _refuse(host, sock, ErrorCode.MALFORMED, epoch, f"expected WELCOME, got {what}")
+        return False
+    claimed = (welcome.node_id, welcome.lease_id, welcome.epoch)
+    if claimed != (target.node_id, target.lease_id, target.epoch):
+        await _refuse(host, sock, ErrorCode.NOT_LEADER, epoch,
+                      f"{welcome.node_id} (lease {welcome.lease_id:x}, epoch {welcome.epoch}) "
+                      f"is not the leader etcd names ({target.node_id}, lease "
+                      f"{target.lease_id:x}, epoch {target.epoch})")
+        return False
+    leader = Incarnation(welcome.node_id, welcome.lease_id)
+    expected = key.leader_proof(leader, welcome.epoch, me, nonce, challenge.nonce)
+    if not key.verify(expected, welcome.proof):
+        await _refuse(host, sock, ErrorCode.UNAUTHENTICATED, epoch,
+                      f"{welcome.node_id}'s proof is " + ("missing" if not welcome.proof
+                                                          else "wrong (not the peer secret)"))
+        return False
+    if key.required and not welcome.proof:
+        log.info("following %s without its proof (--peer-secret-optional)", welcome.node_id)
+    return True
+
+
+async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation,
+                   target: LeaderPeer) -> ErrorCode | None:
+    """Authenticate the leader, then apply its stream until it ends (counting in
+    `counters.applied`); the code of the ERROR the leader ended it with, if it did."""
+    state: FollowerState = host.follower
+    if state.in_snapshot:  # cut off inside a snapshot: a partial store
+        state = host.start_over()
+    parser = ReplicationParser()
+    with trio.fail_after(HANDSHAKE_TIMEOUT):
+        authenticated = await _handshake(host, sock, parser, me, state.position, target)
+    if authenticated is not True:
+        return authenticated if isinstance(authenticated, ErrorCode) else None
+    counters = host.counters
+    acked = state.position
+    while True:
         while True:
             event = parser.next_event()
             if event is NEED_DATA:
@@ -208,3 +309,7 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation
         if not state.in_snapshot and state.position != acked:
             acked = state.position
             await nonblocking.send_all(sock, encode(Ack(acked)))
+        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+        if not data:
+            return None
+        parser.receive_data(data)

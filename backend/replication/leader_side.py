@@ -12,13 +12,16 @@ the ISR and sync-mode replies follow. When this node stops leading, every follow
 connection gets ERROR NOT_LEADER and is closed, and followers look for the new leader. All it
 knows of the node is its `ports.LeaderSideHost`.
 
-Who may be served (issue 12; the peer port has no authentication yet): a HELLO must name a
-current incarnation, a node registered in this shard (its `nodes/` key, not this node's)
-whose lease is the one named; any other gets ERROR NOT_MEMBER and is closed (a real follower
-whose new lease has not reached this node's view yet retries shortly). Until its HELLO is
-accepted a connection is *pending*: the peer server keeps only a few of those, a new arrival
-evicting the oldest (replicator.PEER_PENDING), and the HELLO timeout still applies; once
-accepted, a newer connection of the same node supersedes it. So silent or unregistered
+Who may be served (issues 12 and 13): on accept the leader sends CHALLENGE (a fresh nonce)
+and waits HANDSHAKE_TIMEOUT for HELLO. With a peer secret, HELLO's proof must be the HMAC of
+the follower's identity over both nonces (`peer_auth`), else ERROR UNAUTHENTICATED; then the
+HELLO must name a current incarnation, a node registered in this shard (its `nodes/` key,
+not this node's) whose lease is the one named, else ERROR NOT_MEMBER (a real follower whose
+new lease has not reached this node's view yet retries shortly). Only then does the leader
+answer WELCOME with its own proof, and stream. A refused peer receives CHALLENGE and one
+ERROR, nothing else. Until admitted a connection is *pending*: the peer server keeps only a
+few of those, a new arrival evicting the oldest (replicator.PEER_PENDING); once admitted, a
+newer connection of the same node supersedes it. So silent, unauthenticated or unregistered
 clients cannot fill the port, and the peer connections stay bounded by the shard's members
 plus the pending cap.
 """
@@ -31,6 +34,7 @@ import socket
 import trio
 
 from memring.backend.replication.in_sync import FollowerLink, InSyncReplicas
+from memring.backend.replication.peer_auth import new_nonce
 from memring.backend.replication.ports import LeaderSideHost
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
@@ -38,6 +42,7 @@ from memring.netio.connection_server import Connection
 from memring.protocol.replication import (
     PROTOCOL_VERSION,
     Ack,
+    Challenge,
     Error,
     ErrorCode,
     Event,
@@ -46,14 +51,18 @@ from memring.protocol.replication import (
     Position,
     ReplicationParser,
     SnapshotItem,
+    Welcome,
     encode,
 )
 from memring.protocol.sentinels import NEED_DATA
 
 log = logging.getLogger("memring.backend.replication")
 
-HELLO_TIMEOUT = 5.0
+# A peer connection completes the handshake (CHALLENGE, HELLO, WELCOME) within this, or is
+# closed: together with replicator.PEER_PENDING it bounds what impostors can hold (issue 13)
+HANDSHAKE_TIMEOUT = 2.0
 BATCH = 1024  # mutations per send
+LOG_REFUSALS = 100  # of the refused proofs, the first and every 100th are logged
 
 
 class _Deposed(Exception):
@@ -81,29 +90,18 @@ async def _send(conn: Connection, message: Error) -> None:
 
 async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
     parser = ReplicationParser()
-    hello: Event | None = None
-    with trio.move_on_after(HELLO_TIMEOUT):
-        hello = await next_event(conn.sock, parser)
-    epoch = host.log.newest.epoch
-    if not isinstance(hello, Hello):
-        await _send(conn, Error(ErrorCode.MALFORMED, epoch, "expected HELLO"))
+    admitted: tuple[Hello, int, InSyncReplicas] | None = None
+    with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
+        admitted = await _handshake(host, conn, parser)
+    if handshake.cancelled_caught:
+        log.info("peer %s: no handshake within %g s", _peer_name(conn), HANDSHAKE_TIMEOUT)
+        await _send(conn, Error(ErrorCode.MALFORMED, host.log.newest.epoch,
+                                f"no HELLO within {HANDSHAKE_TIMEOUT:g} s"))
+    if admitted is None:
         return
-    if hello.version != PROTOCOL_VERSION:
-        await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
-        return
-    insync = host.insync
-    if not host.leading or insync is None:
-        await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
-        return
+    hello, epoch, insync = admitted
     node = hello.node_id
     incarnation = Incarnation(node, hello.incarnation)
-    if not insync.current(incarnation):
-        # Not a registered member of this shard under this lease in our view: an impostor,
-        # or a real follower whose new lease has not reached us yet (it retries soon).
-        log.info("refused HELLO of %s (lease %x): not a current member of the shard",
-                 node, hello.incarnation)
-        await _send(conn, Error(ErrorCode.NOT_MEMBER, epoch, "not a current member"))
-        return
     conn.pending = False  # admitted: at most one such connection per node (below)
     link = insync.connected(incarnation, hello.position,
                             snapshotting=not host.log.covers(hello.position),
@@ -122,6 +120,79 @@ async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
     finally:
         insync.disconnected(link)  # its own link only: not a newer connection's
         log.info("follower %s disconnected", node)
+
+
+def _refused(host: LeaderSideHost, message: str, *args: object) -> None:
+    """Count a refused proof; log the first and every LOG_REFUSALS-th as a warning (an
+    impostor retrying in a loop does not flood the log; `stats` has the count)."""
+    counters = host.counters
+    counters.peers_refused += 1
+    refused = counters.peers_refused
+    level = logging.WARNING if refused == 1 or refused % LOG_REFUSALS == 0 else logging.DEBUG
+    log.log(level, message + " (%d refused so far)", *args, refused)
+
+
+def _peer_name(conn: Connection) -> str:
+    try:
+        host, port = conn.sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def _handshake(host: LeaderSideHost, conn: Connection, parser: ReplicationParser
+                     ) -> tuple[Hello, int, InSyncReplicas] | None:
+    """CHALLENGE, the follower's HELLO checked (its proof, then its identity in etcd), and
+    WELCOME with this leader's proof; once admitted, the HELLO with the epoch and followers
+    it was admitted to, else None (refused: ERROR sent). Nothing but CHALLENGE and an ERROR
+    reaches a peer that is not admitted."""
+    nonce = new_nonce()
+    try:
+        await nonblocking.send_all(conn.sock, encode(Challenge(nonce)))
+        hello = await next_event(conn.sock, parser)
+    except OSError:
+        return None
+    epoch = host.log.newest.epoch
+    if not isinstance(hello, Hello):
+        await _send(conn, Error(ErrorCode.MALFORMED, epoch, "expected HELLO"))
+        return None
+    if hello.version != PROTOCOL_VERSION:
+        await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
+        return None
+    key = host.peer_key
+    follower = Incarnation(hello.node_id, hello.incarnation)
+    expected = key.follower_proof(follower, hello.position, nonce, hello.nonce)
+    if not key.verify(expected, hello.proof):
+        # Not the cluster's secret (or none): whoever it claims to be, it learns nothing
+        _refused(host, "refused HELLO of %s (lease %x) from %s: %s", hello.node_id,
+                 hello.incarnation, _peer_name(conn),
+                 "no proof" if not hello.proof else "wrong proof (not the peer secret)")
+        await _send(conn, Error(ErrorCode.UNAUTHENTICATED, epoch, "proof missing or wrong"))
+        return None
+    if key.required and not hello.proof:
+        log.info("accepted HELLO of %s without a proof (--peer-secret-optional)",
+                 hello.node_id)
+    leadership, insync = host.leadership, host.insync
+    if not host.leading or insync is None or leadership is None \
+            or leadership.epoch != epoch:
+        await _send(conn, Error(ErrorCode.NOT_LEADER, epoch, "not the leader"))
+        return None
+    if not insync.current(follower):
+        # Not a registered member of this shard under this lease in our view: an impostor,
+        # or a real follower whose new lease has not reached us yet (it retries soon).
+        host.counters.peers_refused += 1
+        log.info("refused HELLO of %s (lease %x): not a current member of the shard",
+                 hello.node_id, hello.incarnation)
+        await _send(conn, Error(ErrorCode.NOT_MEMBER, epoch, "not a current member"))
+        return None
+    me = Incarnation(leadership.node_id, leadership.lease_id)
+    proof = key.leader_proof(me, epoch, follower, hello.nonce, nonce)
+    try:
+        await nonblocking.send_all(conn.sock, encode(Welcome(me.node_id, me.lease_id, epoch,
+                                                             proof)))
+    except OSError:
+        return None
+    return hello, epoch, insync
 
 
 def _check(host: LeaderSideHost, epoch: int) -> None:

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState
 from memring.backend.replication.in_sync import InSyncReplicas
 from memring.backend.replication.mutation_log import ReplicationLog
+from memring.backend.replication.peer_auth import PeerKey
 from memring.backend.replication.snapshot import StoreSnapshot
-from memring.cluster.coordinator import Incarnation
+from memring.cluster.coordinator import Incarnation, Leadership
 
 
 @dataclass(slots=True)
@@ -29,6 +31,8 @@ class ReplicationCounters:
     snapshots_received: int = 0
     applied: int = 0  # messages applied as a follower
     unacknowledged: int = 0  # sync writes whose connection closed unanswered
+    peers_refused: int = 0  # HELLOs refused as leader: no proof or a wrong one, not a member
+    leaders_refused: int = 0  # leaders refused as follower: not etcd's, or a wrong proof
 
 
 class LeaderSideHost(Protocol):
@@ -44,6 +48,14 @@ class LeaderSideHost(Protocol):
     @property
     def insync(self) -> InSyncReplicas | None:
         """The current leadership's followers (acks, lag, ISR); None when not leading."""
+
+    @property
+    def leadership(self) -> Leadership | None:
+        """This node's leader key (node id, lease, epoch) as WELCOME names it."""
+
+    @property
+    def peer_key(self) -> PeerKey:
+        """The peer secret and what proofs bind (cluster, shard)."""
 
     @property
     def counters(self) -> ReplicationCounters: ...
@@ -68,8 +80,13 @@ class FollowerSideHost(Protocol):
     @property
     def counters(self) -> ReplicationCounters: ...
 
-    def leader_peer(self) -> tuple[str, int] | None:
-        """(peer address, epoch) of the shard's leader when another node leads, else None."""
+    @property
+    def peer_key(self) -> PeerKey:
+        """The peer secret and what proofs bind (cluster, shard)."""
+
+    def leader_peer(self) -> LeaderPeer | None:
+        """The shard's leader (peer address, epoch, node id, lease) when another node
+        leads, else None."""
 
     def incarnation(self) -> Incarnation:
         """This node as it introduces itself to the leader (lease id 0 without a session)."""

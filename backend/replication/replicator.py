@@ -35,12 +35,18 @@ from collections.abc import Sequence
 
 import trio
 
-from memring.backend.cluster_member import ClusterMember
+from memring.backend.cluster_member import ClusterMember, LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState
 from memring.backend.replication.follower_side import follow_leader
 from memring.backend.replication.in_sync import InSyncReplicas
 from memring.backend.replication.leader_side import serve_follower
 from memring.backend.replication.mutation_log import ReplicationLog, StoreRecorder, mutation_size
+from memring.backend.replication.peer_auth import (
+    PeerKey,
+    exposed,
+    read_secret,
+    readable_by_others,
+)
 from memring.backend.replication.ports import ReplicationCounters
 from memring.backend.replication.snapshot import StoreSnapshot
 from memring.backend.settings import BackendSettings
@@ -75,10 +81,11 @@ log = logging.getLogger("memring.backend.replication")
 # a position no follower can hold, so every follower takes a snapshot from it.
 NOWHERE = Position(0, (1 << 64) - 1)
 # The peer port's own limits, apart from the client port's --max-connections (issue 12): a
-# connection is pending until its HELLO names a current member of this shard (leader_side);
-# at most PEER_PENDING are kept, a new one evicting the oldest (each still has the HELLO
-# timeout), so silent or unregistered clients can never fill the port; admitted connections
-# number at most one per member (a newer one supersedes the older), MAX_FOLLOWERS in all.
+# connection is pending until its handshake proves the peer secret and names a current member
+# of this shard (leader_side); at most PEER_PENDING are kept, a new one evicting the oldest
+# (each has the 2 s handshake deadline), so silent, unauthenticated or unregistered clients
+# can never fill the port; admitted connections number at most one per member (a newer one
+# supersedes the older), MAX_FOLLOWERS in all.
 PEER_PENDING = 8
 MAX_FOLLOWERS = 64
 PEER_MAX_CONNECTIONS = PEER_PENDING + MAX_FOLLOWERS
@@ -117,6 +124,15 @@ class Replicator:
         self.peer_counters = ConnectionCounters()  # the peer port's connections
         self.peers: ConnectionServer | None = None
         self._scope = trio.CancelScope()
+        secret = read_secret(settings.peer_secret_file) if settings.peer_secret_file else b""
+        if secret and readable_by_others(settings.peer_secret_file):
+            log.warning("the peer secret file %s is readable by other users (chmod 600 it)",
+                        settings.peer_secret_file)
+        self.peer_key = PeerKey(secret, settings.cluster, member.identity.shard,
+                                optional=settings.peer_secret_optional)
+        if secret and settings.peer_secret_optional:
+            log.warning("--peer-secret-optional: peers that send no proof are accepted (only "
+                        "while the cluster moves to a peer secret)")
 
     # -- roles (ClusterMember.listener) -----------------------------------------------------
 
@@ -246,8 +262,12 @@ class Replicator:
     async def next_role_change(self) -> None:
         await self._role_changed.park()
 
-    def leader_peer(self) -> tuple[str, int] | None:
+    def leader_peer(self) -> LeaderPeer | None:
         return self.member.leader_peer()
+
+    @property
+    def leadership(self) -> Leadership | None:
+        return self._leadership
 
     def incarnation(self) -> Incarnation:
         session = self.member.session
@@ -380,6 +400,10 @@ class Replicator:
             ("memring_repl_backlog_bytes", self.log.bytes),
             ("memring_repl_snapshots_sent", counters.snapshots_sent),
             ("memring_repl_snapshots_received", counters.snapshots_received),
+            ("memring_repl_peer_auth", "plain" if not self.peer_key.required else
+             "optional" if self.peer_key.optional else "secret"),
+            ("memring_repl_peers_refused", counters.peers_refused),
+            ("memring_repl_leaders_refused", counters.leaders_refused),
             ("memring_repl_unacknowledged", counters.unacknowledged)]
         if insync is None:
             return lines
@@ -409,8 +433,16 @@ class Replicator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_each_isr)
                 await nursery.start(self.peers.serve, listener)
-                log.info("replication (%s) on peer port %s:%d", self.settings.replication,
-                         host, listener.getsockname()[1])
+                log.info("replication (%s) on peer port %s:%d, %s", self.settings.replication,
+                         host, listener.getsockname()[1],
+                         "unauthenticated (no peer secret)" if not self.peer_key.required else
+                         "authenticated (peer secret, optional)" if self.peer_key.optional else
+                         "authenticated (peer secret)")
+                if exposed(host) and not self.peer_key.required:
+                    log.warning("the peer port %s:%d is reachable from other machines without "
+                                "a peer secret: anyone who reaches it and reads etcd can join "
+                                "the shard and read the whole store; give every member "
+                                "--peer-secret-file", host, listener.getsockname()[1])
                 nursery.start_soon(follow_leader, self)
                 task_status.started()
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -18,6 +19,7 @@ import trio
 from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
+from memring.cluster.launcher import write_peer_secret
 from tests.helpers import servers, wire
 
 SHARD = "s1"
@@ -25,6 +27,7 @@ BACKLOG = 65536  # small, so a follower that joins after 1,000 writes needs a sn
 LEADER_WAIT_MS = 800  # the proxy's --leader-wait-ms
 _shard_clusters = itertools.count(1)
 _replicated_clusters = itertools.count(1)
+_secrets = itertools.count(1)
 T = TypeVar("T")
 
 
@@ -65,17 +68,20 @@ class Shard:
 
 
 class ReplicatedShard(Shard):
-    """A shard whose backends replicate (`mode`), with a small backlog."""
+    """A shard whose backends replicate (`mode`), with a small backlog; with
+    `peer_secret_file` set (`peer_secret_in`), its peer links are authenticated."""
 
     mode = "async"
     extra: tuple[str, ...] = ()
+    peer_secret_file = ""
 
     def start(self, port: int | None = None) -> servers.RunningServer:
         port = port or servers.free_port()
+        secret = ("--peer-secret-file", self.peer_secret_file) if self.peer_secret_file else ()
         argv = servers.backend_argv(
             "--etcd", self.etcd.url, "--cluster", self.cluster, "--shard", SHARD,
             "--replication", self.mode, "--peer-listen", f"{servers.HOST}:{servers.free_port()}",
-            "--replication-backlog", str(BACKLOG), *self.extra)
+            "--replication-backlog", str(BACKLOG), *secret, *self.extra)
         node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
         self.nodes[port] = node
         return node
@@ -91,9 +97,11 @@ def shard_of(etcd: EtcdProcess, size: int, flags: tuple[str, ...] = ()) -> Itera
 
 
 @contextlib.contextmanager
-def replicated_shard(etcd: EtcdProcess, size: int) -> Iterator[ReplicatedShard]:
+def replicated_shard(etcd: EtcdProcess, size: int, peer_secret_file: str = ""
+                     ) -> Iterator[ReplicatedShard]:
     with contextlib.ExitStack() as stack:
         shard = ReplicatedShard(etcd, stack, f"ra{next(_replicated_clusters)}", {})
+        shard.peer_secret_file = peer_secret_file
         for _ in range(size):
             shard.start()
         yield shard
@@ -122,6 +130,13 @@ async def wait_in_sync(shard: Shard, timeout: float = 5.0) -> ClusterView:
             if isr is not None and len(live) == len(shard.live()) and set(isr.members) == live:
                 return view
             await trio.sleep(0.02)
+
+
+def peer_secret_in(directory: Path) -> str:
+    """A new random peer secret file (0600) in `directory`, for --peer-secret-file."""
+    path = directory / f"peer-secret-{next(_secrets)}"
+    write_peer_secret(path)
+    return str(path)
 
 
 def node_id(node: servers.RunningServer) -> str:

@@ -1,7 +1,8 @@
 """Hostile clients of a leader's peer port, speaking the replication protocol from a plain
-socket (there is no authentication of the peer port yet; issue 12): a HELLO under any node id
-and lease, an acknowledger that alternates acking and silence, and a crowd of connections
-that never say HELLO, held open (reopened when the leader closes them)."""
+socket (issues 12 and 13): a HELLO under any node id and lease, with no proof, a proof made
+with any secret, or any bytes for a proof; an acknowledger that alternates acking and
+silence; a crowd of connections that never say HELLO, held open (reopened when the leader
+closes them); and everything a refused client received before the leader hung up."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-from memring.cluster.coordinator import ClusterView
+from memring.backend.replication.peer_auth import PeerKey, new_nonce
+from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.protocol.replication import (
+    NONCE_SIZE,
     ORIGIN,
     Ack,
+    Challenge,
     Error,
     Hello,
     Mutation,
@@ -38,12 +42,55 @@ def leader_peer(view: ClusterView) -> tuple[str, int]:
     return host, int(port)
 
 
-def hello(peer: tuple[str, int], node_id: str, lease: int,
-          position: Position = ORIGIN) -> socket.socket:
-    """A connection to `peer` that said HELLO as (`node_id`, `lease`)."""
+def read_challenge(sock: socket.socket) -> tuple[Challenge, bytes]:
+    """The leader's first frame, CHALLENGE, and its exact bytes (nothing past it is read)."""
+    sock.settimeout(CONNECT_TIMEOUT)
+    wire = b""
+    size = len(encode(Challenge(bytes(NONCE_SIZE))))
+    while len(wire) < size:
+        data = sock.recv(size - len(wire))
+        assert data, f"the leader closed after {wire!r}, before its CHALLENGE"
+        wire += data
+    parser = ReplicationParser()
+    parser.receive_data(wire)
+    challenge = parser.next_event()
+    assert isinstance(challenge, Challenge), (challenge, wire)
+    return challenge, wire
+
+
+def handshake(peer: tuple[str, int], node_id: str, lease: int, position: Position = ORIGIN,
+              key: PeerKey | None = None) -> tuple[socket.socket, bytes]:
+    """A connection to `peer` that said HELLO as (`node_id`, `lease`), with a proof made
+    with `key` (None: no proof, as in plain mode), and the CHALLENGE's bytes it read first."""
     sock = socket.create_connection(peer, timeout=CONNECT_TIMEOUT)
-    sock.sendall(encode(Hello(node_id, lease, position)))
-    return sock
+    challenge, wire = read_challenge(sock)
+    nonce = new_nonce()
+    proof = b"" if key is None else key.follower_proof(Incarnation(node_id, lease), position,
+                                                        challenge.nonce, nonce)
+    sock.sendall(encode(Hello(node_id, lease, position, nonce, proof)))
+    return sock, wire
+
+
+def hello(peer: tuple[str, int], node_id: str, lease: int, position: Position = ORIGIN,
+          key: PeerKey | None = None) -> socket.socket:
+    """A connection to `peer` that said HELLO as (`node_id`, `lease`)."""
+    return handshake(peer, node_id, lease, position, key)[0]
+
+
+def received_until_close(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Every byte the peer sends until it hangs up (AssertionError if it does not)."""
+    sock.settimeout(timeout)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not data:
+            return received
+        received += data
+    raise AssertionError(f"still open after {timeout} s; received {received[:200]!r}")
 
 
 def refusal(sock: socket.socket, timeout: float = 2.0) -> Error | None:
@@ -73,9 +120,9 @@ class Acknowledger(threading.Thread):
     until `stop()`; counts the acks sent."""
 
     def __init__(self, peer: tuple[str, int], node_id: str, lease: int, *,
-                 acking: float, silent: float) -> None:
+                 acking: float, silent: float, key: PeerKey | None = None) -> None:
         super().__init__(daemon=True)
-        self.sock = hello(peer, node_id, lease)
+        self.sock = hello(peer, node_id, lease, key=key)
         self.sock.settimeout(0.02)
         self.acking, self.silent = acking, silent
         self.acks = 0
@@ -136,9 +183,12 @@ class SilentCrowd(threading.Thread):
         while not self._done.is_set():
             self._fill()
             readable, _, _ = select.select(self.socks, [], [], self.every)
-            for sock in readable:  # a silent client reads only the end (or a refusal)
+            for sock in readable:  # a silent client reads a CHALLENGE, a refusal, the end
+                data = b""
                 with contextlib.suppress(OSError):
-                    sock.recv(4096)
+                    data = sock.recv(4096)
+                if data:
+                    continue
                 sock.close()
                 self.socks.remove(sock)
                 self.closed += 1

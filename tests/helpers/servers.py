@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from memring.cluster import etcd_process
+from memring.protocol.ascii_auth import UNAUTHENTICATED
 
 HOST = "127.0.0.1"
 
@@ -62,11 +63,13 @@ class RunningServer:
 
 
 def answers_version(port: int) -> bool:
-    """Whether a memcached-speaking server answers `version` on the port (0.5 s at most)."""
+    """Whether a memcached-speaking server answers `version` on the port (0.5 s at most),
+    or refuses it until the client authenticates (started with -Y / --auth-file)."""
     try:
         with socket.create_connection((HOST, port), timeout=0.5) as s:
             s.sendall(b"version\r\n")
-            return s.recv(64).startswith(b"VERSION ")
+            reply = s.recv(64)
+            return reply.startswith(b"VERSION ") or reply == UNAUTHENTICATED
     except OSError:
         return False
 

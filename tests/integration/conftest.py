@@ -6,7 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.etcd_process import EtcdProcess, running_etcd
+from tests.helpers.secure_etcd import SecureEtcd
+from tests.helpers.secure_etcd import secure_etcd as secure_etcd_member
 
 
 @pytest.fixture(scope="module")
@@ -15,3 +18,12 @@ def etcd() -> Iterator[EtcdProcess]:
     requires_etcd by tests/conftest.py, which skips it where etcd is not installed)."""
     with running_etcd() as member:
         yield member
+
+
+@pytest.fixture(scope="module")
+def secure_etcd(private_ca: CertificateAuthority) -> Iterator[SecureEtcd]:
+    """A real etcd with TLS (client certificates required) and auth on, for one test module;
+    the `memring` user may use clusters named contract* (the contract suite) and sec*. Mark
+    the module requires_etcd."""
+    with secure_etcd_member(private_ca, "/memring/contract", "/memring/sec") as etcd:
+        yield etcd

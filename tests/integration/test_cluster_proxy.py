@@ -301,11 +301,18 @@ def test_memring_up_smoke(tmp_path: object) -> None:
         client.set("hello", b"world")
         assert client.get("hello") == b"world"
         client.close()
-        status = subprocess.run([sys.executable, "-m", "memring.cluster", "status", "--json",
-                                 "--cluster", "smoke"], capture_output=True, text=True,
-                                env=env, timeout=30)
-        assert status.returncode == 0, status.stdout + status.stderr
-        doc = json.loads(status.stdout)
+        assert any("peer links authenticated with" in line for line in lines), "".join(lines)
+        deadline = time.monotonic() + 10
+        while True:  # the followers pass the authenticated handshake and join the ISR
+            status = subprocess.run([sys.executable, "-m", "memring.cluster", "status",
+                                     "--json", "--cluster", "smoke"], capture_output=True,
+                                    text=True, env=env, timeout=30)
+            assert status.returncode == 0, status.stdout + status.stderr
+            doc = json.loads(status.stdout)
+            if all(len(s["isr"]) == 2 for s in doc["shards"]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert all(len(s["isr"]) == 2 for s in doc["shards"]), doc
         assert doc["cluster"] == "smoke"
         assert [s["id"] for s in doc["shards"]] == ["s1", "s2"]
         for shard in doc["shards"]:

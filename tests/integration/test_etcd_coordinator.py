@@ -58,8 +58,14 @@ class TestEtcdCoordinator(CoordinatorContract):
 def test_parse_endpoints() -> None:
     assert parse_endpoints("http://127.0.0.1:2379, 10.0.0.2:2380") == [
         "127.0.0.1:2379", "10.0.0.2:2380"]
-    with pytest.raises(ValueError, match="https://x:1"):
-        parse_endpoints("https://x:1")
+    assert parse_endpoints("https://x:1,https://y:2") == ["x:1", "y:2"]
+    with pytest.raises(ValueError, match="ftp://x:1"):
+        parse_endpoints("ftp://x:1")
+    with pytest.raises(ValueError, match="etcd URLs mix http and https: give every member as "
+                       "https:// \\(TLS\\) or every one as http://"):
+        parse_endpoints("https://x:1,http://y:2")
+    with pytest.raises(ValueError, match="mix http and https"):
+        parse_endpoints("https://x:1,y:2")  # bare means http
 
 
 async def test_unreachable_at_start_is_a_clear_error() -> None:

@@ -38,20 +38,20 @@ def answers_over_tls(client: Credential | None) -> Callable[[int], bool]:
             with socket.create_connection((servers.HOST, port), timeout=0.5) as raw, \
                     context.wrap_socket(raw) as sock:
                 sock.sendall(b"version\r\n")
-                return sock.recv(64).startswith(b"VERSION ")
+                return sock.recv(64).endswith(b"\r\n")  # VERSION, or an auth gate's refusal
         except OSError:
             return False
 
     return ready
 
 
-def tls_memcached(server: Credential, client: Credential | None, verify_mode: int = 2
-                  ) -> contextlib.AbstractContextManager[servers.RunningServer]:
+def tls_memcached(server: Credential, client: Credential | None, verify_mode: int = 2,
+                  *extra: str) -> contextlib.AbstractContextManager[servers.RunningServer]:
     """memcached -Z presenting `server`; with ssl_verify_mode 2 it requires a client
     certificate from its CA (`client` is what the readiness check shows)."""
     options = (f"ssl_chain_cert={server.cert},ssl_key={server.key},ssl_ca_cert={server.ca},"
                f"ssl_verify_mode={verify_mode}")
-    return servers.memcached("-Z", "-o", options, ready=answers_over_tls(client))
+    return servers.memcached("-Z", "-o", options, *extra, ready=answers_over_tls(client))
 
 
 def tls_flags(ca: Path, client: Credential | None) -> list[str]:
@@ -204,3 +204,18 @@ def test_verify_none_encrypts_without_checking(private_ca: CertificateAuthority)
         assert client.set(b"k", b"v" * 1000, noreply=False)
         assert client.get(b"k") == b"v" * 1000
         assert "TLS handshake" not in proxy.log_text()
+
+
+def test_authentication_inside_tls(private_ca: CertificateAuthority, tmp_path: Path) -> None:
+    """memcached -Z with -Y: the proxy shakes hands, then authenticates as its backend user
+    inside TLS (--backend-auth-file), and requests pass."""
+    users = tmp_path / "users"
+    users.write_bytes(b"proxy:proxy-pw\n")
+    proxy_cert = private_ca.issue("proxy-g")
+    with tls_memcached(private_ca.issue("gated"), proxy_cert, 2, "-Y", str(users)) as backend, \
+            servers.proxy([[backend]], *tls_flags(private_ca.cert, proxy_cert),
+                          "--backend-auth-file", str(users)) as proxy:
+        wait_connected(proxy)
+        client = client_of(proxy)
+        assert client.set(b"k", b"inside", noreply=False)
+        assert client.get(b"k") == b"inside"

@@ -9,14 +9,26 @@ import socket
 import pytest
 import trio
 
+from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication import follower_side
 from memring.backend.replication.follower_apply import FollowerState
 from memring.backend.replication.mutation_log import ReplicationLog
+from memring.backend.replication.peer_auth import PeerKey
 from memring.backend.replication.ports import ReplicationCounters
 from memring.backend.store import Store
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
-from memring.protocol.replication import ORIGIN, Error, ErrorCode, Hello, ReplicationParser, encode
+from memring.protocol.replication import (
+    NONCE_SIZE,
+    ORIGIN,
+    Challenge,
+    Error,
+    ErrorCode,
+    Hello,
+    ReplicationParser,
+    Welcome,
+    encode,
+)
 from memring.protocol.sentinels import NEED_DATA
 
 pytestmark = pytest.mark.unit
@@ -33,9 +45,10 @@ class Host:
         self.leading = False
         self.peer = peer
         self.lease = 7
+        self.peer_key = PeerKey(b"", "unit", "s1")  # plain mode
 
-    def leader_peer(self) -> tuple[str, int] | None:
-        return (self.peer, 1)
+    def leader_peer(self) -> LeaderPeer | None:
+        return LeaderPeer(self.peer, 1, "n1", 5)
 
     def incarnation(self) -> Incarnation:
         return Incarnation("n2", self.lease)
@@ -48,11 +61,15 @@ class Host:
         await trio.sleep_forever()
 
 
-async def _hello(sock: socket.socket) -> Hello:
+async def _hello(sock: socket.socket, welcome: bool = True) -> Hello:
+    """As a leader in plain mode: CHALLENGE, the follower's HELLO, WELCOME (if `welcome`)."""
+    await nonblocking.send_all(sock, encode(Challenge(bytes(NONCE_SIZE))))
     parser = ReplicationParser()
     while True:
         event = parser.next_event()
         if isinstance(event, Hello):
+            if welcome:
+                await nonblocking.send_all(sock, encode(Welcome("n1", 5, 1)))
             return event
         assert event is NEED_DATA, event
         data = await nonblocking.recv(sock, 4096)
@@ -96,7 +113,7 @@ async def test_a_hello_refused_as_not_a_member_is_said_again_soon() -> None:
             refused_at = None
             for _ in range(6):
                 sock = await nonblocking.accept(listener)
-                await _hello(sock)
+                await _hello(sock, welcome=False)
                 if refused_at is not None:
                     gaps.append(trio.current_time() - refused_at)
                 await nonblocking.send_all(sock, encode(Error(ErrorCode.NOT_MEMBER, 1, "who?")))

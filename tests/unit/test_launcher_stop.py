@@ -4,6 +4,8 @@ them, nor reads their --help): both servers' settings accept them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,15 +67,30 @@ def test_the_servers_accept_the_flags_the_launcher_passes(
         backend = cluster.backend_argv(ShardPlan("s1", 2), "s1-r1", "127.0.0.1:1",
                                        "http://127.0.0.1:2379")
         proxy = cluster.proxy_argv("proxy-1", "127.0.0.1:2", "http://127.0.0.1:2379")
+        node = backend_settings.load_settings(backend[3:])  # reads the peer secret file
+        secret_mode = os.stat(node.peer_secret_file).st_mode & 0o777
     finally:
-        cluster.run_dir.rmdir()
+        shutil.rmtree(cluster.run_dir)
     assert backend[1:3] == ["-m", "memring.backend"]
-    node = backend_settings.load_settings(backend[3:])
     assert (node.etcd, node.cluster, node.shard, node.node_id) == (
         "http://127.0.0.1:2379", "c", "s1", "s1-r1")
+    # authenticated peer links by default: a new secret in the run directory, 0600
+    assert node.peer_secret_file == str(cluster.run_dir / "peer-secret")
+    assert secret_mode == 0o600
     assert node.peer_listen and node.metrics_listen
     assert node.lease_ttl == cluster.plan.config.lease_ttl
     assert proxy[1:3] == ["-m", "memring.proxy"]
     front = proxy_settings.load_settings(proxy[3:])
     assert (front.listen, front.proxy_id) == ("127.0.0.1:2", "proxy-1")
     assert front.metrics_listen
+
+
+def test_no_peer_secret_runs_the_peer_links_unauthenticated() -> None:
+    cluster = LocalCluster(plan_from_flags("c", 1, 2), 11211, peer_secret_file="")
+    try:
+        backend = cluster.backend_argv(ShardPlan("s1", 2), "s1-r1", "127.0.0.1:1",
+                                       "http://127.0.0.1:2379")
+        assert list(cluster.run_dir.iterdir()) == []
+    finally:
+        shutil.rmtree(cluster.run_dir)
+    assert "--peer-secret-file" not in backend

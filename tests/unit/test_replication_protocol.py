@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 
 from memring.protocol.replication import (
     NEED_DATA,
+    NONCE_SIZE,
+    PROOF_SIZE,
     Ack,
+    Challenge,
     Deletion,
     EpochStart,
     Error,
@@ -28,6 +31,7 @@ from memring.protocol.replication import (
     SnapshotBegin,
     SnapshotEnd,
     SnapshotItem,
+    Welcome,
     encode,
 )
 
@@ -41,8 +45,13 @@ states = st.builds(ItemState, keys, st.binary(max_size=300), st.integers(0, 2**3
                    I64, U64, I64, st.booleans(), st.booleans())
 changes = st.one_of(states, st.builds(Deletion, keys), st.builds(Flush, I64),
                     st.builds(EpochStart, positions))
+nonces = st.binary(min_size=NONCE_SIZE, max_size=NONCE_SIZE)
+proofs = st.one_of(st.just(b""), st.binary(min_size=PROOF_SIZE, max_size=PROOF_SIZE))
 messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Hello, st.text(max_size=40), U64, positions, st.integers(0, 2**16 - 1)),
+    st.builds(Challenge, nonces, st.integers(0, 2**16 - 1)),
+    st.builds(Hello, st.text(max_size=40), U64, positions, nonces, proofs,
+              st.integers(0, 2**16 - 1)),
+    st.builds(Welcome, st.text(max_size=40), U64, U64, proofs),
     st.builds(SnapshotBegin, positions, I64),
     st.builds(SnapshotItem, states),
     st.builds(SnapshotEnd, positions, U64),
@@ -51,8 +60,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Error, st.sampled_from(list(ErrorCode)), U64, st.text(max_size=40)),
 )
 
+NONCE = bytes(range(NONCE_SIZE))
+PROOF = bytes(range(100, 100 + PROOF_SIZE))
 EXAMPLES: list[Message] = [
-    Hello("node-a", 7, Position(3, 120)),
+    Challenge(NONCE),
+    Hello("node-a", 7, Position(3, 120), NONCE, PROOF),
+    Hello("node-é", 7, Position(3, 120), NONCE),  # plain mode: no proof
+    Welcome("node-b", 0x1234, 77, PROOF),
+    Welcome("node-b", 0x1234, 77),
     SnapshotBegin(Position(4, 9), 1_800_000_100),
     SnapshotItem(ItemState(b"k", b"value", 5, 1_800_000_060, 42, 1_800_000_000, True, True)),
     SnapshotEnd(Position(4, 9), 1000),
@@ -63,6 +78,7 @@ EXAMPLES: list[Message] = [
     Mutation(5, 0, EpochStart(Position(4, 13))),
     Ack(Position(5, 0)),
     Error(ErrorCode.STALE_EPOCH, 6, "epoch 5 is older than 6"),
+    Error(ErrorCode.UNAUTHENTICATED, 6, "wrong proof"),
 ]
 
 
@@ -130,6 +146,11 @@ def test_frame_over_the_bound_is_malformed_and_the_parser_stays_dead() -> None:
     assert parser.buffered == 0
 
 
+def reframed(frame: bytes) -> bytes:
+    """`frame` (type and body) with its length prefix."""
+    return struct.pack(">I", len(frame)) + frame
+
+
 @pytest.mark.parametrize("wire", [
     struct.pack(">IB", 1, 99),  # unknown type
     struct.pack(">I", 0),  # empty frame
@@ -138,6 +159,11 @@ def test_frame_over_the_bound_is_malformed_and_the_parser_stays_dead() -> None:
     struct.pack(">IBQQB", 18, 5, 1, 1, 9),  # unknown mutation op
     struct.pack(">IBBQH", 12, 7, 99, 0, 0),  # unknown error code
     struct.pack(">IBBQH", 13, 7, 1, 0, 1) + b"\xff",  # bad utf-8
+    struct.pack(">IBH", 3 + NONCE_SIZE - 1, 8, 2) + NONCE[:-1],  # challenge: short nonce
+    struct.pack(">IBH", 3 + NONCE_SIZE + 1, 8, 2) + NONCE + b"x",  # challenge: trailing byte
+    reframed(encode(Welcome("n", 1, 1))[4:-1] + b"\x05abcde"),  # a proof of 5 bytes
+    reframed(encode(Hello("n", 1, Position(1, 1), NONCE))[4:-2]),  # no proof length
+    reframed(encode(Welcome("n", 1, 1, PROOF))[4:-1]),  # the proof cut short
 ])
 def test_malformed_frames(wire: bytes) -> None:
     events = parse_all(ReplicationParser(), [wire])
@@ -147,3 +173,23 @@ def test_malformed_frames(wire: bytes) -> None:
 def test_a_large_item_fits_the_default_frame() -> None:
     message = Mutation(1, 1, ItemState(b"k" * 250, b"v" * (1 << 20), 1, 0, 1))
     assert parse_all(ReplicationParser(), [encode(message)]) == [message]
+
+
+@pytest.mark.parametrize("message", [
+    Challenge(b"short"),
+    Hello("n", 1, Position(1, 1), NONCE[:-1]),
+    Hello("n", 1, Position(1, 1), NONCE, b"x" * 31),
+    Welcome("n", 1, 1, b"x" * 33),
+], ids=["challenge-nonce", "hello-nonce", "hello-proof", "welcome-proof"])
+def test_a_nonce_or_proof_of_the_wrong_size_is_not_encoded(message: Message) -> None:
+    with pytest.raises(ValueError, match="bytes"):
+        encode(message)
+
+
+def test_the_handshake_frames_byte_for_byte() -> None:
+    """The wire layout the module's docstring gives, pinned."""
+    assert encode(Challenge(NONCE)) == struct.pack(">IBH", 35, 8, 2) + NONCE
+    assert encode(Welcome("ab", 5, 6, PROOF)) == (
+        struct.pack(">IBQQH", 54, 9, 5, 6, 2) + b"ab" + bytes([32]) + PROOF)
+    assert encode(Hello("ab", 5, Position(1, 2), NONCE)) == (
+        struct.pack(">IBHQQQH", 64, 1, 2, 5, 1, 2, 2) + b"ab" + NONCE + b"\x00")

@@ -5,6 +5,9 @@ probes its leader's port."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -60,3 +63,24 @@ async def test_a_leadership_that_began_before_run_is_served_and_its_isr_kept() -
             nursery.cancel_scope.cancel()
     sock.close()
     follower_sock.close()
+
+
+@pytest.mark.parametrize(("listen", "secret", "warned"), [
+    ("0.0.0.0", False, True), ("0.0.0.0", True, False), ("127.0.0.1", False, False)])
+async def test_a_peer_port_other_machines_reach_without_a_secret_is_warned_about(
+        listen: str, secret: bool, warned: bool, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"x" * 32)
+    member = ClusterMember(MemoryCoordinator(MemoryEtcd(), "unit"),
+                           MemberIdentity("n1", "s1", "127.0.0.1:1"), lease_ttl=1.0)
+    settings = BackendSettings(peer_listen=f"{listen}:{free_port()}", replication="sync",
+                               peer_secret_file=str(secret_file) if secret else "")
+    replicator = Replicator(Store(), member, settings)
+    caplog.set_level(logging.WARNING, "memring.backend.replication")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(replicator.run)
+            replicator.shutdown()
+    assert any("reachable from other machines without a peer secret" in r.getMessage()
+               for r in caplog.records) is warned

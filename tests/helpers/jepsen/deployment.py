@@ -29,6 +29,7 @@ import trio
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, free_port, start_etcd_cluster
+from memring.cluster.launcher import write_peer_secret
 from tests.helpers import servers
 from tests.helpers.jepsen.relay import HOST, CutLink
 
@@ -134,25 +135,32 @@ class Deployment:
 
 
 def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int,
-                  lease_ttl: float, mode: str) -> list[str]:
+                  lease_ttl: float, mode: str, peer_secret_file: str) -> list[str]:
     assert backend.client_link is not None and backend.peer_link is not None
+    secret = ["--peer-secret-file", peer_secret_file] if peer_secret_file else []
     return [sys.executable, "-m", "memring.backend", "--listen", f"{HOST}:{backend.port}",
             "--etcd", etcd_urls, "--cluster", cluster, "--shard", backend.shard,
             "--advertise", backend.client_link.address,
             "--peer-listen", f"{HOST}:{peer_port}",
             "--peer-advertise", backend.peer_link.address,
-            "--replication", mode, "--lease-ttl", str(lease_ttl)]
+            "--replication", mode, "--lease-ttl", str(lease_ttl), *secret]
 
 
 @contextlib.asynccontextmanager
 async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                    lease_ttl: float = 2.0, leader_wait_ms: int = 2000, mode: str = "sync",
-                   read_policy: str = "leader",
+                   read_policy: str = "leader", peer_secret: bool = True,
                    workdir: Path | None = None) -> AsyncIterator[Deployment]:
     """Start the whole cluster inside the caller's trio run; everything stopped on exit,
-    the logs kept in `workdir` (a new temporary directory unless given)."""
+    the logs kept in `workdir` (a new temporary directory unless given). With
+    `peer_secret` (the default) the backends share a new peer secret file in `workdir`."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="memring-jepsen-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    secret_file = ""
+    if peer_secret:
+        secret_file = str(workdir / "peer-secret")
+        with contextlib.suppress(FileExistsError):  # a workdir used again keeps its secret
+            write_peer_secret(Path(secret_file))
     cluster = f"jepsen{os.getpid()}"
     etcd = await trio.to_thread.run_sync(start_etcd_cluster, 3)
     backends: list[Backend] = []
@@ -178,7 +186,7 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                     await nursery.start(backend.peer_link.serve)
                     urls = ",".join(f"http://{link.address}" for link in backend.etcd_links)
                     backend.argv = _backend_argv(backend, urls, cluster, peer_port, lease_ttl,
-                                                 mode)
+                                                 mode, secret_file)
                     backends.append(backend)
             for backend in backends:
                 backend.start()

@@ -1,0 +1,145 @@
+"""CPU seconds per replicated set, leader and follower, of two checkouts of memring: an A/B
+that a shared machine does not blur as much as throughput (a busy neighbour slows a process
+down but hardly changes the CPU time each set costs it).
+
+For each run it starts a sync shard of 2 backends (pinned to --server-cpu) of one checkout on
+a spawned etcd, waits until both are in the ISR, sends --sets sets of 100-byte values in
+pipelined batches of 50 from one connection to the leader, and reads each backend's user +
+system CPU time (/proc/PID/stat) before and after. The runs alternate A, B, B, A, A, B, ...;
+B is this checkout, A the one under --base (e.g. `git archive main | tar -x -C /tmp/base`),
+run with the same Python and PYTHONPATH=<base>.
+
+    .venv/bin/python bench/replication_cpu.py --base /tmp/base [--b-flags "--peer-secret-file F"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from memring.cluster.etcd_process import EtcdProcess, free_port, start_etcd
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+BATCH = 50
+VALUE = b"v" * 100
+READY_TIMEOUT = 20.0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stats(port: int) -> dict[str, str]:
+    with socket.create_connection((HOST, port), timeout=5) as sock:
+        sock.sendall(b"stats\r\n")
+        reply = b""
+        while not reply.endswith(b"END\r\n"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            reply += data
+    return dict(line.split(" ", 2)[1:] for line in reply.decode().splitlines()
+                if line.startswith("STAT "))
+
+
+@contextlib.contextmanager
+def shard(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
+          args: argparse.Namespace
+          ) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]]:
+    """A sync shard of 2 of the checkout at `root`: yields (leader, follower, leader's port)."""
+    env = dict(os.environ)
+    if root != REPO:
+        env["PYTHONPATH"] = str(root)
+    processes, ports = [], []
+    try:
+        for number in range(2):
+            port = free_port()
+            ports.append(port)
+            processes.append(subprocess.Popen(
+                ["taskset", "-c", str(args.server_cpu), args.python, "-m", "memring.backend",
+                 "--listen", f"{HOST}:{port}", "--etcd", etcd.url, "--cluster", cluster,
+                 "--shard", "s1", "--node-id", f"r{number}", "--replication", "sync",
+                 "--peer-listen", f"{HOST}:{free_port()}", *flags],
+                env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.5)  # the first one leads
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            with contextlib.suppress(OSError):
+                seen = [stats(port) for port in ports]
+                leaders = [i for i, s in enumerate(seen) if s.get("memring_role") == "leader"]
+                if len(leaders) == 1 and \
+                        len(seen[leaders[0]].get("memring_repl_isr", "").split(",")) == 2:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{root}: no leader with 2 in-sync replicas in time")
+            time.sleep(0.1)
+        lead = leaders[0]
+        yield processes[lead], processes[1 - lead], ports[lead]
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+def measure(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
+            args: argparse.Namespace) -> tuple[float, float, float]:
+    """(leader µs/set, follower µs/set, sets/s)."""
+    with shard(root, etcd, cluster, flags, args) as (leader, follower, port):
+        before = cpu_seconds(leader.pid), cpu_seconds(follower.pid)
+        started = time.monotonic()
+        with socket.create_connection((HOST, port)) as sock:
+            for first in range(0, args.sets, BATCH):
+                sock.sendall(b"".join(b"set k%d 0 0 %d\r\n%s\r\n" % (i % 10000, len(VALUE), VALUE)
+                                      for i in range(first, first + BATCH)))
+                reply = b""
+                while reply.count(b"\r\n") < BATCH:
+                    reply += sock.recv(65536)
+                assert reply.count(b"STORED\r\n") == BATCH, reply[:200]
+        wall = time.monotonic() - started
+        spent = cpu_seconds(leader.pid) - before[0], cpu_seconds(follower.pid) - before[1]
+    return spent[0] / args.sets * 1e6, spent[1] / args.sets * 1e6, args.sets / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, type=Path, help="checkout A (a directory)")
+    parser.add_argument("--a-flags", default="", help="more backend flags for A")
+    parser.add_argument("--b-flags", default="", help="more backend flags for B (this one)")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B pairs (%(default)s)")
+    parser.add_argument("--sets", type=int, default=60_000, help="sets per run (%(default)s)")
+    parser.add_argument("--server-cpu", type=int, default=0)
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    sides = {"A": (args.base.resolve(), shlex.split(args.a_flags)),
+             "B": (REPO, shlex.split(args.b_flags))}
+    results: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
+    etcd = start_etcd()
+    try:
+        for number in range(args.rounds):
+            for side in ("A", "B") if number % 2 == 0 else ("B", "A"):
+                root, flags = sides[side]
+                result = measure(root, etcd, f"cpu{side}{number}", flags, args)
+                results[side].append(result)
+                print(f"{side}: leader {result[0]:.1f} µs/set  follower {result[1]:.1f} µs/set"
+                      f"  {result[2]:,.0f} sets/s", flush=True)
+    finally:
+        etcd.stop()
+    for side, runs in results.items():
+        leader, follower, rate = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"{side} median of {len(runs)}: leader {leader:.1f} µs/set  follower "
+              f"{follower:.1f} µs/set  {rate:,.0f} sets/s")
+
+
+if __name__ == "__main__":
+    main()
