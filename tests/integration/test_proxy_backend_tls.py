@@ -12,6 +12,7 @@ import contextlib
 import re
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,3 +220,20 @@ def test_authentication_inside_tls(private_ca: CertificateAuthority, tmp_path: P
         client = client_of(proxy)
         assert client.set(b"k", b"inside", noreply=False)
         assert client.get(b"k") == b"inside"
+
+
+def accepts_tcp(port: int) -> bool:
+    try:
+        socket.create_connection((servers.HOST, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_a_backend_that_never_answers_the_handshake(private_ca: CertificateAuthority) -> None:
+    """The handshake is bounded by the request timeout (timeout_ms) like the TCP connect."""
+    silent = [sys.executable, "-c", "import socket, time; s = socket.socket(); "
+              "s.bind(('127.0.0.1', {port})); s.listen(64); time.sleep(120)"]
+    with servers.running("silent", silent, ready=accepts_tcp) as mute, \
+            proxy_to(mute, private_ca.cert, private_ca.issue("proxy-h")) as proxy:
+        _refused(proxy, "failed: timed out")
