@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl
 
-.PHONY: run test lint unit bench hostile failover fuzz jepsen debian-deps venv clean
+.PHONY: run test lint unit bench tls-cost hostile failover fuzz jepsen debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,12 @@ bench: venv debian-deps
 	$(BIN)/python bench/backend_vs_memcached.py
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/replication_cost.py
+
+# What TLS costs beside the plain path in one run: memcached -Z vs memcached, the proxy with
+# TLS to its backends vs plain (and TLS on the client link too, once the proxy has a TLS
+# listener); alternated rounds, medians, ratios (~5 minutes). TLS_COST_ARGS adds flags.
+tls-cost: venv debian-deps
+	$(BIN)/python bench/tls_cost.py $(TLS_COST_ARGS)
 
 # Hostile clients (repeated-key gets, clients that never read, half-sent lines, idle
 # connections) against memcached and the proxy: peak RSS and others' latency (a few minutes).

@@ -7,6 +7,10 @@ so the percentiles are computed from all samples rather than estimated from buck
 With `--multiget N` each get asks for N distinct random keys at once (`get k1 ... kN`);
 a request still counts as one op, and `keys_per_s` says how many keys that moved.
 
+With `--tls-ca` (and `--tls-cert`/`--tls-key` for a server that requires a client
+certificate) every connection is TLS (the standard library's `ssl`, the same epoll loop):
+the load then spends CPU on TLS too, which its `load cpu` figure shows.
+
 Used by `backend_vs_memcached.py`; it can also be run on its own against a server that
 is already running:
 
@@ -26,6 +30,7 @@ import random
 import select
 import signal
 import socket
+import ssl
 import sys
 import time
 from array import array
@@ -63,7 +68,18 @@ class LoadSpec:
     cpu: int | None = 1
     seed: int = 1
     multiget: int = 1
+    tls_ca: str = ""    # TLS to the server, verified against this CA ("" = plain TCP)
+    tls_cert: str = ""  # the load's client certificate, for servers that require one
+    tls_key: str = ""
     auth: bytes = b""  # memcached's ASCII auth set, sent first on every connection ("": none)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls_ca:
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            context.load_cert_chain(self.tls_cert, self.tls_key or None)
+        return context
 
     @property
     def keys_per_op(self) -> float:
@@ -150,6 +166,19 @@ def value(size: int) -> bytes:
     return b"x" * size
 
 
+def connect(host: str, port: int, spec: LoadSpec, timeout: float) -> socket.socket:
+    """A blocking connection to the server, with TLS when the spec asks for it."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    context = spec.tls_context()
+    if context is None:
+        return s
+    try:
+        return context.wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
+
+
 def authenticate(s: socket.socket, spec: LoadSpec) -> None:
     """Send the spec's auth set on a new blocking connection; it must be answered STORED."""
     if not spec.auth:
@@ -169,7 +198,7 @@ def preload(host: str, port: int, spec: LoadSpec, timeout: float = 30.0) -> None
     """Set every key once, pipelined in batches, so the measured gets hit."""
     val = value(spec.value_size)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
+        with connect(host, port, spec, timeout) as s:
             authenticate(s, spec)
             for first in range(0, spec.keys, PRELOAD_BATCH):
                 last = min(spec.keys, first + PRELOAD_BATCH)
@@ -240,7 +269,7 @@ def _worker(index: int, host: str, port: int, nconns: int, spec: LoadSpec,
             os.sched_setaffinity(0, {spec.cpu})
         socks = []
         for _ in range(nconns):
-            s = socket.create_connection((host, port), timeout=10)
+            s = connect(host, port, spec, 10)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             authenticate(s, spec)
             s.setblocking(False)
@@ -284,7 +313,8 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
     ep = select.epoll()
     for s in socks:
         fd = s.fileno()
-        recvs[fd], sends[fd], sockets[fd] = s.recv, s.send, s
+        recvs[fd], sends[fd], sockets[fd] = \
+            (_tls_recv(s) if isinstance(s, ssl.SSLSocket) else s.recv), s.send, s
         ep.register(fd, select.EPOLLIN)
     poll = ep.poll
     lat = array("q")
@@ -362,6 +392,23 @@ def _drive(index: int, socks: list[socket.socket], reqs: list[bytes], exps: list
         "error_sample": error_sample,
         "cpu_s": cpu1 - cpu0 if cpu0 is not None else 0.0,
     }
+
+
+def _tls_recv(sock: ssl.SSLSocket) -> Callable[[int], bytes]:
+    """recv for a TLS connection: all the plaintext there is (a readable socket may hold
+    only part of a record: then wait for the rest, briefly blocking this process)."""
+    def recv(size: int) -> bytes:
+        while True:
+            try:
+                data = sock.recv(size)
+                break
+            except ssl.SSLWantReadError:
+                select.select([sock], [], [], 1.0)
+        while sock.pending():
+            data += sock.recv(size)
+        return data
+
+    return recv
 
 
 def _send_rest(sock: socket.socket, req: bytes) -> None:
@@ -527,13 +574,19 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keys per get request (`get k1 ... kN`, distinct random keys); "
                              "1 = single-key gets (%(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help=argparse.SUPPRESS)
+    parser.add_argument("--tls-ca", default="", metavar="FILE",
+                        help="connect over TLS, verifying the server against this CA")
+    parser.add_argument("--tls-cert", default="", metavar="FILE",
+                        help="client certificate to present over TLS")
+    parser.add_argument("--tls-key", default="", metavar="FILE", help="its private key")
 
 
 def spec_from_args(args: argparse.Namespace, cpu: int | None) -> LoadSpec:
     return LoadSpec(connections=args.connections, get_ratio=args.get_ratio,
                     value_size=args.value_size, keys=args.keys, duration=args.duration,
                     warmup=args.warmup, processes=args.processes, cpu=cpu, seed=args.seed,
-                    multiget=getattr(args, "multiget", 1))
+                    multiget=getattr(args, "multiget", 1), tls_ca=getattr(args, "tls_ca", ""),
+                    tls_cert=getattr(args, "tls_cert", ""), tls_key=getattr(args, "tls_key", ""))
 
 
 def main(argv: list[str] | None = None) -> int:

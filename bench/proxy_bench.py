@@ -5,6 +5,8 @@ Scenarios (each proxy has 2 shards behind it, so routing and multi-get splitting
   twemproxy   nutcracker (md5, ketama) -> 2 x memcached -t 1
   memring-mc  `python -m memring.proxy` -> 2 x memcached -t 1 (the same two as twemproxy's)
   memring-be  `python -m memring.proxy` -> 2 x memring backend (`python -m memring.backend`)
+  memring-base  with --baseline DIR: the memring proxy of another source tree (DIR, e.g.
+              `git archive main | tar -x -C DIR`) -> the same 2 memcached, to A/B a change
 Servers and proxies are pinned to one core (--server-cpu), the load to another (--load-cpu).
 Two loads: `getset` (single-key gets and sets) and `multiget` (each get names --multiget
 distinct keys; a request counts as one op, keys/s is reported too). Each round runs every
@@ -16,6 +18,7 @@ Every process started here is stopped at the end, also on Ctrl-C or an error.
     .venv/bin/python bench/proxy_bench.py                              # defaults, 1 round
     .venv/bin/python bench/proxy_bench.py --rounds 3 --json /tmp/proxy.json --svg /tmp/proxy.svg
     .venv/bin/python bench/proxy_bench.py --scenarios direct,twemproxy --loads getset
+    .venv/bin/python bench/proxy_bench.py --scenarios memring-mc --baseline /tmp/main --rounds 7
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ SCENARIOS = {
     "twemproxy": "twemproxy -> memcached",
     "memring-mc": "memring proxy -> memcached",
     "memring-be": "memring proxy -> backends",
+    "memring-base": "baseline proxy -> memcached",
 }
 LOADS = ("getset", "multiget")
 # (numerator, denominator) pairs; the first is the headline.
-RATIOS = (("memring-mc", "twemproxy"), ("memring-be", "twemproxy"), ("twemproxy", "direct"),
+RATIOS = (("memring-mc", "twemproxy"), ("memring-mc", "memring-base"), ("memring-be", "twemproxy"),
+          ("twemproxy", "direct"),
           ("memring-mc", "direct"), ("memring-be", "direct"))
 RATIO_METRICS = ("ops_per_s", "p50_us", "p99_us")
 SHARDS = 2
@@ -225,14 +230,18 @@ def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int) -> l
 
 
 def memring_argv(python: str, shard_ports: list[int], port: int, conf: Path,
-                 cpu: int | None, workers: int | None) -> list[str]:
+                 cpu: int | None, workers: int | None, source: Path | None = None) -> list[str]:
+    """The memring proxy's command; with `source`, the package of that tree (`python -P`:
+    not the one in the working directory)."""
     conf.write_text('[proxy]\nhash = "md5"\nread_policy = "leader"\ntimeout_ms = 1000\n'
                     "failure_limit = 3\nretry_ms = 1000\n"
                     + "".join(f'\n[[shards]]\nnodes = ["{HOST}:{p}"]\n' for p in shard_ports))
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     extra = ["--workers", str(workers)] if workers is not None else []
-    return [*pin, python, "-m", "memring.proxy", "--listen", f"{HOST}:{port}", "--config", str(conf),
-            *extra]
+    tree = ["env", f"PYTHONPATH={source}"] if source is not None else []
+    isolated = ["-P"] if source is not None else []
+    return [*tree, *pin, python, *isolated, "-m", "memring.proxy", "--listen", f"{HOST}:{port}",
+            "--config", str(conf), *extra]
 
 
 def memring_proxy_status(python: str) -> tuple[bool, bool, str]:
@@ -515,6 +524,14 @@ def parse_list(text: str, allowed: tuple[str, ...] | dict[str, str], flag: str) 
 
 def run(args: argparse.Namespace) -> int:
     scenarios = parse_list(args.scenarios, SCENARIOS, "--scenarios")
+    if args.baseline:
+        if not (Path(args.baseline) / "memring" / "proxy" / "__main__.py").exists():
+            raise BenchError(f"--baseline {args.baseline}: no memring proxy there (a source "
+                             "tree: `git archive main | tar -x -C DIR`)")
+        if "memring-base" not in scenarios:
+            scenarios.append("memring-base")
+    elif "memring-base" in scenarios:
+        raise BenchError("--scenarios memring-base needs --baseline DIR")
     loads = parse_list(args.loads, LOADS, "--loads")
     specs = load_specs(args, loads)
     for spec in specs.values():
@@ -559,7 +576,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"started {name} on port {port}: {' '.join(argv)}", flush=True)
             return srv
 
-        needs_mc = any(s in scenarios for s in ("direct", "twemproxy", "memring-mc")) or scaling
+        needs_mc = any(s in scenarios for s in ("direct", "twemproxy", "memring-mc",
+                                                 "memring-base")) or scaling
         mcs = [start_server(f"memcached-{i + 1}", "memcached") for i in range(SHARDS)] \
             if needs_mc else []
         mc_ports = [m.port for m in mcs]
@@ -576,6 +594,11 @@ def run(args: argparse.Namespace) -> int:
                 elif name == "memring-mc":
                     argv = memring_argv(args.python, mc_ports, port, tmp / f"{name}.toml", cpu,
                                         None)
+                    endpoints.append(Endpoint(name, title, port, start_proxy(name, argv, port),
+                                              mcs))
+                elif name == "memring-base":
+                    argv = memring_argv(args.python, mc_ports, port, tmp / f"{name}.toml", cpu,
+                                        None, Path(args.baseline).resolve())
                     endpoints.append(Endpoint(name, title, port, start_proxy(name, argv, port),
                                               mcs))
                 else:
@@ -714,8 +737,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Figures are medians over rounds; the tables end with the ratios.")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated scenarios to run (%(default)s)")
+    parser.add_argument("--scenarios", default=",".join(n for n in SCENARIOS
+                                                         if n != "memring-base"),
+                        help="comma-separated scenarios to run (%(default)s; memring-base is "
+                             "added with --baseline)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another source tree whose memring proxy runs beside memring-mc "
+                             "as memring-base, in front of the same memcached (an A/B of a "
+                             "change: alternated rounds, medians, ratio memring-mc/memring-base)")
     parser.add_argument("--loads", default=",".join(LOADS),
                         help="comma-separated loads to run (%(default)s)")
     parser.add_argument("--rounds", type=int, default=1,

@@ -14,11 +14,19 @@ what is ready from the reader's turn.
 A reply not complete by its deadline fails the connection: the socket is closed and every
 slot still waiting is failed, because after a lost reply the stream can no longer be
 matched. The owner (`NodePool`) counts the failure towards ejection and reconnects.
+
+With backend TLS the connection's stream is a `TlsStream` (netio.streams) over the same
+socket, else a `PlainStream`: the reader and writer see the same four calls either way. The
+handshake belongs to `connect()`, under the same deadline as the TCP connect, and is
+confirmed by one `version` round trip: in TLS 1.3 the backend checks the proxy's client
+certificate after the proxy's side of the handshake has finished, so a refusal only arrives
+with the first reply. Any failure there is a `HandshakeFailed` naming the reason.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -26,6 +34,7 @@ from typing import Protocol
 import trio
 
 from memring.netio import nonblocking
+from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
@@ -81,17 +90,51 @@ class ConnectionFailed(Exception):
     pass
 
 
+class HandshakeFailed(ConnectionFailed):
+    """The TCP connection was made but TLS was not: the message says why."""
+
+
+# What the backend's TLS alerts mean from the proxy's side (OpenSSL's reason codes).
+_ALERTS = {
+    "CERTIFICATE_REQUIRED": "the backend requires a client certificate (--backend-tls-cert)",
+    "UNKNOWN_CA": "the backend does not trust the proxy's client certificate (unknown CA)",
+    "CERTIFICATE_EXPIRED": "the backend refused the proxy's client certificate as expired",
+    "BAD_CERTIFICATE": "the backend refused the proxy's client certificate",
+    "CERTIFICATE_UNKNOWN": "the backend refused the proxy's client certificate",
+    "HANDSHAKE_FAILURE": "the backend refused the handshake",
+}
+
+
+def handshake_problem(exc: BaseException) -> str:
+    """A TLS failure in words an operator acts on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the backend's certificate is not accepted: {exc.verify_message}"
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "the backend closed the connection (a plain-text port, or it refused us)"
+    text = (getattr(exc, "reason", None) or str(exc)).upper().replace(" ", "_")
+    if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text:
+        return "the backend does not speak TLS on this port"
+    for alert, meaning in _ALERTS.items():
+        if f"ALERT_{alert}" in text:
+            return meaning
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 class BackendConnection:
     def __init__(self, host: str, port: int, timeout: float,
                  on_failure: Callable[[str], None], on_success: Callable[[], None],
-                 login: Login | None = None) -> None:
+                 login: Login | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.login = login
         self.port = port
         self.timeout = timeout
         self._on_failure = on_failure
         self._on_success = on_success
+        self._tls = tls
         self._sock: socket.socket | None = None
+        self._stream: PlainStream | TlsStream | None = None
         self._outbox: list[bytes] = []
         self._wake_writer = trio.Event()
         self._pending: deque[PendingReply] = deque()
@@ -106,17 +149,53 @@ class BackendConnection:
         return len(self._pending)
 
     async def connect(self) -> None:
+        """TCP, then TLS when configured, within one request timeout."""
+        deadline = trio.current_time() + self.timeout
         try:
-            with trio.fail_after(self.timeout):
-                self._sock = await nonblocking.connect(self.host, self.port)
+            with trio.fail_at(deadline):
+                sock = await nonblocking.connect(self.host, self.port)
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: "
                                    f"{getattr(exc, 'strerror', None) or 'timed out'}") from None
+        self._sock = sock
+        if self._tls is None:
+            stream: PlainStream | TlsStream = PlainStream(sock)
+        else:
+            try:
+                with trio.fail_at(deadline):
+                    stream = await self._secure(sock, self._tls)
+            except (OSError, EOFError, trio.TooSlowError) as exc:  # ssl.SSLError is an OSError
+                self.close("TLS handshake failed")
+                raise HandshakeFailed(f"TLS handshake with {self.host}:{self.port} failed: "
+                                      f"{handshake_problem(exc)}") from None
+            except BaseException:  # cancelled: the socket must not outlive this
+                self.close("connect cancelled")
+                raise
+        self._stream = stream
         if self.login is not None:
-            await self._authenticate(self._sock, self.login)
+            await self._authenticate(stream, self.login)
         self.alive = True
 
-    async def _authenticate(self, sock: socket.socket, login: Login) -> None:
+    async def _secure(self, sock: socket.socket, context: ssl.SSLContext) -> TlsStream:
+        """The handshake, and a `version` round trip that carries the backend's verdict on
+        our certificate (TLS 1.3 sends it after our side has finished)."""
+        stream = TlsStream(sock, context, server_side=False, server_hostname=self.host)
+        await stream.handshake()
+        try:
+            await stream.send_all(b"version\r\n")
+        except OSError:
+            pass  # reset by a backend that refused us: its alert may still be there to read
+        line = b""
+        while not line.endswith(b"\r\n"):  # any line: an auth gate's refusal answers too
+            data = await stream.recv(1024)
+            if not data:
+                raise EOFError("closed during the first request")
+            line += data
+            if len(line) > 1024:  # nothing a backend says to `version` is that long
+                raise ConnectionResetError("no memcached reply to version")
+        return stream
+
+    async def _authenticate(self, stream: PlainStream | TlsStream, login: Login) -> None:
         """memcached's ASCII authentication before the connection carries a request. A
         `version` first: a backend without an auth file would store the auth `set` as an
         item, readable by anyone; one with it answers `CLIENT_ERROR unauthenticated`."""
@@ -124,10 +203,10 @@ class BackendConnection:
         try:
             with trio.fail_after(self.timeout):
                 try:
-                    reply = await self._ask(sock, b"version\r\n")
+                    reply = await self._ask(stream, b"version\r\n")
                 except Unauthenticated:
                     try:
-                        reply = await self._ask(sock, auth_request(*login))
+                        reply = await self._ask(stream, auth_request(*login))
                     except Unauthenticated as refusal:  # the gate's own refusals
                         raise ConnectionFailed(
                             f"authentication to {where} failed: it refused this proxy's "
@@ -142,23 +221,28 @@ class BackendConnection:
                 raise ConnectionFailed(f"bad reply from {where} to version: {reply!r}")
         except (OSError, trio.TooSlowError, ResponseError) as exc:
             problem = getattr(exc, "strerror", None) or str(exc) or "timed out"
-            self._discard(sock)
+            self._discard()
             raise ConnectionFailed(f"authentication to {where} failed: {problem}") from None
         except ConnectionFailed:
-            self._discard(sock)
+            self._discard()
+            raise
+        except BaseException:  # cancelled: the socket must not outlive this
+            self._discard()
             raise
 
-    def _discard(self, sock: socket.socket) -> None:
-        nonblocking.close(sock)
+    def _discard(self) -> None:
+        if self._sock is not None:
+            nonblocking.close(self._sock)
         self._sock = None
+        self._stream = None
 
     @staticmethod
-    async def _ask(sock: socket.socket, request: bytes) -> Response:
+    async def _ask(stream: PlainStream | TlsStream, request: bytes) -> Response:
         """Send `request` on a connection nothing else uses yet; its one-line reply."""
-        await nonblocking.send_all(sock, request)
+        await stream.send_all(request)
         parser = ResponseParser()
         while True:
-            data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+            data = await stream.recv(nonblocking.READ_SIZE)
             if not data:
                 raise OSError(0, "closed the connection")
             parser.receive_data(data)
@@ -168,14 +252,14 @@ class BackendConnection:
 
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
-        sock = self._sock
-        if sock is None:
+        stream = self._stream
+        if stream is None or self._sock is None:
             return  # closed (ejection, topology change) before it ever ran
         with self._cancel:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_forever, sock)
+                nursery.start_soon(self._write_forever, stream)
                 nursery.start_soon(self._watch_deadlines)
-                await self._read_forever(sock)
+                await self._read_forever(stream)
                 nursery.cancel_scope.cancel()
 
     def submit(self, request: bytes, multi: bool,
@@ -211,28 +295,31 @@ class BackendConnection:
         if self._sock is not None:
             nonblocking.close(self._sock)
             self._sock = None
+            self._stream = None
 
-    async def _write_forever(self, sock: socket.socket) -> None:
+    async def _write_forever(self, stream: PlainStream | TlsStream) -> None:
+        send_all = stream.send_all
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
             data = b"".join(self._outbox)
             self._outbox.clear()
             try:
-                await nonblocking.send_all(sock, data)
+                await send_all(data)
             except OSError as exc:
-                self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror}")
+                self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
 
-    async def _read_forever(self, sock: socket.socket) -> None:
+    async def _read_forever(self, stream: PlainStream | TlsStream) -> None:
         parser = ResponseParser()
         pending = self._pending
         arrived: list[ReplyListener] = []
+        recv = stream.recv
         while True:
             try:
-                data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+                data = await recv(nonblocking.READ_SIZE)
             except OSError as exc:
-                self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror}")
+                self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
             if not data:
                 self._fail(f"{self.host}:{self.port} closed the connection")

@@ -6,11 +6,17 @@ failure (connect error, timeout, reset, bad reply) counts against the node; afte
 SERVER_ERROR instead of waiting on timeouts, its connections are closed, and one probe
 every `retry_ms` tries a `version` round trip until the node answers again. Any good
 reply resets the count.
+
+With backend TLS every connection and probe shakes hands with the pool's context. A failed
+handshake is a failure like any other, and its reason is logged once per episode (again only
+when the reason changes, reset by the next good handshake), so an operator sees "certificate
+has expired" once, not every `retry_ms` from every slot.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 import trio
@@ -19,6 +25,7 @@ from memring.protocol.ascii_auth import Login
 from memring.proxy.backend_connection import (
     BackendConnection,
     ConnectionFailed,
+    HandshakeFailed,
     PendingReply,
     ReplyListener,
 )
@@ -43,9 +50,12 @@ def _no_login() -> Login | None:
 
 class NodePool:
     def __init__(self, spec: NodeSpec, settings: ProxySettings,
-                 login: Callable[[], Login | None] = _no_login) -> None:
+                 login: Callable[[], Login | None] = _no_login,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.spec = spec
         self.login = login  # the credentials each new connection authenticates with
+        self.tls = tls  # backend TLS (proxy.server builds it once from the settings)
+        self._tls_problem: str | None = None  # the handshake failure logged last
         self.address = spec.address
         self.weight = spec.weight
         self.size = settings.pool_size
@@ -152,14 +162,16 @@ class NodePool:
                     await trio.sleep(self.retry / 4)
                 continue
             conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                     self._failed, self._succeeded, self.login())
+                                     self._failed, self._succeeded, self.login(), self.tls)
             try:
                 await conn.connect()
             except ConnectionFailed as exc:
+                self._connect_failed(exc)
                 self._failed(str(exc))
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.retry)
                 continue
+            self._connected()
             backoff = min(0.05, self.retry)
             self._slots[index] = conn
             try:
@@ -172,13 +184,25 @@ class NodePool:
             finally:
                 conn.close(f"connection to {self.address} lost")
 
+    def _connect_failed(self, exc: ConnectionFailed) -> None:
+        if isinstance(exc, HandshakeFailed) and str(exc) != self._tls_problem:
+            self._tls_problem = str(exc)
+            log.error("%s", exc)
+
+    def _connected(self) -> None:
+        if self._tls_problem is not None:
+            log.info("%s: TLS handshake succeeds again", self.address)
+            self._tls_problem = None
+
     async def _probe(self) -> bool:
         conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
-                                 lambda reason: None, lambda: None, self.login())
+                                 lambda reason: None, lambda: None, self.login(), self.tls)
         try:
             await conn.connect()
-        except ConnectionFailed:
+        except ConnectionFailed as exc:
+            self._connect_failed(exc)
             return False
+        self._connected()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.run)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import time
 
 import trio
@@ -28,7 +29,7 @@ from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.settings import exposed_without_tls, split_address
-from memring.netio.tls import ServerTls
+from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
@@ -64,6 +65,7 @@ class ProxyServer:
         self.tls_port = 0
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
+        self._backend_tls: tuple[TlsSettings | None, ssl.SSLContext | None] = (None, None)
         # memcached's -Y: clients authenticate first (None: off); AuthFileError if unreadable
         self.auth = Authenticator(load_credentials(settings.auth_file)) \
             if settings.auth_file else None
@@ -93,13 +95,15 @@ class ProxyServer:
         old = self.state.pools_by_address
         pools: dict[str, NodePool] = {}
         shards = []
+        tls = self._backend_context(settings)
         for spec in settings.shards:
             nodes = []
             for node in spec.nodes:
                 pool = pools.get(node.address) or old.get(node.address)
                 if pool is None:
-                    pool = NodePool(node, settings, self.backend_login)
+                    pool = NodePool(node, settings, self.backend_login, tls)
                     self._pool_nursery.start_soon(pool.run)
+                pool.tls = tls  # a kept pool's next connections follow a changed setting
                 pools[node.address] = pool
                 nodes.append(pool)
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
@@ -115,6 +119,14 @@ class ProxyServer:
                 pool.close()
         log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s",
                  len(shards), len(pools), settings.hash, settings.read_policy)
+
+    def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
+        """The client context for new backend connections, built again only when the
+        backend TLS settings change (the files were checked when the settings loaded)."""
+        wanted = settings.backend_tls_settings
+        if wanted != self._backend_tls[0]:
+            self._backend_tls = (wanted, client_context(wanted) if wanted else None)
+        return self._backend_tls[1]
 
     # -- serving -----------------------------------------------------------------------
 

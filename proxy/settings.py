@@ -37,6 +37,7 @@ from memring.netio.settings import (
     check_tls,
     split_address,
 )
+from memring.netio.tls import TlsConfigError, TlsSettings, client_context
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
@@ -84,6 +85,12 @@ class ProxySettings(Listening, TlsListening):
     # authentication
     auth_file: str = ""              # memcached's -Y for the proxy's clients ("" = off)
     backend_auth_file: str = ""      # the proxy's own user for the backends: the file's first
+    # backend TLS: the proxy's links to its backends (every node, static or from etcd)
+    backend_tls: bool = False
+    backend_tls_ca: str = ""         # CA the backends' certificates must chain to
+    backend_tls_cert: str = ""       # the proxy's client certificate (backends with mutual TLS)
+    backend_tls_key: str = ""        # its key ("" = in the certificate file)
+    backend_tls_verify: str = "require"  # require | none: check the backend's certificate
 
     # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
     tls: bool = False                # --listen serves TLS (memcached -Z)
@@ -99,12 +106,22 @@ class ProxySettings(Listening, TlsListening):
     def etcd_security(self) -> EtcdSecurity:
         return EtcdSecurity.of(self)
 
+    @property
+    def backend_tls_settings(self) -> TlsSettings | None:
+        """What the links to the backends use; None for plain TCP."""
+        if not self.backend_tls:
+            return None
+        return TlsSettings(cert=self.backend_tls_cert, key=self.backend_tls_key,
+                           ca=self.backend_tls_ca, verify=self.backend_tls_verify)
+
 
 _INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
              "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
              "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)
-_BOOL_KEYS = ("tls",)
+_BOOL_KEYS = ("tls", "backend_tls")
+_BACKEND_TLS_FILES = ("backend_tls_ca", "backend_tls_cert", "backend_tls_key")
+BACKEND_TLS_VERIFY = ("require", "none")
 
 
 def _validate(settings: ProxySettings) -> ProxySettings:
@@ -138,7 +155,29 @@ def _validate(settings: ProxySettings) -> ProxySettings:
                 check_id("proxy", settings.proxy_id)
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
+    _validate_backend_tls(settings)
     return settings
+
+
+def _validate_backend_tls(settings: ProxySettings) -> None:
+    if settings.backend_tls_verify not in BACKEND_TLS_VERIFY:
+        raise SettingsError(f"backend_tls_verify must be require or none, "
+                            f"got {settings.backend_tls_verify!r}")
+    tls = settings.backend_tls_settings
+    if tls is None:
+        given = [key for key in _BACKEND_TLS_FILES if getattr(settings, key)]
+        if given:
+            raise SettingsError(f"{', '.join(given)} without backend_tls (--backend-tls)")
+        return
+    if tls.verify == "require" and not tls.ca:
+        raise SettingsError("backend TLS verifies the backends' certificates: give "
+                            "--backend-tls-ca (or --backend-tls-verify none)")
+    if tls.key and not tls.cert:
+        raise SettingsError("backend_tls_key without backend_tls_cert")
+    try:
+        client_context(tls)  # the files load now, not at the first connection
+    except TlsConfigError as exc:
+        raise SettingsError(f"backend TLS: {exc}") from None
 
 
 def load_topology(settings: ProxySettings) -> ProxySettings:
@@ -211,8 +250,38 @@ def _parser() -> argparse.ArgumentParser:
                                 "of FILE, sent on every new backend connection (reloaded on "
                                 "SIGHUP; default: none)")
     add_tls_flags(parser)
-    etcd_security.add_arguments(parser)
+    tls = parser.add_argument_group("backend TLS", "the proxy's connections to its backends "
+                                    "(every node, from --config or etcd)")
+    tls.add_argument("--backend-tls", action=argparse.BooleanOptionalAction,
+                     help="connect to the backends over TLS (default: plain TCP)")
+    tls.add_argument("--backend-tls-ca", metavar="FILE",
+                     help="PEM CA certificates the backends' certificates must chain to; each "
+                          "must also name the host the proxy connects to")
+    tls.add_argument("--backend-tls-cert", metavar="FILE",
+                     help="the proxy's client certificate chain (PEM), for backends that "
+                          "require one (mutual TLS)")
+    tls.add_argument("--backend-tls-key", metavar="FILE",
+                     help="its private key (default: in the certificate file)")
+    tls.add_argument("--backend-tls-verify", metavar="MODE",
+                     help="require (default): verify the backends' certificates; none: "
+                          "encrypt only (no protection from an impostor)")
+    etcd_security.add_arguments(parser)  # last: test_etcd_security_settings holds it there
     return parser
+
+
+def _from_env(name: str, value: str) -> Any:
+    if name in _BOOL_KEYS:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"MEMRING_{name.upper()} must be true or false")
+    try:
+        return (int(value) if name in _INT_KEYS else
+                float(value) if name in _FLOAT_KEYS else value)
+    except ValueError:
+        kind = "a number" if name in _FLOAT_KEYS else "an integer"
+        raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
 
 
 def load_settings(argv: list[str] | None = None) -> ProxySettings:
@@ -230,20 +299,11 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
                  "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
                  "log_level", "log_format", *etcd_security.FIELDS, "auth_file",
-                 "backend_auth_file", *TLS_FIELDS):
+                 "backend_auth_file", "backend_tls", "backend_tls_ca", "backend_tls_cert",
+                 "backend_tls_key", "backend_tls_verify", *TLS_FIELDS):
         env = os.environ.get("MEMRING_" + name.upper())
         if env is not None:
-            if name in _BOOL_KEYS:
-                if env.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-                    raise SettingsError(f"MEMRING_{name.upper()} must be true or false")
-                env = str(env.lower() in ("1", "true", "yes", "on"))
-            try:
-                overrides[name] = (int(env) if name in _INT_KEYS else
-                                   float(env) if name in _FLOAT_KEYS else
-                                   env == "True" if name in _BOOL_KEYS else env)
-            except ValueError:
-                kind = "a number" if name in _FLOAT_KEYS else "an integer"
-                raise SettingsError(f"MEMRING_{name.upper()} must be {kind}") from None
+            overrides[name] = _from_env(name, env)
         flag = getattr(args, name)
         if flag is not None:
             overrides[name] = flag

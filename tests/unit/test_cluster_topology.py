@@ -76,6 +76,13 @@ def test_config_sets_hash_and_read_policy() -> None:
     assert (settings.hash, settings.read_policy) == ("fnv1a_64", "round_robin")
 
 
+def test_backend_tls_applies_to_every_node_from_etcd() -> None:
+    base = ProxySettings(etcd="http://127.0.0.1:2379", backend_tls=True, backend_tls_ca="ca.crt",
+                         backend_tls_cert="proxy.crt", backend_tls_key="proxy.key")
+    settings = settings_for(base, three_shards())
+    assert settings.shards and settings.backend_tls_settings == base.backend_tls_settings
+
+
 def test_status_doc() -> None:
     doc = status_doc(three_shards())
     assert doc["cluster"] == "c"
