@@ -95,6 +95,8 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
                 async for signum in signals:
                     if signum == signal.SIGHUP:  # the one SIGHUP handler: files reload
                         server.reload_files()
+                        if replicator is not None:
+                            replicator.reload_files()
                         if auth is not None:
                             reload_credentials(auth, settings.auth_file)
                         continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from memring.backend.replication.peer_tls import PeerTlsFiles
 from memring.cluster import etcd_security
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.netio import logs
@@ -72,6 +73,11 @@ class BackendSettings(Listening, TlsListening):
     # peer authentication (issue 13): the cluster's shared secret for the replication link
     peer_secret_file: str = ""       # "" = plain mode (one machine only)
     peer_secret_optional: bool = False  # also accept peers that send no proof (migration)
+    # peer TLS (backend.replication.peer_tls): mutual TLS on the replication link
+    peer_tls: bool = False           # the peer port serves TLS, followers dial with TLS
+    peer_tls_cert: str = ""          # default: tls_cert (one node certificate for both)
+    peer_tls_key: str = ""           # default: tls_key
+    peer_tls_ca: str = ""            # default: tls_ca
     # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
     tls: bool = False                # --listen serves TLS (memcached -Z)
     tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
@@ -89,6 +95,14 @@ class BackendSettings(Listening, TlsListening):
     @property
     def etcd_security(self) -> EtcdSecurity:
         return EtcdSecurity.of(self)
+
+    @property
+    def peer_tls_files(self) -> PeerTlsFiles:
+        """The peer link's files: its own flags, else the client listener's."""
+        cert = self.peer_tls_cert or self.tls_cert
+        # a key beside its own certificate: --tls-key only goes with --tls-cert
+        key = self.peer_tls_key or (self.tls_key if not self.peer_tls_cert else "")
+        return PeerTlsFiles(cert, key, self.peer_tls_ca or self.tls_ca)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,6 +171,22 @@ def _parser() -> argparse.ArgumentParser:
                            "(they have no secret yet): only while moving a running cluster to "
                            "a secret, one rolling restart; a wrong proof is still refused")
     add_tls_flags(parser)
+    peer_tls = parser.add_argument_group(
+        "peer TLS", "mutual TLS on the replication peer link: every member presents a "
+        "certificate from the cluster's CA naming its node id (common name or DNS name)")
+    peer_tls.add_argument("--peer-tls", action="store_true", default=None,
+                          help="the peer port serves TLS only and this node follows its "
+                          "leader over TLS; a follower must show a certificate, and each "
+                          "side's certificate must name the node id it claims")
+    peer_tls.add_argument("--peer-tls-cert", metavar="FILE",
+                          help="PEM certificate chain naming this node id (default: "
+                          "--tls-cert)")
+    peer_tls.add_argument("--peer-tls-key", metavar="FILE",
+                          help="its PEM private key (default: in the certificate file, or "
+                          "--tls-key when the certificate is --tls-cert's)")
+    peer_tls.add_argument("--peer-tls-ca", metavar="FILE",
+                          help="PEM CA certificates the other members' certificates are "
+                          "checked against (default: --tls-ca)")
     etcd_security.add_arguments(parser)
     return parser
 
@@ -243,7 +273,23 @@ def load_settings(argv: list[str] | None = None) -> BackendSettings:
     elif settings.peer_secret_optional:
         raise SettingsError("--peer-secret-optional needs --peer-secret-file")
     check_tls(settings)
+    if settings.peer_tls:
+        _check_peer_tls(settings)
+    elif settings.peer_tls_cert or settings.peer_tls_key or settings.peer_tls_ca:
+        raise SettingsError("--peer-tls-cert, --peer-tls-key and --peer-tls-ca need --peer-tls")
     return settings
+
+
+def _check_peer_tls(settings: BackendSettings) -> None:
+    from memring.backend.replication.peer_tls import PeerTls
+    from memring.netio.tls import TlsConfigError
+
+    if not settings.peer_listen:
+        raise SettingsError("--peer-tls needs --peer-listen (and --etcd)")
+    try:
+        PeerTls(settings.peer_tls_files)  # loads the files: a bad one stops the start
+    except TlsConfigError as exc:
+        raise SettingsError(f"peer TLS: {exc}") from None
 
 
 def _check_peer_secret(settings: BackendSettings) -> None:

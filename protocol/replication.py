@@ -30,8 +30,11 @@ member of another shard or an old session cannot pass for this one. The secret n
 Without a secret (plain mode, one machine) the messages are the same with empty proofs and
 only the etcd checks apply. The proofs are made and checked by backend.replication.peer_auth;
 this module only frames them. The handshake authenticates the two ends; it does not encrypt
-or sign the frames after it (that is TLS's part). Version 1 peers (no handshake) cannot talk
-to version 2 ones: each side sees a frame it does not expect and closes with ERROR.
+or sign the frames after it (that is TLS's part: with peer TLS the same frames travel inside a
+mutual TLS connection, and each side also checks that the other's certificate names the node
+id it claims, HELLO's or WELCOME's, else ERROR WRONG_IDENTITY; backend.replication.peer_tls).
+Version 1 peers (no handshake) cannot talk to version 2 ones: each side sees a frame it does
+not expect and closes with ERROR.
 
 Then the leader sends either the MUTATIONs after the follower's position (its backlog still
 holds it) or SNAPSHOT_BEGIN, one SNAPSHOT_ITEM per live item and SNAPSHOT_END, then the
@@ -144,6 +147,7 @@ class ErrorCode(IntEnum):
     NOT_MEMBER = 6  # HELLO's node id + lease is not a current member of the leader's shard
     FULL = 7  # the leader's peer port has no room for another follower
     UNAUTHENTICATED = 8  # the handshake's proof is missing or wrong (not the peer secret)
+    WRONG_IDENTITY = 9  # peer TLS: the certificate does not name the node the peer claims
 
 
 # -- events ---------------------------------------------------------------------------

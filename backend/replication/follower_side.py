@@ -24,13 +24,22 @@ so the leader drops the old incarnation from the ISR and adds the new one once c
 A session merely lost (lease 0 until the next one) or resumed under the same lease changes
 nothing. The leader refuses a HELLO whose incarnation is not a current member of its shard
 in its view (ERROR NOT_MEMBER): a new lease may simply not have reached it yet, so the
-follower asks again every NOT_MEMBER_RETRY s rather than backing off. All it knows of the node is its `ports.FollowerSideHost`.
+follower asks again every NOT_MEMBER_RETRY s rather than backing off. All it knows of the
+node is its `ports.FollowerSideHost`.
+
+With peer TLS (`peer_tls`) the connection starts with a TLS handshake, within the same
+HANDSHAKE_TIMEOUT: this node presents its certificate and verifies the leader's chain against
+the cluster's CA, not a host name (peer_tls says why); a failed handshake counts as a refused
+leader (logged with the address and OpenSSL's reason, rate-limited). Then every frame goes
+through the TLS stream, and WELCOME's node id, once it is the one etcd names, must also be
+named by the leader's certificate, else ERROR WRONG_IDENTITY and nothing is applied.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from enum import Enum
 
 import trio
@@ -39,10 +48,13 @@ from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
 from memring.backend.replication.mutation_log import ReplicationGap
 from memring.backend.replication.peer_auth import new_nonce
+from memring.backend.replication.peer_tls import certifies, described
 from memring.backend.replication.ports import FollowerSideHost
 from memring.cluster.coordinator import Incarnation
 from memring.netio import nonblocking
 from memring.netio.settings import SettingsError, split_address
+from memring.netio.streams import PlainStream, Stream, TlsStream
+from memring.netio.tls import handshake_failure
 from memring.protocol.replication import (
     PROTOCOL_VERSION,
     Ack,
@@ -167,29 +179,34 @@ async def _watch(host: FollowerSideHost, target: LeaderPeer, introduced: Incarna
     scope.cancel()
 
 
-async def _next_event(sock: socket.socket, parser: ReplicationParser) -> Event | None:
+async def _next_event(stream: Stream, parser: ReplicationParser) -> Event | None:
     """The next event from the leader, or None when it hung up."""
     while True:
         event = parser.next_event()
         if event is not NEED_DATA:
             return event
-        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+        data = await stream.recv(nonblocking.READ_SIZE)
         if not data:
             return None
         parser.receive_data(data)
 
 
-async def _refuse(host: FollowerSideHost, sock: socket.socket, code: ErrorCode, epoch: int,
-                  why: str) -> None:
-    """Say why with ERROR; log the first refusal and every LOG_REFUSALS-th (the follower asks
-    again within its backoff; `stats` has the count)."""
+def _count_refusal(host: FollowerSideHost, sock: socket.socket, why: str) -> None:
+    """Count a refused leader; log the first refusal and every LOG_REFUSALS-th (the follower
+    asks again within its backoff; `stats` has the count)."""
     counters = host.counters
     counters.leaders_refused += 1
     refused = counters.leaders_refused
     level = logging.WARNING if refused == 1 or refused % LOG_REFUSALS == 0 else logging.DEBUG
     log.log(level, "refusing the leader at %s: %s (%d refused so far)", _peer_name(sock), why,
             refused)
-    await nonblocking.send_all(sock, encode(Error(code, epoch, why)))
+
+
+async def _refuse(host: FollowerSideHost, stream: Stream, code: ErrorCode, epoch: int,
+                  why: str) -> None:
+    """Count and log the refusal, and say why with ERROR."""
+    _count_refusal(host, stream.sock, why)
+    await stream.send_all(encode(Error(code, epoch, why)))
 
 
 def _peer_name(sock: socket.socket) -> str:
@@ -200,52 +217,75 @@ def _peer_name(sock: socket.socket) -> str:
     return f"{host}:{port}"
 
 
-async def _handshake(host: FollowerSideHost, sock: socket.socket, parser: ReplicationParser,
+async def _secure(host: FollowerSideHost, sock: socket.socket) -> Stream | None:
+    """The connection's stream: plain, or TLS once its handshake verified the leader's chain
+    (None: it failed, counted and logged as a refused leader). The caller bounds its time."""
+    tls = host.peer_tls
+    if tls is None:
+        return PlainStream(sock)
+    stream = TlsStream(sock, tls.client, server_side=False)
+    try:
+        await stream.handshake()
+    except (ssl.SSLError, EOFError, OSError) as exc:
+        _count_refusal(host, sock, f"TLS handshake failed: {handshake_failure(exc)}")
+        return None
+    return stream
+
+
+async def _handshake(host: FollowerSideHost, stream: Stream, parser: ReplicationParser,
                      me: Incarnation, position: Position, target: LeaderPeer
                      ) -> ErrorCode | bool:
     """CHALLENGE, HELLO with this node's proof, WELCOME checked against the leader etcd names
-    (`target`) and its proof: True when the leader is authenticated; else False (this side
-    refused, ERROR sent) or the code of the leader's ERROR."""
+    (`target`), its certificate (peer TLS) and its proof: True when the leader is
+    authenticated; else False (this side refused, ERROR sent) or the code of the leader's
+    ERROR."""
     epoch = host.follower.newest_epoch
-    challenge = await _next_event(sock, parser)
+    challenge = await _next_event(stream, parser)
     if isinstance(challenge, Error):
         log.info("leader says %s: %s", challenge.code.name, challenge.message)
         return challenge.code
     if not isinstance(challenge, Challenge) or challenge.version != PROTOCOL_VERSION:
         what = f"version {challenge.version}" if isinstance(challenge, Challenge) else \
             type(challenge).__name__ if challenge is not None else "nothing"
-        await _refuse(host, sock, ErrorCode.VERSION if isinstance(challenge, Challenge) else
+        await _refuse(host, stream, ErrorCode.VERSION if isinstance(challenge, Challenge) else
                       ErrorCode.MALFORMED, epoch, f"expected CHALLENGE version "
                       f"{PROTOCOL_VERSION}, got {what}")
         return False
     key = host.peer_key
     nonce = new_nonce()
     proof = key.follower_proof(me, position, challenge.nonce, nonce)
-    await nonblocking.send_all(sock, encode(Hello(me.node_id, me.lease_id, position, nonce,
-                                                  proof)))
-    welcome = await _next_event(sock, parser)
+    await stream.send_all(encode(Hello(me.node_id, me.lease_id, position, nonce, proof)))
+    welcome = await _next_event(stream, parser)
     if isinstance(welcome, Error):
         if welcome.code is ErrorCode.UNAUTHENTICATED:  # follow_leader's backoff: ~1/s
             log.warning("the leader at %s refused this node's proof: is --peer-secret-file "
-                        "the cluster's?", _peer_name(sock))
+                        "the cluster's?", _peer_name(stream.sock))
         else:
             log.info("leader says %s: %s", welcome.code.name, welcome.message)
         return welcome.code
     if not isinstance(welcome, Welcome):
         what = type(welcome).__name__ if welcome is not None else "nothing"
-        await _refuse(host, sock, ErrorCode.MALFORMED, epoch, f"expected WELCOME, got {what}")
+        await _refuse(host, stream, ErrorCode.MALFORMED, epoch,
+                      f"expected WELCOME, got {what}")
         return False
     claimed = (welcome.node_id, welcome.lease_id, welcome.epoch)
     if claimed != (target.node_id, target.lease_id, target.epoch):
-        await _refuse(host, sock, ErrorCode.NOT_LEADER, epoch,
+        await _refuse(host, stream, ErrorCode.NOT_LEADER, epoch,
                       f"{welcome.node_id} (lease {welcome.lease_id:x}, epoch {welcome.epoch}) "
                       f"is not the leader etcd names ({target.node_id}, lease "
                       f"{target.lease_id:x}, epoch {target.epoch})")
         return False
+    certificate = stream.peer_certificate
+    if host.peer_tls is not None and not certifies(certificate, welcome.node_id):
+        # a valid certificate of another member (an etcd record pointing at it): not the leader
+        await _refuse(host, stream, ErrorCode.WRONG_IDENTITY, epoch,
+                      f"the certificate names {described(certificate)}, not the leader "
+                      f"{welcome.node_id}")
+        return False
     leader = Incarnation(welcome.node_id, welcome.lease_id)
     expected = key.leader_proof(leader, welcome.epoch, me, nonce, challenge.nonce)
     if not key.verify(expected, welcome.proof):
-        await _refuse(host, sock, ErrorCode.UNAUTHENTICATED, epoch,
+        await _refuse(host, stream, ErrorCode.UNAUTHENTICATED, epoch,
                       f"{welcome.node_id}'s proof is " + ("missing" if not welcome.proof
                                                           else "wrong (not the peer secret)"))
         return False
@@ -263,9 +303,13 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation,
         state = host.start_over()
     parser = ReplicationParser()
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        authenticated = await _handshake(host, sock, parser, me, state.position, target)
+        stream = await _secure(host, sock)
+        if stream is None:
+            return None
+        authenticated = await _handshake(host, stream, parser, me, state.position, target)
     if authenticated is not True:
         return authenticated if isinstance(authenticated, ErrorCode) else None
+    send_all, recv = stream.send_all, stream.recv
     counters = host.counters
     acked = state.position
     while True:
@@ -294,12 +338,12 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation,
                     reason = event.reason if isinstance(event, MalformedFrame) else \
                         f"unexpected {type(event).__name__}"
                     log.warning("replication stream: %s", reason)
-                    await nonblocking.send_all(sock, encode(Error(
-                        ErrorCode.MALFORMED, state.newest_epoch, reason)))
+                    await send_all(encode(Error(ErrorCode.MALFORMED, state.newest_epoch,
+                                                reason)))
                     return None
             except ReplicationRejected as exc:
                 log.info("refusing the leader's stream: %s", exc)
-                await nonblocking.send_all(sock, encode(exc.error))
+                await send_all(encode(exc.error))
                 return None
             except ReplicationGap as exc:  # the mirrored log disagrees: start over
                 log.warning("replication log: %s; starting over", exc)
@@ -308,8 +352,8 @@ async def _receive(host: FollowerSideHost, sock: socket.socket, me: Incarnation,
             counters.applied += 1
         if not state.in_snapshot and state.position != acked:
             acked = state.position
-            await nonblocking.send_all(sock, encode(Ack(acked)))
-        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+            await send_all(encode(Ack(acked)))
+        data = await recv(nonblocking.READ_SIZE)
         if not data:
             return None
         parser.receive_data(data)

@@ -24,21 +24,32 @@ few of those, a new arrival evicting the oldest (replicator.PEER_PENDING); once 
 newer connection of the same node supersedes it. So silent, unauthenticated or unregistered
 clients cannot fill the port, and the peer connections stay bounded by the shard's members
 plus the pending cap.
+
+With peer TLS (`peer_tls`) the connection's first bytes are a TLS handshake that requires a
+certificate from the cluster's CA, within the same HANDSHAKE_TIMEOUT and while the connection
+is pending; a failed handshake is refused as a wrong proof is (counted, logged with the
+peer's address and OpenSSL's reason, rate-limited) and the peer gets no CHALLENGE. After it
+everything, CHALLENGE included, travels through the connection's TLS stream, and HELLO's
+node id must be one the certificate names (else ERROR WRONG_IDENTITY, before the proof and
+etcd checks).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
+import ssl
 
 import trio
 
 from memring.backend.replication.in_sync import FollowerLink, InSyncReplicas
 from memring.backend.replication.peer_auth import new_nonce
+from memring.backend.replication.peer_tls import PeerTls, certifies, described
 from memring.backend.replication.ports import LeaderSideHost
 from memring.cluster.coordinator import Incarnation
-from memring.netio import nonblocking
 from memring.netio.connection_server import Connection
+from memring.netio.nonblocking import READ_SIZE
+from memring.netio.streams import Stream, TlsStream
+from memring.netio.tls import handshake_failure
 from memring.protocol.replication import (
     PROTOCOL_VERSION,
     Ack,
@@ -69,13 +80,13 @@ class _Deposed(Exception):
     """This node no longer leads the epoch the connection was serving."""
 
 
-async def next_event(sock: socket.socket, parser: ReplicationParser) -> Event | None:
+async def next_event(stream: Stream, parser: ReplicationParser) -> Event | None:
     """The next event from the peer, or None when it hung up."""
     while True:
         event = parser.next_event()
         if event is not NEED_DATA:
             return event
-        data = await nonblocking.recv(sock, nonblocking.READ_SIZE)
+        data = await stream.recv(READ_SIZE)
         if not data:
             return None
         parser.receive_data(data)
@@ -83,7 +94,7 @@ async def next_event(sock: socket.socket, parser: ReplicationParser) -> Event | 
 
 async def _send(conn: Connection, message: Error) -> None:
     try:
-        await nonblocking.send_all(conn.sock, encode(message))
+        await conn.stream.send_all(encode(message))
     except OSError:
         pass
 
@@ -91,9 +102,18 @@ async def _send(conn: Connection, message: Error) -> None:
 async def serve_follower(host: LeaderSideHost, conn: Connection) -> None:
     parser = ReplicationParser()
     admitted: tuple[Hello, int, InSyncReplicas] | None = None
+    tls = host.peer_tls
+    secured = tls is None  # an ERROR may be sent (plain, or once TLS is up)
     with trio.move_on_after(HANDSHAKE_TIMEOUT) as handshake:
-        admitted = await _handshake(host, conn, parser)
+        if tls is not None:
+            secured = await _secure(host, conn, tls)
+        if secured:
+            admitted = await _handshake(host, conn, parser)
     if handshake.cancelled_caught:
+        if not secured:
+            _refused(host, "TLS handshake with %s failed: no handshake within %g s",
+                     _peer_name(conn), HANDSHAKE_TIMEOUT)
+            return
         log.info("peer %s: no handshake within %g s", _peer_name(conn), HANDSHAKE_TIMEOUT)
         await _send(conn, Error(ErrorCode.MALFORMED, host.log.newest.epoch,
                                 f"no HELLO within {HANDSHAKE_TIMEOUT:g} s"))
@@ -132,6 +152,20 @@ def _refused(host: LeaderSideHost, message: str, *args: object) -> None:
     log.log(level, message + " (%d refused so far)", *args, refused)
 
 
+async def _secure(host: LeaderSideHost, conn: Connection, tls: PeerTls) -> bool:
+    """The TLS handshake (a follower certificate from the CA required); False when it
+    failed (refused: counted and logged). The caller bounds its time."""
+    peer = _peer_name(conn)  # now: a peer that gave up is gone from the socket by the log
+    stream = TlsStream(conn.sock, tls.server, server_side=True)  # the newest context
+    conn.stream = stream
+    try:
+        await stream.handshake()
+    except (ssl.SSLError, EOFError, OSError) as exc:
+        _refused(host, "TLS handshake with %s failed: %s", peer, handshake_failure(exc))
+        return False
+    return True
+
+
 def _peer_name(conn: Connection) -> str:
     try:
         host, port = conn.sock.getpeername()[:2]
@@ -147,9 +181,10 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
     it was admitted to, else None (refused: ERROR sent). Nothing but CHALLENGE and an ERROR
     reaches a peer that is not admitted."""
     nonce = new_nonce()
+    stream = conn.stream
     try:
-        await nonblocking.send_all(conn.sock, encode(Challenge(nonce)))
-        hello = await next_event(conn.sock, parser)
+        await stream.send_all(encode(Challenge(nonce)))
+        hello = await next_event(stream, parser)
     except OSError:
         return None
     epoch = host.log.newest.epoch
@@ -158,6 +193,14 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
         return None
     if hello.version != PROTOCOL_VERSION:
         await _send(conn, Error(ErrorCode.VERSION, epoch, f"version {PROTOCOL_VERSION} only"))
+        return None
+    certificate = stream.peer_certificate
+    if host.peer_tls is not None and not certifies(certificate, hello.node_id):
+        # a valid certificate of another member (or of anyone the CA signed): not this node
+        _refused(host, "refused HELLO of %s from %s: its certificate names %s", hello.node_id,
+                 _peer_name(conn), described(certificate))
+        await _send(conn, Error(ErrorCode.WRONG_IDENTITY, epoch,
+                                "the certificate does not name this node id"))
         return None
     key = host.peer_key
     follower = Incarnation(hello.node_id, hello.incarnation)
@@ -188,8 +231,7 @@ async def _handshake(host: LeaderSideHost, conn: Connection, parser: Replication
     me = Incarnation(leadership.node_id, leadership.lease_id)
     proof = key.leader_proof(me, epoch, follower, hello.nonce, nonce)
     try:
-        await nonblocking.send_all(conn.sock, encode(Welcome(me.node_id, me.lease_id, epoch,
-                                                             proof)))
+        await stream.send_all(encode(Welcome(me.node_id, me.lease_id, epoch, proof)))
     except OSError:
         return None
     return hello, epoch, insync
@@ -202,8 +244,7 @@ def _check(host: LeaderSideHost, epoch: int) -> None:
 
 async def _stream(host: LeaderSideHost, conn: Connection, position: Position, epoch: int,
                   link: FollowerLink) -> None:
-    sock = conn.sock
-    send_all = nonblocking.send_all
+    send_all = conn.stream.send_all
     while True:
         _check(host, epoch)
         tail = host.log.since(position, limit=BATCH)
@@ -213,25 +254,25 @@ async def _stream(host: LeaderSideHost, conn: Connection, position: Position, ep
             link.snapshotting = False
             continue
         if tail:
-            await send_all(sock, b"".join(map(encode, tail)))
+            await send_all(b"".join(map(encode, tail)))
             position = tail[-1].position
             continue
         await host.next_change()
 
 
 async def _send_snapshot(host: LeaderSideHost, conn: Connection, epoch: int) -> Position:
-    sock = conn.sock
+    send_all = conn.stream.send_all
     snapshot = host.snapshot()
     host.counters.snapshots_sent += 1
     started = trio.current_time()
-    await nonblocking.send_all(sock, encode(snapshot.begin()))
+    await send_all(encode(snapshot.begin()))
     while not snapshot.done:
         chunk = snapshot.next_chunk()
         if chunk:
-            await nonblocking.send_all(sock, b"".join(encode(SnapshotItem(s)) for s in chunk))
+            await send_all(b"".join(encode(SnapshotItem(s)) for s in chunk))
         await trio.sleep(0)  # let clients write while the snapshot streams
         _check(host, epoch)
-    await nonblocking.send_all(sock, encode(snapshot.end()))
+    await send_all(encode(snapshot.end()))
     log.info("snapshot of %d items at %s sent in %.3f s", snapshot.sent,
              tuple(snapshot.position), trio.current_time() - started)
     return snapshot.position
@@ -242,7 +283,7 @@ async def _read_acks(insync: InSyncReplicas, conn: Connection, parser: Replicati
     node = link.incarnation.node_id
     try:
         while True:
-            event = await next_event(conn.sock, parser)
+            event = await next_event(conn.stream, parser)
             if isinstance(event, Ack):
                 insync.acked(link, event.position)  # this connection's link, nobody else's
                 continue

@@ -19,6 +19,7 @@ from memring.backend.replication.follower_apply import FollowerState
 from memring.backend.replication.in_sync import InSyncReplicas
 from memring.backend.replication.mutation_log import ReplicationLog
 from memring.backend.replication.peer_auth import PeerKey
+from memring.backend.replication.peer_tls import PeerTls
 from memring.backend.replication.snapshot import StoreSnapshot
 from memring.cluster.coordinator import Incarnation, Leadership
 
@@ -31,8 +32,10 @@ class ReplicationCounters:
     snapshots_received: int = 0
     applied: int = 0  # messages applied as a follower
     unacknowledged: int = 0  # sync writes whose connection closed unanswered
-    peers_refused: int = 0  # HELLOs refused as leader: no proof or a wrong one, not a member
-    leaders_refused: int = 0  # leaders refused as follower: not etcd's, or a wrong proof
+    # HELLOs refused as leader: no proof or a wrong one, not a member; with peer TLS also
+    # failed TLS handshakes and certificates naming another node
+    peers_refused: int = 0
+    leaders_refused: int = 0  # leaders refused as follower: not etcd's, a wrong proof, TLS
 
 
 class LeaderSideHost(Protocol):
@@ -56,6 +59,10 @@ class LeaderSideHost(Protocol):
     @property
     def peer_key(self) -> PeerKey:
         """The peer secret and what proofs bind (cluster, shard)."""
+
+    @property
+    def peer_tls(self) -> PeerTls | None:
+        """The peer link's TLS contexts; None: the link is plain."""
 
     @property
     def counters(self) -> ReplicationCounters: ...
@@ -83,6 +90,10 @@ class FollowerSideHost(Protocol):
     @property
     def peer_key(self) -> PeerKey:
         """The peer secret and what proofs bind (cluster, shard)."""
+
+    @property
+    def peer_tls(self) -> PeerTls | None:
+        """The peer link's TLS contexts; None: the link is plain."""
 
     def leader_peer(self) -> LeaderPeer | None:
         """The shard's leader (peer address, epoch, node id, lease) when another node

@@ -47,6 +47,7 @@ from memring.backend.replication.peer_auth import (
     read_secret,
     readable_by_others,
 )
+from memring.backend.replication.peer_tls import PeerTls
 from memring.backend.replication.ports import ReplicationCounters
 from memring.backend.replication.snapshot import StoreSnapshot
 from memring.backend.settings import BackendSettings
@@ -133,6 +134,8 @@ class Replicator:
         if secret and settings.peer_secret_optional:
             log.warning("--peer-secret-optional: peers that send no proof are accepted (only "
                         "while the cluster moves to a peer secret)")
+        # mutual TLS on the peer link (settings checked that the files load)
+        self.peer_tls = PeerTls(settings.peer_tls_files) if settings.peer_tls else None
 
     # -- roles (ClusterMember.listener) -----------------------------------------------------
 
@@ -402,6 +405,7 @@ class Replicator:
             ("memring_repl_snapshots_received", counters.snapshots_received),
             ("memring_repl_peer_auth", "plain" if not self.peer_key.required else
              "optional" if self.peer_key.optional else "secret"),
+            ("memring_repl_peer_tls", "yes" if self.peer_tls is not None else "no"),
             ("memring_repl_peers_refused", counters.peers_refused),
             ("memring_repl_leaders_refused", counters.leaders_refused),
             ("memring_repl_unacknowledged", counters.unacknowledged)]
@@ -426,25 +430,38 @@ class Replicator:
         """Serve followers on the peer port and follow the leader, until `shutdown()`."""
         host, port = split_address(self.settings.peer_listen, listen=True)
         listener = nonblocking.listen(host, port)
+        # a TLS peer could not read the plain-text rejection: it is only closed
         self.peers = ConnectionServer(lambda conn: serve_follower(self, conn),
                                       PEER_MAX_CONNECTIONS, self.peer_counters,
-                                      rejection=PEER_FULL, max_pending=PEER_PENDING)
+                                      rejection=PEER_FULL if self.peer_tls is None else b"",
+                                      max_pending=PEER_PENDING)
         with self._scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_each_isr)
                 await nursery.start(self.peers.serve, listener)
-                log.info("replication (%s) on peer port %s:%d, %s", self.settings.replication,
-                         host, listener.getsockname()[1],
+                port = listener.getsockname()[1]
+                log.info("replication (%s) on peer port %s:%d, %s%s", self.settings.replication,
+                         host, port,
                          "unauthenticated (no peer secret)" if not self.peer_key.required else
                          "authenticated (peer secret, optional)" if self.peer_key.optional else
-                         "authenticated (peer secret)")
-                if exposed(host) and not self.peer_key.required:
+                         "authenticated (peer secret)",
+                         ", mutual TLS" if self.peer_tls is not None else ", not encrypted")
+                if exposed(host) and self.peer_tls is None:
                     log.warning("the peer port %s:%d is reachable from other machines without "
-                                "a peer secret: anyone who reaches it and reads etcd can join "
-                                "the shard and read the whole store; give every member "
-                                "--peer-secret-file", host, listener.getsockname()[1])
+                                "TLS: the replication stream (every item written) crosses the "
+                                "network in clear%s; give every member --peer-tls with a "
+                                "certificate naming its node id", host, port,
+                                "" if self.peer_key.required else
+                                ", and without a peer secret anyone who reaches the port and "
+                                "reads etcd can join the shard and read the whole store "
+                                "(--peer-secret-file)")
                 nursery.start_soon(follow_leader, self)
                 task_status.started()
+
+    def reload_files(self) -> None:
+        """SIGHUP: the peer TLS certificates read anew (new connections use them)."""
+        if self.peer_tls is not None:
+            self.peer_tls.reload()
 
     def shutdown(self) -> None:
         if self.peers is not None:

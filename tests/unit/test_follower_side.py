@@ -46,6 +46,7 @@ class Host:
         self.peer = peer
         self.lease = 7
         self.peer_key = PeerKey(b"", "unit", "s1")  # plain mode
+        self.peer_tls = None
 
     def leader_peer(self) -> LeaderPeer | None:
         return LeaderPeer(self.peer, 1, "n1", 5)

@@ -79,6 +79,7 @@ EXAMPLES: list[Message] = [
     Ack(Position(5, 0)),
     Error(ErrorCode.STALE_EPOCH, 6, "epoch 5 is older than 6"),
     Error(ErrorCode.UNAUTHENTICATED, 6, "wrong proof"),
+    Error(ErrorCode.WRONG_IDENTITY, 6, "the certificate does not name this node id"),
 ]
 
 
@@ -193,3 +194,14 @@ def test_the_handshake_frames_byte_for_byte() -> None:
         struct.pack(">IBQQH", 54, 9, 5, 6, 2) + b"ab" + bytes([32]) + PROOF)
     assert encode(Hello("ab", 5, Position(1, 2), NONCE)) == (
         struct.pack(">IBHQQQH", 64, 1, 2, 5, 1, 2, 2) + b"ab" + NONCE + b"\x00")
+
+
+def test_the_refusal_codes_byte_for_byte() -> None:
+    """ERROR's code is the contract between two processes: each value pinned (a peer of
+    the previous release reads code 9 as a malformed frame and hangs up, which is a refusal
+    too)."""
+    assert {code.name: code.value for code in ErrorCode} == {
+        "STALE_EPOCH": 1, "GAP": 2, "MALFORMED": 3, "NOT_LEADER": 4, "VERSION": 5,
+        "NOT_MEMBER": 6, "FULL": 7, "UNAUTHENTICATED": 8, "WRONG_IDENTITY": 9}
+    assert encode(Error(ErrorCode.WRONG_IDENTITY, 3, "x")) == (
+        struct.pack(">IBBQH", 13, 7, 9, 3, 1) + b"x")

@@ -15,6 +15,7 @@ from memring.backend.cluster_member import ClusterMember, MemberIdentity
 from memring.backend.replication.replicator import Replicator
 from memring.backend.settings import BackendSettings
 from memring.backend.store import Store
+from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.memory_coordinator import MemoryCoordinator, MemoryEtcd, open_memory_etcd
 from tests.helpers.servers import free_port
 
@@ -65,22 +66,32 @@ async def test_a_leadership_that_began_before_run_is_served_and_its_isr_kept() -
     follower_sock.close()
 
 
-@pytest.mark.parametrize(("listen", "secret", "warned"), [
-    ("0.0.0.0", False, True), ("0.0.0.0", True, False), ("127.0.0.1", False, False)])
-async def test_a_peer_port_other_machines_reach_without_a_secret_is_warned_about(
-        listen: str, secret: bool, warned: bool, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("listen", "secret", "tls", "warned"), [
+    ("0.0.0.0", False, False, {"TLS", "secret"}), ("0.0.0.0", True, False, {"TLS"}),
+    ("0.0.0.0", False, True, set()), ("0.0.0.0", True, True, set()),
+    ("127.0.0.1", False, False, set())])
+async def test_a_peer_port_other_machines_reach_without_tls_or_a_secret_is_warned_about(
+        listen: str, secret: bool, tls: bool, warned: set[str], tmp_path: Path,
+        private_ca: CertificateAuthority, caplog: pytest.LogCaptureFixture) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(b"x" * 32)
     member = ClusterMember(MemoryCoordinator(MemoryEtcd(), "unit"),
                            MemberIdentity("n1", "s1", "127.0.0.1:1"), lease_ttl=1.0)
+    credential = private_ca.issue("n1") if tls else None
     settings = BackendSettings(peer_listen=f"{listen}:{free_port()}", replication="sync",
-                               peer_secret_file=str(secret_file) if secret else "")
+                               peer_secret_file=str(secret_file) if secret else "",
+                               peer_tls=tls, tls_cert=str(credential.cert) if credential else "",
+                               tls_key=str(credential.key) if credential else "",
+                               tls_ca=str(credential.ca) if credential else "")
     replicator = Replicator(Store(), member, settings)
     caplog.set_level(logging.WARNING, "memring.backend.replication")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             await nursery.start(replicator.run)
             replicator.shutdown()
-    assert any("reachable from other machines without a peer secret" in r.getMessage()
-               for r in caplog.records) is warned
+    messages = [r.getMessage() for r in caplog.records]
+    found = {what for what, text in (("TLS", "reachable from other machines without TLS"),
+                                     ("secret", "without a peer secret"))
+             if any(text in m for m in messages)}
+    assert found == warned, messages
+    assert dict(replicator.stats())["memring_repl_peer_tls"] == ("yes" if tls else "no")
