@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import trio
 
+from memring.cluster.certificates import CertificateAuthority, Credential
 from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
@@ -69,11 +70,24 @@ class Shard:
 
 class ReplicatedShard(Shard):
     """A shard whose backends replicate (`mode`), with a small backlog; with
-    `peer_secret_file` set (`peer_secret_in`), its peer links are authenticated."""
+    `peer_secret_file` set (`peer_secret_in`), its peer links are authenticated; with
+    `peer_ca` set, they are mutual TLS, each node with a certificate from that CA naming its
+    node id (or `peer_credential`, when set, for the next node started)."""
 
     mode = "async"
     extra: tuple[str, ...] = ()
     peer_secret_file = ""
+    peer_ca: CertificateAuthority | None = None
+    peer_credential: Credential | None = None
+
+    def _peer_tls(self, port: int) -> tuple[str, ...]:
+        credential = self.peer_credential
+        if credential is None and self.peer_ca is not None:
+            credential = self.peer_ca.issue(f"{servers.HOST}:{port}")  # the default node id
+        if credential is None:
+            return ()
+        return ("--peer-tls", "--peer-tls-cert", str(credential.cert), "--peer-tls-key",
+                str(credential.key), "--peer-tls-ca", str(credential.ca))
 
     def start(self, port: int | None = None) -> servers.RunningServer:
         port = port or servers.free_port()
@@ -81,7 +95,7 @@ class ReplicatedShard(Shard):
         argv = servers.backend_argv(
             "--etcd", self.etcd.url, "--cluster", self.cluster, "--shard", SHARD,
             "--replication", self.mode, "--peer-listen", f"{servers.HOST}:{servers.free_port()}",
-            "--replication-backlog", str(BACKLOG), *secret, *self.extra)
+            "--replication-backlog", str(BACKLOG), *secret, *self._peer_tls(port), *self.extra)
         node = self.stack.enter_context(servers.running("memring-backend", argv, port=port))
         self.nodes[port] = node
         return node

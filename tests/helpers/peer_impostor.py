@@ -2,13 +2,17 @@
 socket (issues 12 and 13): a HELLO under any node id and lease, with no proof, a proof made
 with any secret, or any bytes for a proof; an acknowledger that alternates acking and
 silence; a crowd of connections that never say HELLO, held open (reopened when the leader
-closes them); and everything a refused client received before the leader hung up."""
+closes them); and everything a refused client received before the leader hung up. With peer
+TLS (`context`): the same over a TLS client socket with any certificate or none, and a fake
+leader behind a TLS port with any certificate."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +25,15 @@ from memring.protocol.replication import (
     Ack,
     Challenge,
     Error,
+    Event,
     Hello,
+    ItemState,
     Mutation,
     Position,
     ReplicationParser,
+    SnapshotBegin,
     SnapshotEnd,
+    Welcome,
     encode,
 )
 from memring.protocol.sentinels import NEED_DATA
@@ -58,11 +66,57 @@ def read_challenge(sock: socket.socket) -> tuple[Challenge, bytes]:
     return challenge, wire
 
 
-def handshake(peer: tuple[str, int], node_id: str, lease: int, position: Position = ORIGIN,
-              key: PeerKey | None = None) -> tuple[socket.socket, bytes]:
-    """A connection to `peer` that said HELLO as (`node_id`, `lease`), with a proof made
-    with `key` (None: no proof, as in plain mode), and the CHALLENGE's bytes it read first."""
+def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
+    """A follower's context: trusts `ca` (no host name check, as a member's), presents
+    `cert` when given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(ca)
+    if cert:
+        context.load_cert_chain(cert, key or None)
+    return context
+
+
+def connect(peer: tuple[str, int], context: ssl.SSLContext | None = None) -> socket.socket:
+    """A connection to `peer`, over TLS with `context` (ssl.SSLError if the handshake fails
+    on this side; with TLS 1.3 the leader's refusal of our certificate comes with the first
+    read)."""
     sock = socket.create_connection(peer, timeout=CONNECT_TIMEOUT)
+    if context is None:
+        return sock
+    try:
+        return context.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def plaintext_until_close(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, str]:
+    """What a TLS client read before the leader hung up, and how it ended ("closed" or the
+    TLS alert's reason)."""
+    sock.settimeout(timeout)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except ssl.SSLError as exc:
+            return received, exc.reason or str(exc)
+        except ConnectionResetError:
+            return received, "reset"
+        if not data:
+            return received, "closed"
+        received += data
+    raise AssertionError(f"still open after {timeout} s; received {received[:200]!r}")
+
+
+def handshake(peer: tuple[str, int], node_id: str, lease: int, position: Position = ORIGIN,
+              key: PeerKey | None = None, context: ssl.SSLContext | None = None
+              ) -> tuple[socket.socket, bytes]:
+    """A connection to `peer` (over TLS with `context`) that said HELLO as (`node_id`,
+    `lease`), with a proof made with `key` (None: no proof, as in plain mode), and the
+    CHALLENGE's bytes it read first."""
+    sock = connect(peer, context)
     challenge, wire = read_challenge(sock)
     nonce = new_nonce()
     proof = b"" if key is None else key.follower_proof(Incarnation(node_id, lease), position,
@@ -210,3 +264,65 @@ def silent_crowd(peer: tuple[str, int], count: int) -> Iterator[SilentCrowd]:
         yield crowd
     finally:
         crowd.stop()
+
+
+class FakeLeader(threading.Thread):
+    """A peer port that plays the leader (over TLS with `context`, a server context with any
+    certificate): CHALLENGE, then after a HELLO a WELCOME claiming `claim` (node, lease,
+    epoch) with a made-up proof, at once followed by a snapshot that would empty the store
+    and plant a key. Records what followers sent."""
+
+    def __init__(self, claim: tuple[str, int, int], context: ssl.SSLContext | None = None
+                 ) -> None:
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.address = "{}:{}".format(*self.listener.getsockname()[:2])
+        self.claim = claim
+        self.context = context
+        self.received: list[Event] = []
+        self.handshake_failures: list[str] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with sock, contextlib.suppress(OSError):
+                sock.settimeout(2.0)
+                if self.context is not None:
+                    try:
+                        sock = self.context.wrap_socket(sock, server_side=True)
+                    except ssl.SSLError as exc:
+                        self.handshake_failures.append(exc.reason or str(exc))
+                        continue
+                self._serve(sock)
+
+    def _serve(self, sock: socket.socket) -> None:
+        sock.sendall(encode(Challenge(new_nonce())))
+        parser = ReplicationParser()
+        sent = False
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return
+            parser.receive_data(data)
+            while (event := parser.next_event()) is not NEED_DATA:
+                assert not isinstance(event, type(NEED_DATA))
+                self.received.append(event)
+                if isinstance(event, Hello) and not sent:
+                    sent = True
+                    node, lease, epoch = self.claim
+                    far = Position(epoch, 1 << 40)
+                    sock.sendall(b"".join(map(encode, [
+                        Welcome(node, lease, epoch, os.urandom(32)),
+                        SnapshotBegin(far), SnapshotEnd(far, 0),
+                        Mutation(epoch, (1 << 40) + 1, ItemState(b"planted", b"evil", 0, 0, 1)),
+                    ])))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(5)
+        self.listener.close()
