@@ -10,6 +10,10 @@ B is this checkout, A the one under --base (e.g. `git archive main | tar -x -C /
 run with the same Python and PYTHONPATH=<base>.
 
     .venv/bin/python bench/replication_cpu.py --base /tmp/base [--b-flags "--peer-secret-file F"]
+
+`--b-peer-tls` (or `--a-peer-tls`) runs that side's shard with mutual TLS on the peer link:
+each node gets a certificate naming its node id from a private CA made for the run (plain vs
+TLS on this checkout: `--base .  --b-peer-tls`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.etcd_process import EtcdProcess, free_port, start_etcd
 
 HOST = "127.0.0.1"
@@ -55,7 +61,7 @@ def stats(port: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def shard(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
-          args: argparse.Namespace
+          args: argparse.Namespace, ca: CertificateAuthority | None = None
           ) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]]:
     """A sync shard of 2 of the checkout at `root`: yields (leader, follower, leader's port)."""
     env = dict(os.environ)
@@ -66,11 +72,16 @@ def shard(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
         for number in range(2):
             port = free_port()
             ports.append(port)
+            tls: list[str] = []
+            if ca is not None:  # a certificate naming the node id
+                credential = ca.issue(f"r{number}")
+                tls = ["--peer-tls", "--peer-tls-cert", str(credential.cert), "--peer-tls-key",
+                       str(credential.key), "--peer-tls-ca", str(credential.ca)]
             processes.append(subprocess.Popen(
                 ["taskset", "-c", str(args.server_cpu), args.python, "-m", "memring.backend",
                  "--listen", f"{HOST}:{port}", "--etcd", etcd.url, "--cluster", cluster,
                  "--shard", "s1", "--node-id", f"r{number}", "--replication", "sync",
-                 "--peer-listen", f"{HOST}:{free_port()}", *flags],
+                 "--peer-listen", f"{HOST}:{free_port()}", *tls, *flags],
                 env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.5)  # the first one leads
         deadline = time.monotonic() + READY_TIMEOUT
@@ -93,9 +104,10 @@ def shard(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
 
 
 def measure(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
-            args: argparse.Namespace) -> tuple[float, float, float]:
+            args: argparse.Namespace, ca: CertificateAuthority | None = None
+            ) -> tuple[float, float, float]:
     """(leader µs/set, follower µs/set, sets/s)."""
-    with shard(root, etcd, cluster, flags, args) as (leader, follower, port):
+    with shard(root, etcd, cluster, flags, args, ca) as (leader, follower, port):
         before = cpu_seconds(leader.pid), cpu_seconds(follower.pid)
         started = time.monotonic()
         with socket.create_connection((HOST, port)) as sock:
@@ -116,6 +128,8 @@ def main() -> None:
     parser.add_argument("--base", required=True, type=Path, help="checkout A (a directory)")
     parser.add_argument("--a-flags", default="", help="more backend flags for A")
     parser.add_argument("--b-flags", default="", help="more backend flags for B (this one)")
+    parser.add_argument("--a-peer-tls", action="store_true", help="A with peer TLS")
+    parser.add_argument("--b-peer-tls", action="store_true", help="B with peer TLS")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs (%(default)s)")
     parser.add_argument("--sets", type=int, default=60_000, help="sets per run (%(default)s)")
     parser.add_argument("--server-cpu", type=int, default=0)
@@ -125,20 +139,30 @@ def main() -> None:
              "B": (REPO, shlex.split(args.b_flags))}
     results: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
     etcd = start_etcd()
+    ca_dir = tempfile.TemporaryDirectory(prefix="replication-cpu-ca-")
+    ca = CertificateAuthority.create(Path(ca_dir.name)) if args.a_peer_tls or \
+        args.b_peer_tls else None
+    with_tls = {"A": args.a_peer_tls, "B": args.b_peer_tls}
     try:
         for number in range(args.rounds):
             for side in ("A", "B") if number % 2 == 0 else ("B", "A"):
                 root, flags = sides[side]
-                result = measure(root, etcd, f"cpu{side}{number}", flags, args)
+                result = measure(root, etcd, f"cpu{side}{number}", flags, args,
+                                 ca if with_tls[side] else None)
                 results[side].append(result)
                 print(f"{side}: leader {result[0]:.1f} µs/set  follower {result[1]:.1f} µs/set"
                       f"  {result[2]:,.0f} sets/s", flush=True)
     finally:
         etcd.stop()
+        ca_dir.cleanup()
     for side, runs in results.items():
         leader, follower, rate = (statistics.median(r[i] for r in runs) for i in range(3))
         print(f"{side} median of {len(runs)}: leader {leader:.1f} µs/set  follower "
               f"{follower:.1f} µs/set  {rate:,.0f} sets/s")
+    medians = {side: [statistics.median(r[i] for r in runs) for i in range(3)]
+               for side, runs in results.items()}
+    print("B/A: leader CPU per set {:.2f}x  follower CPU per set {:.2f}x  sets/s {:.2f}x".format(
+        *(medians["B"][i] / medians["A"][i] for i in range(3))))
 
 
 if __name__ == "__main__":
