@@ -3,7 +3,7 @@ that a shared machine does not blur as much as throughput (a busy neighbour slow
 down but hardly changes the CPU time each set costs it).
 
 For each run it starts a sync shard of 2 backends (pinned to --server-cpu) of one checkout on
-a spawned etcd, waits until both are in the ISR, sends --sets sets of 100-byte values in
+a spawned etcd, waits until both are in the ISR, sends --sets sets of --value-size bytes (100) in
 pipelined batches of 50 from one connection to the leader, and reads each backend's user +
 system CPU time (/proc/PID/stat) before and after. The runs alternate A, B, B, A, A, B, ...;
 B is this checkout, A the one under --base (e.g. `git archive main | tar -x -C /tmp/base`),
@@ -37,7 +37,6 @@ from memring.cluster.etcd_process import EtcdProcess, free_port, start_etcd
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 50
-VALUE = b"v" * 100
 READY_TIMEOUT = 20.0
 
 
@@ -110,9 +109,10 @@ def measure(root: Path, etcd: EtcdProcess, cluster: str, flags: list[str],
     with shard(root, etcd, cluster, flags, args, ca) as (leader, follower, port):
         before = cpu_seconds(leader.pid), cpu_seconds(follower.pid)
         started = time.monotonic()
+        value = b"v" * args.value_size
         with socket.create_connection((HOST, port)) as sock:
             for first in range(0, args.sets, BATCH):
-                sock.sendall(b"".join(b"set k%d 0 0 %d\r\n%s\r\n" % (i % 10000, len(VALUE), VALUE)
+                sock.sendall(b"".join(b"set k%d 0 0 %d\r\n%s\r\n" % (i % 10000, len(value), value)
                                       for i in range(first, first + BATCH)))
                 reply = b""
                 while reply.count(b"\r\n") < BATCH:
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--b-peer-tls", action="store_true", help="B with peer TLS")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs (%(default)s)")
     parser.add_argument("--sets", type=int, default=60_000, help="sets per run (%(default)s)")
+    parser.add_argument("--value-size", type=int, default=100, help="bytes (%(default)s)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
