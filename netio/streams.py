@@ -132,7 +132,11 @@ class TlsStream:
             # (timeit here); decrypting a small request is ~0.8 us.
             if incoming.pending or tls.pending():
                 try:
-                    return tls.read(size)
+                    data = tls.read(size)
+                    # a read returns one record (16 KiB at most): take the whole records that
+                    # came with it too, so a stream (replication) is parsed and acknowledged
+                    # per socket read, as in plain, not per record
+                    return self._more(data, size) if incoming.pending else data
                 except ssl.SSLWantReadError:
                     pass  # a record not whole yet: read on
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -145,6 +149,23 @@ class TlsStream:
             if not data:
                 return b""  # a peer that closes without close_notify: plain EOF
             incoming.write(data)
+
+    def _more(self, data: bytes, size: int) -> bytes:
+        """`data` and the plaintext of the records after it already received, up to `size`
+        bytes in all (a partial record waits for the next call)."""
+        pieces = [data]
+        taken = len(data)
+        tls = self._tls
+        while taken < size and self._incoming.pending:
+            try:
+                more = tls.read(size - taken)
+            except ssl.SSLError:  # a record not whole yet, or the end: for the next call
+                break
+            if not more:
+                break
+            pieces.append(more)
+            taken += len(more)
+        return b"".join(pieces) if len(pieces) > 1 else data
 
     def _flush_now(self) -> None:
         """Send what of the ciphertext the kernel takes now; keep the rest."""

@@ -34,6 +34,8 @@ from tests.helpers.peer_impostor import (
     handshake,
     leader_peer,
     plaintext_until_close,
+    received_until_close,
+    silent_crowd,
     tls_context,
 )
 
@@ -222,3 +224,28 @@ def test_a_follower_refuses_a_leader_whose_certificate_names_another_node(
         assert int(stats["memring_repl_leaders_refused"]) == len(errors)
         print(f"\nfake leader with another node's certificate: {len(errors)} connection(s) "
               f"refused with WRONG_IDENTITY; the follower's {len(KEYS)} keys kept")
+
+
+def test_silent_connections_are_closed_in_2_s_and_never_lock_a_follower_out(
+        etcd: EtcdProcess, private_ca: CertificateAuthority) -> None:
+    """A connection that never starts its TLS handshake is closed after the peer handshake's
+    2 s (not the client listeners' 10 s), sent nothing; 80 of them, reopened as they close,
+    do not keep a restarting follower out (the pending cap covers the TLS handshake)."""
+    with tls_shard(etcd, private_ca, 2) as (shard, leader, (follower,)):
+        peer = leader_peer(trio.run(shard.view))
+        with socket.create_connection(peer, timeout=5) as sock:
+            started = time.monotonic()
+            received = received_until_close(sock)
+            took = time.monotonic() - started
+        assert received == b"" and 1.8 < took < 3.5, (received[:100], took)
+        assert "no handshake within 2 s" in leader.log_text()
+        with silent_crowd(peer, 80) as crowd:
+            time.sleep(0.5)
+            servers.stop(follower.process)
+            started = time.monotonic()
+            shard.start(follower.port)
+            trio.run(wait_in_sync, shard, 10.0)
+            took = time.monotonic() - started
+        print(f"\nsilent TLS peer closed after 2 s; with 80 silent connections ({crowd.closed} "
+              f"closed by the leader) the restarted follower was in sync {took:.1f} s after "
+              f"its start")

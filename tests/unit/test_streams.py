@@ -98,3 +98,26 @@ async def test_plain_stream_takes_what_the_kernel_takes() -> None:
     assert stream.backlog == 0
     b.close()
     a.close()
+
+
+async def test_a_tls_recv_takes_every_whole_record_already_received(
+        private_ca: CertificateAuthority) -> None:
+    """One recv returns the records that arrived together (up to `size`), as a plain recv
+    returns what the socket holds: a replication follower parses and ACKs per read, not per
+    16 KiB record; a record not whole yet waits for the next call."""
+    server, client = _tls_pair(private_ca)
+    data = bytes(range(256)) * 192  # 48 KiB: three full records
+
+    async def talk() -> None:
+        await client.handshake()
+        await client.send_all(data)
+
+    with trio.fail_after(10):
+        await _both(server.handshake, talk)
+        await trio.sleep(0.05)  # every record on the socket
+        assert await server.recv(65536) == data
+        await client.send_all(data)
+        await trio.sleep(0.05)
+        first = await server.recv(20_000)  # stops at `size`, inside the second record
+        assert first == data[:20_000]
+        assert first + await server.recv(65536) == data
