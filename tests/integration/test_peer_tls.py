@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import signal
 import socket
 import ssl
 import time
@@ -27,7 +28,14 @@ from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
 from memring.protocol.replication import Challenge, Error, ErrorCode, encode
 from tests.helpers import replicas, servers, wire
-from tests.helpers.cluster import SHARD, ReplicatedShard, node_id, wait_for, wait_in_sync
+from tests.helpers.cluster import (
+    SHARD,
+    ReplicatedShard,
+    node_id,
+    peer_secret_in,
+    wait_for,
+    wait_in_sync,
+)
 from tests.helpers.peer_impostor import (
     FakeLeader,
     connect,
@@ -57,13 +65,15 @@ class TlsShard(ReplicatedShard):
 
 
 @contextlib.contextmanager
-def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int
+def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int, secret: str = ""
               ) -> Iterator[tuple[TlsShard, servers.RunningServer, list[servers.RunningServer]]]:
-    """A settled sync shard of `size` with peer TLS, KEYS written (acknowledged) on the
-    leader and on every follower: (shard, leader, followers)."""
+    """A settled sync shard of `size` with peer TLS (and the peer `secret` file, if any),
+    KEYS written (acknowledged) on the leader and on every follower: (shard, leader,
+    followers)."""
     with contextlib.ExitStack() as stack:
         shard = TlsShard(etcd, stack, f"pt{next(_clusters)}", {})
         shard.peer_ca = ca
+        shard.peer_secret_file = secret
         for _ in range(size):
             shard.start()
         leader = shard.leader()
@@ -249,3 +259,42 @@ def test_silent_connections_are_closed_in_2_s_and_never_lock_a_follower_out(
         print(f"\nsilent TLS peer closed after 2 s; with 80 silent connections ({crowd.closed} "
               f"closed by the leader) the restarted follower was in sync {took:.1f} s after "
               f"its start")
+
+
+def test_a_secret_still_counts_inside_tls_and_sighup_reloads_the_certificates(
+        etcd: EtcdProcess, tmp_path: Path) -> None:
+    """Defence in depth: with TLS and a peer secret, a member with a valid certificate of its
+    own but not the secret is refused (wrong proof) and stays out of the ISR. SIGHUP reads the
+    peer certificate files again: a broken file keeps the old contexts, a renewed certificate
+    is taken, and followers connect with it."""
+    ca = CertificateAuthority.create(tmp_path / "ca")  # this test rewrites node certificates
+    with tls_shard(etcd, ca, 2, peer_secret_in(tmp_path)) as (shard, leader, (follower,)):
+        assert wire.stats(leader)["memring_repl_peer_auth"] == "secret"
+        right = shard.peer_secret_file
+        shard.peer_secret_file = peer_secret_in(tmp_path)  # another secret
+        stranger = shard.start()  # its own valid certificate, naming its node id
+        shard.peer_secret_file = right
+        time.sleep(1.5)
+        assert shard.isr(trio.run(shard.view)) == {node_id(leader), node_id(follower)}
+        assert replicas.dump(stranger, KEYS[:5]) == dict.fromkeys(KEYS[:5])
+        assert "wrong proof (not the peer secret)" in leader.log_text()
+        servers.stop(stranger.process)
+        # a renewal gone wrong: the certificate file is not a certificate
+        credential = Path(f"{ca.directory}/{node_id(leader)}.crt")
+        good = credential.read_bytes()
+        credential.write_text("not a certificate\n")
+        leader.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "peer TLS certificates not reloaded" in leader.log_text(), 5.0,
+                 "the failed reload logged")
+        credential.write_bytes(good)
+        ca.issue(node_id(leader))  # renewed: a new key and certificate, same name
+        leader.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "peer TLS certificates reloaded from" in leader.log_text(), 5.0,
+                 "the reload logged")
+        servers.stop(follower.process)  # its next connection meets the renewed certificate
+        restarted = shard.start(follower.port)
+        trio.run(wait_in_sync, shard, 10.0)
+        with wire.connect(leader) as sock:
+            sock.sendall(b"set renewed 0 0 1\r\nx\r\n")
+            assert wire.read_until(sock, b"\r\n", timeout=10) == b"STORED\r\n"
+        replicas.wait_identical(leader, restarted, [*KEYS, b"renewed"], 10.0)
