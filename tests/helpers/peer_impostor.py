@@ -316,11 +316,11 @@ class FakeLeader(threading.Thread):
                     sent = True
                     node, lease, epoch = self.claim
                     far = Position(epoch, 1 << 40)
-                    sock.sendall(b"".join(map(encode, [
+                    sock.sendall(b"".join(encode(m) for m in (
                         Welcome(node, lease, epoch, os.urandom(32)),
                         SnapshotBegin(far), SnapshotEnd(far, 0),
                         Mutation(epoch, (1 << 40) + 1, ItemState(b"planted", b"evil", 0, 0, 1)),
-                    ])))
+                    )))
 
     def stop(self) -> None:
         self._done.set()
