@@ -73,6 +73,7 @@ class ProxyServer:
         # the proxy's own user for backends that want one (the file's first entry)
         self._backend_users = Authenticator(load_credentials(settings.backend_auth_file)) \
             if settings.backend_auth_file else None
+        self.state.stats.backend_auth = self._backend_users is not None
 
     def backend_login(self) -> Login | None:
         """The user and password new backend connections authenticate with (None: none)."""
@@ -124,6 +125,7 @@ class ProxyServer:
         """The client context for new backend connections, built again only when the
         backend TLS settings change (the files were checked when the settings loaded)."""
         wanted = settings.backend_tls_settings
+        self.state.stats.backend_tls = wanted.verify if wanted is not None else "off"
         if wanted != self._backend_tls[0]:
             self._backend_tls = (wanted, client_context(wanted) if wanted else None)
         return self._backend_tls[1]
