@@ -28,6 +28,7 @@ from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.node_stats import AUTHENTICATED, TRANSPORT
 
 Stats = dict[str, str]
+KINDS = ("clients", "proxy links", "backend ports", "peer links", "etcd")  # the table's order
 _OFF = ("", "no", "off", "plain", "0", "false")
 
 
@@ -102,7 +103,7 @@ def render(security: dict[str, Any]) -> list[str]:
         if channel["protected"] is not None:
             kinds.setdefault(channel["kind"], []).append(channel)
     parts = []
-    for kind, channels in kinds.items():
+    for kind, channels in sorted(kinds.items(), key=lambda item: KINDS.index(item[0])):
         common = [what for what in channels[0]["has"]
                   if all(what in c["has"] for c in channels)]
         parts.append(f"{kind} {'+'.join(common) or 'none'}")
@@ -110,7 +111,7 @@ def render(security: dict[str, Any]) -> list[str]:
     unprotected = [c for c in security["channels"] if c["protected"] is False]
     if unprotected:
         lines.append("WARNING: unprotected channels: " + "; ".join(
-            f"{c['channel']} (no {', no '.join(c['missing'])})" for c in unprotected))
+            f"{c['channel']} (lacks {', '.join(c['missing'])})" for c in unprotected))
     if security["unknown"]:
         lines.append("security unknown (no answer): " + ", ".join(security["unknown"]))
     return lines
