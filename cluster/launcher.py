@@ -23,8 +23,8 @@ etcd security: a given etcd's TLS files and user (`etcd_security`) go to every b
 proxy as flags. With `secure_etcd=True` the etcd `LocalCluster` starts is secured: a private
 CA in the run directory, TLS for clients and peers with client certificates required, the
 root user and a `memring` user and role limited to the cluster's prefix (etcd_process.
-enable_auth), and a client certificate for memring's processes (`memring up --secure` is to
-turn this on with the rest of issue 13).
+enable_auth), and a client certificate for memring's processes (`memring up --secure` turns
+this on with the rest, below).
 
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
 records the etcd URL, and the paths (never the contents) of its TLS files and password file,
