@@ -240,7 +240,7 @@ def _status(args: argparse.Namespace) -> int:
         login = load_credentials(str(auth_file)).first() if auth_file else None
     except AuthFileError as exc:
         raise UsageError(str(exc)) from None
-    tls = _status_tls(args, state)
+    tls = _status_tls(args, read_state(_cluster(args)) if not args.etcd else None)
     url, security = _etcd_and_security(args)
     channel = etcd_channel(url, security)
 
