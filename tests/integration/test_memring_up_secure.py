@@ -26,12 +26,15 @@ import pytest
 import trio
 
 from memring.backend.cli import stats_client_context
+from memring.backend.cluster_member import ClusterMember, MemberIdentity
 from memring.cluster.coordinator import AccessDenied, ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import TOOLS_CERT, LocalCluster, plan_from_flags, state_path
 from memring.cluster.node_stats import TRANSPORT, fetch_stats
 from memring.netio.tls import TlsSettings
+from memring.protocol.ascii_auth import Login
+from memring.protocol.replication import Position
 from tests.helpers import servers
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
@@ -96,6 +99,25 @@ def credentials(auth_file: str) -> tuple[str, str]:
     return user, password
 
 
+class _EmptyStore:
+    """The replication side of a member that holds nothing (position 0, 0)."""
+
+    def position(self) -> Position:
+        return Position(0, 0)
+
+
+async def _an_empty_member_would_campaign(etcd: EtcdCoordinator, tls: ssl.SSLContext | None,
+                                          login: Login) -> bool:
+    """The unclean-election check of a third member of s1 that holds nothing: it asks the
+    others for `stats` (over TLS with `tls`) and campaigns only if none holds more."""
+    member = ClusterMember(etcd, MemberIdentity("s1-r9", "s1", f"{HOST}:1"))
+    member.listener = _EmptyStore()  # type: ignore[assignment]
+    member.stats_tls = tls
+    member.stats_login = lambda: login
+    view = await etcd.snapshot()
+    return await member._most_advanced(view, absent_too=False)
+
+
 async def test_memring_up_secure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pymemcache = pytest.importorskip("pymemcache.client.base")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
@@ -154,6 +176,12 @@ async def test_memring_up_secure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                   member)
         assert asked is not None and asked[TRANSPORT] == "tls" and "memring_repl_position" in asked
         assert await fetch_stats(backends[0].address, 2.0, None, member) is None  # auth too
+        async with EtcdCoordinator.connect(cluster.etcd_url, "secure-up",
+                                           security=cluster.etcd_security) as etcd:
+            assert not await _an_empty_member_would_campaign(
+                etcd, member, (user.encode(), password.encode()))
+            assert await _an_empty_member_would_campaign(  # without TLS it hears no one
+                etcd, None, (user.encode(), password.encode()))
 
         # memring status: every channel protected, from the state file alone
         doc = await trio.to_thread.run_sync(status_json, "secure-up")
