@@ -12,11 +12,15 @@ without credentials, or with a certificate of the cluster's CA, cannot write the
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import ssl
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -165,6 +169,12 @@ async def test_memring_up_secure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         # member's own certificate gets `stats` (the unclean-election path)
         backends = [c for c in cluster.children if c.role == "backend"]
         port = int(backends[0].address.rpartition(":")[2])
+        login = (user.encode(), password.encode())
+        with trio.fail_after(30):  # ready means led and routed: a follower may still start
+            while not all([await fetch_stats(b.address, 1.0, login,
+                                             cluster.tls.tools_context())
+                           for b in backends]):
+                await trio.sleep(0.1)
         assert await trio.to_thread.run_sync(tls_exchange, port, trusting,
                                              b"version\r\n") == b""
         assert not (await trio.to_thread.run_sync(plain_exchange, port,
@@ -172,16 +182,14 @@ async def test_memring_up_secure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         own = cluster.tls.credentials[backends[1].name]
         member = stats_client_context(TlsSettings(cert=str(own.cert), key=str(own.key),
                                                   ca=str(ca), verify="require"))
-        asked = await fetch_stats(backends[0].address, 5.0, (user.encode(), password.encode()),
-                                  member)
+        asked = await fetch_stats(backends[0].address, 5.0, login, member)
         assert asked is not None and asked[TRANSPORT] == "tls" and "memring_repl_position" in asked
         assert await fetch_stats(backends[0].address, 2.0, None, member) is None  # auth too
         async with EtcdCoordinator.connect(cluster.etcd_url, "secure-up",
                                            security=cluster.etcd_security) as etcd:
-            assert not await _an_empty_member_would_campaign(
-                etcd, member, (user.encode(), password.encode()))
-            assert await _an_empty_member_would_campaign(  # without TLS it hears no one
-                etcd, None, (user.encode(), password.encode()))
+            assert not await _an_empty_member_would_campaign(etcd, member, login)
+            # without TLS it hears no one
+            assert await _an_empty_member_would_campaign(etcd, None, login)
 
         # memring status: every channel protected, from the state file alone
         doc = await trio.to_thread.run_sync(status_json, "secure-up")
@@ -228,3 +236,54 @@ async def test_plain_memring_up_shows_unprotected_channels(
         assert "security: clients none, proxy links none, backend ports none, peer links " \
                "secret, etcd none" in table
         assert "WARNING: unprotected channels: " in table
+
+
+def test_the_memring_up_secure_command(tmp_path: Path) -> None:
+    """The command itself: it says how a client connects, a client does so with what it
+    printed, `memring status` (from the state file) shows every channel protected, and
+    Ctrl-C stops it all."""
+    pymemcache = pytest.importorskip("pymemcache.client.base")
+    port = servers.free_port()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    up = subprocess.Popen([sys.executable, "-m", "memring", "up", "--secure", "--cluster",
+                           "secure-cmd", "--shards", "1", "--replicas", "1", "--port",
+                           str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        deadline = time.monotonic() + START_WITHIN
+        for line in up.stdout:  # bounded by memring up's own readiness deadline
+            lines.append(line)
+            if "memring up: ready" in line or time.monotonic() > deadline:
+                break
+        text = "".join(lines)
+        assert "memring up: ready" in text, text
+        how = re.search(r"clients connect over TLS \(CA (\S+)\) and authenticate as (\S+) "
+                        r"\(password in (\S+)\)", text)
+        assert how is not None, text
+        ca, user, auth_file = how.groups()
+        assert credentials(auth_file)[0] == user
+        client = pymemcache.Client((HOST, port), connect_timeout=5, timeout=5,
+                                   tls_context=ssl.create_default_context(cafile=ca))
+        try:
+            assert client.set("auth", f"{user} {credentials(auth_file)[1]}".encode(),
+                              noreply=False)
+            assert client.set("k", b"v", noreply=False) and client.get("k") == b"v"
+        finally:
+            client.close()
+        done = subprocess.run([sys.executable, "-m", "memring", "status", "--cluster",
+                               "secure-cmd"], capture_output=True, text=True, timeout=30,
+                              env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "security: clients TLS+auth, proxy links TLS+verified+auth, backend ports " \
+               "TLS+client cert+auth" in done.stdout, done.stdout
+        assert "WARNING" not in done.stdout and "unknown" not in done.stdout, done.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.wait(5)
+    assert up.returncode == 0, "".join(lines)
