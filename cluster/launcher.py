@@ -31,16 +31,12 @@ records the etcd URL, and the paths (never the contents) of its TLS files and pa
 so `memring status` finds the cluster without `--etcd`.
 
 `secure=True` (`memring up --secure`) turns on every protection together: etcd secured as
-above (its CA apart from the cluster's: etcd takes a client certificate's common name for a
-user name, so no certificate of the cluster's may reach it), a cluster CA in `run_dir/tls`
-(0700) with a certificate per backend (CN = node id), per proxy and one for memring's own
-tools (TOOLS_CERT: the readiness check, `memring status`), an auth file with a generated user
-and password (`run_dir/auth`, 0600) unless one is given; backends serve TLS requiring a
-cluster certificate (`--tls-verify require`: only the proxies and memring's tools reach
-them) with the auth file and the peer secret; proxies serve their clients over TLS (no
-client certificate; clients authenticate as the auth file's user) and reach the backends
-over mutual TLS as that user. The state file records the paths of the CA and the tools'
-certificate, never a key or password itself.
+above, and a cluster CA of its own (cluster.local_tls: a certificate per backend, proxy and
+memring's tools) with an auth file (a generated user and password unless one is given):
+backends serve TLS requiring a cluster certificate (only the proxies and memring's tools
+reach them), proxies serve clients over TLS (authenticated by the auth file, no client
+certificate) and reach the backends over mutual TLS. The state file records the paths of
+the CA and the tools' certificate and key, never a key or password itself.
 
 The backends' replication links are authenticated by default: `memring up` writes a new
 random peer secret (`peer-secret`, mode 0600) in the run directory and passes it to every
@@ -73,18 +69,16 @@ from typing import Any
 import trio
 
 from memring.cluster.auth_file import load_credentials
-from memring.cluster.certificates import CertificateAuthority, CertificateError, Credential
+from memring.cluster.certificates import CertificateAuthority, CertificateError
 from memring.cluster.coordinator import AccessDenied, ClusterConfig, CoordinatorError
 from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.keyspace import Keyspace, check_id
+from memring.cluster.local_tls import ClusterTls, write_auth_file
 from memring.protocol.ascii_auth import Login, auth_request
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
-TOOLS_CERT = "memring-tools"  # the cluster CA's certificate for memring up and status
-SECURE_USER = "memring"  # the user of the auth file `memring up --secure` writes
-SECURE_HOSTS = (HOST, "localhost")  # what every certificate of a local cluster names
 # HOOK(peer-tls): ("--peer-tls",) once backend/replication has it (certs default to --tls-*)
 PEER_TLS_FLAGS: tuple[str, ...] = ()
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
@@ -253,50 +247,6 @@ def write_peer_secret(path: Path) -> None:
         out.write(secrets.token_hex(32) + "\n")
 
 
-def write_auth_file(path: Path, user: str = SECURE_USER) -> None:
-    """memcached's auth file with one user and a new random password, readable by its owner
-    only; FileExistsError if present."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{user}:{secrets.token_urlsafe(24)}\n")
-
-
-@dataclass(frozen=True)
-class ClusterTls:
-    """The cluster CA's files `memring up --secure` made: one credential per node id and
-    proxy name, and memring's own tools'."""
-
-    ca: Path
-    credentials: dict[str, Credential]
-
-    @classmethod
-    def create(cls, directory: Path, names: list[str]) -> ClusterTls:
-        authority = CertificateAuthority.create(directory, "memring cluster CA")
-        return cls(authority.cert, {name: authority.issue(name, SECURE_HOSTS)
-                                    for name in [*names, TOOLS_CERT]})
-
-    @property
-    def tools(self) -> Credential:
-        return self.credentials[TOOLS_CERT]
-
-    def server_flags(self, name: str, verify: str) -> list[str]:
-        """A node's or proxy's --tls flags: its own certificate on its client port."""
-        own = self.credentials[name]
-        return ["--tls", "--tls-cert", str(own.cert), "--tls-key", str(own.key),
-                "--tls-ca", str(self.ca), "--tls-verify", verify]
-
-    def backend_link_flags(self, name: str) -> list[str]:
-        own = self.credentials[name]
-        return ["--backend-tls", "--backend-tls-ca", str(self.ca), "--backend-tls-cert",
-                str(own.cert), "--backend-tls-key", str(own.key)]
-
-    def tools_context(self) -> ssl.SSLContext:
-        """What memring's tools connect with: verify the server, show the tools' certificate."""
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.load_cert_chain(str(self.tools.cert), str(self.tools.key))
-        return context
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -450,8 +400,7 @@ class LocalCluster:
         if self.secure:
             self.tls = await self._make_certificates()
             say(f"memring up: cluster CA {self.tls.ca} (certificates beside it); clients "
-                f"authenticate as {self.login[0].decode() if self.login else '?'} "
-                f"({self.auth_file})")
+                f"authenticate with {self.auth_file}")
         say(f"memring up: peer links authenticated with {self.peer_secret_file}"
             if self.peer_secret_file else
             "memring up: peer links unauthenticated (--no-peer-secret)")

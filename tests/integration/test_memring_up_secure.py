@@ -34,7 +34,8 @@ from memring.backend.cluster_member import ClusterMember, MemberIdentity
 from memring.cluster.coordinator import AccessDenied, ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_security import EtcdSecurity
-from memring.cluster.launcher import TOOLS_CERT, LocalCluster, plan_from_flags, state_path
+from memring.cluster.launcher import LocalCluster, plan_from_flags, state_path
+from memring.cluster.local_tls import TOOLS_CERT
 from memring.cluster.node_stats import TRANSPORT, fetch_stats
 from memring.netio.tls import TlsSettings
 from memring.protocol.ascii_auth import Login
