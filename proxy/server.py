@@ -27,8 +27,8 @@ import trio
 
 from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
+from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.netio.settings import exposed_without_tls, split_address
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
@@ -135,21 +135,10 @@ class ProxyServer:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         settings = self.settings
-        listener = nonblocking.listen(settings.host, settings.port, 4096, self.reuse_port)
+        listener, tls_listener = open_client_listeners(settings, 4096, self.reuse_port)
         port = listener.getsockname()[1]
-        tls_listener = None
-        if self.tls_connections is not None:
-            try:
-                tls_host, tls_port = split_address(settings.tls_listen, listen=True)
-                tls_listener = nonblocking.listen(tls_host, tls_port, 4096, self.reuse_port)
-            except BaseException:
-                nonblocking.close(listener)
-                raise
+        if tls_listener is not None:
             self.tls_port = tls_listener.getsockname()[1]
-        if not settings.tls and exposed_without_tls(settings.host):
-            log.warning("clients on %s:%d are served without TLS: anyone who can reach the "
-                        "port reads and writes the cache (--tls, or --tls-listen for a TLS "
-                        "port beside it)", settings.host, port)
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
