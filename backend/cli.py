@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import trio
 
@@ -20,9 +22,17 @@ from memring.cluster.coordinator import AccessDenied
 from memring.netio import logs, nonblocking
 from memring.netio.server_process import run_server
 from memring.netio.settings import SettingsError, split_address
+from memring.netio.tls import TlsSettings, client_context
 from memring.protocol.ascii_auth import Authenticator, AuthFileError
 
 log = logging.getLogger("memring.backend")
+
+
+def stats_client_context(tls: TlsSettings) -> ssl.SSLContext:
+    """How this node asks its shard's members for `stats` (before an unclean election): its
+    own certificate (issued for both ends) and CA; without a CA it cannot check them."""
+    return client_context(replace(tls, verify="require" if tls.ca else "none",
+                                  min_version="tlsv1.2", ciphers=""))
 
 
 def identity(settings: BackendSettings, port: int) -> MemberIdentity:
@@ -86,6 +96,8 @@ async def run(settings: BackendSettings, auth: Authenticator | None = None) -> N
                 if auth is not None:
                     users = auth  # its first user asks the shard's members for `stats`
                     member.stats_login = lambda: users.credentials.first()  # (reloaded too)
+                if settings.tls:  # the members' client ports serve TLS as this one does
+                    member.stats_tls = stats_client_context(settings.tls_settings)
                 log.info("cluster mode: etcd %s, cluster %s, shard %s, node %s",
                          settings.etcd, settings.cluster, settings.shard,
                          member.identity.node_id)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,6 +155,9 @@ class ClusterMember:
         # with --auth-file: the user it asks the shard's other members for `stats` as (its
         # own file's first; members of a cluster share the file)
         self.stats_login: Callable[[], Login | None] = _no_login
+        # with --tls: the members' client ports serve TLS (with --tls-verify require, only to
+        # a certificate of the cluster's CA): it asks them over TLS, showing its own
+        self.stats_tls: ssl.SSLContext | None = None
 
     @property
     def leadership(self) -> Leadership | None:
@@ -528,7 +532,8 @@ class ClusterMember:
         others = {address: node_id for node_id, address in members.items()
                   if node_id != me and not shard.drained(node_id)}
         in_sync = {m.node_id for m in shard.isr.members} if shard.isr is not None else set()
-        asked = await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT, self.stats_login())
+        asked = await fetch_all(list(others), UNCLEAN_ASK_TIMEOUT, self.stats_login(),
+                               self.stats_tls)
         for address, stats in asked.items():
             position = parse_position(stats.get("memring_repl_position", "")) if stats else None
             node = others[address]

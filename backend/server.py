@@ -33,8 +33,8 @@ from memring.backend.settings import BackendSettings
 from memring.backend.stats import ServerCounters, StatsReport
 from memring.backend.store import Store
 from memring.netio import nonblocking
+from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.netio.settings import exposed_without_tls, split_address
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.replication import ORIGIN, Position
@@ -99,23 +99,12 @@ class BackendServer:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         settings = self.settings
-        listener = nonblocking.listen(settings.host, settings.port)
+        listener, tls_listener = open_client_listeners(settings)
         port = listener.getsockname()[1]
         self.stats.port = port
         self.counters.total_connections = 1  # memcached counts its listening socket too
-        tls_listener = None
-        if self.tls_connections is not None:
-            try:
-                tls_listener = nonblocking.listen(*split_address(settings.tls_listen,
-                                                                 listen=True))
-            except BaseException:
-                nonblocking.close(listener)
-                raise
+        if tls_listener is not None:
             self.tls_port = tls_listener.getsockname()[1]
-        if not settings.tls and exposed_without_tls(settings.host):
-            log.warning("clients on %s:%d are served without TLS: anyone who can reach the "
-                        "port reads and writes the cache (--tls, or --tls-listen for a TLS "
-                        "port beside it)", settings.host, port)
         async with trio.open_nursery() as services:
             services.start_soon(self._reap_forever)
             await services.start(self.connections.serve, listener)

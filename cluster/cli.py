@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +34,14 @@ from memring.cluster.coordinator import (
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import plan_from_file, plan_from_flags, read_state, up
 from memring.cluster.node_stats import fetch_all
-from memring.cluster.status import addresses, healthy, render_table, status_doc, with_rates
+from memring.cluster.status import (
+    addresses,
+    etcd_channel,
+    healthy,
+    render_table,
+    status_doc,
+    with_rates,
+)
 from memring.netio import logs
 from memring.protocol.ascii_auth import AuthFileError, Login
 
@@ -78,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", action="store_true",
                      help="serve Prometheus /metrics from every backend and proxy (free ports, "
                      "printed at start)")
+    run.add_argument("--secure", action="store_true",
+                     help="turn every protection on: a private CA and certificates in the run "
+                     "directory, TLS for clients (proxies) and mutual TLS to the backends, an "
+                     "auth file with a generated user and password (unless --auth-file), the "
+                     "peer secret, and etcd with TLS, client certificates and a user")
     run_auth = run.add_argument_group("authentication")
     run_auth.add_argument("--auth-file", metavar="FILE",
                           help="memcached's ASCII auth on every backend and proxy (their "
@@ -99,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         "--auth-file", default=os.environ.get("MEMRING_AUTH_FILE"), metavar="FILE",
         help="the nodes' --auth-file (or MEMRING_AUTH_FILE; default: the one `memring up` "
         "recorded): its first user asks them for `stats`")
+    status_tls = status.add_argument_group(
+        "TLS", "how to reach nodes and proxies that serve TLS (default: the files `memring up "
+        "--secure` recorded); a node that refuses TLS is asked again in plain text")
+    status_tls.add_argument("--tls-ca", metavar="FILE", help="CA their certificates chain to")
+    status_tls.add_argument("--tls-cert", metavar="FILE",
+                            help="a client certificate, for nodes with --tls-verify require")
+    status_tls.add_argument("--tls-key", metavar="FILE", help="its key (default: in --tls-cert)")
 
     shard = commands.add_parser("shard", help="list, add or remove shards")
     shard_commands = shard.add_subparsers(dest="shard_command", required=True)
@@ -184,9 +204,33 @@ def _with_etcd(args: argparse.Namespace, action: Callable[[Any], Awaitable[int]]
         return 1
 
 
-async def _status_doc(etcd: Any, login: Login | None = None) -> dict[str, Any]:
+async def _status_doc(etcd: Any, login: Login | None = None,
+                      tls: ssl.SSLContext | None = None,
+                      etcd_link: dict[str, Any] | None = None) -> dict[str, Any]:
     view = await etcd.snapshot()
-    return status_doc(view, await fetch_all(addresses(view), login=login))
+    stats = await fetch_all(addresses(view), login=login, tls=tls,
+                            settings_of=frozenset(n.address for n in view.nodes.values()),
+                            plain_fallback=True)
+    return status_doc(view, stats, etcd_link)
+
+
+def _status_tls(args: argparse.Namespace, state: dict[str, Any] | None
+                ) -> ssl.SSLContext | None:
+    """The client context for nodes serving TLS: the flags, else the state file's files."""
+    recorded = (state or {}).get("tls") or {}
+    ca, cert, key = (str(getattr(args, name) or recorded.get(name) or "")
+                     for name in ("tls_ca", "tls_cert", "tls_key"))
+    if key and not cert:
+        raise UsageError("--tls-key without --tls-cert")
+    if not (ca or cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca or None)
+        if cert:
+            context.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"TLS files: {exc}") from None
+    return context
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -196,9 +240,12 @@ def _status(args: argparse.Namespace) -> int:
         login = load_credentials(str(auth_file)).first() if auth_file else None
     except AuthFileError as exc:
         raise UsageError(str(exc)) from None
+    tls = _status_tls(args, read_state(_cluster(args)) if not args.etcd else None)
+    url, security = _etcd_and_security(args)
+    channel = etcd_channel(url, security)
 
     async def once(etcd: Any) -> int:
-        doc = await _status_doc(etcd, login)
+        doc = await _status_doc(etcd, login, tls, channel)
         print(json.dumps(doc, indent=2) if args.json else render_table(doc), flush=True)
         return 0 if healthy(doc) else 1
 
@@ -209,7 +256,8 @@ def _status(args: argparse.Namespace) -> int:
         while True:  # bounded by Ctrl-C
             try:
                 now = trio.current_time()
-                doc = with_rates(await _status_doc(etcd, login), previous, now - taken)
+                doc = with_rates(await _status_doc(etcd, login, tls, channel), previous,
+                                 now - taken)
                 previous, taken = doc, now
             except CoordinatorError as exc:
                 print(f"memring: etcd: {exc}", file=sys.stderr, flush=True)
@@ -442,9 +490,12 @@ def _up(args: argparse.Namespace) -> int:
     secret = "" if args.no_peer_secret else args.peer_secret_file
     if secret and not os.path.isfile(secret):
         raise UsageError(f"--peer-secret-file {secret}: no such file")
+    if args.secure and (args.etcd or args.no_peer_secret):
+        raise UsageError("--secure starts and secures an etcd of its own and authenticates "
+                         "the peer links: not with --etcd or --no-peer-secret")
     return up(plan, args.port, args.etcd, metrics=args.metrics, etcd_security=security,
               auth_file=os.path.abspath(args.auth_file) if args.auth_file else "",
-              peer_secret_file=secret)
+              peer_secret_file=secret, secure=args.secure)
 
 
 def _configure_logs(args: argparse.Namespace) -> None:

@@ -23,12 +23,20 @@ etcd security: a given etcd's TLS files and user (`etcd_security`) go to every b
 proxy as flags. With `secure_etcd=True` the etcd `LocalCluster` starts is secured: a private
 CA in the run directory, TLS for clients and peers with client certificates required, the
 root user and a `memring` user and role limited to the cluster's prefix (etcd_process.
-enable_auth), and a client certificate for memring's processes (`memring up --secure` is to
-turn this on with the rest of issue 13).
+enable_auth), and a client certificate for memring's processes (`memring up --secure` turns
+this on with the rest, below).
 
 The state file (`$XDG_RUNTIME_DIR/memring/<cluster>.json`, else `~/.memring/<cluster>.json`)
 records the etcd URL, and the paths (never the contents) of its TLS files and password file,
 so `memring status` finds the cluster without `--etcd`.
+
+`secure=True` (`memring up --secure`) turns on every protection together: etcd secured as
+above, and a cluster CA of its own (cluster.local_tls: a certificate per backend, proxy and
+memring's tools) with an auth file (a generated user and password unless one is given):
+backends serve TLS requiring a cluster certificate (only the proxies and memring's tools
+reach them), proxies serve clients over TLS (authenticated by the auth file, no client
+certificate) and reach the backends over mutual TLS. The state file records the paths of
+the CA and the tools' certificate and key, never a key or password itself.
 
 The backends' replication links are authenticated by default: `memring up` writes a new
 random peer secret (`peer-secret`, mode 0600) in the run directory and passes it to every
@@ -47,6 +55,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -65,10 +74,13 @@ from memring.cluster.coordinator import AccessDenied, ClusterConfig, Coordinator
 from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.keyspace import Keyspace, check_id
+from memring.cluster.local_tls import ClusterTls, write_auth_file
 from memring.protocol.ascii_auth import Login, auth_request
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
+# HOOK(peer-tls): ("--peer-tls",) once backend/replication has it (certs default to --tls-*)
+PEER_TLS_FLAGS: tuple[str, ...] = ()
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL
@@ -245,14 +257,18 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def routes_to(address: str, leaders: set[str], login: Login | None = None) -> bool:
+def routes_to(address: str, leaders: set[str], login: Login | None = None,
+              tls: ssl.SSLContext | None = None) -> bool:
     """The proxy at `address` answers and has a live connection to every leader: only then
     does a client get through to every shard (the proxy learns of a new leader, and
     connects to it, a little after etcd has it). `login`: the proxy's clients authenticate
-    (its --auth-file). Blocking, at most ~1 s."""
+    (its --auth-file); `tls`: it serves TLS. Blocking, at most ~1.5 s."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=0.5) as s:
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection((host, int(port)), timeout=0.5))
+            if tls is not None:
+                s = stack.enter_context(tls.wrap_socket(s, server_hostname=host))
             s.settimeout(0.5)
             if login is not None:
                 s.sendall(auth_request(*login))
@@ -287,10 +303,18 @@ class LocalCluster:
     def __init__(self, plan: ClusterPlan, port: int, etcd_url: str | None = None, *,
                  metrics: bool = False, etcd_security: EtcdSecurity | None = None,
                  secure_etcd: bool = False, auth_file: str = "",
-                 peer_secret_file: str | None = None) -> None:
+                 peer_secret_file: str | None = None, secure: bool = False) -> None:
         """`peer_secret_file`: the backends' --peer-secret-file; None (the default) writes a
-        new one in the run directory, "" runs the peer links unauthenticated."""
+        new one in the run directory, "" runs the peer links unauthenticated. `secure`:
+        every protection at once (module doc); it needs the peer secret."""
+        if secure and (peer_secret_file == "" or etcd_url is not None):
+            raise ValueError("secure: needs its own etcd and a peer secret")
         self.plan = plan
+        self.secure = secure
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
+        if secure and not auth_file:
+            auth_file = str(self.run_dir / "auth")
+            write_auth_file(Path(auth_file))
         # memcached's ASCII auth on every backend and proxy (`memring up --auth-file`); the
         # proxies authenticate to the backends as its first user, and so does the readiness
         # check to the proxies
@@ -300,10 +324,10 @@ class LocalCluster:
         self.metrics = metrics
         self.etcd_url = etcd_url
         self.etcd_security = etcd_security or EtcdSecurity()
-        self.secure_etcd = secure_etcd
+        self.secure_etcd = secure_etcd or secure
+        self.tls: ClusterTls | None = None  # secure: made by start()
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
-        self.run_dir = Path(tempfile.mkdtemp(prefix=f"memring-{plan.name}-"))
         if peer_secret_file is None:
             peer_secret_file = str(self.run_dir / "peer-secret")
             write_peer_secret(Path(peer_secret_file))
@@ -333,13 +357,29 @@ class LocalCluster:
                 "--peer-listen", f"{HOST}:{free_port()}", *self._metrics_flag(),
                 *self._auth_flags("--auth-file"), *self.etcd_security.argv(),
                 *(["--peer-secret-file", self.peer_secret_file] if self.peer_secret_file
-                  else [])]
+                  else []),
+                *(self.tls.server_flags(node_id, "require") if self.tls else []),
+                *(PEER_TLS_FLAGS if self.tls else ())]
 
     def proxy_argv(self, name: str, address: str, url: str) -> list[str]:
+        """Clients are asked for no certificate: they authenticate with the auth file."""
         return [sys.executable, "-m", "memring.proxy", "--listen", address, "--etcd", url,
                 "--cluster", self.plan.name, "--proxy-id", name, *self._metrics_flag(),
                 *self._auth_flags("--auth-file", "--backend-auth-file"),
+                *(self.tls.server_flags(name, "none") + self.tls.backend_link_flags(name)
+                  if self.tls else []),
                 *self.etcd_security.argv()]
+
+    def _proxy_names(self) -> list[str]:
+        return [f"proxy-{index + 1}" for index in range(self.plan.proxies)]
+
+    async def _make_certificates(self) -> ClusterTls:
+        names = [n for shard in self.plan.shards for n in shard.node_ids()]
+        try:
+            return await trio.to_thread.run_sync(ClusterTls.create, self.run_dir / "tls",
+                                                 names + self._proxy_names())
+        except (OSError, CertificateError) as exc:
+            raise LaunchError(f"cannot make the cluster's certificates: {exc}") from None
 
     def _auth_flags(self, *flags: str) -> list[str]:
         return [part for flag in flags for part in (flag, self.auth_file)] \
@@ -357,6 +397,10 @@ class LocalCluster:
         else:
             say(f"memring up: etcd     {self.etcd_url} (given)")
         url = self.etcd_url
+        if self.secure:
+            self.tls = await self._make_certificates()
+            say(f"memring up: cluster CA {self.tls.ca} (certificates beside it); clients "
+                f"authenticate with {self.auth_file}")
         say(f"memring up: peer links authenticated with {self.peer_secret_file}"
             if self.peer_secret_file else
             "memring up: peer links unauthenticated (--no-peer-secret)")
@@ -369,10 +413,9 @@ class LocalCluster:
                                         self.run_dir / f"{node_id}.log"))
                 say(f"memring up: backend  {node_id:<10} shard {shard.shard_id:<6} {address} "
                     f"(pid {pid}){self._metrics_note(argv)}")
-        for index in range(self.plan.proxies):
+        for index, name in enumerate(self._proxy_names()):
             port = self.port if index == 0 else free_port()
             address = f"{HOST}:{port}"
-            name = f"proxy-{index + 1}"
             argv = self.proxy_argv(name, address, url)
             pid = self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
             say(f"memring up: proxy    {name:<10} {address} (pid {pid})"
@@ -380,6 +423,12 @@ class LocalCluster:
         await self._await_ready(url)
         self._write_state()
         say(f"memring up: logs in {self.run_dir}; state in {state_path(self.plan.name)}")
+        if self.tls is not None and self.login is not None:
+            say(f"memring up: clients connect over TLS (CA {self.tls.ca}) and authenticate as "
+                f"{self.login[0].decode()} (password in {self.auth_file}), e.g. pymemcache: "
+                f"Client(('{HOST}', {self.port}), tls_context=ssl.create_default_context("
+                f"cafile='{self.tls.ca}')).set('auth', b'{self.login[0].decode()} PASSWORD', "
+                f"noreply=False) first")
 
     def _spawn(self, child: Child) -> int:
         try:
@@ -451,6 +500,7 @@ class LocalCluster:
         from memring.cluster.etcd_coordinator import EtcdCoordinator
 
         missing = "etcd"
+        tools = self.tls.tools_context() if self.tls is not None else None
         with trio.move_on_after(READY_TIMEOUT):
             async with EtcdCoordinator.connect(url, self.plan.name, probe=False,
                                                security=self.etcd_security) as etcd:
@@ -474,7 +524,8 @@ class LocalCluster:
                         absent = [c.address for c in self.children if c.role == "proxy"
                                   and (c.address not in proxies
                                        or not await trio.to_thread.run_sync(
-                                           routes_to, c.address, leaders, self.login))]
+                                           routes_to, c.address, leaders, self.login,
+                                           tools))]
                         if not leaderless and not absent:
                             return
                         missing = (f"a leader for {', '.join(leaderless)}" if leaderless else
@@ -491,6 +542,9 @@ class LocalCluster:
                  "logs": str(self.run_dir), "started": time.time()}
         if self.auth_file:  # `memring status` asks the nodes for stats as its first user
             state["auth_file"] = self.auth_file
+        if self.tls is not None:  # what memring status connects with (paths only)
+            state["tls"] = {"tls_ca": str(self.tls.ca), "tls_cert": str(self.tls.tools.cert),
+                            "tls_key": str(self.tls.tools.key)}
         if self.etcd_security != EtcdSecurity():  # paths only: the files stay 0600
             state["etcd_security"] = {f"etcd_{k}": v for k, v in
                                       dataclasses.asdict(self.etcd_security).items()}
@@ -586,9 +640,9 @@ async def run(cluster: LocalCluster, say: Say = say) -> int:
 
 def up(plan: ClusterPlan, port: int, etcd_url: str | None, *, metrics: bool = False,
        etcd_security: EtcdSecurity | None = None, secure_etcd: bool = False,
-       auth_file: str = "", peer_secret_file: str | None = None) -> int:
+       auth_file: str = "", peer_secret_file: str | None = None, secure: bool = False) -> int:
     """`memring up`: run the cluster until SIGINT/SIGTERM (one trio.run)."""
     return trio.run(run, LocalCluster(plan, port, etcd_url, metrics=metrics,
                                       etcd_security=etcd_security, secure_etcd=secure_etcd,
-                                      auth_file=auth_file,
-                                      peer_secret_file=peer_secret_file))
+                                      auth_file=auth_file, peer_secret_file=peer_secret_file,
+                                      secure=secure))

@@ -11,13 +11,21 @@ follower's lag (mutations and seconds behind, as its shard's leader measures it)
 the requests its nodes served and their get hit ratio; `with_rates` turns two docs taken some
 seconds apart into ops/s for `memring status --watch`. A node that did not answer shows
 `answers: false` and lag -1.
+
+With the nodes' stats, each node and proxy also gets `security` (its channels: which
+protections each has and lacks, cluster.channel_security) and the doc a `security` summary
+with etcd's channel as the caller reaches it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from memring.cluster import channel_security
+from memring.cluster.channel_security import etcd_channel
 from memring.cluster.coordinator import ClusterView, Incarnation
+
+__all__ = ["addresses", "etcd_channel", "healthy", "render_table", "status_doc", "with_rates"]
 
 NodeStats = dict[str, dict[str, str] | None]  # address -> `stats`, None: no answer
 _OPS = ("cmd_get", "cmd_set", "cmd_touch", "delete_hits", "delete_misses", "incr_hits",
@@ -39,8 +47,11 @@ def _lag(leader_stats: dict[str, str] | None, node_id: str) -> tuple[int, float]
     return int(seq), float(seconds)
 
 
-def status_doc(view: ClusterView, stats: NodeStats | None = None) -> dict[str, Any]:
+def status_doc(view: ClusterView, stats: NodeStats | None = None,
+               etcd: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`etcd`: its channel (channel_security.etcd_channel), for the security summary."""
     stats = stats or {}
+    channels = [etcd] if etcd else []
     shards = []
     for shard_id in sorted(view.shards):
         shard = view.shards[shard_id]
@@ -68,6 +79,10 @@ def status_doc(view: ClusterView, stats: NodeStats | None = None) -> dict[str, A
                 "lag_seq": lag_seq, "lag_s": lag_s}
             if stats:
                 entry["answers"] = bool(mine)
+                if alive:
+                    mine_channels = channel_security.node_channels(node_id, mine)
+                    entry["security"] = mine_channels
+                    channels += mine_channels
             if mine:
                 ops += sum(int(mine.get(name, 0)) for name in _OPS)
                 hits += int(mine.get("get_hits", 0))
@@ -89,9 +104,14 @@ def status_doc(view: ClusterView, stats: NodeStats | None = None) -> dict[str, A
             entry["answers"] = bool(answer)
             if answer:
                 entry["connections"] = int(answer.get("curr_connections", 0))
+            entry["security"] = channel_security.proxy_channels(p.proxy_id, answer)
+            channels += entry["security"]
         proxies.append(entry)
-    return {"cluster": view.keyspace.cluster, "revision": view.revision,
-            "shards": shards, "proxies": proxies}
+    doc = {"cluster": view.keyspace.cluster, "revision": view.revision,
+           "shards": shards, "proxies": proxies}
+    if stats or etcd:
+        doc["security"] = channel_security.summary(channels)
+    return doc
 
 
 def with_rates(doc: dict[str, Any], previous: dict[str, Any] | None, seconds: float
@@ -140,4 +160,6 @@ def render_table(doc: dict[str, Any]) -> str:
             + (" (no answer)" if p.get("answers") is False else "") for p in doc["proxies"]))
     else:
         lines.append("proxies: none")
+    if "security" in doc:
+        lines += channel_security.render(doc["security"])
     return "\n".join(lines)

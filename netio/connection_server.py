@@ -27,7 +27,9 @@ TLS (`tls`, a netio.tls.ServerTls): the accept loop only accepts; each connectio
 runs the handshake, bounded by netio.streams.HANDSHAKE_TIMEOUT, before its handler sees
 it, so a slow or hostile handshake holds up no one else. A connection in its handshake is
 idle for shutdown and eviction. A failed one is counted (`tls.handshake_errors`) and logged
-at info with the peer's address and OpenSSL's reason. Handlers read and write through
+at info with the peer's address and OpenSSL's reason; one closed before sending a byte is a
+port probe (a follower checks every 0.1 s that its leader listens), logged at debug only.
+Handlers read and write through
 `conn.stream` (netio.streams: plain or TLS, one contract). Past `max_connections` a TLS
 client is closed without the plain-text rejection, which it could not read.
 
@@ -51,7 +53,13 @@ from dataclasses import dataclass, field
 import trio
 
 from memring.netio import heap, nonblocking
-from memring.netio.streams import HANDSHAKE_TIMEOUT, PlainStream, Stream, TlsStream
+from memring.netio.streams import (
+    HANDSHAKE_TIMEOUT,
+    ClosedBeforeHello,
+    PlainStream,
+    Stream,
+    TlsStream,
+)
 from memring.netio.tls import ServerTls, handshake_failure
 
 log = logging.getLogger("memring.net")
@@ -283,6 +291,9 @@ class ConnectionServer:
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
             try:
                 await stream.handshake()
+            except ClosedBeforeHello:  # a port probe: neither counted nor logged as a failure
+                log.debug("%s closed the connection before its TLS handshake began", peer)
+                return False
             except (ssl.SSLError, EOFError, OSError) as exc:
                 reason = handshake_failure(exc)
         if deadline.cancelled_caught:

@@ -73,6 +73,11 @@ class PlainStream:
         return None
 
 
+class ClosedBeforeHello(EOFError):
+    """The peer closed the connection before sending a byte: a port probe (a follower's
+    check that its leader listens, a load balancer's), not a handshake that failed."""
+
+
 class TlsStream:
     """TLS over a connected non-blocking socket; `await handshake()` before anything else."""
 
@@ -102,14 +107,22 @@ class TlsStream:
 
     async def handshake(self) -> None:
         """Run the handshake (bound it with a cancel scope); ssl.SSLError when it fails,
-        EOFError when the peer hangs up in the middle."""
+        EOFError when the peer hangs up in the middle (ClosedBeforeHello before a byte)."""
+        heard = False
         while True:
             try:
                 self._tls.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 await self.send_all(b"")
-                await self._fill()
+                try:
+                    await self._fill()
+                except EOFError:
+                    if heard:
+                        raise
+                    raise ClosedBeforeHello("the peer closed the connection before its "
+                                            "handshake began") from None
+                heard = True
             except ssl.SSLError:
                 with contextlib.suppress(OSError):
                     self._flush_now()  # our alert tells the peer why

@@ -172,8 +172,7 @@ class BackendConnection:
                 self.close("connect cancelled")
                 raise
         self._stream = stream
-        if self.login is not None:
-            await self._authenticate(stream, self.login)
+        await self._authenticate(stream, self.login)
         self.alive = True
 
     async def _secure(self, sock: socket.socket, context: ssl.SSLContext) -> TlsStream:
@@ -195,16 +194,25 @@ class BackendConnection:
                 raise ConnectionResetError("no memcached reply to version")
         return stream
 
-    async def _authenticate(self, stream: PlainStream | TlsStream, login: Login) -> None:
+    async def _authenticate(self, stream: PlainStream | TlsStream, login: Login | None
+                            ) -> None:
         """memcached's ASCII authentication before the connection carries a request. A
         `version` first: a backend without an auth file would store the auth `set` as an
-        item, readable by anyone; one with it answers `CLIENT_ERROR unauthenticated`."""
+        item, readable by anyone; one with it answers `CLIENT_ERROR unauthenticated`. Without
+        credentials that refusal fails the connection here, before any client's request:
+        otherwise a client's `set` whose data is a backend user's `name password` would log
+        the shared connection in for every client of the proxy."""
         where = f"{self.host}:{self.port}"
         try:
             with trio.fail_after(self.timeout):
                 try:
                     reply = await self._ask(stream, b"version\r\n")
                 except Unauthenticated:
+                    if login is None:
+                        raise ConnectionFailed(
+                            f"{where} requires authentication (it answers CLIENT_ERROR "
+                            "unauthenticated) and this proxy has no credentials: give it "
+                            "--backend-auth-file") from None
                     try:
                         reply = await self._ask(stream, auth_request(*login))
                     except Unauthenticated as refusal:  # the gate's own refusals

@@ -27,8 +27,8 @@ import trio
 
 from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
+from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.netio.settings import exposed_without_tls, split_address
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
@@ -73,6 +73,7 @@ class ProxyServer:
         # the proxy's own user for backends that want one (the file's first entry)
         self._backend_users = Authenticator(load_credentials(settings.backend_auth_file)) \
             if settings.backend_auth_file else None
+        self.state.stats.backend_auth = self._backend_users is not None
 
     def backend_login(self) -> Login | None:
         """The user and password new backend connections authenticate with (None: none)."""
@@ -124,6 +125,7 @@ class ProxyServer:
         """The client context for new backend connections, built again only when the
         backend TLS settings change (the files were checked when the settings loaded)."""
         wanted = settings.backend_tls_settings
+        self.state.stats.backend_tls = wanted.verify if wanted is not None else "off"
         if wanted != self._backend_tls[0]:
             self._backend_tls = (wanted, client_context(wanted) if wanted else None)
         return self._backend_tls[1]
@@ -133,21 +135,10 @@ class ProxyServer:
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         settings = self.settings
-        listener = nonblocking.listen(settings.host, settings.port, 4096, self.reuse_port)
+        listener, tls_listener = open_client_listeners(settings, 4096, self.reuse_port)
         port = listener.getsockname()[1]
-        tls_listener = None
-        if self.tls_connections is not None:
-            try:
-                tls_host, tls_port = split_address(settings.tls_listen, listen=True)
-                tls_listener = nonblocking.listen(tls_host, tls_port, 4096, self.reuse_port)
-            except BaseException:
-                nonblocking.close(listener)
-                raise
+        if tls_listener is not None:
             self.tls_port = tls_listener.getsockname()[1]
-        if not settings.tls and exposed_without_tls(settings.host):
-            log.warning("clients on %s:%d are served without TLS: anyone who can reach the "
-                        "port reads and writes the cache (--tls, or --tls-listen for a TLS "
-                        "port beside it)", settings.host, port)
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)

@@ -34,6 +34,10 @@ class ProxyStats:
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)  # per bucket, not cumulative
         self.latency_sum = 0.0  # seconds
         self.auth: Authenticator | None = None  # --auth-file: its auth_cmds, auth_errors
+        # how it reaches its backends, for `memring status`: memring_backend_tls off | require
+        # | none (--backend-tls-verify), memring_backend_auth yes | no (--backend-auth-file)
+        self.backend_tls = "off"
+        self.backend_auth = False
 
     def observe_reply(self, started: float) -> None:
         """A reply is ready: count its latency since `started` (a perf_counter reading)."""
@@ -77,6 +81,8 @@ class ProxyStats:
             ("version", self.version),
             ("memring_version", MEMRING_VERSION),
             ("memring_role", "proxy"),
+            ("memring_backend_tls", self.backend_tls),
+            ("memring_backend_auth", "yes" if self.backend_auth else "no"),
             ("rusage_user", f"{usage.ru_utime:.6f}"),
             ("rusage_system", f"{usage.ru_stime:.6f}"),
             ("curr_connections", self.connections.curr_connections),

@@ -239,3 +239,23 @@ def test_a_malformed_auth_file_is_refused_at_start(tmp_path: Path, program: str,
     done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
     assert done.returncode == 2
     assert b"is not 'user:password'" in done.stderr
+
+
+def test_a_client_cannot_log_in_the_proxys_backend_connection(users: Path) -> None:
+    """A proxy without credentials in front of a backend with auth: a client's `set` whose
+    data is a backend user's `name password` must not authenticate the proxy's shared
+    connection for everyone (the connection is refused before it carries a request)."""
+    with authenticated_backend(users) as backend, servers.proxy([[backend]]) as proxy:
+        with connect(proxy) as sock:
+            for _ in range(3):
+                sock.sendall(b"set k 0 0 12\r\nalice secret\r\nget k\r\n")
+                replies = read_until(sock, b"\r\n")
+                if replies.count(b"\r\n") < 2:
+                    replies += read_until(sock, b"\r\n")
+                assert b"STORED" not in replies, replies
+                assert replies.count(b"SERVER_ERROR") == 2, replies
+        with connect(backend) as direct:
+            authenticate(direct, b"alice", b"secret")
+            direct.sendall(b"stats\r\n")
+            stats = parse_stats(read_until(direct, b"END\r\n"))
+        assert stats["auth_cmds"] == "1"  # only ours: the client's set never reached it

@@ -254,3 +254,27 @@ async def test_a_tls_listener_past_its_limit_sends_no_plain_text(
             for sock in (first, second):
                 nonblocking.close(sock)
             server.shutdown(0.1)
+
+
+async def test_a_port_probe_is_no_handshake_error(private_ca: CertificateAuthority,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A connection closed before sending a byte (a follower's probe of its leader's port)
+    is neither counted nor logged as a failed handshake; one cut short after its hello is."""
+    tls = _server_tls(private_ca)
+    server = ConnectionServer(tls_echo_once, 10, ConnectionCounters(), tls=tls)
+    with trio.fail_after(10), caplog.at_level(logging.INFO, "memring.net"):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            for _ in range(3):
+                nonblocking.close(await nonblocking.connect("127.0.0.1", port))
+            half = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(half, b"\x16\x03\x01\x00\x05hel")  # a record cut short
+            nonblocking.close(half)
+            for _ in range(100):
+                if tls.handshake_errors:
+                    break
+                await trio.sleep(0.02)
+            server.shutdown(1.0)
+    assert tls.handshake_errors == 1
+    failures = [r.getMessage() for r in caplog.records if "TLS handshake with" in r.getMessage()]
+    assert len(failures) == 1 and "closed the connection during" in failures[0], failures
