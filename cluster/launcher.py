@@ -79,8 +79,8 @@ from memring.protocol.ascii_auth import Login, auth_request
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
-# HOOK(peer-tls): ("--peer-tls",) once backend/replication has it (certs default to --tls-*)
-PEER_TLS_FLAGS: tuple[str, ...] = ()
+# mutual TLS on the peer links: each node's certificate (--tls-*, named by its node id) serves
+PEER_TLS_FLAGS: tuple[str, ...] = ("--peer-tls",)
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL

@@ -72,13 +72,15 @@ class ReplicatedShard(Shard):
     """A shard whose backends replicate (`mode`), with a small backlog; with
     `peer_secret_file` set (`peer_secret_in`), its peer links are authenticated; with
     `peer_ca` set, they are mutual TLS, each node with a certificate from that CA naming its
-    node id (or `peer_credential`, when set, for the next node started)."""
+    node id (or `peer_credential`, when set, for the next node started), given as the peer
+    TLS flags or as the client listener's (which the peer link defaults to)."""
 
     mode = "async"
     extra: tuple[str, ...] = ()
     peer_secret_file = ""
     peer_ca: CertificateAuthority | None = None
     peer_credential: Credential | None = None
+    peer_tls_from_client_flags = False  # the files as --tls-cert/-key/-ca (the defaults)
 
     def _peer_tls(self, port: int) -> tuple[str, ...]:
         credential = self.peer_credential
@@ -86,8 +88,9 @@ class ReplicatedShard(Shard):
             credential = self.peer_ca.issue(f"{servers.HOST}:{port}")  # the default node id
         if credential is None:
             return ()
-        return ("--peer-tls", "--peer-tls-cert", str(credential.cert), "--peer-tls-key",
-                str(credential.key), "--peer-tls-ca", str(credential.ca))
+        prefix = "--tls" if self.peer_tls_from_client_flags else "--peer-tls"
+        return ("--peer-tls", f"{prefix}-cert", str(credential.cert), f"{prefix}-key",
+                str(credential.key), f"{prefix}-ca", str(credential.ca))
 
     def start(self, port: int | None = None) -> servers.RunningServer:
         port = port or servers.free_port()

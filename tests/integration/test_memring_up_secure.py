@@ -5,7 +5,8 @@ with `tls_context` authenticates through the proxy and set/get/get_many work; a 
 to the proxy, a client without a cluster certificate (or plain) to a backend and a wrong
 password are refused; a backend asks its shard's members for `stats` over TLS with its own
 certificate (the unclean-election path); `memring status --json` reports every channel
-protected (and a plain `memring up` every one but the peer links unprotected); an etcd client
+protected (and a plain `memring up` every one unprotected: its peer links have the secret,
+not TLS); an etcd client
 without credentials, or with a certificate of the cluster's CA, cannot write the topology.
 """
 
@@ -229,8 +230,10 @@ async def test_plain_memring_up_shows_unprotected_channels(
         doc = await trio.to_thread.run_sync(status_json, "plain-up")
         security = doc["security"]
         assert security["protected"] is False and security["unknown"] == []
+        # the peer links have the secret, not TLS (memring_repl_peer_tls no)
         assert set(security["unprotected"]) == {
-            "etcd", "s1-r1 client port", "clients -> proxy-1", "proxy-1 -> backends"}
+            "etcd", "s1-r1 client port", "clients -> proxy-1", "proxy-1 -> backends",
+            "s1-r1 peer links"}
         table = await trio.to_thread.run_sync(lambda: subprocess.run(
             [sys.executable, "-m", "memring", "status", "--cluster", "plain-up"],
             capture_output=True, text=True, timeout=30, check=False).stdout)

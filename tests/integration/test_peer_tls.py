@@ -65,7 +65,8 @@ class TlsShard(ReplicatedShard):
 
 
 @contextlib.contextmanager
-def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int, secret: str = ""
+def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int, secret: str = "",
+              from_client_flags: bool = False
               ) -> Iterator[tuple[TlsShard, servers.RunningServer, list[servers.RunningServer]]]:
     """A settled sync shard of `size` with peer TLS (and the peer `secret` file, if any),
     KEYS written (acknowledged) on the leader and on every follower: (shard, leader,
@@ -74,6 +75,7 @@ def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int, secret: st
         shard = TlsShard(etcd, stack, f"pt{next(_clusters)}", {})
         shard.peer_ca = ca
         shard.peer_secret_file = secret
+        shard.peer_tls_from_client_flags = from_client_flags
         for _ in range(size):
             shard.start()
         leader = shard.leader()
@@ -89,7 +91,8 @@ def tls_shard(etcd: EtcdProcess, ca: CertificateAuthority, size: int, secret: st
 
 def test_a_tls_shard_replicates_and_its_new_leader_has_every_acknowledged_key(
         etcd: EtcdProcess, private_ca: CertificateAuthority) -> None:
-    with tls_shard(etcd, private_ca, 3) as (shard, leader, followers):
+    # the files as --tls-cert/-key/-ca, which the peer link defaults to (memring up --secure)
+    with tls_shard(etcd, private_ca, 3, from_client_flags=True) as (shard, leader, followers):
         for node in (leader, *followers):
             stats = wire.stats(node)
             assert stats["memring_repl_peer_tls"] == "yes"
