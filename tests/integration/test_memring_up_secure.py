@@ -201,6 +201,13 @@ async def test_memring_up_secure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         kinds = {c["kind"] for c in security["channels"]}
         assert kinds == {"clients", "proxy links", "backend ports", "peer links", "etcd"}
         assert all(node["answers"] for shard in doc["shards"] for node in shard["nodes"])
+        # the follower replicates over mutual TLS (--peer-tls): both members in the ISR
+        for _ in range(100):
+            if all(len(shard["isr"]) == 2 for shard in doc["shards"]):
+                break
+            await trio.sleep(0.1)
+            doc = await trio.to_thread.run_sync(status_json, "secure-up")
+        assert all(len(shard["isr"]) == 2 for shard in doc["shards"]), doc["shards"]
 
         # etcd: neither a stranger nor a holder of a cluster certificate writes the topology
         tools = cluster.tls.credentials[TOOLS_CERT]
