@@ -9,6 +9,7 @@ leader behind a TLS port with any certificate."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import socket
@@ -17,8 +18,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+import trio
+
 from memring.backend.replication.peer_auth import PeerKey, new_nonce
-from memring.cluster.coordinator import ClusterView, Incarnation
+from memring.cluster.coordinator import ClusterView, Incarnation, Session
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.records import LeaderRecord
 from memring.protocol.replication import (
     NONCE_SIZE,
     ORIGIN,
@@ -326,3 +331,16 @@ class FakeLeader(threading.Thread):
         self._done.set()
         self.join(5)
         self.listener.close()
+
+
+def forge_leader_address(etcd_url: str, cluster: str, view: ClusterView, leader: LeaderRecord,
+                         address: str) -> None:
+    """What an attacker who can write etcd does: the leader's node record, under its own
+    lease, now gives `address` as its peer address."""
+    forged = dataclasses.replace(view.nodes[leader.node_id], peer_address=address)
+
+    async def forge() -> None:
+        async with EtcdCoordinator.connect(etcd_url, cluster) as etcd_api:
+            session = Session(etcd_api, leader.lease_id, 2.0, 0.0, 0.0)
+            await etcd_api.register_node(session, forged)
+    trio.run(forge)

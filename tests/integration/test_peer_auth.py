@@ -8,11 +8,9 @@ checks every byte received before the leader hung up: its CHALLENGE and one ERRO
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,22 +19,14 @@ import pytest
 import trio
 
 from memring.backend.replication.peer_auth import MIN_SECRET, PeerKey, new_nonce
-from memring.cluster.coordinator import ClusterView, Incarnation, Session
-from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_process import EtcdProcess
 from memring.protocol.replication import (
     Challenge,
     Error,
     ErrorCode,
     Event,
-    Hello,
-    ItemState,
-    Mutation,
-    Position,
     ReplicationParser,
-    SnapshotBegin,
-    SnapshotEnd,
-    Welcome,
     encode,
 )
 from memring.protocol.sentinels import NEED_DATA
@@ -51,6 +41,8 @@ from tests.helpers.cluster import (
 )
 from tests.helpers.peer_impostor import (
     Acknowledger,
+    FakeLeader,
+    forge_leader_address,
     handshake,
     leader_peer,
     read_challenge,
@@ -219,58 +211,6 @@ def test_a_follower_without_the_secret_never_enters_the_isr(
         assert "wrong proof (not the peer secret)" in leader.log_text()
 
 
-class FakeLeader(threading.Thread):
-    """A peer port that plays the leader without the secret: CHALLENGE, then after a HELLO
-    a WELCOME claiming `claim` (node, lease, epoch) with a made-up proof, at once followed by
-    a snapshot that would empty the store and plant a key. Records what followers sent."""
-
-    def __init__(self, claim: tuple[str, int, int]) -> None:
-        super().__init__(daemon=True)
-        self.listener = socket.create_server((servers.HOST, 0))
-        self.listener.settimeout(0.1)
-        self.address = "{}:{}".format(*self.listener.getsockname()[:2])
-        self.claim = claim
-        self.received: list[Event] = []
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with sock, contextlib.suppress(OSError):
-                self._serve(sock)
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(2.0)
-        sock.sendall(encode(Challenge(new_nonce())))
-        parser = ReplicationParser()
-        sent = False
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return
-            parser.receive_data(data)
-            while (event := parser.next_event()) is not NEED_DATA:
-                assert not isinstance(event, type(NEED_DATA))
-                self.received.append(event)
-                if isinstance(event, Hello) and not sent:
-                    sent = True
-                    node, lease, epoch = self.claim
-                    far = Position(epoch, 1 << 40)
-                    sock.sendall(b"".join(map(encode, [
-                        Welcome(node, lease, epoch, os.urandom(32)),
-                        SnapshotBegin(far), SnapshotEnd(far, 0),
-                        Mutation(epoch, (1 << 40) + 1, ItemState(b"planted", b"evil", 0, 0, 1)),
-                    ])))
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(5)
-        self.listener.close()
-
-
 @pytest.mark.parametrize("claim", ["the real leader's identity", "another identity"])
 def test_a_follower_refuses_a_fake_leader_etcd_points_it_at(
         etcd: EtcdProcess, tmp_path: Path, claim: str) -> None:
@@ -287,15 +227,7 @@ def test_a_follower_refuses_a_fake_leader_etcd_points_it_at(
         fake = FakeLeader(identity)
         fake.start()
         try:
-            # an attacker who can write etcd points the leader's peer_address at the fake
-            record = view.nodes[leader_key.node_id]
-            forged = dataclasses.replace(record, peer_address=fake.address)
-
-            async def forge() -> None:
-                async with EtcdCoordinator.connect(shard.etcd.url, shard.cluster) as etcd_api:
-                    session = Session(etcd_api, leader_key.lease_id, 2.0, 0.0, 0.0)
-                    await etcd_api.register_node(session, forged)
-            trio.run(forge)
+            forge_leader_address(shard.etcd.url, shard.cluster, view, leader_key, fake.address)
             wait_for(lambda: any(isinstance(e, Error) for e in fake.received), 5.0,
                      "the follower's refusal of the fake leader")
             time.sleep(0.5)  # it may try again meanwhile

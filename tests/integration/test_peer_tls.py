@@ -10,7 +10,6 @@ names another node. Real backends on a real etcd; impostors are stdlib TLS socke
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import signal
 import socket
@@ -23,8 +22,7 @@ import pytest
 import trio
 
 from memring.cluster.certificates import CertificateAuthority
-from memring.cluster.coordinator import ClusterView, Incarnation, Session
-from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_process import EtcdProcess
 from memring.protocol.replication import Challenge, Error, ErrorCode, encode
 from tests.helpers import replicas, servers, wire
@@ -39,6 +37,7 @@ from tests.helpers.cluster import (
 from tests.helpers.peer_impostor import (
     FakeLeader,
     connect,
+    forge_leader_address,
     handshake,
     leader_peer,
     plaintext_until_close,
@@ -215,14 +214,7 @@ def test_a_follower_refuses_a_leader_whose_certificate_names_another_node(
                           context)
         fake.start()
         try:
-            record = view.nodes[leader_key.node_id]
-            forged = dataclasses.replace(record, peer_address=fake.address)
-
-            async def forge() -> None:
-                async with EtcdCoordinator.connect(shard.etcd.url, shard.cluster) as etcd_api:
-                    session = Session(etcd_api, leader_key.lease_id, 2.0, 0.0, 0.0)
-                    await etcd_api.register_node(session, forged)
-            trio.run(forge)
+            forge_leader_address(shard.etcd.url, shard.cluster, view, leader_key, fake.address)
             wait_for(lambda: any(isinstance(e, Error) for e in fake.received), 5.0,
                      "the follower's refusal of the fake leader")
             time.sleep(0.5)
