@@ -78,15 +78,6 @@ class BackendSettings(Listening, TlsListening):
     peer_tls_cert: str = ""          # default: tls_cert (one node certificate for both)
     peer_tls_key: str = ""           # default: tls_key
     peer_tls_ca: str = ""            # default: tls_ca
-    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
-    tls: bool = False                # --listen serves TLS (memcached -Z)
-    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
-    tls_cert: str = ""               # ssl_chain_cert
-    tls_key: str = ""                # ssl_key
-    tls_ca: str = ""                 # ssl_ca_cert
-    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
-    tls_min_version: str = "tlsv1.2"  # ssl_min_version
-    tls_ciphers: str = ""            # ssl_ciphers
 
     @property
     def clustered(self) -> bool:

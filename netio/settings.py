@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from dataclasses import dataclass
 
 from memring.netio.tls import VERIFY_MODES, TlsConfigError, TlsSettings, server_context
 
@@ -46,19 +47,20 @@ def split_address(address: str, *, listen: bool = False) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclass(frozen=True)
 class TlsListening:
-    """The TLS fields both servers' settings end with (memcached's -Z options; see
-    netio.tls): `tls` makes the main listener TLS, `tls_listen` adds a TLS listener beside a
-    plain one."""
+    """The TLS fields of both servers' settings (memcached's -Z options; see netio.tls):
+    `tls` makes the main listener TLS, `tls_listen` adds a TLS listener beside a plain one.
+    A dataclass base, so they come first among the fields, all with defaults."""
 
-    tls: bool
-    tls_listen: str
-    tls_cert: str
-    tls_key: str
-    tls_ca: str
-    tls_verify: str
-    tls_min_version: str
-    tls_ciphers: str
+    tls: bool = False                # --listen serves TLS (memcached -Z)
+    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
+    tls_cert: str = ""               # ssl_chain_cert
+    tls_key: str = ""                # ssl_key
+    tls_ca: str = ""                 # ssl_ca_cert
+    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
+    tls_min_version: str = "tlsv1.2"  # ssl_min_version
+    tls_ciphers: str = ""            # ssl_ciphers
 
     @property
     def tls_enabled(self) -> bool:

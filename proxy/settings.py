@@ -92,16 +92,6 @@ class ProxySettings(Listening, TlsListening):
     backend_tls_key: str = ""        # its key ("" = in the certificate file)
     backend_tls_verify: str = "require"  # require | none: check the backend's certificate
 
-    # TLS on the client listeners (netio.settings.TlsListening; memcached's -Z options)
-    tls: bool = False                # --listen serves TLS (memcached -Z)
-    tls_listen: str = ""             # HOST:PORT of a TLS listener beside a plain --listen
-    tls_cert: str = ""               # ssl_chain_cert
-    tls_key: str = ""                # ssl_key
-    tls_ca: str = ""                 # ssl_ca_cert
-    tls_verify: str = "none"         # ssl_verify_mode: none | request | require
-    tls_min_version: str = "tlsv1.2"  # ssl_min_version
-    tls_ciphers: str = ""            # ssl_ciphers
-
     @property
     def etcd_security(self) -> EtcdSecurity:
         return EtcdSecurity.of(self)
