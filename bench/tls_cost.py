@@ -4,6 +4,9 @@ Scenario pairs, each TLS scenario against its plain twin under the same closed-l
   memcached        the load talks to one `memcached -t 1` directly (the reference)
   memcached-tls    the same over TLS: `memcached -t 1 -Z`, mutual (ssl_verify_mode=2: the
                    load presents a client certificate); the load pays for TLS too
+  backend          the load talks to one memring backend (python -m memring.backend) alone
+  backend-tls      the same backend with --tls --tls-verify require (the load presents a
+                   client certificate, as to memcached -Z)
   proxy            `python -m memring.proxy` -> 2 x memcached -t 1, plain
   proxy-tls        the same proxy with --backend-tls (its certificate, verified both ways)
                    -> 2 x memcached -Z requiring it; the load talks plain to the proxy
@@ -12,6 +15,8 @@ Scenario pairs, each TLS scenario against its plain twin under the same closed-l
   backends         the proxy -> 2 x memring backend, plain
   backends-tls     TLS on every link: the load -TLS-> proxy -TLS-> 2 x memring backend
                    with --tls requiring a client certificate (only if both have --tls)
+The backend and backends pairs need the backend's --tls listener, proxy-tls-all the proxy's;
+without them those scenarios are skipped with a note.
 A private CA (cluster.certificates) issues every certificate. Servers and proxies are pinned
 to --server-cpu, the load to --load-cpu. Each round runs every load against every scenario,
 alternating the order; the tables show medians and the ratios TLS/plain of each pair.
@@ -83,6 +88,8 @@ from memring.cluster.certificates import CertificateAuthority, Credential  # noq
 SCENARIOS = {
     "memcached": "memcached direct",
     "memcached-tls": "memcached -Z direct (mTLS)",
+    "backend": "backend direct",
+    "backend-tls": "backend --tls direct (mTLS)",
     "proxy": "proxy -> memcached",
     "proxy-tls": "proxy -TLS-> memcached -Z",
     "proxy-tls-all": "-TLS-> proxy -TLS-> mc -Z",
@@ -90,9 +97,11 @@ SCENARIOS = {
     "backends-tls": "-TLS-> proxy -TLS-> backends",
 }
 # (TLS, plain) pairs: the ratios printed
-PAIRS = (("memcached-tls", "memcached"), ("proxy-tls", "proxy"), ("proxy-tls-all", "proxy"),
-         ("backends-tls", "backends"))
-CLIENT_TLS = ("proxy-tls-all", "backends-tls")  # need the servers' own TLS listeners
+PAIRS = (("memcached-tls", "memcached"), ("backend-tls", "backend"), ("proxy-tls", "proxy"),
+         ("proxy-tls-all", "proxy"), ("backends-tls", "backends"))
+# the scenarios that need the servers' own TLS listeners (--tls), and whose
+CLIENT_TLS = {"backend-tls": ("backend",), "proxy-tls-all": ("proxy",),
+              "backends-tls": ("proxy", "backend")}
 
 
 def tls_probe(client: Credential) -> Callable[[int], str | None]:
@@ -113,11 +122,25 @@ def tls_probe(client: Credential) -> Callable[[int], str | None]:
     return ask
 
 
-def cpu_us_per_op(run: dict[str, Any]) -> float:
-    """CPU of the servers and the proxy behind the endpoint per request, in µs: what other
-    work on a shared machine disturbs least (it takes time slices, not cycles per request)."""
-    ops = run["ops_per_s"]
-    return run["server_cpu_pct"] * 1e4 / ops if ops and "server_cpu_pct" in run else math.nan
+def cpu_us_per_op(run: dict[str, Any], of: str = "server") -> float:
+    """CPU per request in µs of the servers and the proxy behind the endpoint (`server`), the
+    proxy alone (`proxy`) or the load generator (`load`): what other work on a shared machine
+    disturbs least (it takes time slices, not cycles per request)."""
+    ops, key = run["ops_per_s"], f"{of}_cpu_pct"
+    return run[key] * 1e4 / ops if ops and key in run else math.nan
+
+
+def cpu_pair(pairs: list[tuple[dict[str, Any], dict[str, Any]]], of: str) -> dict[str, Any]:
+    """Median CPU per request of the TLS and the plain runs, and of the paired ratios."""
+    cpu = [(cpu_us_per_op(a, of), cpu_us_per_op(b, of)) for a, b in pairs]
+    cpu = [(a, b) for a, b in cpu if not (math.isnan(a) or math.isnan(b)) and b]
+    if not cpu:
+        return {}
+    ratio = [a / b for a, b in cpu]
+    return {"tls": round(statistics.median(a for a, _ in cpu), 1),
+            "plain": round(statistics.median(b for _, b in cpu), 1),
+            "ratio": round(statistics.median(ratio), 3),
+            "ratio_range": [round(min(ratio), 2), round(max(ratio), 2)]}
 
 
 def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -132,29 +155,37 @@ def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, 
             "ops_per_s": [a["ops_per_s"] / b["ops_per_s"] for a, b in pairs if b["ops_per_s"]],
             "p99_us": [a["p99_us"] / b["p99_us"] for a, b in pairs if b["p99_us"]],
         }
-        cpu = [(cpu_us_per_op(a), cpu_us_per_op(b)) for a, b in pairs]
         out[f"{tls}/{plain}"] = {
             "rounds": len(pairs),
             **{m: round(statistics.median(v), 3) for m, v in ratios.items() if v},
             **{f"{m}_range": [round(min(v), 2), round(max(v), 2)] for m, v in ratios.items()
                if v},
-            "cpu_us_per_op": {"tls": round(statistics.median(a for a, _ in cpu), 1),
-                              "plain": round(statistics.median(b for _, b in cpu), 1),
-                              "ratio": round(statistics.median(a / b for a, b in cpu), 3)},
+            # servers + proxy; the proxy alone (proxy scenarios); the load generator
+            "cpu_us_per_op": cpu_pair(pairs, "server"),
+            "proxy_cpu_us_per_op": cpu_pair(pairs, "proxy"),
+            "load_cpu_us_per_op": cpu_pair(pairs, "load"),
         }
     return out
 
 
 def paired_lines(section: dict[str, Any]) -> list[str]:
     lines = []
+    def cpu(c: dict[str, Any]) -> str:
+        return f"{c['ratio']:.2f}x ({fmt_us(c['plain'])} -> {fmt_us(c['tls'])} µs)"
+
     for key, r in section["paired"].items():
-        cpu = r["cpu_us_per_op"]
-        lines.append(f"  {key:<26} paired over {r['rounds']} rounds (median of each round's "
-                     f"ratio, range): throughput {r['ops_per_s']:.2f}x "
-                     f"({r['ops_per_s_range'][0]:.2f}-{r['ops_per_s_range'][1]:.2f}), "
-                     f"p99 {r['p99_us']:.2f}x ({r['p99_us_range'][0]:.2f}-"
-                     f"{r['p99_us_range'][1]:.2f}), CPU per request {cpu['ratio']:.2f}x "
-                     f"({fmt_us(cpu['plain'])} -> {fmt_us(cpu['tls'])} µs)")
+        text = (f"  {key:<26} paired over {r['rounds']} rounds (median of each round's "
+                f"ratio, range): throughput {r['ops_per_s']:.2f}x "
+                f"({r['ops_per_s_range'][0]:.2f}-{r['ops_per_s_range'][1]:.2f}), "
+                f"p99 {r['p99_us']:.2f}x ({r['p99_us_range'][0]:.2f}-"
+                f"{r['p99_us_range'][1]:.2f})")
+        if r["cpu_us_per_op"]:
+            text += f", CPU per request {cpu(r['cpu_us_per_op'])}"
+        if r["proxy_cpu_us_per_op"]:
+            text += f", the proxy's {cpu(r['proxy_cpu_us_per_op'])}"
+        if r["load_cpu_us_per_op"]:
+            text += f", the load's {cpu(r['load_cpu_us_per_op'])}"
+        lines.append(text)
     return lines
 
 
@@ -185,13 +216,14 @@ def run(args: argparse.Namespace) -> int:
     helptext = help_text(args.python, "memring.proxy")
     if "--backend-tls" not in helptext:
         raise BenchError("this memring proxy has no --backend-tls")
-    listeners = "--tls-cert" in helptext and \
-        "--tls-cert" in help_text(args.python, "memring.backend")
-    for name in CLIENT_TLS:
-        if name in scenarios and not listeners:
+    has_listener = {"proxy": "--tls-cert" in helptext,
+                    "backend": "--tls-cert" in help_text(args.python, "memring.backend")}
+    for name, needs in CLIENT_TLS.items():
+        missing = [f"the {program}" for program in needs if not has_listener[program]]
+        if name in scenarios and missing:
             scenarios.remove(name)
-            print(f"skipping {name}: the proxy and the backend have no TLS listener (--tls) "
-                  "yet", flush=True)
+            print(f"skipping {name}: {' and '.join(missing)} has no TLS listener (--tls) yet",
+                  flush=True)
     cpu = args.server_cpu
     results = Results()
     line = ProgressLine()
@@ -258,6 +290,12 @@ def run(args: argparse.Namespace) -> int:
             elif name == "memcached-tls":
                 endpoints.append(Endpoint(name, title, secure[0].port, None, secure[:1]))
                 load_for[name] = load_tls
+            elif name in ("backend", "backend-tls"):  # a memring backend alone
+                tls = name == "backend-tls"
+                node = backend(name, tls)
+                endpoints.append(Endpoint(name, title, node.port, None, [node]))
+                if tls:
+                    load_for[name] = load_tls
             elif name == "proxy":
                 port, server = proxy(name, plain, [])
                 endpoints.append(Endpoint(name, title, port, server, plain))
