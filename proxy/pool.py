@@ -68,6 +68,7 @@ class NodePool:
         self._slots: list[BackendConnection | None] = [None] * self.size
         self._cancel = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self.first_attempt = trio.Event()  # a slot's first connect() ended, either way
 
     @property
     def connections(self) -> list[BackendConnection]:
@@ -166,6 +167,7 @@ class NodePool:
             try:
                 await conn.connect()
             except ConnectionFailed as exc:
+                self.first_attempt.set()
                 self._connect_failed(exc)
                 self._failed(str(exc))
                 await trio.sleep(backoff)
@@ -174,6 +176,7 @@ class NodePool:
             self._connected()
             backoff = min(0.05, self.retry)
             self._slots[index] = conn
+            self.first_attempt.set()
             try:
                 await conn.run()
             except Exception:

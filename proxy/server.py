@@ -142,6 +142,13 @@ class ProxyServer:
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
             self.apply_topology(self.settings)
+            # Accepting waits for each backend's first connection attempt (at most the
+            # request timeout): clients that connect as the proxy starts wait in the backlog
+            # for a few milliseconds instead of getting "not connected" while the backend
+            # connections still shake hands (TLS, auth, the version probe).
+            with trio.move_on_after(self.settings.timeout_ms / 1000):
+                for pool in self.state.pools():
+                    await pool.first_attempt.wait()
             if self.settings.metrics_listen:  # stopped with the pools below
                 from memring.proxy.metrics import endpoint_for  # prometheus_client only when asked
 
