@@ -39,6 +39,8 @@ def main() -> int:
                         help="the backends' replication (async: to measure its weaker promise)")
     parser.add_argument("--read-policy", choices=("leader", "round_robin"), default="leader",
                         help="round_robin: the proxies read from in-sync followers too")
+    parser.add_argument("--peer-tls", action="store_true",
+                        help="the backends' peer links are mutual TLS (besides the secret)")
     args = parser.parse_args()
     kinds = [k for k in args.faults.split(",") if k]
     unknown = [k for k in kinds if k != "mixed" and k not in FAULTS]
@@ -54,7 +56,7 @@ def main() -> int:
         for number in range(args.runs):
             seed = args.seed * 1000 + done
             config = RunConfig(seconds=args.seconds, seed=seed, clients=args.clients, mode=args.mode,
-                               read_policy=args.read_policy,
+                               read_policy=args.read_policy, peer_tls=args.peer_tls,
                                faults=sorted(FAULTS) if kind == "mixed" else [kind])
             print(f"[{done + 1}/{planned}] {kind} run {number + 1}, seed {seed}, "
                   f"{args.seconds:g} s ({time.monotonic() - started:.0f} s so far)", flush=True)

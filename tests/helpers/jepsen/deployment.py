@@ -26,6 +26,7 @@ from pathlib import Path
 
 import trio
 
+from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, free_port, start_etcd_cluster
@@ -135,9 +136,15 @@ class Deployment:
 
 
 def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int,
-                  lease_ttl: float, mode: str, peer_secret_file: str) -> list[str]:
+                  lease_ttl: float, mode: str, peer_secret_file: str,
+                  ca: CertificateAuthority | None) -> list[str]:
+    """With `ca`, the peer links are mutual TLS: a certificate named by the node's id."""
     assert backend.client_link is not None and backend.peer_link is not None
     secret = ["--peer-secret-file", peer_secret_file] if peer_secret_file else []
+    if ca is not None:
+        mine = ca.issue(backend.node_id)
+        secret += ["--peer-tls", "--peer-tls-cert", str(mine.cert), "--peer-tls-key",
+                   str(mine.key), "--peer-tls-ca", str(ca.cert)]
     return [sys.executable, "-m", "memring.backend", "--listen", f"{HOST}:{backend.port}",
             "--etcd", etcd_urls, "--cluster", cluster, "--shard", backend.shard,
             "--advertise", backend.client_link.address,
@@ -150,10 +157,12 @@ def _backend_argv(backend: Backend, etcd_urls: str, cluster: str, peer_port: int
 async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                    lease_ttl: float = 2.0, leader_wait_ms: int = 2000, mode: str = "sync",
                    read_policy: str = "leader", peer_secret: bool = True,
-                   workdir: Path | None = None) -> AsyncIterator[Deployment]:
+                   peer_tls: bool = False, workdir: Path | None = None
+                   ) -> AsyncIterator[Deployment]:
     """Start the whole cluster inside the caller's trio run; everything stopped on exit,
     the logs kept in `workdir` (a new temporary directory unless given). With
-    `peer_secret` (the default) the backends share a new peer secret file in `workdir`."""
+    `peer_secret` (the default) the backends share a new peer secret file in `workdir`; with
+    `peer_tls` their peer links are mutual TLS too (a private CA in `workdir`)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="memring-jepsen-"))
     workdir.mkdir(parents=True, exist_ok=True)
     secret_file = ""
@@ -161,6 +170,7 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
         secret_file = str(workdir / "peer-secret")
         with contextlib.suppress(FileExistsError):  # a workdir used again keeps its secret
             write_peer_secret(Path(secret_file))
+    ca = CertificateAuthority.create(workdir / "tls") if peer_tls else None
     cluster = f"jepsen{os.getpid()}"
     etcd = await trio.to_thread.run_sync(start_etcd_cluster, 3)
     backends: list[Backend] = []
@@ -186,7 +196,7 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
                     await nursery.start(backend.peer_link.serve)
                     urls = ",".join(f"http://{link.address}" for link in backend.etcd_links)
                     backend.argv = _backend_argv(backend, urls, cluster, peer_port, lease_ttl,
-                                                 mode, secret_file)
+                                                 mode, secret_file, ca)
                     backends.append(backend)
             for backend in backends:
                 backend.start()

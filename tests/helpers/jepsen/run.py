@@ -37,6 +37,7 @@ class RunConfig:
     hold: tuple[float, float] = (1.0, 4.0)
     mode: str = "sync"  # the backends' --replication
     read_policy: str = "leader"  # round_robin: reads from in-sync followers too
+    peer_tls: bool = False  # mutual TLS on the peer links (besides the secret)
     workdir: Path | None = None
 
 
@@ -98,7 +99,8 @@ async def run(config: RunConfig) -> RunResult:
     shared = SharedKeys()
     async with deployed(shards=config.shards, replicas=config.replicas,
                         proxies=config.proxies, workdir=config.workdir,
-                        mode=config.mode, read_policy=config.read_policy) as deployment:
+                        mode=config.mode, read_policy=config.read_policy,
+                        peer_tls=config.peer_tls) as deployment:
         monitor = ClusterMonitor(deployment)
         async with trio.open_nursery() as outer:
             await outer.start(monitor.run)
