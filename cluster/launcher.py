@@ -75,7 +75,8 @@ from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_po
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.keyspace import Keyspace, check_id
 from memring.cluster.local_tls import ClusterTls, write_auth_file
-from memring.protocol.ascii_auth import Login, auth_request
+from memring.cluster.node_stats import fetch_stats
+from memring.protocol.ascii_auth import Login
 
 ETCD_TIMEOUT = 15.0  # a spawned etcd answers /health
 ETCD_CLIENT_CERT = "memring-etcd-client"  # never an etcd user's name (etcd_process doc)
@@ -84,6 +85,7 @@ PEER_TLS_FLAGS: tuple[str, ...] = ("--peer-tls",)
 RECORDS_TIMEOUT = 10.0  # writing config and shard records to a fresh etcd
 READY_TIMEOUT = 30.0  # every shard has a leader, every proxy routes to them
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL
+ROUTES_TIMEOUT = 1.5  # a proxy's `stats` for the readiness check
 KILL_WAIT = 5.0  # SIGKILL to reaped (a process in uninterruptible sleep takes its time)
 POLL = 0.05  # how often a wait for a process looks again
 SUPERVISE_POLL = 0.2
@@ -257,43 +259,17 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def routes_to(address: str, leaders: set[str], login: Login | None = None,
-              tls: ssl.SSLContext | None = None) -> bool:
+async def routes_to(address: str, leaders: set[str], login: Login | None = None,
+                    tls: ssl.SSLContext | None = None) -> bool:
     """The proxy at `address` answers and has a live connection to every leader: only then
     does a client get through to every shard (the proxy learns of a new leader, and
     connects to it, a little after etcd has it). `login`: the proxy's clients authenticate
-    (its --auth-file); `tls`: it serves TLS. Blocking, at most ~1.5 s."""
-    host, _, port = address.rpartition(":")
-    try:
-        with contextlib.ExitStack() as stack:
-            s = stack.enter_context(socket.create_connection((host, int(port)), timeout=0.5))
-            if tls is not None:
-                s = stack.enter_context(tls.wrap_socket(s, server_hostname=host))
-            s.settimeout(0.5)
-            if login is not None:
-                s.sendall(auth_request(*login))
-                answer = b""
-                while not answer.endswith(b"\r\n") and len(answer) < 256:
-                    chunk = s.recv(256)
-                    if not chunk:
-                        return False
-                    answer += chunk
-                if answer != b"STORED\r\n":
-                    return False
-            s.sendall(b"stats\r\n")
-            reply = b""
-            for _ in range(1000):
-                if reply.endswith(b"END\r\n"):
-                    break
-                chunk = s.recv(65536)
-                if not chunk:
-                    return False
-                reply += chunk
-    except OSError:
+    (its --auth-file); `tls`: it serves TLS. At most ROUTES_TIMEOUT."""
+    stats = await fetch_stats(address, ROUTES_TIMEOUT, login, tls)
+    if stats is None:
         return False
-    up = {line.split()[1].decode()[len("backend:"):-len(":state")]
-          for line in reply.splitlines()
-          if line.startswith(b"STAT backend:") and line.endswith(b":state up")}
+    up = {name[len("backend:"):-len(":state")] for name, value in stats.items()
+          if name.startswith("backend:") and name.endswith(":state") and value == "up"}
     return leaders <= up
 
 
@@ -523,9 +499,8 @@ class LocalCluster:
                                    if s.leader is not None}
                         absent = [c.address for c in self.children if c.role == "proxy"
                                   and (c.address not in proxies
-                                       or not await trio.to_thread.run_sync(
-                                           routes_to, c.address, leaders, self.login,
-                                           tools))]
+                                       or not await routes_to(c.address, leaders,
+                                                              self.login, tools))]
                         if not leaderless and not absent:
                             return
                         missing = (f"a leader for {', '.join(leaderless)}" if leaderless else

@@ -12,7 +12,7 @@ import socket
 from typing import Protocol
 
 from memring.netio import nonblocking
-from memring.netio.settings import exposed_without_tls, split_address
+from memring.netio.settings import reachable_from_other_machines, split_address
 
 log = logging.getLogger("memring.net")
 
@@ -40,7 +40,7 @@ def open_client_listeners(settings: ClientListening, backlog: int = 1024,
         except BaseException:
             nonblocking.close(listener)
             raise
-    if not settings.tls and exposed_without_tls(settings.host):
+    if not settings.tls and reachable_from_other_machines(settings.host):
         log.warning("clients on %s:%d are served without TLS: anyone who can reach the port "
                     "reads and writes the cache (--tls, or --tls-listen for a TLS port beside "
                     "it)", settings.host, listener.getsockname()[1])

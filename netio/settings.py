@@ -118,8 +118,9 @@ def check_tls(settings: TlsListening) -> None:
         raise SettingsError(f"TLS: {exc}") from None
 
 
-def exposed_without_tls(host: str) -> bool:
-    """Whether a plain listener on `host` is reachable from other machines."""
+def reachable_from_other_machines(host: str) -> bool:
+    """Whether a listener on `host` is (anything but a loopback address or its names): a
+    plain client or peer port there is worth a warning."""
     if host in ("localhost", "ip6-localhost"):
         return False
     try:

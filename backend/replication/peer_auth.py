@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import os
 import secrets
 import stat
@@ -62,17 +61,6 @@ def readable_by_others(path: str) -> bool:
 
 def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_SIZE)
-
-
-def exposed(host: str) -> bool:
-    """Whether a listener on `host` may be reached from another machine (anything but a
-    loopback address or "localhost")."""
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True  # a host name: it may resolve to anything
 
 
 def _transcript(label: bytes, *fields: str | int | bytes) -> bytes:

@@ -43,7 +43,6 @@ from memring.backend.replication.leader_side import serve_follower
 from memring.backend.replication.mutation_log import ReplicationLog, StoreRecorder, mutation_size
 from memring.backend.replication.peer_auth import (
     PeerKey,
-    exposed,
     read_secret,
     readable_by_others,
 )
@@ -61,7 +60,7 @@ from memring.cluster.coordinator import (
 )
 from memring.netio import nonblocking
 from memring.netio.connection_server import ConnectionCounters, ConnectionServer
-from memring.netio.settings import split_address
+from memring.netio.settings import reachable_from_other_machines, split_address
 from memring.protocol import write_refusals
 from memring.protocol.replication import (
     ORIGIN,
@@ -446,7 +445,7 @@ class Replicator:
                          "authenticated (peer secret, optional)" if self.peer_key.optional else
                          "authenticated (peer secret)",
                          ", mutual TLS" if self.peer_tls is not None else ", not encrypted")
-                if exposed(host) and self.peer_tls is None:
+                if reachable_from_other_machines(host) and self.peer_tls is None:
                     log.warning("the peer port %s:%d is reachable from other machines without "
                                 "TLS: the replication stream (every item written) crosses the "
                                 "network in clear%s; give every member --peer-tls with a "

@@ -12,14 +12,13 @@ import pytest
 from memring.backend.replication.peer_auth import (
     MIN_SECRET,
     PeerKey,
-    exposed,
     new_nonce,
     read_secret,
 )
 from memring.backend.settings import load_settings
 from memring.cluster.coordinator import Incarnation
 from memring.cluster.launcher import write_peer_secret
-from memring.netio.settings import SettingsError
+from memring.netio.settings import SettingsError, reachable_from_other_machines
 from memring.protocol.replication import NONCE_SIZE, PROOF_SIZE, Position
 
 pytestmark = pytest.mark.unit
@@ -150,4 +149,4 @@ def test_the_backend_flag_env_and_config(tmp_path: Path, monkeypatch: pytest.Mon
     ("127.0.0.1", False), ("127.0.0.2", False), ("::1", False), ("localhost", False),
     ("0.0.0.0", True), ("::", True), ("10.0.0.7", True), ("peer.example", True)])
 def test_which_peer_listen_hosts_other_machines_reach(host: str, reachable: bool) -> None:
-    assert exposed(host) is reachable
+    assert reachable_from_other_machines(host) is reachable

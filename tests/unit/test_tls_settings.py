@@ -10,7 +10,7 @@ import pytest
 
 from memring.backend.settings import load_settings as backend_settings
 from memring.cluster.certificates import CertificateAuthority, Credential
-from memring.netio.settings import SettingsError, exposed_without_tls
+from memring.netio.settings import SettingsError, reachable_from_other_machines
 from memring.proxy.settings import load_settings as proxy_settings
 
 pytestmark = pytest.mark.unit
@@ -82,4 +82,4 @@ def test_backend_toml(cert: Credential, tmp_path: Path) -> None:
     ("127.0.0.1", False), ("::1", False), ("localhost", False), ("0.0.0.0", True),
     ("::", True), ("10.1.2.3", True), ("cache.example", True)])
 def test_which_plain_listeners_are_warned_about(host: str, exposed: bool) -> None:
-    assert exposed_without_tls(host) is exposed
+    assert reachable_from_other_machines(host) is exposed
