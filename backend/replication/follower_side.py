@@ -46,6 +46,7 @@ import trio
 
 from memring.backend.cluster_member import LeaderPeer
 from memring.backend.replication.follower_apply import FollowerState, ReplicationRejected
+from memring.backend.replication.leader_side import next_event
 from memring.backend.replication.mutation_log import ReplicationGap
 from memring.backend.replication.peer_auth import new_nonce
 from memring.backend.replication.peer_tls import certifies, described
@@ -61,7 +62,6 @@ from memring.protocol.replication import (
     Challenge,
     Error,
     ErrorCode,
-    Event,
     Hello,
     MalformedFrame,
     Mutation,
@@ -179,18 +179,6 @@ async def _watch(host: FollowerSideHost, target: LeaderPeer, introduced: Incarna
     scope.cancel()
 
 
-async def _next_event(stream: Stream, parser: ReplicationParser) -> Event | None:
-    """The next event from the leader, or None when it hung up."""
-    while True:
-        event = parser.next_event()
-        if event is not NEED_DATA:
-            return event
-        data = await stream.recv(nonblocking.READ_SIZE)
-        if not data:
-            return None
-        parser.receive_data(data)
-
-
 def _count_refusal(host: FollowerSideHost, sock: socket.socket, why: str) -> None:
     """Count a refused leader; log the first refusal and every LOG_REFUSALS-th (the follower
     asks again within its backoff; `stats` has the count)."""
@@ -240,7 +228,7 @@ async def _handshake(host: FollowerSideHost, stream: Stream, parser: Replication
     authenticated; else False (this side refused, ERROR sent) or the code of the leader's
     ERROR."""
     epoch = host.follower.newest_epoch
-    challenge = await _next_event(stream, parser)
+    challenge = await next_event(stream, parser)
     if isinstance(challenge, Error):
         log.info("leader says %s: %s", challenge.code.name, challenge.message)
         return challenge.code
@@ -255,7 +243,7 @@ async def _handshake(host: FollowerSideHost, stream: Stream, parser: Replication
     nonce = new_nonce()
     proof = key.follower_proof(me, position, challenge.nonce, nonce)
     await stream.send_all(encode(Hello(me.node_id, me.lease_id, position, nonce, proof)))
-    welcome = await _next_event(stream, parser)
+    welcome = await next_event(stream, parser)
     if isinstance(welcome, Error):
         if welcome.code is ErrorCode.UNAUTHENTICATED:  # follow_leader's backoff: ~1/s
             log.warning("the leader at %s refused this node's proof: is --peer-secret-file "

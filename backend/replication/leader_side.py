@@ -81,7 +81,7 @@ class _Deposed(Exception):
 
 
 async def next_event(stream: Stream, parser: ReplicationParser) -> Event | None:
-    """The next event from the peer, or None when it hung up."""
+    """The next event from the peer, or None when it hung up (both sides read with it)."""
     while True:
         event = parser.next_event()
         if event is not NEED_DATA:
