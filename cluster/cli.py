@@ -234,13 +234,13 @@ def _status_tls(args: argparse.Namespace, state: dict[str, Any] | None
 
 
 def _status(args: argparse.Namespace) -> int:
-    state = read_state(_cluster(args)) if not (args.auth_file or args.etcd) else None
+    state = read_state(_cluster(args)) if not args.etcd else None  # what `memring up` recorded
     auth_file = args.auth_file or (state or {}).get("auth_file")
     try:
         login = load_credentials(str(auth_file)).first() if auth_file else None
     except AuthFileError as exc:
         raise UsageError(str(exc)) from None
-    tls = _status_tls(args, read_state(_cluster(args)) if not args.etcd else None)
+    tls = _status_tls(args, state)
     url, security = _etcd_and_security(args)
     channel = etcd_channel(url, security)
 
