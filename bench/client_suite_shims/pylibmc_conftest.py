@@ -10,7 +10,9 @@ import functools
 import os
 from typing import Any
 
+import pylibmc.autoconf
 import pylibmc.test
+
 import tests
 
 tests.PylibmcTestCase.memcached_host = os.environ["MEMCACHED_HOST"]
@@ -26,3 +28,9 @@ if os.environ.get("CLIENT_SUITES_BINARY") == "1":
 
     pylibmc.test.make_test_client = _binary_test_client
     tests.make_test_client = _binary_test_client  # type: ignore[attr-defined]
+
+# test_no_autoconf calls autoconf.elasticache() without an address: 127.0.0.1:11211.
+_address, *_other_defaults = pylibmc.autoconf.elasticache.__defaults__ or ("",)
+pylibmc.autoconf.elasticache.__defaults__ = (
+    f"{tests.PylibmcTestCase.memcached_host}:{tests.PylibmcTestCase.memcached_port}",
+    *_other_defaults)
