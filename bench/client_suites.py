@@ -506,9 +506,8 @@ def table(runs: list[SuiteRun], suites: list[str], kinds: list[str]) -> str:
     for suite in suites:
         cells = [by[suite, k].cell() if (suite, k) in by else "-" for k in kinds]
         lines.append(f"| {suite} | " + " | ".join(cells) + " |")
-    for suite, why in UNAVAILABLE.items():
+    for suite in UNAVAILABLE:
         lines.append(f"| {suite} | " + " | ".join("n/a" for _ in kinds) + " |")
-        lines.append(f"|  ({suite}: {why}) |" + " |" * len(kinds))
     return "\n".join(lines)
 
 
@@ -570,7 +569,8 @@ def run(args: argparse.Namespace) -> int:
                 runs.append(result)
     failures = memring_failures(runs)
     print(table(runs, suites, kinds))
-    print("\n`*`: the suite stopped early (see below); `n/a`: its tests are not available.")
+    print("\n`*`: the suite stopped early (see below); `n/a`: not run, because")
+    print("\n".join(f"- {suite}: {why}" for suite, why in UNAVAILABLE.items()))
     if any(r.error for r in runs if r.target == "memcached"):
         print("\nOn memcached:")
         print("\n".join(f"- {r.suite}: {r.error}" for r in runs
@@ -598,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds one suite may run against one server (%(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
-    return run_until_done(run, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # Ctrl-C stops everything even when started in the background (which ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return run_until_done(run, args)
 
 
 if __name__ == "__main__":
