@@ -377,6 +377,8 @@ def raw_get(port: int, key: str) -> bytes | None:
         s.sendall(f"get {key}\r\n".encode())
         reply = b""
         while not (reply.endswith(b"END\r\n") or reply.endswith(b"ERROR\r\n")):
+            if len(reply) > 1 << 20:  # the test values are a few bytes
+                raise SuiteError(f"get {key}: over 1 MiB without END")
             chunk = s.recv(65536)
             if not chunk:
                 break
