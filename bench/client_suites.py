@@ -99,6 +99,25 @@ class SuiteRun:
         return f"{self.passed}/{len(self.tests)}" + ("*" if self.error else "")
 
 
+class SuiteError(Exception):
+    """A suite did not run to its end; carries the outcomes it gave before that."""
+
+    def __init__(self, message: str, outcomes: list[TestOutcome] | None = None) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes or []
+
+
+@dataclass
+class Context:
+    """What every suite runner needs: the suites' interpreter and sources, a scratch folder."""
+
+    python: Path
+    sources: dict[str, Path]
+    tmp: Path
+    env: dict[str, str]
+    timeout: float
+
+
 def progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -451,23 +470,6 @@ def libmemcached_tools(binary: bool) -> Callable[[Context, int], list[TestOutcom
               "exit 0 and the key gone")
         return outcomes
     return run
-
-
-class SuiteError(Exception):
-    """A suite did not run to its end; carries the outcomes it gave before that."""
-
-    def __init__(self, message: str, outcomes: list[TestOutcome] | None = None) -> None:
-        super().__init__(message)
-        self.outcomes = outcomes or []
-
-
-@dataclass
-class Context:
-    python: Path
-    sources: dict[str, Path]
-    tmp: Path
-    env: dict[str, str]
-    timeout: float
 
 
 SUITES: dict[str, Callable[[Context, int], list[TestOutcome]]] = {
