@@ -11,6 +11,7 @@ its name and one line saying why. Binary-protocol variants (pylibmc with binary=
 `memccapable -b`, the libmemcached tools with `--binary`) are reported like the rest.
 
     make client-suites                            # installs libmemcached-dev/-tools first
+    make client-suites CLIENT_SUITES_ARGS="--emcache-tests ~/src/emcache"   # + emcache's
     .venv/bin/python bench/client_suites.py --suites pylibmc,memccapable --json /tmp/cs.json
 
 Every suite run has a deadline (--timeout) and every server is stopped at the end, also on
@@ -64,11 +65,20 @@ SDIST_PINS = (PYLIBMC, PYTHON_MEMCACHED, AIOMCACHE)
 # memcache, i.e. python-memcached, at the top); pytest-timeout bounds each test.
 TEST_PINS = ("pytest==8.3.4", "pytest-asyncio==0.21.2", "pytest-timeout==2.3.1",
              "docker==7.1.0")
-# Suites that cannot be had from PyPI or Debian, and why.
-UNAVAILABLE = {
-    "emcache": "PyPI has wheels only (no sdist in any release) and the wheels hold no "
-               "tests; its suite lives in its git repository",
-}
+# emcache is on PyPI as wheels only, none with its tests; they run only from a checkout of its
+# git repository given with --emcache-tests.
+EMCACHE = "emcache==1.3.3"
+EMCACHE_MISSING = ("not run: PyPI has wheels only (no sdist in any release) and the wheels "
+                   "hold no tests; --emcache-tests DIR runs them from a checkout of emcache's "
+                   "git repository")
+# emcache's acceptance tests want memcached on localhost:11211 and :11212; both nodes become
+# the server under test (its unix-socket, TLS and SASL tests need servers set up as in its
+# compose.yaml and are left out).
+EMCACHE_NODES = ('pytest.param([MemcachedHostAddress("localhost", 11211), '
+                 'MemcachedHostAddress("localhost", 11212)], id="tcp_client")')
+EMCACHE_NODES_SHIM = ('pytest.param([MemcachedHostAddress(a.rsplit(":", 1)[0], '
+                      'int(a.rsplit(":", 1)[1])) for a in __import__("os").environ['
+                      '"CLIENT_SUITES_SERVERS"].split(",")], id="tcp_client")')
 PER_TEST_TIMEOUT = 30  # seconds, for pytest-timeout
 
 
@@ -176,16 +186,32 @@ def add_shims(sources: dict[str, Path]) -> None:
         conftest.write_text(text + tail)
 
 
-def prepared_sources() -> dict[str, Path]:
+def prepared_emcache_tests(checkout: Path) -> Path:
+    """A copy of emcache's tests/ from a checkout, its two nodes read from the environment."""
+    folder = SDISTS / "emcache-tests"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(checkout / "tests", folder / "tests")
+    conftest = folder / "tests" / "acceptance" / "conftest.py"
+    text = conftest.read_text() if conftest.exists() else ""
+    if EMCACHE_NODES not in text:
+        raise BenchError(f"{conftest} does not name its nodes as expected ({EMCACHE_NODES})")
+    conftest.write_text(text.replace(EMCACHE_NODES, EMCACHE_NODES_SHIM))
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    return folder
+
+
+def prepared_sources(emcache_checkout: Path | None) -> dict[str, Path]:
     sources = {name: unpacked(name, version) for name, version in SDIST_PINS}
     add_shims(sources)
+    if emcache_checkout is not None:
+        sources["emcache"] = prepared_emcache_tests(emcache_checkout)
     return sources
 
 
 def prepared_venv(sources: dict[str, Path]) -> Path:
     """The suites' venv with the pinned libraries built from their sdists (once)."""
     python = VENV / "bin" / "python"
-    wanted = "\n".join([*TEST_PINS, *(f"{n}=={v}" for n, v in SDIST_PINS)])
+    wanted = "\n".join([*TEST_PINS, EMCACHE, *(f"{n}=={v}" for n, v in SDIST_PINS)])
     stamp = VENV / ".client-suites-installed"
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
@@ -194,7 +220,7 @@ def prepared_venv(sources: dict[str, Path]) -> Path:
                          "libmemcached-dev` (or `make client-suites` as root)")
     progress(f"installing the suites and what they need into {VENV}")
     run_checked([sys.executable, "-m", "venv", "--clear", str(VENV)], "creating the venv")
-    run_checked([str(python), "-m", "pip", "install", "--quiet", *TEST_PINS,
+    run_checked([str(python), "-m", "pip", "install", "--quiet", *TEST_PINS, EMCACHE,
                  *(str(SDISTS / f"{n}-{v}.tar.gz") for n, v in SDIST_PINS)],
                 "installing the suites' packages")
     stamp.write_text(wanted)
@@ -314,6 +340,10 @@ def pytest_suite(folder: Callable[[dict[str, Path]], Path], tests: str, *extra: 
 
 def address_env(port: int) -> dict[str, str]:
     return {"CLIENT_SUITES_SERVER": f"{HOST}:{port}"}
+
+
+def two_nodes_env(port: int) -> dict[str, str]:
+    return {"CLIENT_SUITES_SERVERS": f"{HOST}:{port},{HOST}:{port}"}
 
 
 def pylibmc_env(binary: bool) -> Callable[[int], dict[str, str]]:
@@ -484,6 +514,10 @@ SUITES: dict[str, Callable[[Context, int], list[TestOutcome]]] = {
     "memccapable-binary": memccapable(binary=True),
     "libmemcached-tools": libmemcached_tools(binary=False),
     "libmemcached-tools-binary": libmemcached_tools(binary=True),
+    "emcache": pytest_suite(lambda s: s["emcache"], "tests/acceptance", "-o",
+                            "asyncio_mode=auto", "-k", "not unix_client",
+                            "--ignore=tests/acceptance/test_ssl.py",
+                            "--ignore=tests/acceptance/test_sasl.py", env=two_nodes_env),
 }
 
 
@@ -505,13 +539,12 @@ def run_suite(suite: str, kind: str, context: Context) -> SuiteRun:
 
 
 def table(runs: list[SuiteRun], suites: list[str], kinds: list[str]) -> str:
+    """passed/total per suite and target; `n/a` for a suite that was not run."""
     by = {(r.suite, r.target): r for r in runs}
     lines = ["| suite | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
     for suite in suites:
-        cells = [by[suite, k].cell() if (suite, k) in by else "-" for k in kinds]
+        cells = [by[suite, k].cell() if (suite, k) in by else "n/a" for k in kinds]
         lines.append(f"| {suite} | " + " | ".join(cells) + " |")
-    for suite in UNAVAILABLE:
-        lines.append(f"| {suite} | " + " | ".join("n/a" for _ in kinds) + " |")
     return "\n".join(lines)
 
 
@@ -552,19 +585,22 @@ def memring_failures(runs: list[SuiteRun]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     suites = [s for s in args.suites.split(",") if s]
     kinds = [k for k in args.targets.split(",") if k]
+    not_run: dict[str, str] = {}
+    if "emcache" in suites and args.emcache_tests is None:
+        not_run["emcache"] = EMCACHE_MISSING
     for name in suites:
         if name not in SUITES:
             raise BenchError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
     for kind in kinds:
         if kind not in TARGETS:
             raise BenchError(f"unknown target {kind!r}; known: {', '.join(TARGETS)}")
-    sources = prepared_sources()
+    sources = prepared_sources(args.emcache_tests)
     python = prepared_venv(sources)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     runs: list[SuiteRun] = []
     with tempfile.TemporaryDirectory(prefix="client-suites-") as tmp:
         context = Context(python, sources, Path(tmp), env, args.timeout)
-        for suite in suites:
+        for suite in (s for s in suites if s not in not_run):
             for kind in kinds:
                 progress(f"{suite} against {kind} ...")
                 result = run_suite(suite, kind, context)
@@ -573,8 +609,9 @@ def run(args: argparse.Namespace) -> int:
                 runs.append(result)
     failures = memring_failures(runs)
     print(table(runs, suites, kinds))
-    print("\n`*`: the suite stopped early (see below); `n/a`: not run, because")
-    print("\n".join(f"- {suite}: {why}" for suite, why in UNAVAILABLE.items()))
+    print("\n`*`: the suite stopped early (see below).")
+    for suite, why in not_run.items():
+        print(f"\n{suite}: {why}")
     if any(r.error for r in runs if r.target == "memcached"):
         print("\nOn memcached:")
         print("\n".join(f"- {r.suite}: {r.error}" for r in runs
@@ -584,8 +621,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "pins": {name: version for name, version in SDIST_PINS},
-            "unavailable": UNAVAILABLE,
+            "pins": {name: version for name, version in SDIST_PINS} | {"emcache": EMCACHE},
+            "not_run": not_run,
             "runs": [asdict(r) | {"passed": r.passed, "total": len(r.tests)} for r in runs],
             "memring_failures": failures,
             "markdown": table(runs, suites, kinds),
@@ -602,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds one suite may run against one server (%(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--emcache-tests", metavar="DIR", type=Path,
+                        help="a checkout of emcache's git repository, whose tests/acceptance "
+                             "then run too (PyPI has no emcache sdist)")
     args = parser.parse_args(argv)
     # Ctrl-C stops everything even when started in the background (which ignores SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
