@@ -670,6 +670,25 @@ def test_etcd_members_form_one_tls_cluster() -> None:
         expand(arg, pod_env(container))  # every $(VAR) is defined
 
 
+@pytest.mark.requires_etcd
+def test_every_etcd_flag_is_one_etcd_knows() -> None:
+    """Against the installed etcd's --help (Debian's 3.4; the manifest runs 3.5, which kept
+    every one of these flags)."""
+    import subprocess
+
+    from memring.cluster.etcd_process import find_etcd
+
+    result = subprocess.run([str(find_etcd()), "--help"], capture_output=True, text=True,
+                            timeout=30)
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", result.stdout + result.stderr, re.MULTILINE))
+    assert len(known) > 50
+    (container,) = named("StatefulSet", "memring-etcd")["spec"]["template"]["spec"][
+        "containers"]
+    assert container["command"] == ["/usr/local/bin/etcd"]
+    for flag in flags(container["args"]):
+        assert flag in known, f"etcd has no {flag}"
+
+
 def test_make_secrets_runs_again_without_changing_what_exists(
         secrets: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     import subprocess
