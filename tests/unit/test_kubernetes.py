@@ -23,7 +23,6 @@ import re
 import shlex
 import ssl
 import tomllib
-from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,63 +35,35 @@ from kubernetes_validate import utils as validate_utils
 from memring.backend import settings as backend_settings
 from memring.cluster import cli, etcd_security
 from memring.proxy import settings as proxy_settings
+from tests.helpers.kubernetes_manifests import (
+    DEPLOY,
+    NAMESPACE,
+    ROOT,
+    Pod,
+    config_map,
+    containers,
+    expand,
+    first_pod,
+    flags,
+    load_make_secrets,
+    manifest_files,
+    named,
+    objects,
+    of_kind,
+    pod_env,
+    prepare,
+    program_containers,
+    shard_sets,
+    workloads,
+)
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy" / "kubernetes"
 CLUSTER_FILE = ROOT / "etc" / "cluster.toml"
-NAMESPACE = "memring"
 # the oldest and the newest Kubernetes whose schemas kubernetes-validate ships
 VERSIONS = (validate_utils.all_versions()[0], validate_utils.latest_version())
 CRD_KINDS = {"ServiceMonitor"}  # Prometheus Operator's: no schema in Kubernetes' own
-SAMPLE_POD = {"metadata.name": "memring-s1-0", "metadata.namespace": NAMESPACE,
-              "status.podIP": "10.1.2.3"}
 PROGRAMS = {"memring-backend": backend_settings, "memring-proxy": proxy_settings}
-
-
-# --- reading the files ----------------------------------------------------------------------
-
-
-def manifest_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-@cache
-def objects() -> tuple[dict[str, Any], ...]:
-    found = []
-    for path in manifest_files():
-        found += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    return tuple(found)
-
-
-def of_kind(kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects() if o["kind"] == kind]
-
-
-def named(kind: str, name: str) -> dict[str, Any]:
-    (found,) = [o for o in of_kind(kind) if o["metadata"]["name"] == name]
-    return found
-
-
-def workloads() -> list[dict[str, Any]]:
-    return [o for o in objects() if o["kind"] in ("StatefulSet", "Deployment", "Job")]
-
-
-def containers() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(workload, container) for every container of every workload."""
-    for workload in workloads():
-        for container in workload["spec"]["template"]["spec"]["containers"]:
-            yield workload, container
-
-
-def program_containers(program: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(w, c) for w, c in containers() if c.get("command") == [program]]
-
-
-def shard_sets() -> list[dict[str, Any]]:
-    return [o for o in of_kind("StatefulSet") if o["metadata"]["labels"].get(
-        "app.kubernetes.io/component") == "backend"]
 
 
 @cache
@@ -100,47 +71,10 @@ def cluster_file() -> dict[str, Any]:
     return tomllib.loads(CLUSTER_FILE.read_text())
 
 
-def config_map(name: str) -> dict[str, str]:
-    data: dict[str, str] = named("ConfigMap", name)["data"]
-    return data
-
-
-def flags(args: list[str]) -> dict[str, str | None]:
-    """`--flag=value` as {flag: value}; a bare `--flag` (a switch) as {flag: None}."""
-    found: dict[str, str | None] = {}
-    for token in args:
-        assert token.startswith("--"), f"stray argument {token!r}: use --flag=value"
-        name, sep, value = token.partition("=")
-        assert name not in found, f"{name} given twice"
-        found[name] = value if sep else None
-    return found
-
-
-def pod_env(container: dict[str, Any]) -> dict[str, str]:
-    """The container's explicit env with the downward API's values for SAMPLE_POD."""
-    env = {}
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-        else:
-            env[var["name"]] = SAMPLE_POD[var["valueFrom"]["fieldRef"]["fieldPath"]]
-    return env
-
-
-def pod_name(workload: dict[str, Any]) -> str:
-    """The name of the workload's first pod (a Deployment's has a random suffix)."""
-    name = workload["metadata"]["name"]
-    return f"{name}-0" if workload["kind"] == "StatefulSet" else f"{name}-7c9f8d6b5-x2x4k"
-
-
-def expand(text: str, env: dict[str, str], pod: str = "memring-s1-0") -> str:
-    """Kubernetes' $(VAR) expansion; a name missing from env is an error here (Kubernetes
-    would leave it as it is, silently)."""
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        assert name in env, f"$({name}) is not in the container's env"
-        return pod if name == "POD_NAME" else env[name]
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value, text)
+def own_env(workload: dict[str, Any], container: dict[str, Any],
+            pod: str | None = None) -> dict[str, str]:
+    """The container's own env in the workload's first pod (or the pod named `pod`)."""
+    return pod_env(container, Pod(pod) if pod else first_pod(workload))
 
 
 # --- the schemas --------------------------------------------------------------------------
@@ -194,13 +128,8 @@ def test_every_object_in_the_namespace_and_kustomization_lists_the_files() -> No
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_secrets", DEPLOY / "make_secrets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    made = module.make(tmp_path_factory.mktemp("secrets"), NAMESPACE, "cluster.local")
+    made = load_make_secrets().make(tmp_path_factory.mktemp("secrets"), NAMESPACE,
+                                    "cluster.local")
     return {obj["metadata"]["name"]: obj for obj in made}
 
 
@@ -218,54 +147,17 @@ def test_every_secret_a_pod_mounts_is_made(secrets: dict[str, dict[str, Any]]) -
                 assert mount["name"] in volumes, (workload["metadata"]["name"], mount)
 
 
-def mounted_files(workload: dict[str, Any], container: dict[str, Any], root: Path,
-                  secrets: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Write what the container's volumes hold under `root`; {mount path: path under root}."""
-    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
-    where = {}
-    for mount in container.get("volumeMounts", []):
-        target = root / mount["mountPath"].lstrip("/")
-        target.mkdir(parents=True, exist_ok=True)
-        volume = volumes[mount["name"]]
-        if "secret" in volume:
-            for key, data in secrets[volume["secret"]["secretName"]]["data"].items():
-                (target / key).write_bytes(base64.b64decode(data))
-        elif "configMap" in volume:
-            for key, text in config_map(volume["configMap"]["name"]).items():
-                (target / key).write_text(text)
-        where[mount["mountPath"]] = str(target)
-    return where
-
-
-def localized(text: str, where: dict[str, str]) -> str:
-    """`text` with each mount path replaced by its local copy (one pass: the local paths are
-    under /tmp, which is a mount path too)."""
-    paths = sorted(where, key=len, reverse=True)
-    pattern = "|".join(re.escape(p + "/") for p in paths)
-    return re.sub(pattern, lambda m: where[m.group(0)[:-1]] + "/", text) if paths else text
-
-
-def container_environment(container: dict[str, Any]) -> dict[str, str]:
-    """Every variable the container gets: its ConfigMaps' (envFrom) and its own env."""
-    env = {}
-    for source in container.get("envFrom", []):
-        env.update(config_map(source["configMapRef"]["name"]))
-    return {**env, **pod_env(container)}
-
-
 def running_as(workload: dict[str, Any], container: dict[str, Any], root: Path,
                secrets: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
                ) -> list[str]:
-    """Set up the container's environment and files here; its argv after $(VAR) expansion."""
-    where = mounted_files(workload, container, root, secrets)
+    """Set up the container's environment and files here; its args after $(VAR) expansion."""
+    prepared = prepare(workload, container, first_pod(workload), root, secrets)
     for name in [n for n in os.environ if n.startswith("MEMRING_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(root))  # no state file of `memring up`
-    env = container_environment(container)
-    for name, value in env.items():
-        monkeypatch.setenv(name, localized(value, where))
-    return [localized(expand(arg, pod_env(container), pod_name(workload)), where)
-            for arg in container["args"]]
+    for name, value in prepared.env.items():
+        monkeypatch.setenv(name, value)
+    return prepared.argv[len(container["command"]):]
 
 
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
@@ -330,7 +222,7 @@ def test_every_flag_is_one_the_program_parses(program: str) -> None:
             assert flag in known, f"{workload['metadata']['name']}: {program} has no {flag}"
             takes_value = known[flag].nargs != 0
             assert takes_value == (value is not None), f"{flag}: value {value!r}"
-        parser.parse_args([expand(a, pod_env(container), pod_name(workload))
+        parser.parse_args([expand(a, own_env(workload, container))
                            for a in container["args"]])
 
 
@@ -447,7 +339,8 @@ def test_the_proxy_reaches_every_backend_by_its_advertised_name_over_mutual_tls(
         tls_secret = f"{shard['metadata']['name']}-tls"
         for ordinal in range(shard["spec"]["replicas"]):
             pod = f"{shard['metadata']['name']}-{ordinal}"
-            host = expand(str(given["--advertise"]), pod_env(container), pod).rpartition(":")[0]
+            env = own_env(shard, container, pod)
+            host = expand(str(given["--advertise"]), env).rpartition(":")[0]
             backend = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             backend.load_cert_chain(secret_file(secrets, tls_secret, f"{pod}.crt", tmp_path),
                                     secret_file(secrets, tls_secret, f"{pod}.key", tmp_path))
@@ -459,7 +352,7 @@ def test_the_proxy_reaches_every_backend_by_its_advertised_name_over_mutual_tls(
             decoded = ssl._ssl._test_decode_cert(  # type: ignore[attr-defined]
                 secret_file(secrets, tls_secret, f"{pod}.crt", tmp_path))
             assert certifies(decoded, pod)
-            assert expand(str(given["--node-id"]), pod_env(container), pod) == pod
+            assert expand(str(given["--node-id"]), env) == pod
             checked += 1
     assert checked == sum(s["spec"]["replicas"] for s in shard_sets())
 
@@ -535,7 +428,7 @@ def test_backends_advertise_their_pod_name_and_replicate_as_the_cluster_file_say
         (container,) = pod["containers"]
         given = flags(container["args"])
         assert given["--node-id"] == "$(POD_NAME)"
-        assert pod_env(container)["POD_NAME"] == SAMPLE_POD["metadata.name"]  # the pod name
+        assert own_env(shard, container)["POD_NAME"] == f"{shard['metadata']['name']}-0"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for listen, advertise, port in (("--listen", "--advertise", "memcache"),
                                         ("--peer-listen", "--peer-advertise", "peer")):
@@ -561,7 +454,7 @@ def test_readiness_is_in_sync_and_the_hook_steps_down() -> None:
         assert ready == ["sh", "-c", 'exec memring node ready "$POD_NAME"']
         hook = container["lifecycle"]["preStop"]["exec"]["command"]
         assert hook == ["sh", "-c", 'exec memring node step-down "$POD_NAME"']
-        assert "POD_NAME" in pod_env(container)
+        assert own_env(shard, container)["POD_NAME"] == first_pod(shard).name
         # the hand-over (at most ~HINT_TTL) and the resign fit in the grace period
         grace = shard["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= cli.HINT_TTL + 10
@@ -667,7 +560,7 @@ def test_etcd_members_form_one_tls_cluster() -> None:
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert etcd["spec"]["serviceName"] == "memring-etcd"
     for arg in container["args"]:
-        expand(arg, pod_env(container))  # every $(VAR) is defined
+        expand(arg, own_env(etcd, container))  # every $(VAR) is defined
 
 
 @pytest.mark.requires_etcd
