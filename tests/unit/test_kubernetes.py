@@ -583,17 +583,14 @@ def test_every_etcd_flag_is_one_etcd_knows() -> None:
 
 
 def test_make_secrets_runs_again_without_changing_what_exists(
-        secrets: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+        secrets: dict[str, dict[str, Any]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    script = load_make_secrets()
     directory = tmp_path / "again"
-    argv = [sys.executable, str(DEPLOY / "make_secrets.py"), str(directory)]
-    first = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
-    assert f"{len(secrets)} Secrets in" in first.stdout
+    assert script.main([str(directory)]) == 0
+    assert f"{len(secrets)} Secrets in {directory / 'secrets.yaml'}" in capsys.readouterr().out
     before = (directory / "secrets.yaml").read_text()
-    subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    assert script.main([str(directory)]) == 0
     assert (directory / "secrets.yaml").read_text() == before
     assert oct((directory / "secrets.yaml").stat().st_mode & 0o777) == "0o600"
     assert not (directory / "memring-ca" / "ca.key").stat().st_mode & 0o077
-
