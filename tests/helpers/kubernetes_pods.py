@@ -55,7 +55,6 @@ PROXY_SERVICE = "memring-proxy"
 PROXY_PODS = ("memring-proxy-a", "memring-proxy-b")
 ETCD_SET = "memring-etcd"
 STARTUP = 60.0     # seconds for a group of pods to come up
-PROBE_EVERY = 0.5
 
 
 @dataclass
@@ -174,7 +173,13 @@ class Rehearsal:
         return self.run(pod, probe).returncode == 0
 
     def wait_ready(self, pods: list[RunningPod], timeout: float = STARTUP) -> float:
+        """Seconds until every pod's readiness probe passed, each probed as the kubelet
+        does: first after initialDelaySeconds, then every periodSeconds (the probes are
+        processes that talk to etcd: probing faster would load this machine's etcd more
+        than a cluster's kubelets would)."""
         began = time.monotonic()
+        due = {pod.name: began + pod.container()["readinessProbe"].get(
+            "initialDelaySeconds", 0) for pod in pods}
         waiting = list(pods)
         while waiting:
             assert time.monotonic() - began < timeout, \
@@ -182,9 +187,13 @@ class Rehearsal:
             for pod in list(waiting):
                 assert pod.process is not None and pod.process.poll() is None, \
                     f"{pod.name} exited: {(pod.root / f'log-{pod.starts}.txt').read_text()}"
+                if time.monotonic() < due[pod.name]:
+                    continue
                 if self.ready(pod):
                     waiting.remove(pod)
-            time.sleep(PROBE_EVERY)
+                due[pod.name] = time.monotonic() + pod.container()["readinessProbe"].get(
+                    "periodSeconds", 10)
+            time.sleep(0.1)
         return time.monotonic() - began
 
     def close(self) -> None:
