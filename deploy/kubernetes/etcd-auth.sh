@@ -15,9 +15,15 @@ etcdctl() {
     --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/tls/ca.crt \
     --cert=/etc/etcd/tls/etcd-admin.crt --key=/etc/etcd/tls/etcd-admin.key "$@"
 }
-if etcdctl auth status </dev/null | grep -q 'Authentication Status: true'; then
-  echo "etcd authentication is already on"
-  exit 0
+# The admin certificate names no user: while authentication is off it may list users, once
+# it is on etcd refuses that (and answers a health check with "permission denied").
+if ! etcdctl user list </dev/null >/dev/null 2>&1; then
+  if etcdctl endpoint health </dev/null >/dev/null 2>&1; then
+    echo "etcd authentication is already on"
+    exit 0
+  fi
+  echo "etcd-auth.sh: etcd does not answer in memring-etcd-0 (kubectl -n $namespace get pods)" >&2
+  exit 1
 fi
 etcdctl role get root </dev/null >/dev/null 2>&1 || etcdctl role add root </dev/null
 etcdctl user get root </dev/null >/dev/null 2>&1 ||
