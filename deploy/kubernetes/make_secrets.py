@@ -102,7 +102,8 @@ def secret(name: str, namespace: str, files: dict[str, Path], kind: str = "Opaqu
                      for key, path in files.items()}}
 
 
-def make(directory: Path, namespace: str, domain: str) -> list[dict[str, Any]]:
+def make(directory: Path, namespace: str, domain: str, proxy_hosts: Iterable[str] = ()
+         ) -> list[dict[str, Any]]:
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     memring_ca = CertificateAuthority.create(directory / "memring-ca", "memring cluster CA")
@@ -135,7 +136,8 @@ def make(directory: Path, namespace: str, domain: str) -> list[dict[str, Any]]:
                                                         namespace, domain)])
         out.append(secret(f"{shard_set}-tls", namespace, files))
     proxy_cert, proxy_key = issue(memring_ca, PROXY_SERVICE,
-                                  service_hosts(PROXY_SERVICE, namespace, domain))
+                                  [*service_hosts(PROXY_SERVICE, namespace, domain),
+                                   *proxy_hosts])
     out.append(secret("memring-proxy-tls", namespace, {
         "tls.crt": proxy_cert, "tls.key": proxy_key, "ca.crt": memring_ca.cert},
         "kubernetes.io/tls"))
@@ -155,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                         "(kept between runs) and secrets.yaml is written")
     parser.add_argument("--namespace", default="memring")
     parser.add_argument("--cluster-domain", default="cluster.local")
+    parser.add_argument("--proxy-host", action="append", default=[], metavar="NAME",
+                        help="another name (or address) clients reach the proxies by, e.g. "
+                        "a load balancer's, for their certificate; given when it is first "
+                        "issued (delete DIR/memring-ca/memring-proxy.* to issue it again)")
     args = parser.parse_args(argv)
-    objects = make(args.directory, args.namespace, args.cluster_domain)
+    objects = make(args.directory, args.namespace, args.cluster_domain, args.proxy_host)
     target = args.directory / "secrets.yaml"
     target.touch(mode=0o600)
     target.write_text(yaml.safe_dump_all(objects, sort_keys=False))

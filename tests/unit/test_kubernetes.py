@@ -598,3 +598,18 @@ def test_make_secrets_runs_again_without_changing_what_exists(
     assert (directory / "secrets.yaml").read_text() == before
     assert oct((directory / "secrets.yaml").stat().st_mode & 0o777) == "0o600"
     assert not (directory / "memring-ca" / "ca.key").stat().st_mode & 0o077
+
+
+def test_make_secrets_names_the_proxies_by_the_extra_hosts_given(tmp_path: Path) -> None:
+    made = load_make_secrets().make(tmp_path, NAMESPACE, "cluster.local",
+                                    ["cache.example.org", "192.0.2.10"])
+    (proxy,) = [o for o in made if o["metadata"]["name"] == "memring-proxy-tls"]
+    files = {key: tmp_path / f"proxy.{key}" for key in ("tls.crt", "tls.key", "ca.crt")}
+    for key, path in files.items():
+        path.write_bytes(base64.b64decode(proxy["data"][key]))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(files["tls.crt"], files["tls.key"])
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(files["ca.crt"])
+    for host in ("cache.example.org", "192.0.2.10", "memring-proxy.memring.svc"):
+        handshake(server, client, host)
