@@ -412,19 +412,23 @@ def _elect(args: argparse.Namespace, etcd: Any) -> Awaitable[int]:
 
 
 def _readiness(view: ClusterView, node_id: str) -> str | None:
-    """None when `node_id` is alive and leads its shard or its current incarnation is in the
-    shard's ISR (what `memring status` shows as in sync), else why not."""
+    """None when `node_id`'s current incarnation leads its shard or is in the shard's ISR
+    (what `memring status` shows as in sync), else why not. A node restarted after a kill
+    is a new incarnation: its previous one may still hold the leader key (until its lease
+    expires), which makes the new one no leader and no copy of the data."""
     record = view.nodes.get(node_id)
     if record is None:
         return f"{node_id} is not registered (not started, or its lease expired)"
     shard = view.shards.get(record.shard)
     if shard is None or shard.leader is None:
         return f"shard {record.shard} has no leader"
-    if shard.leader.node_id == node_id:
+    lease = view.lease_of(view.keyspace.node(node_id))
+    leader = shard.leader
+    if leader.node_id == node_id and leader.lease_id == lease:
         return None
-    incarnation = Incarnation(node_id, view.lease_of(view.keyspace.node(node_id)))
-    if shard.isr is None or incarnation not in shard.isr.members:
-        return f"{node_id} is not in sync with {shard.leader.node_id}, the leader of " \
+    if shard.isr is None or Incarnation(node_id, lease) not in shard.isr.members:
+        previous = " (its previous incarnation)" if leader.node_id == node_id else ""
+        return f"{node_id} is not in sync with {leader.node_id}{previous}, the leader of " \
                f"shard {record.shard} (catching up)"
     return None
 
