@@ -553,6 +553,10 @@ def test_etcd_members_form_one_tls_cluster() -> None:
     assert initial == {m: f"https://{m}.memring-etcd.$(POD_NAMESPACE).svc:2380"
                        for m in members}
     assert given["--name"] == "$(POD_NAME)"
+    # its data on the member's volume, in a directory of its own (etcd wants mode 0700)
+    (claim,) = etcd["spec"]["volumeClaimTemplates"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+    assert str(given["--data-dir"]).startswith(mount["mountPath"] + "/")
     assert given["--initial-advertise-peer-urls"] == \
         "https://$(POD_NAME).memring-etcd.$(POD_NAMESPACE).svc:2380"
     for switch in ("--client-cert-auth", "--peer-client-cert-auth"):
