@@ -109,7 +109,8 @@ class ProxyServer:
                 nodes.append(pool)
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
         router = ShardRouter(shards, settings.hash, settings.read_policy,
-                             leader_writes=bool(settings.etcd))
+                             leader_writes=bool(settings.etcd),
+                             miss_on_shard_error=settings.on_shard_error == "miss")
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
@@ -118,8 +119,9 @@ class ProxyServer:
         for address, pool in old.items():
             if address not in pools:
                 pool.close()
-        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s",
-                 len(shards), len(pools), settings.hash, settings.read_policy)
+        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s, "
+                 "on shard error %s", len(shards), len(pools), settings.hash,
+                 settings.read_policy, settings.on_shard_error)
 
     def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
         """The client context for new backend connections, built again only when the

@@ -67,12 +67,14 @@ from memring.proxy.slots import (
     Forwarded,
     LeaderRead,
     LeaderWrite,
+    MissOnShardError,
     ReadWithFailover,
     Ready,
     Settling,
     Slot,
     SplitGet,
     Unroutable,
+    meta_get_miss,
     render,
 )
 from memring.proxy.state import ProxyState
@@ -118,6 +120,9 @@ class ClientSession:
         self.state = state
         self.replies = replies  # hears of every reply; picks each node's connection
         self._closing = False
+        # on_shard_error = miss: the renderers of the common one-key reads, made once
+        self._get_miss = MissOnShardError(state.stats, b"END\r\n")
+        self._mg_miss = MissOnShardError(state.stats, b"EN\r\n")
 
     def issue(self, request: Request) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
@@ -155,12 +160,17 @@ class ClientSession:
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
         distinct = None if len(keys) == 1 else dict.fromkeys(keys)
+        miss = router.miss_on_shard_error
         if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)
                                 <= PASS_THROUGH_KEYS):
             shard = router.shard_for(keys[0])
+            renderer: Callable[[PendingReply], bytes] = render
+            if miss:
+                renderer = self._get_miss if distinct is None else \
+                    MissOnShardError(self.state.stats, b"END\r\n", len(keys))
             if touches:
-                return self._write(router, shard, encode_request(request), True)
-            return self._read(router, shard, encode_request(request), True)
+                return self._write(router, shard, encode_request(request), True, renderer)
+            return self._read(router, shard, encode_request(request), True, renderer)
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
         # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
         by_shard: dict[int, list[bytes]] = {}
@@ -177,7 +187,8 @@ class ClientSession:
                 parts.append(self._write(router, shard, line, True))
             else:
                 parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, len(distinct), parts)
+        return SplitGet(keys, len(distinct), parts, [len(k) for k in by_shard.values()],
+                        self.state.stats if miss else None)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
@@ -195,9 +206,22 @@ class ClientSession:
             renderer = (_QUIET_MG if kind is MetaGet else
                         _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
         line = encode_request(request)
-        if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
-            return self._read(router, shard, line, False, renderer)
+        if isinstance(request, MetaGet):
+            if router.miss_on_shard_error:
+                renderer = self._meta_get_miss(request, renderer)
+            if not _WRITE_META_GET_FLAGS.intersection(flags.order):
+                return self._read(router, shard, line, False, renderer)
         return self._write(router, shard, line, False, renderer)
+
+    def _meta_get_miss(self, request: MetaGet, renderer: Callable[[PendingReply], bytes]
+                       ) -> Callable[[PendingReply], bytes]:
+        """on_shard_error = miss: EN (hidden by q, echoing O and k) when the shard fails."""
+        flags = request.flags
+        if flags.quiet:
+            return MissOnShardError(self.state.stats, b"", 1, renderer)
+        if "O" in flags.order or "k" in flags.order:
+            return MissOnShardError(self.state.stats, meta_get_miss(request))
+        return self._mg_miss
 
     def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
         shard = router.shard_for(request.key)

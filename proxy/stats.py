@@ -31,6 +31,7 @@ class ProxyStats:
         self.commands: Counter[str] = Counter()
         self.errors = 0            # SERVER_ERROR replies the proxy made (backend trouble)
         self.client_errors = 0     # bad input from clients
+        self.shard_error_misses = 0  # keys answered as misses: their shard could not answer
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)  # per bucket, not cumulative
         self.latency_sum = 0.0  # seconds
         self.auth: Authenticator | None = None  # --auth-file: its auth_cmds, auth_errors
@@ -55,7 +56,7 @@ class ProxyStats:
             if tls is not None:
                 tls.handshake_errors = 0  # as memcached's stats reset
             self.commands.clear()
-            self.errors = self.client_errors = 0
+            self.errors = self.client_errors = self.shard_error_misses = 0
             self.latency_buckets[:] = [0] * len(self.latency_buckets)
             self.latency_sum = 0.0
             if self.auth is not None:
@@ -91,6 +92,7 @@ class ProxyStats:
             ("idle_kicks", self.connections.idle_kicks),
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
+            ("shard_error_misses", self.shard_error_misses),
         ]
         if self.auth is not None:
             pairs += [("auth_cmds", self.auth.auth_cmds), ("auth_errors", self.auth.auth_errors)]

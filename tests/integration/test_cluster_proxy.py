@@ -119,8 +119,9 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
     cluster = "follow"
     with ExitStack() as stack, trio.fail_after(40):
         a, b, c, d, e = (stack.enter_context(servers.memcached()) for _ in range(5))
-        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd.url,
-                                                                         cluster)))
+        # on_shard_error = error: the dead shard's keys below answer SERVER_ERROR, not a miss
+        proxy = stack.enter_context(servers.running("proxy", [
+            *proxy_argv(etcd.url, cluster), "--on-shard-error", "error"]))
         port = proxy.port
         # an empty cluster: no shard to route to, but the proxy answers
         assert await ask(port, b"get x\r\n") == b"SERVER_ERROR no shards in the cluster\r\n"
@@ -358,6 +359,11 @@ def test_memring_operations(etcd: EtcdProcess) -> None:
     assert json.loads(memring("config", "get").stdout)["lease_ttl"] == 1.5
     bad = memring("config", "set", "hash", "crc32")
     assert bad.returncode == 2 and "hash" in bad.stderr
+    assert memring("config", "get", "on_shard_error").stdout.strip() == "miss"
+    assert memring("config", "set", "on_shard_error", "error").returncode == 0
+    assert json.loads(memring("config", "get").stdout)["on_shard_error"] == "error"
+    bad = memring("config", "set", "on_shard_error", "ignore")
+    assert bad.returncode == 2 and "on_shard_error" in bad.stderr
     assert memring("shard", "remove", "s1").returncode == 0
     assert memring("shard", "remove", "s1").returncode == 1
     assert memring("status").returncode == 0
