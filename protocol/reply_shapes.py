@@ -85,7 +85,8 @@ _SHAPES = {
     b"decr": ReplyShape((Number, Status), frozenset({b"NOT_FOUND"})),
     b"flush_all": _OK, b"cache_memlimit": _OK, b"verbosity": _OK,
     b"version": ReplyShape((VersionReply,)),
-    b"stats": ReplyShape((Stat, End), multi=True),
+    # STAT lines (cachedump: ITEM lines) then END; `stats reset`: RESET
+    b"stats": ReplyShape((Stat, End, Line, Status), frozenset({b"RESET"}), multi=True),
     b"mg": _meta(b"VA", b"HD", b"EN"),
     b"ms": _meta(b"HD", b"NS", b"EX", b"NF"),
     b"md": _meta(b"HD", b"NF", b"EX"),

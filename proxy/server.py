@@ -193,6 +193,8 @@ class ProxyServer:
         server = self.connections
         idle_timeout = server.idle_timeout
         conn.busy = lambda: not replies.answered  # replies on their way: not idle
+        clients = self.state.clients
+        clients[conn] = None  # for `stats conns`
         queue = replies.queue
         refused = False  # the client's partial requests would pass the proxy's budget
         try:
@@ -246,6 +248,7 @@ class ProxyServer:
                 await self._refuse(replies, conn.sock)
         finally:
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
+            clients.pop(conn, None)
             conn.held = replies.close()  # the most it held (netio.heap trims after big ones)
 
     async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:

@@ -58,7 +58,9 @@ from memring.protocol.requests import (
     Version,
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
+from memring.proxy import cluster_stats
 from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.cluster_stats import ClusterStats
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
@@ -230,8 +232,27 @@ class ClientSession:
     # -- the rest ----------------------------------------------------------------------
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
+        """The cluster's figures (proxy.cluster_stats); `stats proxy`: the proxy's alone."""
         state = self.state
-        return Ready(state.stats.reply(request.args, state.pools(), state.buffers, state.tls))
+        args = request.args
+        sub = args[0] if args else b""
+        if not args:
+            return ClusterStats(router, b"stats\r\n", self.replies, cluster_stats.general(state))
+        if sub in cluster_stats.BY_CLASS:  # memcached ignores tokens after these
+            return ClusterStats(router, b"stats %s\r\n" % sub, self.replies,
+                                cluster_stats.per_class)
+        if sub == b"settings":
+            return ClusterStats(router, b"stats settings\r\n", self.replies,
+                                cluster_stats.settings(state))
+        if sub == b"reset":
+            state.stats.reset(state.tls)
+            return ClusterStats(router, b"stats reset\r\n", self.replies, cluster_stats.reset,
+                                multi=False)
+        if sub == b"conns":
+            return Ready(cluster_stats.connections(state.clients))
+        if sub == b"detail":
+            return Ready(cluster_stats.detail(state, args))
+        return Ready(state.stats.reply(args, state.pools(), state.buffers, state.tls))
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
