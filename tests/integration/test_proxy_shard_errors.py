@@ -92,7 +92,7 @@ def test_with_miss_a_dead_shard_answers_misses_and_the_live_one_its_values() -> 
 
 
 def test_with_error_a_dead_shard_fails_the_whole_get() -> None:
-    with one_shard_dead("error") as (proxy, live, dead):
+    with one_shard_dead("error") as (proxy, _, dead):
         reply = get_many(proxy)
         assert reply.startswith(b"SERVER_ERROR ") and reply.count(b"\r\n") == 1, reply[:200]
         gone = sorted(dead)[0]

@@ -33,7 +33,7 @@ def two_shards(kind: str) -> Iterator[tuple[servers.RunningServer, list[servers.
                                                   timeout_ms=500, failure_limit=1))
         wire.store(proxy, VALUES)
         keys = list(VALUES)
-        wire.request(proxy, b"get " + b" ".join(keys[:250] + [b"nope:1", b"nope:2"]) + b"\r\n")
+        wire.request(proxy, b"get " + b" ".join([*keys[:250], b"nope:1", b"nope:2"]) + b"\r\n")
         wire.request(proxy, b"delete item:1\r\ndelete nope\r\nincr nope 1\r\ntouch item:2 0\r\n")
         yield proxy, nodes
 
@@ -124,7 +124,8 @@ def test_settings_conns_detail_and_unknown() -> None:
         with wire.connect(proxy) as sock:
             sock.sendall(b"stats conns\r\n")
             conns = wire.parse_stats(wire.read_until(sock, b"END\r\n"))
-            mine = "tcp:%s:%d" % sock.getsockname()
+            host, port = sock.getsockname()
+            mine = f"tcp:{host}:{port}"
             fd = next(name.split(":")[0] for name, value in conns.items() if value == mine)
             assert conns[f"{fd}:listen_addr"] == f"tcp:{servers.HOST}:{proxy.port}"
             assert conns[f"{fd}:state"] == "conn_parse_cmd"
