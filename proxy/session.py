@@ -40,6 +40,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -61,6 +62,7 @@ from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs
 from memring.proxy import cluster_stats
 from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.cluster_stats import ClusterStats
+from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
@@ -252,7 +254,19 @@ class ClientSession:
             return Ready(cluster_stats.connections(state.clients))
         if sub == b"detail":
             return Ready(cluster_stats.detail(state, args))
+        if sub == b"cachedump":  # the leaders check the arguments
+            return ShardDump(router, encode_request(request), b"\r\n")
         return Ready(state.stats.reply(args, state.pools(), state.buffers, state.tls))
+
+    def _lru_crawler(self, router: ShardRouter, request: LruCrawler) -> Slot:
+        """metadump: every leader's, shard by shard (proxy/dumps.py); the crawler's settings
+        belong to each backend; the rest is memcached's ERROR (proto_text.c)."""
+        args = request.args
+        if len(args) == 2 and args[0] == b"metadump":
+            return ShardDump(router, encode_request(request), b"\n")
+        if args and args[0] in CRAWLER_SETTINGS:
+            return Ready(CRAWLER_REFUSED)
+        return Ready(b"ERROR\r\n")
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
@@ -322,6 +336,7 @@ _DISPATCH = dict([
     _route(MetaNoop, ClientSession._noop),
     _route(Version, ClientSession._version),
     _route(Stats, ClientSession._stats),
+    _route(LruCrawler, ClientSession._lru_crawler),
     _route(FlushAll, ClientSession._flush_all),
     _route(CacheMemlimit, ClientSession._cache_memlimit),
     _route(Verbosity, ClientSession._verbosity),

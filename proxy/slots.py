@@ -109,7 +109,21 @@ class SlicedReply:
         return b"".join(out)
 
 
-Reply = bytes | SlicedReply
+class StreamedReply:
+    """A reply made a piece at a time, each piece awaited once the previous one has left:
+    a dump, one shard leader's lines at a time (proxy/dumps.py)."""
+
+    __slots__ = ()
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    async def next_piece(self) -> bytes:
+        raise NotImplementedError
+
+
+Reply = bytes | SlicedReply | StreamedReply
 Poll = bytes | SlicedReply | _Pending
 Settled = PendingReply | _Pending
 Waiting = Literal[_Pending.WAITING]
@@ -553,7 +567,7 @@ class SplitGet(Slot):
             return self.sliced
         return self._answer([await part.settle() for part in self.parts])
 
-    def _answer(self, settled: list[PendingReply]) -> Reply:
+    def _answer(self, settled: list[PendingReply]) -> bytes | SlicedReply:
         """The first failed part's error is the whole get's (on_shard_error = error); with
         `miss`, a part whose shard cannot answer adds no values."""
         answered = []
@@ -565,7 +579,7 @@ class SplitGet(Slot):
             answered.append(pending)
         return self._join(answered)
 
-    def _join(self, settled: list[PendingReply]) -> Reply:
+    def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
         blocks: dict[bytes, bytes] = {}
         size = 0
         for pending in settled:
