@@ -119,9 +119,10 @@ class ProxyServer:
         for address, pool in old.items():
             if address not in pools:
                 pool.close()
-        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s, "
-                 "on shard error %s", len(shards), len(pools), settings.hash,
-                 settings.read_policy, settings.on_shard_error)
+        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s, reads of a "
+                 "shard that cannot answer: %s", len(shards), len(pools), settings.hash,
+                 settings.read_policy,
+                 "a miss" if settings.on_shard_error == "miss" else "SERVER_ERROR")
 
     def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
         """The client context for new backend connections, built again only when the
