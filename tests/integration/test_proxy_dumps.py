@@ -72,7 +72,8 @@ def test_refusals_are_memcacheds() -> None:
         for line in (b"stats cachedump 1\r\n", b"stats cachedump 99 0\r\n",
                      b"stats cachedump x y\r\n", b"lru_crawler metadump 99\r\n",
                      b"lru_crawler metadump\r\n", b"lru_crawler\r\n",
-                     b"lru_crawler metadump a b\r\n"):
+                     b"lru_crawler metadump a b\r\n", b"lru_crawler metadump HTTP/1.1\r\n",
+                     b"lru_crawler HTTP/1.1\r\n", b"lru_crawler metadump all noreply\r\n"):
             assert wire.request(proxy, line) == wire.request(nodes[0], line), line
         # the crawler's settings belong to each backend
         assert wire.request(proxy, b"lru_crawler crawl all\r\n") == \
