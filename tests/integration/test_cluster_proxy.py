@@ -23,6 +23,7 @@ import trio
 from memring.cluster.coordinator import Leadership, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
+from memring.cluster.records import ClusterConfig
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers
 from tests.helpers.cluster import LEADER_WAIT_MS, proxy_argv
@@ -217,6 +218,17 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
                 b"SERVER_ERROR no live node for shard s1\r\n"
             assert await ask(port, b"get %s\r\n" % k2, b"END\r\n") == \
                 b"VALUE %s 0 1\r\nw\r\nEND\r\n" % k2
+
+            # the cluster's config overrides the proxy's flag: reads of s1 become misses
+            await hand.coordinator.put_config(ClusterConfig(on_shard_error="miss"))
+
+            async def s1_misses() -> bool:
+                return await ask(port, b"get %s\r\n" % k1) == b"END\r\n"
+            await wait_until(s1_misses, 5, "reads of the dead shard answered as misses")
+            assert await ask(port, b"get %s %s\r\n" % (k1, k2), b"END\r\n") == \
+                b"VALUE %s 0 1\r\nw\r\nEND\r\n" % k2
+            assert (await ask(port, b"set %s 0 0 1\r\nv\r\n" % k1)).startswith(
+                b"SERVER_ERROR ")  # writes: the error, whatever the policy
 
 
 async def test_proxy_waits_for_etcd_at_start(etcd: EtcdProcess) -> None:

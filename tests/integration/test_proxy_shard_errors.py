@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError
 
 from tests.helpers import servers, wire
 
@@ -65,7 +67,14 @@ def test_with_miss_a_dead_shard_answers_misses_and_the_live_one_its_values() -> 
         took = time.monotonic() - started
         assert values(get_many(proxy, b"gets")).keys() == live
         assert values(get_many(proxy, b"gat 0")).keys() == live
-        assert int(wire.stats(proxy)["shard_error_misses"]) == before + 3 * len(dead)
+        # the client: pymemcache's get_many raised for all 1,000 keys
+        client = Client(proxy.address, connect_timeout=5, timeout=5)
+        try:
+            assert client.get_many([key.decode() for key in KEYS]) == \
+                {key.decode(): key for key in live}
+        finally:
+            client.close()
+        assert int(wire.stats(proxy)["shard_error_misses"]) == before + 4 * len(dead)
         print(f"\n1,000-key get with one of two shards dead: {len(live)} values, "
               f"{len(dead)} misses in {took * 1000:.0f} ms")
         gone = sorted(dead)[0]
@@ -95,6 +104,12 @@ def test_with_error_a_dead_shard_fails_the_whole_get() -> None:
     with one_shard_dead("error") as (proxy, _, dead):
         reply = get_many(proxy)
         assert reply.startswith(b"SERVER_ERROR ") and reply.count(b"\r\n") == 1, reply[:200]
+        client = Client(proxy.address, connect_timeout=5, timeout=5)
+        try:
+            with pytest.raises(MemcacheServerError):
+                client.get_many([key.decode() for key in KEYS])
+        finally:
+            client.close()
         gone = sorted(dead)[0]
         for read in (b"get %s\r\n", b"mg %s v\r\n", b"gat 0 %s\r\n"):
             reply = wire.request(proxy, read % gone)
