@@ -27,7 +27,7 @@ from memring.cluster.records import ClusterConfig
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers
 from tests.helpers.cluster import LEADER_WAIT_MS, proxy_argv
-from tests.helpers.wire import ask
+from tests.helpers.wire import ask, parse_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
@@ -152,6 +152,13 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
             assert await holds(a, k1) and not await holds(b, k1)
             assert await holds(c, k2) and not await holds(d, k2)
             assert not await holds(c, k1) and not await holds(a, k2)
+            # `stats` through the proxy: the leaders' figures (a and c), not the followers'
+            for follower in (b, d):
+                assert await ask(follower.port, b"set only-here 0 0 1\r\nx\r\n") == \
+                    b"STORED\r\n"
+            through = parse_stats(await ask(port, b"stats\r\n", b"END\r\n"))
+            assert (through["curr_items"], through["cmd_set"]) == ("2", "2"), through
+            assert through["memring_shards_answered"] == "2"
 
             # a node joining and leaving gracefully shows in the routing within 1 s
             start = trio.current_time()
