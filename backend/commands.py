@@ -25,6 +25,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -123,6 +124,7 @@ class CommandHandler:
             Touch: self.touch,
             FlushAll: self.flush_all,
             Stats: self.stats_command,
+            LruCrawler: self.lru_crawler,
             Version: self.version,
             Verbosity: self.verbosity_command,
             Quit: self.quit,
@@ -274,6 +276,9 @@ class CommandHandler:
         self.store.flush_all(request.delay)
         if not request.noreply:
             out.append(b"OK\r\n")
+
+    def lru_crawler(self, request: LruCrawler, out: list[bytes]) -> None:
+        out.append(b"ERROR\r\n")  # no LRU crawler here (yet): an unknown command, as before
 
     def stats_command(self, request: Stats, out: list[bytes]) -> None:
         reply = self.stats.reply(request.args)

@@ -77,6 +77,13 @@ class Stats:
 
 
 @dataclass(slots=True)
+class LruCrawler:
+    """`lru_crawler <args>`: the proxy forwards `metadump` to the shard leaders."""
+
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Version:
     pass
 
@@ -198,6 +205,6 @@ class Authenticated:
     reply: ClassVar[bytes] = b"STORED\r\n"
 
 
-Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | Version
+Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | LruCrawler | Version
            | Verbosity | Quit | Shutdown | RefreshCerts | CacheMemlimit | MetaGet | MetaSet
            | MetaDelete | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError | Authenticated)

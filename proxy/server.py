@@ -109,7 +109,8 @@ class ProxyServer:
                 nodes.append(pool)
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
         router = ShardRouter(shards, settings.hash, settings.read_policy,
-                             leader_writes=bool(settings.etcd))
+                             leader_writes=bool(settings.etcd),
+                             miss_on_shard_error=settings.on_shard_error == "miss")
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
@@ -118,8 +119,10 @@ class ProxyServer:
         for address, pool in old.items():
             if address not in pools:
                 pool.close()
-        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s",
-                 len(shards), len(pools), settings.hash, settings.read_policy)
+        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s, reads of a "
+                 "shard that cannot answer: %s", len(shards), len(pools), settings.hash,
+                 settings.read_policy,
+                 "a miss" if settings.on_shard_error == "miss" else "SERVER_ERROR")
 
     def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
         """The client context for new backend connections, built again only when the
@@ -191,6 +194,8 @@ class ProxyServer:
         server = self.connections
         idle_timeout = server.idle_timeout
         conn.busy = lambda: not replies.answered  # replies on their way: not idle
+        clients = self.state.clients
+        clients[conn] = None  # for `stats conns`
         queue = replies.queue
         refused = False  # the client's partial requests would pass the proxy's budget
         try:
@@ -244,6 +249,7 @@ class ProxyServer:
                 await self._refuse(replies, conn.sock)
         finally:
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
+            clients.pop(conn, None)
             conn.held = replies.close()  # the most it held (netio.heap trims after big ones)
 
     async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:

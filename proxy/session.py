@@ -40,6 +40,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -58,7 +59,10 @@ from memring.protocol.requests import (
     Version,
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
+from memring.proxy import cluster_stats
 from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.cluster_stats import ClusterStats
+from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
@@ -67,12 +71,14 @@ from memring.proxy.slots import (
     Forwarded,
     LeaderRead,
     LeaderWrite,
+    MissOnShardError,
     ReadWithFailover,
     Ready,
     Settling,
     Slot,
     SplitGet,
     Unroutable,
+    meta_get_miss,
     render,
 )
 from memring.proxy.state import ProxyState
@@ -118,6 +124,9 @@ class ClientSession:
         self.state = state
         self.replies = replies  # hears of every reply; picks each node's connection
         self._closing = False
+        # on_shard_error = miss: the renderers of the common one-key reads, made once
+        self._get_miss = MissOnShardError(state.stats, b"END\r\n")
+        self._mg_miss = MissOnShardError(state.stats, b"EN\r\n")
 
     def issue(self, request: Request) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
@@ -155,12 +164,17 @@ class ClientSession:
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
         distinct = None if len(keys) == 1 else dict.fromkeys(keys)
+        miss = router.miss_on_shard_error
         if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)
                                 <= PASS_THROUGH_KEYS):
             shard = router.shard_for(keys[0])
+            renderer: Callable[[PendingReply], bytes] = render
+            if miss:
+                renderer = self._get_miss if distinct is None else \
+                    MissOnShardError(self.state.stats, b"END\r\n", len(keys))
             if touches:
-                return self._write(router, shard, encode_request(request), True)
-            return self._read(router, shard, encode_request(request), True)
+                return self._write(router, shard, encode_request(request), True, renderer)
+            return self._read(router, shard, encode_request(request), True, renderer)
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
         # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
         by_shard: dict[int, list[bytes]] = {}
@@ -177,7 +191,8 @@ class ClientSession:
                 parts.append(self._write(router, shard, line, True))
             else:
                 parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, len(distinct), parts)
+        return SplitGet(keys, len(distinct), parts, [len(k) for k in by_shard.values()],
+                        self.state.stats if miss else None)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
@@ -195,9 +210,22 @@ class ClientSession:
             renderer = (_QUIET_MG if kind is MetaGet else
                         _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
         line = encode_request(request)
-        if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
-            return self._read(router, shard, line, False, renderer)
+        if isinstance(request, MetaGet):
+            if router.miss_on_shard_error:
+                renderer = self._meta_get_miss(request, renderer)
+            if not _WRITE_META_GET_FLAGS.intersection(flags.order):
+                return self._read(router, shard, line, False, renderer)
         return self._write(router, shard, line, False, renderer)
+
+    def _meta_get_miss(self, request: MetaGet, renderer: Callable[[PendingReply], bytes]
+                       ) -> Callable[[PendingReply], bytes]:
+        """on_shard_error = miss: EN (hidden by q, echoing O and k) when the shard fails."""
+        flags = request.flags
+        if flags.quiet:
+            return MissOnShardError(self.state.stats, b"", 1, renderer)
+        if "O" in flags.order or "k" in flags.order:
+            return MissOnShardError(self.state.stats, meta_get_miss(request))
+        return self._mg_miss
 
     def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
         shard = router.shard_for(request.key)
@@ -206,8 +234,39 @@ class ClientSession:
     # -- the rest ----------------------------------------------------------------------
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
+        """The cluster's figures (proxy.cluster_stats); `stats proxy`: the proxy's alone."""
         state = self.state
-        return Ready(state.stats.reply(request.args, state.pools(), state.buffers, state.tls))
+        args = request.args
+        sub = args[0] if args else b""
+        if not args:
+            return ClusterStats(router, b"stats\r\n", self.replies, cluster_stats.general(state))
+        if sub in cluster_stats.BY_CLASS:  # memcached ignores tokens after these
+            return ClusterStats(router, b"stats %s\r\n" % sub, self.replies,
+                                cluster_stats.per_class)
+        if sub == b"settings":
+            return ClusterStats(router, b"stats settings\r\n", self.replies,
+                                cluster_stats.settings(state))
+        if sub == b"reset":
+            state.stats.reset(state.tls)
+            return ClusterStats(router, b"stats reset\r\n", self.replies, cluster_stats.reset,
+                                multi=False)
+        if sub == b"conns":
+            return Ready(cluster_stats.connections(state.clients))
+        if sub == b"detail":
+            return Ready(cluster_stats.detail(state, args))
+        if sub == b"cachedump":  # the leaders check the arguments
+            return ShardDump(router, encode_request(request), b"\r\n")
+        return Ready(state.stats.reply(args, state.pools(), state.buffers, state.tls))
+
+    def _lru_crawler(self, router: ShardRouter, request: LruCrawler) -> Slot:
+        """metadump: every leader's, shard by shard (proxy/dumps.py); the crawler's settings
+        belong to each backend; the rest is memcached's ERROR (proto_text.c)."""
+        args = request.args
+        if len(args) == 2 and args[0] == b"metadump":
+            return ShardDump(router, encode_request(request), b"\n")
+        if args and args[0] in CRAWLER_SETTINGS:
+            return Ready(CRAWLER_REFUSED)
+        return Ready(b"ERROR\r\n")
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
@@ -277,6 +336,7 @@ _DISPATCH = dict([
     _route(MetaNoop, ClientSession._noop),
     _route(Version, ClientSession._version),
     _route(Stats, ClientSession._stats),
+    _route(LruCrawler, ClientSession._lru_crawler),
     _route(FlushAll, ClientSession._flush_all),
     _route(CacheMemlimit, ClientSession._cache_memlimit),
     _route(Verbosity, ClientSession._verbosity),

@@ -275,7 +275,8 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "stats_content", "stats output describes the server (pid, uptime, memory, "
         "connections, settings), so no two servers print the same", ALL, _stats_content),
     CommandDifference(
-        "proxy_stats", "the proxy answers stats itself, with its own counters and subcommands",
+        "proxy_stats", "the proxy answers stats with its own lines and the shard leaders' sums "
+        "(README: Using the proxy)",
         PROXIES, _stats_any),
     CommandDifference(
         "proxy_cache_memlimit", "the proxy refuses cache_memlimit (fanned out it would resize "
