@@ -104,6 +104,7 @@ class BackendServer:
         self.gate: ReplicationGate | None = None
         self._parsers: dict[Connection, RequestParser] = {}
         self._watchers: set[Connection] = set()
+        self._dump_turn = trio.Lock()  # one dump at a time (_stream)
         self.stats.connections = self._connection_entries
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -244,14 +245,17 @@ class BackendServer:
                       out: list[bytes], depends: Position) -> None:
         """A dump (stats cachedump, lru_crawler metadump) after the replies before it in `out`:
         chunk by chunk, flushed whenever FLUSH_SIZE bytes wait, other connections running
-        between chunks. The last chunk stays in `out`, sent with the rest of the batch."""
+        between chunks. The last chunk stays in `out`, sent with the rest of the batch. One
+        dump runs at a time (the others wait their turn): each holds a snapshot of the keys
+        (8 bytes a key), which must not be multiplied by the number of clients asking."""
         try:
-            for chunk in chunks:
-                out.append(chunk)
-                if sum(map(len, out)) >= FLUSH_SIZE:
-                    await self._flush(conn, out, depends)
-                    depends = ORIGIN
-                await trio.lowlevel.checkpoint()
+            async with self._dump_turn:
+                for chunk in chunks:  # the generator takes its snapshot on the first chunk
+                    out.append(chunk)
+                    if sum(map(len, out)) >= FLUSH_SIZE:
+                        await self._flush(conn, out, depends)
+                        depends = ORIGIN
+                    await trio.lowlevel.checkpoint()
         finally:
             chunks.close()  # a connection gone mid-dump ends the walk (and the crawl's BUSY)
         if depends > ORIGIN:

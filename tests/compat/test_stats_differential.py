@@ -312,7 +312,10 @@ def test_metadump_of_a_large_store_streams_while_others_are_served() -> None:
             other.sendall(b"lru_crawler metadump all\r\n")  # one crawl at a time
             assert wire.read_until(other, b"\r\n") == \
                 b"BUSY currently processing crawler request\r\n"
+            other.sendall(b"stats cachedump 1 2\r\n")  # waits for its turn: one dump at a time
             rest = wire.read_until(dumper, b"END\r\n", timeout=60)
+            assert wire.read_until(other, b"END\r\n", timeout=30) == (
+                b"ITEM item:199999 [4 b; 0 s]\r\nITEM item:199998 [4 b; 0 s]\r\nEND\r\n")
         dump = first + rest
         assert dump.count(b"\n") == 200001
         assert values(ask(backend, b"stats\r\n"))["lru_crawler_starts"] == "1"
