@@ -6,7 +6,8 @@ text storage commands (once the command line is read, whether or not the item is
 and text delete; meta commands are not counted. The dump lists the prefixes in memcached's
 order: its 256-bucket table hashed with murmur3 (its default hash), newest first in a bucket
 (stats_prefix.c), so `stats detail dump` is byte-identical. Unlike memcached the table is
-bounded (MAX_PREFIXES).
+bounded (MAX_PREFIXES), and a storage command is counted once its data block arrived intact
+(memcached also counts one refused as too large or with a bad data chunk).
 """
 
 from __future__ import annotations

@@ -376,3 +376,12 @@ def test_watch_answers_ok_then_holds_the_connection(
         while values(ask(server, b"stats\r\n"))["log_watchers"] != "0":
             assert time.monotonic() < deadline, "the closed watcher is still counted"
             time.sleep(0.05)
+
+
+def test_proxy_answers_admin_commands_error_and_goes_on() -> None:
+    """Through the proxy they would tune or inspect one backend of many: ERROR, as before
+    memring knew them (README, Compatibility notes), and the session continues."""
+    with servers.proxy_over("backend") as proxy:
+        reply = wire.request(proxy, b"lru_crawler metadump all\r\nlru tune 10 40 0.2 2.0\r\n"
+                                    b"slabs automove 1\r\nwatch\r\nversion\r\n")
+    assert reply == b"ERROR\r\n" * 4 + b"VERSION 1.6.18\r\n"
