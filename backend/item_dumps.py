@@ -15,10 +15,10 @@ head), a metadump least recently used first (memcached: each class's LRUs from t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator
+from collections.abc import Callable, Collection, Generator
 from urllib.parse import quote
 
-from memring.backend.store import Store
+from memring.backend.store import ItemFacts, Store
 from memring.protocol.sizes import slab_class
 
 CACHEDUMP_LIMIT = 2 * 1024 * 1024  # items.c item_cachedump: "2MB max response size"
@@ -34,6 +34,19 @@ class StreamedReply(Exception):
     def __init__(self, chunks: Generator[bytes, None, None]) -> None:
         super().__init__()
         self.chunks = chunks
+
+
+def walk(store: Store, visit: Callable[[ItemFacts], None], render: Callable[[], bytes]
+         ) -> Generator[bytes, None, None]:
+    """For replies that sum over the items (stats items, slabs, sizes): `visit` each item of
+    a snapshot of the keys, an empty chunk every KEYS_PER_CHUNK keys, then `render()`."""
+    for seen, key in enumerate(store.keys_by_age(), start=1):
+        facts = store.describe(key)
+        if facts is not None:
+            visit(facts)
+        if seen % KEYS_PER_CHUNK == 0:
+            yield b""
+    yield render()
 
 
 def cachedump(store: Store, cls: int, limit: int) -> Generator[bytes, None, None]:

@@ -94,7 +94,8 @@ class StatsReport:
         return self.prefixes.enabled
 
     def reply(self, args: list[bytes]) -> bytes:
-        """The reply to `stats <args>`; raises StreamedReply for a cachedump."""
+        """The reply to `stats <args>`; raises StreamedReply for the replies that walk the
+        items (cachedump, items, slabs, sizes)."""
         if not args:
             return self._lines(self.general())
         sub = args[0]
@@ -117,11 +118,13 @@ class StatsReport:
         if sub == b"settings":
             return self.settings_stats()
         if sub == b"items":
-            return slab_stats.items(store)
+            raise StreamedReply(slab_stats.census_chunks(
+                store, lambda classes: self._lines(slab_stats.items(store, classes))))
         if sub == b"slabs":
-            return slab_stats.slabs(store)
+            raise StreamedReply(slab_stats.census_chunks(
+                store, lambda classes: self._lines(slab_stats.slabs(classes))))
         if sub == b"sizes":
-            return slab_stats.sizes(store, self.sizes)
+            raise StreamedReply(slab_stats.sizes_chunks(store, self.sizes, self._lines))
         if sub == b"sizes_enable":
             return slab_stats.sizes_enable(store, self.sizes)
         if sub == b"sizes_disable":

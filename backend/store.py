@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -492,16 +492,6 @@ class Store:
                     or (self.flush_before and self._flushed(item, now)))
         return ItemFacts(len(item.value), item.expires, item.last_access, item.cas,
                          item.fetched, item.size, item.key_binary, bool(live))
-
-    def census(self) -> Iterator[tuple[int, int]]:
-        """(size, last access) of every item, least recently used first (stats items, slabs)."""
-        for item in self.items.values():
-            yield item.size, item.last_access
-
-    def sizes_and_cas(self) -> Iterator[tuple[int, int]]:
-        """(size, CAS) of every item (stats sizes)."""
-        for item in self.items.values():
-            yield item.size, item.cas
 
     def set_memory_limit(self, limit: int) -> None:
         self.memory_limit = limit

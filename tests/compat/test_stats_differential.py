@@ -319,6 +319,16 @@ def test_metadump_of_a_large_store_streams_while_others_are_served() -> None:
         dump = first + rest
         assert dump.count(b"\n") == 200001
         assert values(ask(backend, b"stats\r\n"))["lru_crawler_starts"] == "1"
+        # stats items walks the items in chunks too, while the version is answered
+        with wire.connect(backend) as census, wire.connect(backend) as other:
+            census.sendall(b"stats slabs\r\n")
+            other.sendall(b"version\r\n")
+            assert wire.read_until(other, b"\r\n").startswith(b"VERSION")
+            slabs = values(wire.read_until(census, b"END\r\n", timeout=60))
+            census.sendall(b"stats items\r\n")
+            items = values(wire.read_until(census, b"END\r\n", timeout=60))
+        assert items["items:1:number"] == slabs["1:used_chunks"] == "200000"
+        assert slabs["total_malloced"] == str(-(-200000 // 10922) << 20)  # 19 pages of 1 MB
 
 
 # --- administration commands ---------------------------------------------------------------
