@@ -11,7 +11,7 @@ of applying the write (classic noreply hides it; meta `q` never hides an error).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
     LruCrawler,
     MetaArithmetic,
     MetaDebug,
@@ -36,10 +37,12 @@ from memring.protocol.requests import (
     Quit,
     RefreshCerts,
     Shutdown,
+    Slabs,
     Stats,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.requests import (
     Store as StoreRequest,
@@ -105,6 +108,11 @@ class CloseConnection(Exception):
     """Raised by a command after which the connection must close (quit, bad framing)."""
 
 
+class StartWatching(Exception):
+    """Raised by `watch`: the server sends OK, then only holds the connection (memcached
+    reads no more commands from a watcher)."""
+
+
 class CommandHandler:
     """Executes request events against the store; one per server, shared by connections."""
 
@@ -125,6 +133,9 @@ class CommandHandler:
             FlushAll: self.flush_all,
             Stats: self.stats_command,
             LruCrawler: self.lru_crawler,
+            Lru: self.lru,
+            Slabs: self.slabs,
+            Watch: self.watch,
             Version: self.version,
             Verbosity: self.verbosity_command,
             Quit: self.quit,
@@ -220,6 +231,16 @@ class CommandHandler:
 
     def values(self, request: Get, keys: list[bytes], out: list[bytes]) -> None:
         """The VALUE blocks of a retrieval for `keys` (a slice of the request's keys)."""
+        if self.stats.prefixes.enabled:  # stats detail on: each key counted, hit or miss
+            record = self.stats.prefixes.record_get
+            for key in keys:
+                before = len(out)
+                self._values(request, (key,), out)
+                record(key, len(out) > before)
+            return
+        self._values(request, keys, out)
+
+    def _values(self, request: Get, keys: Sequence[bytes], out: list[bytes]) -> None:
         store = self.store
         append = out.append
         if request.command == b"get":
@@ -243,12 +264,16 @@ class CommandHandler:
     # -- storage ---------------------------------------------------------------------
 
     def storage(self, request: StoreRequest, out: list[bytes]) -> None:
+        if self.stats.prefixes.enabled:
+            self.stats.prefixes.record_set(request.key)
         outcome = self.store.store(request.command, request.key, request.value, request.flags,
                                    request.exptime, request.cas_unique)
         if not request.noreply:
             out.append(_OUTCOME_REPLY[outcome])
 
     def delete(self, request: Delete, out: list[bytes]) -> None:
+        if self.stats.prefixes.enabled:
+            self.stats.prefixes.record_delete(request.key)
         deleted = self.store.delete(request.key)
         if not request.noreply:
             out.append(b"DELETED\r\n" if deleted else b"NOT_FOUND\r\n")
@@ -277,9 +302,6 @@ class CommandHandler:
         if not request.noreply:
             out.append(b"OK\r\n")
 
-    def lru_crawler(self, request: LruCrawler, out: list[bytes]) -> None:
-        out.append(b"ERROR\r\n")  # no LRU crawler here (yet): an unknown command, as before
-
     def stats_command(self, request: Stats, out: list[bytes]) -> None:
         reply = self.stats.reply(request.args)
         if not request.args:
@@ -288,11 +310,32 @@ class CommandHandler:
                 b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in pairs) + END
         out.append(reply)
 
+    def lru_crawler(self, request: LruCrawler, out: list[bytes]) -> None:
+        out.append(self.stats.admin.lru_crawler(request.args, pipelined=bool(out)))
+
+    def lru(self, request: Lru, out: list[bytes]) -> None:
+        out.append(self.stats.admin.lru(request.args))
+
+    def slabs(self, request: Slabs, out: list[bytes]) -> None:
+        out.append(self.stats.admin.slabs(request.args))
+
+    def watch(self, request: Watch, out: list[bytes]) -> None:
+        noreply = request.args[-1:] == [b"noreply"]
+        if out:  # memcached: only a connection with no replies pending may turn watcher
+            if not noreply:
+                out.append(b"ERROR cannot pipeline other commands before watch\r\n")
+            return
+        refusal = self.stats.admin.watch_refusal(request.args)
+        if refusal is not None:
+            out.append(refusal)
+            return
+        raise StartWatching
+
     def version(self, request: Version, out: list[bytes]) -> None:
         out.append(b"VERSION %s\r\n" % self.stats.settings.version.encode())
 
     def verbosity_command(self, request: Verbosity, out: list[bytes]) -> None:
-        self.verbosity = min(request.level, 2)
+        self.verbosity = self.stats.verbosity = min(request.level, 2)
         if not request.noreply:
             out.append(b"OK\r\n")
 

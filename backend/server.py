@@ -23,14 +23,21 @@ ones finish the batch in hand, and cancel whatever is left after the grace perio
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 from typing import Protocol
 
 import trio
 
-from memring.backend.commands import CloseConnection, CommandHandler, WriteFence
+from memring.backend.commands import (
+    CloseConnection,
+    CommandHandler,
+    StartWatching,
+    WriteFence,
+)
+from memring.backend.item_dumps import StreamedReply
 from memring.backend.settings import BackendSettings
-from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, socket_text
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
@@ -95,6 +102,10 @@ class BackendServer:
         self.tls_port = 0
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
+        self._parsers: dict[Connection, RequestParser] = {}
+        self._watchers: set[Connection] = set()
+        self._dump_turn = trio.Lock()  # one dump at a time (_stream)
+        self.stats.connections = self._connection_entries
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -137,9 +148,11 @@ class BackendServer:
                                  max_item_size=self.settings.max_item_size)
         # in front of the requests until the client authenticated (--auth-file)
         parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
+        self._parsers[conn] = requests  # stats conns: conn_nread while a data block comes
         try:
             await self._serve_requests(conn, parser)
         finally:
+            del self._parsers[conn]
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
     async def _serve_requests(self, conn: Connection,
@@ -149,7 +162,6 @@ class BackendServer:
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
         server = self.connections
-        idle_timeout = server.idle_timeout
         current_time = trio.current_time
         gate = self.gate
         while not server.closing:
@@ -164,7 +176,7 @@ class BackendServer:
             counters.bytes_read += len(data)
             parser.receive_data(data)
             out: list[bytes] = []
-            quitting = False
+            quitting = watching = False
             served = False
             depends = ORIGIN  # the newest unreplicated mutation the replies show
             try:
@@ -177,7 +189,15 @@ class BackendServer:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it
                         continue
-                    handle(event, out)
+                    try:
+                        handle(event, out)
+                    except StreamedReply as dump:
+                        await self._stream(conn, dump.chunks, out, depends)
+                        depends = ORIGIN
+                        continue
+                    except StartWatching:
+                        watching = True
+                        break
                     if gate is not None:
                         depends = gate.unacknowledged(_keys_of(event), depends)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
@@ -192,7 +212,10 @@ class BackendServer:
                 return
             if quitting:
                 return
-            if served and idle_timeout:
+            if watching:
+                await self._watch(conn)
+                return
+            if served:
                 conn.active = current_time()  # idle from the last reply sent
 
     async def _flush(self, conn: Connection, out: list[bytes],
@@ -210,9 +233,85 @@ class BackendServer:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await conn.stream.send_all(data)
+        conn.writing = True
+        try:
+            await conn.stream.send_all(data)
+        finally:
+            conn.writing = False
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
+
+    async def _stream(self, conn: Connection, chunks: Generator[bytes, None, None],
+                      out: list[bytes], depends: Position) -> None:
+        """A dump (stats cachedump, lru_crawler metadump) after the replies before it in `out`:
+        chunk by chunk, flushed whenever FLUSH_SIZE bytes wait, other connections running
+        between chunks. The last chunk stays in `out`, sent with the rest of the batch. One
+        dump runs at a time (the others wait their turn): each holds a snapshot of the keys
+        (8 bytes a key), which must not be multiplied by the number of clients asking."""
+        try:
+            async with self._dump_turn:
+                for chunk in chunks:  # the generator takes its snapshot on the first chunk
+                    out.append(chunk)
+                    if sum(map(len, out)) >= FLUSH_SIZE:
+                        await self._flush(conn, out, depends)
+                        depends = ORIGIN
+                    await trio.lowlevel.checkpoint()
+        finally:
+            chunks.close()  # a connection gone mid-dump ends the walk (and the crawl's BUSY)
+        if depends > ORIGIN:
+            await self._flush(conn, out, depends)
+
+    async def _watch(self, conn: Connection) -> None:
+        """memcached's conn_watch: OK, then the connection is only held (its input dropped)
+        until the client closes it or the server shuts down; memring writes no log lines."""
+        admin = self.stats.admin
+        admin.watchers += 1
+        self._watchers.add(conn)
+        try:
+            await self._flush(conn, [b"OK\r\n"])
+            conn.idle = True  # shutdown closes it at once; never `reading`: no idle timeout
+            while not self.connections.closing:
+                if not await conn.stream.recv(nonblocking.READ_SIZE):
+                    return
+        finally:
+            admin.watchers -= 1
+            self._watchers.discard(conn)
+
+    def _connection_entries(self) -> list[ConnectionEntry]:
+        """`stats conns`: the listening sockets and every client connection."""
+        entries = []
+        started = self.stats.started
+        now = trio.current_time()
+        for server in (self.connections, self.tls_connections):
+            if server is None:
+                continue
+            if server.listener is not None and server.listener.fileno() != -1:
+                entries.append(ConnectionEntry(
+                    server.listener.fileno(), socket_text(server.listener.getsockname()), None,
+                    "conn_listening", int(time.time() - started)))
+            for conn in server.connections():
+                entry = self._connection_entry(conn, now)
+                if entry is not None:
+                    entries.append(entry)
+        return entries
+
+    def _connection_entry(self, conn: Connection, now: float) -> ConnectionEntry | None:
+        try:
+            fd = conn.sock.fileno()
+            addr, listen = conn.sock.getpeername(), conn.sock.getsockname()
+        except OSError:
+            return None  # closing
+        parser = self._parsers.get(conn)
+        if conn in self._watchers:
+            state = "conn_watch"
+        elif conn.reading:
+            state = "conn_nread" if parser is not None and parser.in_data_block else "conn_read"
+        elif conn.writing:
+            state = "conn_mwrite"
+        else:
+            state = "conn_parse_cmd"  # the connection running this command
+        idle = 0 if state == "conn_parse_cmd" else int(now - conn.active)
+        return ConnectionEntry(fd, socket_text(addr), socket_text(listen), state, idle)
 
     async def _multi_get(self, conn: Connection, request: Get, out: list[bytes],
                          depends: Position) -> None:

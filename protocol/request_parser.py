@@ -35,6 +35,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
     LruCrawler,
     MetaArithmetic,
     MetaDebug,
@@ -48,11 +49,13 @@ from memring.protocol.requests import (
     RefreshCerts,
     Request,
     Shutdown,
+    Slabs,
     Stats,
     Store,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.sentinels import NEED_DATA, NeedData
 from memring.protocol.sizes import KEY_MAX_LENGTH, item_size
@@ -107,6 +110,11 @@ class RequestParser:
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    @property
+    def in_data_block(self) -> bool:
+        """Reading (or swallowing) a data block: memcached's conn_nread / conn_swallow."""
+        return self._pending is not None or self._swallow > 0
 
     def __iter__(self) -> Iterator[Request]:
         while True:
@@ -451,7 +459,6 @@ _DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] =
     b"delete": RequestParser._delete, b"incr": RequestParser._arithmetic,
     b"decr": RequestParser._arithmetic, b"touch": RequestParser._touch,
     b"flush_all": RequestParser._flush_all, b"stats": RequestParser._stats,
-    b"lru_crawler": lambda parser, tokens: LruCrawler(tokens[1:]),
     b"version": lambda parser, tokens: Version(), b"quit": lambda parser, tokens: Quit(),
     b"verbosity": RequestParser._verbosity, b"cache_memlimit": RequestParser._cache_memlimit,
     b"shutdown": lambda parser, tokens: Shutdown(tokens[1:]),
@@ -460,4 +467,9 @@ _DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] =
     b"mg": RequestParser._meta_get, b"ms": RequestParser._meta_set,
     b"md": RequestParser._meta_delete, b"ma": RequestParser._meta_arithmetic,
     b"mn": lambda parser, tokens: MetaNoop(), b"me": RequestParser._meta_debug,
+    # the administration commands: their replies depend on the server's state
+    b"lru_crawler": lambda parser, tokens: LruCrawler(tokens[1:]),
+    b"lru": lambda parser, tokens: Lru(tokens[1:]) if len(tokens) > 1 else ProtocolError(ERROR),
+    b"slabs": lambda parser, tokens: Slabs(tokens[1:]),
+    b"watch": lambda parser, tokens: Watch(tokens[1:]),
 }

@@ -40,6 +40,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
     LruCrawler,
     MetaArithmetic,
     MetaDebug,
@@ -52,11 +53,13 @@ from memring.protocol.requests import (
     RefreshCerts,
     Request,
     Shutdown,
+    Slabs,
     Stats,
     Store,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy import cluster_stats
@@ -296,6 +299,10 @@ class ClientSession:
         error = TLS_NOT_ENABLED if tls is None else tls.reload()
         return Ready(refresh_certs_reply(error, request.noreply))
 
+    def _backend_admin(self, router: ShardRouter, request: Request) -> Slot:
+        # lru, slabs, watch tune or watch one node's store: not the proxy's
+        return Ready(b"ERROR\r\n")
+
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")
 
@@ -343,6 +350,9 @@ _DISPATCH = dict([
     _route(Shutdown, ClientSession._shutdown),
     _route(RefreshCerts, ClientSession._refresh_certs),
     _route(Quit, ClientSession._quit),
+    _route(Lru, ClientSession._backend_admin),
+    _route(Slabs, ClientSession._backend_admin),
+    _route(Watch, ClientSession._backend_admin),
     _route(ProtocolError, ClientSession._protocol_error),
     _route(Authenticated, ClientSession._authenticated),
 ])

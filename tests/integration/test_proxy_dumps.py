@@ -103,6 +103,11 @@ def test_a_dead_leader_is_left_out() -> None:
         assert dump(proxy, b"stats cachedump 1 0\r\n") == b"END\r\n"
 
 
-def test_a_backend_without_the_command_refuses_it() -> None:
+def test_memring_backends_dump_through_the_proxy() -> None:
+    """Over memring backends too: every key once, under one END (memcdump's path)."""
     with servers.proxy_over("backend", shards=2) as proxy:
-        assert wire.request(proxy, b"lru_crawler metadump all\r\n") == b"ERROR\r\n"
+        wire.store(proxy, VALUES)
+        metadump = dump(proxy, b"lru_crawler metadump all\r\n")
+        assert metadump.endswith(b"END\r\n") and metadump.count(b"key=") == len(VALUES)
+        cachedump = dump(proxy, b"stats cachedump 1 0\r\n")
+        assert cachedump.endswith(b"END\r\n") and cachedump.count(b"ITEM ") > 0
