@@ -249,7 +249,7 @@ def under_writes(cluster: Cluster, name: str, fault: object, recover: object) ->
     """Write, inject `fault()`, keep writing, `recover()`, then every acknowledged key must read
     back; print the counts and the longest wait for the next acknowledged write."""
     assert callable(fault) and callable(recover)
-    writer = SteadyWriter(cluster.client(PROXY_PORTS[0]), f"{name}-w")
+    writer = SteadyWriter(cluster.client(PROXY_PORTS[0]), name.replace(" ", "-"))
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     try:
