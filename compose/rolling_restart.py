@@ -90,8 +90,10 @@ class Cluster:
         raise RestartError(f"{service} not healthy after {self.timeout:g}s")
 
 
-def restart_backends(cluster: Cluster) -> None:
+def restart_backends(cluster: Cluster, only: list[str]) -> None:
     for shard in cluster.status()["shards"]:
+        if only and shard["id"] not in only:
+            continue
         for node_id in [node["id"] for node in shard["nodes"]]:
             cluster.wait_in_sync(node_id)  # every replica in sync before one goes away
             node = cluster.node(node_id)
@@ -127,10 +129,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds each step may take (default 120)")
     parser.add_argument("--backends-only", action="store_true", help="leave the proxies")
+    parser.add_argument("--shard", action="append", default=[], metavar="ID",
+                        help="restart only this shard's backends (repeatable; default: all)")
     args = parser.parse_args(argv)
     cluster = Cluster(shlex.split(args.compose), args.timeout)
     try:
-        restart_backends(cluster)
+        restart_backends(cluster, args.shard)
         if not args.backends_only:
             restart_proxies(cluster)
     except (RestartError, subprocess.TimeoutExpired) as exc:
