@@ -73,6 +73,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             docker_engine.step("down -v", started)
 
 
+@pytest.fixture(autouse=True)
+def each_step_timed(request: pytest.FixtureRequest) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    docker_engine.step(f"test {request.node.name}", started)
+
+
 def timed(name: str) -> float:
     print(f"[compose-test] {name} ...", flush=True)
     return time.monotonic()
@@ -173,7 +180,7 @@ def test_etcd_refuses_a_client_without_credentials(cluster: Cluster) -> None:
 
 def test_healthcheck_speaks_tls_and_every_service_is_healthy(cluster: Cluster) -> None:
     project = cluster.project
-    assert {s: project.health(s) for s in project.long_running()} == \
+    assert project.healths(project.long_running()) == \
         dict.fromkeys(project.long_running(), "healthy")
     assert project.exec("backend-s2-r1", "memring-healthcheck", "127.0.0.1:11211").returncode == 0
     plain = project.exec("backend-s2-r1", "memring-healthcheck", "127.0.0.1:11211",

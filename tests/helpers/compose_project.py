@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class ComposeProject:
     name: str
     compose: list[str]
     timeout: float = 180.0
+    _services: list[str] = field(default_factory=list)
 
     @property
     def env(self) -> dict[str, str]:
@@ -56,10 +57,22 @@ class ComposeProject:
     def down(self, volumes: bool) -> None:
         self.run("down", *(["-v"] if volumes else []), "--remove-orphans")
 
+    def containers(self) -> dict[str, str]:
+        """Service -> container id, from the labels compose 1.29 and v2 both set (one call to
+        docker, where compose itself takes a second or more per call on a busy machine)."""
+        out = self.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={self.name}",
+                          "--format", '{{.Label "com.docker.compose.service"}} {{.ID}}')
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            service, _, container = line.partition(" ")
+            assert service not in found, f"{service}: two containers"
+            found[service] = container
+        return found
+
     def container(self, service: str) -> str:
-        ids = self.run("ps", "-q", service).stdout.split()
-        assert len(ids) == 1, f"{service}: containers {ids}"
-        return ids[0]
+        found = self.containers()
+        assert service in found, f"{service}: no container ({sorted(found)})"
+        return found[service]
 
     def docker(self, *args: str, timeout: float = 60.0) -> str:
         return docker_engine.run([docker_engine.DOCKER, *args], timeout=timeout).stdout
@@ -74,14 +87,26 @@ class ComposeProject:
         return subprocess.run(argv_, capture_output=True, text=True, timeout=60, check=False)
 
     def services(self) -> list[str]:
-        return self.run("config", "--services").stdout.split()
+        if not self._services:
+            self._services = self.run("config", "--services").stdout.split()
+        return self._services
 
     def long_running(self) -> list[str]:
         return [s for s in self.services() if not s.endswith("-init")]
 
     def health(self, service: str) -> str:
-        return self.docker("inspect", "--format", "{{.State.Health.Status}}",
-                           self.container(service)).strip()
+        return self.healths([service])[service]
+
+    def healths(self, services: list[str]) -> dict[str, str]:
+        """Each service's health as Docker has it (`none` without a container)."""
+        containers = self.containers()
+        present = [s for s in services if s in containers]
+        states = dict.fromkeys(services, "none")
+        if present:
+            out = self.docker("inspect", "--format", "{{.State.Health.Status}}",
+                              *[containers[s] for s in present])
+            states.update(zip(present, out.split(), strict=True))
+        return states
 
     def wait_healthy(self, services: list[str] | None = None) -> float:
         """Seconds until every long-running service is healthy."""
@@ -89,7 +114,7 @@ class ComposeProject:
         wanted = services or self.long_running()
         states: dict[str, str] = {}
         while time.monotonic() - started < self.timeout:
-            states = {s: self.health(s) for s in wanted}
+            states = self.healths(wanted)
             if all(state == "healthy" for state in states.values()):
                 return time.monotonic() - started
             time.sleep(POLL)
