@@ -2,13 +2,16 @@
 """Restart the compose cluster's backends without losing data: one replica per shard at a time.
 
 `docker compose restart` restarts both replicas of every shard at once, and a backend keeps
-its items in memory only: every item is gone. This restarts one backend at a time: a leader
-first hands its shard to its in-sync follower (`memring leader transfer`), then it restarts,
-and the next one waits until it is back, a follower, in sync, lag 0 (`memring status
---json`), so each shard always has a copy of its data. Then the proxies, one at a time.
+its items in memory only: every item is gone. This restarts one backend at a time, as
+docs/operations.md ("Rolling restart of all backends") says: in each shard the followers
+first, then the leader, once it has handed the shard to a restarted follower (`memring
+leader transfer`); each next step waits until the restarted node is back, in sync, lag 0
+(`memring status --json`), so each shard always has a copy of its data. Then the proxies,
+one at a time.
 
 Usage: compose/rolling_restart.py [--compose "docker compose -f compose/docker-compose.yml
--p memring"] [--timeout SECONDS]. Standard library only: it runs on the Docker host.
+-p memring"] [--shard ID] [--backends-only] [--timeout SECONDS]. Standard library only: it
+runs on the Docker host.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ def restart_backends(cluster: Cluster, only: list[str]) -> None:
     for shard in cluster.status()["shards"]:
         if only and shard["id"] not in only:
             continue
-        for node_id in [node["id"] for node in shard["nodes"]]:
+        # followers first, the leader last, handing over to a follower already restarted
+        order = sorted(shard["nodes"], key=lambda node: node["id"] == shard["leader"])
+        for node_id in [node["id"] for node in order]:
             cluster.wait_in_sync(node_id)  # every replica in sync before one goes away
             node = cluster.node(node_id)
             if node["leader"] == node_id:
