@@ -24,7 +24,11 @@ ln -sf python3 "$root/usr/bin/python"
 ln -sf /usr/bin/etcd "$root/usr/local/bin/etcd"
 ln -sf /usr/bin/etcdctl "$root/usr/local/bin/etcdctl"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+# the stamp: which version of this script made the images (tests/helpers/docker_engine.py
+# makes them again when it differs)
+stamp=$(sha256sum "$0" | cut -d' ' -f1)
 tar -C "$root" -c . | "$docker" import \
+    --change "LABEL org.memring.base-images=$stamp" \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     - "$python_tag" >/dev/null

@@ -3,8 +3,8 @@
 `docker_engine()` installs Debian's docker.io, docker-compose and debootstrap when missing (as
 root), starts `dockerd` when none answers and stops that one, by its PID, when the block ends
 (also on failure); `base_images()` makes the offline python and etcd images once
-(compose/offline/base-images.sh; a stamp holding the script's hash skips it while the images
-exist); `memring_image()` builds memring's image from a wheelhouse built on the host (pip
+(compose/offline/base-images.sh; the stamp is a label on the images, the hash of the
+script that made them: images present with the current hash are kept); `memring_image()` builds memring's image from a wheelhouse built on the host (pip
 inside a container reaches no package index here). Each step prints how long it took.
 Debian's `/usr/bin/docker` is called by path: a newer CLI in /usr/local/bin shadows it and
 lacks the classic builder's BuildKit switch of 20.10.
@@ -30,7 +30,7 @@ PYTHON_IMAGE = "memring-offline/python:bookworm"
 ETCD_IMAGE = "memring-offline/etcd:bookworm"
 MEMRING_IMAGE = "memring:compose-test"
 BASE_SCRIPT = ROOT / "compose" / "offline" / "base-images.sh"
-STAMP = Path("/var/lib/memring-compose-test/base-images.stamp")
+STAMP_LABEL = "org.memring.base-images"
 WHEELHOUSE = ROOT / "compose" / "wheelhouse"
 DOCKERD_READY = 60.0  # seconds for a started dockerd to answer
 DOCKERD_STOP = 30.0  # seconds for it to stop on SIGTERM before SIGKILL
@@ -110,22 +110,23 @@ def docker_engine() -> Iterator[None]:
         step(f"stopped dockerd (pid {dockerd.pid})", stopping)
 
 
-def image_exists(tag: str) -> bool:
-    return subprocess.run([DOCKER, "image", "inspect", tag], capture_output=True,
-                          timeout=60).returncode == 0
+def image_stamp(tag: str) -> str | None:
+    """The image's stamp label; None when the image is missing."""
+    done = subprocess.run([DOCKER, "image", "inspect", "--format",
+                           f'{{{{index .Config.Labels "{STAMP_LABEL}"}}}}', tag],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def base_images() -> None:
     """The offline python and etcd images, remade when the script changed or one is gone."""
     digest = hashlib.sha256(BASE_SCRIPT.read_bytes()).hexdigest()
-    if (STAMP.exists() and STAMP.read_text().strip() == digest
-            and image_exists(PYTHON_IMAGE) and image_exists(ETCD_IMAGE)):
+    if image_stamp(PYTHON_IMAGE) == digest and image_stamp(ETCD_IMAGE) == digest:
         print("[compose-test] base images: cached (stamp)", flush=True)
         return
     started = time.monotonic()
     run(["sh", str(BASE_SCRIPT), PYTHON_IMAGE, ETCD_IMAGE], env={"DOCKER": DOCKER})
-    STAMP.parent.mkdir(parents=True, exist_ok=True)
-    STAMP.write_text(digest + "\n")
+    assert image_stamp(PYTHON_IMAGE) == digest, "the base images carry no stamp"
     step("base images (debootstrap + docker import)", started)
 
 
