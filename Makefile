@@ -41,7 +41,7 @@ test: venv debian-deps lint
 	$(BIN)/python -m pytest -q --ignore=tests/compose
 	$(MAKE) compose-test
 
-# The compose cluster under a real Docker engine (tests/compose, ~5 minutes warm; the first
+# The compose cluster under a real Docker engine (tests/compose, ~3.5 minutes warm; the first
 # run also installs docker.io, docker-compose and debootstrap and makes the offline base
 # images, ~1 minute more). Starts dockerd if none runs and stops that one at the end.
 compose-test: venv
