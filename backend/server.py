@@ -37,6 +37,8 @@ from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
+from memring.protocol.binary_parser import BinaryRequestParser
+from memring.protocol.negotiation import NegotiatingParser
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
@@ -70,7 +72,7 @@ def _keys_of(event: object) -> Sequence[bytes]:
     if type(event) is Get:
         return event.keys
     key = getattr(event, "key", None)
-    return (key,) if key is not None else ()
+    return (key,) if key else ()  # a binary frame without a key has key b""
 
 
 class BackendServer:
@@ -133,17 +135,27 @@ class BackendServer:
                 self.store.reap()
 
     async def _converse(self, conn: Connection) -> None:
-        requests = RequestParser(max_line=self.settings.max_line,
-                                 max_item_size=self.settings.max_item_size)
-        # in front of the requests until the client authenticated (--auth-file)
-        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
+        settings = self.settings
+        auth = self.auth
+
+        def text() -> RequestParser | AuthenticatingParser:
+            requests = RequestParser(max_line=settings.max_line,
+                                     max_item_size=settings.max_item_size)
+            # in front of the requests until the client authenticated (--auth-file)
+            return requests if auth is None else AuthenticatingParser(requests, auth)
+
+        def binary() -> BinaryRequestParser:
+            # with --auth-file: SASL PLAIN against the same file first
+            return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
+
+        # memcached's -B auto: the first byte chooses text or binary for the connection
+        parser = NegotiatingParser(text, binary)
         try:
             await self._serve_requests(conn, parser)
         finally:
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
-    async def _serve_requests(self, conn: Connection,
-                              parser: RequestParser | AuthenticatingParser) -> None:
+    async def _serve_requests(self, conn: Connection, parser: NegotiatingParser) -> None:
         handle = self.handler.handle
         counters = self.counters
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)

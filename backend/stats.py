@@ -43,24 +43,13 @@ class StatsReport:
             return self._lines(self.general())
         sub = args[0]
         if sub == b"reset":
-            self.store.stats.reset()
-            self.counters.total_connections = 0
-            self.counters.rejected_connections = 0
-            self.counters.idle_kicks = 0
-            self.counters.bytes_read = self.counters.bytes_written = 0
-            if self.auth is not None:
-                self.auth.reset()
-            if self.tls is not None:
-                self.tls.handshake_errors = 0  # in memcached's struct stats: reset too
+            self.reset()
             return b"RESET\r\n"
         if sub == b"settings":
             return self._lines(self.settings_stats())
-        if sub == b"items":
-            return self._lines(self.items())
-        if sub == b"slabs":
-            return self._lines(self.slabs())
-        if sub == b"sizes":
-            return self._lines([("sizes_status", "disabled")])
+        group = self.group(sub)
+        if group is not None:
+            return self._lines(group)
         if sub == b"conns":
             return b"END\r\n"
         if sub == b"detail":
@@ -73,6 +62,28 @@ class StatsReport:
                 return b"END\r\n"
             return b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"
         return b"ERROR\r\n"
+
+    def reset(self) -> None:
+        """`stats reset`: the counters memcached clears."""
+        self.store.stats.reset()
+        self.counters.total_connections = 0
+        self.counters.rejected_connections = 0
+        self.counters.idle_kicks = 0
+        self.counters.bytes_read = self.counters.bytes_written = 0
+        if self.auth is not None:
+            self.auth.reset()
+        if self.tls is not None:
+            self.tls.handshake_errors = 0  # in memcached's struct stats: reset too
+
+    def group(self, name: bytes) -> list[tuple[str, object]] | None:
+        """`stats items|slabs|sizes` (memcached.c get_stats); None for another name."""
+        if name == b"items":
+            return self.items()
+        if name == b"slabs":
+            return self.slabs()
+        if name == b"sizes":
+            return [("sizes_status", "disabled")]
+        return None
 
     @staticmethod
     def _lines(pairs: list[tuple[str, object]]) -> bytes:
