@@ -165,8 +165,9 @@ class StatsReport:
             ("num_threads", 1),
             ("detail_enabled", "yes" if self.detail else "no"),
             ("cas_enabled", "yes"),
-            ("binding_protocol", "ascii"),
-            ("auth_enabled_sasl", "no"),
+            ("binding_protocol", "auto-negotiate"),  # -B auto: text or binary per connection
+            # --auth-file also checks binary SASL PLAIN (memcached: -S, through cyrus)
+            ("auth_enabled_sasl", "yes" if self.settings.auth_file else "no"),
             ("auth_enabled_ascii", self.settings.auth_file or "no"),  # memcached: the path
             ("item_size_max", self.settings.max_item_size),
             ("flush_enabled", "yes"),
