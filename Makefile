@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl
+DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
 .PHONY: run test lint unit bench tls-cost hostile failover fuzz jepsen debian-deps venv clean
 
