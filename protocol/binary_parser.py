@@ -180,11 +180,11 @@ class BinaryRequestParser:
             HEADER.unpack(header)
         if magic != MAGIC_REQUEST:
             return self._close(b"")  # "Invalid magic": closed without a reply
-        if len(self._buf) < HEADER_SIZE + extlen + keylen:
-            return None
-        self._buf.skip(HEADER_SIZE)
-        extras = self._buf.take(extlen) or b""
-        key = self._buf.take(keylen) or b""
+        head = self._buf.take(HEADER_SIZE + extlen + keylen)
+        if head is None:
+            return None  # memcached, too, waits for extras and key before looking further
+        extras = head[HEADER_SIZE: HEADER_SIZE + extlen]
+        key = head[HEADER_SIZE + extlen:]
         if keylen + extlen > bodylen:
             return self._close(error_response(opcode, Status.UNKNOWN_COMMAND, opaque))
         if not self.authenticated and opcode not in _BEFORE_AUTH:
