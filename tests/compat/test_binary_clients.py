@@ -3,6 +3,9 @@ binary=True) gets the same answers from both; SASL PLAIN against the backend's a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +133,33 @@ def test_commands_before_authentication_answer_auth_error_and_close(
     assert [encode_response(r) for r in got[0]] == [
         error_response(Opcode.GET, Status.AUTH_ERROR, 0)]
     assert closed and len(got) == 1  # closed after the refusal, as memcached -S closes
+
+
+# pylibmc's wheel bundles its own libsasl2, which looks for its plugins (PLAIN among them) in
+# Red Hat's /usr/lib64/sasl2; on Debian they are here, and SASL_PATH says so (measured: without
+# it the client fails before sending SASL_AUTH, "FAILED TO SEND AUTHENTICATION TO SERVER").
+DEBIAN_SASL_PLUGINS = "/usr/lib/x86_64-linux-gnu/sasl2"
+PYLIBMC_SASL = """
+import sys, pylibmc
+client = pylibmc.Client([sys.argv[1]], binary=True, username=sys.argv[2], password=sys.argv[3])
+try:
+    client.set("k", "v")
+    print(client.get("k"))
+except pylibmc.Error as error:
+    print(type(error).__name__)
+"""
+
+
+def test_pylibmc_sasl_plain_against_the_auth_file(
+        authenticating_backend: servers.RunningServer) -> None:
+    pytest.importorskip("pylibmc")
+    if not Path(DEBIAN_SASL_PLUGINS, "libplain.so").exists():
+        pytest.skip(f"no SASL PLAIN plugin in {DEBIAN_SASL_PLUGINS} (libsasl2-modules)")
+    address = f"127.0.0.1:{authenticating_backend.port}"
+    env = {**os.environ, "SASL_PATH": DEBIAN_SASL_PLUGINS}
+    seen = [subprocess.run([sys.executable, "-c", PYLIBMC_SASL, address, "alice", password],
+                           capture_output=True, text=True, env=env, timeout=30,
+                           check=True).stdout.strip()
+            for password in ("secret", "wrong")]
+    assert seen[0] == "v"
+    assert seen[1] != "v" and seen[1].endswith("Error"), seen
