@@ -30,7 +30,7 @@ pytestmark = pytest.mark.compat
 
 def pylibmc_session(port: int) -> list[Any]:
     """What a pylibmc (binary) client sees for a run of ordinary calls."""
-    pylibmc = pytest.importorskip("pylibmc")  # pip install -e '.[clients]' (libmemcached-dev)
+    pylibmc = pytest.importorskip("pylibmc")  # in the dev extras
     client = pylibmc.Client([f"127.0.0.1:{port}"], binary=True, behaviors={"cas": True})
     seen: list[Any] = []
 
