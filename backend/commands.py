@@ -15,9 +15,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from memring.backend.binary_commands import BinaryCommands
 from memring.backend.meta_commands import MetaCommands
 from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
+from memring.protocol.binary_frames import BinaryRequest
+from memring.protocol.binary_parser import BinaryReply
 from memring.protocol.requests import (
     Arithmetic,
     Authenticated,
@@ -122,6 +125,7 @@ class CommandHandler:
         self.stats = stats
         self.fence = fence
         self.meta = MetaCommands(store)
+        self.binary = BinaryCommands(self)
         self.verbosity = 0
         self.recorder: WriteRecorder | None = None
         self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
@@ -150,6 +154,8 @@ class CommandHandler:
             MetaDebug: self.meta.debug,
             ProtocolError: self.protocol_error,
             Authenticated: self.authenticated,
+            BinaryRequest: self.binary_request,
+            BinaryReply: self.binary_reply,
         }
         self._unfenced = dict(self._handlers)
         self._wrap()
@@ -305,9 +311,9 @@ class CommandHandler:
     def stats_command(self, request: Stats, out: list[bytes]) -> None:
         reply = self.stats.reply(request.args)
         if not request.args:
-            pairs = self.fence.role_stats() if self.fence is not None else STANDALONE_STATS
             reply = reply[: -len(END)] + b"".join(
-                b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in pairs) + END
+                b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
+                for k, v in self.role_stats()) + END
         out.append(reply)
 
     def lru_crawler(self, request: LruCrawler, out: list[bytes]) -> None:
@@ -330,6 +336,10 @@ class CommandHandler:
             out.append(refusal)
             return
         raise StartWatching
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        """The memring_* lines that end a plain `stats`."""
+        return self.fence.role_stats() if self.fence is not None else STANDALONE_STATS
 
     def version(self, request: Version, out: list[bytes]) -> None:
         out.append(b"VERSION %s\r\n" % self.stats.settings.version.encode())
@@ -366,6 +376,14 @@ class CommandHandler:
 
     def quit(self, request: Quit, out: list[bytes]) -> None:
         raise CloseConnection
+
+    def binary_request(self, request: BinaryRequest, out: list[bytes]) -> None:
+        """A binary-protocol frame (backend.binary_commands): fenced and recorded there."""
+        if self.binary.handle(request, out):
+            raise CloseConnection
+
+    def binary_reply(self, event: BinaryReply, out: list[bytes]) -> None:
+        out.append(event.reply)  # answered by the codec (SASL)
 
     def authenticated(self, event: Authenticated, out: list[bytes]) -> None:
         out.append(event.reply)

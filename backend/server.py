@@ -44,6 +44,8 @@ from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
+from memring.protocol.binary_parser import BinaryRequestParser
+from memring.protocol.negotiation import NegotiatingParser
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get
@@ -77,7 +79,7 @@ def _keys_of(event: object) -> Sequence[bytes]:
     if type(event) is Get:
         return event.keys
     key = getattr(event, "key", None)
-    return (key,) if key is not None else ()
+    return (key,) if key else ()  # a binary frame without a key has key b""
 
 
 class BackendServer:
@@ -144,23 +146,34 @@ class BackendServer:
                 self.store.reap()
 
     async def _converse(self, conn: Connection) -> None:
-        requests = RequestParser(max_line=self.settings.max_line,
-                                 max_item_size=self.settings.max_item_size)
-        # in front of the requests until the client authenticated (--auth-file)
-        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
-        self._parsers[conn] = requests  # stats conns: conn_nread while a data block comes
+        settings = self.settings
+        auth = self.auth
+
+        def text() -> RequestParser | AuthenticatingParser:
+            requests = RequestParser(max_line=settings.max_line,
+                                     max_item_size=settings.max_item_size)
+            self._parsers[conn] = requests  # stats conns: conn_nread while a data block comes
+            # in front of the requests until the client authenticated (--auth-file)
+            return requests if auth is None else AuthenticatingParser(requests, auth)
+
+        def binary() -> BinaryRequestParser:
+            # with --auth-file: SASL PLAIN against the same file first
+            return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
+
+        # memcached's -B auto: the first byte chooses text or binary for the connection
+        parser = NegotiatingParser(text, binary)
         try:
             await self._serve_requests(conn, parser)
         finally:
             del self._parsers[conn]
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
-    async def _serve_requests(self, conn: Connection,
-                              parser: RequestParser | AuthenticatingParser) -> None:
+    async def _serve_requests(self, conn: Connection, parser: NegotiatingParser) -> None:
         handle = self.handler.handle
         counters = self.counters
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
+        negotiated = False
         server = self.connections
         current_time = trio.current_time
         gate = self.gate
@@ -175,6 +188,11 @@ class BackendServer:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
             parser.receive_data(data)
+            if not negotiated:
+                chosen = parser.chosen
+                assert chosen is not None  # data was not empty
+                next_event = chosen.next_event  # the first byte chose: no indirection now
+                negotiated = True
             out: list[bytes] = []
             quitting = watching = False
             served = False

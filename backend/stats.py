@@ -113,6 +113,33 @@ class StatsReport:
             return self._lines(pairs, end=b"")  # memcached appends no END to these two
         return self._lines(pairs)
 
+    def group(self, name: bytes) -> Pairs | None:
+        """`stats items|slabs|sizes|conns|extstore` as pairs, for the binary protocol's stat
+        (a frame per pair): the walks run to their end at once, as memcached's do; None for
+        another name."""
+        store = self.store
+        kept: Pairs = []
+
+        def keep(pairs: Pairs) -> bytes:
+            kept.extend(pairs)
+            return b""
+
+        if name == b"items":
+            chunks = slab_stats.census_chunks(
+                store, lambda classes: keep(slab_stats.items(store, classes)))
+        elif name == b"slabs":
+            chunks = slab_stats.census_chunks(
+                store, lambda classes: keep(slab_stats.slabs(classes)))
+        elif name == b"sizes":
+            chunks = slab_stats.sizes_chunks(store, self.sizes, keep)
+        elif name in (b"conns", b"extstore"):
+            return self._subcommand(name)
+        else:
+            return None
+        for _ in chunks:
+            pass
+        return kept
+
     def _subcommand(self, sub: bytes) -> Pairs | None:
         store = self.store
         if sub == b"settings":
@@ -302,8 +329,9 @@ class StatsReport:
             ("reqs_per_event", 20),
             ("cas_enabled", "yes"),
             ("tcp_backlog", 1024),
-            ("binding_protocol", "ascii"),
-            ("auth_enabled_sasl", "no"),
+            ("binding_protocol", "auto-negotiate"),  # -B auto: text or binary per connection
+            # --auth-file also checks binary SASL PLAIN (memcached: -S, through cyrus)
+            ("auth_enabled_sasl", "yes" if settings.auth_file else "no"),
             ("auth_enabled_ascii", settings.auth_file or "no"),  # memcached: the path
             ("item_size_max", settings.max_item_size),
             ("maxconns_fast", "yes"),

@@ -338,15 +338,16 @@ class Store:
             if self.on_change is not None:
                 self.on_change(key)
 
-    def arithmetic(self, key: bytes, incr: bool, delta: int,
-                   cas_unique: int = 0) -> tuple[Outcome, int, Item | None]:
-        """incr/decr as unsigned 64-bit: incr wraps, decr floors at 0."""
+    def arithmetic(self, key: bytes, incr: bool, delta: int, cas_unique: int = 0,
+                   count_miss: bool = True) -> tuple[Outcome, int, Item | None]:
+        """incr/decr as unsigned 64-bit: incr wraps, decr floors at 0. `count_miss` False:
+        a miss the caller turns into a create (binary incr/decr), not counted as a miss."""
         stats = self.stats
         item = self._live(key, self.now())
         if item is None:
-            if incr:
+            if count_miss and incr:
                 stats.incr_misses += 1
-            else:
+            elif count_miss:
                 stats.decr_misses += 1
             return Outcome.NOT_FOUND, 0, None
         if cas_unique and item.cas != cas_unique:
@@ -375,6 +376,17 @@ class Store:
             return Outcome.STORED, value, item
         self._replace_value(key, item, digits)
         return Outcome.STORED, value, self.items.get(key)
+
+    def add_counter(self, key: bytes, initial: int, exptime: int) -> Item | None:
+        """Binary incr/decr's create on a miss: `initial` stored as an add would store it
+        (counted as neither a set nor a miss, as proto_bin.c complete_incr_bin); None if
+        the key exists or the item does not fit."""
+        if self._live(key, self.now()) is not None:
+            return None
+        item = self.make_item(key, b"%d" % initial, 0, exptime)
+        if self._link(key, item) is not Outcome.STORED:
+            return None
+        return item
 
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1
