@@ -165,7 +165,7 @@ class BackendServer:
         try:
             await self._serve_requests(conn, parser)
         finally:
-            del self._parsers[conn]
+            self._parsers.pop(conn, None)  # a binary connection has none
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
     async def _serve_requests(self, conn: Connection, parser: NegotiatingParser) -> None:

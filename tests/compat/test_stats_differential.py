@@ -31,8 +31,7 @@ MASKED_GENERAL = frozenset({
     "read_buf_bytes_free", "total_connections", "connection_structures", "bytes_read",
     "bytes_written", "lru_crawler_starts", "lru_maintainer_juggles", "moves_to_cold",
     "moves_to_warm", "moves_within_lru", "crawler_items_checked"})
-MASKED_SETTINGS = frozenset({"tcpport", "num_threads", "num_threads_per_udp",
-                             "binding_protocol"})
+MASKED_SETTINGS = frozenset({"tcpport", "num_threads", "num_threads_per_udp"})
 # memcached's LRU maintainer moves items between its hot, warm and cold LRUs over time;
 # memring has one LRU, and no per-class hit counters (README, Compatibility notes).
 MASKED_ITEMS = re.compile(r"items:\d+:(number_hot|number_warm|number_cold|age_hot|age_warm|age"
@@ -136,8 +135,7 @@ def test_runtime_settings_show_in_stats_settings(
         assert memring_free(got).replace(b"tcpport %d" % pair[1].port, b"") == \
             want.replace(b"tcpport %d" % pair[0].port, b"").replace(
                 b"num_threads 4", b"num_threads 1").replace(
-                b"num_threads_per_udp 4", b"num_threads_per_udp 1").replace(
-                b"binding_protocol auto-negotiate", b"binding_protocol ascii")
+                b"num_threads_per_udp 4", b"num_threads_per_udp 1")
         assert values(got)["temp_lru"] == "yes" and values(got)["lru_crawler_tocrawl"] == "1"
     finally:
         both(pair, restore, end=b"MN\r\n")
