@@ -273,6 +273,11 @@ class ConnectionServer:
         except OSError as exc:
             if exc.errno not in nonblocking.PEER_GONE:
                 log.info("connection error: %s", exc)
+        except Exception:
+            # A bug met by one client's bytes must not end the process and every other
+            # client's items with it: this connection closes, the traceback is logged.
+            log.exception("a connection failed on an unexpected error and was closed "
+                          "(the server goes on; please report this traceback)")
         finally:
             if conn.kicked and self.kick_reply:
                 conn.stream.send_last(self.kick_reply)
