@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from memring.protocol.binary_frames import BinaryRequest
+from memring.protocol.binary_parser import BinaryReply
 from memring.protocol.request_encoder import encode_get, encode_request
 from memring.protocol.requests import (
     Arithmetic,
@@ -59,6 +61,7 @@ from memring.protocol.requests import (
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
@@ -99,6 +102,8 @@ _QUIET_MS_MD = _quiet(b"HD")
 _QUIET_MA = _quiet(b"HD", b"VA")
 
 _WRITE_META_GET_FLAGS = frozenset("TN")
+_NO_SHARDS = PendingReply(False, 0.0)
+_NO_SHARDS.fail("no shards in the cluster")
 CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
 # A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
 # many keys; a bigger one is split like any other, so its reply is rendered in slices.
@@ -119,9 +124,11 @@ class ClientSession:
         self.replies = replies  # hears of every reply; picks each node's connection
         self._closing = False
 
-    def issue(self, request: Request) -> Slot:
+    def issue(self, request: Request | BinaryRequest | BinaryReply) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
-        self.state.stats.commands[type(request).__name__] += 1
+        kind = type(request)
+        if kind is not BinaryRequest:  # counted as the request it is translated into
+            self.state.stats.commands[kind.__name__] += 1
         try:
             return _DISPATCH[type(request)](self, self.state.router, request)
         except NoShards:
@@ -187,17 +194,32 @@ class ClientSession:
 
     def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
               | MetaArithmetic) -> Slot:
-        shard = router.shard_for(request.key)
         flags = request.flags
         kind = type(request)
         renderer: Callable[[PendingReply], bytes] = render
         if flags.quiet:
             renderer = (_QUIET_MG if kind is MetaGet else
                         _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
+        return self._route_meta(router, request, renderer)
+
+    def _route_meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
+                    | MetaArithmetic, renderer: Callable[[PendingReply], bytes]) -> Slot:
+        shard = router.shard_for(request.key)
         line = encode_request(request)
-        if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
+        if type(request) is MetaGet and \
+                not _WRITE_META_GET_FLAGS.intersection(request.flags.order):
             return self._read(router, shard, line, False, renderer)
         return self._write(router, shard, line, False, renderer)
+
+    def meta(self, request: MetaGet | MetaSet | MetaDelete | MetaArithmetic,
+             renderer: Callable[[PendingReply], bytes]) -> Slot:
+        """A meta request routed as a client's (a translated binary frame), its settled
+        reply rendered by `renderer`."""
+        self.state.stats.commands[type(request).__name__] += 1
+        try:
+            return self._route_meta(self.state.router, request, renderer)
+        except NoShards:
+            return Ready(renderer(_NO_SHARDS))
 
     def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
         shard = router.shard_for(request.key)
@@ -241,8 +263,18 @@ class ClientSession:
         return Ready(b"" if request.noreply else b"OK\r\n")
 
     def _quit(self, router: ShardRouter, request: Request) -> Slot:
+        return self.close_after(b"")
+
+    def close_after(self, reply: bytes) -> Slot:
+        """`reply`, then the connection closes (quit)."""
         self._closing = True
-        return Ready(b"")
+        return Ready(reply)
+
+    def _binary(self, router: ShardRouter, request: BinaryRequest) -> Slot:
+        return issue_binary(self, request)
+
+    def _binary_reply(self, router: ShardRouter, event: BinaryReply) -> Slot:
+        return Ready(event.reply)  # answered by the codec (SASL)
 
     def _authenticated(self, router: ShardRouter, event: Authenticated) -> Slot:
         return Ready(event.reply)
@@ -254,7 +286,9 @@ class ClientSession:
         if error.drop_key is not None:
             # memcached drops the old value of a `set` that was too large; so must the shard.
             shard = router.shard_for(error.drop_key)
-            delete = b"delete %s\r\n" % error.drop_key
+            delete = delete_request(error.drop_key)  # a binary key may hold spaces
+            if delete is None:
+                return Ready(error.reply)
             return AfterWrites([node.submit(delete, False, self.replies)
                                 for node in shard.nodes], error.reply)
         return Ready(error.reply)
@@ -285,4 +319,6 @@ _DISPATCH = dict([
     _route(Quit, ClientSession._quit),
     _route(ProtocolError, ClientSession._protocol_error),
     _route(Authenticated, ClientSession._authenticated),
+    _route(BinaryRequest, ClientSession._binary),
+    _route(BinaryReply, ClientSession._binary_reply),
 ])
