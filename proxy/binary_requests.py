@@ -13,7 +13,7 @@ and `stats` ask and translate their replies; noop, version and quit are answered
 request order like every reply.
 
 A key that the text protocol cannot carry (a space, a control byte) travels base64 (meta
-`b`); its encoded form must fit memcached's 250 bytes, so such a key is at most 187 bytes
+`b`); its encoded form must fit memcached's 250 bytes, so such a key is at most 186 bytes
 through the proxy (README "Compatibility notes").
 """
 
