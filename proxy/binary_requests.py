@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from memring.protocol.binary_frames import (
     NO_CREATE,
@@ -45,9 +45,11 @@ from memring.protocol.requests import (
     MetaFlags,
     MetaGet,
     MetaSet,
+    Request,
     Stats,
 )
 from memring.protocol.sizes import KEY_MAX_LENGTH
+from memring.proxy.backend_connection import PendingReply
 from memring.proxy.binary_replies import (
     ArithmeticRenderer,
     DeleteRenderer,
@@ -56,9 +58,21 @@ from memring.proxy.binary_replies import (
     text_reply_frames,
 )
 from memring.proxy.slots import Ready, Slot, Translated
+from memring.proxy.state import ProxyState
 
-if TYPE_CHECKING:
-    from memring.proxy.session import ClientSession
+
+class ClientSession(Protocol):
+    """What a translated frame needs of its client's session (proxy.session)."""
+
+    @property
+    def state(self) -> ProxyState: ...
+
+    def issue(self, request: Request) -> Slot: ...
+
+    def meta(self, request: MetaGet | MetaSet | MetaDelete | MetaArithmetic,
+             renderer: Callable[[PendingReply], bytes]) -> Slot: ...
+
+    def close_after(self, reply: bytes) -> Slot: ...
 
 # Bytes the text protocol cannot carry in a key: its separators and line ends (and the
 # other control bytes, which no text client sends: base64 keeps them exact).
