@@ -12,8 +12,9 @@ and the proxy recognises the same reasons (protocol.write_refusals) in either pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
 from memring.protocol.binary_frames import (
     NO_CREATE,
@@ -33,8 +34,36 @@ from memring.protocol.binary_frames import (
 )
 from memring.protocol.write_refusals import refusal_reason
 
-if TYPE_CHECKING:
-    from memring.backend.commands import CommandHandler
+
+class Refusals(Protocol):
+    """The write fence (backend.commands.WriteFence), as far as binary commands ask it."""
+
+    def refusal(self) -> bytes | None: ...
+
+    def read_refusal(self) -> bytes | None: ...
+
+
+class Recorder(Protocol):
+    def committed(self, key: bytes | None) -> None: ...
+
+
+class CommandContext(Protocol):
+    """What the binary commands share with the text ones (backend.commands.CommandHandler):
+    the store, the stats, the fence and the replication recorder, set there."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def stats(self) -> StatsReport: ...
+
+    @property
+    def fence(self) -> Refusals | None: ...
+
+    @property
+    def recorder(self) -> Recorder | None: ...
+
+    def role_stats(self) -> list[tuple[str, object]]: ...
 
 _WRITES = frozenset({Opcode.SET, Opcode.ADD, Opcode.REPLACE, Opcode.APPEND, Opcode.PREPEND,
                      Opcode.DELETE, Opcode.INCREMENT, Opcode.DECREMENT, Opcode.FLUSH,
@@ -49,7 +78,7 @@ _NOT_STORED_STATUS = {b"add": Status.KEY_EEXISTS, b"replace": Status.KEY_ENOENT}
 class BinaryCommands:
     """Executes binary request frames; one per server, shared by its binary connections."""
 
-    def __init__(self, handler: CommandHandler) -> None:
+    def __init__(self, handler: CommandContext) -> None:
         self.handler = handler
         self.store: Store = handler.store
         self._commands: dict[int, Callable[[BinaryRequest, int, list[bytes]], None]] = {
