@@ -13,6 +13,7 @@ quiet get's miss, render as nothing: the backend answered, the client asked not 
 from __future__ import annotations
 
 from memring.protocol.binary_frames import (
+    BinaryRequest,
     BinaryResponse,
     Opcode,
     Status,
@@ -23,9 +24,10 @@ from memring.protocol.binary_frames import (
     is_quiet,
     loud,
 )
-from memring.protocol.responses import ErrorReply, MetaReply, Response
+from memring.protocol.responses import End, ErrorReply, MetaReply, Response, Value
 from memring.protocol.write_refusals import refusal_reason
 from memring.proxy.backend_connection import PendingReply
+from memring.proxy.slots import NEEDS_TASK, WAITING, Poll, Settling, Slot
 
 # memcached's text errors that have a binary status of their own (proto_bin.c's statuses
 # for the same store outcomes); any other SERVER_ERROR is a cluster refusal or the proxy's
@@ -108,18 +110,72 @@ class RetrievalRenderer(BinaryRenderer):
     __slots__ = ()
 
     def success(self, reply: MetaReply) -> bytes:
-        command = loud(self.opcode)
-        with_key = command in (Opcode.GETK, Opcode.GATK)
         if reply.code == b"EN":
-            if self.quiet:
-                return b""
-            if with_key:  # the key as the body's key, no text
-                return self.frame(status=Status.KEY_ENOENT, key=self.key)
-            return self.error(Status.KEY_ENOENT)
+            return self.miss()
         numbers = _numbers(reply)
-        return self.frame(key=self.key if with_key else b"",
-                          extras=flags_extras(numbers.get(_F, 0)),
-                          value=reply.value or b"", cas=numbers.get(_C, 0))
+        return self.hit(numbers.get(_F, 0), reply.value or b"", numbers.get(_C, 0))
+
+    def hit(self, flags: int, value: bytes, cas: int) -> bytes:
+        with_key = loud(self.opcode) in (Opcode.GETK, Opcode.GATK)
+        return self.frame(key=self.key if with_key else b"", extras=flags_extras(flags),
+                          value=value, cas=cas)
+
+    def miss(self) -> bytes:
+        if self.quiet:
+            return b""
+        if loud(self.opcode) in (Opcode.GETK, Opcode.GATK):  # the key, no text
+            return self.frame(status=Status.KEY_ENOENT, key=self.key)
+        return self.error(Status.KEY_ENOENT)
+
+
+class BatchReplies(Slot):
+    """Consecutive get frames asked as one `gets` per shard (proxy/binary_batches.py):
+    each frame answered in the client's order from its shard's values; a shard that
+    failed answers each of its frames with the error, quiet or not."""
+
+    __slots__ = ("parts", "requests")
+
+    def __init__(self, requests: list[BinaryRequest],
+                 parts: list[tuple[list[bytes], Settling]]) -> None:
+        self.requests = requests
+        self.parts = parts
+
+    def poll(self) -> Poll:
+        settled = []
+        for keys, part in self.parts:
+            pending = part.settled_now()
+            if pending is WAITING or pending is NEEDS_TASK:
+                return pending
+            assert isinstance(pending, PendingReply)
+            settled.append((keys, pending))
+        return self._render(settled)
+
+    async def reply(self) -> bytes:
+        return self._render([(keys, await part.settle()) for keys, part in self.parts])
+
+    def _render(self, settled: list[tuple[list[bytes], PendingReply]]) -> bytes:
+        values: dict[bytes, Value] = {}
+        failed: dict[bytes, PendingReply] = {}
+        for keys, pending in settled:
+            events = pending.events
+            if pending.error is not None or not events or type(events[-1]) is not End:
+                failed.update(dict.fromkeys(keys, pending))
+                continue
+            for event in events:
+                if type(event) is Value:
+                    values[event.key] = event
+        out = []
+        for request in self.requests:
+            key = request.key
+            renderer = RetrievalRenderer(request.opcode, request.opaque, key)
+            value = values.get(key)
+            if value is not None:
+                out.append(renderer.hit(value.flags, value.value, value.cas or 0))
+            elif key in failed:
+                out.append(renderer(failed[key]))
+            else:
+                out.append(renderer.miss())
+        return b"".join(out)
 
 
 class StorageRenderer(BinaryRenderer):

@@ -20,7 +20,7 @@ through the proxy (README "Compatibility notes").
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from memring.protocol.binary_frames import (
@@ -57,7 +57,7 @@ from memring.proxy.binary_replies import (
     StorageRenderer,
     text_reply_frames,
 )
-from memring.proxy.slots import Ready, Slot, Translated
+from memring.proxy.slots import Ready, Settling, Slot, Translated
 from memring.proxy.state import ProxyState
 
 
@@ -74,6 +74,8 @@ class ClientSession(Protocol):
 
     def close_after(self, reply: bytes) -> Slot: ...
 
+    def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]: ...
+
 # Bytes the text protocol cannot carry in a key: its separators and line ends (and the
 # other control bytes, which no text client sends: base64 keeps them exact).
 _UNSAFE = frozenset(range(0x21)) | {0x7F}
@@ -88,9 +90,14 @@ def _ttl(exptime: int) -> int:
     return min(exptime, _TTL_MAX)
 
 
+def text_safe(key: bytes) -> bool:
+    """Whether the text protocol carries `key` as it is (else: base64, meta only)."""
+    return _UNSAFE.isdisjoint(key)
+
+
 def _flags(tokens: list[bytes], key: bytes) -> MetaFlags | None:
     """Meta flags of `tokens`, base64 for a key text cannot carry (None: too long then)."""
-    if _UNSAFE.isdisjoint(key):
+    if text_safe(key):
         return MetaFlags(tokens=tokens, order="".join(chr(t[0]) for t in tokens))
     if len(base64.b64encode(key)) > KEY_MAX_LENGTH:
         return None

@@ -34,6 +34,7 @@ from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser
+from memring.proxy.binary_batches import BatchingParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -195,7 +196,8 @@ class ProxyServer:
             return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
 
         # memcached's -B auto: the first byte chooses text or binary for the connection
-        parser = NegotiatingParser(text, binary)
+        # ... and a binary client's consecutive gets become one multi-get (binary_batches)
+        parser = BatchingParser(NegotiatingParser(text, binary))
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)

@@ -29,7 +29,7 @@ asked again at the next leader when the node failed or refused), never a followe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from memring.protocol.binary_frames import BinaryRequest
@@ -61,6 +61,7 @@ from memring.protocol.requests import (
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.binary_batches import GetBatch, issue_batch
 from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
@@ -124,10 +125,10 @@ class ClientSession:
         self.replies = replies  # hears of every reply; picks each node's connection
         self._closing = False
 
-    def issue(self, request: Request | BinaryRequest | BinaryReply) -> Slot:
+    def issue(self, request: Request | BinaryRequest | BinaryReply | GetBatch) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
         kind = type(request)
-        if kind is not BinaryRequest:  # counted as the request it is translated into
+        if kind is not BinaryRequest and kind is not GetBatch:  # counted as translated
             self.state.stats.commands[kind.__name__] += 1
         try:
             return _DISPATCH[type(request)](self, self.state.router, request)
@@ -170,21 +171,34 @@ class ClientSession:
             return self._read(router, shard, encode_request(request), True)
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
         # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
+        parts = self._split(router, request.command, distinct, request.exptime)
+        return SplitGet(keys, len(distinct), [part for _, part in parts])
+
+    def _split(self, router: ShardRouter, command: bytes, distinct: Iterable[bytes],
+               exptime: int = 0) -> list[tuple[list[bytes], Settling]]:
+        """A multi-get of `distinct` keys split per shard: each part's keys and its read
+        (its write for gat/gats), all sent at once."""
         by_shard: dict[int, list[bytes]] = {}
         shards = {}
         for key in distinct:
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
-        parts: list[Settling] = []
+        parts = []
+        touches = command in (b"gat", b"gats")
         for shard_id, shard_keys in by_shard.items():
             shard = shards[shard_id]
-            line = encode_get(request.command, shard_keys, request.exptime)
+            line = encode_get(command, shard_keys, exptime)
             if touches:
-                parts.append(self._write(router, shard, line, True))
+                parts.append((shard_keys, self._write(router, shard, line, True)))
             else:
-                parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, len(distinct), parts)
+                parts.append((shard_keys, self._read(router, shard, line, True)))
+        return parts
+
+    def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]:
+        """`gets` of distinct `keys` split per shard (a batch of binary gets)."""
+        self.state.stats.commands["Get"] += 1
+        return self._split(self.state.router, b"gets", keys)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
@@ -273,6 +287,9 @@ class ClientSession:
     def _binary(self, router: ShardRouter, request: BinaryRequest) -> Slot:
         return issue_binary(self, request)
 
+    def _get_batch(self, router: ShardRouter, batch: GetBatch) -> Slot:
+        return issue_batch(self, batch)
+
     def _binary_reply(self, router: ShardRouter, event: BinaryReply) -> Slot:
         return Ready(event.reply)  # answered by the codec (SASL)
 
@@ -321,4 +338,5 @@ _DISPATCH = dict([
     _route(Authenticated, ClientSession._authenticated),
     _route(BinaryRequest, ClientSession._binary),
     _route(BinaryReply, ClientSession._binary_reply),
+    _route(GetBatch, ClientSession._get_batch),
 ])

@@ -148,6 +148,27 @@ def test_getkq_batch_comes_back_in_the_clients_order(cluster: servers.RunningSer
         (i, k) for i, k in enumerate(keys) if not k.startswith(b"nope")]
 
 
+def test_a_long_mget_with_repeats_and_misses_across_batches(cluster: servers.RunningServer
+                                                           ) -> None:
+    """More frames than one batch takes (proxy/binary_batches.py MAX_BATCH), loud and quiet,
+    repeated keys, misses: every answer in order, each hit with its item's CAS."""
+    first, second = on_each_shard(cluster, b"long", 30)
+    pool = [*first, *second, b"absent"]
+    keys = [pool[i * 7 % len(pool)] for i in range(150)]
+    opcodes = [Opcode.GETKQ, Opcode.GETK, Opcode.GETQ, Opcode.GET]
+    requests = [(opcodes[i % 4], i, k) for i, k in enumerate(keys)]
+    replies = exchange(cluster, b"".join(get(k, op, i) for op, i, k in requests))
+    expected = [(op, i, 0 if k != b"absent" else Status.KEY_ENOENT)
+                for op, i, k in requests
+                if k != b"absent" or op in (Opcode.GETK, Opcode.GET)]
+    assert [(r.opcode, r.opaque, r.status) for r in replies] == expected
+    cas_of: dict[bytes, set[int]] = {}
+    for reply in replies:
+        if reply.status == 0:
+            cas_of.setdefault(keys[reply.opaque], set()).add(reply.cas)
+    assert all(len(c) == 1 and 0 not in c for c in cas_of.values()), cas_of
+
+
 def test_cas_through_the_proxy(cluster: servers.RunningServer) -> None:
     [hit] = exchange(cluster, set_(b"caskey", b"a") + get(b"caskey"))[1:]
     stale = hit.cas + 1000
