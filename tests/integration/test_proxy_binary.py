@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from memring.cluster.etcd_process import EtcdProcess
 from memring.protocol.binary_frames import (
     HEADER,
     BinaryResponse,
@@ -39,6 +40,7 @@ from tests.helpers.binary_cases import (
     touch,
 )
 from tests.helpers.binary_exchange import frames
+from tests.helpers.cluster import ReplicatedShard, node_id, proxy_argv, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -346,3 +348,57 @@ def test_sasl_plain_against_the_proxys_auth_file(
     with wire.connect(authenticating_proxy) as sock:
         got = wire.drive(sock, [get(b"k"), frame(Opcode.NOOP)], until=None, timeout=TIMEOUT)
     assert got.closed and got.reply == error_response(Opcode.GET, Status.AUTH_ERROR, 0)
+
+
+def test_binary_writes_through_a_cluster_proxy_survive_a_leader_kill(etcd: EtcdProcess
+                                                                     ) -> None:
+    """Cluster mode: binary writes go to the shard's leader (sync replication), and after
+    a kill -9 of the leader the proxy sends them to the next one; nothing acknowledged is
+    lost, CAS values included."""
+    with contextlib.ExitStack() as stack:
+        shard = ReplicatedShard(etcd, stack, "binproxy1", {})
+        shard.mode = "sync"
+        shard.start()
+        shard.start()
+        leader = shard.leader()
+        everyone = {node_id(n) for n in shard.live()}
+        wait_for(lambda: set(wire.stats(leader).get("memring_repl_isr", "").split(","))
+                 == everyone, 10.0, "the follower in the ISR")
+        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd.url,
+                                                                          shard.cluster)))
+
+        wait_for(lambda: exchange(proxy, set_(b"probe", b"p"))[0].status == 0, 10.0,
+                 "binary writes through the proxy")
+        before = exchange(proxy, set_(b"before", b"v", 3) + incr(b"count", 1, 41)
+                          + set_(b"quiet", b"q", opcode=Opcode.SETQ) + get(b"before"))
+        assert [r.status for r in before] == [0, 0, 0]
+        servers.stop(leader.process, graceful=False)  # kill -9
+
+        def after() -> list[BinaryResponse] | None:
+            replies = exchange(proxy, set_(b"after", b"w") + get(b"before")
+                               + get(b"count") + get(b"quiet"))
+            return replies if replies[0].status == 0 else None
+
+        replies = wait_for(after, 10.0, "a write at the new leader")
+        assert shard.leader() is not leader
+        assert [(r.status, r.value) for r in replies[1:]] == [(0, b"v"), (0, b"41"), (0, b"q")]
+        assert replies[1].cas == before[2].cas  # the CAS travelled with the item
+
+
+def test_bodies_over_the_limit_stream_by_in_bounded_memory(cluster: servers.RunningServer
+                                                           ) -> None:
+    """A 64 MiB value (answered "Too large.") and an unknown opcode's 64 MiB body are
+    swallowed as they stream by, without the proxy holding either."""
+    big = 64 << 20
+    set_header = HEADER.pack(0x80, Opcode.SET, 1, 8, 0, 0, 9 + big, 0, 0) + b"\0" * 8 + b"k"
+    unknown_header = HEADER.pack(0x80, 0x40, 0, 0, 0, 0, big, 0, 0)
+    before = wire.rss_kib(cluster.pid)
+    chunks = [set_header, *wire.repeat(b"v" * (1 << 20), big), unknown_header,
+              *wire.repeat(b"u" * (1 << 20), big), get(b"k") + SENTINEL]
+    got = wire.converse(cluster, chunks, until=SENTINEL_REPLY, timeout=60)
+    replies = [r for r in frames(got.reply) if isinstance(r, BinaryResponse)]
+    assert [(r.opcode, r.status, r.value) for r in replies] == [
+        (Opcode.SET, Status.E2BIG, b"Too large."),
+        (0x40, Status.UNKNOWN_COMMAND, b"Unknown command"),
+        (Opcode.GET, Status.KEY_ENOENT, b"Not found"), (Opcode.NOOP, 0, b"")]
+    assert wire.rss_kib(cluster.pid) - before < 32 * 1024
