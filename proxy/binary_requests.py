@@ -8,7 +8,8 @@ for the create on a miss. Those go through the session's own routing (`ClientSes
 the ring, leader writes, failover, the read policy, back-pressure), so a binary client gets
 exactly what a text client gets; only the rendering differs (proxy/binary_replies.py). The
 backend always answers (no meta `q` is sent): quiet opcodes are quiet at the proxy, so no
-reply can shift between requests or clients. flush and stat ask what the text `flush_all`
+reply can shift between requests or clients. Runs of get frames come batched
+(proxy/binary_batches.py). flush and stat ask what the text `flush_all`
 and `stats` ask and translate their replies; noop, version and quit are answered here, in
 request order like every reply.
 
