@@ -77,6 +77,7 @@ class ClientSession(Protocol):
 
     def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]: ...
 
+
 # Bytes the text protocol cannot carry in a key: its separators and line ends (and the
 # other control bytes, which no text client sends: base64 keeps them exact).
 _UNSAFE = frozenset(range(0x21)) | {0x7F}

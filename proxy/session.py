@@ -25,6 +25,10 @@ asked again at the next leader when the node failed or refused), never a followe
 
 `noreply` and meta `q` are honoured here, not at the backend: the backend always answers
 (see protocol.request_encoder) and the session drops what the client asked not to see.
+
+A binary client (a first byte 0x80) is served by the same routing: its frames are
+translated into meta requests (proxy/binary_requests.py, runs of gets batched by
+proxy/binary_batches.py) and their replies rendered as binary frames (proxy/binary_replies.py).
 """
 
 from __future__ import annotations
