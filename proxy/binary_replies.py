@@ -217,9 +217,11 @@ class ArithmeticRenderer(BinaryRenderer):
 
     def success(self, reply: MetaReply) -> bytes:
         code = reply.code
-        if code == b"VA" and reply.value is not None and reply.value.isdigit():
-            return self.done(value=counter_value(int(reply.value)),
-                             cas=_numbers(reply).get(_C, 0))
+        if code == b"VA":
+            number = (reply.value or b"").strip()
+            if not number.isdigit():
+                return self.error(Status.TEMPORARY_FAILURE, b"bad counter from the backend")
+            return self.done(value=counter_value(int(number)), cas=_numbers(reply).get(_C, 0))
         if code == b"EX":
             return self.error(Status.KEY_EEXISTS)
         if code == b"NS":  # the create on a miss did not store
