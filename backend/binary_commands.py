@@ -18,6 +18,7 @@ from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
 from memring.protocol.binary_frames import (
     NO_CREATE,
+    QUIET_TWIN,
     BinaryRequest,
     BinaryResponse,
     Opcode,
@@ -27,10 +28,10 @@ from memring.protocol.binary_frames import (
     error_response,
     flags_extras,
     is_quiet,
-    loud,
     parse_arithmetic_extras,
     parse_expiration_extras,
     parse_storage_extras,
+    value_response,
 )
 from memring.protocol.write_refusals import refusal_reason
 
@@ -95,7 +96,7 @@ class BinaryCommands:
     def handle(self, request: BinaryRequest, out: list[bytes]) -> bool:
         """Append the reply frames of one request to `out`; True if the connection closes
         once they are written (quit)."""
-        command = loud(request.opcode)
+        command = QUIET_TWIN.get(request.opcode, request.opcode)
         fence = self.handler.fence
         if fence is not None and (command in _WRITES or command in _READS):
             line = fence.refusal() if command in _WRITES else fence.read_refusal()
@@ -144,9 +145,8 @@ class BinaryCommands:
             self._miss(request, command, out)
             return
         # a hit is sent even by getq/getkq: quiet hides only the miss
-        out.append(encode_response(BinaryResponse(
-            request.opcode, Status.SUCCESS, request.key if command == Opcode.GETK else b"",
-            flags_extras(item.flags), item.value, request.opaque, item.cas)))
+        out.append(value_response(request.opcode, request.key if command == Opcode.GETK
+                                  else b"", item.flags, item.value, request.opaque, item.cas))
 
     def touch(self, request: BinaryRequest, command: int, out: list[bytes]) -> None:
         item = self.store.get_and_touch(request.key, parse_expiration_extras(request.extras))

@@ -160,6 +160,7 @@ class BackendServer:
         counters = self.counters
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
+        negotiated = False
         server = self.connections
         idle_timeout = server.idle_timeout
         current_time = trio.current_time
@@ -175,6 +176,11 @@ class BackendServer:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
             parser.receive_data(data)
+            if not negotiated:
+                chosen = parser.chosen
+                assert chosen is not None  # data was not empty
+                next_event = chosen.next_event  # the first byte chose: no indirection now
+                negotiated = True
             out: list[bytes] = []
             quitting = False
             served = False

@@ -167,11 +167,20 @@ def error_response(opcode: int, status: int, opaque: int, text: bytes | None = N
     return _frame(MAGIC_RESPONSE, opcode, b"", b"", body, RAW_BYTES, status, opaque, 0)
 
 
+def value_response(opcode: int, key: bytes, flags: int, value: bytes, opaque: int,
+                   cas: int) -> bytes:
+    """A get hit's reply (extras: the flags; `key` empty unless getk/gatk), packed at once:
+    the hot path of a binary get."""
+    return HEADER.pack(MAGIC_RESPONSE, opcode, len(key), 4, RAW_BYTES, 0,
+                       4 + len(key) + len(value), opaque, cas) + _FLAGS.pack(flags) + key + value
+
+
 # -- extras ------------------------------------------------------------------------------
 
 _STORAGE = struct.Struct(">II")       # set/add/replace: flags, expiration
 _ARITHMETIC = struct.Struct(">QQI")   # incr/decr: delta, initial, expiration
-_EXPIRATION = struct.Struct(">I")     # touch/gat/flush: expiration; get replies: flags
+_EXPIRATION = struct.Struct(">I")     # touch/gat/flush: expiration
+_FLAGS = _EXPIRATION                  # get replies: the item's flags
 _COUNTER = struct.Struct(">Q")        # incr/decr replies: the new value
 
 
@@ -206,11 +215,11 @@ def parse_expiration_extras(extras: bytes) -> int:
 
 def flags_extras(flags: int) -> bytes:
     """A get reply's extras: the item's flags."""
-    return _EXPIRATION.pack(flags)
+    return _FLAGS.pack(flags)
 
 
 def parse_flags_extras(extras: bytes) -> int:
-    return int(_EXPIRATION.unpack(extras)[0])
+    return int(_FLAGS.unpack(extras)[0])
 
 
 def counter_value(value: int) -> bytes:

@@ -40,6 +40,12 @@ class NegotiatingParser:
         self.binary = False
 
     @property
+    def chosen(self) -> TextParser | BinaryRequestParser | None:
+        """The parser chosen by the first byte (None before any): a server loop may call
+        it directly from then on and skip this indirection per event."""
+        return self._chosen
+
+    @property
     def buffered(self) -> int:
         return 0 if self._chosen is None else self._chosen.buffered
 
