@@ -14,7 +14,6 @@ with its reason (README "Compatibility notes").
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -22,7 +21,7 @@ import pytest
 from memring.protocol.binary_frames import Opcode
 from tests.helpers import servers, wire
 from tests.helpers.binary_cases import CASES, SENTINEL, SENTINEL_REPLY, BinaryCase, frame
-from tests.helpers.binary_exchange import describe, run_case
+from tests.helpers.binary_exchange import capable_lines, describe, run_case
 
 pytestmark = pytest.mark.compat
 
@@ -84,12 +83,6 @@ def test_cas_literals_through_a_fresh_proxy(case: BinaryCase, kind: str) -> None
     with proxy_over_fresh(kind) as proxy:
         got = run_case(proxy, case)
     assert_same(want, got, f"proxy over {kind}")
-
-
-def capable_lines(server: servers.RunningServer) -> list[str]:
-    done = subprocess.run(["memccapable", "-h", "127.0.0.1", "-p", str(server.port), "-b"],
-                          capture_output=True, text=True, timeout=120, check=False)
-    return [line for line in done.stdout.splitlines() if line.startswith("binary ")]
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: f"over-{k}")

@@ -1,9 +1,14 @@
 """Running a binary corpus case against a server and reading its replies frame by frame
-(tests/helpers/binary_cases.py holds the cases; the differential tests compare servers)."""
+(tests/helpers/binary_cases.py holds the cases; the differential tests compare servers),
+and libmemcached's `memccapable -b` checks."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+
+import pytest
 
 from memring.protocol.binary_frames import BinaryResponse
 from memring.protocol.binary_parser import BinaryResponseError, BinaryResponseParser
@@ -66,3 +71,12 @@ def describe(want: bytes, got: bytes, name: str = "backend") -> str:
     lines = ["memcached:"] + ["  " + _short(f) for f in frames(want)]
     lines += [f"{name}:"] + ["  " + _short(f) for f in frames(got)]
     return "\n".join(lines)
+
+
+def capable_lines(server: servers.RunningServer) -> list[str]:
+    """The binary checks of libmemcached's `memccapable -b` against `server`, one a line."""
+    if shutil.which("memccapable") is None:
+        pytest.skip("memccapable is missing: make debian-deps (libmemcached-tools)")
+    done = subprocess.run(["memccapable", "-h", "127.0.0.1", "-p", str(server.port), "-b"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    return [line for line in done.stdout.splitlines() if line.startswith("binary ")]
