@@ -6,8 +6,9 @@ memcached, a proxy over one memring backend), each case preceded by a flush on a
 they get the same frames in the same order, so their CAS counters stay equal and CAS values
 compare exactly. The cases that name CAS values as literals (`cas=1`, meaning the first
 item's) run against fresh servers instead, where counters start from 1 on every side.
-The multi-shard tests (tests/integration/test_proxy_binary.py) mask CAS values, which then
-come from several counters. A case whose answer is the proxy's own by design is left out,
+Over several shards CAS values come from several counters, so the multi-shard tests
+(tests/integration/test_proxy_binary.py) check what a CAS must be (non-zero, the same for an
+unchanged item, new after each write) instead of comparing values. A case whose answer is the proxy's own by design is left out,
 with its reason (README "Compatibility notes").
 """
 
