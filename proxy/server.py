@@ -32,6 +32,9 @@ from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
+from memring.protocol.binary_parser import BinaryRequestParser
+from memring.protocol.negotiation import NegotiatingParser
+from memring.proxy.binary_batches import BatchingParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -183,10 +186,21 @@ class ProxyServer:
         assert self._drainers is not None
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         settings = self.state.settings
-        requests = RequestParser(max_line=settings.max_line,
-                                 max_item_size=settings.max_item_size)
-        # in front of the requests until the client authenticated (--auth-file)
-        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
+        auth = self.auth
+
+        def text() -> RequestParser | AuthenticatingParser:
+            requests = RequestParser(max_line=settings.max_line,
+                                     max_item_size=settings.max_item_size)
+            # in front of the requests until the client authenticated (--auth-file)
+            return requests if auth is None else AuthenticatingParser(requests, auth)
+
+        def binary() -> BinaryRequestParser:
+            # with --auth-file: SASL PLAIN against the same users first
+            return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
+
+        # memcached's -B auto: the first byte chooses text or binary for the connection
+        # ... and a binary client's consecutive gets become one multi-get (binary_batches)
+        parser = BatchingParser(NegotiatingParser(text, binary))
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)

@@ -494,6 +494,38 @@ class Forwarded(Filtered):
         return self.pending
 
 
+class Translated(Slot):
+    """Another slot's reply rewritten by `translate` (a binary client's flush and stat are
+    the text `flush_all` and `stats`, their replies in binary: proxy/binary_requests.py)."""
+
+    __slots__ = ("inner", "translate")
+
+    def __init__(self, inner: Slot, translate: Callable[[bytes], bytes]) -> None:
+        self.inner = inner
+        self.translate = translate
+
+    def poll(self) -> Poll:
+        reply = self.inner.poll()
+        if isinstance(reply, _Pending):
+            return reply
+        if type(reply) is not bytes:
+            return NEEDS_TASK  # a sliced reply is joined in reply()
+        return self.translate(reply)
+
+    async def reply(self) -> bytes:
+        reply = await self.inner.reply()
+        pieces: list[bytes] = []
+        if isinstance(reply, SlicedReply):
+            while not reply.done:
+                pieces.append(reply.next_slice())
+            return self.translate(b"".join(pieces))
+        if isinstance(reply, StreamedReply):  # a dump asked as a binary stat: joined too
+            while not reply.done:
+                pieces.append(await reply.next_piece())
+            return self.translate(b"".join(pieces))
+        return self.translate(reply)
+
+
 class AllSayOk(Slot):
     """flush_all: OK only when every part did (each node in static mode, each shard's leader
     in cluster mode, whose followers get it by replication); else the first other answer."""

@@ -163,3 +163,19 @@ def test_pylibmc_sasl_plain_against_the_auth_file(
             for password in ("secret", "wrong")]
     assert seen[0] == "v"
     assert seen[1] != "v" and seen[1].endswith("Error"), seen
+
+
+@pytest.mark.parametrize("kind", ["memcached", "backend"])
+def test_pylibmc_binary_through_the_proxy(kind: str) -> None:
+    """The same session through a proxy over two shards of either kind. Its `stats` entry
+    is left out: through the proxy `stats` describes the proxy (README)."""
+    with servers.memcached() as memcached:
+        want = pylibmc_session(memcached.port)
+    with servers.proxy_over(kind, shards=2) as proxy:
+        got = pylibmc_session(proxy.port)
+    assert want[1] == "v"
+
+    def without_stats(seen: list[Any]) -> list[Any]:
+        return [s for s in seen if not (isinstance(s, dict) and "cmd_get" in s)]
+
+    assert without_stats(got) == without_stats(want)

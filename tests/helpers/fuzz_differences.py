@@ -266,9 +266,10 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "without dropping the replies of earlier pipelined commands that memcached drops",
         ALL, _long_key_in_multiget),
     CommandDifference(
-        "binary_protocol", "README: the proxy does not speak the binary protocol yet (a "
-        "first byte 0x80 closes); the backend does, and sends the replies of a read that "
-        "ends in a close (bad magic), which memcached drops", ALL, _binary_protocol),
+        "binary_protocol", "README: a first byte 0x80 makes the connection binary; the "
+        "backend and the proxy send the replies of a read that ends in a close (bad magic), "
+        "which memcached drops, and the proxy answers binary stat and version itself",
+        ALL, _binary_protocol),
     CommandDifference(
         "newer_meta_flags", "README: meta flags newer than 1.6.18 (E, md x, ms s/N, mg C) follow "
         "the current protocol.txt", ALL, _newer_meta_flag),
