@@ -305,20 +305,35 @@ def test_quiet_replies_never_shift_between_clients() -> None:
         assert not errors, errors[:3]
 
 
-def test_a_dead_shard_answers_its_keys_with_an_error() -> None:
+@pytest.mark.parametrize("policy", ["miss", "error"])
+def test_a_dead_shard_answers_reads_by_policy_and_writes_with_an_error(policy: str) -> None:
+    """on_shard_error = miss (the default): a read of the dead shard is a miss (a quiet one
+    hidden), counted; = error: status 0x86 with the reason. Writes: the error either way."""
     with servers.backend() as one, servers.backend() as two, \
-            servers.proxy([[one], [two]], timeout_ms=300, failure_limit=1) as proxy:
+            servers.proxy([[one], [two]], on_shard_error=policy,
+                          timeout_ms=300, failure_limit=1) as proxy:
         first, second = on_each_shard(proxy, b"dead", 20)
         servers.stop(two.process, graceful=False)
         # the proxy hears of it on its connections (a failure each, then ejected)
         replies = exchange(proxy, get(second[0], opaque=1)
                            + set_(second[1], b"x", opcode=Opcode.SETQ, opaque=2)
-                           + get(first[0], opaque=3) + get(second[2], Opcode.GETKQ, 4))
-        assert [(r.opcode, r.status, r.opaque) for r in replies] == [
-            (Opcode.GET, Status.TEMPORARY_FAILURE, 1),
-            (Opcode.SETQ, Status.TEMPORARY_FAILURE, 2),  # quiet hides successes, not errors
-            (Opcode.GET, 0, 3), (Opcode.GETKQ, Status.TEMPORARY_FAILURE, 4)]
-        assert all(r.value for r in replies if r.status)  # the reason is the body
+                           + get(first[0], opaque=3) + get(second[2], Opcode.GETKQ, 4)
+                           + frame(Opcode.NOOP, opaque=5))
+        seen = [(r.opcode, r.status, r.opaque) for r in replies]
+        if policy == "error":
+            assert seen == [
+                (Opcode.GET, Status.TEMPORARY_FAILURE, 1),
+                (Opcode.SETQ, Status.TEMPORARY_FAILURE, 2),  # quiet hides successes only
+                (Opcode.GET, 0, 3), (Opcode.GETKQ, Status.TEMPORARY_FAILURE, 4),
+                (Opcode.NOOP, 0, 5)]
+            assert all(r.value for r in replies if r.status)  # the reason is the body
+        else:
+            assert seen == [
+                (Opcode.GET, Status.KEY_ENOENT, 1),
+                (Opcode.SETQ, Status.TEMPORARY_FAILURE, 2),
+                (Opcode.GET, 0, 3), (Opcode.NOOP, 0, 5)]  # the getkq miss is quiet
+            assert replies[0].value == b"Not found"
+            assert wire.stats(proxy)["shard_error_misses"] == "2"
 
 
 @pytest.fixture
