@@ -177,8 +177,12 @@ async def deployed(*, shards: int = 2, replicas: int = 3, proxies: int = 2,
     proxy_processes: list[Process] = []
     try:
         async with EtcdCoordinator.connect(etcd.urls, cluster) as coordinator:
+            # on_shard_error = error: the checker reads a key as a register, which may not
+            # answer "absent" while it holds a value; the default (miss) answers a cache's
+            # miss while a shard has no leader, which a cache may always do (README).
             await coordinator.put_config(ClusterConfig(replication=mode, read_policy=read_policy,
-                                                       lease_ttl=lease_ttl))
+                                                       lease_ttl=lease_ttl,
+                                                       on_shard_error="error"))
         async with trio.open_nursery() as nursery:
             for s in range(1, shards + 1):
                 for r in range(replicas):
