@@ -7,6 +7,11 @@ one send, so a pipelined burst costs one recv and one send. Sockets are driven b
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
+Replies leave when memcached's would (tests/compat/test_held_replies.py): after each read,
+except those it holds while it waits for the rest of a data block (all since its last write:
+a get, `mn`, or every REQUESTS_PER_EVENT requests of one read), which go with the next write,
+or never if the client closes first or a bad line closes the connection.
+
 Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds
 lines and values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of
 many large values streams instead of piling up.
@@ -39,13 +44,26 @@ from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
-from memring.protocol.requests import Get
+from memring.protocol.requests import Get, MetaNoop, Quit
 from memring.protocol.sizes import limit_repeats
 
 log = logging.getLogger("memring.backend")
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
+# memcached's -R default: after this many requests of one read event it writes what it has.
+REQUESTS_PER_EVENT = 20
+# Requests after which memcached writes its replies at once (proto_text.c: process_get_command
+# and `mn` set conn_mwrite).
+FLUSHING = frozenset({Get, MetaNoop})
+
+
+def _held_from(out: list[bytes], sendable: int) -> int:
+    """Where the replies memcached holds begin, while it waits for the rest of a data block
+    (memcached.c conn_nread and conn_swallow write nothing): from `sendable` on, unless they
+    pass FLUSH_SIZE, which memring sends rather than hold (memcached holds at most
+    REQUESTS_PER_EVENT + 1 replies, each up to its item size)."""
+    return sendable if sum(map(len, out[sendable:])) <= FLUSH_SIZE else len(out)
 
 
 class ReplicationGate(Protocol):
@@ -152,42 +170,68 @@ class BackendServer:
         idle_timeout = server.idle_timeout
         current_time = trio.current_time
         gate = self.gate
+        out: list[bytes] = []  # replies not sent yet; some may wait for the next read
+        depends = ORIGIN  # the newest unreplicated mutation the replies show
         while not server.closing:
             conn.idle = parser.buffered == 0
             conn.reading = True  # only here may --idle-timeout close the connection
             data = await recv(nonblocking.READ_SIZE)
             conn.reading = conn.idle = False
             if not data:
-                return
-            if gate is not None:
+                return  # replies held for an unfinished data block go unsent, as memcached's
+            if gate is not None and not out:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
             parser.receive_data(data)
-            out: list[bytes] = []
-            quitting = False
+            quitting = hanging_up = False
             served = False
-            depends = ORIGIN  # the newest unreplicated mutation the replies show
+            sendable = 0  # how many of `out` memcached would have sent by now (HeldReplies)
+            requests = 0  # this read's, counted as memcached's reqs_per_event counts them
+            replied = 0  # len(out) before the last request's reply
+            event: object = None
             try:
                 while True:
                     event = next_event()
                     if event is NEED_DATA:
                         break
                     served = True
+                    requests += 1
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it
+                        sendable = len(out)
                         continue
+                    replied = len(out)
                     handle(event, out)
                     if gate is not None:
                         depends = gate.unacknowledged(_keys_of(event), depends)
+                    if type(event) in FLUSHING or (
+                            requests > REQUESTS_PER_EVENT and requests % REQUESTS_PER_EVENT == 1):
+                        sendable = len(out)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
                         await self._flush(conn, out, depends)
                         depends = ORIGIN
+                        sendable = replied = 0
             except CloseConnection:
                 quitting = True
+                # memcached closes on a bad line without writing what it had not sent yet;
+                # `quit` writes first (proto_text.c process_quit_command).
+                hanging_up = type(event) is not Quit
+            if hanging_up:
+                del out[sendable:replied]  # never sent; the closing answer itself is
+                sendable = len(out)
+            elif not parser.in_data_block or quitting:
+                sendable = len(out)
+            else:
+                sendable = _held_from(out, sendable)
             try:
-                if out:
+                if sendable:
+                    held = out[sendable:]
+                    del out[sendable:]
                     await self._flush(conn, out, depends)
+                    out[:] = held
+                    if not held:
+                        depends = ORIGIN
             except CloseConnection:
                 return
             if quitting:

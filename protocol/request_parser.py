@@ -107,6 +107,12 @@ class RequestParser:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def in_data_block(self) -> bool:
+        """Waiting for the rest of a data block (to store or to swallow): memcached sends
+        no reply while it waits there (memcached.c conn_nread, conn_swallow)."""
+        return self._pending is not None or self._swallow > 0
+
     def __iter__(self) -> Iterator[Request]:
         while True:
             event = self.next_event()
