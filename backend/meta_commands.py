@@ -154,8 +154,8 @@ class MetaCommands:
                 parts.append(b"c%d" % (stored.cas if stored is not None else 0))
             elif flag == "b" and "k" not in flags.order:
                 continue
-            elif flag == "s" and stored is not None:
-                parts.append(b"s%d" % len(stored.value))
+            # `s` is accepted and not echoed: 1.6.18 prints only O, k, c (and b) for ms; the
+            # `s<size>` of later releases is left out (differential case ms_s_is_ignored).
         out.append(_line(code, parts))
 
     def _store(self, command: bytes, key: bytes, item: Item,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from memring.protocol import meta_flags
 from memring.protocol.meta_flags import (
     BAD_FORMAT,
     MAX_META_TOKENS,
@@ -193,7 +192,9 @@ class RequestParser:
         if handler is not None:
             return handler(self, tokens)
         command = tokens[0]
-        if command[0] in _DISPATCHED_FIRST or (command[0] == 0x6D and len(command) == 2):
+        # No command is shorter than 2 bytes: ERROR before any other check (process_command_ascii).
+        if len(command) < 2 or command[0] in _DISPATCHED_FIRST or (
+                command[0] == 0x6D and len(command) == 2):
             return ProtocolError(ERROR)
         if tokens[-1].startswith(b"HTTP/"):
             return self._close(b"")  # t/malicious-commands.t: close silently
@@ -353,17 +354,10 @@ class RequestParser:
                                  b"CLIENT_ERROR options flags too long\r\n")
         start = 3 if tokens[0] == b"ms" else 2
         try:
-            flags, error = parse_meta_flags(tokens, start, allow_x=tokens[0] == b"md")
+            flags, key, error = parse_meta_flags(tokens, start, allow_x=tokens[0] == b"md")
         except MetaFlagError as exc:
             error = exc.message
             flags = MetaFlags()
-        else:
-            if error is None and flags.base64:
-                decoded = decode_key(key)
-                if decoded is None:
-                    error = meta_flags.DECODE_ERROR
-                else:
-                    key = decoded
         if error is not None:
             if generic_errors:
                 error = b"CLIENT_ERROR invalid or duplicate flag"
