@@ -187,6 +187,13 @@ CASES: list[Case] = [
     # memcached tokenizes a line up to its first NUL (found by the fuzzer)
     case("nul_ends_the_command_line", b"add k 0 \x00 6\r\nagcjjg\r\nincr k\x00 x\r\n"
          b"get a\x00b\r\n\x00abc\r\n"),
+    # the rest of issue 14's NUL shapes: every command family reads up to the NUL, and the
+    # data block after a line cut short is read as a line of its own
+    case("nul_in_each_command_family", b"incr \x00 1\r\nversion\x00junk\r\n" + set_(b"a", b"x")
+         + b"get a\x00b\r\nset a\x00b 0 0 1\r\nx\r\nmg a\x00 v\r\nmg a v\x00 k\r\n"
+         b"ms a\x00 1\r\nx\r\nms a 1\x00 T0\r\nx\r\ndelete a\x00 0\r\nmn\x00x\r\n"
+         b"set a 0 0 1 \x00noreply\r\ny\r\nget a \x00\r\n\x00get a\r\nm\x00g a\r\n",
+         mn_lines=1),
     case("verbosity", b"verbosity 1\r\nverbosity 1 noreply\r\nverbosity\r\nverbosity abc\r\n"
          b"verbosity 1 2 3\r\n"),
     # through the proxy cache_memlimit is refused (tests/integration/test_proxy_admin.py)
@@ -210,6 +217,8 @@ CASES: list[Case] = [
     case("noreply_suppresses_errors", b"set k abc 0 1 noreply\r\nx\r\n"
          b"touch k abc noreply\r\nget k\r\n"),
     case("http_request_closes", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", sentinel=False),
+    # no command is shorter than two bytes: ERROR comes before the HTTP/ check
+    case("one_byte_command_with_http_token", b"m HTTP/1.0\r\nx HTTP/1.1\r\nget k\r\n"),
     case("http_token_after_unknown_command_closes", b"FOO bar HTTP/1.0\r\nget k\r\n",
          sentinel=False),
     # 1.6.18 checks for "HTTP/" only on lines it does not otherwise understand.
@@ -292,6 +301,8 @@ CASES: list[Case] = [
     case("ms_quiet_shows_failures", set_(b"k", b"x") + b"ms k 1 q C99\r\ny\r\nms k 1 q MR\r\n"
          b"z\r\nms j 1 q MR\r\nz\r\nmg k v\r\n"),
     case("ms_ttl", b"ms k 1 T1000\r\nx\r\nmg k t v\r\n", timing=True),
+    # 1.6.18 takes s on ms and prints nothing for it (s<size> came in 1.6.20)
+    case("ms_s_is_ignored", b"ms b 2 s\r\nxx\r\nms b 2 s k c O1\r\nxx\r\nmg b s v\r\n"),
     # --- meta: md ----------------------------------------------------------------------------
     case("md_hit_miss", set_(b"k", b"x") + b"md k\r\nmd k\r\nmd k q\r\nmd k k Oz\r\n"),
     case("md_quiet_hit", set_(b"k", b"x") + b"md k q\r\nmg k v\r\n"),
@@ -312,6 +323,13 @@ CASES: list[Case] = [
          b"ma n Jabc N0\r\n"),
     case("ma_quiet_hides_hd", set_(b"n", b"1") + b"ma n q\r\nma n q v\r\nmg n v\r\n"),
     case("ma_ttl_update", set_(b"n", b"1") + b"ma n T1000 t v\r\nmg n t\r\n", timing=True),
+    # memcached's base64_decode skips bytes outside the alphabet (found by the fuzzer), and
+    # the b flag's error is one of the scan's: a later flag's error replaces it
+    case("meta_base64_key_skips_other_bytes", b"ms Y\x01Q== 1 b k\r\nx\r\nmg YQ== b k v\r\n"
+         b"mg Z\x01jA= b t s\r\nmg Y\x01Q== b v\r\nmd Y\x01Q== b q\r\nmg YQ== b v\r\n"),
+    case("meta_base64_error_takes_its_place", b"mg !!!! b Tx\r\nmg !!!! Tx b\r\n"
+         b"mg YQ== Tx b\r\nmg A=== b\r\nmg AA=A b k\r\nma !!!! b Dx\r\nma !!!! Dx b\r\n"
+         b"ms !!!! 2 Mz b\r\nxx\r\nms YQ== 2 b Mz\r\nxx\r\nms !!!! 2 b Mzz\r\nxx\r\n"),
     # --- meta: me / mn ------------------------------------------------------------------------
     case("me_hit_miss", set_(b"k", b"hello") + b"me k\r\nget k\r\nme k\r\nme nope\r\n",
          timing=True),
