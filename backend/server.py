@@ -7,10 +7,9 @@ one send, so a pipelined burst costs one recv and one send. Sockets are driven b
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
-Replies leave when memcached's would (tests/compat/test_held_replies.py): after each read,
-except those it holds while it waits for the rest of a data block (all since its last write:
-a get, `mn`, or every REQUESTS_PER_EVENT requests of one read), which go with the next write,
-or never if the client closes first or a bad line closes the connection.
+Replies leave when memcached's would (protocol.write_points): after each read, except those
+it holds while it waits for the rest of a data block, which go with the next write, or never
+if the client closes first; a bad line that closes the connection drops them too.
 
 Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds
 lines and values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of
@@ -44,25 +43,19 @@ from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
-from memring.protocol.requests import Get, MetaNoop, Quit
+from memring.protocol.requests import Get, Quit
 from memring.protocol.sizes import limit_repeats
+from memring.protocol.write_points import WritePoints
 
 log = logging.getLogger("memring.backend")
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
-# memcached's -R default: after this many requests of one read event it writes what it has.
-REQUESTS_PER_EVENT = 20
-# Requests after which memcached writes its replies at once (proto_text.c: process_get_command
-# and `mn` set conn_mwrite).
-FLUSHING = frozenset({Get, MetaNoop})
-
-
 def _held_from(out: list[bytes], sendable: int) -> int:
     """Where the replies memcached holds begin, while it waits for the rest of a data block
-    (memcached.c conn_nread and conn_swallow write nothing): from `sendable` on, unless they
-    pass FLUSH_SIZE, which memring sends rather than hold (memcached holds at most
-    REQUESTS_PER_EVENT + 1 replies, each up to its item size)."""
+    (protocol.write_points): from `sendable` on, unless they pass FLUSH_SIZE, which memring
+    sends rather than hold (memcached holds at most REQUESTS_PER_EVENT + 1 replies, each up
+    to its item size)."""
     return sendable if sum(map(len, out[sendable:])) <= FLUSH_SIZE else len(out)
 
 
@@ -185,8 +178,8 @@ class BackendServer:
             parser.receive_data(data)
             quitting = hanging_up = False
             served = False
-            sendable = 0  # how many of `out` memcached would have sent by now (HeldReplies)
-            requests = 0  # this read's, counted as memcached's reqs_per_event counts them
+            sendable = 0  # how many of `out` memcached would have written by now
+            points = WritePoints()
             replied = 0  # len(out) before the last request's reply
             event: object = None
             try:
@@ -195,7 +188,7 @@ class BackendServer:
                     if event is NEED_DATA:
                         break
                     served = True
-                    requests += 1
+                    points.after(event)
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it
@@ -205,8 +198,7 @@ class BackendServer:
                     handle(event, out)
                     if gate is not None:
                         depends = gate.unacknowledged(_keys_of(event), depends)
-                    if type(event) in FLUSHING or (
-                            requests > REQUESTS_PER_EVENT and requests % REQUESTS_PER_EVENT == 1):
+                    if not points.unwritten:
                         sendable = len(out)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
                         await self._flush(conn, out, depends)

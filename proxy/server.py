@@ -32,6 +32,8 @@ from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
+from memring.protocol.requests import ProtocolError
+from memring.protocol.write_points import WritePoints
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -208,10 +210,15 @@ class ProxyServer:
                 replies.waiting_for_client = conn.reading = False
                 conn.idle = False
                 if not data:
-                    await replies.wait_answered()
+                    await replies.wait_answered()  # the held ones never go, as in memcached
                     return
                 parser.receive_data(data)
                 started = time.perf_counter()
+                event = NEED_DATA if not replies.held else parser.next_event()
+                if replies.held:
+                    if event is NEED_DATA and parser.in_data_block:
+                        continue  # the block is still incomplete: memcached still holds
+                    replies.release()
                 if not replies.answered:  # a pipelining client: the last batch first
                     if not replies.hold_input(parser.buffered):  # held while it waits
                         refused = True
@@ -219,19 +226,31 @@ class ProxyServer:
                     await replies.wait_answered()
                 replies.started = started
                 issued = False
+                points = WritePoints()  # which replies memcached would hold (write_points)
                 while not client.closing:
-                    event = parser.next_event()
                     if event is NEED_DATA:
-                        break
+                        event = parser.next_event()
+                        if event is NEED_DATA:
+                            break
                     issued = True
+                    if type(event) is ProtocolError and event.close:
+                        # memcached closes without writing what it had not written yet
+                        del queue[max(0, len(queue) - points.unwritten):]
                     queue.append(client.issue(event))
-                    if len(queue) >= replies.window:
+                    points.after(event)
+                    # replies go out only where memcached writes them (or at the batch's end)
+                    replies.held = points.unwritten
+                    event = NEED_DATA
+                    if len(queue) - replies.held >= replies.window:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading
-                        # stops here.
+                        # stops here. (The held ones are at most REQUESTS_PER_EVENT + 1.)
                         replies.send_ready()
                         await replies.wait_answered()
                         replies.adjust_window()
+                if not parser.in_data_block or client.closing:
+                    replies.held = 0
+                # else they wait until the block is complete, unsent if the client closes first
                 replies.send_ready()
                 if client.closing:
                     await replies.wait_answered()
