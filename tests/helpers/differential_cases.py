@@ -242,6 +242,23 @@ CASES: list[Case] = [
          pause=0.005),
     case("split_meta_data_block", b"ms k 4 T0\r\nda", b"ta\r", b"\nmg k v\r\n"),
     case("split_bad_data_chunk", b"set k 0 0 2\r\nabc", b"\r\nget k\r\n"),
+    # replies memcached holds while it waits for a data block (issue 14, protocol.write_points):
+    # all since its last write, sent with the block's, never if the client closes first
+    case("held_while_a_block_is_incomplete", set_(b"a", b"x") + b"mg a v\r\nset b 0 0 10\r\nabc",
+         sentinel=False),
+    case("held_replies_go_with_the_block", b"mg a\r\nset b 0 0 10\r\nabc", b"def",
+         b"ghij\r\nmg b v\r\nset c 0 0 3\r\nab", b"c\r\n"),
+    case("get_and_mn_write_before_a_block", set_(b"a", b"x") + b"get a\r\nmg a v\r\nmn\r\n"
+         b"mg b\r\nset b 0 0 10\r\nabc", sentinel=False),
+    case("every_20_requests_write_before_a_block", b"".join(b"mg x%d\r\n" % i for i in range(45))
+         + b"set b 0 0 10\r\nabc", sentinel=False),
+    case("twenty_requests_held_before_a_block", b"".join(b"mg x%d\r\n" % i for i in range(20))
+         + b"set b 0 0 10\r\nabc", sentinel=False),
+    case("held_while_a_block_is_swallowed", b"mg a\r\nms a 2000000 T0\r\nxx\r\nmg b\r\n"
+         b"set a 0 0 2000000\r\nxx", sentinel=False),
+    case("bad_line_close_drops_unwritten", b"mg a\r\nget a\r\nmg b\r\nfoo HTTP/1.1\r\n",
+         sentinel=False),
+    case("long_line_close_drops_unwritten", b"mg a\r\nmg b\r\n" + b"v" * 3000, sentinel=False),
     # --- meta: mg ----------------------------------------------------------------------------
     case("mg_miss", b"mg nope v\r\nmg nope\r\nmg nope k O123 v\r\n"),
     case("mg_miss_quiet", b"mg nope v q\r\nmg nope k q Oab\r\n"),
