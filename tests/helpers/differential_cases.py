@@ -126,6 +126,10 @@ CASES: list[Case] = [
     case("get_multi_misses_duplicates",
          set_(b"a", b"1") + set_(b"b", b"22", 3) + b"get a x b a\r\n"),
     case("gets_multi", set_(b"a", b"1") + set_(b"b", b"2") + b"gets b a zz\r\n"),
+    # the first touch of an expiring gat ends the item: its repeats are misses (fuzzer)
+    case("gat_expiring_repeated_key", set_(b"a", b"1") + set_(b"b", b"2") + b"gat -1 a b a b\r\n"
+         + set_(b"a", b"1") + b"gats 1000000000 a a\r\n" + set_(b"a", b"1") + b"gat 100 a a\r\n"
+         b"gat -1 a a\r\n"),
     # Two sends: memcached drops every reply still queued when a multiget hits a long key,
     # including an earlier STORED of the same read batch, an artefact nobody should copy.
     case("get_key_251_in_multiget", set_(b"a", b"1"), b"get a " + K251 + b" a\r\n"),
