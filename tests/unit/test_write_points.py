@@ -1,0 +1,36 @@
+"""Where memcached writes its replies: after a retrieval, mn, every 20 requests of a read."""
+
+from __future__ import annotations
+
+import pytest
+
+from memring.protocol.requests import Get, MetaFlags, MetaGet, MetaNoop, Version
+from memring.protocol.write_points import REQUESTS_PER_EVENT, WritePoints
+
+pytestmark = pytest.mark.unit
+
+
+def test_retrieval_and_mn_write() -> None:
+    points = WritePoints()
+    points.after(Version())
+    points.after(Version())
+    assert points.unwritten == 2
+    points.after(Get(b"get", [b"a"]))
+    assert points.unwritten == 0
+    points.after(Version())
+    points.after(MetaNoop())
+    assert points.unwritten == 0
+
+
+def test_every_twenty_requests_of_a_read_write() -> None:
+    """nreqs: the first write after 21 requests, then after every 20 (memcached.c)."""
+    points = WritePoints()
+    unwritten = []
+    for _ in range(3 * REQUESTS_PER_EVENT + 1):
+        points.after(MetaGet(b"k", MetaFlags()))
+        unwritten.append(points.unwritten)
+    assert unwritten[REQUESTS_PER_EVENT - 1] == REQUESTS_PER_EVENT
+    assert unwritten[REQUESTS_PER_EVENT] == 0
+    assert unwritten[2 * REQUESTS_PER_EVENT - 1] == REQUESTS_PER_EVENT - 1
+    assert unwritten[2 * REQUESTS_PER_EVENT] == 0
+    assert unwritten[3 * REQUESTS_PER_EVENT] == 0
