@@ -18,6 +18,12 @@ Replies go through the client's `conn.stream` (netio.streams): a TLS stream take
 send and keeps what the socket refused as `backlog`, so a send that leaves a backlog is a
 partial send here too (the drainer waits for it, the budget is charged for it).
 
+Replies leave only where memcached writes them (protocol.write_points): the session keeps
+`held`, the slots at the queue's tail issued since memcached's last write point, unsent while
+it issues a batch, and after it when the batch ended inside a data block, until `release()`
+once the block is in (a client that closes first never gets them). Held slots do not count
+against the window: there are at most REQUESTS_PER_EVENT + 1 of them.
+
 Bounds per client: the session issues its next batch only once the previous one is
 answered (`answered`), and a batch is at most `window` requests: 4 on a new connection,
 doubling each time a full window is answered, up to MAX_OUTSTANDING, and cut so that a
