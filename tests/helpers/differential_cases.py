@@ -351,6 +351,8 @@ CASES: list[Case] = [
     case("meta_base64_error_takes_its_place", b"mg !!!! b Tx\r\nmg !!!! Tx b\r\n"
          b"mg YQ== Tx b\r\nmg A=== b\r\nmg AA=A b k\r\nma !!!! b Dx\r\nma !!!! Dx b\r\n"
          b"ms !!!! 2 Mz b\r\nxx\r\nms YQ== 2 b Mz\r\nxx\r\nms !!!! 2 b Mzz\r\nxx\r\n"),
+    case("me_binary_key_shown_in_base64", b"ms YQ== 1 b\r\nx\r\nme a\r\nme YQ== b\r\nms a 1\r\ny\r\n"
+         b"me a\r\n", timing=True),
     # --- meta: me / mn ------------------------------------------------------------------------
     case("me_hit_miss", set_(b"k", b"hello") + b"me k\r\nget k\r\nme k\r\nme nope\r\n",
          timing=True),
