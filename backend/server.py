@@ -45,7 +45,7 @@ from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
 from memring.protocol.sizes import limit_repeats
-from memring.protocol.write_points import WritePoints
+from memring.protocol.write_points import WritePoints, block_of
 
 log = logging.getLogger("memring.backend")
 
@@ -175,11 +175,12 @@ class BackendServer:
             if gate is not None and not out:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
+            block = block_of(parser.in_data_block, parser.swallowing)
             parser.receive_data(data)
             quitting = hanging_up = False
             served = False
             sendable = 0  # how many of `out` memcached would have written by now
-            points = WritePoints()
+            points = WritePoints(block=block)
             replied = 0  # len(out) before the last request's reply
             event: object = None
             try:
@@ -188,6 +189,8 @@ class BackendServer:
                     if event is NEED_DATA:
                         break
                     served = True
+                    if points.before():
+                        sendable = len(out)
                     points.after(event)
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)

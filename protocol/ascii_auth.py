@@ -158,6 +158,10 @@ class AuthenticatingParser:
         # waits in conn_parse_cmd, which flushes): only the requests' parser holds replies.
         return self._parser.in_data_block
 
+    @property
+    def swallowing(self) -> bool:
+        return self._parser.swallowing
+
     def receive_data(self, data: bytes) -> None:
         if self._authenticated:
             self._parser.receive_data(data)

@@ -112,6 +112,11 @@ class RequestParser:
         no reply while it waits there (memcached.c conn_nread, conn_swallow)."""
         return self._pending is not None or self._swallow > 0
 
+    @property
+    def swallowing(self) -> bool:
+        """In a data block memcached discards (after an error)."""
+        return self._swallow > 0
+
     def __iter__(self) -> Iterator[Request]:
         while True:
             event = self.next_event()

@@ -6,8 +6,11 @@ complete line, after a retrieval (proto_text.c process_get_command) or `mn`, and
 REQUESTS_PER_EVENT requests of one read event (-R, `nreqs`). While it waits for the rest of a
 data block (conn_nread, or conn_swallow after an error) it writes nothing, so the replies
 built since the last write point wait with it, and are never written if the client closes
-first; a bad line that closes the connection drops them too. `WritePoints` counts one read's
-requests and tells a server which replies memcached would still hold.
+first; a bad line that closes the connection drops them too. Once it has waited, it reads
+only the rest of the block from the socket, so it writes as soon as the block is complete
+(after the request it completes, or before the next one when it was swallowed).
+`WritePoints` counts one read's requests and tells a server which replies memcached would
+still hold.
 """
 
 from __future__ import annotations
@@ -19,20 +22,40 @@ REQUESTS_PER_EVENT = 20
 _WRITING = frozenset({Get, MetaNoop})
 
 
+def block_of(in_data_block: bool, swallowing: bool) -> str:
+    """The `block` a read starts in, from its parser's state before the read."""
+    return "swallow" if swallowing else "store" if in_data_block else ""
+
+
 class WritePoints:
     """One read's requests: how many replies since memcached's last write point."""
 
-    __slots__ = ("requests", "unwritten")
+    __slots__ = ("_block", "requests", "unwritten")
 
-    def __init__(self) -> None:
+    def __init__(self, unwritten: int = 0, block: str = "") -> None:
+        """`unwritten`: replies an earlier read left unwritten, as it ended inside a data
+        block; `block`: which one ("store" or "swallow"), or "" for none."""
         self.requests = 0  # of this read, as memcached's reqs_per_event counts them
-        self.unwritten = 0  # replies built since the last write point
+        self.unwritten = unwritten  # replies built since the last write point
+        self._block = block
+
+    def before(self) -> bool:
+        """A request is about to be answered: True if a write point comes first (the
+        swallowed block it follows)."""
+        if self._block != "swallow":
+            return False
+        self._block = ""
+        self.requests = self.unwritten = 0
+        return True
 
     def after(self, request: object) -> None:
         """`request` was answered: count it, and note a write point after it."""
         self.requests += 1
         self.unwritten += 1
         count = self.requests
-        if type(request) in _WRITING or (
+        if self._block == "store" or type(request) in _WRITING or (
                 count > REQUESTS_PER_EVENT and count % REQUESTS_PER_EVENT == 1):
             self.unwritten = 0
+            if self._block:  # memcached's next read starts its count again
+                self._block = ""
+                self.requests = 0

@@ -20,8 +20,8 @@ partial send here too (the drainer waits for it, the budget is charged for it).
 
 Replies leave only where memcached writes them (protocol.write_points): the session keeps
 `held`, the slots at the queue's tail issued since memcached's last write point, unsent while
-it issues a batch, and after it when the batch ended inside a data block, until `release()`
-once the block is in (a client that closes first never gets them). Held slots do not count
+it issues a batch, and after it when the batch ended inside a data block, until a later
+batch reaches a write point or its end (a client that closes first never gets them). Held slots do not count
 against the window: there are at most REQUESTS_PER_EVENT + 1 of them.
 
 Bounds per client: the session issues its next batch only once the previous one is
@@ -105,11 +105,6 @@ class ReplyStream:
     def answered(self) -> bool:
         """Every issued request's reply has been sent, but for the `held` ones."""
         return len(self.queue) <= self.held and self._drainer is None
-
-    def release(self) -> None:
-        """The data block is complete: the held replies may go."""
-        self.held = 0
-        self.send_ready()
 
     async def wait_answered(self) -> None:
         while not self.answered:

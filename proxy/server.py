@@ -33,7 +33,7 @@ from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.protocol.requests import ProtocolError
-from memring.protocol.write_points import WritePoints
+from memring.protocol.write_points import WritePoints, block_of
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -212,13 +212,9 @@ class ProxyServer:
                 if not data:
                     await replies.wait_answered()  # the held ones never go, as in memcached
                     return
+                block = block_of(parser.in_data_block, parser.swallowing)
                 parser.receive_data(data)
                 started = time.perf_counter()
-                event = NEED_DATA if not replies.held else parser.next_event()
-                if replies.held:
-                    if event is NEED_DATA and parser.in_data_block:
-                        continue  # the block is still incomplete: memcached still holds
-                    replies.release()
                 if not replies.answered:  # a pipelining client: the last batch first
                     if not replies.hold_input(parser.buffered):  # held while it waits
                         refused = True
@@ -226,13 +222,16 @@ class ProxyServer:
                     await replies.wait_answered()
                 replies.started = started
                 issued = False
-                points = WritePoints()  # which replies memcached would hold (write_points)
+                # which replies memcached would hold (write_points); the held ones of the last
+                # read are still unwritten
+                points = WritePoints(unwritten=replies.held, block=block)
                 while not client.closing:
+                    event = parser.next_event()
                     if event is NEED_DATA:
-                        event = parser.next_event()
-                        if event is NEED_DATA:
-                            break
+                        break
                     issued = True
+                    if points.before():
+                        replies.held = 0
                     if type(event) is ProtocolError and event.close:
                         # memcached closes without writing what it had not written yet
                         del queue[max(0, len(queue) - points.unwritten):]
@@ -240,7 +239,6 @@ class ProxyServer:
                     points.after(event)
                     # replies go out only where memcached writes them (or at the batch's end)
                     replies.held = points.unwritten
-                    event = NEED_DATA
                     if len(queue) - replies.held >= replies.window:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading

@@ -260,6 +260,11 @@ CASES: list[Case] = [
          + b"set b 0 0 10\r\nabc", sentinel=False),
     case("held_while_a_block_is_swallowed", b"mg a\r\nms a 2000000 T0\r\nxx\r\nmg b\r\n"
          b"set a 0 0 2000000\r\nxx", sentinel=False),
+    # once it has waited, memcached reads only the rest of the block: it writes right after
+    case("block_finished_later_writes_at_once", b"mg a\r\nset b 0 0 3\r\nab",
+         b"c\r\nfoo HTTP/1.1\r\n", sentinel=False),
+    case("swallow_finished_later_writes_at_once", b"mg a\r\nset b 0 0 2000000\r\nab",
+         b"c" * 1999998 + b"\r\nmg b\r\n" + b"v" * 3000, sentinel=False),
     case("bad_line_close_drops_unwritten", b"mg a\r\nget a\r\nmg b\r\nfoo HTTP/1.1\r\n",
          sentinel=False),
     case("long_line_close_drops_unwritten", b"mg a\r\nmg b\r\n" + b"v" * 3000, sentinel=False),

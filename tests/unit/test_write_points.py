@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memring.protocol.requests import Get, MetaFlags, MetaGet, MetaNoop, Version
-from memring.protocol.write_points import REQUESTS_PER_EVENT, WritePoints
+from memring.protocol.write_points import REQUESTS_PER_EVENT, WritePoints, block_of
 
 pytestmark = pytest.mark.unit
 
@@ -34,3 +34,19 @@ def test_every_twenty_requests_of_a_read_write() -> None:
     assert unwritten[2 * REQUESTS_PER_EVENT - 1] == REQUESTS_PER_EVENT - 1
     assert unwritten[2 * REQUESTS_PER_EVENT] == 0
     assert unwritten[3 * REQUESTS_PER_EVENT] == 0
+
+
+def test_a_block_finished_in_a_later_read_is_a_write_point() -> None:
+    """memcached reads only the rest of the block from the socket, then writes."""
+    stored = WritePoints(unwritten=2, block=block_of(True, False))
+    assert not stored.before()
+    stored.after(Version())  # the storage request the block completes
+    assert stored.unwritten == 0
+    stored.after(Version())
+    assert stored.unwritten == 1
+    swallowed = WritePoints(unwritten=2, block=block_of(True, True))
+    assert swallowed.before()
+    assert swallowed.unwritten == 0
+    swallowed.after(Version())
+    assert swallowed.unwritten == 1
+    assert block_of(False, False) == ""
