@@ -191,7 +191,7 @@ class BackendServer:
                     served = True
                     if points.before():
                         sendable = len(out)
-                    points.after(event)
+                    points.after(event, parser.swallow_left)
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it

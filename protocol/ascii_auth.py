@@ -162,6 +162,10 @@ class AuthenticatingParser:
     def swallowing(self) -> bool:
         return self._parser.swallowing
 
+    @property
+    def swallow_left(self) -> int:
+        return self._parser.swallow_left
+
     def receive_data(self, data: bytes) -> None:
         if self._authenticated:
             self._parser.receive_data(data)

@@ -117,6 +117,11 @@ class RequestParser:
         """In a data block memcached discards (after an error)."""
         return self._swallow > 0
 
+    @property
+    def swallow_left(self) -> int:
+        """Bytes of that block still to discard."""
+        return self._swallow
+
     def __iter__(self) -> Iterator[Request]:
         while True:
             event = self.next_event()

@@ -15,10 +15,13 @@ still hold.
 
 from __future__ import annotations
 
-from memring.protocol.requests import Get, MetaNoop
+from memring.protocol.requests import Get, MetaNoop, MetaSet, Store
 
 # memcached's -R default: after this many requests of one read event it writes what it has.
 REQUESTS_PER_EVENT = 20
+# memcached reads at most this much at a time (memcached.h READ_BUFFER_SIZE); a data block
+# that does not fit is read (or swallowed) from the socket to its end, then written after.
+READ_BUFFER_SIZE = 16384
 _WRITING = frozenset({Get, MetaNoop})
 
 
@@ -48,14 +51,21 @@ class WritePoints:
         self.requests = self.unwritten = 0
         return True
 
-    def after(self, request: object) -> None:
-        """`request` was answered: count it, and note a write point after it."""
+    def after(self, request: object, swallow_left: int = 0) -> None:
+        """`request` was answered: count it, and note a write point after it (or after the
+        `swallow_left` bytes of data block its error discards, if they pass memcached's
+        read buffer)."""
         self.requests += 1
         self.unwritten += 1
         count = self.requests
-        if self._block == "store" or type(request) in _WRITING or (
+        # the block this request completes was read from the socket to its end
+        from_socket = self._block == "store" or (
+            isinstance(request, (Store, MetaSet)) and len(request.value) > READ_BUFFER_SIZE - 2)
+        if from_socket or type(request) in _WRITING or (
                 count > REQUESTS_PER_EVENT and count % REQUESTS_PER_EVENT == 1):
             self.unwritten = 0
-            if self._block:  # memcached's next read starts its count again
-                self._block = ""
-                self.requests = 0
+        if from_socket:  # memcached's next read starts its count again
+            self._block = ""
+            self.requests = 0
+        if swallow_left > READ_BUFFER_SIZE - 2:
+            self._block = "swallow"

@@ -236,7 +236,7 @@ class ProxyServer:
                         # memcached closes without writing what it had not written yet
                         del queue[max(0, len(queue) - points.unwritten):]
                     queue.append(client.issue(event))
-                    points.after(event)
+                    points.after(event, parser.swallow_left)
                     # replies go out only where memcached writes them (or at the batch's end)
                     replies.held = points.unwritten
                     if len(queue) - replies.held >= replies.window:

@@ -265,6 +265,10 @@ CASES: list[Case] = [
          b"c\r\nfoo HTTP/1.1\r\n", sentinel=False),
     case("swallow_finished_later_writes_at_once", b"mg a\r\nset b 0 0 2000000\r\nab",
          b"c" * 1999998 + b"\r\nmg b\r\n" + b"v" * 3000, sentinel=False),
+    # ... and so it does after a block too big for its 16 KiB read buffer (fuzzer)
+    case("big_block_writes_after_it", b"mg a\r\nadd k 1 86400 20000\r\n" + b"v" * 20000
+         + b"\r\nmg b\r\nms k 20000 T0\r\n" + b"v" * 20000 + b"\r\nmg c\r\n" + b"v" * 3000,
+         sentinel=False),
     case("bad_line_close_drops_unwritten", b"mg a\r\nget a\r\nmg b\r\nfoo HTTP/1.1\r\n",
          sentinel=False),
     case("long_line_close_drops_unwritten", b"mg a\r\nmg b\r\n" + b"v" * 3000, sentinel=False),

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from memring.protocol.requests import Get, MetaFlags, MetaGet, MetaNoop, Version
-from memring.protocol.write_points import REQUESTS_PER_EVENT, WritePoints, block_of
+from memring.protocol.requests import Get, MetaFlags, MetaGet, MetaNoop, Store, Version
+from memring.protocol.write_points import (
+    READ_BUFFER_SIZE,
+    REQUESTS_PER_EVENT,
+    WritePoints,
+    block_of,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +55,16 @@ def test_a_block_finished_in_a_later_read_is_a_write_point() -> None:
     swallowed.after(Version())
     assert swallowed.unwritten == 1
     assert block_of(False, False) == ""
+
+
+def test_a_block_past_the_read_buffer_is_a_write_point() -> None:
+    points = WritePoints()
+    points.after(Version())
+    points.after(Store(b"set", b"k", 0, 0, b"v" * (READ_BUFFER_SIZE - 2), 0, False))
+    assert points.unwritten == 2
+    points.after(Store(b"set", b"k", 0, 0, b"v" * (READ_BUFFER_SIZE - 1), 0, False))
+    assert points.unwritten == 0
+    points.after(Version(), swallow_left=READ_BUFFER_SIZE)  # its error swallows a big block
+    assert points.unwritten == 1
+    assert points.before()
+    assert points.unwritten == 0
