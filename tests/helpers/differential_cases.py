@@ -6,7 +6,8 @@ with a short pause between them (so splits really reach the server as separate r
 `mn` sentinel, and compares the replies byte for byte.
 
 Left out on purpose, because 1.6.18 differs from the protocol.txt memring follows:
-- meta flags newer than 1.6.18 (ms `s`, ms `N` in append mode, `E`, md `x`, mg `C`);
+- meta flags newer than 1.6.18 (ms `N` in append mode, `E`, md `x`, mg `C`; ms `s` is
+  taken and not echoed, as 1.6.18 does: case ms_s_is_ignored);
 - places where memring deliberately rejects what 1.6.18 accepts: flags 4294967296 (stored
   as 0), an exptime or a length past 2**31-1 (1.6.18 keeps the low 32 bits, so 4294967297
   becomes 1). Those are covered by tests that assert memring's answer instead
