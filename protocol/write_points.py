@@ -23,6 +23,7 @@ REQUESTS_PER_EVENT = 20
 # that does not fit is read (or swallowed) from the socket to its end, then written after.
 READ_BUFFER_SIZE = 16384
 _WRITING = frozenset({Get, MetaNoop})
+_NOTABLE = _WRITING | {Store, MetaSet}
 
 
 def block_of(in_data_block: bool, swallowing: bool) -> str:
@@ -57,11 +58,16 @@ class WritePoints:
         read buffer)."""
         self.requests += 1
         self.unwritten += 1
+        kind = type(request)
+        if self._block or swallow_left or kind in _NOTABLE or self.requests > REQUESTS_PER_EVENT:
+            self._notable(request, kind, swallow_left)  # most requests stop above (~0.1 us)
+
+    def _notable(self, request: object, kind: type, swallow_left: int) -> None:
         count = self.requests
         # the block this request completes was read from the socket to its end
         from_socket = self._block == "store" or (
             isinstance(request, (Store, MetaSet)) and len(request.value) > READ_BUFFER_SIZE - 2)
-        if from_socket or type(request) in _WRITING or (
+        if from_socket or kind in _WRITING or (
                 count > REQUESTS_PER_EVENT and count % REQUESTS_PER_EVENT == 1):
             self.unwritten = 0
         if from_socket:  # memcached's next read starts its count again
