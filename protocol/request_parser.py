@@ -68,6 +68,7 @@ _TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 _BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 _TOO_LONG = b"SERVER_ERROR request too long\r\n"
 _NOREPLY = b"noreply"
+_OPAQUE_TOO_LONG = b"CLIENT_ERROR opaque token too long\r\n"
 
 # First letters memcached dispatches on before its generic branch; an unknown command
 # starting with one of them answers ERROR even when its last token is "HTTP/..."
@@ -372,8 +373,8 @@ class RequestParser:
             if generic_errors:
                 error = b"CLIENT_ERROR invalid or duplicate flag"
             return ProtocolError(error + b"\r\n")
-        if len(flags.opaque) > MAX_OPAQUE_LENGTH:
-            return ProtocolError(b"CLIENT_ERROR opaque token too long\r\n")
+        if len(flags.opaque) > MAX_OPAQUE_LENGTH and tokens[0] not in (b"ms", b"ma"):
+            return ProtocolError(_OPAQUE_TOO_LONG)
         return key, flags
 
     def _meta_get(self, tokens: list[bytes]) -> Request | None:
@@ -400,6 +401,8 @@ class RequestParser:
             return parsed
         if parsed[1].mode not in (0, *b"I+D-"):  # 1.6.18: no lowercase (fuzzer, `ma k Mi`)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ma M token\r\n")
+        if len(parsed[1].opaque) > MAX_OPAQUE_LENGTH:  # after the mode, as for ms
+            return ProtocolError(_OPAQUE_TOO_LONG)
         return MetaArithmetic(*parsed)
 
     def _meta_set(self, tokens: list[bytes]) -> Request | None:
@@ -421,6 +424,10 @@ class RequestParser:
         if flags.mode not in (0, *b"EAPRS"):
             self._swallow_data(length + 2)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ms M token\r\n")
+        # 1.6.18 notes a long opaque, then reports a bad mode first (process_mset_command)
+        if len(flags.opaque) > MAX_OPAQUE_LENGTH:
+            self._swallow_data(length + 2)
+            return ProtocolError(_OPAQUE_TOO_LONG)
         if item_size(len(key), length, flags.client_flags) > self.max_item_size:
             self._swallow_data(length + 2)
             return ProtocolError(_TOO_LARGE, drop_key=key)

@@ -363,6 +363,10 @@ CASES: list[Case] = [
          b"ms !!!! 2 Mz b\r\nxx\r\nms YQ== 2 b Mz\r\nxx\r\nms !!!! 2 b Mzz\r\nxx\r\n"),
     case("me_binary_key_shown_in_base64", b"ms YQ== 1 b\r\nx\r\nme a\r\nme YQ== b\r\nms a 1\r\ny\r\n"
          b"me a\r\n", timing=True),
+    # a bad ms/ma mode is reported before an opaque token over 32 bytes (process_mset_command)
+    case("meta_bad_mode_before_long_opaque", b"ms k 2 O" + b"o" * 40 + b" Mz\r\nxx\r\n"
+         b"ms k 2 MI O" + b"o" * 40 + b"\r\nxx\r\nma k Mz O" + b"o" * 40 + b"\r\n"
+         b"ma k O" + b"o" * 40 + b" MS\r\nms k 2 O" + b"o" * 40 + b" MS\r\nxx\r\nmg k v\r\n"),
     # --- meta: me / mn ------------------------------------------------------------------------
     case("me_hit_miss", set_(b"k", b"hello") + b"me k\r\nget k\r\nme k\r\nme nope\r\n",
          timing=True),
