@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl
+DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test lint unit bench tls-cost hostile failover fuzz jepsen debian-deps venv clean
+.PHONY: run test compose-test lint unit bench tls-cost hostile failover fuzz jepsen client-suites debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -33,11 +33,19 @@ run: venv debian-deps
 	$(BIN)/memring up --port 11211
 
 lint: venv
-	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench
+	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose
 	$(BIN)/mypy
+	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py
 
 test: venv debian-deps lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --ignore=tests/compose
+	$(MAKE) compose-test
+
+# The compose cluster under a real Docker engine (tests/compose, ~3.5 minutes warm; the first
+# run also installs docker.io, docker-compose and debootstrap and makes the offline base
+# images, ~1 minute more). Starts dockerd if none runs and stops that one at the end.
+compose-test: venv
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider -m compose tests/compose
 
 unit: venv
 	$(BIN)/python -m pytest -q -m unit
@@ -78,6 +86,14 @@ JEPSEN_RUNS ?= 2
 JEPSEN_SECONDS ?= 120
 jepsen: venv debian-deps
 	$(BIN)/python bench/jepsen.py --runs $(JEPSEN_RUNS) --seconds $(JEPSEN_SECONDS) $(JEPSEN_ARGS)
+
+# Client libraries' own test suites (pylibmc ASCII and binary, its doctests, python-memcached,
+# aiomcache, libmemcached's memccapable and CLI tools) against memcached 1.6.18, a backend and a
+# proxy over two backends: passed/total per suite and why each memring failure failed. Not part
+# of `make test`: it downloads the suites' sdists from PyPI into .cache/ (~3 min the first time).
+client-suites: venv debian-deps
+	@$(MAKE) --no-print-directory debian-deps DEBIAN_PACKAGES=libmemcached-dev
+	$(BIN)/python bench/client_suites.py $(CLIENT_SUITES_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -11,13 +11,16 @@ of applying the write (classic noreply hides it; meta `q` never hides an error).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from memring.backend.binary_commands import BinaryCommands
 from memring.backend.meta_commands import MetaCommands
 from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
+from memring.protocol.binary_frames import BinaryRequest
+from memring.protocol.binary_parser import BinaryReply
 from memring.protocol.requests import (
     Arithmetic,
     Authenticated,
@@ -25,6 +28,8 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -35,10 +40,12 @@ from memring.protocol.requests import (
     Quit,
     RefreshCerts,
     Shutdown,
+    Slabs,
     Stats,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.requests import (
     Store as StoreRequest,
@@ -104,6 +111,11 @@ class CloseConnection(Exception):
     """Raised by a command after which the connection must close (quit, bad framing)."""
 
 
+class StartWatching(Exception):
+    """Raised by `watch`: the server sends OK, then only holds the connection (memcached
+    reads no more commands from a watcher)."""
+
+
 class CommandHandler:
     """Executes request events against the store; one per server, shared by connections."""
 
@@ -113,6 +125,7 @@ class CommandHandler:
         self.stats = stats
         self.fence = fence
         self.meta = MetaCommands(store)
+        self.binary = BinaryCommands(self)
         self.verbosity = 0
         self.recorder: WriteRecorder | None = None
         self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
@@ -123,6 +136,10 @@ class CommandHandler:
             Touch: self.touch,
             FlushAll: self.flush_all,
             Stats: self.stats_command,
+            LruCrawler: self.lru_crawler,
+            Lru: self.lru,
+            Slabs: self.slabs,
+            Watch: self.watch,
             Version: self.version,
             Verbosity: self.verbosity_command,
             Quit: self.quit,
@@ -137,6 +154,8 @@ class CommandHandler:
             MetaDebug: self.meta.debug,
             ProtocolError: self.protocol_error,
             Authenticated: self.authenticated,
+            BinaryRequest: self.binary_request,
+            BinaryReply: self.binary_reply,
         }
         self._unfenced = dict(self._handlers)
         self._wrap()
@@ -218,6 +237,16 @@ class CommandHandler:
 
     def values(self, request: Get, keys: list[bytes], out: list[bytes]) -> None:
         """The VALUE blocks of a retrieval for `keys` (a slice of the request's keys)."""
+        if self.stats.prefixes.enabled:  # stats detail on: each key counted, hit or miss
+            record = self.stats.prefixes.record_get
+            for key in keys:
+                before = len(out)
+                self._values(request, (key,), out)
+                record(key, len(out) > before)
+            return
+        self._values(request, keys, out)
+
+    def _values(self, request: Get, keys: Sequence[bytes], out: list[bytes]) -> None:
         store = self.store
         append = out.append
         if request.command == b"get":
@@ -241,12 +270,16 @@ class CommandHandler:
     # -- storage ---------------------------------------------------------------------
 
     def storage(self, request: StoreRequest, out: list[bytes]) -> None:
+        if self.stats.prefixes.enabled:
+            self.stats.prefixes.record_set(request.key)
         outcome = self.store.store(request.command, request.key, request.value, request.flags,
                                    request.exptime, request.cas_unique)
         if not request.noreply:
             out.append(_OUTCOME_REPLY[outcome])
 
     def delete(self, request: Delete, out: list[bytes]) -> None:
+        if self.stats.prefixes.enabled:
+            self.stats.prefixes.record_delete(request.key)
         deleted = self.store.delete(request.key)
         if not request.noreply:
             out.append(b"DELETED\r\n" if deleted else b"NOT_FOUND\r\n")
@@ -278,16 +311,41 @@ class CommandHandler:
     def stats_command(self, request: Stats, out: list[bytes]) -> None:
         reply = self.stats.reply(request.args)
         if not request.args:
-            pairs = self.fence.role_stats() if self.fence is not None else STANDALONE_STATS
             reply = reply[: -len(END)] + b"".join(
-                b"STAT %s %s\r\n" % (k.encode(), str(v).encode()) for k, v in pairs) + END
+                b"STAT %s %s\r\n" % (k.encode(), str(v).encode())
+                for k, v in self.role_stats()) + END
         out.append(reply)
+
+    def lru_crawler(self, request: LruCrawler, out: list[bytes]) -> None:
+        out.append(self.stats.admin.lru_crawler(request.args, pipelined=bool(out)))
+
+    def lru(self, request: Lru, out: list[bytes]) -> None:
+        out.append(self.stats.admin.lru(request.args))
+
+    def slabs(self, request: Slabs, out: list[bytes]) -> None:
+        out.append(self.stats.admin.slabs(request.args))
+
+    def watch(self, request: Watch, out: list[bytes]) -> None:
+        noreply = request.args[-1:] == [b"noreply"]
+        if out:  # memcached: only a connection with no replies pending may turn watcher
+            if not noreply:
+                out.append(b"ERROR cannot pipeline other commands before watch\r\n")
+            return
+        refusal = self.stats.admin.watch_refusal(request.args)
+        if refusal is not None:
+            out.append(refusal)
+            return
+        raise StartWatching
+
+    def role_stats(self) -> list[tuple[str, object]]:
+        """The memring_* lines that end a plain `stats`."""
+        return self.fence.role_stats() if self.fence is not None else STANDALONE_STATS
 
     def version(self, request: Version, out: list[bytes]) -> None:
         out.append(b"VERSION %s\r\n" % self.stats.settings.version.encode())
 
     def verbosity_command(self, request: Verbosity, out: list[bytes]) -> None:
-        self.verbosity = min(request.level, 2)
+        self.verbosity = self.stats.verbosity = min(request.level, 2)
         if not request.noreply:
             out.append(b"OK\r\n")
 
@@ -318,6 +376,14 @@ class CommandHandler:
 
     def quit(self, request: Quit, out: list[bytes]) -> None:
         raise CloseConnection
+
+    def binary_request(self, request: BinaryRequest, out: list[bytes]) -> None:
+        """A binary-protocol frame (backend.binary_commands): fenced and recorded there."""
+        if self.binary.handle(request, out):
+            raise CloseConnection
+
+    def binary_reply(self, event: BinaryReply, out: list[bytes]) -> None:
+        out.append(event.reply)  # answered by the codec (SASL)
 
     def authenticated(self, event: Authenticated, out: list[bytes]) -> None:
         out.append(event.reply)

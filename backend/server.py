@@ -27,20 +27,29 @@ ones finish the batch in hand, and cancel whatever is left after the grace perio
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 from typing import Protocol
 
 import trio
 
-from memring.backend.commands import CloseConnection, CommandHandler, WriteFence
+from memring.backend.commands import (
+    CloseConnection,
+    CommandHandler,
+    StartWatching,
+    WriteFence,
+)
+from memring.backend.item_dumps import StreamedReply
 from memring.backend.settings import BackendSettings
-from memring.backend.stats import ServerCounters, StatsReport
+from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, socket_text
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
+from memring.protocol.binary_parser import BinaryRequestParser
+from memring.protocol.negotiation import NegotiatingParser, TextParser
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
@@ -51,6 +60,8 @@ log = logging.getLogger("memring.backend")
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
+
+
 def _held_from(out: list[bytes], sendable: int) -> int:
     """Where the replies memcached holds begin, while it waits for the rest of a data block
     (protocol.write_points): from `sendable` on, unless they pass FLUSH_SIZE, which memring
@@ -81,7 +92,7 @@ def _keys_of(event: object) -> Sequence[bytes]:
     if type(event) is Get:
         return event.keys
     key = getattr(event, "key", None)
-    return (key,) if key is not None else ()
+    return (key,) if key else ()  # a binary frame without a key has key b""
 
 
 class BackendServer:
@@ -106,6 +117,10 @@ class BackendServer:
         self.tls_port = 0
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
+        self._parsers: dict[Connection, RequestParser] = {}
+        self._watchers: set[Connection] = set()
+        self._dump_turn = trio.Lock()  # one dump at a time (_stream)
+        self.stats.connections = self._connection_entries
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -144,23 +159,36 @@ class BackendServer:
                 self.store.reap()
 
     async def _converse(self, conn: Connection) -> None:
-        requests = RequestParser(max_line=self.settings.max_line,
-                                 max_item_size=self.settings.max_item_size)
-        # in front of the requests until the client authenticated (--auth-file)
-        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
+        settings = self.settings
+        auth = self.auth
+
+        def text() -> RequestParser | AuthenticatingParser:
+            requests = RequestParser(max_line=settings.max_line,
+                                     max_item_size=settings.max_item_size)
+            self._parsers[conn] = requests  # stats conns: conn_nread while a data block comes
+            # in front of the requests until the client authenticated (--auth-file)
+            return requests if auth is None else AuthenticatingParser(requests, auth)
+
+        def binary() -> BinaryRequestParser:
+            # with --auth-file: SASL PLAIN against the same file first
+            return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
+
+        # memcached's -B auto: the first byte chooses text or binary for the connection
+        parser = NegotiatingParser(text, binary)
         try:
             await self._serve_requests(conn, parser)
         finally:
+            self._parsers.pop(conn, None)  # a binary connection has none
             conn.held = parser.buffered  # freed with the parser (no cycle holds it)
 
-    async def _serve_requests(self, conn: Connection,
-                              parser: RequestParser | AuthenticatingParser) -> None:
+    async def _serve_requests(self, conn: Connection, parser: NegotiatingParser) -> None:
         handle = self.handler.handle
         counters = self.counters
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
+        negotiated = False
+        text: TextParser | None = None  # write points: text only (protocol.write_points)
         server = self.connections
-        idle_timeout = server.idle_timeout
         current_time = trio.current_time
         gate = self.gate
         out: list[bytes] = []  # replies not sent yet; some may wait for the next read
@@ -175,9 +203,16 @@ class BackendServer:
             if gate is not None and not out:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
-            block = block_of(parser.in_data_block, parser.swallowing)
+            block = block_of(text.in_data_block, text.swallowing) if text is not None else ""
             parser.receive_data(data)
-            quitting = hanging_up = False
+            if not negotiated:
+                chosen = parser.chosen
+                assert chosen is not None  # data was not empty
+                next_event = chosen.next_event  # the first byte chose: no indirection now
+                negotiated = True
+                if not isinstance(chosen, BinaryRequestParser):
+                    text = chosen
+            quitting = watching = hanging_up = False
             served = False
             sendable = 0  # how many of `out` memcached would have written by now
             points = WritePoints(block=block)
@@ -191,14 +226,23 @@ class BackendServer:
                     served = True
                     if points.before():
                         sendable = len(out)
-                    points.after(event, parser.swallow_left)
+                    points.after(event, text.swallow_left if text is not None else 0)
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it
                         sendable = len(out)
                         continue
                     replied = len(out)
-                    handle(event, out)
+                    try:
+                        handle(event, out)
+                    except StreamedReply as dump:
+                        await self._stream(conn, dump.chunks, out, depends)
+                        depends = ORIGIN
+                        sendable = len(out)
+                        continue
+                    except StartWatching:
+                        watching = True
+                        break
                     if gate is not None:
                         depends = gate.unacknowledged(_keys_of(event), depends)
                     if not points.unwritten:
@@ -209,13 +253,14 @@ class BackendServer:
                         sendable = replied = 0
             except CloseConnection:
                 quitting = True
-                # memcached closes on a bad line without writing what it had not sent yet;
-                # `quit` writes first (proto_text.c process_quit_command).
-                hanging_up = type(event) is not Quit
+                # memcached closes on a bad text line without writing what it had not written
+                # yet; `quit` writes first (proto_text.c process_quit_command). A binary frame
+                # that closes keeps memring's way (README: the replies of the read go first).
+                hanging_up = text is not None and type(event) is not Quit
             if hanging_up:
                 del out[sendable:replied]  # never sent; the closing answer itself is
                 sendable = len(out)
-            elif not parser.in_data_block or quitting:
+            elif text is None or not text.in_data_block or quitting or watching:
                 sendable = len(out)
             else:
                 sendable = _held_from(out, sendable)
@@ -231,7 +276,10 @@ class BackendServer:
                 return
             if quitting:
                 return
-            if served and idle_timeout:
+            if watching:
+                await self._watch(conn)
+                return
+            if served:
                 conn.active = current_time()  # idle from the last reply sent
 
     async def _flush(self, conn: Connection, out: list[bytes],
@@ -249,9 +297,85 @@ class BackendServer:
         data = b"".join(out)
         out.clear()
         self.counters.bytes_written += len(data)
-        await conn.stream.send_all(data)
+        conn.writing = True
+        try:
+            await conn.stream.send_all(data)
+        finally:
+            conn.writing = False
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
+
+    async def _stream(self, conn: Connection, chunks: Generator[bytes, None, None],
+                      out: list[bytes], depends: Position) -> None:
+        """A dump (stats cachedump, lru_crawler metadump) after the replies before it in `out`:
+        chunk by chunk, flushed whenever FLUSH_SIZE bytes wait, other connections running
+        between chunks. The last chunk stays in `out`, sent with the rest of the batch. One
+        dump runs at a time (the others wait their turn): each holds a snapshot of the keys
+        (8 bytes a key), which must not be multiplied by the number of clients asking."""
+        try:
+            async with self._dump_turn:
+                for chunk in chunks:  # the generator takes its snapshot on the first chunk
+                    out.append(chunk)
+                    if sum(map(len, out)) >= FLUSH_SIZE:
+                        await self._flush(conn, out, depends)
+                        depends = ORIGIN
+                    await trio.lowlevel.checkpoint()
+        finally:
+            chunks.close()  # a connection gone mid-dump ends the walk (and the crawl's BUSY)
+        if depends > ORIGIN:
+            await self._flush(conn, out, depends)
+
+    async def _watch(self, conn: Connection) -> None:
+        """memcached's conn_watch: OK, then the connection is only held (its input dropped)
+        until the client closes it or the server shuts down; memring writes no log lines."""
+        admin = self.stats.admin
+        admin.watchers += 1
+        self._watchers.add(conn)
+        try:
+            await self._flush(conn, [b"OK\r\n"])
+            conn.idle = True  # shutdown closes it at once; never `reading`: no idle timeout
+            while not self.connections.closing:
+                if not await conn.stream.recv(nonblocking.READ_SIZE):
+                    return
+        finally:
+            admin.watchers -= 1
+            self._watchers.discard(conn)
+
+    def _connection_entries(self) -> list[ConnectionEntry]:
+        """`stats conns`: the listening sockets and every client connection."""
+        entries = []
+        started = self.stats.started
+        now = trio.current_time()
+        for server in (self.connections, self.tls_connections):
+            if server is None:
+                continue
+            if server.listener is not None and server.listener.fileno() != -1:
+                entries.append(ConnectionEntry(
+                    server.listener.fileno(), socket_text(server.listener.getsockname()), None,
+                    "conn_listening", int(time.time() - started)))
+            for conn in server.connections():
+                entry = self._connection_entry(conn, now)
+                if entry is not None:
+                    entries.append(entry)
+        return entries
+
+    def _connection_entry(self, conn: Connection, now: float) -> ConnectionEntry | None:
+        try:
+            fd = conn.sock.fileno()
+            addr, listen = conn.sock.getpeername(), conn.sock.getsockname()
+        except OSError:
+            return None  # closing
+        parser = self._parsers.get(conn)
+        if conn in self._watchers:
+            state = "conn_watch"
+        elif conn.reading:
+            state = "conn_nread" if parser is not None and parser.in_data_block else "conn_read"
+        elif conn.writing:
+            state = "conn_mwrite"
+        else:
+            state = "conn_parse_cmd"  # the connection running this command
+        idle = 0 if state == "conn_parse_cmd" else int(now - conn.active)
+        return ConnectionEntry(fd, socket_text(addr), socket_text(listen), state, idle)
 
     async def _multi_get(self, conn: Connection, request: Get, out: list[bytes],
                          depends: Position) -> None:

@@ -21,7 +21,7 @@ from enum import Enum
 
 from memring.protocol.numeric import U64_MAX, parse_stored_number
 from memring.protocol.replication import ItemState
-from memring.protocol.sizes import item_size
+from memring.protocol.sizes import item_size, slab_class
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30
@@ -55,6 +55,29 @@ class Item:
         self.token_sent = False
         self.key_binary = False
         self.suffix = b" %d %d" % (flags, len(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFacts:
+    """What the dumps (stats cachedump, lru_crawler metadump) show of one item."""
+
+    value_length: int
+    expires: int  # absolute unix seconds, 0: never
+    last_access: int  # unix seconds
+    cas: int
+    fetched: bool
+    size: int  # bytes memcached would charge (protocol.sizes.item_size)
+    key_binary: bool  # stored by a meta command with a base64 key
+    live: bool  # neither expired nor flushed
+
+
+@dataclass(slots=True)
+class ClassEvictions:
+    """Evictions from one slab class, as `stats items` names them."""
+
+    evicted: int = 0
+    evicted_nonzero: int = 0  # evicted items that had an expiry time
+    evicted_time: int = 0  # seconds since the last evicted item was last accessed
 
 
 @dataclass(slots=True)
@@ -104,6 +127,7 @@ class Store:
         self.bytes = 0
         self.last_cas = 0
         self.stats = StoreStats()
+        self.class_evictions: dict[int, ClassEvictions] = {}  # by slab class (stats items)
         # A delayed flush_all: items last updated at or before `flush_before` vanish
         # once the clock reaches it.
         self.flush_before = 0
@@ -242,6 +266,12 @@ class Store:
                 self.stats.evictions += 1
                 if not victim.fetched:
                     self.stats.evicted_unfetched += 1
+                cls = slab_class(victim.size)
+                by_class = self.class_evictions.get(cls) or self.class_evictions.setdefault(
+                    cls, ClassEvictions())
+                by_class.evicted += 1
+                by_class.evicted_nonzero += victim.expires != 0
+                by_class.evicted_time = now - victim.last_access
 
     def make_item(self, key: bytes, value: bytes, flags: int, exptime: int) -> Item:
         now = self.now()
@@ -308,15 +338,16 @@ class Store:
             if self.on_change is not None:
                 self.on_change(key)
 
-    def arithmetic(self, key: bytes, incr: bool, delta: int,
-                   cas_unique: int = 0) -> tuple[Outcome, int, Item | None]:
-        """incr/decr as unsigned 64-bit: incr wraps, decr floors at 0."""
+    def arithmetic(self, key: bytes, incr: bool, delta: int, cas_unique: int = 0,
+                   count_miss: bool = True) -> tuple[Outcome, int, Item | None]:
+        """incr/decr as unsigned 64-bit: incr wraps, decr floors at 0. `count_miss` False:
+        a miss the caller turns into a create (binary incr/decr), not counted as a miss."""
         stats = self.stats
         item = self._live(key, self.now())
         if item is None:
-            if incr:
+            if count_miss and incr:
                 stats.incr_misses += 1
-            else:
+            elif count_miss:
                 stats.decr_misses += 1
             return Outcome.NOT_FOUND, 0, None
         if cas_unique and item.cas != cas_unique:
@@ -345,6 +376,17 @@ class Store:
             return Outcome.STORED, value, item
         self._replace_value(key, item, digits)
         return Outcome.STORED, value, self.items.get(key)
+
+    def add_counter(self, key: bytes, initial: int, exptime: int) -> Item | None:
+        """Binary incr/decr's create on a miss: `initial` stored as an add would store it
+        (counted as neither a set nor a miss, as proto_bin.c complete_incr_bin); None if
+        the key exists or the item does not fit."""
+        if self._live(key, self.now()) is not None:
+            return None
+        item = self.make_item(key, b"%d" % initial, 0, exptime)
+        if self._link(key, item) is not Outcome.STORED:
+            return None
+        return item
 
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1
@@ -438,6 +480,30 @@ class Store:
             if len(keys) >= count:
                 break
         return keys
+
+    # -- reading without touching (stats, dumps) ------------------------------------------
+
+    def reset_stats(self) -> None:
+        """`stats reset`: every counter back to zero (the items stay)."""
+        self.stats.reset()
+        self.class_evictions.clear()
+
+    def keys_by_age(self) -> list[bytes]:
+        """Every key, least recently used first: a snapshot a dump walks while the store
+        changes (about 8 bytes a key: the key objects themselves are shared)."""
+        return list(self.items)
+
+    def describe(self, key: bytes) -> ItemFacts | None:
+        """The item under `key` as the dumps show it, without a fetch, an LRU bump or
+        expiry (None once it is gone)."""
+        item = self.items.get(key)
+        if item is None:
+            return None
+        now = self.now()
+        live = not ((item.expires and item.expires <= now)
+                    or (self.flush_before and self._flushed(item, now)))
+        return ItemFacts(len(item.value), item.expires, item.last_access, item.cas,
+                         item.fetched, item.size, item.key_binary, bool(live))
 
     def set_memory_limit(self, limit: int) -> None:
         self.memory_limit = limit

@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     transfer.add_argument("shard_id")
     transfer.add_argument("node_id")
 
-    node = commands.add_parser("node", help="drain or remove a node")
+    node = commands.add_parser("node", help="drain, remove, probe or step down a node")
     node_commands = node.add_subparsers(dest="node_command", required=True)
     drain = with_cluster(node_commands.add_parser(
         "drain", help="the node stops leading and serving reads (persistent)"))
@@ -152,6 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     drop = with_cluster(node_commands.add_parser(
         "remove", help="drop the node from its shard (stop its backend first)"))
     drop.add_argument("node_id")
+    ready = with_cluster(node_commands.add_parser(
+        "ready", help="exit 0 when the node leads its shard or is in sync with its leader "
+        "(a readiness probe), else 1 saying why"))
+    ready.add_argument("node_id")
+    step_down = with_cluster(node_commands.add_parser(
+        "step-down", help="if the node leads its shard, hand leadership to an in-sync "
+        "replica and wait for it (before stopping the node); else nothing to do"))
+    step_down.add_argument("node_id")
 
     config = commands.add_parser("config", help="get or set the cluster-wide settings")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -403,8 +411,55 @@ def _elect(args: argparse.Namespace, etcd: Any) -> Awaitable[int]:
     return run()
 
 
+def _readiness(view: ClusterView, node_id: str) -> str | None:
+    """None when `node_id`'s current incarnation leads its shard or is in the shard's ISR
+    (what `memring status` shows as in sync), else why not. A node restarted after a kill
+    is a new incarnation: its previous one may still hold the leader key (until its lease
+    expires), which makes the new one no leader and no copy of the data."""
+    record = view.nodes.get(node_id)
+    if record is None:
+        return f"{node_id} is not registered (not started, or its lease expired)"
+    shard = view.shards.get(record.shard)
+    if shard is None or shard.leader is None:
+        return f"shard {record.shard} has no leader"
+    lease = view.lease_of(view.keyspace.node(node_id))
+    leader = shard.leader
+    if leader.node_id == node_id and leader.lease_id == lease:
+        return None
+    if shard.isr is None or Incarnation(node_id, lease) not in shard.isr.members:
+        previous = " (its previous incarnation)" if leader.node_id == node_id else ""
+        return f"{node_id} is not in sync with {leader.node_id}{previous}, the leader of " \
+               f"shard {record.shard} (catching up)"
+    return None
+
+
+async def _step_down(etcd: Any, node_id: str) -> int:
+    """Hand the leadership of `node_id`'s shard to its first alive, in-sync, not drained
+    other member; 0 also when `node_id` does not lead (nothing to hand over)."""
+    view: ClusterView = await etcd.snapshot()
+    record = view.nodes.get(node_id)
+    shard = view.shards.get(record.shard) if record is not None else None
+    if record is None or shard is None or shard.leader is None \
+            or shard.leader.node_id != node_id:
+        print(f"{node_id} leads no shard: nothing to hand over")
+        return 0
+    isr = set(shard.isr.members) if shard.isr is not None else set()
+    candidates = sorted(n for n, inc in _live_members(view, record.shard).items()
+                        if n != node_id and inc in isr and not shard.drained(n))
+    if not candidates:
+        return _fail(f"no other in-sync replica of shard {record.shard} to hand over to; "
+                     f"{node_id} resigns when it stops")
+    return await _hinted_election(etcd, record.shard, ElectionHint(candidates[0]))
+
+
 def _node_op(args: argparse.Namespace) -> int:
     async def run(etcd: Any) -> int:
+        if args.node_command == "ready":
+            problem = _readiness(await etcd.snapshot(), args.node_id)
+            print(f"{args.node_id} is ready" if problem is None else f"not ready: {problem}")
+            return 0 if problem is None else 1
+        if args.node_command == "step-down":
+            return await _step_down(etcd, args.node_id)
         if args.node_command == "remove":
             shard_id, registered = await etcd.remove_node(args.node_id)
             print(f"node {args.node_id} removed from shard {shard_id}"

@@ -60,6 +60,9 @@ class NodeRecord:
 
 HASHES = ("md5", "fnv1a_64")
 READ_POLICIES = ("leader", "round_robin", "weighted")
+# what a proxy answers a read whose shard cannot answer: a miss (mcrouter's default; the client
+# falls back to its database) or memcached's SERVER_ERROR. Writes always answer the error.
+SHARD_ERROR_POLICIES = ("miss", "error")
 REPLICATION_MODES = ("sync", "async")
 UNCLEAN_POLICIES = ("auto", "never")
 
@@ -74,6 +77,7 @@ class ClusterConfig:
     lease_ttl: float = 2.0
     min_insync: int = 1
     unclean_election: str = "auto"
+    on_shard_error: str = "miss"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -81,6 +85,7 @@ class ClusterConfig:
             ("read_policy", self.read_policy, READ_POLICIES),
             ("replication", self.replication, REPLICATION_MODES),
             ("unclean_election", self.unclean_election, UNCLEAN_POLICIES),
+            ("on_shard_error", self.on_shard_error, SHARD_ERROR_POLICIES),
         ):
             if value not in allowed:
                 raise ValueError(f"config {name} = {value!r}: expected one of {', '.join(allowed)}")
@@ -100,7 +105,8 @@ class ClusterConfig:
                    str(d.get("replication", base.replication)),
                    float(d.get("lease_ttl", base.lease_ttl)),
                    int(d.get("min_insync", base.min_insync)),
-                   str(d.get("unclean_election", base.unclean_election)))
+                   str(d.get("unclean_election", base.unclean_election)),
+                   str(d.get("on_shard_error", base.on_shard_error)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ Theory of operation. The proxy's static topology file (etc/memring.toml: a `[pro
   file order), its address and its weight;
 - the first node is the shard's leader: a `LeaderRecord` with no lease (0) and epoch 0, since
   nothing is ever elected;
-- the `[proxy]` table's `hash` and `read_policy` are the view's `ClusterConfig`.
+- the `[proxy]` table's `hash`, `read_policy` and `on_shard_error` are the view's
+  `ClusterConfig`.
 
 The file is read when the coordinator is made and again on every `reload()` (the proxy's SIGHUP
 handler calls it); each good reload is a new view at the next revision, sent to every
@@ -62,14 +63,15 @@ def _refuse() -> NoReturn:
 def _config(table: Any, path: str) -> ClusterConfig:
     if not isinstance(table, dict):
         raise SettingsError(f"{path}: [proxy] must be a table")
-    values: dict[str, str] = {"hash": "md5", "read_policy": "leader"}
+    values: dict[str, str] = {"hash": "md5", "read_policy": "leader", "on_shard_error": "miss"}
     for key in values:
         if key in table:
             if not isinstance(table[key], str):
                 raise SettingsError(f"{path}: [proxy] {key} must be a string")
             values[key] = table[key]
     try:
-        return ClusterConfig(hash=values["hash"], read_policy=values["read_policy"])
+        return ClusterConfig(hash=values["hash"], read_policy=values["read_policy"],
+                             on_shard_error=values["on_shard_error"])
     except ValueError as exc:
         raise SettingsError(f"{path}: [proxy] {exc}") from None
 

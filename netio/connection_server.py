@@ -104,6 +104,7 @@ class Connection:
     kicked: bool = False  # closed by the idle timeout or evicted
     held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
     pending: bool = False  # with `max_pending`: not yet admitted by its handler
+    writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
     stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class ConnectionServer:
         self.max_pending = max_pending
         self.tls = tls
         self.closing = False
+        self.listener: socket.socket | None = None  # while serving
         self._connections: dict[Connection, None] = {}  # in accept order (oldest first)
         self._accepting = trio.CancelScope()  # cancelled by shutdown()
         self._housekeeping = trio.CancelScope()  # sweeper, heap trims; cancelled by shutdown()
@@ -146,6 +148,7 @@ class ConnectionServer:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept on `listener` (closed when accepting stops) until `shutdown()`; return
         when the last connection is done."""
+        self.listener = listener
         try:
             with self._grace:
                 async with trio.open_nursery() as connections:
@@ -157,6 +160,10 @@ class ConnectionServer:
         finally:
             if listener.fileno() != -1:
                 nonblocking.close(listener)
+
+    def connections(self) -> list[Connection]:
+        """The open connections, oldest first (a copy: the caller may await)."""
+        return list(self._connections)
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting; close idle connections now and the rest after `grace` s."""
@@ -266,6 +273,11 @@ class ConnectionServer:
         except OSError as exc:
             if exc.errno not in nonblocking.PEER_GONE:
                 log.info("connection error: %s", exc)
+        except Exception:
+            # A bug met by one client's bytes must not end the process and every other
+            # client's items with it: this connection closes, the traceback is logged.
+            log.exception("a connection failed on an unexpected error and was closed "
+                          "(the server goes on; please report this traceback)")
         finally:
             if conn.kicked and self.kick_reply:
                 conn.stream.send_last(self.kick_reply)

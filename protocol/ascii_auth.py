@@ -125,6 +125,11 @@ class Authenticator:
         self.auth_errors += 1
         return False
 
+    def reject(self) -> None:
+        """A failed attempt that checked no password (binary SASL: not PLAIN, a step)."""
+        self.auth_cmds += 1
+        self.auth_errors += 1
+
     def reset(self) -> None:
         """`stats reset` clears them, as memcached's thread stats."""
         self.auth_cmds = self.auth_errors = 0

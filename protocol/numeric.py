@@ -10,6 +10,9 @@ Each returns None where memcached's parser would fail.
 
 from __future__ import annotations
 
+import math
+import re
+
 _C_SPACE = b" \t\n\v\f\r"
 _DIGITS = frozenset(b"0123456789")
 
@@ -92,8 +95,31 @@ def parse_u64(token: bytes) -> int | None:
     return _unsigned(token, 64)
 
 
+def parse_u32_truncated(token: bytes) -> int | None:
+    """safe_strtoul into a uint32_t (admin commands' numbers): memcached 1.6.18 reads an
+    unsigned long and keeps its low 32 bits (`lru_crawler tocrawl 4294967296` sets 0)."""
+    value = _unsigned(token, 64)
+    return None if value is None else value & U32_MAX
+
+
 def parse_stored_number(data: bytes) -> int | None:
     """An item's value read as a number by incr/decr (strtoull on the data)."""
     if not data:
         return None
     return _unsigned(data, 64)
+
+
+
+_DOUBLE = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+                     rb"|inf(?:inity)?|nan)(?:[ \t\n\v\f\r].*)?", re.IGNORECASE | re.DOTALL)
+
+
+def parse_double(token: bytes) -> float | None:
+    """safe_strtod (lru tune, slabs automove ratio): a decimal number as strtod reads it; an
+    overflow is ERANGE (None), and hexadecimal floats, which strtod also takes, are refused."""
+    if _DOUBLE.fullmatch(token) is None:
+        return None
+    value = float(token.split()[0])
+    if math.isinf(value) and b"inf" not in token.lower():
+        return None
+    return value

@@ -31,13 +31,20 @@ from memring.protocol.responses import (
 class ReplyShape:
     """The replies that answer one request; `multi`: events until END (or an error)."""
 
-    __slots__ = ("codes", "kinds", "multi")
+    __slots__ = ("codes", "continues", "kinds", "multi")
 
     def __init__(self, kinds: tuple[type, ...], codes: frozenset[bytes] = frozenset(),
-                 multi: bool = False) -> None:
+                 multi: bool = False, continues: tuple[bytes, ...] = ()) -> None:
         self.kinds = (ErrorReply, *kinds)  # an error may answer anything
         self.codes = codes  # the status words or meta codes allowed (empty: any)
         self.multi = multi
+        # a multi reply's lines that come before END (dump lines); any other line ends it
+        self.continues = continues
+
+    def ends(self, line: Line) -> bool:
+        """Whether `line` ends a multi reply: a dump's lines do not, its refusals (BUSY,
+        BADCLASS, NOTSTARTED: one line, no END) do."""
+        return not line.line.startswith(self.continues)
 
     def accepts(self, event: Response) -> bool:
         if not isinstance(event, self.kinds):
@@ -85,7 +92,11 @@ _SHAPES = {
     b"decr": ReplyShape((Number, Status), frozenset({b"NOT_FOUND"})),
     b"flush_all": _OK, b"cache_memlimit": _OK, b"verbosity": _OK,
     b"version": ReplyShape((VersionReply,)),
-    b"stats": ReplyShape((Stat, End), multi=True),
+    # STAT lines (cachedump: ITEM lines) then END; `stats reset`: RESET
+    b"stats": ReplyShape((Stat, End, Line, Status), frozenset({b"RESET"}), multi=True,
+                         continues=(b"ITEM ",)),
+    # metadump: key=... lines then END, or one line saying why not (proto_text.c)
+    b"lru_crawler": ReplyShape((Line, End), multi=True, continues=(b"key=",)),
     b"mg": _meta(b"VA", b"HD", b"EN"),
     b"ms": _meta(b"HD", b"NS", b"EX", b"NF"),
     b"md": _meta(b"HD", b"NF", b"EX"),

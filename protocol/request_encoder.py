@@ -16,6 +16,7 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -93,6 +94,9 @@ def encode_request(request: Request) -> bytes:
     if kind is Stats:
         assert isinstance(request, Stats)
         return b" ".join([b"stats", *request.args]) + b"\r\n"
+    if kind is LruCrawler:
+        assert isinstance(request, LruCrawler)
+        return b" ".join([b"lru_crawler", *request.args]) + b"\r\n"
     if kind is Version:
         return b"version\r\n"
     if kind is MetaNoop:

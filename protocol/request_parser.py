@@ -34,6 +34,8 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -46,11 +48,13 @@ from memring.protocol.requests import (
     RefreshCerts,
     Request,
     Shutdown,
+    Slabs,
     Stats,
     Store,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.sentinels import NEED_DATA, NeedData
 from memring.protocol.sizes import KEY_MAX_LENGTH, item_size
@@ -475,4 +479,9 @@ _DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] =
     b"mg": RequestParser._meta_get, b"ms": RequestParser._meta_set,
     b"md": RequestParser._meta_delete, b"ma": RequestParser._meta_arithmetic,
     b"mn": lambda parser, tokens: MetaNoop(), b"me": RequestParser._meta_debug,
+    # the administration commands: their replies depend on the server's state
+    b"lru_crawler": lambda parser, tokens: LruCrawler(tokens[1:]),
+    b"lru": lambda parser, tokens: Lru(tokens[1:]) if len(tokens) > 1 else ProtocolError(ERROR),
+    b"slabs": lambda parser, tokens: Slabs(tokens[1:]),
+    b"watch": lambda parser, tokens: Watch(tokens[1:]),
 }

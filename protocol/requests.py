@@ -77,6 +77,35 @@ class Stats:
 
 
 @dataclass(slots=True)
+class LruCrawler:
+    """lru_crawler <crawl|metadump|tocrawl|sleep|enable|disable> ...: the tokens after it (the
+    proxy forwards `metadump` to the shard leaders)."""
+
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Lru:
+    """lru <tune|mode|temp_ttl> ...: the tokens after it."""
+
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Slabs:
+    """slabs <automove|reassign> ...: the tokens after it."""
+
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Watch:
+    """watch [log types]: the tokens after it (the last may be noreply)."""
+
+    args: list[bytes] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Version:
     pass
 
@@ -198,6 +227,7 @@ class Authenticated:
     reply: ClassVar[bytes] = b"STORED\r\n"
 
 
-Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | Version
-           | Verbosity | Quit | Shutdown | RefreshCerts | CacheMemlimit | MetaGet | MetaSet
+Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | LruCrawler | Lru
+           | Slabs | Watch | Version | Verbosity | Quit | Shutdown | RefreshCerts | CacheMemlimit
+           | MetaGet | MetaSet
            | MetaDelete | MetaArithmetic | MetaNoop | MetaDebug | ProtocolError | Authenticated)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 KEY_MAX_LENGTH = 250
 
 # memcached.c limited_get: an item referenced more than IT_REFCOUNT_LIMIT (60000) times is
@@ -58,7 +60,5 @@ SLAB_CHUNK_SIZES = _slab_chunk_sizes()
 
 def slab_class(size: int) -> int:
     """The slab class memcached's default settings would put an item of `size` in."""
-    for index, chunk in enumerate(SLAB_CHUNK_SIZES, start=1):
-        if size <= chunk:
-            return index
-    return len(SLAB_CHUNK_SIZES)  # chunked items live in the largest class
+    # chunked items (past the largest chunk) live in the largest class
+    return min(bisect_left(SLAB_CHUNK_SIZES, size), len(SLAB_CHUNK_SIZES) - 1) + 1

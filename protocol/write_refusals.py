@@ -19,6 +19,11 @@ def refusal_line(reason: bytes) -> bytes:
     return b"SERVER_ERROR " + reason + b"\r\n"
 
 
+def refusal_reason(line: bytes) -> bytes:
+    """The reason of a refusal line (the body of the binary protocol's refusal)."""
+    return line.removeprefix(b"SERVER_ERROR ").removesuffix(b"\r\n")
+
+
 def not_leader_line(shard: str) -> bytes:
     return refusal_line(NOT_LEADER + b" " + shard.encode())
 

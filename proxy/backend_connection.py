@@ -39,7 +39,7 @@ from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
-from memring.protocol.responses import End, ErrorReply, Response, Status, VersionReply
+from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
 
 
 class ReplyListener(Protocol):
@@ -346,7 +346,9 @@ class BackendConnection:
                         raise ResponseError(f"out of step: a {type(event).__name__} reply "
                                             f"does not answer the request it came for")
                     head.events.append(event)
-                    if not head.multi or type(event) is End or type(event) is ErrorReply:
+                    if not head.multi or type(event) is End or type(event) is ErrorReply or (
+                            type(event) is Line and head.shape is not None
+                            and head.shape.ends(event)):
                         pending.popleft()
                         head._finish()
                         if head.listener is not None:

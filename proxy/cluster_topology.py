@@ -95,16 +95,18 @@ def shard_specs(view: ClusterView) -> tuple[ShardSpec, ...]:
 
 
 def settings_for(base: ProxySettings, view: ClusterView) -> ProxySettings:
-    """`base` with the view's shards, and its config's hash and read policy if it has one."""
+    """`base` with the view's shards, and its config's hash, read policy and shard error
+    policy if it has one."""
     settings = replace(base, shards=shard_specs(view))
     if view.config is not None:
         settings = replace(settings, hash=view.config.hash,
-                           read_policy=view.config.read_policy)
+                           read_policy=view.config.read_policy,
+                           on_shard_error=view.config.on_shard_error)
     return settings
 
 
 def _routing(settings: ProxySettings) -> tuple[object, ...]:
-    return (settings.shards, settings.hash, settings.read_policy)
+    return (settings.shards, settings.hash, settings.read_policy, settings.on_shard_error)
 
 
 def default_proxy_id(settings: ProxySettings, port: int) -> str:

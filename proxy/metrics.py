@@ -64,6 +64,10 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily(f"{PREFIX}_client_errors_total",
                                   "Malformed client requests (CLIENT_ERROR / ERROR replies)",
                                   value=stats.client_errors)
+        yield CounterMetricFamily(f"{PREFIX}_shard_error_misses_total",
+                                  "Keys answered as misses because their shard could not "
+                                  "answer (on_shard_error = miss)",
+                                  value=stats.shard_error_misses)
         cumulative = 0
         buckets: list[tuple[str, float]] = []
         for bound, count in zip(LATENCY_BOUNDS_S, stats.latency_buckets, strict=False):
@@ -102,7 +106,8 @@ class ProxyCollector(Collector):
         info = InfoMetricFamily(PREFIX, "This proxy: versions and mode")
         info.add_metric([], {"version": stats.version, "memring_version": MEMRING_VERSION,
                              "mode": "cluster" if settings.etcd else "static",
-                             "hash": settings.hash, "read_policy": settings.read_policy})
+                             "hash": settings.hash, "read_policy": settings.read_policy,
+                             "on_shard_error": settings.on_shard_error})
         yield info
 
     def _topology(self) -> Iterator[Metric]:

@@ -197,6 +197,34 @@ class NodePool:
             log.info("%s: TLS handshake succeeds again", self.address)
             self._tls_problem = None
 
+    async def ask_alone(self, request: bytes, multi: bool) -> PendingReply:
+        """`request` on a connection of its own, closed after its reply (or the request
+        timeout). For a dump: memcached hands the connection to its LRU crawler during
+        `lru_crawler metadump` and drops what was pipelined behind it (measured: the
+        requests after it on the same read got no reply), so it never shares a pipelined
+        connection. Its failure does not count against the node: the pool's own do."""
+        if self.ejected:
+            reply = PendingReply(multi, 0.0)
+            reply.fail(f"{self.address} is ejected")
+            return reply
+        conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
+                                 lambda reason: None, lambda: None, self.login(), self.tls)
+        try:
+            await conn.connect()
+        except ConnectionFailed as exc:
+            reply = PendingReply(multi, 0.0)
+            reply.fail(str(exc))
+            return reply
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                reply = conn.submit(request, multi)
+                await reply.wait()  # the connection's deadline fails it in time
+                nursery.cancel_scope.cancel()
+            return reply
+        finally:
+            conn.close("asked alone: done")
+
     async def _probe(self) -> bool:
         conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
                                  lambda reason: None, lambda: None, self.login(), self.tls)

@@ -12,7 +12,7 @@ sends with a write timeout: a head slot that needs more than its first answer (a
 failing over, a write waiting for a leader or retried after a refusal: `Slot.poll()` says
 NEEDS_TASK), a big multi-get's `SlicedReply` (rendered a slice at a time, each once the
 previous one has left, with a checkpoint between slices so that a fast reader of a huge
-reply cannot hold the others up), and a client that does not take its replies as fast as
+reply cannot hold the others up) or a dump's `StreamedReply` (awaited shard by shard), and a client that does not take its replies as fast as
 they come (a partial send). The fast path resumes once the drainer has emptied the queue.
 Replies go through the client's `conn.stream` (netio.streams): a TLS stream takes a whole
 send and keeps what the socket refused as `backlog`, so a send that leaves a backlog is a
@@ -47,7 +47,7 @@ import trio
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionServer
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
-from memring.proxy.slots import WAITING, Ready, Slot
+from memring.proxy.slots import WAITING, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
@@ -251,7 +251,10 @@ class ReplyStream:
                     continue
                 boundary = True  # `out` ends where a reply ends
                 while not reply.done:
-                    piece = reply.next_slice()
+                    if isinstance(reply, SlicedReply):
+                        piece = reply.next_slice()
+                    else:
+                        piece = await reply.next_piece()
                     out.append(piece)
                     size += len(piece)
                     if size >= flush_size or reply.done:

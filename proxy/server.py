@@ -32,8 +32,11 @@ from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
+from memring.protocol.binary_parser import BinaryRequestParser
+from memring.protocol.negotiation import NegotiatingParser, TextParser
 from memring.protocol.requests import ProtocolError
 from memring.protocol.write_points import WritePoints, block_of
+from memring.proxy.binary_batches import BatchingParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
@@ -111,7 +114,8 @@ class ProxyServer:
                 nodes.append(pool)
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
         router = ShardRouter(shards, settings.hash, settings.read_policy,
-                             leader_writes=bool(settings.etcd))
+                             leader_writes=bool(settings.etcd),
+                             miss_on_shard_error=settings.on_shard_error == "miss")
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
@@ -120,8 +124,10 @@ class ProxyServer:
         for address, pool in old.items():
             if address not in pools:
                 pool.close()
-        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s",
-                 len(shards), len(pools), settings.hash, settings.read_policy)
+        log.info("topology: %d shard(s), %d node(s), hash %s, read policy %s, reads of a "
+                 "shard that cannot answer: %s", len(shards), len(pools), settings.hash,
+                 settings.read_policy,
+                 "a miss" if settings.on_shard_error == "miss" else "SERVER_ERROR")
 
     def _backend_context(self, settings: ProxySettings) -> ssl.SSLContext | None:
         """The client context for new backend connections, built again only when the
@@ -182,10 +188,23 @@ class ProxyServer:
         assert self._drainers is not None
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         settings = self.state.settings
-        requests = RequestParser(max_line=settings.max_line,
-                                 max_item_size=settings.max_item_size)
-        # in front of the requests until the client authenticated (--auth-file)
-        parser = requests if self.auth is None else AuthenticatingParser(requests, self.auth)
+        auth = self.auth
+
+        def text() -> RequestParser | AuthenticatingParser:
+            requests = RequestParser(max_line=settings.max_line,
+                                     max_item_size=settings.max_item_size)
+            # in front of the requests until the client authenticated (--auth-file)
+            return requests if auth is None else AuthenticatingParser(requests, auth)
+
+        def binary() -> BinaryRequestParser:
+            # with --auth-file: SASL PLAIN against the same users first
+            return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
+
+        # memcached's -B auto: the first byte chooses text or binary for the connection
+        # ... and a binary client's consecutive gets become one multi-get (binary_batches)
+        negotiating = NegotiatingParser(text, binary)
+        parser = BatchingParser(negotiating)
+        chosen: TextParser | None = None  # write points: text only (protocol.write_points)
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)
@@ -193,6 +212,8 @@ class ProxyServer:
         server = self.connections
         idle_timeout = server.idle_timeout
         conn.busy = lambda: not replies.answered  # replies on their way: not idle
+        clients = self.state.clients
+        clients[conn] = None  # for `stats conns`
         queue = replies.queue
         refused = False  # the client's partial requests would pass the proxy's budget
         try:
@@ -212,8 +233,10 @@ class ProxyServer:
                 if not data:
                     await replies.wait_answered()  # the held ones never go, as in memcached
                     return
-                block = block_of(parser.in_data_block, parser.swallowing)
+                block = block_of(chosen.in_data_block, chosen.swallowing) if chosen else ""
                 parser.receive_data(data)
+                if chosen is None and not isinstance(negotiating.chosen, BinaryRequestParser):
+                    chosen = negotiating.chosen
                 started = time.perf_counter()
                 if not replies.answered:  # a pipelining client: the last batch first
                     if not replies.hold_input(parser.buffered):  # held while it waits
@@ -232,13 +255,13 @@ class ProxyServer:
                     issued = True
                     if points.before():
                         replies.held = 0
-                    if type(event) is ProtocolError and event.close:
+                    if type(event) is ProtocolError and event.close and chosen:
                         # memcached closes without writing what it had not written yet
                         del queue[max(0, len(queue) - points.unwritten):]
                     queue.append(client.issue(event))
-                    points.after(event, parser.swallow_left)
-                    # replies go out only where memcached writes them (or at the batch's end)
-                    replies.held = points.unwritten
+                    points.after(event, chosen.swallow_left if chosen else 0)
+                    if chosen:  # replies go out only where memcached writes them (or at the end)
+                        replies.held = points.unwritten
                     if len(queue) - replies.held >= replies.window:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading
@@ -246,7 +269,7 @@ class ProxyServer:
                         replies.send_ready()
                         await replies.wait_answered()
                         replies.adjust_window()
-                if not parser.in_data_block or client.closing:
+                if chosen is None or not chosen.in_data_block or client.closing:
                     replies.held = 0
                 # else they wait until the block is complete, unsent if the client closes first
                 replies.send_ready()
@@ -261,6 +284,7 @@ class ProxyServer:
                 await self._refuse(replies, conn.sock)
         finally:
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
+            clients.pop(conn, None)
             conn.held = replies.close()  # the most it held (netio.heap trims after big ones)
 
     async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:

@@ -25,14 +25,20 @@ asked again at the next leader when the node failed or refused), never a followe
 
 `noreply` and meta `q` are honoured here, not at the backend: the backend always answers
 (see protocol.request_encoder) and the session drops what the client asked not to see.
+
+A binary client (a first byte 0x80) is served by the same routing: its frames are
+translated into meta requests (proxy/binary_requests.py, runs of gets batched by
+proxy/binary_batches.py) and their replies rendered as binary frames (proxy/binary_replies.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from memring.protocol.binary_frames import BinaryRequest
+from memring.protocol.binary_parser import BinaryReply
 from memring.protocol.request_encoder import encode_get, encode_request
 from memring.protocol.requests import (
     Arithmetic,
@@ -41,6 +47,8 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
+    LruCrawler,
     MetaArithmetic,
     MetaDebug,
     MetaDelete,
@@ -52,14 +60,21 @@ from memring.protocol.requests import (
     RefreshCerts,
     Request,
     Shutdown,
+    Slabs,
     Stats,
     Store,
     Touch,
     Verbosity,
     Version,
+    Watch,
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
+from memring.proxy import cluster_stats
 from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.binary_batches import GetBatch, issue_batch
+from memring.proxy.binary_requests import delete_request, issue_binary
+from memring.proxy.cluster_stats import ClusterStats
+from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
@@ -68,12 +83,14 @@ from memring.proxy.slots import (
     Forwarded,
     LeaderRead,
     LeaderWrite,
+    MissOnShardError,
     ReadWithFailover,
     Ready,
     Settling,
     Slot,
     SplitGet,
     Unroutable,
+    meta_get_miss,
     render,
 )
 from memring.proxy.state import ProxyState
@@ -100,6 +117,8 @@ _QUIET_MS_MD = _quiet(b"HD")
 _QUIET_MA = _quiet(b"HD", b"VA")
 
 _WRITE_META_GET_FLAGS = frozenset("TN")
+_NO_SHARDS = PendingReply(False, 0.0)
+_NO_SHARDS.fail("no shards in the cluster")
 CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
 # A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
 # many keys; a bigger one is split like any other, so its reply is rendered in slices.
@@ -126,10 +145,15 @@ class ClientSession:
         self.state = state
         self.replies = replies  # hears of every reply; picks each node's connection
         self._closing = False
+        # on_shard_error = miss: the renderers of the common one-key reads, made once
+        self._get_miss = MissOnShardError(state.stats, b"END\r\n")
+        self._mg_miss = MissOnShardError(state.stats, b"EN\r\n")
 
-    def issue(self, request: Request) -> Slot:
+    def issue(self, request: Request | BinaryRequest | BinaryReply | GetBatch) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
-        self.state.stats.commands[type(request).__name__] += 1
+        kind = type(request)
+        if kind is not BinaryRequest and kind is not GetBatch:  # counted as translated
+            self.state.stats.commands[kind.__name__] += 1
         try:
             return _DISPATCH[type(request)](self, self.state.router, request)
         except NoShards:
@@ -167,29 +191,49 @@ class ClientSession:
             # of each key is answered (fuzzer: `gat -1 k k`)
             keys = list(dict.fromkeys(keys))
         distinct = None if len(keys) == 1 else dict.fromkeys(keys)
+        miss = router.miss_on_shard_error
         if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)
                                 <= PASS_THROUGH_KEYS):
             shard = router.shard_for(keys[0])
+            renderer: Callable[[PendingReply], bytes] = render
+            if miss:
+                renderer = self._get_miss if distinct is None else \
+                    MissOnShardError(self.state.stats, b"END\r\n", len(keys))
             if touches:
-                return self._write(router, shard, encode_request(request), True)
-            return self._read(router, shard, encode_request(request), True)
+                return self._write(router, shard, encode_request(request), True, renderer)
+            return self._read(router, shard, encode_request(request), True, renderer)
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
         # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
+        parts = self._split(router, request.command, distinct, request.exptime)
+        return SplitGet(keys, len(distinct), [part for _, part in parts],
+                        [len(part_keys) for part_keys, _ in parts],
+                        self.state.stats if miss else None)
+
+    def _split(self, router: ShardRouter, command: bytes, distinct: Iterable[bytes],
+               exptime: int = 0) -> list[tuple[list[bytes], Settling]]:
+        """A multi-get of `distinct` keys split per shard: each part's keys and its read
+        (its write for gat/gats), all sent at once."""
         by_shard: dict[int, list[bytes]] = {}
         shards = {}
         for key in distinct:
             shard = router.shard_for(key)
             by_shard.setdefault(id(shard), []).append(key)
             shards[id(shard)] = shard
-        parts: list[Settling] = []
+        parts = []
+        touches = command in (b"gat", b"gats")
         for shard_id, shard_keys in by_shard.items():
             shard = shards[shard_id]
-            line = encode_get(request.command, shard_keys, request.exptime)
+            line = encode_get(command, shard_keys, exptime)
             if touches:
-                parts.append(self._write(router, shard, line, True))
+                parts.append((shard_keys, self._write(router, shard, line, True)))
             else:
-                parts.append(self._read(router, shard, line, True))
-        return SplitGet(keys, len(distinct), parts)
+                parts.append((shard_keys, self._read(router, shard, line, True)))
+        return parts
+
+    def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]:
+        """`gets` of distinct `keys` split per shard (a batch of binary gets)."""
+        self.state.stats.commands["Get"] += 1
+        return self._split(self.state.router, b"gets", keys)
 
     def _keyed_write(self, router: ShardRouter, request: Store | Delete | Arithmetic | Touch
                      ) -> Slot:
@@ -199,17 +243,45 @@ class ClientSession:
 
     def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
               | MetaArithmetic) -> Slot:
-        shard = router.shard_for(request.key)
         flags = request.flags
         kind = type(request)
         renderer: Callable[[PendingReply], bytes] = render
         if flags.quiet:
             renderer = (_QUIET_MG if kind is MetaGet else
                         _QUIET_MA if kind is MetaArithmetic else _QUIET_MS_MD)
+        if kind is MetaGet and router.miss_on_shard_error:
+            assert isinstance(request, MetaGet)
+            renderer = self._meta_get_miss(request, renderer)
+        return self._route_meta(router, request, renderer)
+
+    def _route_meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
+                    | MetaArithmetic, renderer: Callable[[PendingReply], bytes]) -> Slot:
+        shard = router.shard_for(request.key)
         line = encode_request(request)
-        if kind is MetaGet and not _WRITE_META_GET_FLAGS.intersection(flags.order):
+        if type(request) is MetaGet and \
+                not _WRITE_META_GET_FLAGS.intersection(request.flags.order):
             return self._read(router, shard, line, False, renderer)
         return self._write(router, shard, line, False, renderer)
+
+    def meta(self, request: MetaGet | MetaSet | MetaDelete | MetaArithmetic,
+             renderer: Callable[[PendingReply], bytes]) -> Slot:
+        """A meta request routed as a client's (a translated binary frame), its settled
+        reply rendered by `renderer`."""
+        self.state.stats.commands[type(request).__name__] += 1
+        try:
+            return self._route_meta(self.state.router, request, renderer)
+        except NoShards:
+            return Ready(renderer(_NO_SHARDS))
+
+    def _meta_get_miss(self, request: MetaGet, renderer: Callable[[PendingReply], bytes]
+                       ) -> Callable[[PendingReply], bytes]:
+        """on_shard_error = miss: EN (hidden by q, echoing O and k) when the shard fails."""
+        flags = request.flags
+        if flags.quiet:
+            return MissOnShardError(self.state.stats, b"", 1, renderer)
+        if "O" in flags.order or "k" in flags.order:
+            return MissOnShardError(self.state.stats, meta_get_miss(request))
+        return self._mg_miss
 
     def _meta_debug(self, router: ShardRouter, request: MetaDebug) -> Slot:
         shard = router.shard_for(request.key)
@@ -218,8 +290,39 @@ class ClientSession:
     # -- the rest ----------------------------------------------------------------------
 
     def _stats(self, router: ShardRouter, request: Stats) -> Slot:
+        """The cluster's figures (proxy.cluster_stats); `stats proxy`: the proxy's alone."""
         state = self.state
-        return Ready(state.stats.reply(request.args, state.pools(), state.buffers, state.tls))
+        args = request.args
+        sub = args[0] if args else b""
+        if not args:
+            return ClusterStats(router, b"stats\r\n", self.replies, cluster_stats.general(state))
+        if sub in cluster_stats.BY_CLASS:  # memcached ignores tokens after these
+            return ClusterStats(router, b"stats %s\r\n" % sub, self.replies,
+                                cluster_stats.per_class)
+        if sub == b"settings":
+            return ClusterStats(router, b"stats settings\r\n", self.replies,
+                                cluster_stats.settings(state))
+        if sub == b"reset":
+            state.stats.reset(state.tls)
+            return ClusterStats(router, b"stats reset\r\n", self.replies, cluster_stats.reset,
+                                multi=False)
+        if sub == b"conns":
+            return Ready(cluster_stats.connections(state.clients))
+        if sub == b"detail":
+            return Ready(cluster_stats.detail(state, args))
+        if sub == b"cachedump":  # the leaders check the arguments
+            return ShardDump(router, encode_request(request), b"\r\n")
+        return Ready(state.stats.reply(args, state.pools(), state.buffers, state.tls))
+
+    def _lru_crawler(self, router: ShardRouter, request: LruCrawler) -> Slot:
+        """metadump: every leader's, shard by shard (proxy/dumps.py); the crawler's settings
+        belong to each backend; the rest is memcached's ERROR (proto_text.c)."""
+        args = request.args
+        if len(args) == 2 and args[0] == b"metadump":
+            return ShardDump(router, encode_request(request), b"\n")
+        if args and args[0] in CRAWLER_SETTINGS:
+            return Ready(CRAWLER_REFUSED)
+        return Ready(b"ERROR\r\n")
 
     def _flush_all(self, router: ShardRouter, request: FlushAll) -> Slot:
         line = encode_request(request)
@@ -249,12 +352,29 @@ class ClientSession:
         error = TLS_NOT_ENABLED if tls is None else tls.reload()
         return Ready(refresh_certs_reply(error, request.noreply))
 
+    def _backend_admin(self, router: ShardRouter, request: Request) -> Slot:
+        # lru, slabs, watch tune or watch one node's store: not the proxy's
+        return Ready(b"ERROR\r\n")
+
     def _verbosity(self, router: ShardRouter, request: Verbosity) -> Slot:
         return Ready(b"" if request.noreply else b"OK\r\n")
 
     def _quit(self, router: ShardRouter, request: Request) -> Slot:
+        return self.close_after(b"")
+
+    def close_after(self, reply: bytes) -> Slot:
+        """`reply`, then the connection closes (quit)."""
         self._closing = True
-        return Ready(b"")
+        return Ready(reply)
+
+    def _binary(self, router: ShardRouter, request: BinaryRequest) -> Slot:
+        return issue_binary(self, request)
+
+    def _get_batch(self, router: ShardRouter, batch: GetBatch) -> Slot:
+        return issue_batch(self, batch)
+
+    def _binary_reply(self, router: ShardRouter, event: BinaryReply) -> Slot:
+        return Ready(event.reply)  # answered by the codec (SASL)
 
     def _authenticated(self, router: ShardRouter, event: Authenticated) -> Slot:
         return Ready(event.reply)
@@ -266,7 +386,9 @@ class ClientSession:
         if error.drop_key is not None:
             # memcached drops the old value of a `set` that was too large; so must the shard.
             shard = router.shard_for(error.drop_key)
-            delete = b"delete %s\r\n" % error.drop_key
+            delete = delete_request(error.drop_key)  # a binary key may hold spaces
+            if delete is None:
+                return Ready(error.reply)
             return AfterWrites([node.submit(delete, False, self.replies)
                                 for node in shard.nodes], error.reply)
         return Ready(error.reply)
@@ -289,12 +411,19 @@ _DISPATCH = dict([
     _route(MetaNoop, ClientSession._noop),
     _route(Version, ClientSession._version),
     _route(Stats, ClientSession._stats),
+    _route(LruCrawler, ClientSession._lru_crawler),
     _route(FlushAll, ClientSession._flush_all),
     _route(CacheMemlimit, ClientSession._cache_memlimit),
     _route(Verbosity, ClientSession._verbosity),
     _route(Shutdown, ClientSession._shutdown),
     _route(RefreshCerts, ClientSession._refresh_certs),
     _route(Quit, ClientSession._quit),
+    _route(Lru, ClientSession._backend_admin),
+    _route(Slabs, ClientSession._backend_admin),
+    _route(Watch, ClientSession._backend_admin),
     _route(ProtocolError, ClientSession._protocol_error),
     _route(Authenticated, ClientSession._authenticated),
+    _route(BinaryRequest, ClientSession._binary),
+    _route(BinaryReply, ClientSession._binary_reply),
+    _route(GetBatch, ClientSession._get_batch),
 ])

@@ -19,6 +19,7 @@ from typing import Any
 
 from memring.cluster import etcd_security
 from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.records import SHARD_ERROR_POLICIES
 
 # The file's pure parsing lives in cluster.static_topology (shared with StaticCoordinator);
 # re-exported here so `proxy.settings.ShardSpec` etc. keep working.
@@ -49,6 +50,7 @@ class ProxySettings(Listening, TlsListening):
     config: str = ""
     hash: str = "md5"
     read_policy: str = "leader"
+    on_shard_error: str = "miss"     # a read whose shard cannot answer: miss | error
     timeout_ms: int = 1000
     failure_limit: int = 3
     retry_ms: int = 1000
@@ -121,6 +123,9 @@ def _validate(settings: ProxySettings) -> ProxySettings:
     if settings.read_policy not in READ_POLICIES:
         raise SettingsError(f"read_policy must be one of {', '.join(READ_POLICIES)}, "
                             f"got {settings.read_policy!r}")
+    if settings.on_shard_error not in SHARD_ERROR_POLICIES:
+        raise SettingsError(f"on_shard_error must be miss or error, "
+                            f"got {settings.on_shard_error!r}")
     for key in _INT_KEYS:
         if getattr(settings, key) < 1:
             raise SettingsError(f"{key} must be at least 1")
@@ -215,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--leader-wait-ms", type=int,
                         help="how long a write waits for a leader during an election "
                              "(default 1500)")
+    parser.add_argument("--on-shard-error", metavar="POLICY",
+                        help="a get/gets/gat/gats/mg whose shard cannot answer (no live node, "
+                        "ejected, timed out): miss (default: the key is answered as not "
+                        "found) or error (SERVER_ERROR); writes always answer the error. In "
+                        "cluster mode the cluster's config (memring config set "
+                        "on_shard_error) overrides it")
     parser.add_argument("--client-buffer-bytes", type=int,
                         help="replies one client may have waiting in the proxy before it stops "
                              "reading that client (default 4 MiB)")
@@ -286,7 +297,8 @@ def load_settings(argv: list[str] | None = None) -> ProxySettings:
         settings = load_topology(settings)
     overrides: dict[str, Any] = {}
     for name in ("listen", "workers", "max_connections", "idle_timeout", "etcd", "cluster",
-                 "advertise", "proxy_id", "leader_wait_ms", "client_buffer_bytes",
+                 "advertise", "proxy_id", "leader_wait_ms", "on_shard_error",
+                 "client_buffer_bytes",
                  "client_write_timeout_ms", "max_buffered_bytes", "metrics_listen",
                  "log_level", "log_format", *etcd_security.FIELDS, "auth_file",
                  "backend_auth_file", "backend_tls", "backend_tls_ca", "backend_tls_cert",

@@ -16,12 +16,14 @@ one copy of the value, not one per repeat, while the bytes on the wire stay memc
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Callable
 from typing import Final, Literal
 
 import trio
 
+from memring.protocol.requests import MetaGet
 from memring.protocol.responses import End, ErrorReply, Value
 from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
@@ -29,6 +31,7 @@ from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.pool import NodePool
 from memring.proxy.router import Shard
 from memring.proxy.state import ProxyState
+from memring.proxy.stats import ProxyStats
 
 
 class _Pending(enum.Enum):
@@ -106,7 +109,21 @@ class SlicedReply:
         return b"".join(out)
 
 
-Reply = bytes | SlicedReply
+class StreamedReply:
+    """A reply made a piece at a time, each piece awaited once the previous one has left:
+    a dump, one shard leader's lines at a time (proxy/dumps.py)."""
+
+    __slots__ = ()
+
+    @property
+    def done(self) -> bool:
+        raise NotImplementedError
+
+    async def next_piece(self) -> bytes:
+        raise NotImplementedError
+
+
+Reply = bytes | SlicedReply | StreamedReply
 Poll = bytes | SlicedReply | _Pending
 Settled = PendingReply | _Pending
 Waiting = Literal[_Pending.WAITING]
@@ -125,6 +142,48 @@ def _failed(reply: PendingReply) -> bool:
     return bool(reply.events) and type(reply.events[0]) is ErrorReply and \
         reply.events[0].kind == b"SERVER_ERROR"
 
+
+def shard_failed(reply: PendingReply) -> bool:
+    """The shard gave no answer: no live node, ejected, timed out, or no leader (the
+    proxy's own error, or a leader's refusal that could not be asked again in time). A
+    SERVER_ERROR a live node sent is its answer, not this."""
+    return reply.error is not None or _not_applied(reply)
+
+
+class MissOnShardError:
+    """A read's renderer under `on_shard_error = miss`: a shard that cannot answer answers
+    `miss` (END for get, EN for mg), counted per key, as mcrouter does by default; a cache
+    client then falls back to its database instead of failing."""
+
+    __slots__ = ("keys", "miss", "render", "stats")
+
+    def __init__(self, stats: ProxyStats, miss: bytes, keys: int = 1,
+                 render: Callable[[PendingReply], bytes] = render) -> None:
+        self.stats = stats
+        self.miss = miss
+        self.keys = keys
+        self.render = render
+
+    def __call__(self, reply: PendingReply) -> bytes:
+        if shard_failed(reply):
+            self.stats.shard_error_misses += self.keys
+            return self.miss
+        return self.render(reply)
+
+
+def meta_get_miss(request: MetaGet) -> bytes:
+    """mg's miss line: EN, then the O and k flags in request order, k base64 with `b`
+    (memcached 1.6.18: `mg nope k t v Oab` -> `EN knope Oab`; tests/integration/
+    test_proxy_shard_errors.py holds the proxy's to memcached's)."""
+    flags = request.flags
+    parts = [b"EN"]
+    for flag in flags.order:
+        if flag == "O":
+            parts.append(flags.opaque)
+        elif flag == "k":
+            parts.append(b"k" + (base64.b64encode(request.key) + b" b" if flags.base64
+                                 else request.key))
+    return b" ".join(parts) + b"\r\n"
 
 
 class Slot:
@@ -435,6 +494,38 @@ class Forwarded(Filtered):
         return self.pending
 
 
+class Translated(Slot):
+    """Another slot's reply rewritten by `translate` (a binary client's flush and stat are
+    the text `flush_all` and `stats`, their replies in binary: proxy/binary_requests.py)."""
+
+    __slots__ = ("inner", "translate")
+
+    def __init__(self, inner: Slot, translate: Callable[[bytes], bytes]) -> None:
+        self.inner = inner
+        self.translate = translate
+
+    def poll(self) -> Poll:
+        reply = self.inner.poll()
+        if isinstance(reply, _Pending):
+            return reply
+        if type(reply) is not bytes:
+            return NEEDS_TASK  # a sliced reply is joined in reply()
+        return self.translate(reply)
+
+    async def reply(self) -> bytes:
+        reply = await self.inner.reply()
+        pieces: list[bytes] = []
+        if isinstance(reply, SlicedReply):
+            while not reply.done:
+                pieces.append(reply.next_slice())
+            return self.translate(b"".join(pieces))
+        if isinstance(reply, StreamedReply):  # a dump asked as a binary stat: joined too
+            while not reply.done:
+                pieces.append(await reply.next_piece())
+            return self.translate(b"".join(pieces))
+        return self.translate(reply)
+
+
 class AllSayOk(Slot):
     """flush_all: OK only when every part did (each node in static mode, each shard's leader
     in cluster mode, whose followers get it by replication); else the first other answer."""
@@ -471,13 +562,25 @@ class SplitGet(Slot):
     """A multi-key get split per shard (each distinct key asked once); values reassembled in
     the client's key order, a big reply in slices."""
 
-    __slots__ = ("distinct", "keys", "parts", "sliced")
+    __slots__ = ("distinct", "keys", "misses", "part_keys", "parts", "sliced")
 
-    def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling]) -> None:
+    def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling],
+                 part_keys: list[int], misses: ProxyStats | None = None) -> None:
         self.keys = keys
         self.distinct = distinct  # how many different keys `keys` names
         self.parts = parts
+        self.part_keys = part_keys  # how many distinct keys each part asks for
+        # on_shard_error = miss: where a part whose shard cannot answer is counted as misses
+        self.misses = misses
         self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
+
+    def _missed(self, index: int, pending: PendingReply) -> bool:
+        """Part `index` failed and answers its keys as misses (counted once: the reply
+        is rendered once)."""
+        if self.misses is None or not shard_failed(pending):
+            return False
+        self.misses.shard_error_misses += self.part_keys[index]
+        return True
 
     def poll(self) -> Poll:
         if self.sliced is not None:
@@ -488,23 +591,27 @@ class SplitGet(Slot):
             pending = part.settled_now()
             if isinstance(pending, _Pending):
                 return pending
-            if _incomplete(pending):
-                return render(pending)
             settled.append(pending)
-        return self._join(settled)
+        return self._answer(settled)
 
     async def reply(self) -> Reply:
         if self.sliced is not None:
             return self.sliced
-        settled = []
-        for part in self.parts:
-            pending = await part.settle()
-            if _incomplete(pending):
-                return render(pending)  # one shard's error is the whole get's error
-            settled.append(pending)
-        return self._join(settled)
+        return self._answer([await part.settle() for part in self.parts])
 
-    def _join(self, settled: list[PendingReply]) -> Reply:
+    def _answer(self, settled: list[PendingReply]) -> bytes | SlicedReply:
+        """The first failed part's error is the whole get's (on_shard_error = error); with
+        `miss`, a part whose shard cannot answer adds no values."""
+        answered = []
+        for index, pending in enumerate(settled):
+            if _incomplete(pending):
+                if self._missed(index, pending):
+                    continue
+                return render(pending)
+            answered.append(pending)
+        return self._join(answered)
+
+    def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
         blocks: dict[bytes, bytes] = {}
         size = 0
         for pending in settled:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from memring.netio.connection_server import Connection
 from memring.netio.tls import ServerTls
 from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool
@@ -32,6 +33,8 @@ class ProxyState:
     topology_changed: trio.Event = field(default_factory=trio.Event)
     # the client listeners' TLS: refresh_certs reloads it, `stats` shows its counters
     tls: ServerTls | None = None
+    # the client connections, for `stats conns`
+    clients: dict[Connection, None] = field(default_factory=dict)
 
     def pools(self) -> list[NodePool]:
         return list(self.pools_by_address.values())

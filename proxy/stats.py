@@ -31,6 +31,7 @@ class ProxyStats:
         self.commands: Counter[str] = Counter()
         self.errors = 0            # SERVER_ERROR replies the proxy made (backend trouble)
         self.client_errors = 0     # bad input from clients
+        self.shard_error_misses = 0  # keys answered as misses: their shard could not answer
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_US) + 1)  # per bucket, not cumulative
         self.latency_sum = 0.0  # seconds
         self.auth: Authenticator | None = None  # --auth-file: its auth_cmds, auth_errors
@@ -38,6 +39,7 @@ class ProxyStats:
         # | none (--backend-tls-verify), memring_backend_auth yes | no (--backend-auth-file)
         self.backend_tls = "off"
         self.backend_auth = False
+        self.detail = False  # `stats detail on|off` (the proxy keeps no per-prefix figures)
 
     def observe_reply(self, started: float) -> None:
         """A reply is ready: count its latency since `started` (a perf_counter reading)."""
@@ -52,18 +54,22 @@ class ProxyStats:
     def reply(self, args: list[bytes], pools: Iterable[NodePool],
               buffers: BufferBudget | None = None, tls: ServerTls | None = None) -> bytes:
         if args == [b"reset"]:
-            if tls is not None:
-                tls.handshake_errors = 0  # as memcached's stats reset
-            self.commands.clear()
-            self.errors = self.client_errors = 0
-            self.latency_buckets[:] = [0] * len(self.latency_buckets)
-            self.latency_sum = 0.0
-            if self.auth is not None:
-                self.auth.reset()
+            self.reset(tls)
             return b"RESET\r\n"
         if args and args != [b"proxy"]:
             return b"ERROR\r\n"
         return self._lines(self.general(pools, buffers, tls))
+
+    def reset(self, tls: ServerTls | None = None) -> None:
+        """`stats reset`: the proxy's counters (the leaders reset their own)."""
+        if tls is not None:
+            tls.handshake_errors = 0  # as memcached's stats reset
+        self.commands.clear()
+        self.errors = self.client_errors = self.shard_error_misses = 0
+        self.latency_buckets[:] = [0] * len(self.latency_buckets)
+        self.latency_sum = 0.0
+        if self.auth is not None:
+            self.auth.reset()
 
     @staticmethod
     def _lines(pairs: list[tuple[str, object]]) -> bytes:
@@ -91,6 +97,7 @@ class ProxyStats:
             ("idle_kicks", self.connections.idle_kicks),
             ("proxy_errors", self.errors),
             ("client_errors", self.client_errors),
+            ("shard_error_misses", self.shard_error_misses),
         ]
         if self.auth is not None:
             pairs += [("auth_cmds", self.auth.auth_cmds), ("auth_errors", self.auth.auth_errors)]

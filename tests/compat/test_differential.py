@@ -310,11 +310,13 @@ def parse_stats(reply: bytes) -> dict[str, str]:
     return stats
 
 
-def test_stats_shape() -> None:
-    """Both answer `stats` with STAT lines then END; the target has the commonly scraped names."""
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_stats_shape(target: str) -> None:
+    """Both answer `stats` with STAT lines then END; the target has the commonly scraped names
+    (through the proxy: the shard leaders' sums, issue 14)."""
     _skip_without_backend()
     plain = Case("stats_plain", (b"stats\r\n",))
-    ref, got = differential(plain)
+    ref, got = differential(plain, target_factory(target))
     for ex in (ref, got):
         assert ex.reply.endswith(b"END\r\n"), describe(plain, ref, got)
         lines = ex.reply[: -len(b"END\r\n")].split(b"\r\n")[:-1]
@@ -324,14 +326,21 @@ def test_stats_shape() -> None:
     assert not missing, f"target lacks stats {sorted(missing)}"
 
 
-def test_stats_counters_after_script() -> None:
-    """After the same scripted commands, time-independent counters agree with memcached."""
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_stats_counters_after_script(target: str) -> None:
+    """After the same scripted commands, time-independent counters agree with memcached
+    (through the proxy, one shard: its leader's counters, as the proxy sums them)."""
     _skip_without_backend()
-    ref, got = differential(STATS_SCRIPT)
+    ref, got = differential(STATS_SCRIPT, target_factory(target))
     want, have = parse_stats(ref.reply), parse_stats(got.reply)
     assert want, describe(STATS_SCRIPT, ref, got)
-    diff = {n: (want.get(n), have.get(n)) for n in DETERMINISTIC_STATS
-            if want.get(n) != have.get(n)}
+    names = DETERMINISTIC_STATS
+    if target == "proxy-memcached":
+        # memcached's incr rewrites an item in place only while no reply still references
+        # it: behind the proxy the script reaches it in other batches than from one client,
+        # and `incr a` meets `a` still held by a get's reply (a new item: total_items + 1)
+        names = tuple(n for n in names if n != "total_items")
+    diff = {n: (want.get(n), have.get(n)) for n in names if want.get(n) != have.get(n)}
     assert not diff, f"counter (memcached, target) differ: {diff}"
 
 

@@ -256,8 +256,10 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "retrieval glued to the next command may take its long key from it)",
         ALL, _long_key_in_multiget),
     CommandDifference(
-        "binary_protocol", "README: the binary protocol is not spoken; a first byte 0x80 "
-        "closes the connection", ALL, _binary_protocol),
+        "binary_protocol", "README: a first byte 0x80 makes the connection binary; the "
+        "backend and the proxy send the replies of a read that ends in a close (bad magic), "
+        "which memcached drops, and the proxy answers binary stat and version itself",
+        ALL, _binary_protocol),
     CommandDifference(
         "newer_meta_flags", "README: meta flags newer than 1.6.18 (E, md x, ms N, mg C) follow "
         "the current protocol.txt", ALL, _newer_meta_flag),
@@ -265,7 +267,8 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "stats_content", "stats output describes the server (pid, uptime, memory, "
         "connections, settings), so no two servers print the same", ALL, _stats_content),
     CommandDifference(
-        "proxy_stats", "the proxy answers stats itself, with its own counters and subcommands",
+        "proxy_stats", "the proxy answers stats with its own lines and the shard leaders' sums "
+        "(README: Using the proxy)",
         PROXIES, _stats_any),
     CommandDifference(
         "proxy_cache_memlimit", "the proxy refuses cache_memlimit (fanned out it would resize "

@@ -188,7 +188,8 @@ def test_proxy_without_valid_credentials_fails_the_node(users: Path, tmp_path: P
         wrong.write_bytes(b"proxy:not-it\n")
         extra = ["--backend-auth-file", str(wrong)]
     with authenticated_backend(users) as backend, \
-            servers.proxy([[backend]], *extra, failure_limit=2) as proxy:
+            servers.proxy([[backend]], *extra, failure_limit=2,
+                                                    on_shard_error="error") as proxy:
         with connect(proxy) as sock:
             for _ in range(4):  # the node fails, then is ejected
                 sock.sendall(b"get k\r\n")
@@ -245,7 +246,8 @@ def test_a_client_cannot_log_in_the_proxys_backend_connection(users: Path) -> No
     """A proxy without credentials in front of a backend with auth: a client's `set` whose
     data is a backend user's `name password` must not authenticate the proxy's shared
     connection for everyone (the connection is refused before it carries a request)."""
-    with authenticated_backend(users) as backend, servers.proxy([[backend]]) as proxy:
+    with authenticated_backend(users) as backend, \
+            servers.proxy([[backend]], on_shard_error="error") as proxy:
         with connect(proxy) as sock:
             for _ in range(3):
                 sock.sendall(b"set k 0 0 12\r\nalice secret\r\nget k\r\n")

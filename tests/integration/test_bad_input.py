@@ -5,7 +5,7 @@ are bound here. Each case sends raw bytes, asserts memcached's answer (and wheth
 then proves the server survived: a fresh connection gets `version` and the values stored
 before the case, byte for byte. Cases that take `server` run against memcached as well as the
 backend, so the expected bytes are checked against the real thing; cases where the backend
-deliberately differs (bounded get lines, binary protocol, connection limit, memory) run
+deliberately differs (bounded get lines, connection limit, memory) run
 against the backend only.
 
 Sockets are non-blocking and driven by select() against a deadline, so a server that stops
@@ -84,8 +84,27 @@ test_binary_garbage_on_one_connection_keeps_the_connection = (
     cases.test_binary_garbage_on_one_connection_keeps_the_connection)
 test_0x80_after_the_first_line_is_an_unknown_command = (
     cases.test_0x80_after_the_first_line_is_an_unknown_command)
-test_binary_protocol_is_refused = cases.test_binary_protocol_is_refused
 test_client_disconnects_mid_value = cases.test_client_disconnects_mid_value
+
+
+def test_binary_protocol_is_spoken(running: dict[str, servers.RunningServer],
+                                   request: pytest.FixtureRequest) -> None:
+    # A first byte 0x80 makes the connection binary, as memcached's -B auto (the binary
+    # corpus is tests/compat/test_binary_differential.py); a later bad magic closes silently.
+    replies = {}
+    for kind in KINDS:
+        server = running[kind]
+        kept = cases.keep(request, server)
+        with wire.connect(server) as sock:
+            version = wire.drive(sock, [cases.BINARY_VERSION_REQUEST], until=b"1.6.18",
+                                 timeout=3)
+            bad_magic = wire.drive(sock, [b"\x81" + bytes(23)], until=None, timeout=3)
+        assert not version.timed_out and not bad_magic.timed_out
+        replies[kind] = (version.reply, bad_magic.reply, bad_magic.closed)
+        assert_intact(server, kept)
+    assert replies["backend"][0].startswith(b"\x81\x0b")
+    assert replies["backend"] == replies["memcached"]
+    assert replies["backend"][1:] == (b"", True)
 
 
 # --- garbage -------------------------------------------------------------------------------------

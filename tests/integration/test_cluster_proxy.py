@@ -23,10 +23,11 @@ import trio
 from memring.cluster.coordinator import Leadership, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
+from memring.cluster.records import ClusterConfig
 from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers
 from tests.helpers.cluster import LEADER_WAIT_MS, proxy_argv
-from tests.helpers.wire import ask
+from tests.helpers.wire import ask, parse_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
@@ -119,8 +120,9 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
     cluster = "follow"
     with ExitStack() as stack, trio.fail_after(40):
         a, b, c, d, e = (stack.enter_context(servers.memcached()) for _ in range(5))
-        proxy = stack.enter_context(servers.running("proxy", proxy_argv(etcd.url,
-                                                                         cluster)))
+        # on_shard_error = error: the dead shard's keys below answer SERVER_ERROR, not a miss
+        proxy = stack.enter_context(servers.running("proxy", [
+            *proxy_argv(etcd.url, cluster), "--on-shard-error", "error"]))
         port = proxy.port
         # an empty cluster: no shard to route to, but the proxy answers
         assert await ask(port, b"get x\r\n") == b"SERVER_ERROR no shards in the cluster\r\n"
@@ -150,6 +152,13 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
             assert await holds(a, k1) and not await holds(b, k1)
             assert await holds(c, k2) and not await holds(d, k2)
             assert not await holds(c, k1) and not await holds(a, k2)
+            # `stats` through the proxy: the leaders' figures (a and c), not the followers'
+            for follower in (b, d):
+                assert await ask(follower.port, b"set only-here 0 0 1\r\nx\r\n") == \
+                    b"STORED\r\n"
+            through = parse_stats(await ask(port, b"stats\r\n", b"END\r\n"))
+            assert (through["curr_items"], through["cmd_set"]) == ("2", "2"), through
+            assert through["memring_shards_answered"] == "2"
 
             # a node joining and leaving gracefully shows in the routing within 1 s
             start = trio.current_time()
@@ -216,6 +225,17 @@ async def test_proxy_follows_the_cluster(etcd: EtcdProcess) -> None:
                 b"SERVER_ERROR no live node for shard s1\r\n"
             assert await ask(port, b"get %s\r\n" % k2, b"END\r\n") == \
                 b"VALUE %s 0 1\r\nw\r\nEND\r\n" % k2
+
+            # the cluster's config overrides the proxy's flag: reads of s1 become misses
+            await hand.coordinator.put_config(ClusterConfig(on_shard_error="miss"))
+
+            async def s1_misses() -> bool:
+                return await ask(port, b"get %s\r\n" % k1) == b"END\r\n"
+            await wait_until(s1_misses, 5, "reads of the dead shard answered as misses")
+            assert await ask(port, b"get %s %s\r\n" % (k1, k2), b"END\r\n") == \
+                b"VALUE %s 0 1\r\nw\r\nEND\r\n" % k2
+            assert (await ask(port, b"set %s 0 0 1\r\nv\r\n" % k1)).startswith(
+                b"SERVER_ERROR ")  # writes: the error, whatever the policy
 
 
 async def test_proxy_waits_for_etcd_at_start(etcd: EtcdProcess) -> None:
@@ -358,6 +378,11 @@ def test_memring_operations(etcd: EtcdProcess) -> None:
     assert json.loads(memring("config", "get").stdout)["lease_ttl"] == 1.5
     bad = memring("config", "set", "hash", "crc32")
     assert bad.returncode == 2 and "hash" in bad.stderr
+    assert memring("config", "get", "on_shard_error").stdout.strip() == "miss"
+    assert memring("config", "set", "on_shard_error", "error").returncode == 0
+    assert json.loads(memring("config", "get").stdout)["on_shard_error"] == "error"
+    bad = memring("config", "set", "on_shard_error", "ignore")
+    assert bad.returncode == 2 and "on_shard_error" in bad.stderr
     assert memring("shard", "remove", "s1").returncode == 0
     assert memring("shard", "remove", "s1").returncode == 1
     assert memring("status").returncode == 0

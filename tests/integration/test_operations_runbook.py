@@ -84,7 +84,9 @@ class Cluster:
 
     def start_proxy(self) -> servers.RunningServer:
         argv = [sys.executable, "-m", "memring.proxy", "--listen", servers.HOST + ":{port}",
-                "--etcd", self.etcd.url, "--cluster", self.name]
+                "--etcd", self.etcd.url, "--cluster", self.name,
+                # the page's figures count the errors a shard without a leader answers
+                "--on-shard-error", "error"]
         self.proxy = self.stack.enter_context(servers.running("proxy", argv))
         return self.proxy
 

@@ -140,7 +140,9 @@ def _refused(proxy: servers.RunningServer, reason: str) -> None:
 @contextlib.contextmanager
 def proxy_to(backend: servers.RunningServer, ca: Path, client: Credential | None
              ) -> Iterator[servers.RunningServer]:
-    with servers.proxy([[backend]], *tls_flags(ca, client), retry_ms=300) as proxy:
+    # on_shard_error = error: _refused reads the node failure in the get's reply
+    with servers.proxy([[backend]], *tls_flags(ca, client), retry_ms=300,
+                       on_shard_error="error") as proxy:
         yield proxy
 
 

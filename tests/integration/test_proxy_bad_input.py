@@ -3,11 +3,12 @@
 The cases shared with test_bad_input.py (tests/helpers/bad_input_cases.py) are bound
 here and this module's fixtures hand them a proxy over 3 memcached shards and a
 proxy over 3 memring backend shards instead of single servers. Its "backend-only" cases
-(bounded get lines, lengths beyond int32, the binary protocol refused) are about memring's
+(bounded get lines, lengths beyond int32) are about memring's
 own parser, which is the proxy's here, so they run through both proxies.
 
 On top of those: a too-large set removes the old value on the shard itself (asked
-directly), seeded binary garbage answers byte for byte what memcached answers directly, a
+directly), seeded binary garbage and binary-protocol frames (a first byte 0x80) answer
+byte for byte what memcached answers directly, a
 client that pipelines gets of a large value and never reads its replies neither starves
 other clients nor grows the proxy's memory without bound, and 2,000 idle connections
 leave the proxy up, serving, and small.
@@ -50,7 +51,6 @@ test_binary_garbage_on_one_connection_keeps_the_connection = (
     cases.test_binary_garbage_on_one_connection_keeps_the_connection)
 test_0x80_after_the_first_line_is_an_unknown_command = (
     cases.test_0x80_after_the_first_line_is_an_unknown_command)
-test_binary_protocol_is_refused = cases.test_binary_protocol_is_refused
 test_client_disconnects_mid_value = cases.test_client_disconnects_mid_value
 
 
@@ -97,6 +97,23 @@ def test_too_large_value_drops_the_old_value_on_the_shard(server: servers.Runnin
     assert wire.request(server, b"get " + b" ".join(victims) + b"\r\n") == (
         b"END\r\n" if command == b"set"
         else wire.get_reply(dict.fromkeys(victims, b"old value")) + b"END\r\n")
+
+
+# --- the binary protocol, compared with memcached itself ----------------------------------------
+
+@pytest.mark.parametrize("payload", cases.BINARY_PAYLOADS)
+def test_first_byte_0x80_speaks_binary_as_memcached(running: dict[str, servers.RunningServer],
+                                                   oracle: servers.RunningServer,
+                                                   payload: bytes) -> None:
+    """memcached -B auto: a first byte 0x80 makes the connection binary; the proxy answers
+    (or waits, or closes) as memcached does directly, and its other clients go on."""
+    expected = wire.converse(oracle, [payload], until=None, timeout=2)
+    for kind in KINDS:
+        proxy = running[kind]
+        got = wire.converse(proxy, [payload], until=None, timeout=2)
+        assert (got.closed, got.timed_out, got.reply) == (
+            expected.closed, expected.timed_out, expected.reply), kind
+        wire.assert_intact(proxy, {})
 
 
 # --- garbage, compared with memcached itself ----------------------------------------------------

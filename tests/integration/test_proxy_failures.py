@@ -35,7 +35,10 @@ pytestmark = pytest.mark.chaos
 TIMEOUT_MS = 500
 FAILURE_LIMIT = 2
 RETRY_MS = 200
-SETTINGS = {"timeout_ms": TIMEOUT_MS, "failure_limit": FAILURE_LIMIT, "retry_ms": RETRY_MS}
+# on_shard_error = error: these tests watch the dead shard's errors (the default, miss, is
+# tests/integration/test_proxy_shard_errors.py's)
+SETTINGS = {"timeout_ms": TIMEOUT_MS, "failure_limit": FAILURE_LIMIT, "retry_ms": RETRY_MS,
+            "on_shard_error": "error"}
 # An error reply may take the proxy's timeout plus scheduling slack on a loaded box.
 ERROR_LATENCY_BOUND = TIMEOUT_MS / 1000 + 0.5
 # A healthy shard answers "at once" even while another shard is dead or frozen.
@@ -435,7 +438,7 @@ def test_node_that_resets_every_connection_does_not_take_the_proxy_down(
     # Many reconnects (never ejected, 8 slots, 20 ms backoff) so that a race between a
     # connection's reader and writer tasks at connect time gets every chance to show.
     with resetting_node() as (bad, accepted), servers.backend() as good, \
-            servers.proxy([[good], [bad]], timeout_ms=500, failure_limit=1_000_000,
+            servers.proxy([[good], [bad]], timeout_ms=500, failure_limit=1_000_000, on_shard_error="error",
                           retry_ms=20, pool_size=8) as proxy:
         client = TimedClient(proxy)
         try:

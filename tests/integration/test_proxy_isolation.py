@@ -90,7 +90,8 @@ def test_a_reply_that_answers_another_request_is_never_delivered() -> None:
     thread.start()
     rogue = servers.RunningServer("rogue", port, process=None)  # type: ignore[arg-type]
     try:
-        with servers.proxy([[rogue]]) as proxy, wire.connect(proxy) as client:
+        with servers.proxy([[rogue]], on_shard_error="error") as proxy, \
+                wire.connect(proxy) as client:
             for _ in range(3):
                 reply = ask(client, b"get a\r\n", b"\r\n")
                 assert reply.startswith(b"SERVER_ERROR "), reply

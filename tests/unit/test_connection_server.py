@@ -90,6 +90,26 @@ async def test_ignorable_errnos_are_skipped(monkeypatch: pytest.MonkeyPatch) -> 
     assert pending == []
 
 
+async def test_a_failing_connection_closes_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected error in one connection's handler closes that connection, is logged
+    with its traceback, and the server goes on serving the next client."""
+    async def fail_on_boom(conn: Connection) -> None:
+        data = await nonblocking.recv(conn.sock, 100)
+        if data == b"boom":
+            raise KeyError("a bug")
+        await nonblocking.send_all(conn.sock, data)
+
+    server = ConnectionServer(fail_on_boom, 10, ConnectionCounters())
+    with trio.fail_after(10), caplog.at_level(logging.ERROR, "memring.net"):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            assert await exchange(port, b"boom") == b""  # closed, no reply
+            assert await exchange(port) == b"ping"
+            server.shutdown(1.0)
+    failures = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert len(failures) == 1
+
+
 async def test_other_errnos_propagate(monkeypatch: pytest.MonkeyPatch) -> None:
     failing_first(monkeypatch, [errno.EINVAL])
     server = ConnectionServer(echo_once, 10, ConnectionCounters())

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.request_encoder import encode_request
 from memring.protocol.requests import (
+    Lru,
+    LruCrawler,
     MetaArithmetic,
     MetaDelete,
     MetaGet,
@@ -26,9 +28,11 @@ from memring.protocol.requests import (
     Quit,
     Request,
     Shutdown,
+    Slabs,
     Stats,
     Verbosity,
     Version,
+    Watch,
 )
 
 pytestmark = pytest.mark.unit
@@ -65,7 +69,8 @@ def test_round_trip(sent: bytes, forwarded: bytes) -> None:
 # --- the property: a forwarded request is read back as one request that asks for a reply ----
 
 # answered by the proxy itself, never forwarded as they are
-_NOT_FORWARDED = (ProtocolError, Quit, Shutdown, Stats, Version, Verbosity)
+_NOT_FORWARDED = (ProtocolError, Quit, Shutdown, Stats, Version, Verbosity, LruCrawler, Lru,
+                  Slabs, Watch)
 _META = (MetaGet, MetaSet, MetaDelete, MetaArithmetic)
 
 words = st.sampled_from([b"noreply", b"q", b"qz", b"q1", b"0", b"1", b"-1", b"10", b"k",

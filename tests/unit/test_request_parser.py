@@ -11,6 +11,8 @@ from memring.protocol.requests import (
     Delete,
     FlushAll,
     Get,
+    Lru,
+    LruCrawler,
     MetaArithmetic,
     MetaDelete,
     MetaGet,
@@ -19,10 +21,12 @@ from memring.protocol.requests import (
     ProtocolError,
     Quit,
     RefreshCerts,
+    Slabs,
     Stats,
     Store,
     Touch,
     Version,
+    Watch,
 )
 
 pytestmark = pytest.mark.unit
@@ -149,6 +153,16 @@ def test_other_text_commands() -> None:
     # memcached: noreply is the last token, whatever precedes it (tests/compat/test_tls_memcached)
     check(b"refresh_certs\r\nrefresh_certs noreply\r\nrefresh_certs a b\r\n",
           [RefreshCerts(), RefreshCerts(True), RefreshCerts()])
+
+
+def test_administration_commands() -> None:
+    """Their tokens go to the backend, whose replies depend on its state (admin_commands)."""
+    check(b"lru_crawler metadump all\r\nlru_crawler\r\n",
+          [LruCrawler([b"metadump", b"all"]), LruCrawler([])])
+    check(b"lru tune 10 40 0.2 2.0\r\nlru\r\n",
+          [Lru([b"tune", b"10", b"40", b"0.2", b"2.0"]), ProtocolError(b"ERROR\r\n")])
+    check(b"slabs automove 1\r\nwatch\r\nwatch fetchers HTTP/1.1\r\n",
+          [Slabs([b"automove", b"1"]), Watch([]), Watch([b"fetchers", b"HTTP/1.1"])])
 
 
 def test_unknown_and_short_commands() -> None:

@@ -34,6 +34,7 @@ TOPOLOGY = """
 listen = "127.0.0.1:11211"
 hash = "fnv1a_64"
 read_policy = "weighted"
+on_shard_error = "error"
 
 [[shards]]
 name = "s1"
@@ -67,7 +68,9 @@ async def test_snapshot_matches_the_file(topology: Path) -> None:
     coord = StaticCoordinator(topology, "c1")
     view = await coord.snapshot()
     assert view.revision == 1
-    assert view.config == ClusterConfig(hash="fnv1a_64", read_policy="weighted")
+    assert view.config == ClusterConfig(hash="fnv1a_64", read_policy="weighted",
+                                        on_shard_error="error")
+    assert ClusterConfig.from_json(view.config.to_json()) == view.config
     assert list(view.shards) == sorted(["s1", "127.0.0.1:11313", "10.0.0.9"])
     s1 = view.shards["s1"]
     assert s1.record == ShardRecord("s1", ("s1-1", "s1-2"), 2)
@@ -96,7 +99,8 @@ async def test_cluster_path_routes_like_the_static_path(topology: Path,
     assert all(s.has_leader for s in from_view)
     static = load_topology(ProxySettings(config=str(path)))
     cluster = settings_for(static, view)
-    assert (cluster.hash, cluster.read_policy) == (static.hash, static.read_policy)
+    assert (cluster.hash, cluster.read_policy, cluster.on_shard_error) == \
+        (static.hash, static.read_policy, static.on_shard_error)
     assert by_name(cluster.shards) == by_name(static.shards)
 
 
