@@ -154,8 +154,8 @@ class MetaCommands:
                 parts.append(b"c%d" % (stored.cas if stored is not None else 0))
             elif flag == "b" and "k" not in flags.order:
                 continue
-            elif flag == "s" and stored is not None:
-                parts.append(b"s%d" % len(stored.value))
+            # `s` is accepted and not echoed: 1.6.18 prints only O, k, c (and b) for ms; the
+            # `s<size>` of later releases is left out (differential case ms_s_is_ignored).
         out.append(_line(code, parts))
 
     def _store(self, command: bytes, key: bytes, item: Item,
@@ -282,8 +282,11 @@ class MetaCommands:
             return
         now = self.store.now()
         # memcached 1.6.18 prints exp as now minus the expiry time (negative while the
-        # item lives); differential case me_hit_miss pins it.
+        # item lives); differential case me_hit_miss pins it. An item stored under a base64
+        # key shows it base64 again, however `me` named it (differential case
+        # me_binary_key_shown_in_base64).
+        key = base64.b64encode(request.key) if item.key_binary else request.key
         out.append(b"ME %s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\r\n" % (
-            request.key, -1 if item.expires == 0 else now - item.expires,
+            key, -1 if item.expires == 0 else now - item.expires,
             now - item.last_access,
             item.cas, b"yes" if item.fetched else b"no", slab_class(item.size), item.size))

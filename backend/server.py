@@ -7,6 +7,10 @@ one send, so a pipelined burst costs one recv and one send. Sockets are driven b
 layer costs more than the codec and the store together, or `trio.socket` (3% slower
 here; see docs/benchmarks.md).
 
+Replies leave when memcached's would (protocol.write_points): after each read, except those
+it holds while it waits for the rest of a data block, which go with the next write, or never
+if the client closes first; a bad line that closes the connection drops them too.
+
 Memory stays bounded: one read is at most nonblocking.READ_SIZE bytes, the parser bounds
 lines and values, and replies are flushed whenever FLUSH_SIZE bytes are waiting, so a get of
 many large values streams instead of piling up.
@@ -45,16 +49,25 @@ from memring.netio.connection_server import Connection, ConnectionServer
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.binary_parser import BinaryRequestParser
-from memring.protocol.negotiation import NegotiatingParser
+from memring.protocol.negotiation import NegotiatingParser, TextParser
 from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
-from memring.protocol.requests import Get
+from memring.protocol.requests import Get, Quit
 from memring.protocol.sizes import limit_repeats
+from memring.protocol.write_points import WritePoints, block_of
 
 log = logging.getLogger("memring.backend")
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
+
+
+def _held_from(out: list[bytes], sendable: int) -> int:
+    """Where the replies memcached holds begin, while it waits for the rest of a data block
+    (protocol.write_points): from `sendable` on, unless they pass FLUSH_SIZE, which memring
+    sends rather than hold (memcached holds at most REQUESTS_PER_EVENT + 1 replies, each up
+    to its item size)."""
+    return sendable if sum(map(len, out[sendable:])) <= FLUSH_SIZE else len(out)
 
 
 class ReplicationGate(Protocol):
@@ -174,58 +187,91 @@ class BackendServer:
         recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         next_event = parser.next_event
         negotiated = False
+        text: TextParser | None = None  # write points: text only (protocol.write_points)
         server = self.connections
         current_time = trio.current_time
         gate = self.gate
+        out: list[bytes] = []  # replies not sent yet; some may wait for the next read
+        depends = ORIGIN  # the newest unreplicated mutation the replies show
         while not server.closing:
             conn.idle = parser.buffered == 0
             conn.reading = True  # only here may --idle-timeout close the connection
             data = await recv(nonblocking.READ_SIZE)
             conn.reading = conn.idle = False
             if not data:
-                return
-            if gate is not None:
+                return  # replies held for an unfinished data block go unsent, as memcached's
+            if gate is not None and not out:
                 conn.mark = gate.commits  # writes so far were other connections'
             counters.bytes_read += len(data)
+            block = block_of(text.in_data_block, text.swallowing) if text is not None else ""
             parser.receive_data(data)
             if not negotiated:
                 chosen = parser.chosen
                 assert chosen is not None  # data was not empty
                 next_event = chosen.next_event  # the first byte chose: no indirection now
                 negotiated = True
-            out: list[bytes] = []
-            quitting = watching = False
+                if not isinstance(chosen, BinaryRequestParser):
+                    text = chosen
+            quitting = watching = hanging_up = False
             served = False
-            depends = ORIGIN  # the newest unreplicated mutation the replies show
+            sendable = 0  # how many of `out` memcached would have written by now
+            points = WritePoints(block=block)
+            replied = 0  # len(out) before the last request's reply
+            event: object = None
             try:
                 while True:
                     event = next_event()
                     if event is NEED_DATA:
                         break
                     served = True
+                    if points.before():
+                        sendable = len(out)
+                    points.after(event, text.swallow_left if text is not None else 0)
                     if type(event) is Get and len(event.keys) > GET_SLICE:
                         await self._multi_get(conn, event, out, depends)
                         depends = ORIGIN  # _multi_get flushed what depended on it
+                        sendable = len(out)
                         continue
+                    replied = len(out)
                     try:
                         handle(event, out)
                     except StreamedReply as dump:
                         await self._stream(conn, dump.chunks, out, depends)
                         depends = ORIGIN
+                        sendable = len(out)
                         continue
                     except StartWatching:
                         watching = True
                         break
                     if gate is not None:
                         depends = gate.unacknowledged(_keys_of(event), depends)
+                    if not points.unwritten:
+                        sendable = len(out)
                     if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
                         await self._flush(conn, out, depends)
                         depends = ORIGIN
+                        sendable = replied = 0
             except CloseConnection:
                 quitting = True
+                # memcached closes on a bad text line without writing what it had not written
+                # yet; `quit` writes first (proto_text.c process_quit_command). A binary frame
+                # that closes keeps memring's way (README: the replies of the read go first).
+                hanging_up = text is not None and type(event) is not Quit
+            if hanging_up:
+                del out[sendable:replied]  # never sent; the closing answer itself is
+                sendable = len(out)
+            elif text is None or not text.in_data_block or quitting or watching:
+                sendable = len(out)
+            else:
+                sendable = _held_from(out, sendable)
             try:
-                if out:
+                if sendable:
+                    held = out[sendable:]
+                    del out[sendable:]
                     await self._flush(conn, out, depends)
+                    out[:] = held
+                    if not held:
+                        depends = ORIGIN
             except CloseConnection:
                 return
             if quitting:

@@ -157,6 +157,20 @@ class AuthenticatingParser:
     def buffered(self) -> int:
         return len(self._buf) + self._parser.buffered
 
+    @property
+    def in_data_block(self) -> bool:
+        # The auth set's own data block is read as a line would be (try_read_command_asciiauth
+        # waits in conn_parse_cmd, which flushes): only the requests' parser holds replies.
+        return self._parser.in_data_block
+
+    @property
+    def swallowing(self) -> bool:
+        return self._parser.swallowing
+
+    @property
+    def swallow_left(self) -> int:
+        return self._parser.swallow_left
+
     def receive_data(self, data: bytes) -> None:
         if self._authenticated:
             self._parser.receive_data(data)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from memring.protocol import meta_flags
 from memring.protocol.meta_flags import (
     BAD_FORMAT,
     MAX_META_TOKENS,
@@ -73,6 +72,7 @@ _TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 _BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 _TOO_LONG = b"SERVER_ERROR request too long\r\n"
 _NOREPLY = b"noreply"
+_OPAQUE_TOO_LONG = b"CLIENT_ERROR opaque token too long\r\n"
 
 # First letters memcached dispatches on before its generic branch; an unknown command
 # starting with one of them answers ERROR even when its last token is "HTTP/..."
@@ -113,8 +113,19 @@ class RequestParser:
 
     @property
     def in_data_block(self) -> bool:
-        """Reading (or swallowing) a data block: memcached's conn_nread / conn_swallow."""
+        """Waiting for the rest of a data block (to store or to swallow): memcached sends
+        no reply while it waits there (memcached.c conn_nread, conn_swallow)."""
         return self._pending is not None or self._swallow > 0
+
+    @property
+    def swallowing(self) -> bool:
+        """In a data block memcached discards (after an error)."""
+        return self._swallow > 0
+
+    @property
+    def swallow_left(self) -> int:
+        """Bytes of that block still to discard."""
+        return self._swallow
 
     def __iter__(self) -> Iterator[Request]:
         while True:
@@ -196,7 +207,9 @@ class RequestParser:
         if handler is not None:
             return handler(self, tokens)
         command = tokens[0]
-        if command[0] in _DISPATCHED_FIRST or (command[0] == 0x6D and len(command) == 2):
+        # No command is shorter than 2 bytes: ERROR before any other check (process_command_ascii).
+        if len(command) < 2 or command[0] in _DISPATCHED_FIRST or (
+                command[0] == 0x6D and len(command) == 2):
             return ProtocolError(ERROR)
         if tokens[-1].startswith(b"HTTP/"):
             return self._close(b"")  # t/malicious-commands.t: close silently
@@ -356,23 +369,16 @@ class RequestParser:
                                  b"CLIENT_ERROR options flags too long\r\n")
         start = 3 if tokens[0] == b"ms" else 2
         try:
-            flags, error = parse_meta_flags(tokens, start, allow_x=tokens[0] == b"md")
+            flags, key, error = parse_meta_flags(tokens, start, allow_x=tokens[0] == b"md")
         except MetaFlagError as exc:
             error = exc.message
             flags = MetaFlags()
-        else:
-            if error is None and flags.base64:
-                decoded = decode_key(key)
-                if decoded is None:
-                    error = meta_flags.DECODE_ERROR
-                else:
-                    key = decoded
         if error is not None:
             if generic_errors:
                 error = b"CLIENT_ERROR invalid or duplicate flag"
             return ProtocolError(error + b"\r\n")
-        if len(flags.opaque) > MAX_OPAQUE_LENGTH:
-            return ProtocolError(b"CLIENT_ERROR opaque token too long\r\n")
+        if len(flags.opaque) > MAX_OPAQUE_LENGTH and tokens[0] not in (b"ms", b"ma"):
+            return ProtocolError(_OPAQUE_TOO_LONG)
         return key, flags
 
     def _meta_get(self, tokens: list[bytes]) -> Request | None:
@@ -399,6 +405,8 @@ class RequestParser:
             return parsed
         if parsed[1].mode not in (0, *b"I+D-"):  # 1.6.18: no lowercase (fuzzer, `ma k Mi`)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ma M token\r\n")
+        if len(parsed[1].opaque) > MAX_OPAQUE_LENGTH:  # after the mode, as for ms
+            return ProtocolError(_OPAQUE_TOO_LONG)
         return MetaArithmetic(*parsed)
 
     def _meta_set(self, tokens: list[bytes]) -> Request | None:
@@ -420,6 +428,10 @@ class RequestParser:
         if flags.mode not in (0, *b"EAPRS"):
             self._swallow_data(length + 2)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ms M token\r\n")
+        # 1.6.18 notes a long opaque, then reports a bad mode first (process_mset_command)
+        if len(flags.opaque) > MAX_OPAQUE_LENGTH:
+            self._swallow_data(length + 2)
+            return ProtocolError(_OPAQUE_TOO_LONG)
         if item_size(len(key), length, flags.client_flags) > self.max_item_size:
             self._swallow_data(length + 2)
             return ProtocolError(_TOO_LARGE, drop_key=key)

@@ -18,6 +18,12 @@ Replies go through the client's `conn.stream` (netio.streams): a TLS stream take
 send and keeps what the socket refused as `backlog`, so a send that leaves a backlog is a
 partial send here too (the drainer waits for it, the budget is charged for it).
 
+Replies leave only where memcached writes them (protocol.write_points): the session keeps
+`held`, the slots at the queue's tail issued since memcached's last write point, unsent while
+it issues a batch, and after it when the batch ended inside a data block, until a later
+batch reaches a write point or its end (a client that closes first never gets them). Held slots do not count
+against the window: there are at most REQUESTS_PER_EVENT + 1 of them.
+
 Bounds per client: the session issues its next batch only once the previous one is
 answered (`answered`), and a batch is at most `window` requests: 4 on a new connection,
 doubling each time a full window is answered, up to MAX_OUTSTANDING, and cut so that a
@@ -55,8 +61,8 @@ class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
                  "_nursery", "_observe", "_server", "_stream", "_unsent", "_write_timeout",
-                 "affinity", "held_input", "idle_when_answered", "queue", "started",
-                 "waiting_for_client", "window")
+                 "affinity", "held", "held_input", "idle_when_answered", "queue",
+                 "started", "waiting_for_client", "window")
 
     _clients = itertools.count()
 
@@ -70,6 +76,9 @@ class ReplyStream:
         # slots issued, in request order (at most MAX_OUTSTANDING: a list is smaller)
         self.queue: list[Slot] = []
         self.window = INITIAL_WINDOW  # requests the session issues before awaiting replies
+        # slots at the queue's tail whose replies memcached would still hold: the client's
+        # batch ended inside a data block (memcached.c conn_nread); the session sets it
+        self.held = 0
         self.started = 0.0  # when the batch in the queue was read (perf_counter)
         self.waiting_for_client = False  # the session waits for a request (in recv)
         self.idle_when_answered = False  # ... with no partial request buffered
@@ -94,8 +103,8 @@ class ReplyStream:
 
     @property
     def answered(self) -> bool:
-        """Every issued request's reply has been sent."""
-        return not self.queue and self._drainer is None
+        """Every issued request's reply has been sent, but for the `held` ones."""
+        return len(self.queue) <= self.held and self._drainer is None
 
     async def wait_answered(self) -> None:
         while not self.answered:
@@ -151,7 +160,7 @@ class ReplyStream:
 
     def reply_arrived(self) -> None:
         """Send the replies that are ready at the head of the queue, without waiting."""
-        if self._drainer is not None or self._closed or not self.queue:
+        if self._drainer is not None or self._closed or len(self.queue) <= self.held:
             return
         try:
             self._send_ready()
@@ -164,11 +173,12 @@ class ReplyStream:
         queue = self.queue
         stream = self._stream
         flush_size = self._flush_size
-        while queue:
+        held = self.held
+        while len(queue) > held:
             out: list[bytes] = []
             size = 0
             needs_task = False
-            while queue:
+            while len(queue) > held:
                 reply = queue[0].poll()
                 if reply is WAITING:
                     break
@@ -197,7 +207,7 @@ class ReplyStream:
                 return
             if size < flush_size:
                 break  # waiting for a backend, or all sent
-        if not queue:
+        if len(queue) <= held:
             self._done()
 
     def _start_drainer(self, unsent: bytes | memoryview) -> None:
@@ -225,7 +235,7 @@ class ReplyStream:
                     return False
             out: list[bytes] = []
             size = 0
-            while queue:
+            while len(queue) > self.held:
                 slot = queue[0]
                 reply = slot.data if type(slot) is Ready else await slot.reply()
                 del queue[0]

@@ -33,7 +33,9 @@ from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.protocol.binary_parser import BinaryRequestParser
-from memring.protocol.negotiation import NegotiatingParser
+from memring.protocol.negotiation import NegotiatingParser, TextParser
+from memring.protocol.requests import ProtocolError
+from memring.protocol.write_points import WritePoints, block_of
 from memring.proxy.binary_batches import BatchingParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
 from memring.proxy.pool import NodePool
@@ -200,7 +202,9 @@ class ProxyServer:
 
         # memcached's -B auto: the first byte chooses text or binary for the connection
         # ... and a binary client's consecutive gets become one multi-get (binary_batches)
-        parser = BatchingParser(NegotiatingParser(text, binary))
+        negotiating = NegotiatingParser(text, binary)
+        parser = BatchingParser(negotiating)
+        chosen: TextParser | None = None  # write points: text only (protocol.write_points)
         replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)
@@ -227,9 +231,12 @@ class ProxyServer:
                 replies.waiting_for_client = conn.reading = False
                 conn.idle = False
                 if not data:
-                    await replies.wait_answered()
+                    await replies.wait_answered()  # the held ones never go, as in memcached
                     return
+                block = block_of(chosen.in_data_block, chosen.swallowing) if chosen else ""
                 parser.receive_data(data)
+                if chosen is None and not isinstance(negotiating.chosen, BinaryRequestParser):
+                    chosen = negotiating.chosen
                 started = time.perf_counter()
                 if not replies.answered:  # a pipelining client: the last batch first
                     if not replies.hold_input(parser.buffered):  # held while it waits
@@ -238,19 +245,33 @@ class ProxyServer:
                     await replies.wait_answered()
                 replies.started = started
                 issued = False
+                # which replies memcached would hold (write_points); the held ones of the last
+                # read are still unwritten
+                points = WritePoints(unwritten=replies.held, block=block)
                 while not client.closing:
                     event = parser.next_event()
                     if event is NEED_DATA:
                         break
                     issued = True
+                    if points.before():
+                        replies.held = 0
+                    if type(event) is ProtocolError and event.close and chosen:
+                        # memcached closes without writing what it had not written yet
+                        del queue[max(0, len(queue) - points.unwritten):]
                     queue.append(client.issue(event))
-                    if len(queue) >= replies.window:
+                    points.after(event, chosen.swallow_left if chosen else 0)
+                    if chosen:  # replies go out only where memcached writes them (or at the end)
+                        replies.held = points.unwritten
+                    if len(queue) - replies.held >= replies.window:
                         # Bound what one client can have in flight (and buffered here):
                         # answer these before reading on; a client that stops reading
-                        # stops here.
+                        # stops here. (The held ones are at most REQUESTS_PER_EVENT + 1.)
                         replies.send_ready()
                         await replies.wait_answered()
                         replies.adjust_window()
+                if chosen is None or not chosen.in_data_block or client.closing:
+                    replies.held = 0
+                # else they wait until the block is complete, unsent if the client closes first
                 replies.send_ready()
                 if client.closing:
                     await replies.wait_answered()

@@ -33,6 +33,7 @@ proxy/binary_batches.py) and their replies rendered as binary frames (proxy/bina
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -124,6 +125,13 @@ CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, n
 PASS_THROUGH_KEYS = 64
 
 _Event = TypeVar("_Event")
+MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30  # memcached's REALTIME_MAXDELTA: past it, a Unix time
+
+
+def _expires_at_once(exptime: int) -> bool:
+    """Whether memcached expires an item touched with `exptime` at once (negative, or a
+    Unix time already past)."""
+    return exptime < 0 or MAX_RELATIVE_EXPTIME < exptime <= time.time()
 
 
 def _route(kind: type[_Event], handler: Callable[[ClientSession, ShardRouter, _Event], Slot]
@@ -178,6 +186,10 @@ class ClientSession:
         touches = request.touches
         if not keys:
             return Ready(b"END\r\n")  # "gat 10" without keys: memcached answers END
+        if touches and _expires_at_once(request.exptime):
+            # the first touch expires the item, so a repeated key is a miss: only the first
+            # of each key is answered (fuzzer: `gat -1 k k`)
+            keys = list(dict.fromkeys(keys))
         distinct = None if len(keys) == 1 else dict.fromkeys(keys)
         miss = router.miss_on_shard_error
         if distinct is None or (len(router.shards) == 1 and len(distinct) == len(keys)

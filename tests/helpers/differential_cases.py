@@ -6,7 +6,8 @@ with a short pause between them (so splits really reach the server as separate r
 `mn` sentinel, and compares the replies byte for byte.
 
 Left out on purpose, because 1.6.18 differs from the protocol.txt memring follows:
-- meta flags newer than 1.6.18 (ms `s`, ms `N` in append mode, `E`, md `x`, mg `C`);
+- meta flags newer than 1.6.18 (ms `N` in append mode, `E`, md `x`, mg `C`; ms `s` is
+  taken and not echoed, as 1.6.18 does: case ms_s_is_ignored);
 - places where memring deliberately rejects what 1.6.18 accepts: flags 4294967296 (stored
   as 0), an exptime or a length past 2**31-1 (1.6.18 keeps the low 32 bits, so 4294967297
   becomes 1). Those are covered by tests that assert memring's answer instead
@@ -126,6 +127,10 @@ CASES: list[Case] = [
     case("get_multi_misses_duplicates",
          set_(b"a", b"1") + set_(b"b", b"22", 3) + b"get a x b a\r\n"),
     case("gets_multi", set_(b"a", b"1") + set_(b"b", b"2") + b"gets b a zz\r\n"),
+    # the first touch of an expiring gat ends the item: its repeats are misses (fuzzer)
+    case("gat_expiring_repeated_key", set_(b"a", b"1") + set_(b"b", b"2") + b"gat -1 a b a b\r\n"
+         + set_(b"a", b"1") + b"gats 1000000000 a a\r\n" + set_(b"a", b"1") + b"gat 100 a a\r\n"
+         b"gat -1 a a\r\n"),
     # Two sends: memcached drops every reply still queued when a multiget hits a long key,
     # including an earlier STORED of the same read batch, an artefact nobody should copy.
     case("get_key_251_in_multiget", set_(b"a", b"1"), b"get a " + K251 + b" a\r\n"),
@@ -187,6 +192,13 @@ CASES: list[Case] = [
     # memcached tokenizes a line up to its first NUL (found by the fuzzer)
     case("nul_ends_the_command_line", b"add k 0 \x00 6\r\nagcjjg\r\nincr k\x00 x\r\n"
          b"get a\x00b\r\n\x00abc\r\n"),
+    # the rest of issue 14's NUL shapes: every command family reads up to the NUL, and the
+    # data block after a line cut short is read as a line of its own
+    case("nul_in_each_command_family", b"incr \x00 1\r\nversion\x00junk\r\n" + set_(b"a", b"x")
+         + b"get a\x00b\r\nset a\x00b 0 0 1\r\nx\r\nmg a\x00 v\r\nmg a v\x00 k\r\n"
+         b"ms a\x00 1\r\nx\r\nms a 1\x00 T0\r\nx\r\ndelete a\x00 0\r\nmn\x00x\r\n"
+         b"set a 0 0 1 \x00noreply\r\ny\r\nget a \x00\r\n\x00get a\r\nm\x00g a\r\n",
+         mn_lines=1),
     case("verbosity", b"verbosity 1\r\nverbosity 1 noreply\r\nverbosity\r\nverbosity abc\r\n"
          b"verbosity 1 2 3\r\n"),
     # through the proxy cache_memlimit is refused (tests/integration/test_proxy_admin.py)
@@ -210,6 +222,8 @@ CASES: list[Case] = [
     case("noreply_suppresses_errors", b"set k abc 0 1 noreply\r\nx\r\n"
          b"touch k abc noreply\r\nget k\r\n"),
     case("http_request_closes", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", sentinel=False),
+    # no command is shorter than two bytes: ERROR comes before the HTTP/ check
+    case("one_byte_command_with_http_token", b"m HTTP/1.0\r\nx HTTP/1.1\r\nget k\r\n"),
     case("http_token_after_unknown_command_closes", b"FOO bar HTTP/1.0\r\nget k\r\n",
          sentinel=False),
     # 1.6.18 checks for "HTTP/" only on lines it does not otherwise understand.
@@ -233,6 +247,32 @@ CASES: list[Case] = [
          pause=0.005),
     case("split_meta_data_block", b"ms k 4 T0\r\nda", b"ta\r", b"\nmg k v\r\n"),
     case("split_bad_data_chunk", b"set k 0 0 2\r\nabc", b"\r\nget k\r\n"),
+    # replies memcached holds while it waits for a data block (issue 14, protocol.write_points):
+    # all since its last write, sent with the block's, never if the client closes first
+    case("held_while_a_block_is_incomplete", set_(b"a", b"x") + b"mg a v\r\nset b 0 0 10\r\nabc",
+         sentinel=False),
+    case("held_replies_go_with_the_block", b"mg a\r\nset b 0 0 10\r\nabc", b"def",
+         b"ghij\r\nmg b v\r\nset c 0 0 3\r\nab", b"c\r\n"),
+    case("get_and_mn_write_before_a_block", set_(b"a", b"x") + b"get a\r\nmg a v\r\nmn\r\n"
+         b"mg b\r\nset b 0 0 10\r\nabc", sentinel=False),
+    case("every_20_requests_write_before_a_block", b"".join(b"mg x%d\r\n" % i for i in range(45))
+         + b"set b 0 0 10\r\nabc", sentinel=False),
+    case("twenty_requests_held_before_a_block", b"".join(b"mg x%d\r\n" % i for i in range(20))
+         + b"set b 0 0 10\r\nabc", sentinel=False),
+    case("held_while_a_block_is_swallowed", b"mg a\r\nms a 2000000 T0\r\nxx\r\nmg b\r\n"
+         b"set a 0 0 2000000\r\nxx", sentinel=False),
+    # once it has waited, memcached reads only the rest of the block: it writes right after
+    case("block_finished_later_writes_at_once", b"mg a\r\nset b 0 0 3\r\nab",
+         b"c\r\nfoo HTTP/1.1\r\n", sentinel=False),
+    case("swallow_finished_later_writes_at_once", b"mg a\r\nset b 0 0 2000000\r\nab",
+         b"c" * 1999998 + b"\r\nmg b\r\n" + b"v" * 3000, sentinel=False),
+    # ... and so it does after a block too big for its 16 KiB read buffer (fuzzer)
+    case("big_block_writes_after_it", b"mg a\r\nadd k 1 86400 20000\r\n" + b"v" * 20000
+         + b"\r\nmg b\r\nms k 20000 T0\r\n" + b"v" * 20000 + b"\r\nmg c\r\n" + b"v" * 3000,
+         sentinel=False),
+    case("bad_line_close_drops_unwritten", b"mg a\r\nget a\r\nmg b\r\nfoo HTTP/1.1\r\n",
+         sentinel=False),
+    case("long_line_close_drops_unwritten", b"mg a\r\nmg b\r\n" + b"v" * 3000, sentinel=False),
     # --- meta: mg ----------------------------------------------------------------------------
     case("mg_miss", b"mg nope v\r\nmg nope\r\nmg nope k O123 v\r\n"),
     case("mg_miss_quiet", b"mg nope v q\r\nmg nope k q Oab\r\n"),
@@ -292,6 +332,8 @@ CASES: list[Case] = [
     case("ms_quiet_shows_failures", set_(b"k", b"x") + b"ms k 1 q C99\r\ny\r\nms k 1 q MR\r\n"
          b"z\r\nms j 1 q MR\r\nz\r\nmg k v\r\n"),
     case("ms_ttl", b"ms k 1 T1000\r\nx\r\nmg k t v\r\n", timing=True),
+    # 1.6.18 takes s on ms and prints nothing for it (s<size> came in 1.6.20)
+    case("ms_s_is_ignored", b"ms b 2 s\r\nxx\r\nms b 2 s k c O1\r\nxx\r\nmg b s v\r\n"),
     # --- meta: md ----------------------------------------------------------------------------
     case("md_hit_miss", set_(b"k", b"x") + b"md k\r\nmd k\r\nmd k q\r\nmd k k Oz\r\n"),
     case("md_quiet_hit", set_(b"k", b"x") + b"md k q\r\nmg k v\r\n"),
@@ -312,6 +354,19 @@ CASES: list[Case] = [
          b"ma n Jabc N0\r\n"),
     case("ma_quiet_hides_hd", set_(b"n", b"1") + b"ma n q\r\nma n q v\r\nmg n v\r\n"),
     case("ma_ttl_update", set_(b"n", b"1") + b"ma n T1000 t v\r\nmg n t\r\n", timing=True),
+    # memcached's base64_decode skips bytes outside the alphabet (found by the fuzzer), and
+    # the b flag's error is one of the scan's: a later flag's error replaces it
+    case("meta_base64_key_skips_other_bytes", b"ms Y\x01Q== 1 b k\r\nx\r\nmg YQ== b k v\r\n"
+         b"mg Z\x01jA= b t s\r\nmg Y\x01Q== b v\r\nmd Y\x01Q== b q\r\nmg YQ== b v\r\n"),
+    case("meta_base64_error_takes_its_place", b"mg !!!! b Tx\r\nmg !!!! Tx b\r\n"
+         b"mg YQ== Tx b\r\nmg A=== b\r\nmg AA=A b k\r\nma !!!! b Dx\r\nma !!!! Dx b\r\n"
+         b"ms !!!! 2 Mz b\r\nxx\r\nms YQ== 2 b Mz\r\nxx\r\nms !!!! 2 b Mzz\r\nxx\r\n"),
+    case("me_binary_key_shown_in_base64", b"ms YQ== 1 b\r\nx\r\nme a\r\nme YQ== b\r\nms a 1\r\ny\r\n"
+         b"me a\r\n", timing=True),
+    # a bad ms/ma mode is reported before an opaque token over 32 bytes (process_mset_command)
+    case("meta_bad_mode_before_long_opaque", b"ms k 2 O" + b"o" * 40 + b" Mz\r\nxx\r\n"
+         b"ms k 2 MI O" + b"o" * 40 + b"\r\nxx\r\nma k Mz O" + b"o" * 40 + b"\r\n"
+         b"ma k O" + b"o" * 40 + b" MS\r\nms k 2 O" + b"o" * 40 + b" MS\r\nxx\r\nmg k v\r\n"),
     # --- meta: me / mn ------------------------------------------------------------------------
     case("me_hit_miss", set_(b"k", b"hello") + b"me k\r\nget k\r\nme k\r\nme nope\r\n",
          timing=True),

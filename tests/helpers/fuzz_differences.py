@@ -33,11 +33,12 @@ U32 = range(2**32)
 
 
 def command_tokens(command: bytes) -> list[bytes]:
-    """A command's line split as memcached splits it: on spaces only, CR before LF dropped."""
+    """A command's line split as memcached splits it: on spaces only, CR before LF dropped,
+    up to its first NUL."""
     line = command.split(b"\n", 1)[0]
     if line.endswith(b"\r"):
         line = line[:-1]
-    return line.split(b" ")
+    return line.split(b"\x00", 1)[0].split(b" ")
 
 
 def _words(command: bytes) -> list[bytes]:
@@ -45,8 +46,10 @@ def _words(command: bytes) -> list[bytes]:
 
 
 def _integer(token: bytes) -> int | None:
-    """The value memcached's strtol/strtoull would read from a whole decimal token."""
-    return int(token) if re.fullmatch(rb"[+-]?[0-9]+", token) else None
+    """The value memcached's strtol/strtoull would read from a decimal token (C whitespace
+    before it, or after it where a CR or TAB is left in the token, as memcached allows)."""
+    match = re.fullmatch(rb"[ \t\n\v\f\r]*([+-]?[0-9]+)(?:[ \t\n\v\f\r].*)?", token, re.S)
+    return int(match.group(1)) if match else None
 
 
 # --- reply normalizers ------------------------------------------------------------------------
@@ -122,11 +125,6 @@ REPLY_NORMALIZERS: tuple[ReplyNormalizer, ...] = (
         "moves a counter for the rest of the run; their equality pattern is still compared",
         ALL, canonical_cas),
 )
-# When memcached's sentinel never came back (a data block longer than the rest of the case,
-# or one being swallowed), memcached also holds back the replies of that read batch, which
-# memring sends at once: then memcached's reply need only be a prefix of the target's.
-HELD_REPLIES = ("held_replies", "memcached sends no reply of a read batch while it waits for "
-                "(or swallows) the rest of a data block; memring sends them at once")
 # Timing is applied to the pair (it copies memcached's value into the target's reply).
 TIMING = ("timing", "TTLs and last-access ages (t, l, exp=, la=) may differ by the 1 s tick "
           "of two independent clocks")
@@ -153,8 +151,10 @@ def _out_of_range_number(_: int, command: bytes) -> bool:
         return False
     if words[0] in STORAGE and len(words) >= 5:
         return _out_of_range(words[2], U32) or any(_out_of_range(w, INT32) for w in words[3:5])
-    if words[0] in (b"touch", b"gat", b"gats") and len(words) >= 3:
-        return _out_of_range(words[2] if words[0] == b"touch" else words[1], INT32)
+    if words[0] == b"touch" and len(words) >= 3:
+        return _out_of_range(words[2], INT32)
+    if words[0] in (b"gat", b"gats") and len(words) >= 2:  # also without keys: 1.6.18 says END
+        return _out_of_range(words[1], INT32)
     if words[0] in META and len(words) >= 3:
         first_flag = 3 if words[0] == b"ms" else 2
         if words[0] == b"ms" and _out_of_range(words[2], INT32):
@@ -166,16 +166,17 @@ def _out_of_range_number(_: int, command: bytes) -> bool:
 
 
 def _long_key_in_multiget(_: int, command: bytes) -> bool:
+    """Also a retrieval without its line end: the next command's tokens end its line."""
     words = _words(command)
-    return bool(words) and words[0] in (b"get", b"gets", b"gat", b"gats") and \
-        any(len(w) > 250 for w in words[1:])
+    return bool(words) and words[0] in (b"get", b"gets", b"gat", b"gats") and (
+        any(len(w) > 250 for w in words[1:]) or b"\n" not in command)
 
 
 def _binary_protocol(position: int, command: bytes) -> bool:
     return position == 0 and command[:1] == b"\x80"
 
 
-NEWER_FLAGS = {b"mg": b"EC", b"ms": b"sEN", b"md": b"Ex", b"ma": b"E"}
+NEWER_FLAGS = {b"mg": b"EC", b"ms": b"EN", b"md": b"Ex", b"ma": b"E"}
 
 
 def _newer_meta_flag(_: int, command: bytes) -> bool:
@@ -208,17 +209,6 @@ def _ma_vivify_quiet(_: int, command: bytes) -> bool:
         any(w[:1] == b"q" for w in words[2:]) and any(w[:1] == b"N" for w in words[2:])
 
 
-def _http_close_after_others(position: int, command: bytes) -> bool:
-    words = _words(command)
-    return position > 0 and bool(words) and words[-1].startswith(b"HTTP/")
-
-
-def _nul_then_long_block(_: int, command: bytes) -> bool:
-    """A NUL ends a storage line early, so its data block is read as a line of its own."""
-    line, _sep, block = command.partition(b"\n")
-    return b"\x00" in line and len(block) > 2048
-
-
 def _cache_memlimit(_: int, command: bytes) -> bool:
     words = _words(command)
     return len(words) >= 2 and words[0] == b"cache_memlimit"
@@ -239,19 +229,18 @@ def _vivify_with(*flags: bytes) -> Callable[[int, bytes], bool]:
     return matches
 
 
-def _vivify_ttl_out_of_range(_: int, command: bytes) -> bool:
-    """An N whose TTL is negative or an absolute time in the past (> 30 days, as memcached
-    reads it): the `t` both servers print for the new item is clock-dependent nonsense."""
+def _ttl_out_of_range(_: int, command: bytes) -> bool:
+    """An N or T whose TTL is negative or an absolute time in the past (> 30 days, as
+    memcached reads it): the `t` both servers print for the item is clock-dependent
+    nonsense."""
     words = _words(command)
     if not words or words[0] not in (b"mg", b"ma"):
         return False
     for word in words[2:]:
-        if word[:1] == b"N":
-            try:
-                ttl = int(word[1:])
-            except ValueError:
-                return False
-            return ttl < 0 or ttl > 2_592_000
+        if word[:1] in (b"N", b"T"):
+            ttl = _integer(word[1:])
+            if ttl is not None and (ttl < 0 or ttl > 2_592_000):
+                return True
     return False
 
 
@@ -263,7 +252,8 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         ALL, _out_of_range_number),
     CommandDifference(
         "long_key_in_multiget", "README: a get with a key over 250 bytes answers the error "
-        "without dropping the replies of earlier pipelined commands that memcached drops",
+        "without dropping the replies of earlier pipelined commands that memcached drops (a "
+        "retrieval glued to the next command may take its long key from it)",
         ALL, _long_key_in_multiget),
     CommandDifference(
         "binary_protocol", "README: a first byte 0x80 makes the connection binary; the "
@@ -271,7 +261,7 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "which memcached drops, and the proxy answers binary stat and version itself",
         ALL, _binary_protocol),
     CommandDifference(
-        "newer_meta_flags", "README: meta flags newer than 1.6.18 (E, md x, ms s/N, mg C) follow "
+        "newer_meta_flags", "README: meta flags newer than 1.6.18 (E, md x, ms N, mg C) follow "
         "the current protocol.txt", ALL, _newer_meta_flag),
     CommandDifference(
         "stats_content", "stats output describes the server (pid, uptime, memory, "
@@ -295,18 +285,9 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "vivify_base64_key", "mg with N, b and k on a miss: 1.6.18 prints the decoded key "
         "there; memring prints the key as sent, with b", ALL, _vivify_with(b"b", b"k")),
     CommandDifference(
-        "vivify_ttl_out_of_range", "mg/ma N with a negative or past TTL: the t both print is "
+        "ttl_out_of_range", "mg/ma N or T with a negative or past TTL: the t both print is "
         "clock-dependent (1.6.18 an unsigned wrap, memring a negative number)", ALL,
-        _vivify_ttl_out_of_range),
-    CommandDifference(
-        "long_line_close_drops_replies", "a NUL ends the line early (both read it so), its data "
-        "block becomes an unterminated line past 2048 bytes, and memcached closes without the "
-        "replies of that read; memring sends them, then closes (as http_close_drops_replies)",
-        ALL, _nul_then_long_block),
-    CommandDifference(
-        "http_close_drops_replies", "README: on a line ending in HTTP/... memcached closes "
-        "without the replies of the same read; memring sends them, then closes", ALL,
-        _http_close_after_others),
+        _ttl_out_of_range),
 )
 
 
@@ -362,6 +343,5 @@ def reasons() -> dict[str, str]:
     """Every documented cause and open bug by name, for reports."""
     table = {n.name: n.reason for n in REPLY_NORMALIZERS}
     table[TIMING[0]] = TIMING[1]
-    table[HELD_REPLIES[0]] = HELD_REPLIES[1]
     table.update({d.name: d.reason for d in COMMAND_DIFFERENCES + OPEN_BUGS + REPORTED})
     return table

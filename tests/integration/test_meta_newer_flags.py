@@ -1,6 +1,6 @@
 """Meta flags newer than memcached 1.6.18, checked against protocol.txt (not differential).
 
-protocol.txt (memcached HEAD): ms `s` returns the stored size, ms `N` in append mode
+protocol.txt (memcached HEAD): ms `N` in append mode
 vivifies a missing item, `E` sets the new CAS value explicitly (ms, md with I, ma),
 md `x` removes the value but keeps the item.
 """
@@ -30,10 +30,6 @@ def exchange(server: RunningServer, data: bytes) -> bytes:
             reply += chunk
     assert reply.endswith(b"MN\r\n"), reply
     return reply[:-4]
-
-
-def test_ms_s_returns_the_stored_size(backend_server: RunningServer) -> None:
-    assert exchange(backend_server, b"ms k 5 s\r\nhello\r\n") == b"HD s5\r\n"
 
 
 def test_ms_append_with_n_vivifies_a_missing_item(backend_server: RunningServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol.meta_flags import decode_key
 from memring.protocol.requests import (
     Arithmetic,
     Delete,
@@ -239,3 +240,30 @@ def test_pipelined_burst() -> None:
     assert len(events) == 200
     assert events[198] == Store(b"set", b"k99", 0, 0, b"x")
     assert events_of(data, step=7) == events
+
+
+def test_in_data_block_while_a_block_is_read_or_swallowed() -> None:
+    """Servers hold replies while this is true (protocol.write_points)."""
+    parser = RequestParser(max_item_size=1000)
+    for data, inside in ((b"mg a\r\nset b 0 0 5\r\nab", True), (b"c", True),
+                         (b"de\r\n", False), (b"set c 0 0 2000\r\nxx", True),
+                         (b"x" * 1998, True), (b"\r\n", False), (b"mg a", False),
+                         (b"\r\nms a 3 Mz\r\nx", True), (b"xx\r\n", False)):
+        parser.receive_data(data)
+        while parser.next_event() is not NEED_DATA:
+            pass
+        assert parser.in_data_block is inside, data
+
+
+def test_base64_key_read_as_memcached_decodes() -> None:
+    """Bytes outside the alphabet are skipped; decoding stops after the first padded block;
+    a later flag's error replaces the b flag's (differential case meta_base64_*)."""
+    assert decode_key(b"Y\x01Q==") == b"a"
+    assert decode_key(b"QQ==QUFB") == b"A"
+    assert decode_key(b"AA=A") == b"\x00\x00"
+    for bad in (b"!!!!", b"YQ=", b"A===", b"===="):
+        assert decode_key(bad) is None, bad
+    [error] = events_of(b"mg !!!! b Tx\r\n")
+    assert error == ProtocolError(b"CLIENT_ERROR bad token in command line format\r\n")
+    [error] = events_of(b"mg !!!! Tx b\r\n")
+    assert error == ProtocolError(b"CLIENT_ERROR error decoding key\r\n")
