@@ -38,7 +38,7 @@ lint: venv
 	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py
 
 test: venv debian-deps lint
-	$(BIN)/python -m pytest -q --ignore=tests/compose
+	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/compose
 	$(MAKE) compose-test
 
 # The compose cluster under a real Docker engine (tests/compose, ~3.5 minutes warm; the first
