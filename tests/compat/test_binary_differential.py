@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from memring.protocol.binary_frames import HEADER, BinaryResponse, Opcode, Status
+from memring.protocol.binary_frames import BinaryResponse, Opcode, Status
 from tests.helpers import servers, wire
 from tests.helpers.binary_cases import (
     CASES,
@@ -25,7 +25,14 @@ from tests.helpers.binary_cases import (
     set_,
     touch,
 )
-from tests.helpers.binary_exchange import STEP_TIMEOUT, capable_lines, describe, frames, run_case
+from tests.helpers.binary_exchange import (
+    STEP_TIMEOUT,
+    assert_big_bodies_stream_by,
+    capable_lines,
+    describe,
+    frames,
+    run_case,
+)
 
 pytestmark = pytest.mark.compat
 
@@ -84,19 +91,7 @@ def test_body_over_limit_is_swallowed_in_bounded_memory(
         backend_server: servers.RunningServer) -> None:
     """A 64 MiB value is streamed past (answered "Too large.") and an unknown opcode's
     64 MiB body is swallowed, without the backend holding either."""
-    big = 64 << 20
-    set_header = HEADER.pack(0x80, Opcode.SET, 1, 8, 0, 0, 9 + big, 0, 0) + b"\0" * 8 + b"k"
-    unknown_header = HEADER.pack(0x80, 0x40, 0, 0, 0, 0, big, 0, 0)
-    before = wire.rss_kib(backend_server.pid)
-    chunks = [set_header, *wire.repeat(b"v" * (1 << 20), big), unknown_header,
-              *wire.repeat(b"u" * (1 << 20), big), get(b"k") + SENTINEL]
-    got = wire.converse(backend_server, chunks, until=SENTINEL_REPLY, timeout=60)
-    replies = [r for r in frames(got.reply) if isinstance(r, BinaryResponse)]
-    assert [(r.opcode, r.status, r.value) for r in replies] == [
-        (Opcode.SET, Status.E2BIG, b"Too large."),
-        (0x40, Status.UNKNOWN_COMMAND, b"Unknown command"),
-        (Opcode.GET, Status.KEY_ENOENT, b"Not found"), (Opcode.NOOP, 0, b"")]
-    assert wire.rss_kib(backend_server.pid) - before < 32 * 1024
+    assert_big_bodies_stream_by(backend_server)
 
 
 # --- stats: shape and deterministic counters -------------------------------------------------

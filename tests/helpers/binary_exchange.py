@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from memring.protocol.binary_frames import BinaryResponse
+from memring.protocol.binary_frames import HEADER, BinaryResponse, Opcode, Status
 from memring.protocol.binary_parser import BinaryResponseError, BinaryResponseParser
 from tests.helpers import servers, wire
-from tests.helpers.binary_cases import SENTINEL, SENTINEL_REPLY, BinaryCase
+from tests.helpers.binary_cases import SENTINEL, SENTINEL_REPLY, BinaryCase, get
 
 STEP_TIMEOUT = 5.0
 
@@ -80,3 +80,22 @@ def capable_lines(server: servers.RunningServer) -> list[str]:
     done = subprocess.run(["memccapable", "-h", "127.0.0.1", "-p", str(server.port), "-b"],
                           capture_output=True, text=True, timeout=120, check=False)
     return [line for line in done.stdout.splitlines() if line.startswith("binary ")]
+
+
+def assert_big_bodies_stream_by(server: servers.RunningServer) -> None:
+    """A 64 MiB value (answered "Too large.") and an unknown opcode's 64 MiB body are
+    swallowed as they stream by, and the server's RSS grows by less than 32 MiB: it held
+    neither (the backend and the proxy alike)."""
+    big = 64 << 20
+    set_header = HEADER.pack(0x80, Opcode.SET, 1, 8, 0, 0, 9 + big, 0, 0) + b"\0" * 8 + b"k"
+    unknown_header = HEADER.pack(0x80, 0x40, 0, 0, 0, 0, big, 0, 0)
+    before = wire.rss_kib(server.pid)
+    chunks = [set_header, *wire.repeat(b"v" * (1 << 20), big), unknown_header,
+              *wire.repeat(b"u" * (1 << 20), big), get(b"k") + SENTINEL]
+    got = wire.converse(server, chunks, until=SENTINEL_REPLY, timeout=60)
+    replies = [r for r in frames(got.reply) if isinstance(r, BinaryResponse)]
+    assert [(r.opcode, r.status, r.value) for r in replies] == [
+        (Opcode.SET, Status.E2BIG, b"Too large."),
+        (0x40, Status.UNKNOWN_COMMAND, b"Unknown command"),
+        (Opcode.GET, Status.KEY_ENOENT, b"Not found"), (Opcode.NOOP, 0, b"")]
+    assert wire.rss_kib(server.pid) - before < 32 * 1024

@@ -39,7 +39,7 @@ from tests.helpers.binary_cases import (
     set_,
     touch,
 )
-from tests.helpers.binary_exchange import frames
+from tests.helpers.binary_exchange import assert_big_bodies_stream_by, frames
 from tests.helpers.cluster import ReplicatedShard, node_id, proxy_argv, wait_for
 
 pytestmark = pytest.mark.integration
@@ -404,16 +404,4 @@ def test_bodies_over_the_limit_stream_by_in_bounded_memory(cluster: servers.Runn
                                                            ) -> None:
     """A 64 MiB value (answered "Too large.") and an unknown opcode's 64 MiB body are
     swallowed as they stream by, without the proxy holding either."""
-    big = 64 << 20
-    set_header = HEADER.pack(0x80, Opcode.SET, 1, 8, 0, 0, 9 + big, 0, 0) + b"\0" * 8 + b"k"
-    unknown_header = HEADER.pack(0x80, 0x40, 0, 0, 0, 0, big, 0, 0)
-    before = wire.rss_kib(cluster.pid)
-    chunks = [set_header, *wire.repeat(b"v" * (1 << 20), big), unknown_header,
-              *wire.repeat(b"u" * (1 << 20), big), get(b"k") + SENTINEL]
-    got = wire.converse(cluster, chunks, until=SENTINEL_REPLY, timeout=60)
-    replies = [r for r in frames(got.reply) if isinstance(r, BinaryResponse)]
-    assert [(r.opcode, r.status, r.value) for r in replies] == [
-        (Opcode.SET, Status.E2BIG, b"Too large."),
-        (0x40, Status.UNKNOWN_COMMAND, b"Unknown command"),
-        (Opcode.GET, Status.KEY_ENOENT, b"Not found"), (Opcode.NOOP, 0, b"")]
-    assert wire.rss_kib(cluster.pid) - before < 32 * 1024
+    assert_big_bodies_stream_by(cluster)
