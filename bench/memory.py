@@ -10,7 +10,7 @@ more 100-byte items than `-m 128` / `--memory 128` holds and compares the RSS ab
 the 1.25 x 128 MB target. Servers run one at a time and are always stopped (also on Ctrl-C).
 
     .venv/bin/python bench/memory.py                  # full run, ~2 min
-    .venv/bin/python bench/memory.py --quick          # smaller item counts, ~20 s
+    .venv/bin/python bench/memory.py --quick          # a tenth of the items, -m 16, ~40 s
     .venv/bin/python bench/memory.py --json /tmp/memory.json
 """
 
@@ -233,14 +233,11 @@ def table(results: list[Measurement]) -> str:
         by_case.setdefault(m.case, {})[m.server] = m
     for case, pair in by_case.items():
         base = pair.get("memcached")
-        for kind in KINDS:
-            m = pair.get(kind)
-            if m is None:
-                continue
+        for m in (pair[kind] for kind in KINDS if kind in pair):
             ratio = ""
-            if kind == "memring" and base is not None and base.rss_per_item:
+            if m.server == "memring" and base is not None and base.rss_per_item:
                 ratio = f"**{m.rss_per_item / base.rss_per_item:.2f}x**"
-            rows.append(f"| {case} | {kind} | {m.offered:,} | {m.kept:,} | {m.bytes:,} "
+            rows.append(f"| {case} | {m.server} | {m.offered:,} | {m.kept:,} | {m.bytes:,} "
                         f"| {mb(m.idle_rss)} | {mb(m.full_rss)} | {m.rss_per_item:,.0f} "
                         f"| {ratio} | {m.fill_seconds:.1f} | {mb(m.flushed_rss)} "
                         f"| {mb(m.flushed_later_rss)} |")
@@ -265,7 +262,7 @@ def full_cache_verdicts(results: list[Measurement]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--quick", action="store_true", help="smaller item counts (~20 s)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the items, -m 16 (~40 s)")
     parser.add_argument("--servers", default=",".join(KINDS),
                         help="comma-separated: memcached, memring (default both)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and the table here")
@@ -296,7 +293,7 @@ def main() -> int:
         commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
         Path(args.json).write_text(json.dumps({
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "commit": commit, "python": platform.python_version(), "quick": args.quick,
             "results": [{**asdict(m), "rss_per_item": m.rss_per_item} for m in results],
             "full_cache": verdicts, "markdown": markdown,
