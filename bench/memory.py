@@ -197,7 +197,8 @@ def stats(sock: socket.socket) -> dict[str, str]:
     return {p[1]: p[2] for p in (line.split(" ", 2) for line in lines) if len(p) == 3}
 
 
-def measure(kind: str, case: str, value_size: int, count: int, memory_mb: int) -> Measurement:
+def measure(kind: str, case: str, value_size: int, count: int, memory_mb: int,
+            flush_wait: float = FLUSH_WAIT) -> Measurement:
     label = f"{case} {kind}"
     print(f"{label}: starting (-m {memory_mb}, {count:,} items of {value_size} B)",
           file=sys.stderr)
@@ -212,7 +213,7 @@ def measure(kind: str, case: str, value_size: int, count: int, memory_mb: int) -
             if read_until(sock, b"\r\n") != b"OK\r\n":
                 raise BenchError(f"{label}: flush_all did not answer OK")
             flushed = rss_bytes(process.pid)
-            time.sleep(FLUSH_WAIT)
+            time.sleep(flush_wait)
             later = rss_bytes(process.pid)
     return Measurement(case, kind, value_size, memory_mb, count, int(figures["curr_items"]),
                        int(figures["bytes"]), int(figures.get("evictions", 0)), idle, full,
