@@ -56,7 +56,7 @@ bench: venv debian-deps
 	$(BIN)/python bench/replication_cost.py
 	$(BIN)/python bench/memory.py
 
-# Memory per item and a full cache's RSS, memring backend beside memcached -t 1 (issue 17; ~2 min).
+# Memory per item and a full cache's RSS, memring backend beside memcached -t 1 (issue 17; ~3 min).
 memory: venv debian-deps
 	$(BIN)/python bench/memory.py
 

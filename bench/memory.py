@@ -9,7 +9,7 @@ at once and after a short wait: does the process give memory back? The full-cach
 more 100-byte items than `-m 128` / `--memory 128` holds and compares the RSS above idle with
 the 1.25 x 128 MB target. Servers run one at a time and are always stopped (also on Ctrl-C).
 
-    .venv/bin/python bench/memory.py                  # full run, ~2 min
+    .venv/bin/python bench/memory.py                  # full run, ~3 min
     .venv/bin/python bench/memory.py --quick          # a tenth of the items, -m 16, ~40 s
     .venv/bin/python bench/memory.py --json /tmp/memory.json
 """
