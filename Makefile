@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench tls-cost hostile failover fuzz jepsen client-suites debian-deps venv clean
+.PHONY: run test compose-test lint unit bench tls-cost hostile failover fuzz jepsen client-suites memory debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ bench: venv debian-deps
 	$(BIN)/python bench/backend_vs_memcached.py
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/replication_cost.py
+	$(BIN)/python bench/memory.py
+
+# Memory per item and a full cache's RSS, memring backend beside memcached -t 1 (issue 17; ~3 min).
+memory: venv debian-deps
+	$(BIN)/python bench/memory.py
 
 # What TLS costs beside the plain path in one run: memcached -Z vs memcached, the proxy with
 # TLS to its backends vs plain (and TLS on the client link too, once the proxy has a TLS
