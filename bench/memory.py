@@ -100,8 +100,9 @@ def server_argv(kind: str, port: int, memory_mb: int) -> list[str]:
         binary = shutil.which("memcached")
         if binary is None:
             raise BenchError("memcached is not installed: `make debian-deps` as root")
-        # memcached refuses to run as root without -u.
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        # memcached refuses to run as root without -u; -u root (as backend_vs_memcached.py)
+        # keeps the parent-death signal, which switching to another user would clear
+        user = ["-u", "root"] if os.geteuid() == 0 else []
         return [binary, "-t", "1", "-p", str(port), "-U", "0", "-l", HOST, *user,
                 "-m", str(memory_mb)]
     return [sys.executable, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
