@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import trio
@@ -117,41 +117,41 @@ class StatsReport:
         """`stats items|slabs|sizes|conns|extstore` as pairs, for the binary protocol's stat
         (a frame per pair): the walks run to their end at once, as memcached's do; None for
         another name."""
-        store = self.store
         kept: Pairs = []
 
         def keep(pairs: Pairs) -> bytes:
             kept.extend(pairs)
             return b""
 
-        if name == b"items":
-            chunks = slab_stats.census_chunks(
-                store, lambda classes: keep(slab_stats.items(store, classes)))
-        elif name == b"slabs":
-            chunks = slab_stats.census_chunks(
-                store, lambda classes: keep(slab_stats.slabs(classes)))
-        elif name == b"sizes":
-            chunks = slab_stats.sizes_chunks(store, self.sizes, keep)
-        elif name in (b"conns", b"extstore"):
-            return self._subcommand(name)
-        else:
-            return None
+        chunks = self._walk(name, keep)
+        if chunks is None:
+            return self._subcommand(name) if name in (b"conns", b"extstore") else None
         for _ in chunks:
             pass
         return kept
+
+    def _walk(self, name: bytes, render: Callable[[Pairs], bytes]
+              ) -> Generator[bytes, None, None] | None:
+        """The chunked walk over the items behind `stats items|slabs|sizes`, its pairs
+        rendered by `render` (text lines, or kept for binary frames); None for another name."""
+        store = self.store
+        if name == b"items":
+            return slab_stats.census_chunks(
+                store, lambda classes: render(slab_stats.items(store, classes)))
+        if name == b"slabs":
+            return slab_stats.census_chunks(
+                store, lambda classes: render(slab_stats.slabs(classes)))
+        if name == b"sizes":
+            return slab_stats.sizes_chunks(store, self.sizes, render)
+        return None
 
     def _subcommand(self, sub: bytes) -> Pairs | None:
         store = self.store
         if sub == b"settings":
             return self.settings_stats()
-        if sub == b"items":
-            raise StreamedReply(slab_stats.census_chunks(
-                store, lambda classes: self._lines(slab_stats.items(store, classes))))
-        if sub == b"slabs":
-            raise StreamedReply(slab_stats.census_chunks(
-                store, lambda classes: self._lines(slab_stats.slabs(classes))))
-        if sub == b"sizes":
-            raise StreamedReply(slab_stats.sizes_chunks(store, self.sizes, self._lines))
+        chunks = self._walk(sub, self._lines)
+        if chunks is not None:
+            raise StreamedReply(chunks)
         if sub == b"sizes_enable":
             return slab_stats.sizes_enable(store, self.sizes)
         if sub == b"sizes_disable":
