@@ -21,17 +21,13 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 from loadgen import (
     LoadError,
@@ -43,66 +39,25 @@ from loadgen import (
     run_load,
     spec_from_args,
 )
+from processes import (
+    HOST,
+    REPO,
+    BenchError,
+    Server,
+    ask_version,
+    free_port,
+    pinned,
+    run_until_done,
+    spawned,
+)
 
-HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parent.parent
 KINDS = ("memcached", "backend")
-T = TypeVar("T")
-STARTUP_TIMEOUT = 20.0
 METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says what went wrong and what to do."""
-
-
-@dataclass
-class Server:
-    """A server process this script started, and what is needed to stop and report it."""
-
-    name: str
-    argv: list[str]
-    port: int
-    process: subprocess.Popen[bytes]
-    log: IO[bytes]
-    version: str = ""
-
-    def cpu_seconds(self) -> float:
-        """User+system CPU the server has used so far, from /proc (all its threads)."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, limit: int = 2000) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:].strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def ask_version(port: int) -> str | None:
-    """The server's `version` reply, or None while it does not answer yet."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5) as s:
-            s.sendall(b"version\r\n")
-            reply = s.recv(128)
-    except OSError:
-        return None
-    if reply.startswith(b"VERSION ") and reply.endswith(b"\r\n"):
-        return reply[8:-2].decode(errors="replace")
-    return None
 
 
 def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> list[str]:
     """The command for one server, pinned to `cpu` with taskset (as in the issue)."""
-    if shutil.which("taskset") is None:
-        raise BenchError("taskset is missing: install it with `apt-get install util-linux`")
-    pin = ["taskset", "-c", str(cpu)]
+    pin = pinned(cpu)
     if kind == "memcached":
         binary = shutil.which("memcached")
         if binary is None:
@@ -117,56 +72,6 @@ def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> lis
                          "is missing): run with `--servers memcached` until it exists")
     return [*pin, python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
             "--memory", str(memory)]
-
-
-def _pdeathsig() -> None:
-    """In the child before exec: get SIGKILLed if this script dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Terminate, then kill if it does not exit within `grace` seconds."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(grace)
-
-
-@contextlib.contextmanager
-def spawned(name: str, argv: list[str], port: int, probe: Callable[[int], T | None],
-            awaited: str) -> Iterator[tuple[Server, T]]:
-    """Start `argv`, poll `probe(port)` until it gives a value, stop the process on exit.
-
-    Shared by the benchmark scripts: servers and proxies start, wait and fail alike."""
-    with tempfile.TemporaryFile() as log:
-        try:
-            # A new session keeps the terminal's Ctrl-C away from the server; we stop it.
-            process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, preexec_fn=_pdeathsig,
-                                       start_new_session=True)
-        except OSError as e:
-            raise BenchError(f"cannot start {name} ({' '.join(argv)}): {e}") from e
-        server = Server(name, argv, port, process, log)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while (answer := probe(port)) is None:
-                if process.poll() is not None:
-                    raise BenchError(f"{name} exited with status {process.returncode} at "
-                                     f"startup ({' '.join(argv)}):\n{server.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not answer {awaited} on port {port} within "
-                                     f"{STARTUP_TIMEOUT:.0f}s ({' '.join(argv)}):\n"
-                                     f"{server.log_tail()}")
-                time.sleep(0.05)
-            yield server, answer
-        finally:
-            stop(process)
 
 
 @contextlib.contextmanager
@@ -354,26 +259,6 @@ def cpu_model() -> str:
             if ln.startswith("model name"):
                 return ln.split(":", 1)[1].strip()
     return platform.processor()
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def run_until_done(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-                   stopped: str = "servers stopped") -> int:
-    """Run a benchmark so that SIGTERM/SIGHUP stop it like Ctrl-C (its finally blocks stop
-    every process it started) and its errors print one line instead of a traceback."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    try:
-        return run(args)
-    except (BenchError, LoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {stopped}", file=sys.stderr)
-        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

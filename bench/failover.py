@@ -47,15 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import (
-    BenchError,
-    Server,
-    ask_version,
-    cpu_model,
-    free_port,
-    run_until_done,
-    spawned,
-)
+from backend_vs_memcached import cpu_model
+from processes import BenchError, Server, ask_version, free_port, run_until_done, spawned
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent

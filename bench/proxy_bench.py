@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,22 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import (
-    HOST,
-    REPO,
-    BenchError,
-    Server,
-    busy_cpus,
-    check_cpus,
-    cpu_model,
-    fmt_us,
-    free_port,
-    median_summary,
-    run_until_done,
-    spawned,
-    started,
-    stop,
-)
+from backend_vs_memcached import busy_cpus, check_cpus, cpu_model, fmt_us, median_summary, started
 from loadgen import (
     LoadError,
     LoadSpec,
@@ -68,6 +52,18 @@ from loadgen import (
     spec_from_args,
 )
 from plot_svg import render
+from processes import (
+    HOST,
+    REPO,
+    BenchError,
+    Server,
+    free_port,
+    group_cpu_seconds,
+    pinned,
+    run_until_done,
+    spawned,
+    stop_group,
+)
 
 SCENARIOS = {
     "direct": "memcached direct",
@@ -118,47 +114,6 @@ class Results:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU used by every live process in a process group, plus its leader's reaped children."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-            if int(entry) == pgid:
-                total += int(fields[13]) + int(fields[14])
-    return total / tick
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def stop_group(server: Server, grace: float = 5.0) -> None:
-    """Terminate then kill the process, then whatever it forked (its own process group)."""
-    stop(server.process, grace)
-    pgid = server.process.pid  # started with start_new_session: it leads its own group
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not group_alive(pgid):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def answers_get(port: int) -> bool:
@@ -225,7 +180,7 @@ def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int) -> l
                     "  timeout: 1000\n"
                     "  servers:\n"
                     + "".join(f"    - {HOST}:{p}:1\n" for p in shard_ports))
-    return ["taskset", "-c", str(cpu), binary, "-c", str(conf), "-s", str(free_port()),
+    return [*pinned(cpu), binary, "-c", str(conf), "-s", str(free_port()),
             "-a", HOST, "-o", str(tmp / "nutcracker.log"), "-p", str(tmp / "nutcracker.pid")]
 
 
@@ -236,7 +191,7 @@ def memring_argv(python: str, shard_ports: list[int], port: int, conf: Path,
     conf.write_text('[proxy]\nhash = "md5"\nread_policy = "leader"\ntimeout_ms = 1000\n'
                     "failure_limit = 3\nretry_ms = 1000\n"
                     + "".join(f'\n[[shards]]\nnodes = ["{HOST}:{p}"]\n' for p in shard_ports))
-    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    pin = pinned(cpu)
     extra = ["--workers", str(workers)] if workers is not None else []
     tree = ["env", f"PYTHONPATH={source}"] if source is not None else []
     isolated = ["-P"] if source is not None else []
