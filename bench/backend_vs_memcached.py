@@ -31,14 +31,13 @@ from typing import Any
 
 from loadgen import (
     LoadError,
-    LoadResult,
     LoadSpec,
     ProgressLine,
     add_load_arguments,
     preload,
-    run_load,
     spec_from_args,
 )
+from memaslap import RUNNERS, add_loadgen_argument, loadgens
 from processes import (
     HOST,
     REPO,
@@ -178,9 +177,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: CPU {cpu} is already {busy:.0%} busy with other work; the "
                       "figures will be noisy (run on an idle machine, or use --rounds 3+)",
                       file=sys.stderr)
-    print(describe(spec, args), flush=True)
+    generators = loadgens(args.loadgen)
+    print(describe(spec, args) + f"; load generator(s): {', '.join(generators)}", flush=True)
     line = ProgressLine()
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        gen: {name: [] for name, _ in servers} for gen in generators}
     rounds_out: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         running: dict[str, Server] = {}
@@ -193,44 +194,52 @@ def run(args: argparse.Namespace) -> int:
             preload(HOST, srv.port, spec)
         for r in range(args.rounds):
             order = servers if r % 2 == 0 else servers[::-1]
-            for name, _ in order:
-                srv = running[name]
-                label = f"round {r + 1}/{args.rounds} {name}"
-                try:
-                    result: LoadResult = run_load(HOST, srv.port, spec, label, line,
-                                                  srv.cpu_seconds)
-                except LoadError as e:
-                    raise BenchError(f"{name}: {e}\n{name} log:\n{srv.log_tail()}") from e
-                finally:
-                    line.clear()
-                if srv.process.poll() is not None:
-                    raise BenchError(f"{name} exited with status {srv.process.returncode} "
-                                     f"during the run:\n{srv.log_tail()}")
-                summary = result.summary()
-                results[name].append(summary)
-                rounds_out.append({"round": r + 1, "server": name, **summary})
-                print(f"{label}: {summary['ops_per_s']:,.0f} ops/s  p50 "
-                      f"{fmt_us(summary['p50_us'])} µs  p99 {fmt_us(summary['p99_us'])} µs",
-                      flush=True)
+            for gen in generators:
+                for name, _ in order:
+                    srv = running[name]
+                    label = f"round {r + 1}/{args.rounds} {gen} {name}"
+                    try:
+                        result = RUNNERS[gen](HOST, srv.port, spec, label, line,
+                                              srv.cpu_seconds)
+                    except LoadError as e:
+                        raise BenchError(f"{name}: {e}\n{name} log:\n{srv.log_tail()}") from e
+                    finally:
+                        line.clear()
+                    if srv.process.poll() is not None:
+                        raise BenchError(f"{name} exited with status {srv.process.returncode} "
+                                         f"during the run:\n{srv.log_tail()}")
+                    summary = result.summary()
+                    results[gen][name].append(summary)
+                    rounds_out.append({"round": r + 1, "loadgen": gen, "server": name,
+                                       **summary})
+                    print(f"{label}: {summary['ops_per_s']:,.0f} ops/s  p50 "
+                          f"{fmt_us(summary['p50_us'])} µs  p99 {fmt_us(summary['p99_us'])} µs",
+                          flush=True)
         versions = {name: srv.version for name, srv in running.items()}
         commands = {name: srv.argv for name, srv in running.items()}
 
-    medians = {name: median_summary(runs) for name, runs in results.items()}
     base = servers[0][0]
-    ratio = {f"{name}/{base}": ratios(medians[base], medians[name]) for name, _ in servers[1:]}
-    print()
-    print(f"{'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'results'}"
-          f" ({spec.duration:g}s each):")
-    print(HEADER)
-    for name, _ in servers:
-        print(row(name, medians[name]))
-    for key, rt in ratio.items():
-        print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-              f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x")
-    for name, s in medians.items():
-        if s.get("misses") or s.get("errors"):
-            print(f"warning: {name} had get misses or errors; its figures are suspect",
-                  file=sys.stderr)
+    by_gen: dict[str, dict[str, Any]] = {}
+    for gen in generators:
+        medians = {name: median_summary(runs) for name, runs in results[gen].items()}
+        ratio = {f"{name}/{base}": ratios(medians[base], medians[name])
+                 for name, _ in servers[1:]}
+        by_gen[gen] = {"median": medians, "ratios": ratio}
+        print()
+        rounds = f"median of {args.rounds} rounds" if args.rounds > 1 else "results"
+        print(f"{gen} load generator, {rounds} ({spec.duration:g}s each)"
+              + (" (percentiles from log2 buckets, +-2x)" if gen == "memaslap" else "") + ":")
+        print(HEADER)
+        for name, _ in servers:
+            print(row(name, medians[name]))
+        for key, rt in ratio.items():
+            print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
+                  f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x")
+        for name, s in medians.items():
+            if s.get("misses") or s.get("errors"):
+                print(f"warning: {gen} {name} had get misses or errors; its figures are "
+                      "suspect", file=sys.stderr)
+    print(f"load average: {load_average()}")
 
     if args.json:
         doc = {
@@ -242,8 +251,10 @@ def run(args: argparse.Namespace) -> int:
                      "cpu_model": cpu_model(), "cpus": os.cpu_count()},
             "servers": {name: {"version": versions[name], "command": commands[name]}
                         for name, _ in servers},
-            "median": medians,
-            "ratios": ratio,
+            "load_average": load_average(),
+            "median": by_gen[generators[0]]["median"],
+            "ratios": by_gen[generators[0]]["ratios"],
+            "loadgens": by_gen,
             "runs": rounds_out,
         }
         path = Path(args.json)
@@ -251,6 +262,12 @@ def run(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
         print(f"wrote {path}")
     return 0
+
+
+def load_average() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute figures, recorded beside every result."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def cpu_model() -> str:
@@ -280,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server memory limit in MB (%(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs `-m backend` (%(default)s)")
+    add_loadgen_argument(parser)
     add_load_arguments(parser)
     return run_until_done(run, parser.parse_args(argv))
 
