@@ -41,16 +41,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import busy_cpus, check_cpus, cpu_model, fmt_us, median_summary, started
+from backend_vs_memcached import (
+    busy_cpus,
+    check_cpus,
+    cpu_model,
+    fmt_us,
+    load_average,
+    median_summary,
+    started,
+)
 from loadgen import (
     LoadError,
     LoadSpec,
     ProgressLine,
     add_load_arguments,
     preload,
-    run_load,
     spec_from_args,
 )
+from memaslap import KEY_SIZE, RUNNERS, add_loadgen_argument, loadgens
 from plot_svg import render
 from processes import (
     HOST,
@@ -73,6 +81,7 @@ SCENARIOS = {
     "memring-base": "baseline proxy -> memcached",
 }
 LOADS = ("getset", "multiget")
+MEMASLAP_LOAD = "getset-memaslap"
 # (numerator, denominator) pairs; the first is the headline.
 RATIOS = (("memring-mc", "twemproxy"), ("memring-mc", "memring-base"), ("memring-be", "twemproxy"),
           ("twemproxy", "direct"),
@@ -336,14 +345,25 @@ def describe(spec: LoadSpec, args: argparse.Namespace) -> str:
 
 
 def load_specs(args: argparse.Namespace, loads: list[str]) -> dict[str, LoadSpec]:
+    """The loads to run, by name; with `--loadgen memaslap|both` the get/set load run by
+    memaslap is `getset-memaslap` (memaslap has no multi-get mix of this shape)."""
     base = spec_from_args(args, args.load_cpu)
     specs = {"getset": replace(base, multiget=1), "multiget": replace(base, multiget=args.multiget)}
-    return {name: specs[name] for name in loads}
+    generators = loadgens(getattr(args, "loadgen", "python"))
+    out = {name: specs[name] for name in loads} if "python" in generators else {}
+    if "memaslap" in generators and "getset" in loads:
+        out[MEMASLAP_LOAD] = specs["getset"]
+    if not out:
+        raise BenchError("nothing to run: memaslap runs only the getset load")
+    return out
 
 
 def load_title(name: str, spec: LoadSpec) -> str:
     mix = (f"{spec.get_ratio:.0%} get / {1 - spec.get_ratio:.0%} set, "
            f"{spec.value_size}-byte values, {spec.connections} connections")
+    if name == MEMASLAP_LOAD:
+        return (f"get/set by memaslap: {mix}, single-key, {KEY_SIZE}-byte keys (percentiles "
+                "from its log2 buckets, +-2x)")
     if name == "multiget":
         return f"multi-get mix: {mix}, each get names {spec.multiget} distinct keys"
     return f"get/set: {mix}, single-key"
@@ -361,7 +381,8 @@ def measure(ep: Endpoint, load: str, spec: LoadSpec, label: str, line: ProgressL
         return sum(sample)
 
     try:
-        result = run_load(HOST, ep.port, spec, label, line, cpu)
+        runner = RUNNERS["memaslap" if load == MEMASLAP_LOAD else "python"]
+        result = runner(HOST, ep.port, spec, label, line, cpu)
     except LoadError as e:
         ep.failed = str(e)
     finally:
@@ -657,12 +678,14 @@ def run(args: argparse.Namespace) -> int:
         md.append("Scaling (proxy unpinned): " + markdown(section, titles))
     for name, verdict in results.checks.items():
         print(f"check {name}: {verdict}")
+    print(f"load average: {load_average()}")
     for p in results.problems:
         print(f"problem: {p}", file=sys.stderr)
 
     doc = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "setup": setup,
+        "load_average": load_average(),
         "scenarios": {n: SCENARIOS[n] for n in scenarios},
         "server_cpu": cpu, "load_cpu": args.load_cpu, "rounds": args.rounds,
         "host": {"python": platform.python_version(), "machine": platform.machine(),
@@ -718,6 +741,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server memory limit in MB (%(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs `-m proxy` and `-m backend` (%(default)s)")
+    add_loadgen_argument(parser)
     add_load_arguments(parser)
     parser.set_defaults(multiget=10)
     return run_until_done(run, parser.parse_args(argv),
