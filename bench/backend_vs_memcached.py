@@ -54,7 +54,7 @@ KINDS = ("memcached", "backend")
 METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
 
 
-def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> list[str]:
+def server_argv(kind: str, port: int, cpu: int | str, memory: int, python: str) -> list[str]:
     """The command for one server, pinned to `cpu` with taskset (as in the issue)."""
     pin = pinned(cpu)
     if kind == "memcached":
@@ -74,7 +74,8 @@ def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> lis
 
 
 @contextlib.contextmanager
-def started(name: str, kind: str, cpu: int, memory: int, python: str) -> Iterator[Server]:
+def started(name: str, kind: str, cpu: int | str, memory: int, python: str
+            ) -> Iterator[Server]:
     """Start one server on a free port, wait until it answers `version`, stop it on exit."""
     port = free_port()
     argv = server_argv(kind, port, cpu, memory, python)

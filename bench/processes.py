@@ -42,8 +42,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(cpu: int | None) -> list[str]:
-    """`taskset -c CPU` to put in front of a command (nothing for None: unpinned)."""
+def pinned(cpu: int | str | None) -> list[str]:
+    """`taskset -c CPU` to put in front of a command (a list such as "0,1" too; nothing for
+    None: the command inherits this process's CPUs)."""
     if cpu is None:
         return []
     if shutil.which("taskset") is None:

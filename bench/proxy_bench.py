@@ -171,7 +171,8 @@ def launched(name: str, argv: list[str], port: int, workers: int = 1) -> Iterato
             stop_group(server)
 
 
-def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int) -> list[str]:
+def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int | str
+                    ) -> list[str]:
     binary = shutil.which("nutcracker") or ("/usr/sbin/nutcracker"
                                             if os.path.exists("/usr/sbin/nutcracker") else None)
     if binary is None:
