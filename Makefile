@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench tls-cost hostile failover fuzz jepsen client-suites memory debian-deps venv clean
+.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -50,11 +50,22 @@ compose-test: venv
 unit: venv
 	$(BIN)/python -m pytest -q -m unit
 
+# Every benchmark under the shared lock (two never overlap on this machine); the load
+# generators are both the Python one and libmemcached's memaslap (--loadgen both).
+BENCH_LOCK = flock /tmp/memring-bench.lock
+
 bench: venv debian-deps
-	$(BIN)/python bench/backend_vs_memcached.py
-	$(BIN)/python bench/proxy_bench.py
-	$(BIN)/python bench/replication_cost.py
-	$(BIN)/python bench/memory.py
+	$(BENCH_LOCK) $(BIN)/python bench/backend_vs_memcached.py --loadgen both
+	$(BENCH_LOCK) $(BIN)/python bench/proxy_bench.py --loadgen both
+	$(BENCH_LOCK) $(BIN)/python bench/binary_vs_text.py
+	$(BENCH_LOCK) $(BIN)/python bench/cluster_e2e.py
+	$(BENCH_LOCK) $(BIN)/python bench/replication_cost.py
+	$(BENCH_LOCK) $(BIN)/python bench/memory.py
+
+# The whole cluster end to end (issue 16): memring up (3 shards x 2, sync and async) beside
+# twemproxy -> 3 memcached, all servers on CPU 0, the load on CPU 1 (~2.5 min; --quick ~1 min).
+bench-cluster: venv debian-deps
+	$(BENCH_LOCK) $(BIN)/python bench/cluster_e2e.py $(BENCH_CLUSTER_ARGS)
 
 # Memory per item and a full cache's RSS, memring backend beside memcached -t 1 (issue 17; ~3 min).
 memory: venv debian-deps
