@@ -136,13 +136,19 @@ def fmt_us(x: float) -> str:
 
 def row(name: str, s: dict[str, Any]) -> str:
     srv = f"{s['server_cpu_pct']:.0f}%" if "server_cpu_pct" in s else "-"
+    per_request = f"{cpu_us_per_request(s):.1f}" if "server_cpu_pct" in s else "-"
     return (f"{name:<16}{s['ops_per_s']:>11,.0f}{fmt_us(s['p50_us']):>9}{fmt_us(s['p99_us']):>9}"
-            f"{fmt_us(s['p999_us']):>10}{srv:>9}{s['load_cpu_pct']:>9.0f}%"
+            f"{fmt_us(s['p999_us']):>10}{srv:>9}{per_request:>11}{s['load_cpu_pct']:>9.0f}%"
             f"{int(s['misses']):>8,}{int(s['errors']):>8,}")
 
 
+def cpu_us_per_request(s: dict[str, Any]) -> float:
+    """The server's CPU per request: steadier than ops/s when neighbours take the core."""
+    return float(10_000 * s["server_cpu_pct"] / s["ops_per_s"]) if s["ops_per_s"] else math.nan
+
+
 HEADER = (f"{'server':<16}{'ops/s':>11}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
-          f"{'srv cpu':>9}{'load cpu':>10}{'misses':>8}{'errors':>8}")
+          f"{'srv cpu':>9}{'cpu µs/req':>11}{'load cpu':>10}{'misses':>8}{'errors':>8}")
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -234,8 +240,13 @@ def run(args: argparse.Namespace) -> int:
         for name, _ in servers:
             print(row(name, medians[name]))
         for key, rt in ratio.items():
+            other = medians[key.split("/")[0]]
+            cost = (cpu_us_per_request(other) / cpu_us_per_request(medians[base])
+                    if "server_cpu_pct" in other and "server_cpu_pct" in medians[base]
+                    else math.nan)
             print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-                  f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x")
+                  f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x, CPU per request "
+                  f"{cost:.2f}x")
         for name, s in medians.items():
             if s.get("misses") or s.get("errors"):
                 print(f"warning: {gen} {name} had get misses or errors; its figures are "
