@@ -86,7 +86,7 @@ MEMASLAP_LOAD = "getset-memaslap"
 RATIOS = (("memring-mc", "twemproxy"), ("memring-mc", "memring-base"), ("memring-be", "twemproxy"),
           ("twemproxy", "direct"),
           ("memring-mc", "direct"), ("memring-be", "direct"))
-RATIO_METRICS = ("ops_per_s", "p50_us", "p99_us")
+RATIO_METRICS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_request")
 SHARDS = 2
 PROBE = b"get memring-bench:probe\r\n"
 
@@ -406,6 +406,10 @@ def measure(ep: Endpoint, load: str, spec: LoadSpec, label: str, line: ProgressL
     if ep.proxy and len(samples) >= 2:
         summary["proxy_cpu_pct"] = round(100 * (samples[-1][0] - samples[0][0])
                                          / result.window_s, 1)
+    if "server_cpu_pct" in summary and result.ops:
+        # CPU per request moves less than ops/s when neighbours take the server core
+        summary["cpu_us_per_request"] = round(1e4 * summary["server_cpu_pct"]
+                                              / summary["ops_per_s"], 2)
     for k in ("misses", "errors", "stuck"):
         if summary[k]:
             sample = f" (first: {result.error_sample!r})" if k == "errors" else ""
@@ -443,8 +447,8 @@ def run_rounds(endpoints: list[Endpoint], specs: dict[str, LoadSpec], rounds: in
 def add_ratios(section: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
     median = section["median"]
     section["ratios"] = {
-        f"{a}/{b}": {m: round(median[a][m] / median[b][m], 3) if median[b][m] else math.nan
-                     for m in RATIO_METRICS}
+        f"{a}/{b}": {m: round(median[a][m] / median[b][m], 3) if median[b].get(m) else math.nan
+                     for m in RATIO_METRICS if m in median[a]}
         for a, b in pairs if a in median and b in median}
 
 
@@ -468,8 +472,10 @@ def table(section: dict[str, Any], titles: dict[str, str]) -> list[str]:
     for i, (key, rt) in enumerate(section.get("ratios", {}).items()):
         mark = "  <- headline (aim: >= 0.50x throughput)" if i == 0 and key.endswith(
             "/twemproxy") and key.startswith("memring-mc") else ""
+        cost = (f", CPU per request {rt['cpu_us_per_request']:.2f}x"
+                if "cpu_us_per_request" in rt else "")
         out.append(f"  {key:<26} throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-                   f"p99 {rt['p99_us']:.2f}x{mark}")
+                   f"p99 {rt['p99_us']:.2f}x{cost}{mark}")
     return out
 
 
@@ -477,16 +483,20 @@ def markdown(section: dict[str, Any], titles: dict[str, str]) -> str:
     multi = section["spec"]["multiget"] > 1
     rows = [f"{section['title']}", "",
             "| scenario | ops/s |" + (" keys/s |" if multi else "")
-            + " p50 µs | p99 µs | proxy CPU | all CPU |",
-            "|---|---:|" + ("---:|" if multi else "") + "---:|---:|---:|---:|"]
+            + " p50 µs | p99 µs | proxy CPU | all CPU | CPU µs/request |",
+            "|---|---:|" + ("---:|" if multi else "") + "---:|---:|---:|---:|---:|"]
     for name, s in section["median"].items():
         pct = [f"{s[k]:.0f}%" if k in s else "" for k in ("proxy_cpu_pct", "server_cpu_pct")]
         rows.append(f"| {titles.get(name, name)} | {s['ops_per_s']:,.0f} |"
                     + (f" {s.get('keys_per_s', 0):,.0f} |" if multi else "")
-                    + f" {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {pct[0]} | {pct[1]} |")
+                    + f" {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {pct[0]} | {pct[1]} |"
+                    + (f" {s['cpu_us_per_request']:.1f} |" if "cpu_us_per_request" in s
+                       else " |"))
     for key, rt in section.get("ratios", {}).items():
         rows.append(f"| **{key}** | **{rt['ops_per_s']:.2f}x** |" + (" |" if multi else "")
-                    + f" {rt['p50_us']:.2f}x | {rt['p99_us']:.2f}x | | |")
+                    + f" {rt['p50_us']:.2f}x | {rt['p99_us']:.2f}x | | |"
+                    + (f" {rt['cpu_us_per_request']:.2f}x |" if "cpu_us_per_request" in rt
+                       else " |"))
     return "\n".join(rows)
 
 
