@@ -58,6 +58,7 @@ from loadgen import LoadError, LoadSpec, ProgressLine, add_load_arguments, prelo
 from memaslap import RUNNERS, add_loadgen_argument, loadgens
 from processes import (
     HOST,
+    REPO,
     BenchError,
     free_port,
     pinned,
@@ -74,6 +75,7 @@ SCENARIOS = {
     "twemproxy": f"twemproxy -> {SHARDS} memcached",
     "memring-sync": f"memring proxy -> {SHARDS} shards x {REPLICAS} replicas, sync",
     "memring-async": f"memring proxy -> {SHARDS} shards x {REPLICAS} replicas, async",
+    "memring-sync-base": f"--baseline's memring, {SHARDS} x {REPLICAS}, sync",
 }
 CLASSES = ("proxy", "leaders", "followers", "etcd", "launcher", "memcached")
 READY_TIMEOUT = 90.0
@@ -198,23 +200,26 @@ def classify(system: System) -> None:
 
 
 @contextlib.contextmanager
-def memring_up(name: str, mode: str, cpu: int | str, python: str, tmp: Path
-               ) -> Iterator[System]:
+def memring_up(name: str, mode: str, cpu: int | str, python: str, tmp: Path,
+               source: Path | None = None) -> Iterator[System]:
     """`memring up` with a cluster file (3 x 2, `mode` replication), pinned; stopped on exit
-    with SIGTERM (it stops its children, then etcd), then whatever is left is killed."""
-    cluster = f"bench-e2e-{mode}-{os.getpid()}"
+    with SIGTERM (it stops its children, then etcd), then whatever is left is killed. With
+    `source`, the memring of that tree: run from it (`python -m` puts the working directory
+    first on sys.path, for `memring up` and the servers it starts)."""
+    cluster = f"bench-e2e-{name}-{os.getpid()}"
     config = tmp / f"{name}.toml"
     config.write_text(f'name = "{cluster}"\nproxies = 1\n\n[config]\nhash = "md5"\n'
                       f'read_policy = "leader"\nreplication = "{mode}"\n\n'
                       + "".join(f'[[shards]]\nid = "s{i}"\nreplicas = {REPLICAS}\n\n'
                                 for i in range(1, SHARDS + 1)))
     port = free_port()
-    argv = [*pinned(cpu), python, "-m", "memring", "up", "--config", str(config),
+    tree = ["env", f"PYTHONPATH={source}"] if source is not None else []
+    argv = [*tree, *pinned(cpu), python, "-m", "memring", "up", "--config", str(config),
             "--port", str(port)]
     print(f"starting {name}: {' '.join(argv)}", file=sys.stderr, flush=True)
     seen: set[int] = set()
     with spawned(name, argv, port, lambda p: True if answers_get(p) else None, "a get",
-                 timeout=READY_TIMEOUT) as (server, _):
+                 timeout=READY_TIMEOUT, cwd=source or REPO) as (server, _):
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while "memring up: ready" not in server.log_tail(1 << 20):
@@ -400,6 +405,11 @@ def add_ratios(section: dict[str, Any]) -> None:
                               if median["twemproxy"].get(m) else math.nan
                               for m in ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_request")}
         for name in median if name != "twemproxy" and "twemproxy" in median}
+    if "memring-sync" in median and "memring-sync-base" in median:  # an A/B of a change
+        new, base = median["memring-sync"], median["memring-sync-base"]
+        section["ratios"]["memring-sync/memring-sync-base"] = {
+            m: round(new.get(m, math.nan) / base[m], 3) if base.get(m) else math.nan
+            for m in ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_request")}
 
 
 # ---------------------------------------------------------------- the run
@@ -411,6 +421,13 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     if not names or any(n not in SCENARIOS for n in names):
         raise BenchError(f"--scenarios: choose from {','.join(SCENARIOS)}")
+    if args.baseline:
+        if not (Path(args.baseline) / "memring" / "cluster" / "launcher.py").exists():
+            raise BenchError(f"--baseline {args.baseline}: no memring source tree there "
+                             "(`git worktree add --detach DIR main`)")
+        names += [] if "memring-sync-base" in names else ["memring-sync-base"]
+    elif "memring-sync-base" in names:
+        raise BenchError("--scenarios memring-sync-base needs --baseline DIR")
     if args.rounds < 1:
         raise BenchError("--rounds must be at least 1")
     check_cpus(args.server_cpu, args.load_cpu)
@@ -456,9 +473,10 @@ def run(args: argparse.Namespace) -> int:
                                       + [Process(m.process.pid, "memcached", m.name, m.port)
                                          for m in mcs]))
             else:
-                mode = name.split("-", 1)[1]
+                mode = name.split("-")[1]
+                source = Path(args.baseline).resolve() if name.endswith("-base") else None
                 systems.append(stack.enter_context(memring_up(name, mode, cpu, args.python,
-                                                              tmp)))
+                                                              tmp, source)))
         for system in systems:
             print(f"preloading {spec.keys:,} keys through {system.name}", file=sys.stderr,
                   flush=True)
@@ -528,8 +546,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated (%(default)s)")
+    parser.add_argument("--scenarios", default="twemproxy,memring-sync,memring-async",
+                        help="comma-separated (%(default)s; memring-sync-base comes with "
+                             "--baseline)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another memring source tree (e.g. a worktree of main) whose sync "
+                             "cluster runs beside memring-sync as memring-sync-base: an A/B "
+                             "of a change end to end, ratio memring-sync/memring-sync-base")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, alternating the order; medians (%(default)s)")
     parser.add_argument("--quick", action="store_true",

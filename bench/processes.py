@@ -158,12 +158,14 @@ def stop_group(server: Server, grace: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def spawned(name: str, argv: list[str], port: int, probe: Callable[[int], T | None],
-            awaited: str, timeout: float = STARTUP_TIMEOUT) -> Iterator[tuple[Server, T]]:
-    """Start `argv`, poll `probe(port)` until it gives a value, stop the process on exit."""
+            awaited: str, timeout: float = STARTUP_TIMEOUT, cwd: Path = REPO
+            ) -> Iterator[tuple[Server, T]]:
+    """Start `argv` in `cwd`, poll `probe(port)` until it gives a value, stop the process on
+    exit."""
     with tempfile.TemporaryFile() as log:
         try:
             # A new session keeps the terminal's Ctrl-C away from the server; we stop it.
-            process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+            process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=_pdeathsig,
                                        start_new_session=True)
         except OSError as e:
