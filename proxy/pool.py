@@ -272,7 +272,8 @@ class NodePool:
                 await conn.connect()
             except ConnectionFailed as exc:
                 self._connect_failed(exc)
-                self._fail_queued(index, str(exc))
+                # the same words as a request that finds no connection (the log has why)
+                self._fail_queued(index, f"{self.address} is not connected")
                 self._failed(str(exc))
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.retry)
