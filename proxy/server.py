@@ -115,7 +115,8 @@ class ProxyServer:
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
         router = ShardRouter(shards, settings.hash, settings.read_policy,
                              leader_writes=bool(settings.etcd),
-                             miss_on_shard_error=settings.on_shard_error == "miss")
+                             miss_on_shard_error=settings.on_shard_error == "miss",
+                             previous=self.state.router)
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
