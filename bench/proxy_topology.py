@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import importlib.util
 import json
 import os
 import signal
@@ -124,11 +125,34 @@ def static_figures(path: Path, repeat: int) -> dict[str, Any]:
     return figures
 
 
-def ring_figures(repeat: int, rounds: int, lookups: int) -> dict[str, Any]:
+def base_ketama(base: str) -> Any:
+    """The --base checkout's ketama module (it imports only the standard library)."""
+    spec = importlib.util.spec_from_file_location("base_ketama", Path(base) / "proxy" /
+                                                  "ketama.py")
+    if spec is None or spec.loader is None:
+        raise BenchError(f"no proxy/ketama.py under {base}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ring_figures(repeat: int, rounds: int, lookups: int, base: str) -> dict[str, Any]:
     from memring.proxy.ketama import KetamaRing
 
     names = [(f"s{i}", 1) for i in range(SHARDS)]
     ring, build = measured(lambda: KetamaRing(names), repeat)
+    builds: dict[str, Any] = {}
+    if base:  # this tree's build beside the base's, alternating rounds
+        old = base_ketama(base).KetamaRing
+        times: dict[str, list[float]] = {"this tree": [], "base": []}
+        for _ in range(rounds):
+            for label, make in (("this tree", KetamaRing), ("base", old)):
+                started = time.perf_counter()
+                built = make(names)
+                times[label].append((time.perf_counter() - started) * 1000)
+                assert list(built._values) == ring._values and built._owners == ring._owners
+        builds = {label: round(statistics.median(t), 2) for label, t in times.items()}
+        builds["ratio_this_vs_base"] = round(builds["this tree"] / builds["base"], 3)
     small = KetamaRing(names[:3])
     keys = [b"key:%d" % i for i in range(lookups)]
     per: dict[str, list[float]] = {"256 shards": [], "3 shards": []}
@@ -140,7 +164,7 @@ def ring_figures(repeat: int, rounds: int, lookups: int) -> dict[str, Any]:
                 lookup(key)
             per[label].append((time.perf_counter() - started) / lookups * 1e9)
     big, few = statistics.median(per["256 shards"]), statistics.median(per["3 shards"])
-    return {"build": build, "points": len(ring), "lookup_ns_256": round(big),
+    return {"build": build, "build_ab_ms": builds, "points": len(ring), "lookup_ns_256": round(big),
             "lookup_ns_3": round(few), "lookup_ratio_256_vs_3": round(big / few, 3),
             "rounds": rounds, "lookups_per_round": lookups}
 
@@ -178,6 +202,10 @@ def proxy_figures(shards: Any, repeat: int, changes: int) -> dict[str, Any]:
 
     async def changes_of(server: ProxyServer) -> dict[str, Any]:
         leader_ms, add_ms = [], []
+        warm = ShardSpec("warm", (NodeSpec(HOST, 1),))  # one add and back first: the ring
+        server.apply_topology(replace(settings, shards=(*settings.shards, warm)))  # rebuilt
+        server.apply_topology(settings)  # then is the baseline, not a new allocation
+        await trio.sleep(0.1)
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -398,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         config.write_text(shards_toml(shards))
         result["static_file"] = static_figures(config, args.repeat)
         progress(f"static file: {result['static_file']}")
-        result["ketama"] = ring_figures(args.repeat, args.rounds, args.lookups)
+        result["ketama"] = ring_figures(args.repeat, args.rounds, args.lookups, args.base)
         progress(f"ketama: {result['ketama']}")
         result["proxy"] = proxy_figures(shards, args.repeat, args.changes)
         progress(f"proxy: {result['proxy']}")

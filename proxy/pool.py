@@ -135,6 +135,7 @@ class NodePool:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._demand.wait()  # a pool never asked for costs one sleeping task
                 for index in range(self.size):
                     nursery.start_soon(self._keep_slot, index)
                 nursery.start_soon(self._close_when_idle)
