@@ -10,7 +10,8 @@ open, reconnecting after a failure. A
 failure (connect error, timeout, reset, bad reply) counts against the node; after
 `failure_limit` in a row the node is ejected (TKO): requests to it fail at once with
 SERVER_ERROR instead of waiting on timeouts, its connections are closed, and one probe
-every `retry_ms` tries a `version` round trip until the node answers again. Any good
+every `retry_ms` tries a `version` round trip until the node answers again (while the node
+is asked for: an ejected pool that goes idle stops probing until its next request). Any good
 reply resets the count.
 
 With backend TLS every connection and probe shakes hands with the pool's context. A failed
@@ -195,6 +196,8 @@ class NodePool:
                 conn = self._slots[(first + step) % size]
                 if conn is not None and conn.alive:
                     return conn.submit(request, multi, client)
+        elif not self._demand.is_set():
+            self._demand.set()  # ejected and gone idle: asked for again, so probe again
         reply = PendingReply(multi, 0.0)
         reply.fail(f"{self.address} is {'ejected' if self.ejected else 'not connected'}")
         self.counters.errors += 1
@@ -255,6 +258,9 @@ class NodePool:
         backoff = min(0.05, self.retry)
         while True:
             if self.ejected:
+                if not self._demand.is_set():
+                    await self._demand.wait()  # nobody asks for it: no probing either
+                    continue
                 if index == 0:
                     await trio.sleep(self.retry)
                     if await self._probe():
