@@ -45,7 +45,6 @@ from backend_vs_memcached import (
     _pdeathsig,
     ask_version,
     cpu_model,
-    free_port,
     run_until_done,
     spawned,
     stop,
@@ -69,6 +68,14 @@ from failover import (
 
 START_TIMEOUT = 180.0   # every backend answers `version`
 HEALTHY_TIMEOUT = 180.0  # every shard led, followers in sync, the proxy routing
+
+
+def free_port() -> int:
+    """A loopback port handed out once, below the kernel's ephemeral range: 96 ports taken
+    at once from bind(0) met another process's (`port ... already in use`, seen once)."""
+    from memring.cluster.etcd_process import free_port as unused_port
+
+    return unused_port()
 
 
 def load_average() -> str:
