@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory debian-deps venv clean
+.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory proxy-topology many-failovers debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -87,6 +87,20 @@ failover: venv debian-deps
 	$(BIN)/python bench/failover.py --fault kill
 	$(BIN)/python bench/failover.py --fault stop
 	$(BIN)/python bench/rolling_restart.py
+
+# The proxy at size (issue 18): a 256 shards x 3 topology from a static file and from etcd:
+# load, change and lookup costs, and proxy processes of this tree beside BASE (a checkout of
+# the code before, e.g. `git worktree add --detach ../base main`) when given (~1 min).
+BASE ?=
+proxy-topology: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/proxy_topology.py $(if $(BASE),--base $(BASE)) \
+	  --json docs/bench/proxy-topology.json
+
+# Many failovers at once (issue 18): 24 shards x 2, a quarter of the leaders killed together
+# with etcd's leader paused; per-shard time to the first write, 0 lost; etcd's request rates
+# (~2 min; MANY_FAILOVERS_ARGS="--quick" for 8 shards).
+many-failovers: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/many_failovers.py $(MANY_FAILOVERS_ARGS)
 
 # The fuzzer: 100,000 grammar-made cases against memcached, differential then isolation
 # (stops by itself after FUZZ_SECONDS). FUZZ_ARGS adds flags, e.g. FUZZ_ARGS="--seed 7".
