@@ -240,10 +240,12 @@ class Cluster:
             if "memring_repl_isr" in s and len(isr) != self.args.replicas:
                 return f"shard {sid}: ISR {isr}"
             addresses.add(leaders[0].address)
+        import trio
+
         from memring.cluster.launcher import routes_to
 
-        if not routes_to(f"{HOST}:{self.proxy_port}", addresses):
-            return "the proxy has no live connection to every leader"
+        if not trio.run(routes_to, f"{HOST}:{self.proxy_port}", addresses):
+            return "the proxy does not route to every leader"
         return None
 
     def wait_healthy(self, timeout: float = HEALTHY_TIMEOUT) -> float:
