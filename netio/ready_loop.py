@@ -1,0 +1,169 @@
+"""Many plain connections served by one task over one persistent, level-triggered epoll set.
+
+Why: with a task per connection, every request pays a trio scheduler round trip and an
+epoll re-arm (trio's `wait_readable` registers one-shot interest). Here the connections
+waiting for input stay registered in one `select.epoll` set of our own, which trio watches
+through `wait_readable(epoll.fileno())`; one pass serves every ready socket, paying neither
+(docs/benchmarks.md "Backend vs memcached -t 1"; /work/shared/perf-calibration.md).
+
+Theory of operation: a pass does one recv (at most nonblocking.READ_SIZE) per ready
+connection and gives the bytes to the `ReadyHandler`, which runs the complete requests and
+sends their replies synchronously. When a connection must await (a reply the kernel did not
+take at once, a replication wait, a streamed dump, `watch`), the handler returns the rest of
+its batch as a `Handoff`: the connection leaves the set and runs it in a task of its own (in
+the connection nursery, under `conn.scope`), and comes back to the set when the handoff says
+it is waiting for input again. A pass ends with a checkpoint, so with one read per connection
+per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
+timers, handed-off connections) run between passes.
+
+Closing a connection unregisters it from the set first (the descriptor may be reused by the
+next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
+that nursery (the shutdown grace deadline) closes every connection still in the set.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from memring.netio import nonblocking
+
+if TYPE_CHECKING:
+    from memring.netio.connection_server import Connection
+
+log = logging.getLogger("memring.net")
+
+# The rest of a batch, run in the connection's own task; True when the connection is then
+# waiting for input again (back to the set), False to close it.
+Handoff = Coroutine[Any, Any, bool]
+
+
+class HangUp:
+    """`ReadyHandler.received`'s answer when the connection is to close now."""
+
+
+class ReadyHandler(Protocol):
+    """A server's requests, served synchronously from one read; a waiting part handed off."""
+
+    def opened(self, conn: Connection) -> None:
+        """`conn` was accepted (and set up: TLS done); set `conn.idle` as it waits."""
+
+    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
+        """Serve `data` (not empty): None when done and waiting for input (`conn.idle` set),
+        HangUp to close, or a Handoff to await in the connection's own task."""
+
+    def closed(self, conn: Connection) -> None:
+        """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""
+
+
+class ReadyLoop:
+    """The connections waiting for input, and the one task that serves them."""
+
+    def __init__(self, handler: ReadyHandler, hand_off: Callable[[Connection, Handoff], None],
+                 release: Callable[[Connection], None]) -> None:
+        """`hand_off(conn, handoff)` starts the connection's own task; `release(conn)` closes
+        a connection that has left the set."""
+        self.handler = handler
+        self._hand_off = hand_off
+        self._release = release
+        self._epoll = select.epoll()
+        self._waiting: dict[int, Connection] = {}  # by file descriptor
+        self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
+        self.stopping = False  # set by stop(): close connections as their batch ends
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, conn: Connection) -> None:
+        """`conn` waits for input: serve it from now on."""
+        conn.reading = True
+        conn.looped = True
+        fd = conn.sock.fileno()
+        self._waiting[fd] = conn
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def close(self, conn: Connection) -> None:
+        """Close `conn` (in the set) now: the idle timeout, eviction, shutdown."""
+        self._remove(conn)
+        self._release(conn)
+
+    def stop(self) -> None:
+        """Shutdown: connections close when their batch ends; the loop ends with the last."""
+        self.stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        self._nap.cancel()
+
+    def _remove(self, conn: Connection) -> None:
+        fd = conn.sock.fileno()
+        del self._waiting[fd]
+        self._epoll.unregister(fd)  # before the socket closes: its number may come back
+        conn.looped = False
+
+    async def run(self) -> None:
+        """Serve until stopped and the set is empty (or cancelled: the set is closed)."""
+        epoll = self._epoll
+        waiting = self._waiting
+        serve = self._serve
+        try:
+            while not (self.stopping and not waiting):
+                ready = epoll.poll(0)  # at most FD_SETSIZE - 1 events
+                if not ready:
+                    with trio.CancelScope() as self._nap:
+                        await trio.lowlevel.wait_readable(epoll)
+                    continue
+                for fd, _events in ready:
+                    conn = waiting.get(fd)
+                    if conn is not None:  # a connection closed earlier in the pass is gone
+                        serve(conn)
+                await trio.lowlevel.checkpoint()  # fairness: others run between passes
+        finally:
+            for conn in list(waiting.values()):
+                self.close(conn)
+            epoll.close()
+
+    def _serve(self, conn: Connection) -> None:
+        """One read of `conn`, and its requests."""
+        try:
+            data = conn.sock.recv(nonblocking.READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._failed(conn, exc)
+            return
+        conn.reading = conn.idle = False
+        if not data:
+            self.close(conn)
+            return
+        try:
+            outcome = self.handler.received(conn, data)
+        except OSError as exc:
+            self._failed(conn, exc)
+            return
+        except Exception:
+            # As a connection task's: this client's bytes met a bug; only it closes.
+            log.exception("a connection failed on an unexpected error and was closed "
+                          "(the server goes on; please report this traceback)")
+            self.close(conn)
+            return
+        if outcome is None:
+            if self.stopping:
+                self.close(conn)
+            else:
+                conn.reading = True
+        elif outcome is HangUp:
+            self.close(conn)
+        else:
+            assert not isinstance(outcome, type)
+            self._remove(conn)
+            self._hand_off(conn, outcome)
+
+    def _failed(self, conn: Connection, exc: OSError) -> None:
+        if exc.errno not in nonblocking.PEER_GONE:
+            log.info("connection error: %s", exc)
+        self.close(conn)
