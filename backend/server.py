@@ -46,7 +46,7 @@ from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
-from memring.netio.ready_loop import Handoff, HangUp
+from memring.netio.ready_loop import Handoff, HangUp, Receiver
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.binary_parser import BinaryRequestParser
@@ -160,7 +160,7 @@ class BackendServer:
                 await trio.sleep(self.settings.reap_interval)
                 self.store.reap()
 
-    def opened(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> Receiver:
         """ReadyHandler: a new connection, its parser chosen by the first byte."""
         settings = self.settings
         auth = self.auth
@@ -177,12 +177,10 @@ class BackendServer:
             return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
 
         # memcached's -B auto: the first byte chooses text or binary for the connection
-        self._conversations[conn] = Conversation(self, conn, NegotiatingParser(text, binary))
+        conversation = Conversation(self, conn, NegotiatingParser(text, binary))
+        self._conversations[conn] = conversation
         conn.idle = True
-
-    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
-        """ReadyHandler: serve one read of `conn`."""
-        return self._conversations[conn].received(data)
+        return conversation.received
 
     def closed(self, conn: Connection) -> None:
         """ReadyHandler: `conn` closes; its parser's buffer is freed with it (netio.heap)."""
@@ -322,8 +320,9 @@ class Conversation:
     kernel did not take them all, when sync replication must settle first, or for `watch`.
     """
 
-    __slots__ = ("block", "conn", "depends", "event", "hanging_up", "negotiated", "next_event", "out",
-                 "parser", "points", "quitting", "replied", "sendable", "served", "server",
+    __slots__ = ("block", "conn", "depends", "event", "hanging_up", "negotiated", "next_event", "now",
+                 "out", "parser", "points", "quitting", "receive_data", "replied", "sendable", "served",
+                 "server",
                  "text", "watching")
 
     def __init__(self, server: BackendServer, conn: Connection,
@@ -332,6 +331,8 @@ class Conversation:
         self.conn = conn
         self.parser = parser
         self.next_event = parser.next_event  # the chosen parser's, once the first byte came
+        self.receive_data = parser.receive_data  # the same
+        self.now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
         self.negotiated = False
         self.text: TextParser | None = None  # write points: text only (protocol.write_points)
         self.out: list[bytes] = []  # replies not sent yet; some may wait for the next read
@@ -351,13 +352,15 @@ class Conversation:
             conn.mark = gate.commits  # writes so far were other connections'
         server.counters.bytes_read += len(data)
         text = self.text
-        block = block_of(text.in_data_block, text.swallowing) if text is not None else ""
-        parser = self.parser
-        parser.receive_data(data)
+        block = ""
+        if text is not None and text.in_data_block:
+            block = block_of(True, text.swallowing)
+        self.receive_data(data)
         if not self.negotiated:
-            chosen = parser.chosen  # the first byte chose: no indirection from now on
+            chosen = self.parser.chosen  # the first byte chose: no indirection from now on
             assert chosen is not None  # data was not empty
             self.next_event = chosen.next_event
+            self.receive_data = chosen.receive_data
             self.negotiated = True
             if not isinstance(chosen, BinaryRequestParser):
                 self.text = chosen
@@ -445,10 +448,14 @@ class Conversation:
     def _end_batch(self) -> Handoff | type[HangUp] | None:
         """Send what memcached would have written by now, without waiting if the kernel
         takes it all (and no replication wait comes first)."""
-        sendable = self._sendable_at_end()
+        out = self.out
+        text = self.text
+        if not self.hanging_up and (text is None or not text.in_data_block):
+            sendable = len(out)  # the common case, inline
+        else:
+            sendable = self._sendable_at_end()
         if sendable:
-            out = self.out
-            held = out[sendable:]
+            held = out[sendable:] if sendable < len(out) else []
             del out[sendable:]
             conn = self.conn
             gate = self.server.gate
@@ -463,7 +470,13 @@ class Conversation:
             sent = stream.send_now(data)
             if sent < len(data) or stream.backlog:
                 return self._send_then_end(memoryview(data)[sent:])
-        return self._after_send()
+        if self.quitting or self.watching:
+            return self._after_send()
+        conn = self.conn
+        if self.served:
+            conn.active = self.now()  # idle from the last reply sent
+        conn.idle = self.parser.buffered == 0
+        return None
 
     def _after_send(self) -> Handoff | type[HangUp] | None:
         if self.quitting:
@@ -472,7 +485,7 @@ class Conversation:
             return self._watch()
         conn = self.conn
         if self.served:
-            conn.active = trio.current_time()  # idle from the last reply sent
+            conn.active = self.now()  # idle from the last reply sent
         conn.idle = self.parser.buffered == 0
         return None
 

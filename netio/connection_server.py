@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import trio
 
 from memring.netio import heap, nonblocking
-from memring.netio.ready_loop import Handoff, HangUp, ReadyHandler, ReadyLoop
+from memring.netio.ready_loop import Handoff, HangUp, ReadyHandler, ReadyLoop, Receiver
 from memring.netio.streams import (
     HANDSHAKE_TIMEOUT,
     ClosedBeforeHello,
@@ -107,6 +107,7 @@ class Connection:
     pending: bool = False  # with `max_pending`: not yet admitted by its handler
     writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
     looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
+    receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
     stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
 
     def __post_init__(self) -> None:
@@ -228,7 +229,7 @@ class ConnectionServer:
             conn = Connection(sock, active=trio.current_time(), pending=bool(self.max_pending))
             self._connections[conn] = None
             if self._loop is not None:
-                self._loop.handler.opened(conn)
+                conn.receiver = self._loop.handler.opened(conn)
                 self._loop.add(conn)
             else:
                 connections.start_soon(self._run, conn)
@@ -332,7 +333,7 @@ class ConnectionServer:
     async def _serve_in_task(self, conn: Connection, ready: ReadyHandler) -> None:
         """A ReadyHandler's connection in a task of its own (TLS): read, serve, await what
         it hands off, until it hangs up or the server closes."""
-        ready.opened(conn)
+        receiver = conn.receiver = ready.opened(conn)
         recv = conn.stream.recv
         while not self.closing:
             conn.reading = True
@@ -340,7 +341,7 @@ class ConnectionServer:
             conn.reading = conn.idle = False
             if not data:
                 return
-            outcome = ready.received(conn, data)
+            outcome = receiver(data)
             if outcome is None:
                 continue
             if outcome is HangUp:

@@ -37,9 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("memring.net")
 
+MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
+
 # The rest of a batch, run in the connection's own task; True when the connection is then
 # waiting for input again (back to the set), False to close it.
 Handoff = Coroutine[Any, Any, bool]
+# A connection's requests: serve one read (not empty) synchronously; None when done and
+# waiting for input again (`conn.idle` set), HangUp to close, or a Handoff to await.
+Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
 
 
 class HangUp:
@@ -49,12 +54,9 @@ class HangUp:
 class ReadyHandler(Protocol):
     """A server's requests, served synchronously from one read; a waiting part handed off."""
 
-    def opened(self, conn: Connection) -> None:
-        """`conn` was accepted (and set up: TLS done); set `conn.idle` as it waits."""
-
-    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
-        """Serve `data` (not empty): None when done and waiting for input (`conn.idle` set),
-        HangUp to close, or a Handoff to await in the connection's own task."""
+    def opened(self, conn: Connection) -> Receiver:
+        """`conn` was accepted (and set up: TLS done): what serves its reads (one call per
+        read, no lookup); set `conn.idle` as it waits."""
 
     def closed(self, conn: Connection) -> None:
         """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""
@@ -71,7 +73,8 @@ class ReadyLoop:
         self._hand_off = hand_off
         self._release = release
         self._epoll = select.epoll()
-        self._waiting: dict[int, Connection] = {}  # by file descriptor
+        # by file descriptor: the connection and what serves its reads
+        self._waiting: dict[int, tuple[Connection, Receiver]] = {}
         self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
         self.stopping = False  # set by stop(): close connections as their batch ends
 
@@ -82,8 +85,9 @@ class ReadyLoop:
         """`conn` waits for input: serve it from now on."""
         conn.reading = True
         conn.looped = True
+        assert conn.receiver is not None  # opened
         fd = conn.sock.fileno()
-        self._waiting[fd] = conn
+        self._waiting[fd] = (conn, conn.receiver)
         self._epoll.register(fd, select.EPOLLIN)
 
     def close(self, conn: Connection) -> None:
@@ -109,61 +113,59 @@ class ReadyLoop:
         """Serve until stopped and the set is empty (or cancelled: the set is closed)."""
         epoll = self._epoll
         waiting = self._waiting
-        serve = self._serve
+        read_size = nonblocking.READ_SIZE
         try:
             while not (self.stopping and not waiting):
-                ready = epoll.poll(0)  # at most FD_SETSIZE - 1 events
+                ready = epoll.poll(0, MAX_EVENTS)
                 if not ready:
                     with trio.CancelScope() as self._nap:
                         await trio.lowlevel.wait_readable(epoll)
                     continue
                 for fd, _events in ready:
-                    conn = waiting.get(fd)
-                    if conn is not None:  # a connection closed earlier in the pass is gone
-                        serve(conn)
+                    entry = waiting.get(fd)
+                    if entry is None:  # a connection closed earlier in the pass is gone
+                        continue
+                    conn, receiver = entry
+                    try:
+                        data = conn.sock.recv(read_size)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._failed(conn, exc)
+                        continue
+                    conn.reading = conn.idle = False
+                    if not data:
+                        self.close(conn)
+                        continue
+                    try:
+                        outcome = receiver(data)
+                    except Exception as exc:
+                        self._failed(conn, exc)
+                        continue
+                    if outcome is None and not self.stopping:
+                        conn.reading = True  # the common case, inline
+                    else:
+                        self._after(conn, outcome)
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
-            for conn in list(waiting.values()):
+            for conn, _receiver in list(waiting.values()):
                 self.close(conn)
             epoll.close()
 
-    def _serve(self, conn: Connection) -> None:
-        """One read of `conn`, and its requests."""
-        try:
-            data = conn.sock.recv(nonblocking.READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._failed(conn, exc)
-            return
-        conn.reading = conn.idle = False
-        if not data:
-            self.close(conn)
-            return
-        try:
-            outcome = self.handler.received(conn, data)
-        except OSError as exc:
-            self._failed(conn, exc)
-            return
-        except Exception:
-            # As a connection task's: this client's bytes met a bug; only it closes.
-            log.exception("a connection failed on an unexpected error and was closed "
-                          "(the server goes on; please report this traceback)")
-            self.close(conn)
-            return
-        if outcome is None:
-            if self.stopping:
-                self.close(conn)
-            else:
-                conn.reading = True
-        elif outcome is HangUp:
+    def _after(self, conn: Connection, outcome: Handoff | type[HangUp] | None) -> None:
+        """A read served, other than the common case: close, or hand off."""
+        if outcome is None or outcome is HangUp:  # None: the server is stopping
             self.close(conn)
         else:
             assert not isinstance(outcome, type)
             self._remove(conn)
             self._hand_off(conn, outcome)
 
-    def _failed(self, conn: Connection, exc: OSError) -> None:
-        if exc.errno not in nonblocking.PEER_GONE:
+    def _failed(self, conn: Connection, exc: Exception) -> None:
+        if not isinstance(exc, OSError):
+            # As a connection task's: this client's bytes met a bug; only it closes.
+            log.error("a connection failed on an unexpected error and was closed "
+                      "(the server goes on; please report this traceback)", exc_info=exc)
+        elif exc.errno not in nonblocking.PEER_GONE:
             log.info("connection error: %s", exc)
         self.close(conn)

@@ -4,6 +4,7 @@ fair to each other. A toy line protocol (ping, wait, boom, bye) on real 127.0.0.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import trio
 
 from memring.netio import nonblocking
 from memring.netio.connection_server import Connection, ConnectionCounters, ConnectionServer
-from memring.netio.ready_loop import Handoff, HangUp
+from memring.netio.ready_loop import Handoff, HangUp, Receiver
 
 pytestmark = pytest.mark.unit
 
@@ -29,9 +30,10 @@ class LineHandler:
         self.closed_count = 0
         self.handoffs = 0
 
-    def opened(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> Receiver:
         self.buffers[conn] = b""
         conn.idle = True
+        return functools.partial(self.received, conn)
 
     def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
         buffer = self.buffers[conn] + data
