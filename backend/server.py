@@ -389,9 +389,10 @@ class Conversation:
                 if event is NEED_DATA:
                     return None
                 self.served = True
-                if points.before():
-                    self.sendable = len(out)
-                points.after(event, text.swallow_left if text is not None else 0)
+                if text is not None:  # binary replies are written after each read
+                    if points.before():
+                        self.sendable = len(out)
+                    points.after(event, text.swallow_left)
                 if type(event) is Get and len(event.keys) > GET_SLICE:
                     self.event = event
                     return self._multi_get(event)
@@ -406,7 +407,7 @@ class Conversation:
                     return None
                 if gate is not None:
                     self.depends = gate.unacknowledged(_keys_of(event), self.depends)
-                if not points.unwritten:
+                if text is None or not points.unwritten:
                     self.sendable = len(out)
                 if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
                     self.event = event
