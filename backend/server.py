@@ -179,8 +179,11 @@ class BackendServer:
         # memcached's -B auto: the first byte chooses text or binary for the connection
         conversation = Conversation(self, conn, NegotiatingParser(text, binary))
         self._conversations[conn] = conversation
-        conn.idle = True
         return conversation.received
+
+    def holds_input(self, conn: Connection) -> bool:
+        """ReadyHandler: part of a request is buffered."""
+        return self._conversations[conn].parser.buffered > 0
 
     def closed(self, conn: Connection) -> None:
         """ReadyHandler: `conn` closes; its parser's buffer is freed with it (netio.heap)."""
@@ -473,10 +476,8 @@ class Conversation:
                 return self._send_then_end(memoryview(data)[sent:])
         if self.quitting or self.watching:
             return self._after_send()
-        conn = self.conn
         if self.served:
-            conn.active = self.now()  # idle from the last reply sent
-        conn.idle = self.parser.buffered == 0
+            self.conn.active = self.now()  # idle from the last reply sent
         return None
 
     def _after_send(self) -> Handoff | type[HangUp] | None:
@@ -484,10 +485,8 @@ class Conversation:
             return HangUp
         if self.watching:
             return self._watch()
-        conn = self.conn
         if self.served:
-            conn.active = self.now()  # idle from the last reply sent
-        conn.idle = self.parser.buffered == 0
+            self.conn.active = self.now()  # idle from the last reply sent
         return None
 
     async def _finish(self, wait: Coroutine[Any, Any, None]) -> bool:

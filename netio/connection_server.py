@@ -190,7 +190,7 @@ class ConnectionServer:
         self._housekeeping.cancel()
         self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
         for conn in list(self._connections):
-            if conn.idle:
+            if self._idle(conn):
                 self._cancel(conn)
         if self._loop is not None:
             self._loop.stop()
@@ -239,7 +239,7 @@ class ConnectionServer:
         if not self.evict_idle:
             return False
         for conn in self._connections:
-            if conn.idle and not conn.kicked:
+            if self._idle(conn) and not conn.kicked:
                 self._kick(conn)
                 return True
         return False
@@ -262,6 +262,14 @@ class ConnectionServer:
         if idle:
             self.counters.idle_kicks += 1
         self._cancel(conn)
+
+    def _idle(self, conn: Connection) -> bool:
+        """Waiting for a request: its handler says so in `conn.idle`, or, in the ReadyLoop's
+        set, when it holds no part of one (asked here, not kept per read)."""
+        if conn.looped:
+            assert self.ready is not None
+            return not self.ready.holds_input(conn)
+        return conn.idle
 
     def _cancel(self, conn: Connection) -> None:
         """End `conn`: its task is cancelled, or, in the ReadyLoop's set, it closes now."""
@@ -336,6 +344,7 @@ class ConnectionServer:
         receiver = conn.receiver = ready.opened(conn)
         recv = conn.stream.recv
         while not self.closing:
+            conn.idle = not ready.holds_input(conn)
             conn.reading = True
             data = await recv(nonblocking.READ_SIZE)
             conn.reading = conn.idle = False

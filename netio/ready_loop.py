@@ -43,7 +43,8 @@ MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the 
 # waiting for input again (back to the set), False to close it.
 Handoff = Coroutine[Any, Any, bool]
 # A connection's requests: serve one read (not empty) synchronously; None when done and
-# waiting for input again (`conn.idle` set), HangUp to close, or a Handoff to await.
+# waiting for input again, HangUp to close, or a Handoff to await (which sets `conn.idle`
+# while it waits for something else than a request, as `watch`).
 Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
 
 
@@ -56,7 +57,11 @@ class ReadyHandler(Protocol):
 
     def opened(self, conn: Connection) -> Receiver:
         """`conn` was accepted (and set up: TLS done): what serves its reads (one call per
-        read, no lookup); set `conn.idle` as it waits."""
+        read, no lookup)."""
+
+    def holds_input(self, conn: Connection) -> bool:
+        """`conn` has sent part of a request: not idle (shutdown lets it finish). Asked
+        when needed rather than kept up to date on every read."""
 
     def closed(self, conn: Connection) -> None:
         """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""

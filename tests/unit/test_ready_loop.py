@@ -32,8 +32,10 @@ class LineHandler:
 
     def opened(self, conn: Connection) -> Receiver:
         self.buffers[conn] = b""
-        conn.idle = True
         return functools.partial(self.received, conn)
+
+    def holds_input(self, conn: Connection) -> bool:
+        return bool(self.buffers[conn])
 
     def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
         buffer = self.buffers[conn] + data
@@ -53,7 +55,6 @@ class LineHandler:
         if replies:
             conn.sock.send(b"".join(replies))
             ConnectionServer.rearm(conn)
-        conn.idle = not buffer
         return None
 
     async def _wait(self, conn: Connection) -> bool:
@@ -61,7 +62,6 @@ class LineHandler:
         self.waiting.set()
         await self.release.wait()
         await conn.stream.send_all(b"waited\n")
-        conn.idle = True
         return True
 
     def closed(self, conn: Connection) -> None:
