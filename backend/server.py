@@ -1,11 +1,14 @@
-"""The backend's TCP server: one trio task per connection over non-blocking sockets.
+"""The backend's TCP server: a ReadyHandler for netio's ConnectionServer.
 
-Theory of operation: a connection reads what the socket has, feeds the parser, runs
-every complete request against the store in order, and writes all their replies in
-one send, so a pipelined burst costs one recv and one send. Sockets are driven by
-`netio.nonblocking` (trio's low-level readiness waits) rather than trio streams, whose
-layer costs more than the codec and the store together, or `trio.socket` (3% slower
-here; see docs/benchmarks.md).
+Theory of operation: a connection's read goes to its `Conversation`, which feeds the parser,
+runs every complete request against the store in order, and writes all their replies in one
+send, so a pipelined burst costs one recv and one send. Plain connections are read by the
+ConnectionServer's one `netio.ready_loop.ReadyLoop` task, which calls the conversation
+synchronously; only a conversation that must await (a send the kernel did not take whole, a
+replication wait, a large multi-get, a dump, `watch`) hands the rest of its batch to a task
+of its own. TLS connections have a task each that drives the same conversation. Sockets are
+never trio streams, whose layer costs more than the codec and the store together, nor
+`trio.socket` (3% slower here; see docs/benchmarks.md).
 
 Replies leave when memcached's would (protocol.write_points): after each read, except those
 it holds while it waits for the rest of a data block, which go with the next write, or never

@@ -2,15 +2,20 @@
 
 Structured concurrency: `serve` owns the connection nursery (the accept loop runs in
 `serve`'s own task; each accepted socket runs `handler(conn)` in a task of that nursery
-and is closed when the handler returns). Past `max_connections`, a new client gets
-memcached's `ERROR Too many open connections` (or the server's own `rejection`) and is
-closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
+and is closed when the handler returns). A handler may instead be a `ReadyHandler`
+(netio.ready_loop): plain connections then wait in one `ReadyLoop`, a task of the same
+nursery, and get a task of their own only while they await (a `Handoff`); TLS connections
+keep a task each, which drives the same handler. Closing, kicking or shutting down a
+connection in the loop's set closes it at once (no task to cancel).
+
+Past `max_connections`, a new client gets memcached's `ERROR Too many open connections`
+(or the server's own `rejection`) and is closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
 A server with `max_pending` (the peer port) also caps the connections its handler has not
 admitted yet, ending the oldest of them for each new arrival past the cap.
 `shutdown(grace)` stops accepting (the listener closes at once), cancels connections that are
-idle (waiting for a request: handlers say so through `conn.idle`), lets busy ones finish
-their batch, and cancels the rest when the grace period ends (a deadline on the scope
-around the nursery).
+idle (waiting for a request: handlers say so through `conn.idle`, a ReadyHandler through
+`holds_input`), lets busy ones finish their batch, and cancels the rest when the grace
+period ends (a deadline on the scope around the nursery).
 
 Idle timeout (memcached's `-o idle_timeout`): as memcached's conn_timeout_thread, one
 sweeper task per server looks at every connection a few times per timeout and closes
