@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 KINDS = ("memcached", "backend")
 T = TypeVar("T")
 STARTUP_TIMEOUT = 20.0
-METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
+METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us", "cpu_us_per_op")
 
 
 class BenchError(RuntimeError):
@@ -254,13 +254,14 @@ def fmt_us(x: float) -> str:
 
 def row(name: str, s: dict[str, Any]) -> str:
     srv = f"{s['server_cpu_pct']:.0f}%" if "server_cpu_pct" in s else "-"
+    per_op = f"{s['cpu_us_per_op']:.1f}" if "cpu_us_per_op" in s else "-"
     return (f"{name:<16}{s['ops_per_s']:>11,.0f}{fmt_us(s['p50_us']):>9}{fmt_us(s['p99_us']):>9}"
-            f"{fmt_us(s['p999_us']):>10}{srv:>9}{s['load_cpu_pct']:>9.0f}%"
+            f"{fmt_us(s['p999_us']):>10}{srv:>9}{per_op:>9}{s['load_cpu_pct']:>9.0f}%"
             f"{int(s['misses']):>8,}{int(s['errors']):>8,}")
 
 
 HEADER = (f"{'server':<16}{'ops/s':>11}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
-          f"{'srv cpu':>9}{'load cpu':>10}{'misses':>8}{'errors':>8}")
+          f"{'srv cpu':>9}{'µs/op':>9}{'load cpu':>10}{'misses':>8}{'errors':>8}")
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -271,7 +272,7 @@ def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(base: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
-    return {k: other[k] / base[k] if base[k] else math.nan for k in METRICS}
+    return {k: other.get(k, math.nan) / base[k] if base.get(k) else math.nan for k in METRICS}
 
 
 def describe(spec: LoadSpec, args: argparse.Namespace) -> str:
@@ -326,6 +327,11 @@ def run(args: argparse.Namespace) -> int:
                     raise BenchError(f"{name} exited with status {srv.process.returncode} "
                                      f"during the run:\n{srv.log_tail()}")
                 summary = result.summary()
+                if summary.get("server_cpu_pct") and summary["ops_per_s"]:
+                    # CPU per request: what a server costs even when other work shares its
+                    # core and its throughput is cut short by waiting for the CPU
+                    summary["cpu_us_per_op"] = round(
+                        summary["server_cpu_pct"] * 1e4 / summary["ops_per_s"], 2)
                 results[name].append(summary)
                 rounds_out.append({"round": r + 1, "server": name, **summary})
                 print(f"{label}: {summary['ops_per_s']:,.0f} ops/s  p50 "
@@ -345,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
         print(row(name, medians[name]))
     for key, rt in ratio.items():
         print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-              f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x")
+              f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x, server CPU per request "
+              f"{rt['cpu_us_per_op']:.2f}x")
     for name, s in medians.items():
         if s.get("misses") or s.get("errors"):
             print(f"warning: {name} had get misses or errors; its figures are suspect",
