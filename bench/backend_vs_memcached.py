@@ -9,6 +9,9 @@ the end, also on Ctrl-C or an error.
     .venv/bin/python bench/backend_vs_memcached.py                 # the issue's defaults
     .venv/bin/python bench/backend_vs_memcached.py --rounds 3 --json bench/results/run.json
     .venv/bin/python bench/backend_vs_memcached.py --servers memcached,memcached-2
+    # old code vs new in one run: a backend from another checkout (e.g. a worktree of main)
+    .venv/bin/python bench/backend_vs_memcached.py --servers memcached,backend-main,backend \
+        --tree backend-main=/work/wt-base
 """
 
 from __future__ import annotations
@@ -54,8 +57,10 @@ KINDS = ("memcached", "backend")
 METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
 
 
-def server_argv(kind: str, port: int, cpu: int | str, memory: int, python: str) -> list[str]:
-    """The command for one server, pinned to `cpu` with taskset (as in the issue)."""
+def server_argv(kind: str, port: int, cpu: int | str, memory: int, python: str,
+                tree: Path | None = None) -> list[str]:
+    """The command for one server, pinned to `cpu` with taskset (as in the issue); a backend
+    runs this checkout's code, or `tree`'s (another checkout of the repository)."""
     pin = pinned(cpu)
     if kind == "memcached":
         binary = shutil.which("memcached")
@@ -69,16 +74,18 @@ def server_argv(kind: str, port: int, cpu: int | str, memory: int, python: str) 
     if not (REPO / "backend" / "__main__.py").exists():
         raise BenchError(f"the backend is not there yet ({REPO / 'backend' / '__main__.py'} "
                          "is missing): run with `--servers memcached` until it exists")
-    return [*pin, python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
-            "--memory", str(memory)]
+    # -P: not the current directory (this checkout) first; PYTHONPATH puts `tree` there
+    source = [] if tree is None else ["env", f"PYTHONPATH={tree}"]
+    return [*pin, *source, python, *(["-P"] if tree else []), "-m", "memring.backend",
+            "--listen", f"{HOST}:{port}", "--memory", str(memory)]
 
 
 @contextlib.contextmanager
-def started(name: str, kind: str, cpu: int | str, memory: int, python: str
-            ) -> Iterator[Server]:
+def started(name: str, kind: str, cpu: int | str, memory: int, python: str,
+            tree: Path | None = None) -> Iterator[Server]:
     """Start one server on a free port, wait until it answers `version`, stop it on exit."""
     port = free_port()
-    argv = server_argv(kind, port, cpu, memory, python)
+    argv = server_argv(kind, port, cpu, memory, python, tree)
     with spawned(name, argv, port, ask_version, "`version`") as (server, version):
         server.version = version
         yield server
@@ -99,6 +106,21 @@ def parse_servers(text: str) -> list[tuple[str, str]]:
     if not out:
         raise BenchError("--servers is empty: give e.g. memcached,backend")
     return out
+
+
+def parse_trees(given: list[str], servers: list[tuple[str, str]]) -> dict[str, Path]:
+    """`--tree NAME=PATH` options -> {backend name: source tree}."""
+    backends = {name for name, kind in servers if kind == "backend"}
+    trees: dict[str, Path] = {}
+    for text in given:
+        name, _, path = text.partition("=")
+        tree = Path(path).resolve()
+        if name not in backends:
+            raise BenchError(f"--tree {text}: {name!r} is not a backend in --servers")
+        if not (tree / "memring" / "backend" / "__main__.py").exists():
+            raise BenchError(f"--tree {text}: {tree} is not a checkout of memring")
+        trees[name] = tree
+    return trees
 
 
 def check_cpus(server_cpu: int, load_cpu: int) -> None:
@@ -172,6 +194,7 @@ def describe(spec: LoadSpec, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     servers = parse_servers(args.servers)
+    trees = parse_trees(args.tree, servers)
     spec = spec_from_args(args, args.load_cpu)
     spec.check()
     if args.rounds < 1:
@@ -194,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         running: dict[str, Server] = {}
         for name, kind in servers:
             srv = stack.enter_context(started(name, kind, args.server_cpu, args.memory,
-                                              args.python))
+                                              args.python, trees.get(name)))
             running[name] = srv
             print(f"started {name} {srv.version} on port {srv.port}: {' '.join(srv.argv)}",
                   flush=True)
@@ -297,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="memcached,backend",
                         help="comma-separated servers to start and load, the first is the "
                              "baseline for ratios (%(default)s)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                        help="run the backend NAME of --servers from the checkout at PATH "
+                             "(old code vs new in one run); repeatable")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds, alternating the server order; medians are reported "
                              "(%(default)s)")
