@@ -217,7 +217,7 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
             sample(processes, args.seconds)
             result.processes = processes
             result.total_cpu = sum(p.cpu for p in processes)
-            for kind in CLASSES + ("launcher",):
+            for kind in (*CLASSES, "launcher"):
                 result.per_class[kind] = sum(p.cpu for p in processes if p.kind == kind)
             backends = [p for p in processes if p.kind in ("leader", "follower")]
             result.per_backend = statistics.median(p.cpu for p in backends) if backends else 0
@@ -234,7 +234,7 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
 def report(r: Round) -> None:
     print(f"== {r.code}: load before {r.load_before}; ready after {r.ready_s:.1f} s; idle CPU "
           f"{r.total_cpu:.1f}% of a core (load after {load_average()})")
-    for kind in CLASSES + ("launcher",):
+    for kind in (*CLASSES, "launcher"):
         members = [p for p in r.processes if p.kind == kind]
         if members:
             cpus = sorted(p.cpu for p in members)
