@@ -113,6 +113,7 @@ class Round:
     code: str
     load_before: str
     ready_s: float = 0.0
+    milestones: dict[str, float] = field(default_factory=dict)  # first line of each kind
     total_cpu: float = 0.0
     per_class: dict[str, float] = field(default_factory=dict)
     per_backend: float = 0.0
@@ -129,6 +130,7 @@ class Cluster:
             env["PYTHONPATH"] = os.path.abspath(code)
         self.name = f"idle{os.getpid()}"
         self.lines: list[str] = []
+        self.timeline: list[tuple[float, str]] = []  # (seconds since the start, line)
         self.ready = threading.Event()
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -143,6 +145,7 @@ class Cluster:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
+            self.timeline.append((time.monotonic() - self.started, line.rstrip()))
             if "memring up: ready" in line:
                 self.ready_at = time.monotonic()
                 self.ready.set()
@@ -205,6 +208,20 @@ def run_strace(pid: int, seconds: float, tmp: Path) -> str:
     return out.read_text() if out.exists() else "(strace wrote nothing: is ptrace allowed?)"
 
 
+def milestones(timeline: list[tuple[float, str]]) -> dict[str, float]:
+    """When memring up printed its etcd, its first and last backend, its proxy, ready."""
+    found: dict[str, float] = {}
+    for at, line in timeline:
+        match = LINE.search(line)
+        if match:
+            kind = match.group(1)
+            found.setdefault(f"first {kind}", at)
+            found[f"last {kind}"] = at
+        elif "memring up: ready" in line:
+            found["ready"] = at
+    return found
+
+
 def one_round(args: argparse.Namespace, code: str) -> Round:
     result = Round(code or "(installed)", load_average())
     with tempfile.TemporaryDirectory(prefix="memring-idle-") as name:
@@ -212,6 +229,7 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
         cluster = Cluster(code, args.shards, args.replicas, tmp)
         try:
             result.ready_s = cluster.wait_ready()
+            result.milestones = milestones(cluster.timeline)
             processes = cluster.processes()
             time.sleep(args.settle)
             sample(processes, args.seconds)
@@ -234,6 +252,8 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
 def report(r: Round) -> None:
     print(f"== {r.code}: load before {r.load_before}; ready after {r.ready_s:.1f} s; idle CPU "
           f"{r.total_cpu:.1f}% of a core (load after {load_average()})")
+    print("   start-up: " + ", ".join(f"{name} {at:.1f} s" for name, at in
+                                       sorted(r.milestones.items(), key=lambda kv: kv[1])))
     for kind in (*CLASSES, "launcher"):
         members = [p for p in r.processes if p.kind == kind]
         if members:
