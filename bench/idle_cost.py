@@ -16,6 +16,10 @@ its children; SIGKILL to the process group after a deadline), also on error.
 `--code DIR` runs the memring found in DIR (PYTHONPATH=DIR, with a `memring` package there);
 given several times the rounds alternate between them and the summary gives medians and
 ratios to the first. The load average (`uptime`) is printed with every round.
+
+`--compile` first writes the bytecode of each checkout's modules (`python -m compileall`), as
+any first run does where Python may write it: with PYTHONDONTWRITEBYTECODE set (this sandbox
+sets it) and none written, every process compiles ~60 memring modules at start (~80 ms each).
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class Process:
     pid: int
     address: str = ""
     cpu: float = 0.0  # % of one core over the sample
+    start_cpu: float = 0.0  # CPU seconds it had used when the cluster was ready
     threads: int = 0
 
 
@@ -231,6 +236,8 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
             result.ready_s = cluster.wait_ready()
             result.milestones = milestones(cluster.timeline)
             processes = cluster.processes()
+            for p in processes:
+                p.start_cpu = cpu_ticks(p.pid) / CLK_TCK
             time.sleep(args.settle)
             sample(processes, args.seconds)
             result.processes = processes
@@ -260,7 +267,8 @@ def report(r: Round) -> None:
             cpus = sorted(p.cpu for p in members)
             print(f"   {kind:<9} x{len(members):<3} {r.per_class[kind]:6.1f}%  per process "
                   f"median {statistics.median(cpus):.2f}% max {cpus[-1]:.2f}%  threads "
-                  f"{'/'.join(str(n) for n in sorted({p.threads for p in members}))}")
+                  f"{'/'.join(str(n) for n in sorted({p.threads for p in members}))}; CPU "
+                  f"to start {sum(p.start_cpu for p in members):.1f} s")
     if r.strace:
         print(r.strace)
 
@@ -278,9 +286,15 @@ def main() -> int:
                         help="a checkout to run (PYTHONPATH); repeat to compare")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per --code (default 1)")
     parser.add_argument("--json", action="store_true", help="print the rounds as JSON too")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile each checkout's bytecode first (python -m compileall)")
     args = parser.parse_args()
     codes = args.code or [""]
     rounds: list[Round] = []
+    if args.compile:
+        for code in codes:
+            subprocess.run([sys.executable, "-m", "compileall", "-q", code or "."],
+                           check=False, stdout=subprocess.DEVNULL, timeout=300)
     try:
         for _ in range(args.rounds):
             for code in codes:
