@@ -6,7 +6,9 @@ unasked, so the wait ends only when the connection does: the kernel closes it (F
 the moment the leader's process dies, kill -9 included. The end alone is not taken as death
 (a restart, an idle timeout or a full connection table close connections too): as the earlier
 per-interval probe did, death is two connects to the port actively refused (nobody listens
-there). Otherwise the follower connects again, at most once per `retry_interval`. A timeout is
+there). Otherwise the follower connects again after `retry_interval`, backing off to RETRY_MAX
+while connections fail or end at once (else a TLS handshake the leader refuses would be
+retried every interval for good); death is then seen on the next try. A timeout is
 never taken as death: a frozen leader keeps the connection open (and a connect to it hangs),
 and is left to its own lease expiry; epochs keep a wrong guess safe.
 
@@ -22,6 +24,8 @@ import ssl
 import trio
 
 CONNECT_TIMEOUT = 0.2  # one connect (a timeout is never taken as death)
+RETRY_MAX = 1.0  # reconnects that fail or end at once back off to this (a TLS handshake the
+# leader refuses, a full connection table): never a handshake every retry_interval for good
 READ_LIMIT = 4096  # what one read of the kept connection takes (the leader sends nothing)
 
 
@@ -29,7 +33,9 @@ async def until_gone(address: str, retry_interval: float,
                      tls: ssl.SSLContext | None = None) -> None:
     """Return once the process serving `address` (HOST:PORT) is gone: its port refuses two
     connects in a row; cancel to stop watching."""
+    delay = retry_interval
     while True:
+        opened = trio.current_time()
         stream = await _connect(address, tls)
         if stream is not None:
             try:
@@ -38,7 +44,9 @@ async def until_gone(address: str, retry_interval: float,
                 await trio.aclose_forcefully(stream)
         if await refuses(address) and await refuses(address):
             return
-        await trio.sleep(retry_interval)
+        kept = stream is not None and trio.current_time() - opened >= RETRY_MAX
+        delay = retry_interval if kept else min(delay * 2, RETRY_MAX)
+        await trio.sleep(delay)
 
 
 async def _connect(address: str, tls: ssl.SSLContext | None) -> trio.abc.Stream | None:

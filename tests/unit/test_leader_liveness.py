@@ -95,3 +95,23 @@ async def test_refuses_only_when_nobody_listens() -> None:
         assert not await refuses(address)
         leader.die()
         assert await refuses(address)
+
+
+async def test_connections_that_end_at_once_back_off() -> None:
+    with trio.fail_after(10):
+        leader = Leader()
+        address = await leader.start()
+
+        async def hang_up_at_once() -> None:  # a handshake refused, a full connection table
+            while True:
+                conn, _ = await leader.listener.accept()
+                leader.accepted.append(conn)
+                conn.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang_up_at_once)
+            nursery.start_soon(until_gone, address, 0.05)
+            await trio.sleep(2.0)
+            # 40 at every 0.05 s; backing off (0.1, 0.2, 0.4, 0.8, 1, ...): about 6
+            assert 2 <= len(leader.accepted) <= 10
+            nursery.cancel_scope.cancel()
