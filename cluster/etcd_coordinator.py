@@ -206,6 +206,7 @@ class _KeepAliveStream:
         self.generation = generation  # of the token it was opened with
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
+        self.closed = False
 
     def renew(self, request: Any) -> Any:
         """In a worker thread: send one keepalive, return its response (None: the stream
@@ -214,8 +215,10 @@ class _KeepAliveStream:
         return next(self._call, None)
 
     def close(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
+        if not self.closed:
+            self.closed = True
+            self._requests.put(None)
+            self._call.cancel()
 
 
 class _WatchRefused(AccessDenied):
@@ -481,8 +484,14 @@ class EtcdCoordinator(Coordinator):
                 with trio.fail_after(timeout):
                     async with self._keepalive_lock:
                         stream = self._keepalive_stream()
-                        response = await trio.to_thread.run_sync(
-                            stream.renew, request, abandon_on_cancel=True)
+                        answered = False
+                        try:
+                            response = await trio.to_thread.run_sync(
+                                stream.renew, request, abandon_on_cancel=True)
+                            answered = True
+                        finally:
+                            if not answered:  # its thread may still wait on the stream:
+                                self._close_keepalives(stream)  # never read it twice at once
             except trio.TooSlowError:
                 if stream is None:  # another keepalive held the stream that long
                     raise CoordinatorUnavailable(
