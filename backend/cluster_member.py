@@ -64,7 +64,8 @@ from memring.protocol.write_refusals import not_leader_line, refusal_line
 
 log = logging.getLogger("memring.backend.cluster")
 
-PROBE_INTERVAL = 0.1  # a follower reconnects its kept connection to the leader this soon
+PROBE_INTERVAL = 0.01  # a follower reconnects its kept connection to the leader this soon
+# after it ended (doubling to 1 s while reconnects end at once: backend.leader_liveness)
 RETRY_INTERVAL = 0.2  # re-examine the view this soon after a failed coordination call
 BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF_MAX
 BACKOFF_MAX = 1.0
