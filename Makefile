@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory proxy-topology many-failovers debian-deps venv clean
+.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory idle-cost proxy-topology many-failovers debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -76,6 +76,12 @@ memory: venv debian-deps
 # listener); alternated rounds, medians, ratios (~5 minutes). TLS_COST_ARGS adds flags.
 tls-cost: venv debian-deps
 	$(BIN)/python bench/tls_cost.py $(TLS_COST_ARGS)
+
+# What an idle `memring up` cluster costs: time to ready, CPU per process class over 10 s of
+# idleness, and (--strace follower) one follower's syscalls; under the bench lock (~1 minute).
+IDLE_COST_ARGS ?= --shards 24 --replicas 2 --strace follower
+idle-cost: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/idle_cost.py $(IDLE_COST_ARGS)
 
 # Hostile clients (repeated-key gets, clients that never read, half-sent lines, idle
 # connections) against memcached and the proxy: peak RSS and others' latency (a few minutes).
