@@ -26,7 +26,6 @@ from memring.protocol.binary_frames import (
     counter_value,
     encode_response,
     error_response,
-    flags_extras,
     is_quiet,
     parse_arithmetic_extras,
     parse_expiration_extras,
@@ -153,10 +152,9 @@ class BinaryCommands:
         if item is None:
             self._miss(request, command, out)
             return
-        out.append(encode_response(BinaryResponse(
-            request.opcode, Status.SUCCESS, request.key if command == Opcode.GATK else b"",
-            flags_extras(item.flags), b"" if command == Opcode.TOUCH else item.value,
-            request.opaque, item.cas)))
+        out.append(value_response(
+            request.opcode, request.key if command == Opcode.GATK else b"", item.flags,
+            b"" if command == Opcode.TOUCH else item.value, request.opaque, item.cas))
 
     # -- storage -------------------------------------------------------------------------
 
@@ -177,7 +175,7 @@ class BinaryCommands:
                 name = b"cas"  # any set/add/replace with a CAS is a cas (process_bin_update)
         outcome = store.store(name, key, request.value, flags, exptime, request.cas)
         if outcome is Outcome.STORED:
-            item = store.items.get(key)
+            item = store.item(key)
             self._success(request, out, cas=item.cas if item is not None else 0)
         elif outcome is Outcome.EXISTS:
             self._error(request, Status.KEY_EEXISTS, out)

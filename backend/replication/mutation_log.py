@@ -188,7 +188,7 @@ class StoreRecorder:
         if not self._pending:
             return []
         pending, self._pending = self._pending, []
-        items = self.store.items
+        item_at = self.store.item
         record = self.log.record
         recorded: list[Mutation] = []
         seen: set[bytes] = set()
@@ -200,6 +200,6 @@ class StoreRecorder:
             if key in seen:
                 continue
             seen.add(key)
-            item = items.get(key)
+            item = item_at(key)
             recorded.append(record(Deletion(key) if item is None else item_state(key, item)))
         return recorded
