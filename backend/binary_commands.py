@@ -139,13 +139,14 @@ class BinaryCommands:
     # -- retrieval -----------------------------------------------------------------------
 
     def get(self, request: BinaryRequest, command: int, out: list[bytes]) -> None:
-        item = self.store.get(request.key)
-        if item is None:
+        hit = self.store.fetch(request.key)
+        if hit is None:
             self._miss(request, command, out)
             return
+        flags, cas, value = hit
         # a hit is sent even by getq/getkq: quiet hides only the miss
         out.append(value_response(request.opcode, request.key if command == Opcode.GETK
-                                  else b"", item.flags, item.value, request.opaque, item.cas))
+                                  else b"", flags, value, request.opaque, cas))
 
     def touch(self, request: BinaryRequest, command: int, out: list[bytes]) -> None:
         item = self.store.get_and_touch(request.key, parse_expiration_extras(request.extras))

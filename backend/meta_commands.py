@@ -124,17 +124,9 @@ class MetaCommands:
             out.append(_line(b"VA %d" % len(item.value), parts) + item.value + b"\r\n")
         else:
             out.append(_line(b"HD", parts))
-        # T, N and W change the item: one write back (with the fetch, bumped, unless `u`).
-        changed = ttl_set or created or won
-        if flags.no_bump:
-            if changed:
-                store.save(key, item)
-        elif changed:
-            item.last_access = now
-            item.fetched = True
-            item.active = True
-            store.save(key, item, bump=True)
-        else:
+        if ttl_set or created or won:  # T, N and W changed the item
+            store.save(key, item)
+        if not flags.no_bump:
             store.fetched(key, item, now)
 
     def set(self, request: MetaSet, out: list[bytes]) -> None:
