@@ -39,6 +39,7 @@ from enum import Enum
 from itertools import islice
 from struct import Struct
 
+from memring.netio.heap import heap_trim
 from memring.protocol.numeric import U64_MAX, parse_stored_number
 from memring.protocol.replication import ItemState
 from memring.protocol.sizes import item_size, slab_class
@@ -62,6 +63,8 @@ ACTIVE = 16  # fetched since the item last moved to the LRU's end
 # at most EVICTION_BATCH keys per scan of the dict's front.
 EVICTION_SLACK_SHIFT = 9
 EVICTION_BATCH = 1024
+
+TRIM_AFTER_TABLE = 1 << 20  # a repacked dict table this large is worth a malloc_trim
 
 _BYTES_OBJECT = sys.getsizeof(b"")  # a bytes object's header and trailing NUL (33)
 _EMPTY_DICT = sys.getsizeof({})
@@ -263,6 +266,7 @@ class Store:
         self.items: dict[bytes, bytes] = {}
         self.bytes = 0  # memcached's figure: the sum of item_size
         self.record_bytes = 0  # what the keys and records take from the allocator
+        self._table_bytes = _EMPTY_DICT  # the dict's size after its last growth (_fit)
         self.last_cas = 0
         self.stats = StoreStats()
         self.class_evictions: dict[int, ClassEvictions] = {}  # by slab class (stats items)
@@ -387,15 +391,16 @@ class Store:
     def save(self, key: bytes, item: Item, bump: bool = False) -> None:
         """Write a changed item back under key (if it is still there), in place in the
         LRU or, with `bump`, moved to its end."""
-        items = self.items
-        old = items.pop(key, None) if bump else items.get(key)
+        old = self.items.pop(key, None) if bump else self.items.get(key)
         if old is None:
             return
         record = item.record()
         if len(record) != len(old) or item.flags != _FLAGS.unpack_from(old, _FLAGS_AT)[0]:
             self.bytes += item.size - record_size(key, old)
             self.record_bytes += allocated(len(record)) - allocated(len(old))
-        items[key] = record
+        self.items[key] = record
+        if bump:
+            self._fit()
 
     def get_and_touch(self, key: bytes, exptime: int) -> Item | None:
         now = self.now()
@@ -446,7 +451,26 @@ class Store:
         self.items[key] = record
         self.bytes += size
         self.record_bytes += record_cost(key, record)
-        if self.store_bytes > self.memory_limit:
+        self._fit()
+
+    def _fit(self) -> None:
+        """After an insertion: repack the dict if it just grew its table, then evict to the
+        limit. A dict whose inserts and deletes churn fills its entries with holes and then
+        grows to 3x its items (CPython's GROWTH_RATE): 101 B of table per item at 412k
+        items in 128 MB, measured; a copy sizes it to 1.5x (50 B), once per growth."""
+        table = sys.getsizeof(self.items)
+        if table > self._table_bytes:
+            fresh = dict(self.items)  # keeps the LRU order
+            if sys.getsizeof(fresh) < table:
+                self.items = fresh
+                del fresh
+                if table >= TRIM_AFTER_TABLE and heap_trim.malloc_trim is not None:
+                    # the two tables let go were in the heap's middle: hand their pages back
+                    # (at --memory 16 RSS stayed 1.31x the limit without, measured)
+                    heap_trim.malloc_trim(0)
+                table = sys.getsizeof(self.items)
+            self._table_bytes = table
+        if self.record_bytes + table - _EMPTY_DICT > self.memory_limit:
             self._evict()
 
     def _link(self, key: bytes, item: Item, cas: int = 0) -> Outcome:
@@ -617,6 +641,7 @@ class Store:
         self.items = {}
         self.bytes = 0
         self.record_bytes = 0
+        self._table_bytes = _EMPTY_DICT
 
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1

@@ -12,6 +12,7 @@ the 1.25 x 128 MB target. Servers run one at a time and are always stopped (also
     .venv/bin/python bench/memory.py                  # full run, ~3 min
     .venv/bin/python bench/memory.py --quick          # a tenth of the items, -m 16, ~40 s
     .venv/bin/python bench/memory.py --json /tmp/memory.json
+    .venv/bin/python bench/memory.py --case 'full -m 128' --servers memring
 """
 
 from __future__ import annotations
@@ -272,6 +273,8 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(KINDS),
                         help="comma-separated: memcached, memring (default both)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and the table here")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="run only this case (repeatable), e.g. --case 'full -m 128'")
     args = parser.parse_args()
     kinds = [k for k in args.servers.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
@@ -280,6 +283,8 @@ def main() -> int:
     results: list[Measurement] = []
     try:
         for case, value_size, count, memory_mb in QUICK_CASES if args.quick else FULL_CASES:
+            if args.case and case not in args.case:
+                continue
             for kind in kinds:
                 results.append(measure(kind, case, value_size, count, memory_mb))
     except BenchError as error:
