@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 
-from memring.backend.store import Item, Outcome, Store
+from memring.backend.item_record import Item
+from memring.backend.store import Outcome, Store
 from memring.protocol.requests import (
     MetaArithmetic,
     MetaDebug,

@@ -37,27 +37,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from itertools import islice
-from struct import Struct
 
+from memring.backend.item_record import (
+    ACTIVE,
+    BITS_AT,
+    FETCHED,
+    FLAGS_AT,
+    FLAGS_FIELD,
+    Item,
+    allocated,
+    decode,
+    record_cost,
+    record_size,
+    unpack_header,
+    value_of,
+)
 from memring.netio.heap import heap_trim
 from memring.protocol.numeric import U64_MAX, parse_stored_number
 from memring.protocol.replication import ItemState
-from memring.protocol.sizes import item_size, slab_class
+from memring.protocol.sizes import slab_class
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30
-
-# A record's header: cas, expires (absolute, 0: never), flags, last_access, updated, bits.
-HEADER = Struct("<QqIIIB")
-_FLAGS = Struct("<I")
-_FLAGS_AT = 16
-_BITS_AT = HEADER.size - 1
-_VALUE_AT = HEADER.size
-FETCHED = 1
-STALE = 2
-TOKEN_SENT = 4
-KEY_BINARY = 8
-ACTIVE = 16  # fetched since the item last moved to the LRU's end
 
 # Eviction frees down to the limit minus limit >> EVICTION_SLACK_SHIFT (0.2%), taking
 # at most EVICTION_BATCH keys per scan of the dict's front.
@@ -66,17 +67,7 @@ EVICTION_BATCH = 1024
 
 TRIM_AFTER_TABLE = 1 << 20  # a repacked dict table this large is worth a malloc_trim
 
-_BYTES_OBJECT = sys.getsizeof(b"")  # a bytes object's header and trailing NUL (33)
 _EMPTY_DICT = sys.getsizeof({})
-
-
-def allocated(length: int) -> int:
-    """What a bytes object of `length` bytes takes from the allocator: pymalloc serves up
-    to 512 bytes in 16-byte steps, glibc malloc the rest with an 8-byte chunk header."""
-    size = _BYTES_OBJECT + length
-    if size <= 512:
-        return (size + 15) & ~15
-    return (size + 23) & ~15
 
 
 class Outcome(Enum):
@@ -87,114 +78,6 @@ class Outcome(Enum):
     NON_NUMERIC = "NON_NUMERIC"
     NO_MEMORY = "NO_MEMORY"
 
-
-class Item:
-    """One item as read from its record: the header's fields, free to change before
-    `Store.save` writes them back, and the value (see `value_of` once stored)."""
-
-    __slots__ = ("bits", "cas", "expires", "flags", "key_length", "last_access", "updated",
-                 "value")
-
-    def __init__(self, value: bytes | memoryview, flags: int, expires: int, key_length: int,
-                 now: int, cas: int = 0, last_access: int = 0, bits: int = 0) -> None:
-        self.value = value
-        self.flags = flags
-        self.expires = expires
-        self.key_length = key_length
-        self.updated = now
-        self.cas = cas
-        self.last_access = last_access or now
-        self.bits = bits
-
-    @property
-    def fetched(self) -> bool:
-        """Hit at least once."""
-        return bool(self.bits & FETCHED)
-
-    @fetched.setter
-    def fetched(self, on: bool) -> None:
-        self.bits = self.bits | FETCHED if on else self.bits & ~FETCHED
-
-    @property
-    def active(self) -> bool:
-        """Hit again since it last moved to the LRU's end."""
-        return bool(self.bits & ACTIVE)
-
-    @active.setter
-    def active(self, on: bool) -> None:
-        self.bits = self.bits | ACTIVE if on else self.bits & ~ACTIVE
-
-    @property
-    def stale(self) -> bool:
-        """Invalidated by a meta I flag."""
-        return bool(self.bits & STALE)
-
-    @stale.setter
-    def stale(self, on: bool) -> None:
-        self.bits = self.bits | STALE if on else self.bits & ~STALE
-
-    @property
-    def token_sent(self) -> bool:
-        """A client holds the win token (meta W)."""
-        return bool(self.bits & TOKEN_SENT)
-
-    @token_sent.setter
-    def token_sent(self, on: bool) -> None:
-        self.bits = self.bits | TOKEN_SENT if on else self.bits & ~TOKEN_SENT
-
-    @property
-    def key_binary(self) -> bool:
-        """Stored under a base64 key by a meta command."""
-        return bool(self.bits & KEY_BINARY)
-
-    @key_binary.setter
-    def key_binary(self, on: bool) -> None:
-        self.bits = self.bits | KEY_BINARY if on else self.bits & ~KEY_BINARY
-
-    @property
-    def size(self) -> int:
-        """Bytes memcached would charge for the item (protocol.sizes.item_size)."""
-        return item_size(self.key_length, len(self.value), self.flags)
-
-    @property
-    def suffix(self) -> bytes:
-        """The " <flags> <bytes>" of a VALUE line."""
-        return b" %d %d" % (self.flags, len(self.value))
-
-    def record(self) -> bytes:
-        """The header and the value as one record (copies the value)."""
-        return HEADER.pack(self.cas, self.expires, self.flags, self.last_access,
-                           self.updated, self.bits) + self.value
-
-
-_unpack_header = HEADER.unpack_from
-
-# A value up to this many bytes is read as a slice of its record (a copy), a longer one as a
-# memoryview: below 4 KiB the copy costs less than the view (90-130 ns vs 210-310 ns, timeit).
-VIEW_FROM = 4096
-
-
-def value_of(record: bytes) -> bytes | memoryview:
-    """The value a record holds, without copying a long one."""
-    if len(record) - _VALUE_AT < VIEW_FROM:
-        return record[_VALUE_AT:]
-    return memoryview(record)[_VALUE_AT:]
-
-
-def decode(key_length: int, record: bytes) -> Item:
-    """The item a record holds; its value as `value_of` reads it."""
-    cas, expires, flags, last_access, updated, bits = _unpack_header(record)
-    return Item(value_of(record), flags, expires, key_length, updated, cas, last_access, bits)
-
-
-def record_size(key: bytes, record: bytes) -> int:
-    """memcached's item size for a stored record."""
-    return item_size(len(key), len(record) - HEADER.size, _FLAGS.unpack_from(record, _FLAGS_AT)[0])
-
-
-def record_cost(key: bytes, record: bytes) -> int:
-    """What the key and record objects take from the allocator."""
-    return allocated(len(key)) + allocated(len(record))
 
 @dataclass(frozen=True, slots=True)
 class ItemFacts:
@@ -355,7 +238,7 @@ class Store:
             self.stats.cmd_get += 1
             self.stats.get_misses += 1
             return None
-        cas, expires, flags, _, updated, bits = _unpack_header(record)
+        cas, expires, flags, _, updated, bits = unpack_header(record)
         now = self.now()
         if (expires and expires <= now) or (
                 self.flush_before and self.flush_before <= now and updated <= self.flush_before):
@@ -395,7 +278,7 @@ class Store:
         if old is None:
             return
         record = item.record()
-        if len(record) != len(old) or item.flags != _FLAGS.unpack_from(old, _FLAGS_AT)[0]:
+        if len(record) != len(old) or item.flags != FLAGS_FIELD.unpack_from(old, FLAGS_AT)[0]:
             self.bytes += item.size - record_size(key, old)
             self.record_bytes += allocated(len(record)) - allocated(len(old))
         self.items[key] = record
@@ -502,10 +385,10 @@ class Store:
                 if self.store_bytes <= target:
                     return
                 record = items.pop(key)
-                if record[_BITS_AT] & ACTIVE:
+                if record[BITS_AT] & ACTIVE:
                     # Fetched since it last moved: a second chance at the LRU's end.
                     second = bytearray(record)
-                    second[_BITS_AT] &= ~ACTIVE
+                    second[BITS_AT] &= ~ACTIVE
                     items[key] = bytes(second)
                     continue
                 self._forget(key, record)

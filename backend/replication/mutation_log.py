@@ -28,7 +28,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 
-from memring.backend.store import Item, Store
+from memring.backend.item_record import Item
+from memring.backend.store import Store
 from memring.protocol.replication import (
     ORIGIN,
     Change,
