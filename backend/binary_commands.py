@@ -26,7 +26,6 @@ from memring.protocol.binary_frames import (
     counter_value,
     encode_response,
     error_response,
-    flags_extras,
     is_quiet,
     parse_arithmetic_extras,
     parse_expiration_extras,
@@ -140,23 +139,23 @@ class BinaryCommands:
     # -- retrieval -----------------------------------------------------------------------
 
     def get(self, request: BinaryRequest, command: int, out: list[bytes]) -> None:
-        item = self.store.get(request.key)
-        if item is None:
+        hit = self.store.fetch(request.key)
+        if hit is None:
             self._miss(request, command, out)
             return
+        flags, cas, value = hit
         # a hit is sent even by getq/getkq: quiet hides only the miss
         out.append(value_response(request.opcode, request.key if command == Opcode.GETK
-                                  else b"", item.flags, item.value, request.opaque, item.cas))
+                                  else b"", flags, value, request.opaque, cas))
 
     def touch(self, request: BinaryRequest, command: int, out: list[bytes]) -> None:
         item = self.store.get_and_touch(request.key, parse_expiration_extras(request.extras))
         if item is None:
             self._miss(request, command, out)
             return
-        out.append(encode_response(BinaryResponse(
-            request.opcode, Status.SUCCESS, request.key if command == Opcode.GATK else b"",
-            flags_extras(item.flags), b"" if command == Opcode.TOUCH else item.value,
-            request.opaque, item.cas)))
+        out.append(value_response(
+            request.opcode, request.key if command == Opcode.GATK else b"", item.flags,
+            b"" if command == Opcode.TOUCH else item.value, request.opaque, item.cas))
 
     # -- storage -------------------------------------------------------------------------
 
@@ -177,7 +176,7 @@ class BinaryCommands:
                 name = b"cas"  # any set/add/replace with a CAS is a cas (process_bin_update)
         outcome = store.store(name, key, request.value, flags, exptime, request.cas)
         if outcome is Outcome.STORED:
-            item = store.items.get(key)
+            item = store.item(key)
             self._success(request, out, cas=item.cas if item is not None else 0)
         elif outcome is Outcome.EXISTS:
             self._error(request, Status.KEY_EEXISTS, out)

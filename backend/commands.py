@@ -19,6 +19,7 @@ from memring.backend.binary_commands import BinaryCommands
 from memring.backend.meta_commands import MetaCommands
 from memring.backend.stats import StatsReport
 from memring.backend.store import Outcome, Store
+from memring.netio.heap import TRIM_THRESHOLD, heap_trim
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
 from memring.protocol.requests import (
@@ -249,12 +250,18 @@ class CommandHandler:
     def _values(self, request: Get, keys: Sequence[bytes], out: list[bytes]) -> None:
         store = self.store
         append = out.append
-        if request.command == b"get":
-            lookup = store.get
+        if request.command == b"get" or (request.with_cas and not request.touches):
+            fetch = store.fetch
+            with_cas = request.with_cas
             for key in keys:
-                item = lookup(key)
-                if item is not None:
-                    append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
+                hit = fetch(key)
+                if hit is None:
+                    continue
+                flags, cas, value = hit
+                if with_cas:
+                    append(b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value))
+                else:
+                    append(b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value))
         else:
             with_cas = request.with_cas
             touch = request.touches
@@ -304,7 +311,12 @@ class CommandHandler:
     # -- administration ----------------------------------------------------------------
 
     def flush_all(self, request: FlushAll, out: list[bytes]) -> None:
+        held = self.store.record_bytes
         self.store.flush_all(request.delay)
+        if held - self.store.record_bytes >= TRIM_THRESHOLD and heap_trim.malloc_trim:
+            # Values over 512 bytes live in glibc's heap, which keeps freed pages mapped:
+            # without a trim a flushed 1 KB-item cache kept all its RSS (docs/benchmarks.md).
+            heap_trim.trim()
         if not request.noreply:
             out.append(b"OK\r\n")
 

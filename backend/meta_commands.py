@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 
-from memring.backend.store import Item, Outcome, Store
+from memring.backend.item_record import Item
+from memring.backend.store import Outcome, Store
 from memring.protocol.requests import (
     MetaArithmetic,
     MetaDebug,
@@ -124,10 +125,10 @@ class MetaCommands:
             out.append(_line(b"VA %d" % len(item.value), parts) + item.value + b"\r\n")
         else:
             out.append(_line(b"HD", parts))
+        if ttl_set or created or won:  # T, N and W changed the item
+            store.save(key, item)
         if not flags.no_bump:
-            store.items.move_to_end(key)
-            item.last_access = now
-            item.fetched = True
+            store.fetched(key, item, now)
 
     def set(self, request: MetaSet, out: list[bytes]) -> None:
         store = self.store
@@ -178,7 +179,7 @@ class MetaCommands:
             return store._link(key, item, explicit_cas), item
         if command == b"add":
             if current is not None:
-                store.items.move_to_end(key)
+                store.bump(key)
                 return Outcome.NOT_STORED, None
             return store._link(key, item, explicit_cas), item
         if command == b"replace":
@@ -191,10 +192,10 @@ class MetaCommands:
                 item.expires = store.absolute_expiry(flags.vivify_ttl)
                 return store._link(key, item, explicit_cas), item
             return Outcome.NOT_STORED, None
-        joined = (current.value + item.value if command == b"append"
-                  else item.value + current.value)
-        outcome = store._replace_value(key, current, joined)
-        return outcome, store.items.get(key)
+        parts = ((current.value, item.value) if command == b"append"
+                 else (item.value, current.value))
+        outcome = store._replace_value(key, current, b"".join(parts))
+        return outcome, store.item(key)
 
     def delete(self, request: MetaDelete, out: list[bytes]) -> None:
         store = self.store
@@ -214,6 +215,7 @@ class MetaCommands:
             item.stale = True
             item.token_sent = False
             item.cas = flags.explicit_cas or store.next_cas()
+            store.save(key, item)
             code = b"HD"
         elif "x" in flags.order:
             # x: drop the value but leave the item in place (protocol.txt, 1.6.27+).
@@ -244,6 +246,7 @@ class MetaCommands:
             created = True
         if outcome is Outcome.STORED and item is not None and flags.explicit_cas:
             item.cas = flags.explicit_cas  # E: the client chooses the new CAS value
+            store.save(key, item)
         if outcome is not Outcome.STORED or item is None:
             code = b"EX" if outcome is Outcome.EXISTS else b"NF"
             out.append(_line(code, _echo(flags, key, flags.base64)))
@@ -266,6 +269,8 @@ class MetaCommands:
                 parts.append(flags.opaque)
             elif flag == "k":
                 parts.append(_key_flag(key, flags.base64))
+        if "T" in flags.order or (created and "N" in flags.order):
+            store.save(key, item)
         digits = b"%d" % value
         if "v" in flags.order:
             out.append(_line(b"VA %d" % len(digits), parts) + digits + b"\r\n")

@@ -109,6 +109,9 @@ class BackendCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_items", "Items in the store", value=len(store.items))
         yield GaugeMetricFamily(f"{PREFIX}_memory_used_bytes",
                                 "Item memory in use (memcached's item size)", value=store.bytes)
+        yield GaugeMetricFamily(f"{PREFIX}_store_bytes",
+                                "What the items cost the process (keys, records, index): "
+                                "what the limit bounds", value=store.store_bytes)
         yield GaugeMetricFamily(f"{PREFIX}_memory_limit_bytes", "Item memory limit",
                                 value=store.memory_limit)
         yield GaugeMetricFamily(f"{PREFIX}_current_connections", "Open client connections",

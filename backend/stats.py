@@ -302,6 +302,9 @@ class StatsReport:
             ("crawler_reclaimed", 0), ("crawler_items_checked", 0), ("lrutail_reflocked", 0),
             ("moves_to_cold", 0), ("moves_to_warm", 0), ("moves_within_lru", 0),
             ("direct_reclaims", 0), ("lru_bumps_dropped", 0),
+            # `bytes` is memcached's item size; this is what the items cost the process
+            # (keys, records, the index), which --memory bounds (backend.store).
+            ("memring_store_bytes", self.store.store_bytes),
             ("memring_version", MEMRING_VERSION),
         ]
 

@@ -1,11 +1,29 @@
-"""The in-memory item store: a hash map in LRU order under a memory limit.
+"""The in-memory item store: one packed record per item in a dict kept in LRU order,
+under a memory limit that counts what the process pays for its items.
 
-Theory of operation: items live in one OrderedDict, least recently used first; a hit
-moves an item to the end, a store that pushes `bytes` past the limit evicts from the
-front. Expiry is lazy (an expired item is dropped when touched) plus `reap()`, which a
-server calls periodically. Expiry times are absolute unix seconds, so replicas that
-copy an item keep the same deadline. Every mutation takes the next 64-bit CAS value,
-as memcached does, and the counters mirror memcached's `stats` names.
+Theory of operation: `items` maps each key to one immutable record, a 29-byte header
+(CAS, expiry, flags, last access, last update, bits) followed by the value; a read
+decodes it into an `Item` whose `value` is a memoryview of the record (no copy; a slice
+below VIEW_FROM bytes, which costs less), and a change writes a new record back (`save`).
+Three Python objects per item (key, record, dict slot) instead of a dozen: measured in
+docs/benchmarks.md "Memory per item". The get and gets replies read (flags, cas, value)
+straight from the record (`fetch`).
+
+The dict's insertion order is the LRU. Hits follow memcached's do_item_bump: the first
+marks an item fetched, the second marks it active, stamps its access time and moves it
+to the end, later ones write nothing; eviction takes the oldest keys from the front and
+gives an active item a second chance (moved to the end, mark cleared). Evicting one key
+at a time from a dict's front rescans the holes deletions leave (66 us per set measured
+at 700k items), so eviction frees a batch: down to the limit minus limit >> 9.
+
+Two totals: `bytes` is memcached's (protocol.sizes.item_size, what `stats bytes`
+reports), `store_bytes` what the items really cost (key and record allocations plus the
+dict's table); eviction keeps `store_bytes` under `memory_limit`.
+
+Expiry is lazy (an expired item is dropped when touched) plus `reap()`, which a server
+calls periodically. Expiry times are absolute unix seconds, so replicas that copy an
+item keep the same deadline. Every mutation takes the next 64-bit CAS value, as
+memcached does, and the counters mirror memcached's `stats` names.
 
 The store knows nothing of sockets or wire formats; the server maps its results to
 replies.
@@ -13,18 +31,43 @@ replies.
 
 from __future__ import annotations
 
+import sys
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
+from itertools import islice
 
+from memring.backend.item_record import (
+    ACTIVE,
+    BITS_AT,
+    FETCHED,
+    FLAGS_AT,
+    FLAGS_FIELD,
+    Item,
+    allocated,
+    decode,
+    record_cost,
+    record_size,
+    unpack_header,
+    value_of,
+)
+from memring.netio.heap import heap_trim
 from memring.protocol.numeric import U64_MAX, parse_stored_number
 from memring.protocol.replication import ItemState
-from memring.protocol.sizes import item_size, slab_class
+from memring.protocol.sizes import slab_class
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30
+
+# Eviction frees down to the limit minus limit >> EVICTION_SLACK_SHIFT (0.2%), taking
+# at most EVICTION_BATCH keys per scan of the dict's front.
+EVICTION_SLACK_SHIFT = 9
+EVICTION_BATCH = 1024
+
+TRIM_AFTER_TABLE = 1 << 20  # a repacked dict table this large is worth a malloc_trim
+
+_EMPTY_DICT = sys.getsizeof({})
 
 
 class Outcome(Enum):
@@ -34,27 +77,6 @@ class Outcome(Enum):
     NOT_FOUND = "NOT_FOUND"
     NON_NUMERIC = "NON_NUMERIC"
     NO_MEMORY = "NO_MEMORY"
-
-
-class Item:
-    """One cached value. `suffix` is the pre-built " <flags> <bytes>" of a VALUE line."""
-
-    __slots__ = ("cas", "expires", "fetched", "flags", "key_binary", "last_access",
-                 "size", "stale", "suffix", "token_sent", "updated", "value")
-
-    def __init__(self, value: bytes, flags: int, expires: int, size: int, now: int) -> None:
-        self.value = value
-        self.flags = flags
-        self.expires = expires
-        self.size = size
-        self.cas = 0
-        self.last_access = now
-        self.updated = now
-        self.fetched = False
-        self.stale = False
-        self.token_sent = False
-        self.key_binary = False
-        self.suffix = b" %d %d" % (flags, len(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +145,11 @@ class Store:
         self.memory_limit = memory_limit
         self.max_item_size = max_item_size
         self.clock = clock
-        self.items: OrderedDict[bytes, Item] = OrderedDict()
-        self.bytes = 0
+        # key -> record (see Item.record), least recently used first.
+        self.items: dict[bytes, bytes] = {}
+        self.bytes = 0  # memcached's figure: the sum of item_size
+        self.record_bytes = 0  # what the keys and records take from the allocator
+        self._table_bytes = _EMPTY_DICT  # the dict's size after its last growth (_fit)
         self.last_cas = 0
         self.stats = StoreStats()
         self.class_evictions: dict[int, ClassEvictions] = {}  # by slab class (stats items)
@@ -135,6 +160,11 @@ class Store:
         # client changed, or None after flush_all; never for expiry or eviction, which stay
         # local. None (the default) costs one attribute test per mutation.
         self.on_change: Callable[[bytes | None], None] | None = None
+
+    @property
+    def store_bytes(self) -> int:
+        """What the items cost the process: keys, records and the dict's table."""
+        return self.record_bytes + sys.getsizeof(self.items) - _EMPTY_DICT
 
     # -- time ----------------------------------------------------------------------
 
@@ -157,19 +187,25 @@ class Store:
 
     # -- lookup --------------------------------------------------------------------
 
+    def item(self, key: bytes) -> Item | None:
+        """The item under key as stored, expired or not (replication reads, dumps)."""
+        record = self.items.get(key)
+        return None if record is None else decode(len(key), record)
+
     def _live(self, key: bytes, now: int) -> Item | None:
         """The item under key if it has neither expired nor been flushed."""
-        item = self.items.get(key)
-        if item is None:
+        record = self.items.get(key)
+        if record is None:
             return None
+        item = decode(len(key), record)
         if item.expires and item.expires <= now:
-            self._unlink(key, item)
+            self._unlink(key)
             self.stats.get_expired += 1
             if not item.fetched:
                 self.stats.expired_unfetched += 1
             return None
         if self.flush_before and self._flushed(item, now):
-            self._unlink(key, item)
+            self._unlink(key)
             self.stats.get_flushed += 1
             return None
         return item
@@ -190,11 +226,64 @@ class Store:
             stats.get_misses += 1
             return None
         stats.get_hits += 1
-        if bump:
-            self.items.move_to_end(key)
-            item.last_access = now
-            item.fetched = True
+        if bump and not item.bits & ACTIVE:
+            self.fetched(key, item, now)
         return item
+
+    def fetch(self, key: bytes) -> tuple[int, int, bytes | memoryview] | None:
+        """`get` for the get and gets replies, without building an Item: (flags, cas,
+        value) of the live item, a view of its record; counted and marked as `get` does."""
+        record = self.items.get(key)
+        if record is None:
+            self.stats.cmd_get += 1
+            self.stats.get_misses += 1
+            return None
+        cas, expires, flags, _, updated, bits = unpack_header(record)
+        now = self.now()
+        if (expires and expires <= now) or (
+                self.flush_before and self.flush_before <= now and updated <= self.flush_before):
+            self.get(key)  # the expiry or flush, counted as get counts it
+            return None
+        if not bits & ACTIVE:
+            self.fetched(key, decode(len(key), record), now)
+        stats = self.stats
+        stats.cmd_get += 1
+        stats.get_hits += 1
+        return flags, cas, value_of(record)
+
+    def fetched(self, key: bytes, item: Item, now: int) -> None:
+        """A hit, as memcached's do_item_bump counts it: the first marks the item fetched;
+        the second marks it active, stamps its access time and moves it to the LRU's end;
+        later hits write nothing until eviction clears the mark."""
+        if item.bits & ACTIVE:
+            return
+        if not item.bits & FETCHED:
+            item.bits |= FETCHED
+            self.save(key, item)
+            return
+        item.bits |= ACTIVE
+        item.last_access = now
+        self.save(key, item, bump=True)
+
+    def bump(self, key: bytes) -> None:
+        """Move the item under key to the LRU's end (a failed add, as memcached does)."""
+        record = self.items.pop(key, None)
+        if record is not None:
+            self.items[key] = record
+
+    def save(self, key: bytes, item: Item, bump: bool = False) -> None:
+        """Write a changed item back under key (if it is still there), in place in the
+        LRU or, with `bump`, moved to its end."""
+        old = self.items.pop(key, None) if bump else self.items.get(key)
+        if old is None:
+            return
+        record = item.record()
+        if len(record) != len(old) or item.flags != FLAGS_FIELD.unpack_from(old, FLAGS_AT)[0]:
+            self.bytes += item.size - record_size(key, old)
+            self.record_bytes += allocated(len(record)) - allocated(len(old))
+        self.items[key] = record
+        if bump:
+            self._fit()
 
     def get_and_touch(self, key: bytes, exptime: int) -> Item | None:
         now = self.now()
@@ -206,9 +295,10 @@ class Store:
             return None
         stats.touch_hits += 1
         item.expires = self.absolute_expiry(exptime, now)
-        self.items.move_to_end(key)
         item.last_access = now
         item.fetched = True
+        item.active = True
+        self.save(key, item, bump=True)
         if self.on_change is not None:
             self.on_change(key)
         return item
@@ -222,61 +312,106 @@ class Store:
             return False
         self.stats.touch_hits += 1
         item.expires = self.absolute_expiry(exptime, now)
-        self.items.move_to_end(key)
         item.last_access = now
+        self.save(key, item, bump=True)
         if self.on_change is not None:
             self.on_change(key)
         return True
 
     # -- mutation ------------------------------------------------------------------
 
-    def _unlink(self, key: bytes, item: Item) -> None:
-        del self.items[key]
-        self.bytes -= item.size
+    def _unlink(self, key: bytes) -> None:
+        record = self.items.pop(key, None)
+        if record is not None:
+            self._forget(key, record)
+
+    def _forget(self, key: bytes, record: bytes) -> None:
+        self.bytes -= record_size(key, record)
+        self.record_bytes -= record_cost(key, record)
+
+    def _put(self, key: bytes, record: bytes, size: int) -> None:
+        """Insert a record at the LRU's end (the key must be absent) and evict to fit."""
+        self.items[key] = record
+        self.bytes += size
+        self.record_bytes += record_cost(key, record)
+        self._fit()
+
+    def _fit(self) -> None:
+        """After an insertion: repack the dict if it just grew its table, then evict to the
+        limit. A dict whose inserts and deletes churn fills its entries with holes and then
+        grows to 3x its items (CPython's GROWTH_RATE): 101 B of table per item at 412k
+        items in 128 MB, measured; a copy sizes it to 1.5x (50 B), once per growth."""
+        table = sys.getsizeof(self.items)
+        if table > self._table_bytes:
+            fresh = dict(self.items)  # keeps the LRU order
+            if sys.getsizeof(fresh) < table:
+                self.items = fresh
+                del fresh
+                if table >= TRIM_AFTER_TABLE and heap_trim.malloc_trim is not None:
+                    # the two tables let go were in the heap's middle: hand their pages back
+                    # (at --memory 16 RSS stayed 1.31x the limit without, measured)
+                    heap_trim.malloc_trim(0)
+                table = sys.getsizeof(self.items)
+            self._table_bytes = table
+        if self.record_bytes + table - _EMPTY_DICT > self.memory_limit:
+            self._evict()
 
     def _link(self, key: bytes, item: Item, cas: int = 0) -> Outcome:
         """Insert or replace under key with a new CAS, evicting LRU items to fit."""
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
-        if item.size > self.memory_limit:
+        replaced = key in self.items
+        self._unlink(key)
+        size = item.size
+        if size > self.memory_limit:
             self.stats.store_no_memory += 1
-            if old is not None and self.on_change is not None:
+            if replaced and self.on_change is not None:
                 self.on_change(key)
             return Outcome.NO_MEMORY
         item.cas = cas or self.next_cas()
-        self.items[key] = item
-        self.bytes += item.size
+        self._put(key, item.record(), size)
         self.stats.total_items += 1
-        if self.bytes > self.memory_limit:
-            self._evict()
         if self.on_change is not None:
             self.on_change(key)
         return Outcome.STORED
 
     def _evict(self) -> None:
+        """Free LRU items down to the limit minus the slack, a batch of keys per scan."""
         items = self.items
+        target = self.memory_limit - (self.memory_limit >> EVICTION_SLACK_SHIFT)
         now = self.now()
-        while self.bytes > self.memory_limit and items:
-            _key, victim = items.popitem(last=False)
-            self.bytes -= victim.size
-            if victim.expires and victim.expires <= now:
-                self.stats.reclaimed += 1
-            else:
-                self.stats.evictions += 1
-                if not victim.fetched:
-                    self.stats.evicted_unfetched += 1
-                cls = slab_class(victim.size)
-                by_class = self.class_evictions.get(cls) or self.class_evictions.setdefault(
-                    cls, ClassEvictions())
-                by_class.evicted += 1
-                by_class.evicted_nonzero += victim.expires != 0
-                by_class.evicted_time = now - victim.last_access
+        # Each pass evicts or clears the active mark of every key it takes, so at most
+        # 2 * len(items) keys are visited.
+        while items and self.store_bytes > target:
+            for key in list(islice(items, EVICTION_BATCH)):
+                if self.store_bytes <= target:
+                    return
+                record = items.pop(key)
+                if record[BITS_AT] & ACTIVE:
+                    # Fetched since it last moved: a second chance at the LRU's end.
+                    second = bytearray(record)
+                    second[BITS_AT] &= ~ACTIVE
+                    items[key] = bytes(second)
+                    continue
+                self._forget(key, record)
+                self._count_eviction(decode(len(key), record), now)
 
-    def make_item(self, key: bytes, value: bytes, flags: int, exptime: int) -> Item:
+    def _count_eviction(self, victim: Item, now: int) -> None:
+        if victim.expires and victim.expires <= now:
+            self.stats.reclaimed += 1
+            return
+        self.stats.evictions += 1
+        if not victim.fetched:
+            self.stats.evicted_unfetched += 1
+        cls = slab_class(victim.size)
+        by_class = self.class_evictions.get(cls) or self.class_evictions.setdefault(
+            cls, ClassEvictions())
+        by_class.evicted += 1
+        by_class.evicted_nonzero += victim.expires != 0
+        by_class.evicted_time = now - victim.last_access
+
+    def make_item(self, key: bytes, value: bytes | memoryview, flags: int,
+                  exptime: int) -> Item:
         now = self.now()
-        return Item(value, flags, self.absolute_expiry(exptime, now),
-                    item_size(len(key), len(value), flags), now)
+        return Item(value, flags, self.absolute_expiry(exptime, now), len(key), now)
 
     def store(self, command: bytes, key: bytes, value: bytes, flags: int, exptime: int,
               cas_unique: int = 0) -> Outcome:
@@ -289,7 +424,7 @@ class Store:
         if command == b"add":
             if current is not None:
                 # memcached bumps the existing item on a failed add.
-                self.items.move_to_end(key)
+                self.bump(key)
                 return Outcome.NOT_STORED
             return self._link(key, self.make_item(key, value, flags, exptime))
         if command == b"replace":
@@ -308,12 +443,11 @@ class Store:
         # append / prepend keep the item's flags and expiry.
         if current is None:
             return Outcome.NOT_STORED
-        joined = current.value + value if command == b"append" else value + current.value
-        return self._replace_value(key, current, joined)
+        parts = (current.value, value) if command == b"append" else (value, current.value)
+        return self._replace_value(key, current, b"".join(parts))
 
     def _replace_value(self, key: bytes, current: Item, value: bytes) -> Outcome:
-        item = Item(value, current.flags, current.expires,
-                    item_size(len(key), len(value), current.flags), self.now())
+        item = Item(value, current.flags, current.expires, len(key), self.now())
         item.key_binary = current.key_binary
         if item.size > self.max_item_size:
             return Outcome.NOT_STORED
@@ -324,7 +458,7 @@ class Store:
         if item is None:
             self.stats.delete_misses += 1
             return False
-        self._unlink(key, item)
+        self._unlink(key)
         self.stats.delete_hits += 1
         if self.on_change is not None:
             self.on_change(key)
@@ -332,9 +466,8 @@ class Store:
 
     def drop(self, key: bytes) -> None:
         """Remove key without counting it as a client delete (a failed overwrite)."""
-        item = self.items.get(key)
-        if item is not None:
-            self._unlink(key, item)
+        if key in self.items:
+            self._unlink(key)
             if self.on_change is not None:
                 self.on_change(key)
 
@@ -352,7 +485,7 @@ class Store:
             return Outcome.NOT_FOUND, 0, None
         if cas_unique and item.cas != cas_unique:
             return Outcome.EXISTS, 0, item
-        current = parse_stored_number(item.value)
+        current = parse_stored_number(bytes(item.value))
         if current is None:
             return Outcome.NON_NUMERIC, 0, item
         if incr:
@@ -365,17 +498,15 @@ class Store:
         old_length = len(item.value)
         if len(digits) <= old_length:
             # memcached rewrites in place, padding a shorter number with spaces.
-            digits = digits.ljust(old_length)
-            item.value = digits
-            item.suffix = b" %d %d" % (item.flags, old_length)
+            item.value = memoryview(digits.ljust(old_length))
             item.cas = self.next_cas()
             item.updated = self.now()
-            self.items.move_to_end(key)
+            self.save(key, item, bump=True)
             if self.on_change is not None:
                 self.on_change(key)
             return Outcome.STORED, value, item
         self._replace_value(key, item, digits)
-        return Outcome.STORED, value, self.items.get(key)
+        return Outcome.STORED, value, self.item(key)
 
     def add_counter(self, key: bytes, initial: int, exptime: int) -> Item | None:
         """Binary incr/decr's create on a miss: `initial` stored as an add would store it
@@ -388,6 +519,13 @@ class Store:
             return None
         return item
 
+    def _clear(self) -> None:
+        # A new dict rather than clear(): the old table goes back to the allocator at once.
+        self.items = {}
+        self.bytes = 0
+        self.record_bytes = 0
+        self._table_bytes = _EMPTY_DICT
+
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1
         self._settle_flush(self.now())
@@ -396,8 +534,7 @@ class Store:
         else:
             # An immediate flush: everything stored so far is gone. memcached marks the
             # moment with a CAS watermark, which spends one CAS value; so do we.
-            self.items.clear()
-            self.bytes = 0
+            self._clear()
             self.flush_before = 0
             self.next_cas()
         if self.on_change is not None:
@@ -412,29 +549,22 @@ class Store:
         node, once leader, hands out only values no replica has seen.
         """
         key = state.key
-        item = Item(state.value, state.flags, state.expires,
-                    item_size(len(key), len(state.value), state.flags), state.updated)
+        item = Item(state.value, state.flags, state.expires, len(key), state.updated)
         item.last_access = self.now()
         item.cas = state.cas
         item.stale = state.stale
         item.key_binary = state.key_binary
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
+        self._unlink(key)
         if state.cas > self.last_cas:
             self.last_cas = state.cas
-        if item.size > self.memory_limit:
+        size = item.size
+        if size > self.memory_limit:
             return
-        self.items[key] = item
-        self.bytes += item.size
-        if self.bytes > self.memory_limit:
-            self._evict()
+        self._put(key, item.record(), size)
 
     def remove(self, key: bytes) -> None:
         """A replicated delete: no stats, no expiry check."""
-        old = self.items.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
+        self._unlink(key)
 
     def apply_flush(self, flush_before: int) -> None:
         """A replicated flush_all: 0 empties the store, else a delayed flush's deadline."""
@@ -442,21 +572,20 @@ class Store:
         if flush_before:
             self.flush_before = flush_before
             return
-        self.items.clear()
-        self.bytes = 0
+        self._clear()
         self.flush_before = 0
 
     def reap(self, budget: int = 1000) -> int:
         """Drop up to `budget` expired or flushed items from the LRU's cold end."""
         now = self.now()
         dropped = 0
-        for key in list(self._oldest(budget)):
-            item = self.items.get(key)
+        for key in list(islice(self.items, budget)):
+            item = self.item(key)
             if item is None:
                 continue
             if (item.expires and item.expires <= now) or (
                     self.flush_before and self._flushed(item, now)):
-                self._unlink(key, item)
+                self._unlink(key)
                 self.stats.reclaimed += 1
                 dropped += 1
         if not dropped:
@@ -468,18 +597,10 @@ class Store:
         a later flush_all must not bring those items back by replacing its deadline (found
         by tests/unit/test_follower_apply.py: leader and follower then disagreed)."""
         if self.flush_before and self.flush_before <= now:
-            for key, item in list(self.items.items()):
-                if self._flushed(item, now):
-                    self._unlink(key, item)
+            for key, record in list(self.items.items()):
+                if self._flushed(decode(len(key), record), now):
+                    self._unlink(key)
             self.flush_before = 0
-
-    def _oldest(self, count: int) -> list[bytes]:
-        keys = []
-        for key in self.items:
-            keys.append(key)
-            if len(keys) >= count:
-                break
-        return keys
 
     # -- reading without touching (stats, dumps) ------------------------------------------
 
@@ -487,6 +608,12 @@ class Store:
         """`stats reset`: every counter back to zero (the items stay)."""
         self.stats.reset()
         self.class_evictions.clear()
+
+    def each_item(self) -> Iterator[tuple[bytes, Item]]:
+        """Every (key, item), least recently used first, expired or not (the store must
+        not change while this runs)."""
+        for key, record in self.items.items():
+            yield key, decode(len(key), record)
 
     def keys_by_age(self) -> list[bytes]:
         """Every key, least recently used first: a snapshot a dump walks while the store
@@ -496,7 +623,7 @@ class Store:
     def describe(self, key: bytes) -> ItemFacts | None:
         """The item under `key` as the dumps show it, without a fetch, an LRU bump or
         expiry (None once it is gone)."""
-        item = self.items.get(key)
+        item = self.item(key)
         if item is None:
             return None
         now = self.now()
@@ -507,5 +634,5 @@ class Store:
 
     def set_memory_limit(self, limit: int) -> None:
         self.memory_limit = limit
-        if self.bytes > limit:
+        if self.store_bytes > limit:
             self._evict()

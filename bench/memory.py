@@ -12,6 +12,7 @@ the 1.25 x 128 MB target. Servers run one at a time and are always stopped (also
     .venv/bin/python bench/memory.py                  # full run, ~3 min
     .venv/bin/python bench/memory.py --quick          # a tenth of the items, -m 16, ~40 s
     .venv/bin/python bench/memory.py --json /tmp/memory.json
+    .venv/bin/python bench/memory.py --case 'full -m 128' --servers memring
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class Measurement:
     flushed_rss: int
     flushed_later_rss: int
     fill_seconds: float
+    store_bytes: int  # memring's own figure (stats memring_store_bytes), what --memory bounds
+    load: float  # 1-minute load average when the cache was full (the machine is shared)
 
     @property
     def rss_per_item(self) -> float:
@@ -210,6 +213,7 @@ def measure(kind: str, case: str, value_size: int, count: int, memory_mb: int,
             seconds = fill(sock, value_size, count, label)
             figures = stats(sock)
             full = rss_bytes(process.pid)
+            load = os.getloadavg()[0]
             sock.sendall(b"flush_all\r\n")
             if read_until(sock, b"\r\n") != b"OK\r\n":
                 raise BenchError(f"{label}: flush_all did not answer OK")
@@ -218,7 +222,7 @@ def measure(kind: str, case: str, value_size: int, count: int, memory_mb: int,
             later = rss_bytes(process.pid)
     return Measurement(case, kind, value_size, memory_mb, count, int(figures["curr_items"]),
                        int(figures["bytes"]), int(figures.get("evictions", 0)), idle, full,
-                       flushed, later, seconds)
+                       flushed, later, seconds, int(figures.get("memring_store_bytes", 0)), load)
 
 
 def mb(n: float) -> str:
@@ -228,8 +232,8 @@ def mb(n: float) -> str:
 def table(results: list[Measurement]) -> str:
     """The results as markdown, memring beside memcached for each case."""
     rows = ["| case | server | offered | kept | `bytes` | idle RSS MB | full RSS MB "
-            "| RSS/item B | ratio | fill s | after flush_all MB | +3 s MB |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| RSS/item B | ratio | fill s | after flush_all MB | +3 s MB | load |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by_case: dict[str, dict[str, Measurement]] = {}
     for m in results:
         by_case.setdefault(m.case, {})[m.server] = m
@@ -242,7 +246,7 @@ def table(results: list[Measurement]) -> str:
             rows.append(f"| {case} | {m.server} | {m.offered:,} | {m.kept:,} | {m.bytes:,} "
                         f"| {mb(m.idle_rss)} | {mb(m.full_rss)} | {m.rss_per_item:,.0f} "
                         f"| {ratio} | {m.fill_seconds:.1f} | {mb(m.flushed_rss)} "
-                        f"| {mb(m.flushed_later_rss)} |")
+                        f"| {mb(m.flushed_later_rss)} | {m.load:.1f} |")
     return "\n".join(rows)
 
 
@@ -258,7 +262,8 @@ def full_cache_verdicts(results: list[Measurement]) -> list[str]:
         lines.append(f"{m.case} {m.server}: RSS above idle {mb(above)} MB = "
                      f"{above / (m.memory_mb * MB):.2f}x the {m.memory_mb} MB limit, {verdict} "
                      f"the {TARGET_FACTOR} x target ({mb(target)} MB); "
-                     f"evictions {m.evictions:,}")
+                     f"evictions {m.evictions:,}"
+                     + (f"; memring_store_bytes {mb(m.store_bytes)} MB" if m.store_bytes else ""))
     return lines
 
 
@@ -268,6 +273,8 @@ def main() -> int:
     parser.add_argument("--servers", default=",".join(KINDS),
                         help="comma-separated: memcached, memring (default both)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and the table here")
+    parser.add_argument("--case", action="append", metavar="NAME",
+                        help="run only this case (repeatable), e.g. --case 'full -m 128'")
     args = parser.parse_args()
     kinds = [k for k in args.servers.split(",") if k]
     if unknown := set(kinds) - set(KINDS):
@@ -276,6 +283,8 @@ def main() -> int:
     results: list[Measurement] = []
     try:
         for case, value_size, count, memory_mb in QUICK_CASES if args.quick else FULL_CASES:
+            if args.case and case not in args.case:
+                continue
             for kind in kinds:
                 results.append(measure(kind, case, value_size, count, memory_mb))
     except BenchError as error:

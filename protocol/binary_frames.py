@@ -142,7 +142,7 @@ class BinaryResponse:
     datatype: int = RAW_BYTES
 
 
-def _frame(magic: int, opcode: int, key: bytes, extras: bytes, value: bytes,
+def _frame(magic: int, opcode: int, key: bytes, extras: bytes, value: bytes | memoryview,
            datatype: int, vbucket_or_status: int, opaque: int, cas: int) -> bytes:
     body = len(extras) + len(key) + len(value)
     return HEADER.pack(magic, opcode, len(key), len(extras), datatype, vbucket_or_status,
@@ -167,7 +167,7 @@ def error_response(opcode: int, status: int, opaque: int, text: bytes | None = N
     return _frame(MAGIC_RESPONSE, opcode, b"", b"", body, RAW_BYTES, status, opaque, 0)
 
 
-def value_response(opcode: int, key: bytes, flags: int, value: bytes, opaque: int,
+def value_response(opcode: int, key: bytes, flags: int, value: bytes | memoryview, opaque: int,
                    cas: int) -> bytes:
     """A get hit's reply (extras: the flags; `key` empty unless getk/gatk), packed at once:
     the hot path of a binary get."""

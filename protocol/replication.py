@@ -107,7 +107,7 @@ class ItemState:
     """An item exactly as the leader holds it; `expires` and `updated` are unix seconds."""
 
     key: bytes
-    value: bytes
+    value: bytes | memoryview  # a long value is a view of the store's record: no copy
     flags: int
     expires: int
     cas: int

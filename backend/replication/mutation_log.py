@@ -28,7 +28,8 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 
-from memring.backend.store import Item, Store
+from memring.backend.item_record import Item
+from memring.backend.store import Store
 from memring.protocol.replication import (
     ORIGIN,
     Change,
@@ -188,7 +189,7 @@ class StoreRecorder:
         if not self._pending:
             return []
         pending, self._pending = self._pending, []
-        items = self.store.items
+        item_at = self.store.item
         record = self.log.record
         recorded: list[Mutation] = []
         seen: set[bytes] = set()
@@ -200,6 +201,6 @@ class StoreRecorder:
             if key in seen:
                 continue
             seen.add(key)
-            item = items.get(key)
+            item = item_at(key)
             recorded.append(record(Deletion(key) if item is None else item_state(key, item)))
         return recorded

@@ -53,7 +53,6 @@ class StoreSnapshot:
     def next_chunk(self) -> list[ItemState]:
         """The current state of the next live items; empty once every key was visited."""
         store = self.store
-        items = store.items
         now = store.now()
         flush_before = store.flush_before
         keys = self._keys
@@ -63,7 +62,7 @@ class StoreSnapshot:
                 size < self.chunk_bytes):
             key = keys[self._next]
             self._next += 1
-            item = items.get(key)
+            item = store.item(key)
             if item is None or (item.expires and item.expires <= now):
                 continue
             if flush_before and flush_before <= now and item.updated <= flush_before:

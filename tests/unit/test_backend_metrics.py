@@ -58,3 +58,18 @@ def test_tls_handshake_errors_only_with_tls(private_ca: CertificateAuthority) ->
     report.tls.handshake_errors = 3
     text = generate_latest(registry_for(CommandHandler(store, report))).decode()
     assert "memring_backend_tls_handshake_errors_total 3.0" in text
+
+
+def test_store_bytes_beside_memcached_bytes() -> None:
+    """/metrics and `stats` show memcached's item sizes and what the items cost the process."""
+    store = Store()
+    for i in range(100):
+        store.store(b"set", b"k%d" % i, b"v" * 100, 0, 0)
+    report = StatsReport(BackendSettings(), store, ServerCounters())
+    text = generate_latest(registry_for(CommandHandler(store, report))).decode()
+    assert f"memring_backend_memory_used_bytes {float(store.bytes)}" in text
+    assert f"memring_backend_store_bytes {float(store.store_bytes)}" in text
+    assert store.store_bytes > store.bytes > 0
+    pairs = dict(report.general())
+    assert pairs["bytes"] == store.bytes
+    assert pairs["memring_store_bytes"] == store.store_bytes

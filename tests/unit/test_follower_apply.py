@@ -107,7 +107,7 @@ def replicate(follower: FollowerState, mutations: list[Mutation]) -> Position:
 def live(store: Store) -> dict[bytes, tuple[bytes, int, int, int, bool]]:
     now = store.now()
     held = {}
-    for key, item in store.items.items():
+    for key, item in store.each_item():
         if item.expires and item.expires <= now:
             continue
         if store.flush_before and store.flush_before <= now and (
@@ -165,7 +165,7 @@ def test_follower_holds_the_leaders_items_after_any_mix(script: list[bytes]) -> 
         replicate(follower, leader.log.since(before) or [])
         assert live(follower.store) == live(leader.store)
     assert follower.position == leader.log.newest
-    assert follower.store.last_cas >= max((i.cas for i in leader.store.items.values()),
+    assert follower.store.last_cas >= max((i.cas for i in (i for _, i in leader.store.each_item())),
                                           default=0)
 
 
@@ -233,8 +233,10 @@ def test_snapshot_while_writes_change_every_kind_of_key() -> None:
               b"incr k5 10\r\n", b"flush_all\r\n", b"set after 0 0 1\r\na\r\n",
               b"touch k3 10\r\n"]
     snapshot_catch_up(leader, clock, follower, during)
+    after = leader.store.item(b"after")
+    assert after is not None
     assert live(follower.store) == live(leader.store) == {
-        b"after": (b"a", 0, 0, leader.store.items[b"after"].cas, False)}
+        b"after": (b"a", 0, 0, after.cas, False)}
 
 
 def test_an_older_epoch_and_a_gap_are_rejected() -> None:
@@ -273,7 +275,7 @@ def test_cas_values_survive_and_stay_unique_after_failover() -> None:
     replicate(lagging, (leader.log.since(Position(0, 0)) or [])[:10])
     gets = leader.run(b"gets k2\r\n")
     cas = int(gets.split(b"\r\n")[0].split()[-1])
-    replicated = {item.cas for item in follower.store.items.values()}
+    replicated = {item.cas for item in (i for _, i in follower.store.each_item())}
 
     # The follower becomes the leader of epoch 2.
     promoted = Leader(clock, store=follower.store, log=mirror)
@@ -281,7 +283,7 @@ def test_cas_values_survive_and_stay_unique_after_failover() -> None:
     assert promoted.run(b"cas k2 0 0 1 %d\r\nY\r\n" % cas) == b"STORED\r\n"
     for i in range(30):
         promoted.run(b"set k%d 0 0 1\r\nn\r\n" % i)
-    fresh = [item.cas for item in promoted.store.items.values()]
+    fresh = [item.cas for item in (i for _, i in promoted.store.each_item())]
     assert min(fresh) > max(replicated) >= 5000
     assert len(set(fresh)) == len(fresh)
     # The follower that lagged resumes from the new leader's backlog across the epochs.

@@ -128,7 +128,8 @@ def test_recorder_captures_client_changes_but_not_expiry_or_eviction() -> None:
     store.arithmetic(b"a", True, 4)
     store.touch(b"a", 100)
     changes = [m.change for m in recorder.commit()]
-    a = store.items[b"a"]
+    a = store.item(b"a")
+    assert a is not None
     assert changes == [ItemState(b"a", b"5", 3, a.expires, a.cas, a.updated)]
     store.delete(b"a")
     store.flush_all(60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from memring.backend.store import MAX_RELATIVE_EXPTIME, Outcome, Store
@@ -105,8 +107,9 @@ def test_lru_eviction_near_the_limit(clock: FakeClock) -> None:
     for i in range(200):
         store.store(b"set", b"k%d" % i, b"v" * 1000, 0, 0)
         store.get(b"k0")  # k0 stays hot
-    assert store.bytes <= 100_000
-    assert store.bytes > 100_000 - 2000
+    # the limit counts what the items cost the process (store_bytes), not memcached's bytes
+    assert store.bytes < store.store_bytes <= 100_000
+    assert store.store_bytes > 100_000 - 2 * 1100
     assert store.peek(b"k0") is not None
     assert store.peek(b"k1") is None
     assert store.stats.evictions == 200 - len(store.items)
@@ -132,4 +135,57 @@ def test_reap_drops_expired_items(store: Store, clock: FakeClock) -> None:
     clock.now += 1
     assert store.reap() == 25
     assert len(store.items) == 25
-    assert store.bytes == sum(item.size for item in store.items.values())
+    assert store.bytes == sum(item.size for _, item in store.each_item())
+
+
+def test_store_bytes_is_what_the_items_cost(clock: FakeClock) -> None:
+    """The limit's figure matches what the allocator hands out for the items (tracemalloc),
+    within 10%, for short and long values."""
+    import tracemalloc
+
+    for size in (10, 100, 3000):
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        store = Store(memory_limit=1 << 30, clock=clock)
+        for i in range(20_000):
+            store.store(b"set", b"k%012d" % i, b"v" * size, 0, 0)
+        traced = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        assert 0.9 * traced <= store.store_bytes <= 1.1 * traced, (size, traced, store.store_bytes)
+        assert store.store_bytes > store.bytes
+
+
+def test_eviction_keeps_store_bytes_under_the_limit_through_churn(clock: FakeClock) -> None:
+    store = Store(memory_limit=2 << 20, clock=clock)
+    for i in range(60_000):
+        store.store(b"set", b"k%012d" % i, b"v" * 100, 0, 0)
+        assert store.store_bytes <= store.memory_limit
+    assert store.store_bytes > store.memory_limit * 0.95
+    assert store.stats.evictions == 60_000 - len(store.items)
+    # the dict is repacked when churn grows its table: about 1.5x its items, not 3x
+    assert sys.getsizeof(store.items) <= sys.getsizeof(dict(store.items)) * 2
+
+
+def test_hits_mark_fetched_then_active_as_memcached(clock: FakeClock) -> None:
+    store = Store(clock=clock)
+    store.store(b"set", b"a", b"1", 0, 0)
+    store.store(b"set", b"b", b"2", 0, 0)
+    clock.now += 5
+    first = store.get(b"a")
+    assert first is not None
+    facts = store.describe(b"a")
+    assert facts is not None and facts.fetched and facts.last_access == int(clock.now) - 5
+    assert store.keys_by_age() == [b"a", b"b"]  # the first hit does not move it
+    store.get(b"a")
+    facts = store.describe(b"a")
+    assert facts is not None and facts.last_access == int(clock.now)
+    assert store.keys_by_age() == [b"b", b"a"]  # the second stamps and moves it
+
+
+def test_flush_all_gives_the_table_back(clock: FakeClock) -> None:
+    store = Store(clock=clock)
+    for i in range(10_000):
+        store.store(b"set", b"k%d" % i, b"v", 0, 0)
+    store.flush_all()
+    assert (store.bytes, store.record_bytes, store.store_bytes) == (0, 0, 0)
+    assert store.get(b"k1") is None
