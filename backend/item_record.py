@@ -19,6 +19,8 @@ from memring.protocol.sizes import item_size
 HEADER = Struct("<QqIIIB")
 FLAGS_FIELD = Struct("<I")
 FLAGS_AT = 16
+EXPIRES_FIELD = Struct("<q")
+EXPIRES_AT = 8
 BITS_AT = HEADER.size - 1
 VALUE_AT = HEADER.size
 FETCHED = 1
@@ -136,6 +138,11 @@ def decode(key_length: int, record: bytes) -> Item:
     """The item a record holds; its value as `value_of` reads it."""
     cas, expires, flags, last_access, updated, bits = unpack_header(record)
     return Item(value_of(record), flags, expires, key_length, updated, cas, last_access, bits)
+
+
+def expiry_of(record: bytes) -> int:
+    """A record's absolute expiry (0: never), without decoding the rest."""
+    return int(EXPIRES_FIELD.unpack_from(record, EXPIRES_AT)[0])
 
 
 def record_size(key: bytes, record: bytes) -> int:

@@ -49,6 +49,7 @@ from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.heap import TRIM_THRESHOLD, heap_trim
 from memring.netio.ready_loop import Handoff, HangUp, Receiver
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
@@ -64,6 +65,7 @@ log = logging.getLogger("memring.backend")
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
+CRAWL_INTERVAL = 30.0  # seconds between crawls for expired items (Store.crawl_expired)
 
 
 def _held_from(out: list[bytes], sendable: int) -> int:
@@ -158,10 +160,26 @@ class BackendServer:
         self._reaper.cancel()
 
     async def _reap_forever(self) -> None:
+        """Expired items: the LRU's cold end every reap interval, and every CRAWL_INTERVAL a
+        crawl of all of them (Store.crawl_expired; off with `lru_crawler disable`), a chunk
+        at a time with other connections served between chunks."""
+        runtime = self.stats.runtime
+        crawled = trio.current_time()
         with self._reaper:
             while True:
                 await trio.sleep(self.settings.reap_interval)
                 self.store.reap()
+                if trio.current_time() - crawled < CRAWL_INTERVAL:
+                    continue
+                crawled = trio.current_time()
+                if runtime.lru_crawler and self.store.items:
+                    held = self.store.record_bytes
+                    for _dropped in self.store.crawl_expired():
+                        await trio.lowlevel.checkpoint()
+                    # what the crawl freed goes back to the system, as after flush_all
+                    if (held - self.store.record_bytes >= TRIM_THRESHOLD
+                            and heap_trim.malloc_trim is not None):
+                        heap_trim.trim()
 
     def opened(self, conn: Connection) -> Receiver:
         """ReadyHandler: a new connection, its parser chosen by the first byte."""

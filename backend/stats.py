@@ -299,7 +299,8 @@ class StatsReport:
             ("evicted_active", 0),
             ("evictions", s.evictions),
             ("reclaimed", s.reclaimed),
-            ("crawler_reclaimed", 0), ("crawler_items_checked", 0), ("lrutail_reflocked", 0),
+            ("crawler_reclaimed", s.crawler_reclaimed),
+            ("crawler_items_checked", s.crawler_items_checked), ("lrutail_reflocked", 0),
             ("moves_to_cold", 0), ("moves_to_warm", 0), ("moves_within_lru", 0),
             ("direct_reclaims", 0), ("lru_bumps_dropped", 0),
             # `bytes` is memcached's item size; this is what the items cost the process

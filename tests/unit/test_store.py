@@ -138,6 +138,32 @@ def test_reap_drops_expired_items(store: Store, clock: FakeClock) -> None:
     assert store.bytes == sum(item.size for _, item in store.each_item())
 
 
+def test_the_crawl_drops_expired_items_the_cold_end_hides(clock: FakeClock) -> None:
+    """reap() looks at the LRU's cold end only: behind a long-lived item, expired ones would
+    hold their memory until evicted. The crawl walks every key, a chunk at a time."""
+    store = Store(memory_limit=1 << 30, clock=clock)
+    for i in range(3000):
+        store.store(b"set", b"live%d" % i, b"x", 0, 0)
+    for i in range(5000):
+        store.store(b"set", b"gone%d" % i, b"x" * 100, 0, 5)
+    clock.now += 10
+    held = store.record_bytes
+    assert store.reap() == 0  # the 1,000 coldest items live
+    chunks = list(store.crawl_expired(chunk=1024))
+    assert len(chunks) == 8 and sum(chunks) == 5000
+    assert len(store.items) == 3000 and all(k.startswith(b"live") for k in store.items)
+    assert store.stats.crawler_reclaimed == 5000 and store.stats.crawler_items_checked == 8000
+    assert store.record_bytes < held / 3
+    assert store.bytes == sum(item.size for _, item in store.each_item())
+    # a key replaced or deleted while the crawl runs is judged as it is then
+    store.store(b"set", b"soon", b"x", 0, 5)
+    store.store(b"set", b"late", b"x", 0, 5)
+    crawl = store.crawl_expired(chunk=1)
+    clock.now += 10
+    store.store(b"set", b"late", b"y", 0, 0)
+    assert sum(crawl) == 1 and store.get(b"late") is not None
+
+
 def test_store_bytes_is_what_the_items_cost(clock: FakeClock) -> None:
     """The limit's figure matches what the allocator hands out for the items (tracemalloc),
     within 10%, for short and long values."""
