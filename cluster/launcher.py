@@ -46,6 +46,7 @@ started by hand beside the cluster; `--no-peer-secret` runs them unauthenticated
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import ctypes
 import dataclasses
@@ -249,6 +250,16 @@ def write_peer_secret(path: Path) -> None:
         out.write(secrets.token_hex(32) + "\n")
 
 
+def compile_servers() -> None:
+    """Write the bytecode of memring's modules once, before dozens of servers import them:
+    from a checkout (an editable install), with PYTHONDONTWRITEBYTECODE set or not, each
+    process would otherwise compile ~60 modules itself. A module already compiled costs a
+    stat; a tree the user may not write (a system install, compiled by pip) is left as is."""
+    package = Path(__file__).resolve().parent.parent  # memring/'s folders are links
+    for folder in ("protocol", "netio", "cluster", "backend", "proxy"):
+        compileall.compile_dir(package / folder, quiet=2)
+
+
 def port_is_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -381,6 +392,7 @@ class LocalCluster:
             if self.peer_secret_file else
             "memring up: peer links unauthenticated (--no-peer-secret)")
         await self._write_records(url)
+        await trio.to_thread.run_sync(compile_servers)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
                 address = f"{HOST}:{free_port()}"
