@@ -48,9 +48,9 @@ from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, 
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
-from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.connection import Connection, Handoff, HangUp, Receiver
+from memring.netio.connection_server import ConnectionServer
 from memring.netio.heap import TRIM_THRESHOLD, heap_trim
-from memring.netio.ready_loop import Handoff, HangUp, Receiver
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.binary_parser import BinaryRequestParser

@@ -53,17 +53,15 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import trio
 
 from memring.netio import heap, nonblocking
-from memring.netio.ready_loop import Handoff, HangUp, ReadyHandler, ReadyLoop, Receiver
+from memring.netio.connection import Connection, Handoff, HangUp, ReadyHandler
+from memring.netio.ready_loop import ReadyLoop
 from memring.netio.streams import (
     HANDSHAKE_TIMEOUT,
     ClosedBeforeHello,
-    PlainStream,
-    Stream,
     TlsStream,
 )
 from memring.netio.tls import ServerTls, handshake_failure
@@ -96,27 +94,6 @@ class ConnectionCounters:
         self.rejected_connections = 0
         self.idle_kicks = 0  # closed by the idle timeout (memcached's `idle_kicks`)
         self.pending_evictions = 0  # not yet admitted, closed for a newer one (max_pending)
-
-
-@dataclass(eq=False)
-class Connection:
-    sock: socket.socket
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    idle: bool = True  # the handler is waiting for a request: safe to close at shutdown
-    mark: int = 0  # the handler's bookkeeping (backend: replicated writes already waited for)
-    reading: bool = False  # the handler waits for input: the idle timeout may close it
-    active: float = 0.0  # trio time of the last completed request (or the accept)
-    busy: Callable[[], bool] | None = None  # True while replies are on their way: not idle
-    kicked: bool = False  # closed by the idle timeout or evicted
-    held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
-    pending: bool = False  # with `max_pending`: not yet admitted by its handler
-    writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
-    looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
-    receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
-    stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
-
-    def __post_init__(self) -> None:
-        self.stream = PlainStream(self.sock)
 
 
 # A task per connection (`handler(conn)`), or a ReadyHandler: plain connections served by

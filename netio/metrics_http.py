@@ -22,7 +22,8 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from memring.netio import nonblocking
-from memring.netio.connection_server import Connection, ConnectionCounters, ConnectionServer
+from memring.netio.connection import Connection
+from memring.netio.connection_server import ConnectionCounters, ConnectionServer
 
 log = logging.getLogger("memring.metrics")
 

@@ -25,47 +25,16 @@ from __future__ import annotations
 
 import logging
 import select
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
 
 import trio
 
 from memring.netio import nonblocking
-
-if TYPE_CHECKING:
-    from memring.netio.connection_server import Connection
+from memring.netio.connection import Connection, Handoff, HangUp, ReadyHandler, Receiver
 
 log = logging.getLogger("memring.net")
 
 MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
-
-# The rest of a batch, run in the connection's own task; True when the connection is then
-# waiting for input again (back to the set), False to close it.
-Handoff = Coroutine[Any, Any, bool]
-# A connection's requests: serve one read (not empty) synchronously; None when done and
-# waiting for input again, HangUp to close, or a Handoff to await (which sets `conn.idle`
-# while it waits for something else than a request, as `watch`).
-Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
-
-
-class HangUp:
-    """`ReadyHandler.received`'s answer when the connection is to close now."""
-
-
-class ReadyHandler(Protocol):
-    """A server's requests, served synchronously from one read; a waiting part handed off."""
-
-    def opened(self, conn: Connection) -> Receiver:
-        """`conn` was accepted (and set up: TLS done): what serves its reads (one call per
-        read, no lookup)."""
-
-    def holds_input(self, conn: Connection) -> bool:
-        """`conn` has sent part of a request: not idle (shutdown lets it finish). Asked
-        when needed rather than kept up to date on every read."""
-
-    def closed(self, conn: Connection) -> None:
-        """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""
-
 
 class ReadyLoop:
     """The connections waiting for input, and the one task that serves them."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import trio
 
-from memring.netio.connection_server import Connection
+from memring.netio.connection import Connection
 from memring.protocol.responses import End, Stat
 from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.router import ShardRouter

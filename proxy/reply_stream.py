@@ -45,7 +45,8 @@ import socket
 import trio
 
 from memring.netio import nonblocking
-from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.connection import Connection
+from memring.netio.connection_server import ConnectionServer
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
 from memring.proxy.slots import WAITING, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats

@@ -28,7 +28,8 @@ import trio
 from memring.cluster.auth_file import load_credentials, reload_credentials
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
-from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.connection import Connection
+from memring.netio.connection_server import ConnectionServer
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from memring.netio.connection_server import Connection
+from memring.netio.connection import Connection
 from memring.netio.tls import ServerTls
 from memring.proxy.buffer_budget import BufferBudget
 from memring.proxy.pool import NodePool

@@ -46,7 +46,7 @@ from memring.backend.replication.peer_auth import new_nonce
 from memring.backend.replication.peer_tls import PeerTls, certifies, described
 from memring.backend.replication.ports import LeaderSideHost
 from memring.cluster.coordinator import Incarnation
-from memring.netio.connection_server import Connection
+from memring.netio.connection import Connection
 from memring.netio.nonblocking import READ_SIZE
 from memring.netio.streams import Stream, TlsStream
 from memring.netio.tls import handshake_failure

@@ -14,9 +14,9 @@ import trio
 
 from memring.cluster.certificates import CertificateAuthority
 from memring.netio import connection_server, nonblocking
+from memring.netio.connection import Connection
 from memring.netio.connection_server import (
     TOO_MANY_CONNECTIONS,
-    Connection,
     ConnectionCounters,
     ConnectionServer,
 )

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from memring.netio import nonblocking
-from memring.netio.connection_server import Connection, ConnectionCounters, ConnectionServer
-from memring.netio.ready_loop import Handoff, HangUp, Receiver
+from memring.netio.connection import Connection, Handoff, HangUp, Receiver
+from memring.netio.connection_server import ConnectionCounters, ConnectionServer
 
 pytestmark = pytest.mark.unit
 

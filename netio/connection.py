@@ -1,0 +1,64 @@
+"""One client connection as the servers see it, and the contract between a server's
+requests and the loops that read for them (netio.ready_loop, netio.connection_server).
+
+Its own module so that both loops and the servers import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from memring.netio.streams import PlainStream, Stream
+
+# The rest of a batch, run in the connection's own task; True when the connection is then
+# waiting for input again (back to the set), False to close it.
+Handoff = Coroutine[Any, Any, bool]
+# A connection's requests: serve one read (not empty) synchronously; None when done and
+# waiting for input again, HangUp to close, or a Handoff to await (which sets `conn.idle`
+# while it waits for something else than a request, as `watch`).
+Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
+
+
+class HangUp:
+    """`ReadyHandler.received`'s answer when the connection is to close now."""
+
+
+class ReadyHandler(Protocol):
+    """A server's requests, served synchronously from one read; a waiting part handed off."""
+
+    def opened(self, conn: Connection) -> Receiver:
+        """`conn` was accepted (and set up: TLS done): what serves its reads (one call per
+        read, no lookup)."""
+
+    def holds_input(self, conn: Connection) -> bool:
+        """`conn` has sent part of a request: not idle (shutdown lets it finish). Asked
+        when needed rather than kept up to date on every read."""
+
+    def closed(self, conn: Connection) -> None:
+        """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""
+
+
+@dataclass(eq=False)
+class Connection:
+    sock: socket.socket
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    idle: bool = True  # the handler is waiting for a request: safe to close at shutdown
+    mark: int = 0  # the handler's bookkeeping (backend: replicated writes already waited for)
+    reading: bool = False  # the handler waits for input: the idle timeout may close it
+    active: float = 0.0  # trio time of the last completed request (or the accept)
+    busy: Callable[[], bool] | None = None  # True while replies are on their way: not idle
+    kicked: bool = False  # closed by the idle timeout or evicted
+    held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
+    pending: bool = False  # with `max_pending`: not yet admitted by its handler
+    writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
+    looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
+    receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
+    stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
+
+    def __post_init__(self) -> None:
+        self.stream = PlainStream(self.sock)
