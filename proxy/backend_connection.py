@@ -40,6 +40,7 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
+from memring.proxy.edge_reads import EdgePoller, EdgeReader
 
 
 class ReplyListener(Protocol):
@@ -135,6 +136,7 @@ class BackendConnection:
         self._tls = tls
         self._sock: socket.socket | None = None
         self._stream: PlainStream | TlsStream | None = None
+        self._reader: EdgeReader | None = None  # a plain stream's reads (proxy.edge_reads)
         self._outbox: list[bytes] = []
         self._wake_writer = trio.Event()
         self._pending: deque[PendingReply] = deque()
@@ -300,6 +302,9 @@ class BackendConnection:
         while self._pending:
             self._pending.popleft().fail(reason)
         self._outbox.clear()
+        if self._reader is not None:
+            self._reader.close()  # before its fd is closed (and reused)
+            self._reader = None
         if self._sock is not None:
             nonblocking.close(self._sock)
             self._sock = None
@@ -323,6 +328,9 @@ class BackendConnection:
         pending = self._pending
         arrived: list[ReplyListener] = []
         recv = stream.recv
+        if type(stream) is PlainStream and self._reader is None:
+            self._reader = EdgePoller.reader(stream.sock)
+            recv = self._reader.recv
         while True:
             try:
                 data = await recv(nonblocking.READ_SIZE)
