@@ -51,7 +51,7 @@ class ResponseParser:
         self.max_line = max_line
         self.max_value = max_value
         self._buf = ReceiveBuffer()
-        self._pending: tuple[bytes, list[bytes], int] | None = None  # header, tokens, size
+        self._pending: tuple[bytes, list[bytes], int] | None = None  # line, tokens, size
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
@@ -66,15 +66,22 @@ class ResponseParser:
             return NEED_DATA
         if line.endswith(b"\r"):
             line = line[:-1]
+        if line.startswith(b"VALUE "):  # most of a get's reply: the header alone is parsed
+            return self._value_header(line)
         return self._line(line)
+
+    def _value_header(self, line: bytes) -> Response | NeedData:
+        tokens = line.split(b" ")
+        count = len(tokens)
+        if count != 4 and count != 5 or not tokens[2].isdigit() or not tokens[3].isdigit() \
+                or count == 5 and not tokens[4].isdigit():
+            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
+        return self._expect(line, tokens, int(tokens[3]))
 
     def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")
         if head == b"VALUE":
-            tokens = rest.split(b" ")
-            if len(tokens) not in (3, 4) or not all(t.isdigit() for t in tokens[1:]):
-                raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
-            return self._expect(head, tokens, int(tokens[2]))
+            return self._value_header(line)
         if head == b"END" and not rest:
             return End()
         if head in _STATUS_WORDS and not rest:
@@ -83,7 +90,7 @@ class ResponseParser:
             tokens = rest.split(b" ")
             if not tokens[0].isdigit():
                 raise ResponseError(f"bad VA line ({len(line)} bytes)")
-            return self._expect(head, tokens, int(tokens[0]))
+            return self._expect(line, tokens, int(tokens[0]))
         if head in _META_CODES:
             return MetaReply(head, rest.split(b" ") if rest else [])
         if head == b"STAT":
@@ -101,23 +108,25 @@ class ResponseParser:
             raise ResponseError("empty reply line")
         return Line(line)
 
-    def _expect(self, head: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
+    def _expect(self, line: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
+        """`line` announced a data block of `size` bytes: VALUE (`tokens` from VALUE on) or
+        VA (`tokens` after VA)."""
         if size > self.max_value:
             raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
-        self._pending = (head, tokens, size)
+        self._pending = (line, tokens, size)
         return self._data_block()
 
     def _data_block(self) -> Response | NeedData:
         assert self._pending is not None
-        head, tokens, size = self._pending
-        block = self._buf.take_block(size)
+        line, tokens, size = self._pending
+        block = self._buf.take(size + 2)  # the data and its CRLF
         if block is None:
             return NEED_DATA
-        value, terminated = block
-        if not terminated:
+        if not block.endswith(b"\r\n"):
             raise ResponseError("data block not terminated by \\r\\n")
         self._pending = None
-        if head == b"VALUE":
-            cas = int(tokens[3]) if len(tokens) == 4 else None
-            return Value(tokens[0], int(tokens[1]), value, cas)
-        return MetaReply(b"VA", tokens[1:], value)
+        if tokens[0] == b"VALUE":
+            return Value(tokens[1], int(tokens[2]), block[:-2],
+                         int(tokens[4]) if len(tokens) == 5 else None,
+                         line + b"\r\n" + block)
+        return MetaReply(b"VA", tokens[1:], block[:-2])

@@ -21,8 +21,13 @@ class Value:
     flags: int
     value: bytes
     cas: int | None = None
+    # the block as the server sent it (header line, data, CRLF): forwarded as it came, not
+    # encoded again (the parser checked the header; the proxy's replies are its backends')
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
     def encode(self) -> bytes:
+        if self.wire:
+            return self.wire
         if self.cas is None:
             return b"VALUE %s %d %d\r\n%s\r\n" % (self.key, self.flags, len(self.value),
                                                   self.value)
