@@ -73,8 +73,8 @@ class ResponseParser:
     def _value_header(self, line: bytes) -> Response | NeedData:
         tokens = line.split(b" ")
         count = len(tokens)
-        if count != 4 and count != 5 or not tokens[2].isdigit() or not tokens[3].isdigit() \
-                or count == 5 and not tokens[4].isdigit():
+        if (count != 4 and count != 5) or not tokens[2].isdigit() or not tokens[3].isdigit() \
+                or (count == 5 and not tokens[4].isdigit()):
             raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
         return self._expect(line, tokens, int(tokens[3]))
 
