@@ -30,6 +30,9 @@ _STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"
 _META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
 _ERROR_KINDS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
 _GATE_LINES = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
+# Events without a payload of their own are shared, not made per reply (nothing changes them)
+_END = End()
+_STATUSES = {word: Status(word) for word in _STATUS_WORDS}
 
 
 class ResponseError(Exception):
@@ -82,10 +85,12 @@ class ResponseParser:
         head, _, rest = line.partition(b" ")
         if head == b"VALUE":
             return self._value_header(line)
-        if head == b"END" and not rest:
-            return End()
-        if head in _STATUS_WORDS and not rest:
-            return Status(head)
+        if not rest:
+            if head == b"END":
+                return _END
+            status = _STATUSES.get(head)
+            if status is not None:
+                return status
         if head == b"VA":
             tokens = rest.split(b" ")
             if not tokens[0].isdigit():
