@@ -138,7 +138,7 @@ class BackendConnection:
         self._stream: PlainStream | TlsStream | None = None
         self._reader: EdgeReader | None = None  # a plain stream's reads (proxy.edge_reads)
         self._outbox: list[bytes] = []
-        self._wake_writer = trio.Event()
+        self._writer: trio.lowlevel.Task | None = None  # parked until there is an outbox
         self._pending: deque[PendingReply] = deque()
         self._became_busy = trio.Event()
         self._cancel = trio.CancelScope()
@@ -292,7 +292,10 @@ class BackendConnection:
                 self._became_busy.set()
         elif len(pending) == 1:
             self._became_busy.set()
-        self._wake_writer.set()
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
         return reply
 
     def close(self, reason: str) -> None:
@@ -312,16 +315,30 @@ class BackendConnection:
 
     async def _write_forever(self, stream: PlainStream | TlsStream) -> None:
         send_all = stream.send_all
+        outbox = self._outbox
         while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            data = b"".join(self._outbox)
-            self._outbox.clear()
+            await self._requests_queued()
+            data = b"".join(outbox)
+            outbox.clear()
             try:
                 await send_all(data)
             except OSError as exc:
                 self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
+
+    async def _requests_queued(self) -> None:
+        """Park the writer until `submit` queues a request (woken directly: no Event per
+        batch); a checkpoint either way."""
+        if self._outbox:
+            await trio.lowlevel.checkpoint()
+            return
+        self._writer = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._writer = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _read_forever(self, stream: PlainStream | TlsStream) -> None:
         parser = ResponseParser()
