@@ -134,4 +134,4 @@ class ResponseParser:
             return Value(tokens[1], int(tokens[2]), block[:-2],
                          int(tokens[4]) if len(tokens) == 5 else None,
                          line + b"\r\n" + block)
-        return MetaReply(b"VA", tokens[1:], block[:-2])
+        return MetaReply(b"VA", tokens[1:], block[:-2], line + b"\r\n" + block)

@@ -98,8 +98,11 @@ class MetaReply:
     code: bytes
     flags: list[bytes] = field(default_factory=list)
     value: bytes | None = None
+    wire: bytes = field(default=b"", compare=False, repr=False)  # a VA as it came (see Value)
 
     def encode(self) -> bytes:
+        if self.wire:
+            return self.wire
         head = self.code
         if self.value is not None:
             head = b"VA %d" % len(self.value)
