@@ -62,29 +62,47 @@ class ResponseParser:
     def next_event(self) -> Response | NeedData:
         if self._pending is not None:
             return self._data_block()
-        line = self._buf.take_line()
-        if line is None:
-            if len(self._buf) > self.max_line:
+        buf = self._buf
+        length = buf.line_length()
+        if length < 0:
+            if len(buf) > self.max_line:
                 raise ResponseError(f"reply line longer than {self.max_line} bytes")
             return NEED_DATA
+        line = buf.peek(length - 1)
+        if line.startswith(b"VALUE "):  # most of a get's reply: see _value
+            return self._value(line, length)
+        buf.skip(length)
         if line.endswith(b"\r"):
             line = line[:-1]
-        if line.startswith(b"VALUE "):  # most of a get's reply: the header alone is parsed
-            return self._value_header(line)
         return self._line(line)
 
-    def _value_header(self, line: bytes) -> Response | NeedData:
-        tokens = line.split(b" ")
+    def _value(self, line: bytes, length: int) -> Response | NeedData:
+        """A VALUE block, taken whole once it is all here (the header parsed again until
+        then): the header checked, the block kept as it came (`Value.wire`)."""
+        header = line[:-1] if line.endswith(b"\r") else line
+        tokens = header.split(b" ")
         count = len(tokens)
         if (count != 4 and count != 5) or not tokens[2].isdigit() or not tokens[3].isdigit() \
                 or (count == 5 and not tokens[4].isdigit()):
             raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
-        return self._expect(line, tokens, int(tokens[3]))
+        size = int(tokens[3])
+        if size > self.max_value:
+            raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
+        wire = self._buf.take(length + size + 2)
+        if wire is None:
+            return NEED_DATA
+        if not wire.endswith(b"\r\n"):
+            raise ResponseError("data block not terminated by \\r\\n")
+        value = wire[length:-2]
+        if header is line:  # a header ended by "\n" alone: forwarded with memcached's CRLF
+            wire = header + b"\r" + wire[length - 1:]
+        return Value(tokens[1], int(tokens[2]), value, int(tokens[4]) if count == 5 else None,
+                     wire)
 
     def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")
-        if head == b"VALUE":
-            return self._value_header(line)
+        if head == b"VALUE":  # "VALUE" with no tokens (next_event takes "VALUE ...")
+            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
         if not rest:
             if head == b"END":
                 return _END
@@ -114,8 +132,7 @@ class ResponseParser:
         return Line(line)
 
     def _expect(self, line: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
-        """`line` announced a data block of `size` bytes: VALUE (`tokens` from VALUE on) or
-        VA (`tokens` after VA)."""
+        """`line` announced a VA data block of `size` bytes (`tokens`: the line after VA)."""
         if size > self.max_value:
             raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
         self._pending = (line, tokens, size)
@@ -130,8 +147,4 @@ class ResponseParser:
         if not block.endswith(b"\r\n"):
             raise ResponseError("data block not terminated by \\r\\n")
         self._pending = None
-        if tokens[0] == b"VALUE":
-            return Value(tokens[1], int(tokens[2]), block[:-2],
-                         int(tokens[4]) if len(tokens) == 5 else None,
-                         line + b"\r\n" + block)
         return MetaReply(b"VA", tokens[1:], block[:-2], line + b"\r\n" + block)
