@@ -5,7 +5,9 @@ each client request and each backend read cost the proxy one `epoll_ctl` (27% of
 under the get/set bench, py-spy; docs/benchmarks.md). Here a socket joins one epoll set once,
 edge-triggered, and its `EdgeReader` keeps a `ready` flag: set when epoll reports that new
 bytes (or EOF, or an error) arrived, cleared when a `recv` returned less than it asked for
-(the kernel had no more) or would block. A reader whose flag is clear parks its task; the
+(the kernel had no more) or would block; once epoll has reported the peer's FIN or an error,
+never again (a FIN read with the last bytes raises no later edge: the reader would park for
+good; tests/unit/test_edge_reads.py). A reader whose flag is clear parks its task; the
 `EdgePoller`, one trio system task per run, waits on the epoll fd itself (one re-arm per pass,
 shared by every socket that became readable in it) and wakes the parked readers. Bytes that
 arrive after the flag was cleared raise a new edge, which only the poller consumes, so no
@@ -23,17 +25,21 @@ import socket
 import trio
 
 _EDGE_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 1024  # per epoll_wait; more wait for the next pass, which comes at once
 
 
 class EdgeReader:
     """One socket's reads through the run's `EdgePoller`; `recv` as `PlainStream.recv`."""
 
-    __slots__ = ("_fd", "_poller", "_task", "ready", "sock")
+    __slots__ = ("_fd", "_poller", "_task", "hung_up", "ready", "sock")
 
     def __init__(self, poller: EdgePoller, sock: socket.socket) -> None:
         self.sock = sock
         self.ready = True  # unknown until a recv says so: try it
+        # The peer's FIN (or an error) was seen: it raises no further edge, so a short read
+        # no longer means drained (the next recv returns b"" or raises).
+        self.hung_up = False
         self._task: trio.lowlevel.Task | None = None
         self._poller = poller
         self._fd = sock.fileno()
@@ -52,7 +58,7 @@ class EdgeReader:
             except BlockingIOError:
                 self.ready = False
                 continue
-            if len(data) < size:
+            if len(data) < size and not self.hung_up:
                 self.ready = False  # drained: the next bytes raise a new edge
             return data
 
@@ -67,9 +73,11 @@ class EdgeReader:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def readable(self) -> None:
+    def readable(self, hung_up: bool = False) -> None:
         """The poller saw an edge: wake the parked reader, or let its next recv try."""
         self.ready = True
+        if hung_up:
+            self.hung_up = True
         task = self._task
         if task is not None:
             self._task = None
@@ -129,10 +137,10 @@ class EdgePoller:
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, _MAX_EVENTS):
+                for fd, mask in epoll.poll(0, _MAX_EVENTS):
                     reader = readers.get(fd)
                     if reader is not None:
-                        reader.readable()
+                        reader.readable(bool(mask & _HUNG_UP))
         finally:  # the run is ending: every other task is done
             readers.clear()
             epoll.close()
