@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench tls-cost hostile failover fuzz jepsen client-suites memory debian-deps venv clean
+.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory idle-cost proxy-topology many-failovers debian-deps venv clean
 
 venv: $(STAMP)
 
@@ -50,11 +50,22 @@ compose-test: venv
 unit: venv
 	$(BIN)/python -m pytest -q -m unit
 
+# Every benchmark under the shared lock (two never overlap on this machine); the load
+# generators are both the Python one and libmemcached's memaslap (--loadgen both).
+BENCH_LOCK = flock /tmp/memring-bench.lock
+
 bench: venv debian-deps
-	$(BIN)/python bench/backend_vs_memcached.py
-	$(BIN)/python bench/proxy_bench.py
-	$(BIN)/python bench/replication_cost.py
-	$(BIN)/python bench/memory.py
+	$(BENCH_LOCK) $(BIN)/python bench/backend_vs_memcached.py --loadgen both
+	$(BENCH_LOCK) $(BIN)/python bench/proxy_bench.py --loadgen both
+	$(BENCH_LOCK) $(BIN)/python bench/binary_vs_text.py
+	$(BENCH_LOCK) $(BIN)/python bench/cluster_e2e.py
+	$(BENCH_LOCK) $(BIN)/python bench/replication_cost.py
+	$(BENCH_LOCK) $(BIN)/python bench/memory.py
+
+# The whole cluster end to end (issue 16): memring up (3 shards x 2, sync and async) beside
+# twemproxy -> 3 memcached, all servers on CPU 0, the load on CPU 1 (~2.5 min; --quick ~1 min).
+bench-cluster: venv debian-deps
+	$(BENCH_LOCK) $(BIN)/python bench/cluster_e2e.py $(BENCH_CLUSTER_ARGS)
 
 # Memory per item and a full cache's RSS, memring backend beside memcached -t 1 (issue 17; ~3 min).
 memory: venv debian-deps
@@ -66,6 +77,12 @@ memory: venv debian-deps
 tls-cost: venv debian-deps
 	$(BIN)/python bench/tls_cost.py $(TLS_COST_ARGS)
 
+# What an idle `memring up` cluster costs: time to ready, CPU per process class over 10 s of
+# idleness, and (--strace follower) one follower's syscalls; under the bench lock (~1 minute).
+IDLE_COST_ARGS ?= --shards 24 --replicas 2 --strace follower
+idle-cost: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/idle_cost.py $(IDLE_COST_ARGS)
+
 # Hostile clients (repeated-key gets, clients that never read, half-sent lines, idle
 # connections) against memcached and the proxy: peak RSS and others' latency (a few minutes).
 hostile: venv debian-deps
@@ -76,6 +93,20 @@ failover: venv debian-deps
 	$(BIN)/python bench/failover.py --fault kill
 	$(BIN)/python bench/failover.py --fault stop
 	$(BIN)/python bench/rolling_restart.py
+
+# The proxy at size (issue 18): a 256 shards x 3 topology from a static file and from etcd:
+# load, change and lookup costs, and proxy processes of this tree beside BASE (a checkout of
+# the code before, e.g. `git worktree add --detach ../base main`) when given (~1 min).
+BASE ?=
+proxy-topology: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/proxy_topology.py $(if $(BASE),--base $(BASE)) \
+	  --json docs/bench/proxy-topology.json
+
+# Many failovers at once (issue 18): 24 shards x 2, a quarter of the leaders killed together
+# with etcd's leader paused; per-shard time to the first write, 0 lost; etcd's request rates
+# (~2 min; MANY_FAILOVERS_ARGS="--quick" for 8 shards).
+many-failovers: venv debian-deps
+	flock /tmp/memring-bench.lock $(BIN)/python bench/many_failovers.py $(MANY_FAILOVERS_ARGS)
 
 # The fuzzer: 100,000 grammar-made cases against memcached, differential then isolation
 # (stops by itself after FUZZ_SECONDS). FUZZ_ARGS adds flags, e.g. FUZZ_ARGS="--seed 7".

@@ -5,10 +5,11 @@ every ttl/3; cluster.coordinator.Session). In each session it registers `nodes/<
 sure its shard's record lists it, and then follows the cluster view: when the shard has no
 leader it campaigns (the campaign txn checks that this incarnation is in the shard's ISR);
 when it leads it keeps the ISR equal to the shard's live members (until replication exists),
-fenced on its epoch; when another node leads it probes that leader's client port every
-PROBE_INTERVAL and, if the port refuses connections (the process is gone), revokes the
-leader's lease so the shard need not wait a whole TTL; epochs keep that safe if the guess is
-wrong. A timeout is not a refusal: a frozen leader is left to its own lease expiry.
+fenced on its epoch; when another node leads it keeps a connection open to that leader's
+client port (backend.leader_liveness: no wake-up while the leader lives) and, once that
+connection ends and the port refuses connections (the process is gone), revokes the leader's
+lease so the shard need not wait a whole TTL; epochs keep that safe if the guess is wrong. A
+timeout is not a refusal: a frozen leader is left to its own lease expiry.
 
 Operations (cluster.keyspace): a member whose shard record lists it as drained never
 campaigns; a leader that is drained, or that sees an election hint naming another live node
@@ -30,7 +31,6 @@ lease, stop.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import ssl
@@ -41,6 +41,7 @@ from typing import NamedTuple, Protocol
 
 import trio
 
+from memring.backend.leader_liveness import until_gone
 from memring.cluster.coordinator import (
     ClusterConfig,
     ClusterView,
@@ -63,8 +64,8 @@ from memring.protocol.write_refusals import not_leader_line, refusal_line
 
 log = logging.getLogger("memring.backend.cluster")
 
-PROBE_INTERVAL = 0.1  # how often a follower checks that its leader's process still exists
-PROBE_TIMEOUT = 0.2   # connect timeout of one probe (a timeout is never taken as death)
+PROBE_INTERVAL = 0.01  # a follower reconnects its kept connection to the leader this soon
+# after it ended (doubling to 1 s while reconnects end at once: backend.leader_liveness)
 RETRY_INTERVAL = 0.2  # re-examine the view this soon after a failed coordination call
 BACKOFF_FIRST = 0.1   # reconnecting to etcd: first delay, doubled up to BACKOFF_MAX
 BACKOFF_MAX = 1.0
@@ -141,7 +142,9 @@ class ClusterMember:
         self.view: ClusterView | None = None  # the newest cluster view this member reacted to
         self.epoch = 0  # of the shard's current leader as last seen; 0 without one
         self.joined = trio.Event()  # set once the first session has registered the node
-        self._leader: LeaderRecord | None = None  # another node that leads (for the probe)
+        self._followed: LeaderRecord | None = None  # another node that leads (`_leader`)
+        self._leader_changed = trio.Event()  # set (and replaced) when `_leader` changes
+        self._watching = trio.CancelScope()  # the watch on `_leader`'s process
         self._revoked: set[int] = set()  # leader leases this member already revoked
         self._resigned: set[int] = set()  # epochs this member gave up (never taken back)
         self._run_scope = trio.CancelScope()
@@ -175,6 +178,19 @@ class ClusterMember:
             listener.stepped_down()
         if value is not None:
             listener.became_leader(value.epoch)
+
+    @property
+    def _leader(self) -> LeaderRecord | None:
+        """Another node that leads the shard, whose process `_watch_leader` watches."""
+        return self._followed
+
+    @_leader.setter
+    def _leader(self, leader: LeaderRecord | None) -> None:
+        if leader != self._followed:
+            self._followed = leader
+            self._watching.cancel()
+            self._leader_changed.set()
+            self._leader_changed = trio.Event()
 
     def leader_peer(self) -> LeaderPeer | None:
         """The shard's leader as the view registers it, when another node leads, else None."""
@@ -321,7 +337,7 @@ class ClusterMember:
                      session.lease_id)
             with collapse_single():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._probe_leader)
+                    nursery.start_soon(self._watch_leader)
                     async with self.coordinator.follow(retry_interval=RETRY_INTERVAL) as views:
                         await self._follow(session, views)
         if session.lost.is_set() and not self._leaving:
@@ -560,16 +576,17 @@ class ClusterMember:
 
     # -- fast failover ------------------------------------------------------------------
 
-    async def _probe_leader(self) -> None:
-        """Revoke the lease of a leader whose client port refuses connections twice."""
+    async def _watch_leader(self) -> None:
+        """Revoke the lease of a leader whose process is gone (leader_liveness.until_gone:
+        one kept connection; nothing runs while the leader lives or no other node leads)."""
         while True:
-            await trio.sleep(self.probe_interval)
-            leader = self._leader
+            leader, changed = self._leader, self._leader_changed
             if leader is None or leader.lease_id in self._revoked:
+                await changed.wait()
                 continue
-            if not (await _refuses(leader.address) and await _refuses(leader.address)):
-                continue
-            if self._leader != leader:
+            with trio.CancelScope() as self._watching:
+                await until_gone(leader.address, self.probe_interval, self.stats_tls)
+            if self._watching.cancelled_caught or self._leader != leader:
                 continue
             self._revoked.add(leader.lease_id)
             log.warning("leader %s of shard %s refuses connections at %s: revoking its lease",
@@ -579,19 +596,4 @@ class ClusterMember:
             except CoordinatorError as exc:
                 self._revoked.discard(leader.lease_id)
                 log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
-
-
-async def _refuses(address: str) -> bool:
-    """True only if a connection to `address` is actively refused (nobody listens there)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        with trio.move_on_after(PROBE_TIMEOUT):
-            await sock.connect((host, int(port)))
-        return False
-    except OSError as exc:
-        return exc.errno == errno.ECONNREFUSED
-    finally:
-        sock.close()
+                await trio.sleep(self.probe_interval)

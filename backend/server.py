@@ -1,11 +1,14 @@
-"""The backend's TCP server: one trio task per connection over non-blocking sockets.
+"""The backend's TCP server: a ReadyHandler for netio's ConnectionServer.
 
-Theory of operation: a connection reads what the socket has, feeds the parser, runs
-every complete request against the store in order, and writes all their replies in
-one send, so a pipelined burst costs one recv and one send. Sockets are driven by
-`netio.nonblocking` (trio's low-level readiness waits) rather than trio streams, whose
-layer costs more than the codec and the store together, or `trio.socket` (3% slower
-here; see docs/benchmarks.md).
+Theory of operation: a connection's read goes to its `Conversation`, which feeds the parser,
+runs every complete request against the store in order, and writes all their replies in one
+send, so a pipelined burst costs one recv and one send. Plain connections are read by the
+ConnectionServer's one `netio.ready_loop.ReadyLoop` task, which calls the conversation
+synchronously; only a conversation that must await (a send the kernel did not take whole, a
+replication wait, a large multi-get, a dump, `watch`) hands the rest of its batch to a task
+of its own. TLS connections have a task each that drives the same conversation. Sockets are
+never trio streams, whose layer costs more than the codec and the store together, nor
+`trio.socket` (3% slower here; see docs/benchmarks.md).
 
 Replies leave when memcached's would (protocol.write_points): after each read, except those
 it holds while it waits for the rest of a data block, which go with the next write, or never
@@ -28,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Generator, Sequence
+from typing import Any, Protocol
 
 import trio
 
@@ -46,6 +49,7 @@ from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection_server import Connection, ConnectionServer
+from memring.netio.ready_loop import Handoff, HangUp, Receiver
 from memring.netio.tls import ServerTls
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator
 from memring.protocol.binary_parser import BinaryRequestParser
@@ -107,17 +111,18 @@ class BackendServer:
         self.handler = CommandHandler(self.store, self.stats, fence)
         self.tls = ServerTls(settings.tls_settings) if settings.tls_enabled else None
         self.stats.tls = self.tls
-        self.connections = ConnectionServer(self._converse, settings.max_connections,
+        self.connections = ConnectionServer(self, settings.max_connections,
                                             self.counters, idle_timeout=settings.idle_timeout,
                                             tls=self.tls if settings.tls else None)
         # --tls-listen: TLS on a second port, the same connection limit and counters
         self.tls_connections = ConnectionServer(
-            self._converse, settings.max_connections, self.counters,
+            self, settings.max_connections, self.counters,
             idle_timeout=settings.idle_timeout, tls=self.tls) if settings.tls_listen else None
         self.tls_port = 0
         self._reaper = trio.CancelScope()
         self.gate: ReplicationGate | None = None
         self._parsers: dict[Connection, RequestParser] = {}
+        self._conversations: dict[Connection, Conversation] = {}
         self._watchers: set[Connection] = set()
         self._dump_turn = trio.Lock()  # one dump at a time (_stream)
         self.stats.connections = self._connection_entries
@@ -158,7 +163,8 @@ class BackendServer:
                 await trio.sleep(self.settings.reap_interval)
                 self.store.reap()
 
-    async def _converse(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> Receiver:
+        """ReadyHandler: a new connection, its parser chosen by the first byte."""
         settings = self.settings
         auth = self.auth
 
@@ -174,113 +180,20 @@ class BackendServer:
             return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
 
         # memcached's -B auto: the first byte chooses text or binary for the connection
-        parser = NegotiatingParser(text, binary)
-        try:
-            await self._serve_requests(conn, parser)
-        finally:
-            self._parsers.pop(conn, None)  # a binary connection has none
-            conn.held = parser.buffered  # freed with the parser (no cycle holds it)
+        conversation = Conversation(self, conn, NegotiatingParser(text, binary))
+        self._conversations[conn] = conversation
+        return conversation.received
 
-    async def _serve_requests(self, conn: Connection, parser: NegotiatingParser) -> None:
-        handle = self.handler.handle
-        counters = self.counters
-        recv = conn.stream.recv  # plain or TLS (set before the handler runs)
-        next_event = parser.next_event
-        negotiated = False
-        text: TextParser | None = None  # write points: text only (protocol.write_points)
-        server = self.connections
-        current_time = trio.current_time
-        gate = self.gate
-        out: list[bytes] = []  # replies not sent yet; some may wait for the next read
-        depends = ORIGIN  # the newest unreplicated mutation the replies show
-        while not server.closing:
-            conn.idle = parser.buffered == 0
-            conn.reading = True  # only here may --idle-timeout close the connection
-            data = await recv(nonblocking.READ_SIZE)
-            conn.reading = conn.idle = False
-            if not data:
-                return  # replies held for an unfinished data block go unsent, as memcached's
-            if gate is not None and not out:
-                conn.mark = gate.commits  # writes so far were other connections'
-            counters.bytes_read += len(data)
-            block = block_of(text.in_data_block, text.swallowing) if text is not None else ""
-            parser.receive_data(data)
-            if not negotiated:
-                chosen = parser.chosen
-                assert chosen is not None  # data was not empty
-                next_event = chosen.next_event  # the first byte chose: no indirection now
-                negotiated = True
-                if not isinstance(chosen, BinaryRequestParser):
-                    text = chosen
-            quitting = watching = hanging_up = False
-            served = False
-            sendable = 0  # how many of `out` memcached would have written by now
-            points = WritePoints(block=block)
-            replied = 0  # len(out) before the last request's reply
-            event: object = None
-            try:
-                while True:
-                    event = next_event()
-                    if event is NEED_DATA:
-                        break
-                    served = True
-                    if points.before():
-                        sendable = len(out)
-                    points.after(event, text.swallow_left if text is not None else 0)
-                    if type(event) is Get and len(event.keys) > GET_SLICE:
-                        await self._multi_get(conn, event, out, depends)
-                        depends = ORIGIN  # _multi_get flushed what depended on it
-                        sendable = len(out)
-                        continue
-                    replied = len(out)
-                    try:
-                        handle(event, out)
-                    except StreamedReply as dump:
-                        await self._stream(conn, dump.chunks, out, depends)
-                        depends = ORIGIN
-                        sendable = len(out)
-                        continue
-                    except StartWatching:
-                        watching = True
-                        break
-                    if gate is not None:
-                        depends = gate.unacknowledged(_keys_of(event), depends)
-                    if not points.unwritten:
-                        sendable = len(out)
-                    if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
-                        await self._flush(conn, out, depends)
-                        depends = ORIGIN
-                        sendable = replied = 0
-            except CloseConnection:
-                quitting = True
-                # memcached closes on a bad text line without writing what it had not written
-                # yet; `quit` writes first (proto_text.c process_quit_command). A binary frame
-                # that closes keeps memring's way (README: the replies of the read go first).
-                hanging_up = text is not None and type(event) is not Quit
-            if hanging_up:
-                del out[sendable:replied]  # never sent; the closing answer itself is
-                sendable = len(out)
-            elif text is None or not text.in_data_block or quitting or watching:
-                sendable = len(out)
-            else:
-                sendable = _held_from(out, sendable)
-            try:
-                if sendable:
-                    held = out[sendable:]
-                    del out[sendable:]
-                    await self._flush(conn, out, depends)
-                    out[:] = held
-                    if not held:
-                        depends = ORIGIN
-            except CloseConnection:
-                return
-            if quitting:
-                return
-            if watching:
-                await self._watch(conn)
-                return
-            if served:
-                conn.active = current_time()  # idle from the last reply sent
+    def holds_input(self, conn: Connection) -> bool:
+        """ReadyHandler: part of a request is buffered."""
+        return self._conversations[conn].parser.buffered > 0
+
+    def closed(self, conn: Connection) -> None:
+        """ReadyHandler: `conn` closes; its parser's buffer is freed with it (netio.heap)."""
+        self._parsers.pop(conn, None)  # a binary connection has none
+        conversation = self._conversations.pop(conn, None)
+        if conversation is not None:
+            conn.held = conversation.parser.buffered
 
     async def _flush(self, conn: Connection, out: list[bytes],
                      depends: Position = ORIGIN) -> None:
@@ -400,3 +313,236 @@ class BackendServer:
         out.append(b"END\r\n")
         if depends > ORIGIN:  # the END goes with the batch's last flush: wait here
             await self._flush(conn, out, depends)
+
+
+class Conversation:
+    """One client connection's requests: its parser, the replies not sent yet, and the batch
+    of one read, served synchronously until something must be awaited (then handed off).
+
+    A batch runs as the task-per-connection loop did: `_serve_batch` answers the complete
+    requests in order and returns what must be awaited mid-batch (a multi-get of more than
+    GET_SLICE keys, a streamed dump, a FLUSH_SIZE flush); `_end_batch` sends the replies
+    memcached would have written by now with one non-blocking send, and hands off when the
+    kernel did not take them all, when sync replication must settle first, or for `watch`.
+    """
+
+    __slots__ = ("block", "conn", "depends", "event", "hanging_up", "negotiated", "next_event", "now",
+                 "out", "parser", "points", "quitting", "receive_data", "replied", "sendable", "served",
+                 "server",
+                 "text", "watching")
+
+    def __init__(self, server: BackendServer, conn: Connection,
+                 parser: NegotiatingParser) -> None:
+        self.server = server
+        self.conn = conn
+        self.parser = parser
+        self.next_event = parser.next_event  # the chosen parser's, once the first byte came
+        self.receive_data = parser.receive_data  # the same
+        self.now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        self.negotiated = False
+        self.text: TextParser | None = None  # write points: text only (protocol.write_points)
+        self.out: list[bytes] = []  # replies not sent yet; some may wait for the next read
+        self.depends = ORIGIN  # the newest unreplicated mutation the replies show
+        # the batch of one read
+        self.points = WritePoints()
+        self.sendable = 0  # how many of `out` memcached would have written by now
+        self.replied = 0  # len(out) before the last request's reply
+        self.event: object = None
+        self.served = self.quitting = self.watching = self.hanging_up = False
+
+    def received(self, data: bytes) -> Handoff | type[HangUp] | None:
+        conn = self.conn
+        server = self.server
+        gate = server.gate
+        if gate is not None and not self.out:
+            conn.mark = gate.commits  # writes so far were other connections'
+        server.counters.bytes_read += len(data)
+        text = self.text
+        block = ""
+        if text is not None and text.in_data_block:
+            block = block_of(True, text.swallowing)
+        self.receive_data(data)
+        if not self.negotiated:
+            chosen = self.parser.chosen  # the first byte chose: no indirection from now on
+            assert chosen is not None  # data was not empty
+            self.next_event = chosen.next_event
+            self.receive_data = chosen.receive_data
+            self.negotiated = True
+            if not isinstance(chosen, BinaryRequestParser):
+                self.text = chosen
+        self.points = WritePoints(block=block)
+        self.sendable = self.replied = 0
+        self.event = None
+        self.served = self.quitting = self.watching = self.hanging_up = False
+        wait = self._serve_batch()
+        if wait is not None:
+            return self._finish(wait)
+        return self._end_batch()
+
+    def _serve_batch(self) -> Coroutine[Any, Any, None] | None:
+        """Answer the complete requests in order; None at the end of the input, or what must
+        be awaited before calling again."""
+        out = self.out
+        points = self.points
+        text = self.text
+        next_event = self.next_event
+        handle = self.server.handler.handle
+        gate = self.server.gate
+        event: object = self.event
+        try:
+            while True:
+                event = next_event()
+                if event is NEED_DATA:
+                    return None
+                self.served = True
+                if text is not None:  # binary replies are written after each read
+                    if points.before():
+                        self.sendable = len(out)
+                    points.after(event, text.swallow_left)
+                if type(event) is Get and len(event.keys) > GET_SLICE:
+                    self.event = event
+                    return self._multi_get(event)
+                self.replied = len(out)
+                try:
+                    handle(event, out)
+                except StreamedReply as dump:
+                    self.event = event
+                    return self._stream(dump.chunks)
+                except StartWatching:
+                    self.watching = True
+                    return None
+                if gate is not None:
+                    self.depends = gate.unacknowledged(_keys_of(event), self.depends)
+                if text is None or not points.unwritten:
+                    self.sendable = len(out)
+                if len(out) >= 32 and sum(map(len, out)) >= FLUSH_SIZE:
+                    self.event = event
+                    return self._flush_early()
+        except CloseConnection:
+            self.quitting = True
+            # memcached closes on a bad text line without writing what it had not written
+            # yet; `quit` writes first (proto_text.c process_quit_command). A binary frame
+            # that closes keeps memring's way (README: the replies of the read go first).
+            self.hanging_up = text is not None and type(event) is not Quit
+            return None
+
+    async def _multi_get(self, request: Get) -> None:
+        await self.server._multi_get(self.conn, request, self.out, self.depends)
+        self.depends = ORIGIN  # _multi_get flushed what depended on it
+        self.sendable = len(self.out)
+
+    async def _stream(self, chunks: Generator[bytes, None, None]) -> None:
+        await self.server._stream(self.conn, chunks, self.out, self.depends)
+        self.depends = ORIGIN
+        self.sendable = len(self.out)
+
+    async def _flush_early(self) -> None:
+        await self.server._flush(self.conn, self.out, self.depends)
+        self.depends = ORIGIN
+        self.sendable = self.replied = 0
+
+    def _sendable_at_end(self) -> int:
+        """How many of `out` go now that the read is served (protocol.write_points)."""
+        out = self.out
+        text = self.text
+        if self.hanging_up:
+            del out[self.sendable:self.replied]  # never sent; the closing answer itself is
+            return len(out)
+        if text is None or not text.in_data_block or self.quitting or self.watching:
+            return len(out)
+        return _held_from(out, self.sendable)
+
+    def _end_batch(self) -> Handoff | type[HangUp] | None:
+        """Send what memcached would have written by now, without waiting if the kernel
+        takes it all (and no replication wait comes first)."""
+        out = self.out
+        text = self.text
+        if not self.hanging_up and (text is None or not text.in_data_block):
+            sendable = len(out)  # the common case, inline
+        else:
+            sendable = self._sendable_at_end()
+        if sendable:
+            held = out[sendable:] if sendable < len(out) else []
+            del out[sendable:]
+            conn = self.conn
+            gate = self.server.gate
+            if gate is not None and (gate.commits != conn.mark or self.depends > ORIGIN):
+                return self._flush_then_end(held)
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out[:] = held
+            if not held:
+                self.depends = ORIGIN
+            self.server.counters.bytes_written += len(data)
+            stream = conn.stream
+            sent = stream.send_now(data)
+            if sent < len(data) or stream.backlog:
+                return self._send_then_end(memoryview(data)[sent:])
+        if self.quitting or self.watching:
+            return self._after_send()
+        if self.served:
+            self.conn.active = self.now()  # idle from the last reply sent
+        return None
+
+    def _after_send(self) -> Handoff | type[HangUp] | None:
+        if self.quitting:
+            return HangUp
+        if self.watching:
+            return self._watch()
+        if self.served:
+            self.conn.active = self.now()  # idle from the last reply sent
+        return None
+
+    async def _finish(self, wait: Coroutine[Any, Any, None]) -> bool:
+        """The rest of a batch that had to wait mid-way, in the connection's own task."""
+        try:
+            more: Coroutine[Any, Any, None] | None = wait
+            while more is not None:
+                await more
+                more = self._serve_batch()
+            sendable = self._sendable_at_end()
+            if sendable:
+                out = self.out
+                held = out[sendable:]
+                del out[sendable:]
+                await self.server._flush(self.conn, out, self.depends)
+                out[:] = held
+                if not held:
+                    self.depends = ORIGIN
+        except CloseConnection:
+            return False
+        return await self._continue(self._after_send())
+
+    async def _flush_then_end(self, held: list[bytes]) -> bool:
+        try:
+            await self.server._flush(self.conn, self.out, self.depends)
+        except CloseConnection:
+            return False
+        self.out[:] = held
+        if not held:
+            self.depends = ORIGIN
+        return await self._continue(self._after_send())
+
+    async def _send_then_end(self, rest: memoryview) -> bool:
+        conn = self.conn
+        conn.writing = True
+        try:
+            await conn.stream.send_all(rest)
+        finally:
+            conn.writing = False
+        gate = self.server.gate
+        if gate is not None:
+            conn.mark = gate.commits  # committed while we waited: other connections'
+        return await self._continue(self._after_send())
+
+    @staticmethod
+    async def _continue(outcome: Handoff | type[HangUp] | None) -> bool:
+        if outcome is None:
+            return True
+        if outcome is HangUp:
+            return False
+        assert not isinstance(outcome, type)
+        return await outcome
+
+    async def _watch(self) -> bool:
+        await self.server._watch(self.conn)
+        return False

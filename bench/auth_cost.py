@@ -13,7 +13,6 @@ in rotating order, so drift on a shared machine falls on all of them alike.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import subprocess
@@ -23,16 +22,10 @@ import time
 from pathlib import Path
 
 from loadgen import LoadSpec, ProgressLine, add_load_arguments, preload, run_load, spec_from_args
+from processes import HOST, free_port, process_cpu_seconds, stop
 
-HOST = "127.0.0.1"
 USER, PASSWORD = b"bench", b"bench-password"
 AUTH = b"set auth 0 0 %d\r\n%s %s\r\n" % (len(USER) + 1 + len(PASSWORD), USER, PASSWORD)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def answers(port: int) -> bool:
@@ -56,22 +49,6 @@ def start(python: str, port: int, cpu: int, extra: list[str]) -> subprocess.Pope
             raise SystemExit(f"backend ({python}) did not start on port {port}")
         time.sleep(0.05)
     return process
-
-
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU the process used so far (/proc; taskset execs the server in place)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 process = start(python, port, args.server_cpu, extra)
                 try:
                     preload(HOST, port, load)
-                    used = cpu_seconds(process.pid)
+                    used = process_cpu_seconds(process.pid)
                     result = run_load(HOST, port, load, f"{name} round {round_ + 1}", line)
-                    used = cpu_seconds(process.pid) - used
+                    used = process_cpu_seconds(process.pid) - used
                 finally:
                     stop(process)
                 summary = result.summary()

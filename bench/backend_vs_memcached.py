@@ -9,6 +9,9 @@ the end, also on Ctrl-C or an error.
     .venv/bin/python bench/backend_vs_memcached.py                 # the issue's defaults
     .venv/bin/python bench/backend_vs_memcached.py --rounds 3 --json bench/results/run.json
     .venv/bin/python bench/backend_vs_memcached.py --servers memcached,memcached-2
+    # old code vs new in one run: a backend from another checkout (e.g. a worktree of main)
+    .venv/bin/python bench/backend_vs_memcached.py --servers memcached,backend-main,backend \
+        --tree backend-main=/work/wt-base
 """
 
 from __future__ import annotations
@@ -21,88 +24,44 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 from loadgen import (
     LoadError,
-    LoadResult,
     LoadSpec,
     ProgressLine,
     add_load_arguments,
     preload,
-    run_load,
     spec_from_args,
 )
+from memaslap import RUNNERS, add_loadgen_argument, loadgens
+from processes import (
+    HOST,
+    REPO,
+    BenchError,
+    Server,
+    ask_version,
+    free_port,
+    pinned,
+    run_until_done,
+    spawned,
+)
 
-HOST = "127.0.0.1"
-REPO = Path(__file__).resolve().parent.parent
 KINDS = ("memcached", "backend")
-T = TypeVar("T")
-STARTUP_TIMEOUT = 20.0
 METRICS = ("ops_per_s", "p50_us", "p99_us", "p999_us")
 
 
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says what went wrong and what to do."""
-
-
-@dataclass
-class Server:
-    """A server process this script started, and what is needed to stop and report it."""
-
-    name: str
-    argv: list[str]
-    port: int
-    process: subprocess.Popen[bytes]
-    log: IO[bytes]
-    version: str = ""
-
-    def cpu_seconds(self) -> float:
-        """User+system CPU the server has used so far, from /proc (all its threads)."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, limit: int = 2000) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-limit:].strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def ask_version(port: int) -> str | None:
-    """The server's `version` reply, or None while it does not answer yet."""
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5) as s:
-            s.sendall(b"version\r\n")
-            reply = s.recv(128)
-    except OSError:
-        return None
-    if reply.startswith(b"VERSION ") and reply.endswith(b"\r\n"):
-        return reply[8:-2].decode(errors="replace")
-    return None
-
-
-def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> list[str]:
-    """The command for one server, pinned to `cpu` with taskset (as in the issue)."""
-    if shutil.which("taskset") is None:
-        raise BenchError("taskset is missing: install it with `apt-get install util-linux`")
-    pin = ["taskset", "-c", str(cpu)]
+def server_argv(kind: str, port: int, cpu: int | str, memory: int, python: str,
+                tree: Path | None = None) -> list[str]:
+    """The command for one server, pinned to `cpu` with taskset (as in the issue); a backend
+    runs this checkout's code, or `tree`'s (another checkout of the repository)."""
+    pin = pinned(cpu)
     if kind == "memcached":
         binary = shutil.which("memcached")
         if binary is None:
@@ -115,65 +74,18 @@ def server_argv(kind: str, port: int, cpu: int, memory: int, python: str) -> lis
     if not (REPO / "backend" / "__main__.py").exists():
         raise BenchError(f"the backend is not there yet ({REPO / 'backend' / '__main__.py'} "
                          "is missing): run with `--servers memcached` until it exists")
-    return [*pin, python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
-            "--memory", str(memory)]
-
-
-def _pdeathsig() -> None:
-    """In the child before exec: get SIGKILLed if this script dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def stop(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """Terminate, then kill if it does not exit within `grace` seconds."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(grace)
+    # -P: not the current directory (this checkout) first; PYTHONPATH puts `tree` there
+    source = [] if tree is None else ["env", f"PYTHONPATH={tree}"]
+    return [*pin, *source, python, *(["-P"] if tree else []), "-m", "memring.backend",
+            "--listen", f"{HOST}:{port}", "--memory", str(memory)]
 
 
 @contextlib.contextmanager
-def spawned(name: str, argv: list[str], port: int, probe: Callable[[int], T | None],
-            awaited: str) -> Iterator[tuple[Server, T]]:
-    """Start `argv`, poll `probe(port)` until it gives a value, stop the process on exit.
-
-    Shared by the benchmark scripts: servers and proxies start, wait and fail alike."""
-    with tempfile.TemporaryFile() as log:
-        try:
-            # A new session keeps the terminal's Ctrl-C away from the server; we stop it.
-            process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, preexec_fn=_pdeathsig,
-                                       start_new_session=True)
-        except OSError as e:
-            raise BenchError(f"cannot start {name} ({' '.join(argv)}): {e}") from e
-        server = Server(name, argv, port, process, log)
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT
-            while (answer := probe(port)) is None:
-                if process.poll() is not None:
-                    raise BenchError(f"{name} exited with status {process.returncode} at "
-                                     f"startup ({' '.join(argv)}):\n{server.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not answer {awaited} on port {port} within "
-                                     f"{STARTUP_TIMEOUT:.0f}s ({' '.join(argv)}):\n"
-                                     f"{server.log_tail()}")
-                time.sleep(0.05)
-            yield server, answer
-        finally:
-            stop(process)
-
-
-@contextlib.contextmanager
-def started(name: str, kind: str, cpu: int, memory: int, python: str) -> Iterator[Server]:
+def started(name: str, kind: str, cpu: int | str, memory: int, python: str,
+            tree: Path | None = None) -> Iterator[Server]:
     """Start one server on a free port, wait until it answers `version`, stop it on exit."""
     port = free_port()
-    argv = server_argv(kind, port, cpu, memory, python)
+    argv = server_argv(kind, port, cpu, memory, python, tree)
     with spawned(name, argv, port, ask_version, "`version`") as (server, version):
         server.version = version
         yield server
@@ -194,6 +106,21 @@ def parse_servers(text: str) -> list[tuple[str, str]]:
     if not out:
         raise BenchError("--servers is empty: give e.g. memcached,backend")
     return out
+
+
+def parse_trees(given: list[str], servers: list[tuple[str, str]]) -> dict[str, Path]:
+    """`--tree NAME=PATH` options -> {backend name: source tree}."""
+    backends = {name for name, kind in servers if kind == "backend"}
+    trees: dict[str, Path] = {}
+    for text in given:
+        name, _, path = text.partition("=")
+        tree = Path(path).resolve()
+        if name not in backends:
+            raise BenchError(f"--tree {text}: {name!r} is not a backend in --servers")
+        if not (tree / "memring" / "backend" / "__main__.py").exists():
+            raise BenchError(f"--tree {text}: {tree} is not a checkout of memring")
+        trees[name] = tree
+    return trees
 
 
 def check_cpus(server_cpu: int, load_cpu: int) -> None:
@@ -231,13 +158,19 @@ def fmt_us(x: float) -> str:
 
 def row(name: str, s: dict[str, Any]) -> str:
     srv = f"{s['server_cpu_pct']:.0f}%" if "server_cpu_pct" in s else "-"
+    per_request = f"{cpu_us_per_request(s):.1f}" if "server_cpu_pct" in s else "-"
     return (f"{name:<16}{s['ops_per_s']:>11,.0f}{fmt_us(s['p50_us']):>9}{fmt_us(s['p99_us']):>9}"
-            f"{fmt_us(s['p999_us']):>10}{srv:>9}{s['load_cpu_pct']:>9.0f}%"
+            f"{fmt_us(s['p999_us']):>10}{srv:>9}{per_request:>11}{s['load_cpu_pct']:>9.0f}%"
             f"{int(s['misses']):>8,}{int(s['errors']):>8,}")
 
 
+def cpu_us_per_request(s: dict[str, Any]) -> float:
+    """The server's CPU per request: steadier than ops/s when neighbours take the core."""
+    return float(10_000 * s["server_cpu_pct"] / s["ops_per_s"]) if s["ops_per_s"] else math.nan
+
+
 HEADER = (f"{'server':<16}{'ops/s':>11}{'p50 µs':>9}{'p99 µs':>9}{'p99.9 µs':>10}"
-          f"{'srv cpu':>9}{'load cpu':>10}{'misses':>8}{'errors':>8}")
+          f"{'srv cpu':>9}{'cpu µs/req':>11}{'load cpu':>10}{'misses':>8}{'errors':>8}")
 
 
 def median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,6 +194,7 @@ def describe(spec: LoadSpec, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     servers = parse_servers(args.servers)
+    trees = parse_trees(args.tree, servers)
     spec = spec_from_args(args, args.load_cpu)
     spec.check()
     if args.rounds < 1:
@@ -273,59 +207,74 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: CPU {cpu} is already {busy:.0%} busy with other work; the "
                       "figures will be noisy (run on an idle machine, or use --rounds 3+)",
                       file=sys.stderr)
-    print(describe(spec, args), flush=True)
+    generators = loadgens(args.loadgen)
+    print(describe(spec, args) + f"; load generator(s): {', '.join(generators)}", flush=True)
     line = ProgressLine()
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        gen: {name: [] for name, _ in servers} for gen in generators}
     rounds_out: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         running: dict[str, Server] = {}
         for name, kind in servers:
             srv = stack.enter_context(started(name, kind, args.server_cpu, args.memory,
-                                              args.python))
+                                              args.python, trees.get(name)))
             running[name] = srv
             print(f"started {name} {srv.version} on port {srv.port}: {' '.join(srv.argv)}",
                   flush=True)
             preload(HOST, srv.port, spec)
         for r in range(args.rounds):
             order = servers if r % 2 == 0 else servers[::-1]
-            for name, _ in order:
-                srv = running[name]
-                label = f"round {r + 1}/{args.rounds} {name}"
-                try:
-                    result: LoadResult = run_load(HOST, srv.port, spec, label, line,
-                                                  srv.cpu_seconds)
-                except LoadError as e:
-                    raise BenchError(f"{name}: {e}\n{name} log:\n{srv.log_tail()}") from e
-                finally:
-                    line.clear()
-                if srv.process.poll() is not None:
-                    raise BenchError(f"{name} exited with status {srv.process.returncode} "
-                                     f"during the run:\n{srv.log_tail()}")
-                summary = result.summary()
-                results[name].append(summary)
-                rounds_out.append({"round": r + 1, "server": name, **summary})
-                print(f"{label}: {summary['ops_per_s']:,.0f} ops/s  p50 "
-                      f"{fmt_us(summary['p50_us'])} µs  p99 {fmt_us(summary['p99_us'])} µs",
-                      flush=True)
+            for gen in generators:
+                for name, _ in order:
+                    srv = running[name]
+                    label = f"round {r + 1}/{args.rounds} {gen} {name}"
+                    try:
+                        result = RUNNERS[gen](HOST, srv.port, spec, label, line,
+                                              srv.cpu_seconds)
+                    except LoadError as e:
+                        raise BenchError(f"{name}: {e}\n{name} log:\n{srv.log_tail()}") from e
+                    finally:
+                        line.clear()
+                    if srv.process.poll() is not None:
+                        raise BenchError(f"{name} exited with status {srv.process.returncode} "
+                                         f"during the run:\n{srv.log_tail()}")
+                    summary = result.summary()
+                    results[gen][name].append(summary)
+                    rounds_out.append({"round": r + 1, "loadgen": gen, "server": name,
+                                       **summary})
+                    print(f"{label}: {summary['ops_per_s']:,.0f} ops/s  p50 "
+                          f"{fmt_us(summary['p50_us'])} µs  p99 {fmt_us(summary['p99_us'])} µs",
+                          flush=True)
         versions = {name: srv.version for name, srv in running.items()}
         commands = {name: srv.argv for name, srv in running.items()}
 
-    medians = {name: median_summary(runs) for name, runs in results.items()}
     base = servers[0][0]
-    ratio = {f"{name}/{base}": ratios(medians[base], medians[name]) for name, _ in servers[1:]}
-    print()
-    print(f"{'median of ' + str(args.rounds) + ' rounds' if args.rounds > 1 else 'results'}"
-          f" ({spec.duration:g}s each):")
-    print(HEADER)
-    for name, _ in servers:
-        print(row(name, medians[name]))
-    for key, rt in ratio.items():
-        print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-              f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x")
-    for name, s in medians.items():
-        if s.get("misses") or s.get("errors"):
-            print(f"warning: {name} had get misses or errors; its figures are suspect",
-                  file=sys.stderr)
+    by_gen: dict[str, dict[str, Any]] = {}
+    for gen in generators:
+        medians = {name: median_summary(runs) for name, runs in results[gen].items()}
+        ratio = {f"{name}/{base}": ratios(medians[base], medians[name])
+                 for name, _ in servers[1:]}
+        by_gen[gen] = {"median": medians, "ratios": ratio}
+        print()
+        rounds = f"median of {args.rounds} rounds" if args.rounds > 1 else "results"
+        print(f"{gen} load generator, {rounds} ({spec.duration:g}s each)"
+              + (" (percentiles from log2 buckets, +-2x)" if gen == "memaslap" else "") + ":")
+        print(HEADER)
+        for name, _ in servers:
+            print(row(name, medians[name]))
+        for key, rt in ratio.items():
+            other = medians[key.split("/")[0]]
+            cost = (cpu_us_per_request(other) / cpu_us_per_request(medians[base])
+                    if "server_cpu_pct" in other and "server_cpu_pct" in medians[base]
+                    else math.nan)
+            print(f"{key}: throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
+                  f"p99 {rt['p99_us']:.2f}x, p99.9 {rt['p999_us']:.2f}x, CPU per request "
+                  f"{cost:.2f}x")
+        for name, s in medians.items():
+            if s.get("misses") or s.get("errors"):
+                print(f"warning: {gen} {name} had get misses or errors; its figures are "
+                      "suspect", file=sys.stderr)
+    print(f"load average: {load_average()}")
 
     if args.json:
         doc = {
@@ -337,8 +286,10 @@ def run(args: argparse.Namespace) -> int:
                      "cpu_model": cpu_model(), "cpus": os.cpu_count()},
             "servers": {name: {"version": versions[name], "command": commands[name]}
                         for name, _ in servers},
-            "median": medians,
-            "ratios": ratio,
+            "load_average": load_average(),
+            "median": by_gen[generators[0]]["median"],
+            "ratios": by_gen[generators[0]]["ratios"],
+            "loadgens": by_gen,
             "runs": rounds_out,
         }
         path = Path(args.json)
@@ -346,6 +297,12 @@ def run(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
         print(f"wrote {path}")
     return 0
+
+
+def load_average() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute figures, recorded beside every result."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def cpu_model() -> str:
@@ -356,26 +313,6 @@ def cpu_model() -> str:
     return platform.processor()
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def run_until_done(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-                   stopped: str = "servers stopped") -> int:
-    """Run a benchmark so that SIGTERM/SIGHUP stop it like Ctrl-C (its finally blocks stop
-    every process it started) and its errors print one line instead of a traceback."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    try:
-        return run(args)
-    except (BenchError, LoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {stopped}", file=sys.stderr)
-        return 130
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -383,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default="memcached,backend",
                         help="comma-separated servers to start and load, the first is the "
                              "baseline for ratios (%(default)s)")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                        help="run the backend NAME of --servers from the checkout at PATH "
+                             "(old code vs new in one run); repeatable")
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds, alternating the server order; medians are reported "
                              "(%(default)s)")
@@ -395,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server memory limit in MB (%(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs `-m backend` (%(default)s)")
+    add_loadgen_argument(parser)
     add_load_arguments(parser)
     return run_until_done(run, parser.parse_args(argv))
 

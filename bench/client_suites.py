@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from backend_vs_memcached import (
+from processes import (
     HOST,
     REPO,
     BenchError,

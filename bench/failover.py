@@ -47,15 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import (
-    BenchError,
-    Server,
-    ask_version,
-    cpu_model,
-    free_port,
-    run_until_done,
-    spawned,
-)
+from backend_vs_memcached import cpu_model
+from processes import BenchError, Server, ask_version, free_port, run_until_done, spawned
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -247,10 +240,12 @@ class Cluster:
             if "memring_repl_isr" in s and len(isr) != self.args.replicas:
                 return f"shard {sid}: ISR {isr}"
             addresses.add(leaders[0].address)
+        import trio
+
         from memring.cluster.launcher import routes_to
 
-        if not routes_to(f"{HOST}:{self.proxy_port}", addresses):
-            return "the proxy has no live connection to every leader"
+        if not trio.run(routes_to, f"{HOST}:{self.proxy_port}", addresses):
+            return "the proxy does not route to every leader"
         return None
 
     def wait_healthy(self, timeout: float = HEALTHY_TIMEOUT) -> float:

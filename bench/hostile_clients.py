@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import (
+from processes import (
     HOST,
     REPO,
     BenchError,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from backend_vs_memcached import BenchError, ask_version, free_port, spawned
+from processes import BenchError, ask_version, free_port, spawned
 
 HOST = "127.0.0.1"
 MiB = 1 << 20

@@ -31,7 +31,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,20 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from backend_vs_memcached import (
-    HOST,
-    REPO,
-    BenchError,
-    Server,
     busy_cpus,
     check_cpus,
     cpu_model,
     fmt_us,
-    free_port,
+    load_average,
     median_summary,
-    run_until_done,
-    spawned,
     started,
-    stop,
 )
 from loadgen import (
     LoadError,
@@ -64,10 +56,22 @@ from loadgen import (
     ProgressLine,
     add_load_arguments,
     preload,
-    run_load,
     spec_from_args,
 )
+from memaslap import KEY_SIZE, RUNNERS, add_loadgen_argument, loadgens
 from plot_svg import render
+from processes import (
+    HOST,
+    REPO,
+    BenchError,
+    Server,
+    free_port,
+    group_cpu_seconds,
+    pinned,
+    run_until_done,
+    spawned,
+    stop_group,
+)
 
 SCENARIOS = {
     "direct": "memcached direct",
@@ -77,11 +81,12 @@ SCENARIOS = {
     "memring-base": "baseline proxy -> memcached",
 }
 LOADS = ("getset", "multiget")
+MEMASLAP_LOAD = "getset-memaslap"
 # (numerator, denominator) pairs; the first is the headline.
 RATIOS = (("memring-mc", "twemproxy"), ("memring-mc", "memring-base"), ("memring-be", "twemproxy"),
           ("twemproxy", "direct"),
           ("memring-mc", "direct"), ("memring-be", "direct"))
-RATIO_METRICS = ("ops_per_s", "p50_us", "p99_us")
+RATIO_METRICS = ("ops_per_s", "p50_us", "p99_us", "cpu_us_per_request")
 SHARDS = 2
 PROBE = b"get memring-bench:probe\r\n"
 
@@ -118,47 +123,6 @@ class Results:
 
 
 # ---------------------------------------------------------------- processes
-
-
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU used by every live process in a process group, plus its leader's reaped children."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-            if int(entry) == pgid:
-                total += int(fields[13]) + int(fields[14])
-    return total / tick
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def stop_group(server: Server, grace: float = 5.0) -> None:
-    """Terminate then kill the process, then whatever it forked (its own process group)."""
-    stop(server.process, grace)
-    pgid = server.process.pid  # started with start_new_session: it leads its own group
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not group_alive(pgid):
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 def answers_get(port: int) -> bool:
@@ -207,7 +171,8 @@ def launched(name: str, argv: list[str], port: int, workers: int = 1) -> Iterato
             stop_group(server)
 
 
-def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int) -> list[str]:
+def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int | str
+                    ) -> list[str]:
     binary = shutil.which("nutcracker") or ("/usr/sbin/nutcracker"
                                             if os.path.exists("/usr/sbin/nutcracker") else None)
     if binary is None:
@@ -225,7 +190,7 @@ def nutcracker_argv(shard_ports: list[int], port: int, tmp: Path, cpu: int) -> l
                     "  timeout: 1000\n"
                     "  servers:\n"
                     + "".join(f"    - {HOST}:{p}:1\n" for p in shard_ports))
-    return ["taskset", "-c", str(cpu), binary, "-c", str(conf), "-s", str(free_port()),
+    return [*pinned(cpu), binary, "-c", str(conf), "-s", str(free_port()),
             "-a", HOST, "-o", str(tmp / "nutcracker.log"), "-p", str(tmp / "nutcracker.pid")]
 
 
@@ -236,7 +201,7 @@ def memring_argv(python: str, shard_ports: list[int], port: int, conf: Path,
     conf.write_text('[proxy]\nhash = "md5"\nread_policy = "leader"\ntimeout_ms = 1000\n'
                     "failure_limit = 3\nretry_ms = 1000\n"
                     + "".join(f'\n[[shards]]\nnodes = ["{HOST}:{p}"]\n' for p in shard_ports))
-    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    pin = pinned(cpu)
     extra = ["--workers", str(workers)] if workers is not None else []
     tree = ["env", f"PYTHONPATH={source}"] if source is not None else []
     isolated = ["-P"] if source is not None else []
@@ -381,14 +346,25 @@ def describe(spec: LoadSpec, args: argparse.Namespace) -> str:
 
 
 def load_specs(args: argparse.Namespace, loads: list[str]) -> dict[str, LoadSpec]:
+    """The loads to run, by name; with `--loadgen memaslap|both` the get/set load run by
+    memaslap is `getset-memaslap` (memaslap has no multi-get mix of this shape)."""
     base = spec_from_args(args, args.load_cpu)
     specs = {"getset": replace(base, multiget=1), "multiget": replace(base, multiget=args.multiget)}
-    return {name: specs[name] for name in loads}
+    generators = loadgens(getattr(args, "loadgen", "python"))
+    out = {name: specs[name] for name in loads} if "python" in generators else {}
+    if "memaslap" in generators and "getset" in loads:
+        out[MEMASLAP_LOAD] = specs["getset"]
+    if not out:
+        raise BenchError("nothing to run: memaslap runs only the getset load")
+    return out
 
 
 def load_title(name: str, spec: LoadSpec) -> str:
     mix = (f"{spec.get_ratio:.0%} get / {1 - spec.get_ratio:.0%} set, "
            f"{spec.value_size}-byte values, {spec.connections} connections")
+    if name == MEMASLAP_LOAD:
+        return (f"get/set by memaslap: {mix}, single-key, {KEY_SIZE}-byte keys (percentiles "
+                "from its log2 buckets, +-2x)")
     if name == "multiget":
         return f"multi-get mix: {mix}, each get names {spec.multiget} distinct keys"
     return f"get/set: {mix}, single-key"
@@ -406,7 +382,8 @@ def measure(ep: Endpoint, load: str, spec: LoadSpec, label: str, line: ProgressL
         return sum(sample)
 
     try:
-        result = run_load(HOST, ep.port, spec, label, line, cpu)
+        runner = RUNNERS["memaslap" if load == MEMASLAP_LOAD else "python"]
+        result = runner(HOST, ep.port, spec, label, line, cpu)
     except LoadError as e:
         ep.failed = str(e)
     finally:
@@ -429,6 +406,10 @@ def measure(ep: Endpoint, load: str, spec: LoadSpec, label: str, line: ProgressL
     if ep.proxy and len(samples) >= 2:
         summary["proxy_cpu_pct"] = round(100 * (samples[-1][0] - samples[0][0])
                                          / result.window_s, 1)
+    if "server_cpu_pct" in summary and result.ops:
+        # CPU per request moves less than ops/s when neighbours take the server core
+        summary["cpu_us_per_request"] = round(1e4 * summary["server_cpu_pct"]
+                                              / summary["ops_per_s"], 2)
     for k in ("misses", "errors", "stuck"):
         if summary[k]:
             sample = f" (first: {result.error_sample!r})" if k == "errors" else ""
@@ -466,8 +447,8 @@ def run_rounds(endpoints: list[Endpoint], specs: dict[str, LoadSpec], rounds: in
 def add_ratios(section: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
     median = section["median"]
     section["ratios"] = {
-        f"{a}/{b}": {m: round(median[a][m] / median[b][m], 3) if median[b][m] else math.nan
-                     for m in RATIO_METRICS}
+        f"{a}/{b}": {m: round(median[a][m] / median[b][m], 3) if median[b].get(m) else math.nan
+                     for m in RATIO_METRICS if m in median[a]}
         for a, b in pairs if a in median and b in median}
 
 
@@ -491,8 +472,10 @@ def table(section: dict[str, Any], titles: dict[str, str]) -> list[str]:
     for i, (key, rt) in enumerate(section.get("ratios", {}).items()):
         mark = "  <- headline (aim: >= 0.50x throughput)" if i == 0 and key.endswith(
             "/twemproxy") and key.startswith("memring-mc") else ""
+        cost = (f", CPU per request {rt['cpu_us_per_request']:.2f}x"
+                if "cpu_us_per_request" in rt else "")
         out.append(f"  {key:<26} throughput {rt['ops_per_s']:.2f}x, p50 {rt['p50_us']:.2f}x, "
-                   f"p99 {rt['p99_us']:.2f}x{mark}")
+                   f"p99 {rt['p99_us']:.2f}x{cost}{mark}")
     return out
 
 
@@ -500,16 +483,20 @@ def markdown(section: dict[str, Any], titles: dict[str, str]) -> str:
     multi = section["spec"]["multiget"] > 1
     rows = [f"{section['title']}", "",
             "| scenario | ops/s |" + (" keys/s |" if multi else "")
-            + " p50 µs | p99 µs | proxy CPU | all CPU |",
-            "|---|---:|" + ("---:|" if multi else "") + "---:|---:|---:|---:|"]
+            + " p50 µs | p99 µs | proxy CPU | all CPU | CPU µs/request |",
+            "|---|---:|" + ("---:|" if multi else "") + "---:|---:|---:|---:|---:|"]
     for name, s in section["median"].items():
         pct = [f"{s[k]:.0f}%" if k in s else "" for k in ("proxy_cpu_pct", "server_cpu_pct")]
         rows.append(f"| {titles.get(name, name)} | {s['ops_per_s']:,.0f} |"
                     + (f" {s.get('keys_per_s', 0):,.0f} |" if multi else "")
-                    + f" {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {pct[0]} | {pct[1]} |")
+                    + f" {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {pct[0]} | {pct[1]} |"
+                    + (f" {s['cpu_us_per_request']:.1f} |" if "cpu_us_per_request" in s
+                       else " |"))
     for key, rt in section.get("ratios", {}).items():
         rows.append(f"| **{key}** | **{rt['ops_per_s']:.2f}x** |" + (" |" if multi else "")
-                    + f" {rt['p50_us']:.2f}x | {rt['p99_us']:.2f}x | | |")
+                    + f" {rt['p50_us']:.2f}x | {rt['p99_us']:.2f}x | | |"
+                    + (f" {rt['cpu_us_per_request']:.2f}x |" if "cpu_us_per_request" in rt
+                       else " |"))
     return "\n".join(rows)
 
 
@@ -702,12 +689,14 @@ def run(args: argparse.Namespace) -> int:
         md.append("Scaling (proxy unpinned): " + markdown(section, titles))
     for name, verdict in results.checks.items():
         print(f"check {name}: {verdict}")
+    print(f"load average: {load_average()}")
     for p in results.problems:
         print(f"problem: {p}", file=sys.stderr)
 
     doc = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "setup": setup,
+        "load_average": load_average(),
         "scenarios": {n: SCENARIOS[n] for n in scenarios},
         "server_cpu": cpu, "load_cpu": args.load_cpu, "rounds": args.rounds,
         "host": {"python": platform.python_version(), "machine": platform.machine(),
@@ -763,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server memory limit in MB (%(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs `-m proxy` and `-m backend` (%(default)s)")
+    add_loadgen_argument(parser)
     add_load_arguments(parser)
     parser.set_defaults(multiget=10)
     return run_until_done(run, parser.parse_args(argv),

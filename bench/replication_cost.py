@@ -30,17 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import (
-    BenchError,
-    ask_version,
-    check_cpus,
-    cpu_model,
-    free_port,
-    run_until_done,
-    spawned,
-)
+from backend_vs_memcached import check_cpus, cpu_model
 from failover import stats
 from loadgen import ProgressLine, add_load_arguments, preload, run_load, spec_from_args
+from processes import BenchError, ask_version, free_port, run_until_done, spawned
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent

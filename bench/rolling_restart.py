@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend_vs_memcached import BenchError, ask_version, cpu_model, run_until_done, spawned
+from backend_vs_memcached import cpu_model
 from failover import HOST, Cluster, Node, free_port, replication_modes, stats
+from processes import BenchError, ask_version, run_until_done, spawned
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = "rolling"

@@ -47,22 +47,25 @@ from pathlib import Path
 from typing import Any
 
 from backend_vs_memcached import (
+    busy_cpus,
+    check_cpus,
+    cpu_model,
+    fmt_us,
+    median_summary,
+    server_argv,
+)
+from loadgen import LoadError, ProgressLine, add_load_arguments, preload
+from processes import (
     HOST,
     REPO,
     BenchError,
     Server,
     ask_version,
-    busy_cpus,
-    check_cpus,
-    cpu_model,
-    fmt_us,
     free_port,
-    median_summary,
     run_until_done,
-    server_argv,
     spawned,
+    stop_group,
 )
-from loadgen import LoadError, ProgressLine, add_load_arguments, preload
 from proxy_bench import (
     LOADS,
     Endpoint,
@@ -75,7 +78,6 @@ from proxy_bench import (
     measure,
     memring_argv,
     parse_list,
-    stop_group,
     table,
 )
 

@@ -5,7 +5,13 @@ channels rather than its client class: every call then carries its own timeout, 
 endpoint is retried at once rather than shunned for minutes, and a broken watch stream reports
 its error. gRPC is blocking, so each unary call runs in a worker thread via
 `trio.to_thread.run_sync(..., abandon_on_cancel=True)`; a cancelled caller returns at once and
-the thread ends by its gRPC deadline. A watch is one bidirectional stream read by a thread that
+the thread ends by its gRPC deadline (trio keeps idle worker threads for reuse, so calls made
+more often than every 10 s start no new thread). Lease keepalives go over one LeaseKeepAlive
+stream kept open (`_KeepAliveStream`): a keepalive is one request on it and the next response,
+read by a worker thread within the caller's timeout; a timeout, an error or a change of
+endpoint or token closes the stream and the next keepalive opens a new one. (A stream per
+keepalive made gRPC start a thread to consume its requests each time: 9 new threads in 6 s
+of an idle backend, docs/scaling.md.) A watch is one bidirectional stream read by a thread that
 hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
 closing the watch cancels the gRPC call, which ends the thread.
 
@@ -49,6 +55,7 @@ import functools
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -189,15 +196,29 @@ def _compare(c: Compare) -> Any:
     return msg
 
 
-def _keepalive_once(stub: Any, request: Any, timeout: float, metadata: Any) -> float:
-    """One keepalive on its own stream: the TTL etcd granted (0: the lease is gone)."""
-    call = stub.LeaseKeepAlive(iter([request]), timeout=timeout, metadata=metadata)
-    try:
-        for response in call:
-            return float(response.TTL)
-        return 0.0
-    finally:
-        call.cancel()
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream on one endpoint, kept open for every lease's keepalives (one
+    in flight at a time: etcd answers a stream's requests in order). gRPC consumes the request
+    iterator in one thread for the stream's life."""
+
+    def __init__(self, stub: Any, index: int, metadata: Any, generation: int) -> None:
+        self.index = index
+        self.generation = generation  # of the token it was opened with
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
+        self.closed = False
+
+    def renew(self, request: Any) -> Any:
+        """In a worker thread: send one keepalive, return its response (None: the stream
+        ended). Raises grpc.RpcError, also when `close()` cancels the stream meanwhile."""
+        self._requests.put(request)
+        return next(self._call, None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._requests.put(None)
+            self._call.cancel()
 
 
 class _WatchRefused(AccessDenied):
@@ -227,6 +248,8 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
+        self._keepalives: _KeepAliveStream | None = None
+        self._keepalive_lock = trio.Lock()  # one keepalive in flight on the stream
         self._closed = False
 
     @classmethod
@@ -456,16 +479,62 @@ class EtcdCoordinator(Coordinator):
             await self._renew_token(self._token_generation)
         while True:
             generation = self._token_generation
-            index, stub = self._stub(etcdrpc.LeaseStub)
-            renew = functools.partial(_keepalive_once, stub, request, timeout, self._metadata())
+            stream: _KeepAliveStream | None = None
             try:
-                return await trio.to_thread.run_sync(renew, abandon_on_cancel=True)
+                with trio.fail_after(timeout):
+                    async with self._keepalive_lock:
+                        stream = self._keepalive_stream()
+                        answered = False
+                        try:
+                            response = await trio.to_thread.run_sync(
+                                stream.renew, request, abandon_on_cancel=True)
+                            answered = True
+                        finally:
+                            if not answered:  # its thread may still wait on the stream:
+                                self._close_keepalives(stream)  # never read it twice at once
+            except trio.TooSlowError:
+                if stream is None:  # another keepalive held the stream that long
+                    raise CoordinatorUnavailable(
+                        f"etcd at {self.url}: no keepalive answered within {timeout:g}s"
+                    ) from None
+                self._close_keepalives(stream)
+                self._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._url(stream.index)} did not answer a keepalive within "
+                    f"{timeout:g}s; is etcd running there?") from None
             except grpc.RpcError as exc:
+                assert stream is not None
+                self._close_keepalives(stream)
                 if not renewed and self._stale_token(*_details(exc)):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                raise self._error(index, exc, timeout) from None
+                raise self._error(stream.index, exc, timeout) from None
+            if response is None or int(response.ID) != lease_id:
+                self._close_keepalives(stream)
+                self._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._url(stream.index)} ended the keepalive stream")
+            return float(response.TTL)
+
+    def _keepalive_stream(self) -> _KeepAliveStream:
+        """The open keepalive stream, opened anew on the current endpoint with the current
+        token if the endpoint or the token changed."""
+        stream = self._keepalives
+        if stream is not None and (stream.index != self._current
+                                   or stream.generation != self._token_generation):
+            self._close_keepalives(stream)
+            stream = None
+        if stream is None:
+            index, stub = self._stub(etcdrpc.LeaseStub)
+            stream = self._keepalives = _KeepAliveStream(stub, index, self._metadata(),
+                                                         self._token_generation)
+        return stream
+
+    def _close_keepalives(self, stream: _KeepAliveStream) -> None:
+        stream.close()
+        if self._keepalives is stream:
+            self._keepalives = None
 
     async def revoke(self, lease_id: int) -> bool:
         try:
@@ -607,6 +676,8 @@ class EtcdCoordinator(Coordinator):
         if self._closed:
             return
         self._closed = True
+        if self._keepalives is not None:
+            self._close_keepalives(self._keepalives)
         for channel in self._channels:
             channel.close()
         await trio.lowlevel.checkpoint()

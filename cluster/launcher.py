@@ -261,9 +261,9 @@ def port_is_free(port: int) -> bool:
 
 async def routes_to(address: str, leaders: set[str], login: Login | None = None,
                     tls: ssl.SSLContext | None = None) -> bool:
-    """The proxy at `address` answers and has a live connection to every leader: only then
-    does a client get through to every shard (the proxy learns of a new leader, and
-    connects to it, a little after etcd has it). `login`: the proxy's clients authenticate
+    """The proxy at `address` answers and routes to every leader (its pool is in rotation:
+    connected, or dormant and connecting on its next request): only then does a client get
+    through to every shard (the proxy learns of a new leader a little after etcd has it). `login`: the proxy's clients authenticate
     (its --auth-file); `tls`: it serves TLS. At most ROUTES_TIMEOUT."""
     stats = await fetch_stats(address, ROUTES_TIMEOUT, login, tls)
     if stats is None:

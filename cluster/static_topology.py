@@ -12,7 +12,9 @@ code path, without `cluster` importing `proxy`.
 
 from __future__ import annotations
 
+import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,20 @@ def parse_shards(tables: Any) -> tuple[ShardSpec, ...]:
         names.add(name)
         shards.append(ShardSpec(name, specs, weight))
     return tuple(shards)
+
+
+def shards_toml(shards: Sequence[ShardSpec]) -> str:
+    """The `[[shards]]` tables that `parse_shards` reads back as `shards` (names and weights
+    always written): for generated topologies (bench/proxy_topology.py makes 256 x 3)."""
+    lines = []
+    for shard in shards:
+        nodes = ", ".join(f'"{node.address}"' if node.weight == 1 else
+                          f'{{address = "{node.address}", weight = {node.weight}}}'
+                          for node in shard.nodes)
+        name = json.dumps(shard.name)  # a JSON string is a valid TOML basic string
+        lines += ["[[shards]]", f"name = {name}", f"weight = {shard.weight}",
+                  f"nodes = [{nodes}]"]
+    return "\n".join(lines) + "\n"
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -2,15 +2,20 @@
 
 Structured concurrency: `serve` owns the connection nursery (the accept loop runs in
 `serve`'s own task; each accepted socket runs `handler(conn)` in a task of that nursery
-and is closed when the handler returns). Past `max_connections`, a new client gets
-memcached's `ERROR Too many open connections` (or the server's own `rejection`) and is
-closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
+and is closed when the handler returns). A handler may instead be a `ReadyHandler`
+(netio.ready_loop): plain connections then wait in one `ReadyLoop`, a task of the same
+nursery, and get a task of their own only while they await (a `Handoff`); TLS connections
+keep a task each, which drives the same handler. Closing, kicking or shutting down a
+connection in the loop's set closes it at once (no task to cancel).
+
+Past `max_connections`, a new client gets memcached's `ERROR Too many open connections`
+(or the server's own `rejection`) and is closed; a server with `evict_idle` instead makes room by ending its oldest idle connection.
 A server with `max_pending` (the peer port) also caps the connections its handler has not
 admitted yet, ending the oldest of them for each new arrival past the cap.
 `shutdown(grace)` stops accepting (the listener closes at once), cancels connections that are
-idle (waiting for a request: handlers say so through `conn.idle`), lets busy ones finish
-their batch, and cancels the rest when the grace period ends (a deadline on the scope
-around the nursery).
+idle (waiting for a request: handlers say so through `conn.idle`, a ReadyHandler through
+`holds_input`), lets busy ones finish their batch, and cancels the rest when the grace
+period ends (a deadline on the scope around the nursery).
 
 Idle timeout (memcached's `-o idle_timeout`): as memcached's conn_timeout_thread, one
 sweeper task per server looks at every connection a few times per timeout and closes
@@ -53,6 +58,7 @@ from dataclasses import dataclass, field
 import trio
 
 from memring.netio import heap, nonblocking
+from memring.netio.ready_loop import Handoff, HangUp, ReadyHandler, ReadyLoop, Receiver
 from memring.netio.streams import (
     HANDSHAKE_TIMEOUT,
     ClosedBeforeHello,
@@ -105,16 +111,23 @@ class Connection:
     held: int = 0  # bytes of input the handler still held when it ended (netio.heap)
     pending: bool = False  # with `max_pending`: not yet admitted by its handler
     writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
+    looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
+    receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
     stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
 
     def __post_init__(self) -> None:
         self.stream = PlainStream(self.sock)
 
 
+# A task per connection (`handler(conn)`), or a ReadyHandler: plain connections served by
+# one ReadyLoop task, TLS ones each by a task that drives the same handler.
+Handler = Callable[[Connection], Awaitable[None]] | ReadyHandler
+
+
 class ConnectionServer:
     """Serves one listener once: `serve()` until `shutdown()`."""
 
-    def __init__(self, handler: Callable[[Connection], Awaitable[None]], max_connections: int,
+    def __init__(self, handler: Handler, max_connections: int,
                  counters: ConnectionCounters, *, idle_timeout: float = 0.0,
                  rejection: bytes = TOO_MANY_CONNECTIONS, evict_idle: bool = False,
                  kick_reply: bytes = b"", max_pending: int = 0,
@@ -128,6 +141,12 @@ class ConnectionServer:
         clients that never identify themselves cannot crowd out one that does. With `tls`
         every connection is TLS (its handshake first, in its own task)."""
         self.handler = handler
+        self.ready: ReadyHandler | None = None
+        self._loop: ReadyLoop | None = None
+        if not callable(handler):
+            self.ready = handler
+            if tls is None:
+                self._loop = ReadyLoop(handler, self._hand_off, self._release)
         self.max_connections = max_connections
         self.counters = counters
         self.idle_timeout = idle_timeout
@@ -142,6 +161,7 @@ class ConnectionServer:
         self._accepting = trio.CancelScope()  # cancelled by shutdown()
         self._housekeeping = trio.CancelScope()  # sweeper, heap trims; cancelled by shutdown()
         self._services: trio.Nursery | None = None
+        self._connection_tasks: trio.Nursery | None = None  # while serving
         self._grace = trio.CancelScope()  # around the connections; shutdown() sets its deadline
 
     async def serve(self, listener: socket.socket,
@@ -153,6 +173,9 @@ class ConnectionServer:
             with self._grace:
                 async with trio.open_nursery() as connections:
                     connections.start_soon(self._housekeep)
+                    self._connection_tasks = connections
+                    if self._loop is not None:
+                        connections.start_soon(self._loop.run)
                     task_status.started()
                     with self._accepting:
                         await self._accept_forever(listener, connections)
@@ -172,8 +195,10 @@ class ConnectionServer:
         self._housekeeping.cancel()
         self._grace.deadline = min(self._grace.deadline, trio.current_time() + grace)
         for conn in list(self._connections):
-            if conn.idle:
-                conn.scope.cancel()
+            if self._idle(conn):
+                self._cancel(conn)
+        if self._loop is not None:
+            self._loop.stop()
 
     async def _accept_forever(self, listener: socket.socket, connections: trio.Nursery) -> None:
         counters = self.counters
@@ -208,14 +233,18 @@ class ConnectionServer:
             counters.curr_connections += 1
             conn = Connection(sock, active=trio.current_time(), pending=bool(self.max_pending))
             self._connections[conn] = None
-            connections.start_soon(self._run, conn)
+            if self._loop is not None:
+                conn.receiver = self._loop.handler.opened(conn)
+                self._loop.add(conn)
+            else:
+                connections.start_soon(self._run, conn)
 
     def _evict(self) -> bool:
         """With `evict_idle`: close the oldest idle connection; False if there is none."""
         if not self.evict_idle:
             return False
         for conn in self._connections:
-            if conn.idle and not conn.kicked:
+            if self._idle(conn) and not conn.kicked:
                 self._kick(conn)
                 return True
         return False
@@ -237,7 +266,23 @@ class ConnectionServer:
         conn.kicked = True
         if idle:
             self.counters.idle_kicks += 1
-        conn.scope.cancel()
+        self._cancel(conn)
+
+    def _idle(self, conn: Connection) -> bool:
+        """Waiting for a request: its handler says so in `conn.idle`, or, in the ReadyLoop's
+        set, when it holds no part of one (asked here, not kept per read)."""
+        if conn.looped:
+            assert self.ready is not None
+            return not self.ready.holds_input(conn)
+        return conn.idle
+
+    def _cancel(self, conn: Connection) -> None:
+        """End `conn`: its task is cancelled, or, in the ReadyLoop's set, it closes now."""
+        if conn.looped:
+            assert self._loop is not None
+            self._loop.close(conn)
+        else:
+            conn.scope.cancel()
 
     async def _housekeep(self) -> None:
         with self._housekeeping:
@@ -256,7 +301,7 @@ class ConnectionServer:
             await trio.sleep(interval)
             now = trio.current_time()
             cutoff = now - timeout
-            for conn in self._connections:
+            for conn in list(self._connections):  # a kick may close it now (ReadyLoop)
                 if conn.active < cutoff and conn.reading and not conn.kicked:
                     if conn.busy is not None and conn.busy():
                         conn.active = now  # waiting for its replies is not idle
@@ -269,7 +314,11 @@ class ConnectionServer:
             with conn.scope:
                 if self.tls is not None and not await self._handshake(conn, self.tls):
                     return
-                await self.handler(conn)
+                if self.ready is not None:
+                    await self._serve_in_task(conn, self.ready)
+                else:
+                    assert callable(self.handler)
+                    await self.handler(conn)
         except OSError as exc:
             if exc.errno not in nonblocking.PEER_GONE:
                 log.info("connection error: %s", exc)
@@ -279,14 +328,66 @@ class ConnectionServer:
             log.exception("a connection failed on an unexpected error and was closed "
                           "(the server goes on; please report this traceback)")
         finally:
-            if conn.kicked and self.kick_reply:
-                conn.stream.send_last(self.kick_reply)
-            nonblocking.close(conn.sock)
-            del self._connections[conn]
-            self.counters.curr_connections -= 1
-            if (self._services is not None and not self.closing
-                    and heap.heap_trim.connection_closed(conn.held)):
-                self._services.start_soon(heap.heap_trim.trim_soon)
+            self._release(conn)
+
+    def _release(self, conn: Connection) -> None:
+        """Close `conn` (its task ended, or it left the ReadyLoop's set) and forget it."""
+        if self.ready is not None:
+            self.ready.closed(conn)
+        if conn.kicked and self.kick_reply:
+            conn.stream.send_last(self.kick_reply)
+        nonblocking.close(conn.sock)
+        del self._connections[conn]
+        self.counters.curr_connections -= 1
+        if (self._services is not None and not self.closing
+                and heap.heap_trim.connection_closed(conn.held)):
+            self._services.start_soon(heap.heap_trim.trim_soon)
+
+    async def _serve_in_task(self, conn: Connection, ready: ReadyHandler) -> None:
+        """A ReadyHandler's connection in a task of its own (TLS): read, serve, await what
+        it hands off, until it hangs up or the server closes."""
+        receiver = conn.receiver = ready.opened(conn)
+        recv = conn.stream.recv
+        while not self.closing:
+            conn.idle = not ready.holds_input(conn)
+            conn.reading = True
+            data = await recv(nonblocking.READ_SIZE)
+            conn.reading = conn.idle = False
+            if not data:
+                return
+            outcome = receiver(data)
+            if outcome is None:
+                continue
+            if outcome is HangUp:
+                return
+            assert not isinstance(outcome, type)
+            if not await outcome:
+                return
+
+    def _hand_off(self, conn: Connection, handoff: Handoff) -> None:
+        """`conn` left the ReadyLoop's set to await `handoff` in a task of its own."""
+        conn.scope = trio.CancelScope()  # a scope is entered once: a new one per handoff
+        assert self._connection_tasks is not None
+        self._connection_tasks.start_soon(self._run_handoff, conn, handoff)
+
+    async def _run_handoff(self, conn: Connection, handoff: Handoff) -> None:
+        back = False
+        try:
+            with conn.scope:
+                back = await handoff
+        except OSError as exc:
+            if exc.errno not in nonblocking.PEER_GONE:
+                log.info("connection error: %s", exc)
+        except Exception:
+            log.exception("a connection failed on an unexpected error and was closed "
+                          "(the server goes on; please report this traceback)")
+        finally:
+            if back and not self.closing and not conn.scope.cancel_called:
+                assert self._loop is not None
+                conn.reading = True
+                self._loop.add(conn)
+            else:
+                self._release(conn)
 
     @staticmethod
     async def _handshake(conn: Connection, tls: ServerTls) -> bool:

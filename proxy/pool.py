@@ -1,10 +1,17 @@
 """A backend node as the proxy sees it: a few pipelined connections and a health record.
 
-Each of `pool_size` slots keeps one connection open, reconnecting after a failure. A
+Connections open on demand: a pool starts with none, and the first request to the node opens
+its `pool_size` slots (the request waits in the slot's queue while it connects, at most the
+request timeout); after `backend_idle_ms` without a request they close again and the pool is
+dormant until the next one. A topology of hundreds of shards thus costs sockets only for the
+nodes a proxy's clients use, and a proxy over 256 shards x 3 replicas opens nothing at start
+(tests/integration/test_proxy_lazy_pools.py). While in use each slot keeps its connection
+open, reconnecting after a failure. A
 failure (connect error, timeout, reset, bad reply) counts against the node; after
 `failure_limit` in a row the node is ejected (TKO): requests to it fail at once with
 SERVER_ERROR instead of waiting on timeouts, its connections are closed, and one probe
-every `retry_ms` tries a `version` round trip until the node answers again. Any good
+every `retry_ms` tries a `version` round trip until the node answers again (while the node
+is asked for: an ejected pool that goes idle stops probing until its next request). Any good
 reply resets the count.
 
 With backend TLS every connection and probe shakes hands with the pool's context. A failed
@@ -48,6 +55,39 @@ def _no_login() -> Login | None:
     return None
 
 
+class QueuedRequest:
+    """A request that came while its slot was opening: sent once the slot connects (its
+    reply then relayed to `reply`, which the caller already holds), failed if it cannot."""
+
+    __slots__ = ("affinity", "multi", "reply", "request", "sent")
+
+    def __init__(self, request: bytes, multi: bool, reply: PendingReply,
+                 affinity: int) -> None:
+        self.request = request
+        self.multi = multi
+        self.reply = reply
+        self.affinity = affinity  # the client's, so the connection's listener role fits
+        self.sent: PendingReply | None = None
+
+    def send_on(self, conn: BackendConnection) -> None:
+        self.sent = conn.submit(self.request, self.multi, self)
+        if self.sent.done:  # failed at once: the connection tells no listener then
+            self.reply_arrived()
+
+    def reply_arrived(self) -> None:
+        """The connection's reply is complete: it becomes the caller's."""
+        sent, reply = self.sent, self.reply
+        if sent is None or reply.done:
+            return
+        if sent.error is not None:
+            reply.fail(sent.error)
+            return
+        reply.events = sent.events
+        reply._finish()  # one reply handed over whole: done, then the client is told
+        if reply.listener is not None:
+            reply.listener.reply_arrived()
+
+
 class NodePool:
     def __init__(self, spec: NodeSpec, settings: ProxySettings,
                  login: Callable[[], Login | None] = _no_login,
@@ -61,30 +101,45 @@ class NodePool:
         self.size = settings.pool_size
         self.timeout = settings.timeout_ms / 1000
         self.retry = settings.retry_ms / 1000
+        self.idle = settings.backend_idle_ms / 1000
         self.failure_limit = settings.failure_limit
         self.counters = NodeCounters()
         self.failures = 0
         self.ejected = False
         self._slots: list[BackendConnection | None] = [None] * self.size
+        # set by the first request of a dormant pool; a new, unset one when it goes idle
+        self._demand = trio.Event()
+        self._opening = [False] * self.size  # slots woken by a request, not yet connected
+        self._queued: list[list[QueuedRequest]] = [[] for _ in range(self.size)]
         self._cancel = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self.first_attempt = trio.Event()  # a slot's first connect() ended, either way
 
     @property
     def connections(self) -> list[BackendConnection]:
         return [c for c in self._slots if c is not None and c.alive]
 
     @property
+    def dormant(self) -> bool:
+        """No request since the pool started or went idle: no connection is open."""
+        return not self._demand.is_set()
+
+    @property
     def available(self) -> bool:
-        return not self.ejected and any(c is not None and c.alive for c in self._slots)
+        """Worth sending to: not ejected, and connected or about to connect on demand."""
+        return not self.ejected and (
+            not self._demand.is_set() or any(self._opening)
+            or any(c is not None and c.alive for c in self._slots))
 
     async def run(self) -> None:
-        """Keep the slots connected until `close()`; owned by the proxy's nursery."""
+        """Keep the slots connected while in use, until `close()`; owned by the proxy's
+        nursery."""
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._demand.wait()  # a pool never asked for costs one sleeping task
                 for index in range(self.size):
                     nursery.start_soon(self._keep_slot, index)
+                nursery.start_soon(self._close_when_idle)
 
     def close(self) -> None:
         """Out of the topology: the router sends it nothing new, but the replies already on
@@ -93,42 +148,92 @@ class NodePool:
         just as it leaves the topology: STORED once they are replicated, or `not the leader`,
         which the session retries on the next leader. Failing them at once made client
         errors of both (seen in 1 of 3 drains of a leader under load)."""
-        if self._nursery is not None and not self._cancel.cancel_called and \
-                any(conn.in_flight for conn in self.connections):
+        if self._nursery is not None and not self._cancel.cancel_called and (
+                any(conn.in_flight for conn in self.connections) or any(self._queued)):
             self._nursery.start_soon(self._close_when_answered)
         else:
             self._close_now()
 
     async def _close_when_answered(self) -> None:
         with trio.move_on_after(self.timeout):
-            while any(conn.in_flight for conn in self.connections):
+            while any(conn.in_flight for conn in self.connections) or any(self._queued):
                 await trio.sleep(0.005)
         self._close_now()
 
     def _close_now(self) -> None:
         self._cancel.cancel()
+        reason = f"{self.address} removed from the topology"
+        for index in range(self.size):
+            self._fail_queued(index, reason)
         for conn in self._slots:
             if conn is not None:
-                conn.close(f"{self.address} removed from the topology")
+                conn.close(reason)
 
     def submit(self, request: bytes, multi: bool, client: ReplyListener | None = None
                ) -> PendingReply:
         """Queue `request` on the connection the client's `affinity` picks, so that the
         requests of one client session stay in order on one connection (memcached runs a
         connection's commands in order; a set then a get must not race on two
-        connections). The client hears when the reply is complete."""
+        connections). The client hears when the reply is complete. A dormant pool opens
+        its slots; the request waits for its own slot (never another: that would race its
+        client's next request on the slot it then gets)."""
         self.counters.requests += 1
         if not self.ejected:
             size = self.size
             affinity = client.affinity if client is not None else 0
-            for step in range(size):
-                conn = self._slots[(affinity + step) % size]
+            first = affinity % size
+            conn = self._slots[first]
+            if conn is not None and conn.alive:
+                return conn.submit(request, multi, client)
+            if not self._demand.is_set():
+                self._demand.set()
+                self._opening = [True] * size
+            if self._opening[first]:
+                reply = PendingReply(multi, trio.current_time() + self.timeout, client)
+                self._queued[first].append(QueuedRequest(request, multi, reply, affinity))
+                return reply
+            for step in range(1, size):
+                conn = self._slots[(first + step) % size]
                 if conn is not None and conn.alive:
                     return conn.submit(request, multi, client)
+        elif not self._demand.is_set():
+            self._demand.set()  # ejected and gone idle: asked for again, so probe again
         reply = PendingReply(multi, 0.0)
         reply.fail(f"{self.address} is {'ejected' if self.ejected else 'not connected'}")
         self.counters.errors += 1
         return reply
+
+    def _opened(self, index: int, conn: BackendConnection) -> None:
+        self._opening[index] = False
+        queued, self._queued[index] = self._queued[index], []
+        for waiting in queued:
+            waiting.send_on(conn)
+
+    def _fail_queued(self, index: int, reason: str) -> None:
+        self._opening[index] = False
+        queued, self._queued[index] = self._queued[index], []
+        for waiting in queued:
+            self.counters.errors += 1
+            waiting.reply.fail(reason)
+
+    async def _close_when_idle(self) -> None:
+        """Close the connections after `idle` seconds without a request (checked every
+        quarter of it, so within 1.25 x `idle`); the pool is dormant until the next one."""
+        while True:
+            await self._demand.wait()
+            seen, quiet_since = self.counters.requests, trio.current_time()
+            while True:
+                await trio.sleep(self.idle / 4)
+                now = trio.current_time()
+                if self.counters.requests != seen or any(self._queued) or \
+                        any(conn.in_flight for conn in self.connections):
+                    seen, quiet_since = self.counters.requests, now
+                elif now - quiet_since >= self.idle:
+                    break
+            self._demand = trio.Event()  # first: the slots go dormant, not reconnect
+            for conn in self._slots:
+                if conn is not None:
+                    conn.close(f"{self.address} idle for {self.idle:g} s")
 
     # -- health --------------------------------------------------------------------
 
@@ -153,6 +258,9 @@ class NodePool:
         backoff = min(0.05, self.retry)
         while True:
             if self.ejected:
+                if not self._demand.is_set():
+                    await self._demand.wait()  # nobody asks for it: no probing either
+                    continue
                 if index == 0:
                     await trio.sleep(self.retry)
                     if await self._probe():
@@ -162,13 +270,17 @@ class NodePool:
                 else:
                     await trio.sleep(self.retry / 4)
                 continue
+            if not self._demand.is_set():
+                await self._demand.wait()  # dormant: no request since start or since idle
+                continue
             conn = BackendConnection(self.spec.host, self.spec.port, self.timeout,
                                      self._failed, self._succeeded, self.login(), self.tls)
             try:
                 await conn.connect()
             except ConnectionFailed as exc:
-                self.first_attempt.set()
                 self._connect_failed(exc)
+                # the same words as a request that finds no connection (the log has why)
+                self._fail_queued(index, f"{self.address} is not connected")
                 self._failed(str(exc))
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, self.retry)
@@ -176,7 +288,7 @@ class NodePool:
             self._connected()
             backoff = min(0.05, self.retry)
             self._slots[index] = conn
-            self.first_attempt.set()
+            self._opened(index, conn)
             try:
                 await conn.run()
             except Exception:

@@ -44,15 +44,20 @@ class Shard:
 
 class ShardRouter:
     def __init__(self, shards: Sequence[Shard], hash_name: str, read_policy: str, *,
-                 leader_writes: bool = False, miss_on_shard_error: bool = False) -> None:
+                 leader_writes: bool = False, miss_on_shard_error: bool = False,
+                 previous: ShardRouter | None = None) -> None:
         self.shards = list(shards)
         self.by_name = {s.name: s for s in self.shards}
         self.read_policy = read_policy
         self.leader_writes = leader_writes  # cluster mode: writes go to the leader alone
         # on_shard_error = miss: a read whose shard cannot answer is a miss (session.py)
         self.miss_on_shard_error = miss_on_shard_error
-        self.ring = KetamaRing([(s.name, s.weight) for s in self.shards], hash_name) \
-            if self.shards else None
+        servers = tuple((s.name, s.weight) for s in self.shards)
+        ring: KetamaRing | None = previous.ring if previous is not None else None
+        if ring is None or ring.servers != servers or ring.hash_name != hash_name:
+            # a leader change or a replica's keeps the ring (it is immutable): no rebuild
+            ring = KetamaRing(servers, hash_name) if servers else None
+        self.ring: KetamaRing | None = ring
         self._single = self.shards[0] if len(self.shards) == 1 else None
         self._placed: dict[bytes, Shard] = {}  # key -> shard, for hot keys (PLACED_KEYS)
 

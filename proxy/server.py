@@ -117,7 +117,8 @@ class ProxyServer:
             shards.append(Shard(spec.name, nodes, spec.weight, spec.has_leader))
         router = ShardRouter(shards, settings.hash, settings.read_policy,
                              leader_writes=bool(settings.etcd),
-                             miss_on_shard_error=settings.on_shard_error == "miss")
+                             miss_on_shard_error=settings.on_shard_error == "miss",
+                             previous=self.state.router)
         self.state.router = router
         self.state.pools_by_address = pools
         self.state.settings = settings
@@ -151,14 +152,9 @@ class ProxyServer:
             self.tls_port = tls_listener.getsockname()[1]
         async with trio.open_nursery() as pool_nursery:
             self._pool_nursery = pool_nursery
+            # Pools connect on their first request (proxy.pool), which waits for the
+            # handshake (TLS, auth, the version probe): nothing to wait for before accepting.
             self.apply_topology(self.settings)
-            # Accepting waits for each backend's first connection attempt (at most the
-            # request timeout): clients that connect as the proxy starts wait in the backlog
-            # for a few milliseconds instead of getting "not connected" while the backend
-            # connections still shake hands (TLS, auth, the version probe).
-            with trio.move_on_after(self.settings.timeout_ms / 1000):
-                for pool in self.state.pools():
-                    await pool.first_attempt.wait()
             if self.settings.metrics_listen:  # stopped with the pools below
                 from memring.proxy.metrics import endpoint_for  # prometheus_client only when asked
 

@@ -55,6 +55,9 @@ class ProxySettings(Listening, TlsListening):
     failure_limit: int = 3
     retry_ms: int = 1000
     pool_size: int = 2               # connections per backend node
+    # a node's connections open on its first request and close after this long without
+    # one, so a big topology costs sockets only for the nodes in use (proxy.pool)
+    backend_idle_ms: int = 60000
     max_connections: int = 4096      # client connections per worker
     max_line: int = 1 << 20
     max_item_size: int = 1 << 20
@@ -107,7 +110,8 @@ class ProxySettings(Listening, TlsListening):
                            ca=self.backend_tls_ca, verify=self.backend_tls_verify)
 
 
-_INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "max_connections",
+_INT_KEYS = ("timeout_ms", "failure_limit", "retry_ms", "pool_size", "backend_idle_ms",
+             "max_connections",
              "max_line", "max_item_size", "workers", "leader_wait_ms", "client_buffer_bytes",
              "client_write_timeout_ms", "max_buffered_bytes")
 _FLOAT_KEYS = ("idle_timeout",)

@@ -119,8 +119,9 @@ class ProxyStats:
             prefix = f"backend:{pool.address}"
             conns = pool.connections
             pairs += [
+                # up: in rotation, connected or dormant (connects on its next request)
                 (f"{prefix}:state", "ejected" if pool.ejected else
-                 ("up" if conns else "down")),
+                 ("up" if conns or pool.dormant else "down")),
                 (f"{prefix}:requests", pool.counters.requests),
                 (f"{prefix}:errors", pool.counters.errors),
                 (f"{prefix}:timeouts", pool.counters.timeouts),

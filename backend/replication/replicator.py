@@ -190,7 +190,12 @@ class Replicator:
         return "sync" if self.sync else "async"
 
     def configure(self, config: ClusterConfig | None) -> None:
-        """A new cluster view: with `--replication auto`, take its replication mode."""
+        """A new cluster view: with `--replication auto`, take its replication mode. What
+        reads the view (the follower side's leader_peer, the ISR's `_is_current`) looks again
+        now; it sleeps otherwise."""
+        self._role_changed.unpark_all()
+        if self.insync is not None:
+            self.insync.wake()
         if not self.follows_config or config is None:
             return
         sync = config.replication == "sync"

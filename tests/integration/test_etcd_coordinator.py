@@ -127,3 +127,28 @@ async def test_killed_etcd_refuses_then_restart_resyncs() -> None:
                       f"and the follower's view were back in {trio.current_time() - back:.2f}s")
     finally:
         member.stop()
+
+
+async def test_keepalives_share_one_stream_and_survive_cancelled_ones(etcd: EtcdProcess) -> None:
+    """Keepalives go over one kept stream (no gRPC thread per keepalive); a keepalive
+    cancelled while its thread waits on the stream (a session ending) closes that stream, so
+    the next one never reads it at the same time (gRPC: "call error 8")."""
+    with trio.fail_after(20):
+        async with EtcdCoordinator.connect(etcd.url, "keepalive-stream",
+                                           call_timeout=CALL_TIMEOUT) as coordinator:
+            async with coordinator.open_session(3) as session:
+                lease = session.lease_id
+                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+                stream = coordinator._keepalives
+                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+                assert coordinator._keepalives is stream is not None  # the same stream
+                etcd.pause()  # no answer comes: each keepalive's thread waits on the stream
+                try:
+                    for _ in range(2):
+                        with trio.move_on_after(0.2):
+                            await coordinator._keepalive(lease, timeout=CALL_TIMEOUT)
+                finally:
+                    etcd.resume()
+                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+                assert not session.lost.is_set()
+            assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) == 0  # revoked

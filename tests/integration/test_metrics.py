@@ -291,6 +291,11 @@ def test_proxy_counts_a_dead_backend_errors_and_ejection() -> None:
                           failure_limit=2, retry_ms=60000) as proxy:
         dead = {"shard": "s2", "backend": f"{servers.HOST}:{b2.port}"}
         live = {"shard": "s1", "backend": f"{servers.HOST}:{b1.port}"}
+        mc = client(proxy)
+        try:  # the pools open on demand: both in use, so the dead one is seen going
+            mc.get_many([f"warm{i}" for i in range(20)])
+        finally:
+            mc.close()
         before = scrape(metrics)
         servers.stop(b2.process)
         deadline = time.monotonic() + 10

@@ -382,7 +382,8 @@ def test_thousand_clients_share_the_pool(many_files: None,
                       f"max_in_flight {pb['max_in_flight']}")
         assert int(proxy_stats["curr_connections"]) >= CLIENTS
         for b, s, pb in zip(base, seen, per_backend, strict=True):
-            assert b == POOL_SIZE + 1  # the pool plus our stats connection
-            assert min(s) == max(s) == POOL_SIZE + 1, s
+            assert b == 1  # our stats connection alone: the pool opens on its first request
+            # then the pool plus ours, never more (sampling may start while it opens)
+            assert max(s) == s[-1] == POOL_SIZE + 1, s
             assert int(pb["connections"]) == POOL_SIZE
             assert int(pb["max_in_flight"]) > 1, pb

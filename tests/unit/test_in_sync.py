@@ -206,3 +206,30 @@ async def test_acks_move_only_their_own_connection_and_a_newer_connection_supers
     assert insync.watermark == Position(5, 1)
     await insync._check(ME, etcd)
     assert etcd.writes == [] and insync.waiting == {"n2": N2}  # never dropped
+
+
+async def test_the_keeper_sleeps_while_settled_and_a_write_wakes_it() -> None:
+    checks: list[Incarnation] = []
+
+    def current(incarnation: Incarnation) -> bool:
+        checks.append(incarnation)  # every check asks it of every follower
+        return True
+
+    etcd = EtcdIsr()
+    insync = leader({ME, N2}, current=current)
+    insync.max_lag = 0.2
+    insync.connected(N2, Position(5, 0), snapshotting=False)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(insync.keep, ME, etcd)
+            await trio.sleep(0.1)
+            checks.clear()
+            await trio.sleep(0.5)  # 25 checks at CHECK_INTERVAL; settled: none
+            assert checks == []
+            insync.committed(Position(5, 1), 10)  # n2 never acknowledges it
+            woken = trio.current_time()
+            while "n2" in insync.waiting:
+                await trio.sleep(0.01)
+            assert trio.current_time() - woken < 0.5  # dropped at max_lag, not QUIET_INTERVAL
+            assert etcd.writes[-1] == {ME}
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,410 @@
+"""Many failovers at once: kill -9 a quarter of all shard leaders at the same moment (and
+SIGSTOP etcd's raft leader for ~2 s meanwhile) under steady writes through the proxy; per
+shard, the time until it takes writes again; afterwards, every acknowledged write read back.
+
+The cluster is bench/failover.py's (its Cluster, Load and read-back), bigger: `--shards` x
+`--replicas` backends in cluster mode with sync replication (started all at once), a proxy
+in cluster mode, and a 3-member etcd cluster (cluster.etcd_process; `--etcd-members 1` for
+one, then without the etcd pause). Before the fault it measures etcd's request rates at idle
+with the backends alone, then with the proxy too (bench/etcd_rates.py), and again over the
+failovers: the figures of docs/scaling.md.
+
+Per victim shard: the fault -> the new leader seen in its `stats` -> the first write to the
+shard sent after the fault and acknowledged (ms); every other shard's longest gap between
+acknowledged writes over the same window (what the etcd pause did to shards that lost
+nothing); acknowledged writes lost (must be 0). Progress goes to stderr, the table and the
+summary to stdout. Bounded (start-up, health and the trial have deadlines); every process is
+stopped at the end, also on an error or Ctrl-C.
+
+    flock /tmp/memring-bench.lock .venv/bin/python bench/many_failovers.py
+    .venv/bin/python bench/many_failovers.py --quick --json ''    # 8 x 2, 2 victims
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import etcd_rates
+from backend_vs_memcached import (
+    BenchError,
+    Server,
+    _pdeathsig,
+    ask_version,
+    cpu_model,
+    run_until_done,
+    spawned,
+    stop,
+)
+from failover import (
+    CLUSTER,
+    HOST,
+    REPO,
+    Cluster,
+    Connection,
+    Load,
+    Node,
+    Op,
+    check_placement,
+    code_version,
+    counts,
+    read_back,
+    replication_modes,
+    stats,
+)
+
+START_TIMEOUT = 180.0   # every backend answers `version`
+HEALTHY_TIMEOUT = 180.0  # every shard led, followers in sync, the proxy routing
+
+
+def free_port() -> int:
+    """A loopback port handed out once, below the kernel's ephemeral range: 96 ports taken
+    at once from bind(0) met another process's (`port ... already in use`, seen once)."""
+    from memring.cluster.etcd_process import free_port as unused_port
+
+    return unused_port()
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+class Fleet(Cluster):
+    """failover.py's cluster, started all at once, over one or several etcd members."""
+
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        super().__init__(args, stack)
+        self.etcd_urls: list[str] = []
+        self.etcd_cluster: Any = None  # an EtcdCluster when there are several members
+
+    def start_etcd(self) -> None:
+        from memring.cluster.etcd_process import start_etcd, start_etcd_cluster
+
+        try:
+            if self.args.etcd_members > 1:
+                self.etcd_cluster = start_etcd_cluster(self.args.etcd_members)
+                self.stack.callback(self.etcd_cluster.stop)
+                self.etcd_urls = [m.url for m in self.etcd_cluster.members]
+            else:
+                member = start_etcd()
+                self.stack.callback(member.stop)
+                self.etcd_urls = [member.url]
+        except RuntimeError as e:
+            raise BenchError(f"etcd: {e}") from e
+        self.etcd_url = ",".join(self.etcd_urls)
+        progress(f"etcd: {len(self.etcd_urls)} member(s) {self.etcd_url}")
+        self._write_records()
+
+    def start_backends(self) -> float:
+        """Spawn every backend at once, then wait until each answers; the seconds it took."""
+        args = self.args
+        started = time.monotonic()
+        for sid in self.shard_ids:
+            for r in range(1, args.replicas + 1):
+                port = free_port()
+                argv = [args.python, "-m", "memring.backend", "--listen", f"{HOST}:{port}",
+                        "--etcd", self.etcd_url, "--cluster", CLUSTER, "--shard", sid,
+                        "--node-id", f"{sid}-r{r}", "--lease-ttl", f"{args.ttl:g}",
+                        "--replication", args.mode, "--peer-listen", f"{HOST}:{free_port()}"]
+                node = Node(f"{sid}-r{r}", sid, port, argv)
+                log = self.stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+                try:
+                    process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
+                                               stdout=log, stderr=subprocess.STDOUT,
+                                               preexec_fn=_pdeathsig, start_new_session=True)
+                except OSError as e:
+                    raise BenchError(f"cannot start {node.node_id}: {e}") from e
+                self.stack.callback(stop, process)
+                node.server = Server(node.node_id, argv, port, process, log)
+                self.nodes.append(node)
+                self.servers.append(node.server)
+        waiting = list(self.nodes)
+        deadline = started + START_TIMEOUT
+        while waiting:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(waiting)} backends did not answer within "
+                                 f"{START_TIMEOUT:g}s, e.g. {waiting[0].node_id}")
+            for node in list(waiting):
+                if node.process.poll() is not None:
+                    assert node.server is not None
+                    raise BenchError(f"{node.node_id} exited with {node.process.returncode}:"
+                                     f"\n{node.server.log_tail()}")
+                if ask_version(node.port) is not None:
+                    waiting.remove(node)
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def shards_unready(self) -> str | None:
+        """What keeps a shard from taking writes (None: each has one leader with every
+        follower connected and caught up)."""
+        for sid in self.shard_ids:
+            leaders = self.leaders(sid)
+            if len(leaders) != 1:
+                return f"shard {sid} has {len(leaders)} leaders"
+            s = stats(leaders[0].port)
+            if s.get("memring_repl_followers") != str(self.args.replicas - 1):
+                return f"shard {sid}: {s.get('memring_repl_followers')} followers"
+            if s.get("memring_repl_max_lag", "0") != "0":
+                return f"shard {sid}: followers lag"
+        return None
+
+    def wait_shards(self) -> float:
+        started = time.monotonic()
+        while (problem := self.shards_unready()) is not None:
+            if time.monotonic() - started > HEALTHY_TIMEOUT:
+                raise BenchError(f"shards not ready after {HEALTHY_TIMEOUT:g}s: {problem}")
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def start_proxy(self) -> None:
+        self.proxy_port = free_port()
+        argv = [self.args.python, "-m", "memring.proxy", "--listen",
+                f"{HOST}:{self.proxy_port}", "--etcd", self.etcd_url, "--cluster", CLUSTER]
+        proxy, _ = self.stack.enter_context(
+            spawned("proxy", argv, self.proxy_port, ask_version, "`version`"))
+        self.servers.append(proxy)
+
+
+class ShardLoad(Load):
+    """failover.py's load with one writer connection per shard: a write waiting for its
+    shard's new leader holds up the replies behind it on its connection (pipelined, in
+    order), which would charge the victims' failover to every other shard."""
+
+    def __init__(self, port: int, ring: Any, shard_ids: list[str], victim: str,
+                 args: argparse.Namespace) -> None:
+        super().__init__(port, 1, ring, shard_ids, victim, args)
+        self.by_shard = {sid: Connection(port, self.selector) for sid in shard_ids}
+        self.writers = list(self.by_shard.values())
+
+    def _write(self, now: float) -> None:
+        self.seq += 1
+        key = b"fo:1:%d" % self.seq
+        value = b"%012d" % self.seq + self.pad
+        op = Op("set", key, self.shard_of(key), now, value)
+        self.ops.append(op)
+        conn = self.by_shard[op.shard]
+        if not conn.ready(now):
+            op.done, op.outcome, op.detail = now, "error", "cannot connect to the proxy"
+            return
+        conn.send(op, b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))
+
+
+def acked_gaps(ops: list[Any], shard: str, start: float, end: float) -> float:
+    """The longest time without an acknowledged write to `shard` within [start, end]."""
+    times = sorted(op.done for op in ops if op.kind == "set" and op.shard == shard
+                   and op.outcome == "stored" and start <= op.done <= end)
+    edges = [start, *times, end]
+    return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
+          ) -> dict[str, Any]:
+    """kill -9 every victim's leader at once, pause etcd's leader meanwhile; the timings."""
+    old = {sid: fleet.leaders(sid)[0] for sid in victims}
+    survivors = {sid: [n for n in fleet.shard_nodes(sid) if n is not old[sid]]
+                 for sid in victims}
+    etcd_leader = fleet.etcd_cluster.leader() if fleet.etcd_cluster is not None else None
+    before = etcd_rates.sample(fleet.etcd_urls)
+    t0 = time.monotonic()
+    for node in old.values():
+        node.process.kill()
+    paused_at = None
+    if etcd_leader is not None:
+        etcd_leader.pause()
+        paused_at = time.monotonic()
+    progress(f"killed the leaders of {', '.join(victims)}"
+             + (f"; etcd leader {etcd_leader.url} paused" if etcd_leader else ""))
+    elected: dict[str, tuple[float, str]] = {}
+    first: dict[str, float] = {}
+    deadline = t0 + args.trial_timeout
+    try:
+        while time.monotonic() < deadline and (len(first) < len(victims) or paused_at
+                                               is not None or len(elected) < len(victims)):
+            if paused_at is not None and time.monotonic() - paused_at >= args.etcd_pause:
+                etcd_leader.resume()
+                paused_at = None
+                progress("etcd leader resumed")
+            for sid in victims:
+                if sid not in elected:
+                    leading = [n for n in survivors[sid] if n.role() == "leader"]
+                    if leading:
+                        elected[sid] = (time.monotonic(), leading[0].node_id)
+            ops = list(load.ops)
+            for sid in victims:
+                if sid not in first:
+                    done = [op.done for op in ops if op.kind == "set" and op.shard == sid
+                            and op.sent > t0 and op.outcome == "stored"]
+                    if done:
+                        first[sid] = min(done)
+            time.sleep(0.02)
+    finally:
+        if paused_at is not None:
+            etcd_leader.resume()
+    if etcd_leader is not None:  # the counters of the paused member, once it answers again
+        etcd_rates.sample([etcd_leader.url])
+    missing = [sid for sid in victims if sid not in first]
+    if missing:
+        raise BenchError(f"no write acknowledged within {args.trial_timeout:g}s of the fault "
+                         f"on {', '.join(missing)}")
+    last = max(first.values())
+    time.sleep(max(0.0, last + args.after - time.monotonic()))
+    after = etcd_rates.sample(fleet.etcd_urls)
+    return {"t0": t0, "end": last + args.after, "old": {s: n.node_id for s, n in old.items()},
+            "elected": elected, "first": first, "etcd_paused": etcd_leader is not None,
+            "etcd_during": etcd_rates.rates(before, after)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from memring.proxy.ketama import KetamaRing
+
+    if args.quick:
+        args.shards, args.idle_seconds = 8, 3.0
+    victims_n = args.victims or max(1, args.shards // 4)
+    if args.shards < 2 or args.replicas < 2 or not 1 <= victims_n <= args.shards:
+        raise BenchError("needs --shards >= 2, --replicas >= 2, 1 <= --victims <= --shards")
+    modes = replication_modes(args.python)
+    if "sync" not in modes:
+        raise BenchError("the backend offers no sync replication")
+    args.mode = "sync"
+    args.leader_wait_ms = None
+    result: dict[str, Any] = {"load_average_start": load_average()}
+    progress(f"many failovers: {args.shards} shards x {args.replicas}, {victims_n} leaders "
+             f"killed at once, {args.etcd_members} etcd member(s); load average "
+             f"{result['load_average_start']}")
+    ring = KetamaRing([(f"s{i}", 1) for i in range(1, args.shards + 1)], "md5")
+    rng = random.Random(args.seed)
+    with contextlib.ExitStack() as stack:
+        fleet = Fleet(args, stack)
+        fleet.start_etcd()
+        result["backends_answer_s"] = round(fleet.start_backends(), 1)
+        progress(f"{len(fleet.nodes)} backends answer after {result['backends_answer_s']} s")
+        result["shards_ready_s"] = round(fleet.wait_shards(), 1)
+        progress(f"every shard led and in sync {result['shards_ready_s']} s later")
+        etcd: dict[str, Any] = {}
+        etcd["idle_backends"] = etcd_rates.measure(fleet.etcd_urls, args.idle_seconds)
+        fleet.start_proxy()
+        fleet.wait_healthy(HEALTHY_TIMEOUT)
+        etcd["idle_with_proxy"] = etcd_rates.measure(fleet.etcd_urls, args.idle_seconds)
+        progress(f"etcd at idle: {etcd['idle_backends']['requests_per_s']} requests/s with "
+                 f"the backends, {etcd['idle_with_proxy']['requests_per_s']} with the proxy")
+        check_placement(fleet, ring)
+        victims = sorted(rng.sample(fleet.shard_ids, victims_n), key=lambda s: int(s[1:]))
+        load = ShardLoad(fleet.proxy_port, ring, fleet.shard_ids, victims[0], args)
+        load.start()
+        try:
+            time.sleep(args.steady)
+            result["load_average_fault"] = load_average()
+            timings = fault(fleet, load, victims, args)
+        finally:
+            load.stop()
+        lost = read_back(fleet.proxy_port, load.ops)
+        etcd["during_failovers"] = timings.pop("etcd_during")
+    t0, end = timings["t0"], timings["end"]
+    rows = []
+    for sid in victims:
+        when, who = timings["elected"].get(sid, (None, "-"))
+        rows.append({"shard": sid, "old_leader": timings["old"][sid], "new_leader": who,
+                     "elected_ms": None if when is None else round((when - t0) * 1000),
+                     "first_write_ms": round((timings["first"][sid] - t0) * 1000)})
+    others = [sid for sid in fleet.shard_ids if sid not in victims]
+    gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
+    firsts = [r["first_write_ms"] for r in rows]
+    writes = counts(load.ops, "set")
+    summary = {
+        "first_write_ms": {"median": statistics.median(firsts), "max": max(firsts)},
+        "other_shards_longest_ack_gap_ms": {"median": statistics.median(gaps.values()),
+                                            "max": max(gaps.values())} if gaps else None,
+        "acked": writes.get("stored", 0), "failed_writes": sum(
+            v for k, v in writes.items() if k != "stored"),
+        "lost_acked_writes": len(lost),
+    }
+    result.update({"settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
+                   "victims": rows, "other_shards_gap_ms": gaps, "summary": summary,
+                   "etcd": etcd, "etcd_paused": timings["etcd_paused"],
+                   "nodes": len(fleet.nodes), "proxies": 1})
+    print("| shard | old leader | new leader | fault -> new leader | fault -> first write |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shard']} | {r['old_leader']} | {r['new_leader']} | "
+              f"{r['elected_ms'] if r['elected_ms'] is not None else '-'} ms | "
+              f"{r['first_write_ms']} ms |")
+    print(f"\n{victims_n} of {args.shards} leaders killed at once"
+          + (" with etcd's leader paused " + f"{args.etcd_pause:g} s" if timings["etcd_paused"]
+             else "") + f": first write median {summary['first_write_ms']['median']} ms, max "
+          f"{summary['first_write_ms']['max']} ms; other shards' longest gap between "
+          f"acknowledged writes: median {summary['other_shards_longest_ack_gap_ms']['median']}"
+          f" ms, max {summary['other_shards_longest_ack_gap_ms']['max']} ms; acknowledged "
+          f"writes lost: {len(lost)} of {summary['acked']:,} (failed writes "
+          f"{summary['failed_writes']}); load average {result['load_average_fault']}")
+    for name, figures in etcd.items():
+        print(f"etcd {name}: {figures['requests_per_s']} requests/s "
+              f"({figures['unary_per_s']} unary, {figures['store_writes_per_s']} store writes)"
+              f", {figures['watchers']:g} watchers on {figures['watch_streams']:g} streams")
+    if args.json:
+        doc = {"generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+               "code": code_version(),
+               "host": {"python": platform.python_version(), "cpu_model": cpu_model(),
+                        "cpus": os.cpu_count()}, **result}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        progress(f"wrote {path}")
+    if lost:
+        print(f"problem: {len(lost)} acknowledged writes lost, e.g. {lost[:3]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=24, help="shards (%(default)s)")
+    parser.add_argument("--replicas", type=int, default=2, help="nodes per shard (%(default)s)")
+    parser.add_argument("--victims", type=int, default=0,
+                        help="leaders killed at once (default: a quarter of the shards)")
+    parser.add_argument("--quick", action="store_true", help="8 shards, 2 victims, 3 s idle")
+    parser.add_argument("--etcd-members", type=int, default=3, choices=(1, 3, 5),
+                        help="etcd cluster size (%(default)s)")
+    parser.add_argument("--etcd-pause", type=float, default=2.0,
+                        help="seconds etcd's leader is SIGSTOPped (%(default)s)")
+    parser.add_argument("--ttl", type=float, default=2.0, help="lease TTL (%(default)s)")
+    parser.add_argument("--rate", type=float, default=600.0,
+                        help="sets per second through the proxy (%(default)s)")
+    parser.add_argument("--read-rate", type=float, default=100.0,
+                        help="gets per second (%(default)s)")
+    parser.add_argument("--connections", type=int, default=4, help="writer connections")
+    parser.add_argument("--value-size", type=int, default=32)
+    parser.add_argument("--request-timeout", type=float, default=3.0)
+    parser.add_argument("--steady", type=float, default=2.0,
+                        help="seconds of load before the fault (%(default)s)")
+    parser.add_argument("--after", type=float, default=2.0,
+                        help="seconds of load after the last shard's first write (%(default)s)")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="each idle etcd-rate interval (%(default)s)")
+    parser.add_argument("--trial-timeout", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=18, help="picks the victims")
+    parser.add_argument("--json", metavar="FILE", default=str(REPO / "docs" / "bench" /
+                                                               "many-failovers.json"),
+                        help="where to write the figures ('' for none; default %(default)s)")
+    parser.add_argument("--python", default=sys.executable)
+    return run_until_done(run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

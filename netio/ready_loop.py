@@ -1,0 +1,176 @@
+"""Many plain connections served by one task over one persistent, level-triggered epoll set.
+
+Why: with a task per connection, every request pays a trio scheduler round trip and an
+epoll re-arm (trio's `wait_readable` registers one-shot interest). Here the connections
+waiting for input stay registered in one `select.epoll` set of our own, which trio watches
+through `wait_readable(epoll.fileno())`; one pass serves every ready socket, paying neither
+(docs/benchmarks.md "Backend vs memcached -t 1"; /work/shared/perf-calibration.md).
+
+Theory of operation: a pass does one recv (at most nonblocking.READ_SIZE) per ready
+connection and gives the bytes to the `ReadyHandler`, which runs the complete requests and
+sends their replies synchronously. When a connection must await (a reply the kernel did not
+take at once, a replication wait, a streamed dump, `watch`), the handler returns the rest of
+its batch as a `Handoff`: the connection leaves the set and runs it in a task of its own (in
+the connection nursery, under `conn.scope`), and comes back to the set when the handoff says
+it is waiting for input again. A pass ends with a checkpoint, so with one read per connection
+per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
+timers, handed-off connections) run between passes.
+
+Closing a connection unregisters it from the set first (the descriptor may be reused by the
+next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
+that nursery (the shutdown grace deadline) closes every connection still in the set.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from memring.netio import nonblocking
+
+if TYPE_CHECKING:
+    from memring.netio.connection_server import Connection
+
+log = logging.getLogger("memring.net")
+
+MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
+
+# The rest of a batch, run in the connection's own task; True when the connection is then
+# waiting for input again (back to the set), False to close it.
+Handoff = Coroutine[Any, Any, bool]
+# A connection's requests: serve one read (not empty) synchronously; None when done and
+# waiting for input again, HangUp to close, or a Handoff to await (which sets `conn.idle`
+# while it waits for something else than a request, as `watch`).
+Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
+
+
+class HangUp:
+    """`ReadyHandler.received`'s answer when the connection is to close now."""
+
+
+class ReadyHandler(Protocol):
+    """A server's requests, served synchronously from one read; a waiting part handed off."""
+
+    def opened(self, conn: Connection) -> Receiver:
+        """`conn` was accepted (and set up: TLS done): what serves its reads (one call per
+        read, no lookup)."""
+
+    def holds_input(self, conn: Connection) -> bool:
+        """`conn` has sent part of a request: not idle (shutdown lets it finish). Asked
+        when needed rather than kept up to date on every read."""
+
+    def closed(self, conn: Connection) -> None:
+        """`conn` is closing: drop what the handler kept for it (set `conn.held`)."""
+
+
+class ReadyLoop:
+    """The connections waiting for input, and the one task that serves them."""
+
+    def __init__(self, handler: ReadyHandler, hand_off: Callable[[Connection, Handoff], None],
+                 release: Callable[[Connection], None]) -> None:
+        """`hand_off(conn, handoff)` starts the connection's own task; `release(conn)` closes
+        a connection that has left the set."""
+        self.handler = handler
+        self._hand_off = hand_off
+        self._release = release
+        self._epoll = select.epoll()
+        # by file descriptor: the connection and what serves its reads
+        self._waiting: dict[int, tuple[Connection, Receiver]] = {}
+        self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
+        self.stopping = False  # set by stop(): close connections as their batch ends
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, conn: Connection) -> None:
+        """`conn` waits for input: serve it from now on."""
+        conn.reading = True
+        conn.looped = True
+        assert conn.receiver is not None  # opened
+        fd = conn.sock.fileno()
+        self._waiting[fd] = (conn, conn.receiver)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def close(self, conn: Connection) -> None:
+        """Close `conn` (in the set) now: the idle timeout, eviction, shutdown."""
+        self._remove(conn)
+        self._release(conn)
+
+    def stop(self) -> None:
+        """Shutdown: connections close when their batch ends; the loop ends with the last."""
+        self.stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        self._nap.cancel()
+
+    def _remove(self, conn: Connection) -> None:
+        fd = conn.sock.fileno()
+        del self._waiting[fd]
+        self._epoll.unregister(fd)  # before the socket closes: its number may come back
+        conn.looped = False
+
+    async def run(self) -> None:
+        """Serve until stopped and the set is empty (or cancelled: the set is closed)."""
+        epoll = self._epoll
+        waiting = self._waiting
+        read_size = nonblocking.READ_SIZE
+        try:
+            while not (self.stopping and not waiting):
+                ready = epoll.poll(0, MAX_EVENTS)
+                if not ready:
+                    with trio.CancelScope() as self._nap:
+                        await trio.lowlevel.wait_readable(epoll)
+                    continue
+                for fd, _events in ready:
+                    entry = waiting.get(fd)
+                    if entry is None:  # a connection closed earlier in the pass is gone
+                        continue
+                    conn, receiver = entry
+                    try:
+                        data = conn.sock.recv(read_size)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        self._failed(conn, exc)
+                        continue
+                    conn.reading = conn.idle = False
+                    if not data:
+                        self.close(conn)
+                        continue
+                    try:
+                        outcome = receiver(data)
+                    except Exception as exc:
+                        self._failed(conn, exc)
+                        continue
+                    if outcome is None and not self.stopping:
+                        conn.reading = True  # the common case, inline
+                    else:
+                        self._after(conn, outcome)
+                await trio.lowlevel.checkpoint()  # fairness: others run between passes
+        finally:
+            for conn, _receiver in list(waiting.values()):
+                self.close(conn)
+            epoll.close()
+
+    def _after(self, conn: Connection, outcome: Handoff | type[HangUp] | None) -> None:
+        """A read served, other than the common case: close, or hand off."""
+        if outcome is None or outcome is HangUp:  # None: the server is stopping
+            self.close(conn)
+        else:
+            assert not isinstance(outcome, type)
+            self._remove(conn)
+            self._hand_off(conn, outcome)
+
+    def _failed(self, conn: Connection, exc: Exception) -> None:
+        if not isinstance(exc, OSError):
+            # As a connection task's: this client's bytes met a bug; only it closes.
+            log.error("a connection failed on an unexpected error and was closed "
+                      "(the server goes on; please report this traceback)", exc_info=exc)
+        elif exc.errno not in nonblocking.PEER_GONE:
+            log.info("connection error: %s", exc)
+        self.close(conn)

@@ -1,0 +1,273 @@
+"""ReadyLoop under ConnectionServer: connections served from one task, handed to a task of
+their own when they must await and back, closed cleanly whichever state they are in, and
+fair to each other. A toy line protocol (ping, wait, boom, bye) on real 127.0.0.1 sockets."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from memring.netio import nonblocking
+from memring.netio.connection_server import Connection, ConnectionCounters, ConnectionServer
+from memring.netio.ready_loop import Handoff, HangUp, Receiver
+
+pytestmark = pytest.mark.unit
+
+
+class LineHandler:
+    """`ping` -> `pong` at once; `wait` -> `waited` once `release` is set (handed off);
+    `boom` raises; `bye` hangs up. Records what it saw."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[Connection, bytes] = {}
+        self.release = trio.Event()
+        self.waiting = trio.Event()  # a handoff is waiting for `release`
+        self.closed_count = 0
+        self.handoffs = 0
+
+    def opened(self, conn: Connection) -> Receiver:
+        self.buffers[conn] = b""
+        return functools.partial(self.received, conn)
+
+    def holds_input(self, conn: Connection) -> bool:
+        return bool(self.buffers[conn])
+
+    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
+        buffer = self.buffers[conn] + data
+        replies = []
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            if line == b"boom":
+                raise KeyError("a bug")
+            if line == b"bye":
+                return HangUp
+            if line == b"wait":
+                self.buffers[conn] = buffer
+                conn.sock.send(b"".join(replies))
+                return self._wait(conn)
+            replies.append(b"pong\n" if line == b"ping" else b"?\n")
+        self.buffers[conn] = buffer
+        if replies:
+            conn.sock.send(b"".join(replies))
+            ConnectionServer.rearm(conn)
+        return None
+
+    async def _wait(self, conn: Connection) -> bool:
+        self.handoffs += 1
+        self.waiting.set()
+        await self.release.wait()
+        await conn.stream.send_all(b"waited\n")
+        return True
+
+    def closed(self, conn: Connection) -> None:
+        self.closed_count += 1
+        del self.buffers[conn]
+
+
+async def start(nursery: trio.Nursery, server: ConnectionServer) -> int:
+    listener = nonblocking.listen("127.0.0.1", 0)
+    port: int = listener.getsockname()[1]
+    await nursery.start(server.serve, listener)
+    return port
+
+
+async def ask(sock: socket.socket, request: bytes, reply_end: bytes = b"\n") -> bytes:
+    await nonblocking.send_all(sock, request)
+    got = b""
+    while not got.endswith(reply_end):
+        data = await nonblocking.recv(sock, 65536)
+        if not data:
+            break
+        got += data
+    return got
+
+
+async def settled(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded by the test's fail_after) until `condition()` holds."""
+    while not condition():
+        await trio.sleep(0.005)
+
+
+async def test_a_connection_handed_off_comes_back_to_the_loop() -> None:
+    handler = LineHandler()
+    server = ConnectionServer(handler, 10, ConnectionCounters())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(sock, b"ping\n") == b"pong\n"
+            (conn,) = server.connections()
+            assert conn.looped
+            await nonblocking.send_all(sock, b"wait\n")
+            await handler.waiting.wait()
+            assert not conn.looped and not conn.reading  # in its own task, not idle-timed
+            other = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(other, b"ping\n") == b"pong\n"  # the loop serves on meanwhile
+            handler.release.set()
+            assert await ask(sock, b"", b"waited\n") == b"waited\n"
+            await settled(lambda: conn.looped, "back in the set")
+            assert conn.reading
+            assert await ask(sock, b"ping\nping\n", b"pong\npong\n") == b"pong\npong\n"
+            assert handler.handoffs == 1
+            nonblocking.close(sock)
+            nonblocking.close(other)
+            await settled(lambda: not server.connections(), "both closed")
+            server.shutdown(1.0)
+    assert handler.closed_count == 2
+
+
+async def test_a_client_gone_while_handed_off_is_closed_once() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(sock, b"wait\n")
+            await handler.waiting.wait()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            nonblocking.close(sock)  # a reset: the handoff's send fails or finds EOF next
+            handler.release.set()
+            await settled(lambda: counters.curr_connections == 0, "closed")
+            assert handler.closed_count == 1 and not server.connections()
+            fresh = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(fresh, b"ping\n") == b"pong\n"
+            nonblocking.close(fresh)
+            server.shutdown(1.0)
+    assert handler.closed_count == 2
+
+
+async def test_shutdown_closes_looped_idle_at_once_and_lets_a_handoff_finish() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            idle = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(idle, b"ping\n") == b"pong\n"
+            partial = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(partial, b"pi")  # half a request: busy, in the set
+            busy = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(busy, b"wait\n")
+            await handler.waiting.wait()
+            await settled(lambda: counters.curr_connections == 3, "all three in")
+            server.shutdown(5.0)
+            assert await nonblocking.recv(idle, 100) == b""  # closed at once
+            assert counters.curr_connections == 2
+            # the half request completes and is answered, then that connection closes
+            assert await ask(partial, b"ng\n") == b"pong\n"
+            assert await nonblocking.recv(partial, 100) == b""
+            handler.release.set()  # the handed-off batch finishes: its reply, then closed
+            assert await ask(busy, b"", b"waited\n") == b"waited\n"
+            assert await nonblocking.recv(busy, 100) == b""
+        for sock in (idle, partial, busy):
+            nonblocking.close(sock)
+    assert counters.curr_connections == 0 and handler.closed_count == 3
+
+
+async def test_the_grace_deadline_closes_both_states() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            partial = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(partial, b"pi")  # never completed
+            busy = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(busy, b"wait\n")  # never released
+            await handler.waiting.wait()
+            await settled(lambda: counters.curr_connections == 2, "both in")
+            began = trio.current_time()
+            server.shutdown(0.3)
+        assert trio.current_time() - began >= 0.3
+        for sock in (partial, busy):
+            assert await nonblocking.recv(sock, 100) == b""
+            nonblocking.close(sock)
+    assert counters.curr_connections == 0 and handler.closed_count == 2
+
+
+async def test_a_pipelining_client_does_not_starve_another() -> None:
+    """One client keeps the socket full of requests it never stops sending; another's
+    request is still answered at once: one read per connection per pass."""
+    handler = LineHandler()
+    server = ConnectionServer(handler, 10, ConnectionCounters())
+    flood = b"ping\n" * 20000  # 100 KB a send: more than one read's worth always waits
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            hog = await nonblocking.connect("127.0.0.1", port)
+            stop = trio.Event()
+
+            async def pipeline() -> None:
+                while not stop.is_set():
+                    await nonblocking.send_all(hog, flood)
+
+            async def drain() -> None:
+                while not stop.is_set():
+                    await nonblocking.recv(hog, 1 << 20)
+
+            nursery.start_soon(pipeline)
+            nursery.start_soon(drain)
+            await trio.sleep(0.2)  # the flood is on
+            polite = await nonblocking.connect("127.0.0.1", port)
+            for _ in range(20):
+                began = trio.current_time()
+                assert await ask(polite, b"ping\n") == b"pong\n"
+                assert trio.current_time() - began < 1.0
+            stop.set()
+            nonblocking.close(polite)
+            server.shutdown(0.5)
+            nursery.cancel_scope.cancel()
+        nonblocking.close(hog)
+
+
+async def test_a_failing_connection_closes_alone(caplog: pytest.LogCaptureFixture) -> None:
+    handler = LineHandler()
+    server = ConnectionServer(handler, 10, ConnectionCounters())
+    with trio.fail_after(10), caplog.at_level(logging.ERROR, "memring.net"):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            bystander = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(bystander, b"ping\n") == b"pong\n"
+            victim = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(victim, b"boom\n") == b""  # closed, no reply
+            assert await ask(bystander, b"ping\n") == b"pong\n"
+            assert await ask(bystander, b"bye\n") == b""  # HangUp closes
+            nonblocking.close(victim)
+            nonblocking.close(bystander)
+            server.shutdown(1.0)
+    failures = [r for r in caplog.records if r.exc_info and r.exc_info[0] is KeyError]
+    assert len(failures) == 1
+    assert handler.closed_count == 2
+
+
+async def test_the_idle_timeout_and_eviction_close_looped_connections() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 2, counters, idle_timeout=0.2, evict_idle=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            first = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(first, b"ping\n") == b"pong\n"
+            second = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(second, b"ping\n") == b"pong\n"
+            third = await nonblocking.connect("127.0.0.1", port)  # evicts the oldest idle
+            assert await ask(third, b"ping\n") == b"pong\n"
+            assert await nonblocking.recv(first, 100) == b""
+            # the idle timeout: the others close within timeout + a sweep
+            assert await nonblocking.recv(second, 100) == b""
+            assert await nonblocking.recv(third, 100) == b""
+            assert counters.idle_kicks == 3 and counters.curr_connections == 0
+            for sock in (first, second, third):
+                nonblocking.close(sock)
+            server.shutdown(1.0)
+    assert handler.closed_count == 3
