@@ -41,6 +41,11 @@ class ReceiveBuffer:
         """Up to `size` unread bytes, left unread."""
         return bytes(self._data[self._start: self._start + size])
 
+    def line_length(self) -> int:
+        """The length of the next line, its "\\n" included, or -1 if no whole line is here."""
+        end = self._data.find(b"\n", self._start)
+        return end - self._start + 1 if end >= 0 else -1
+
     def take_line(self) -> bytes | None:
         """The next line without its "\\n" (a "\\r" before it is kept), or None if no whole
         line is here yet."""

@@ -30,6 +30,9 @@ _STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"
 _META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
 _ERROR_KINDS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
 _GATE_LINES = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
+# Events without a payload of their own are shared, not made per reply (nothing changes them)
+_END = End()
+_STATUSES = {word: Status(word) for word in _STATUS_WORDS}
 
 
 class ResponseError(Exception):
@@ -51,7 +54,7 @@ class ResponseParser:
         self.max_line = max_line
         self.max_value = max_value
         self._buf = ReceiveBuffer()
-        self._pending: tuple[bytes, list[bytes], int] | None = None  # header, tokens, size
+        self._pending: tuple[bytes, list[bytes], int] | None = None  # line, tokens, size
 
     def receive_data(self, data: bytes) -> None:
         self._buf += data
@@ -59,31 +62,58 @@ class ResponseParser:
     def next_event(self) -> Response | NeedData:
         if self._pending is not None:
             return self._data_block()
-        line = self._buf.take_line()
-        if line is None:
-            if len(self._buf) > self.max_line:
+        buf = self._buf
+        length = buf.line_length()
+        if length < 0:
+            if len(buf) > self.max_line:
                 raise ResponseError(f"reply line longer than {self.max_line} bytes")
             return NEED_DATA
+        line = buf.peek(length - 1)
+        if line.startswith(b"VALUE "):  # most of a get's reply: see _value
+            return self._value(line, length)
+        buf.skip(length)
         if line.endswith(b"\r"):
             line = line[:-1]
         return self._line(line)
 
+    def _value(self, line: bytes, length: int) -> Response | NeedData:
+        """A VALUE block, taken whole once it is all here (the header parsed again until
+        then): the header checked, the block kept as it came (`Value.wire`)."""
+        header = line[:-1] if line.endswith(b"\r") else line
+        tokens = header.split(b" ")
+        count = len(tokens)
+        if (count != 4 and count != 5) or not tokens[2].isdigit() or not tokens[3].isdigit() \
+                or (count == 5 and not tokens[4].isdigit()):
+            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
+        size = int(tokens[3])
+        if size > self.max_value:
+            raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
+        wire = self._buf.take(length + size + 2)
+        if wire is None:
+            return NEED_DATA
+        if not wire.endswith(b"\r\n"):
+            raise ResponseError("data block not terminated by \\r\\n")
+        value = wire[length:-2]
+        if header is line:  # a header ended by "\n" alone: forwarded with memcached's CRLF
+            wire = header + b"\r" + wire[length - 1:]
+        return Value(tokens[1], int(tokens[2]), value, int(tokens[4]) if count == 5 else None,
+                     wire)
+
     def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")
-        if head == b"VALUE":
-            tokens = rest.split(b" ")
-            if len(tokens) not in (3, 4) or not all(t.isdigit() for t in tokens[1:]):
-                raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
-            return self._expect(head, tokens, int(tokens[2]))
-        if head == b"END" and not rest:
-            return End()
-        if head in _STATUS_WORDS and not rest:
-            return Status(head)
+        if head == b"VALUE":  # "VALUE" with no tokens (next_event takes "VALUE ...")
+            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
+        if not rest:
+            if head == b"END":
+                return _END
+            status = _STATUSES.get(head)
+            if status is not None:
+                return status
         if head == b"VA":
             tokens = rest.split(b" ")
             if not tokens[0].isdigit():
                 raise ResponseError(f"bad VA line ({len(line)} bytes)")
-            return self._expect(head, tokens, int(tokens[0]))
+            return self._expect(line, tokens, int(tokens[0]))
         if head in _META_CODES:
             return MetaReply(head, rest.split(b" ") if rest else [])
         if head == b"STAT":
@@ -101,23 +131,20 @@ class ResponseParser:
             raise ResponseError("empty reply line")
         return Line(line)
 
-    def _expect(self, head: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
+    def _expect(self, line: bytes, tokens: list[bytes], size: int) -> Response | NeedData:
+        """`line` announced a VA data block of `size` bytes (`tokens`: the line after VA)."""
         if size > self.max_value:
             raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
-        self._pending = (head, tokens, size)
+        self._pending = (line, tokens, size)
         return self._data_block()
 
     def _data_block(self) -> Response | NeedData:
         assert self._pending is not None
-        head, tokens, size = self._pending
-        block = self._buf.take_block(size)
+        line, tokens, size = self._pending
+        block = self._buf.take(size + 2)  # the data and its CRLF
         if block is None:
             return NEED_DATA
-        value, terminated = block
-        if not terminated:
+        if not block.endswith(b"\r\n"):
             raise ResponseError("data block not terminated by \\r\\n")
         self._pending = None
-        if head == b"VALUE":
-            cas = int(tokens[3]) if len(tokens) == 4 else None
-            return Value(tokens[0], int(tokens[1]), value, cas)
-        return MetaReply(b"VA", tokens[1:], value)
+        return MetaReply(b"VA", tokens[1:], block[:-2], line + b"\r\n" + block)

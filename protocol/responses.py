@@ -21,8 +21,13 @@ class Value:
     flags: int
     value: bytes
     cas: int | None = None
+    # the block as the server sent it (header line, data, CRLF): forwarded as it came, not
+    # encoded again (the parser checked the header; the proxy's replies are its backends')
+    wire: bytes = field(default=b"", compare=False, repr=False)
 
     def encode(self) -> bytes:
+        if self.wire:
+            return self.wire
         if self.cas is None:
             return b"VALUE %s %d %d\r\n%s\r\n" % (self.key, self.flags, len(self.value),
                                                   self.value)
@@ -93,8 +98,11 @@ class MetaReply:
     code: bytes
     flags: list[bytes] = field(default_factory=list)
     value: bytes | None = None
+    wire: bytes = field(default=b"", compare=False, repr=False)  # a VA as it came (see Value)
 
     def encode(self) -> bytes:
+        if self.wire:
+            return self.wire
         head = self.code
         if self.value is not None:
             head = b"VA %d" % len(self.value)

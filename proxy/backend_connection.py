@@ -40,6 +40,7 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
+from memring.proxy.edge_reads import EdgePoller, EdgeReader
 
 
 class ReplyListener(Protocol):
@@ -135,8 +136,9 @@ class BackendConnection:
         self._tls = tls
         self._sock: socket.socket | None = None
         self._stream: PlainStream | TlsStream | None = None
+        self._reader: EdgeReader | None = None  # a plain stream's reads (proxy.edge_reads)
         self._outbox: list[bytes] = []
-        self._wake_writer = trio.Event()
+        self._writer: trio.lowlevel.Task | None = None  # parked until there is an outbox
         self._pending: deque[PendingReply] = deque()
         self._became_busy = trio.Event()
         self._cancel = trio.CancelScope()
@@ -290,7 +292,10 @@ class BackendConnection:
                 self._became_busy.set()
         elif len(pending) == 1:
             self._became_busy.set()
-        self._wake_writer.set()
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
         return reply
 
     def close(self, reason: str) -> None:
@@ -300,6 +305,9 @@ class BackendConnection:
         while self._pending:
             self._pending.popleft().fail(reason)
         self._outbox.clear()
+        if self._reader is not None:
+            self._reader.close()  # before its fd is closed (and reused)
+            self._reader = None
         if self._sock is not None:
             nonblocking.close(self._sock)
             self._sock = None
@@ -307,22 +315,39 @@ class BackendConnection:
 
     async def _write_forever(self, stream: PlainStream | TlsStream) -> None:
         send_all = stream.send_all
+        outbox = self._outbox
         while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            data = b"".join(self._outbox)
-            self._outbox.clear()
+            await self._requests_queued()
+            data = b"".join(outbox)
+            outbox.clear()
             try:
                 await send_all(data)
             except OSError as exc:
                 self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
 
+    async def _requests_queued(self) -> None:
+        """Park the writer until `submit` queues a request (woken directly: no Event per
+        batch); a checkpoint either way."""
+        if self._outbox:
+            await trio.lowlevel.checkpoint()
+            return
+        self._writer = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._writer = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     async def _read_forever(self, stream: PlainStream | TlsStream) -> None:
         parser = ResponseParser()
         pending = self._pending
         arrived: list[ReplyListener] = []
         recv = stream.recv
+        if type(stream) is PlainStream and self._reader is None:
+            self._reader = EdgePoller.reader(stream.sock)
+            recv = self._reader.recv
         while True:
             try:
                 data = await recv(nonblocking.READ_SIZE)

@@ -30,6 +30,7 @@ from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
 from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
+from memring.netio.streams import PlainStream
 from memring.netio.tls import ServerTls, TlsSettings, client_context
 from memring.protocol import NEED_DATA, RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
@@ -39,6 +40,7 @@ from memring.protocol.requests import ProtocolError
 from memring.protocol.write_points import WritePoints, block_of
 from memring.proxy.binary_batches import BatchingParser
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
+from memring.proxy.edge_reads import EdgePoller
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
 from memring.proxy.router import Shard, ShardRouter
@@ -183,7 +185,6 @@ class ProxyServer:
 
     async def _converse(self, conn: Connection) -> None:
         assert self._drainers is not None
-        recv = conn.stream.recv  # plain or TLS (set before the handler runs)
         settings = self.state.settings
         auth = self.auth
 
@@ -213,6 +214,9 @@ class ProxyServer:
         clients[conn] = None  # for `stats conns`
         queue = replies.queue
         refused = False  # the client's partial requests would pass the proxy's budget
+        # plain or TLS (set before the handler runs); plain reads need no epoll re-arm each
+        reader = EdgePoller.reader(conn.sock) if type(conn.stream) is PlainStream else None
+        recv = conn.stream.recv if reader is None else reader.recv
         try:
             while not server.closing:
                 # Replies of the last batch may still be on their way: the backends' readers
@@ -280,6 +284,8 @@ class ProxyServer:
                 replies.hold_input(0)
                 await self._refuse(replies, conn.sock)
         finally:
+            if reader is not None:
+                reader.close()  # before the connection server closes the socket
             conn.busy = None  # it refers to replies, which refer to conn: no cycle left
             clients.pop(conn, None)
             conn.held = replies.close()  # the most it held (netio.heap trims after big ones)

@@ -213,16 +213,18 @@ class ClientSession:
                exptime: int = 0) -> list[tuple[list[bytes], Settling]]:
         """A multi-get of `distinct` keys split per shard: each part's keys and its read
         (its write for gat/gats), all sent at once."""
-        by_shard: dict[int, list[bytes]] = {}
-        shards = {}
+        by_shard: dict[Shard, list[bytes]] = {}  # shards hash by identity (eq=False)
+        shard_for = router.shard_for
         for key in distinct:
-            shard = router.shard_for(key)
-            by_shard.setdefault(id(shard), []).append(key)
-            shards[id(shard)] = shard
+            shard = shard_for(key)
+            part = by_shard.get(shard)
+            if part is None:
+                by_shard[shard] = [key]
+            else:
+                part.append(key)
         parts = []
         touches = command in (b"gat", b"gats")
-        for shard_id, shard_keys in by_shard.items():
-            shard = shards[shard_id]
+        for shard, shard_keys in by_shard.items():
             line = encode_get(command, shard_keys, exptime)
             if touches:
                 parts.append((shard_keys, self._write(router, shard, line, True)))

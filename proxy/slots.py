@@ -132,7 +132,7 @@ Waiting = Literal[_Pending.WAITING]
 def render(reply: PendingReply) -> bytes:
     if reply.error is not None:
         return b"SERVER_ERROR %s\r\n" % reply.error.encode()
-    return b"".join(event.encode() for event in reply.events)
+    return b"".join([event.encode() for event in reply.events])
 
 
 def _failed(reply: PendingReply) -> bool:

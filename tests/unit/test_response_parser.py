@@ -52,7 +52,20 @@ def test_events_encode_back_to_the_same_bytes() -> None:
     assert b"".join(e.encode() for e in EVENTS) == STREAM
 
 
-@pytest.mark.parametrize("data", [b"VALUE a x 3\r\n", b"VALUE a 0 1\r\nxyz\r\n", b"\r\n"])
+@pytest.mark.parametrize("step", [1, 3, len(STREAM)])
+def test_parsed_data_blocks_keep_their_wire_bytes(step: int) -> None:
+    """What the proxy forwards is each block as the backend sent it, whatever the reads."""
+    blocks = [e.wire for e in parse(STREAM, step)
+              if type(e) is Value or (type(e) is MetaReply and e.value is not None)]
+    assert blocks == [b"VALUE a 5 3\r\nabc\r\n", b"VALUE b 0 2 77\r\n\r\n\r\n",
+                      b"VA 2 t-1 Oq\r\nhi\r\n"]
+    value = parse(b"VALUE k 0 2\nab\r\n", 1)[0]
+    assert value == Value(b"k", 0, b"ab") and value.wire == b"VALUE k 0 2\r\nab\r\n"
+
+
+@pytest.mark.parametrize("data", [b"VALUE a x 3\r\n", b"VALUE a 0 1\r\nxyz\r\n", b"\r\n",
+                                  b"VALUE a 0 3 x\r\n", b"VALUE a 0\r\n", b"VALUE a 0 3 1 1\r\n",
+                                  b"VALUE a 0 3\r\nabcXY"])
 def test_garbage_is_a_response_error(data: bytes) -> None:
     with pytest.raises(ResponseError):
         parse(data, len(data))
