@@ -100,7 +100,8 @@ def test_step_down_hands_leadership_to_the_in_sync_follower(etcd: EtcdProcess,
         assert moved.stdout.startswith(f"{node_id(follower)} leads shard {SHARD}")
         print(f"\nstep-down: {moved.stdout.strip()} (command {time.monotonic() - started:.2f}s)")
         assert shard.role(follower) == "leader"
-        assert shard.role(leader) == "follower"
+        # the old leader follows once it has synced from the new one ("syncing" until then)
+        wait_for(lambda: shard.role(leader) == "follower", 10.0, "the old leader following")
         view = trio.run(shard.view)
         assert view.shards[SHARD].hint is None  # the hint was dropped
 
