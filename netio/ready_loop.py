@@ -109,7 +109,10 @@ class ReadyLoop:
                         continue
                     conn.reading = conn.idle = False
                     if not data:
-                        self.close(conn)
+                        if conn.at_end_of_input is None:
+                            self.close(conn)
+                        else:  # replies may still be owed (a client that half-closed)
+                            self._after(conn, conn.at_end_of_input())
                         continue
                     try:
                         outcome = receiver(data)
@@ -118,7 +121,7 @@ class ReadyLoop:
                         continue
                     if outcome is None and not self.stopping:
                         conn.reading = True  # the common case, inline
-                    else:
+                    elif conn.looped:  # (a handler may have closed it meanwhile: the proxy)
                         self._after(conn, outcome)
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
