@@ -216,7 +216,9 @@ class ProxyServer:
     def closed(self, conn: Connection) -> None:
         """ReadyHandler: `conn` closes; what its replies held goes back to the budget."""
         self.state.clients.pop(conn, None)
-        conn.at_end_of_input = None
+        # the conversation's bound methods: conn and conversation refer to each other, and a
+        # cycle would keep a closed client's buffers until the cyclic GC runs
+        conn.receiver = conn.at_end_of_input = None
         conversation = self._conversations.pop(conn, None)
         if conversation is not None:
             conn.held = conversation.close()  # the most it held (netio.heap trims after big ones)
