@@ -16,6 +16,9 @@ it is waiting for input again. A pass ends with a checkpoint, so with one read p
 per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
 timers, handed-off connections) run between passes.
 
+A client's end of input closes its connection, unless the handler set
+`conn.at_end_of_input`, which says what it still owes (the proxy: replies on their way).
+
 Closing a connection unregisters it from the set first (the descriptor may be reused by the
 next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
 that nursery (the shutdown grace deadline) closes every connection still in the set.
