@@ -176,7 +176,9 @@ class ClientConversation:
     def at_end_of_input(self) -> Handoff | type[HangUp]:
         """The client closed its side: the replies owed go first (the held ones never go,
         as in memcached), then the connection closes."""
-        if self.replies.answered:
+        replies = self.replies
+        replies.waiting_for_client = False  # owed replies, not a wait for input (shutdown)
+        if replies.answered:
             return HangUp
         return self._continue(_Pause.CLOSING)
 
