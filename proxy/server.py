@@ -1,7 +1,9 @@
 """The proxy's TCP server: client sessions, backend pools, topology reloads.
 
 Structured concurrency: `ProxyServer.serve` owns two nurseries, one for the backend
-pools (each pool runs its connection slots) and one for client sessions. A topology
+pools (each pool runs its connection slots) and one for client connections (the
+ConnectionServers: plain clients served from one ReadyLoop task by their `ClientConversation`,
+proxy/conversation.py; TLS ones a task each) and reply drainers. A topology
 change builds a new `ShardRouter` and swaps it in with one assignment; pools are kept
 per node address, so nodes present before and after keep their connections, and pools
 of removed nodes are closed once the new router is in place.
