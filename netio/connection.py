@@ -58,6 +58,8 @@ class Connection:
     writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
     looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
     receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
+    # with a ReadyHandler: what the client's end of input (EOF) calls for; None: close now
+    at_end_of_input: Callable[[], Handoff | type[HangUp]] | None = None
     stream: Stream = field(init=False)  # what handlers read and write: plain or TLS
 
     def __post_init__(self) -> None:

@@ -253,6 +253,11 @@ class ConnectionServer:
             return not self.ready.holds_input(conn)
         return conn.idle
 
+    def end(self, conn: Connection) -> None:
+        """Close `conn` on its handler's behalf (a client that is gone or does not read),
+        wherever it is: in the ReadyLoop's set now, else by cancelling its task."""
+        self._cancel(conn)
+
     def _cancel(self, conn: Connection) -> None:
         """End `conn`: its task is cancelled, or, in the ReadyLoop's set, it closes now."""
         if conn.looped:
@@ -331,6 +336,11 @@ class ConnectionServer:
             data = await recv(nonblocking.READ_SIZE)
             conn.reading = conn.idle = False
             if not data:
+                if conn.at_end_of_input is not None:
+                    ending = conn.at_end_of_input()
+                    if ending is not HangUp:
+                        assert not isinstance(ending, type)
+                        await ending
                 return
             outcome = receiver(data)
             if outcome is None:

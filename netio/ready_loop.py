@@ -16,6 +16,9 @@ it is waiting for input again. A pass ends with a checkpoint, so with one read p
 per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
 timers, handed-off connections) run between passes.
 
+A client's end of input closes its connection, unless the handler set
+`conn.at_end_of_input`, which says what it still owes (the proxy: replies on their way).
+
 Closing a connection unregisters it from the set first (the descriptor may be reused by the
 next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
 that nursery (the shutdown grace deadline) closes every connection still in the set.
@@ -109,7 +112,10 @@ class ReadyLoop:
                         continue
                     conn.reading = conn.idle = False
                     if not data:
-                        self.close(conn)
+                        if conn.at_end_of_input is None:
+                            self.close(conn)
+                        else:  # replies may still be owed (a client that half-closed)
+                            self._after(conn, conn.at_end_of_input())
                         continue
                     try:
                         outcome = receiver(data)
@@ -118,7 +124,7 @@ class ReadyLoop:
                         continue
                     if outcome is None and not self.stopping:
                         conn.reading = True  # the common case, inline
-                    else:
+                    elif conn.looped:  # (a handler may have closed it meanwhile: the proxy)
                         self._after(conn, outcome)
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:

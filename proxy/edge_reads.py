@@ -14,7 +14,8 @@ arrive after the flag was cleared raise a new edge, which only the poller consum
 wake-up is lost; a stale edge costs one `recv` that would block.
 
 A reader must be closed (unregistered) before its socket is: a closed fd's number is reused.
-TLS streams keep their own reads (netio.streams): only plain sockets use this.
+TLS streams keep their own reads (netio.streams): only plain sockets use this, and since the
+client connections went to the ReadyLoop (proxy/conversation.py), only backend connections.
 """
 
 from __future__ import annotations

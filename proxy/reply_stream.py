@@ -103,6 +103,11 @@ class ReplyStream:
         self._batch_replies = 0
 
     @property
+    def closed(self) -> bool:
+        """The client was dropped (or its connection closed): nothing more goes to it."""
+        return self._closed
+
+    @property
     def answered(self) -> bool:
         """Every issued request's reply has been sent, but for the `held` ones."""
         return len(self.queue) <= self.held and self._drainer is None
@@ -324,7 +329,7 @@ class ReplyStream:
             self._answered = None
         if self.waiting_for_client:
             if self._server.closing:
-                self._conn.scope.cancel()
+                self._server.end(self._conn)
             else:
                 self._conn.idle = self.idle_when_answered
 
@@ -333,5 +338,7 @@ class ReplyStream:
         socket)."""
         if error is not None and error.errno not in nonblocking.PEER_GONE:
             log.info("connection error: %s", error)
+        if self._closed:
+            return  # closed already (its connection too, or on its way)
         self._closed = True
-        self._conn.scope.cancel()
+        self._server.end(self._conn)

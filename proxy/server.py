@@ -1,7 +1,9 @@
 """The proxy's TCP server: client sessions, backend pools, topology reloads.
 
 Structured concurrency: `ProxyServer.serve` owns two nurseries, one for the backend
-pools (each pool runs its connection slots) and one for client sessions. A topology
+pools (each pool runs its connection slots) and one for client connections (the
+ConnectionServers: plain clients served from one ReadyLoop task by their `ClientConversation`,
+proxy/conversation.py; TLS ones a task each) and reply drainers. A topology
 change builds a new `ShardRouter` and swaps it in with one assignment; pools are kept
 per node address, so nodes present before and after keep their connections, and pools
 of removed nodes are closed once the new router is in place.
@@ -17,36 +19,27 @@ period, then close the pools.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import ssl
-import time
 
 import trio
 
 from memring.cluster.auth_file import load_credentials, reload_credentials
-from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
-from memring.netio.connection import Connection
+from memring.netio.connection import Connection, Receiver
 from memring.netio.connection_server import ConnectionServer
-from memring.netio.streams import PlainStream
 from memring.netio.tls import ServerTls, TlsSettings, client_context
-from memring.protocol import NEED_DATA, RequestParser
+from memring.protocol import RequestParser
 from memring.protocol.ascii_auth import AuthenticatingParser, Authenticator, Login
 from memring.protocol.binary_parser import BinaryRequestParser
-from memring.protocol.negotiation import NegotiatingParser, TextParser
-from memring.protocol.requests import ProtocolError
-from memring.protocol.write_points import WritePoints, block_of
-from memring.proxy.binary_batches import BatchingParser
-from memring.proxy.buffer_budget import OUT_OF_MEMORY_READING, BufferBudget
-from memring.proxy.edge_reads import EdgePoller
+from memring.protocol.negotiation import NegotiatingParser
+from memring.proxy.buffer_budget import BufferBudget
+from memring.proxy.conversation import ClientConversation
 from memring.proxy.pool import NodePool
 from memring.proxy.reply_stream import ReplyStream
 from memring.proxy.router import Shard, ShardRouter
 from memring.proxy.session import ClientSession
 from memring.proxy.settings import ProxySettings
-from memring.proxy.slots import Ready
 from memring.proxy.state import ProxyState
 from memring.proxy.stats import ProxyStats
 
@@ -61,16 +54,17 @@ class ProxyServer:
                                 ProxyStats(settings.version),
                                 BufferBudget(settings.max_buffered_bytes))
         self.state.tls = ServerTls(settings.tls_settings) if settings.tls_enabled else None
-        self.connections = ConnectionServer(self._converse, settings.max_connections,
+        self.connections = ConnectionServer(self, settings.max_connections,
                                             self.state.stats.connections,
                                             idle_timeout=settings.idle_timeout,
                                             tls=self.state.tls if settings.tls else None)
         # --tls-listen: TLS on a second port, the same connection limit and counters
         self.tls_connections = ConnectionServer(
-            self._converse, settings.max_connections, self.state.stats.connections,
+            self, settings.max_connections, self.state.stats.connections,
             idle_timeout=settings.idle_timeout,
             tls=self.state.tls) if settings.tls_listen else None
         self.tls_port = 0
+        self._conversations: dict[Connection, ClientConversation] = {}
         self._pool_nursery: trio.Nursery | None = None
         self._drainers: trio.Nursery | None = None
         self._backend_tls: tuple[TlsSettings | None, ssl.SSLContext | None] = (None, None)
@@ -183,7 +177,11 @@ class ProxyServer:
         if self.tls_connections is not None:
             self.tls_connections.shutdown(grace)
 
-    async def _converse(self, conn: Connection) -> None:
+    # -- ReadyHandler: the client connections ---------------------------------------
+
+    def opened(self, conn: Connection) -> Receiver:
+        """A client connection: its parser (text or binary by the first byte), session and
+        replies; plain ones are then served by the ReadyLoop (proxy.conversation)."""
         assert self._drainers is not None
         settings = self.state.settings
         auth = self.auth
@@ -198,106 +196,31 @@ class ProxyServer:
             # with --auth-file: SASL PLAIN against the same users first
             return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
 
-        # memcached's -B auto: the first byte chooses text or binary for the connection
-        # ... and a binary client's consecutive gets become one multi-get (binary_batches)
-        negotiating = NegotiatingParser(text, binary)
-        parser = BatchingParser(negotiating)
-        chosen: TextParser | None = None  # write points: text only (protocol.write_points)
-        replies = ReplyStream(conn, self.connections, self.state.stats, self._drainers,
+        # `closing` and `end` hold for either listener's connections (shut down together;
+        # one not in a ReadyLoop is ended by cancelling its task)
+        server = self.connections
+        replies = ReplyStream(conn, server, self.state.stats, self._drainers,
                               self.state.buffers, settings.client_buffer_bytes,
                               settings.client_write_timeout_ms / 1000)
-        client = ClientSession(self.state, replies)
-        server = self.connections
-        idle_timeout = server.idle_timeout
+        conversation = ClientConversation(conn, NegotiatingParser(text, binary),
+                                          ClientSession(self.state, replies), replies, server,
+                                          self.state.buffers)
         conn.busy = lambda: not replies.answered  # replies on their way: not idle
-        clients = self.state.clients
-        clients[conn] = None  # for `stats conns`
-        queue = replies.queue
-        refused = False  # the client's partial requests would pass the proxy's budget
-        # plain or TLS (set before the handler runs); plain reads need no epoll re-arm each
-        reader = EdgePoller.reader(conn.sock) if type(conn.stream) is PlainStream else None
-        recv = conn.stream.recv if reader is None else reader.recv
-        try:
-            while not server.closing:
-                # Replies of the last batch may still be on their way: the backends' readers
-                # send them (see reply_stream).
-                buffered = parser.buffered
-                if buffered != replies.held_input and not replies.hold_input(buffered):
-                    refused = True
-                    break
-                replies.idle_when_answered = buffered == 0
-                conn.idle = replies.idle_when_answered and replies.answered
-                replies.waiting_for_client = conn.reading = True  # --idle-timeout may close it
-                data = await recv(nonblocking.READ_SIZE)
-                replies.waiting_for_client = conn.reading = False
-                conn.idle = False
-                if not data:
-                    await replies.wait_answered()  # the held ones never go, as in memcached
-                    return
-                block = block_of(chosen.in_data_block, chosen.swallowing) if chosen else ""
-                parser.receive_data(data)
-                if chosen is None and not isinstance(negotiating.chosen, BinaryRequestParser):
-                    chosen = negotiating.chosen
-                started = time.perf_counter()
-                if not replies.answered:  # a pipelining client: the last batch first
-                    if not replies.hold_input(parser.buffered):  # held while it waits
-                        refused = True
-                        break
-                    await replies.wait_answered()
-                replies.started = started
-                issued = False
-                # which replies memcached would hold (write_points); the held ones of the last
-                # read are still unwritten
-                points = WritePoints(unwritten=replies.held, block=block)
-                while not client.closing:
-                    event = parser.next_event()
-                    if event is NEED_DATA:
-                        break
-                    issued = True
-                    if points.before():
-                        replies.held = 0
-                    if type(event) is ProtocolError and event.close and chosen:
-                        # memcached closes without writing what it had not written yet
-                        del queue[max(0, len(queue) - points.unwritten):]
-                    queue.append(client.issue(event))
-                    points.after(event, chosen.swallow_left if chosen else 0)
-                    if chosen:  # replies go out only where memcached writes them (or at the end)
-                        replies.held = points.unwritten
-                    if len(queue) - replies.held >= replies.window:
-                        # Bound what one client can have in flight (and buffered here):
-                        # answer these before reading on; a client that stops reading
-                        # stops here. (The held ones are at most REQUESTS_PER_EVENT + 1.)
-                        replies.send_ready()
-                        await replies.wait_answered()
-                        replies.adjust_window()
-                if chosen is None or not chosen.in_data_block or client.closing:
-                    replies.held = 0
-                # else they wait until the block is complete, unsent if the client closes first
-                replies.send_ready()
-                if client.closing:
-                    await replies.wait_answered()
-                    return
-                if issued and idle_timeout:
-                    server.rearm(conn)  # idle from here (or from its last reply: conn.busy)
-            if refused:
-                del parser  # its bytes are not held while the client gets its last replies
-                replies.hold_input(0)
-                await self._refuse(replies, conn.sock)
-        finally:
-            if reader is not None:
-                reader.close()  # before the connection server closes the socket
-            conn.busy = None  # it refers to replies, which refer to conn: no cycle left
-            clients.pop(conn, None)
-            conn.held = replies.close()  # the most it held (netio.heap trims after big ones)
+        conn.at_end_of_input = conversation.at_end_of_input
+        self._conversations[conn] = conversation
+        self.state.clients[conn] = None  # for `stats conns`
+        return conversation.received
 
-    async def _refuse(self, replies: ReplyStream, sock: socket.socket) -> None:
-        """The client's partial requests would pass --max-buffered-bytes: after the replies
-        it is owed, memcached's answer to a read buffer it cannot allocate, then close."""
-        self.state.buffers.log_refusal("input")
-        replies.queue.append(Ready(OUT_OF_MEMORY_READING))
-        replies.send_ready()
-        await replies.wait_answered()
-        with contextlib.suppress(OSError):
-            # EOF after the answer: closing with its unread input resets the connection,
-            # and a reset that overtakes the answer would lose it.
-            sock.shutdown(socket.SHUT_WR)
+    def holds_input(self, conn: Connection) -> bool:
+        """ReadyHandler: part of a request buffered, or replies on their way."""
+        return self._conversations[conn].holds_input()
+
+    def closed(self, conn: Connection) -> None:
+        """ReadyHandler: `conn` closes; what its replies held goes back to the budget."""
+        self.state.clients.pop(conn, None)
+        # the conversation's bound methods: conn and conversation refer to each other, and a
+        # cycle would keep a closed client's buffers until the cyclic GC runs
+        conn.receiver = conn.at_end_of_input = None
+        conversation = self._conversations.pop(conn, None)
+        if conversation is not None:
+            conn.held = conversation.close()  # the most it held (netio.heap trims after big ones)

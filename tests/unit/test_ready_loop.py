@@ -271,3 +271,58 @@ async def test_the_idle_timeout_and_eviction_close_looped_connections() -> None:
                 nonblocking.close(sock)
             server.shutdown(1.0)
     assert handler.closed_count == 3
+
+
+class EndingHandler(LineHandler):
+    """LineHandler, plus: at EOF the client still gets `late` once `release` is set (a
+    half-closed client owed replies: the proxy); `drop` closes the connection through the
+    server from inside the read and then hangs up (a client dropped mid-batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server: ConnectionServer | None = None
+
+    def opened(self, conn: Connection) -> Receiver:
+        conn.at_end_of_input = functools.partial(self._ending, conn)
+        return super().opened(conn)
+
+    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
+        if data == b"drop\n":
+            assert self.server is not None
+            self.server.end(conn)
+            return HangUp
+        return super().received(conn, data)
+
+    def _ending(self, conn: Connection) -> Handoff | type[HangUp]:
+        return self._late(conn)
+
+    async def _late(self, conn: Connection) -> bool:
+        await self.release.wait()
+        await conn.stream.send_all(b"late\n")
+        return False
+
+
+async def test_a_half_closed_client_gets_what_it_is_owed_then_closes() -> None:
+    handler = EndingHandler()
+    counters = ConnectionCounters()
+    server = handler.server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(sock, b"ping\n") == b"pong\n"
+            sock.shutdown(socket.SHUT_WR)
+            (conn,) = server.connections()
+            await settled(lambda: not conn.looped, "handed off at EOF")
+            assert counters.curr_connections == 1
+            handler.release.set()
+            assert await ask(sock, b"", b"late\n") == b"late\n"
+            assert await nonblocking.recv(sock, 100) == b""
+            await settled(lambda: counters.curr_connections == 0, "closed")
+            dropped = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(dropped, b"drop\n") == b""  # closed once, from inside the read
+            await settled(lambda: counters.curr_connections == 0, "closed")
+            nonblocking.close(sock)
+            nonblocking.close(dropped)
+            server.shutdown(1.0)
+    assert handler.closed_count == 2
