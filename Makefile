@@ -39,9 +39,9 @@ run: venv debian-deps
 	$(BIN)/memring up --port 11211
 
 lint: venv
-	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose
+	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose build_support
 	$(BIN)/mypy
-	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py
+	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py build_support/compile_hot_modules.py
 
 test: venv debian-deps lint
 	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/compose
