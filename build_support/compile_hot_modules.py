@@ -15,6 +15,7 @@ them is in docs/benchmarks.md "Compiled hot modules (mypyc)".
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import sysconfig
@@ -56,8 +57,9 @@ def clean() -> None:
 
 def build() -> bool:
     """Compile HOT_MODULES in place; False (with one line on stderr) when it cannot."""
-    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is None:
-        print("memring: no C compiler; the hot modules stay pure Python", file=sys.stderr)
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        print(f"memring: no C compiler ({compiler}); the hot modules stay pure Python", file=sys.stderr)
         return False
     try:
         from mypyc.build import mypycify
