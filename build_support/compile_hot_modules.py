@@ -77,7 +77,8 @@ def build() -> bool:
             group_name="memring.hot",
         )
         distribution = Distribution({"ext_modules": extensions, "name": "memring-hot-modules"})
-        distribution.script_args = ["build_ext", "--inplace", "--build-temp", str(BUILD_FOLDER / "temp")]
+        distribution.script_args = ["build_ext", "--inplace", "--build-temp", str(BUILD_FOLDER / "temp"),
+                                    "--build-lib", str(BUILD_FOLDER / "lib")]
         distribution.parse_command_line()
         distribution.run_commands()
     except (Exception, SystemExit) as error:  # a failed build leaves the pure-Python modules
