@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
 
-.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory idle-cost proxy-topology many-failovers debian-deps venv clean
+.PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory idle-cost proxy-topology many-failovers debian-deps venv clean compiled
 
 venv: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+
+# The codec's parser and the backend's store compiled in place with mypyc (issue 16; ~25 s).
+# Opt-in, not part of `make venv`: see docs/benchmarks.md "Compiled hot modules (mypyc)".
+# No compiler or a failed build: one line, the pure-Python modules stay. `make clean` removes them.
+compiled: venv
+	$(BIN)/python build_support/compile_hot_modules.py
 
 # Debian packages the tests and benchmarks use as oracles. Installed without
 # starting their services (policy-rc.d exits 101); tests start their own.
@@ -33,9 +39,9 @@ run: venv debian-deps
 	$(BIN)/memring up --port 11211
 
 lint: venv
-	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose
+	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose build_support
 	$(BIN)/mypy
-	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py
+	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py build_support/compile_hot_modules.py
 
 test: venv debian-deps lint
 	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/compose
@@ -132,4 +138,5 @@ client-suites: venv debian-deps
 	$(BIN)/python bench/client_suites.py $(CLIENT_SUITES_ARGS)
 
 clean:
+	@test ! -x $(BIN)/python || $(BIN)/python build_support/compile_hot_modules.py --clean
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

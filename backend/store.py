@@ -34,7 +34,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from itertools import islice
 
@@ -138,8 +138,8 @@ class StoreStats:
     touch_misses: int = 0
 
     def reset(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        for counter in fields(self):  # not __slots__: a class compiled by mypyc has none
+            setattr(self, counter.name, 0)
 
 
 class Store:

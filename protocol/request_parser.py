@@ -17,6 +17,7 @@ memcached's own proxy answers); a data block is buffered only when its item fits
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 from memring.protocol.meta_flags import (
     BAD_FORMAT,
@@ -83,6 +84,12 @@ _DISPATCHED_FIRST = frozenset(b"gsacidt")
 def _error(reply: bytes, noreply: bool = False) -> ProtocolError | None:
     # noreply hides every reply of a text command, errors included (live 1.6.18).
     return None if noreply else ProtocolError(reply + b"\r\n")
+
+
+# The M tokens `ma` and `ms` take: none (0) or one of these letters (tuples spelled out, not
+# starred literals, which mypyc cannot compile).
+_META_ARITHMETIC_MODES = (0, ord("I"), ord("+"), ord("D"), ord("-"))
+_META_SET_MODES = (0, ord("E"), ord("A"), ord("P"), ord("R"), ord("S"))
 
 
 class RequestParser:
@@ -273,13 +280,8 @@ class RequestParser:
             if noreply:
                 return ProtocolError(b"", drop_key=key) if command == b"set" else None
             return ProtocolError(_TOO_LARGE, drop_key=key if command == b"set" else None)
-
-        def build(value: bytes | None) -> Request | None:
-            if value is None:
-                return _error(b"CLIENT_ERROR bad data chunk", noreply)
-            return Store(command, key, flags, exptime, value, cas_unique, noreply)
-
-        self._expect_data(length + 2, build)
+        self._expect_data(length + 2, partial(
+            _store_with_data, command, key, flags, exptime, cas_unique, noreply))
         return None
 
     def _delete(self, tokens: list[bytes]) -> Request | None:
@@ -403,7 +405,7 @@ class RequestParser:
         parsed = self._meta_key(tokens, generic_errors=True)
         if isinstance(parsed, ProtocolError):
             return parsed
-        if parsed[1].mode not in (0, *b"I+D-"):  # 1.6.18: no lowercase (fuzzer, `ma k Mi`)
+        if parsed[1].mode not in _META_ARITHMETIC_MODES:  # 1.6.18: no lowercase (fuzzer, `ma k Mi`)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ma M token\r\n")
         if len(parsed[1].opaque) > MAX_OPAQUE_LENGTH:  # after the mode, as for ms
             return ProtocolError(_OPAQUE_TOO_LONG)
@@ -425,7 +427,7 @@ class RequestParser:
             self._swallow_data(length + 2)
             return parsed
         key, flags = parsed
-        if flags.mode not in (0, *b"EAPRS"):
+        if flags.mode not in _META_SET_MODES:
             self._swallow_data(length + 2)
             return ProtocolError(b"CLIENT_ERROR invalid mode for ms M token\r\n")
         # 1.6.18 notes a long opaque, then reports a bad mode first (process_mset_command)
@@ -435,13 +437,7 @@ class RequestParser:
         if item_size(len(key), length, flags.client_flags) > self.max_item_size:
             self._swallow_data(length + 2)
             return ProtocolError(_TOO_LARGE, drop_key=key)
-
-        def build(value: bytes | None) -> Request | None:
-            if value is None:
-                return ProtocolError(_BAD_CHUNK)  # meta mode always reports errors
-            return MetaSet(key, flags, value)
-
-        self._expect_data(length + 2, build)
+        self._expect_data(length + 2, partial(_meta_set_with_data, key, flags))
         return None
 
     def _meta_debug(self, tokens: list[bytes]) -> Request | None:
@@ -462,6 +458,21 @@ class RequestParser:
 # By command, the method that reads its tokens. At class level: a table of bound methods in
 # each parser would make every parser a reference cycle, whose buffer (up to a 1 MiB
 # half-sent line) only the cyclic GC could free after its connection closed.
+# A data block's builders, bound with functools.partial rather than closures: a closure
+# compiled by mypyc is a reference cycle (its environment holds it), left to the cyclic GC.
+def _store_with_data(command: bytes, key: bytes, flags: int, exptime: int, cas_unique: int,
+                     noreply: bool, value: bytes | None) -> Request | None:
+    if value is None:
+        return _error(b"CLIENT_ERROR bad data chunk", noreply)
+    return Store(command, key, flags, exptime, value, cas_unique, noreply)
+
+
+def _meta_set_with_data(key: bytes, flags: MetaFlags, value: bytes | None) -> Request | None:
+    if value is None:
+        return ProtocolError(_BAD_CHUNK)  # meta mode always reports errors
+    return MetaSet(key, flags, value)
+
+
 _DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] = {
     b"get": RequestParser._retrieval, b"gets": RequestParser._retrieval,
     b"gat": RequestParser._retrieval, b"gats": RequestParser._retrieval,

@@ -9,7 +9,6 @@ Numbers are already validated the way memcached validates them; what they *mean*
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 
 @dataclass(slots=True)
@@ -224,7 +223,10 @@ class Authenticated:
     """The `set` of memcached's ASCII authentication, accepted (protocol.ascii_auth)."""
 
     user: bytes
-    reply: ClassVar[bytes] = b"STORED\r\n"
+
+    @property
+    def reply(self) -> bytes:  # a property, not a ClassVar: mypyc made that a constructor field
+        return b"STORED\r\n"
 
 
 Request = (Get | Store | Delete | Arithmetic | Touch | FlushAll | Stats | LruCrawler | Lru
