@@ -47,12 +47,13 @@ propagates.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -83,6 +84,21 @@ ACCEPT_IGNORABLE_ERRNOS = frozenset(
         "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
         "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
     if hasattr(errno, name))
+
+
+@contextlib.contextmanager
+def _contained() -> Iterator[None]:
+    """One connection's failure ends that connection only: a peer gone is routine, another
+    socket error is logged in a line, and a bug met by one client's bytes must not end the
+    process and every other client's items with it (the traceback is logged)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in nonblocking.PEER_GONE:
+            log.info("connection error: %s", exc)
+    except Exception:
+        log.exception("a connection failed on an unexpected error and was closed "
+                      "(the server goes on; please report this traceback)")
 
 
 class ConnectionCounters:
@@ -293,7 +309,7 @@ class ConnectionServer:
 
     async def _run(self, conn: Connection) -> None:
         try:
-            with conn.scope:
+            with _contained(), conn.scope:
                 if self.tls is not None and not await self._handshake(conn, self.tls):
                     return
                 if self.ready is not None:
@@ -301,14 +317,6 @@ class ConnectionServer:
                 else:
                     assert callable(self.handler)
                     await self.handler(conn)
-        except OSError as exc:
-            if exc.errno not in nonblocking.PEER_GONE:
-                log.info("connection error: %s", exc)
-        except Exception:
-            # A bug met by one client's bytes must not end the process and every other
-            # client's items with it: this connection closes, the traceback is logged.
-            log.exception("a connection failed on an unexpected error and was closed "
-                          "(the server goes on; please report this traceback)")
         finally:
             self._release(conn)
 
@@ -360,14 +368,8 @@ class ConnectionServer:
     async def _run_handoff(self, conn: Connection, handoff: Handoff) -> None:
         back = False
         try:
-            with conn.scope:
+            with _contained(), conn.scope:
                 back = await handoff
-        except OSError as exc:
-            if exc.errno not in nonblocking.PEER_GONE:
-                log.info("connection error: %s", exc)
-        except Exception:
-            log.exception("a connection failed on an unexpected error and was closed "
-                          "(the server goes on; please report this traceback)")
         finally:
             if back and not self.closing and not conn.scope.cancel_called:
                 assert self._loop is not None
