@@ -109,6 +109,7 @@ class InSyncReplicas:
         self.scope = trio.CancelScope()  # the keeper task's (cancelled on stepping down)
         self._rewrite = False  # etcd's ISR may not be `committed_isr` (IsrMoved)
         self._quiet = False  # the keeper sleeps until `wake()` (or QUIET_INTERVAL)
+        self._view_woke = False  # woken by a cluster view: look on the next tick, not at once
 
     # -- the write path --------------------------------------------------------------------
 
@@ -125,6 +126,16 @@ class InSyncReplicas:
         """Something the keeper's checks read changed (a write, a link, the cluster view)."""
         self._quiet = False
         self.changed.unpark_all()
+
+    def view_changed(self) -> None:
+        """A new cluster view. A quiet keeper looks at it CHECK_INTERVAL later, as when it
+        polled every CHECK_INTERVAL, not at once: views come in the middle of etcd's changes
+        (leases revoked one call at a time), and acting on the first one dropped followers
+        from the ISR just before the leader's own lease went, which made the next election
+        unclean (tests/integration/test_etcd_members.py, half the runs)."""
+        if self._quiet:
+            self._view_woke = True
+            self.wake()
 
     async def replicated(self, target: Position) -> bool:
         """Wait until every follower in `waiting` holds `target`; False if it never will
@@ -251,6 +262,9 @@ class InSyncReplicas:
             with trio.move_on_after(QUIET_INTERVAL if self._quiet else CHECK_INTERVAL):
                 await self.changed.park()
             self._quiet = False
+            if self._view_woke:
+                self._view_woke = False
+                await trio.sleep(CHECK_INTERVAL)
 
     def _settled(self) -> bool:
         """Nothing for `_check` to do until something wakes it: every connected follower is

@@ -195,7 +195,7 @@ class Replicator:
         now; it sleeps otherwise."""
         self._role_changed.unpark_all()
         if self.insync is not None:
-            self.insync.wake()
+            self.insync.view_changed()
         if not self.follows_config or config is None:
             return
         sync = config.replication == "sync"
