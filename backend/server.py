@@ -48,7 +48,7 @@ from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, 
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
-from memring.netio.connection import Connection, Handoff, HangUp, Receiver
+from memring.netio.connection import Connection, Handoff, HangUp, Receiver, carried_out
 from memring.netio.connection_server import ConnectionServer
 from memring.netio.heap import TRIM_THRESHOLD, heap_trim
 from memring.netio.tls import ServerTls
@@ -528,7 +528,7 @@ class Conversation:
                     self.depends = ORIGIN
         except CloseConnection:
             return False
-        return await self._continue(self._after_send())
+        return await carried_out(self._after_send())
 
     async def _flush_then_end(self, held: list[bytes]) -> bool:
         try:
@@ -538,7 +538,7 @@ class Conversation:
         self.out[:] = held
         if not held:
             self.depends = ORIGIN
-        return await self._continue(self._after_send())
+        return await carried_out(self._after_send())
 
     async def _send_then_end(self, rest: memoryview) -> bool:
         conn = self.conn
@@ -550,16 +550,7 @@ class Conversation:
         gate = self.server.gate
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
-        return await self._continue(self._after_send())
-
-    @staticmethod
-    async def _continue(outcome: Handoff | type[HangUp] | None) -> bool:
-        if outcome is None:
-            return True
-        if outcome is HangUp:
-            return False
-        assert not isinstance(outcome, type)
-        return await outcome
+        return await carried_out(self._after_send())
 
     async def _watch(self) -> bool:
         await self.server._watch(self.conn)

@@ -6,6 +6,7 @@ Its own module so that both loops and the servers import it without importing ea
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -13,7 +14,10 @@ from typing import Any, Protocol
 
 import trio
 
+from memring.netio import nonblocking
 from memring.netio.streams import PlainStream, Stream
+
+log = logging.getLogger("memring.net")
 
 # The rest of a batch, run in the connection's own task; True when the connection is then
 # waiting for input again (back to the set), False to close it.
@@ -26,6 +30,29 @@ Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
 
 class HangUp:
     """`ReadyHandler.received`'s answer when the connection is to close now."""
+
+
+async def carried_out(outcome: Handoff | type[HangUp] | None) -> bool:
+    """Await what a Receiver answered, in the connection's own task: True when the
+    connection is waiting for input again, False to close it."""
+    if outcome is None:
+        return True
+    if outcome is HangUp:
+        return False
+    assert not isinstance(outcome, type)
+    return await outcome
+
+
+def log_failure(exc: Exception) -> None:
+    """One connection failed (in its task or in the ReadyLoop's read): only it closes. A peer
+    gone is routine, another socket error is a line, and anything else is a bug met by one
+    client's bytes, which must not end the process and every other client's items with it:
+    logged with its traceback."""
+    if not isinstance(exc, OSError):
+        log.error("a connection failed on an unexpected error and was closed "
+                  "(the server goes on; please report this traceback)", exc_info=exc)
+    elif exc.errno not in nonblocking.PEER_GONE:
+        log.info("connection error: %s", exc)
 
 
 class ReadyHandler(Protocol):

@@ -58,7 +58,13 @@ from collections.abc import Awaitable, Callable, Iterator
 import trio
 
 from memring.netio import heap, nonblocking
-from memring.netio.connection import Connection, Handoff, HangUp, ReadyHandler
+from memring.netio.connection import (
+    Connection,
+    Handoff,
+    ReadyHandler,
+    carried_out,
+    log_failure,
+)
 from memring.netio.ready_loop import ReadyLoop
 from memring.netio.streams import (
     HANDSHAKE_TIMEOUT,
@@ -88,17 +94,11 @@ ACCEPT_IGNORABLE_ERRNOS = frozenset(
 
 @contextlib.contextmanager
 def _contained() -> Iterator[None]:
-    """One connection's failure ends that connection only: a peer gone is routine, another
-    socket error is logged in a line, and a bug met by one client's bytes must not end the
-    process and every other client's items with it (the traceback is logged)."""
+    """What ends a connection's task ends that connection only (connection.log_failure)."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno not in nonblocking.PEER_GONE:
-            log.info("connection error: %s", exc)
-    except Exception:
-        log.exception("a connection failed on an unexpected error and was closed "
-                      "(the server goes on; please report this traceback)")
+    except Exception as exc:
+        log_failure(exc)
 
 
 class ConnectionCounters:
@@ -345,18 +345,9 @@ class ConnectionServer:
             conn.reading = conn.idle = False
             if not data:
                 if conn.at_end_of_input is not None:
-                    ending = conn.at_end_of_input()
-                    if ending is not HangUp:
-                        assert not isinstance(ending, type)
-                        await ending
+                    await carried_out(conn.at_end_of_input())  # the replies owed, then close
                 return
-            outcome = receiver(data)
-            if outcome is None:
-                continue
-            if outcome is HangUp:
-                return
-            assert not isinstance(outcome, type)
-            if not await outcome:
+            if not await carried_out(receiver(data)):
                 return
 
     def _hand_off(self, conn: Connection, handoff: Handoff) -> None:

@@ -26,16 +26,20 @@ that nursery (the shutdown grace deadline) closes every connection still in the 
 
 from __future__ import annotations
 
-import logging
 import select
 from collections.abc import Callable
 
 import trio
 
 from memring.netio import nonblocking
-from memring.netio.connection import Connection, Handoff, HangUp, ReadyHandler, Receiver
-
-log = logging.getLogger("memring.net")
+from memring.netio.connection import (
+    Connection,
+    Handoff,
+    HangUp,
+    ReadyHandler,
+    Receiver,
+    log_failure,
+)
 
 MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
 
@@ -142,10 +146,5 @@ class ReadyLoop:
             self._hand_off(conn, outcome)
 
     def _failed(self, conn: Connection, exc: Exception) -> None:
-        if not isinstance(exc, OSError):
-            # As a connection task's: this client's bytes met a bug; only it closes.
-            log.error("a connection failed on an unexpected error and was closed "
-                      "(the server goes on; please report this traceback)", exc_info=exc)
-        elif exc.errno not in nonblocking.PEER_GONE:
-            log.info("connection error: %s", exc)
+        log_failure(exc)  # as a connection task's: only this connection closes
         self.close(conn)
