@@ -6,8 +6,8 @@ Theory of operation. `up()` is one `trio.run`: a task turns SIGINT/SIGTERM
 directory) unless an etcd URL was given, writes the cluster's `config` and `shards/*`
 records, starts shards x replicas backends (`python -m memring.backend ... --etcd URL
 --cluster NAME --shard ID --node-id ID --peer-listen ...`) and the proxies (`python -m
-memring.proxy`), each on its own free port with its log in the run directory, and returns
-once every shard has a leader and every proxy has registered and has a live connection to
+memring.proxy`; forked by cluster.fork_server, which imports their modules once), each on
+its own free port with its log in the run directory, and returns once every shard has a leader and every proxy has registered and has a live connection to
 every leader (its `stats`). Every wait is a trio sleep inside a cancel scope with a deadline.
 `stop()` (shielded, bounded) sends SIGTERM to the proxies and backends (they revoke their
 leases), gives them STOP_GRACE seconds (a second signal cuts it short), SIGKILLs what is
@@ -74,6 +74,7 @@ from memring.cluster.certificates import CertificateAuthority, CertificateError
 from memring.cluster.coordinator import AccessDenied, ClusterConfig, CoordinatorError
 from memring.cluster.etcd_process import HOST, EtcdProcess, enable_auth, free_port, spawn_etcd
 from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.fork_server import ChildProcess, ForkServer, ForkServerError
 from memring.cluster.keyspace import Keyspace, check_id
 from memring.cluster.local_tls import ClusterTls, write_auth_file
 from memring.cluster.node_stats import fetch_stats
@@ -197,14 +198,14 @@ def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
                                 preexec_fn=_die_with_parent)
 
 
-async def wait_exited(processes: list[subprocess.Popen[bytes]]) -> None:
+async def wait_exited(processes: list[ChildProcess]) -> None:
     """Until every one of `processes` has exited (and is reaped); the caller bounds it."""
     while any(process.poll() is None for process in processes):
         await trio.sleep(POLL)
 
 
-async def terminate_then_kill(processes: list[subprocess.Popen[bytes]],
-                              grace: trio.CancelScope) -> list[subprocess.Popen[bytes]]:
+async def terminate_then_kill(processes: list[ChildProcess],
+                              grace: trio.CancelScope) -> list[ChildProcess]:
     """SIGTERM, wait within `grace` (a scope whose deadline the caller set), SIGKILL what is
     left and reap it within KILL_WAIT; returns the processes that outlived even that."""
     for process in processes:
@@ -227,7 +228,7 @@ class Child:
     address: str
     argv: list[str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: ChildProcess | None = None  # spawned, or forked by the fork server
 
     def spawn(self) -> None:
         self.process = _spawn(self.argv, self.log_path)
@@ -315,6 +316,7 @@ class LocalCluster:
         self.tls: ClusterTls | None = None  # secure: made by start()
         self.etcd: EtcdProcess | None = None
         self.children: list[Child] = []
+        self.fork_server: ForkServer | None = None  # while the servers are being started
         if peer_secret_file is None:
             peer_secret_file = str(self.run_dir / "peer-secret")
             write_peer_secret(Path(peer_secret_file))
@@ -391,23 +393,28 @@ class LocalCluster:
         say(f"memring up: peer links authenticated with {self.peer_secret_file}"
             if self.peer_secret_file else
             "memring up: peer links unauthenticated (--no-peer-secret)")
-        await self._write_records(url)
         await trio.to_thread.run_sync(compile_servers)
+        self.fork_server = ForkServer.start(self.run_dir / "fork-server.log",
+                                            _die_with_parent)  # imports while we write
+        await self._write_records(url)
+        await self._fork_server_ready(say)
         for shard in self.plan.shards:
             for node_id in shard.node_ids():
                 address = f"{HOST}:{free_port()}"
                 argv = self.backend_argv(shard, node_id, address, url)
-                pid = self._spawn(Child("backend", node_id, address, argv,
-                                        self.run_dir / f"{node_id}.log"))
+                pid = await self._spawn(Child("backend", node_id, address, argv,
+                                              self.run_dir / f"{node_id}.log"), say)
                 say(f"memring up: backend  {node_id:<10} shard {shard.shard_id:<6} {address} "
                     f"(pid {pid}){self._metrics_note(argv)}")
         for index, name in enumerate(self._proxy_names()):
             port = self.port if index == 0 else free_port()
             address = f"{HOST}:{port}"
             argv = self.proxy_argv(name, address, url)
-            pid = self._spawn(Child("proxy", name, address, argv, self.run_dir / f"{name}.log"))
+            pid = await self._spawn(Child("proxy", name, address, argv,
+                                          self.run_dir / f"{name}.log"), say)
             say(f"memring up: proxy    {name:<10} {address} (pid {pid})"
                 f"{self._metrics_note(argv)}")
+        self._close_fork_server()
         await self._await_ready(url)
         self._write_state()
         say(f"memring up: logs in {self.run_dir}; state in {state_path(self.plan.name)}")
@@ -418,9 +425,35 @@ class LocalCluster:
                 f"cafile='{self.tls.ca}')).set('auth', b'{self.login[0].decode()} PASSWORD', "
                 f"noreply=False) first")
 
-    def _spawn(self, child: Child) -> int:
+    async def _fork_server_ready(self, say: Say) -> None:
+        """The fork server has imported the servers' modules; if it cannot, each server is
+        spawned (and imports them) itself, as without it."""
+        if self.fork_server is None:
+            return
         try:
-            child.spawn()
+            await self.fork_server.ready()
+        except ForkServerError as exc:
+            self._fork_server_failed(exc, say)
+
+    def _fork_server_failed(self, exc: ForkServerError, say: Say) -> None:
+        say(f"memring up: {exc}; each server imports its modules itself")
+        self._close_fork_server()
+
+    def _close_fork_server(self) -> None:
+        if self.fork_server is not None:
+            self.fork_server.close()
+            self.fork_server = None
+
+    async def _spawn(self, child: Child, say: Say) -> int:
+        """Forked by the fork server while it runs, else spawned."""
+        try:
+            if self.fork_server is not None:
+                try:
+                    child.process = await self.fork_server.fork(child.argv, child.log_path)
+                except ForkServerError as exc:
+                    self._fork_server_failed(exc, say)
+            if child.process is None:
+                child.spawn()
         except OSError as exc:
             raise LaunchError(f"cannot start {child.role} {child.name}: {exc}") from None
         self.children.append(child)
@@ -583,6 +616,7 @@ class LocalCluster:
             for process in survivors:
                 say(f"memring up: pid {process.pid} survived SIGKILL for {KILL_WAIT:g}s")
         finally:
+            self._close_fork_server()  # a start cut short
             if self._state_written:
                 with contextlib.suppress(OSError):
                     state_path(self.plan.name).unlink()

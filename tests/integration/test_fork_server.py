@@ -1,0 +1,130 @@
+"""`memring up` forks its servers from one helper that imported their modules (cluster.
+fork_server): the helper runs no thread when it forks (gRPC's fork rules), the forked
+backends talk to etcd (they elect leaders and serve through the proxy), the launcher is their
+parent (it sees a backend's exit status), the helper is gone once the cluster is up, and a
+launcher killed with SIGKILL takes every server with it (PR_SET_PDEATHSIG, set by each
+server once the launcher has adopted it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from memring.cluster.fork_server import READY, TITLE_ROOM
+from tests.helpers import servers
+
+HOST = servers.HOST
+PID = re.compile(r"memring up: (etcd|backend|proxy)\s+(\S+).*\(pid (\d+)\)")
+LOGS = re.compile(r"memring up: logs in (\S+);")
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.unit
+def test_the_helper_runs_one_thread_when_it_forks() -> None:
+    """After importing trio, grpc, etcd3 and the servers: one thread, and the dots that made
+    room for the servers' command lines blanked from its own."""
+    helper = subprocess.Popen([sys.executable, "-m", "memring.cluster.fork_server",
+                               str(os.getpid()), "." * TITLE_ROOM],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert helper.stdout is not None and helper.stdin is not None
+        assert helper.stdout.readline() == READY
+        assert len(os.listdir(f"/proc/{helper.pid}/task")) == 1
+        cmdline = Path(f"/proc/{helper.pid}/cmdline").read_bytes()
+        assert b"memring.cluster.fork_server" in cmdline and b"." * 16 not in cmdline
+        helper.stdin.close()  # no more requests: it exits
+        assert helper.wait(10) == 0
+    finally:
+        if helper.poll() is None:
+            helper.kill()
+            helper.wait(5)
+
+
+@pytest.mark.integration
+@pytest.mark.requires_etcd
+def test_forked_servers_are_the_launchers_children_and_die_with_it(tmp_path: Path) -> None:
+    pymemcache = pytest.importorskip("pymemcache.client.base")
+    port = servers.free_port()
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", "1",
+                           "--replicas", "2", "--port", str(port), "--cluster", "forked"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    pids: dict[str, int] = {}
+    run_dirs: list[str] = []
+    try:
+        assert up.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(up.stdout or ()), daemon=True)
+        reader.start()
+
+        def wait_for(prefix: str, within: float) -> None:
+            deadline = time.monotonic() + within
+            while not any(line.startswith(prefix) for line in list(lines)):
+                assert up.poll() is None, f"memring up exited {up.returncode}:\n" + \
+                    "".join(lines)
+                assert time.monotonic() < deadline, f"no {prefix!r}:\n" + "".join(lines)
+                time.sleep(0.05)
+
+        wait_for("memring up: ready", 45)
+        found = [m for m in map(PID.match, lines) if m]
+        pids = {m.group(2) if m.group(1) != "etcd" else "etcd": int(m.group(3)) for m in found}
+        assert sorted(pids) == ["etcd", "proxy-1", "s1-r1", "s1-r2"], lines
+        run_dirs = [m.group(1) for m in map(LOGS.match, lines) if m]
+        for name, pid in pids.items():  # forked, adopted, and looking as if spawned
+            if name == "etcd":
+                continue
+            assert parent(pid) == up.pid, name
+            role = "proxy" if name.startswith("proxy") else "backend"
+            assert f"-m\0memring.{role}\0" in Path(f"/proc/{pid}/cmdline").read_text()
+        helpers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                   if alive(pid) and parent(pid) == up.pid and
+                   b"fork_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert helpers == []  # the helper left once every server was started
+        client = pymemcache.Client((HOST, port), connect_timeout=5, timeout=5)
+        try:  # the forked backends registered, elected a leader, and serve
+            assert client.set("k", b"v", noreply=False)
+            assert client.get("k") == b"v"
+        finally:
+            client.close()
+
+        os.kill(pids["s1-r2"], signal.SIGKILL)  # the launcher reaps it and says so
+        wait_for("memring up: backend s1-r2 exited with code -9", 10)
+
+        up.kill()  # no stop of its own: each server gets SIGTERM from the kernel
+        up.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(pid) for pid in pids.values()):
+            time.sleep(0.05)
+        survivors = [name for name, pid in pids.items() if alive(pid)]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(5)
+        for pid in pids.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        for run_dir in run_dirs:  # memring up had no time to remove it
+            shutil.rmtree(run_dir, ignore_errors=True)
+    assert survivors == [], f"left behind after SIGKILL of memring up: {survivors}"
