@@ -17,6 +17,10 @@ its children; SIGKILL to the process group after a deadline), also on error.
 given several times the rounds alternate between them and the summary gives medians and
 ratios to the first. The load average (`uptime`) is printed with every round.
 
+`--burn N` loads the machine with N busy loops (one per core: 2 here) from the start of each
+round until its cluster is ready, each ending by itself after BURN_LIMIT at most. The summary
+gives the PSS and RSS of the cluster's processes too (PSS shares out the pages they share).
+
 `--compile` first writes the bytecode of each checkout's modules (`python -m compileall`), as
 any first run does where Python may write it: with PYTHONDONTWRITEBYTECODE set (this sandbox
 sets it) and none written, every process compiles ~60 memring modules at start (~80 ms each).
@@ -43,6 +47,7 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 120.0  # memring up's own deadline is 30 s after its backends start
 STOP_TIMEOUT = 20.0
+BURN_LIMIT = 60.0
 LINE = re.compile(r"memring up: (etcd|backend|proxy)\s+(\S+).*\(pid (\d+)\)")
 ADDRESS = re.compile(r" (127\.0\.0\.1:\d+) ")
 CLASSES = ("etcd", "proxy", "leader", "follower")
@@ -69,6 +74,34 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of `pid` in kB (/proc/PID/smaps_rollup): PSS splits the pages processes
+    share (copy-on-write after a fork, the interpreter's text) between them."""
+    found = {"Pss:": 0, "Rss:": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(" ")
+            if key in found:
+                found[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return found["Pss:"], found["Rss:"]
+
+
+class Burner:
+    """`cores` busy loops (each its own process, each ending by itself after `limit`
+    seconds) that load the machine while a cluster starts; stop() ends them sooner."""
+
+    def __init__(self, cores: int, limit: float) -> None:
+        loop = f"import time\nend = time.monotonic() + {limit}\nwhile time.monotonic() < end: pass"
+        self.processes = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(cores)]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait(5)
 
 
 def threads(pid: int) -> int:
@@ -122,6 +155,9 @@ class Round:
     total_cpu: float = 0.0
     per_class: dict[str, float] = field(default_factory=dict)
     per_backend: float = 0.0
+    pss_mb: float = 0.0  # every process of the cluster, after ready (PSS sums to what they use)
+    rss_mb: float = 0.0
+    backend_pss_mb: float = 0.0
     processes: list[Process] = field(default_factory=list)
     strace: str = ""
 
@@ -231,14 +267,24 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
     result = Round(code or "(installed)", load_average())
     with tempfile.TemporaryDirectory(prefix="memring-idle-") as name:
         tmp = Path(name)
+        burner = Burner(args.burn, BURN_LIMIT) if args.burn else None
         cluster = Cluster(code, args.shards, args.replicas, tmp)
         try:
-            result.ready_s = cluster.wait_ready()
+            try:
+                result.ready_s = cluster.wait_ready()
+            finally:
+                if burner is not None:  # the load is for the start-up; the idle sample is not
+                    burner.stop()
             result.milestones = milestones(cluster.timeline)
             processes = cluster.processes()
             for p in processes:
                 p.start_cpu = cpu_ticks(p.pid) / CLK_TCK
             time.sleep(args.settle)
+            memory = {p.pid: memory_kb(p.pid) for p in processes}
+            result.pss_mb = sum(pss for pss, _ in memory.values()) / 1024
+            result.rss_mb = sum(rss for _, rss in memory.values()) / 1024
+            result.backend_pss_mb = sum(memory[p.pid][0] for p in processes
+                                        if p.kind in ("leader", "follower")) / 1024
             sample(processes, args.seconds)
             result.processes = processes
             result.total_cpu = sum(p.cpu for p in processes)
@@ -259,6 +305,8 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
 def report(r: Round) -> None:
     print(f"== {r.code}: load before {r.load_before}; ready after {r.ready_s:.1f} s; idle CPU "
           f"{r.total_cpu:.1f}% of a core (load after {load_average()})")
+    print(f"   memory: PSS {r.pss_mb:.0f} MB (backends {r.backend_pss_mb:.0f} MB), RSS "
+          f"{r.rss_mb:.0f} MB")
     print("   start-up: " + ", ".join(f"{name} {at:.1f} s" for name, at in
                                        sorted(r.milestones.items(), key=lambda kv: kv[1])))
     for kind in (*CLASSES, "launcher"):
@@ -285,6 +333,9 @@ def main() -> int:
     parser.add_argument("--code", action="append", default=[],
                         help="a checkout to run (PYTHONPATH); repeat to compare")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per --code (default 1)")
+    parser.add_argument("--burn", type=int, default=0,
+                        help=f"busy loops (one per core) loading the machine until ready "
+                             f"(each ends after {BURN_LIMIT:g} s at most)")
     parser.add_argument("--json", action="store_true", help="print the rounds as JSON too")
     parser.add_argument("--compile", action="store_true",
                         help="compile each checkout's bytecode first (python -m compileall)")
@@ -311,10 +362,12 @@ def main() -> int:
             cpu = statistics.median(r.total_cpu for r in mine)
             ready = statistics.median(r.ready_s for r in mine)
             backend = statistics.median(r.per_backend for r in mine)
-            first = first or (cpu, ready, backend)
+            pss = statistics.median(r.pss_mb for r in mine)
+            first = first or (cpu, ready, backend, pss)
             print(f"   {code or '(installed)'}: idle CPU {cpu:.1f}% (x{cpu / first[0]:.2f}), "
                   f"per backend {backend:.2f}% (x{backend / first[2] if first[2] else 0:.2f}),"
-                  f" ready {ready:.1f} s (x{ready / first[1]:.2f})")
+                  f" ready {ready:.1f} s (x{ready / first[1]:.2f}), PSS {pss:.0f} MB "
+                  f"(x{pss / first[3] if first[3] else 0:.2f})")
     if args.json:
         print(json.dumps([asdict(r) for r in rounds], indent=1))
     return 0
