@@ -331,6 +331,8 @@ class ClusterMember:
             await self.coordinator.ensure_shard(ident.shard, member=ident.node_id,
                                                 weight=ident.weight)
             self.session = session
+            if self.listener is not None:  # its role watchers see the new incarnation now
+                self.listener.configure(self.view.config if self.view is not None else None)
             self.joined.set()
             log.info("joined cluster %s as node %s of shard %s (lease %x)",
                      self.coordinator.keyspace.cluster, ident.node_id, ident.shard,

@@ -165,6 +165,7 @@ class Session:
         self.lost_at = math.inf
         self._linked: list[trio.CancelScope] = []
         self._renewing = trio.CancelScope()  # a lost session stops renewing its lease
+        self._deadline_wait = trio.CancelScope()  # the watchdog's; a renewal moves it later
 
     @property
     def deadline(self) -> float:
@@ -227,11 +228,14 @@ class Session:
                          self.lease_id, (self.deadline - trio.current_time()) * 1000)
             failing = False
             self.renewed_at = max(self.renewed_at, sent)
+            self._deadline_wait.deadline = self.deadline
             next_at = sent + interval
 
     async def _watchdog(self) -> None:
+        # it wakes only at a deadline no renewal moved (it woke at each old one: once a TTL)
         while True:
-            await trio.sleep_until(self.deadline)
+            with trio.CancelScope(deadline=self.deadline) as self._deadline_wait:
+                await trio.sleep_forever()
             if trio.current_time() >= self.deadline:
                 self._mark_lost(f"no keepalive succeeded within ttl {self.ttl:g}s "
                                 f"less margin {self.margin:g}s")

@@ -94,6 +94,11 @@ from memring.cluster.keyspace import (
     prefix_end,
 )
 
+# gRPC's blocking calls wait in slices of 0.1 s, for a main thread to see signals between
+# them; ours wait in worker threads, which gRPC wakes when their call moves: the slices only
+# woke an idle watch's thread 10 times a second (docs/scaling.md, "Idle cost")
+grpc._common.MAXIMUM_WAIT_TIMEOUT = 3600.0
+
 T = TypeVar("T")
 log = logging.getLogger("memring.cluster")
 # After etcd refused our password, the same refusal is raised without asking again for this

@@ -80,8 +80,9 @@ log = logging.getLogger("memring.backend.replication")
 CONNECT_TIMEOUT = 1.0
 HANDSHAKE_TIMEOUT = 2.0  # CHALLENGE to WELCOME, as the leader allows (leader_side)
 # The role watchers wake on every role change and cluster view (Replicator.configure); this is
-# only a safety net (at 0.05 s it woke 24 idle followers 20 times a second; docs/scaling.md)
-WATCH_INTERVAL = 1.0
+# only a safety net (at 0.05 s it woke 24 idle followers 20 times a second, at 1 s every idle
+# backend, leaders included, once a second; docs/scaling.md)
+WATCH_INTERVAL = 5.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 # The leader refused HELLO (NOT_MEMBER): its view may trail etcd by a watch round trip
