@@ -8,8 +8,9 @@ no trio run, no thread (gRPC's fork rules: a process may fork after `import grpc
 gRPC was never initialised; a test checks the helper has one thread). Then, for each server,
 the launcher writes a request (the argv it would have exec'd, its log file) on the helper's
 stdin and the helper forks twice: the middle process exits at once, so the server is
-re-parented to the launcher, which has made itself a child subreaper (PR_SET_CHILD_SUBREAPER)
-for this. The launcher thus supervises a forked server as it does a spawned one
+re-parented to the launcher, which is a child subreaper (PR_SET_CHILD_SUBREAPER) while the
+helper runs (an adopted server stays its child after that; other orphans of its descendants
+go to init again, as they did before). The launcher thus supervises a forked server as it does a spawned one
 (`ForkedProcess`: waitpid, its exit status, SIGTERM/SIGKILL to a pid that cannot be reused
 before the launcher reaps it). The server then sets PR_SET_PDEATHSIG itself, once its parent
 is the launcher, and runs the server's `main()` as `python -m` would have, in its own process
@@ -58,6 +59,7 @@ MAX_LINE = 1 << 20  # a request or a reply (an argv of a few hundred bytes)
 TITLE_ROOM = 4096
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
 
 class ForkServerError(RuntimeError):
@@ -113,7 +115,9 @@ class ForkedProcess:
 
 def _prctl(option: int, value: int) -> bool:
     try:
-        return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
+        return int(ctypes.CDLL(None, use_errno=True).prctl(
+            option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
+            ctypes.c_ulong(0))) == 0
     except (OSError, AttributeError):
         return False
 
@@ -121,8 +125,9 @@ def _prctl(option: int, value: int) -> bool:
 class ForkServer:
     """The launcher's end of the helper; every call from the trio thread."""
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], subreaper_set: bool) -> None:
         self.process = process
+        self._subreaper_set = subreaper_set  # by us: cleared by close()
         assert process.stdin is not None and process.stdout is not None
         self._requests = process.stdin
         self._replies = process.stdout.fileno()
@@ -132,15 +137,23 @@ class ForkServer:
     def start(cls, log_path: Path, preexec_fn: Any) -> ForkServer | None:
         """Spawn the helper (None if this process cannot adopt what it forks); then
         `await ready()`. `preexec_fn` runs in the helper before exec (PR_SET_PDEATHSIG)."""
-        if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+        was = ctypes.c_int(0)
+        if not _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(was)):
             return None
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "memring.cluster.fork_server", str(os.getpid()),
-                 "." * TITLE_ROOM],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                process_group=0, preexec_fn=preexec_fn)
-        return cls(process)
+        if not was.value and not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+            return None
+        try:
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "memring.cluster.fork_server", str(os.getpid()),
+                     "." * TITLE_ROOM],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                    process_group=0, preexec_fn=preexec_fn)
+        except BaseException:
+            if not was.value:
+                _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+            raise
+        return cls(process, subreaper_set=not was.value)
 
     async def _read_line(self, timeout: float) -> bytes:
         with trio.move_on_after(timeout):
@@ -189,6 +202,9 @@ class ForkServer:
             self.process.wait()
         if self.process.stdout is not None:
             self.process.stdout.close()
+        if self._subreaper_set:  # every server it forked has been adopted (or never will be)
+            self._subreaper_set = False
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 # --- the helper ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ server once the launcher has adopted it).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -19,8 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
-from memring.cluster.fork_server import READY, TITLE_ROOM
+from memring.cluster.fork_server import READY, TITLE_ROOM, ForkServer
 from tests.helpers import servers
 
 HOST = servers.HOST
@@ -59,6 +61,40 @@ def test_the_helper_runs_one_thread_when_it_forks() -> None:
         if helper.poll() is None:
             helper.kill()
             helper.wait(5)
+
+
+def subreaper() -> int:
+    flag = ctypes.c_int(-1)
+    assert ctypes.CDLL(None).prctl(37, ctypes.c_ulong(ctypes.addressof(flag)), ctypes.c_ulong(0),
+                                   ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+    return flag.value  # PR_GET_CHILD_SUBREAPER
+
+
+@pytest.mark.unit
+async def test_a_forked_server_is_this_process_child_with_its_exit_status_and_log(
+        tmp_path: Path) -> None:
+    """In-process: the fork server's server is adopted (waitpid here gives its status, 2
+    for a flag the backend does not know), writes its log where asked, and this process is
+    a child subreaper only while the helper runs."""
+    assert subreaper() == 0
+    server = ForkServer.start(tmp_path / "fork-server.log", None)
+    assert server is not None
+    try:
+        assert subreaper() == 1
+        with trio.fail_after(30):
+            await server.ready()
+            forked = await server.fork([sys.executable, "-m", "memring.backend", "--no-such"],
+                                       tmp_path / "backend.log")
+            assert parent(forked.pid) == os.getpid()
+            while forked.poll() is None:  # bounded by fail_after
+                await trio.sleep(0.02)
+    finally:
+        server.close()
+    assert forked.returncode == 2
+    assert "memring-backend: error: unrecognized arguments: --no-such" in \
+        (tmp_path / "backend.log").read_text()
+    assert server.process.returncode == 0  # stdin closed: it left by itself
+    assert subreaper() == 0
 
 
 @pytest.mark.integration
