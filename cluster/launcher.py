@@ -449,7 +449,11 @@ class LocalCluster:
         try:
             if self.fork_server is not None:
                 try:
-                    child.process = await self.fork_server.fork(child.argv, child.log_path)
+                    # shielded (FORK_TIMEOUT bounds it): a server forked is one recorded,
+                    # which stop() will end, even when a signal cuts the start short
+                    with trio.CancelScope(shield=True):
+                        child.process = await self.fork_server.fork(child.argv,
+                                                                    child.log_path)
                 except ForkServerError as exc:
                     self._fork_server_failed(exc, say)
             if child.process is None:
@@ -458,6 +462,7 @@ class LocalCluster:
             raise LaunchError(f"cannot start {child.role} {child.name}: {exc}") from None
         self.children.append(child)
         assert child.process is not None
+        await trio.lowlevel.checkpoint_if_cancelled()  # a signal stops the start here
         return child.process.pid
 
     async def _start_etcd(self) -> str:

@@ -164,3 +164,54 @@ def test_forked_servers_are_the_launchers_children_and_die_with_it(tmp_path: Pat
         for run_dir in run_dirs:  # memring up had no time to remove it
             shutil.rmtree(run_dir, ignore_errors=True)
     assert survivors == [], f"left behind after SIGKILL of memring up: {survivors}"
+
+
+def cluster_processes(name: str) -> list[int]:
+    """Live processes whose command line names the cluster (its backends and proxies)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\0--cluster\0{name}\0".encode() in cmdline and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.requires_etcd
+def test_ctrl_c_while_servers_are_forked_leaves_none(tmp_path: Path) -> None:
+    """SIGINT as soon as the first backend is reported, while the rest are being forked:
+    `memring up` exits 0 and every server it had forked is stopped and reaped."""
+    name = "forkcut"
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", "6",
+                           "--replicas", "2", "--port", str(servers.free_port()), "--cluster",
+                           name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:  # bounded: memring up's output ends when it exits
+            lines.append(line)
+            if line.startswith("memring up: backend"):
+                up.send_signal(signal.SIGINT)
+                break
+        lines.extend(up.stdout)
+        code = up.wait(30)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cluster_processes(name):
+            time.sleep(0.05)
+        survivors = cluster_processes(name)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(5)
+        for pid in cluster_processes(name):
+            os.kill(pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert "memring up: stopping" in text, text
+    assert text.count("memring up: backend") < 12, text  # the start was cut short
+    assert code == 0, text
+    assert survivors == [], f"left behind: {survivors}\n{text}"
