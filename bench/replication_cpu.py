@@ -149,7 +149,7 @@ def one_in_flight(port: int, value: bytes, args: argparse.Namespace) -> None:
         if written and choice.random() < args.get_ratio:
             return b"get k%d\r\n" % choice.randrange(min(written, 10000))
         written += 1
-        return b"set k%d 0 0 %d\r\n%s\r\n" % (written % 10000, len(value), value)
+        return b"set k%d 0 0 %d\r\n%s\r\n" % ((written - 1) % 10000, len(value), value)
 
     sent = done = 0
     try:
