@@ -5,8 +5,8 @@ runs every complete request against the store in order, and writes all their rep
 send, so a pipelined burst costs one recv and one send. Plain connections are read by the
 ConnectionServer's one `netio.ready_loop.ReadyLoop` task, which calls the conversation
 synchronously; only a conversation that must await (a send the kernel did not take whole, a
-replication wait, a large multi-get, a dump, `watch`) hands the rest of its batch to a task
-of its own. TLS connections have a task each that drives the same conversation. Sockets are
+large multi-get, a dump, `watch`) hands the rest of its batch to a task of its own, and one
+whose replies wait for sync replication parks until the gate's callback resumes it. TLS connections have a task each that drives the same conversation. Sockets are
 never trio streams, whose layer costs more than the codec and the store together, nor
 `trio.socket` (3% slower here; see docs/benchmarks.md).
 

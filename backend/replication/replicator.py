@@ -11,7 +11,8 @@ acknowledging writes, so no write escapes numbering):
   wakes the follower connections of `leader_side` (a ParkingLot). The leadership's
   InSyncReplicas (`in_sync`) is made at once; one task of `run()` keeps the shard's ISR in
   etcd honest for each leadership in turn (followers join once caught up, leave when gone or
-  lagging). In `sync` mode the server asks `settle()` before it sends replies that follow a
+  lagging). In `sync` mode the server asks `settle()` (or, for a connection that parks
+  rather than awaits, `settle_then()` with a callback) before it sends replies that follow a
   write: it waits until every in-sync follower acknowledged the write, or closes the
   connection unanswered when this node stops leading first. In `async` mode replies are not
   delayed (a failover may lose the tail followers lacked).
