@@ -5,8 +5,8 @@ runs every complete request against the store in order, and writes all their rep
 send, so a pipelined burst costs one recv and one send. Plain connections are read by the
 ConnectionServer's one `netio.ready_loop.ReadyLoop` task, which calls the conversation
 synchronously; only a conversation that must await (a send the kernel did not take whole, a
-replication wait, a large multi-get, a dump, `watch`) hands the rest of its batch to a task
-of its own. TLS connections have a task each that drives the same conversation. Sockets are
+large multi-get, a dump, `watch`) hands the rest of its batch to a task of its own, and one
+whose replies wait for sync replication parks until the gate's callback resumes it. TLS connections have a task each that drives the same conversation. Sockets are
 never trio streams, whose layer costs more than the codec and the store together, nor
 `trio.socket` (3% slower here; see docs/benchmarks.md).
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -48,7 +48,14 @@ from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, 
 from memring.backend.store import Store
 from memring.netio import nonblocking
 from memring.netio.client_listeners import open_client_listeners
-from memring.netio.connection import Connection, Handoff, HangUp, Receiver, carried_out
+from memring.netio.connection import (
+    Connection,
+    Handoff,
+    HangUp,
+    Parked,
+    Receiver,
+    carried_out,
+)
 from memring.netio.connection_server import ConnectionServer
 from memring.netio.heap import TRIM_THRESHOLD, heap_trim
 from memring.netio.tls import ServerTls
@@ -91,6 +98,11 @@ class ReplicationGate(Protocol):
 
     async def settle_reads(self, position: Position) -> bool:
         """Wait until they hold `position`; False if they never will."""
+
+    def settle_then(self, wrote: bool, depends: Position,
+                    then: Callable[[bool], object]) -> bool | None:
+        """`settle()` if `wrote`, else `settle_reads(depends)`, without awaiting: the verdict
+        if known now, else None and `then(verdict)` is called once when it is known."""
 
 
 def _keys_of(event: object) -> Sequence[bytes]:
@@ -341,13 +353,14 @@ class Conversation:
     requests in order and returns what must be awaited mid-batch (a multi-get of more than
     GET_SLICE keys, a streamed dump, a FLUSH_SIZE flush); `_end_batch` sends the replies
     memcached would have written by now with one non-blocking send, and hands off when the
-    kernel did not take them all, when sync replication must settle first, or for `watch`.
+    kernel did not take them all or for `watch`. When sync replication must settle first, a
+    connection in the ReadyLoop's set parks (netio.connection.Parked) until the gate's
+    callback resumes it; a TLS connection, which has its task, awaits the settling in it.
     """
 
-    __slots__ = ("block", "conn", "depends", "event", "hanging_up", "negotiated", "next_event", "now",
-                 "out", "parser", "points", "quitting", "receive_data", "replied", "sendable", "served",
-                 "server",
-                 "text", "watching")
+    __slots__ = ("block", "conn", "depends", "event", "hanging_up", "later", "negotiated",
+                 "next_event", "now", "out", "parser", "points", "quitting", "receive_data",
+                 "replied", "sendable", "served", "server", "settled", "text", "watching")
 
     def __init__(self, server: BackendServer, conn: Connection,
                  parser: NegotiatingParser) -> None:
@@ -361,6 +374,8 @@ class Conversation:
         self.text: TextParser | None = None  # write points: text only (protocol.write_points)
         self.out: list[bytes] = []  # replies not sent yet; some may wait for the next read
         self.depends = ORIGIN  # the newest unreplicated mutation the replies show
+        self.later: list[bytes] = []  # parked: the replies held back until the next write
+        self.settled = False  # parked: the gate's verdict
         # the batch of one read
         self.points = WritePoints()
         self.sendable = 0  # how many of `out` memcached would have written by now
@@ -368,7 +383,7 @@ class Conversation:
         self.event: object = None
         self.served = self.quitting = self.watching = self.hanging_up = False
 
-    def received(self, data: bytes) -> Handoff | type[HangUp] | None:
+    def received(self, data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
         conn = self.conn
         server = self.server
         gate = server.gate
@@ -470,7 +485,7 @@ class Conversation:
             return len(out)
         return _held_from(out, self.sendable)
 
-    def _end_batch(self) -> Handoff | type[HangUp] | None:
+    def _end_batch(self) -> Handoff | type[HangUp] | type[Parked] | None:
         """Send what memcached would have written by now, without waiting if the kernel
         takes it all (and no replication wait comes first)."""
         out = self.out
@@ -485,7 +500,15 @@ class Conversation:
             conn = self.conn
             gate = self.server.gate
             if gate is not None and (gate.commits != conn.mark or self.depends > ORIGIN):
-                return self._flush_then_end(held)
+                if not conn.looped:  # TLS: the connection's own task awaits
+                    return self._flush_then_end(held)
+                verdict = gate.settle_then(gate.commits != conn.mark, self.depends,
+                                           self._settle)
+                self.later = held
+                if verdict is None:
+                    return Parked
+                self.settled = verdict
+                return self._send_settled()
             data = b"".join(out) if len(out) > 1 else out[0]
             out[:] = held
             if not held:
@@ -500,6 +523,38 @@ class Conversation:
         if self.served:
             self.conn.active = self.now()  # idle from the last reply sent
         return None
+
+    def _settle(self, verdict: bool) -> None:
+        """The gate's callback for a parked connection: its verdict is known."""
+        self.settled = verdict
+        resume = self.conn.resume
+        assert resume is not None  # parked by a ReadyLoop
+        resume(self.conn, self._send_settled)
+
+    def _send_settled(self) -> Handoff | type[HangUp] | None:
+        """Replication settled (as `_flush_then_end`, without a task): send the replies that
+        waited, or close unanswered if the writes will never be acknowledged."""
+        out, held = self.out, self.later
+        self.later = []
+        conn = self.conn
+        if not self.settled:
+            # This node stopped leading before its in-sync followers held the write: no
+            # answer is true, so none is given (the client sees the connection close).
+            out.clear()
+            return HangUp
+        gate = self.server.gate
+        assert gate is not None
+        conn.mark = gate.commits  # committed while we waited: other connections'
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out[:] = held
+        if not held:
+            self.depends = ORIGIN
+        self.server.counters.bytes_written += len(data)
+        stream = conn.stream
+        sent = stream.send_now(data)
+        if sent < len(data) or stream.backlog:
+            return self._send_then_end(memoryview(data)[sent:])
+        return self._after_send()
 
     def _after_send(self) -> Handoff | type[HangUp] | None:
         if self.quitting:

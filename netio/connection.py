@@ -23,22 +23,34 @@ log = logging.getLogger("memring.net")
 # waiting for input again (back to the set), False to close it.
 Handoff = Coroutine[Any, Any, bool]
 # A connection's requests: serve one read (not empty) synchronously; None when done and
-# waiting for input again, HangUp to close, or a Handoff to await (which sets `conn.idle`
-# while it waits for something else than a request, as `watch`).
-Receiver = Callable[[bytes], "Handoff | type[HangUp] | None"]
+# waiting for input again, HangUp to close, a Handoff to await (which sets `conn.idle`
+# while it waits for something else than a request, as `watch`), or Parked.
+Receiver = Callable[[bytes], "Handoff | type[HangUp] | type[Parked] | None"]
+# What a parked connection does when it is resumed, in the ReadyLoop's task: as a Receiver's
+# answer, but never Parked again.
+Resumption = Callable[[], "Handoff | type[HangUp] | None"]
 
 
 class HangUp:
     """`ReadyHandler.received`'s answer when the connection is to close now."""
 
 
-async def carried_out(outcome: Handoff | type[HangUp] | None) -> bool:
+class Parked:
+    """`ReadyHandler.received`'s answer (only for a connection in the ReadyLoop's set,
+    `conn.looped`) when the rest of its batch waits for an event that a synchronous callback
+    will report (sync replication's acknowledgement): the connection leaves the set without a
+    task of its own, and the handler later calls `conn.resume(conn, resumption)`, which the
+    loop runs in its own task. Cheaper than a Handoff: no task is started per wait."""
+
+
+async def carried_out(outcome: Handoff | type[HangUp] | type[Parked] | None) -> bool:
     """Await what a Receiver answered, in the connection's own task: True when the
     connection is waiting for input again, False to close it."""
     if outcome is None:
         return True
     if outcome is HangUp:
         return False
+    assert outcome is not Parked, "only a connection in the ReadyLoop's set parks"
     assert not isinstance(outcome, type)
     return await outcome
 
@@ -84,6 +96,9 @@ class Connection:
     pending: bool = False  # with `max_pending`: not yet admitted by its handler
     writing: bool = False  # the handler is sending replies (the backend's `stats conns`)
     looped: bool = False  # waiting for input in the ReadyLoop's set, no task of its own
+    parked: bool = False  # out of the set, no task of its own, until its handler resumes it
+    # while looped or parked: hands the ReadyLoop what a parked connection does next
+    resume: Callable[[Connection, Resumption], None] | None = None
     receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
     # with a ReadyHandler: what the client's end of input (EOF) calls for; None: close now
     at_end_of_input: Callable[[], Handoff | type[HangUp]] | None = None

@@ -275,8 +275,9 @@ class ConnectionServer:
         self._cancel(conn)
 
     def _cancel(self, conn: Connection) -> None:
-        """End `conn`: its task is cancelled, or, in the ReadyLoop's set, it closes now."""
-        if conn.looped:
+        """End `conn`: its task is cancelled, or, in the ReadyLoop's set or parked by it, it
+        closes now."""
+        if conn.looped or conn.parked:
             assert self._loop is not None
             self._loop.close(conn)
         else:

@@ -12,7 +12,12 @@ sends their replies synchronously. When a connection must await (a reply the ker
 take at once, a replication wait, a streamed dump, `watch`), the handler returns the rest of
 its batch as a `Handoff`: the connection leaves the set and runs it in a task of its own (in
 the connection nursery, under `conn.scope`), and comes back to the set when the handoff says
-it is waiting for input again. A pass ends with a checkpoint, so with one read per connection
+it is waiting for input again. A connection whose wait ends with a synchronous callback
+(sync replication's acknowledgement) *parks* instead (`Parked`): it leaves the set without a
+task, and `resume(conn, resumption)` (the callback's) queues what it does next, which the
+loop runs at the start of its next pass (woken if it naps), as it runs a read: back to the
+set, closed, or handed off. A task start per replicated write cost more than the wait's own
+bookkeeping (docs/benchmarks.md "Whole cluster end to end"). A pass ends with a checkpoint, so with one read per connection
 per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
 timers, handed-off connections) run between passes.
 
@@ -21,7 +26,8 @@ A client's end of input closes its connection, unless the handler set
 
 Closing a connection unregisters it from the set first (the descriptor may be reused by the
 next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
-that nursery (the shutdown grace deadline) closes every connection still in the set.
+that nursery (the shutdown grace deadline) closes every connection still in the set or
+parked; at shutdown it ends once the set is empty and no connection is parked.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from memring.netio.connection import (
     Connection,
     Handoff,
     HangUp,
+    Parked,
     ReadyHandler,
     Receiver,
+    Resumption,
     log_failure,
 )
 
@@ -56,6 +64,8 @@ class ReadyLoop:
         self._epoll = select.epoll()
         # by file descriptor: the connection and what serves its reads
         self._waiting: dict[int, tuple[Connection, Receiver]] = {}
+        self._parked: dict[Connection, None] = {}  # out of the set until resumed
+        self._resumed: list[tuple[Connection, Resumption]] = []  # for the next pass
         self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
         self.stopping = False  # set by stop(): close connections as their batch ends
 
@@ -66,15 +76,27 @@ class ReadyLoop:
         """`conn` waits for input: serve it from now on."""
         conn.reading = True
         conn.looped = True
+        conn.resume = self.resume
         assert conn.receiver is not None  # opened
         fd = conn.sock.fileno()
         self._waiting[fd] = (conn, conn.receiver)
         self._epoll.register(fd, select.EPOLLIN)
 
     def close(self, conn: Connection) -> None:
-        """Close `conn` (in the set) now: the idle timeout, eviction, shutdown."""
-        self._remove(conn)
+        """Close `conn` (in the set, or parked) now: the idle timeout, eviction, shutdown."""
+        if conn.parked:
+            del self._parked[conn]
+            conn.parked = False
+        else:
+            self._remove(conn)
         self._release(conn)
+
+    def resume(self, conn: Connection, resumption: Resumption) -> None:
+        """A parked connection's wait is over: the loop's next pass runs `resumption` (safe
+        from any task; nothing if `conn` closed meanwhile)."""
+        if conn.parked:
+            self._resumed.append((conn, resumption))
+            self.wake()
 
     def stop(self) -> None:
         """Shutdown: connections close when their batch ends; the loop ends with the last."""
@@ -96,7 +118,9 @@ class ReadyLoop:
         waiting = self._waiting
         read_size = nonblocking.READ_SIZE
         try:
-            while not (self.stopping and not waiting):
+            while not (self.stopping and not waiting and not self._parked):
+                if self._resumed:
+                    self._resume_all()
                 ready = epoll.poll(0, MAX_EVENTS)
                 if not ready:
                     with trio.CancelScope() as self._nap:
@@ -134,12 +158,41 @@ class ReadyLoop:
         finally:
             for conn, _receiver in list(waiting.values()):
                 self.close(conn)
+            for conn in list(self._parked):
+                self.close(conn)
             epoll.close()
 
-    def _after(self, conn: Connection, outcome: Handoff | type[HangUp] | None) -> None:
-        """A read served, other than the common case: close, or hand off."""
+    def _resume_all(self) -> None:
+        """Run what the parked connections resumed since the last pass do next."""
+        resumed, self._resumed = self._resumed, []
+        for conn, resumption in resumed:
+            if not conn.parked:  # closed meanwhile
+                continue
+            del self._parked[conn]
+            conn.parked = False
+            try:
+                outcome = resumption()
+            except Exception as exc:
+                log_failure(exc)  # only this connection closes
+                self._release(conn)
+                continue
+            if outcome is None and not self.stopping:
+                self.add(conn)
+            elif outcome is None or outcome is HangUp:
+                self._release(conn)
+            else:
+                assert not isinstance(outcome, type)
+                self._hand_off(conn, outcome)
+
+    def _after(self, conn: Connection,
+               outcome: Handoff | type[HangUp] | type[Parked] | None) -> None:
+        """A read served, other than the common case: close, park, or hand off."""
         if outcome is None or outcome is HangUp:  # None: the server is stopping
             self.close(conn)
+        elif outcome is Parked:
+            self._remove(conn)
+            conn.parked = True
+            self._parked[conn] = None
         else:
             assert not isinstance(outcome, type)
             self._remove(conn)

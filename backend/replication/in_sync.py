@@ -78,8 +78,7 @@ class FollowerLink:
 class _Waiter:
     target: Position
     order: int
-    done: trio.Event = field(compare=False, default_factory=trio.Event)
-    ok: bool = field(compare=False, default=False)
+    then: Callable[[bool], object] = field(compare=False)  # told the verdict, once
 
 
 class InSyncReplicas:
@@ -144,25 +143,35 @@ class InSyncReplicas:
         right after it does not turn a replicated write into a failure."""
         if target <= self.watermark:
             return self.lease_valid()
-        waiter = _Waiter(target, next(self._order))
-        heapq.heappush(self._waiters, waiter)
-        await waiter.done.wait()
-        return waiter.ok
+        done = trio.Event()
+        verdict: list[bool] = []
+
+        def settled(ok: bool) -> None:
+            verdict.append(ok)
+            done.set()
+
+        self.when_replicated(target, settled)
+        await done.wait()
+        return verdict[0]
+
+    def when_replicated(self, target: Position, then: Callable[[bool], object]) -> None:
+        """`replicated` for a caller that does not await: `then(verdict)` is called once,
+        synchronously, from whatever releases the write (an ack, an ISR change, stepping
+        down); it must not raise."""
+        heapq.heappush(self._waiters, _Waiter(target, next(self._order), then))
 
     def _release(self) -> None:
         waiters = self._waiters
         mark = self.watermark
         valid = self.lease_valid()
         while waiters and waiters[0].target <= mark:
-            waiter = heapq.heappop(waiters)
-            waiter.ok = valid
-            waiter.done.set()
+            heapq.heappop(waiters).then(valid)
 
     def fail_all(self) -> None:
         """Leadership is gone: no waiting write will be acknowledged."""
-        for waiter in self._waiters:
-            waiter.done.set()
-        self._waiters.clear()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.then(False)
 
     def _advance(self) -> None:
         links = self.links

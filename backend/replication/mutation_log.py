@@ -147,6 +147,14 @@ class ReplicationLog:
 
     def _index(self, position: Position) -> int | None:
         entries = self._entries
+        newest = self.newest
+        if position.epoch == newest.epoch:
+            # An epoch's seqs run without gaps up to the newest entry, and a follower asks
+            # for a recent one: counted from the end, no search (a bisect of a deque of
+            # 10k+ mutations cost ~4% of a leader's CPU in the cluster benchmark).
+            index = len(entries) - 1 - (newest.seq - position.seq)
+            if 0 <= index < len(entries) and entries[index].position == position:
+                return index
         index = bisect_left(entries, position, key=lambda m: m.position)
         if index < len(entries) and entries[index].position == position:
             return index

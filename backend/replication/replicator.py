@@ -11,7 +11,8 @@ acknowledging writes, so no write escapes numbering):
   wakes the follower connections of `leader_side` (a ParkingLot). The leadership's
   InSyncReplicas (`in_sync`) is made at once; one task of `run()` keeps the shard's ISR in
   etcd honest for each leadership in turn (followers join once caught up, leave when gone or
-  lagging). In `sync` mode the server asks `settle()` before it sends replies that follow a
+  lagging). In `sync` mode the server asks `settle()` (or, for a connection that parks
+  rather than awaits, `settle_then()` with a callback) before it sends replies that follow a
   write: it waits until every in-sync follower acknowledged the write, or closes the
   connection unanswered when this node stops leading first. In `async` mode replies are not
   delayed (a failover may lose the tail followers lacked).
@@ -31,7 +32,7 @@ applies each message, and the recorder is attached only on promotion. The two si
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -370,6 +371,39 @@ class Replicator:
             return True
         self.counters.unacknowledged += 1
         return False
+
+    def settle_then(self, wrote: bool, depends: Position,
+                    then: Callable[[bool], object]) -> bool | None:
+        """`settle()` when `wrote`, else `settle_reads(depends)`, for a caller that does not
+        await (backend.server parks the connection): the verdict if it is known now, else
+        None and `then(verdict)` is called once, synchronously, when it is."""
+        insync = self.insync
+        if wrote:
+            if insync is None:
+                return self._write_verdict(False)
+            target = self.log.newest
+            if target <= insync.watermark:
+                return self._write_verdict(insync.lease_valid())
+            insync.when_replicated(target, lambda ok: then(self._write_verdict(ok)))
+            return None
+        if insync is None:  # stepped down since: the followers held what was acknowledged
+            return depends <= self._acked_when_deposed
+        if depends <= insync.watermark:
+            return True
+        insync.when_replicated(depends, lambda ok: then(
+            self._read_verdict(ok or depends <= insync.watermark)))
+        return None
+
+    def _write_verdict(self, replicated: bool) -> bool:
+        if replicated and self.refusal() is None:
+            return True
+        self.counters.unacknowledged += 1
+        return False
+
+    def _read_verdict(self, replicated: bool) -> bool:
+        if not replicated:
+            self.counters.unacknowledged += 1
+        return replicated
 
     def position(self) -> Position:
         return self.log.newest if self.leading else self.follower.position

@@ -23,10 +23,11 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.coordinator import ClusterConfig
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_process import EtcdProcess
-from tests.helpers import servers, wire
+from tests.helpers import servers, tls, wire
 from tests.helpers.cluster import SHARD, ReplicatedShard, node_id, proxy_argv, wait_for
 from tests.helpers.replicas import dump, pipeline, wait_identical
 
@@ -88,6 +89,41 @@ def test_every_acknowledged_write_is_on_the_follower(etcd: EtcdProcess) -> None:
         assert stats["memring_replication"] == "sync"
         assert set(stats["memring_repl_isr"].split(",")) == {node_id(leader), node_id(follower)}
         assert stats[f"memring_repl_lag_seq:{node_id(follower)}"] == "0"
+
+
+def test_a_tls_client_waits_for_the_follower_as_a_plain_one_does(
+        etcd: EtcdProcess, private_ca: CertificateAuthority) -> None:
+    """A plain connection parks while its write replicates (no task); a TLS one, which has
+    its task, awaits it there: both are answered only once the follower holds the write, and
+    in order."""
+    credential = private_ca.issue("sync-tls")
+    context = tls.client_context(private_ca.cert)
+    tls_ports: dict[int, int] = {}
+
+    class TlsSyncShard(SyncShard):
+        def start(self, port: int | None = None) -> servers.RunningServer:
+            port = port or servers.free_port()
+            tls_ports[port] = servers.free_port()
+            self.extra = (*SyncShard.extra, *tls.server_flags(
+                credential, "--tls-listen", f"{servers.HOST}:{tls_ports[port]}"))
+            return super().start(port)
+
+    with contextlib.ExitStack() as stack:
+        shard = TlsSyncShard(etcd, stack, f"rs{next(_clusters)}", {})
+        for _ in range(2):
+            shard.start()
+        leader, (follower,) = settled(shard)
+        with wire.connect(follower) as reader, wire.connect(leader) as plain, \
+                tls.connect(tls_ports[leader.port], context) as secure:
+            for i in range(100):
+                for name, writer in ((b"plain", plain), (b"tls", secure)):
+                    key = b"%s%d" % (name, i)
+                    writer.sendall(b"set %s 0 0 1\r\nv\r\nget %s\r\n" % (key, key))
+                    assert wire.read_until(writer, b"END\r\n") == \
+                        b"STORED\r\nVALUE %s 0 1\r\nv\r\nEND\r\n" % key
+                    reader.sendall(b"get %s\r\n" % key)  # right after the ack
+                    assert wire.read_until(reader, b"END\r\n") == \
+                        b"VALUE %s 0 1\r\nv\r\nEND\r\n" % key
 
 
 def test_kill9_of_the_leader_loses_no_acknowledged_write(etcd: EtcdProcess) -> None:

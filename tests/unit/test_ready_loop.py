@@ -1,6 +1,7 @@
 """ReadyLoop under ConnectionServer: connections served from one task, handed to a task of
-their own when they must await and back, closed cleanly whichever state they are in, and
-fair to each other. A toy line protocol (ping, wait, boom, bye) on real 127.0.0.1 sockets."""
+their own when they must await and back, parked until a callback resumes them, closed cleanly
+whichever state they are in, and fair to each other. A toy line protocol (ping, wait, park,
+boom, bye) on real 127.0.0.1 sockets."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import trio
 
 from memring.netio import nonblocking
-from memring.netio.connection import Connection, Handoff, HangUp, Receiver
+from memring.netio.connection import Connection, Handoff, HangUp, Parked, Receiver
 from memring.netio.connection_server import ConnectionCounters, ConnectionServer
 
 pytestmark = pytest.mark.unit
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.unit
 
 class LineHandler:
     """`ping` -> `pong` at once; `wait` -> `waited` once `release` is set (handed off);
-    `boom` raises; `bye` hangs up. Records what it saw."""
+    `park` parks the connection until the test calls `resume_parked`; `boom` raises; `bye`
+    hangs up. Records what it saw."""
 
     def __init__(self) -> None:
         self.buffers: dict[Connection, bytes] = {}
@@ -29,6 +31,7 @@ class LineHandler:
         self.waiting = trio.Event()  # a handoff is waiting for `release`
         self.closed_count = 0
         self.handoffs = 0
+        self.parked: list[Connection] = []
 
     def opened(self, conn: Connection) -> Receiver:
         self.buffers[conn] = b""
@@ -37,7 +40,8 @@ class LineHandler:
     def holds_input(self, conn: Connection) -> bool:
         return bool(self.buffers[conn])
 
-    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
+    def received(self, conn: Connection,
+                 data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
         buffer = self.buffers[conn] + data
         replies = []
         while b"\n" in buffer:
@@ -46,6 +50,11 @@ class LineHandler:
                 raise KeyError("a bug")
             if line == b"bye":
                 return HangUp
+            if line == b"park":
+                self.buffers[conn] = buffer
+                conn.sock.send(b"".join(replies))
+                self.parked.append(conn)
+                return Parked
             if line == b"wait":
                 self.buffers[conn] = buffer
                 conn.sock.send(b"".join(replies))
@@ -67,6 +76,19 @@ class LineHandler:
     def closed(self, conn: Connection) -> None:
         self.closed_count += 1
         del self.buffers[conn]
+
+    def resume_parked(self, reply: bytes = b"resumed\n", fail: bool = False) -> None:
+        """What the ISR's callback does: hand the loop what each parked connection does next
+        (from another task than the loop's)."""
+        for conn in self.parked:
+            def resumption(conn: Connection = conn) -> Handoff | type[HangUp] | None:
+                if fail:
+                    raise KeyError("a bug in a resumption")
+                conn.sock.send(reply)
+                return None
+            assert conn.resume is not None
+            conn.resume(conn, resumption)
+        self.parked.clear()
 
 
 async def start(nursery: trio.Nursery, server: ConnectionServer) -> int:
@@ -119,6 +141,92 @@ async def test_a_connection_handed_off_comes_back_to_the_loop() -> None:
             await settled(lambda: not server.connections(), "both closed")
             server.shutdown(1.0)
     assert handler.closed_count == 2
+
+
+async def test_a_parked_connection_is_resumed_without_a_task_and_keeps_its_order() -> None:
+    handler = LineHandler()
+    server = ConnectionServer(handler, 10, ConnectionCounters())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(sock, b"ping\npark\n") == b"pong\n"
+            (conn,) = server.connections()
+            await settled(lambda: conn.parked, "parked")
+            assert not conn.looped and not conn.reading  # out of the set, not idle-timed
+            await nonblocking.send_all(sock, b"ping\n")  # not read while parked
+            other = await nonblocking.connect("127.0.0.1", port)
+            assert await ask(other, b"ping\n") == b"pong\n"  # the loop serves on meanwhile
+            await trio.sleep(0.05)
+            handler.resume_parked()
+            # the parked batch's reply first, then the request that came meanwhile
+            assert await ask(sock, b"", b"pong\n") == b"resumed\npong\n"
+            assert conn.looped and not conn.parked and handler.handoffs == 0
+            nonblocking.close(sock)
+            nonblocking.close(other)
+            await settled(lambda: not server.connections(), "both closed")
+            server.shutdown(1.0)
+    assert handler.closed_count == 2
+
+
+async def test_a_failing_resumption_closes_its_connection_only() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            other = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(sock, b"park\n")
+            await settled(lambda: len(handler.parked) == 1, "parked")
+            handler.resume_parked(fail=True)
+            assert await nonblocking.recv(sock, 100) == b""
+            assert await ask(other, b"ping\n") == b"pong\n"
+            assert counters.curr_connections == 1 and handler.closed_count == 1
+            nonblocking.close(sock)
+            nonblocking.close(other)
+            await settled(lambda: not server.connections(), "closed")
+            server.shutdown(1.0)
+
+
+async def test_shutdown_lets_a_parked_connection_finish_and_then_closes_it() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(sock, b"park\n")
+            await settled(lambda: len(handler.parked) == 1, "parked")
+            server.shutdown(5.0)
+            await trio.sleep(0.05)
+            assert counters.curr_connections == 1  # busy: not closed as idle
+            handler.resume_parked()
+            assert await ask(sock, b"", b"resumed\n") == b"resumed\n"
+            assert await nonblocking.recv(sock, 100) == b""  # then closed: the server stops
+        nonblocking.close(sock)
+    assert counters.curr_connections == 0 and handler.closed_count == 1
+
+
+async def test_the_grace_deadline_closes_a_parked_connection_and_a_late_resume_is_moot() -> None:
+    handler = LineHandler()
+    counters = ConnectionCounters()
+    server = ConnectionServer(handler, 10, counters)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            sock = await nonblocking.connect("127.0.0.1", port)
+            await nonblocking.send_all(sock, b"park\n")  # never resumed in time
+            await settled(lambda: len(handler.parked) == 1, "parked")
+            began = trio.current_time()
+            server.shutdown(0.3)
+        assert trio.current_time() - began >= 0.3
+        assert await nonblocking.recv(sock, 100) == b""
+        nonblocking.close(sock)
+        handler.resume_parked()  # the callback comes after all: nothing happens
+    assert counters.curr_connections == 0 and handler.closed_count == 1
 
 
 async def test_a_client_gone_while_handed_off_is_closed_once() -> None:
@@ -286,7 +394,8 @@ class EndingHandler(LineHandler):
         conn.at_end_of_input = functools.partial(self._ending, conn)
         return super().opened(conn)
 
-    def received(self, conn: Connection, data: bytes) -> Handoff | type[HangUp] | None:
+    def received(self, conn: Connection,
+                 data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
         if data == b"drop\n":
             assert self.server is not None
             self.server.end(conn)

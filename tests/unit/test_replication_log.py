@@ -56,6 +56,24 @@ def test_since_answers_the_tail_or_none() -> None:
     assert log.since(Position(0, 7)) is None
 
 
+def test_since_counts_from_the_end_as_a_search_would() -> None:
+    """Positions of the newest epoch are found counted from the end; every other one by a
+    search: both answer as a scan of the backlog does, trimmed or not."""
+    log = ReplicationLog(max_count=40)
+    for epoch in (2, 3, 7):
+        log.begin_epoch(epoch)
+        for i in range(25):
+            log.record(state(b"k%d" % i))
+    held = list(log)
+    assert len(held) == 40 and log.oldest == Position(3, 11)
+    for epoch in (0, 2, 3, 6, 7, 8):
+        for seq in range(-2, 30):
+            position = Position(epoch, seq)
+            at = [i for i, m in enumerate(held) if m.position == position]
+            expected = held[at[0] + 1:] if at else ([*held] if position == log.oldest else None)
+            assert log.since(position) == expected, position
+
+
 def test_a_follower_ahead_of_a_new_leader_in_an_old_epoch_needs_a_snapshot() -> None:
     log = ReplicationLog()
     log.begin_epoch(3)
