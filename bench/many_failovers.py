@@ -39,16 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import etcd_rates
-from backend_vs_memcached import (
-    BenchError,
-    Server,
-    _pdeathsig,
-    ask_version,
-    cpu_model,
-    run_until_done,
-    spawned,
-    stop,
-)
+from backend_vs_memcached import cpu_model
 from failover import (
     CLUSTER,
     HOST,
@@ -64,6 +55,15 @@ from failover import (
     read_back,
     replication_modes,
     stats,
+)
+from processes import (
+    BenchError,
+    Server,
+    _pdeathsig,
+    ask_version,
+    run_until_done,
+    spawned,
+    stop,
 )
 
 START_TIMEOUT = 180.0   # every backend answers `version`
