@@ -128,6 +128,11 @@ class NotFound(CoordinatorError):
     """An operation named a shard or node the cluster does not have."""
 
 
+class WatchMoved(CoordinatorUnavailable):
+    """A watch ended because another call found its endpoint unavailable and moved to the
+    next one (a frozen member sends a watch no error): follow again at once."""
+
+
 class WatchCompacted(CoordinatorError):
     """The watch's start revision was compacted away: take a new snapshot."""
 
@@ -276,7 +281,10 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult: ...
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
+        """`resend`: an attempt that goes unanswered may be sent again through another
+        endpoint, so a failed result may hide an earlier attempt that was applied; only for
+        a caller that re-checks a failure (`campaign`)."""
 
     @abc.abstractmethod
     async def _grant(self, ttl: float) -> tuple[int, float]:
@@ -475,11 +483,28 @@ class Coordinator(abc.ABC):
             else:  # in sync under an earlier lease of this process: the entry becomes ours
                 elected_with = tuple(sorted({*members} - earlier | {me}))
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
-        result = await self._txn(compares, success)
+        result = await self._txn(compares, success, resend=True)
         if not result.succeeded:
-            return None
+            return await self._won_unanswered(session, shard_id, node_id)
         return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with,
                           isr_revision or result.revision)
+
+    async def _won_unanswered(self, session: Session, shard_id: str, node_id: str
+                              ) -> Leadership | None:
+        """After a failed campaign txn: the Leadership if an earlier attempt of it, whose
+        answer was lost, was applied (the leader key holds our lease: only our campaign
+        writes it so, and nothing but our own later writes touches the ISR meanwhile)."""
+        leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
+        _, entries = await self._read(self.keyspace.shard(shard_id), prefix=True)
+        leader, isr = entries.get(leader_key), entries.get(isr_key)
+        if leader is None or leader.lease != session.lease_id or isr is None:
+            return None
+        if LeaderRecord.from_json(leader.value).node_id != node_id:
+            return None
+        log.info("shard %s: our campaign's answer was lost, yet it won (epoch %d)", shard_id,
+                 leader.create_revision)
+        return Leadership(shard_id, node_id, leader.create_revision, session.lease_id,
+                          IsrRecord.from_json(isr.value).members, isr.mod_revision)
 
     async def resign(self, leadership: Leadership) -> bool:
         """Give up leadership if this epoch still holds the leader key."""
@@ -602,6 +627,7 @@ class Coordinator(abc.ABC):
     async def _follow_loop(self, send: trio.MemorySendChannel[ClusterView],
                            retry_interval: float) -> None:
         last: ClusterView | None = None
+        resync_now = False  # a watch moved: the next endpoint may answer at once (once)
         async with send:
             while True:
                 try:
@@ -609,11 +635,17 @@ class Coordinator(abc.ABC):
                     if last is None or view.revision != last.revision:
                         send.send_nowait(view)
                     last = view
+                    resync_now = False
                     async with self.watch(view.revision + 1) as stream:
                         async for batch in stream:
                             view = view.apply(batch)
                             send.send_nowait(view)
                             last = view
+                except WatchMoved as exc:
+                    log.info("following the cluster: %s", exc)
+                    if not resync_now:
+                        resync_now = True
+                        continue
                 except (CoordinatorUnavailable, WatchCompacted) as exc:
                     log.warning("following the cluster: %s; retrying in %gs", exc,
                                 retry_interval)

@@ -78,6 +78,7 @@ from memring.cluster.coordinator import (
     CoordinatorUnavailable,
     LeaseNotFound,
     WatchCompacted,
+    WatchMoved,
     WatchStream,
     collapse_single,
 )
@@ -100,6 +101,12 @@ log = logging.getLogger("memring.cluster")
 # long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
 # proxy retries its session and watch.
 AUTH_REFUSAL_KEPT = 5.0
+# How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
+# member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
+# was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
+# new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
+# costs a spurious move: the call is sent again, the last attempt with the whole timeout.
+ATTEMPT_TIMEOUT = 0.25
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -231,8 +238,10 @@ class EtcdCoordinator(Coordinator):
 
     def __init__(self, urls: str | Sequence[str], cluster: str = "memring", *,
                  call_timeout: float = 1.0, root: str = "/memring",
-                 security: EtcdSecurity | None = None) -> None:
+                 security: EtcdSecurity | None = None,
+                 attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
         super().__init__(cluster, call_timeout=call_timeout, root=root)
+        self.attempt_timeout = min(attempt_timeout, call_timeout)
         self.endpoints = parse_endpoints(urls)
         self.security = security or EtcdSecurity()
         self.scheme = self.security.check(urls)
@@ -256,11 +265,13 @@ class EtcdCoordinator(Coordinator):
     @asynccontextmanager
     async def connect(cls, urls: str | Sequence[str], cluster: str = "memring", *,
                       call_timeout: float = 1.0, probe: bool = True,
-                      security: EtcdSecurity | None = None
+                      security: EtcdSecurity | None = None,
+                      attempt_timeout: float = ATTEMPT_TIMEOUT
                       ) -> AsyncIterator[EtcdCoordinator]:
         """A coordinator for the block; with `probe`, fail at once if etcd does not answer
         or refuses us (`AccessDenied`)."""
-        self = cls(urls, cluster, call_timeout=call_timeout, security=security)
+        self = cls(urls, cluster, call_timeout=call_timeout, security=security,
+                   attempt_timeout=attempt_timeout)
         try:
             if probe:
                 await self.probe()
@@ -325,7 +336,7 @@ class EtcdCoordinator(Coordinator):
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
             try:
                 response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
-                                             idempotent=True, authenticated=False)
+                                             resend=True, authenticated=False)
             except AccessDenied as exc:
                 self._auth_refused = (time.monotonic(), exc)
                 raise
@@ -418,22 +429,25 @@ class EtcdCoordinator(Coordinator):
         return CoordinatorError(f"etcd at {url}: {code}: {details}")
 
     async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
-                     timeout: float | None = None, *, idempotent: bool = False,
+                     timeout: float | None = None, *, resend: bool = False,
                      authenticated: bool = True) -> Any:
         """One call on the current endpoint. An unavailable endpoint makes the next one
-        current; an `idempotent` call (a read) is then tried there too, each endpoint once,
-        so one member down is not a failure (a write is not: it may have been applied).
-        `authenticated`: with the token (got first if we have none; renewed once if etcd
-        calls it stale)."""
+        current; a call that may be `resend` (a read, a revocation, a txn whose caller
+        re-checks a failed outcome) is then sent there too, each endpoint once, and every
+        attempt but the last gives up after `attempt_timeout`: a frozen member, or a follower
+        whose request went to a frozen etcd leader, costs that, not the whole timeout (a plain
+        write is sent once: it may have been applied). `authenticated`: with the token (got
+        first if we have none; renewed once if etcd calls it stale)."""
         limit = self.call_timeout if timeout is None else timeout
-        attempts = len(self.endpoints) if idempotent else 1
+        attempts = len(self.endpoints) if resend else 1
         renewed = not (authenticated and self.security.user)
         if not renewed and not self._token:
             await self._renew_token(self._token_generation)
         while True:
             generation = self._token_generation
             index, stub = self._stub(kind)
-            call = functools.partial(getattr(stub, method), request, timeout=limit,
+            wait = limit if attempts == 1 else min(limit, self.attempt_timeout)
+            call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
                 return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
@@ -442,10 +456,11 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                error = self._error(index, exc, limit)
+                error = self._error(index, exc, wait)
                 attempts -= 1
                 if not isinstance(error, CoordinatorUnavailable) or attempts <= 0:
                     raise error from None
+                log.info("%s; sending the %s again through %s", error, method, self.url)
 
     # primitives -----------------------------------------------------------------------
 
@@ -454,15 +469,15 @@ class EtcdCoordinator(Coordinator):
         request = etcdrpc.RangeRequest(key=raw)
         if prefix:
             request.range_end = prefix_end(raw)
-        response = await self._unary(etcdrpc.KVStub, "Range", request, idempotent=True)
+        response = await self._unary(etcdrpc.KVStub, "Range", request, resend=True)
         return int(response.header.revision), {e.key: e for e in map(_entry, response.kvs)}
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult:
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
         request = etcdrpc.TxnRequest(compare=[_compare(c) for c in compares],
                                      success=[_request_op(o) for o in success],
                                      failure=[_request_op(o) for o in failure])
-        response = await self._unary(etcdrpc.KVStub, "Txn", request)
+        response = await self._unary(etcdrpc.KVStub, "Txn", request, resend=resend)
         return TxnResult(bool(response.succeeded), int(response.header.revision))
 
     async def _grant(self, ttl: float) -> tuple[int, float]:
@@ -537,9 +552,11 @@ class EtcdCoordinator(Coordinator):
             self._keepalives = None
 
     async def revoke(self, lease_id: int) -> bool:
+        # sent again through the next member after an unanswered attempt: revoking twice
+        # is harmless (the second finds the lease gone: False)
         try:
             await self._unary(etcdrpc.LeaseStub, "LeaseRevoke",
-                              etcdrpc.LeaseRevokeRequest(ID=lease_id))
+                              etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
         except LeaseNotFound:
             return False
         return True
@@ -637,7 +654,7 @@ class EtcdCoordinator(Coordinator):
         async def end_when_moved() -> None:
             # another call found this endpoint unavailable: a frozen member sends no error
             await self._until_moved_from(index)
-            stream.error = CoordinatorUnavailable(
+            stream.error = WatchMoved(
                 f"etcd at {url} stopped answering other calls: "
                 f"moving the watch to {self.url}")
             closing.set()

@@ -193,7 +193,7 @@ class StaticCoordinator(Coordinator):
     # The write side: refused ----------------------------------------------------------------
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult:
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
         _refuse()
 
     async def _grant(self, ttl: float) -> tuple[int, float]:

@@ -15,16 +15,18 @@ and every acknowledged write is readable on the shard's leader. Every wait is bo
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import trio
 
 from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
-from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_coordinator import ATTEMPT_TIMEOUT, EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from memring.cluster.keyspace import Compare, Op, TxnResult
 from tests.helpers.cluster import SHARD, wait_for
 from tests.helpers.etcd_faults import MembersShard, ShardWatcher, members_shard, node_report
+from tests.helpers.jepsen.relay import CutLink
 from tests.helpers.replicas import dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
@@ -172,3 +174,83 @@ async def test_a_watch_leaves_a_member_other_calls_found_frozen(etcd3: EtcdClust
                 finally:
                     first.resume()
             assert coordinator.url != first.url
+
+
+@pytest.mark.parametrize("frozen", ["follower", "leader"])
+async def test_calls_leave_a_frozen_member_after_one_attempt(etcd3: EtcdCluster,
+                                                             frozen: str) -> None:
+    """A read and a revocation on a SIGSTOPped etcd member, listed first, are sent again
+    through another member after one attempt (ATTEMPT_TIMEOUT), not after the call timeout.
+    Before: the read waited the whole 1 s, and the revocation failed after it (writes were
+    sent once). With etcd's leader frozen the others first elect a new one (~350 ms)."""
+    leader = etcd3.leader()
+    assert leader is not None
+    member = leader if frozen == "leader" else next(m for m in etcd3.members if m is not leader)
+    urls = ",".join([member.url, *(m.url for m in etcd3.members if m is not member)])
+    with trio.fail_after(20):
+        async with EtcdCoordinator.connect(urls, f"frozen-{frozen}") as coordinator:
+            assert coordinator.url == member.url
+            lease, _ = await coordinator._grant(10)
+            member.pause()
+            try:
+                start = trio.current_time()
+                await coordinator.snapshot()
+                read = trio.current_time() - start
+                assert await coordinator.revoke(lease)
+                revoked = trio.current_time() - start
+            finally:
+                member.resume()
+            print(f"\n{frozen} frozen: read answered after {read * 1000:.0f} ms, lease revoked "
+                  f"after {revoked * 1000:.0f} ms, through {coordinator.url}")
+            assert coordinator.url != member.url
+            assert await coordinator._remaining(lease) == 0
+            if frozen == "follower":  # nothing to wait for but the one attempt
+                assert read < ATTEMPT_TIMEOUT + 0.25
+                assert revoked < ATTEMPT_TIMEOUT + 0.5
+            else:  # the attempt, then etcd's election
+                assert read < coordinator.call_timeout
+                assert revoked < coordinator.call_timeout + 0.25
+
+
+class _LosesCampaignAnswers(EtcdCoordinator):
+    """From the campaign's txn on, the answers of `link` (its first endpoint) are held: the
+    txn reaches etcd and is applied, its answer is lost."""
+
+    link: CutLink | None = None
+
+    async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
+        if resend and self.link is not None:
+            self.link.hold_answers()
+        return await super()._txn(compares, success, failure, resend=resend)
+
+
+async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster) -> None:
+    """The campaign txn is applied by the first member but its answer never comes back: it is
+    sent again through the next member, where it fails (the leader key exists: ours), and the
+    campaign re-reads and finds that it won. Before: CoordinatorUnavailable after 1 s, the
+    node not knowing it led."""
+    first = etcd3.members[0]
+    link = CutLink("etcd-0", ("127.0.0.1", first.client_port))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.serve)
+            urls = ",".join([f"http://{link.address}", *(m.url for m in etcd3.members[1:])])
+            async with (_LosesCampaignAnswers.connect(urls, "lost-answer") as coordinator,
+                        coordinator.open_session(5) as session):
+                coordinator.link = link
+                start = trio.current_time()
+                won = await coordinator.campaign(session, "s1", "n1", "127.0.0.1:1")
+                took = trio.current_time() - start
+                coordinator.link = None
+                link.heal()
+                assert coordinator.url != f"http://{link.address}"  # sent again elsewhere
+                shard = (await coordinator.snapshot()).shards["s1"]
+                print(f"\nlost campaign answer: found won after {took * 1000:.0f} ms")
+                assert won is not None, "the campaign won in etcd, the node must know it"
+                assert shard.leader is not None and shard.leader.lease_id == session.lease_id
+                assert won.epoch == shard.epoch
+                assert won.isr == (session.incarnation("n1"),)
+                assert won.isr_revision == won.epoch  # the campaign wrote the ISR
+                assert took < coordinator.call_timeout
+            nursery.cancel_scope.cancel()
