@@ -485,7 +485,9 @@ class Coordinator(abc.ABC):
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
         result = await self._txn(compares, success, resend=True)
         if not result.succeeded:
-            return await self._won_unanswered(session, shard_id, node_id)
+            if self.endpoint_count > 1:  # it may have been sent again through another
+                return await self._won_unanswered(session, shard_id, node_id)
+            return None
         return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with,
                           isr_revision or result.revision)
 

@@ -82,6 +82,7 @@ from memring.cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
+from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
     Compare,
@@ -395,9 +396,15 @@ class EtcdCoordinator(Coordinator):
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._current = min(order, key=lambda i: self._failed_at[i])
-        self._moved.set()
-        self._moved = trio.Event()
+        self._make_current(min(order, key=lambda i: self._failed_at[i]))
+
+    def _make_current(self, index: int) -> None:
+        """Later calls, the keepalive stream and the watch (it ends: WatchMoved) go to
+        endpoint `index`."""
+        if index != self._current:
+            self._current = index
+            self._moved.set()
+            self._moved = trio.Event()
 
     async def _until_moved_from(self, index: int) -> None:
         while self._current == index:
@@ -431,22 +438,31 @@ class EtcdCoordinator(Coordinator):
     async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
                      timeout: float | None = None, *, resend: bool = False,
                      authenticated: bool = True) -> Any:
-        """One call on the current endpoint. An unavailable endpoint makes the next one
-        current; a call that may be `resend` (a read, a revocation, a txn whose caller
-        re-checks a failed outcome) is then sent there too, each endpoint once, and every
-        attempt but the last gives up after `attempt_timeout`: a frozen member, or a follower
-        whose request went to a frozen etcd leader, costs that, not the whole timeout (a plain
-        write is sent once: it may have been applied). `authenticated`: with the token (got
-        first if we have none; renewed once if etcd calls it stale)."""
+        """One call on the current endpoint; an unavailable endpoint makes another current.
+        A call that may be `resend` (a read, a revocation, a txn whose caller re-checks a
+        failed outcome) first waits only `attempt_timeout` when there are several endpoints,
+        then is sent once more, with the rest of the timeout (at least one attempt's), to the
+        member that leads etcd and answers (cluster.etcd_leader), else to the next endpoint:
+        a frozen member, or a follower whose request went to a frozen etcd leader, then costs
+        an attempt, not the whole timeout. A plain write is sent once: it may have been
+        applied. `authenticated`: with the token (got first if we have none; renewed once if
+        etcd calls it stale)."""
         limit = self.call_timeout if timeout is None else timeout
-        attempts = len(self.endpoints) if resend else 1
+        started = trio.current_time()
+        resends = 1 if resend and len(self.endpoints) > 1 else 0
+        resent = False
         renewed = not (authenticated and self.security.user)
         if not renewed and not self._token:
             await self._renew_token(self._token_generation)
         while True:
             generation = self._token_generation
             index, stub = self._stub(kind)
-            wait = limit if attempts == 1 else min(limit, self.attempt_timeout)
+            if resends:
+                wait = min(limit, self.attempt_timeout)
+            elif resent:
+                wait = max(self.attempt_timeout, started + limit - trio.current_time())
+            else:
+                wait = limit
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
@@ -456,11 +472,36 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                error = self._error(index, exc, wait)
-                attempts -= 1
-                if not isinstance(error, CoordinatorUnavailable) or attempts <= 0:
+                error = self._error(index, exc, wait, fail_over=not resends)
+                if not isinstance(error, CoordinatorUnavailable) or not resends:
                     raise error from None
+                resends -= 1
+                resent = True
+                await self._to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
+
+    async def _status(self, index: int, timeout: float) -> Status | None:
+        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
+        call = functools.partial(etcdrpc.MaintenanceStub(self._channels[index]).Status,
+                                 etcdrpc.StatusRequest(), timeout=timeout,
+                                 metadata=self._metadata())
+        try:
+            response = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except grpc.RpcError:
+            return None
+        return int(response.header.member_id), int(response.leader), int(response.raftTerm)
+
+    async def _to_answering_leader(self, failed: int, deadline: float) -> None:
+        """After endpoint `failed` left a call unanswered: make current the member that leads
+        etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
+        else the next endpoint."""
+        leader = await answering_leader(self._status, len(self.endpoints), deadline)
+        if leader is None:
+            self._fail_over(failed)
+            return
+        if leader != failed:
+            self._failed_at[failed] = time.monotonic()
+        self._make_current(leader)
 
     # primitives -----------------------------------------------------------------------
 

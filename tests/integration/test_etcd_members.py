@@ -226,16 +226,18 @@ class _LosesCampaignAnswers(EtcdCoordinator):
 
 
 async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster) -> None:
-    """The campaign txn is applied by the first member but its answer never comes back: it is
-    sent again through the next member, where it fails (the leader key exists: ours), and the
-    campaign re-reads and finds that it won. Before: CoordinatorUnavailable after 1 s, the
-    node not knowing it led."""
-    first = etcd3.members[0]
-    link = CutLink("etcd-0", ("127.0.0.1", first.client_port))
+    """The campaign txn is applied through the first endpoint, a follower, but its answer never
+    comes back: after one attempt it is sent again to etcd's leader, where it fails (the
+    leader key exists: ours), and the campaign re-reads and finds that it won. Before:
+    CoordinatorUnavailable after 1 s, the node not knowing it led."""
+    leader = etcd3.leader()
+    first = next(m for m in etcd3.members if m is not leader)  # its answers are lost
+    link = CutLink("etcd-follower", ("127.0.0.1", first.client_port))
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(link.serve)
-            urls = ",".join([f"http://{link.address}", *(m.url for m in etcd3.members[1:])])
+            urls = ",".join([f"http://{link.address}",
+                             *(m.url for m in etcd3.members if m is not first)])
             async with (_LosesCampaignAnswers.connect(urls, "lost-answer") as coordinator,
                         coordinator.open_session(5) as session):
                 coordinator.link = link
