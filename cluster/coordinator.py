@@ -612,22 +612,35 @@ class Coordinator(abc.ABC):
         + 1). The stream raises CoordinatorUnavailable or WatchCompacted when it breaks."""
         return self._watch_raw(self.keyspace.prefix, from_revision)
 
+    async def _check_watched(self) -> None:
+        """Check that the endpoint a watch is on still answers, and move off it if not (the
+        watch then ends with WatchMoved): a frozen member sends a watch no error."""
+        await trio.lowlevel.checkpoint()
+
+    async def _keep_checking_watched(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self._check_watched()
+
     @asynccontextmanager
-    async def follow(self, *, retry_interval: float = 0.5
+    async def follow(self, *, retry_interval: float = 0.5, check_interval: float = 0.0
                      ) -> AsyncIterator[trio.MemoryReceiveChannel[ClusterView]]:
         """A fresh ClusterView after every change, forever; across store outages it keeps
-        quiet (the last view stands) and re-syncs with a new snapshot when the store is back."""
+        quiet (the last view stands) and re-syncs with a new snapshot when the store is back.
+        `check_interval` (> 0): that often, check that the watch's endpoint answers (one
+        cheap call each time: for a proxy, whose routing waits on its view, not for every
+        backend)."""
         send, receive = trio.open_memory_channel[ClusterView](math.inf)
         with collapse_single():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow_loop, send, retry_interval)
+                nursery.start_soon(self._follow_loop, send, retry_interval, check_interval)
                 try:
                     yield receive
                 finally:
                     nursery.cancel_scope.cancel()
 
     async def _follow_loop(self, send: trio.MemorySendChannel[ClusterView],
-                           retry_interval: float) -> None:
+                           retry_interval: float, check_interval: float) -> None:
         last: ClusterView | None = None
         resync_now = False  # a watch moved: the next endpoint may answer at once (once)
         async with send:
@@ -639,10 +652,16 @@ class Coordinator(abc.ABC):
                     last = view
                     resync_now = False
                     async with self.watch(view.revision + 1) as stream:
-                        async for batch in stream:
-                            view = view.apply(batch)
-                            send.send_nowait(view)
-                            last = view
+                        with collapse_single():  # the stream's error, not a group
+                            async with trio.open_nursery() as checking:
+                                if check_interval > 0:
+                                    checking.start_soon(self._keep_checking_watched,
+                                                        check_interval)
+                                async for batch in stream:
+                                    view = view.apply(batch)
+                                    send.send_nowait(view)
+                                    last = view
+                                checking.cancel_scope.cancel()
                 except WatchMoved as exc:
                     log.info("following the cluster: %s", exc)
                     if not resync_now:

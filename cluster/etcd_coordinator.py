@@ -491,6 +491,13 @@ class EtcdCoordinator(Coordinator):
             return None
         return int(response.header.member_id), int(response.leader), int(response.raftTerm)
 
+    async def _check_watched(self) -> None:
+        index = self._current
+        if len(self.endpoints) > 1 and await self._status(index, self.attempt_timeout) is None:
+            log.warning("etcd at %s did not answer a status check within %gs: moving to the "
+                        "next member", self._url(index), self.attempt_timeout)
+            self._fail_over(index)
+
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 import trio
 
-from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
+from memring.cluster.coordinator import ClusterConfig, CoordinatorUnavailable, Incarnation
 from memring.cluster.etcd_coordinator import ATTEMPT_TIMEOUT, EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
 from memring.cluster.keyspace import Compare, Op, TxnResult
@@ -256,3 +256,33 @@ async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster)
                 assert won.isr_revision == won.epoch  # the campaign wrote the ISR
                 assert took < coordinator.call_timeout
             nursery.cancel_scope.cancel()
+
+
+async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdCluster) -> None:
+    """follow(check_interval=...) (the proxy's) needs no other call to find the member its
+    watch is on frozen: a change written through another member reaches the view within one
+    check and one attempt. Unchecked, the view stood still for as long as the member was
+    frozen, unless a keepalive or another call of the same client failed first."""
+    leader = etcd3.leader()
+    member = next(m for m in etcd3.members if m is not leader)
+    others = [m.url for m in etcd3.members if m is not member]
+    with trio.fail_after(20):
+        async with (EtcdCoordinator.connect(",".join([member.url, *others]),
+                                            "checked-watch") as watcher,
+                    EtcdCoordinator.connect(",".join(others), "checked-watch") as writer,
+                    watcher.follow(check_interval=0.2) as views):
+            await views.receive()
+            member.pause()
+            try:
+                start = trio.current_time()
+                await writer.put_config(ClusterConfig(lease_ttl=3.0))
+                with trio.fail_after(3):
+                    async for view in views:
+                        if view.config is not None and view.config.lease_ttl == 3.0:
+                            break
+                took = trio.current_time() - start
+            finally:
+                member.resume()
+            print(f"\nthe change reached the view after {took * 1000:.0f} ms")
+            assert watcher.url != member.url
+            assert took < 0.2 + ATTEMPT_TIMEOUT + 0.4
