@@ -18,7 +18,10 @@ closing the watch cancels the gRPC call, which ends the thread.
 UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
 follower answers when it could not forward to a leader in time) become `CoordinatorUnavailable`
 naming the endpoint; with several endpoints the next call goes to the next one, the member that
-failed longest ago first. A watch lives on the current endpoint: when any call finds that
+failed longest ago first. A call that may be sent again (a read, a revocation, the campaign
+txn, which re-reads a failed outcome) gives its first endpoint one `ATTEMPT_TIMEOUT`, then goes
+to the member that leads etcd and answers (cluster.etcd_leader). A watch lives on the current
+endpoint: when any call finds that
 endpoint unavailable the watch ends with CoordinatorUnavailable and `follow()` resyncs through
 the next one. A stream on a frozen (SIGSTOPped) member gets no error of its own, only silence:
 without this a paused etcd leader froze every watcher's view for as long as it was paused
