@@ -12,8 +12,9 @@ member is asked at once, in rounds `POLL` seconds apart, until a member that ans
 leader: by a majority of the members in one term (decided as soon as their answers are in,
 without waiting for a frozen member's), else, once the round is over, by those answering in
 the highest term. The resend then goes straight to it, right after the election. A member
-that only lost our connection (its answers held) is no leader we can use: the search gives
-up and the caller falls back to its next endpoint. gRPC stays in cluster.etcd_coordinator
+silent in a round is not asked again: a frozen one handles every request queued for it when
+it resumes. A member that only lost our connection (its answers held) is no leader we can
+use: the search gives up and the caller falls back to its next endpoint. gRPC stays in cluster.etcd_coordinator
 (it must import grpc first): this module gets a function that asks one member.
 """
 
@@ -49,8 +50,10 @@ def _named_in_highest_term(answers: dict[int, Status]) -> int | None:
     return next((index for index, (member, _, _) in answers.items() if member in named), None)
 
 
-async def _round(ask: AskStatus, count: int, timeout: float) -> int | None:
-    """Every member asked at once; ends early once a majority names an answering leader."""
+async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
+                 ) -> tuple[int | None, dict[int, Status]]:
+    """The members at `indexes` asked at once; ends early once a majority of all `count`
+    names an answering leader. (That leader's index or None, the answers.)"""
     answers: dict[int, Status] = {}
     found: list[int] = []
 
@@ -65,18 +68,24 @@ async def _round(ask: AskStatus, count: int, timeout: float) -> int | None:
             done.cancel()
 
     async with trio.open_nursery() as nursery:
-        for index in range(count):
+        for index in indexes:
             nursery.start_soon(ask_one, index, nursery.cancel_scope)
-    return found[0] if found else _named_in_highest_term(answers)
+    return (found[0] if found else _named_in_highest_term(answers)), answers
 
 
 async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int | None:
-    """The index of the member that leads etcd and answers, or None by `give_up_at`."""
+    """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
+    silent in one round is not asked again (a frozen one would only pile up requests to
+    handle when it resumes), unless every member was."""
+    silent: set[int] = set()
     while True:
         now = trio.current_time()
         if now >= give_up_at:
             return None
-        leader = await _round(ask, count, min(ROUND_TIMEOUT, give_up_at - now))
+        indexes = [i for i in range(count) if i not in silent] or list(range(count))
+        leader, answers = await _round(ask, indexes, count,
+                                       min(ROUND_TIMEOUT, give_up_at - now))
         if leader is not None:
             return leader
+        silent.update(i for i in indexes if i not in answers)
         await trio.sleep(min(POLL, max(0.0, give_up_at - trio.current_time())))
