@@ -271,7 +271,10 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
                                             "checked-watch") as watcher,
                     EtcdCoordinator.connect(",".join(others), "checked-watch") as writer,
                     watcher.follow(check_interval=0.2) as views):
-            await views.receive()
+            await writer.put_config(ClusterConfig(lease_ttl=2.5))
+            async for view in views:  # seen through the watch: it is open on `member`
+                if view.config is not None:
+                    break
             member.pause()
             try:
                 start = trio.current_time()
