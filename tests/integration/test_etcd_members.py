@@ -10,6 +10,11 @@ three endpoints, etcd's raft leader listed first (the endpoint a client uses unt
 In both: each backend loses its session at most once (the lease, alive in etcd, is kept), no
 unclean election, the ISR is every live node again within a few seconds of the fault's end,
 and every acknowledged write is readable on the shard's leader. Every wait is bounded.
+
+The coordinator alone over the 3 members (issue 18): calls that may be sent again leave a
+SIGSTOPped member after one attempt, for etcd's answering leader; a campaign whose answer was
+lost (a relay holding the member's answers) is found won; a checked watch leaves a frozen
+member by itself.
 """
 
 from __future__ import annotations
