@@ -186,6 +186,12 @@ class Fleet(Cluster):
         proxy, _ = self.stack.enter_context(
             spawned("proxy", argv, self.proxy_port, ask_version, "`version`"))
         self.servers.append(proxy)
+        if self.args.keep_logs:  # copied before `spawned` closes its temporary file
+            self.stack.callback(self.copy_log, proxy.log, "proxy")
+
+    def copy_log(self, log: IO[bytes], name: str) -> None:
+        log.seek(0)
+        (Path(self.args.keep_logs) / f"{name}.log").write_bytes(log.read())
 
 
 class ShardLoad(Load):
@@ -406,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-timeout", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=18, help="picks the victims")
     parser.add_argument("--keep-logs", metavar="DIR", default="",
-                        help="write each backend's log to DIR/NODE.log (default: not kept)")
+                        help="write each backend's log to DIR/NODE.log, the proxy's to "
+                        "DIR/proxy.log (default: not kept)")
     parser.add_argument("--json", metavar="FILE", default=str(REPO / "docs" / "bench" /
                                                                "many-failovers.json"),
                         help="where to write the figures ('' for none; default %(default)s)")
