@@ -21,12 +21,11 @@ naming the endpoint; with several endpoints the next call goes to the next one, 
 failed longest ago first. A call that may be sent again (a read, a revocation, the campaign
 txn, which re-reads a failed outcome) gives its first endpoint one `ATTEMPT_TIMEOUT`, then goes
 to the member that leads etcd and answers (cluster.etcd_leader). A watch lives on the current
-endpoint: when any call finds that
-endpoint unavailable the watch ends with CoordinatorUnavailable and `follow()` resyncs through
-the next one. A stream on a frozen (SIGSTOPped) member gets no error of its own, only silence:
-without this a paused etcd leader froze every watcher's view for as long as it was paused
-(measured: a dead memring leader replaced after 7.3 s, when the etcd member resumed, instead of
-within a second).
+endpoint: when any call moves off that endpoint the watch ends with WatchMoved and `follow()`
+resyncs through the next one at once. A stream on a frozen (SIGSTOPped) member gets no error
+of its own, only silence: without this a paused etcd leader froze every watcher's view for as
+long as it was paused (measured: a dead memring leader replaced after 7.3 s, when the etcd
+member resumed, instead of within a second).
 
 Security (cluster.etcd_security holds the options). `https://` endpoints get a TLS channel
 with the given CA and client certificate; a mix of http and https is refused. With a user, the
@@ -109,7 +108,7 @@ AUTH_REFUSAL_KEPT = 5.0
 # member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
 # was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
-# costs a spurious move: the call is sent again, the last attempt with the whole timeout.
+# costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
@@ -485,6 +484,8 @@ class EtcdCoordinator(Coordinator):
 
     async def _status(self, index: int, timeout: float) -> Status | None:
         """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
+        if self._closed:
+            return None
         call = functools.partial(etcdrpc.MaintenanceStub(self._channels[index]).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())
@@ -603,8 +604,8 @@ class EtcdCoordinator(Coordinator):
             self._keepalives = None
 
     async def revoke(self, lease_id: int) -> bool:
-        # sent again through the next member after an unanswered attempt: revoking twice
-        # is harmless (the second finds the lease gone: False)
+        # sent again after an unanswered attempt: revoking twice is harmless (the second
+        # finds the lease gone: False)
         try:
             await self._unary(etcdrpc.LeaseStub, "LeaseRevoke",
                               etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)

@@ -14,8 +14,9 @@ without waiting for a frozen member's), else, once the round is over, by those a
 the highest term. The resend then goes straight to it, right after the election. A member
 silent in a round is not asked again: a frozen one handles every request queued for it when
 it resumes. A member that only lost our connection (its answers held) is no leader we can
-use: the search gives up and the caller falls back to its next endpoint. gRPC stays in cluster.etcd_coordinator
-(it must import grpc first): this module gets a function that asks one member.
+use: the search gives up and the caller falls back to its next endpoint. gRPC stays in
+cluster.etcd_coordinator (it must import grpc first): this module gets a function that asks
+one member.
 """
 
 from __future__ import annotations
