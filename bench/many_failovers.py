@@ -36,19 +36,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import etcd_rates
-from backend_vs_memcached import (
-    BenchError,
-    Server,
-    _pdeathsig,
-    ask_version,
-    cpu_model,
-    run_until_done,
-    spawned,
-    stop,
-)
+from backend_vs_memcached import cpu_model
 from failover import (
     CLUSTER,
     HOST,
@@ -64,6 +55,15 @@ from failover import (
     read_back,
     replication_modes,
     stats,
+)
+from processes import (
+    BenchError,
+    Server,
+    _pdeathsig,
+    ask_version,
+    run_until_done,
+    spawned,
+    stop,
 )
 
 START_TIMEOUT = 180.0   # every backend answers `version`
@@ -112,6 +112,12 @@ class Fleet(Cluster):
         progress(f"etcd: {len(self.etcd_urls)} member(s) {self.etcd_url}")
         self._write_records()
 
+    def log_file(self, node_id: str) -> IO[bytes]:
+        """Where a backend logs: DIR/NODE.log with --keep-logs DIR, else a temporary file."""
+        if self.args.keep_logs:
+            return open(Path(self.args.keep_logs) / f"{node_id}.log", "w+b")
+        return tempfile.TemporaryFile()
+
     def start_backends(self) -> float:
         """Spawn every backend at once, then wait until each answers; the seconds it took."""
         args = self.args
@@ -124,7 +130,7 @@ class Fleet(Cluster):
                         "--node-id", f"{sid}-r{r}", "--lease-ttl", f"{args.ttl:g}",
                         "--replication", args.mode, "--peer-listen", f"{HOST}:{free_port()}"]
                 node = Node(f"{sid}-r{r}", sid, port, argv)
-                log = self.stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+                log = self.stack.enter_context(self.log_file(node.node_id))
                 try:
                     process = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
                                                stdout=log, stderr=subprocess.STDOUT,
@@ -180,6 +186,12 @@ class Fleet(Cluster):
         proxy, _ = self.stack.enter_context(
             spawned("proxy", argv, self.proxy_port, ask_version, "`version`"))
         self.servers.append(proxy)
+        if self.args.keep_logs:  # copied before `spawned` closes its temporary file
+            self.stack.callback(self.copy_log, proxy.log, "proxy")
+
+    def copy_log(self, log: IO[bytes], name: str) -> None:
+        log.seek(0)
+        (Path(self.args.keep_logs) / f"{name}.log").write_bytes(log.read())
 
 
 class ShardLoad(Load):
@@ -229,7 +241,7 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     if etcd_leader is not None:
         etcd_leader.pause()
         paused_at = time.monotonic()
-    progress(f"killed the leaders of {', '.join(victims)}"
+    progress(f"killed the leaders of {', '.join(victims)} at {time.time():.3f}"
              + (f"; etcd leader {etcd_leader.url} paused" if etcd_leader else ""))
     elected: dict[str, tuple[float, str]] = {}
     first: dict[str, float] = {}
@@ -399,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="each idle etcd-rate interval (%(default)s)")
     parser.add_argument("--trial-timeout", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=18, help="picks the victims")
+    parser.add_argument("--keep-logs", metavar="DIR", default="",
+                        help="write each backend's log to DIR/NODE.log, the proxy's to "
+                        "DIR/proxy.log (default: not kept)")
     parser.add_argument("--json", metavar="FILE", default=str(REPO / "docs" / "bench" /
                                                                "many-failovers.json"),
                         help="where to write the figures ('' for none; default %(default)s)")

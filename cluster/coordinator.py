@@ -128,6 +128,11 @@ class NotFound(CoordinatorError):
     """An operation named a shard or node the cluster does not have."""
 
 
+class WatchMoved(CoordinatorUnavailable):
+    """A watch ended because another call found its endpoint unavailable and moved to the
+    next one (a frozen member sends a watch no error): follow again at once."""
+
+
 class WatchCompacted(CoordinatorError):
     """The watch's start revision was compacted away: take a new snapshot."""
 
@@ -280,7 +285,10 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult: ...
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
+        """`resend`: an attempt that goes unanswered may be sent again through another
+        endpoint, so a failed result may hide an earlier attempt that was applied; only for
+        a caller that re-checks a failure (`campaign`)."""
 
     @abc.abstractmethod
     async def _grant(self, ttl: float) -> tuple[int, float]:
@@ -479,11 +487,30 @@ class Coordinator(abc.ABC):
             else:  # in sync under an earlier lease of this process: the entry becomes ours
                 elected_with = tuple(sorted({*members} - earlier | {me}))
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
-        result = await self._txn(compares, success)
+        result = await self._txn(compares, success, resend=True)
         if not result.succeeded:
+            if self.endpoint_count > 1:  # it may have been sent again through another
+                return await self._won_unanswered(session, shard_id, node_id)
             return None
         return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with,
                           isr_revision or result.revision)
+
+    async def _won_unanswered(self, session: Session, shard_id: str, node_id: str
+                              ) -> Leadership | None:
+        """After a failed campaign txn: the Leadership if an earlier attempt of it, whose
+        answer was lost, was applied (the leader key holds our lease: only our campaign
+        writes it so, and nothing but our own later writes touches the ISR meanwhile)."""
+        leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
+        _, entries = await self._read(self.keyspace.shard(shard_id), prefix=True)
+        leader, isr = entries.get(leader_key), entries.get(isr_key)
+        if leader is None or leader.lease != session.lease_id or isr is None:
+            return None
+        if LeaderRecord.from_json(leader.value).node_id != node_id:
+            return None
+        log.info("shard %s: our campaign's answer was lost, yet it won (epoch %d)", shard_id,
+                 leader.create_revision)
+        return Leadership(shard_id, node_id, leader.create_revision, session.lease_id,
+                          IsrRecord.from_json(isr.value).members, isr.mod_revision)
 
     async def resign(self, leadership: Leadership) -> bool:
         """Give up leadership if this epoch still holds the leader key."""
@@ -589,23 +616,37 @@ class Coordinator(abc.ABC):
         + 1). The stream raises CoordinatorUnavailable or WatchCompacted when it breaks."""
         return self._watch_raw(self.keyspace.prefix, from_revision)
 
+    async def _check_watched(self) -> None:
+        """Check that the endpoint a watch is on still answers, and move off it if not (the
+        watch then ends with WatchMoved): a frozen member sends a watch no error."""
+        await trio.lowlevel.checkpoint()
+
+    async def _keep_checking_watched(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await self._check_watched()
+
     @asynccontextmanager
-    async def follow(self, *, retry_interval: float = 0.5
+    async def follow(self, *, retry_interval: float = 0.5, check_interval: float = 0.0
                      ) -> AsyncIterator[trio.MemoryReceiveChannel[ClusterView]]:
         """A fresh ClusterView after every change, forever; across store outages it keeps
-        quiet (the last view stands) and re-syncs with a new snapshot when the store is back."""
+        quiet (the last view stands) and re-syncs with a new snapshot when the store is back.
+        `check_interval` (> 0): that often, check that the watch's endpoint answers (one
+        cheap call each time: for a proxy, whose routing waits on its view, not for every
+        backend)."""
         send, receive = trio.open_memory_channel[ClusterView](math.inf)
         with collapse_single():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow_loop, send, retry_interval)
+                nursery.start_soon(self._follow_loop, send, retry_interval, check_interval)
                 try:
                     yield receive
                 finally:
                     nursery.cancel_scope.cancel()
 
     async def _follow_loop(self, send: trio.MemorySendChannel[ClusterView],
-                           retry_interval: float) -> None:
+                           retry_interval: float, check_interval: float) -> None:
         last: ClusterView | None = None
+        resync_now = False  # a watch moved: the next endpoint may answer at once (once)
         async with send:
             while True:
                 try:
@@ -613,11 +654,23 @@ class Coordinator(abc.ABC):
                     if last is None or view.revision != last.revision:
                         send.send_nowait(view)
                     last = view
+                    resync_now = False
                     async with self.watch(view.revision + 1) as stream:
-                        async for batch in stream:
-                            view = view.apply(batch)
-                            send.send_nowait(view)
-                            last = view
+                        with collapse_single():  # the stream's error, not a group
+                            async with trio.open_nursery() as checking:
+                                if check_interval > 0:
+                                    checking.start_soon(self._keep_checking_watched,
+                                                        check_interval)
+                                async for batch in stream:
+                                    view = view.apply(batch)
+                                    send.send_nowait(view)
+                                    last = view
+                                checking.cancel_scope.cancel()
+                except WatchMoved as exc:
+                    log.info("following the cluster: %s", exc)
+                    if not resync_now:
+                        resync_now = True
+                        continue
                 except (CoordinatorUnavailable, WatchCompacted) as exc:
                     log.warning("following the cluster: %s; retrying in %gs", exc,
                                 retry_interval)

@@ -18,12 +18,14 @@ closing the watch cancels the gRPC call, which ends the thread.
 UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
 follower answers when it could not forward to a leader in time) become `CoordinatorUnavailable`
 naming the endpoint; with several endpoints the next call goes to the next one, the member that
-failed longest ago first. A watch lives on the current endpoint: when any call finds that
-endpoint unavailable the watch ends with CoordinatorUnavailable and `follow()` resyncs through
-the next one. A stream on a frozen (SIGSTOPped) member gets no error of its own, only silence:
-without this a paused etcd leader froze every watcher's view for as long as it was paused
-(measured: a dead memring leader replaced after 7.3 s, when the etcd member resumed, instead of
-within a second).
+failed longest ago first. A call that may be sent again (a read, a revocation, the campaign
+txn, which re-reads a failed outcome) gives its first endpoint one `ATTEMPT_TIMEOUT`, then goes
+to the member that leads etcd and answers (cluster.etcd_leader). A watch lives on the current
+endpoint: when any call moves off that endpoint the watch ends with WatchMoved and `follow()`
+resyncs through the next one at once. A stream on a frozen (SIGSTOPped) member gets no error
+of its own, only silence: without this a paused etcd leader froze every watcher's view for as
+long as it was paused (measured: a dead memring leader replaced after 7.3 s, when the etcd
+member resumed, instead of within a second).
 
 Security (cluster.etcd_security holds the options). `https://` endpoints get a TLS channel
 with the given CA and client certificate; a mix of http and https is refused. With a user, the
@@ -78,9 +80,11 @@ from memring.cluster.coordinator import (
     CoordinatorUnavailable,
     LeaseNotFound,
     WatchCompacted,
+    WatchMoved,
     WatchStream,
     collapse_single,
 )
+from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
     Compare,
@@ -105,6 +109,12 @@ log = logging.getLogger("memring.cluster")
 # long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
 # proxy retries its session and watch.
 AUTH_REFUSAL_KEPT = 5.0
+# How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
+# member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
+# was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
+# new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
+# costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
+ATTEMPT_TIMEOUT = 0.25
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -236,8 +246,10 @@ class EtcdCoordinator(Coordinator):
 
     def __init__(self, urls: str | Sequence[str], cluster: str = "memring", *,
                  call_timeout: float = 1.0, root: str = "/memring",
-                 security: EtcdSecurity | None = None) -> None:
+                 security: EtcdSecurity | None = None,
+                 attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
         super().__init__(cluster, call_timeout=call_timeout, root=root)
+        self.attempt_timeout = min(attempt_timeout, call_timeout)
         self.endpoints = parse_endpoints(urls)
         self.security = security or EtcdSecurity()
         self.scheme = self.security.check(urls)
@@ -261,11 +273,13 @@ class EtcdCoordinator(Coordinator):
     @asynccontextmanager
     async def connect(cls, urls: str | Sequence[str], cluster: str = "memring", *,
                       call_timeout: float = 1.0, probe: bool = True,
-                      security: EtcdSecurity | None = None
+                      security: EtcdSecurity | None = None,
+                      attempt_timeout: float = ATTEMPT_TIMEOUT
                       ) -> AsyncIterator[EtcdCoordinator]:
         """A coordinator for the block; with `probe`, fail at once if etcd does not answer
         or refuses us (`AccessDenied`)."""
-        self = cls(urls, cluster, call_timeout=call_timeout, security=security)
+        self = cls(urls, cluster, call_timeout=call_timeout, security=security,
+                   attempt_timeout=attempt_timeout)
         try:
             if probe:
                 await self.probe()
@@ -330,7 +344,7 @@ class EtcdCoordinator(Coordinator):
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
             try:
                 response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
-                                             idempotent=True, authenticated=False)
+                                             resend=True, authenticated=False)
             except AccessDenied as exc:
                 self._auth_refused = (time.monotonic(), exc)
                 raise
@@ -389,9 +403,15 @@ class EtcdCoordinator(Coordinator):
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._current = min(order, key=lambda i: self._failed_at[i])
-        self._moved.set()
-        self._moved = trio.Event()
+        self._make_current(min(order, key=lambda i: self._failed_at[i]))
+
+    def _make_current(self, index: int) -> None:
+        """Later calls, the keepalive stream and the watch (it ends: WatchMoved) go to
+        endpoint `index`."""
+        if index != self._current:
+            self._current = index
+            self._moved.set()
+            self._moved = trio.Event()
 
     async def _until_moved_from(self, index: int) -> None:
         while self._current == index:
@@ -423,22 +443,34 @@ class EtcdCoordinator(Coordinator):
         return CoordinatorError(f"etcd at {url}: {code}: {details}")
 
     async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
-                     timeout: float | None = None, *, idempotent: bool = False,
+                     timeout: float | None = None, *, resend: bool = False,
                      authenticated: bool = True) -> Any:
-        """One call on the current endpoint. An unavailable endpoint makes the next one
-        current; an `idempotent` call (a read) is then tried there too, each endpoint once,
-        so one member down is not a failure (a write is not: it may have been applied).
-        `authenticated`: with the token (got first if we have none; renewed once if etcd
-        calls it stale)."""
+        """One call on the current endpoint; an unavailable endpoint makes another current.
+        A call that may be `resend` (a read, a revocation, a txn whose caller re-checks a
+        failed outcome) first waits only `attempt_timeout` when there are several endpoints,
+        then is sent once more, with the rest of the timeout (at least one attempt's), to the
+        member that leads etcd and answers (cluster.etcd_leader), else to the next endpoint:
+        a frozen member, or a follower whose request went to a frozen etcd leader, then costs
+        an attempt, not the whole timeout. A plain write is sent once: it may have been
+        applied. `authenticated`: with the token (got first if we have none; renewed once if
+        etcd calls it stale)."""
         limit = self.call_timeout if timeout is None else timeout
-        attempts = len(self.endpoints) if idempotent else 1
+        started = trio.current_time()
+        resends = 1 if resend and len(self.endpoints) > 1 else 0
+        resent = False
         renewed = not (authenticated and self.security.user)
         if not renewed and not self._token:
             await self._renew_token(self._token_generation)
         while True:
             generation = self._token_generation
             index, stub = self._stub(kind)
-            call = functools.partial(getattr(stub, method), request, timeout=limit,
+            if resends:
+                wait = min(limit, self.attempt_timeout)
+            elif resent:
+                wait = max(self.attempt_timeout, started + limit - trio.current_time())
+            else:
+                wait = limit
+            call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
                 return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
@@ -447,10 +479,45 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                error = self._error(index, exc, limit)
-                attempts -= 1
-                if not isinstance(error, CoordinatorUnavailable) or attempts <= 0:
+                error = self._error(index, exc, wait, fail_over=not resends)
+                if not isinstance(error, CoordinatorUnavailable) or not resends:
                     raise error from None
+                resends -= 1
+                resent = True
+                await self._to_answering_leader(index, started + limit - self.attempt_timeout)
+                log.info("%s; sending the %s again through %s", error, method, self.url)
+
+    async def _status(self, index: int, timeout: float) -> Status | None:
+        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
+        if self._closed:
+            return None
+        call = functools.partial(etcdrpc.MaintenanceStub(self._channels[index]).Status,
+                                 etcdrpc.StatusRequest(), timeout=timeout,
+                                 metadata=self._metadata())
+        try:
+            response = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        except grpc.RpcError:
+            return None
+        return int(response.header.member_id), int(response.leader), int(response.raftTerm)
+
+    async def _check_watched(self) -> None:
+        index = self._current
+        if len(self.endpoints) > 1 and await self._status(index, self.attempt_timeout) is None:
+            log.warning("etcd at %s did not answer a status check within %gs: moving to the "
+                        "next member", self._url(index), self.attempt_timeout)
+            self._fail_over(index)
+
+    async def _to_answering_leader(self, failed: int, deadline: float) -> None:
+        """After endpoint `failed` left a call unanswered: make current the member that leads
+        etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
+        else the next endpoint."""
+        leader = await answering_leader(self._status, len(self.endpoints), deadline)
+        if leader is None:
+            self._fail_over(failed)
+            return
+        if leader != failed:
+            self._failed_at[failed] = time.monotonic()
+        self._make_current(leader)
 
     # primitives -----------------------------------------------------------------------
 
@@ -459,15 +526,15 @@ class EtcdCoordinator(Coordinator):
         request = etcdrpc.RangeRequest(key=raw)
         if prefix:
             request.range_end = prefix_end(raw)
-        response = await self._unary(etcdrpc.KVStub, "Range", request, idempotent=True)
+        response = await self._unary(etcdrpc.KVStub, "Range", request, resend=True)
         return int(response.header.revision), {e.key: e for e in map(_entry, response.kvs)}
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult:
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
         request = etcdrpc.TxnRequest(compare=[_compare(c) for c in compares],
                                      success=[_request_op(o) for o in success],
                                      failure=[_request_op(o) for o in failure])
-        response = await self._unary(etcdrpc.KVStub, "Txn", request)
+        response = await self._unary(etcdrpc.KVStub, "Txn", request, resend=resend)
         return TxnResult(bool(response.succeeded), int(response.header.revision))
 
     async def _grant(self, ttl: float) -> tuple[int, float]:
@@ -542,9 +609,11 @@ class EtcdCoordinator(Coordinator):
             self._keepalives = None
 
     async def revoke(self, lease_id: int) -> bool:
+        # sent again after an unanswered attempt: revoking twice is harmless (the second
+        # finds the lease gone: False)
         try:
             await self._unary(etcdrpc.LeaseStub, "LeaseRevoke",
-                              etcdrpc.LeaseRevokeRequest(ID=lease_id))
+                              etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
         except LeaseNotFound:
             return False
         return True
@@ -642,7 +711,7 @@ class EtcdCoordinator(Coordinator):
         async def end_when_moved() -> None:
             # another call found this endpoint unavailable: a frozen member sends no error
             await self._until_moved_from(index)
-            stream.error = CoordinatorUnavailable(
+            stream.error = WatchMoved(
                 f"etcd at {url} stopped answering other calls: "
                 f"moving the watch to {self.url}")
             closing.set()

@@ -190,7 +190,7 @@ class MemoryCoordinator(Coordinator):
         return (await self._reach()).read(key, prefix)
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult:
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
         return (await self._reach()).txn(compares, success, failure)
 
     async def _grant(self, ttl: float) -> tuple[int, float]:

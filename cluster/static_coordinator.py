@@ -164,9 +164,10 @@ class StaticCoordinator(Coordinator):
                                if k == key or (prefix and k.startswith(key))}
 
     @asynccontextmanager
-    async def follow(self, *, retry_interval: float = 0.5
+    async def follow(self, *, retry_interval: float = 0.5, check_interval: float = 0.0
                      ) -> AsyncIterator[trio.MemoryReceiveChannel[ClusterView]]:
-        """The current view at once, then a new one after every successful `reload()`."""
+        """The current view at once, then a new one after every successful `reload()` (no
+        watch: nothing to retry or check)."""
         send, receive = trio.open_memory_channel[ClusterView](math.inf)
         send.send_nowait(self._view)
         self._followers.append(send)
@@ -193,7 +194,7 @@ class StaticCoordinator(Coordinator):
     # The write side: refused ----------------------------------------------------------------
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
-                   failure: Sequence[Op] = ()) -> TxnResult:
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
         _refuse()
 
     async def _grant(self, ttl: float) -> tuple[int, float]:

@@ -16,7 +16,9 @@ the proxy on it, then applies every later view from `Coordinator.follow()` with
 `ProxyServer.apply_topology`, which swaps in a whole new router at once and keeps the pools of
 addresses present before and after. While etcd is down `follow()` stays quiet and the last
 routing table stands. The proxy registers itself as `proxies/<id>` under a session of its own,
-re-registering with a new session if that one is lost.
+re-registering with a new session if that one is lost. With several etcd members, the one it
+watches is asked for its status every WATCH_CHECK_INTERVAL; a member that does not answer is
+left for the next (`Coordinator.follow(check_interval=...)`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ log = logging.getLogger("memring.proxy")
 
 FIRST_VIEW_BACKOFF_MAX = 5.0  # seconds between attempts to reach etcd at start, at most
 SESSION_TTL = 2.0             # the proxy's own registration lease (default: the cluster's)
+# How often the etcd member the proxy watches must answer a Status (one call, ~1 ms): a frozen
+# member sends the watch nothing, and writes to a shard wait for the view naming its new
+# leader; without this only the proxy's keepalive, every TTL/3, found such a member.
+WATCH_CHECK_INTERVAL = 0.2
 
 
 def _node(address: str, weight: int = 1) -> NodeSpec | None:
@@ -140,7 +146,7 @@ class ClusterTopology:
 
     async def follow(self, server: ProxyServer) -> None:
         """Apply every new view to `server` (only when routing changed)."""
-        async with self.coordinator.follow() as views:
+        async with self.coordinator.follow(check_interval=WATCH_CHECK_INTERVAL) as views:
             async for view in views:
                 self.view = view
                 current = server.state.settings

@@ -10,21 +10,28 @@ three endpoints, etcd's raft leader listed first (the endpoint a client uses unt
 In both: each backend loses its session at most once (the lease, alive in etcd, is kept), no
 unclean election, the ISR is every live node again within a few seconds of the fault's end,
 and every acknowledged write is readable on the shard's leader. Every wait is bounded.
+
+The coordinator alone over the 3 members (issue 18): calls that may be sent again leave a
+SIGSTOPped member after one attempt, for etcd's answering leader; a campaign whose answer was
+lost (a relay holding the member's answers) is found won; a checked watch leaves a frozen
+member by itself.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import trio
 
-from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
-from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.coordinator import ClusterConfig, CoordinatorUnavailable, Incarnation
+from memring.cluster.etcd_coordinator import ATTEMPT_TIMEOUT, EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from memring.cluster.keyspace import Compare, Op, TxnResult
 from tests.helpers.cluster import SHARD, wait_for
 from tests.helpers.etcd_faults import MembersShard, ShardWatcher, members_shard, node_report
+from tests.helpers.jepsen.relay import CutLink
 from tests.helpers.replicas import dump
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
@@ -172,3 +179,118 @@ async def test_a_watch_leaves_a_member_other_calls_found_frozen(etcd3: EtcdClust
                 finally:
                     first.resume()
             assert coordinator.url != first.url
+
+
+@pytest.mark.parametrize("frozen", ["follower", "leader"])
+async def test_calls_leave_a_frozen_member_after_one_attempt(etcd3: EtcdCluster,
+                                                             frozen: str) -> None:
+    """A read and a revocation on a SIGSTOPped etcd member, listed first, are sent again
+    through another member after one attempt (ATTEMPT_TIMEOUT), not after the call timeout.
+    Before: the read waited the whole 1 s, and the revocation failed after it (writes were
+    sent once). With etcd's leader frozen the others first elect a new one (~350 ms)."""
+    leader = etcd3.leader()
+    assert leader is not None
+    member = leader if frozen == "leader" else next(m for m in etcd3.members if m is not leader)
+    urls = ",".join([member.url, *(m.url for m in etcd3.members if m is not member)])
+    with trio.fail_after(20):
+        async with EtcdCoordinator.connect(urls, f"frozen-{frozen}") as coordinator:
+            assert coordinator.url == member.url
+            lease, _ = await coordinator._grant(10)
+            member.pause()
+            try:
+                start = trio.current_time()
+                await coordinator.snapshot()
+                read = trio.current_time() - start
+                assert await coordinator.revoke(lease)
+                revoked = trio.current_time() - start
+            finally:
+                member.resume()
+            print(f"\n{frozen} frozen: read answered after {read * 1000:.0f} ms, lease revoked "
+                  f"after {revoked * 1000:.0f} ms, through {coordinator.url}")
+            assert coordinator.url != member.url
+            assert await coordinator._remaining(lease) == 0
+            if frozen == "follower":  # nothing to wait for but the one attempt
+                assert read < ATTEMPT_TIMEOUT + 0.25
+                assert revoked < ATTEMPT_TIMEOUT + 0.5
+            else:  # the attempt, then etcd's election
+                assert read < coordinator.call_timeout
+                assert revoked < coordinator.call_timeout + 0.25
+
+
+class _LosesCampaignAnswers(EtcdCoordinator):
+    """From the campaign's txn on, the answers of `link` (its first endpoint) are held: the
+    txn reaches etcd and is applied, its answer is lost."""
+
+    link: CutLink | None = None
+
+    async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
+                   failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
+        if resend and self.link is not None:
+            self.link.hold_answers()
+        return await super()._txn(compares, success, failure, resend=resend)
+
+
+async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster) -> None:
+    """The campaign txn is applied through the first endpoint, a follower, but its answer never
+    comes back: after one attempt it is sent again to etcd's leader, where it fails (the
+    leader key exists: ours), and the campaign re-reads and finds that it won. Before:
+    CoordinatorUnavailable after 1 s, the node not knowing it led."""
+    leader = etcd3.leader()
+    first = next(m for m in etcd3.members if m is not leader)  # its answers are lost
+    link = CutLink("etcd-follower", ("127.0.0.1", first.client_port))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.serve)
+            urls = ",".join([f"http://{link.address}",
+                             *(m.url for m in etcd3.members if m is not first)])
+            async with (_LosesCampaignAnswers.connect(urls, "lost-answer") as coordinator,
+                        coordinator.open_session(5) as session):
+                coordinator.link = link
+                start = trio.current_time()
+                won = await coordinator.campaign(session, "s1", "n1", "127.0.0.1:1")
+                took = trio.current_time() - start
+                coordinator.link = None
+                link.heal()
+                assert coordinator.url != f"http://{link.address}"  # sent again elsewhere
+                shard = (await coordinator.snapshot()).shards["s1"]
+                print(f"\nlost campaign answer: found won after {took * 1000:.0f} ms")
+                assert won is not None, "the campaign won in etcd, the node must know it"
+                assert shard.leader is not None and shard.leader.lease_id == session.lease_id
+                assert won.epoch == shard.epoch
+                assert won.isr == (session.incarnation("n1"),)
+                assert won.isr_revision == won.epoch  # the campaign wrote the ISR
+                assert took < coordinator.call_timeout
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdCluster) -> None:
+    """follow(check_interval=...) (the proxy's) needs no other call to find the member its
+    watch is on frozen: a change written through another member reaches the view within one
+    check and one attempt. Unchecked, the view stood still for as long as the member was
+    frozen, unless a keepalive or another call of the same client failed first."""
+    leader = etcd3.leader()
+    member = next(m for m in etcd3.members if m is not leader)
+    others = [m.url for m in etcd3.members if m is not member]
+    with trio.fail_after(20):
+        async with (EtcdCoordinator.connect(",".join([member.url, *others]),
+                                            "checked-watch") as watcher,
+                    EtcdCoordinator.connect(",".join(others), "checked-watch") as writer,
+                    watcher.follow(check_interval=0.2) as views):
+            await writer.put_config(ClusterConfig(lease_ttl=2.5))
+            async for view in views:  # seen through the watch: it is open on `member`
+                if view.config is not None:
+                    break
+            member.pause()
+            try:
+                start = trio.current_time()
+                await writer.put_config(ClusterConfig(lease_ttl=3.0))
+                with trio.fail_after(3):
+                    async for view in views:
+                        if view.config is not None and view.config.lease_ttl == 3.0:
+                            break
+                took = trio.current_time() - start
+            finally:
+                member.resume()
+            print(f"\nthe change reached the view after {took * 1000:.0f} ms")
+            assert watcher.url != member.url
+            assert took < 0.2 + ATTEMPT_TIMEOUT + 0.4

@@ -9,6 +9,8 @@ accepted while cut are held the same way, their upstream not yet dialled. `heal(
 forwarding; the connections that survived carry on, as TCP's do after a real partition heals.
 The kernel below the relay still acknowledges the bytes it buffers, so a sender notices nothing
 until its own timers say so: the same as a partition in the middle of the network.
+`hold_answers()` cuts only the way back (the target still receives and acts on every request,
+its answers wait for `heal()`): a request applied whose answer is lost.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class CutLink:
         self.port = 0
         self._open = trio.Event()
         self._open.set()
+        self._answers = trio.Event()  # the way back, target -> client
+        self._answers.set()
 
     @property
     def address(self) -> str:
@@ -40,8 +44,13 @@ class CutLink:
         if self._open.is_set():
             self._open = trio.Event()
 
+    def hold_answers(self) -> None:
+        if self._answers.is_set():
+            self._answers = trio.Event()
+
     def heal(self) -> None:
         self._open.set()
+        self._answers.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -71,11 +80,13 @@ class CutLink:
                 for sock in (client, upstream):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope)
-                    nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, client, upstream, nursery.cancel_scope,
+                                       False)
+                    nursery.start_soon(self._pump, upstream, client, nursery.cancel_scope,
+                                       True)
 
     async def _pump(self, source: trio.socket.SocketType, sink: trio.socket.SocketType,
-                    done: trio.CancelScope) -> None:
+                    done: trio.CancelScope, answers: bool) -> None:
         """Copy one direction; either side closing ends both (the relay holds no half-open
         state a real network would not)."""
         try:
@@ -85,6 +96,8 @@ class CutLink:
                 if not data:
                     return
                 await self._open.wait()  # cut while this chunk was read: it waits too
+                if answers:
+                    await self._answers.wait()
                 view = memoryview(data)
                 while view:
                     sent = await sink.send(view)
