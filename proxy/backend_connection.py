@@ -145,6 +145,9 @@ class BackendConnection:
         self.alive = False
         self.requests = 0
         self.max_in_flight = 0
+        # the run's clock, asked directly for each reply's deadline (trio.current_time()
+        # is three calls deep: ~2% of the proxy's CPU per request)
+        self._clock = trio.lowlevel.current_clock()
 
     @property
     def in_flight(self) -> int:
@@ -280,18 +283,17 @@ class BackendConnection:
             reply = PendingReply(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        reply = PendingReply(multi, trio.current_time() + self.timeout, listener,
+        reply = PendingReply(multi, self._clock.current_time() + self.timeout, listener,
                              reply_shape(request))
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)
         self.requests += 1
-        if len(pending) > self.max_in_flight:
-            self.max_in_flight = len(pending)
-            if len(pending) == 1:
-                self._became_busy.set()
-        elif len(pending) == 1:
+        in_flight = len(pending)
+        if in_flight == 1:
             self._became_busy.set()
+        if in_flight > self.max_in_flight:
+            self.max_in_flight = in_flight
         writer = self._writer
         if writer is not None:
             self._writer = None
