@@ -209,18 +209,9 @@ class ClientSession:
                exptime: int = 0) -> list[tuple[list[bytes], Settling]]:
         """A multi-get of `distinct` keys split per shard: each part's keys and its read
         (its write for gat/gats), all sent at once."""
-        by_shard: dict[Shard, list[bytes]] = {}  # shards hash by identity (eq=False)
-        shard_for = router.shard_for
-        for key in distinct:
-            shard = shard_for(key)
-            part = by_shard.get(shard)
-            if part is None:
-                by_shard[shard] = [key]
-            else:
-                part.append(key)
         parts = []
         touches = command in (b"gat", b"gats")
-        for shard, shard_keys in by_shard.items():
+        for shard, shard_keys in router.by_shard(distinct).items():
             line = encode_get(command, shard_keys, exptime)
             if touches:
                 parts.append((shard_keys, self._write(router, shard, line, True)))

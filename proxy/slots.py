@@ -628,12 +628,11 @@ class SplitGet(Slot):
 
     def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
         blocks: dict[bytes, bytes] = {}
-        size = 0
         for pending in settled:
             for event in pending.events:
                 if type(event) is Value:
-                    block = blocks[event.key] = event.encode()
-                    size += len(block)
+                    blocks[event.key] = event.encode()
+        size = sum(map(len, blocks.values()))
         keys = self.keys
         if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
             return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
