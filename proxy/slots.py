@@ -133,8 +133,11 @@ def render(reply: PendingReply) -> bytes:
     if reply.error is not None:
         return b"SERVER_ERROR %s\r\n" % reply.error.encode()
     events = reply.events
-    if len(events) == 1:  # a status, a miss's END: no list to join
+    count = len(events)
+    if count == 1:  # a status, a miss's END: no list to join
         return events[0].encode()
+    if count == 2:  # a hit: its VALUE block and END
+        return events[0].encode() + events[1].encode()
     return b"".join([event.encode() for event in events])
 
 
