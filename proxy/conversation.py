@@ -171,7 +171,8 @@ class ClientConversation:
     def _wait_for_input(self) -> Outcome:
         """The batch is issued: charge what the parser holds, and wait for the client."""
         replies = self.replies
-        buffered = self.parser.buffered
+        chosen = self.chosen  # a text client's parser directly (not through the wrappers)
+        buffered = chosen.buffered if chosen is not None else self.parser.buffered
         if buffered != replies.held_input and not replies.hold_input(buffered):
             return _Pause.REFUSE
         replies.idle_when_answered = buffered == 0
