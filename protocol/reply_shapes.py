@@ -115,7 +115,8 @@ def reply_shape(request: bytes) -> ReplyShape:
     shape = _SHAPES.get(command)
     if shape is not None:
         return shape
-    if command in _RETRIEVALS:
-        keys = request[end + 1:line_end].split(b" ")
-        return ValuesOf(keys[1:] if command[-2:] == b"at" or command[-3:] == b"ats" else keys)
+    if command == b"get" or command == b"gets":  # most requests: no exptime to skip
+        return ValuesOf(request[end + 1:line_end].split(b" "))
+    if command in _RETRIEVALS:  # gat, gats: their exptime first
+        return ValuesOf(request[end + 1:line_end].split(b" ")[1:])
     raise ValueError(f"no reply shape for {command!r}")

@@ -92,10 +92,14 @@ class ClientConversation:
         replies.waiting_for_client = False
         self.conn.idle = False
         chosen = self.chosen
-        self.block = block_of(chosen.in_data_block, chosen.swallowing) if chosen else ""
-        self.parser.receive_data(data)
-        if chosen is None and not isinstance(self.negotiating.chosen, BinaryRequestParser):
-            self.chosen = self.negotiating.chosen
+        if chosen is not None:  # a text client's parser, called directly (no wrappers)
+            self.block = block_of(chosen.in_data_block, chosen.swallowing)
+            chosen.receive_data(data)
+        else:
+            self.block = ""
+            self.parser.receive_data(data)
+            if not isinstance(self.negotiating.chosen, BinaryRequestParser):
+                self.chosen = self.negotiating.chosen
         self.started = time.perf_counter()
         if not replies.answered:  # a pipelining client: the last batch first
             if not replies.hold_input(self.parser.buffered):  # held while it waits
@@ -118,7 +122,9 @@ class ClientConversation:
         queue = replies.queue
         points = self.points
         chosen = self.chosen
-        next_event = self.parser.next_event
+        # a text client's events straight from its parser (the batching and negotiating
+        # wrappers only pass them on: a text request is never batched)
+        next_event = chosen.next_event if chosen is not None else self.parser.next_event
         issue = client.issue
         while not client.closing:
             event = next_event()
@@ -165,7 +171,8 @@ class ClientConversation:
     def _wait_for_input(self) -> Outcome:
         """The batch is issued: charge what the parser holds, and wait for the client."""
         replies = self.replies
-        buffered = self.parser.buffered
+        chosen = self.chosen  # a text client's parser directly (not through the wrappers)
+        buffered = chosen.buffered if chosen is not None else self.parser.buffered
         if buffered != replies.held_input and not replies.hold_input(buffered):
             return _Pause.REFUSE
         replies.idle_when_answered = buffered == 0

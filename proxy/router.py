@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from memring.proxy.ketama import KetamaRing
@@ -75,6 +75,23 @@ class ShardRouter:
             placed.clear()
         placed[key] = shard
         return shard
+
+    def by_shard(self, keys: Iterable[bytes]) -> dict[Shard, list[bytes]]:
+        """`keys` grouped by their shard, in order within each (a multi-get's parts): the
+        memo looked up inline, as a multi-get's ten keys made ten calls of shard_for."""
+        groups: dict[Shard, list[bytes]] = {}  # shards hash by identity (eq=False)
+        placed = self._placed
+        shard_for = self.shard_for
+        for key in keys:
+            shard = placed.get(key)
+            if shard is None:
+                shard = shard_for(key)
+            part = groups.get(shard)
+            if part is None:
+                groups[shard] = [key]
+            else:
+                part.append(key)
+        return groups
 
     def read_order(self, shard: Shard) -> list[NodePool]:
         """Nodes to try for a read, best first: the policy's pick, then the others."""

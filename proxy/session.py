@@ -144,7 +144,7 @@ class ClientSession:
     def __init__(self, state: ProxyState, replies: ReplyListener) -> None:
         self.state = state
         self.replies = replies  # hears of every reply; picks each node's connection
-        self._closing = False
+        self.closing = False  # quit or a closing protocol error: no more requests
         # on_shard_error = miss: the renderers of the common one-key reads, made once
         self._get_miss = MissOnShardError(state.stats, b"END\r\n")
         self._mg_miss = MissOnShardError(state.stats, b"EN\r\n")
@@ -158,10 +158,6 @@ class ClientSession:
             return _DISPATCH[type(request)](self, self.state.router, request)
         except NoShards:
             return Ready(b"SERVER_ERROR no shards in the cluster\r\n")
-
-    @property
-    def closing(self) -> bool:
-        return self._closing
 
     # -- keyed commands --------------------------------------------------------------
 
@@ -213,18 +209,9 @@ class ClientSession:
                exptime: int = 0) -> list[tuple[list[bytes], Settling]]:
         """A multi-get of `distinct` keys split per shard: each part's keys and its read
         (its write for gat/gats), all sent at once."""
-        by_shard: dict[Shard, list[bytes]] = {}  # shards hash by identity (eq=False)
-        shard_for = router.shard_for
-        for key in distinct:
-            shard = shard_for(key)
-            part = by_shard.get(shard)
-            if part is None:
-                by_shard[shard] = [key]
-            else:
-                part.append(key)
         parts = []
         touches = command in (b"gat", b"gats")
-        for shard, shard_keys in by_shard.items():
+        for shard, shard_keys in router.by_shard(distinct).items():
             line = encode_get(command, shard_keys, exptime)
             if touches:
                 parts.append((shard_keys, self._write(router, shard, line, True)))
@@ -366,7 +353,7 @@ class ClientSession:
 
     def close_after(self, reply: bytes) -> Slot:
         """`reply`, then the connection closes (quit)."""
-        self._closing = True
+        self.closing = True
         return Ready(reply)
 
     def _binary(self, router: ShardRouter, request: BinaryRequest) -> Slot:
@@ -384,7 +371,7 @@ class ClientSession:
     def _protocol_error(self, router: ShardRouter, error: ProtocolError) -> Slot:
         self.state.stats.client_errors += 1
         if error.close:
-            self._closing = True
+            self.closing = True
         if error.drop_key is not None:
             # memcached drops the old value of a `set` that was too large; so must the shard.
             shard = router.shard_for(error.drop_key)

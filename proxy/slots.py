@@ -132,7 +132,13 @@ Waiting = Literal[_Pending.WAITING]
 def render(reply: PendingReply) -> bytes:
     if reply.error is not None:
         return b"SERVER_ERROR %s\r\n" % reply.error.encode()
-    return b"".join([event.encode() for event in reply.events])
+    events = reply.events
+    count = len(events)
+    if count == 1:  # a status, a miss's END: no list to join
+        return events[0].encode()
+    if count == 2:  # a hit: its VALUE block and END
+        return events[0].encode() + events[1].encode()
+    return b"".join([event.encode() for event in events])
 
 
 def _failed(reply: PendingReply) -> bool:
@@ -239,11 +245,12 @@ class Filtered(Slot):
 class ReadWithFailover(Filtered):
     """A read tried on the policy's node first, then on the shard's other nodes."""
 
-    __slots__ = ("client", "filter", "multi", "nodes", "pending", "request")
+    __slots__ = ("client", "filter", "multi", "nodes", "pending", "request", "spares")
 
     def __init__(self, nodes: list[NodePool], request: bytes, multi: bool, client: ReplyListener,
                  filter: Callable[[PendingReply], bytes] = render) -> None:
         self.nodes = nodes
+        self.spares = len(nodes) > 1  # another node to fail over to
         self.request = request
         self.multi = multi
         self.client = client
@@ -254,9 +261,17 @@ class ReadWithFailover(Filtered):
         pending = self.pending
         if not pending.done:
             return WAITING
-        if len(self.nodes) > 1 and _failed(pending):
+        if self.spares and _failed(pending):
             return NEEDS_TASK  # the next node is asked in settle()
         return pending
+
+    def poll(self) -> Poll:  # settled_now and Filtered.poll in one call: most reads come here
+        pending = self.pending
+        if not pending.done:
+            return WAITING
+        if self.spares and _failed(pending):
+            return NEEDS_TASK
+        return self.filter(pending)
 
     async def settle(self) -> PendingReply:
         """The reply of the first node that could answer (or the last failure)."""
@@ -285,6 +300,9 @@ class FannedOut(Filtered):
 
     def settled_now(self) -> Settled:
         return self._settled() if self.leader.done else WAITING
+
+    def poll(self) -> Poll:  # settled_now and Filtered.poll in one call: most writes come here
+        return self.filter(self._settled()) if self.leader.done else WAITING
 
     def _settled(self) -> PendingReply:
         leader = self.leader
@@ -613,12 +631,11 @@ class SplitGet(Slot):
 
     def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
         blocks: dict[bytes, bytes] = {}
-        size = 0
         for pending in settled:
             for event in pending.events:
                 if type(event) is Value:
-                    block = blocks[event.key] = event.encode()
-                    size += len(block)
+                    blocks[event.key] = event.encode()
+        size = sum(map(len, blocks.values()))
         keys = self.keys
         if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
             return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
