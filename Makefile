@@ -3,7 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools
+DEBIAN_PACKAGES ?= memcached nutcracker etcd-server openssl libmemcached-tools $(BUILD_PACKAGES)
+# What the mypyc build needs: a C compiler, and Debian's headers for a Debian Python that lacks
+# them (a pyenv or python.org Python ships its own). Evaluated only when debian-deps runs.
+BUILD_PACKAGES = gcc $(shell $(PYTHON) -c 'import os, sys, sysconfig; \
+  headers = os.path.join(sysconfig.get_paths()["include"], "Python.h"); \
+  print("" if os.path.exists(headers) or not sys.base_prefix.startswith("/usr") \
+        else "python%d.%d-dev" % sys.version_info[:2])')
 
 .PHONY: run test compose-test lint unit bench bench-cluster tls-cost hostile failover fuzz jepsen client-suites memory idle-cost proxy-topology many-failovers debian-deps venv clean compiled
 
@@ -45,7 +51,7 @@ debian-deps:
 	fi
 
 # A local cluster: etcd, 3 shards x 2 replicas, a proxy on 127.0.0.1:11211; Ctrl-C stops all.
-run: venv debian-deps
+run: debian-deps venv
 	$(BIN)/memring up --port 11211
 
 lint: venv
@@ -53,7 +59,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py build_support/compile_hot_modules.py
 
-test: venv debian-deps lint
+test: debian-deps venv lint
 	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/compose
 	$(MAKE) compose-test
 
