@@ -18,8 +18,6 @@ both ways; subprocesses inherit it).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -36,6 +34,8 @@ MANIFEST_NAME = "mypyc_build.json"
 
 def source_digest(source: Path) -> str:
     """The sha256 (hex) of a module's source bytes, what the manifest records and checks."""
+    import hashlib  # here: OpenSSL's load is paid only where an extension is there to check
+
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
@@ -85,8 +85,9 @@ def stale_reason(manifest: BuildManifest | None, package_folder: Path, package: 
     return None
 
 
-class ExtensionGuard(importlib.abc.MetaPathFinder):
-    """Loads a package's module from its .py whenever the extension beside it is not vouched for."""
+class ExtensionGuard:
+    """Loads a package's module from its .py whenever the extension beside it is not vouched for
+    (a meta path finder: sys.meta_path asks it before the path finders)."""
 
     def __init__(self, package: str, package_folder: Path) -> None:
         self.package = package
