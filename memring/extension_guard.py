@@ -117,13 +117,20 @@ class ExtensionGuard:
         if self._verdict is None:
             self._verdict = self._judge()
         reason, vouched = self._verdict
-        if reason is None and module not in vouched:
-            reason = f"{module} has an extension the build manifest does not list"
-        if reason is not None and reason != PURE_PYTHON_VARIABLE and not self._told:
+        if reason is None and module in vouched:
+            return True
+        if reason is None:  # a leftover of another build: only this module is affected
+            self._tell(f"{module}: an extension the build manifest does not list, its .py instead"
+                       " (`make clean` removes it)")
+        elif reason != PURE_PYTHON_VARIABLE:
+            self._tell(f"compiled modules not used, pure Python instead ({reason};"
+                       " `make compiled` rebuilds)")
+        return False
+
+    def _tell(self, message: str) -> None:
+        if not self._told:  # once per process
             self._told = True
-            print(f"{self.package}: compiled modules not used, pure Python instead ({reason};"
-                  " `make compiled` rebuilds)", file=sys.stderr)
-        return reason is None
+            print(f"{self.package}: {message}", file=sys.stderr)
 
     def _judge(self) -> tuple[str | None, frozenset[str]]:
         if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
