@@ -35,7 +35,10 @@ $(COMPILED_STAMP): $(STAMP) build_support/hot_modules.txt build_support/compile_
 	$(BIN)/python build_support/compile_hot_modules.py
 	@touch $@
 
-compiled: $(STAMP) $(COMPILED_STAMP)
+# The same now, whatever the stamp says (a no-op while the manifest matches every source).
+compiled: $(STAMP)
+	$(BIN)/python build_support/compile_hot_modules.py
+	@touch $(COMPILED_STAMP)
 
 # Debian packages the tests and benchmarks use as oracles. Installed without
 # starting their services (policy-rc.d exits 101); tests start their own.
