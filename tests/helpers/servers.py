@@ -20,8 +20,10 @@ from typing import IO
 
 from memring.cluster import etcd_process
 from memring.protocol.ascii_auth import UNAUTHENTICATED
+from tests.helpers.port_owner import held_by_other_process
 
 HOST = "127.0.0.1"
+PORT_ATTEMPTS = 3  # servers started again when another process took their port first
 
 # Servers are started from several threads at once (the differential suite prestarts them).
 # CPython 3.11 spawns with vfork() and lets other threads run meanwhile; once in a few
@@ -92,9 +94,29 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
             timeout: float = 15.0, graceful: bool = True,
             ready: Callable[[int], bool] | None = None) -> Iterator[RunningServer]:
     """Start `argv_for_port` (with `{port}` filled in) and yield once it answers (`ready`,
-    default: a plain `version`; a TLS port needs tests.helpers.tls.answers_version_over)."""
+    default: a plain `version`; a TLS port needs tests.helpers.tls.answers_version_over).
+    When the answer came from another process that took the port first, the server is
+    started again on another port (unless the caller chose the port)."""
     ready = ready or answers_version
-    port = port or free_port()
+    for attempt in range(PORT_ATTEMPTS):
+        chosen = port or free_port()
+        server = _start(name, argv_for_port, chosen, timeout, ready)
+        # the server that answered is not ours when ours exited or another process listens
+        if server.process.poll() is None and not held_by_other_process(chosen, server.pid):
+            break
+        stop(server.process, graceful=False)
+        if port is not None or attempt == PORT_ATTEMPTS - 1:
+            raise RuntimeError(f"{name}: port {chosen} is held by another process, which "
+                               f"answered in its place (exit status {server.process.returncode}"
+                               f"): {server.log_text()}")
+    try:
+        yield server
+    finally:
+        stop(server.process, graceful=graceful)  # the log stays readable (closed when collected)
+
+
+def _start(name: str, argv_for_port: Sequence[str], port: int, timeout: float,
+           ready: Callable[[int], bool]) -> RunningServer:
     argv = [a.format(port=port) for a in argv_for_port]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function (log_text)
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -109,12 +131,10 @@ def running(name: str, argv_for_port: Sequence[str], port: int | None = None,
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not answer on port {port} within {timeout}s")
             time.sleep(0.02)
-        if process.poll() is not None:  # somebody else answered on that port
-            raise RuntimeError(f"{name} exited with {process.returncode} although port {port} "
-                               f"answers: {server.log_text()}")
-        yield server
-    finally:
-        stop(process, graceful=graceful)  # the log stays readable (closed when collected)
+    except BaseException:
+        stop(process)
+        raise
+    return server
 
 
 def memcached_binary() -> str:

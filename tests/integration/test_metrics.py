@@ -361,7 +361,7 @@ def stderr_lines(*extra: str) -> Iterator[list[str]]:
 def test_logs_are_one_line_per_event(fmt: str) -> None:
     with stderr_lines("--log-format", fmt) as lines:
         pass
-    assert any("serving memcached protocol" in line for line in lines)
+    assert any("serving memcached protocol" in line for line in lines), lines
     assert any("SIGTERM received" in line for line in lines)
     for line in lines:
         if fmt == "logfmt":
