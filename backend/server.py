@@ -509,15 +509,9 @@ class Conversation:
                     return Parked
                 self.settled = verdict
                 return self._send_settled()
-            data = b"".join(out) if len(out) > 1 else out[0]
-            out[:] = held
-            if not held:
-                self.depends = ORIGIN
-            self.server.counters.bytes_written += len(data)
-            stream = conn.stream
-            sent = stream.send_now(data)
-            if sent < len(data) or stream.backlog:
-                return self._send_then_end(memoryview(data)[sent:])
+            partial = self._send_out(held)
+            if partial is not None:
+                return partial
         if self.quitting or self.watching:
             return self._after_send()
         if self.served:
@@ -545,16 +539,22 @@ class Conversation:
         gate = self.server.gate
         assert gate is not None
         conn.mark = gate.commits  # committed while we waited: other connections'
+        return self._send_out(held) or self._after_send()
+
+    def _send_out(self, held: list[bytes]) -> Handoff | None:
+        """Send the replies in `out`, keeping `held` (those still waiting) as the next `out`;
+        the rest of the send as a Handoff when the kernel took only part of it."""
+        out = self.out
         data = b"".join(out) if len(out) > 1 else out[0]
         out[:] = held
         if not held:
             self.depends = ORIGIN
         self.server.counters.bytes_written += len(data)
-        stream = conn.stream
+        stream = self.conn.stream
         sent = stream.send_now(data)
         if sent < len(data) or stream.backlog:
             return self._send_then_end(memoryview(data)[sent:])
-        return self._after_send()
+        return None
 
     def _after_send(self) -> Handoff | type[HangUp] | None:
         if self.quitting:
