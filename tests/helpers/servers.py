@@ -20,7 +20,7 @@ from typing import IO
 
 from memring.cluster import etcd_process
 from memring.protocol.ascii_auth import UNAUTHENTICATED
-from tests.helpers.port_owner import held_by_other_process
+from tests.helpers.process_sockets import held_by_other_process
 
 HOST = "127.0.0.1"
 PORT_ATTEMPTS = 3  # servers started again when another process took their port first

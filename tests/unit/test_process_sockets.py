@@ -10,7 +10,11 @@ import sys
 import pytest
 
 from tests.helpers import servers
-from tests.helpers.port_owner import held_by_other_process, listening_inodes, process_tree
+from tests.helpers.process_sockets import (
+    held_by_other_process,
+    listening_inodes,
+    process_tree,
+)
 
 pytestmark = pytest.mark.unit
 
