@@ -7,7 +7,9 @@ then samples utime+stime of every process from /proc/PID/stat over --seconds of 
 prints the CPU (in % of one core) in total, per class (etcd, proxy, leaders, followers) and
 per backend, with the threads each class runs. `--strace follower` (or leader, proxy, etcd)
 then runs `strace -c -f -p PID` on one process of that class for --strace-seconds and prints
-its syscall counts. Everything is stopped at the end (SIGTERM to `memring up`, which stops
+its syscall counts. `--threads follower` (or leader, ...) samples one such process per thread
+over --seconds: run time (/proc/PID/task/TID/schedstat, in ns, finer than the 10 ms ticks of
+stat) and wake-ups (voluntary context switches), each with the thread's name. Everything is stopped at the end (SIGTERM to `memring up`, which stops
 its children; SIGKILL to the process group after a deadline), also on error.
 
     flock /tmp/memring-bench.lock .venv/bin/python bench/idle_cost.py --shards 24 --replicas 2
@@ -160,6 +162,7 @@ class Round:
     backend_pss_mb: float = 0.0
     processes: list[Process] = field(default_factory=list)
     strace: str = ""
+    threads: str = ""
 
 
 class Cluster:
@@ -233,6 +236,39 @@ def sample(processes: list[Process], seconds: float) -> None:
         p.threads = threads(p.pid)
 
 
+def thread_stats(pid: int) -> dict[int, tuple[str, int, int]]:
+    """{tid: (name, run time in ns, voluntary context switches)} of `pid`'s threads."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            run_ns = int((task / "schedstat").read_text().split()[0])
+            status = (task / "status").read_text()
+        except (OSError, ValueError, IndexError):
+            continue
+        switches = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M)
+        found[int(task.name)] = (name, run_ns, int(switches.group(1)) if switches else 0)
+    return found
+
+
+def sample_threads(pid: int, seconds: float) -> str:
+    """One line per thread of `pid`: its CPU (ms) and wake-ups over `seconds`, busiest first."""
+    before = thread_stats(pid)
+    time.sleep(seconds)
+    after = thread_stats(pid)
+    rows = []
+    for tid, (name, run_ns, switches) in after.items():
+        _, run0, switches0 = before.get(tid, (name, 0, 0))
+        rows.append((run_ns - run0, switches - switches0, tid, name))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    lines = [f"   threads of pid {pid} over {seconds:g} s: {total / 1e6:.1f} ms "
+             f"({total / 1e7 / seconds:.3f}% of a core)"]
+    lines += [f"     {name:<16} tid {tid:<8} {ns / 1e6:7.2f} ms {woke:6d} wake-ups"
+              + ("" if tid in before else " (new)") for ns, woke, tid, name in rows]
+    return "\n".join(lines)
+
+
 def run_strace(pid: int, seconds: float, tmp: Path) -> str:
     out = tmp / f"strace-{pid}.txt"
     tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(pid)],
@@ -292,6 +328,11 @@ def one_round(args: argparse.Namespace, code: str) -> Round:
                 result.per_class[kind] = sum(p.cpu for p in processes if p.kind == kind)
             backends = [p for p in processes if p.kind in ("leader", "follower")]
             result.per_backend = statistics.median(p.cpu for p in backends) if backends else 0
+            if args.threads:
+                target = next((p for p in processes if p.kind == args.threads), None)
+                if target is None:
+                    raise BenchError(f"no {args.threads} process to sample")
+                result.threads = sample_threads(target.pid, args.seconds)
             if args.strace:
                 target = next((p for p in processes if p.kind == args.strace), None)
                 if target is None:
@@ -317,6 +358,8 @@ def report(r: Round) -> None:
                   f"median {statistics.median(cpus):.2f}% max {cpus[-1]:.2f}%  threads "
                   f"{'/'.join(str(n) for n in sorted({p.threads for p in members}))}; CPU "
                   f"to start {sum(p.start_cpu for p in members):.1f} s")
+    if r.threads:
+        print(r.threads)
     if r.strace:
         print(r.strace)
 
@@ -330,6 +373,8 @@ def main() -> int:
                         help="wait this long after ready before sampling (default 3)")
     parser.add_argument("--strace", choices=CLASSES, help="strace -c -f one such process")
     parser.add_argument("--strace-seconds", type=float, default=6.0)
+    parser.add_argument("--threads", choices=CLASSES,
+                        help="CPU and wake-ups per thread of one such process over --seconds")
     parser.add_argument("--code", action="append", default=[],
                         help="a checkout to run (PYTHONPATH); repeat to compare")
     parser.add_argument("--rounds", type=int, default=1, help="rounds per --code (default 1)")

@@ -6,12 +6,12 @@ endpoint is retried at once rather than shunned for minutes, and a broken watch 
 its error. gRPC is blocking, so each unary call runs in a worker thread via
 `trio.to_thread.run_sync(..., abandon_on_cancel=True)`; a cancelled caller returns at once and
 the thread ends by its gRPC deadline (trio keeps idle worker threads for reuse, so calls made
-more often than every 10 s start no new thread). Lease keepalives go over one LeaseKeepAlive
-stream kept open (`_KeepAliveStream`): a keepalive is one request on it and the next response,
-read by a worker thread within the caller's timeout; a timeout, an error or a change of
-endpoint or token closes the stream and the next keepalive opens a new one. (A stream per
-keepalive made gRPC start a thread to consume its requests each time: 9 new threads in 6 s
-of an idle backend, docs/scaling.md.) A watch is one bidirectional stream read by a thread that
+more often than every 10 s start no new thread). Lease keepalives, the one call made every
+0.67 s for good, skip gRPC: they are POSTs to etcd's JSON gateway on the same client port over
+one kept HTTP/1.1 connection on a trio socket (cluster.etcd_gateway), so an idle backend
+wakes no thread but trio's for them (through gRPC's sync stack each crossed a worker thread,
+gRPC's request thread and its event engine: docs/scaling.md, "round three"). A watch is one
+bidirectional stream read by a thread that
 hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
 closing the watch cancels the gRPC call, which ends the thread.
 
@@ -30,7 +30,7 @@ member resumed, instead of within a second).
 Security (cluster.etcd_security holds the options). `https://` endpoints get a TLS channel
 with the given CA and client certificate; a mix of http and https is refused. With a user, the
 coordinator calls Auth.Authenticate before its first call and sends the token as the "token"
-metadata of every call, keepalive and watch. etcd 3.4's simple tokens live in the members'
+metadata of every call and watch, and as the Authorization header of every keepalive. etcd 3.4's simple tokens live in the members'
 memory: they die after `--auth-token-ttl` seconds unused and with a restart. A call refused
 for its token ("invalid auth token", or "revision of auth store is old" when users or roles
 changed while it was on its way) is sent again once with a new token, which is safe for a
@@ -57,7 +57,6 @@ import functools
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -83,6 +82,12 @@ from memring.cluster.coordinator import (
     WatchMoved,
     WatchStream,
     collapse_single,
+)
+from memring.cluster.etcd_gateway import (
+    EtcdGateway,
+    GatewayRefused,
+    GatewayUnreachable,
+    tls_context,
 )
 from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
@@ -121,6 +126,8 @@ _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
 _OPS = {"==": etcdrpc.Compare.EQUAL, "!=": etcdrpc.Compare.NOT_EQUAL,
         "<": etcdrpc.Compare.LESS, ">": etcdrpc.Compare.GREATER}
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # the gateway's numbers
+KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
 # Reconnect quickly after etcd restarts (gRPC's default backoff grows to 2 minutes).
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -211,31 +218,6 @@ def _compare(c: Compare) -> Any:
     return msg
 
 
-class _KeepAliveStream:
-    """One LeaseKeepAlive stream on one endpoint, kept open for every lease's keepalives (one
-    in flight at a time: etcd answers a stream's requests in order). gRPC consumes the request
-    iterator in one thread for the stream's life."""
-
-    def __init__(self, stub: Any, index: int, metadata: Any, generation: int) -> None:
-        self.index = index
-        self.generation = generation  # of the token it was opened with
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
-        self.closed = False
-
-    def renew(self, request: Any) -> Any:
-        """In a worker thread: send one keepalive, return its response (None: the stream
-        ended). Raises grpc.RpcError, also when `close()` cancels the stream meanwhile."""
-        self._requests.put(request)
-        return next(self._call, None)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._requests.put(None)
-            self._call.cancel()
-
-
 class _WatchRefused(AccessDenied):
     """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
     token, which it reports the same way)."""
@@ -265,8 +247,9 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
-        self._keepalives: _KeepAliveStream | None = None
-        self._keepalive_lock = trio.Lock()  # one keepalive in flight on the stream
+        self._tls = tls_context(self.security) if self.scheme == "https" else None
+        self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
+        self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
         self._closed = False
 
     @classmethod
@@ -406,8 +389,8 @@ class EtcdCoordinator(Coordinator):
         self._make_current(min(order, key=lambda i: self._failed_at[i]))
 
     def _make_current(self, index: int) -> None:
-        """Later calls, the keepalive stream and the watch (it ends: WatchMoved) go to
-        endpoint `index`."""
+        """Later calls, the keepalives and the watch (it ends: WatchMoved) go to endpoint
+        `index`."""
         if index != self._current:
             self._current = index
             self._moved.set()
@@ -421,7 +404,11 @@ class EtcdCoordinator(Coordinator):
                fail_over: bool = True) -> CoordinatorError:
         """The CoordinatorError for a failed call on endpoint `index`; an unavailable endpoint
         is failed over from (`fail_over=False` from a thread: the caller does it in trio)."""
-        code, details = _details(exc)
+        return self._error_of(index, *_details(exc), timeout, fail_over=fail_over)
+
+    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
+                  fail_over: bool = True) -> CoordinatorError:
+        """`_error` for a gRPC status `code` and its `details` (also the gateway's)."""
         url = self._url(index)
         refusal = self._refusal(url, code, details)
         if refusal is not None:
@@ -545,68 +532,83 @@ class EtcdCoordinator(Coordinator):
         return int(response.ID), float(response.TTL)
 
     async def _keepalive(self, lease_id: int, *, timeout: float) -> float:
-        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+        """One keepalive through etcd's JSON gateway (no thread), within `timeout` of its
+        send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
+        attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
+        and answers; a token etcd calls stale is renewed once."""
+        started = trio.current_time()
+        resends = 1 if len(self.endpoints) > 1 else 0
+        resent = False
         renewed = not self.security.user
         if not renewed and not self._token:
             await self._renew_token(self._token_generation)
         while True:
             generation = self._token_generation
-            stream: _KeepAliveStream | None = None
+            index = self._current
+            if resends:
+                wait = min(timeout, self.attempt_timeout)
+            elif resent:
+                wait = max(self.attempt_timeout, started + timeout - trio.current_time())
+            else:
+                wait = timeout
             try:
-                with trio.fail_after(timeout):
-                    async with self._keepalive_lock:
-                        stream = self._keepalive_stream()
-                        answered = False
-                        try:
-                            response = await trio.to_thread.run_sync(
-                                stream.renew, request, abandon_on_cancel=True)
-                            answered = True
-                        finally:
-                            if not answered:  # its thread may still wait on the stream:
-                                self._close_keepalives(stream)  # never read it twice at once
-            except trio.TooSlowError:
-                if stream is None:  # another keepalive held the stream that long
-                    raise CoordinatorUnavailable(
-                        f"etcd at {self.url}: no keepalive answered within {timeout:g}s"
-                    ) from None
-                self._close_keepalives(stream)
-                self._fail_over(stream.index)
-                raise CoordinatorUnavailable(
-                    f"etcd at {self._url(stream.index)} did not answer a keepalive within "
-                    f"{timeout:g}s; is etcd running there?") from None
-            except grpc.RpcError as exc:
-                assert stream is not None
-                self._close_keepalives(stream)
-                if not renewed and self._stale_token(*_details(exc)):
+                result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
+                                                  wait)
+            except GatewayRefused as exc:
+                code = _STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+                if not renewed and self._stale_token(code, exc.message):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                raise self._error(stream.index, exc, timeout) from None
-            if response is None or int(response.ID) != lease_id:
-                self._close_keepalives(stream)
-                self._fail_over(stream.index)
-                raise CoordinatorUnavailable(
-                    f"etcd at {self._url(stream.index)} ended the keepalive stream")
-            return float(response.TTL)
+                error = self._error_of(index, code, exc.message, wait, fail_over=not resends)
+            except GatewayUnreachable as exc:
+                error = self._unreachable(index, exc, wait, fail_over=not resends)
+            else:
+                if int(result.get("ID", 0)) == lease_id:
+                    return float(result.get("TTL", 0))  # etcd leaves out a TTL of 0: gone
+                error = CoordinatorUnavailable(
+                    f"etcd at {self._url(index)} answered a keepalive of lease {lease_id:x} "
+                    f"for another lease: {result.get('ID')!r}")
+                if not resends:
+                    self._fail_over(index)
+            if not isinstance(error, CoordinatorUnavailable) or not resends:
+                raise error
+            resends -= 1
+            resent = True
+            await self._to_answering_leader(index, started + timeout - self.attempt_timeout)
+            log.info("%s; sending the keepalive again through %s", error, self.url)
 
-    def _keepalive_stream(self) -> _KeepAliveStream:
-        """The open keepalive stream, opened anew on the current endpoint with the current
-        token if the endpoint or the token changed."""
-        stream = self._keepalives
-        if stream is not None and (stream.index != self._current
-                                   or stream.generation != self._token_generation):
-            self._close_keepalives(stream)
-            stream = None
-        if stream is None:
-            index, stub = self._stub(etcdrpc.LeaseStub)
-            stream = self._keepalives = _KeepAliveStream(stub, index, self._metadata(),
-                                                         self._token_generation)
-        return stream
+    async def _gateway_call(self, index: int, path: str, payload: dict[str, Any],
+                            timeout: float) -> dict[str, Any]:
+        """One call to endpoint `index`'s gateway on the kept connection (made anew when the
+        endpoint changed); the wait for another keepalive counts in `timeout`."""
+        if self._closed:
+            raise CoordinatorError("the etcd coordinator is closed")
+        try:
+            with trio.fail_after(timeout):
+                async with self._keepalive_lock:
+                    if self._gateway is None or self._gateway[0] != index:
+                        if self._gateway is not None:
+                            await self._gateway[1].aclose()
+                        self._gateway = (index, EtcdGateway(self.endpoints[index], self._tls))
+                    return await self._gateway[1].call(path, payload, self._token)
+        except trio.TooSlowError:
+            raise GatewayUnreachable("no answer") from None
 
-    def _close_keepalives(self, stream: _KeepAliveStream) -> None:
-        stream.close()
-        if self._keepalives is stream:
-            self._keepalives = None
+    def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
+                     fail_over: bool) -> CoordinatorError:
+        """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
+        url = self._url(index)
+        if exc.tls_refused:
+            return AccessDenied(
+                f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
+                "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
+                "and --etcd-key")
+        if fail_over:
+            self._fail_over(index)
+        return CoordinatorUnavailable(
+            f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
+            "running there?")
 
     async def revoke(self, lease_id: int) -> bool:
         # sent again after an unanswered attempt: revoking twice is harmless (the second
@@ -750,8 +752,8 @@ class EtcdCoordinator(Coordinator):
         if self._closed:
             return
         self._closed = True
-        if self._keepalives is not None:
-            self._close_keepalives(self._keepalives)
+        if self._gateway is not None:
+            await self._gateway[1].aclose()
         for channel in self._channels:
             channel.close()
         await trio.lowlevel.checkpoint()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -129,24 +130,29 @@ async def test_killed_etcd_refuses_then_restart_resyncs() -> None:
         member.stop()
 
 
-async def test_keepalives_share_one_stream_and_survive_cancelled_ones(etcd: EtcdProcess) -> None:
-    """Keepalives go over one kept stream (no gRPC thread per keepalive); a keepalive
-    cancelled while its thread waits on the stream (a session ending) closes that stream, so
-    the next one never reads it at the same time (gRPC: "call error 8")."""
+async def test_keepalives_share_one_connection_and_survive_cancelled_ones(
+        etcd: EtcdProcess) -> None:
+    """Keepalives go to etcd's JSON gateway over one kept connection, with no thread; a
+    keepalive cancelled while it waits for its answer (a session ending) closes that
+    connection, so the next one never reads the late answer as its own."""
     with trio.fail_after(20):
-        async with EtcdCoordinator.connect(etcd.url, "keepalive-stream",
+        async with EtcdCoordinator.connect(etcd.url, "keepalive-gateway",
                                            call_timeout=CALL_TIMEOUT) as coordinator:
             async with coordinator.open_session(3) as session:
                 lease = session.lease_id
+                threads = threading.active_count()
                 assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-                stream = coordinator._keepalives
+                assert coordinator._gateway is not None
+                index, gateway = coordinator._gateway
                 assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-                assert coordinator._keepalives is stream is not None  # the same stream
-                etcd.pause()  # no answer comes: each keepalive's thread waits on the stream
+                assert coordinator._gateway == (index, gateway) and gateway.connected
+                assert threading.active_count() == threads  # no thread for a keepalive
+                etcd.pause()  # no answer comes: each keepalive waits on the connection
                 try:
                     for _ in range(2):
                         with trio.move_on_after(0.2):
                             await coordinator._keepalive(lease, timeout=CALL_TIMEOUT)
+                        assert not gateway.connected
                 finally:
                     etcd.resume()
                 assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
