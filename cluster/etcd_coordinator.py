@@ -57,6 +57,7 @@ import functools
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -128,6 +129,9 @@ _OPS = {"==": etcdrpc.Compare.EQUAL, "!=": etcdrpc.Compare.NOT_EQUAL,
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # the gateway's numbers
 KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
+# etcd 3.4.10+ answers a gateway request made with a client certificate that has a common name
+# so (HTTP 400; embed/serve.go, for CVE-2020-15136: the gateway cannot pass the name on)
+_CN_REFUSED = "CommonName of client sending a request against gateway"
 # Reconnect quickly after etcd restarts (gRPC's default backoff grows to 2 minutes).
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -218,6 +222,31 @@ def _compare(c: Compare) -> Any:
     return msg
 
 
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream on one endpoint, kept open for every lease's keepalives (one
+    in flight at a time: etcd answers a stream's requests in order). gRPC consumes the request
+    iterator in one thread for the stream's life."""
+
+    def __init__(self, stub: Any, index: int, metadata: Any, generation: int) -> None:
+        self.index = index
+        self.generation = generation  # of the token it was opened with
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
+        self.closed = False
+
+    def renew(self, request: Any) -> Any:
+        """In a worker thread: send one keepalive, return its response (None: the stream
+        ended). Raises grpc.RpcError, also when `close()` cancels the stream meanwhile."""
+        self._requests.put(request)
+        return next(self._call, None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._requests.put(None)
+            self._call.cancel()
+
+
 class _WatchRefused(AccessDenied):
     """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
     token, which it reports the same way)."""
@@ -249,6 +278,10 @@ class EtcdCoordinator(Coordinator):
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self._tls = tls_context(self.security) if self.scheme == "https" else None
         self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
+        # etcd 3.4's gateway refuses every client certificate that has a common name
+        # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
+        self.keepalive_gateway = True
+        self._keepalives: _KeepAliveStream | None = None
         self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
         self._closed = False
 
@@ -536,6 +569,8 @@ class EtcdCoordinator(Coordinator):
         send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
         attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
         and answers; a token etcd calls stale is renewed once."""
+        if not self.keepalive_gateway:
+            return await self._keepalive_stream_call(lease_id, timeout=timeout)
         started = trio.current_time()
         resends = 1 if len(self.endpoints) > 1 else 0
         resent = False
@@ -555,6 +590,12 @@ class EtcdCoordinator(Coordinator):
                 result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
                                                   wait)
             except GatewayRefused as exc:
+                if _CN_REFUSED in exc.message:
+                    log.info("etcd at %s refuses gateway calls from a client certificate with "
+                             "a common name: lease keepalives go over gRPC", self._url(index))
+                    self.keepalive_gateway = False
+                    return await self._keepalive_stream_call(
+                        lease_id, timeout=max(0.0, started + timeout - trio.current_time()))
                 code = _STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
                 if not renewed and self._stale_token(code, exc.message):
                     renewed = True
@@ -609,6 +650,72 @@ class EtcdCoordinator(Coordinator):
         return CoordinatorUnavailable(
             f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
             "running there?")
+
+    async def _keepalive_stream_call(self, lease_id: int, *, timeout: float) -> float:
+        """A keepalive over a kept gRPC LeaseKeepAlive stream (`_KeepAliveStream`), where
+        the gateway refuses our client certificate."""
+        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+        renewed = not self.security.user
+        if not renewed and not self._token:
+            await self._renew_token(self._token_generation)
+        while True:
+            generation = self._token_generation
+            stream: _KeepAliveStream | None = None
+            try:
+                with trio.fail_after(timeout):
+                    async with self._keepalive_lock:
+                        stream = self._keepalive_stream()
+                        answered = False
+                        try:
+                            response = await trio.to_thread.run_sync(
+                                stream.renew, request, abandon_on_cancel=True)
+                            answered = True
+                        finally:
+                            if not answered:  # its thread may still wait on the stream:
+                                self._close_keepalives(stream)  # never read it twice at once
+            except trio.TooSlowError:
+                if stream is None:  # another keepalive held the stream that long
+                    raise CoordinatorUnavailable(
+                        f"etcd at {self.url}: no keepalive answered within {timeout:g}s"
+                    ) from None
+                self._close_keepalives(stream)
+                self._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._url(stream.index)} did not answer a keepalive within "
+                    f"{timeout:g}s; is etcd running there?") from None
+            except grpc.RpcError as exc:
+                assert stream is not None
+                self._close_keepalives(stream)
+                if not renewed and self._stale_token(*_details(exc)):
+                    renewed = True
+                    await self._renew_token(generation)
+                    continue
+                raise self._error(stream.index, exc, timeout) from None
+            if response is None or int(response.ID) != lease_id:
+                self._close_keepalives(stream)
+                self._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._url(stream.index)} ended the keepalive stream")
+            return float(response.TTL)
+
+    def _keepalive_stream(self) -> _KeepAliveStream:
+        """The open keepalive stream, opened anew on the current endpoint with the current
+        token if the endpoint or the token changed."""
+        stream = self._keepalives
+        if stream is not None and (stream.index != self._current
+                                   or stream.generation != self._token_generation):
+            self._close_keepalives(stream)
+            stream = None
+        if stream is None:
+            index, stub = self._stub(etcdrpc.LeaseStub)
+            stream = self._keepalives = _KeepAliveStream(stub, index, self._metadata(),
+                                                         self._token_generation)
+        return stream
+
+    def _close_keepalives(self, stream: _KeepAliveStream) -> None:
+        stream.close()
+        if self._keepalives is stream:
+            self._keepalives = None
 
     async def revoke(self, lease_id: int) -> bool:
         # sent again after an unanswered attempt: revoking twice is harmless (the second
@@ -754,6 +861,8 @@ class EtcdCoordinator(Coordinator):
         self._closed = True
         if self._gateway is not None:
             await self._gateway[1].aclose()
+        if self._keepalives is not None:
+            self._close_keepalives(self._keepalives)
         for channel in self._channels:
             channel.close()
         await trio.lowlevel.checkpoint()

@@ -140,8 +140,10 @@ def _result(status: int, body: bytes) -> dict[str, Any]:
         first = body.split(b"\n", 1)[0] if body.strip() else b"{}"
         answer = json.loads(first)
     except ValueError:
-        raise GatewayUnreachable(f"HTTP {status} with a body that is not JSON: "
-                                 f"{body[:80]!r}") from None
+        if status != 200:  # a refusal in plain text (Go's http.Error)
+            raise GatewayRefused(2, body[:300].decode("utf-8", "replace").strip()) from None
+        raise GatewayUnreachable(f"HTTP 200 with a body that is not JSON: {body[:80]!r}"
+                                 ) from None
     if not isinstance(answer, dict):
         raise GatewayUnreachable(f"HTTP {status} with JSON that is no object: {body[:80]!r}")
     error = answer.get("error")
