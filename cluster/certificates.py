@@ -90,14 +90,16 @@ class CertificateAuthority:
         return self
 
     def issue(self, name: str, hosts: Iterable[str] = ("127.0.0.1", "localhost"),
-              days: int = DEFAULT_DAYS) -> Credential:
-        """A certificate for `name` (its common name), valid for `hosts`, for `days` from
-        now (a negative count makes one that has already expired, for tests)."""
+              days: int = DEFAULT_DAYS, *, common_name: bool = True) -> Credential:
+        """A certificate for `name` (its common name; without `common_name`, its
+        organization: etcd's JSON gateway refuses client certificates with a common name),
+        valid for `hosts`, for `days` from now (a negative count makes one that has already
+        expired, for tests)."""
         cert = self.directory / f"{name}.crt"
         key = self.directory / f"{name}.key"
         request = _openssl("req", "-new", "-newkey", "ec", "-pkeyopt",
                            f"ec_paramgen_curve:{CURVE}", "-nodes", "-keyout", str(key),
-                           "-subj", f"/CN={name}")
+                           "-subj", f"/CN={name}" if common_name else f"/O={name}")
         os.chmod(key, 0o600)
         extensions = ["basicConstraints=CA:FALSE",
                       "keyUsage=critical,digitalSignature,keyEncipherment",

@@ -1,0 +1,91 @@
+"""Lease keepalives through etcd's JSON gateway (cluster.etcd_gateway) on a real etcd: over TLS
+with a client certificate and a user, past the token's expiry; back over gRPC when etcd's
+gateway refuses a certificate with a common name; across a frozen member, without losing the
+session."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from memring.cluster.certificates import CertificateAuthority
+from memring.cluster.etcd_coordinator import EtcdCoordinator
+from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from memring.cluster.etcd_security import EtcdSecurity
+from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
+
+pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
+
+
+@pytest.fixture(scope="module")
+def etcd3() -> Iterator[EtcdCluster]:
+    with running_etcd_cluster(3) as etcd:
+        yield etcd
+
+
+def _without_common_name(etcd: SecureEtcd, ca: CertificateAuthority) -> EtcdSecurity:
+    client = ca.issue(f"memring-gateway-client-{etcd.member.client_port}", common_name=False)
+    return EtcdSecurity(str(client.ca), str(client.cert), str(client.key), etcd.users.user,
+                        str(etcd.users.password_file))
+
+
+async def test_keepalives_over_tls_and_auth_take_the_gateway_past_the_tokens_expiry(
+        private_ca: CertificateAuthority) -> None:
+    """TLS, --client-cert-auth and a user: the keepalives go to the gateway with no thread
+    and carry the token; etcd 3.4 does not check a keepalive's token, so an expired one
+    keeps the lease too (a refusal for it would renew it, as for every other call)."""
+    with secure_etcd(private_ca, "/memring/gw", auth_token_ttl=1) as etcd, \
+            trio.fail_after(30):
+        security = _without_common_name(etcd, private_ca)
+        async with EtcdCoordinator.connect(etcd.url, "gw", security=security) as coordinator:
+            async with coordinator.open_session(2) as session:
+                threads = threading.active_count()
+                await trio.sleep(2.5)  # ~4 keepalives; the token died after 1 s unused
+                assert not session.lost.is_set()
+                assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
+                assert coordinator.keepalive_gateway
+                assert coordinator._gateway is not None and coordinator._gateway[1].connected
+                assert threading.active_count() == threads
+                assert coordinator.authentications == 1
+            assert await coordinator._keepalive(session.lease_id, timeout=1.0) == 0  # revoked
+
+
+async def test_a_certificate_with_a_common_name_keeps_alive_over_grpc(
+        secure_etcd: SecureEtcd) -> None:
+    """etcd 3.4.10+ refuses gateway calls made with such a certificate: the first keepalive
+    is answered over gRPC at once, and so are the later ones."""
+    with trio.fail_after(20):
+        async with (EtcdCoordinator.connect(secure_etcd.url, "sec-gw-cn",
+                                            security=secure_etcd.security) as coordinator,
+                    coordinator.open_session(2) as session):
+            assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
+            assert not coordinator.keepalive_gateway
+            await trio.sleep(1.5)
+            assert not session.lost.is_set()
+            assert coordinator._keepalives is not None
+
+
+@pytest.mark.parametrize("frozen", ["follower", "leader"])
+async def test_a_session_outlives_a_frozen_member(etcd3: EtcdCluster, frozen: str) -> None:
+    """The member the keepalives go to is SIGSTOPped longer than the 2 s TTL (etcd's leader,
+    or a follower): each keepalive is sent again through another member after one attempt,
+    and the session is never lost."""
+    leader = etcd3.leader()
+    member = leader if frozen == "leader" else next(m for m in etcd3.members if m is not leader)
+    urls = [member.url, *(m.url for m in etcd3.members if m is not member)]
+    with trio.fail_after(30):
+        async with EtcdCoordinator.connect(",".join(urls), f"gw-frozen-{frozen}") as coordinator:
+            async with coordinator.open_session(2) as session:
+                assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
+                assert coordinator._gateway is not None and coordinator._gateway[0] == 0
+                member.pause()
+                try:
+                    await trio.sleep(3.0)
+                finally:
+                    member.resume()
+                assert not session.lost.is_set(), session.lost_reason
+                assert coordinator._gateway is not None and coordinator._gateway[0] != 0
+                assert coordinator.url != member.url
