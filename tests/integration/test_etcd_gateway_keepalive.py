@@ -77,15 +77,16 @@ async def test_a_session_outlives_a_frozen_member(etcd3: EtcdCluster, frozen: st
     member = leader if frozen == "leader" else next(m for m in etcd3.members if m is not leader)
     urls = [member.url, *(m.url for m in etcd3.members if m is not member)]
     with trio.fail_after(30):
-        async with EtcdCoordinator.connect(",".join(urls), f"gw-frozen-{frozen}") as coordinator:
-            async with coordinator.open_session(2) as session:
-                assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-                assert coordinator._gateway is not None and coordinator._gateway[0] == 0
-                member.pause()
-                try:
-                    await trio.sleep(3.0)
-                finally:
-                    member.resume()
-                assert not session.lost.is_set(), session.lost_reason
-                assert coordinator._gateway is not None and coordinator._gateway[0] != 0
-                assert coordinator.url != member.url
+        async with (EtcdCoordinator.connect(",".join(urls),
+                                            f"gw-frozen-{frozen}") as coordinator,
+                    coordinator.open_session(2) as session):
+            assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
+            assert coordinator._gateway is not None and coordinator._gateway[0] == 0
+            member.pause()
+            try:
+                await trio.sleep(3.0)
+            finally:
+                member.resume()
+            assert not session.lost.is_set(), session.lost_reason
+            assert coordinator._gateway is not None and coordinator._gateway[0] != 0
+            assert coordinator.url != member.url
