@@ -110,6 +110,14 @@ class ResponseReader:
                     raise HttpProtocolError(f"the connection closed {what}")
                 return None
 
+    def partial_body(self) -> tuple[int, bytes] | None:
+        """While a kept-alive chunked body is being received: its status and the body so
+        far (a streaming call's first message can be used before the body ends)."""
+        if self._head is None or not self._head[3] or self._state not in (
+                _State.CHUNK_SIZE, _State.CHUNK_DATA, _State.CHUNK_END, _State.TRAILERS):
+            return None
+        return self._head[0], bytes(self._body)
+
     def _step(self) -> bool | Response:
         """One step of parsing: True if it consumed something, a Response when one ended."""
         state = self._state

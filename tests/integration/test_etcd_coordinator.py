@@ -134,27 +134,28 @@ async def test_keepalives_share_one_connection_and_survive_cancelled_ones(
         etcd: EtcdProcess) -> None:
     """Keepalives go to etcd's JSON gateway over one kept connection, with no thread; a
     keepalive cancelled while it waits for its answer (a session ending) closes that
-    connection, so the next one never reads the late answer as its own."""
+    connection, so the next one never reads the late answer as its own. (A bare lease: no
+    session's own keepalives in between.)"""
     with trio.fail_after(20):
         async with EtcdCoordinator.connect(etcd.url, "keepalive-gateway",
                                            call_timeout=CALL_TIMEOUT) as coordinator:
-            async with coordinator.open_session(3) as session:
-                lease = session.lease_id
-                threads = threading.active_count()
-                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-                assert coordinator._gateway is not None
-                index, gateway = coordinator._gateway
-                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-                assert coordinator._gateway == (index, gateway) and gateway.connected
-                assert threading.active_count() == threads  # no thread for a keepalive
-                etcd.pause()  # no answer comes: each keepalive waits on the connection
-                try:
-                    for _ in range(2):
-                        with trio.move_on_after(0.2):
-                            await coordinator._keepalive(lease, timeout=CALL_TIMEOUT)
-                        assert not gateway.connected
-                finally:
-                    etcd.resume()
-                assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-                assert not session.lost.is_set()
+            lease, _ = await coordinator._grant(30)
+            threads = threading.active_count()
+            assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+            assert coordinator._gateway is not None
+            index, gateway = coordinator._gateway
+            used = gateway._stream
+            assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+            assert coordinator._gateway == (index, gateway) and gateway._stream is used
+            assert threading.active_count() == threads  # no thread for a keepalive
+            etcd.pause()  # no answer comes: each keepalive waits on the connection
+            try:
+                for _ in range(2):
+                    with trio.move_on_after(0.2):
+                        await coordinator._keepalive(lease, timeout=CALL_TIMEOUT)
+                    assert not gateway.connected
+            finally:
+                etcd.resume()
+            assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
+            assert await coordinator.revoke(lease)
             assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) == 0  # revoked
