@@ -164,3 +164,22 @@ def test_requests_carry_their_length_and_refuse_smuggled_lines() -> None:
         encode_request("POST", "/x y", "h")
     with pytest.raises(ValueError):
         encode_request("PO ST", "/x", "h")
+
+
+def test_a_chunked_body_can_be_used_before_it_ends() -> None:
+    """etcd's gateway writes a streaming call's answer and the body's end apart: the answer
+    is there (`partial_body`) before the response is whole, and the end still parses."""
+    reader = ResponseReader()
+    assert reader.partial_body() is None
+    cut = CHUNKED.index(b"0\r\n\r\n")
+    reader.receive_data(CHUNKED[:cut])
+    assert reader.next_response() is None
+    assert reader.partial_body() == (200, KEEPALIVE)
+    reader.receive_data(CHUNKED[cut:] + REFUSED)
+    whole = reader.next_response()
+    assert whole is not None and whole.body == KEEPALIVE
+    assert reader.next_response() is not None and reader.partial_body() is None
+    closing = ResponseReader()  # a connection the server closes: no early use
+    closing.receive_data(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n")
+    assert closing.next_response() is None and closing.partial_body() is None
