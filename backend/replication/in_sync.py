@@ -54,9 +54,10 @@ from memring.protocol.replication import Position
 log = logging.getLogger("memring.backend.replication")
 
 CHECK_INTERVAL = 0.02  # how often the leader looks at its followers' lag
-QUIET_INTERVAL = 1.0  # with nothing to watch (every follower in the ISR holds the newest write),
+QUIET_INTERVAL = 5.0  # with nothing to watch (every follower in the ISR holds the newest write),
 # the keeper sleeps until a write, a link or a view wakes it, or this long (a safety net: at 24
-# leaders, a check every 20 ms took ~0.5% of a core each doing nothing; docs/scaling.md)
+# leaders, a check every 20 ms took ~0.5% of a core each doing nothing; then once a second was
+# ~1/5 of an idle leader's trio wake-ups; as the role watchers' net: docs/scaling.md)
 MAX_COMMITS = 1 << 17  # commit-time samples kept for lag measurement
 
 IsrWriter = Callable[[set[Incarnation]], Awaitable[object]]
