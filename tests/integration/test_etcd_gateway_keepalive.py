@@ -48,7 +48,7 @@ async def test_keepalives_over_tls_and_auth_take_the_gateway_past_the_tokens_exp
                 assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
                 assert coordinator.keepalive_gateway
                 assert coordinator._gateway is not None and coordinator._gateway[1].connected
-                assert threading.active_count() == threads
+                assert threading.active_count() <= threads  # (idle workers may end)
                 assert coordinator.authentications == 1
             assert await coordinator._keepalive(session.lease_id, timeout=1.0) == 0  # revoked
 
