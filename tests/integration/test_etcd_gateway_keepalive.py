@@ -1,10 +1,11 @@
 """Lease keepalives through etcd's JSON gateway (cluster.etcd_gateway) on a real etcd: over TLS
 with a client certificate and a user, past the token's expiry; back over gRPC when etcd's
 gateway refuses a certificate with a common name; across a frozen member, without losing the
-session."""
+session; etcd's refusals and unreachable or non-HTTP peers mapped."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -12,8 +13,9 @@ import pytest
 import trio
 
 from memring.cluster.certificates import CertificateAuthority
-from memring.cluster.etcd_coordinator import EtcdCoordinator
-from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from memring.cluster.etcd_coordinator import KEEPALIVE_PATH, EtcdCoordinator
+from memring.cluster.etcd_gateway import EtcdGateway, GatewayRefused, GatewayUnreachable
+from memring.cluster.etcd_process import EtcdCluster, EtcdProcess, free_port, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
 
@@ -90,3 +92,33 @@ async def test_a_session_outlives_a_frozen_member(etcd3: EtcdCluster, frozen: st
             assert not session.lost.is_set(), session.lost_reason
             assert coordinator._gateway is not None and coordinator._gateway[0] != 0
             assert coordinator.url != member.url
+
+
+async def test_the_gateway_maps_refusals_and_unreachable_members(etcd: EtcdProcess) -> None:
+    """etcd's error answer (HTTP 500 with gRPC code 2 for a malformed lease id) is
+    GatewayRefused and keeps the connection; a closed port, and a peer that speaks no HTTP,
+    are GatewayUnreachable and leave no connection behind."""
+    with trio.fail_after(10):
+        gateway = EtcdGateway(etcd.url.split("://", 1)[1])
+        with pytest.raises(GatewayRefused) as refused:
+            await gateway.call(KEEPALIVE_PATH, {"ID": "not a number"})
+        assert refused.value.code == 2 and gateway.connected
+        assert await gateway.call(KEEPALIVE_PATH, {"ID": "1"}) != {}  # no such lease: no TTL
+        await gateway.aclose()
+        closed = EtcdGateway(f"127.0.0.1:{free_port()}")
+        with pytest.raises(GatewayUnreachable):
+            await closed.call(KEEPALIVE_PATH, {"ID": "1"})
+        assert not closed.connected
+
+        async def not_http(stream: trio.SocketStream) -> None:
+            await stream.send_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(
+                functools.partial(trio.serve_tcp, not_http, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            stranger = EtcdGateway(f"127.0.0.1:{port}")
+            with pytest.raises(GatewayUnreachable, match="client port"):
+                await stranger.call(KEEPALIVE_PATH, {"ID": "1"})
+            assert not stranger.connected
+            nursery.cancel_scope.cancel()
