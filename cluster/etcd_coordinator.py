@@ -58,6 +58,7 @@ import logging
 import math
 import os
 import queue
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -276,7 +277,7 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
-        self._tls = tls_context(self.security) if self.scheme == "https" else None
+        self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
         self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
         # etcd 3.4's gateway refuses every client certificate that has a common name
         # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
@@ -631,10 +632,21 @@ class EtcdCoordinator(Coordinator):
                     if self._gateway is None or self._gateway[0] != index:
                         if self._gateway is not None:
                             await self._gateway[1].aclose()
-                        self._gateway = (index, EtcdGateway(self.endpoints[index], self._tls))
+                        self._gateway = (index, EtcdGateway(self.endpoints[index],
+                                                            self._tls_context()))
                     return await self._gateway[1].call(path, payload, self._token)
         except trio.TooSlowError:
             raise GatewayUnreachable("no answer") from None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The gateway's TLS context for https:// endpoints (the gRPC channels' files)."""
+        if self.scheme == "https" and self._tls is None:
+            try:
+                self._tls = tls_context(self.security)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise AccessDenied(f"the TLS files for etcd do not load ({exc}): check "
+                                   "--etcd-ca, --etcd-cert and --etcd-key") from None
+        return self._tls
 
     def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
                      fail_over: bool) -> CoordinatorError:
