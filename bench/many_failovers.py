@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -234,7 +235,7 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
                  for sid in victims}
     etcd_leader = fleet.etcd_cluster.leader() if fleet.etcd_cluster is not None else None
     before = etcd_rates.sample(fleet.etcd_urls)
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     for node in old.values():
         node.process.kill()
     paused_at = None
@@ -278,9 +279,48 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     last = max(first.values())
     time.sleep(max(0.0, last + args.after - time.monotonic()))
     after = etcd_rates.sample(fleet.etcd_urls)
-    return {"t0": t0, "end": last + args.after, "old": {s: n.node_id for s, n in old.items()},
+    return {"t0": t0, "t0_wall": t0_wall, "end": last + args.after,
+            "old": {s: n.node_id for s, n in old.items()},
             "elected": elected, "first": first, "etcd_paused": etcd_leader is not None,
             "etcd_during": etcd_rates.rates(before, after)}
+
+
+LOG_TIME = re.compile(r'^ts=(\S+)Z .*? msg="(.*)"$')
+
+
+def log_events(path: Path, since: float) -> list[tuple[float, str]]:
+    """(wall-clock time, message) of each line of a kept log written at or after `since`."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        match = LOG_TIME.match(line)
+        if match is None:
+            continue
+        when = datetime.datetime.fromisoformat(match[1]).replace(
+            tzinfo=datetime.UTC).timestamp()
+        if when >= since - 0.001:  # the log's stamps are whole milliseconds
+            events.append((when, match[2]))
+    return events
+
+
+def failover_steps(log_dir: Path, sid: str, old: str, new: str, t0_wall: float
+                   ) -> dict[str, int | None]:
+    """When each step of one shard's failover happened, ms after the fault, from the kept
+    logs: the survivor saw its leader's port refuse, it led, its ISR dropped the old
+    leader (its writes wait for that etcd write), the proxy's view named it."""
+    steps: dict[str, tuple[Path, str]] = {
+        "detected_ms": (log_dir / f"{new}.log", f"leader {old} of shard {sid} refuses"),
+        "led_ms": (log_dir / f"{new}.log", f"leader of shard {sid} (epoch"),
+        "isr_shrunk_ms": (log_dir / f"{new}.log", f"ISR: dropped {old} "),
+        "proxy_routed_ms": (log_dir / "proxy.log", f"shard {sid}: leader {new} (epoch"),
+    }
+    found: dict[str, int | None] = {}
+    cache: dict[Path, list[tuple[float, str]]] = {}
+    for name, (path, text) in steps.items():
+        if path not in cache:
+            cache[path] = log_events(path, t0_wall) if path.exists() else []
+        found[name] = next((round((when - t0_wall) * 1000) for when, message in cache[path]
+                            if text in message), None)
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
@@ -335,6 +375,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"shard": sid, "old_leader": timings["old"][sid], "new_leader": who,
                      "elected_ms": None if when is None else round((when - t0) * 1000),
                      "first_write_ms": round((timings["first"][sid] - t0) * 1000)})
+    if args.keep_logs:
+        for row in rows:
+            row.update(failover_steps(Path(args.keep_logs), row["shard"], row["old_leader"],
+                                      row["new_leader"], timings["t0_wall"]))
     others = [sid for sid in fleet.shard_ids if sid not in victims]
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]
@@ -365,6 +409,17 @@ def run(args: argparse.Namespace) -> int:
           f" ms, max {summary['other_shards_longest_ack_gap_ms']['max']} ms; acknowledged "
           f"writes lost: {len(lost)} of {summary['acked']:,} (failed writes "
           f"{summary['failed_writes']}); load average {result['load_average_fault']}")
+    if args.keep_logs:
+        print("\nFrom the kept logs, ms after the fault (wall clocks; '-': no such line):\n")
+        print("| shard | follower saw the port refuse | led | ISR shrunk | proxy routed | "
+              "first write |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            cells = [r.get(k) for k in ("detected_ms", "led_ms", "isr_shrunk_ms",
+                                        "proxy_routed_ms", "first_write_ms")]
+            print(f"| {r['shard']} | " + " | ".join("-" if c is None else str(c)
+                                                     for c in cells) + " |")
+        print()
     for name, figures in etcd.items():
         print(f"etcd {name}: {figures['requests_per_s']} requests/s "
               f"({figures['unary_per_s']} unary, {figures['store_writes_per_s']} store writes)"
