@@ -604,7 +604,8 @@ class ClusterMember:
 
     async def _campaign_after_revoke(self) -> None:
         """Campaign as soon as the dead leader's lease is revoked, without waiting for the
-        watch to show its key gone: after etcd's leader froze, the watch moves to another
+        watch to show its key gone (and with replication, leave the ISR to us alone in the
+        same txn): after etcd's leader froze, the watch moves to another
         member and re-reads the cluster first, which took up to 0.5 s (docs/scaling.md "Many
         failovers at once"). Only a clean campaign of an in-sync member that is not drained
         and that no hint passes over; the campaign txn checks all of it again (and that no
@@ -623,9 +624,11 @@ class ClusterMember:
         if not mine & set(shard.isr.members):
             return
         try:
+            # with replication, the ISR becomes us alone in the same txn: the new leader's
+            # first ISR check drops every member not connected, and none is yet (in_sync)
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address,
-                earlier_leases=self._earlier_leases(session))
+                earlier_leases=self._earlier_leases(session), alone=self.listener is not None)
         except CoordinatorError as exc:  # the view's turn (_react) retries
             log.info("shard %s: campaign after the revocation failed: %s", ident.shard, exc)
             return
