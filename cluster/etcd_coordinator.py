@@ -716,9 +716,6 @@ class EtcdCoordinator(Coordinator):
                 f"moving the watch to {self.url}")
             closing.set()
             call.cancel()
-            # the follower hears it now, not once the pump's thread has seen the cancel
-            # (a loaded proxy took 200 ms more: docs/scaling.md "Many failovers at once")
-            send.close()
 
         failed: CoordinatorError | None = None
         try:
