@@ -653,15 +653,25 @@ class Coordinator(abc.ABC):
                            retry_interval: float, check_interval: float) -> None:
         last: ClusterView | None = None
         resync_now = False  # a watch moved: the next endpoint may answer at once (once)
+        # A moved watch goes on from the last view's revision on the next endpoint, without
+        # a snapshot first: a member serves a watch from its own store, while a snapshot is a
+        # linearizable read that waits for etcd's leader (right after etcd's leader froze, a
+        # proxy's snapshot took 440 ms more: docs/scaling.md "Many failovers at once"). A
+        # revision compacted meanwhile is WatchCompacted: a snapshot again.
+        resume: ClusterView | None = None
         async with send:
             while True:
                 try:
-                    view = await self.snapshot()
-                    if last is None or view.revision != last.revision:
-                        send.send_nowait(view)
-                    last = view
-                    resync_now = False
+                    if resume is None:
+                        view = await self.snapshot()
+                        if last is None or view.revision != last.revision:
+                            send.send_nowait(view)
+                        last = view
+                        resync_now = False
+                    else:
+                        view, resume = resume, None
                     async with self.watch(view.revision + 1) as stream:
+                        resync_now = False
                         with collapse_single():  # the stream's error, not a group
                             async with trio.open_nursery() as checking:
                                 if check_interval > 0:
@@ -676,6 +686,7 @@ class Coordinator(abc.ABC):
                     log.info("following the cluster: %s", exc)
                     if not resync_now:
                         resync_now = True
+                        resume = last
                         continue
                 except (CoordinatorUnavailable, WatchCompacted) as exc:
                     log.warning("following the cluster: %s; retrying in %gs", exc,
