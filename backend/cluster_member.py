@@ -414,7 +414,7 @@ class ClusterMember:
                 return False  # look again soon
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address, unclean=unclean,
-                earlier_leases=self._earlier_leases(session))
+                earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
             if won is not None:
                 self.leadership = won
                 self.epoch = won.epoch
@@ -441,6 +441,14 @@ class ClusterMember:
                      leader.node_id, leader.address, self.epoch)
         self._leader = leader
         return True
+
+    def _alone(self, shard: ShardView | None) -> bool:
+        """Campaign `alone` (the ISR left to the winner in the campaign's txn): with
+        replication, when the ISR names a leader whose lease this member revoked (its process
+        was gone). The new leader's first ISR check would drop every member not connected, and
+        none is yet (in_sync): this saves the etcd write its first writes waited for."""
+        return self.listener is not None and shard is not None and shard.isr is not None and \
+            any(member.lease_id in self._revoked for member in shard.isr.members)
 
     def _handover(self, view: ClusterView, shard: ShardView) -> str:
         """Why this leader must resign now ("" if it need not)."""
@@ -599,3 +607,38 @@ class ClusterMember:
                 self._revoked.discard(leader.lease_id)
                 log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
                 await trio.sleep(self.probe_interval)
+                continue
+            await self._campaign_after_revoke()
+
+    async def _campaign_after_revoke(self) -> None:
+        """Campaign as soon as the dead leader's lease is revoked, without waiting for the
+        watch to show its key gone (`_alone`): after etcd's leader froze, the watch moves to
+        another member and re-reads the cluster first, which took up to 0.5 s (docs/scaling.md
+        "Many failovers at once"). Only a clean campaign of an in-sync member that is not drained
+        and that no hint passes over; the campaign txn checks all of it again (and that no
+        one leads), so the view read here only saves a call that would fail. Anything else
+        waits for the view, as before (`_react`)."""
+        view, session, ident = self.view, self.session, self.identity
+        if view is None or session is None or not session.is_valid() or self._leaving or \
+                self.leadership is not None:
+            return
+        shard = view.shards.get(ident.shard)
+        if shard is None or shard.isr is None or shard.drained(ident.node_id) or (
+                shard.hint is not None and shard.hint.node_id != ident.node_id):
+            return
+        mine = {Incarnation(ident.node_id, lease)
+                for lease in (session.lease_id, *self._earlier_leases(session))}
+        if not mine & set(shard.isr.members):
+            return
+        try:
+            won = await self.coordinator.campaign(
+                session, ident.shard, ident.node_id, ident.address,
+                earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
+        except CoordinatorError as exc:  # the view's turn (_react) retries
+            log.info("shard %s: campaign after the revocation failed: %s", ident.shard, exc)
+            return
+        if won is not None and self.leadership is None and not self._leaving:
+            self._leader = None
+            self.leadership = won
+            self.epoch = won.epoch
+            log.info("leader of shard %s (epoch %d)", ident.shard, won.epoch)

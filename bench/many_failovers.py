@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,8 @@ from processes import (
 
 START_TIMEOUT = 180.0   # every backend answers `version`
 HEALTHY_TIMEOUT = 180.0  # every shard led, followers in sync, the proxy routing
+REREAD_TIMEOUT = 15.0  # an acknowledged write not read back is asked again this long: a shard
+# whose sessions etcd revoked on resuming (#12528) answered misses while it re-elected
 
 
 def free_port() -> int:
@@ -234,7 +237,7 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
                  for sid in victims}
     etcd_leader = fleet.etcd_cluster.leader() if fleet.etcd_cluster is not None else None
     before = etcd_rates.sample(fleet.etcd_urls)
-    t0 = time.monotonic()
+    t0, t0_wall = time.monotonic(), time.time()
     for node in old.values():
         node.process.kill()
     paused_at = None
@@ -278,9 +281,48 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     last = max(first.values())
     time.sleep(max(0.0, last + args.after - time.monotonic()))
     after = etcd_rates.sample(fleet.etcd_urls)
-    return {"t0": t0, "end": last + args.after, "old": {s: n.node_id for s, n in old.items()},
+    return {"t0": t0, "t0_wall": t0_wall, "end": last + args.after,
+            "old": {s: n.node_id for s, n in old.items()},
             "elected": elected, "first": first, "etcd_paused": etcd_leader is not None,
             "etcd_during": etcd_rates.rates(before, after)}
+
+
+LOG_TIME = re.compile(r'^ts=(\S+)Z .*? msg="(.*)"$')
+
+
+def log_events(path: Path, since: float) -> list[tuple[float, str]]:
+    """(wall-clock time, message) of each line of a kept log written at or after `since`."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        match = LOG_TIME.match(line)
+        if match is None:
+            continue
+        when = datetime.datetime.fromisoformat(match[1]).replace(
+            tzinfo=datetime.UTC).timestamp()
+        if when >= since - 0.001:  # the log's stamps are whole milliseconds
+            events.append((when, match[2]))
+    return events
+
+
+def failover_steps(log_dir: Path, sid: str, old: str, new: str, t0_wall: float
+                   ) -> dict[str, int | None]:
+    """When each step of one shard's failover happened, ms after the fault, from the kept
+    logs: the survivor saw its leader's port refuse, it led, its ISR dropped the old
+    leader (its writes wait for that etcd write), the proxy's view named it."""
+    steps: dict[str, tuple[Path, str]] = {
+        "detected_ms": (log_dir / f"{new}.log", f"leader {old} of shard {sid} refuses"),
+        "led_ms": (log_dir / f"{new}.log", f"leader of shard {sid} (epoch"),
+        "isr_shrunk_ms": (log_dir / f"{new}.log", f"ISR: dropped {old} "),
+        "proxy_routed_ms": (log_dir / "proxy.log", f"shard {sid}: leader {new} (epoch"),
+    }
+    found: dict[str, int | None] = {}
+    cache: dict[Path, list[tuple[float, str]]] = {}
+    for name, (path, text) in steps.items():
+        if path not in cache:
+            cache[path] = log_events(path, t0_wall) if path.exists() else []
+        found[name] = next((round((when - t0_wall) * 1000) for when, message in cache[path]
+                            if text in message), None)
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,6 +369,15 @@ def run(args: argparse.Namespace) -> int:
         finally:
             load.stop()
         lost = read_back(fleet.proxy_port, load.ops)
+        first_pass = len(lost)
+        if lost:  # a shard re-electing answers a miss (on_shard_error "miss"): ask again later
+            progress(f"{len(lost)} acknowledged writes not read back (e.g. {lost[:3]}): "
+                     f"reading them again for up to {REREAD_TIMEOUT:g} s")
+            deadline = time.monotonic() + REREAD_TIMEOUT
+            while lost and time.monotonic() < deadline:
+                time.sleep(0.5)
+                wanted = set(lost)
+                lost = read_back(fleet.proxy_port, [op for op in load.ops if op.key in wanted])
         etcd["during_failovers"] = timings.pop("etcd_during")
     t0, end = timings["t0"], timings["end"]
     rows = []
@@ -335,6 +386,10 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"shard": sid, "old_leader": timings["old"][sid], "new_leader": who,
                      "elected_ms": None if when is None else round((when - t0) * 1000),
                      "first_write_ms": round((timings["first"][sid] - t0) * 1000)})
+    if args.keep_logs:
+        for row in rows:
+            row.update(failover_steps(Path(args.keep_logs), row["shard"], row["old_leader"],
+                                      row["new_leader"], timings["t0_wall"]))
     others = [sid for sid in fleet.shard_ids if sid not in victims]
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]
@@ -346,6 +401,7 @@ def run(args: argparse.Namespace) -> int:
         "acked": writes.get("stored", 0), "failed_writes": sum(
             v for k, v in writes.items() if k != "stored"),
         "lost_acked_writes": len(lost),
+        "not_read_back_at_first": first_pass,
     }
     result.update({"settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
                    "victims": rows, "other_shards_gap_ms": gaps, "summary": summary,
@@ -363,8 +419,20 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['first_write_ms']['max']} ms; other shards' longest gap between "
           f"acknowledged writes: median {summary['other_shards_longest_ack_gap_ms']['median']}"
           f" ms, max {summary['other_shards_longest_ack_gap_ms']['max']} ms; acknowledged "
-          f"writes lost: {len(lost)} of {summary['acked']:,} (failed writes "
-          f"{summary['failed_writes']}); load average {result['load_average_fault']}")
+          f"writes lost: {len(lost)} of {summary['acked']:,} ({first_pass} not read back at "
+          f"first; failed writes {summary['failed_writes']}); load average "
+          f"{result['load_average_fault']}")
+    if args.keep_logs:
+        print("\nFrom the kept logs, ms after the fault (wall clocks; '-': no such line):\n")
+        print("| shard | follower saw the port refuse | led | ISR shrunk | proxy routed | "
+              "first write |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            cells = [r.get(k) for k in ("detected_ms", "led_ms", "isr_shrunk_ms",
+                                        "proxy_routed_ms", "first_write_ms")]
+            print(f"| {r['shard']} | " + " | ".join("-" if c is None else str(c)
+                                                     for c in cells) + " |")
+        print()
     for name, figures in etcd.items():
         print(f"etcd {name}: {figures['requests_per_s']} requests/s "
               f"({figures['unary_per_s']} unary, {figures['store_writes_per_s']} store writes)"

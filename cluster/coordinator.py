@@ -430,8 +430,8 @@ class Coordinator(abc.ABC):
     # Elections -------------------------------------------------------------------------
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
-                       unclean: bool = False, earlier_leases: Iterable[int] = ()
-                       ) -> Leadership | None:
+                       unclean: bool = False, earlier_leases: Iterable[int] = (),
+                       alone: bool = False) -> Leadership | None:
         """Try once to become the shard's leader; the Leadership, or None if another leads,
         this incarnation is not in the ISR, the node is drained, an election hint names
         another node, or any of these changed meanwhile.
@@ -442,7 +442,10 @@ class Coordinator(abc.ABC):
         resets it to us. `earlier_leases` are leases this same process held before (its store
         kept): an ISR entry naming one of them is us, and the same txn rewrites that entry to
         the current lease (etcd revoking live leases, as 3.4 does after its leader was paused,
-        then needs no unclean election)."""
+        then needs no unclean election). `alone`: a clean win also makes the ISR us alone, in
+        the same txn: what the new leader's first ISR check would write next (no follower is
+        connected to a leader this new: backend.replication.in_sync), without the etcd round
+        trip its writes would wait for."""
         if not session.is_valid():
             return None
         shard_key = self.keyspace.shard(shard_id)
@@ -481,6 +484,9 @@ class Coordinator(abc.ABC):
                 success.append(fresh_isr)
             elif not in_sync:
                 return None
+            elif alone:
+                elected_with = (me,)
+                success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
             elif me in members:
                 elected_with = members
                 isr_revision = isr_entry.mod_revision
@@ -647,15 +653,25 @@ class Coordinator(abc.ABC):
                            retry_interval: float, check_interval: float) -> None:
         last: ClusterView | None = None
         resync_now = False  # a watch moved: the next endpoint may answer at once (once)
+        # A moved watch goes on from the last view's revision on the next endpoint, without
+        # a snapshot first: a member serves a watch from its own store, while a snapshot is a
+        # linearizable read that waits for etcd's leader (right after etcd's leader froze, a
+        # proxy's snapshot took 440 ms more: docs/scaling.md "Many failovers at once"). A
+        # revision compacted meanwhile is WatchCompacted: a snapshot again.
+        resume: ClusterView | None = None
         async with send:
             while True:
                 try:
-                    view = await self.snapshot()
-                    if last is None or view.revision != last.revision:
-                        send.send_nowait(view)
-                    last = view
-                    resync_now = False
+                    if resume is None:
+                        view = await self.snapshot()
+                        if last is None or view.revision != last.revision:
+                            send.send_nowait(view)
+                        last = view
+                        resync_now = False
+                    else:
+                        view, resume = resume, None
                     async with self.watch(view.revision + 1) as stream:
+                        resync_now = False
                         with collapse_single():  # the stream's error, not a group
                             async with trio.open_nursery() as checking:
                                 if check_interval > 0:
@@ -670,6 +686,7 @@ class Coordinator(abc.ABC):
                     log.info("following the cluster: %s", exc)
                     if not resync_now:
                         resync_now = True
+                        resume = last
                         continue
                 except (CoordinatorUnavailable, WatchCompacted) as exc:
                     log.warning("following the cluster: %s; retrying in %gs", exc,

@@ -211,8 +211,8 @@ class StaticCoordinator(Coordinator):
         _refuse()
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
-                       unclean: bool = False, earlier_leases: Iterable[int] = ()
-                       ) -> Leadership | None:
+                       unclean: bool = False, earlier_leases: Iterable[int] = (),
+                       alone: bool = False) -> Leadership | None:
         _refuse()
 
     async def update_isr(self, leadership: Leadership, members: Iterable[Incarnation], *,

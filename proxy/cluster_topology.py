@@ -123,6 +123,18 @@ def default_proxy_id(settings: ProxySettings, port: int) -> str:
     return ident.lstrip("-_.") or f"proxy-{port}"
 
 
+def _log_new_leaders(before: ClusterView | None, after: ClusterView) -> None:
+    """One line per shard whose leader changed: when the proxy's writes could follow a
+    failover (bench/many_failovers.py reads these lines from a kept log)."""
+    if before is None:
+        return
+    for shard_id, shard in after.shards.items():
+        earlier = before.shards.get(shard_id)
+        if shard.leader is not None and (earlier is None or earlier.epoch != shard.epoch):
+            log.info("shard %s: leader %s (epoch %d) in the view of revision %d", shard_id,
+                     shard.leader.node_id, shard.epoch, after.revision)
+
+
 class ClusterTopology:
     """Keeps a ProxyServer's routing in step with the cluster and registers the proxy."""
 
@@ -148,6 +160,7 @@ class ClusterTopology:
         """Apply every new view to `server` (only when routing changed)."""
         async with self.coordinator.follow(check_interval=WATCH_CHECK_INTERVAL) as views:
             async for view in views:
+                _log_new_leaders(self.view, view)
                 self.view = view
                 current = server.state.settings
                 wanted = settings_for(current, view)

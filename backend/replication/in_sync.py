@@ -23,7 +23,8 @@ incarnation that can no longer campaign must not stand in the ISR for the node. 
 whose incarnation is current is added, so an old incarnation is never written back. A new
 leader starts from the ISR it was elected with; members not connected are dropped on the
 first check (the old leader, typically), followers that reconnect caught up are added back
-within a check or two.
+within a check or two. (A follower that campaigns right after revoking its dead leader's lease
+is elected with the ISR already left to it alone, in the campaign's txn: `campaign(alone=)`.)
 
 Links are per connection (issue 12's impostors): a HELLO whose incarnation is not current is
 refused before it gets a link (leader_side), so no unregistered identity is ever waited for;

@@ -210,6 +210,30 @@ class CoordinatorContract:
                     isr = (await coord.snapshot()).shards["s1"].isr
                     assert isr is not None and isr.members == expected
 
+    async def test_a_campaign_alone_leaves_the_isr_to_the_winner(self, harness: Harness
+                                                                 ) -> None:
+        """`alone` (a follower campaigning after revoking its dead leader's lease): the same
+        clean election, and the txn makes the ISR the winner alone; out of the ISR, it
+        still cannot win."""
+        with trio.fail_after(10):
+            async with (harness.client() as coord, coord.open_session(2) as a,
+                        coord.open_session(2) as b, coord.open_session(2) as c):
+                first = await coord.campaign(a, "s1", "n1", "a1")
+                assert first is not None
+                await coord.update_isr(first, [a.incarnation("n1"), b.incarnation("n2")])
+                assert await coord.resign(first)
+                assert await coord.campaign(c, "s1", "n3", "a3", alone=True) is None
+                won = await coord.campaign(b, "s1", "n2", "a2", alone=True)
+                assert won is not None and won.epoch > first.epoch
+                assert won.isr == (b.incarnation("n2"),)
+                view = await coord.snapshot()
+                isr = view.shards["s1"].isr
+                assert isr is not None and isr.members == (b.incarnation("n2"),)
+                assert won.isr_revision == view.shards["s1"].isr_revision == won.epoch
+                # the leader's next ISR write compares on that revision
+                assert await coord.update_isr(won, [b.incarnation("n2")],
+                                              expected_revision=won.isr_revision) > won.epoch
+
     async def test_an_isr_write_on_a_stale_revision_fails(self, harness: Harness) -> None:
         """A leader's ISR writes compare on the revision of its last one: a write that timed
         out and lands late (after a newer one) must not undo the newer."""

@@ -25,7 +25,12 @@ from collections.abc import Iterator, Sequence
 import pytest
 import trio
 
-from memring.cluster.coordinator import ClusterConfig, CoordinatorUnavailable, Incarnation
+from memring.cluster.coordinator import (
+    ClusterConfig,
+    ClusterView,
+    CoordinatorUnavailable,
+    Incarnation,
+)
 from memring.cluster.etcd_coordinator import ATTEMPT_TIMEOUT, EtcdCoordinator
 from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
 from memring.cluster.keyspace import Compare, Op, TxnResult
@@ -267,6 +272,46 @@ async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster)
                 assert won.isr_revision == won.epoch  # the campaign wrote the ISR
                 assert took < coordinator.call_timeout
             nursery.cancel_scope.cancel()
+
+
+async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> None:
+    """A watch moved off a frozen member resumes on the next one from the last view's
+    revision, without reading the cluster again (a linearizable read waits for etcd's
+    leader; a member serves a watch from its own store): every change written meanwhile
+    reaches the view, and the only snapshot is the first."""
+    leader = etcd3.leader()
+    member = next(m for m in etcd3.members if m is not leader)
+    others = [m.url for m in etcd3.members if m is not member]
+    with trio.fail_after(20):
+        async with (EtcdCoordinator.connect(",".join([member.url, *others]),
+                                            "resumed-watch") as watcher,
+                    EtcdCoordinator.connect(",".join(others), "resumed-watch") as writer):
+            snapshots = 0
+            snapshot = watcher.snapshot
+
+            async def counted() -> ClusterView:
+                nonlocal snapshots
+                snapshots += 1
+                return await snapshot()
+
+            watcher.snapshot = counted  # type: ignore[method-assign]
+            async with watcher.follow(check_interval=0.2) as views:
+                await writer.put_config(ClusterConfig(lease_ttl=2.5))
+                async for view in views:
+                    if view.config is not None:
+                        break
+                member.pause()
+                try:
+                    await writer.put_config(ClusterConfig(lease_ttl=3.0))
+                    await writer.put_config(ClusterConfig(lease_ttl=3.5))
+                    with trio.fail_after(3):
+                        async for view in views:
+                            if view.config is not None and view.config.lease_ttl == 3.5:
+                                break
+                finally:
+                    member.resume()
+            assert watcher.url != member.url
+            assert snapshots == 1
 
 
 async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdCluster) -> None:
