@@ -155,6 +155,7 @@ class ClusterMember:
         self._not_leader = not_leader_line(identity.shard)
         self._leases: list[int] = []  # every lease this process registered with, oldest first
         self._deposed_epoch = 0  # the epoch this node led before stepping down, until caught up
+        self._fresh = True  # no leader's stream reached the store yet (read_refusal)
         # with --auth-file: the user it asks the shard's other members for `stats` as (its
         # own file's first; members of a cluster share the file)
         self.stats_login: Callable[[], Login | None] = _no_login
@@ -216,11 +217,21 @@ class ClusterMember:
             else "follower"
 
     def _catching_up(self) -> bool:
-        """Stepped down, and the store does not hold a later epoch's stream yet."""
+        """Stepped down, and the store does not hold a later epoch's stream yet; or a new
+        process whose store never held any leader's stream (epoch 0). The latter matters when
+        a killed leader restarts at once on its address, empty: until its old lease runs out
+        the leader key still names that address, and the proxy's reads reach it (a Jepsen run
+        read misses there for ~0.1 s, values the shard held)."""
+        listener = self.listener  # None: no replication, no store to catch up with
+        if listener is None:
+            return False
+        if self._fresh:
+            if listener.position().epoch == 0:
+                return True
+            self._fresh = False
         deposed = self._deposed_epoch
         if deposed:
-            listener = self.listener  # None: no replication, no store to catch up with
-            if listener is not None and listener.position().epoch <= deposed:
+            if listener.position().epoch <= deposed:
                 return True
             self._deposed_epoch = 0
         return False
@@ -246,7 +257,8 @@ class ClusterMember:
         lease holds on its own clock (no other node can lead before it runs out); a node that
         stepped down answers again once its store has caught up with a later epoch's leader
         (the new leader's EpochStart, or its snapshot replacing a tail of writes nobody
-        acknowledged). Followers that never led answer as before (follower reads)."""
+        acknowledged). Other followers answer (follower reads) once their store holds a leader's
+        stream: a new process answers no read before that."""
         if self.leadership is not None:
             session = self.session
             return None if session is not None and session.is_valid() else LEASE_EXPIRED

@@ -215,7 +215,8 @@ class CatchingUp:
 async def test_reads_refused_from_a_lapsed_lease_until_caught_up_with_the_next_leader() -> None:
     """A leader answers reads while its lease holds on its own clock, then refuses them; once
     deposed it refuses them until its store holds a later epoch's stream (it may hold writes
-    nobody acknowledged, or miss the new leader's). A follower that never led answers."""
+    nobody acknowledged, or miss the new leader's). A follower that never led answers once its
+    store holds a leader's stream, and not before (a new process's empty store)."""
     with trio.fail_after(10):
         async with open_memory_etcd() as store, cluster(store, 2) as running:
             listeners = {}
@@ -225,6 +226,9 @@ async def test_reads_refused_from_a_lapsed_lease_until_caught_up_with_the_next_l
             follower = next(r for r in running if r is not leader)
             led = leader.member.epoch
             assert leader.member.read_refusal() is None
+            assert follower.member.read_refusal() == NOT_LEADER  # nothing replicated to it yet
+            assert follower.member.role == "syncing"
+            listeners[follower.node_id].at = Position(led, 0)  # the leader's stream reached it
             assert follower.member.read_refusal() is None
             store.freeze()
             while leader.member.read_refusal() is None:
