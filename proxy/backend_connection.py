@@ -275,16 +275,17 @@ class BackendConnection:
                 await self._read_forever(stream)
                 nursery.cancel_scope.cancel()
 
-    def submit(self, request: bytes, multi: bool,
-               listener: ReplyListener | None = None) -> PendingReply:
+    def submit(self, request: bytes, multi: bool, listener: ReplyListener | None = None,
+               kind: type[PendingReply] = PendingReply) -> PendingReply:
         """Queue `request`; `listener` hears when its reply is complete (not when it fails
-        here, at once: the caller sees that in the returned reply)."""
+        here, at once: the caller sees that in the returned reply). The reply is a `kind`
+        (a subclass that is also its client's slot: proxy/slots.py `DirectReply`)."""
         if not self.alive:
-            reply = PendingReply(multi, 0.0)
+            reply = kind(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        reply = PendingReply(multi, self._clock.current_time() + self.timeout, listener,
-                             reply_shape(request))
+        reply = kind(multi, self._clock.current_time() + self.timeout, listener,
+                     reply_shape(request))
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)

@@ -90,6 +90,8 @@ from memring.proxy.slots import (
     Slot,
     SplitGet,
     Unroutable,
+    direct_read,
+    direct_write,
     meta_get_miss,
     render,
 )
@@ -165,16 +167,22 @@ class ClientSession:
                renderer: Callable[[PendingReply], bytes] = render) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
             return LeaderWrite(self.state, shard, line, multi, self.replies, renderer)
-        if not shard.nodes:
+        nodes = shard.nodes
+        if not nodes:
             return Unroutable(shard, multi, renderer)
-        return FannedOut(shard.nodes, line, multi, self.replies, renderer)
+        if len(nodes) == 1:
+            return direct_write(nodes[0], line, multi, self.replies, renderer)
+        return FannedOut(nodes, line, multi, self.replies, renderer)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
               renderer: Callable[[PendingReply], bytes] = render) -> Settling:
-        if not shard.nodes:
+        nodes = shard.nodes
+        if not nodes:
             return Unroutable(shard, multi, renderer)
         if router.leader_writes and router.read_policy == "leader":
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
+        if len(nodes) == 1:
+            return direct_read(nodes[0], line, multi, self.replies, renderer)
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:
