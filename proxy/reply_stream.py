@@ -48,7 +48,7 @@ from memring.netio import nonblocking
 from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
-from memring.proxy.slots import WAITING, Ready, SlicedReply, Slot
+from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
@@ -166,25 +166,29 @@ class ReplyStream:
 
     def reply_arrived(self) -> None:
         """Send the replies that are ready at the head of the queue, without waiting."""
-        if self._drainer is not None or self._closed or len(self.queue) <= self.held:
+        # The hot path of every forwarded reply, called twice a request (after the batch
+        # is issued, and by the reader once the reply came): the head is polled here,
+        # before anything is made for a send or another call.
+        queue = self.queue
+        ready = len(queue) - self.held  # slots whose replies may leave
+        if ready <= 0 or self._drainer is not None or self._closed:
             return
+        reply = queue[0].poll()
+        if reply is WAITING:
+            return  # its backend's reader calls again
         try:
-            self._send_ready()
+            self._send_ready(queue, ready, reply)
         except OSError as exc:
             self.drop(exc)
 
     send_ready = reply_arrived  # the session, after issuing a batch
 
-    def _send_ready(self) -> None:
-        # The hot path of every forwarded reply: the head is polled before anything is
-        # made for a send, the ready slots are polled by index and taken off the queue at
-        # once, and the count of ready slots is kept rather than recounted per slot.
-        queue = self.queue
-        ready = len(queue) - self.held  # slots whose replies may leave
+    def _send_ready(self, queue: list[Slot], ready: int, reply: Poll) -> None:
+        """Send the head's `reply` and the ready replies after it: they are polled by index
+        and taken off the queue at once, the count of ready slots kept, not recounted."""
         flush_size = self._flush_size
         started = self.started
         while ready > 0:
-            reply = queue[0].poll()
             if reply is WAITING:
                 return  # its backend's reader calls again
             if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
@@ -228,6 +232,8 @@ class ReplyStream:
                 return
             if size < flush_size and ready > 0:
                 return  # the next slot waits for a backend
+            if ready > 0:
+                reply = queue[0].poll()
         self._done()
 
     def _start_drainer(self, unsent: bytes | memoryview) -> None:
