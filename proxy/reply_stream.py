@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+from typing import ClassVar
 
 import trio
 
@@ -65,7 +66,7 @@ class ReplyStream:
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
-    _clients = itertools.count()
+    _clients: ClassVar[itertools.count[int]] = itertools.count()
 
     def __init__(self, conn: Connection, server: ConnectionServer, stats: ProxyStats,
                  nursery: trio.Nursery, buffers: BufferBudget, budget: int,
@@ -181,7 +182,9 @@ class ReplyStream:
         except OSError as exc:
             self.drop(exc)
 
-    send_ready = reply_arrived  # the session, after issuing a batch
+    def send_ready(self) -> None:
+        """The session, after issuing a batch."""
+        self.reply_arrived()
 
     def _send_ready(self, queue: list[Slot], ready: int, reply: Poll) -> None:
         """Send the head's `reply` and the ready replies after it: they are polled by index
