@@ -62,7 +62,7 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_observe", "_server", "_stream", "_unsent", "_write_timeout",
+                 "_nursery", "_server", "_stats", "_stream", "_unsent", "_write_timeout",
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
@@ -87,7 +87,7 @@ class ReplyStream:
         self._conn = conn
         self._stream = conn.stream
         self._server = server
-        self._observe = stats.observe_reply
+        self._stats = stats  # each reply's latency (compiled: a native call)
         self._nursery = nursery
         self._buffers = buffers
         self._budget = budget
@@ -197,7 +197,7 @@ class ReplyStream:
             if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
                 self._start_drainer(b"")
                 return
-            self._observe(started)
+            self._stats.observe_reply(started)
             size = len(reply)
             taken = 1
             needs_task = False
@@ -211,7 +211,7 @@ class ReplyStream:
                         needs_task = True
                         break
                     taken += 1
-                    self._observe(started)
+                    self._stats.observe_reply(started)
                     out.append(reply)
                     size += len(reply)
                     if size >= flush_size:
@@ -255,7 +255,7 @@ class ReplyStream:
     async def _drain_queue(self) -> bool:
         """False if the client was dropped."""
         queue = self.queue
-        observe = self._observe
+        observe = self._stats.observe_reply
         flush_size = self._flush_size
         try:
             if self._unsent or self._stream.backlog:  # charged when the fast path handed it over

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
@@ -79,6 +79,8 @@ from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
     AllSayOk,
+    DirectRead,
+    DirectWrite,
     FannedOut,
     Forwarded,
     LeaderRead,
@@ -90,8 +92,6 @@ from memring.proxy.slots import (
     Slot,
     SplitGet,
     Unroutable,
-    direct_read,
-    direct_write,
     meta_get_miss,
     render,
 )
@@ -171,7 +171,9 @@ class ClientSession:
         if not nodes:
             return Unroutable(shard, multi, renderer)
         if len(nodes) == 1:
-            return direct_write(nodes[0], line, multi, self.replies, renderer)
+            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite))
+            write.filter = renderer
+            return write
         return FannedOut(nodes, line, multi, self.replies, renderer)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
@@ -182,7 +184,9 @@ class ClientSession:
         if router.leader_writes and router.read_policy == "leader":
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         if len(nodes) == 1:
-            return direct_read(nodes[0], line, multi, self.replies, renderer)
+            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))
+            read.filter = renderer
+            return read
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import enum
 from collections.abc import Callable
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 import trio
 
@@ -373,20 +373,6 @@ class DirectWrite(DirectReply):
         if not self.done:
             await self.wait()
         return self._settled()
-
-
-def direct_read(node: NodePool, request: bytes, multi: bool, client: ReplyListener,
-                filter: Callable[[PendingReply], bytes] = render) -> DirectRead:
-    reply = cast(DirectRead, node.submit(request, multi, client, DirectRead))
-    reply.filter = filter
-    return reply
-
-
-def direct_write(node: NodePool, request: bytes, multi: bool, client: ReplyListener,
-                 filter: Callable[[PendingReply], bytes] = render) -> DirectWrite:
-    reply = cast(DirectWrite, node.submit(request, multi, client, DirectWrite))
-    reply.filter = filter
-    return reply
 
 
 def _failed_reply(multi: bool, reason: str) -> PendingReply:
