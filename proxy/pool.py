@@ -29,13 +29,8 @@ from collections.abc import Callable
 import trio
 
 from memring.protocol.ascii_auth import Login
-from memring.proxy.backend_connection import (
-    BackendConnection,
-    ConnectionFailed,
-    HandshakeFailed,
-    PendingReply,
-    ReplyListener,
-)
+from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
 
 log = logging.getLogger("memring.proxy")

@@ -70,11 +70,11 @@ from memring.protocol.requests import (
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy import cluster_stats
-from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.binary_batches import GetBatch, issue_batch
 from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.cluster_stats import ClusterStats
 from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,

@@ -27,7 +27,7 @@ from memring.protocol.requests import MetaGet
 from memring.protocol.responses import End, ErrorReply, Value
 from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
-from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.pool import NodePool
 from memring.proxy.router import Shard
 from memring.proxy.state import ProxyState
