@@ -29,7 +29,6 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
@@ -37,54 +36,11 @@ from memring.netio import nonblocking
 from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.ascii_auth import Login, auth_request
-from memring.protocol.reply_shapes import ReplyShape, reply_shape
+from memring.protocol.reply_shapes import reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
-
-
-class ReplyListener(Protocol):
-    """Who is told when a reply is complete (a client's reply stream), and which of a
-    node's connections its requests use."""
-
-    affinity: int
-
-    def reply_arrived(self) -> None: ...
-
-
-class PendingReply:
-    """The reply to one forwarded request, filled in by the connection's reader."""
-
-    __slots__ = ("_event", "deadline", "done", "error", "events", "listener", "multi", "shape")
-
-    def __init__(self, multi: bool, deadline: float, listener: ReplyListener | None = None,
-                 shape: ReplyShape | None = None) -> None:
-        self.multi = multi            # get/gets/gat/gats/stats: events until END
-        self.shape = shape            # what may answer it (None: never sent, failed here)
-        self.deadline = deadline
-        self.events: list[Response] = []
-        self.done = False
-        self.error: str | None = None
-        self._event: trio.Event | None = None  # made only when a task waits
-        self.listener = listener
-
-    def _finish(self) -> None:
-        self.done = True
-        if self._event is not None:
-            self._event.set()
-
-    def fail(self, reason: str) -> None:
-        if not self.done:
-            self.error = reason
-            self._finish()
-            if self.listener is not None:
-                self.listener.reply_arrived()
-
-    async def wait(self) -> None:
-        if not self.done:
-            if self._event is None:
-                self._event = trio.Event()
-            await self._event.wait()
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 
 
 class ConnectionFailed(Exception):
@@ -275,16 +231,17 @@ class BackendConnection:
                 await self._read_forever(stream)
                 nursery.cancel_scope.cancel()
 
-    def submit(self, request: bytes, multi: bool,
-               listener: ReplyListener | None = None) -> PendingReply:
+    def submit(self, request: bytes, multi: bool, listener: ReplyListener | None = None,
+               kind: type[PendingReply] = PendingReply) -> PendingReply:
         """Queue `request`; `listener` hears when its reply is complete (not when it fails
-        here, at once: the caller sees that in the returned reply)."""
+        here, at once: the caller sees that in the returned reply). The reply is a `kind`
+        (a subclass that is also its client's slot: proxy/slots.py `DirectReply`)."""
         if not self.alive:
-            reply = PendingReply(multi, 0.0)
+            reply = kind(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        reply = PendingReply(multi, self._clock.current_time() + self.timeout, listener,
-                             reply_shape(request))
+        reply = kind(multi, self._clock.current_time() + self.timeout, listener,
+                     reply_shape(request))
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)

@@ -26,7 +26,7 @@ from memring.protocol.binary_frames import (
 )
 from memring.protocol.responses import End, ErrorReply, MetaReply, Response, Value
 from memring.protocol.write_refusals import refusal_reason
-from memring.proxy.backend_connection import PendingReply
+from memring.proxy.pending_reply import PendingReply
 from memring.proxy.slots import NEEDS_TASK, WAITING, Poll, Settling, Slot, shard_failed
 from memring.proxy.stats import ProxyStats
 

@@ -50,7 +50,6 @@ from memring.protocol.requests import (
     Stats,
 )
 from memring.protocol.sizes import KEY_MAX_LENGTH
-from memring.proxy.backend_connection import PendingReply
 from memring.proxy.binary_replies import (
     ArithmeticRenderer,
     DeleteRenderer,
@@ -58,6 +57,7 @@ from memring.proxy.binary_replies import (
     StorageRenderer,
     text_reply_frames,
 )
+from memring.proxy.pending_reply import PendingReply
 from memring.proxy.slots import Ready, Settling, Slot, Translated
 from memring.proxy.state import ProxyState
 

@@ -26,7 +26,7 @@ import trio
 
 from memring.netio.connection import Connection
 from memring.protocol.responses import End, Stat
-from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.router import ShardRouter
 from memring.proxy.slots import WAITING, Poll, Slot
 from memring.proxy.state import ProxyState

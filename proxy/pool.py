@@ -29,13 +29,8 @@ from collections.abc import Callable
 import trio
 
 from memring.protocol.ascii_auth import Login
-from memring.proxy.backend_connection import (
-    BackendConnection,
-    ConnectionFailed,
-    HandshakeFailed,
-    PendingReply,
-    ReplyListener,
-)
+from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
 
 log = logging.getLogger("memring.proxy")
@@ -169,8 +164,8 @@ class NodePool:
             if conn is not None:
                 conn.close(reason)
 
-    def submit(self, request: bytes, multi: bool, client: ReplyListener | None = None
-               ) -> PendingReply:
+    def submit(self, request: bytes, multi: bool, client: ReplyListener | None = None,
+               kind: type[PendingReply] = PendingReply) -> PendingReply:
         """Queue `request` on the connection the client's `affinity` picks, so that the
         requests of one client session stay in order on one connection (memcached runs a
         connection's commands in order; a set then a get must not race on two
@@ -184,21 +179,21 @@ class NodePool:
             first = affinity % size
             conn = self._slots[first]
             if conn is not None and conn.alive:
-                return conn.submit(request, multi, client)
+                return conn.submit(request, multi, client, kind)
             if not self._demand.is_set():
                 self._demand.set()
                 self._opening = [True] * size
             if self._opening[first]:
-                reply = PendingReply(multi, trio.current_time() + self.timeout, client)
+                reply = kind(multi, trio.current_time() + self.timeout, client)
                 self._queued[first].append(QueuedRequest(request, multi, reply, affinity))
                 return reply
             for step in range(1, size):
                 conn = self._slots[(first + step) % size]
                 if conn is not None and conn.alive:
-                    return conn.submit(request, multi, client)
+                    return conn.submit(request, multi, client, kind)
         elif not self._demand.is_set():
             self._demand.set()  # ejected and gone idle: asked for again, so probe again
-        reply = PendingReply(multi, 0.0)
+        reply = kind(multi, 0.0)
         reply.fail(f"{self.address} is {'ejected' if self.ejected else 'not connected'}")
         self.counters.errors += 1
         return reply

@@ -41,6 +41,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+from typing import ClassVar
 
 import trio
 
@@ -48,7 +49,7 @@ from memring.netio import nonblocking
 from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
-from memring.proxy.slots import WAITING, Ready, SlicedReply, Slot
+from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
@@ -61,11 +62,11 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_observe", "_server", "_stream", "_unsent", "_write_timeout",
+                 "_nursery", "_server", "_stats", "_stream", "_unsent", "_write_timeout",
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
-    _clients = itertools.count()
+    _clients: ClassVar[itertools.count[int]] = itertools.count()
 
     def __init__(self, conn: Connection, server: ConnectionServer, stats: ProxyStats,
                  nursery: trio.Nursery, buffers: BufferBudget, budget: int,
@@ -86,7 +87,7 @@ class ReplyStream:
         self._conn = conn
         self._stream = conn.stream
         self._server = server
-        self._observe = stats.observe_reply
+        self._stats = stats  # each reply's latency (compiled: a native call)
         self._nursery = nursery
         self._buffers = buffers
         self._budget = budget
@@ -166,31 +167,37 @@ class ReplyStream:
 
     def reply_arrived(self) -> None:
         """Send the replies that are ready at the head of the queue, without waiting."""
-        if self._drainer is not None or self._closed or len(self.queue) <= self.held:
+        # The hot path of every forwarded reply, called twice a request (after the batch
+        # is issued, and by the reader once the reply came): the head is polled here,
+        # before anything is made for a send or another call.
+        queue = self.queue
+        ready = len(queue) - self.held  # slots whose replies may leave
+        if ready <= 0 or self._drainer is not None or self._closed:
             return
+        reply = queue[0].poll()
+        if reply is WAITING:
+            return  # its backend's reader calls again
         try:
-            self._send_ready()
+            self._send_ready(queue, ready, reply)
         except OSError as exc:
             self.drop(exc)
 
-    send_ready = reply_arrived  # the session, after issuing a batch
+    def send_ready(self) -> None:
+        """The session, after issuing a batch."""
+        self.reply_arrived()
 
-    def _send_ready(self) -> None:
-        # The hot path of every forwarded reply: the head is polled before anything is
-        # made for a send, the ready slots are polled by index and taken off the queue at
-        # once, and the count of ready slots is kept rather than recounted per slot.
-        queue = self.queue
-        ready = len(queue) - self.held  # slots whose replies may leave
+    def _send_ready(self, queue: list[Slot], ready: int, reply: Poll) -> None:
+        """Send the head's `reply` and the ready replies after it: they are polled by index
+        and taken off the queue at once, the count of ready slots kept, not recounted."""
         flush_size = self._flush_size
         started = self.started
         while ready > 0:
-            reply = queue[0].poll()
             if reply is WAITING:
                 return  # its backend's reader calls again
             if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
                 self._start_drainer(b"")
                 return
-            self._observe(started)
+            self._stats.observe_reply(started)
             size = len(reply)
             taken = 1
             needs_task = False
@@ -204,7 +211,7 @@ class ReplyStream:
                         needs_task = True
                         break
                     taken += 1
-                    self._observe(started)
+                    self._stats.observe_reply(started)
                     out.append(reply)
                     size += len(reply)
                     if size >= flush_size:
@@ -228,6 +235,8 @@ class ReplyStream:
                 return
             if size < flush_size and ready > 0:
                 return  # the next slot waits for a backend
+            if ready > 0:
+                reply = queue[0].poll()
         self._done()
 
     def _start_drainer(self, unsent: bytes | memoryview) -> None:
@@ -246,7 +255,7 @@ class ReplyStream:
     async def _drain_queue(self) -> bool:
         """False if the client was dropped."""
         queue = self.queue
-        observe = self._observe
+        observe = self._stats.observe_reply
         flush_size = self._flush_size
         try:
             if self._unsent or self._stream.backlog:  # charged when the fast path handed it over

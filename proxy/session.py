@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
@@ -70,15 +70,17 @@ from memring.protocol.requests import (
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, MetaReply, refresh_certs_reply
 from memring.proxy import cluster_stats
-from memring.proxy.backend_connection import PendingReply, ReplyListener
 from memring.proxy.binary_batches import GetBatch, issue_batch
 from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.cluster_stats import ClusterStats
 from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
     AllSayOk,
+    DirectRead,
+    DirectWrite,
     FannedOut,
     Forwarded,
     LeaderRead,
@@ -165,16 +167,26 @@ class ClientSession:
                renderer: Callable[[PendingReply], bytes] = render) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
             return LeaderWrite(self.state, shard, line, multi, self.replies, renderer)
-        if not shard.nodes:
+        nodes = shard.nodes
+        if not nodes:
             return Unroutable(shard, multi, renderer)
-        return FannedOut(shard.nodes, line, multi, self.replies, renderer)
+        if len(nodes) == 1:
+            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite))
+            write.filter = renderer
+            return write
+        return FannedOut(nodes, line, multi, self.replies, renderer)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
               renderer: Callable[[PendingReply], bytes] = render) -> Settling:
-        if not shard.nodes:
+        nodes = shard.nodes
+        if not nodes:
             return Unroutable(shard, multi, renderer)
         if router.leader_writes and router.read_policy == "leader":
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
+        if len(nodes) == 1:
+            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))
+            read.filter = renderer
+            return read
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
 
     def _get(self, router: ShardRouter, request: Get) -> Slot:

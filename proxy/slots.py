@@ -27,7 +27,7 @@ from memring.protocol.requests import MetaGet
 from memring.protocol.responses import End, ErrorReply, Value
 from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
-from memring.proxy.backend_connection import PendingReply, ReplyListener
+from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.pool import NodePool
 from memring.proxy.router import Shard
 from memring.proxy.state import ProxyState
@@ -316,6 +316,65 @@ class FannedOut(Filtered):
         return self._settled()
 
 
+class DirectReply(PendingReply, Slot):
+    """A request to a shard of one node (static topology): the backend connection's reply
+    is the client's slot itself, so a request makes one object on its way, not a reply and
+    a slot that points at it (measured: proxy/conversation.py's get/set path, issue 16)."""
+
+    __slots__ = ("filter",)
+    filter: Callable[[PendingReply], bytes]
+
+    def settled_now(self) -> Settled:
+        return self if self.done else WAITING
+
+    async def settle(self) -> PendingReply:
+        if not self.done:
+            await self.wait()
+        return self
+
+    async def reply(self) -> bytes:
+        return self.filter(await self.settle())
+
+
+class DirectRead(DirectReply):
+    """A read from a shard of one node: nothing to fail over to."""
+
+    __slots__ = ()
+
+    def poll(self) -> Poll:
+        if not self.done:
+            return WAITING
+        events = self.events
+        if self.error is None and len(events) == 2 and type(events[1]) is End:
+            # a one-key get's hit: its block as the backend sent it, then END (what every
+            # renderer of a read makes of values then END)
+            return events[0].encode() + b"END\r\n"
+        return self.filter(self)
+
+
+class DirectWrite(DirectReply):
+    """A write to a shard of one node, which is its leader (as `FannedOut`)."""
+
+    __slots__ = ()
+
+    def settled_now(self) -> Settled:
+        return self._settled() if self.done else WAITING
+
+    def poll(self) -> Poll:
+        return self.filter(self._settled()) if self.done else WAITING
+
+    def _settled(self) -> PendingReply:
+        error = self.error
+        if error is not None and not error.startswith("leader unavailable"):
+            self.error = "leader unavailable: " + error
+        return self
+
+    async def settle(self) -> PendingReply:
+        if not self.done:
+            await self.wait()
+        return self._settled()
+
+
 def _failed_reply(multi: bool, reason: str) -> PendingReply:
     reply = PendingReply(multi, 0.0)
     reply.fail(reason)
@@ -469,7 +528,8 @@ def _not_applied(pending: PendingReply) -> bool:
         retry_at_leader(event.message)
 
 
-Settling = ReadWithFailover | FannedOut | LeaderWrite | LeaderRead | Unroutable
+Settling = (ReadWithFailover | FannedOut | LeaderWrite | LeaderRead | Unroutable | DirectRead
+            | DirectWrite)
 
 
 class AfterWrites(Slot):
