@@ -3,7 +3,7 @@
 Both servers start from nothing for every case, so CAS values (a counter from 1) coincide and
 can be compared exactly. To keep that affordable, the servers for the next cases are started in
 background threads while the current case runs (MEMRING_COMPAT_PRESTART, default 2), backends
-and proxies are forked from a helper that has imported them (tests.helpers.forked_servers), and
+and proxies are forked from a helper that has imported them (tests/compat/conftest.py), and
 each server is stopped with SIGKILL: memcached's SIGTERM path idles for a second, and neither
 holds anything worth a clean shutdown.
 
@@ -196,14 +196,9 @@ atexit.register(close_prestarted)  # backstop; the module fixture normally does 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _prestarted_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Backends and proxies forked from one helper (tests.helpers.forked_servers): this
-    module starts ~800 of them, and their imports were most of its time."""
-    with servers.forking_python_servers(tmp_path_factory.mktemp("fork-server")):
-        try:
-            yield
-        finally:
-            close_prestarted()
+def _prestarted_servers() -> Iterator[None]:
+    yield
+    close_prestarted()
 
 
 def run_on(role: str, factory: ServerFactory, case: Case) -> Exchange:
