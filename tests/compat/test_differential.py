@@ -2,9 +2,10 @@
 
 Both servers start from nothing for every case, so CAS values (a counter from 1) coincide and
 can be compared exactly. To keep that affordable, the servers for the next cases are started in
-background threads while the current case runs (MEMRING_COMPAT_PRESTART, default 2), and each
-server is stopped with SIGKILL: memcached's SIGTERM path idles for a second, and neither holds
-anything worth a clean shutdown.
+background threads while the current case runs (MEMRING_COMPAT_PRESTART, default 2), backends
+and proxies are forked from a helper that has imported them (tests/compat/conftest.py), and
+each server is stopped with SIGKILL: memcached's SIGTERM path idles for a second, and neither
+holds anything worth a clean shutdown.
 
 Set MEMRING_COMPAT_TARGET=memcached to compare memcached against a second memcached, which is
 how the harness itself is validated (any difference there is a flaky case, not a bug).

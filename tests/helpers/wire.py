@@ -11,6 +11,7 @@ every loop a deadline.
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import select
 import socket
@@ -55,6 +56,17 @@ def converse(server: servers.RunningServer, chunks: Iterable[bytes], *,
     the server closes), the server closes, or `timeout` s pass. Sending stops at the close."""
     with connect(server) as sock:
         return drive(sock, chunks, until=until, timeout=timeout, max_reply=max_reply)
+
+
+def converse_together(targets: Sequence[servers.RunningServer], chunks: Sequence[bytes], *,
+                      until: bytes | None = SENTINEL_REPLY, timeout: float = 10.0
+                      ) -> list[Exchange]:
+    """`converse` with each target at once (a thread each), in `targets`' order: a check that
+    every one of them waits out the timeout costs one timeout, not one per target."""
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        futures = [pool.submit(converse, target, chunks, until=until, timeout=timeout)
+                   for target in targets]
+        return [future.result() for future in futures]
 
 
 def drive(sock: socket.socket, chunks: Iterable[bytes], *, until: bytes | None,

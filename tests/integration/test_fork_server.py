@@ -8,6 +8,7 @@ server once the launcher has adopted it).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,67 +99,77 @@ async def test_a_forked_server_is_this_process_child_with_its_exit_status_and_lo
     assert subreaper() == 0
 
 
+@contextlib.contextmanager
+def memring_up(run_root: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`memring up ARGS` in a session of its own, its output (stdout and stderr) on a pipe,
+    its run directory under `run_root`; killed at the end if it still runs."""
+    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, XDG_RUNTIME_DIR=str(run_root)),
+                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        yield up
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(5)
+
+
 @pytest.mark.integration
 @pytest.mark.requires_etcd
 def test_forked_servers_are_the_launchers_children_and_die_with_it(tmp_path: Path) -> None:
     pymemcache = pytest.importorskip("pymemcache.client.base")
     port = servers.free_port()
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
-    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", "1",
-                           "--replicas", "2", "--port", str(port), "--cluster", "forked"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     lines: list[str] = []
     pids: dict[str, int] = {}
     run_dirs: list[str] = []
     try:
-        assert up.stdout is not None
-        reader = threading.Thread(target=lambda: lines.extend(up.stdout or ()), daemon=True)
-        reader.start()
+        with memring_up(tmp_path, "--shards", "1", "--replicas", "2", "--port", str(port),
+                        "--cluster", "forked") as up:
+            assert up.stdout is not None
+            reader = threading.Thread(target=lambda: lines.extend(up.stdout or ()), daemon=True)
+            reader.start()
 
-        def wait_for(prefix: str, within: float) -> None:
-            deadline = time.monotonic() + within
-            while not any(line.startswith(prefix) for line in list(lines)):
-                assert up.poll() is None, f"memring up exited {up.returncode}:\n" + \
-                    "".join(lines)
-                assert time.monotonic() < deadline, f"no {prefix!r}:\n" + "".join(lines)
+            def wait_for(prefix: str, within: float) -> None:
+                deadline = time.monotonic() + within
+                while not any(line.startswith(prefix) for line in list(lines)):
+                    assert up.poll() is None, f"memring up exited {up.returncode}:\n" + \
+                        "".join(lines)
+                    assert time.monotonic() < deadline, f"no {prefix!r}:\n" + "".join(lines)
+                    time.sleep(0.05)
+
+            wait_for("memring up: ready", 45)
+            found = [m for m in map(PID.match, lines) if m]
+            pids = {m.group(2) if m.group(1) != "etcd" else "etcd": int(m.group(3)) for m in found}
+            assert sorted(pids) == ["etcd", "proxy-1", "s1-r1", "s1-r2"], lines
+            run_dirs = [m.group(1) for m in map(LOGS.match, lines) if m]
+            for name, pid in pids.items():  # forked, adopted, and looking as if spawned
+                if name == "etcd":
+                    continue
+                assert parent(pid) == up.pid, name
+                role = "proxy" if name.startswith("proxy") else "backend"
+                assert f"-m\0memring.{role}\0" in Path(f"/proc/{pid}/cmdline").read_text()
+            helpers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                       if alive(pid) and parent(pid) == up.pid and
+                       b"fork_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            assert helpers == []  # the helper left once every server was started
+            client = pymemcache.Client((HOST, port), connect_timeout=5, timeout=5)
+            try:  # the forked backends registered, elected a leader, and serve
+                assert client.set("k", b"v", noreply=False)
+                assert client.get("k") == b"v"
+            finally:
+                client.close()
+
+            os.kill(pids["s1-r2"], signal.SIGKILL)  # the launcher reaps it and says so
+            wait_for("memring up: backend s1-r2 exited with code -9", 10)
+
+            up.kill()  # no stop of its own: each server gets SIGTERM from the kernel
+            up.wait(10)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(alive(pid) for pid in pids.values()):
                 time.sleep(0.05)
-
-        wait_for("memring up: ready", 45)
-        found = [m for m in map(PID.match, lines) if m]
-        pids = {m.group(2) if m.group(1) != "etcd" else "etcd": int(m.group(3)) for m in found}
-        assert sorted(pids) == ["etcd", "proxy-1", "s1-r1", "s1-r2"], lines
-        run_dirs = [m.group(1) for m in map(LOGS.match, lines) if m]
-        for name, pid in pids.items():  # forked, adopted, and looking as if spawned
-            if name == "etcd":
-                continue
-            assert parent(pid) == up.pid, name
-            role = "proxy" if name.startswith("proxy") else "backend"
-            assert f"-m\0memring.{role}\0" in Path(f"/proc/{pid}/cmdline").read_text()
-        helpers = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                   if alive(pid) and parent(pid) == up.pid and
-                   b"fork_server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-        assert helpers == []  # the helper left once every server was started
-        client = pymemcache.Client((HOST, port), connect_timeout=5, timeout=5)
-        try:  # the forked backends registered, elected a leader, and serve
-            assert client.set("k", b"v", noreply=False)
-            assert client.get("k") == b"v"
-        finally:
-            client.close()
-
-        os.kill(pids["s1-r2"], signal.SIGKILL)  # the launcher reaps it and says so
-        wait_for("memring up: backend s1-r2 exited with code -9", 10)
-
-        up.kill()  # no stop of its own: each server gets SIGTERM from the kernel
-        up.wait(10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(alive(pid) for pid in pids.values()):
-            time.sleep(0.05)
-        survivors = [name for name, pid in pids.items() if alive(pid)]
+            survivors = [name for name, pid in pids.items() if alive(pid)]
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(5)
         for pid in pids.values():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
@@ -185,29 +197,23 @@ def test_ctrl_c_while_servers_are_forked_leaves_none(tmp_path: Path) -> None:
     """SIGINT as soon as the first backend is reported, while the rest are being forked:
     `memring up` exits 0 and every server it had forked is stopped and reaped."""
     name = "forkcut"
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
-    up = subprocess.Popen([sys.executable, "-m", "memring.cluster", "up", "--shards", "6",
-                           "--replicas", "2", "--port", str(servers.free_port()), "--cluster",
-                           name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                          stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     lines: list[str] = []
     try:
-        assert up.stdout is not None
-        for line in up.stdout:  # bounded: memring up's output ends when it exits
-            lines.append(line)
-            if line.startswith("memring up: backend"):
-                up.send_signal(signal.SIGINT)
-                break
-        lines.extend(up.stdout)
-        code = up.wait(30)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and cluster_processes(name):
-            time.sleep(0.05)
-        survivors = cluster_processes(name)
+        with memring_up(tmp_path, "--shards", "6", "--replicas", "2", "--port",
+                        str(servers.free_port()), "--cluster", name) as up:
+            assert up.stdout is not None
+            for line in up.stdout:  # bounded: memring up's output ends when it exits
+                lines.append(line)
+                if line.startswith("memring up: backend"):
+                    up.send_signal(signal.SIGINT)
+                    break
+            lines.extend(up.stdout)
+            code = up.wait(30)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and cluster_processes(name):
+                time.sleep(0.05)
+            survivors = cluster_processes(name)
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(5)
         for pid in cluster_processes(name):
             os.kill(pid, signal.SIGKILL)
     text = "".join(lines)

@@ -107,10 +107,10 @@ def test_first_byte_0x80_speaks_binary_as_memcached(running: dict[str, servers.R
                                                    payload: bytes) -> None:
     """memcached -B auto: a first byte 0x80 makes the connection binary; the proxy answers
     (or waits, or closes) as memcached does directly, and its other clients go on."""
-    expected = wire.converse(oracle, [payload], until=None, timeout=2)
-    for kind in KINDS:
-        proxy = running[kind]
-        got = wire.converse(proxy, [payload], until=None, timeout=2)
+    proxies = [running[kind] for kind in KINDS]
+    expected, *answers = wire.converse_together([oracle, *proxies], [payload], until=None,
+                                                timeout=2)
+    for kind, proxy, got in zip(KINDS, proxies, answers, strict=True):
         assert (got.closed, got.timed_out, got.reply) == (
             expected.closed, expected.timed_out, expected.reply), kind
         wire.assert_intact(proxy, {})

@@ -10,19 +10,13 @@ import pytest
 import trio
 
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
+from tests.helpers.socket_pairs import nonblocking_socketpair
 
 pytestmark = pytest.mark.unit
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
 async def test_a_parked_reader_wakes_for_each_new_write() -> None:
-    ours, peer = _pair()
+    ours, peer = nonblocking_socketpair()
     reader = EdgePoller.reader(ours)
     received: list[bytes] = []
     with trio.fail_after(5):
@@ -43,7 +37,7 @@ async def test_a_parked_reader_wakes_for_each_new_write() -> None:
 
 
 async def test_a_full_read_tries_again_and_eof_ends_the_stream() -> None:
-    ours, peer = _pair()
+    ours, peer = nonblocking_socketpair()
     reader = EdgePoller.reader(ours)
     peer.send(b"x" * 10)
     peer.shutdown(socket.SHUT_WR)
@@ -58,7 +52,7 @@ async def test_a_full_read_tries_again_and_eof_ends_the_stream() -> None:
 
 
 async def test_a_parked_reader_is_cancelled_like_any_read() -> None:
-    ours, peer = _pair()
+    ours, peer = nonblocking_socketpair()
     reader = EdgePoller.reader(ours)
     reader.ready = False
     with trio.move_on_after(0.05) as scope:
@@ -73,14 +67,14 @@ async def test_a_parked_reader_is_cancelled_like_any_read() -> None:
 
 
 async def test_a_closed_reader_leaves_the_set_before_its_fd_is_reused() -> None:
-    first, first_peer = _pair()
+    first, first_peer = nonblocking_socketpair()
     old = EdgePoller.reader(first)
     fd = first.fileno()
     old.close()
     first.close()
     first_peer.close()
     # the kernel hands the lowest free fd out again: a new socket may get the same number
-    again, again_peer = _pair()
+    again, again_peer = nonblocking_socketpair()
     new = EdgePoller.reader(again)
     new.ready = False
     old.close()  # closing twice does not take the new socket's registration away

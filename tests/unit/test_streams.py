@@ -3,7 +3,6 @@ that meet a full socket (the backlog), and the end of the stream."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import pytest
@@ -12,15 +11,9 @@ import trio
 from memring.cluster.certificates import CertificateAuthority
 from memring.netio.streams import PlainStream, TlsStream
 from memring.netio.tls import TlsSettings, client_context, server_context
+from tests.helpers.socket_pairs import nonblocking_socketpair
 
 pytestmark = pytest.mark.unit
-
-
-def _pair() -> tuple[socket.socket, socket.socket]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
 
 
 def _tls_pair(ca: CertificateAuthority, *, client_cert: bool = True,
@@ -32,7 +25,7 @@ def _tls_pair(ca: CertificateAuthority, *, client_cert: bool = True,
     client = client_context(TlsSettings(
         cert=str(client_cred.cert) if client_cert else "",
         key=str(client_cred.key) if client_cert else "", ca=str(ca.cert), verify="require"))
-    a, b = _pair()
+    a, b = nonblocking_socketpair()
     return (TlsStream(a, server, server_side=True),
             TlsStream(b, client, server_side=False, server_hostname="127.0.0.1"))
 
@@ -91,7 +84,7 @@ async def test_required_client_certificate(private_ca: CertificateAuthority) -> 
 
 
 async def test_plain_stream_takes_what_the_kernel_takes() -> None:
-    a, b = _pair()
+    a, b = nonblocking_socketpair()
     stream = PlainStream(a)
     taken = stream.send_now(b"x" * 10_000_000)
     assert 0 < taken < 10_000_000

@@ -144,16 +144,19 @@ class Nemesis:
     kinds: list[str]
     hold: tuple[float, float] = (1.0, 4.0)  # how long a fault lasts, seconds
     quiet: tuple[float, float] = (0.5, 2.0)  # between healing and the next fault
+    each_once: bool = False  # every kind once, in a seeded order, then return
     faults: list[FaultRecord] = field(default_factory=list)
     not_whole: int = 0
 
     async def run(self, until: float) -> None:
-        """Faults until `until`, each healed before it returns (also when cancelled)."""
-        while trio.current_time() < until:
+        """Faults until `until` (or until each kind has had its turn, with `each_once`), each
+        healed before it returns (also when cancelled)."""
+        deck = self.rng.sample(self.kinds, len(self.kinds)) if self.each_once else []
+        while trio.current_time() < until and (deck or not self.each_once):
             await trio.sleep(self.rng.uniform(*self.quiet))
             if trio.current_time() >= until:
                 return
-            kind = self.rng.choice(self.kinds)
+            kind = deck.pop() if self.each_once else self.rng.choice(self.kinds)
             record = FaultRecord(kind, "", trio.current_time())
             self.faults.append(record)
             hold = min(self.rng.uniform(*self.hold), max(0.5, until - trio.current_time()))

@@ -17,7 +17,7 @@ import trio
 from tests.helpers.jepsen.deployment import Deployment, deployed
 from tests.helpers.jepsen.history import Op, Outcome
 from tests.helpers.jepsen.nemesis import FAULTS, ClusterMonitor, Election, FaultRecord, Nemesis
-from tests.helpers.jepsen.workload import Client, SharedKeys, final_reads
+from tests.helpers.jepsen.workload import Client, LoadWindow, SharedKeys, final_reads
 
 log = logging.getLogger("memring.jepsen")
 
@@ -34,7 +34,13 @@ class RunConfig:
     shards: int = 2
     replicas: int = 3
     proxies: int = 2
-    hold: tuple[float, float] = (1.0, 4.0)
+    hold: tuple[float, float] = (1.0, 4.0)  # how long a fault lasts, seconds
+    quiet: tuple[float, float] = (0.5, 2.0)  # between a fault's heal and the next fault
+    # Every kind in `faults` once, in a seeded order, and the load stops `tail` seconds after
+    # the last one (the cluster whole again); `seconds` is then only a bound. Otherwise kinds
+    # are drawn at random until `seconds` are over.
+    each_fault_once: bool = False
+    tail: float = 1.0
     mode: str = "sync"  # the backends' --replication
     read_policy: str = "leader"  # round_robin: reads from in-sync followers too
     peer_tls: bool = False  # mutual TLS on the peer links (besides the secret)
@@ -108,15 +114,21 @@ async def run(config: RunConfig) -> RunResult:
                 raise RuntimeError("the cluster did not come up whole: see "
                                    f"{deployment.workdir}")
             nemesis = Nemesis(deployment, monitor, random.Random(rng.random()), config.faults,
-                              hold=config.hold)
+                              hold=config.hold, quiet=config.quiet,
+                              each_once=config.each_fault_once)
             ports = [p.port for p in deployment.proxies]
-            until = trio.current_time() + config.seconds
+            window = LoadWindow(trio.current_time() + config.seconds)
+
+            async def faults_then_tail() -> None:
+                await nemesis.run(window.end)
+                window.end = min(window.end, trio.current_time() + config.tail)
+
             async with trio.open_nursery() as load:
                 for number in range(config.clients):
                     client = Client(number, ports, registers, shared, history.append,
                                     random.Random(rng.random()))
-                    load.start_soon(client.run, until)
-                load.start_soon(nemesis.run, until)
+                    load.start_soon(client.run, window)
+                load.start_soon(faults_then_tail)
             await _heal_everything(deployment, monitor)
             final = await final_reads(ports[0], registers + shared.fresh)
             outer.cancel_scope.cancel()

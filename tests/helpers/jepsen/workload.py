@@ -132,8 +132,15 @@ Recorder = Callable[[Op], None]
 
 
 @dataclass
+class LoadWindow:
+    """When the clients stop: a deadline that the nemesis may bring forward once it is done."""
+
+    end: float
+
+
+@dataclass
 class Client:
-    """One process of the history: a loop of random operations until the deadline."""
+    """One process of the history: a loop of random operations until the window ends."""
 
     number: int
     ports: list[int]  # the proxies; a client keeps to one, moving on after a failure
@@ -150,9 +157,9 @@ class Client:
         self.values = ValueSource(self.number)
         self.port_index = self.number % len(self.ports)
 
-    async def run(self, until: float) -> None:
+    async def run(self, window: LoadWindow) -> None:
         try:
-            while trio.current_time() < until:
+            while trio.current_time() < window.end:
                 await self.step()
         finally:
             await self._drop()
