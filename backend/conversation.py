@@ -20,10 +20,11 @@ import trio
 from memring.backend.commands import CloseConnection, CommandHandler, StartWatching
 from memring.backend.item_dumps import StreamedReply
 from memring.netio.connection import Connection, Handoff, HangUp, Parked, carried_out
+from memring.netio.streams import PlainStream
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
 from memring.protocol.replication import ORIGIN
-from memring.protocol.request_parser import NEED_DATA
+from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
 from memring.protocol.write_points import WritePoints, block_of
 
@@ -63,21 +64,26 @@ class Conversation:
     callback resumes it; a TLS connection, which has its task, awaits the settling in it.
     """
 
-    __slots__ = ("conn", "depends", "event", "handler", "hanging_up", "later", "negotiated",
-                 "next_event", "now", "out", "parser", "points", "quitting", "receive_data",
-                 "replied", "sendable", "served", "server", "settled", "text", "watching")
+    __slots__ = ("conn", "counters", "depends", "event", "handler", "hanging_up", "later",
+                 "negotiated", "next_event", "now", "out", "parser", "points", "quitting",
+                 "receive_data", "replied", "requests", "send", "sendable", "served", "server",
+                 "settled", "text", "watching")
 
     def __init__(self, server: BackendServer, conn: Connection,
                  parser: NegotiatingParser) -> None:
         self.server = server
         self.handler: CommandHandler = server.handler  # native calls when both are compiled
+        self.counters = server.counters
         self.conn = conn
+        # a plain socket's send, called directly (the stream's contract, one call less)
+        self.send = conn.sock.send if type(conn.stream) is PlainStream else None
         self.parser = parser
         self.next_event = parser.next_event  # the chosen parser's, once the first byte came
         self.receive_data = parser.receive_data  # the same
         self.now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
         self.negotiated = False
         self.text: TextParser | None = None  # write points: text only (protocol.write_points)
+        self.requests: RequestParser | None = None  # text without auth: called natively
         self.out: list[bytes] = []  # replies not sent yet; some may wait for the next read
         self.depends = ORIGIN  # the newest unreplicated mutation the replies show
         self.later: list[bytes] = []  # parked: the replies held back until the next write
@@ -91,11 +97,30 @@ class Conversation:
 
     def received(self, data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
         conn = self.conn
-        server = self.server
-        gate = server.gate
+        gate = self.server.gate
         if gate is not None and not self.out:
             conn.mark = gate.commits  # writes so far were other connections'
-        server.counters.bytes_read += len(data)
+        self.counters.bytes_read += len(data)
+        block = ""
+        requests = self.requests
+        if requests is not None:  # the common case, native calls
+            if requests.in_data_block:
+                block = block_of(True, requests.swallowing)
+            requests.receive_data(data)
+        else:
+            block = self._received_other(data)
+        self.points = WritePoints(block=block)
+        self.sendable = self.replied = 0
+        self.event = None
+        self.served = self.quitting = self.watching = self.hanging_up = False
+        wait = self._serve_batch()
+        if wait is not None:
+            return self._finish(wait)
+        return self._end_batch()
+
+    def _received_other(self, data: bytes) -> str:
+        """`received` for the first read, an authenticating or a binary parser: the parser
+        takes `data`; the data block the read began in (protocol.write_points.block_of)."""
         text = self.text
         block = ""
         if text is not None and text.in_data_block:
@@ -109,14 +134,9 @@ class Conversation:
             self.negotiated = True
             if not isinstance(chosen, BinaryRequestParser):
                 self.text = chosen
-        self.points = WritePoints(block=block)
-        self.sendable = self.replied = 0
-        self.event = None
-        self.served = self.quitting = self.watching = self.hanging_up = False
-        wait = self._serve_batch()
-        if wait is not None:
-            return self._finish(wait)
-        return self._end_batch()
+                if isinstance(chosen, RequestParser):
+                    self.requests = chosen
+        return block
 
     def _serve_batch(self) -> Coroutine[Any, Any, None] | None:
         """Answer the complete requests in order; None at the end of the input, or what must
@@ -124,26 +144,28 @@ class Conversation:
         out = self.out
         points = self.points
         text = self.text
+        requests = self.requests
         next_event = self.next_event
-        handle = self.handler.handle
+        handler = self.handler
         gate = self.server.gate
         event: object = self.event
         try:
             while True:
-                event = next_event()
+                event = requests.next_event() if requests is not None else next_event()
                 if event is NEED_DATA:
                     return None
                 self.served = True
                 if text is not None:  # binary replies are written after each read
                     if points.before():
                         self.sendable = len(out)
-                    points.after(event, text.swallow_left)
+                    points.after(event, requests.swallow_left if requests is not None
+                                 else text.swallow_left)
                 if type(event) is Get and len(event.keys) > GET_SLICE:
                     self.event = event
                     return self._multi_get(event)
                 self.replied = len(out)
                 try:
-                    handle(event, out)
+                    handler.handle(event, out)
                 except StreamedReply as dump:
                     self.event = event
                     return self._stream(dump.chunks)
@@ -255,7 +277,16 @@ class Conversation:
         out[:] = held
         if not held:
             self.depends = ORIGIN
-        self.server.counters.bytes_written += len(data)
+        self.counters.bytes_written += len(data)
+        send = self.send
+        if send is not None:
+            try:
+                sent = send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                return self._send_then_end(memoryview(data)[sent:])
+            return None
         stream = self.conn.stream
         sent = stream.send_now(data)
         if sent < len(data) or stream.backlog:
