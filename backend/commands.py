@@ -244,7 +244,17 @@ class CommandHandler:
     # -- retrieval -------------------------------------------------------------------
 
     def get(self, request: Get, out: list[bytes]) -> None:
-        self.values(request, request.keys, out)
+        keys = request.keys
+        if len(keys) == 1 and request.command == b"get" and not self.prefixes.enabled:
+            # the common case: the reply as one bytes object, END included (no join)
+            hit = self.store.fetch(keys[0])
+            if hit is None:
+                out.append(END)
+                return
+            flags, _cas, value = hit
+            out.append(b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (keys[0], flags, len(value), value))
+            return
+        self.values(request, keys, out)
         out.append(END)
 
     def values(self, request: Get, keys: list[bytes], out: list[bytes]) -> None:
@@ -259,20 +269,19 @@ class CommandHandler:
         self._values(request, keys, out)
 
     def _values(self, request: Get, keys: Sequence[bytes], out: list[bytes]) -> None:
-        store = self.store
-        append = out.append
+        store = self.store  # (methods called, not held: compiled, those are native calls)
         if request.command == b"get" or (request.with_cas and not request.touches):
-            fetch = store.fetch
             with_cas = request.with_cas
             for key in keys:
-                hit = fetch(key)
+                hit = store.fetch(key)
                 if hit is None:
                     continue
                 flags, cas, value = hit
                 if with_cas:
-                    append(b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value))
+                    out.append(b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas,
+                                                                 value))
                 else:
-                    append(b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value))
+                    out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value))
         else:
             with_cas = request.with_cas
             touch = request.touches
@@ -281,9 +290,10 @@ class CommandHandler:
                 if item is None:
                     continue
                 if with_cas:
-                    append(b"VALUE %s%s %d\r\n%s\r\n" % (key, item.suffix, item.cas, item.value))
+                    out.append(b"VALUE %s%s %d\r\n%s\r\n" % (key, item.suffix, item.cas,
+                                                              item.value))
                 else:
-                    append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
+                    out.append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
 
     # -- storage ---------------------------------------------------------------------
 
