@@ -220,6 +220,7 @@ class ReadyLoop:
                 self._failed(conn, exc)
                 continue
             if sent < len(data):
+                conn.reading = False  # writing: not idle (stats conns: conn_mwrite)
                 self._remove(conn)
                 self._hand_off(conn, _send_rest(conn, memoryview(data)[sent:]))
         replies.clear()
