@@ -454,7 +454,7 @@ async def test_replies_left_for_the_end_of_a_pass_are_sent_in_order() -> None:
             # more ready connections than ready_loop.PASS_REPLIES: sent mid-pass and at its end
             socks = [await nonblocking.connect("127.0.0.1", port) for _ in range(40)]
             await settled(lambda: len(server.connections()) == 40, "all accepted")
-            for round_number in range(3):
+            for _round in range(3):
                 for sock in socks:
                     await nonblocking.send_all(sock, b"later\nping\n")
                 for sock in socks:
