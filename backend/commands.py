@@ -54,8 +54,9 @@ from memring.protocol.requests import (
 from memring.protocol.responses import TLS_NOT_ENABLED, refresh_certs_reply
 
 END = b"END\r\n"
+STORED = b"STORED\r\n"
 _OUTCOME_REPLY = {
-    Outcome.STORED: b"STORED\r\n",
+    Outcome.STORED: STORED,
     Outcome.NOT_STORED: b"NOT_STORED\r\n",
     Outcome.EXISTS: b"EXISTS\r\n",
     Outcome.NOT_FOUND: b"NOT_FOUND\r\n",
@@ -128,7 +129,9 @@ class CommandHandler:
         self.meta = MetaCommands(store)
         self.binary = BinaryCommands(self)
         self.verbosity = 0
+        self.prefixes = stats.prefixes  # `stats detail`
         self.recorder: WriteRecorder | None = None
+        self.unwrapped = True  # no fence, no recorder: get and set are called directly
         self._handlers: dict[type, Callable[[Any, list[bytes]], None]] = {
             Get: self.get,
             StoreRequest: self.storage,
@@ -170,6 +173,7 @@ class CommandHandler:
         """The handlers: the fence outermost (a refused write reaches neither the store nor
         the recorder), then the recorder. Standalone pays nothing: no fence, no recorder."""
         recorder = self.recorder
+        self.unwrapped = recorder is None and self.fence is None
         for kind, (mutates, hideable) in _MUTATING.items():
             handler = self._unfenced[kind]
             if recorder is not None:
@@ -228,18 +232,35 @@ class CommandHandler:
 
     def handle(self, event: object, out: list[bytes]) -> None:
         """Append the reply of one request to `out`; raises CloseConnection to hang up."""
+        if self.unwrapped:  # the common requests called natively (when compiled)
+            if type(event) is Get:
+                self.get(event, out)
+                return
+            if type(event) is StoreRequest:
+                self.storage(event, out)
+                return
         self._handlers[type(event)](event, out)
 
     # -- retrieval -------------------------------------------------------------------
 
     def get(self, request: Get, out: list[bytes]) -> None:
-        self.values(request, request.keys, out)
+        keys = request.keys
+        if len(keys) == 1 and request.command == b"get" and not self.prefixes.enabled:
+            # the common case: the reply as one bytes object, END included (no join)
+            hit = self.store.fetch(keys[0])
+            if hit is None:
+                out.append(END)
+                return
+            flags, _cas, value = hit
+            out.append(b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (keys[0], flags, len(value), value))
+            return
+        self.values(request, keys, out)
         out.append(END)
 
     def values(self, request: Get, keys: list[bytes], out: list[bytes]) -> None:
         """The VALUE blocks of a retrieval for `keys` (a slice of the request's keys)."""
-        if self.stats.prefixes.enabled:  # stats detail on: each key counted, hit or miss
-            record = self.stats.prefixes.record_get
+        if self.prefixes.enabled:  # stats detail on: each key counted, hit or miss
+            record = self.prefixes.record_get
             for key in keys:
                 before = len(out)
                 self._values(request, (key,), out)
@@ -248,20 +269,19 @@ class CommandHandler:
         self._values(request, keys, out)
 
     def _values(self, request: Get, keys: Sequence[bytes], out: list[bytes]) -> None:
-        store = self.store
-        append = out.append
+        store = self.store  # (methods called, not held: compiled, those are native calls)
         if request.command == b"get" or (request.with_cas and not request.touches):
-            fetch = store.fetch
             with_cas = request.with_cas
             for key in keys:
-                hit = fetch(key)
+                hit = store.fetch(key)
                 if hit is None:
                     continue
                 flags, cas, value = hit
                 if with_cas:
-                    append(b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas, value))
+                    out.append(b"VALUE %s %d %d %d\r\n%s\r\n" % (key, flags, len(value), cas,
+                                                                 value))
                 else:
-                    append(b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value))
+                    out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, flags, len(value), value))
         else:
             with_cas = request.with_cas
             touch = request.touches
@@ -270,23 +290,24 @@ class CommandHandler:
                 if item is None:
                     continue
                 if with_cas:
-                    append(b"VALUE %s%s %d\r\n%s\r\n" % (key, item.suffix, item.cas, item.value))
+                    out.append(b"VALUE %s%s %d\r\n%s\r\n" % (key, item.suffix, item.cas,
+                                                              item.value))
                 else:
-                    append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
+                    out.append(b"VALUE %s%s\r\n%s\r\n" % (key, item.suffix, item.value))
 
     # -- storage ---------------------------------------------------------------------
 
     def storage(self, request: StoreRequest, out: list[bytes]) -> None:
-        if self.stats.prefixes.enabled:
-            self.stats.prefixes.record_set(request.key)
+        if self.prefixes.enabled:
+            self.prefixes.record_set(request.key)
         outcome = self.store.store(request.command, request.key, request.value, request.flags,
                                    request.exptime, request.cas_unique)
-        if not request.noreply:
-            out.append(_OUTCOME_REPLY[outcome])
+        if not request.noreply:  # (an Enum's hash is a Python call: STORED without it)
+            out.append(STORED if outcome is Outcome.STORED else _OUTCOME_REPLY[outcome])
 
     def delete(self, request: Delete, out: list[bytes]) -> None:
-        if self.stats.prefixes.enabled:
-            self.stats.prefixes.record_delete(request.key)
+        if self.prefixes.enabled:
+            self.prefixes.record_delete(request.key)
         deleted = self.store.delete(request.key)
         if not request.noreply:
             out.append(b"DELETED\r\n" if deleted else b"NOT_FOUND\r\n")

@@ -1,4 +1,4 @@
-"""Compile memring's hot synchronous modules in place with mypyc (issue 16), or remove them.
+"""Compile memring's hot modules in place with mypyc (issue 16), or remove them.
 
 Theory of operation: mypyc turns each strictly typed module listed in hot_modules.txt into a
 C extension that sits beside its .py file (protocol/request_parser.cpython-311-x86_64-linux-gnu.so
@@ -11,7 +11,9 @@ manifest still matches its sources is skipped. Nothing is fetched: mypyc ships w
 dependency mypy. A missing compiler or a failed build prints one line and exits 0, leaving the
 .py modules in use, so `make venv` never fails because of it. `--clean` removes it all.
 
-Only synchronous modules are listed (trio code stays interpreted); the profile that chose
+The codec and the store are synchronous; the backend's request path (the ReadyLoop, the
+Conversation) has coroutines too, which mypyc compiles into objects trio runs as any
+coroutine (docs/benchmarks.md "Round three: backend"); the profile that chose
 them is in docs/benchmarks.md.
 """
 

@@ -62,8 +62,9 @@ class ReadyLoop:
         self._hand_off = hand_off
         self._release = release
         self._epoll = select.epoll()
-        # by file descriptor: the connection and what serves its reads
-        self._waiting: dict[int, tuple[Connection, Receiver]] = {}
+        # by file descriptor: the connection, what serves its reads, its socket's recv (held:
+        # no method lookup per read)
+        self._waiting: dict[int, tuple[Connection, Receiver, Callable[[int], bytes]]] = {}
         self._parked: dict[Connection, None] = {}  # out of the set until resumed
         self._resumed: list[tuple[Connection, Resumption]] = []  # for the next pass
         self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
@@ -79,7 +80,7 @@ class ReadyLoop:
         conn.resume = self.resume
         assert conn.receiver is not None  # opened
         fd = conn.sock.fileno()
-        self._waiting[fd] = (conn, conn.receiver)
+        self._waiting[fd] = (conn, conn.receiver, conn.sock.recv)
         self._epoll.register(fd, select.EPOLLIN)
 
     def close(self, conn: Connection) -> None:
@@ -130,9 +131,9 @@ class ReadyLoop:
                     entry = waiting.get(fd)
                     if entry is None:  # a connection closed earlier in the pass is gone
                         continue
-                    conn, receiver = entry
+                    conn, receiver, recv = entry
                     try:
-                        data = conn.sock.recv(read_size)
+                        data = recv(read_size)
                     except BlockingIOError:
                         continue
                     except OSError as exc:
@@ -156,7 +157,7 @@ class ReadyLoop:
                         self._after(conn, outcome)
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
-            for conn, _receiver in list(waiting.values()):
+            for conn, _receiver, _recv in list(waiting.values()):
                 self.close(conn)
             for conn in list(self._parked):
                 self.close(conn)

@@ -1,7 +1,8 @@
 """The backend's ReadyLoop with real processes: a client that does not read its replies is
 handed to a task of its own (the others are served meanwhile, `stats conns` shows it in
 conn_mwrite) and comes back to the loop once the kernel took them; one that hangs up in
-that state is closed and forgotten."""
+that state is closed and forgotten. Small replies, one per read, reach such a client whole
+and in order."""
 
 from __future__ import annotations
 
@@ -83,3 +84,33 @@ def test_a_slow_reader_that_hangs_up_is_closed() -> None:
         _wait_for(lambda: int(wire.stats(server)["curr_connections"]) == before)
         assert "conn_mwrite" not in _conn_states(server)
         assert _ask(server, b"get big\r\n", b"END\r\n") == REPLY
+
+
+SMALL = b"s" * (10 << 10)  # one reply per read, many of them before the kernel refuses one
+SMALL_REPLY = b"VALUE small 0 %d\r\n%s\r\nEND\r\n" % (len(SMALL), SMALL)
+
+
+def test_small_replies_reach_a_slow_reader_whole() -> None:
+    with servers.backend("--memory", "64") as server:
+        assert _ask(server, b"set small 0 0 %d\r\n%s\r\n" % (len(SMALL), SMALL),
+                    b"\r\n") == b"STORED\r\n"
+        with wire.connect(server) as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+            # one get per read, none of the replies read, until the kernel takes one only in
+            # part and the rest of it goes in the connection's own task (conn_mwrite)
+            for asked in range(1, 4001):
+                slow.sendall(b"get small\r\n")
+                time.sleep(0.0005)
+                if asked % 100 == 0 and "conn_mwrite" in _conn_states(server):
+                    break
+            else:
+                pytest.fail("the kernel took 4,000 replies of 10 KB unread")
+            got = bytearray()
+            slow.settimeout(10.0)
+            while len(got) < asked * len(SMALL_REPLY):  # bounded: the timeout ends a stall
+                chunk = slow.recv(1 << 20)
+                assert chunk, "closed before all the replies came"
+                got += chunk
+            assert got == SMALL_REPLY * asked
+            slow.sendall(b"get small\r\n")  # back in the loop
+            assert wire.read_until(slow, b"END\r\n") == SMALL_REPLY
