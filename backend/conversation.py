@@ -12,24 +12,22 @@ mypyc compiles too and trio runs as any coroutine.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from typing import Any, Protocol
 
 import trio
 
 from memring.backend.commands import CloseConnection, CommandHandler, StartWatching
 from memring.backend.item_dumps import StreamedReply
+from memring.backend.stats import ServerCounters
 from memring.netio.connection import Connection, Handoff, HangUp, Parked, carried_out
 from memring.netio.streams import PlainStream
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
-from memring.protocol.replication import ORIGIN
+from memring.protocol.replication import ORIGIN, Position
 from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
 from memring.protocol.write_points import WritePoints, block_of
-
-if TYPE_CHECKING:
-    from memring.backend.server import BackendServer
 
 FLUSH_SIZE = 1 << 20
 GET_SLICE = 64  # keys of one multi-get handled between flushes
@@ -51,6 +49,48 @@ def keys_of(event: object) -> Sequence[bytes]:
     return (key,) if key else ()  # a binary frame without a key has key b""
 
 
+class ReplicationGate(Protocol):
+    """Sync replication: replies that follow a write, or that depend on the state of a key
+    whose newest write the in-sync followers do not hold yet, wait until it is replicated."""
+
+    commits: int  # write batches committed so far; a connection compares it with its mark
+
+    async def settle(self) -> bool:
+        """Wait for the in-sync followers; False if the write will never be acknowledged."""
+
+    def unacknowledged(self, keys: Sequence[bytes], since: Position) -> Position:
+        """The newer of `since` and the newest mutation of `keys` the in-sync followers do
+        not hold yet (ORIGIN: none)."""
+
+    async def settle_reads(self, position: Position) -> bool:
+        """Wait until they hold `position`; False if they never will."""
+
+    def settle_then(self, wrote: bool, depends: Position,
+                    then: Callable[[bool], object]) -> bool | None:
+        """`settle()` if `wrote`, else `settle_reads(depends)`, without awaiting: the verdict
+        if known now, else None and `then(verdict)` is called once when it is known."""
+
+
+class ConversationHost(Protocol):
+    """What a Conversation asks of its server (backend.server.BackendServer): the commands,
+    the counters, the sync gate and the replies that must await."""
+
+    handler: CommandHandler
+    counters: ServerCounters
+    gate: ReplicationGate | None
+
+    async def flush_replies(self, conn: Connection, out: list[bytes],
+                            depends: Position = ORIGIN) -> None: ...
+
+    async def stream_dump(self, conn: Connection, chunks: Generator[bytes, None, None],
+                          out: list[bytes], depends: Position) -> None: ...
+
+    async def hold_watching(self, conn: Connection) -> None: ...
+
+    async def multi_get(self, conn: Connection, request: Get, out: list[bytes],
+                        depends: Position) -> None: ...
+
+
 class Conversation:
     """One client connection's requests: its parser, the replies not sent yet, and the batch
     of one read, served synchronously until something must be awaited (then handed off).
@@ -69,7 +109,7 @@ class Conversation:
                  "receive_data", "replied", "requests", "send", "sendable", "served", "server",
                  "settled", "text", "watching")
 
-    def __init__(self, server: BackendServer, conn: Connection,
+    def __init__(self, server: ConversationHost, conn: Connection,
                  parser: NegotiatingParser) -> None:
         self.server = server
         self.handler: CommandHandler = server.handler  # native calls when both are compiled
@@ -188,17 +228,17 @@ class Conversation:
             return None
 
     async def _multi_get(self, request: Get) -> None:
-        await self.server._multi_get(self.conn, request, self.out, self.depends)
+        await self.server.multi_get(self.conn, request, self.out, self.depends)
         self.depends = ORIGIN  # _multi_get flushed what depended on it
         self.sendable = len(self.out)
 
     async def _stream(self, chunks: Generator[bytes, None, None]) -> None:
-        await self.server._stream(self.conn, chunks, self.out, self.depends)
+        await self.server.stream_dump(self.conn, chunks, self.out, self.depends)
         self.depends = ORIGIN
         self.sendable = len(self.out)
 
     async def _flush_early(self) -> None:
-        await self.server._flush(self.conn, self.out, self.depends)
+        await self.server.flush_replies(self.conn, self.out, self.depends)
         self.depends = ORIGIN
         self.sendable = self.replied = 0
 
@@ -314,7 +354,7 @@ class Conversation:
                 out = self.out
                 held = out[sendable:]
                 del out[sendable:]
-                await self.server._flush(self.conn, out, self.depends)
+                await self.server.flush_replies(self.conn, out, self.depends)
                 out[:] = held
                 if not held:
                     self.depends = ORIGIN
@@ -324,7 +364,7 @@ class Conversation:
 
     async def _flush_then_end(self, held: list[bytes]) -> bool:
         try:
-            await self.server._flush(self.conn, self.out, self.depends)
+            await self.server.flush_replies(self.conn, self.out, self.depends)
         except CloseConnection:
             return False
         self.out[:] = held
@@ -345,5 +385,5 @@ class Conversation:
         return await carried_out(self._after_send())
 
     async def _watch(self) -> bool:
-        await self.server._watch(self.conn)
+        await self.server.hold_watching(self.conn)
         return False

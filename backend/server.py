@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import Protocol
+from collections.abc import Generator
 
 import trio
 
@@ -41,7 +40,7 @@ from memring.backend.commands import (
     CommandHandler,
     WriteFence,
 )
-from memring.backend.conversation import FLUSH_SIZE, GET_SLICE, Conversation
+from memring.backend.conversation import FLUSH_SIZE, GET_SLICE, Conversation, ReplicationGate
 from memring.backend.settings import BackendSettings
 from memring.backend.stats import ConnectionEntry, ServerCounters, StatsReport, socket_text
 from memring.backend.store import Store
@@ -65,28 +64,6 @@ from memring.protocol.sizes import limit_repeats
 log = logging.getLogger("memring.backend")
 
 CRAWL_INTERVAL = 30.0  # seconds between crawls for expired items (Store.crawl_expired)
-
-
-class ReplicationGate(Protocol):
-    """Sync replication: replies that follow a write, or that depend on the state of a key
-    whose newest write the in-sync followers do not hold yet, wait until it is replicated."""
-
-    commits: int  # write batches committed so far; a connection compares it with its mark
-
-    async def settle(self) -> bool:
-        """Wait for the in-sync followers; False if the write will never be acknowledged."""
-
-    def unacknowledged(self, keys: Sequence[bytes], since: Position) -> Position:
-        """The newer of `since` and the newest mutation of `keys` the in-sync followers do
-        not hold yet (ORIGIN: none)."""
-
-    async def settle_reads(self, position: Position) -> bool:
-        """Wait until they hold `position`; False if they never will."""
-
-    def settle_then(self, wrote: bool, depends: Position,
-                    then: Callable[[bool], object]) -> bool | None:
-        """`settle()` if `wrote`, else `settle_reads(depends)`, without awaiting: the verdict
-        if known now, else None and `then(verdict)` is called once when it is known."""
 
 
 class BackendServer:
@@ -201,7 +178,7 @@ class BackendServer:
         if conversation is not None:
             conn.held = conversation.parser.buffered
 
-    async def _flush(self, conn: Connection, out: list[bytes],
+    async def flush_replies(self, conn: Connection, out: list[bytes],
                      depends: Position = ORIGIN) -> None:
         """Send `out`; in sync mode, first wait until this connection's writes replicated,
         and the newest mutation the replies depend on (`depends`, any connection's)."""
@@ -224,7 +201,7 @@ class BackendServer:
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
 
-    async def _stream(self, conn: Connection, chunks: Generator[bytes, None, None],
+    async def stream_dump(self, conn: Connection, chunks: Generator[bytes, None, None],
                       out: list[bytes], depends: Position) -> None:
         """A dump (stats cachedump, lru_crawler metadump) after the replies before it in `out`:
         chunk by chunk, flushed whenever FLUSH_SIZE bytes wait, other connections running
@@ -236,22 +213,22 @@ class BackendServer:
                 for chunk in chunks:  # the generator takes its snapshot on the first chunk
                     out.append(chunk)
                     if sum(map(len, out)) >= FLUSH_SIZE:
-                        await self._flush(conn, out, depends)
+                        await self.flush_replies(conn, out, depends)
                         depends = ORIGIN
                     await trio.lowlevel.checkpoint()
         finally:
             chunks.close()  # a connection gone mid-dump ends the walk (and the crawl's BUSY)
         if depends > ORIGIN:
-            await self._flush(conn, out, depends)
+            await self.flush_replies(conn, out, depends)
 
-    async def _watch(self, conn: Connection) -> None:
+    async def hold_watching(self, conn: Connection) -> None:
         """memcached's conn_watch: OK, then the connection is only held (its input dropped)
         until the client closes it or the server shuts down; memring writes no log lines."""
         admin = self.stats.admin
         admin.watchers += 1
         self._watchers.add(conn)
         try:
-            await self._flush(conn, [b"OK\r\n"])
+            await self.flush_replies(conn, [b"OK\r\n"])
             conn.idle = True  # shutdown closes it at once; never `reading`: no idle timeout
             while not self.connections.closing:
                 if not await conn.stream.recv(nonblocking.READ_SIZE):
@@ -296,7 +273,7 @@ class BackendServer:
         idle = 0 if state == "conn_parse_cmd" else int(now - conn.active)
         return ConnectionEntry(fd, socket_text(addr), socket_text(listen), state, idle)
 
-    async def _multi_get(self, conn: Connection, request: Get, out: list[bytes],
+    async def multi_get(self, conn: Connection, request: Get, out: list[bytes],
                          depends: Position) -> None:
         """A get of many keys, answered a slice at a time so big replies stream; `depends`:
         what the replies before it in `out` depend on."""
@@ -314,8 +291,8 @@ class BackendServer:
             if gate is not None:
                 depends = gate.unacknowledged(chunk, depends)
             if sum(map(len, out)) >= FLUSH_SIZE:
-                await self._flush(conn, out, depends)
+                await self.flush_replies(conn, out, depends)
                 depends = ORIGIN
         out.append(b"END\r\n")
         if depends > ORIGIN:  # the END goes with the batch's last flush: wait here
-            await self._flush(conn, out, depends)
+            await self.flush_replies(conn, out, depends)

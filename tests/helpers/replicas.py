@@ -42,6 +42,19 @@ def dump(node: servers.RunningServer, keys: Sequence[bytes]) -> dict[bytes, Item
     return out
 
 
+def assert_holds_nothing(node: servers.RunningServer, keys: Sequence[bytes]) -> None:
+    """A member no leader's stream reached: its store is empty (`stats` curr_items) and it
+    answers no read of `keys` (a new process refuses reads until it holds a leader's stream:
+    ClusterMember.read_refusal), so `dump` cannot look inside it."""
+    stats = wire.stats(node)
+    assert stats["curr_items"] == "0", stats["curr_items"]
+    assert stats["memring_role"] == "syncing", stats["memring_role"]
+    with wire.connect(node) as sock:
+        reply = pipeline(sock, [b"mg %s v\r\n" % key for key in keys])
+    assert reply.split(b"\r\n")[:-1] == [b"SERVER_ERROR not the leader of shard "
+                                          + stats["memring_shard"].encode()] * len(keys), reply
+
+
 def differences(leader: dict[bytes, Item | None], follower: dict[bytes, Item | None]
                 ) -> list[bytes]:
     bad = []
