@@ -77,12 +77,27 @@ class EtcdGateway:
 
     async def call(self, path: str, payload: dict[str, Any], token: str = "") -> dict[str, Any]:
         """POST `payload` to `path`; the first answer's "result" object. Raises
-        GatewayRefused (etcd's error) or GatewayUnreachable (the connection is closed)."""
+        GatewayRefused (etcd's error) or GatewayUnreachable (the connection is closed).
+
+        Only for idempotent calls (a lease keepalive): a call that fails on a kept connection
+        is sent once more on a new one, as HTTP clients do, since the member may have closed
+        the idle connection (a restarted etcd): without it, the first keepalive after a
+        restart failed, and a leader whose lease had lapsed on its clock lost its session
+        and its shard's leadership (test_etcd_outage)."""
         headers = [("Content-Type", "application/json")]
         if token:
             headers.append(("Authorization", token))
         request = encode_request("POST", path, self.endpoint,
                                  json.dumps(payload).encode(), headers=headers)
+        if self._stream is None:
+            return await self._exchange(request)
+        try:
+            return await self._exchange(request)
+        except GatewayUnreachable:
+            return await self._exchange(request)  # on a new connection (_exchange closed it)
+
+    async def _exchange(self, request: bytes) -> dict[str, Any]:
+        """Send `request` on the kept connection (opened if none) and read its answer."""
         done = False
         try:
             stream = await self._connected()

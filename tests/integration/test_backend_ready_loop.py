@@ -21,6 +21,17 @@ GETS = 40  # 20 MB of replies: far more than the socket buffers hold
 REPLY = b"VALUE big 0 %d\r\n%s\r\nEND\r\n" % (len(VALUE), VALUE)
 
 
+def _receive(sock: socket.socket, size: int) -> bytes:
+    """`size` bytes of replies, each recv bounded by 10 s (a stall fails, never hangs)."""
+    got = bytearray()
+    sock.settimeout(10.0)
+    while len(got) < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "closed before all the replies came"
+        got += chunk
+    return bytes(got)
+
+
 def _ask(server: servers.RunningServer, request: bytes, end: bytes) -> bytes:
     with wire.connect(server) as sock:
         sock.sendall(request)
@@ -59,13 +70,7 @@ def test_a_slow_reader_is_handed_off_and_comes_back() -> None:
             began = time.monotonic()
             assert _ask(server, b"version\r\n", b"\r\n").startswith(b"VERSION ")
             assert time.monotonic() - began < 2.0
-            got = bytearray()
-            slow.settimeout(10.0)
-            while len(got) < GETS * len(REPLY):  # bounded: the timeout ends a stall
-                chunk = slow.recv(1 << 20)
-                assert chunk, "closed before all the replies came"
-                got += chunk
-            assert got == REPLY * GETS
+            assert _receive(slow, GETS * len(REPLY)) == REPLY * GETS
             # back in the loop: served again, no longer writing
             slow.sendall(b"get big\r\n")
             assert wire.read_until(slow, b"END\r\n") == REPLY
@@ -105,12 +110,6 @@ def test_small_replies_reach_a_slow_reader_whole() -> None:
                     break
             else:
                 pytest.fail("the kernel took 4,000 replies of 10 KB unread")
-            got = bytearray()
-            slow.settimeout(10.0)
-            while len(got) < asked * len(SMALL_REPLY):  # bounded: the timeout ends a stall
-                chunk = slow.recv(1 << 20)
-                assert chunk, "closed before all the replies came"
-                got += chunk
-            assert got == SMALL_REPLY * asked
+            assert _receive(slow, asked * len(SMALL_REPLY)) == SMALL_REPLY * asked
             slow.sendall(b"get small\r\n")  # back in the loop
             assert wire.read_until(slow, b"END\r\n") == SMALL_REPLY

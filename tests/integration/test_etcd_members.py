@@ -32,7 +32,7 @@ from memring.cluster.coordinator import (
     Incarnation,
 )
 from memring.cluster.etcd_coordinator import ATTEMPT_TIMEOUT, EtcdCoordinator
-from memring.cluster.etcd_process import EtcdCluster, running_etcd_cluster
+from memring.cluster.etcd_process import EtcdCluster, EtcdProcess, running_etcd_cluster
 from memring.cluster.keyspace import Compare, Op, TxnResult
 from tests.helpers.cluster import SHARD, wait_for
 from tests.helpers.etcd_faults import MembersShard, ShardWatcher, members_shard, node_report
@@ -153,6 +153,13 @@ def test_every_live_lease_revoked_at_once_needs_no_unclean_election(etcd3: EtcdC
             time.sleep(2.0)
             watcher.stop()
         _check_after(shard, watcher, ended)
+
+
+def _a_follower_and_the_others(etcd3: EtcdCluster) -> tuple[EtcdProcess, list[str]]:
+    """A member that does not lead etcd (the one a test freezes), and the others' URLs."""
+    leader = etcd3.leader()
+    member = next(m for m in etcd3.members if m is not leader)
+    return member, [m.url for m in etcd3.members if m is not member]
 
 
 async def _revoke_every_node_lease(shard: MembersShard) -> None:
@@ -279,9 +286,7 @@ async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> N
     revision, without reading the cluster again (a linearizable read waits for etcd's
     leader; a member serves a watch from its own store): every change written meanwhile
     reaches the view, and the only snapshot is the first."""
-    leader = etcd3.leader()
-    member = next(m for m in etcd3.members if m is not leader)
-    others = [m.url for m in etcd3.members if m is not member]
+    member, others = _a_follower_and_the_others(etcd3)
     with trio.fail_after(20):
         async with (EtcdCoordinator.connect(",".join([member.url, *others]),
                                             "resumed-watch") as watcher,
@@ -319,9 +324,7 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
     watch is on frozen: a change written through another member reaches the view within one
     check and one attempt. Unchecked, the view stood still for as long as the member was
     frozen, unless a keepalive or another call of the same client failed first."""
-    leader = etcd3.leader()
-    member = next(m for m in etcd3.members if m is not leader)
-    others = [m.url for m in etcd3.members if m is not member]
+    member, others = _a_follower_and_the_others(etcd3)
     with trio.fail_after(20):
         async with (EtcdCoordinator.connect(",".join([member.url, *others]),
                                             "checked-watch") as watcher,
