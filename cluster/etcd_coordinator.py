@@ -485,12 +485,7 @@ class EtcdCoordinator(Coordinator):
         while True:
             generation = self._token_generation
             index, stub = self._stub(kind)
-            if resends:
-                wait = min(limit, self.attempt_timeout)
-            elif resent:
-                wait = max(self.attempt_timeout, started + limit - trio.current_time())
-            else:
-                wait = limit
+            wait = self._attempt_wait(limit, started, resends, resent)
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
@@ -507,6 +502,16 @@ class EtcdCoordinator(Coordinator):
                 resent = True
                 await self._to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
+
+    def _attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
+        """An attempt's timeout within a call of `limit` s begun at `started`: one
+        `attempt_timeout` while a resend remains, the rest of `limit` (at least one attempt's)
+        for the resend, else the whole `limit`."""
+        if resends:
+            return min(limit, self.attempt_timeout)
+        if resent:
+            return max(self.attempt_timeout, started + limit - trio.current_time())
+        return limit
 
     async def _status(self, index: int, timeout: float) -> Status | None:
         """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
@@ -581,12 +586,7 @@ class EtcdCoordinator(Coordinator):
         while True:
             generation = self._token_generation
             index = self._current
-            if resends:
-                wait = min(timeout, self.attempt_timeout)
-            elif resent:
-                wait = max(self.attempt_timeout, started + timeout - trio.current_time())
-            else:
-                wait = timeout
+            wait = self._attempt_wait(timeout, started, resends, resent)
             try:
                 result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
                                                   wait)
