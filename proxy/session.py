@@ -79,6 +79,8 @@ from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
     AllSayOk,
+    DirectLeaderRead,
+    DirectLeaderWrite,
     DirectRead,
     DirectWrite,
     FannedOut,
@@ -94,6 +96,7 @@ from memring.proxy.slots import (
     Unroutable,
     meta_get_miss,
     render,
+    to_leader,
 )
 from memring.proxy.state import ProxyState
 
@@ -166,6 +169,10 @@ class ClientSession:
     def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
                renderer: Callable[[PendingReply], bytes] = render) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
+            direct = to_leader(DirectLeaderWrite, self.state, shard, line, multi, self.replies,
+                               renderer)
+            if direct is not None:
+                return direct
             return LeaderWrite(self.state, shard, line, multi, self.replies, renderer)
         nodes = shard.nodes
         if not nodes:
@@ -182,6 +189,10 @@ class ClientSession:
         if not nodes:
             return Unroutable(shard, multi, renderer)
         if router.leader_writes and router.read_policy == "leader":
+            direct = to_leader(DirectLeaderRead, self.state, shard, line, multi, self.replies,
+                               renderer)
+            if direct is not None:
+                return direct
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         if len(nodes) == 1:
             read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))

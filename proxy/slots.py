@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import enum
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 import trio
 
@@ -405,7 +405,10 @@ class LeaderWrite(Filtered):
     __slots__ = ("client", "filter", "multi", "name", "pending", "request", "state", "target")
 
     def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
-                 client: ReplyListener, filter: Callable[[PendingReply], bytes] = render) -> None:
+                 client: ReplyListener | None, filter: Callable[[PendingReply], bytes] = render,
+                 first: PendingReply | None = None) -> None:
+        """`first`: the reply of the shard's leader the request was sent to already (a
+        `DirectLeaderReply` handing over to this slow path), else sent here if it can be."""
         self.state = state
         self.name = shard.name
         self.request = request
@@ -414,7 +417,10 @@ class LeaderWrite(Filtered):
         self.filter = filter
         self.pending: PendingReply | None = None
         self.target: NodePool | None = None  # the leader the write went to
-        if shard.has_leader and shard.nodes[0].available:
+        if first is not None:
+            self.target = shard.nodes[0]
+            self.pending = first
+        elif shard.has_leader and shard.nodes[0].available:
             self.target = shard.nodes[0]
             self.pending = self.target.submit(request, multi, client)
 
@@ -519,6 +525,115 @@ class LeaderRead(LeaderWrite):
 REFUSED_PAUSE = 0.02  # before a write refused as "not the leader" goes to the same node again
 
 
+class DirectLeaderReply(PendingReply, Slot):
+    """Cluster mode, the shard's leader connected: the backend connection's reply to the
+    leader is the client's slot itself, as `DirectRead` is for a node of its own (one object
+    per request, no slot that points at a reply). A reply that needs the slow path (a
+    refusal to retry at the next leader; for a read, a failure too) hands over to the
+    `slow` slot kind in `settle()`, which awaits a new leader and asks it, as if the
+    request had been issued as that slot."""
+
+    __slots__ = ("filter", "request", "shard", "state", "taken_over")
+    filter: Callable[[PendingReply], bytes]
+    request: bytes
+    shard: Shard
+    state: ProxyState
+    taken_over: LeaderWrite | None  # the slow path, once a retry was needed
+
+    def settled_now(self) -> Settled:
+        if not self.done:
+            return WAITING
+        taken_over = self.taken_over
+        if taken_over is not None:
+            return taken_over.settled_now()
+        if self._retry():
+            return NEEDS_TASK
+        return self
+
+    def _retry(self) -> bool:
+        raise NotImplementedError
+
+    def _slow(self) -> LeaderWrite:
+        raise NotImplementedError
+
+    async def settle(self) -> PendingReply:
+        if not self.done:
+            await self.wait()
+        taken_over = self.taken_over
+        if taken_over is None:
+            if not self._retry():
+                return self
+            taken_over = self.taken_over = self._slow()
+        return await taken_over.settle()
+
+    async def reply(self) -> bytes:
+        return self.filter(await self.settle())
+
+
+class DirectLeaderWrite(DirectLeaderReply):
+    """A write to a connected leader (`LeaderWrite` without the slot object)."""
+
+    __slots__ = ()
+
+    def poll(self) -> Poll:
+        if not self.done:
+            return WAITING
+        if self.taken_over is not None or _not_applied(self):
+            return NEEDS_TASK
+        return self.filter(self)
+
+    def _retry(self) -> bool:
+        return _not_applied(self)
+
+    def _slow(self) -> LeaderWrite:
+        return LeaderWrite(self.state, self.shard, self.request, self.multi, self.listener,
+                           self.filter, first=self)
+
+
+class DirectLeaderRead(DirectLeaderReply):
+    """A read from a connected leader (`LeaderRead` without the slot object); a one-key
+    get's hit leaves as the backend's VALUE block and END (as `DirectRead`)."""
+
+    __slots__ = ()
+
+    def poll(self) -> Poll:
+        if not self.done:
+            return WAITING
+        events = self.events
+        if self.error is None and len(events) == 2 and type(events[1]) is End:
+            return events[0].encode() + b"END\r\n"
+        if self.taken_over is not None or self.error is not None or _not_applied(self):
+            return NEEDS_TASK
+        return self.filter(self)
+
+    def _retry(self) -> bool:
+        return self.error is not None or _not_applied(self)
+
+    def _slow(self) -> LeaderWrite:
+        return LeaderRead(self.state, self.shard, self.request, self.multi, self.listener,
+                          self.filter, first=self)
+
+
+def to_leader(kind: type[DirectLeaderReply], state: ProxyState, shard: Shard, request: bytes,
+              multi: bool, client: ReplyListener,
+              filter: Callable[[PendingReply], bytes]) -> DirectLeaderReply | None:
+    """`request` sent to the shard's leader as a `kind` slot, if the leader is known and
+    the client's connection to it is up; None otherwise (the caller makes the slow slot,
+    which waits for a reachable leader)."""
+    if not shard.has_leader:
+        return None
+    reply = shard.nodes[0].submit_connected(request, multi, client, kind)
+    if reply is None:
+        return None
+    slot = cast(DirectLeaderReply, reply)
+    slot.filter = filter
+    slot.request = request
+    slot.shard = shard
+    slot.state = state
+    slot.taken_over = None
+    return slot
+
+
 def _not_applied(pending: PendingReply) -> bool:
     events = pending.events
     if pending.error is not None or len(events) != 1:
@@ -529,7 +644,7 @@ def _not_applied(pending: PendingReply) -> bool:
 
 
 Settling = (ReadWithFailover | FannedOut | LeaderWrite | LeaderRead | Unroutable | DirectRead
-            | DirectWrite)
+            | DirectWrite | DirectLeaderReply)
 
 
 class AfterWrites(Slot):
