@@ -73,16 +73,19 @@ from memring.proxy import cluster_stats
 from memring.proxy.binary_batches import GetBatch, issue_batch
 from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.cluster_stats import ClusterStats
+from memring.proxy.direct_slots import (
+    DirectLeaderRead,
+    DirectLeaderWrite,
+    DirectRead,
+    DirectWrite,
+    to_leader,
+)
 from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
     AllSayOk,
-    DirectLeaderRead,
-    DirectLeaderWrite,
-    DirectRead,
-    DirectWrite,
     FannedOut,
     Forwarded,
     LeaderRead,
@@ -96,7 +99,6 @@ from memring.proxy.slots import (
     Unroutable,
     meta_get_miss,
     render,
-    to_leader,
 )
 from memring.proxy.state import ProxyState
 

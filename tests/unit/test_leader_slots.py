@@ -18,19 +18,12 @@ import trio
 
 from memring.cluster.static_topology import NodeSpec
 from memring.proxy.buffer_budget import BufferBudget
+from memring.proxy.direct_slots import DirectLeaderRead, DirectLeaderWrite, to_leader
 from memring.proxy.pending_reply import PendingReply
 from memring.proxy.pool import NodePool
 from memring.proxy.router import Shard, ShardRouter
 from memring.proxy.settings import ProxySettings
-from memring.proxy.slots import (
-    NEEDS_TASK,
-    WAITING,
-    DirectLeaderRead,
-    DirectLeaderWrite,
-    LeaderWrite,
-    render,
-    to_leader,
-)
+from memring.proxy.slots import NEEDS_TASK, WAITING, LeaderWrite, render
 from memring.proxy.state import ProxyState
 from memring.proxy.stats import ProxyStats
 
