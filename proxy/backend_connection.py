@@ -235,7 +235,7 @@ class BackendConnection:
                kind: type[PendingReply] = PendingReply) -> PendingReply:
         """Queue `request`; `listener` hears when its reply is complete (not when it fails
         here, at once: the caller sees that in the returned reply). The reply is a `kind`
-        (a subclass that is also its client's slot: proxy/slots.py `DirectReply`)."""
+        (a subclass that is also its client's slot: proxy/direct_slots.py)."""
         if not self.alive:
             reply = kind(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")

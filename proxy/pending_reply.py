@@ -2,9 +2,9 @@
 
 Theory of operation: `BackendConnection.submit` makes a `PendingReply` per request and its
 reader fills it in (the events, or the error that failed it) in request order; the client's
-`ReplyStream` is its `ReplyListener`. Kept apart from proxy/backend_connection.py, which is
-compiled with mypyc: a compiled class cannot have interpreted subclasses, and the one-node
-slots (proxy/slots.py `DirectRead`, `DirectWrite`) are PendingReply subclasses.
+`ReplyStream` is its `ReplyListener`. Compiled with mypyc (build_support/hot_modules.txt)
+with its subclasses, the one-object slots (proxy/direct_slots.py), which a compiled class
+needs: it can have no interpreted subclass.
 """
 
 from __future__ import annotations

@@ -198,6 +198,19 @@ class NodePool:
         self.counters.errors += 1
         return reply
 
+    def submit_connected(self, request: bytes, multi: bool, client: ReplyListener,
+                         kind: type[PendingReply]) -> PendingReply | None:
+        """`submit` when the client's own connection is up (the common case, and the only
+        one a cluster leader's fast path takes); None when it is not (ejected, dormant,
+        connecting, lost): the caller takes the path that can wait."""
+        if self.ejected:
+            return None
+        conn = self._slots[client.affinity % self.size]
+        if conn is None or not conn.alive:
+            return None
+        self.counters.requests += 1
+        return conn.submit(request, multi, client, kind)
+
     def _opened(self, index: int, conn: BackendConnection) -> None:
         self._opening[index] = False
         queued, self._queued[index] = self._queued[index], []

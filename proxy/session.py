@@ -73,14 +73,19 @@ from memring.proxy import cluster_stats
 from memring.proxy.binary_batches import GetBatch, issue_batch
 from memring.proxy.binary_requests import delete_request, issue_binary
 from memring.proxy.cluster_stats import ClusterStats
+from memring.proxy.direct_slots import (
+    DirectLeaderRead,
+    DirectLeaderWrite,
+    DirectRead,
+    DirectWrite,
+    to_leader,
+)
 from memring.proxy.dumps import CRAWLER_REFUSED, CRAWLER_SETTINGS, ShardDump
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.router import NoShards, Shard, ShardRouter
 from memring.proxy.slots import (
     AfterWrites,
     AllSayOk,
-    DirectRead,
-    DirectWrite,
     FannedOut,
     Forwarded,
     LeaderRead,
@@ -166,6 +171,10 @@ class ClientSession:
     def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
                renderer: Callable[[PendingReply], bytes] = render) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
+            direct = to_leader(DirectLeaderWrite, self.state, shard, line, multi, self.replies,
+                               renderer)
+            if direct is not None:
+                return direct
             return LeaderWrite(self.state, shard, line, multi, self.replies, renderer)
         nodes = shard.nodes
         if not nodes:
@@ -182,6 +191,10 @@ class ClientSession:
         if not nodes:
             return Unroutable(shard, multi, renderer)
         if router.leader_writes and router.read_policy == "leader":
+            direct = to_leader(DirectLeaderRead, self.state, shard, line, multi, self.replies,
+                               renderer)
+            if direct is not None:
+                return direct
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         if len(nodes) == 1:
             read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))

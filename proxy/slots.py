@@ -6,7 +6,9 @@ bytes, WAITING (a backend reply is still on its way; the client's `reply_arrived
 it), or NEEDS_TASK (only `reply()`, awaited in a task, can make it: a read failing over to
 the next node, a write waiting for a leader or retried after a refusal). `reply()` gives the
 same bytes as a successful `poll()`. Most slots are `Filtered`: one settled `PendingReply`
-passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
+passed through a renderer (the client's `noreply`/meta `q` decide what it sees). The
+commonest are no slot object at all: a request to a one-node shard, or to a cluster shard's
+connected leader, is its backend reply (proxy/direct_slots.py, compiled).
 
 A multi-get (`SplitGet`) asks each distinct key once and keeps one encoded VALUE block per
 distinct key; a reply bigger than SLICE_SIZE is a `SlicedReply`, rendered a slice at a time
@@ -19,7 +21,7 @@ from __future__ import annotations
 import base64
 import enum
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import trio
 
@@ -153,7 +155,7 @@ def shard_failed(reply: PendingReply) -> bool:
     """The shard gave no answer: no live node, ejected, timed out, or no leader (the
     proxy's own error, or a leader's refusal that could not be asked again in time). A
     SERVER_ERROR a live node sent is its answer, not this."""
-    return reply.error is not None or _not_applied(reply)
+    return reply.error is not None or not_applied(reply)
 
 
 class MissOnShardError:
@@ -192,8 +194,10 @@ def meta_get_miss(request: MetaGet) -> bytes:
     return b" ".join(parts) + b"\r\n"
 
 
-class Slot:
-    """One request's place in the reply order."""
+class Slot(Protocol):
+    """One request's place in the reply order. A protocol, subclassed for its defaults by
+    the slot kinds here and elsewhere: the one-object kinds (proxy/direct_slots.py) are
+    compiled `PendingReply` subclasses, which cannot also subclass an interpreted class."""
 
     __slots__ = ()
 
@@ -316,65 +320,6 @@ class FannedOut(Filtered):
         return self._settled()
 
 
-class DirectReply(PendingReply, Slot):
-    """A request to a shard of one node (static topology): the backend connection's reply
-    is the client's slot itself, so a request makes one object on its way, not a reply and
-    a slot that points at it (measured: proxy/conversation.py's get/set path, issue 16)."""
-
-    __slots__ = ("filter",)
-    filter: Callable[[PendingReply], bytes]
-
-    def settled_now(self) -> Settled:
-        return self if self.done else WAITING
-
-    async def settle(self) -> PendingReply:
-        if not self.done:
-            await self.wait()
-        return self
-
-    async def reply(self) -> bytes:
-        return self.filter(await self.settle())
-
-
-class DirectRead(DirectReply):
-    """A read from a shard of one node: nothing to fail over to."""
-
-    __slots__ = ()
-
-    def poll(self) -> Poll:
-        if not self.done:
-            return WAITING
-        events = self.events
-        if self.error is None and len(events) == 2 and type(events[1]) is End:
-            # a one-key get's hit: its block as the backend sent it, then END (what every
-            # renderer of a read makes of values then END)
-            return events[0].encode() + b"END\r\n"
-        return self.filter(self)
-
-
-class DirectWrite(DirectReply):
-    """A write to a shard of one node, which is its leader (as `FannedOut`)."""
-
-    __slots__ = ()
-
-    def settled_now(self) -> Settled:
-        return self._settled() if self.done else WAITING
-
-    def poll(self) -> Poll:
-        return self.filter(self._settled()) if self.done else WAITING
-
-    def _settled(self) -> PendingReply:
-        error = self.error
-        if error is not None and not error.startswith("leader unavailable"):
-            self.error = "leader unavailable: " + error
-        return self
-
-    async def settle(self) -> PendingReply:
-        if not self.done:
-            await self.wait()
-        return self._settled()
-
-
 def _failed_reply(multi: bool, reason: str) -> PendingReply:
     reply = PendingReply(multi, 0.0)
     reply.fail(reason)
@@ -405,7 +350,10 @@ class LeaderWrite(Filtered):
     __slots__ = ("client", "filter", "multi", "name", "pending", "request", "state", "target")
 
     def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
-                 client: ReplyListener, filter: Callable[[PendingReply], bytes] = render) -> None:
+                 client: ReplyListener | None, filter: Callable[[PendingReply], bytes] = render,
+                 first: PendingReply | None = None) -> None:
+        """`first`: the reply of the shard's leader the request was sent to already (a
+        `DirectLeaderReply` handing over to this slow path), else sent here if it can be."""
         self.state = state
         self.name = shard.name
         self.request = request
@@ -414,7 +362,10 @@ class LeaderWrite(Filtered):
         self.filter = filter
         self.pending: PendingReply | None = None
         self.target: NodePool | None = None  # the leader the write went to
-        if shard.has_leader and shard.nodes[0].available:
+        if first is not None:
+            self.target = shard.nodes[0]
+            self.pending = first
+        elif shard.has_leader and shard.nodes[0].available:
             self.target = shard.nodes[0]
             self.pending = self.target.submit(request, multi, client)
 
@@ -457,7 +408,7 @@ class LeaderWrite(Filtered):
     def _retry(pending: PendingReply) -> bool:
         """Whether the next leader may be asked: the write was refused before it was applied
         (a write that got no answer may have been applied: never sent twice)."""
-        return _not_applied(pending)
+        return not_applied(pending)
 
     def settled_now(self) -> Settled:
         pending = self.pending
@@ -499,7 +450,7 @@ class LeaderRead(LeaderWrite):
 
     @staticmethod
     def _retry(pending: PendingReply) -> bool:
-        return pending.error is not None or _not_applied(pending)
+        return pending.error is not None or not_applied(pending)
 
     async def settle(self) -> PendingReply:
         """Within one leader_wait_ms from now: a failed read is asked again, not the wait."""
@@ -519,7 +470,7 @@ class LeaderRead(LeaderWrite):
 REFUSED_PAUSE = 0.02  # before a write refused as "not the leader" goes to the same node again
 
 
-def _not_applied(pending: PendingReply) -> bool:
+def not_applied(pending: PendingReply) -> bool:
     events = pending.events
     if pending.error is not None or len(events) != 1:
         return False
@@ -528,8 +479,13 @@ def _not_applied(pending: PendingReply) -> bool:
         retry_at_leader(event.message)
 
 
-Settling = (ReadWithFailover | FannedOut | LeaderWrite | LeaderRead | Unroutable | DirectRead
-            | DirectWrite)
+class Settling(Slot, Protocol):
+    """A slot whose reply is one settled `PendingReply` (a part of a multi-get or of
+    flush_all): the `Filtered` kinds and the one-object ones of proxy/direct_slots.py."""
+
+    def settled_now(self) -> Settled: ...
+
+    async def settle(self) -> PendingReply: ...
 
 
 class AfterWrites(Slot):
