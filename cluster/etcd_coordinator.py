@@ -68,7 +68,7 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.etcd_grpc import details as _details
 from memring.cluster.etcd_grpc import etcdrpc, grpc, kv_pb2
-from memring.cluster.etcd_leader import Status, answering_leader
+from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
@@ -345,7 +345,9 @@ class EtcdCoordinator(Coordinator):
 
     def _fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
-        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
+        failed longest ago (never-failed ones first, in order after `index`; a member silent
+        in a leader search counts as failed then). Call from trio. Where a call can wait for
+        a search, `_move_from` chooses better."""
         self._failed_at[index] = time.monotonic()
         if len(self.endpoints) == 1 or index != self._current:
             return
@@ -426,8 +428,10 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                error = self._error(index, exc, wait, fail_over=not resends)
+                error = self._error(index, exc, wait, fail_over=False)
                 if not isinstance(error, CoordinatorUnavailable) or not resends:
+                    if isinstance(error, CoordinatorUnavailable):
+                        await self._move_from(index)
                     raise error from None
                 resends -= 1
                 resent = True
@@ -464,11 +468,28 @@ class EtcdCoordinator(Coordinator):
                         "next member", self._url(index), self.attempt_timeout)
             self._fail_over(index)
 
+    async def _move_from(self, failed: int) -> None:
+        """A call on endpoint `failed` ended unanswered, with no resend left: unless another
+        call moved us meanwhile, one round of the leader search picks where the next calls go
+        (`_to_answering_leader`). Moving blindly went to the member that failed longest ago,
+        often the frozen etcd leader itself: nothing had been sent to it yet."""
+        if len(self.endpoints) == 1 or failed != self._current:
+            self._failed_at[failed] = time.monotonic()
+            return
+        await self._to_answering_leader(failed, trio.current_time())
+
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
-        etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
-        else the next endpoint."""
-        leader = await answering_leader(self._status, len(self.endpoints), deadline)
+        etcd and answers (`failed` itself if only our call was slow), found by `deadline` (at
+        least one round of Status asked); else the next endpoint, never one found silent
+        unless all are."""
+        silent: set[int] = set()
+        leader = await answering_leader(
+            self._status, len(self.endpoints),
+            max(deadline, trio.current_time() + ROUND_TIMEOUT), silent)
+        now = time.monotonic()
+        for index in silent:
+            self._failed_at[index] = now
         if leader is None:
             self._fail_over(failed)
             return

@@ -14,7 +14,9 @@ without waiting for a frozen member's), else, once the round is over, by those a
 the highest term. The resend then goes straight to it, right after the election. A member
 silent in a round is not asked again: a frozen one handles every request queued for it when
 it resumes. A member that only lost our connection (its answers held) is no leader we can
-use: the search gives up and the caller falls back to its next endpoint. gRPC stays in
+use: the search gives up and the caller falls back to its next endpoint, one that answered
+if any did (a blind next endpoint was often the frozen etcd leader: never asked, never
+failed; docs/scaling.md, "Round four"). gRPC stays in
 cluster.etcd_coordinator (it must import grpc first): this module gets a function that asks
 one member.
 """
@@ -74,11 +76,13 @@ async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
     return (found[0] if found else _named_in_highest_term(answers)), answers
 
 
-async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int | None:
+async def answering_leader(ask: AskStatus, count: int, give_up_at: float,
+                           silent: set[int] | None = None) -> int | None:
     """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
     silent in one round is not asked again (a frozen one would only pile up requests to
-    handle when it resumes), unless every member was."""
-    silent: set[int] = set()
+    handle when it resumes), unless every member was; `silent` (if given) gets their
+    indexes, for the caller's fall-back to avoid them."""
+    silent = set() if silent is None else silent
     while True:
         now = trio.current_time()
         if now >= give_up_at:
