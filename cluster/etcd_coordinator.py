@@ -68,7 +68,12 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.etcd_grpc import details as _details
 from memring.cluster.etcd_grpc import etcdrpc, grpc, kv_pb2
-from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
+from memring.cluster.etcd_leader import (
+    ROUND_TIMEOUT,
+    Status,
+    answering_leader,
+    first_answering,
+)
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
@@ -470,9 +475,10 @@ class EtcdCoordinator(Coordinator):
 
     async def _move_from(self, failed: int) -> None:
         """A call on endpoint `failed` ended unanswered, with no resend left: unless another
-        call moved us meanwhile, one round of the leader search picks where the next calls go
-        (`_to_answering_leader`). Moving blindly went to the member that failed longest ago,
-        often the frozen etcd leader itself: nothing had been sent to it yet."""
+        call moved us meanwhile, the next calls go to the first other member that answers
+        (`_to_answering_leader` with no time to search). Moving blindly went to the member
+        that failed longest ago, often the frozen etcd leader itself: nothing had been sent
+        to it yet."""
         if len(self.endpoints) == 1 or failed != self._current:
             self._failed_at[failed] = time.monotonic()
             return
@@ -480,13 +486,20 @@ class EtcdCoordinator(Coordinator):
 
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
-        etcd and answers (`failed` itself if only our call was slow), found by `deadline` (at
-        least one round of Status asked); else the next endpoint, never one found silent
-        unless all are."""
+        etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
+        with no time left, the first other member that answers; else the next endpoint,
+        never one found silent unless all are."""
+        if deadline <= trio.current_time():
+            others = [i for i in range(len(self.endpoints)) if i != failed]
+            answering = await first_answering(self._status, others, ROUND_TIMEOUT)
+            self._failed_at[failed] = time.monotonic()
+            if answering is None:
+                self._fail_over(failed)
+            else:
+                self._make_current(answering)
+            return
         silent: set[int] = set()
-        leader = await answering_leader(
-            self._status, len(self.endpoints),
-            max(deadline, trio.current_time() + ROUND_TIMEOUT), silent)
+        leader = await answering_leader(self._status, len(self.endpoints), deadline, silent)
         now = time.monotonic()
         for index in silent:
             self._failed_at[index] = now

@@ -12,7 +12,13 @@ import trio.testing
 from memring.cluster.coordinator import CoordinatorUnavailable
 from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_grpc import grpc
-from memring.cluster.etcd_leader import POLL, ROUND_TIMEOUT, Status, answering_leader
+from memring.cluster.etcd_leader import (
+    POLL,
+    ROUND_TIMEOUT,
+    Status,
+    answering_leader,
+    first_answering,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -84,6 +90,14 @@ async def test_the_search_reports_the_silent_members(
     silent: set[int] = set()
     assert await answering_leader(members.ask, 3, give_up_at=0.2, silent=silent) is None
     assert silent == {1}
+
+
+async def test_the_first_answer_decides_without_waiting_for_a_frozen_member(
+        autojump_clock: trio.testing.MockClock) -> None:
+    members = Members(((20, 2), None, (20, 2)))
+    assert await first_answering(members.ask, [1, 2], ROUND_TIMEOUT) == 2
+    assert trio.current_time() < ROUND_TIMEOUT / 2
+    assert await first_answering(members.ask, [1], ROUND_TIMEOUT) is None
 
 
 # EtcdCoordinator's move after a call its member left unanswered, over the same scripted
