@@ -507,6 +507,8 @@ class EtcdCoordinator(Coordinator):
             self._failed_at[index] = now
         if leader is None:
             self._fail_over(failed)
+            if self._current in silent:  # another call's blind move went there meanwhile
+                self._fail_over(self._current)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()
