@@ -68,11 +68,7 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.etcd_grpc import details as _details
 from memring.cluster.etcd_grpc import etcdrpc, grpc, kv_pb2
-from memring.cluster.etcd_leader import (
-    Status,
-    answering_leader,
-    first_answering,
-)
+from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
@@ -349,9 +345,7 @@ class EtcdCoordinator(Coordinator):
 
     def _fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
-        failed longest ago (never-failed ones first, in order after `index`; a member silent
-        in a leader search counts as failed then). Call from trio. Where a call can wait for
-        a search, `_move_from` chooses better."""
+        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
         self._failed_at[index] = time.monotonic()
         if len(self.endpoints) == 1 or index != self._current:
             return
@@ -432,10 +426,8 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self._renew_token(generation)
                     continue
-                error = self._error(index, exc, wait, fail_over=False)
+                error = self._error(index, exc, wait, fail_over=not resends)
                 if not isinstance(error, CoordinatorUnavailable) or not resends:
-                    if isinstance(error, CoordinatorUnavailable):
-                        await self._move_from(index)
                     raise error from None
                 resends -= 1
                 resent = True
@@ -472,43 +464,13 @@ class EtcdCoordinator(Coordinator):
                         "next member", self._url(index), self.attempt_timeout)
             self._fail_over(index)
 
-    async def _move_from(self, failed: int) -> None:
-        """A call on endpoint `failed` ended unanswered, with no resend left: unless another
-        call moved us meanwhile, the next calls go to the first other member that answers
-        (`_to_answering_leader` with no time to search). Moving blindly went to the member
-        that failed longest ago, often the frozen etcd leader itself: nothing had been sent
-        to it yet."""
-        if len(self.endpoints) == 1 or failed != self._current:
-            self._failed_at[failed] = time.monotonic()
-            return
-        await self._to_answering_leader(failed, trio.current_time())
-
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
-        with no time left, the first other member that answers; else the next endpoint,
-        never one found silent unless all are."""
-        if deadline <= trio.current_time():
-            others = [i for i in range(len(self.endpoints)) if i != failed]
-            # a loaded member's Status can take over a round's 0.1 s: then the blind move
-            # below went to the frozen member (benchmark, round four); the first answer
-            # still ends the wait at once
-            answering = await first_answering(self._status, others, self.attempt_timeout)
-            self._failed_at[failed] = time.monotonic()
-            if answering is None:
-                self._fail_over(failed)
-            else:
-                self._make_current(answering)
-            return
-        silent: set[int] = set()
-        leader = await answering_leader(self._status, len(self.endpoints), deadline, silent)
-        now = time.monotonic()
-        for index in silent:
-            self._failed_at[index] = now
+        else the next endpoint."""
+        leader = await answering_leader(self._status, len(self.endpoints), deadline)
         if leader is None:
             self._fail_over(failed)
-            if self._current in silent:  # another call's blind move went there meanwhile
-                self._fail_over(self._current)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()

@@ -14,12 +14,7 @@ without waiting for a frozen member's), else, once the round is over, by those a
 the highest term. The resend then goes straight to it, right after the election. A member
 silent in a round is not asked again: a frozen one handles every request queued for it when
 it resumes. A member that only lost our connection (its answers held) is no leader we can
-use: the search gives up and the caller falls back to its next endpoint, one that answered
-if any did (a blind next endpoint was often the frozen etcd leader: never asked, never
-failed; docs/scaling.md, "Round four"). A call with no time left for a search (a keepalive,
-a call that failed for good) moves to the first other member that answers (`first_answering`):
-a round waits out the frozen member's Status, and in the benchmark that wait delayed
-keepalives enough to lose sessions. gRPC stays in
+use: the search gives up and the caller falls back to its next endpoint. gRPC stays in
 cluster.etcd_coordinator (it must import grpc first): this module gets a function that asks
 one member.
 """
@@ -79,13 +74,11 @@ async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
     return (found[0] if found else _named_in_highest_term(answers)), answers
 
 
-async def answering_leader(ask: AskStatus, count: int, give_up_at: float,
-                           silent: set[int] | None = None) -> int | None:
+async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int | None:
     """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
     silent in one round is not asked again (a frozen one would only pile up requests to
-    handle when it resumes), unless every member was; `silent` (if given) gets their
-    indexes, for the caller's fall-back to avoid them."""
-    silent = set() if silent is None else silent
+    handle when it resumes), unless every member was."""
+    silent: set[int] = set()
     while True:
         now = trio.current_time()
         if now >= give_up_at:
@@ -97,20 +90,3 @@ async def answering_leader(ask: AskStatus, count: int, give_up_at: float,
             return leader
         silent.update(i for i in indexes if i not in answers)
         await trio.sleep(min(POLL, max(0.0, give_up_at - trio.current_time())))
-
-
-async def first_answering(ask: AskStatus, indexes: list[int], timeout: float) -> int | None:
-    """The first of the members at `indexes` to answer its Status within `timeout` (one that
-    answers is not frozen), or None: where a call with no time left for the search goes
-    next, at the cost of the quickest answer (~1 ms), not of a round."""
-    found: list[int] = []
-
-    async def ask_one(index: int, done: trio.CancelScope) -> None:
-        if await ask(index, timeout) is not None:
-            found.append(index)
-            done.cancel()
-
-    async with trio.open_nursery() as nursery:
-        for index in indexes:
-            nursery.start_soon(ask_one, index, nursery.cancel_scope)
-    return found[0] if found else None

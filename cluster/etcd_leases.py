@@ -63,7 +63,6 @@ class LeaseHost(Protocol):
     def _stale_token(self, code: Any, details: str) -> bool: ...
     async def _renew_token(self, generation: int) -> None: ...
     def _fail_over(self, index: int) -> None: ...
-    async def _move_from(self, failed: int) -> None: ...
     async def _to_answering_leader(self, failed: int, deadline: float) -> None: ...
     def _attempt_wait(self, limit: float, started: float, resends: int,
                       resent: bool) -> float: ...
@@ -155,18 +154,19 @@ class EtcdLeases:
                     renewed = True
                     await self._host._renew_token(generation)
                     continue
-                error = self._host._error_of(index, code, exc.message, wait, fail_over=False)
+                error = self._host._error_of(index, code, exc.message, wait,
+                                             fail_over=not resends)
             except GatewayUnreachable as exc:
-                error = self._unreachable(index, exc, wait)
+                error = self._unreachable(index, exc, wait, fail_over=not resends)
             else:
                 if int(result.get("ID", 0)) == lease_id:
                     return float(result.get("TTL", 0))  # etcd leaves out a TTL of 0: gone
                 error = CoordinatorUnavailable(
                     f"etcd at {self._host._url(index)} answered a keepalive of lease "
                     f"{lease_id:x} for another lease: {result.get('ID')!r}")
+                if not resends:
+                    self._host._fail_over(index)
             if not isinstance(error, CoordinatorUnavailable) or not resends:
-                if isinstance(error, CoordinatorUnavailable):
-                    await self._host._move_from(index)
                 raise error
             resends -= 1
             resent = True
@@ -202,16 +202,17 @@ class EtcdLeases:
                                    "--etcd-ca, --etcd-cert and --etcd-key") from None
         return self._tls
 
-    def _unreachable(self, index: int, exc: GatewayUnreachable,
-                     timeout: float) -> CoordinatorError:
-        """The CoordinatorError for a gateway call that got no answer from endpoint `index`
-        (the caller moves off it)."""
+    def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
+                     fail_over: bool) -> CoordinatorError:
+        """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
         url = self._host._url(index)
         if exc.tls_refused:
             return AccessDenied(
                 f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
                 "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
                 "and --etcd-key")
+        if fail_over:
+            self._host._fail_over(index)
         return CoordinatorUnavailable(
             f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
             "running there?")

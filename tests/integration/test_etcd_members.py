@@ -235,29 +235,6 @@ async def test_calls_leave_a_frozen_member_after_one_attempt(etcd3: EtcdCluster,
                 assert revoked < coordinator.call_timeout + 0.25
 
 
-async def test_a_write_through_a_follower_never_moves_to_the_frozen_etcd_leader(
-        etcd3: EtcdCluster) -> None:
-    """A write (sent once) through a follower while etcd's leader is frozen goes unanswered
-    (the follower forwards it to the leader); the coordinator then moves to a member that
-    answers, never to the frozen leader. Before, it moved to the member that had failed
-    longest ago: the frozen leader, to which nothing had been sent yet."""
-    leader, (follower, other) = etcd3.leader(), _a_follower_and_the_others(etcd3)
-    assert leader is not None
-    urls = ",".join([follower.url, leader.url, *(u for u in other if u != leader.url)])
-    with trio.fail_after(20):
-        async with EtcdCoordinator.connect(urls, "frozen-write", call_timeout=0.2,
-                                           attempt_timeout=0.2) as coordinator:
-            assert coordinator.url == follower.url
-            leader.pause()
-            try:
-                with pytest.raises(CoordinatorUnavailable):  # etcd elects in ~350 ms
-                    await coordinator.put_config(ClusterConfig(lease_ttl=3.0))
-                moved_to = coordinator.url
-            finally:
-                leader.resume()
-            assert moved_to != leader.url
-
-
 class _LosesCampaignAnswers(EtcdCoordinator):
     """From the campaign's txn on, the answers of `link` (its first endpoint) are held: the
     txn reaches etcd and is applied, its answer is lost."""
