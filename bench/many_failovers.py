@@ -284,6 +284,7 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     return {"t0": t0, "t0_wall": t0_wall, "end": last + args.after,
             "old": {s: n.node_id for s, n in old.items()},
             "elected": elected, "first": first, "etcd_paused": etcd_leader is not None,
+            "frozen_url": etcd_leader.url if etcd_leader is not None else None,
             "etcd_during": etcd_rates.rates(before, after)}
 
 
@@ -323,6 +324,28 @@ def failover_steps(log_dir: Path, sid: str, old: str, new: str, t0_wall: float
         found[name] = next((round((when - t0_wall) * 1000) for when, message in cache[path]
                             if text in message), None)
     return found
+
+
+# a coordinator's log lines naming the member it moves to (cluster.etcd_coordinator)
+CLIENT_MOVE = re.compile(r"(?:again through|moving the watch to) (\S+)")
+
+
+def client_moves(log_dir: Path, frozen_url: str, t0_wall: float, resumed_wall: float,
+                 until_wall: float) -> dict[str, int]:
+    """In every kept log: while etcd's leader was frozen, how often a client moved to another
+    etcd member (a call resent, a watch moved) and how often to the frozen one; from the
+    fault to `until_wall`, how many processes lost their session."""
+    moves = to_frozen = lost = 0
+    for path in sorted(log_dir.glob("*.log")):
+        events = [(w, m) for w, m in log_events(path, t0_wall) if w <= until_wall]
+        for when, message in events:
+            match = CLIENT_MOVE.search(message)
+            if match is not None and when <= resumed_wall:
+                moves += 1
+                to_frozen += match[1].rstrip(".,;") == frozen_url
+        lost += any(message.startswith("session ") and " lost: " in message
+                    for _, message in events)
+    return {"moves": moves, "to_frozen_member": to_frozen, "processes_lost_session": lost}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -403,6 +426,11 @@ def run(args: argparse.Namespace) -> int:
         "lost_acked_writes": len(lost),
         "not_read_back_at_first": first_pass,
     }
+    if args.keep_logs and timings["frozen_url"]:  # the fault's window: to the bench's `end`
+        summary["etcd_clients"] = client_moves(Path(args.keep_logs), timings["frozen_url"],
+                                               timings["t0_wall"],
+                                               timings["t0_wall"] + args.etcd_pause,
+                                               timings["t0_wall"] + end - t0)
     result.update({"settings": {k: v for k, v in vars(args).items() if k not in ("json",)},
                    "victims": rows, "other_shards_gap_ms": gaps, "summary": summary,
                    "etcd": etcd, "etcd_paused": timings["etcd_paused"],
@@ -432,6 +460,12 @@ def run(args: argparse.Namespace) -> int:
                                         "proxy_routed_ms", "first_write_ms")]
             print(f"| {r['shard']} | " + " | ".join("-" if c is None else str(c)
                                                      for c in cells) + " |")
+        if "etcd_clients" in summary:
+            clients = summary["etcd_clients"]
+            print(f"\nWhile etcd's leader was frozen, etcd clients moved {clients['moves']} "
+                  f"times, {clients['to_frozen_member']} of them to the frozen member; to "
+                  f"{round((end - t0) * 1000)} ms after the fault "
+                  f"{clients['processes_lost_session']} processes lost their session")
         print()
     for name, figures in etcd.items():
         print(f"etcd {name}: {figures['requests_per_s']} requests/s "

@@ -6,11 +6,9 @@ endpoint is retried at once rather than shunned for minutes, and a broken watch 
 its error. gRPC is blocking, so each unary call runs in a worker thread via
 `trio.to_thread.run_sync(..., abandon_on_cancel=True)`; a cancelled caller returns at once and
 the thread ends by its gRPC deadline (trio keeps idle worker threads for reuse, so calls made
-more often than every 10 s start no new thread). Lease keepalives, the one call made every
-0.67 s for good, skip gRPC: they are POSTs to etcd's JSON gateway on the same client port over
-one kept HTTP/1.1 connection on a trio socket (cluster.etcd_gateway), so an idle backend
-wakes no thread but trio's for them (through gRPC's sync stack each crossed a worker thread,
-gRPC's request thread and its event engine: docs/scaling.md, "round three"). A watch is one
+more often than every 10 s start no new thread). The lease calls (grant, keepalive, revoke)
+live in cluster.etcd_leases, which this coordinator owns (`leases`); keepalives skip gRPC
+there. A watch is one
 bidirectional stream read by a thread that
 hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
 closing the watch cancels the gRPC call, which ends the thread.
@@ -40,15 +38,7 @@ token. What then still fails, a wrong password, a missing permission, a rejected
 is `AccessDenied`, naming the setting to fix; it is never taken for an outage
 (`CoordinatorUnavailable`), which callers retry forever.
 
-gRPC's fork support is turned off before grpc is imported. A process holding this client also
-spawns processes (`memring up`, the benchmarks), and `subprocess.Popen` with a `preexec_fn`
-forks rather than vforks, which runs gRPC's fork handlers: in the child they restart the event
-engine's poller before exec, `close_fds` then closes its epoll fd, and the child aborts
-(SIGABRT, "Epoll1Poller ... epoll_wait error: Bad file descriptor"; grpc/grpc#43055); in the
-parent the prefork handler sometimes never returns. Measured on 2 busy cores, 600 spawns a
-run: with a coordinator open, 8 and 6 children aborted; with one opened and closed before each
-spawn (as the benchmarks do), the parent hung in 3 runs of 3; with fork support off, 0 of 2,400
-aborted and none hung. Every child memring forks execs at once: nothing needs gRPC across it.
+grpc and etcd3 come from cluster.etcd_grpc, which turns gRPC's fork support off first.
 """
 
 from __future__ import annotations
@@ -56,9 +46,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import queue
-import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -66,13 +53,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-# before grpc is imported (see the module docstring); a setting in the environment wins
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
-import grpc  # type: ignore[import-untyped]
 import trio
-from etcd3 import etcdrpc  # type: ignore[import-untyped]
-from etcd3.etcdrpc import kv_pb2  # type: ignore[import-untyped]
 
 from memring.cluster.coordinator import (
     AccessDenied,
@@ -85,13 +66,10 @@ from memring.cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
-from memring.cluster.etcd_gateway import (
-    EtcdGateway,
-    GatewayRefused,
-    GatewayUnreachable,
-    tls_context,
-)
+from memring.cluster.etcd_grpc import details as _details
+from memring.cluster.etcd_grpc import etcdrpc, grpc, kv_pb2
 from memring.cluster.etcd_leader import Status, answering_leader
+from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
     Compare,
@@ -104,11 +82,6 @@ from memring.cluster.keyspace import (
     WatchBatch,
     prefix_end,
 )
-
-# gRPC's blocking calls wait in slices of 0.1 s, for a main thread to see signals between
-# them; ours wait in worker threads, which gRPC wakes when their call moves: the slices only
-# woke an idle watch's thread 10 times a second (docs/scaling.md, "Idle cost")
-grpc._common.MAXIMUM_WAIT_TIMEOUT = 3600.0
 
 T = TypeVar("T")
 log = logging.getLogger("memring.cluster")
@@ -128,11 +101,6 @@ _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
 _OPS = {"==": etcdrpc.Compare.EQUAL, "!=": etcdrpc.Compare.NOT_EQUAL,
         "<": etcdrpc.Compare.LESS, ">": etcdrpc.Compare.GREATER}
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # the gateway's numbers
-KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
-# etcd 3.4.10+ answers a gateway request made with a client certificate that has a common name
-# so (HTTP 400; embed/serve.go, for CVE-2020-15136: the gateway cannot pass the name on)
-_CN_REFUSED = "CommonName of client sending a request against gateway"
 # Reconnect quickly after etcd restarts (gRPC's default backoff grows to 2 minutes).
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -181,12 +149,6 @@ def _channel(endpoint: str, scheme: str, security: EtcdSecurity) -> grpc.Channel
     return grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
 
 
-def _details(exc: grpc.RpcError) -> tuple[Any, str]:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    return code, details or ""
-
-
 # etcd's rpctypes errors this client acts on (etcd 3.4 api/v3rpc/rpctypes/error.go)
 _INVALID_TOKEN = "invalid auth token"
 _OLD_AUTH_REVISION = "revision of auth store is old"
@@ -223,31 +185,6 @@ def _compare(c: Compare) -> Any:
     return msg
 
 
-class _KeepAliveStream:
-    """One LeaseKeepAlive stream on one endpoint, kept open for every lease's keepalives (one
-    in flight at a time: etcd answers a stream's requests in order). gRPC consumes the request
-    iterator in one thread for the stream's life."""
-
-    def __init__(self, stub: Any, index: int, metadata: Any, generation: int) -> None:
-        self.index = index
-        self.generation = generation  # of the token it was opened with
-        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
-        self.closed = False
-
-    def renew(self, request: Any) -> Any:
-        """In a worker thread: send one keepalive, return its response (None: the stream
-        ended). Raises grpc.RpcError, also when `close()` cancels the stream meanwhile."""
-        self._requests.put(request)
-        return next(self._call, None)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._requests.put(None)
-            self._call.cancel()
-
-
 class _WatchRefused(AccessDenied):
     """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
     token, which it reports the same way)."""
@@ -277,13 +214,7 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
-        self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
-        self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
-        # etcd 3.4's gateway refuses every client certificate that has a common name
-        # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
-        self.keepalive_gateway = True
-        self._keepalives: _KeepAliveStream | None = None
-        self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
+        self.leases = EtcdLeases(self)
         self._closed = False
 
     @classmethod
@@ -564,180 +495,13 @@ class EtcdCoordinator(Coordinator):
         return TxnResult(bool(response.succeeded), int(response.header.revision))
 
     async def _grant(self, ttl: float) -> tuple[int, float]:
-        request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
-        response = await self._unary(etcdrpc.LeaseStub, "LeaseGrant", request)
-        if response.error:
-            raise CoordinatorError(f"etcd at {self.url} refused a lease: {response.error}")
-        return int(response.ID), float(response.TTL)
+        return await self.leases.grant(ttl)
 
     async def _keepalive(self, lease_id: int, *, timeout: float) -> float:
-        """One keepalive through etcd's JSON gateway (no thread), within `timeout` of its
-        send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
-        attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
-        and answers; a token etcd calls stale is renewed once."""
-        if not self.keepalive_gateway:
-            return await self._keepalive_stream_call(lease_id, timeout=timeout)
-        started = trio.current_time()
-        resends = 1 if len(self.endpoints) > 1 else 0
-        resent = False
-        renewed = not self.security.user
-        if not renewed and not self._token:
-            await self._renew_token(self._token_generation)
-        while True:
-            generation = self._token_generation
-            index = self._current
-            wait = self._attempt_wait(timeout, started, resends, resent)
-            try:
-                result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
-                                                  wait)
-            except GatewayRefused as exc:
-                if _CN_REFUSED in exc.message:
-                    log.info("etcd at %s refuses gateway calls from a client certificate with "
-                             "a common name: lease keepalives go over gRPC", self._url(index))
-                    self.keepalive_gateway = False
-                    return await self._keepalive_stream_call(
-                        lease_id, timeout=max(0.0, started + timeout - trio.current_time()))
-                code = _STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
-                if not renewed and self._stale_token(code, exc.message):
-                    renewed = True
-                    await self._renew_token(generation)
-                    continue
-                error = self._error_of(index, code, exc.message, wait, fail_over=not resends)
-            except GatewayUnreachable as exc:
-                error = self._unreachable(index, exc, wait, fail_over=not resends)
-            else:
-                if int(result.get("ID", 0)) == lease_id:
-                    return float(result.get("TTL", 0))  # etcd leaves out a TTL of 0: gone
-                error = CoordinatorUnavailable(
-                    f"etcd at {self._url(index)} answered a keepalive of lease {lease_id:x} "
-                    f"for another lease: {result.get('ID')!r}")
-                if not resends:
-                    self._fail_over(index)
-            if not isinstance(error, CoordinatorUnavailable) or not resends:
-                raise error
-            resends -= 1
-            resent = True
-            await self._to_answering_leader(index, started + timeout - self.attempt_timeout)
-            log.info("%s; sending the keepalive again through %s", error, self.url)
-
-    async def _gateway_call(self, index: int, path: str, payload: dict[str, Any],
-                            timeout: float) -> dict[str, Any]:
-        """One call to endpoint `index`'s gateway on the kept connection (made anew when the
-        endpoint changed); the wait for another keepalive counts in `timeout`."""
-        if self._closed:
-            raise CoordinatorError("the etcd coordinator is closed")
-        try:
-            with trio.fail_after(timeout):
-                async with self._keepalive_lock:
-                    if self._gateway is None or self._gateway[0] != index:
-                        if self._gateway is not None:
-                            await self._gateway[1].aclose()
-                        self._gateway = (index, EtcdGateway(self.endpoints[index],
-                                                            self._tls_context()))
-                    return await self._gateway[1].call(path, payload, self._token)
-        except trio.TooSlowError:
-            raise GatewayUnreachable("no answer") from None
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """The gateway's TLS context for https:// endpoints (the gRPC channels' files)."""
-        if self.scheme == "https" and self._tls is None:
-            try:
-                self._tls = tls_context(self.security)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise AccessDenied(f"the TLS files for etcd do not load ({exc}): check "
-                                   "--etcd-ca, --etcd-cert and --etcd-key") from None
-        return self._tls
-
-    def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
-                     fail_over: bool) -> CoordinatorError:
-        """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
-        url = self._url(index)
-        if exc.tls_refused:
-            return AccessDenied(
-                f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
-                "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
-                "and --etcd-key")
-        if fail_over:
-            self._fail_over(index)
-        return CoordinatorUnavailable(
-            f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
-            "running there?")
-
-    async def _keepalive_stream_call(self, lease_id: int, *, timeout: float) -> float:
-        """A keepalive over a kept gRPC LeaseKeepAlive stream (`_KeepAliveStream`), where
-        the gateway refuses our client certificate."""
-        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
-        renewed = not self.security.user
-        if not renewed and not self._token:
-            await self._renew_token(self._token_generation)
-        while True:
-            generation = self._token_generation
-            stream: _KeepAliveStream | None = None
-            try:
-                with trio.fail_after(timeout):
-                    async with self._keepalive_lock:
-                        stream = self._keepalive_stream()
-                        answered = False
-                        try:
-                            response = await trio.to_thread.run_sync(
-                                stream.renew, request, abandon_on_cancel=True)
-                            answered = True
-                        finally:
-                            if not answered:  # its thread may still wait on the stream:
-                                self._close_keepalives(stream)  # never read it twice at once
-            except trio.TooSlowError:
-                if stream is None:  # another keepalive held the stream that long
-                    raise CoordinatorUnavailable(
-                        f"etcd at {self.url}: no keepalive answered within {timeout:g}s"
-                    ) from None
-                self._close_keepalives(stream)
-                self._fail_over(stream.index)
-                raise CoordinatorUnavailable(
-                    f"etcd at {self._url(stream.index)} did not answer a keepalive within "
-                    f"{timeout:g}s; is etcd running there?") from None
-            except grpc.RpcError as exc:
-                assert stream is not None
-                self._close_keepalives(stream)
-                if not renewed and self._stale_token(*_details(exc)):
-                    renewed = True
-                    await self._renew_token(generation)
-                    continue
-                raise self._error(stream.index, exc, timeout) from None
-            if response is None or int(response.ID) != lease_id:
-                self._close_keepalives(stream)
-                self._fail_over(stream.index)
-                raise CoordinatorUnavailable(
-                    f"etcd at {self._url(stream.index)} ended the keepalive stream")
-            return float(response.TTL)
-
-    def _keepalive_stream(self) -> _KeepAliveStream:
-        """The open keepalive stream, opened anew on the current endpoint with the current
-        token if the endpoint or the token changed."""
-        stream = self._keepalives
-        if stream is not None and (stream.index != self._current
-                                   or stream.generation != self._token_generation):
-            self._close_keepalives(stream)
-            stream = None
-        if stream is None:
-            index, stub = self._stub(etcdrpc.LeaseStub)
-            stream = self._keepalives = _KeepAliveStream(stub, index, self._metadata(),
-                                                         self._token_generation)
-        return stream
-
-    def _close_keepalives(self, stream: _KeepAliveStream) -> None:
-        stream.close()
-        if self._keepalives is stream:
-            self._keepalives = None
+        return await self.leases.keepalive(lease_id, timeout=timeout)
 
     async def revoke(self, lease_id: int) -> bool:
-        # sent again after an unanswered attempt: revoking twice is harmless (the second
-        # finds the lease gone: False)
-        try:
-            await self._unary(etcdrpc.LeaseStub, "LeaseRevoke",
-                              etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
-        except LeaseNotFound:
-            return False
-        return True
+        return await self.leases.revoke(lease_id)
 
     @asynccontextmanager
     async def _watch_raw(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
@@ -871,10 +635,7 @@ class EtcdCoordinator(Coordinator):
         if self._closed:
             return
         self._closed = True
-        if self._gateway is not None:
-            await self._gateway[1].aclose()
-        if self._keepalives is not None:
-            self._close_keepalives(self._keepalives)
+        await self.leases.aclose()
         for channel in self._channels:
             channel.close()
         await trio.lowlevel.checkpoint()

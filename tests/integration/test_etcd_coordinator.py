@@ -142,11 +142,11 @@ async def test_keepalives_share_one_connection_and_survive_cancelled_ones(
             lease, _ = await coordinator._grant(30)
             threads = threading.active_count()
             assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-            assert coordinator._gateway is not None
-            index, gateway = coordinator._gateway
+            assert coordinator.leases._gateway is not None
+            index, gateway = coordinator.leases._gateway
             used = gateway._stream
             assert await coordinator._keepalive(lease, timeout=CALL_TIMEOUT) > 0
-            assert coordinator._gateway == (index, gateway) and gateway._stream is used
+            assert coordinator.leases._gateway == (index, gateway) and gateway._stream is used
             assert threading.active_count() <= threads  # no thread for a keepalive
             etcd.pause()  # no answer comes: each keepalive waits on the connection
             cancelled = 0

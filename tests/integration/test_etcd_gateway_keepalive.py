@@ -13,8 +13,9 @@ import pytest
 import trio
 
 from memring.cluster.certificates import CertificateAuthority
-from memring.cluster.etcd_coordinator import KEEPALIVE_PATH, EtcdCoordinator
+from memring.cluster.etcd_coordinator import EtcdCoordinator
 from memring.cluster.etcd_gateway import EtcdGateway, GatewayRefused, GatewayUnreachable
+from memring.cluster.etcd_leases import KEEPALIVE_PATH
 from memring.cluster.etcd_process import EtcdCluster, EtcdProcess, free_port, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
@@ -48,8 +49,8 @@ async def test_keepalives_over_tls_and_auth_take_the_gateway_past_the_tokens_exp
                 await trio.sleep(2.5)  # ~4 keepalives; the token died after 1 s unused
                 assert not session.lost.is_set()
                 assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-                assert coordinator.keepalive_gateway
-                assert coordinator._gateway is not None and coordinator._gateway[1].connected
+                assert coordinator.leases.keepalive_gateway
+                assert coordinator.leases._gateway is not None and coordinator.leases._gateway[1].connected
                 assert threading.active_count() <= threads  # (idle workers may end)
                 assert coordinator.authentications == 1
             assert await coordinator._keepalive(session.lease_id, timeout=1.0) == 0  # revoked
@@ -64,10 +65,10 @@ async def test_a_certificate_with_a_common_name_keeps_alive_over_grpc(
                                             security=secure_etcd.security) as coordinator,
                     coordinator.open_session(2) as session):
             assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-            assert not coordinator.keepalive_gateway
+            assert not coordinator.leases.keepalive_gateway
             await trio.sleep(1.5)
             assert not session.lost.is_set()
-            assert coordinator._keepalives is not None
+            assert coordinator.leases._keepalives is not None
 
 
 @pytest.mark.parametrize("frozen", ["follower", "leader"])
@@ -83,14 +84,14 @@ async def test_a_session_outlives_a_frozen_member(etcd3: EtcdCluster, frozen: st
                                             f"gw-frozen-{frozen}") as coordinator,
                     coordinator.open_session(2) as session):
             assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-            assert coordinator._gateway is not None and coordinator._gateway[0] == 0
+            assert coordinator.leases._gateway is not None and coordinator.leases._gateway[0] == 0
             member.pause()
             try:
                 await trio.sleep(3.0)
             finally:
                 member.resume()
             assert not session.lost.is_set(), session.lost_reason
-            assert coordinator._gateway is not None and coordinator._gateway[0] != 0
+            assert coordinator.leases._gateway is not None and coordinator.leases._gateway[0] != 0
             assert coordinator.url != member.url
 
 

@@ -82,4 +82,4 @@ def test_only_the_etcd_coordinator_imports_grpc() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             if any(name.split(".")[0] in ("grpc", "etcd3") for name in names):
                 importers.append(str(path.relative_to(REPO)))
-    assert sorted(set(importers)) == ["cluster/etcd_coordinator.py"]
+    assert sorted(set(importers)) == ["cluster/etcd_grpc.py"]

@@ -1,0 +1,301 @@
+"""The lease calls of an EtcdCoordinator: grant, keepalive, revoke.
+
+Theory of operation. Lease keepalives, the one call made every 0.67 s for good, skip gRPC:
+they are POSTs to etcd's JSON gateway on the same client port over one kept HTTP/1.1
+connection on a trio socket (cluster.etcd_gateway), so an idle backend wakes no thread but
+trio's for them (through gRPC's sync stack each crossed a worker thread, gRPC's request thread
+and its event engine: docs/scaling.md, "round three"). etcd 3.4's gateway refuses a client
+certificate that has a common name; then keepalives go over one kept gRPC LeaseKeepAlive
+stream. Grants and revocations are unary gRPC calls. The coordinator owns one `EtcdLeases`
+and lends it what the calls share with its others (`LeaseHost`): the current endpoint and its
+fail-over, the token, the error mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import ssl
+from typing import Any, Protocol
+
+import trio
+
+from memring.cluster.coordinator import (
+    AccessDenied,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    LeaseNotFound,
+)
+from memring.cluster.etcd_gateway import (
+    EtcdGateway,
+    GatewayRefused,
+    GatewayUnreachable,
+    tls_context,
+)
+from memring.cluster.etcd_grpc import STATUS_CODES, details, etcdrpc, grpc
+from memring.cluster.etcd_security import EtcdSecurity
+
+log = logging.getLogger("memring.cluster")
+KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
+# etcd 3.4.10+ answers a gateway request made with a client certificate that has a common name
+# so (HTTP 400; embed/serve.go, for CVE-2020-15136: the gateway cannot pass the name on)
+_CN_REFUSED = "CommonName of client sending a request against gateway"
+
+
+class LeaseHost(Protocol):
+    """What the lease calls take from their EtcdCoordinator (cluster.etcd_coordinator)."""
+
+    endpoints: list[str]
+    security: EtcdSecurity
+    scheme: str
+    attempt_timeout: float
+    _current: int
+    _closed: bool
+    _token: str
+    _token_generation: int
+
+    @property
+    def url(self) -> str: ...
+    def _url(self, index: int) -> str: ...
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
+    def _stub(self, kind: Any) -> tuple[int, Any]: ...
+    def _stale_token(self, code: Any, details: str) -> bool: ...
+    async def _renew_token(self, generation: int) -> None: ...
+    def _fail_over(self, index: int) -> None: ...
+    async def _to_answering_leader(self, failed: int, deadline: float) -> None: ...
+    def _attempt_wait(self, limit: float, started: float, resends: int,
+                      resent: bool) -> float: ...
+    def _error(self, index: int, exc: Any, timeout: float, *,
+               fail_over: bool = True) -> CoordinatorError: ...
+    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
+                  fail_over: bool = True) -> CoordinatorError: ...
+    async def _unary(self, kind: Any, method: str, request: Any,
+                     timeout: float | None = None, *, resend: bool = False,
+                     authenticated: bool = True) -> Any: ...
+
+
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream on one endpoint, kept open for every lease's keepalives (one
+    in flight at a time: etcd answers a stream's requests in order). gRPC consumes the request
+    iterator in one thread for the stream's life."""
+
+    def __init__(self, stub: Any, index: int, metadata: Any, generation: int) -> None:
+        self.index = index
+        self.generation = generation  # of the token it was opened with
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._call = stub.LeaseKeepAlive(iter(self._requests.get, None), metadata=metadata)
+        self.closed = False
+
+    def renew(self, request: Any) -> Any:
+        """In a worker thread: send one keepalive, return its response (None: the stream
+        ended). Raises grpc.RpcError, also when `close()` cancels the stream meanwhile."""
+        self._requests.put(request)
+        return next(self._call, None)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._requests.put(None)
+            self._call.cancel()
+
+
+
+class EtcdLeases:
+    """Grant, keepalive and revoke of leases for one EtcdCoordinator (`host`)."""
+
+    def __init__(self, host: LeaseHost) -> None:
+        self._host = host
+        self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
+        self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
+        # etcd 3.4's gateway refuses every client certificate that has a common name
+        # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
+        self.keepalive_gateway = True
+        self._keepalives: _KeepAliveStream | None = None
+        self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
+
+    async def grant(self, ttl: float) -> tuple[int, float]:
+        request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
+        response = await self._host._unary(etcdrpc.LeaseStub, "LeaseGrant", request)
+        if response.error:
+            raise CoordinatorError(f"etcd at {self._host.url} refused a lease: {response.error}")
+        return int(response.ID), float(response.TTL)
+
+    async def keepalive(self, lease_id: int, *, timeout: float) -> float:
+        """One keepalive through etcd's JSON gateway (no thread), within `timeout` of its
+        send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
+        attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
+        and answers; a token etcd calls stale is renewed once."""
+        if not self.keepalive_gateway:
+            return await self._keepalive_stream_call(lease_id, timeout=timeout)
+        started = trio.current_time()
+        resends = 1 if len(self._host.endpoints) > 1 else 0
+        resent = False
+        renewed = not self._host.security.user
+        if not renewed and not self._host._token:
+            await self._host._renew_token(self._host._token_generation)
+        while True:
+            generation = self._host._token_generation
+            index = self._host._current
+            wait = self._host._attempt_wait(timeout, started, resends, resent)
+            try:
+                result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
+                                                  wait)
+            except GatewayRefused as exc:
+                if _CN_REFUSED in exc.message:
+                    log.info("etcd at %s refuses gateway calls from a client certificate with "
+                             "a common name: lease keepalives go over gRPC",
+                             self._host._url(index))
+                    self.keepalive_gateway = False
+                    return await self._keepalive_stream_call(
+                        lease_id, timeout=max(0.0, started + timeout - trio.current_time()))
+                code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+                if not renewed and self._host._stale_token(code, exc.message):
+                    renewed = True
+                    await self._host._renew_token(generation)
+                    continue
+                error = self._host._error_of(index, code, exc.message, wait,
+                                             fail_over=not resends)
+            except GatewayUnreachable as exc:
+                error = self._unreachable(index, exc, wait, fail_over=not resends)
+            else:
+                if int(result.get("ID", 0)) == lease_id:
+                    return float(result.get("TTL", 0))  # etcd leaves out a TTL of 0: gone
+                error = CoordinatorUnavailable(
+                    f"etcd at {self._host._url(index)} answered a keepalive of lease "
+                    f"{lease_id:x} for another lease: {result.get('ID')!r}")
+                if not resends:
+                    self._host._fail_over(index)
+            if not isinstance(error, CoordinatorUnavailable) or not resends:
+                raise error
+            resends -= 1
+            resent = True
+            await self._host._to_answering_leader(
+                index, started + timeout - self._host.attempt_timeout)
+            log.info("%s; sending the keepalive again through %s", error, self._host.url)
+
+    async def _gateway_call(self, index: int, path: str, payload: dict[str, Any],
+                            timeout: float) -> dict[str, Any]:
+        """One call to endpoint `index`'s gateway on the kept connection (made anew when the
+        endpoint changed); the wait for another keepalive counts in `timeout`."""
+        if self._host._closed:
+            raise CoordinatorError("the etcd coordinator is closed")
+        try:
+            with trio.fail_after(timeout):
+                async with self._keepalive_lock:
+                    if self._gateway is None or self._gateway[0] != index:
+                        if self._gateway is not None:
+                            await self._gateway[1].aclose()
+                        self._gateway = (index, EtcdGateway(self._host.endpoints[index],
+                                                            self._tls_context()))
+                    return await self._gateway[1].call(path, payload, self._host._token)
+        except trio.TooSlowError:
+            raise GatewayUnreachable("no answer") from None
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The gateway's TLS context for https:// endpoints (the gRPC channels' files)."""
+        if self._host.scheme == "https" and self._tls is None:
+            try:
+                self._tls = tls_context(self._host.security)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise AccessDenied(f"the TLS files for etcd do not load ({exc}): check "
+                                   "--etcd-ca, --etcd-cert and --etcd-key") from None
+        return self._tls
+
+    def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
+                     fail_over: bool) -> CoordinatorError:
+        """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
+        url = self._host._url(index)
+        if exc.tls_refused:
+            return AccessDenied(
+                f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
+                "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
+                "and --etcd-key")
+        if fail_over:
+            self._host._fail_over(index)
+        return CoordinatorUnavailable(
+            f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
+            "running there?")
+
+    async def _keepalive_stream_call(self, lease_id: int, *, timeout: float) -> float:
+        """A keepalive over a kept gRPC LeaseKeepAlive stream (`_KeepAliveStream`), where
+        the gateway refuses our client certificate."""
+        request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
+        renewed = not self._host.security.user
+        if not renewed and not self._host._token:
+            await self._host._renew_token(self._host._token_generation)
+        while True:
+            generation = self._host._token_generation
+            stream: _KeepAliveStream | None = None
+            try:
+                with trio.fail_after(timeout):
+                    async with self._keepalive_lock:
+                        stream = self._keepalive_stream()
+                        answered = False
+                        try:
+                            response = await trio.to_thread.run_sync(
+                                stream.renew, request, abandon_on_cancel=True)
+                            answered = True
+                        finally:
+                            if not answered:  # its thread may still wait on the stream:
+                                self._close_keepalives(stream)  # never read it twice at once
+            except trio.TooSlowError:
+                if stream is None:  # another keepalive held the stream that long
+                    raise CoordinatorUnavailable(
+                        f"etcd at {self._host.url}: no keepalive answered within {timeout:g}s"
+                    ) from None
+                self._close_keepalives(stream)
+                self._host._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._host._url(stream.index)} did not answer a keepalive within "
+                    f"{timeout:g}s; is etcd running there?") from None
+            except grpc.RpcError as exc:
+                assert stream is not None
+                self._close_keepalives(stream)
+                if not renewed and self._host._stale_token(*details(exc)):
+                    renewed = True
+                    await self._host._renew_token(generation)
+                    continue
+                raise self._host._error(stream.index, exc, timeout) from None
+            if response is None or int(response.ID) != lease_id:
+                self._close_keepalives(stream)
+                self._host._fail_over(stream.index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {self._host._url(stream.index)} ended the keepalive stream")
+            return float(response.TTL)
+
+    def _keepalive_stream(self) -> _KeepAliveStream:
+        """The open keepalive stream, opened anew on the current endpoint with the current
+        token if the endpoint or the token changed."""
+        stream = self._keepalives
+        if stream is not None and (stream.index != self._host._current
+                                   or stream.generation != self._host._token_generation):
+            self._close_keepalives(stream)
+            stream = None
+        if stream is None:
+            index, stub = self._host._stub(etcdrpc.LeaseStub)
+            stream = self._keepalives = _KeepAliveStream(stub, index, self._host._metadata(),
+                                                         self._host._token_generation)
+        return stream
+
+    def _close_keepalives(self, stream: _KeepAliveStream) -> None:
+        stream.close()
+        if self._keepalives is stream:
+            self._keepalives = None
+
+    async def revoke(self, lease_id: int) -> bool:
+        # sent again after an unanswered attempt: revoking twice is harmless (the second
+        # finds the lease gone: False)
+        try:
+            await self._host._unary(etcdrpc.LeaseStub, "LeaseRevoke",
+                              etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
+        except LeaseNotFound:
+            return False
+        return True
+
+
+    async def aclose(self) -> None:
+        if self._gateway is not None:
+            await self._gateway[1].aclose()
+        if self._keepalives is not None:
+            self._close_keepalives(self._keepalives)
