@@ -91,6 +91,7 @@ from memring.cluster.etcd_gateway import (
     GatewayUnreachable,
     tls_context,
 )
+from memring.cluster.etcd_gateway_watch import GatewayWatch, create_request, decode_message
 from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.keyspace import (
@@ -253,6 +254,11 @@ class _WatchRefused(AccessDenied):
     token, which it reports the same way)."""
 
 
+class _GatewayRefusedCertificate(Exception):
+    """etcd's gateway refused a watch for our client certificate's common name (`_CN_REFUSED`);
+    the argument is the member's URL."""
+
+
 class EtcdCoordinator(Coordinator):
     """The Coordinator over etcd. Build with `connect()`; close with `aclose()`."""
 
@@ -282,6 +288,7 @@ class EtcdCoordinator(Coordinator):
         # etcd 3.4's gateway refuses every client certificate that has a common name
         # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
         self.keepalive_gateway = True
+        self.watch_gateway = True  # the same for watches (`_watch_once`)
         self._keepalives: _KeepAliveStream | None = None
         self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
         self._closed = False
@@ -764,6 +771,120 @@ class EtcdCoordinator(Coordinator):
 
     @asynccontextmanager
     async def _watch_once(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
+        (as it does the keepalives): then, for the process's life, over gRPC."""
+        if self.watch_gateway and self.keepalive_gateway:
+            try:
+                async with self._watch_gateway(prefix, from_revision) as stream:
+                    yield stream
+                    return
+            except _GatewayRefusedCertificate as exc:
+                log.info("etcd at %s refuses gateway calls from a client certificate with a "
+                         "common name: watches go over gRPC", exc)
+                self.watch_gateway = False
+        async with self._watch_grpc(prefix, from_revision) as stream:
+            yield stream
+
+    def _cancelled_watch(self, url: str, from_revision: int, compact_revision: int,
+                         reason: str) -> CoordinatorError:
+        """The error of a watch etcd cancelled (either transport's)."""
+        if compact_revision:
+            return WatchCompacted(f"etcd at {url}: revision {from_revision} "
+                                  f"was compacted (now {compact_revision})")
+        if _PERMISSION_DENIED in reason or _INVALID_TOKEN in reason:
+            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
+            return _WatchRefused(str(refusal))
+        return CoordinatorError(f"etcd at {url} cancelled the watch: {reason}")
+
+    def _gateway_watch_error(self, index: int, exc: GatewayRefused | GatewayUnreachable,
+                             what: str) -> CoordinatorError:
+        """A gateway watch's transport error as the gRPC watch's; fails over (from trio)."""
+        url = self._url(index)
+        if isinstance(exc, GatewayUnreachable):
+            if exc.tls_refused:
+                return self._unreachable(index, exc, self.call_timeout, fail_over=False)
+            self._fail_over(index)
+            return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
+                                          "there?")
+        code = _STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+        if self._stale_token(code, exc.message):
+            return _WatchRefused(f"etcd at {url} refused our token: {exc.message}")
+        return self._error_of(index, code, exc.message, self.call_timeout)
+
+    @asynccontextmanager
+    async def _watch_gateway(self, prefix: str, from_revision: int
+                             ) -> AsyncIterator[WatchStream]:
+        """A watch on a gateway connection of its own (cluster.etcd_gateway_watch), read by a
+        trio task: the same errors, moves and bounds as `_watch_grpc`."""
+        if self._closed:
+            raise CoordinatorError("the etcd coordinator is closed")
+        index = self._current
+        url = self._url(index)
+        watch = GatewayWatch(self.endpoints[index], self._tls_context())
+        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
+        stream = WatchStream(receive)
+        try:
+            try:
+                with trio.fail_after(self.call_timeout):
+                    first = decode_message(await watch.start(
+                        create_request(prefix, from_revision), self._token))
+            except trio.TooSlowError:
+                self._fail_over(index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {url} did not confirm a watch within {self.call_timeout:g}s; "
+                    "is etcd running there?") from None
+            except (GatewayRefused, GatewayUnreachable) as exc:
+                if isinstance(exc, GatewayRefused) and _CN_REFUSED in exc.message:
+                    raise _GatewayRefusedCertificate(url) from None
+                raise self._gateway_watch_error(index, exc, "refused a watch") from None
+            if first.canceled or first.compact_revision:
+                raise self._cancelled_watch(url, from_revision, first.compact_revision,
+                                            first.cancel_reason)
+            if first.batch is not None:  # (etcd sends `created` alone first)
+                send.send_nowait(first.batch)
+
+            async def pump(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                error: CoordinatorError | None = None
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    try:
+                        while True:
+                            message = decode_message(await watch.next_result())
+                            if message.canceled or message.compact_revision:
+                                error = self._cancelled_watch(
+                                    url, from_revision, message.compact_revision,
+                                    message.cancel_reason)
+                                break
+                            if message.batch is not None:
+                                send.send_nowait(message.batch)
+                    except (GatewayRefused, GatewayUnreachable) as exc:
+                        error = self._gateway_watch_error(index, exc, "ended the watch stream")
+                if stream.error is None:
+                    stream.error = error
+                send.close()
+
+            async def end_when_moved(pumping: trio.CancelScope) -> None:
+                # another call found this endpoint unavailable: a frozen member sends no error
+                await self._until_moved_from(index)
+                stream.error = WatchMoved(f"etcd at {url} stopped answering other calls: "
+                                          f"moving the watch to {self.url}")
+                pumping.cancel()
+
+            with collapse_single():  # the caller's error through this nursery, not a group
+                async with trio.open_nursery() as nursery:
+                    pumping = await nursery.start(pump)
+                    nursery.start_soon(end_when_moved, pumping)
+                    try:
+                        async with receive:
+                            yield stream
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            await watch.aclose()
+
+    @asynccontextmanager
+    async def _watch_grpc(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """A watch over a gRPC stream, read by a thread."""
         index, stub = self._stub(etcdrpc.WatchStub)
         url = self._url(index)
         raw = prefix.encode()
@@ -791,17 +912,10 @@ class EtcdCoordinator(Coordinator):
         def pump() -> CoordinatorError | None:
             try:
                 for rs in call:
-                    if rs.compact_revision:
-                        return WatchCompacted(f"etcd at {url}: revision {from_revision} "
-                                              f"was compacted (now {rs.compact_revision})")
-                    if rs.canceled:
-                        if (_PERMISSION_DENIED in rs.cancel_reason
-                                or _INVALID_TOKEN in rs.cancel_reason):
-                            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED,
-                                                    rs.cancel_reason)
-                            return _WatchRefused(str(refusal))
-                        return CoordinatorError(f"etcd at {url} cancelled the watch: "
-                                                f"{rs.cancel_reason}")
+                    if rs.compact_revision or rs.canceled:
+                        return self._cancelled_watch(url, from_revision,
+                                                     int(rs.compact_revision),
+                                                     rs.cancel_reason)
                     if rs.created:
                         to_trio(created.set)
                     if rs.events:
