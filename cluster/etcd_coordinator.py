@@ -791,6 +791,7 @@ class EtcdCoordinator(Coordinator):
         if compact_revision:
             return WatchCompacted(f"etcd at {url}: revision {from_revision} "
                                   f"was compacted (now {compact_revision})")
+        reason = reason.split(" desc = ", 1)[-1]  # "rpc error: code = ... desc = etcdserver: ..."
         if _PERMISSION_DENIED in reason or _INVALID_TOKEN in reason:
             refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
             return _WatchRefused(str(refusal))
