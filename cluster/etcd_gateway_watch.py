@@ -73,7 +73,7 @@ def decode_message(result: dict[str, Any]) -> WatchMessage:
                             str(result.get("cancel_reason", "")),
                             int(result.get("compact_revision", 0)),
                             WatchBatch(revision, events) if events else None)
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise GatewayUnreachable(f"a watch answer etcd would not send ({exc}): "
                                  f"{json.dumps(result)[:80]}") from None
 
@@ -108,6 +108,7 @@ class GatewayWatch:
         self._stream: trio.abc.Stream | None = None
         self._reader = ResponseReader(max_body=max_message)
         self._pending = bytearray()  # of the body: what follows the last whole message
+        self._ended = False  # the answer's body ended: `_pending` is all there is
 
     async def start(self, request: dict[str, Any], token: str = "") -> dict[str, Any]:
         """Connect, send the create `request`, and return the first answer's "result".
@@ -140,6 +141,8 @@ class GatewayWatch:
                 if len(self._pending) > self.max_message:
                     raise GatewayUnreachable(
                         f"a watch answer longer than {self.max_message} bytes")
+                if self._ended:
+                    raise GatewayUnreachable("etcd ended the watch's answer")
                 await self._receive()
         except GatewayUnreachable:
             await self.aclose()
@@ -159,7 +162,9 @@ class GatewayWatch:
         if response is not None:
             if response.status != 200:
                 result_of(response.status, response.body)  # raises etcd's refusal
-            raise GatewayUnreachable("etcd ended the watch's answer")
+            self._pending += response.body  # its last messages are read first
+            self._ended = True
+            return
         partial = self._reader.take_partial_body()
         if partial is not None:
             status, body = partial
