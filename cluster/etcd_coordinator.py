@@ -123,6 +123,10 @@ AUTH_REFUSAL_KEPT = 5.0
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
 # costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
+# After this long without a gRPC call (none open), the channels are closed: an idle process
+# makes its keepalives and watches over etcd's gateway, and an open channel alone keeps
+# grpcio's threads waking (`_release_idle_channels`).
+GRPC_IDLE_CLOSE = 10.0
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -275,7 +279,10 @@ class EtcdCoordinator(Coordinator):
             log.warning("etcd user %s authenticates over plain http: its password and "
                         "token cross the network in clear (use https:// URLs)",
                         self.security.user)
-        self._channels = [_channel(ep, self.scheme, self.security) for ep in self.endpoints]
+        # opened at their first call, closed after GRPC_IDLE_CLOSE without one (`_grpc_calls`)
+        self._channels: list[grpc.Channel | None] = [None] * len(self.endpoints)
+        self._grpc_calls = 0  # in flight: unary calls and gRPC watches
+        self._grpc_used = -math.inf  # trio time the last one ended
         self._token = ""
         self._token_generation = 0  # counts tokens obtained (`authentications`)
         self._token_lock = trio.Lock()
@@ -417,7 +424,38 @@ class EtcdCoordinator(Coordinator):
     def _stub(self, kind: Callable[[Any], T]) -> tuple[int, T]:
         if self._closed:
             raise CoordinatorError("the etcd coordinator is closed")
-        return self._current, kind(self._channels[self._current])
+        return self._current, kind(self._channel_at(self._current))
+
+    def _channel_at(self, index: int) -> grpc.Channel:
+        """Endpoint `index`'s gRPC channel, opened if it is not."""
+        channel = self._channels[index]
+        if channel is None:
+            channel = self._channels[index] = _channel(self.endpoints[index], self.scheme,
+                                                       self.security)
+        return channel
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        """A blocking gRPC call in a worker thread; its caller may give up on it."""
+        self._grpc_calls += 1
+        try:
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        finally:
+            self._grpc_calls -= 1
+            self._grpc_used = trio.current_time()
+
+    def _release_idle_channels(self) -> None:
+        """Close the gRPC channels when none was used for GRPC_IDLE_CLOSE and nothing is
+        open on them: while a channel exists grpcio keeps its event engine's and timer
+        threads waking (~50 times a second in all), though no call is made; closed, none
+        runs (docs/scaling.md, "round four"). The next call opens a channel again (a
+        connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
+        if (self._grpc_calls or self._keepalives is not None
+                or trio.current_time() - self._grpc_used < GRPC_IDLE_CLOSE):
+            return
+        for index, channel in enumerate(self._channels):
+            if channel is not None:
+                self._channels[index] = None
+                channel.close()
 
     def _fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
@@ -496,7 +534,7 @@ class EtcdCoordinator(Coordinator):
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
-                return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+                return await self._in_thread(call)
             except grpc.RpcError as exc:
                 if not renewed and self._stale_token(*_details(exc)):
                     renewed = True
@@ -524,11 +562,11 @@ class EtcdCoordinator(Coordinator):
         """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
         if self._closed:
             return None
-        call = functools.partial(etcdrpc.MaintenanceStub(self._channels[index]).Status,
+        call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())
         try:
-            response = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            response = await self._in_thread(call)
         except grpc.RpcError:
             return None
         return int(response.header.member_id), int(response.leader), int(response.raftTerm)
@@ -582,6 +620,7 @@ class EtcdCoordinator(Coordinator):
         send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
         attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
         and answers; a token etcd calls stale is renewed once."""
+        self._release_idle_channels()  # (no timer of its own)
         if not self.keepalive_gateway:
             return await self._keepalive_stream_call(lease_id, timeout=timeout)
         started = trio.current_time()
@@ -902,6 +941,7 @@ class EtcdCoordinator(Coordinator):
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
         call = stub.Watch(requests(), metadata=self._metadata())
+        self._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -979,6 +1019,8 @@ class EtcdCoordinator(Coordinator):
         finally:
             closing.set()
             call.cancel()
+            self._grpc_calls -= 1
+            self._grpc_used = trio.current_time()
         if failed is not None:
             raise failed
 
@@ -991,5 +1033,6 @@ class EtcdCoordinator(Coordinator):
         if self._keepalives is not None:
             self._close_keepalives(self._keepalives)
         for channel in self._channels:
-            channel.close()
+            if channel is not None:
+                channel.close()
         await trio.lowlevel.checkpoint()

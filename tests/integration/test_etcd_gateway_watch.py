@@ -6,13 +6,15 @@ test_etcd_coordinator.py, test_etcd_members.py.)"""
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from contextlib import AbstractAsyncContextManager
 
 import pytest
 import trio
-from etcd3 import etcdrpc  # type: ignore[import-untyped]
 
+from memring.cluster import etcd_coordinator
 from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.coordinator import AccessDenied, WatchCompacted, WatchStream
 from memring.cluster.etcd_coordinator import EtcdCoordinator
@@ -58,8 +60,10 @@ async def test_a_compacted_revision_is_watch_compacted(etcd: EtcdProcess) -> Non
             await coordinator.put_config(ClusterConfig(lease_ttl=2.5))
             await coordinator.put_config(ClusterConfig(lease_ttl=3.0))
             now = (await coordinator.snapshot()).revision
-            compact = etcdrpc.KVStub(coordinator._channels[0]).Compact
-            await trio.to_thread.run_sync(compact, etcdrpc.CompactionRequest(revision=now))
+            request = urllib.request.Request(f"{etcd.url}/v3/kv/compaction",
+                                             json.dumps({"revision": str(now)}).encode())
+            with await trio.to_thread.run_sync(urllib.request.urlopen, request) as answer:
+                assert answer.status == 200
             with pytest.raises(WatchCompacted, match=f"was compacted \\(now {now}\\)"):
                 async with coordinator.watch(now - 1) as stream:
                     await stream.__anext__()
@@ -81,7 +85,8 @@ async def test_watches_over_tls_and_auth_renew_a_stale_token_and_refuse_a_prefix
     with secure_etcd(private_ca, "/memring/gwsec", auth_token_ttl=1) as etcd, \
             trio.fail_after(30):
         security = _without_common_name(etcd, private_ca)
-        async with EtcdCoordinator.connect(etcd.url, "gwsec", security=security) as coordinator:
+        async with EtcdCoordinator.connect(etcd.url, "gwsec", security=security,
+                                           call_timeout=3.0) as coordinator:
             await coordinator.put_config(ClusterConfig(lease_ttl=2.5))
             assert coordinator.authentications == 1
             await trio.sleep(2.5)  # > TTL + etcd's 1 s sweep: the token is gone
@@ -92,7 +97,7 @@ async def test_watches_over_tls_and_auth_renew_a_stale_token_and_refuse_a_prefix
             assert "invalid auth token" in etcd.member.log_tail(50)
             assert coordinator.watch_gateway and coordinator.keepalive_gateway
         async with EtcdCoordinator.connect(etcd.url, "elsewhere", security=security,
-                                           probe=False) as outsider:
+                                           probe=False, call_timeout=3.0) as outsider:
             with pytest.raises(AccessDenied, match="denied user 'memring' access to "
                                "/memring/elsewhere/ \\(etcdserver: permission denied\\)"):
                 async with outsider.watch(1):
@@ -112,3 +117,21 @@ async def test_a_certificate_with_a_common_name_watches_over_grpc(
                 async with coordinator.watch(1) as stream:
                     assert (await stream.__anext__()).events
                 assert not coordinator.watch_gateway
+
+
+async def test_idle_grpc_channels_close_and_reopen(etcd: EtcdProcess,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With keepalives and watches on the gateway, an idle process makes no gRPC call: its
+    channels close after GRPC_IDLE_CLOSE (grpcio's threads then stop), checked at each
+    keepalive, and the next call opens one again."""
+    monkeypatch.setattr(etcd_coordinator, "GRPC_IDLE_CLOSE", 0.5)
+    with trio.fail_after(20):
+        async with EtcdCoordinator.connect(etcd.url, "gw-idle") as coordinator, \
+                coordinator.open_session(2) as session, coordinator.watch(1):
+            assert coordinator._channels[0] is not None  # the probe's and the grant's
+            await trio.sleep(1.5)  # two keepalives past the idle time
+            assert coordinator._channels == [None]
+            await coordinator.register_node(session, NodeRecord("n1", "127.0.0.1:1", "s1"))
+            assert "n1" in (await coordinator.snapshot()).nodes
+            assert coordinator._channels[0] is not None
+            assert not session.lost.is_set()
