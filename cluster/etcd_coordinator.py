@@ -10,10 +10,15 @@ more often than every 10 s start no new thread). Lease keepalives, the one call 
 0.67 s for good, skip gRPC: they are POSTs to etcd's JSON gateway on the same client port over
 one kept HTTP/1.1 connection on a trio socket (cluster.etcd_gateway), so an idle backend
 wakes no thread but trio's for them (through gRPC's sync stack each crossed a worker thread,
-gRPC's request thread and its event engine: docs/scaling.md, "round three"). A watch is one
-bidirectional stream read by a thread that
-hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
-closing the watch cancels the gRPC call, which ends the thread.
+gRPC's request thread and its event engine: docs/scaling.md, "round three"). Watches too:
+each is a `POST /v3/watch` to the gateway, a chunked answer that never ends, on a connection
+of its own read by a trio task (cluster.etcd_gateway_watch); closing the watch closes the
+connection. Where the gateway refuses our client certificate (a common name), both go over
+gRPC as before: a watch is then one bidirectional stream read by a thread that hands each
+response to trio with `trio.from_thread.run_sync` into an unbounded memory channel, and
+closing it cancels the gRPC call, which ends the thread. So an idle process makes no gRPC
+call, and its channels, opened at the first call, are closed after GRPC_IDLE_CLOSE without
+one: an open channel alone kept grpcio's event engine and timer threads waking (round four).
 
 UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
 follower answers when it could not forward to a leader in time) become `CoordinatorUnavailable`
