@@ -451,7 +451,7 @@ class EtcdCoordinator(Coordinator):
     def _release_idle_channels(self) -> None:
         """Close the gRPC channels when none was used for GRPC_IDLE_CLOSE and nothing is
         open on them: while a channel exists grpcio keeps its event engine's and timer
-        threads waking (~50 times a second in all), though no call is made; closed, none
+        threads waking (~16 times a second in all), though no call is made; closed, none
         runs (docs/scaling.md, "round four"). The next call opens a channel again (a
         connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
         if (self._grpc_calls or self._keepalives is not None
