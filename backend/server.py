@@ -150,7 +150,9 @@ class BackendServer:
                               default=math.inf)
                     if due <= store.clock():
                         break
-                    with trio.move_on_after(due - store.clock()):
+                    # (at most a crawl interval at a time: expiry is wall-clock time,
+                    # which may be stepped)
+                    with trio.move_on_after(min(due - store.clock(), CRAWL_INTERVAL)):
                         await sooner.wait()
                 store.reap()
                 if trio.current_time() - crawled < CRAWL_INTERVAL:
