@@ -152,7 +152,9 @@ class BackendServer:
                         break
                     # (at most a crawl interval at a time: expiry is wall-clock time,
                     # which may be stepped)
-                    with trio.move_on_after(min(due - store.clock(), CRAWL_INTERVAL)):
+                    wait = math.inf if due == math.inf else min(due - store.clock(),
+                                                                    CRAWL_INTERVAL)
+                    with trio.move_on_after(wait):
                         await sooner.wait()
                 store.reap()
                 if trio.current_time() - crawled < CRAWL_INTERVAL:
