@@ -30,6 +30,7 @@ ones finish the batch in hand, and cancel whatever is left after the grace perio
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Generator
 
@@ -125,15 +126,37 @@ class BackendServer:
         self._reaper.cancel()
 
     async def _reap_forever(self) -> None:
-        """Expired items: the LRU's cold end every reap interval, and every CRAWL_INTERVAL a
-        crawl of all of them (Store.crawl_expired; off with `lru_crawler disable`), a chunk
-        at a time with other connections served between chunks."""
+        """Expired items: the LRU's cold end every reap interval while some may have expired,
+        and every CRAWL_INTERVAL then a crawl of all of them (Store.crawl_expired; off with
+        `lru_crawler disable`), a chunk at a time with other connections served between
+        chunks. Until the store's earliest expiry (or delayed flush) comes, it sleeps, and
+        while no item has an expiry for good: an idle node runs no timer for it
+        (docs/scaling.md, "round four")."""
         runtime = self.stats.runtime
+        store = self.store
         crawled = trio.current_time()
+        sooner = trio.Event()
+
+        def expiry_moved() -> None:
+            sooner.set()
+
+        store.on_expiry = expiry_moved
         with self._reaper:
             while True:
                 await trio.sleep(self.settings.reap_interval)
-                self.store.reap()
+                while True:
+                    sooner = trio.Event()
+                    due = min(filter(None, (store.next_expiry, store.flush_before)),
+                              default=math.inf)
+                    if due <= store.clock():
+                        break
+                    # (at most a crawl interval at a time: expiry is wall-clock time,
+                    # which may be stepped)
+                    wait = math.inf if due == math.inf else min(due - store.clock(),
+                                                                    CRAWL_INTERVAL)
+                    with trio.move_on_after(wait):
+                        await sooner.wait()
+                store.reap()
                 if trio.current_time() - crawled < CRAWL_INTERVAL:
                     continue
                 crawled = trio.current_time()

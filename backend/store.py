@@ -21,7 +21,10 @@ reports), `store_bytes` what the items really cost (key and record allocations p
 dict's table); eviction keeps `store_bytes` under `memory_limit`.
 
 Expiry is lazy (an expired item is dropped when touched) plus `reap()`, which a server
-calls periodically. Expiry times are absolute unix seconds, so replicas that copy an
+calls while items may expire: `next_expiry` is the earliest expiry any stored item may have
+(0: none has one), lowered by every write and made exact by each `crawl_expired`, and
+`on_expiry` tells the server's reaper when it moved earlier, so that an idle node whose
+items never expire (or that holds none) runs no timer for them. Expiry times are absolute unix seconds, so replicas that copy an
 item keep the same deadline. Every mutation takes the next 64-bit CAS value, as
 memcached does, and the counters mirror memcached's `stats` names.
 
@@ -163,6 +166,11 @@ class Store:
         # client changed, or None after flush_all; never for expiry or eviction, which stay
         # local. None (the default) costs one attribute test per mutation.
         self.on_change: Callable[[bytes | None], None] | None = None
+        # The earliest expiry (unix s) an item stored may have; 0: none has one. A lower
+        # bound between crawls (a deleted or replaced item's stays), exact after one.
+        self.next_expiry = 0
+        # The reaper's hook: called when `next_expiry` or a delayed flush moves earlier.
+        self.on_expiry: Callable[[], None] | None = None
 
     @property
     def store_bytes(self) -> int:
@@ -183,6 +191,13 @@ class Store:
         if exptime > MAX_RELATIVE_EXPTIME:
             return exptime
         return (self.now() if now is None else now) + exptime
+
+    def _expires_at(self, expires: int) -> None:
+        """An item stored with `expires` (non-zero): the reaper may have to wake sooner."""
+        if not self.next_expiry or expires < self.next_expiry:
+            self.next_expiry = expires
+            if self.on_expiry is not None:
+                self.on_expiry()
 
     def next_cas(self) -> int:
         self.last_cas += 1
@@ -285,6 +300,8 @@ class Store:
             self.bytes += item.size - record_size(key, old)
             self.record_bytes += allocated(len(record)) - allocated(len(old))
         self.items[key] = record
+        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
+            self._expires_at(item.expires)
         if bump:
             self._fit()
 
@@ -371,6 +388,8 @@ class Store:
             return Outcome.NO_MEMORY
         item.cas = cas or self.next_cas()
         self._put(key, item.record(), size)
+        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
+            self._expires_at(item.expires)
         self.stats.total_items += 1
         if self.on_change is not None:
             self.on_change(key)
@@ -528,12 +547,15 @@ class Store:
         self.bytes = 0
         self.record_bytes = 0
         self._table_bytes = _EMPTY_DICT
+        self.next_expiry = 0
 
     def flush_all(self, delay: int = 0) -> None:
         self.stats.cmd_flush += 1
         self._settle_flush(self.now())
         if delay > 0:
             self.flush_before = self.absolute_expiry(delay) - 1
+            if self.on_expiry is not None:
+                self.on_expiry()
         else:
             # An immediate flush: everything stored so far is gone. memcached marks the
             # moment with a CAS watermark, which spends one CAS value; so do we.
@@ -564,6 +586,8 @@ class Store:
         if size > self.memory_limit:
             return
         self._put(key, item.record(), size)
+        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
+            self._expires_at(item.expires)
 
     def remove(self, key: bytes) -> None:
         """A replicated delete: no stats, no expiry check."""
@@ -574,14 +598,19 @@ class Store:
         self._settle_flush(self.now())
         if flush_before:
             self.flush_before = flush_before
+            if self.on_expiry is not None:
+                self.on_expiry()
             return
         self._clear()
         self.flush_before = 0
 
     def reap(self, budget: int = 1000) -> int:
-        """Drop up to `budget` expired or flushed items from the LRU's cold end."""
+        """Drop up to `budget` expired or flushed items from the LRU's cold end; one that
+        looked at every item makes `next_expiry` exact."""
         now = self.now()
         dropped = 0
+        whole = len(self.items) <= budget
+        earliest = 0
         for key in list(islice(self.items, budget)):
             item = self.item(key)
             if item is None:
@@ -591,8 +620,12 @@ class Store:
                 self._unlink(key)
                 self.stats.reclaimed += 1
                 dropped += 1
+            elif item.expires and (not earliest or item.expires < earliest):
+                earliest = item.expires
         if not dropped:
             self._settle_flush(now)
+        if whole:
+            self.next_expiry = earliest
         return dropped
 
     def crawl_expired(self, chunk: int = 4096) -> Iterator[int]:
@@ -601,24 +634,39 @@ class Store:
         growing under new keys). This walks a snapshot of the keys `chunk` at a time, drops
         the expired ones still stored, and yields after each chunk how many it dropped, so the
         server lets other work run between chunks. The snapshot costs 8 bytes a key while it
-        runs; the expiry is read from the record without decoding it."""
+        runs; the expiry is read from the record without decoding it. A whole crawl makes
+        `next_expiry` exact: the earliest expiry of the items it kept, or of those stored
+        meanwhile (0 when none has one)."""
         keys = list(self.items)
         items = self.items
         stats = self.stats
-        for start in range(0, len(keys), chunk):
-            now = self.now()
-            dropped = 0
-            for key in keys[start:start + chunk]:
-                record = items.get(key)
-                if record is None:
-                    continue
-                expires = expiry_of(record)
-                if expires and expires <= now:
-                    self._unlink(key)
-                    dropped += 1
-            stats.crawler_items_checked += min(chunk, len(keys) - start)
-            stats.crawler_reclaimed += dropped
-            yield dropped
+        before, self.next_expiry = self.next_expiry, 0  # lowered again by what is stored
+        earliest = 0
+        finished = False
+        try:
+            for start in range(0, len(keys), chunk):
+                now = self.now()
+                dropped = 0
+                for key in keys[start:start + chunk]:
+                    record = items.get(key)
+                    if record is None:
+                        continue
+                    expires = expiry_of(record)
+                    if expires:
+                        if expires <= now:
+                            self._unlink(key)
+                            dropped += 1
+                        elif not earliest or expires < earliest:
+                            earliest = expires
+                stats.crawler_items_checked += min(chunk, len(keys) - start)
+                stats.crawler_reclaimed += dropped
+                yield dropped
+            finished = True
+        finally:
+            if not finished:  # abandoned: only the old bound is known to hold
+                earliest = before
+            if earliest and (not self.next_expiry or earliest < self.next_expiry):
+                self.next_expiry = earliest
 
     def _settle_flush(self, now: int) -> None:
         """Once a delayed flush_all is due, remove what it flushed in one pass and forget it:

@@ -628,6 +628,8 @@ class Coordinator(abc.ABC):
         await trio.lowlevel.checkpoint()
 
     async def _keep_checking_watched(self, interval: float) -> None:
+        if self.endpoint_count < 2:
+            return  # nowhere to move to: no timer (an idle proxy woke 5 times a second)
         while True:
             await trio.sleep(interval)
             await self._check_watched()

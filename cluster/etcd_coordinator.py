@@ -8,10 +8,16 @@ its error. gRPC is blocking, so each unary call runs in a worker thread via
 the thread ends by its gRPC deadline (trio keeps idle worker threads for reuse, so calls made
 more often than every 10 s start no new thread). The lease calls (grant, keepalive, revoke)
 live in cluster.etcd_leases, which this coordinator owns (`leases`); keepalives skip gRPC
-there. A watch is one
-bidirectional stream read by a thread that
-hands each response to trio with `trio.from_thread.run_sync` into an unbounded memory channel;
-closing the watch cancels the gRPC call, which ends the thread.
+there: they are POSTs to etcd's JSON gateway over one kept HTTP/1.1 connection on a trio
+socket (cluster.etcd_gateway). Watches too: each is a `POST /v3/watch` to the gateway, a
+chunked answer that never ends, on a connection of its own read by a trio task
+(cluster.etcd_gateway_watch); closing the watch closes the connection. Where the gateway
+refuses our client certificate (a common name), both go over gRPC as before: a watch is then
+one bidirectional stream read by a thread that hands each response to trio with
+`trio.from_thread.run_sync` into an unbounded memory channel, and closing it cancels the gRPC
+call, which ends the thread. So an idle process makes no gRPC call, and its channels, opened
+at the first call, are closed after GRPC_IDLE_CLOSE without one: an open channel alone kept
+grpcio's event engine and timer threads waking (docs/scaling.md, round four).
 
 UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
 follower answers when it could not forward to a leader in time) become `CoordinatorUnavailable`
@@ -66,8 +72,10 @@ from memring.cluster.coordinator import (
     WatchStream,
     collapse_single,
 )
+from memring.cluster.etcd_gateway import CN_REFUSED, GatewayRefused, GatewayUnreachable
+from memring.cluster.etcd_gateway_watch import GatewayWatch, create_request, decode_message
+from memring.cluster.etcd_grpc import STATUS_CODES, etcdrpc, grpc, kv_pb2
 from memring.cluster.etcd_grpc import details as _details
-from memring.cluster.etcd_grpc import etcdrpc, grpc, kv_pb2
 from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
@@ -95,6 +103,10 @@ AUTH_REFUSAL_KEPT = 5.0
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
 # costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
+# After this long without a gRPC call (none open), the channels are closed: an idle process
+# makes its keepalives and watches over etcd's gateway, and an open channel alone keeps
+# grpcio's threads waking (`_release_idle_channels`).
+GRPC_IDLE_CLOSE = 10.0
 
 _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
             "version": etcdrpc.Compare.VERSION, "value": etcdrpc.Compare.VALUE}
@@ -190,6 +202,11 @@ class _WatchRefused(AccessDenied):
     token, which it reports the same way)."""
 
 
+class _GatewayRefusedCertificate(Exception):
+    """etcd's gateway refused a watch for our client certificate's common name (`CN_REFUSED`);
+    the argument is the member's URL."""
+
+
 class EtcdCoordinator(Coordinator):
     """The Coordinator over etcd. Build with `connect()`; close with `aclose()`."""
 
@@ -206,7 +223,9 @@ class EtcdCoordinator(Coordinator):
             log.warning("etcd user %s authenticates over plain http: its password and "
                         "token cross the network in clear (use https:// URLs)",
                         self.security.user)
-        self._channels = [_channel(ep, self.scheme, self.security) for ep in self.endpoints]
+        self._channels: list[grpc.Channel | None] = [None] * len(self.endpoints)
+        self._grpc_calls = 0  # in flight: unary calls and gRPC watches
+        self._grpc_used = -math.inf  # trio time the last one ended
         self._token = ""
         self._token_generation = 0  # counts tokens obtained (`authentications`)
         self._token_lock = trio.Lock()
@@ -215,6 +234,7 @@ class EtcdCoordinator(Coordinator):
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self.leases = EtcdLeases(self)
+        self.watch_gateway = True  # False once the gateway refuses our certificate (`_watch_once`)
         self._closed = False
 
     @classmethod
@@ -341,7 +361,39 @@ class EtcdCoordinator(Coordinator):
     def _stub(self, kind: Callable[[Any], T]) -> tuple[int, T]:
         if self._closed:
             raise CoordinatorError("the etcd coordinator is closed")
-        return self._current, kind(self._channels[self._current])
+        return self._current, kind(self._channel_at(self._current))
+
+    def _channel_at(self, index: int) -> grpc.Channel:
+        """Endpoint `index`'s gRPC channel, opened if it is not."""
+        channel = self._channels[index]
+        if channel is None:
+            channel = self._channels[index] = _channel(self.endpoints[index], self.scheme,
+                                                       self.security)
+        return channel
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        """A blocking gRPC call in a worker thread; its caller may give up on it."""
+        self._grpc_calls += 1
+        try:
+            return await self._in_thread(call)
+        finally:
+            self._grpc_calls -= 1
+            self._grpc_used = trio.current_time()
+
+    def _release_idle_channels(self) -> None:
+        """Close the gRPC channels when none was used for GRPC_IDLE_CLOSE and nothing is
+        open on them: while a channel exists grpcio keeps its event engine's and timer
+        threads waking (~16 times a second in all), though no call is made; closed, none
+        runs (docs/scaling.md, "round four"). The next call opens a channel again (a
+        connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
+        if (self._grpc_calls or self.leases._keepalives is not None
+                or trio.current_time() - self._grpc_used < GRPC_IDLE_CLOSE):
+            return
+        for index, channel in enumerate(self._channels):
+            if channel is not None:
+                self._channels[index] = None
+                channel.close()
+
 
     def _fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
@@ -420,7 +472,7 @@ class EtcdCoordinator(Coordinator):
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
-                return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+                return await self._in_thread(call)
             except grpc.RpcError as exc:
                 if not renewed and self._stale_token(*_details(exc)):
                     renewed = True
@@ -448,11 +500,11 @@ class EtcdCoordinator(Coordinator):
         """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
         if self._closed:
             return None
-        call = functools.partial(etcdrpc.MaintenanceStub(self._channels[index]).Status,
+        call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())
         try:
-            response = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            response = await self._in_thread(call)
         except grpc.RpcError:
             return None
         return int(response.header.member_id), int(response.leader), int(response.raftTerm)
@@ -498,6 +550,7 @@ class EtcdCoordinator(Coordinator):
         return await self.leases.grant(ttl)
 
     async def _keepalive(self, lease_id: int, *, timeout: float) -> float:
+        self._release_idle_channels()  # (no timer of its own)
         return await self.leases.keepalive(lease_id, timeout=timeout)
 
     async def revoke(self, lease_id: int) -> bool:
@@ -528,6 +581,121 @@ class EtcdCoordinator(Coordinator):
 
     @asynccontextmanager
     async def _watch_once(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
+        (as it does the keepalives): then, for the process's life, over gRPC."""
+        if self.watch_gateway and self.leases.keepalive_gateway:
+            try:
+                async with self._watch_gateway(prefix, from_revision) as stream:
+                    yield stream
+                    return
+            except _GatewayRefusedCertificate as exc:
+                log.info("etcd at %s refuses gateway calls from a client certificate with a "
+                         "common name: watches go over gRPC", exc)
+                self.watch_gateway = False
+        async with self._watch_grpc(prefix, from_revision) as stream:
+            yield stream
+
+    def _cancelled_watch(self, url: str, from_revision: int, compact_revision: int,
+                         reason: str) -> CoordinatorError:
+        """The error of a watch etcd cancelled (either transport's)."""
+        if compact_revision:
+            return WatchCompacted(f"etcd at {url}: revision {from_revision} "
+                                  f"was compacted (now {compact_revision})")
+        reason = reason.split(" desc = ", 1)[-1]  # "rpc error: code = ... desc = etcdserver: ..."
+        if _PERMISSION_DENIED in reason or _INVALID_TOKEN in reason:
+            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
+            return _WatchRefused(str(refusal))
+        return CoordinatorError(f"etcd at {url} cancelled the watch: {reason}")
+
+    def _gateway_watch_error(self, index: int, exc: GatewayRefused | GatewayUnreachable,
+                             what: str) -> CoordinatorError:
+        """A gateway watch's transport error as the gRPC watch's; fails over (from trio)."""
+        url = self._url(index)
+        if isinstance(exc, GatewayUnreachable):
+            if exc.tls_refused:
+                return self.leases._unreachable(index, exc, self.call_timeout, fail_over=False)
+            self._fail_over(index)
+            return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
+                                          "there?")
+        code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+        if self._stale_token(code, exc.message):
+            return _WatchRefused(f"etcd at {url} refused our token: {exc.message}")
+        return self._error_of(index, code, exc.message, self.call_timeout)
+
+    @asynccontextmanager
+    async def _watch_gateway(self, prefix: str, from_revision: int
+                             ) -> AsyncIterator[WatchStream]:
+        """A watch on a gateway connection of its own (cluster.etcd_gateway_watch), read by a
+        trio task: the same errors, moves and bounds as `_watch_grpc`."""
+        if self._closed:
+            raise CoordinatorError("the etcd coordinator is closed")
+        index = self._current
+        url = self._url(index)
+        watch = GatewayWatch(self.endpoints[index], self.leases._tls_context())
+        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
+        stream = WatchStream(receive)
+        try:
+            try:
+                with trio.fail_after(self.call_timeout):
+                    first = decode_message(await watch.start(
+                        create_request(prefix, from_revision), self._token))
+            except trio.TooSlowError:
+                self._fail_over(index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {url} did not confirm a watch within {self.call_timeout:g}s; "
+                    "is etcd running there?") from None
+            except (GatewayRefused, GatewayUnreachable) as exc:
+                if isinstance(exc, GatewayRefused) and CN_REFUSED in exc.message:
+                    raise _GatewayRefusedCertificate(url) from None
+                raise self._gateway_watch_error(index, exc, "refused a watch") from None
+            if first.canceled or first.compact_revision:
+                raise self._cancelled_watch(url, from_revision, first.compact_revision,
+                                            first.cancel_reason)
+            if first.batch is not None:  # (etcd sends `created` alone first)
+                send.send_nowait(first.batch)
+
+            async def pump(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                error: CoordinatorError | None = None
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    try:
+                        while True:
+                            message = decode_message(await watch.next_result())
+                            if message.canceled or message.compact_revision:
+                                error = self._cancelled_watch(
+                                    url, from_revision, message.compact_revision,
+                                    message.cancel_reason)
+                                break
+                            if message.batch is not None:
+                                send.send_nowait(message.batch)
+                    except (GatewayRefused, GatewayUnreachable) as exc:
+                        error = self._gateway_watch_error(index, exc, "ended the watch stream")
+                if stream.error is None:
+                    stream.error = error
+                send.close()
+
+            async def end_when_moved(pumping: trio.CancelScope) -> None:
+                # another call found this endpoint unavailable: a frozen member sends no error
+                await self._until_moved_from(index)
+                stream.error = WatchMoved(f"etcd at {url} stopped answering other calls: "
+                                          f"moving the watch to {self.url}")
+                pumping.cancel()
+
+            with collapse_single():  # the caller's error through this nursery, not a group
+                async with trio.open_nursery() as nursery:
+                    pumping = await nursery.start(pump)
+                    nursery.start_soon(end_when_moved, pumping)
+                    try:
+                        async with receive:
+                            yield stream
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            await watch.aclose()
+
+    @asynccontextmanager
+    async def _watch_grpc(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """A watch over a gRPC stream, read by a thread."""
         index, stub = self._stub(etcdrpc.WatchStub)
         url = self._url(index)
         raw = prefix.encode()
@@ -544,6 +712,7 @@ class EtcdCoordinator(Coordinator):
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
         call = stub.Watch(requests(), metadata=self._metadata())
+        self._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -555,17 +724,10 @@ class EtcdCoordinator(Coordinator):
         def pump() -> CoordinatorError | None:
             try:
                 for rs in call:
-                    if rs.compact_revision:
-                        return WatchCompacted(f"etcd at {url}: revision {from_revision} "
-                                              f"was compacted (now {rs.compact_revision})")
-                    if rs.canceled:
-                        if (_PERMISSION_DENIED in rs.cancel_reason
-                                or _INVALID_TOKEN in rs.cancel_reason):
-                            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED,
-                                                    rs.cancel_reason)
-                            return _WatchRefused(str(refusal))
-                        return CoordinatorError(f"etcd at {url} cancelled the watch: "
-                                                f"{rs.cancel_reason}")
+                    if rs.compact_revision or rs.canceled:
+                        return self._cancelled_watch(url, from_revision,
+                                                     int(rs.compact_revision),
+                                                     rs.cancel_reason)
                     if rs.created:
                         to_trio(created.set)
                     if rs.events:
@@ -628,6 +790,8 @@ class EtcdCoordinator(Coordinator):
         finally:
             closing.set()
             call.cancel()
+            self._grpc_calls -= 1
+            self._grpc_used = trio.current_time()
         if failed is not None:
             raise failed
 
@@ -637,5 +801,6 @@ class EtcdCoordinator(Coordinator):
         self._closed = True
         await self.leases.aclose()
         for channel in self._channels:
-            channel.close()
+            if channel is not None:
+                channel.close()
         await trio.lowlevel.checkpoint()

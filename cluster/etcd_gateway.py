@@ -30,6 +30,9 @@ from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.http1 import HttpProtocolError, ResponseReader, encode_request
 
 RECEIVE_SIZE = 16 * 1024
+# etcd 3.4.10+ answers a gateway request made with a client certificate that has a common name
+# so (HTTP 400; embed/serve.go, for CVE-2020-15136: the gateway cannot pass the name on)
+CN_REFUSED = "CommonName of client sending a request against gateway"
 
 
 class GatewayUnreachable(Exception):
@@ -120,41 +123,51 @@ class EtcdGateway:
                     done = self._unfinished = True
                     break
                 self._reader.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise GatewayUnreachable(self._describe(exc),
-                                     tls_refused=_certificate_refused(exc)) from None
-        except HttpProtocolError as exc:
-            raise GatewayUnreachable(f"{exc} (is this etcd's client port?)") from None
+        except STREAM_ERRORS as exc:
+            raise unreachable(exc) from None
         finally:
             if not done:
                 await self.aclose()
-        return _result(status, body)
+        return result_of(status, body)
 
     async def _connected(self) -> trio.abc.Stream:
         if self._stream is None:
             self._reader = ResponseReader()
             self._unfinished = False
-            tcp = await trio.open_tcp_stream(self.host, self.port)
-            stream: trio.abc.Stream = tcp
-            if self.tls is not None:
-                tls_stream = trio.SSLStream(tcp, self.tls, server_hostname=self.host)
-                try:
-                    await tls_stream.do_handshake()
-                except BaseException:
-                    await trio.aclose_forcefully(tcp)
-                    raise
-                stream = tls_stream
-            self._stream = stream
+            self._stream = await open_stream(self.host, self.port, self.tls)
         return self._stream
-
-    def _describe(self, exc: BaseException) -> str:
-        cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-        return f"{type(cause or exc).__name__}: {cause or exc}"
 
     async def aclose(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
             await trio.aclose_forcefully(stream)
+
+
+# what a failed connection, TLS handshake, send or receive, or bytes that are no HTTP, raise
+STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, HttpProtocolError)
+
+
+async def open_stream(host: str, port: int, tls: ssl.SSLContext | None) -> trio.abc.Stream:
+    """A connection to a member's client port, TLS-handshaken with `tls` if given."""
+    tcp = await trio.open_tcp_stream(host, port)
+    if tls is None:
+        return tcp
+    tls_stream = trio.SSLStream(tcp, tls, server_hostname=host)
+    try:
+        await tls_stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(tcp)
+        raise
+    return tls_stream
+
+
+def unreachable(exc: BaseException) -> GatewayUnreachable:
+    """The GatewayUnreachable for one of STREAM_ERRORS."""
+    if isinstance(exc, HttpProtocolError):
+        return GatewayUnreachable(f"{exc} (is this etcd's client port?)")
+    cause = (exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc) or exc
+    return GatewayUnreachable(f"{type(cause).__name__}: {cause}",
+                              tls_refused=_certificate_refused(exc))
 
 
 def _certificate_refused(exc: BaseException) -> bool:
@@ -164,7 +177,7 @@ def _certificate_refused(exc: BaseException) -> bool:
         word in str(cause) for word in ("CERTIFICATE", "certificate", "UNKNOWN_CA"))
 
 
-def _result(status: int, body: bytes) -> dict[str, Any]:
+def result_of(status: int, body: bytes) -> dict[str, Any]:
     """The "result" of etcd's first answer in `body`; GatewayRefused for an error answer."""
     try:
         first = body.split(b"\n", 1)[0] if body.strip() else b"{}"

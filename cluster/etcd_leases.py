@@ -28,6 +28,7 @@ from memring.cluster.coordinator import (
     LeaseNotFound,
 )
 from memring.cluster.etcd_gateway import (
+    CN_REFUSED,
     EtcdGateway,
     GatewayRefused,
     GatewayUnreachable,
@@ -38,9 +39,6 @@ from memring.cluster.etcd_security import EtcdSecurity
 
 log = logging.getLogger("memring.cluster")
 KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
-# etcd 3.4.10+ answers a gateway request made with a client certificate that has a common name
-# so (HTTP 400; embed/serve.go, for CVE-2020-15136: the gateway cannot pass the name on)
-_CN_REFUSED = "CommonName of client sending a request against gateway"
 
 
 class LeaseHost(Protocol):
@@ -109,7 +107,7 @@ class EtcdLeases:
         self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
         self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
         # etcd 3.4's gateway refuses every client certificate that has a common name
-        # (`_CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
+        # (`CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
         self.keepalive_gateway = True
         self._keepalives: _KeepAliveStream | None = None
         self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
@@ -142,7 +140,7 @@ class EtcdLeases:
                 result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
                                                   wait)
             except GatewayRefused as exc:
-                if _CN_REFUSED in exc.message:
+                if CN_REFUSED in exc.message:
                     log.info("etcd at %s refuses gateway calls from a client certificate with "
                              "a common name: lease keepalives go over gRPC",
                              self._host._url(index))

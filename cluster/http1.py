@@ -118,6 +118,14 @@ class ResponseReader:
             return None
         return self._head[0], bytes(self._body)
 
+    def take_partial_body(self) -> tuple[int, bytes] | None:
+        """`partial_body`, handing the bytes over: a stream that never ends (a watch) is read
+        message by message, and `max_body` then bounds what is received but not yet taken."""
+        partial = self.partial_body()
+        if partial is not None:
+            self._body.clear()
+        return partial
+
     def _step(self) -> bool | Response:
         """One step of parsing: True if it consumed something, a Response when one ended."""
         state = self._state

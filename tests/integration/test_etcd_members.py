@@ -305,6 +305,12 @@ async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> N
                 async for view in views:
                     if view.config is not None:
                         break
+                # a change seen through the watch: it is in place on the member (the first
+                # view may be the snapshot's, sent before the watch reached the member)
+                await writer.put_config(ClusterConfig(lease_ttl=2.75))
+                async for view in views:
+                    if view.config is not None and view.config.lease_ttl == 2.75:
+                        break
                 member.pause()
                 try:
                     await writer.put_config(ClusterConfig(lease_ttl=3.0))
@@ -331,8 +337,12 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
                     EtcdCoordinator.connect(",".join(others), "checked-watch") as writer,
                     watcher.follow(check_interval=0.2) as views):
             await writer.put_config(ClusterConfig(lease_ttl=2.5))
-            async for view in views:  # seen through the watch: it is open on `member`
+            async for view in views:  # (maybe the snapshot's view, before the watch)
                 if view.config is not None:
+                    break
+            await writer.put_config(ClusterConfig(lease_ttl=2.75))
+            async for view in views:  # seen through the watch: it is open on `member`
+                if view.config is not None and view.config.lease_ttl == 2.75:
                     break
             member.pause()
             try:

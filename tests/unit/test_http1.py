@@ -183,3 +183,19 @@ def test_a_chunked_body_can_be_used_before_it_ends() -> None:
     closing.receive_data(b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n")
     assert closing.next_response() is None and closing.partial_body() is None
+
+
+def test_an_endless_chunked_body_is_taken_as_it_comes_within_the_bound() -> None:
+    """A watch's answer never ends: taken piece by piece (`take_partial_body`), its bound
+    holds for what is received and not yet taken, not for the whole stream."""
+    reader = ResponseReader(max_body=64)
+    reader.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert reader.next_response() is None and reader.take_partial_body() == (200, b"")
+    for n in range(20):  # 20 x 40 bytes: far past the bound in all
+        message = b'{"n": %2d}' % n + b" " * 29 + b"\n"
+        reader.receive_data(b"%x\r\n%s\r\n" % (len(message), message))
+        assert reader.next_response() is None
+        assert reader.take_partial_body() == (200, message)
+    reader.receive_data(b"41\r\n" + b"x" * 0x41 + b"\r\n")  # one piece over the bound
+    with pytest.raises(HttpProtocolError, match="exceeds 64"):
+        reader.next_response()

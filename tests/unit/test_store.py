@@ -215,3 +215,35 @@ def test_flush_all_gives_the_table_back(clock: FakeClock) -> None:
     store.flush_all()
     assert (store.bytes, store.record_bytes, store.store_bytes) == (0, 0, 0)
     assert store.get(b"k1") is None
+
+
+def test_next_expiry_tells_the_reaper_when_items_may_expire(store: Store,
+                                                          clock: FakeClock) -> None:
+    """The reaper sleeps until `next_expiry` (0: nothing may expire, it sleeps for good):
+    every write lowers it and calls `on_expiry` when it moved earlier; a whole crawl makes
+    it exact, an abandoned one keeps the bound it had; an empty store has none."""
+    now = int(clock.now)
+    moved: list[int] = []
+    store.on_expiry = lambda: moved.append(store.next_expiry)
+    store.store(b"set", b"forever", b"x", 0, 0)
+    assert store.next_expiry == 0 and moved == []
+    store.store(b"set", b"a", b"x", 0, 100)
+    store.store(b"set", b"b", b"x", 0, 200)  # later: no call
+    assert store.next_expiry == now + 100 and moved == [now + 100]
+    store.touch(b"forever", 50)  # touch and gat change expiry
+    assert store.next_expiry == now + 50 and moved[-1] == now + 50
+    store.delete(b"forever")  # a lower bound: a deleted item's expiry stays...
+    assert store.next_expiry == now + 50
+    assert sum(store.crawl_expired()) == 0
+    assert store.next_expiry == now + 100  # ...until a crawl makes it exact
+    abandoned = store.crawl_expired(chunk=1)
+    next(abandoned)
+    abandoned.close()
+    assert store.next_expiry == now + 100
+    clock.now += 300
+    assert store.reap() == 2 and not store.items and store.next_expiry == 0
+    store.store(b"set", b"c", b"x", 0, 0)
+    assert sum(store.crawl_expired()) == 0 and store.next_expiry == 0  # none expires
+    calls = len(moved)
+    store.flush_all(10)  # a delayed flush wakes the reaper too
+    assert len(moved) == calls + 1
