@@ -375,7 +375,7 @@ class EtcdCoordinator(Coordinator):
         """A blocking gRPC call in a worker thread; its caller may give up on it."""
         self._grpc_calls += 1
         try:
-            return await self._in_thread(call)
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
         finally:
             self._grpc_calls -= 1
             self._grpc_used = trio.current_time()
