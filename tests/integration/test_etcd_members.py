@@ -281,6 +281,20 @@ async def test_a_campaign_whose_answer_was_lost_is_found_won(etcd3: EtcdCluster)
             nursery.cancel_scope.cancel()
 
 
+async def _until_watched(views: trio.MemoryReceiveChannel[ClusterView],
+                         writer: EtcdCoordinator) -> None:
+    """Return once the watch behind `views` is open: a change written after the first view
+    (the snapshot's) reaches the views only through it. Written before, the change could come
+    with the snapshot while the watch was not yet confirmed, and a member paused then held
+    its creation for the 1 s call timeout and a 0.5 s retry (1.5 s, seen at load 17)."""
+    first = await views.receive()
+    assert first.config is None
+    await writer.put_config(ClusterConfig(lease_ttl=2.5))
+    async for view in views:
+        if view.config is not None:
+            return
+
+
 async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> None:
     """A watch moved off a frozen member resumes on the next one from the last view's
     revision, without reading the cluster again (a linearizable read waits for etcd's
@@ -301,10 +315,7 @@ async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> N
 
             watcher.snapshot = counted  # type: ignore[method-assign]
             async with watcher.follow(check_interval=0.2) as views:
-                await writer.put_config(ClusterConfig(lease_ttl=2.5))
-                async for view in views:
-                    if view.config is not None:
-                        break
+                await _until_watched(views, writer)
                 member.pause()
                 try:
                     await writer.put_config(ClusterConfig(lease_ttl=3.0))
@@ -330,10 +341,7 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
                                             "checked-watch") as watcher,
                     EtcdCoordinator.connect(",".join(others), "checked-watch") as writer,
                     watcher.follow(check_interval=0.2) as views):
-            await writer.put_config(ClusterConfig(lease_ttl=2.5))
-            async for view in views:  # seen through the watch: it is open on `member`
-                if view.config is not None:
-                    break
+            await _until_watched(views, writer)
             member.pause()
             try:
                 start = trio.current_time()
