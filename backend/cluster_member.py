@@ -308,8 +308,8 @@ class ClusterMember:
                 finally:
                     self._step_down("session ended")
                     self.session = None
-                    if session is not None and session.lost.is_set():
-                        resume = session.lease_id
+                    if session is not None and (session.lost.is_set() or failures):
+                        resume = session.lease_id  # a failed call too: the lease may live on
                 if not self._leaving:
                     await trio.sleep(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures, 4))
                                      if failures else BACKOFF_FIRST)

@@ -341,6 +341,24 @@ class CoordinatorContract:
                       f"{expiry_earliest - session.lost_at:.3f}s before the store could "
                       "expire the lease")
 
+    async def test_a_session_ended_by_an_unanswered_call_keeps_its_lease(
+            self, harness: Harness) -> None:
+        """A session block that ends with CoordinatorUnavailable (a call the store did not
+        answer) does not revoke its lease: the next session resumes it, with the keys bound
+        to it. Before: just after etcd restarted, a leader whose first call failed revoked
+        its own lease and lost its leadership (test_etcd_outage's misses)."""
+        with trio.fail_after(10):
+            async with harness.client() as coord:
+                with pytest.raises(CoordinatorUnavailable):
+                    async with coord.open_session(5) as session:
+                        raise CoordinatorUnavailable("a call the store did not answer")
+                async with coord.open_session(5, resume=session.lease_id) as resumed:
+                    assert resumed.lease_id == session.lease_id
+                async with coord.open_session(5) as graceful:
+                    pass
+                async with coord.open_session(5, resume=graceful.lease_id) as fresh:
+                    assert fresh.lease_id != graceful.lease_id  # a clean exit revokes
+
     async def test_linked_scope_is_cancelled_on_loss(self, harness: Harness) -> None:
         with trio.fail_after(10):
             async with harness.client() as coord, coord.open_session(1) as session:
