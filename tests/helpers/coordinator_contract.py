@@ -37,6 +37,10 @@ from memring.cluster.keyspace import Keyspace
 from tests.helpers.run_queue import Stopwatch
 
 CALL_TIMEOUT = 0.5
+# Set-up's calls (a harness connecting: a first connection, for the secure harness a bcrypt
+# Authenticate) may take longer on a loaded machine (0.53 s seen at load 13-16); the calls the
+# contract checks are held to CALL_TIMEOUT (the harness sets it once connected).
+CONNECT_TIMEOUT = 5.0
 _clusters = itertools.count(1)
 
 
@@ -316,7 +320,7 @@ class CoordinatorContract:
                     await coord.register_node(a, node("n1"))
                 print(f"[{type(harness).__name__}] revoke returned in {revoked * 1000:.1f} ms, "
                       f"watcher saw the leader key deleted after {seen * 1000:.1f} ms")
-                assert seen < 0.5
+                assert seen < a.ttl / 2  # by the revocation, not by the lease's expiry
 
     async def test_watchdog_fires_before_the_lease_can_expire(self, harness: Harness) -> None:
         with trio.fail_after(10):

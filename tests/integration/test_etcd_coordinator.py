@@ -20,7 +20,12 @@ import trio
 from memring.cluster.coordinator import Coordinator, CoordinatorUnavailable, NodeRecord
 from memring.cluster.etcd_coordinator import EtcdCoordinator, parse_endpoints
 from memring.cluster.etcd_process import EtcdProcess, free_port, start_etcd
-from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
+from tests.helpers.coordinator_contract import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+    CoordinatorContract,
+    Harness,
+)
 from tests.helpers.run_queue import Stopwatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
@@ -36,7 +41,8 @@ class EtcdHarness(Harness):
     @asynccontextmanager
     async def client(self) -> AsyncIterator[Coordinator]:
         async with EtcdCoordinator.connect(self.member.url, self.cluster,
-                                           call_timeout=CALL_TIMEOUT) as coordinator:
+                                           call_timeout=CONNECT_TIMEOUT) as coordinator:
+            coordinator.call_timeout = CALL_TIMEOUT
             yield coordinator
 
     def freeze(self) -> None:

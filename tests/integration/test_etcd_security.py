@@ -36,14 +36,18 @@ from memring.cluster.etcd_process import enable_auth, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import LocalCluster, plan_from_flags
 from tests.helpers import servers
-from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
+from tests.helpers.coordinator_contract import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+    CoordinatorContract,
+    Harness,
+)
 from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
 from tests.helpers.wire import ask
 
 pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 
 HOST = servers.HOST
-CONNECT_TIMEOUT = 5.0
 
 
 class SecureEtcdHarness(Harness):
@@ -55,8 +59,7 @@ class SecureEtcdHarness(Harness):
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[Coordinator]:
-        # Connecting authenticates: a bcrypt hash and a raft round in etcd, 65 ms quiet but up
-        # to 530 ms at load 16; the contract holds the calls after it to CALL_TIMEOUT.
+        # connecting authenticates: a bcrypt hash and a raft round in etcd, 65 ms quiet
         async with EtcdCoordinator.connect(self.etcd.url, self.cluster,
                                            call_timeout=CONNECT_TIMEOUT,
                                            security=self.etcd.security) as coordinator:
