@@ -324,8 +324,13 @@ class CoordinatorContract:
 
     async def test_watchdog_fires_before_the_lease_can_expire(self, harness: Harness) -> None:
         with trio.fail_after(10):
-            async with harness.client() as coord, coord.open_session(1) as session:
-                await trio.sleep(0.5)  # a few keepalives succeed
+            # 2 s: a 1 s TTL gives each keepalive 0.15 s, and at load 20 a session was lost
+            # before the freeze (a keepalive to the TLS etcd took longer)
+            async with harness.client() as coord, coord.open_session(2) as session:
+                granted_at = session.renewed_at
+                with trio.fail_after(session.ttl):  # a keepalive succeeds (at ttl/3)
+                    while session.renewed_at == granted_at:
+                        await trio.sleep(0.05)
                 assert session.is_valid()
                 renewals_before = session.renewed_at
                 frozen_at = trio.current_time()
