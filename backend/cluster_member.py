@@ -308,8 +308,8 @@ class ClusterMember:
                 finally:
                     self._step_down("session ended")
                     self.session = None
-                    if session is not None and session.lost.is_set():
-                        resume = session.lease_id
+                    if session is not None and (session.lost.is_set() or failures):
+                        resume = session.lease_id  # a failed call too: the lease may live on
                 if not self._leaving:
                     await trio.sleep(min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures, 4))
                                      if failures else BACKOFF_FIRST)
@@ -424,6 +424,9 @@ class ClusterMember:
                 self._unclean_since = None
             elif not await self._may_take_unclean(view, shard):
                 return False  # look again soon
+            else:  # said only now: a member that defers to another takes no data loss
+                log.warning("shard %s: no in-sync replica is alive; unclean election (data "
+                            "written since the ISR was last updated is lost)", ident.shard)
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address, unclean=unclean,
                 earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
@@ -533,11 +536,7 @@ class ClusterMember:
         operator = hint is not None and hint.node_id == self.identity.node_id and hint.unclean
         if (view.config or ClusterConfig()).unclean_election != "auto" and not operator:
             return False
-        if view.live_incarnations() & set(shard.isr.members):
-            return False
-        log.warning("shard %s: no in-sync replica is alive; unclean election (data written "
-                    "since the ISR was last updated is lost)", self.identity.shard)
-        return True
+        return not view.live_incarnations() & set(shard.isr.members)
 
     async def _may_take_unclean(self, view: ClusterView, shard: ShardView | None) -> bool:
         """An unclean election is the operator's (`shard elect --unclean` named this node), or

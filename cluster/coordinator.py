@@ -322,7 +322,9 @@ class Coordinator(abc.ABC):
         holds that lease, the new session keeps it, and with it every key bound to it (node,
         leader key, epoch, ISR incarnation), instead of starting a new life. That is safe:
         while the lease lived in the store, nobody else could take those keys. A lost session
-        is therefore not revoked when its block exits."""
+        is therefore not revoked when its block exits, nor one whose block ended because the
+        store did not answer (its lease likely lives on, for `resume`: just after etcd
+        restarted, a leader revoked its own on a failed call, and lost its leadership)."""
         sent = trio.current_time()
         lease_id, granted = 0, ttl
         if resume and await self._remaining(resume) > 0:
@@ -334,6 +336,7 @@ class Coordinator(abc.ABC):
         if margin is None:
             margin = max(0.05, granted / 10)
         session = Session(self, lease_id, granted, margin, sent)
+        unanswered = False
         try:
             with collapse_single():
                 async with trio.open_nursery() as nursery:
@@ -341,10 +344,13 @@ class Coordinator(abc.ABC):
                     nursery.start_soon(session._watchdog)
                     try:
                         yield session
+                    except CoordinatorUnavailable:
+                        unanswered = True
+                        raise
                     finally:
                         nursery.cancel_scope.cancel()
         finally:
-            if not session.lost.is_set():
+            if not session.lost.is_set() and not unanswered:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.call_timeout):
                     try:
                         await self.revoke(lease_id)

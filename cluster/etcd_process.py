@@ -54,6 +54,24 @@ _GOARCH = {"aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "s390x": "s390
            "ppc64le": "ppc64le", "i686": "386", "riscv64": "riscv64"}
 
 
+def await_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of `pid` shows state T (stopped) in /proc (Linux; elsewhere
+    return at once): a SIGSTOP is acted on only when each thread next runs."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while tasks.is_dir():
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that exited meanwhile
+                text = stat.read_text()
+                states.append(text[text.rindex(")") + 2])
+        if all(state in "TtZX" for state in states):  # stopped, traced, or gone
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} not stopped {timeout:g}s after SIGSTOP: {states}")
+        time.sleep(0.001)
+
+
 class EtcdNotFound(RuntimeError):
     """No etcd binary on PATH."""
 
@@ -154,9 +172,12 @@ class EtcdProcess:
             return ""
 
     def pause(self) -> None:
-        """SIGSTOP: etcd freezes with its sockets open (calls hang instead of being refused)."""
+        """SIGSTOP: etcd freezes with its sockets open (calls hang instead of being refused).
+        Returns once every thread has stopped: each stops when next scheduled, and on a loaded
+        machine etcd answered a call sent just after the signal (2 in 40 at load 13)."""
         self.process.send_signal(signal.SIGSTOP)
         self.paused = True
+        await_stopped(self.process.pid)
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)

@@ -36,7 +36,12 @@ from memring.cluster.etcd_process import enable_auth, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import LocalCluster, plan_from_flags
 from tests.helpers import servers
-from tests.helpers.coordinator_contract import CALL_TIMEOUT, CoordinatorContract, Harness
+from tests.helpers.coordinator_contract import (
+    CALL_TIMEOUT,
+    CONNECT_TIMEOUT,
+    CoordinatorContract,
+    Harness,
+)
 from tests.helpers.secure_etcd import SecureEtcd, secure_etcd
 from tests.helpers.wire import ask
 
@@ -54,9 +59,11 @@ class SecureEtcdHarness(Harness):
 
     @asynccontextmanager
     async def client(self) -> AsyncIterator[Coordinator]:
+        # connecting authenticates: a bcrypt hash and a raft round in etcd, 65 ms quiet
         async with EtcdCoordinator.connect(self.etcd.url, self.cluster,
-                                           call_timeout=CALL_TIMEOUT,
+                                           call_timeout=CONNECT_TIMEOUT,
                                            security=self.etcd.security) as coordinator:
+            coordinator.call_timeout = CALL_TIMEOUT
             yield coordinator
 
     def freeze(self) -> None:
