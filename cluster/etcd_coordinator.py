@@ -9,14 +9,10 @@ the thread ends by its gRPC deadline (trio keeps idle worker threads for reuse, 
 more often than every 10 s start no new thread). The lease calls (grant, keepalive, revoke)
 live in cluster.etcd_leases, which this coordinator owns (`leases`); keepalives skip gRPC
 there: they are POSTs to etcd's JSON gateway over one kept HTTP/1.1 connection on a trio
-socket (cluster.etcd_gateway). Watches too: each is a `POST /v3/watch` to the gateway, a
-chunked answer that never ends, on a connection of its own read by a trio task
-(cluster.etcd_gateway_watch); closing the watch closes the connection. Where the gateway
-refuses our client certificate (a common name), both go over gRPC as before: a watch is then
-one bidirectional stream read by a thread that hands each response to trio with
-`trio.from_thread.run_sync` into an unbounded memory channel, and closing it cancels the gRPC
-call, which ends the thread. So an idle process makes no gRPC call, and its channels, opened
-at the first call, are closed after GRPC_IDLE_CLOSE without one: an open channel alone kept
+socket (cluster.etcd_gateway). Watches live in cluster.etcd_watches (`watches`): over the
+gateway too, or over gRPC where the gateway refuses our client certificate. So an idle
+process makes no gRPC call, and its channels, opened at the first call, are closed after
+GRPC_IDLE_CLOSE without one: an open channel alone kept
 grpcio's event engine and timer threads waking (docs/scaling.md, round four).
 
 UNAVAILABLE and DEADLINE_EXCEEDED (and a member's own "context deadline exceeded", what a
@@ -52,9 +48,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -67,27 +62,31 @@ from memring.cluster.coordinator import (
     CoordinatorError,
     CoordinatorUnavailable,
     LeaseNotFound,
-    WatchCompacted,
-    WatchMoved,
     WatchStream,
-    collapse_single,
 )
-from memring.cluster.etcd_gateway import CN_REFUSED, GatewayRefused, GatewayUnreachable
-from memring.cluster.etcd_gateway_watch import GatewayWatch, create_request, decode_message
-from memring.cluster.etcd_grpc import STATUS_CODES, etcdrpc, grpc, kv_pb2
+from memring.cluster.etcd_grpc import (
+    AUTH_FAILED,
+    AUTH_NOT_ENABLED,
+    INVALID_TOKEN,
+    OLD_AUTH_REVISION,
+    PERMISSION_DENIED,
+    USER_EMPTY,
+    entry,
+    etcdrpc,
+    grpc,
+)
 from memring.cluster.etcd_grpc import details as _details
 from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
+from memring.cluster.etcd_watches import EtcdWatches, WatchRefused
 from memring.cluster.keyspace import (
     Compare,
     Delete,
     Entry,
-    KeyEvent,
     Op,
     Put,
     TxnResult,
-    WatchBatch,
     prefix_end,
 )
 
@@ -161,20 +160,6 @@ def _channel(endpoint: str, scheme: str, security: EtcdSecurity) -> grpc.Channel
     return grpc.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
 
 
-# etcd's rpctypes errors this client acts on (etcd 3.4 api/v3rpc/rpctypes/error.go)
-_INVALID_TOKEN = "invalid auth token"
-_OLD_AUTH_REVISION = "revision of auth store is old"
-_AUTH_FAILED = "authentication failed"
-_PERMISSION_DENIED = "permission denied"
-_USER_EMPTY = "user name is empty"
-_AUTH_NOT_ENABLED = "authentication is not enabled"
-
-
-def _entry(kv: Any) -> Entry:
-    return Entry(kv.key.decode(), bytes(kv.value), int(kv.create_revision),
-                 int(kv.mod_revision), int(kv.version), int(kv.lease))
-
-
 def _request_op(op: Op) -> Any:
     if isinstance(op, Put):
         return etcdrpc.RequestOp(request_put=etcdrpc.PutRequest(
@@ -195,16 +180,6 @@ def _compare(c: Compare) -> Any:
     else:
         msg.version = int(c.operand)
     return msg
-
-
-class _WatchRefused(AccessDenied):
-    """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
-    token, which it reports the same way)."""
-
-
-class _GatewayRefusedCertificate(Exception):
-    """etcd's gateway refused a watch for our client certificate's common name (`CN_REFUSED`);
-    the argument is the member's URL."""
 
 
 class EtcdCoordinator(Coordinator):
@@ -234,7 +209,7 @@ class EtcdCoordinator(Coordinator):
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self.leases = EtcdLeases(self)
-        self.watch_gateway = True  # False once the gateway refuses our certificate (`_watch_once`)
+        self.watches = EtcdWatches(self)
         self._closed = False
 
     @classmethod
@@ -293,8 +268,8 @@ class EtcdCoordinator(Coordinator):
     def _stale_token(self, code: Any, details: str) -> bool:
         """etcd refused the token we sent (not our user): a new one may pass."""
         return bool(self._token) and (
-            (code == grpc.StatusCode.UNAUTHENTICATED and _INVALID_TOKEN in details)
-            or (code == grpc.StatusCode.INVALID_ARGUMENT and _OLD_AUTH_REVISION in details))
+            (code == grpc.StatusCode.UNAUTHENTICATED and INVALID_TOKEN in details)
+            or (code == grpc.StatusCode.INVALID_ARGUMENT and OLD_AUTH_REVISION in details))
 
     async def _renew_token(self, generation: int) -> None:
         """A new token, unless another task got one since `generation` was current."""
@@ -337,22 +312,22 @@ class EtcdCoordinator(Coordinator):
             return AccessDenied(
                 f"etcd at {url} rejected our TLS client certificate ({details}): give one "
                 "signed by the CA etcd trusts with --etcd-cert and --etcd-key")
-        if _AUTH_FAILED in details:
+        if AUTH_FAILED in details:
             return AccessDenied(
                 f"etcd at {url} refused user {user!r}: wrong user name or password; check "
                 f"--etcd-user and the first line of --etcd-password-file "
                 f"{self.security.password_file}")
-        if _AUTH_NOT_ENABLED in details:
+        if AUTH_NOT_ENABLED in details:
             return AccessDenied(
                 f"etcd at {url} has authentication disabled, yet --etcd-user {user} was "
                 f"given: enable it ({docs}) or leave out --etcd-user")
-        if _USER_EMPTY in details or (_PERMISSION_DENIED in details and not user):
+        if USER_EMPTY in details or (PERMISSION_DENIED in details and not user):
             as_cn = (" (etcd took our client certificate's common name for a user name)"
                      if self.security.cert else "")
             return AccessDenied(
                 f"etcd at {url} has authentication enabled and we gave no user{as_cn}: pass "
                 f"--etcd-user and --etcd-password-file ({details})")
-        if _PERMISSION_DENIED in details or _INVALID_TOKEN in details:
+        if PERMISSION_DENIED in details or INVALID_TOKEN in details:
             return AccessDenied(
                 f"etcd at {url} denied user {user!r} access to {self.keyspace.prefix} "
                 f"({details}): grant its role readwrite on that prefix ({docs})")
@@ -536,7 +511,7 @@ class EtcdCoordinator(Coordinator):
         if prefix:
             request.range_end = prefix_end(raw)
         response = await self._unary(etcdrpc.KVStub, "Range", request, resend=True)
-        return int(response.header.revision), {e.key: e for e in map(_entry, response.kvs)}
+        return int(response.header.revision), {e.key: e for e in map(entry, response.kvs)}
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
                    failure: Sequence[Op] = (), *, resend: bool = False) -> TxnResult:
@@ -565,235 +540,19 @@ class EtcdCoordinator(Coordinator):
         generation = self._token_generation
         yielded = False
         try:
-            async with self._watch_once(prefix, from_revision) as stream:
+            async with self.watches.open(prefix, from_revision) as stream:
                 yielded = True
                 yield stream
                 return
-        except _WatchRefused:
+        except WatchRefused:
             if yielded or not self.security.user:
                 raise
         await self._renew_token(generation)
         try:
-            async with self._watch_once(prefix, from_revision) as stream:
+            async with self.watches.open(prefix, from_revision) as stream:
                 yield stream
-        except _WatchRefused as exc:
+        except WatchRefused as exc:
             raise AccessDenied(str(exc)) from None
-
-    @asynccontextmanager
-    async def _watch_once(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
-        """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
-        (as it does the keepalives): then, for the process's life, over gRPC."""
-        if self.watch_gateway and self.leases.keepalive_gateway:
-            try:
-                async with self._watch_gateway(prefix, from_revision) as stream:
-                    yield stream
-                    return
-            except _GatewayRefusedCertificate as exc:
-                log.info("etcd at %s refuses gateway calls from a client certificate with a "
-                         "common name: watches go over gRPC", exc)
-                self.watch_gateway = False
-        async with self._watch_grpc(prefix, from_revision) as stream:
-            yield stream
-
-    def _cancelled_watch(self, url: str, from_revision: int, compact_revision: int,
-                         reason: str) -> CoordinatorError:
-        """The error of a watch etcd cancelled (either transport's)."""
-        if compact_revision:
-            return WatchCompacted(f"etcd at {url}: revision {from_revision} "
-                                  f"was compacted (now {compact_revision})")
-        reason = reason.split(" desc = ", 1)[-1]  # "rpc error: code = ... desc = etcdserver: ..."
-        if _PERMISSION_DENIED in reason or _INVALID_TOKEN in reason:
-            refusal = self._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
-            return _WatchRefused(str(refusal))
-        return CoordinatorError(f"etcd at {url} cancelled the watch: {reason}")
-
-    def _gateway_watch_error(self, index: int, exc: GatewayRefused | GatewayUnreachable,
-                             what: str) -> CoordinatorError:
-        """A gateway watch's transport error as the gRPC watch's; fails over (from trio)."""
-        url = self._url(index)
-        if isinstance(exc, GatewayUnreachable):
-            if exc.tls_refused:
-                return self.leases._unreachable(index, exc, self.call_timeout, fail_over=False)
-            self._fail_over(index)
-            return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
-                                          "there?")
-        code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
-        if self._stale_token(code, exc.message):
-            return _WatchRefused(f"etcd at {url} refused our token: {exc.message}")
-        return self._error_of(index, code, exc.message, self.call_timeout)
-
-    @asynccontextmanager
-    async def _watch_gateway(self, prefix: str, from_revision: int
-                             ) -> AsyncIterator[WatchStream]:
-        """A watch on a gateway connection of its own (cluster.etcd_gateway_watch), read by a
-        trio task: the same errors, moves and bounds as `_watch_grpc`."""
-        if self._closed:
-            raise CoordinatorError("the etcd coordinator is closed")
-        index = self._current
-        url = self._url(index)
-        watch = GatewayWatch(self.endpoints[index], self.leases._tls_context())
-        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
-        stream = WatchStream(receive)
-        try:
-            try:
-                with trio.fail_after(self.call_timeout):
-                    first = decode_message(await watch.start(
-                        create_request(prefix, from_revision), self._token))
-            except trio.TooSlowError:
-                self._fail_over(index)
-                raise CoordinatorUnavailable(
-                    f"etcd at {url} did not confirm a watch within {self.call_timeout:g}s; "
-                    "is etcd running there?") from None
-            except (GatewayRefused, GatewayUnreachable) as exc:
-                if isinstance(exc, GatewayRefused) and CN_REFUSED in exc.message:
-                    raise _GatewayRefusedCertificate(url) from None
-                raise self._gateway_watch_error(index, exc, "refused a watch") from None
-            if first.canceled or first.compact_revision:
-                raise self._cancelled_watch(url, from_revision, first.compact_revision,
-                                            first.cancel_reason)
-            if first.batch is not None:  # (etcd sends `created` alone first)
-                send.send_nowait(first.batch)
-
-            async def pump(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                error: CoordinatorError | None = None
-                with trio.CancelScope() as scope:
-                    task_status.started(scope)
-                    try:
-                        while True:
-                            message = decode_message(await watch.next_result())
-                            if message.canceled or message.compact_revision:
-                                error = self._cancelled_watch(
-                                    url, from_revision, message.compact_revision,
-                                    message.cancel_reason)
-                                break
-                            if message.batch is not None:
-                                send.send_nowait(message.batch)
-                    except (GatewayRefused, GatewayUnreachable) as exc:
-                        error = self._gateway_watch_error(index, exc, "ended the watch stream")
-                if stream.error is None:
-                    stream.error = error
-                send.close()
-
-            async def end_when_moved(pumping: trio.CancelScope) -> None:
-                # another call found this endpoint unavailable: a frozen member sends no error
-                await self._until_moved_from(index)
-                stream.error = WatchMoved(f"etcd at {url} stopped answering other calls: "
-                                          f"moving the watch to {self.url}")
-                pumping.cancel()
-
-            with collapse_single():  # the caller's error through this nursery, not a group
-                async with trio.open_nursery() as nursery:
-                    pumping = await nursery.start(pump)
-                    nursery.start_soon(end_when_moved, pumping)
-                    try:
-                        async with receive:
-                            yield stream
-                    finally:
-                        nursery.cancel_scope.cancel()
-        finally:
-            await watch.aclose()
-
-    @asynccontextmanager
-    async def _watch_grpc(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
-        """A watch over a gRPC stream, read by a thread."""
-        index, stub = self._stub(etcdrpc.WatchStub)
-        url = self._url(index)
-        raw = prefix.encode()
-        create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
-            key=raw, range_end=prefix_end(raw), start_revision=from_revision))
-        closing = threading.Event()
-
-        def requests() -> Iterator[Any]:
-            yield create
-            closing.wait()  # keep the request side open until we close the watch
-
-        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
-        stream = WatchStream(receive)
-        created = trio.Event()
-        token = trio.lowlevel.current_trio_token()
-        call = stub.Watch(requests(), metadata=self._metadata())
-        self._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
-
-        def to_trio(fn: Callable[[], object]) -> bool:
-            try:
-                trio.from_thread.run_sync(fn, trio_token=token)
-            except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
-            return True
-
-        def pump() -> CoordinatorError | None:
-            try:
-                for rs in call:
-                    if rs.compact_revision or rs.canceled:
-                        return self._cancelled_watch(url, from_revision,
-                                                     int(rs.compact_revision),
-                                                     rs.cancel_reason)
-                    if rs.created:
-                        to_trio(created.set)
-                    if rs.events:
-                        batch = WatchBatch(int(rs.header.revision), tuple(
-                            KeyEvent("put" if ev.type == kv_pb2.Event.PUT else "delete",
-                                     _entry(ev.kv)) for ev in rs.events))
-                        if not to_trio(functools.partial(send.send_nowait, batch)):
-                            return None
-                return CoordinatorUnavailable(f"etcd at {url} ended the watch stream")
-            except grpc.RpcError as exc:
-                if closing.is_set():
-                    return None
-                if self._stale_token(*_details(exc)):
-                    return _WatchRefused(f"etcd at {url} refused our token: {exc.details()}")
-                return self._error(index, exc, self.call_timeout, fail_over=False)
-
-        async def run_pump() -> None:
-            # its own limiter: a long-lived watch must not hold a slot of the unary calls' pool
-            error = await trio.to_thread.run_sync(pump, abandon_on_cancel=True,
-                                                  limiter=trio.CapacityLimiter(1))
-            if isinstance(error, CoordinatorUnavailable):
-                self._fail_over(index)
-            if error is not None or stream.error is None:
-                stream.error = error
-            created.set()
-            send.close()
-
-        async def end_when_moved() -> None:
-            # another call found this endpoint unavailable: a frozen member sends no error
-            await self._until_moved_from(index)
-            stream.error = WatchMoved(
-                f"etcd at {url} stopped answering other calls: "
-                f"moving the watch to {self.url}")
-            closing.set()
-            call.cancel()
-
-        failed: CoordinatorError | None = None
-        try:
-            with collapse_single():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run_pump)
-                    nursery.start_soon(end_when_moved)
-                    with trio.move_on_after(self.call_timeout):
-                        await created.wait()
-                    if not created.is_set():
-                        self._fail_over(index)
-                        failed = CoordinatorUnavailable(
-                            f"etcd at {url} did not confirm a watch within "
-                            f"{self.call_timeout:g}s; is etcd running there?")
-                    elif stream.error is not None:
-                        failed = stream.error
-                    if failed is not None:
-                        nursery.cancel_scope.cancel()
-                    else:
-                        try:
-                            async with receive:
-                                yield stream
-                        finally:
-                            nursery.cancel_scope.cancel()
-        finally:
-            closing.set()
-            call.cancel()
-            self._grpc_calls -= 1
-            self._grpc_used = trio.current_time()
-        if failed is not None:
-            raise failed
 
     async def aclose(self) -> None:
         if self._closed:

@@ -10,14 +10,16 @@ returns. Measured on 2 busy cores, 600 spawns a run: with a coordinator open, 8 
 children aborted; with one opened and closed before each spawn (as the benchmarks do), the
 parent hung in 3 runs of 3; with fork support off, 0 of 2,400 aborted and none hung. Every
 child memring forks execs at once: nothing needs gRPC across it. So this is the one module
-that imports grpc or etcd3 (tests/unit/test_grpc_fork.py); cluster.etcd_coordinator and
-cluster.etcd_leases take them from here.
+that imports grpc or etcd3 (tests/unit/test_grpc_fork.py); cluster.etcd_coordinator,
+cluster.etcd_leases and cluster.etcd_watches take them from here.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from memring.cluster.keyspace import Entry
 
 # before grpc is imported (see above); a setting in the environment wins
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
@@ -26,7 +28,9 @@ import grpc  # type: ignore[import-untyped]
 from etcd3 import etcdrpc  # type: ignore[import-untyped]
 from etcd3.etcdrpc import kv_pb2  # type: ignore[import-untyped]
 
-__all__ = ["STATUS_CODES", "details", "etcdrpc", "grpc", "kv_pb2"]
+__all__ = ["AUTH_FAILED", "AUTH_NOT_ENABLED", "INVALID_TOKEN", "OLD_AUTH_REVISION",
+           "PERMISSION_DENIED", "STATUS_CODES", "USER_EMPTY", "details", "entry", "etcdrpc",
+           "grpc", "kv_pb2"]
 
 # gRPC's blocking calls wait in slices of 0.1 s, for a main thread to see signals between
 # them; ours wait in worker threads, which gRPC wakes when their call moves: the slices only
@@ -41,3 +45,18 @@ def details(exc: grpc.RpcError) -> tuple[Any, str]:
     code = exc.code() if hasattr(exc, "code") else None
     text = exc.details() if hasattr(exc, "details") else str(exc)
     return code, text or ""
+
+
+def entry(kv: Any) -> Entry:
+    """A KeyValue message as the coordinator's Entry."""
+    return Entry(kv.key.decode(), bytes(kv.value), int(kv.create_revision),
+                 int(kv.mod_revision), int(kv.version), int(kv.lease))
+
+
+# etcd's rpctypes errors this client acts on (etcd 3.4 api/v3rpc/rpctypes/error.go)
+INVALID_TOKEN = "invalid auth token"
+OLD_AUTH_REVISION = "revision of auth store is old"
+AUTH_FAILED = "authentication failed"
+PERMISSION_DENIED = "permission denied"
+USER_EMPTY = "user name is empty"
+AUTH_NOT_ENABLED = "authentication is not enabled"

@@ -36,7 +36,7 @@ async def test_a_watch_takes_the_gateway_and_no_thread(etcd: EtcdProcess,
     """Puts and deletes arrive as over gRPC, read by a trio task: no thread is started."""
     with trio.fail_after(20):
         async with EtcdCoordinator.connect(etcd.url, "gw-watch") as coordinator:
-            monkeypatch.setattr(coordinator, "_watch_grpc", _no_grpc_watch)
+            monkeypatch.setattr(coordinator.watches, "_watch_grpc", _no_grpc_watch)
             await coordinator.put_config(ClusterConfig(lease_ttl=2.5))  # a worker thread
             start = (await coordinator.snapshot()).revision
             threads = threading.active_count()
@@ -67,7 +67,7 @@ async def test_a_compacted_revision_is_watch_compacted(etcd: EtcdProcess) -> Non
             with pytest.raises(WatchCompacted, match=f"was compacted \\(now {now}\\)"):
                 async with coordinator.watch(now - 1) as stream:
                     await stream.__anext__()
-            assert coordinator.watch_gateway
+            assert coordinator.watches.watch_gateway
 
 
 def _without_common_name(etcd: SecureEtcd, ca: CertificateAuthority) -> EtcdSecurity:
@@ -95,14 +95,14 @@ async def test_watches_over_tls_and_auth_renew_a_stale_token_and_refuse_a_prefix
                 assert batch.events
             assert coordinator.authentications == 2
             assert "invalid auth token" in etcd.member.log_tail(50)
-            assert coordinator.watch_gateway and coordinator.leases.keepalive_gateway
+            assert coordinator.watches.watch_gateway and coordinator.leases.keepalive_gateway
         async with EtcdCoordinator.connect(etcd.url, "elsewhere", security=security,
                                            probe=False, call_timeout=3.0) as outsider:
             with pytest.raises(AccessDenied, match="denied user 'memring' access to "
                                "/memring/elsewhere/ \\(etcdserver: permission denied\\)"):
                 async with outsider.watch(1):
                     pass
-            assert outsider.watch_gateway
+            assert outsider.watches.watch_gateway
 
 
 async def test_a_certificate_with_a_common_name_watches_over_grpc(
@@ -116,7 +116,7 @@ async def test_a_certificate_with_a_common_name_watches_over_grpc(
                 await coordinator.put_config(ClusterConfig(lease_ttl=lease_ttl))
                 async with coordinator.watch(1) as stream:
                     assert (await stream.__anext__()).events
-                assert not coordinator.watch_gateway
+                assert not coordinator.watches.watch_gateway
 
 
 async def test_idle_grpc_channels_close_and_reopen(etcd: EtcdProcess,

@@ -1,0 +1,315 @@
+"""The watches of an EtcdCoordinator: a prefix's changes from a revision on.
+
+Theory of operation. A watch is a `POST /v3/watch` to etcd's JSON gateway, a chunked answer
+that never ends, on a connection of its own read by a trio task (cluster.etcd_gateway_watch);
+closing the watch closes the connection, and no thread is involved (through gRPC, an open
+stream kept grpcio's threads waking: docs/scaling.md, "round four"). Where the gateway refuses
+our client certificate (a common name), watches go over gRPC for the process's life: one
+bidirectional stream read by a thread that hands each response to trio with
+`trio.from_thread.run_sync` into an unbounded memory channel; closing it cancels the gRPC call,
+which ends the thread. Both transports end the same ways: WatchCompacted, a refusal of our
+token (`WatchRefused`, which the coordinator retries once with a new token), WatchMoved when
+another call moved the coordinator off this endpoint (a frozen member sends no error of its
+own, only silence), CoordinatorUnavailable. The coordinator owns one `EtcdWatches` and lends
+it what the watches share with its other calls (`WatchHost`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+
+from memring.cluster.coordinator import (
+    AccessDenied,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    WatchCompacted,
+    WatchMoved,
+    WatchStream,
+    collapse_single,
+)
+from memring.cluster.etcd_gateway import CN_REFUSED, GatewayRefused, GatewayUnreachable
+from memring.cluster.etcd_gateway_watch import GatewayWatch, create_request, decode_message
+from memring.cluster.etcd_grpc import (
+    INVALID_TOKEN,
+    PERMISSION_DENIED,
+    STATUS_CODES,
+    details,
+    entry,
+    etcdrpc,
+    grpc,
+    kv_pb2,
+)
+from memring.cluster.etcd_leases import EtcdLeases
+from memring.cluster.keyspace import KeyEvent, WatchBatch, prefix_end
+
+log = logging.getLogger("memring.cluster")
+
+
+class WatchRefused(AccessDenied):
+    """etcd cancelled a watch at its creation: permission denied (or, in etcd 3.4, a stale
+    token, which it reports the same way)."""
+
+
+class _GatewayRefusedCertificate(Exception):
+    """etcd's gateway refused a watch for our client certificate's common name (`CN_REFUSED`);
+    the argument is the member's URL."""
+
+
+class WatchHost(Protocol):
+    """What the watches take from their EtcdCoordinator (cluster.etcd_coordinator)."""
+
+    endpoints: list[str]
+    call_timeout: float
+    leases: EtcdLeases
+    _current: int
+    _closed: bool
+    _token: str
+    _grpc_calls: int  # in flight on the gRPC channels (a gRPC watch is one)
+    _grpc_used: float
+
+    @property
+    def url(self) -> str: ...
+    def _url(self, index: int) -> str: ...
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
+    def _stub(self, kind: Any) -> tuple[int, Any]: ...
+    def _stale_token(self, code: Any, details: str) -> bool: ...
+    def _refusal(self, url: str, code: Any, details: str) -> AccessDenied | None: ...
+    def _fail_over(self, index: int) -> None: ...
+    async def _until_moved_from(self, index: int) -> None: ...
+    def _error(self, index: int, exc: Any, timeout: float, *,
+               fail_over: bool = True) -> CoordinatorError: ...
+    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
+                  fail_over: bool = True) -> CoordinatorError: ...
+
+
+class EtcdWatches:
+    """The watches of one EtcdCoordinator (`coordinator.watches`)."""
+
+    def __init__(self, host: WatchHost) -> None:
+        self._host = host
+        self.watch_gateway = True  # False once the gateway refuses our certificate (`open`)
+
+    @asynccontextmanager
+    async def open(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
+        (as it does the keepalives): then, for the process's life, over gRPC."""
+        if self.watch_gateway and self._host.leases.keepalive_gateway:
+            try:
+                async with self._watch_gateway(prefix, from_revision) as stream:
+                    yield stream
+                    return
+            except _GatewayRefusedCertificate as exc:
+                log.info("etcd at %s refuses gateway calls from a client certificate with a "
+                         "common name: watches go over gRPC", exc)
+                self.watch_gateway = False
+        async with self._watch_grpc(prefix, from_revision) as stream:
+            yield stream
+
+    def _cancelled_watch(self, url: str, from_revision: int, compact_revision: int,
+                         reason: str) -> CoordinatorError:
+        """The error of a watch etcd cancelled (either transport's)."""
+        if compact_revision:
+            return WatchCompacted(f"etcd at {url}: revision {from_revision} "
+                                  f"was compacted (now {compact_revision})")
+        reason = reason.split(" desc = ", 1)[-1]  # "rpc error: code = ... desc = etcdserver: ..."
+        if PERMISSION_DENIED in reason or INVALID_TOKEN in reason:
+            refusal = self._host._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
+            return WatchRefused(str(refusal))
+        return CoordinatorError(f"etcd at {url} cancelled the watch: {reason}")
+
+    def _gateway_watch_error(self, index: int, exc: GatewayRefused | GatewayUnreachable,
+                             what: str) -> CoordinatorError:
+        """A gateway watch's transport error as the gRPC watch's; fails over (from trio)."""
+        url = self._host._url(index)
+        if isinstance(exc, GatewayUnreachable):
+            if exc.tls_refused:
+                return self._host.leases._unreachable(index, exc, self._host.call_timeout,
+                                                      fail_over=False)
+            self._host._fail_over(index)
+            return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
+                                          "there?")
+        code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
+        if self._host._stale_token(code, exc.message):
+            return WatchRefused(f"etcd at {url} refused our token: {exc.message}")
+        return self._host._error_of(index, code, exc.message, self._host.call_timeout)
+
+    @asynccontextmanager
+    async def _watch_gateway(self, prefix: str, from_revision: int
+                             ) -> AsyncIterator[WatchStream]:
+        """A watch on a gateway connection of its own (cluster.etcd_gateway_watch), read by a
+        trio task: the same errors, moves and bounds as `_watch_grpc`."""
+        if self._host._closed:
+            raise CoordinatorError("the etcd coordinator is closed")
+        index = self._host._current
+        url = self._host._url(index)
+        watch = GatewayWatch(self._host.endpoints[index], self._host.leases._tls_context())
+        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
+        stream = WatchStream(receive)
+        try:
+            try:
+                with trio.fail_after(self._host.call_timeout):
+                    first = decode_message(await watch.start(
+                        create_request(prefix, from_revision), self._host._token))
+            except trio.TooSlowError:
+                self._host._fail_over(index)
+                raise CoordinatorUnavailable(
+                    f"etcd at {url} did not confirm a watch within {self._host.call_timeout:g}s; "
+                    "is etcd running there?") from None
+            except (GatewayRefused, GatewayUnreachable) as exc:
+                if isinstance(exc, GatewayRefused) and CN_REFUSED in exc.message:
+                    raise _GatewayRefusedCertificate(url) from None
+                raise self._gateway_watch_error(index, exc, "refused a watch") from None
+            if first.canceled or first.compact_revision:
+                raise self._cancelled_watch(url, from_revision, first.compact_revision,
+                                            first.cancel_reason)
+            if first.batch is not None:  # (etcd sends `created` alone first)
+                send.send_nowait(first.batch)
+
+            async def pump(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                error: CoordinatorError | None = None
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    try:
+                        while True:
+                            message = decode_message(await watch.next_result())
+                            if message.canceled or message.compact_revision:
+                                error = self._cancelled_watch(
+                                    url, from_revision, message.compact_revision,
+                                    message.cancel_reason)
+                                break
+                            if message.batch is not None:
+                                send.send_nowait(message.batch)
+                    except (GatewayRefused, GatewayUnreachable) as exc:
+                        error = self._gateway_watch_error(index, exc, "ended the watch stream")
+                if stream.error is None:
+                    stream.error = error
+                send.close()
+
+            async def end_when_moved(pumping: trio.CancelScope) -> None:
+                # another call found this endpoint unavailable: a frozen member sends no error
+                await self._host._until_moved_from(index)
+                stream.error = WatchMoved(f"etcd at {url} stopped answering other calls: "
+                                          f"moving the watch to {self._host.url}")
+                pumping.cancel()
+
+            with collapse_single():  # the caller's error through this nursery, not a group
+                async with trio.open_nursery() as nursery:
+                    pumping = await nursery.start(pump)
+                    nursery.start_soon(end_when_moved, pumping)
+                    try:
+                        async with receive:
+                            yield stream
+                    finally:
+                        nursery.cancel_scope.cancel()
+        finally:
+            await watch.aclose()
+
+    @asynccontextmanager
+    async def _watch_grpc(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
+        """A watch over a gRPC stream, read by a thread."""
+        index, stub = self._host._stub(etcdrpc.WatchStub)
+        url = self._host._url(index)
+        raw = prefix.encode()
+        create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+            key=raw, range_end=prefix_end(raw), start_revision=from_revision))
+        closing = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            yield create
+            closing.wait()  # keep the request side open until we close the watch
+
+        send, receive = trio.open_memory_channel[WatchBatch](math.inf)
+        stream = WatchStream(receive)
+        created = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        call = stub.Watch(requests(), metadata=self._host._metadata())
+        self._host._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
+
+        def to_trio(fn: Callable[[], object]) -> bool:
+            try:
+                trio.from_thread.run_sync(fn, trio_token=token)
+            except (trio.RunFinishedError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            return True
+
+        def pump() -> CoordinatorError | None:
+            try:
+                for rs in call:
+                    if rs.compact_revision or rs.canceled:
+                        return self._cancelled_watch(url, from_revision,
+                                                     int(rs.compact_revision),
+                                                     rs.cancel_reason)
+                    if rs.created:
+                        to_trio(created.set)
+                    if rs.events:
+                        batch = WatchBatch(int(rs.header.revision), tuple(
+                            KeyEvent("put" if ev.type == kv_pb2.Event.PUT else "delete",
+                                     entry(ev.kv)) for ev in rs.events))
+                        if not to_trio(functools.partial(send.send_nowait, batch)):
+                            return None
+                return CoordinatorUnavailable(f"etcd at {url} ended the watch stream")
+            except grpc.RpcError as exc:
+                if closing.is_set():
+                    return None
+                if self._host._stale_token(*details(exc)):
+                    return WatchRefused(f"etcd at {url} refused our token: {exc.details()}")
+                return self._host._error(index, exc, self._host.call_timeout, fail_over=False)
+
+        async def run_pump() -> None:
+            # its own limiter: a long-lived watch must not hold a slot of the unary calls' pool
+            error = await trio.to_thread.run_sync(pump, abandon_on_cancel=True,
+                                                  limiter=trio.CapacityLimiter(1))
+            if isinstance(error, CoordinatorUnavailable):
+                self._host._fail_over(index)
+            if error is not None or stream.error is None:
+                stream.error = error
+            created.set()
+            send.close()
+
+        async def end_when_moved() -> None:
+            # another call found this endpoint unavailable: a frozen member sends no error
+            await self._host._until_moved_from(index)
+            stream.error = WatchMoved(
+                f"etcd at {url} stopped answering other calls: "
+                f"moving the watch to {self._host.url}")
+            closing.set()
+            call.cancel()
+
+        failed: CoordinatorError | None = None
+        try:
+            with collapse_single():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_pump)
+                    nursery.start_soon(end_when_moved)
+                    with trio.move_on_after(self._host.call_timeout):
+                        await created.wait()
+                    if not created.is_set():
+                        self._host._fail_over(index)
+                        failed = CoordinatorUnavailable(
+                            f"etcd at {url} did not confirm a watch within "
+                            f"{self._host.call_timeout:g}s; is etcd running there?")
+                    elif stream.error is not None:
+                        failed = stream.error
+                    if failed is not None:
+                        nursery.cancel_scope.cancel()
+                    else:
+                        try:
+                            async with receive:
+                                yield stream
+                        finally:
+                            nursery.cancel_scope.cancel()
+        finally:
+            closing.set()
+            call.cancel()
+            self._host._grpc_calls -= 1
+            self._host._grpc_used = trio.current_time()
+        if failed is not None:
+            raise failed
