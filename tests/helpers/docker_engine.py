@@ -24,7 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+# Debian's docker.io, which install_packages() installs when missing. Not looked up on PATH:
+# this module is imported before the install, and on a fresh machine PATH then found only the
+# newer CLI, whose BuildKit needs buildx (every compose test failed at `docker build`).
+DOCKER = "/usr/bin/docker"
 PACKAGES = ("docker.io", "docker-compose", "debootstrap")
 PYTHON_IMAGE = "memring-offline/python:bookworm"
 ETCD_IMAGE = "memring-offline/etcd:bookworm"
