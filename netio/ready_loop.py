@@ -207,16 +207,11 @@ class ReadyLoop:
                 self._hand_off(conn, outcome)
 
     def _send_replies(self) -> None:
-        """Send the replies the pass's handlers left (`conn.pass_replies`), in the order left.
-        A connection leaves the set only after they are sent (`_after`, `_failed`), so each
-        is still in it, unless another connection's handler closed it: then they are
-        dropped with it. No other task runs in a pass, and a stopping loop holds none."""
+        """Send the replies the pass's handlers left (`conn.pass_replies`). A connection that
+        left one answered None: it is in the set until this runs (no other task runs in a
+        pass, and a stopping loop holds none)."""
         replies = self._replies
-        sending = replies.copy()  # (its list stays the one `conn.pass_replies` points to)
-        replies.clear()  # a send that fails closes its connection: `_failed` calls back here
-        for conn, data in sending:
-            if not conn.looped:
-                continue
+        for conn, data in replies:
             try:
                 sent = conn.sock.send(data)
             except BlockingIOError:
@@ -228,13 +223,11 @@ class ReadyLoop:
                 conn.reading = False  # writing: not idle (stats conns: conn_mwrite)
                 self._remove(conn)
                 self._hand_off(conn, _send_rest(conn, memoryview(data)[sent:]))
+        replies.clear()
 
     def _after(self, conn: Connection,
                outcome: Handoff | type[HangUp] | type[Parked] | None) -> None:
-        """A read served, other than the common case: close, park, or hand off (the pass's
-        replies first: this connection's may be among them)."""
-        if self._replies:
-            self._send_replies()
+        """A read served, other than the common case: close, park, or hand off."""
         if outcome is None or outcome is HangUp:  # None: the server is stopping
             self.close(conn)
         elif outcome is Parked:
@@ -248,8 +241,6 @@ class ReadyLoop:
 
     def _failed(self, conn: Connection, exc: Exception) -> None:
         log_failure(exc)  # as a connection task's: only this connection closes
-        if self._replies:  # what its handler left before failing goes, as a send would have
-            self._send_replies()
         self.close(conn)
 
 
