@@ -21,7 +21,6 @@ from memring.backend.commands import CloseConnection, CommandHandler, StartWatch
 from memring.backend.item_dumps import StreamedReply
 from memring.backend.stats import ServerCounters
 from memring.netio.connection import Connection, Handoff, HangUp, Parked, carried_out
-from memring.netio.ready_loop import PASS_REPLY_SIZE
 from memring.netio.streams import PlainStream
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
@@ -321,12 +320,6 @@ class Conversation:
         self.counters.bytes_written += len(data)
         send = self.send
         if send is not None:
-            conn = self.conn
-            replies = conn.pass_replies
-            if (replies is not None and len(data) <= PASS_REPLY_SIZE
-                    and not (self.quitting or self.watching)):  # those close right after
-                replies.append((conn, data))  # sent with the pass's others (netio.ready_loop)
-                return None
             try:
                 sent = send(data)
             except BlockingIOError:

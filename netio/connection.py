@@ -100,9 +100,6 @@ class Connection:
     # while looped or parked: hands the ReadyLoop what a parked connection does next
     resume: Callable[[Connection, Resumption], None] | None = None
     receiver: Receiver | None = None  # with a ReadyHandler: serves one read (`opened`)
-    # while looped: where the handler may leave a reply (at most ready_loop.PASS_REPLY_SIZE
-    # bytes) that the ReadyLoop sends at the end of its pass; None: send it now
-    pass_replies: list[tuple[Connection, bytes]] | None = None
     # with a ReadyHandler: what the client's end of input (EOF) calls for; None: close now
     at_end_of_input: Callable[[], Handoff | type[HangUp]] | None = None
     stream: Stream = field(init=False)  # what handlers read and write: plain or TLS

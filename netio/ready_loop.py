@@ -21,15 +21,6 @@ bookkeeping (docs/benchmarks.md "Whole cluster end to end"). A pass ends with a 
 per pass a pipelining client cannot starve the others, and trio's other tasks (accepts,
 timers, handed-off connections) run between passes.
 
-The replies of a pass leave together: a handler may leave a small reply in
-`conn.pass_replies` instead of sending it, and the loop sends those after every
-PASS_REPLIES reads and at the end of the pass. Why: a reply's send runs the receiver's side
-of loopback TCP in the sender's syscall, and waking a client that sleeps in epoll was ~12%
-of the backend's CPU (an IPI on this VM); replies sent back to back find a client with many
-connections already awake (docs/benchmarks.md "Round three: backend"). A reply the kernel
-does not take whole is finished in the connection's own task (a Handoff), as a handler's.
-While stopping, replies are sent at once (a connection may close right after its batch).
-
 A client's end of input closes its connection, unless the handler set
 `conn.at_end_of_input`, which says what it still owes (the proxy: replies on their way).
 
@@ -59,8 +50,6 @@ from memring.netio.connection import (
 )
 
 MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
-PASS_REPLIES = 32  # replies held by a pass at most before they are sent
-PASS_REPLY_SIZE = 16384  # bytes: a larger reply is sent at once (what a pass holds is bounded)
 
 class ReadyLoop:
     """The connections waiting for input, and the one task that serves them."""
@@ -80,7 +69,6 @@ class ReadyLoop:
         self._resumed: list[tuple[Connection, Resumption]] = []  # for the next pass
         self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
         self.stopping = False  # set by stop(): close connections as their batch ends
-        self._replies: list[tuple[Connection, bytes]] = []  # this pass's, not sent yet
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -90,7 +78,6 @@ class ReadyLoop:
         conn.reading = True
         conn.looped = True
         conn.resume = self.resume
-        conn.pass_replies = None if self.stopping else self._replies
         assert conn.receiver is not None  # opened
         fd = conn.sock.fileno()
         self._waiting[fd] = (conn, conn.receiver, conn.sock.recv)
@@ -115,8 +102,6 @@ class ReadyLoop:
     def stop(self) -> None:
         """Shutdown: connections close when their batch ends; the loop ends with the last."""
         self.stopping = True
-        for conn, _receiver, _recv in self._waiting.values():
-            conn.pass_replies = None  # (between passes: none is held now)
         self.wake()
 
     def wake(self) -> None:
@@ -127,13 +112,11 @@ class ReadyLoop:
         del self._waiting[fd]
         self._epoll.unregister(fd)  # before the socket closes: its number may come back
         conn.looped = False
-        conn.pass_replies = None
 
     async def run(self) -> None:
         """Serve until stopped and the set is empty (or cancelled: the set is closed)."""
         epoll = self._epoll
         waiting = self._waiting
-        replies = self._replies
         read_size = nonblocking.READ_SIZE
         try:
             while not (self.stopping and not waiting and not self._parked):
@@ -170,12 +153,8 @@ class ReadyLoop:
                         continue
                     if outcome is None and not self.stopping:
                         conn.reading = True  # the common case, inline
-                        if len(replies) >= PASS_REPLIES:
-                            self._send_replies()
                     elif conn.looped:  # (a handler may have closed it meanwhile: the proxy)
                         self._after(conn, outcome)
-                if replies:
-                    self._send_replies()
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
             for conn, _receiver, _recv in list(waiting.values()):
@@ -206,25 +185,6 @@ class ReadyLoop:
                 assert not isinstance(outcome, type)
                 self._hand_off(conn, outcome)
 
-    def _send_replies(self) -> None:
-        """Send the replies the pass's handlers left (`conn.pass_replies`). A connection that
-        left one answered None: it is in the set until this runs (no other task runs in a
-        pass, and a stopping loop holds none)."""
-        replies = self._replies
-        for conn, data in replies:
-            try:
-                sent = conn.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._failed(conn, exc)
-                continue
-            if sent < len(data):
-                conn.reading = False  # writing: not idle (stats conns: conn_mwrite)
-                self._remove(conn)
-                self._hand_off(conn, _send_rest(conn, memoryview(data)[sent:]))
-        replies.clear()
-
     def _after(self, conn: Connection,
                outcome: Handoff | type[HangUp] | type[Parked] | None) -> None:
         """A read served, other than the common case: close, park, or hand off."""
@@ -242,14 +202,3 @@ class ReadyLoop:
     def _failed(self, conn: Connection, exc: Exception) -> None:
         log_failure(exc)  # as a connection task's: only this connection closes
         self.close(conn)
-
-
-async def _send_rest(conn: Connection, rest: memoryview) -> bool:
-    """What the kernel did not take of a reply sent at the end of a pass, in the
-    connection's own task; then it waits for input in the set again."""
-    conn.writing = True
-    try:
-        await conn.stream.send_all(rest)
-    finally:
-        conn.writing = False
-    return True

@@ -1,8 +1,8 @@
 """The backend's ReadyLoop with real processes: a client that does not read its replies is
 handed to a task of its own (the others are served meanwhile, `stats conns` shows it in
 conn_mwrite) and comes back to the loop once the kernel took them; one that hangs up in
-that state is closed and forgotten. Replies the loop holds for the end of its pass
-(ready_loop.PASS_REPLY_SIZE at most) reach such a client whole and in order."""
+that state is closed and forgotten. Small replies, one per read, reach such a client whole
+and in order."""
 
 from __future__ import annotations
 
@@ -91,11 +91,11 @@ def test_a_slow_reader_that_hangs_up_is_closed() -> None:
         assert _ask(server, b"get big\r\n", b"END\r\n") == REPLY
 
 
-SMALL = b"s" * (10 << 10)  # a reply under ready_loop.PASS_REPLY_SIZE: sent at a pass's end
+SMALL = b"s" * (10 << 10)  # one reply per read, many of them before the kernel refuses one
 SMALL_REPLY = b"VALUE small 0 %d\r\n%s\r\nEND\r\n" % (len(SMALL), SMALL)
 
 
-def test_replies_held_for_the_end_of_a_pass_reach_a_slow_reader_whole() -> None:
+def test_small_replies_reach_a_slow_reader_whole() -> None:
     with servers.backend("--memory", "64") as server:
         assert _ask(server, b"set small 0 0 %d\r\n%s\r\n" % (len(SMALL), SMALL),
                     b"\r\n") == b"STORED\r\n"

@@ -23,8 +23,7 @@ pytestmark = pytest.mark.unit
 class LineHandler:
     """`ping` -> `pong` at once; `wait` -> `waited` once `release` is set (handed off);
     `park` parks the connection until the test calls `resume_parked`; `boom` raises; `bye`
-    hangs up; `later` -> `later`, left in `conn.pass_replies` for the loop to send. Records
-    what it saw."""
+    hangs up. Records what it saw."""
 
     def __init__(self) -> None:
         self.buffers: dict[Connection, bytes] = {}
@@ -33,7 +32,6 @@ class LineHandler:
         self.closed_count = 0
         self.handoffs = 0
         self.parked: list[Connection] = []
-        self.left = 0  # replies left in conn.pass_replies
 
     def opened(self, conn: Connection) -> Receiver:
         self.buffers[conn] = b""
@@ -61,13 +59,9 @@ class LineHandler:
                 self.buffers[conn] = buffer
                 conn.sock.send(b"".join(replies))
                 return self._wait(conn)
-            replies.append(b"pong\n" if line == b"ping" else
-                           b"later\n" if line == b"later" else b"?\n")
+            replies.append(b"pong\n" if line == b"ping" else b"?\n")
         self.buffers[conn] = buffer
-        if replies and b"later\n" in replies and conn.pass_replies is not None:
-            conn.pass_replies.append((conn, b"".join(replies)))
-            self.left += 1
-        elif replies:
+        if replies:
             conn.sock.send(b"".join(replies))
             ConnectionServer.rearm(conn)
         return None
@@ -443,24 +437,3 @@ async def test_a_half_closed_client_gets_what_it_is_owed_then_closes() -> None:
             nonblocking.close(dropped)
             server.shutdown(1.0)
     assert handler.closed_count == 2
-
-
-async def test_replies_left_for_the_end_of_a_pass_are_sent_in_order() -> None:
-    handler = LineHandler()
-    server = ConnectionServer(handler, 100, ConnectionCounters())
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            port = await start(nursery, server)
-            # more ready connections than ready_loop.PASS_REPLIES: sent mid-pass and at its end
-            socks = [await nonblocking.connect("127.0.0.1", port) for _ in range(40)]
-            await settled(lambda: len(server.connections()) == 40, "all accepted")
-            for _round in range(3):
-                for sock in socks:
-                    await nonblocking.send_all(sock, b"later\nping\n")
-                for sock in socks:
-                    assert await ask(sock, b"", b"pong\n") == b"later\npong\n"
-            assert handler.left == 3 * 40
-            server.shutdown(1.0)  # stopping: replies go at once (a connection may close next)
-            assert all(conn.pass_replies is None for conn in server.connections())
-            for sock in socks:
-                nonblocking.close(sock)
