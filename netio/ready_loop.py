@@ -28,12 +28,21 @@ Closing a connection unregisters it from the set first (the descriptor may be re
 next accept). The loop is one task of the `ConnectionServer`'s connection nursery: cancelling
 that nursery (the shutdown grace deadline) closes every connection still in the set or
 parked; at shutdown it ends once the set is empty and no connection is parked.
+
+Other sockets (`LoopedSocket`: the proxy's plain backend connections) may join the set too,
+through the run's first running loop (`serving_loop()`): the pass calls their `readable()`
+as it serves a client's read, so a backend's reply settles and its client's reply leaves in
+the loop's own pass, and what they queued during a pass (`flush_after_pass`) is sent once at
+its end, with no task woken for either (issue 16, round five: docs/benchmarks.md). They do
+not keep the loop running: when it ends it `detached()`s them, and their owners serve them
+from tasks of their own again.
 """
 
 from __future__ import annotations
 
 import select
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -50,6 +59,30 @@ from memring.netio.connection import (
 )
 
 MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
+
+
+class LoopedSocket(Protocol):
+    """A socket served in the loop's pass that is not a client connection (the proxy's
+    backend connections): none of its calls may raise, or await."""
+
+    def readable(self) -> None:
+        """Its socket is readable (level-triggered): read once and serve what came."""
+
+    def flush(self) -> None:
+        """The pass in which it asked `flush_after_pass` has ended: send what it queued."""
+
+    def detached(self) -> None:
+        """The loop is ending and no longer reads its socket: its owner takes over."""
+
+
+# The run's loop that serves LoopedSockets: the first one running (the proxy has one).
+_SERVING: trio.lowlevel.RunVar[ReadyLoop | None] = trio.lowlevel.RunVar(
+    "memring.ready_loop", default=None)
+
+
+def serving_loop() -> ReadyLoop | None:
+    """The running ReadyLoop that LoopedSockets join, if any (in a trio run)."""
+    return _SERVING.get()
 
 class ReadyLoop:
     """The connections waiting for input, and the one task that serves them."""
@@ -69,6 +102,9 @@ class ReadyLoop:
         self._resumed: list[tuple[Connection, Resumption]] = []  # for the next pass
         self._nap = trio.CancelScope()  # the loop's wait for readiness; wake() cancels it
         self.stopping = False  # set by stop(): close connections as their batch ends
+        self._others: dict[int, LoopedSocket] = {}  # by file descriptor: not clients
+        self._flushes: list[LoopedSocket] = []  # to call at the end of this pass
+        self.in_pass = False  # the loop's task is in a pass (what it calls runs in it)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -107,6 +143,21 @@ class ReadyLoop:
     def wake(self) -> None:
         self._nap.cancel()
 
+    def watch(self, fd: int, sock: LoopedSocket) -> None:
+        """Serve `sock` (open on `fd`) in the passes from now on, until `unwatch(fd)`."""
+        self._others[fd] = sock
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        """Stop serving what `watch` registered on `fd` (before it closes: its number may come
+        back); nothing if it is not served (any more)."""
+        if self._others.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def flush_after_pass(self, sock: LoopedSocket) -> None:
+        """In a pass (`in_pass`): call `sock.flush()` once it ends (once per call)."""
+        self._flushes.append(sock)
+
     def _remove(self, conn: Connection) -> None:
         fd = conn.sock.fileno()
         del self._waiting[fd]
@@ -117,20 +168,24 @@ class ReadyLoop:
         """Serve until stopped and the set is empty (or cancelled: the set is closed)."""
         epoll = self._epoll
         waiting = self._waiting
+        others = self._others
         read_size = nonblocking.READ_SIZE
+        serves_others = _SERVING.get() is None
+        if serves_others:
+            _SERVING.set(self)
         try:
             while not (self.stopping and not waiting and not self._parked):
+                self.in_pass = True
                 if self._resumed:
                     self._resume_all()
                 ready = epoll.poll(0, MAX_EVENTS)
-                if not ready:
-                    with trio.CancelScope() as self._nap:
-                        await trio.lowlevel.wait_readable(epoll)
-                    continue
                 for fd, _events in ready:
                     entry = waiting.get(fd)
-                    if entry is None:  # a connection closed earlier in the pass is gone
-                        continue
+                    if entry is None:
+                        other = others.get(fd)
+                        if other is not None:
+                            other.readable()
+                        continue  # (else a connection closed earlier in the pass)
                     conn, receiver, recv = entry
                     try:
                         data = recv(read_size)
@@ -155,12 +210,30 @@ class ReadyLoop:
                         conn.reading = True  # the common case, inline
                     elif conn.looped:  # (a handler may have closed it meanwhile: the proxy)
                         self._after(conn, outcome)
+                self.in_pass = False
+                if self._flushes:
+                    flushes, self._flushes = self._flushes, []
+                    for sock in flushes:
+                        sock.flush()
+                if not ready:
+                    if self._resumed:  # by a flush's failure: no nap before running it
+                        continue
+                    with trio.CancelScope() as self._nap:
+                        await trio.lowlevel.wait_readable(epoll)
+                    continue
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
+            self.in_pass = False
+            if serves_others:
+                _SERVING.set(None)
             for conn, _receiver, _recv in list(waiting.values()):
                 self.close(conn)
             for conn in list(self._parked):
                 self.close(conn)
+            detached, self._others = others, {}
+            self._flushes = []
+            for sock in detached.values():  # (what they queued, their owners send)
+                sock.detached()
             epoll.close()
 
     def _resume_all(self) -> None:

@@ -15,6 +15,14 @@ A reply not complete by its deadline fails the connection: the socket is closed 
 slot still waiting is failed, because after a lost reply the stream can no longer be
 matched. The owner (`NodePool`) counts the failure towards ejection and reconnects.
 
+A plain connection is read and written by the proxy's client loop when one is running
+(netio.ready_loop's `serving_loop()`, the connection a `LoopedSocket` in its epoll set): a
+reply is parsed and settled in the loop's pass, which also sends its client's reply, and the
+requests queued during a pass leave in one nonblocking send at its end. The writer task
+sends only what the kernel did not take at once (and the requests queued outside a pass);
+the reader task, parked meanwhile, reads only once the loop has ended (shutdown). Either
+way the task and the loop share one parser, so a reply split across the two is whole.
+
 With backend TLS the connection's stream is a `TlsStream` (netio.streams) over the same
 socket, else a `PlainStream`: the reader and writer see the same four calls either way. The
 handshake belongs to `connect()`, under the same deadline as the TCP connect, and is
@@ -25,6 +33,7 @@ with the first reply. Any failure there is a `HandshakeFailed` naming the reason
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections import deque
@@ -33,6 +42,7 @@ from collections.abc import Callable
 import trio
 
 from memring.netio import nonblocking
+from memring.netio.ready_loop import ReadyLoop, serving_loop
 from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.ascii_auth import Login, auth_request
@@ -41,6 +51,8 @@ from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
 from memring.proxy.pending_reply import PendingReply, ReplyListener
+
+log = logging.getLogger("memring.proxy")
 
 
 class ConnectionFailed(Exception):
@@ -96,6 +108,12 @@ class BackendConnection:
         self._outbox: list[bytes] = []
         self._writer: trio.lowlevel.Task | None = None  # parked until there is an outbox
         self._pending: deque[PendingReply] = deque()
+        self._parser = ResponseParser()  # the replies' (the reader task's or the loop's)
+        self._arrived: list[ReplyListener] = []  # told once a read is parsed
+        self._loop: ReadyLoop | None = None  # the client loop that reads and sends, if any
+        self._fd = -1  # the socket's, while the loop watches it
+        self._flush_asked = False  # the loop sends the outbox at the end of its pass
+        self._run_task: trio.lowlevel.Task | None = None  # parked while the loop reads
         self._became_busy = trio.Event()
         self._cancel = trio.CancelScope()
         self.alive = False
@@ -222,14 +240,58 @@ class BackendConnection:
     async def run(self) -> None:
         """Read and write until the connection fails or is closed; owned by the pool."""
         stream = self._stream
-        if stream is None or self._sock is None:
+        sock = self._sock
+        if stream is None or sock is None:
             return  # closed (ejection, topology change) before it ever ran
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_forever, stream)
                 nursery.start_soon(self._watch_deadlines)
-                await self._read_forever(stream)
+                if type(stream) is PlainStream:
+                    await self._read_in_loop(sock)
+                if self.alive:  # (the loop ended; else closed meanwhile: cancelled)
+                    await self._read_forever(stream)
                 nursery.cancel_scope.cancel()
+
+    async def _read_in_loop(self, sock: socket.socket) -> None:
+        """While the run has a client loop: it reads this connection (and sends what its
+        passes queued); this task parks until the loop ends (`detached`)."""
+        loop = serving_loop()
+        if loop is None:
+            return
+        self._fd = sock.fileno()
+        self._loop = loop
+        loop.watch(self._fd, self)
+        self._run_task = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._run_task = None
+            self._leave_loop()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def detached(self) -> None:
+        """LoopedSocket: the loop ended (it no longer watches the socket): the tasks take
+        over, the reader from where the loop's parser is, the writer with the outbox."""
+        self._loop = None
+        self._fd = -1
+        task = self._run_task
+        if task is not None:
+            self._run_task = None
+            trio.lowlevel.reschedule(task)
+        writer = self._writer
+        if writer is not None and self._outbox:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
+    def _leave_loop(self) -> None:
+        """Out of the loop's set (before the socket closes: its number may come back)."""
+        loop = self._loop
+        if loop is not None:
+            self._loop = None
+            loop.unwatch(self._fd)
+            self._fd = -1
 
     def submit(self, request: bytes, multi: bool, listener: ReplyListener | None = None,
                kind: type[PendingReply] = PendingReply) -> PendingReply:
@@ -251,11 +313,41 @@ class BackendConnection:
             self._became_busy.set()
         if in_flight > self.max_in_flight:
             self.max_in_flight = in_flight
+        loop = self._loop
+        if loop is not None and loop.in_pass:  # sent at the pass's end: no task woken
+            if not self._flush_asked:
+                self._flush_asked = True
+                loop.flush_after_pass(self)
+            return reply
         writer = self._writer
         if writer is not None:
             self._writer = None
             trio.lowlevel.reschedule(writer)
         return reply
+
+    def flush(self) -> None:
+        """LoopedSocket: the pass that queued requests has ended: one nonblocking send of the
+        outbox, unless the writer task holds it (woken, or waiting for the socket: it sends
+        this behind what it has); the writer gets what the kernel did not take."""
+        self._flush_asked = False
+        outbox = self._outbox
+        writer = self._writer
+        sock = self._sock
+        if writer is None or not outbox or sock is None:
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        outbox.clear()
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(f"send to {self.host}:{self.port} failed: {exc.strerror or exc}")
+            return
+        if sent < len(data):
+            outbox.append(data[sent:])
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
 
     def close(self, reason: str) -> None:
         if self.alive:
@@ -264,6 +356,7 @@ class BackendConnection:
         while self._pending:
             self._pending.popleft().fail(reason)
         self._outbox.clear()
+        self._leave_loop()
         if self._reader is not None:
             self._reader.close()  # before its fd is closed (and reused)
             self._reader = None
@@ -300,9 +393,6 @@ class BackendConnection:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def _read_forever(self, stream: PlainStream | TlsStream) -> None:
-        parser = ResponseParser()
-        pending = self._pending
-        arrived: list[ReplyListener] = []
         recv = stream.recv
         if type(stream) is PlainStream and self._reader is None:
             self._reader = EdgePoller.reader(stream.sock)
@@ -313,52 +403,83 @@ class BackendConnection:
             except OSError as exc:
                 self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror or exc}")
                 return
-            if not data:
-                self._fail(f"{self.host}:{self.port} closed the connection")
+            if not self._received(data):
                 return
-            parser.receive_data(data)
-            try:
-                head: PendingReply | None = None  # the reply the next event belongs to
-                while True:
-                    event = parser.next_event()
-                    if event is NEED_DATA:
-                        break
-                    if head is None:  # (its fields kept while a multi reply's events come)
-                        if not pending:
-                            raise ResponseError(f"a {type(event).__name__} reply to no request")
-                        head = pending[0]
-                        shape = head.shape
-                        events = head.events
-                        multi = head.multi
-                    if shape is not None and not shape.accepts(event):
-                        # (never the event itself: its bytes may be another client's)
-                        raise ResponseError(f"out of step: a {type(event).__name__} reply "
-                                            f"does not answer the request it came for")
-                    events.append(event)
-                    kind = type(event)
-                    if not multi or kind is End or kind is ErrorReply or (
-                            type(event) is Line and shape is not None and shape.ends(event)):
-                        pending.popleft()
-                        head._finish()
-                        if head.listener is not None:
-                            arrived.append(head.listener)
-                        head = None
-            except Unauthenticated as exc:
-                self._fail(f"{self.host}:{self.port}: {exc}" + (
-                               "" if self.login is not None else
-                               " and this proxy has no credentials: give it "
-                               "--backend-auth-file"))
-                return
-            except ResponseError as exc:
-                self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
-                return
-            finally:
-                # Told once the whole read is parsed, so a client's pipelined replies that
-                # came in one read leave in one send.
+
+    def readable(self) -> None:
+        """LoopedSocket: the loop's pass found the socket readable: one read, served."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(nonblocking.READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(f"read from {self.host}:{self.port} failed: {exc.strerror or exc}")
+            return
+        try:
+            self._received(data)
+        except Exception:
+            # As the task path's owner (NodePool._keep_slot) does: a bug here must not end
+            # the loop, with every client in it; logged, counted, and the connection failed.
+            log.exception("connection to %s:%s failed unexpectedly", self.host, self.port)
+            self._fail("internal error")
+
+    def _received(self, data: bytes) -> bool:
+        """Settle the replies `data` completes, then tell their listeners; False when the
+        connection failed (EOF, or a reply that does not answer its request)."""
+        if not data:
+            self._fail(f"{self.host}:{self.port} closed the connection")
+            return False
+        parser = self._parser
+        pending = self._pending
+        arrived = self._arrived
+        parser.receive_data(data)
+        try:
+            head: PendingReply | None = None  # the reply the next event belongs to
+            while True:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                if head is None:  # (its fields kept while a multi reply's events come)
+                    if not pending:
+                        raise ResponseError(f"a {type(event).__name__} reply to no request")
+                    head = pending[0]
+                    shape = head.shape
+                    events = head.events
+                    multi = head.multi
+                if shape is not None and not shape.accepts(event):
+                    # (never the event itself: its bytes may be another client's)
+                    raise ResponseError(f"out of step: a {type(event).__name__} reply "
+                                        f"does not answer the request it came for")
+                events.append(event)
+                kind = type(event)
+                if not multi or kind is End or kind is ErrorReply or (
+                        type(event) is Line and shape is not None and shape.ends(event)):
+                    pending.popleft()
+                    head._finish()
+                    if head.listener is not None:
+                        arrived.append(head.listener)
+                    head = None
+        except Unauthenticated as exc:
+            self._fail(f"{self.host}:{self.port}: {exc}" + (
+                           "" if self.login is not None else
+                           " and this proxy has no credentials: give it "
+                           "--backend-auth-file"))
+            return False
+        except ResponseError as exc:
+            self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
+            return False
+        finally:
+            # Told once the whole read is parsed, so a client's pipelined replies that
+            # came in one read leave in one send.
+            if arrived:
                 for listener in arrived:
                     listener.reply_arrived()
                 arrived.clear()
-            self._on_success()
+        self._on_success()
+        return True
 
     async def _watch_deadlines(self) -> None:
         """Fail the connection when its oldest reply is overdue. Replies come in order and
