@@ -527,7 +527,7 @@ class EtcdCoordinator(Coordinator):
             return None
         return int(response.header.member_id), int(response.leader), int(response.raftTerm)
 
-    async def _check_watched(self) -> None:
+    async def _check_watched(self) -> bool:
         """The watched member must answer a Status within a search round's timeout (it is
         answered locally in ~1 ms): a proxy's routing waits on its watch."""
         index = self._current
@@ -536,6 +536,8 @@ class EtcdCoordinator(Coordinator):
             log.warning("etcd at %s did not answer a status check within %gs: moving to the "
                         "next member", self._url(index), timeout)
             self._fail_over(index)
+            return self._current != index
+        return False
 
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
