@@ -217,6 +217,10 @@ class EtcdCoordinator(Coordinator):
         # rests on it (a thread's set.add/discard is atomic under the GIL).
         self._silent: set[int] = set()
         self._probing: set[int] = set()
+        # From the Status answers seen (searches, watch checks): each member's id, and the
+        # member the answer of the highest raft term named leader (`_named_leader`).
+        self._member_ids: dict[int, int] = {}
+        self._named_leader: tuple[int, int] = (-1, 0)  # (raft term, member id)
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self.leases = EtcdLeases(self)
         self.watches = EtcdWatches(self)
@@ -395,7 +399,14 @@ class EtcdCoordinator(Coordinator):
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._make_current(min(order, key=lambda i: (i in self._silent, self._failed_at[i])))
+        self._make_current(min(order, key=lambda i: (i in self._silent, self._named(i),
+                                                     self._failed_at[i])))
+
+    def _named(self, index: int) -> bool:
+        """Whether the last Status answers named endpoint `index` etcd's leader: a call left
+        unanswered by a follower went to the leader, so a blind move goes there last."""
+        member = self._member_ids.get(index)
+        return member is not None and member == self._named_leader[1]
 
     def _make_current(self, index: int) -> None:
         """Later calls, the keepalives and the watch (it ends: WatchMoved) go to endpoint
@@ -525,7 +536,12 @@ class EtcdCoordinator(Coordinator):
                 pass
         if response is None:
             return None
-        return int(response.header.member_id), int(response.leader), int(response.raftTerm)
+        member, leader, term = (int(response.header.member_id), int(response.leader),
+                                int(response.raftTerm))
+        self._member_ids[index] = member
+        if term >= self._named_leader[0]:
+            self._named_leader = (term, leader)
+        return member, leader, term
 
     async def _check_watched(self) -> bool:
         """The watched member must answer a Status within a search round's timeout (it is
