@@ -102,10 +102,6 @@ AUTH_REFUSAL_KEPT = 5.0
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
 # costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
-# A Status sent to a member found silent (`_silent`) may wait this long for its answer, in
-# its thread, while its caller waits only its own timeout: one such probe at a time per
-# member, so that a frozen member gets one queued request from us, not one per search.
-SILENT_PROBE_TIMEOUT = 2.0
 # After this long without a gRPC call (none open), the channels are closed: an idle process
 # makes its keepalives and watches over etcd's gateway, and an open channel alone keeps
 # grpcio's threads waking (`_release_idle_channels`).
@@ -211,16 +207,6 @@ class EtcdCoordinator(Coordinator):
         self._auth_refused: tuple[float, AccessDenied] | None = None  # (when, what)
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
-        # Members that left a call or a Status unanswered and have not answered one since:
-        # not made current by a fail-over while another is not silent, asked only by one
-        # probe at a time (`_probing`: its thread clears it). Only a preference: no safety
-        # rests on it (a thread's set.add/discard is atomic under the GIL).
-        self._silent: set[int] = set()
-        self._probing: set[int] = set()
-        # From the Status answers seen (searches, watch checks): each member's id, and the
-        # member the answer of the highest raft term named leader (`_named_leader`).
-        self._member_ids: dict[int, int] = {}
-        self._named_leader: tuple[int, int] = (-1, 0)  # (raft term, member id)
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
         self.leases = EtcdLeases(self)
         self.watches = EtcdWatches(self)
@@ -384,29 +370,15 @@ class EtcdCoordinator(Coordinator):
                 channel.close()
 
 
-    def _fail_over(self, index: int, *, silent: bool = True) -> None:
-        """Endpoint `index` did not answer: it is silent; if it is current, make current the
-        endpoint that failed longest ago among those not silent (never-failed ones first, in
-        order after `index`), else among all. Without the silence, while etcd's leader was
-        frozen the never-failed member was often that leader (nothing was sent to it yet):
-        21 of 114 moves in one run went there, each costing the next call an attempt and
-        stalling the watch moved with it. `silent=False`: it answered a Status meanwhile (a
-        follower whose forward to a frozen leader timed out). Call from trio."""
+    def _fail_over(self, index: int) -> None:
+        """Endpoint `index` did not answer: if it is current, make current the endpoint that
+        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
         self._failed_at[index] = time.monotonic()
-        if silent:
-            self._silent.add(index)
         if len(self.endpoints) == 1 or index != self._current:
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._make_current(min(order, key=lambda i: (i in self._silent, self._named(i),
-                                                     self._failed_at[i])))
-
-    def _named(self, index: int) -> bool:
-        """Whether the last Status answers named endpoint `index` etcd's leader: a call left
-        unanswered by a follower went to the leader, so a blind move goes there last."""
-        member = self._member_ids.get(index)
-        return member is not None and member == self._named_leader[1]
+        self._make_current(min(order, key=lambda i: self._failed_at[i]))
 
     def _make_current(self, index: int) -> None:
         """Later calls, the keepalives and the watch (it ends: WatchMoved) go to endpoint
@@ -475,7 +447,7 @@ class EtcdCoordinator(Coordinator):
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
             try:
-                response = await self._in_thread(call)
+                return await self._in_thread(call)
             except grpc.RpcError as exc:
                 if not renewed and self._stale_token(*_details(exc)):
                     renewed = True
@@ -488,9 +460,6 @@ class EtcdCoordinator(Coordinator):
                 resent = True
                 await self._to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
-                continue
-            self._silent.discard(index)
-            return response
 
     def _attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
         """An attempt's timeout within a call of `limit` s begun at `started`: one
@@ -503,45 +472,17 @@ class EtcdCoordinator(Coordinator):
         return limit
 
     async def _status(self, index: int, timeout: float) -> Status | None:
-        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered
-        within `timeout`. A silent member gets one probe at a time: None at once while one
-        is out; the probe itself waits up to SILENT_PROBE_TIMEOUT in its thread (so that
-        its request, queued on a frozen member, is the only one), its caller `timeout`."""
+        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
         if self._closed:
             return None
-        probe = index in self._silent
-        if probe:
-            if index in self._probing:
-                await trio.lowlevel.checkpoint()
-                return None
-            self._probing.add(index)
-        status = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
-                                   etcdrpc.StatusRequest(), metadata=self._metadata(),
-                                   timeout=max(timeout, SILENT_PROBE_TIMEOUT) if probe else timeout)
-
-        def call() -> Any:
-            try:
-                response = status()
-            finally:
-                if probe:
-                    self._probing.discard(index)
-            self._silent.discard(index)  # (an abandoned probe answered late: heard)
-            return response
-
-        response = None
-        with trio.move_on_after(timeout):
-            try:
-                response = await self._in_thread(call)
-            except grpc.RpcError:
-                pass
-        if response is None:
+        call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
+                                 etcdrpc.StatusRequest(), timeout=timeout,
+                                 metadata=self._metadata())
+        try:
+            response = await self._in_thread(call)
+        except grpc.RpcError:
             return None
-        member, leader, term = (int(response.header.member_id), int(response.leader),
-                                int(response.raftTerm))
-        self._member_ids[index] = member
-        if term >= self._named_leader[0]:
-            self._named_leader = (term, leader)
-        return member, leader, term
+        return int(response.header.member_id), int(response.leader), int(response.raftTerm)
 
     async def _check_watched(self) -> bool:
         """The watched member must answer a Status within a search round's timeout (it is
@@ -559,10 +500,9 @@ class EtcdCoordinator(Coordinator):
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
         else the next endpoint."""
-        leader = await answering_leader(self._status, len(self.endpoints), deadline,
-                                        self._silent)
+        leader = await answering_leader(self._status, len(self.endpoints), deadline)
         if leader is None:
-            self._fail_over(failed, silent=failed in self._silent)
+            self._fail_over(failed)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()

@@ -52,18 +52,15 @@ def _named_in_highest_term(answers: dict[int, Status]) -> int | None:
 
 
 async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
-                 ) -> tuple[int | None, dict[int, Status], set[int]]:
+                 ) -> tuple[int | None, dict[int, Status]]:
     """The members at `indexes` asked at once; ends early once a majority of all `count`
-    names an answering leader. (That leader's index or None, the answers, the members that
-    gave none in the round's time: those cut short by an early end are neither.)"""
+    names an answering leader. (That leader's index or None, the answers.)"""
     answers: dict[int, Status] = {}
     found: list[int] = []
-    unanswered: set[int] = set()
 
     async def ask_one(index: int, done: trio.CancelScope) -> None:
         answer = await ask(index, timeout)
         if answer is None:
-            unanswered.add(index)
             return
         answers[index] = answer
         leader = _named_by_majority(answers, count)
@@ -74,27 +71,22 @@ async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
     async with trio.open_nursery() as nursery:
         for index in indexes:
             nursery.start_soon(ask_one, index, nursery.cancel_scope)
-    return (found[0] if found else _named_in_highest_term(answers)), answers, unanswered
+    return (found[0] if found else _named_in_highest_term(answers)), answers
 
 
-async def answering_leader(ask: AskStatus, count: int, give_up_at: float,
-                           silent: set[int] | None = None) -> int | None:
+async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int | None:
     """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
     silent in one round is not asked again (a frozen one would only pile up requests to
-    handle when it resumes), unless every member was. `silent` (the caller's, kept across
-    searches) gets the members found silent and loses those that answered."""
-    quiet: set[int] = set()
+    handle when it resumes), unless every member was."""
+    silent: set[int] = set()
     while True:
         now = trio.current_time()
         if now >= give_up_at:
             return None
-        indexes = [i for i in range(count) if i not in quiet] or list(range(count))
-        leader, answers, unanswered = await _round(ask, indexes, count,
-                                                   min(ROUND_TIMEOUT, give_up_at - now))
-        quiet.update(i for i in indexes if i not in answers)
-        if silent is not None:
-            silent.difference_update(answers)
-            silent.update(unanswered)
+        indexes = [i for i in range(count) if i not in silent] or list(range(count))
+        leader, answers = await _round(ask, indexes, count,
+                                       min(ROUND_TIMEOUT, give_up_at - now))
         if leader is not None:
             return leader
+        silent.update(i for i in indexes if i not in answers)
         await trio.sleep(min(POLL, max(0.0, give_up_at - trio.current_time())))

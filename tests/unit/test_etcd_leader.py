@@ -73,17 +73,3 @@ async def test_gives_up_when_no_answering_member_is_named(
 async def test_one_member_is_its_own_majority(autojump_clock: trio.testing.MockClock) -> None:
     members = Members(((10, 1),))
     assert await answering_leader(members.ask, 1, give_up_at=1.0) == 0
-
-
-async def test_the_silent_members_are_kept_across_searches(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """The caller's `silent` set gains the member that gave no answer in a round and loses
-    one that answered; a member whose ask an early end cut short is not silent."""
-    frozen_leader = Members((None, (10, 1), (10, 1)), (None, (30, 2), (30, 2)))
-    silent = {1, 2}  # 2 answered since: heard again
-    assert await answering_leader(frozen_leader.ask, 3, give_up_at=1.0, silent=silent) == 2
-    assert silent == {0}
-    decided = Members(((10, 1), (10, 1), None))  # 10 named by two: decided before 2 answers
-    silent = set()
-    assert await answering_leader(decided.ask, 3, give_up_at=1.0, silent=silent) == 0
-    assert silent == set()
