@@ -14,8 +14,8 @@ place on the ring with no nodes: its keys get SERVER_ERROR, never another shard'
 `run_cluster` takes a first snapshot (retrying with backoff while etcd cannot be reached), starts
 the proxy on it, then applies later views from `Coordinator.follow()` with
 `ProxyServer.apply_topology`, which swaps in a whole new router at once and keeps the pools of
-addresses present before and after; of several views waiting, only the newest (`newest`). While etcd is down `follow()` stays quiet and the last
-routing table stands. The proxy registers itself as `proxies/<id>` under a session of its own,
+addresses present before and after; of several views waiting, only the newest (`newest`).
+While etcd is down `follow()` stays quiet and the last routing table stands. The proxy registers itself as `proxies/<id>` under a session of its own,
 re-registering with a new session if that one is lost. With several etcd members, the one it
 watches is asked for its status every WATCH_CHECK_INTERVAL; a member that does not answer is
 left for the next (`Coordinator.follow(check_interval=...)`).
@@ -169,7 +169,8 @@ class ClusterTopology:
                 delay = min(delay * 2, FIRST_VIEW_BACKOFF_MAX)
 
     async def follow(self, server: ProxyServer) -> None:
-        """Apply every new view to `server` (only when routing changed)."""
+        """Apply the newest view to `server` whenever views come (only when routing
+        changed)."""
         async with self.coordinator.follow(check_interval=WATCH_CHECK_INTERVAL) as views:
             async for view in views:
                 self.apply(server, newest(view, views))
@@ -183,7 +184,6 @@ class ClusterTopology:
         if _routing(wanted) != _routing(current):
             server.apply_topology(wanted)
             self.swaps += 1
-
 
     async def register(self, address: str, proxy_id: str) -> None:
         """Keep `proxies/<proxy_id>` in etcd while the proxy runs; revoked on exit."""
