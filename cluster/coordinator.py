@@ -628,17 +628,26 @@ class Coordinator(abc.ABC):
         + 1). The stream raises CoordinatorUnavailable or WatchCompacted when it breaks."""
         return self._watch_raw(self.keyspace.prefix, from_revision)
 
-    async def _check_watched(self) -> None:
+    async def _check_watched(self) -> bool:
         """Check that the endpoint a watch is on still answers, and move off it if not (the
-        watch then ends with WatchMoved): a frozen member sends a watch no error."""
+        watch then ends with WatchMoved): a frozen member sends a watch no error. True if
+        it moved."""
         await trio.lowlevel.checkpoint()
+        return False
 
-    async def _keep_checking_watched(self, interval: float) -> None:
+    async def _keep_checking_watched(self, interval: float, watching: trio.Event,
+                                     creating: trio.CancelScope) -> None:
+        """`_check_watched` every `interval`. A move before the watch is confirmed (`watching`
+        not set) cancels its creation (`creating`): etcd confirms no watch on a frozen member,
+        and its creation waited the whole call timeout, then the retry interval (a proxy's
+        view stood still 1.5 s so in a bench run); once confirmed, the watch ends itself."""
         if self.endpoint_count < 2:
             return  # nowhere to move to: no timer (an idle proxy woke 5 times a second)
         while True:
             await trio.sleep(interval)
-            await self._check_watched()
+            if await self._check_watched() and not watching.is_set():
+                creating.cancel()
+                return
 
     @asynccontextmanager
     async def follow(self, *, retry_interval: float = 0.5, check_interval: float = 0.0
@@ -678,18 +687,25 @@ class Coordinator(abc.ABC):
                         resync_now = False
                     else:
                         view, resume = resume, None
-                    async with self.watch(view.revision + 1) as stream:
-                        resync_now = False
-                        with collapse_single():  # the stream's error, not a group
-                            async with trio.open_nursery() as checking:
-                                if check_interval > 0:
-                                    checking.start_soon(self._keep_checking_watched,
-                                                        check_interval)
-                                async for batch in stream:
-                                    view = view.apply(batch)
-                                    send.send_nowait(view)
-                                    last = view
-                                checking.cancel_scope.cancel()
+                    watching = trio.Event()
+                    creating = trio.CancelScope()  # a check moved us before etcd confirmed
+                    with collapse_single():  # the stream's error, not a group
+                        async with trio.open_nursery() as checking:
+                            if check_interval > 0:  # also while etcd confirms the watch
+                                checking.start_soon(self._keep_checking_watched,
+                                                    check_interval, watching, creating)
+                            with creating:
+                                async with self.watch(view.revision + 1) as stream:
+                                    watching.set()
+                                    resync_now = False
+                                    async for batch in stream:
+                                        view = view.apply(batch)
+                                        send.send_nowait(view)
+                                        last = view
+                            checking.cancel_scope.cancel()
+                    if creating.cancelled_caught:
+                        raise WatchMoved("the watched member did not answer a status check "
+                                         "while confirming the watch: moving it on")
                 except WatchMoved as exc:
                     log.info("following the cluster: %s", exc)
                     if not resync_now:

@@ -76,7 +76,7 @@ from memring.cluster.etcd_grpc import (
     grpc,
 )
 from memring.cluster.etcd_grpc import details as _details
-from memring.cluster.etcd_leader import Status, answering_leader
+from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.etcd_watches import EtcdWatches, WatchRefused
@@ -484,12 +484,17 @@ class EtcdCoordinator(Coordinator):
             return None
         return int(response.header.member_id), int(response.leader), int(response.raftTerm)
 
-    async def _check_watched(self) -> None:
+    async def _check_watched(self) -> bool:
+        """The watched member must answer a Status within a search round's timeout (it is
+        answered locally in ~1 ms): a proxy's routing waits on its watch."""
         index = self._current
-        if len(self.endpoints) > 1 and await self._status(index, self.attempt_timeout) is None:
+        timeout = min(ROUND_TIMEOUT, self.attempt_timeout)
+        if len(self.endpoints) > 1 and await self._status(index, timeout) is None:
             log.warning("etcd at %s did not answer a status check within %gs: moving to the "
-                        "next member", self._url(index), self.attempt_timeout)
+                        "next member", self._url(index), timeout)
             self._fail_over(index)
+            return self._current != index
+        return False
 
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads

@@ -360,3 +360,36 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
             print(f"\nthe change reached the view after {took * 1000:.0f} ms")
             assert watcher.url != member.url
             assert took < 0.2 + ATTEMPT_TIMEOUT + 0.4
+
+
+async def test_a_watch_confirmed_by_no_one_moves_on_at_the_next_check(
+        etcd3: EtcdCluster) -> None:
+    """A blind fail-over sends the proxy's watch to a frozen member (the bench's case: nothing
+    had been asked of it, so nothing marked it silent): its next status check moves the watch
+    on while etcd has not confirmed it, and a change reaches the view within a check, a
+    Status round and a watch. Before: the creation waited the 1 s call timeout, then the
+    0.5 s retry interval (the proxy's view stood still 1.5 s in a bench run)."""
+    member, others = _a_follower_and_the_others(etcd3)
+    with trio.fail_after(20):
+        async with (EtcdCoordinator.connect(",".join([others[0], member.url, others[1]]),
+                                            "unconfirmed-watch") as watcher,
+                    EtcdCoordinator.connect(",".join(others), "unconfirmed-watch") as writer,
+                    watcher.follow(check_interval=0.2) as views):
+            await _until_watched(views, writer)
+            assert watcher.url == others[0]
+            member.pause()
+            try:
+                start = trio.current_time()
+                watcher._fail_over(0)  # what an unanswered keepalive does
+                assert watcher.url == member.url  # the watch goes to the frozen member
+                await writer.put_config(ClusterConfig(lease_ttl=3.0))
+                with trio.fail_after(3):
+                    async for view in views:
+                        if view.config is not None and view.config.lease_ttl == 3.0:
+                            break
+                took = trio.current_time() - start
+            finally:
+                member.resume()
+            print(f"\nthe change reached the view after {took * 1000:.0f} ms")
+            assert watcher.url == others[1]
+            assert took < watcher.call_timeout + 0.25  # before: the call timeout + 0.5 s

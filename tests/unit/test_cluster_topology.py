@@ -3,7 +3,13 @@ entries as etcd would report them)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
 import pytest
+import trio
 
 from memring.cluster.coordinator import (
     ClusterConfig,
@@ -17,7 +23,7 @@ from memring.cluster.coordinator import (
 )
 from memring.cluster.keyspace import Entry, Keyspace
 from memring.cluster.status import healthy, status_doc
-from memring.proxy.cluster_topology import settings_for, shard_specs
+from memring.proxy.cluster_topology import ClusterTopology, settings_for, shard_specs
 from memring.proxy.settings import ProxySettings
 
 pytestmark = pytest.mark.unit
@@ -81,6 +87,52 @@ def test_backend_tls_applies_to_every_node_from_etcd() -> None:
                          backend_tls_cert="proxy.crt", backend_tls_key="proxy.key")
     settings = settings_for(base, three_shards())
     assert settings.shards and settings.backend_tls_settings == base.backend_tls_settings
+
+
+@dataclass
+class _RecordingServer:
+    """What ClusterTopology.follow uses of a ProxyServer: the routing applied, in order."""
+
+    state: Any
+    applied: list[ProxySettings] = field(default_factory=list)
+
+    def apply_topology(self, settings: ProxySettings) -> None:
+        self.applied.append(settings)
+        self.state.settings = settings
+
+
+class _QueuedViews:
+    """A coordinator whose `follow()` holds `views` already waiting, then ends."""
+
+    def __init__(self, views: list[ClusterView]) -> None:
+        self.views = views
+
+    @asynccontextmanager
+    async def follow(self, *, check_interval: float = 0.0
+                     ) -> AsyncIterator[trio.MemoryReceiveChannel[ClusterView]]:
+        send, receive = trio.open_memory_channel[ClusterView](len(self.views))
+        for v in self.views:
+            send.send_nowait(v)
+        send.close()
+        yield receive
+
+
+async def test_the_proxy_routes_by_the_newest_of_the_views_waiting() -> None:
+    """Views that queued while the proxy was busy (a failover storm: a view per leader, node
+    and ISR change) cost one router build, by the newest; before, one build each (three)."""
+    first = three_shards()
+    moved = view(*[(e.key, e.value, e.lease) for e in sorted(
+        first.entries.values(), key=lambda e: e.create_revision) if e.key != KS.leader("s1")],
+        (KS.leader("s1"), LeaderRecord("a1", "127.0.0.1:1001", 11).to_json(), 11))
+    gone = view(*[(e.key, e.value, e.lease) for e in sorted(
+        moved.entries.values(), key=lambda e: e.create_revision) if e.key != KS.node("a2")])
+    base = ProxySettings(etcd="http://127.0.0.1:2379")
+    server = _RecordingServer(state=type("State", (), {"settings": settings_for(base, first)})())
+    topology = ClusterTopology(_QueuedViews([first, moved, gone]), base)  # type: ignore[arg-type]
+    await topology.follow(server)  # type: ignore[arg-type]
+    assert len(server.applied) == 1 and topology.view is gone
+    (s1, _, _) = server.applied[0].shards
+    assert [n.port for n in s1.nodes] == [1001]  # a1 leads, a2 is gone
 
 
 def test_status_doc() -> None:
