@@ -7,8 +7,8 @@ trio's for them (through gRPC's sync stack each crossed a worker thread, gRPC's 
 and its event engine: docs/scaling.md, "round three"). etcd 3.4's gateway refuses a client
 certificate that has a common name; then keepalives go over one kept gRPC LeaseKeepAlive
 stream. Grants and revocations are unary gRPC calls. The coordinator owns one `EtcdLeases`
-and lends it what the calls share with its others (`LeaseHost`): the current endpoint and its
-fail-over, the token, the error mapping.
+and lends it what the calls share with its others (cluster.etcd_host, `EtcdHost`): the
+current endpoint and its fail-over, the token, the error mapping.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import math
 import queue
 import ssl
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -35,42 +35,10 @@ from memring.cluster.etcd_gateway import (
     tls_context,
 )
 from memring.cluster.etcd_grpc import STATUS_CODES, details, etcdrpc, grpc
-from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.etcd_host import EtcdHost
 
 log = logging.getLogger("memring.cluster")
 KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
-
-
-class LeaseHost(Protocol):
-    """What the lease calls take from their EtcdCoordinator (cluster.etcd_coordinator)."""
-
-    endpoints: list[str]
-    security: EtcdSecurity
-    scheme: str
-    attempt_timeout: float
-    _current: int
-    _closed: bool
-    _token: str
-    _token_generation: int
-
-    @property
-    def url(self) -> str: ...
-    def _url(self, index: int) -> str: ...
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
-    def _stub(self, kind: Any) -> tuple[int, Any]: ...
-    def _stale_token(self, code: Any, details: str) -> bool: ...
-    async def _renew_token(self, generation: int) -> None: ...
-    def _fail_over(self, index: int) -> None: ...
-    async def _to_answering_leader(self, failed: int, deadline: float) -> None: ...
-    def _attempt_wait(self, limit: float, started: float, resends: int,
-                      resent: bool) -> float: ...
-    def _error(self, index: int, exc: Any, timeout: float, *,
-               fail_over: bool = True) -> CoordinatorError: ...
-    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
-                  fail_over: bool = True) -> CoordinatorError: ...
-    async def _unary(self, kind: Any, method: str, request: Any,
-                     timeout: float | None = None, *, resend: bool = False,
-                     authenticated: bool = True) -> Any: ...
 
 
 class _KeepAliveStream:
@@ -102,7 +70,7 @@ class _KeepAliveStream:
 class EtcdLeases:
     """Grant, keepalive and revoke of leases for one EtcdCoordinator (`host`)."""
 
-    def __init__(self, host: LeaseHost) -> None:
+    def __init__(self, host: EtcdHost) -> None:
         self._host = host
         self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
         self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)

@@ -11,7 +11,7 @@ which ends the thread. Both transports end the same ways: WatchCompacted, a refu
 token (`WatchRefused`, which the coordinator retries once with a new token), WatchMoved when
 another call moved the coordinator off this endpoint (a frozen member sends no error of its
 own, only silence), CoordinatorUnavailable. The coordinator owns one `EtcdWatches` and lends
-it what the watches share with its other calls (`WatchHost`).
+it what the watches share with its other calls (cluster.etcd_host, `EtcdHost`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -47,7 +47,7 @@ from memring.cluster.etcd_grpc import (
     grpc,
     kv_pb2,
 )
-from memring.cluster.etcd_leases import EtcdLeases
+from memring.cluster.etcd_host import EtcdHost
 from memring.cluster.keyspace import KeyEvent, WatchBatch, prefix_end
 
 log = logging.getLogger("memring.cluster")
@@ -63,37 +63,10 @@ class _GatewayRefusedCertificate(Exception):
     the argument is the member's URL."""
 
 
-class WatchHost(Protocol):
-    """What the watches take from their EtcdCoordinator (cluster.etcd_coordinator)."""
-
-    endpoints: list[str]
-    call_timeout: float
-    leases: EtcdLeases
-    _current: int
-    _closed: bool
-    _token: str
-    _grpc_calls: int  # in flight on the gRPC channels (a gRPC watch is one)
-    _grpc_used: float
-
-    @property
-    def url(self) -> str: ...
-    def _url(self, index: int) -> str: ...
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
-    def _stub(self, kind: Any) -> tuple[int, Any]: ...
-    def _stale_token(self, code: Any, details: str) -> bool: ...
-    def _refusal(self, url: str, code: Any, details: str) -> AccessDenied | None: ...
-    def _fail_over(self, index: int) -> None: ...
-    async def _until_moved_from(self, index: int) -> None: ...
-    def _error(self, index: int, exc: Any, timeout: float, *,
-               fail_over: bool = True) -> CoordinatorError: ...
-    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
-                  fail_over: bool = True) -> CoordinatorError: ...
-
-
 class EtcdWatches:
     """The watches of one EtcdCoordinator (`coordinator.watches`)."""
 
-    def __init__(self, host: WatchHost) -> None:
+    def __init__(self, host: EtcdHost) -> None:
         self._host = host
         self.watch_gateway = True  # False once the gateway refuses our certificate (`open`)
 
