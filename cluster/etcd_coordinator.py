@@ -76,6 +76,7 @@ from memring.cluster.etcd_grpc import (
     grpc,
 )
 from memring.cluster.etcd_grpc import details as _details
+from memring.cluster.etcd_host import GatewayAccess
 from memring.cluster.etcd_leader import Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
@@ -208,6 +209,7 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
+        self.gateway = GatewayAccess(self.scheme, self.security)  # what leases and watches share
         self.leases = EtcdLeases(self)
         self.watches = EtcdWatches(self)
         self._closed = False
@@ -361,7 +363,7 @@ class EtcdCoordinator(Coordinator):
         threads waking (~16 times a second in all), though no call is made; closed, none
         runs (docs/scaling.md, "round four"). The next call opens a channel again (a
         connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
-        if (self._grpc_calls or self.leases._keepalives is not None
+        if (self._grpc_calls or self.leases.keepalive_stream_open
                 or trio.current_time() - self._grpc_used < GRPC_IDLE_CLOSE):
             return
         for index, channel in enumerate(self._channels):

@@ -4,17 +4,53 @@ Theory of operation. cluster.etcd_leases and cluster.etcd_watches are parts of o
 EtcdCoordinator (cluster.etcd_coordinator), kept apart for size. They take what they share
 with its other calls through one narrow protocol, `EtcdHost`: the endpoints and the current
 one with its fail-over, the token and its renewal, gRPC stubs and the error mapping.
+What only they share, etcd's JSON gateway, is one `GatewayAccess` the host holds: the TLS
+context of its connections, whether the members' gateway takes our client certificate, and
+the error for a TLS handshake it refused.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+import ssl
+from typing import Any, Protocol
 
 from memring.cluster.coordinator import AccessDenied, CoordinatorError
+from memring.cluster.etcd_gateway import GatewayUnreachable, tls_context
 from memring.cluster.etcd_security import EtcdSecurity
 
-if TYPE_CHECKING:
-    from memring.cluster.etcd_leases import EtcdLeases
+
+class GatewayAccess:
+    """etcd's JSON gateway as the lease and watch calls share it (`EtcdHost.gateway`)."""
+
+    def __init__(self, scheme: str, security: EtcdSecurity) -> None:
+        self._scheme = scheme
+        self._security = security
+        self._tls: ssl.SSLContext | None = None  # made at the first https:// connection
+        # etcd 3.4's gateway refuses every client certificate that has a common name
+        # (etcd_gateway.CN_REFUSED): then keepalives, and watches, go over gRPC for the
+        # process's life; each finds it out on its own first call, watches also from
+        # the keepalives
+        self.keepalives = True
+        self.watches = True
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context for https:// endpoints (the gRPC channels' files), else None."""
+        if self._scheme == "https" and self._tls is None:
+            try:
+                self._tls = tls_context(self._security)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise AccessDenied(f"the TLS files for etcd do not load ({exc}): check "
+                                   "--etcd-ca, --etcd-cert and --etcd-key") from None
+        return self._tls
+
+    @staticmethod
+    def tls_refusal(url: str, exc: GatewayUnreachable) -> AccessDenied:
+        """The error for a gateway connection whose TLS handshake failed on a certificate
+        (`exc.tls_refused`): a setting to fix, never an outage."""
+        return AccessDenied(
+            f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
+            "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
+            "and --etcd-key")
 
 
 class EtcdHost(Protocol):
@@ -24,8 +60,7 @@ class EtcdHost(Protocol):
     security: EtcdSecurity
     call_timeout: float
     attempt_timeout: float
-    scheme: str
-    leases: EtcdLeases
+    gateway: GatewayAccess
     _current: int
     _closed: bool
     _token: str

@@ -68,13 +68,13 @@ class EtcdWatches:
 
     def __init__(self, host: EtcdHost) -> None:
         self._host = host
-        self.watch_gateway = True  # False once the gateway refuses our certificate (`open`)
 
     @asynccontextmanager
     async def open(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
         """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
         (as it does the keepalives): then, for the process's life, over gRPC."""
-        if self.watch_gateway and self._host.leases.keepalive_gateway:
+        gateway = self._host.gateway
+        if gateway.watches and gateway.keepalives:
             try:
                 async with self._watch_gateway(prefix, from_revision) as stream:
                     yield stream
@@ -82,7 +82,7 @@ class EtcdWatches:
             except _GatewayRefusedCertificate as exc:
                 log.info("etcd at %s refuses gateway calls from a client certificate with a "
                          "common name: watches go over gRPC", exc)
-                self.watch_gateway = False
+                gateway.watches = False
         async with self._watch_grpc(prefix, from_revision) as stream:
             yield stream
 
@@ -104,8 +104,7 @@ class EtcdWatches:
         url = self._host._url(index)
         if isinstance(exc, GatewayUnreachable):
             if exc.tls_refused:
-                return self._host.leases._unreachable(index, exc, self._host.call_timeout,
-                                                      fail_over=False)
+                return self._host.gateway.tls_refusal(url, exc)
             self._host._fail_over(index)
             return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
                                           "there?")
@@ -123,7 +122,7 @@ class EtcdWatches:
             raise CoordinatorError("the etcd coordinator is closed")
         index = self._host._current
         url = self._host._url(index)
-        watch = GatewayWatch(self._host.endpoints[index], self._host.leases._tls_context())
+        watch = GatewayWatch(self._host.endpoints[index], self._host.gateway.tls_context())
         send, receive = trio.open_memory_channel[WatchBatch](math.inf)
         stream = WatchStream(receive)
         try:
