@@ -49,8 +49,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -350,9 +350,16 @@ class EtcdCoordinator(Coordinator):
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         """A blocking gRPC call in a worker thread; its caller may give up on it."""
+        with self.grpc_call():
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    @contextmanager
+    def grpc_call(self) -> Iterator[None]:
+        """Around a gRPC call or stream: while one is open its channel stays open, and the
+        channels close GRPC_IDLE_CLOSE after the last one ends (`_release_idle_channels`)."""
         self._grpc_calls += 1
         try:
-            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            yield
         finally:
             self._grpc_calls -= 1
             self._grpc_used = trio.current_time()

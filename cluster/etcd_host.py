@@ -3,7 +3,8 @@
 Theory of operation. cluster.etcd_leases and cluster.etcd_watches are parts of one
 EtcdCoordinator (cluster.etcd_coordinator), kept apart for size. They take what they share
 with its other calls through one narrow protocol, `EtcdHost`: the endpoints and the current
-one with its fail-over, the token and its renewal, gRPC stubs and the error mapping.
+one with its fail-over, the token and its renewal, gRPC stubs, the error mapping, and
+`grpc_call()` around every gRPC call or stream (an idle coordinator closes its channels).
 What only they share, etcd's JSON gateway, is one `GatewayAccess` the host holds: the TLS
 context of its connections, whether the members' gateway takes our client certificate, and
 the error for a TLS handshake it refused.
@@ -12,6 +13,7 @@ the error for a TLS handshake it refused.
 from __future__ import annotations
 
 import ssl
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from memring.cluster.coordinator import AccessDenied, CoordinatorError
@@ -65,11 +67,10 @@ class EtcdHost(Protocol):
     _closed: bool
     _token: str
     _token_generation: int
-    _grpc_calls: int  # in flight on the gRPC channels (a gRPC watch is one)
-    _grpc_used: float
 
     @property
     def url(self) -> str: ...
+    def grpc_call(self) -> AbstractContextManager[None]: ...
     def _url(self, index: int) -> str: ...
     def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
     def _stub(self, kind: Any) -> tuple[int, Any]: ...

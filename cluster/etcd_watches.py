@@ -203,7 +203,6 @@ class EtcdWatches:
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
         call = stub.Watch(requests(), metadata=self._host._metadata())
-        self._host._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -256,32 +255,31 @@ class EtcdWatches:
             call.cancel()
 
         failed: CoordinatorError | None = None
-        try:
-            with collapse_single():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run_pump)
-                    nursery.start_soon(end_when_moved)
-                    with trio.move_on_after(self._host.call_timeout):
-                        await created.wait()
-                    if not created.is_set():
-                        self._host._fail_over(index)
-                        failed = CoordinatorUnavailable(
-                            f"etcd at {url} did not confirm a watch within "
-                            f"{self._host.call_timeout:g}s; is etcd running there?")
-                    elif stream.error is not None:
-                        failed = stream.error
-                    if failed is not None:
-                        nursery.cancel_scope.cancel()
-                    else:
-                        try:
-                            async with receive:
-                                yield stream
-                        finally:
+        with self._host.grpc_call():  # its channel stays open while the watch is
+            try:
+                with collapse_single():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(run_pump)
+                        nursery.start_soon(end_when_moved)
+                        with trio.move_on_after(self._host.call_timeout):
+                            await created.wait()
+                        if not created.is_set():
+                            self._host._fail_over(index)
+                            failed = CoordinatorUnavailable(
+                                f"etcd at {url} did not confirm a watch within "
+                                f"{self._host.call_timeout:g}s; is etcd running there?")
+                        elif stream.error is not None:
+                            failed = stream.error
+                        if failed is not None:
                             nursery.cancel_scope.cancel()
-        finally:
-            closing.set()
-            call.cancel()
-            self._host._grpc_calls -= 1
-            self._host._grpc_used = trio.current_time()
+                        else:
+                            try:
+                                async with receive:
+                                    yield stream
+                            finally:
+                                nursery.cancel_scope.cancel()
+            finally:
+                closing.set()
+                call.cancel()
         if failed is not None:
             raise failed
