@@ -97,6 +97,12 @@ log = logging.getLogger("memring.cluster")
 # long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
 # proxy retries its session and watch.
 AUTH_REFUSAL_KEPT = 5.0
+# The least an Authenticate call waits for its answer (else `call_timeout`, if longer): etcd
+# checks the password with a bcrypt hash (cost 10), 65-95 ms of CPU on a quiet machine but a
+# median of 475 ms and up to 2 s at load 12 (two busy loops on 2 cores), where the 1 s of other
+# calls took a slow answer for an outage: a server's start-up check then let a wrong password
+# by (`check_access` logs an outage and goes on), and the CLI failed.
+AUTHENTICATE_TIMEOUT = 5.0
 # How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
 # member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
 # was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
@@ -288,8 +294,10 @@ class EtcdCoordinator(Coordinator):
                 raise AccessDenied(str(exc)) from None
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
             try:
-                response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
-                                             resend=True, authenticated=False)
+                response = await self._unary(
+                    etcdrpc.AuthStub, "Authenticate", request,
+                    timeout=max(self.call_timeout, AUTHENTICATE_TIMEOUT), resend=True,
+                    authenticated=False)
             except AccessDenied as exc:
                 self._auth_refused = (time.monotonic(), exc)
                 raise
