@@ -103,6 +103,12 @@ AUTH_REFUSAL_KEPT = 5.0
 # calls took a slow answer for an outage: a server's start-up check then let a wrong password
 # by (`check_access` logs an outage and goes on), and the CLI failed.
 AUTHENTICATE_TIMEOUT = 5.0
+# A server's start-up check (`check_access`) asks this many times, CHECK_ACCESS_PAUSE apart,
+# before it takes an unavailable etcd for one not up yet: at load 20 a fresh TLS connection
+# to etcd was cut short in its handshake ("Handshake read failed") in 2 probes of 40, at
+# once, and the check then let a wrong password by.
+CHECK_ACCESS_TRIES = 3
+CHECK_ACCESS_PAUSE = 0.1
 # How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
 # member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
 # was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
@@ -244,15 +250,22 @@ class EtcdCoordinator(Coordinator):
         await self._read(self.keyspace.config())
 
     async def check_access(self) -> None:
-        """For a server starting: with TLS files or a user, probe once, so that a wrong
-        setting (AccessDenied) stops it at once; an etcd not answering yet is only logged
-        (the server retries, as without security)."""
+        """For a server starting: with TLS files or a user, probe (up to CHECK_ACCESS_TRIES
+        times within AUTHENTICATE_TIMEOUT), so that a wrong setting (AccessDenied) stops it
+        at once; an etcd not answering yet is only logged (the server retries, as without
+        security)."""
         if self.security == EtcdSecurity():
             return
-        try:
-            await self.probe()
-        except CoordinatorUnavailable as exc:
-            log.warning("cannot check the etcd credentials yet: %s", exc)
+        started = trio.current_time()
+        for tries_left in reversed(range(CHECK_ACCESS_TRIES)):
+            try:
+                await self.probe()
+                return
+            except CoordinatorUnavailable as exc:
+                if not tries_left or trio.current_time() - started >= AUTHENTICATE_TIMEOUT:
+                    log.warning("cannot check the etcd credentials yet: %s", exc)
+                    return
+            await trio.sleep(CHECK_ACCESS_PAUSE)
 
     @property
     def authentications(self) -> int:
