@@ -192,11 +192,12 @@ class Store:
             return exptime
         return (self.now() if now is None else now) + exptime
 
-    def _expires_at(self, expires: int) -> None:
-        """An item stored with `expires` (non-zero): the reaper may have to wake sooner."""
-        if not self.next_expiry or expires < self.next_expiry:
+    def _expires_at(self, expires: int, *, wake: bool = True) -> None:
+        """An item stored with `expires` (0: never): lower `next_expiry` to it if it is
+        earlier, and then, with `wake`, tell the reaper (`on_expiry`)."""
+        if expires and (not self.next_expiry or expires < self.next_expiry):
             self.next_expiry = expires
-            if self.on_expiry is not None:
+            if wake and self.on_expiry is not None:
                 self.on_expiry()
 
     def next_cas(self) -> int:
@@ -300,8 +301,7 @@ class Store:
             self.bytes += item.size - record_size(key, old)
             self.record_bytes += allocated(len(record)) - allocated(len(old))
         self.items[key] = record
-        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
-            self._expires_at(item.expires)
+        self._expires_at(item.expires)
         if bump:
             self._fit()
 
@@ -388,8 +388,7 @@ class Store:
             return Outcome.NO_MEMORY
         item.cas = cas or self.next_cas()
         self._put(key, item.record(), size)
-        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
-            self._expires_at(item.expires)
+        self._expires_at(item.expires)
         self.stats.total_items += 1
         if self.on_change is not None:
             self.on_change(key)
@@ -586,8 +585,7 @@ class Store:
         if size > self.memory_limit:
             return
         self._put(key, item.record(), size)
-        if item.expires and (not self.next_expiry or item.expires < self.next_expiry):
-            self._expires_at(item.expires)
+        self._expires_at(item.expires)
 
     def remove(self, key: bytes) -> None:
         """A replicated delete: no stats, no expiry check."""
@@ -665,8 +663,8 @@ class Store:
         finally:
             if not finished:  # abandoned: only the old bound is known to hold
                 earliest = before
-            if earliest and (not self.next_expiry or earliest < self.next_expiry):
-                self.next_expiry = earliest
+            # (no wake-up: the reaper running the crawl reads `next_expiry` after it)
+            self._expires_at(earliest, wake=False)
 
     def _settle_flush(self, now: int) -> None:
         """Once a delayed flush_all is due, remove what it flushed in one pass and forget it:

@@ -49,8 +49,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -76,6 +76,7 @@ from memring.cluster.etcd_grpc import (
     grpc,
 )
 from memring.cluster.etcd_grpc import details as _details
+from memring.cluster.etcd_host import GatewayAccess
 from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
@@ -96,6 +97,18 @@ log = logging.getLogger("memring.cluster")
 # long: each Authenticate costs etcd a bcrypt hash (tens of ms of CPU), and every backend and
 # proxy retries its session and watch.
 AUTH_REFUSAL_KEPT = 5.0
+# The least an Authenticate call waits for its answer (else `call_timeout`, if longer): etcd
+# checks the password with a bcrypt hash (cost 10), 65-95 ms of CPU on a quiet machine but a
+# median of 475 ms and up to 2 s at load 12 (two busy loops on 2 cores), where the 1 s of other
+# calls took a slow answer for an outage: a server's start-up check then let a wrong password
+# by (`check_access` logs an outage and goes on), and the CLI failed.
+AUTHENTICATE_TIMEOUT = 5.0
+# A server's start-up check (`check_access`) asks this many times, CHECK_ACCESS_PAUSE apart,
+# before it takes an unavailable etcd for one not up yet: at load 20 a fresh TLS connection
+# to etcd was cut short in its handshake ("Handshake read failed") in 2 probes of 40, at
+# once, and the check then let a wrong password by.
+CHECK_ACCESS_TRIES = 3
+CHECK_ACCESS_PAUSE = 0.1
 # How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
 # member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
 # was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
@@ -208,6 +221,7 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
+        self.gateway = GatewayAccess(self.scheme, self.security)  # what leases and watches share
         self.leases = EtcdLeases(self)
         self.watches = EtcdWatches(self)
         self._closed = False
@@ -236,15 +250,22 @@ class EtcdCoordinator(Coordinator):
         await self._read(self.keyspace.config())
 
     async def check_access(self) -> None:
-        """For a server starting: with TLS files or a user, probe once, so that a wrong
-        setting (AccessDenied) stops it at once; an etcd not answering yet is only logged
-        (the server retries, as without security)."""
+        """For a server starting: with TLS files or a user, probe (up to CHECK_ACCESS_TRIES
+        times within AUTHENTICATE_TIMEOUT), so that a wrong setting (AccessDenied) stops it
+        at once; an etcd not answering yet is only logged (the server retries, as without
+        security)."""
         if self.security == EtcdSecurity():
             return
-        try:
-            await self.probe()
-        except CoordinatorUnavailable as exc:
-            log.warning("cannot check the etcd credentials yet: %s", exc)
+        started = trio.current_time()
+        for tries_left in reversed(range(CHECK_ACCESS_TRIES)):
+            try:
+                await self.probe()
+                return
+            except CoordinatorUnavailable as exc:
+                if not tries_left or trio.current_time() - started >= AUTHENTICATE_TIMEOUT:
+                    log.warning("cannot check the etcd credentials yet: %s", exc)
+                    return
+            await trio.sleep(CHECK_ACCESS_PAUSE)
 
     @property
     def authentications(self) -> int:
@@ -286,8 +307,10 @@ class EtcdCoordinator(Coordinator):
                 raise AccessDenied(str(exc)) from None
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
             try:
-                response = await self._unary(etcdrpc.AuthStub, "Authenticate", request,
-                                             resend=True, authenticated=False)
+                response = await self._unary(
+                    etcdrpc.AuthStub, "Authenticate", request,
+                    timeout=max(self.call_timeout, AUTHENTICATE_TIMEOUT), resend=True,
+                    authenticated=False)
             except AccessDenied as exc:
                 self._auth_refused = (time.monotonic(), exc)
                 raise
@@ -348,9 +371,16 @@ class EtcdCoordinator(Coordinator):
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         """A blocking gRPC call in a worker thread; its caller may give up on it."""
+        with self.grpc_call():
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+    @contextmanager
+    def grpc_call(self) -> Iterator[None]:
+        """Around a gRPC call or stream: while one is open its channel stays open, and the
+        channels close GRPC_IDLE_CLOSE after the last one ends (`_release_idle_channels`)."""
         self._grpc_calls += 1
         try:
-            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+            yield
         finally:
             self._grpc_calls -= 1
             self._grpc_used = trio.current_time()
@@ -361,7 +391,7 @@ class EtcdCoordinator(Coordinator):
         threads waking (~16 times a second in all), though no call is made; closed, none
         runs (docs/scaling.md, "round four"). The next call opens a channel again (a
         connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
-        if (self._grpc_calls or self.leases._keepalives is not None
+        if (self._grpc_calls or self.leases.keepalive_stream_open
                 or trio.current_time() - self._grpc_used < GRPC_IDLE_CLOSE):
             return
         for index, channel in enumerate(self._channels):

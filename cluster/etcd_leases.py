@@ -7,8 +7,8 @@ trio's for them (through gRPC's sync stack each crossed a worker thread, gRPC's 
 and its event engine: docs/scaling.md, "round three"). etcd 3.4's gateway refuses a client
 certificate that has a common name; then keepalives go over one kept gRPC LeaseKeepAlive
 stream. Grants and revocations are unary gRPC calls. The coordinator owns one `EtcdLeases`
-and lends it what the calls share with its others (`LeaseHost`): the current endpoint and its
-fail-over, the token, the error mapping.
+and lends it what the calls share with its others (cluster.etcd_host, `EtcdHost`): the
+current endpoint and its fail-over, the token, the error mapping.
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import ssl
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from memring.cluster.coordinator import (
-    AccessDenied,
     CoordinatorError,
     CoordinatorUnavailable,
     LeaseNotFound,
@@ -32,45 +30,12 @@ from memring.cluster.etcd_gateway import (
     EtcdGateway,
     GatewayRefused,
     GatewayUnreachable,
-    tls_context,
 )
 from memring.cluster.etcd_grpc import STATUS_CODES, details, etcdrpc, grpc
-from memring.cluster.etcd_security import EtcdSecurity
+from memring.cluster.etcd_host import EtcdHost
 
 log = logging.getLogger("memring.cluster")
 KEEPALIVE_PATH = "/v3/lease/keepalive"  # etcd's JSON gateway (cluster.etcd_gateway)
-
-
-class LeaseHost(Protocol):
-    """What the lease calls take from their EtcdCoordinator (cluster.etcd_coordinator)."""
-
-    endpoints: list[str]
-    security: EtcdSecurity
-    scheme: str
-    attempt_timeout: float
-    _current: int
-    _closed: bool
-    _token: str
-    _token_generation: int
-
-    @property
-    def url(self) -> str: ...
-    def _url(self, index: int) -> str: ...
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
-    def _stub(self, kind: Any) -> tuple[int, Any]: ...
-    def _stale_token(self, code: Any, details: str) -> bool: ...
-    async def _renew_token(self, generation: int) -> None: ...
-    def _fail_over(self, index: int) -> None: ...
-    async def _to_answering_leader(self, failed: int, deadline: float) -> None: ...
-    def _attempt_wait(self, limit: float, started: float, resends: int,
-                      resent: bool) -> float: ...
-    def _error(self, index: int, exc: Any, timeout: float, *,
-               fail_over: bool = True) -> CoordinatorError: ...
-    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
-                  fail_over: bool = True) -> CoordinatorError: ...
-    async def _unary(self, kind: Any, method: str, request: Any,
-                     timeout: float | None = None, *, resend: bool = False,
-                     authenticated: bool = True) -> Any: ...
 
 
 class _KeepAliveStream:
@@ -102,13 +67,9 @@ class _KeepAliveStream:
 class EtcdLeases:
     """Grant, keepalive and revoke of leases for one EtcdCoordinator (`host`)."""
 
-    def __init__(self, host: LeaseHost) -> None:
+    def __init__(self, host: EtcdHost) -> None:
         self._host = host
-        self._tls: ssl.SSLContext | None = None  # the gateway's, made at its first use
         self._gateway: tuple[int, EtcdGateway] | None = None  # (endpoint index, connection)
-        # etcd 3.4's gateway refuses every client certificate that has a common name
-        # (`CN_REFUSED`): then keepalives go over a gRPC stream, as before the gateway
-        self.keepalive_gateway = True
         self._keepalives: _KeepAliveStream | None = None
         self._keepalive_lock = trio.Lock()  # one keepalive in flight on the connection
 
@@ -124,7 +85,7 @@ class EtcdLeases:
         send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
         attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
         and answers; a token etcd calls stale is renewed once."""
-        if not self.keepalive_gateway:
+        if not self._host.gateway.keepalives:
             return await self._keepalive_stream_call(lease_id, timeout=timeout)
         started = trio.current_time()
         resends = 1 if len(self._host.endpoints) > 1 else 0
@@ -144,7 +105,7 @@ class EtcdLeases:
                     log.info("etcd at %s refuses gateway calls from a client certificate with "
                              "a common name: lease keepalives go over gRPC",
                              self._host._url(index))
-                    self.keepalive_gateway = False
+                    self._host.gateway.keepalives = False
                     return await self._keepalive_stream_call(
                         lease_id, timeout=max(0.0, started + timeout - trio.current_time()))
                 code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
@@ -185,30 +146,17 @@ class EtcdLeases:
                         if self._gateway is not None:
                             await self._gateway[1].aclose()
                         self._gateway = (index, EtcdGateway(self._host.endpoints[index],
-                                                            self._tls_context()))
+                                                            self._host.gateway.tls_context()))
                     return await self._gateway[1].call(path, payload, self._host._token)
         except trio.TooSlowError:
             raise GatewayUnreachable("no answer") from None
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """The gateway's TLS context for https:// endpoints (the gRPC channels' files)."""
-        if self._host.scheme == "https" and self._tls is None:
-            try:
-                self._tls = tls_context(self._host.security)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise AccessDenied(f"the TLS files for etcd do not load ({exc}): check "
-                                   "--etcd-ca, --etcd-cert and --etcd-key") from None
-        return self._tls
 
     def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
                      fail_over: bool) -> CoordinatorError:
         """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
         url = self._host._url(index)
         if exc.tls_refused:
-            return AccessDenied(
-                f"TLS with etcd at {url} failed ({exc}): check --etcd-ca (the CA that signed "
-                "etcd's certificate) and, if etcd runs with --client-cert-auth, --etcd-cert "
-                "and --etcd-key")
+            return self._host.gateway.tls_refusal(url, exc)
         if fail_over:
             self._host._fail_over(index)
         return CoordinatorUnavailable(
@@ -275,6 +223,11 @@ class EtcdLeases:
             stream = self._keepalives = _KeepAliveStream(stub, index, self._host._metadata(),
                                                          self._host._token_generation)
         return stream
+
+    @property
+    def keepalive_stream_open(self) -> bool:
+        """A gRPC keepalive stream is open (its channel must stay open)."""
+        return self._keepalives is not None
 
     def _close_keepalives(self, stream: _KeepAliveStream) -> None:
         stream.close()

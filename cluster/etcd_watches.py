@@ -11,7 +11,7 @@ which ends the thread. Both transports end the same ways: WatchCompacted, a refu
 token (`WatchRefused`, which the coordinator retries once with a new token), WatchMoved when
 another call moved the coordinator off this endpoint (a frozen member sends no error of its
 own, only silence), CoordinatorUnavailable. The coordinator owns one `EtcdWatches` and lends
-it what the watches share with its other calls (`WatchHost`).
+it what the watches share with its other calls (cluster.etcd_host, `EtcdHost`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -47,7 +47,7 @@ from memring.cluster.etcd_grpc import (
     grpc,
     kv_pb2,
 )
-from memring.cluster.etcd_leases import EtcdLeases
+from memring.cluster.etcd_host import EtcdHost
 from memring.cluster.keyspace import KeyEvent, WatchBatch, prefix_end
 
 log = logging.getLogger("memring.cluster")
@@ -63,45 +63,18 @@ class _GatewayRefusedCertificate(Exception):
     the argument is the member's URL."""
 
 
-class WatchHost(Protocol):
-    """What the watches take from their EtcdCoordinator (cluster.etcd_coordinator)."""
-
-    endpoints: list[str]
-    call_timeout: float
-    leases: EtcdLeases
-    _current: int
-    _closed: bool
-    _token: str
-    _grpc_calls: int  # in flight on the gRPC channels (a gRPC watch is one)
-    _grpc_used: float
-
-    @property
-    def url(self) -> str: ...
-    def _url(self, index: int) -> str: ...
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None: ...
-    def _stub(self, kind: Any) -> tuple[int, Any]: ...
-    def _stale_token(self, code: Any, details: str) -> bool: ...
-    def _refusal(self, url: str, code: Any, details: str) -> AccessDenied | None: ...
-    def _fail_over(self, index: int) -> None: ...
-    async def _until_moved_from(self, index: int) -> None: ...
-    def _error(self, index: int, exc: Any, timeout: float, *,
-               fail_over: bool = True) -> CoordinatorError: ...
-    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
-                  fail_over: bool = True) -> CoordinatorError: ...
-
-
 class EtcdWatches:
     """The watches of one EtcdCoordinator (`coordinator.watches`)."""
 
-    def __init__(self, host: WatchHost) -> None:
+    def __init__(self, host: EtcdHost) -> None:
         self._host = host
-        self.watch_gateway = True  # False once the gateway refuses our certificate (`open`)
 
     @asynccontextmanager
     async def open(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
         """Through etcd's JSON gateway (no thread), unless it refuses our client certificate
         (as it does the keepalives): then, for the process's life, over gRPC."""
-        if self.watch_gateway and self._host.leases.keepalive_gateway:
+        gateway = self._host.gateway
+        if gateway.watches and gateway.keepalives:
             try:
                 async with self._watch_gateway(prefix, from_revision) as stream:
                     yield stream
@@ -109,7 +82,7 @@ class EtcdWatches:
             except _GatewayRefusedCertificate as exc:
                 log.info("etcd at %s refuses gateway calls from a client certificate with a "
                          "common name: watches go over gRPC", exc)
-                self.watch_gateway = False
+                gateway.watches = False
         async with self._watch_grpc(prefix, from_revision) as stream:
             yield stream
 
@@ -131,8 +104,7 @@ class EtcdWatches:
         url = self._host._url(index)
         if isinstance(exc, GatewayUnreachable):
             if exc.tls_refused:
-                return self._host.leases._unreachable(index, exc, self._host.call_timeout,
-                                                      fail_over=False)
+                return self._host.gateway.tls_refusal(url, exc)
             self._host._fail_over(index)
             return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
                                           "there?")
@@ -150,7 +122,7 @@ class EtcdWatches:
             raise CoordinatorError("the etcd coordinator is closed")
         index = self._host._current
         url = self._host._url(index)
-        watch = GatewayWatch(self._host.endpoints[index], self._host.leases._tls_context())
+        watch = GatewayWatch(self._host.endpoints[index], self._host.gateway.tls_context())
         send, receive = trio.open_memory_channel[WatchBatch](math.inf)
         stream = WatchStream(receive)
         try:
@@ -231,7 +203,6 @@ class EtcdWatches:
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
         call = stub.Watch(requests(), metadata=self._host._metadata())
-        self._host._grpc_calls += 1  # its channel stays open (`_release_idle_channels`)
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -284,32 +255,31 @@ class EtcdWatches:
             call.cancel()
 
         failed: CoordinatorError | None = None
-        try:
-            with collapse_single():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run_pump)
-                    nursery.start_soon(end_when_moved)
-                    with trio.move_on_after(self._host.call_timeout):
-                        await created.wait()
-                    if not created.is_set():
-                        self._host._fail_over(index)
-                        failed = CoordinatorUnavailable(
-                            f"etcd at {url} did not confirm a watch within "
-                            f"{self._host.call_timeout:g}s; is etcd running there?")
-                    elif stream.error is not None:
-                        failed = stream.error
-                    if failed is not None:
-                        nursery.cancel_scope.cancel()
-                    else:
-                        try:
-                            async with receive:
-                                yield stream
-                        finally:
+        with self._host.grpc_call():  # its channel stays open while the watch is
+            try:
+                with collapse_single():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(run_pump)
+                        nursery.start_soon(end_when_moved)
+                        with trio.move_on_after(self._host.call_timeout):
+                            await created.wait()
+                        if not created.is_set():
+                            self._host._fail_over(index)
+                            failed = CoordinatorUnavailable(
+                                f"etcd at {url} did not confirm a watch within "
+                                f"{self._host.call_timeout:g}s; is etcd running there?")
+                        elif stream.error is not None:
+                            failed = stream.error
+                        if failed is not None:
                             nursery.cancel_scope.cancel()
-        finally:
-            closing.set()
-            call.cancel()
-            self._host._grpc_calls -= 1
-            self._host._grpc_used = trio.current_time()
+                        else:
+                            try:
+                                async with receive:
+                                    yield stream
+                            finally:
+                                nursery.cancel_scope.cancel()
+            finally:
+                closing.set()
+                call.cancel()
         if failed is not None:
             raise failed

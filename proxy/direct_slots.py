@@ -30,6 +30,15 @@ from memring.proxy.slots import (
 from memring.proxy.state import ProxyState
 
 
+def _one_key_hit(reply: PendingReply) -> bytes | None:
+    """A one-key get's hit: its block as the backend sent it, then END (what every renderer
+    of a read makes of values then END); None for anything else."""
+    events = reply.events
+    if reply.error is None and len(events) == 2 and type(events[1]) is End:
+        return events[0].encode() + b"END\r\n"
+    return None
+
+
 class DirectReply(PendingReply):
     """A request to a shard of one node (static topology): the backend connection's reply
     is the client's slot itself, so a request makes one object on its way, not a reply and
@@ -61,12 +70,8 @@ class DirectRead(DirectReply):
     def poll(self) -> Poll:
         if not self.done:
             return WAITING
-        events = self.events
-        if self.error is None and len(events) == 2 and type(events[1]) is End:
-            # a one-key get's hit: its block as the backend sent it, then END (what every
-            # renderer of a read makes of values then END)
-            return events[0].encode() + b"END\r\n"
-        return self.filter(self)
+        hit = _one_key_hit(self)
+        return hit if hit is not None else self.filter(self)
 
 
 class DirectWrite(DirectReply):
@@ -93,16 +98,16 @@ class DirectWrite(DirectReply):
 
 
 
-class DirectLeaderReply(PendingReply):
+class DirectLeaderReply(DirectReply):
     """Cluster mode, the shard's leader connected: the backend connection's reply to the
     leader is the client's slot itself, as `DirectRead` is for a node of its own (one object
-    per request, no slot that points at a reply). A reply that needs the slow path (a
+    per request, no slot that points at a reply; `filter` and `reply()` are DirectReply's).
+    A reply that needs the slow path (a
     refusal to retry at the next leader; for a read, a failure too) hands over to the
     `slow` slot kind in `settle()`, which awaits a new leader and asks it, as if the
     request had been issued as that slot."""
 
-    __slots__ = ("filter", "request", "shard", "state", "taken_over")
-    filter: Callable[[PendingReply], bytes]
+    __slots__ = ("request", "shard", "state", "taken_over")
     request: bytes
     shard: Shard
     state: ProxyState
@@ -117,9 +122,6 @@ class DirectLeaderReply(PendingReply):
         if self._retry():
             return NEEDS_TASK
         return self
-
-    def poll(self) -> Poll:
-        raise NotImplementedError
 
     def _retry(self) -> bool:
         raise NotImplementedError
@@ -136,9 +138,6 @@ class DirectLeaderReply(PendingReply):
                 return self
             taken_over = self.taken_over = self._slow()
         return await taken_over.settle()
-
-    async def reply(self) -> bytes:
-        return self.filter(await self.settle())
 
 
 class DirectLeaderWrite(DirectLeaderReply):
@@ -170,9 +169,9 @@ class DirectLeaderRead(DirectLeaderReply):
     def poll(self) -> Poll:
         if not self.done:
             return WAITING
-        events = self.events
-        if self.error is None and len(events) == 2 and type(events[1]) is End:
-            return events[0].encode() + b"END\r\n"
+        hit = _one_key_hit(self)
+        if hit is not None:
+            return hit
         if self.taken_over is not None or self.error is not None or not_applied(self):
             return NEEDS_TASK
         return self.filter(self)

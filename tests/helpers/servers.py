@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +115,14 @@ def answers_version(port: int) -> bool:
             return reply.startswith(b"VERSION ") or reply == UNAUTHENTICATED
     except OSError:
         return False
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP process `pid`, returning once every thread of it has stopped: a SIGSTOP acts
+    only when each thread next runs, and on a loaded machine a frozen etcd answered a call
+    sent just after it (cluster.etcd_process.await_stopped). SIGCONT resumes it."""
+    os.kill(pid, signal.SIGSTOP)
+    etcd_process.await_stopped(pid)
 
 
 def stop(process: ServerProcess, grace: float = 5.0, graceful: bool = True) -> None:

@@ -92,7 +92,7 @@ async def test_frozen_leader_steps_down_and_refuses_queued_writes(etcd: EtcdProc
         leader = shard.leader()
         follower = next(n for n in shard.live() if n is not leader)
         with wire.connect(leader) as sock:
-            os.kill(leader.pid, signal.SIGSTOP)
+            servers.freeze(leader.pid)
             stopped = time.monotonic()
             try:
                 queued = 20

@@ -49,7 +49,7 @@ async def test_keepalives_over_tls_and_auth_take_the_gateway_past_the_tokens_exp
                 await trio.sleep(2.5)  # ~4 keepalives; the token died after 1 s unused
                 assert not session.lost.is_set()
                 assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-                assert coordinator.leases.keepalive_gateway
+                assert coordinator.gateway.keepalives
                 assert coordinator.leases._gateway is not None and coordinator.leases._gateway[1].connected
                 assert threading.active_count() <= threads  # (idle workers may end)
                 assert coordinator.authentications == 1
@@ -65,7 +65,7 @@ async def test_a_certificate_with_a_common_name_keeps_alive_over_grpc(
                                             security=secure_etcd.security) as coordinator,
                     coordinator.open_session(2) as session):
             assert await coordinator._keepalive(session.lease_id, timeout=1.0) > 0
-            assert not coordinator.leases.keepalive_gateway
+            assert not coordinator.gateway.keepalives
             await trio.sleep(1.5)
             assert not session.lost.is_set()
             assert coordinator.leases._keepalives is not None

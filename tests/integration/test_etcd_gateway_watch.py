@@ -67,7 +67,7 @@ async def test_a_compacted_revision_is_watch_compacted(etcd: EtcdProcess) -> Non
             with pytest.raises(WatchCompacted, match=f"was compacted \\(now {now}\\)"):
                 async with coordinator.watch(now - 1) as stream:
                     await stream.__anext__()
-            assert coordinator.watches.watch_gateway
+            assert coordinator.gateway.watches
 
 
 def _without_common_name(etcd: SecureEtcd, ca: CertificateAuthority) -> EtcdSecurity:
@@ -95,14 +95,14 @@ async def test_watches_over_tls_and_auth_renew_a_stale_token_and_refuse_a_prefix
                 assert batch.events
             assert coordinator.authentications == 2
             assert "invalid auth token" in etcd.member.log_tail(50)
-            assert coordinator.watches.watch_gateway and coordinator.leases.keepalive_gateway
+            assert coordinator.gateway.watches and coordinator.gateway.keepalives
         async with EtcdCoordinator.connect(etcd.url, "elsewhere", security=security,
                                            probe=False, call_timeout=3.0) as outsider:
             with pytest.raises(AccessDenied, match="denied user 'memring' access to "
                                "/memring/elsewhere/ \\(etcdserver: permission denied\\)"):
                 async with outsider.watch(1):
                     pass
-            assert outsider.watches.watch_gateway
+            assert outsider.gateway.watches
 
 
 async def test_a_certificate_with_a_common_name_watches_over_grpc(
@@ -116,7 +116,7 @@ async def test_a_certificate_with_a_common_name_watches_over_grpc(
                 await coordinator.put_config(ClusterConfig(lease_ttl=lease_ttl))
                 async with coordinator.watch(1) as stream:
                     assert (await stream.__anext__()).events
-                assert not coordinator.watches.watch_gateway
+                assert not coordinator.gateway.watches
 
 
 async def test_idle_grpc_channels_close_and_reopen(etcd: EtcdProcess,

@@ -31,7 +31,11 @@ from memring.cluster.coordinator import (
     CoordinatorUnavailable,
     NodeRecord,
 )
-from memring.cluster.etcd_coordinator import AUTH_REFUSAL_KEPT, EtcdCoordinator
+from memring.cluster.etcd_coordinator import (
+    AUTH_REFUSAL_KEPT,
+    AUTHENTICATE_TIMEOUT,
+    EtcdCoordinator,
+)
 from memring.cluster.etcd_process import enable_auth, running_etcd_cluster
 from memring.cluster.etcd_security import EtcdSecurity
 from memring.cluster.launcher import LocalCluster, plan_from_flags
@@ -313,6 +317,32 @@ def test_servers_refused_by_etcd_exit_naming_what_to_fix(secure_etcd: SecureEtcd
         assert f"{name}: error: etcd at {secure_etcd.url} refused user 'memring': wrong user " \
             f"name or password; check --etcd-user and the first line of " \
             f"--etcd-password-file {wrong}" in done.stderr, done.stderr
+
+
+async def test_an_authenticate_slower_than_the_call_timeout_is_waited_for(
+        secure_etcd: SecureEtcd) -> None:
+    """etcd checks a password with a bcrypt hash, which took up to 2 s on a loaded machine:
+    Authenticate waits AUTHENTICATE_TIMEOUT, not the 1 s of other calls, so a server's
+    start-up probe gets etcd's answer rather than an outage to log and go past (which let the
+    wrong password of the test above by). Here the member is frozen for 1.5 s when asked."""
+    with trio.fail_after(20):
+        async with EtcdCoordinator.connect(secure_etcd.url, "sec-slow-auth", probe=False,
+                                           security=secure_etcd.security) as coordinator:
+            assert coordinator.call_timeout == 1.0 < AUTHENTICATE_TIMEOUT
+            # the channel connected first (a TLS handshake with a frozen member fails fast)
+            assert await coordinator._status(0, 5.0) is not None
+            secure_etcd.member.pause()
+            try:
+                started = time.monotonic()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(coordinator.probe)
+                    await trio.sleep(1.5)
+                    secure_etcd.member.resume()
+            finally:
+                if secure_etcd.member.paused:
+                    secure_etcd.member.resume()
+            assert time.monotonic() - started >= 1.5
+            assert coordinator.authentications == 1
 
 
 async def test_a_secured_three_member_etcd_survives_its_leader(

@@ -133,7 +133,7 @@ def test_proxy_waiting_for_a_slow_backend_is_not_idle() -> None:
         sock.sendall(b"set slow 0 0 1\r\n1\r\n")
         assert read_exactly(sock, len(b"STORED\r\n"), 5) == b"STORED\r\n"
         time.sleep(0.1)
-        os.kill(node.pid, signal.SIGSTOP)
+        servers.freeze(node.pid)
         try:
             sock.sendall(b"get slow\r\n")
             time.sleep(2 * IDLE)

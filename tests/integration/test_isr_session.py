@@ -63,7 +63,7 @@ def test_follower_with_a_new_lease_rejoins_the_isr_and_wins_a_clean_election(
         old_lease = shard.lease(follower)
         assert old_lease
 
-        follower.process.send_signal(signal.SIGSTOP)
+        servers.freeze(follower.process.pid)
         try:
             time.sleep(FREEZE)
         finally:

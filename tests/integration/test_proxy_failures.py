@@ -277,7 +277,7 @@ def test_frozen_backend_times_out_then_is_ejected_and_returns(
     pid = cluster.backends[victim].pid
     client = TimedClient(cluster.proxy)
     try:
-        os.kill(pid, signal.SIGSTOP)
+        servers.freeze(pid)
         stopped_at = time.monotonic()
         dead, live = Figures(), Figures()
         walk(client, cluster, victim, count=300, seconds=2.5, dead=dead, live=live)

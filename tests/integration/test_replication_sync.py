@@ -171,7 +171,7 @@ def test_frozen_follower_is_dropped_after_the_lag_bound_and_rejoins(etcd: EtcdPr
                                                                       ) -> None:
     with sync_shard(etcd, 2) as shard:
         leader, (follower,) = settled(shard)
-        follower.process.send_signal(signal.SIGSTOP)
+        servers.freeze(follower.process.pid)
         try:
             with wire.connect(leader) as sock:
                 started = time.monotonic()
@@ -247,7 +247,7 @@ def test_frozen_leader_acknowledges_nothing_after_its_successor(etcd: EtcdProces
         leader, (follower,) = settled(shard)
         with wire.connect(leader) as sock:
             assert set_one(sock, b"before", b"1") == b"STORED\r\n"
-            leader.process.send_signal(signal.SIGSTOP)
+            servers.freeze(leader.process.pid)
             stopped = time.monotonic()
             sock.sendall(b"".join(b"set q%d 0 0 1\r\nq\r\n" % i for i in range(20)))
             try:
@@ -400,7 +400,7 @@ def test_unclean_election_picks_the_most_advanced_live_member(etcd: EtcdProcess)
             shard.start()
         leader, followers = settled(shard)
         behind, ahead = sorted(followers, key=node_id, reverse=True)  # id order must not help
-        behind.process.send_signal(signal.SIGSTOP)
+        servers.freeze(behind.process.pid)
         try:
             assert set_one_fresh(leader, b"zero", b"0") == b"STORED\r\n"  # lag: then a drop
             wait_for(lambda: node_id(behind) not in shard.isr(), 10.0, "the first drop")
@@ -411,7 +411,7 @@ def test_unclean_election_picks_the_most_advanced_live_member(etcd: EtcdProcess)
                     assert pipeline(sock, [b"set %s 0 0 %d\r\n%s\r\n" % (k, len(big), big)
                                            for k in first[start:start + 40]]) == \
                         b"STORED\r\n" * 40
-            ahead.process.send_signal(signal.SIGSTOP)
+            servers.freeze(ahead.process.pid)
             try:
                 assert set_one_fresh(leader, b"one", b"1") == b"STORED\r\n"
                 wait_for(lambda: shard.isr() == {node_id(leader)}, 10.0, "the second drop")
@@ -466,7 +466,7 @@ def test_no_reply_depends_on_a_write_the_followers_do_not_hold(etcd: EtcdProcess
         with wire.connect(leader) as writer, wire.connect(leader) as reader:
             assert set_one(writer, b"dirty", b"v1") == b"STORED\r\n"
             assert set_one(writer, b"other", b"o1") == b"STORED\r\n"
-            follower.process.send_signal(signal.SIGSTOP)
+            servers.freeze(follower.process.pid)
             try:
                 writer.sendall(b"set dirty 0 0 2\r\nv2\r\n")  # waits for the frozen follower
                 time.sleep(0.05)

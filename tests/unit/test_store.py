@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from memring.backend.store import MAX_RELATIVE_EXPTIME, Outcome, Store
+from memring.protocol.replication import ItemState
 
 pytestmark = pytest.mark.unit
 
@@ -247,3 +248,27 @@ def test_next_expiry_tells_the_reaper_when_items_may_expire(store: Store,
     calls = len(moved)
     store.flush_all(10)  # a delayed flush wakes the reaper too
     assert len(moved) == calls + 1
+
+
+def test_on_expiry_fires_only_when_next_expiry_moves_earlier(store: Store,
+                                                             clock: FakeClock) -> None:
+    """Every way an item gets an expiry (a write, a touch, a replicated install) calls
+    `on_expiry` exactly when `next_expiry` moved earlier; a crawl's end, which the reaper
+    running it reads anyway, does not call it; a write during a crawl does."""
+    now = int(clock.now)
+    moved: list[int] = []
+    store.on_expiry = lambda: moved.append(store.next_expiry)
+    store.install(ItemState(b"i", b"x", 0, now + 300, 7))
+    store.install(ItemState(b"j", b"x", 0, now + 400, 8))  # later: no call
+    store.install(ItemState(b"k", b"x", 0, 0, 9))  # never expires: no call
+    assert moved == [now + 300]
+    store.store(b"set", b"a", b"x", 0, 200)
+    store.store(b"set", b"a", b"x", 0, 250)  # a replacement, later: no call
+    store.touch(b"k", 100)
+    assert moved == [now + 300, now + 200, now + 100]
+    crawl = store.crawl_expired(chunk=1)
+    next(crawl)  # next_expiry is 0 while it runs: the first expiry stored lowers it
+    store.store(b"set", b"b", b"x", 0, 500)
+    assert moved[3:] == [now + 500]
+    assert sum(crawl) == 0
+    assert store.next_expiry == now + 100 and moved[4:] == []  # exact now, and no call
