@@ -2,7 +2,8 @@
 
 Used in the client role (the proxy reading its backends). A reply stream is parsed
 line by line; VALUE and VA lines announce a data block that is read whole before the
-event is yielded. A malformed reply is a ResponseError: the connection that sent it
+event is yielded. The VALUE blocks of a retrieval that are here whole come as one `Values`
+run (one event and one copy per read's worth of values, not an object per key). A malformed reply is a ResponseError: the connection that sent it
 can no longer be trusted to stay in step and must be closed by the caller.
 Memory is bounded by `max_line` and `max_value`.
 """
@@ -20,7 +21,7 @@ from memring.protocol.responses import (
     Response,
     Stat,
     Status,
-    Value,
+    Values,
     VersionReply,
 )
 from memring.protocol.sentinels import NEED_DATA, NeedData
@@ -68,36 +69,74 @@ class ResponseParser:
             if len(buf) > self.max_line:
                 raise ResponseError(f"reply line longer than {self.max_line} bytes")
             return NEED_DATA
+        if buf.startswith(b"VALUE "):  # most of a get's reply: see _values
+            return self._values(length)
         line = buf.peek(length - 1)
-        if line.startswith(b"VALUE "):  # most of a get's reply: see _value
-            return self._value(line, length)
         buf.skip(length)
         if line.endswith(b"\r"):
             line = line[:-1]
         return self._line(line)
 
-    def _value(self, line: bytes, length: int) -> Response | NeedData:
-        """A VALUE block, taken whole once it is all here (the header parsed again until
-        then): the header checked, the block kept as it came (`Value.wire`)."""
-        header = line[:-1] if line.endswith(b"\r") else line
+    def _values(self, length: int) -> Response | NeedData:
+        """The VALUE blocks here whole, from the one whose header line is `length` bytes,
+        as one `Values` run: each header checked, the blocks kept as they came, one copy
+        out of the buffer for the run. A block not all here yet ends the run (its header
+        is parsed again once more data came)."""
+        buf = self._buf
+        keys: list[bytes] = []
+        ends: list[int] = []
+        pos = 0  # where the block being looked at starts (from the unread start)
+        while True:
+            if not buf.startswith(b"\r\n", pos + length - 2):
+                if keys:
+                    break  # the run so far first
+                return self._bare_lf_value(length)
+            key, size = self._header(buf.peek_at(pos, length - 2))
+            end = pos + length + size + 2
+            if end > len(buf):
+                break
+            if not buf.startswith(b"\r\n", end - 2):
+                raise ResponseError("data block not terminated by \\r\\n")
+            keys.append(key)
+            ends.append(end)
+            pos = end
+            if not buf.startswith(b"VALUE ", pos):
+                break
+            line_end = buf.find(b"\n", pos)
+            if line_end < 0:
+                break
+            length = line_end - pos + 1
+        if not keys:
+            return NEED_DATA
+        wire = buf.take(pos)
+        assert wire is not None
+        return Values(keys, ends, wire)
+
+    def _header(self, header: bytes) -> tuple[bytes, int]:
+        """A VALUE line's key and data size, the line checked (without its line end)."""
         tokens = header.split(b" ")
         count = len(tokens)
         if (count != 4 and count != 5) or not tokens[2].isdigit() or not tokens[3].isdigit() \
                 or (count == 5 and not tokens[4].isdigit()):
-            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
+            raise ResponseError(f"bad VALUE line ({len(header)} bytes)")
         size = int(tokens[3])
         if size > self.max_value:
             raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
-        wire = self._buf.take(length + size + 2)
-        if wire is None:
+        return tokens[1], size
+
+    def _bare_lf_value(self, length: int) -> Response | NeedData:
+        """A VALUE block whose header ends with "\\n" alone (memcached never sends one):
+        forwarded with memcached's CRLF, a run of its own."""
+        buf = self._buf
+        header = buf.peek(length - 1)
+        key, size = self._header(header)
+        block = buf.take(length + size + 2)
+        if block is None:
             return NEED_DATA
-        if not wire.endswith(b"\r\n"):
+        if not block.endswith(b"\r\n"):
             raise ResponseError("data block not terminated by \\r\\n")
-        value = wire[length:-2]
-        if header is line:  # a header ended by "\n" alone: forwarded with memcached's CRLF
-            wire = header + b"\r" + wire[length - 1:]
-        return Value(tokens[1], int(tokens[2]), value, int(tokens[4]) if count == 5 else None,
-                     wire)
+        wire = header + b"\r" + block[length - 1:]
+        return Values([key], [len(wire)], wire)
 
     def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")
