@@ -72,10 +72,7 @@ class ValuesOf(ReplyShape):
     def accepts(self, event: Response) -> bool:
         if type(event) is Values:
             keys = self.keys
-            for key in event.keys:
-                if key not in keys:
-                    return False
-            return True
+            return all(key in keys for key in event.keys)
         if type(event) is Value:
             return event.key in self.keys
         return type(event) is End or type(event) is ErrorReply

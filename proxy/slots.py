@@ -10,10 +10,12 @@ passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
 commonest are no slot object at all: a request to a one-node shard, or to a cluster shard's
 connected leader, is its backend reply (proxy/direct_slots.py, compiled).
 
-A multi-get (`SplitGet`) asks each distinct key once and keeps one encoded VALUE block per
-distinct key; a reply bigger than SLICE_SIZE is a `SlicedReply`, rendered a slice at a time
-as the client's socket drains (proxy/reply_stream.py), so `get k k k ...` costs the proxy
-one copy of the value, not one per repeat, while the bytes on the wire stay memcached's.
+A multi-get (`SplitGet`) asks each distinct key once; each shard's reply is a run of VALUE
+blocks in its keys' order (protocol.responses.Values), cut into the client's key order at
+block boundaries (no object per key); a reply bigger than SLICE_SIZE is a `SlicedReply`,
+rendered a slice at a time as the client's socket drains (proxy/reply_stream.py), so
+`get k k k ...` costs the proxy one copy of the value, not one per repeat, while the bytes on
+the wire stay memcached's.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
+from memring.protocol.response_parser import RUN_WINDOW
 from memring.protocol.responses import (
     End,
     ErrorReply,
@@ -172,3 +173,14 @@ def test_a_run_out_of_key_order_is_not_interleaved(keys: list[bytes]) -> None:
     """A block the walk cannot place (out of order, not asked): None, the caller sorts by
     key instead."""
     assert in_key_order(keys, [run_of((b"k1", b"a"), (b"k2", b"b"), (b"k5", b"c"))]) is None
+
+
+def test_a_run_longer_than_the_window_comes_in_pieces() -> None:
+    """A read of many values is taken RUN_WINDOW bytes at a time (a read may hold many
+    clients' replies: no call copies all of it), every block whole and in order."""
+    blocks = [b"VALUE k%d 0 1000\r\n%s\r\n" % (i, b"%04d" % i * 250) for i in range(30)]
+    events = parse_raw(b"".join(blocks) + b"END\r\n", 1 << 20)
+    runs = events[:-1]
+    assert events[-1] == End() and len(runs) > 2
+    assert all(len(run.wire) <= RUN_WINDOW + len(blocks[0]) for run in runs)
+    assert [run.block(i) for run in runs for i in range(len(run.keys))] == blocks
