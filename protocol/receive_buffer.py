@@ -41,20 +41,9 @@ class ReceiveBuffer:
         """Up to `size` unread bytes, left unread."""
         return bytes(self._data[self._start: self._start + size])
 
-    def peek_at(self, offset: int, size: int) -> bytes:
-        """`size` unread bytes from `offset` (relative to the unread start), left unread."""
-        start = self._start + offset
-        return bytes(self._data[start: start + size])
-
     def startswith(self, prefix: bytes, offset: int = 0) -> bool:
         """Whether the unread bytes from `offset` begin with `prefix` (no copy)."""
         return self._data.startswith(prefix, self._start + offset)
-
-    def find(self, sub: bytes, offset: int = 0) -> int:
-        """Where `sub` next occurs at or after `offset`, relative to the unread start; -1 if
-        it does not."""
-        found = self._data.find(sub, self._start + offset)
-        return found - self._start if found >= 0 else -1
 
     def line_length(self) -> int:
         """The length of the next line, its "\\n" included, or -1 if no whole line is here."""
