@@ -41,6 +41,10 @@ class ReceiveBuffer:
         """Up to `size` unread bytes, left unread."""
         return bytes(self._data[self._start: self._start + size])
 
+    def startswith(self, prefix: bytes, offset: int = 0) -> bool:
+        """Whether the unread bytes from `offset` begin with `prefix` (no copy)."""
+        return self._data.startswith(prefix, self._start + offset)
+
     def line_length(self) -> int:
         """The length of the next line, its "\\n" included, or -1 if no whole line is here."""
         end = self._data.find(b"\n", self._start)

@@ -24,6 +24,7 @@ from memring.protocol.responses import (
     Stat,
     Status,
     Value,
+    Values,
     VersionReply,
 )
 
@@ -58,7 +59,8 @@ class ReplyShape:
 
 
 class ValuesOf(ReplyShape):
-    """A retrieval: VALUE lines of the keys asked for, then END."""
+    """A retrieval: VALUE lines of the keys asked for (a `Values` run: each of its keys),
+    then END."""
 
     __slots__ = ("keys",)
 
@@ -68,6 +70,9 @@ class ValuesOf(ReplyShape):
         self.keys: Collection[bytes] = keys if len(keys) <= 8 else frozenset(keys)
 
     def accepts(self, event: Response) -> bool:
+        if type(event) is Values:
+            keys = self.keys
+            return all(key in keys for key in event.keys)
         if type(event) is Value:
             return event.key in self.keys
         return type(event) is End or type(event) is ErrorReply

@@ -2,7 +2,8 @@
 
 Used in the client role (the proxy reading its backends). A reply stream is parsed
 line by line; VALUE and VA lines announce a data block that is read whole before the
-event is yielded. A malformed reply is a ResponseError: the connection that sent it
+event is yielded. The VALUE blocks of a retrieval that are here whole come as one `Values`
+run (one event and one copy per read's worth of values, not an object per key). A malformed reply is a ResponseError: the connection that sent it
 can no longer be trusted to stay in step and must be closed by the caller.
 Memory is bounded by `max_line` and `max_value`.
 """
@@ -20,7 +21,7 @@ from memring.protocol.responses import (
     Response,
     Stat,
     Status,
-    Value,
+    Values,
     VersionReply,
 )
 from memring.protocol.sentinels import NEED_DATA, NeedData
@@ -33,6 +34,26 @@ _GATE_LINES = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
 # Events without a payload of their own are shared, not made per reply (nothing changes them)
 _END = End()
 _STATUSES = {word: Status(word) for word in _STATUS_WORDS}
+
+
+_LF, _CR, _SPACE, _ZERO = 10, 13, 32, 48
+_VALUE_LINE = b"VALUE "
+# Past this many bytes after its first block a run ends (the next call goes on): each call
+# copies at most this much of a read that may hold many clients' replies.
+RUN_WINDOW = 8192
+
+
+def _digits_end(data: bytes, index: int, stop: int) -> int:
+    """Where the run of ASCII digits from data[index] ends (at most `stop`)."""
+    while index < stop and _ZERO <= data[index] <= _ZERO + 9:
+        index += 1
+    return index
+
+
+def _starts_value_line(data: bytes, pos: int, count: int) -> bool:
+    """Whether data[pos:] begins with "VALUE " (compared byte by byte: no slice)."""
+    return pos + 6 <= count and all(data[pos + index] == _VALUE_LINE[index]
+                                    for index in range(6))
 
 
 class ResponseError(Exception):
@@ -68,36 +89,92 @@ class ResponseParser:
             if len(buf) > self.max_line:
                 raise ResponseError(f"reply line longer than {self.max_line} bytes")
             return NEED_DATA
+        if buf.startswith(b"VALUE "):  # most of a get's reply: see _values
+            return self._values(length)
         line = buf.peek(length - 1)
-        if line.startswith(b"VALUE "):  # most of a get's reply: see _value
-            return self._value(line, length)
         buf.skip(length)
         if line.endswith(b"\r"):
             line = line[:-1]
         return self._line(line)
 
-    def _value(self, line: bytes, length: int) -> Response | NeedData:
-        """A VALUE block, taken whole once it is all here (the header parsed again until
-        then): the header checked, the block kept as it came (`Value.wire`)."""
-        header = line[:-1] if line.endswith(b"\r") else line
-        tokens = header.split(b" ")
-        count = len(tokens)
-        if (count != 4 and count != 5) or not tokens[2].isdigit() or not tokens[3].isdigit() \
-                or (count == 5 and not tokens[4].isdigit()):
-            raise ResponseError(f"bad VALUE line ({len(line)} bytes)")
-        size = int(tokens[3])
-        if size > self.max_value:
-            raise ResponseError(f"value of {size} bytes is over the {self.max_value} limit")
-        wire = self._buf.take(length + size + 2)
-        if wire is None:
+    def _values(self, length: int) -> Response | NeedData:
+        """The VALUE blocks here whole, from the one whose header line is `length` bytes,
+        as one `Values` run: each header checked byte by byte (compiled: no object per
+        token or offset), the blocks kept as they came, one copy out of the buffer. A block
+        not all here yet, or past RUN_WINDOW, ends the run (its header is parsed again by the
+        next call)."""
+        buf = self._buf
+        header = buf.peek(length)
+        if header[length - 2] != _CR:
+            return self._bare_lf_value(length)
+        _, size = self._header(header, 0, length - 2)
+        first_end = length + size + 2
+        available = len(buf)
+        if first_end > available:
+            return NEED_DATA  # the first block is not all here: nothing copied but its header
+        data = buf.peek(min(available, first_end + RUN_WINDOW))
+        count = len(data)
+        keys: list[bytes] = []
+        ends: list[int] = []
+        pos = 0  # where the block being looked at starts
+        while True:
+            line_end = pos + 6
+            while line_end < count and data[line_end] != _LF:
+                line_end += 1
+            if line_end >= count or data[line_end - 1] != _CR:
+                break  # a header not all here, or one ended by "\n" alone: the next run
+            key, size = self._header(data, pos, line_end - 1)
+            end = line_end + 1 + size + 2
+            if end > count:
+                break
+            if data[end - 2] != _CR or data[end - 1] != _LF:
+                raise ResponseError("data block not terminated by \\r\\n")
+            keys.append(key)
+            ends.append(end)
+            pos = end
+            if not _starts_value_line(data, pos, count):
+                break
+        buf.skip(pos)
+        return Values(keys, ends, data[:pos])
+
+    def _header(self, data: bytes, start: int, stop: int) -> tuple[bytes, int]:
+        """The key and data size of the VALUE line data[start:stop] (without its CRLF),
+        checked: `VALUE <key> <flags> <bytes>[ <cas>]`, the numbers all digits."""
+        index = start + 6  # after "VALUE "
+        while index < stop and data[index] != _SPACE:
+            index += 1
+        key = data[start + 6:index]
+        flags_end = _digits_end(data, index + 1, stop)
+        size = 0
+        size_end = flags_end + 1
+        while size_end < stop:
+            digit = data[size_end] - _ZERO
+            if digit < 0 or digit > 9:
+                break
+            size = size * 10 + digit
+            if size > self.max_value:
+                raise ResponseError(f"value of over {self.max_value} bytes, the limit")
+            size_end += 1
+        if not key or flags_end == index + 1 or flags_end >= stop or data[flags_end] != _SPACE \
+                or size_end == flags_end + 1 or (size_end < stop and (
+                    data[size_end] != _SPACE
+                    or _digits_end(data, size_end + 1, stop) != stop or size_end + 1 == stop)):
+            raise ResponseError(f"bad VALUE line ({stop - start} bytes)")
+        return key, size
+
+    def _bare_lf_value(self, length: int) -> Response | NeedData:
+        """A VALUE block whose header ends with "\\n" alone (memcached never sends one):
+        forwarded with memcached's CRLF, a run of its own."""
+        buf = self._buf
+        header = buf.peek(length - 1)
+        key, size = self._header(header, 0, length - 1)
+        block = buf.take(length + size + 2)
+        if block is None:
             return NEED_DATA
-        if not wire.endswith(b"\r\n"):
+        if not block.endswith(b"\r\n"):
             raise ResponseError("data block not terminated by \\r\\n")
-        value = wire[length:-2]
-        if header is line:  # a header ended by "\n" alone: forwarded with memcached's CRLF
-            wire = header + b"\r" + wire[length - 1:]
-        return Value(tokens[1], int(tokens[2]), value, int(tokens[4]) if count == 5 else None,
-                     wire)
+        wire = header + b"\r" + block[length - 1:]
+        return Values([key], [len(wire)], wire)
 
     def _line(self, line: bytes) -> Response | NeedData:
         head, _, rest = line.partition(b" ")

@@ -36,6 +36,77 @@ class Value:
 
 
 @dataclass(slots=True)
+class Values:
+    """A run of VALUE blocks of one retrieval reply, back to back as the server sent them
+    (`wire`): block `i` is the key `keys[i]`'s and ends at `ends[i]`. One event and one
+    bytes object for a read's worth of values, not an object per key: the proxy forwards a
+    run whole, or cuts it at block boundaries to put the keys in its client's order."""
+
+    keys: list[bytes]
+    ends: list[int]
+    wire: bytes = field(repr=False)
+
+    def encode(self) -> bytes:
+        return self.wire
+
+    def block(self, index: int) -> bytes:
+        """Block `index` as it came (header line, data, CRLF)."""
+        return self.wire[self.ends[index - 1] if index else 0: self.ends[index]]
+
+    def values(self) -> list[Value]:
+        """The blocks as `Value`s (each header parsed again: for the rare readers that
+        need the flags, the data or the CAS of a key apart from its block)."""
+        out = []
+        for index in range(len(self.keys)):
+            block = self.block(index)
+            line_end = block.find(b"\r\n")
+            tokens = block[:line_end].split(b" ")
+            out.append(Value(tokens[1], int(tokens[2]), block[line_end + 2:-2],
+                             int(tokens[4]) if len(tokens) == 5 else None, block))
+        return out
+
+
+def in_key_order(keys: list[bytes], runs: list[Values]) -> list[bytes] | None:
+    """The blocks of `runs` (each the values of some of `keys`, in the order of `keys`:
+    a multi-get's part, answered in request order as memcached does) put in the order of
+    `keys`, a stretch of consecutive blocks of one run taken as one slice; None unless every
+    block of every run found its place (a run out of order: the caller sorts by key)."""
+    count = len(runs)
+    taken = [0] * count  # the next block of each run
+    pieces: list[bytes] = []
+    current = -1  # the run of the stretch being gathered, from `start` to `stop`
+    start = stop = 0
+    for key in keys:
+        found = -1
+        for index in range(count):
+            run_keys = runs[index].keys
+            next_block = taken[index]
+            if next_block < len(run_keys) and run_keys[next_block] == key:
+                found = index
+                break
+        if found < 0:
+            continue  # a miss
+        ends = runs[found].ends
+        next_block = taken[found]
+        taken[found] = next_block + 1
+        begin = ends[next_block - 1] if next_block else 0
+        if found == current and begin == stop:
+            stop = ends[next_block]
+            continue
+        if current >= 0:
+            pieces.append(runs[current].wire[start:stop])
+        current = found
+        start = begin
+        stop = ends[next_block]
+    for index in range(count):
+        if taken[index] != len(runs[index].keys):
+            return None
+    if current >= 0:
+        pieces.append(runs[current].wire[start:stop])
+    return pieces
+
+
+@dataclass(slots=True)
 class End:
     def encode(self) -> bytes:
         return b"END\r\n"
@@ -122,7 +193,7 @@ class Line:
         return self.line + CRLF
 
 
-Response = (Value | End | Status | Number | VersionReply | Stat | ErrorReply | MetaReply
+Response = (Value | Values | End | Status | Number | VersionReply | Stat | ErrorReply | MetaReply
             | Line)
 
 

@@ -24,7 +24,7 @@ from memring.protocol.binary_frames import (
     is_quiet,
     loud,
 )
-from memring.protocol.responses import End, ErrorReply, MetaReply, Response, Value
+from memring.protocol.responses import End, ErrorReply, MetaReply, Response, Value, Values
 from memring.protocol.write_refusals import refusal_reason
 from memring.proxy.pending_reply import PendingReply
 from memring.proxy.slots import NEEDS_TASK, WAITING, Poll, Settling, Slot, shard_failed
@@ -178,8 +178,9 @@ class BatchReplies(Slot):
                 failed.update(dict.fromkeys(keys, pending))
                 continue
             for event in events:
-                if type(event) is Value:
-                    values[event.key] = event
+                if type(event) is Values:
+                    for each in event.values():
+                        values[each.key] = each
         out = []
         for request in self.requests:
             key = request.key

@@ -10,10 +10,12 @@ passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
 commonest are no slot object at all: a request to a one-node shard, or to a cluster shard's
 connected leader, is its backend reply (proxy/direct_slots.py, compiled).
 
-A multi-get (`SplitGet`) asks each distinct key once and keeps one encoded VALUE block per
-distinct key; a reply bigger than SLICE_SIZE is a `SlicedReply`, rendered a slice at a time
-as the client's socket drains (proxy/reply_stream.py), so `get k k k ...` costs the proxy
-one copy of the value, not one per repeat, while the bytes on the wire stay memcached's.
+A multi-get (`SplitGet`) asks each distinct key once; each shard's reply is a run of VALUE
+blocks in its keys' order (protocol.responses.Values), cut into the client's key order at
+block boundaries (no object per key); a reply bigger than SLICE_SIZE is a `SlicedReply`,
+rendered a slice at a time as the client's socket drains (proxy/reply_stream.py), so
+`get k k k ...` costs the proxy one copy of the value, not one per repeat, while the bytes on
+the wire stay memcached's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Final, Literal, Protocol
 import trio
 
 from memring.protocol.requests import MetaGet
-from memring.protocol.responses import End, ErrorReply, Value
+from memring.protocol.responses import End, ErrorReply, Values, in_key_order
 from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
 from memring.proxy.pending_reply import PendingReply, ReplyListener
@@ -646,14 +648,25 @@ class SplitGet(Slot):
         return self._join(answered)
 
     def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
-        blocks: dict[bytes, bytes] = {}
+        keys = self.keys
+        runs: list[Values] = []
+        size = 0
         for pending in settled:
             for event in pending.events:
-                if type(event) is Value:
-                    blocks[event.key] = event.encode()
-        size = sum(map(len, blocks.values()))
-        keys = self.keys
+                if type(event) is Values:
+                    runs.append(event)
+                    size += len(event.wire)
         if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
+            # each part's blocks cut from its run in stretches, no object per key
+            pieces = in_key_order(keys, runs)
+            if pieces is not None:
+                pieces.append(b"END\r\n")
+                return b"".join(pieces)
+        blocks: dict[bytes, bytes] = {}
+        for run in runs:
+            for index, key in enumerate(run.keys):
+                blocks[key] = run.block(index)
+        if size <= SLICE_SIZE and len(keys) == self.distinct:
             return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
         reply = SlicedReply(blocks, keys)
         if reply.rendered:
