@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import servers, wire
+from tests.helpers.scripted_backend import scripted_backend
 
 pytestmark = pytest.mark.integration
 
@@ -59,48 +59,10 @@ def test_a_one_node_shard_that_is_down(on_shard_error: str, get_answer: bytes) -
         assert ask(client, b"set a 0 0 1 noreply\r\nx\r\nmn\r\n", b"\r\n") == b"MN\r\n"
 
 
-@contextlib.contextmanager
-def rogue_backend(answer: bytes) -> Iterator[tuple[servers.RunningServer, list[int]]]:
-    """A backend that answers `version` (the proxy's probe) and every other line with
-    `answer`; the list counts the connections the proxy closed."""
-    listener = socket.create_server((servers.HOST, 0))
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-    closed: list[int] = []
-
-    def serve() -> None:
-        listener.settimeout(0.05)
-        conns: list[socket.socket] = []
-        for _ in range(2000):  # ~0.05 s a round, stopped well before
-            if stop.is_set():
-                break
-            with contextlib.suppress(TimeoutError):
-                conn, _ = listener.accept()
-                conn.settimeout(0.02)
-                conns.append(conn)
-            for conn in list(conns):
-                with contextlib.suppress(OSError):
-                    data = conn.recv(65536)
-                    if not data:  # the proxy closed it
-                        closed.append(1)
-                        conns.remove(conn)
-                        conn.close()
-                    for line in data.splitlines():
-                        if line == b"version":
-                            conn.sendall(b"VERSION 1.6.18\r\n")
-                        elif not line.startswith(b"x"):  # a set's data line: no answer
-                            conn.sendall(answer)
-        for conn in conns:
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield servers.RunningServer("rogue", port, process=None), closed  # type: ignore[arg-type]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+def rogue_backend(answer: bytes) -> contextlib.AbstractContextManager[
+        tuple[servers.RunningServer, list[int]]]:
+    """Every line but a set's data line (they start with "x" here) gets `answer`."""
+    return scripted_backend(answer, lambda line: not line.startswith(b"x"))
 
 
 def test_a_write_answered_out_of_step_closes_the_backend_connection() -> None:

@@ -8,14 +8,12 @@ delivers none of its bytes.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import servers, wire
+from tests.helpers.scripted_backend import scripted_backend
 
 pytestmark = pytest.mark.integration
 
@@ -80,48 +78,6 @@ def _without_cas(reply: bytes) -> bytes:
     return b"".join(out) + rest
 
 
-@contextlib.contextmanager
-def scripted_backend(answer: bytes) -> Iterator[servers.RunningServer]:
-    """A backend that answers `version` (the proxy's probe) as memcached, and each `get`
-    line with `answer`."""
-    listener = socket.create_server((servers.HOST, 0))
-    stop = threading.Event()
-
-    def serve() -> None:
-        listener.settimeout(0.05)
-        conns: list[socket.socket] = []
-        for _ in range(2000):  # ~0.05 s a round, stopped well before
-            if stop.is_set():
-                break
-            with contextlib.suppress(TimeoutError):
-                conn, _ = listener.accept()
-                conn.settimeout(0.02)
-                conns.append(conn)
-            for conn in list(conns):
-                with contextlib.suppress(OSError):
-                    data = conn.recv(65536)
-                    if not data:
-                        conns.remove(conn)
-                        conn.close()
-                    for line in data.splitlines():
-                        if line == b"version":
-                            conn.sendall(b"VERSION 1.6.18\r\n")
-                        elif line.startswith(b"get "):
-                            conn.sendall(answer)
-        for conn in conns:
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield servers.RunningServer("scripted", listener.getsockname()[1],
-                                    process=None)  # type: ignore[arg-type]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-
-
 @pytest.mark.parametrize("answer", [
     # a run whose second block is a key the client did not ask for
     b"VALUE a 0 1\r\nx\r\nVALUE victim 0 6\r\nsecret\r\nEND\r\n",
@@ -131,7 +87,7 @@ def scripted_backend(answer: bytes) -> Iterator[servers.RunningServer]:
     b"VALUE a 0 1\r\nx\r\nVALUE b zero 6\r\nsecret\r\nEND\r\n",
 ], ids=["unasked-key", "long-block", "bad-header"])
 def test_a_bad_reply_to_a_multi_get_fails_it_and_delivers_nothing(answer: bytes) -> None:
-    with scripted_backend(answer) as backend, \
+    with scripted_backend(answer, lambda line: line.startswith(b"get ")) as (backend, _), \
             servers.proxy([[backend]], on_shard_error="error", pool_size=1) as proxy, \
             wire.connect(proxy) as client:
         client.sendall(b"get a b\r\n")
