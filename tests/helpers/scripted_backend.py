@@ -13,15 +13,17 @@ from tests.helpers import servers
 
 
 @contextlib.contextmanager
-def scripted_backend(answer: bytes, answers: Callable[[bytes], bool]
+def scripted_backend(answer: bytes | Callable[[int], bytes], answers: Callable[[bytes], bool]
                      ) -> Iterator[tuple[servers.RunningServer, list[int]]]:
-    """Each request line for which `answers(line)` is true gets `answer`; the list counts
-    the connections the proxy closed."""
+    """Each request line for which `answers(line)` is true gets `answer` (or `answer(n)`
+    for the n-th such line, from 0); the list counts the connections the proxy closed."""
+    answered = 0
     listener = socket.create_server((servers.HOST, 0))
     stop = threading.Event()
     closed: list[int] = []
 
     def serve() -> None:
+        nonlocal answered
         listener.settimeout(0.05)
         conns: list[socket.socket] = []
         for _ in range(2000):  # stopped well before, by `stop`
@@ -42,7 +44,9 @@ def scripted_backend(answer: bytes, answers: Callable[[bytes], bool]
                         if line == b"version":
                             conn.sendall(b"VERSION 1.6.18\r\n")
                         elif answers(line):
-                            conn.sendall(answer)
+                            conn.sendall(answer if isinstance(answer, bytes)
+                                         else answer(answered))
+                            answered += 1
         for conn in conns:
             conn.close()
 

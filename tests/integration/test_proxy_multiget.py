@@ -8,6 +8,7 @@ delivers none of its bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -95,3 +96,32 @@ def test_a_bad_reply_to_a_multi_get_fails_it_and_delivers_nothing(answer: bytes)
         assert reply.startswith(b"SERVER_ERROR "), reply
         assert b"secret" not in reply and b"VALUE a" not in reply and b"\r\nx\r\n" not in reply
 
+
+
+def test_a_reply_cut_short_fails_its_get_and_the_next_get_is_served() -> None:
+    # the backend stalls inside the first block of its first answer: that get answers
+    # SERVER_ERROR at the proxy's timeout, with none of the block's bytes; the connection is
+    # made again and the next get (after it) is served whole
+    def answer(count: int) -> bytes:
+        return (b"VALUE a 0 10\r\nabc" if count == 0
+                else b"VALUE a 0 3\r\nabc\r\nVALUE b 0 3\r\ndef\r\nEND\r\n")
+
+    with scripted_backend(answer, lambda line: line.startswith(b"get ")) as (backend, _), \
+            servers.proxy([[backend]], on_shard_error="error", pool_size=1, timeout_ms=300,
+                          failure_limit=3) as proxy, \
+            wire.connect(proxy) as client:
+        client.sendall(b"get a b\r\n")
+        reply = wire.read_until(client, b"\r\n", timeout=3.0)
+        assert reply.startswith(b"SERVER_ERROR timeout"), reply
+        assert b"abc" not in reply
+        deadline = time.monotonic() + 5.0
+        while True:  # "not connected" until the pool has made its connection again
+            client.sendall(b"get a b\r\n")
+            reply = wire.read_until(client, b"\r\n", timeout=3.0)
+            if not reply.startswith(b"SERVER_ERROR") or time.monotonic() > deadline:
+                break
+            assert b"not connected" in reply, reply
+            time.sleep(0.05)
+        if not reply.endswith(b"END\r\n"):
+            reply += wire.read_until(client, b"END\r\n", timeout=3.0)
+        assert reply == b"VALUE a 0 3\r\nabc\r\nVALUE b 0 3\r\ndef\r\nEND\r\n", reply
