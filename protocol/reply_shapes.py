@@ -23,7 +23,6 @@ from memring.protocol.responses import (
     Response,
     Stat,
     Status,
-    Value,
     Values,
     VersionReply,
 )
@@ -70,11 +69,9 @@ class ValuesOf(ReplyShape):
         self.keys: Collection[bytes] = keys if len(keys) <= 8 else frozenset(keys)
 
     def accepts(self, event: Response) -> bool:
-        if type(event) is Values:
+        if type(event) is Values:  # (the response parser's only form of VALUE blocks)
             keys = self.keys
             return all(key in keys for key in event.keys)
-        if type(event) is Value:
-            return event.key in self.keys
         return type(event) is End or type(event) is ErrorReply
 
 

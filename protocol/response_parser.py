@@ -107,17 +107,18 @@ class ResponseParser:
         header = buf.peek(length)
         if header[length - 2] != _CR:
             return self._bare_lf_value(length)
-        _, size = self._header(header, 0, length - 2)
-        first_end = length + size + 2
+        key, size = self._header(header, 0, length - 2)
+        pos = length + size + 2  # where the first block ends, and the next starts
         available = len(buf)
-        if first_end > available:
+        if pos > available:
             return NEED_DATA  # the first block is not all here: nothing copied but its header
-        data = buf.peek(min(available, first_end + RUN_WINDOW))
+        data = buf.peek(min(available, pos + RUN_WINDOW))
         count = len(data)
-        keys: list[bytes] = []
-        ends: list[int] = []
-        pos = 0  # where the block being looked at starts
-        while True:
+        if data[pos - 2] != _CR or data[pos - 1] != _LF:
+            raise ResponseError("data block not terminated by \\r\\n")
+        keys = [key]
+        ends = [pos]
+        while _starts_value_line(data, pos, count):  # the blocks after the first, parsed once
             line_end = pos + 6
             while line_end < count and data[line_end] != _LF:
                 line_end += 1
@@ -132,8 +133,6 @@ class ResponseParser:
             keys.append(key)
             ends.append(end)
             pos = end
-            if not _starts_value_line(data, pos, count):
-                break
         buf.skip(pos)
         return Values(keys, ends, data[:pos])
 

@@ -656,8 +656,8 @@ class SplitGet(Slot):
                 if type(event) is Values:
                     runs.append(event)
                     size += len(event.wire)
-        if size <= SLICE_SIZE and len(keys) == self.distinct:  # the common case: one piece
-            # each part's blocks cut from its run in stretches, no object per key
+        one_piece = size <= SLICE_SIZE and len(keys) == self.distinct  # the common case
+        if one_piece:  # each part's blocks cut from its run in stretches, no object per key
             pieces = in_key_order(keys, runs)
             if pieces is not None:
                 pieces.append(b"END\r\n")
@@ -666,7 +666,7 @@ class SplitGet(Slot):
         for run in runs:
             for index, key in enumerate(run.keys):
                 blocks[key] = run.block(index)
-        if size <= SLICE_SIZE and len(keys) == self.distinct:
+        if one_piece:  # (a run out of the keys' order)
             return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
         reply = SlicedReply(blocks, keys)
         if reply.rendered:
