@@ -1,6 +1,12 @@
-"""A backend that answers the proxy's `version` probe as memcached and chosen request lines
-with one fixed reply: a faulty or hostile backend for the proxy's isolation tests, in a
-thread of the test (one `recv` per connection per round, ~0.05 s a round, bounded)."""
+"""Backends that answer the proxy's `version` probe as memcached and other request lines by a
+script: a faulty or hostile backend exactly when a test needs one.
+
+`scripted_backend` runs in a thread of the test, for proxy processes (the isolation tests):
+chosen lines get one fixed reply (one `recv` per connection per round, ~0.05 s a round,
+bounded). `ScriptedBackend` is served by trio in the test's own run, for the proxy's parts
+driven in-process (backend connections, pools, slots): each line gets its own answer, and
+the test can stop its reading, split an answer or close after one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
+
+import trio
 
 from tests.helpers import servers
 
@@ -60,3 +69,68 @@ def scripted_backend(answer: bytes | Callable[[int], bytes], answers: Callable[[
         stop.set()
         thread.join(5)
         listener.close()
+
+
+class ScriptedBackend:
+    """A backend on a loopback port served by trio: `version` answered, then each request
+    line (its data block taken whole, kept in `blocks`) by `answer`: its bytes, or the
+    connection closes if it returns None. It reads only while `reading` is set; after
+    answering a line in `close` it closes; for a line in `split` it sends the first half of
+    the answer and waits for `release` before the rest."""
+
+    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
+        self.answer = answer
+        self.reading = trio.Event()
+        self.reading.set()
+        self.release = trio.Event()
+        self.close: set[bytes] = set()
+        self.split: set[bytes] = set()
+        self.asked: list[bytes] = []  # the request lines but `version`, in order
+        self.blocks: list[bytes] = []  # the data blocks of the `set`s, in order
+        self.port = 0
+
+    async def listen(self, nursery: trio.Nursery) -> int:
+        """Serve on a free loopback port in `nursery` (cancel it to stop); the port."""
+        listeners = await nursery.start(partial(trio.serve_tcp, self.serve, 0,
+                                                host=servers.HOST))
+        self.port = listeners[0].socket.getsockname()[1]
+        return self.port
+
+    async def _more(self, stream: trio.SocketStream) -> bytes:
+        await self.reading.wait()
+        return await stream.receive_some(1 << 20)
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            while True:
+                while b"\r\n" not in buffer:
+                    data = await self._more(stream)
+                    if not data:
+                        return
+                    buffer += data
+                line, _, buffer = buffer.partition(b"\r\n")
+                if line == b"version":
+                    await stream.send_all(b"VERSION 1.6.18\r\n")
+                    continue
+                if line.startswith(b"set "):
+                    size = int(line.split()[4])
+                    while len(buffer) < size + 2:
+                        data = await self._more(stream)
+                        if not data:
+                            return
+                        buffer += data
+                    self.blocks.append(buffer[:size])
+                    buffer = buffer[size + 2:]
+                self.asked.append(line)
+                reply = self.answer(line)
+                if reply is None:
+                    return
+                if line in self.split:
+                    half = len(reply) // 2
+                    await stream.send_all(reply[:half])
+                    await self.release.wait()
+                    reply = reply[half:]
+                await stream.send_all(reply)
+                if line in self.close:
+                    return

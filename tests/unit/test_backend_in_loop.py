@@ -5,8 +5,9 @@ connection's tasks woken; a backend that closes mid-reply fails every reply stil
 send the kernel does not take whole falls back to the writer task; once the loop ends, the
 reader task finishes a reply the loop had begun.
 
-Real sockets: the backend is scripted here on a loopback port, the client is one end of a
-socket pair in a real `ReadyLoop` whose handler forwards each of its lines.
+Real sockets: the backend is scripted on a loopback port (tests/helpers/scripted_backend.py),
+the client is one end of a socket pair in a real `ReadyLoop` whose handler forwards each of
+its lines.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from memring.netio.ready_loop import ReadyLoop
 from memring.proxy.backend_connection import BackendConnection
 from memring.proxy.pending_reply import PendingReply
 from memring.proxy.slots import render
+from tests.helpers.scripted_backend import ScriptedBackend
 from tests.helpers.socket_pairs import nonblocking_socketpair
 
 pytestmark = pytest.mark.unit
@@ -34,56 +36,6 @@ pytestmark = pytest.mark.unit
 HIT = b"VALUE k 0 5\r\nhello\r\nEND\r\n"
 BIG = b"x" * (16 << 20)  # more than loopback's socket buffers take at once
 BIG_SET = b"set big 0 0 %d\r\n%s\r\n" % (len(BIG), BIG)
-
-
-class ScriptedBackend:
-    """Answers `version`, then reads only while `reading` is set; each request line (its
-    data block taken whole) is answered by `answer`: its bytes, then the connection closes
-    if `close` holds the line, or it waits for `release` before its second part if
-    `split` holds the line."""
-
-    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
-        self.answer = answer
-        self.reading = trio.Event()
-        self.reading.set()
-        self.release = trio.Event()
-        self.close: set[bytes] = set()
-        self.split: set[bytes] = set()
-        self.asked: list[bytes] = []
-        self.blocks: list[bytes] = []
-        self.port = 0
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        buffer = b""
-        async with stream:
-            while True:
-                while b"\r\n" not in buffer:
-                    await self.reading.wait()
-                    data = await stream.receive_some(1 << 20)
-                    if not data:
-                        return
-                    buffer += data
-                line, _, buffer = buffer.partition(b"\r\n")
-                if line == b"version":
-                    await stream.send_all(b"VERSION 1.6.18\r\n")
-                    continue
-                if line.startswith(b"set "):
-                    size = int(line.split()[4])
-                    while len(buffer) < size + 2:
-                        await self.reading.wait()
-                        buffer += await stream.receive_some(1 << 20)
-                    self.blocks.append(buffer[:size])
-                    buffer = buffer[size + 2:]
-                self.asked.append(line)
-                reply = self.answer(line)
-                if line in self.split:
-                    half = len(reply) // 2
-                    await stream.send_all(reply[:half])
-                    await self.release.wait()
-                    reply = reply[half:]
-                await stream.send_all(reply)
-                if line in self.close:
-                    return
 
 
 def answers(line: bytes) -> bytes:
@@ -176,9 +128,7 @@ async def looped(requests: dict[bytes, bytes] | None = None) -> AsyncIterator[Se
     ours, peer = nonblocking_socketpair()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                functools.partial(trio.serve_tcp, backend.serve, 0, host="127.0.0.1"))
-            backend.port = listeners[0].socket.getsockname()[1]
+            await backend.listen(nursery)
             loop_scope = trio.CancelScope()
 
             async def run_loop() -> None:

@@ -3,7 +3,7 @@ is its backend reply itself (`DirectLeaderWrite`, `DirectLeaderRead`); a refusal
 hands over to the slow path (`LeaderWrite`, `LeaderRead`), which asks the next leader.
 
 Real `NodePool`s and backend connections over loopback sockets, against scripted backends
-served here (each answers `version`, then by its script), so the refusals come exactly when
+served in the test's run (tests/helpers/scripted_backend.py), so the refusals come exactly when
 a test needs them.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 
 import pytest
 import trio
@@ -26,6 +25,7 @@ from memring.proxy.settings import ProxySettings
 from memring.proxy.slots import NEEDS_TASK, WAITING, LeaderWrite, render
 from memring.proxy.state import ProxyState
 from memring.proxy.stats import ProxyStats
+from tests.helpers.scripted_backend import ScriptedBackend
 
 pytestmark = pytest.mark.unit
 
@@ -33,40 +33,6 @@ REFUSED = b"SERVER_ERROR not the leader of shard s1\r\n"
 SET = b"set k 0 0 1\r\nv\r\n"
 GET = b"get k\r\n"
 HIT = b"VALUE k 0 1\r\nv\r\nEND\r\n"
-
-
-class ScriptedBackend:
-    """A backend on a loopback port: `version` answered, then each request line (with its
-    data block) by `answer`, which may return None to close the connection instead."""
-
-    def __init__(self, answer: Callable[[bytes], bytes | None]) -> None:
-        self.answer = answer
-        self.asked: list[bytes] = []  # the request lines, in order
-        self.port = 0
-
-    async def serve(self, stream: trio.SocketStream) -> None:
-        buffer = b""
-        async with stream:
-            while True:
-                while b"\r\n" not in buffer:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                line, _, buffer = buffer.partition(b"\r\n")
-                if line.startswith(b"set "):
-                    size = int(line.split()[4])
-                    while len(buffer) < size + 2:
-                        buffer += await stream.receive_some(65536)
-                    buffer = buffer[size + 2:]
-                if line == b"version":
-                    await stream.send_all(b"VERSION 1.6.18\r\n")
-                    continue
-                self.asked.append(line)
-                reply = self.answer(line)
-                if reply is None:
-                    return
-                await stream.send_all(reply)
 
 
 class Leaders:
@@ -117,9 +83,7 @@ async def two_nodes(first: Callable[[bytes], bytes | None],
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for backend in backends:
-                listeners = await nursery.start(
-                    partial(trio.serve_tcp, backend.serve, 0, host="127.0.0.1"))
-                backend.port = listeners[0].socket.getsockname()[1]
+                await backend.listen(nursery)
             yield Leaders(backends, nursery)
             nursery.cancel_scope.cancel()
 
