@@ -299,6 +299,19 @@ async def _until_watched(views: trio.MemoryReceiveChannel[ClusterView],
             return
 
 
+async def _until_shown(views: trio.MemoryReceiveChannel[ClusterView], writer: EtcdCoordinator,
+                       lease_ttl: float) -> float:
+    """Put a config of `lease_ttl` through `writer`: the seconds until a view shows it (3 s
+    at most)."""
+    start = trio.current_time()
+    await writer.put_config(ClusterConfig(lease_ttl=lease_ttl))
+    with trio.fail_after(3):
+        async for view in views:
+            if view.config is not None and view.config.lease_ttl == lease_ttl:
+                break
+    return trio.current_time() - start
+
+
 async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> None:
     """A watch moved off a frozen member resumes on the next one from the last view's
     revision, without reading the cluster again (a linearizable read waits for etcd's
@@ -323,11 +336,7 @@ async def test_a_moved_watch_goes_on_from_the_last_view(etcd3: EtcdCluster) -> N
                 member.pause()
                 try:
                     await writer.put_config(ClusterConfig(lease_ttl=3.0))
-                    await writer.put_config(ClusterConfig(lease_ttl=3.5))
-                    with trio.fail_after(3):
-                        async for view in views:
-                            if view.config is not None and view.config.lease_ttl == 3.5:
-                                break
+                    await _until_shown(views, writer, 3.5)
                 finally:
                     member.resume()
             assert watcher.url != member.url
@@ -348,13 +357,7 @@ async def test_a_checked_watch_leaves_a_frozen_member_by_itself(etcd3: EtcdClust
             await _until_watched(views, writer)
             member.pause()
             try:
-                start = trio.current_time()
-                await writer.put_config(ClusterConfig(lease_ttl=3.0))
-                with trio.fail_after(3):
-                    async for view in views:
-                        if view.config is not None and view.config.lease_ttl == 3.0:
-                            break
-                took = trio.current_time() - start
+                took = await _until_shown(views, writer, 3.0)
             finally:
                 member.resume()
             print(f"\nthe change reached the view after {took * 1000:.0f} ms")
@@ -379,15 +382,9 @@ async def test_a_watch_confirmed_by_no_one_moves_on_at_the_next_check(
             assert watcher.url == others[0]
             member.pause()
             try:
-                start = trio.current_time()
                 watcher._fail_over(0)  # what an unanswered keepalive does
                 assert watcher.url == member.url  # the watch goes to the frozen member
-                await writer.put_config(ClusterConfig(lease_ttl=3.0))
-                with trio.fail_after(3):
-                    async for view in views:
-                        if view.config is not None and view.config.lease_ttl == 3.0:
-                            break
-                took = trio.current_time() - start
+                took = await _until_shown(views, writer, 3.0)
             finally:
                 member.resume()
             print(f"\nthe change reached the view after {took * 1000:.0f} ms")
