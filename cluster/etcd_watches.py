@@ -113,6 +113,13 @@ class EtcdWatches:
             return WatchRefused(f"etcd at {url} refused our token: {exc.message}")
         return self._host._error_of(index, code, exc.message, self._host.call_timeout)
 
+    async def _moved(self, index: int, url: str) -> WatchMoved:
+        """Once another call found endpoint `index` unavailable and moved on (a frozen member
+        sends the watch no error of its own, only silence): the watch's end."""
+        await self._host._until_moved_from(index)
+        return WatchMoved(f"etcd at {url} stopped answering other calls: "
+                          f"moving the watch to {self._host.url}")
+
     @asynccontextmanager
     async def _watch_gateway(self, prefix: str, from_revision: int
                              ) -> AsyncIterator[WatchStream]:
@@ -166,21 +173,15 @@ class EtcdWatches:
                 send.close()
 
             async def end_when_moved(pumping: trio.CancelScope) -> None:
-                # another call found this endpoint unavailable: a frozen member sends no error
-                await self._host._until_moved_from(index)
-                stream.error = WatchMoved(f"etcd at {url} stopped answering other calls: "
-                                          f"moving the watch to {self._host.url}")
+                stream.error = await self._moved(index, url)
                 pumping.cancel()
 
             with collapse_single():  # the caller's error through this nursery, not a group
                 async with trio.open_nursery() as nursery:
                     pumping = await nursery.start(pump)
                     nursery.start_soon(end_when_moved, pumping)
-                    try:
-                        async with receive:
-                            yield stream
-                    finally:
-                        nursery.cancel_scope.cancel()
+                    async with _lent(stream, receive, nursery):
+                        yield stream
         finally:
             await watch.aclose()
 
@@ -246,11 +247,7 @@ class EtcdWatches:
             send.close()
 
         async def end_when_moved() -> None:
-            # another call found this endpoint unavailable: a frozen member sends no error
-            await self._host._until_moved_from(index)
-            stream.error = WatchMoved(
-                f"etcd at {url} stopped answering other calls: "
-                f"moving the watch to {self._host.url}")
+            stream.error = await self._moved(index, url)
             closing.set()
             call.cancel()
 
@@ -273,13 +270,22 @@ class EtcdWatches:
                         if failed is not None:
                             nursery.cancel_scope.cancel()
                         else:
-                            try:
-                                async with receive:
-                                    yield stream
-                            finally:
-                                nursery.cancel_scope.cancel()
+                            async with _lent(stream, receive, nursery):
+                                yield stream
             finally:
                 closing.set()
                 call.cancel()
         if failed is not None:
             raise failed
+
+
+@asynccontextmanager
+async def _lent(stream: WatchStream, receive: trio.MemoryReceiveChannel[WatchBatch],
+                tasks: trio.Nursery) -> AsyncIterator[WatchStream]:
+    """The caller's block over a watch's `stream` (either transport's): when it ends, the
+    channel closes and the watch's `tasks` stop."""
+    try:
+        async with receive:
+            yield stream
+    finally:
+        tasks.cancel_scope.cancel()
