@@ -11,7 +11,8 @@ on its own). A shard with no live node keeps its
 place on the ring with no nodes: its keys get SERVER_ERROR, never another shard's. The cluster's
 `config` key, when present, sets the key hash and the read policy.
 
-`run_cluster` takes a first snapshot (retrying with backoff while etcd cannot be reached), starts
+`run_cluster` takes a first snapshot (retrying with backoff while etcd cannot be reached; a
+refusal, `AccessDenied`, ends the proxy with its message), starts
 the proxy on it, then applies later views from `Coordinator.follow()` with
 `ProxyServer.apply_topology`, which swaps in a whole new router at once and keeps the pools of
 addresses present before and after; of several views waiting, only the newest (`newest`).
@@ -33,6 +34,7 @@ from dataclasses import replace
 import trio
 
 from memring.cluster.coordinator import (
+    AccessDenied,
     ClusterView,
     Coordinator,
     CoordinatorError,
@@ -157,12 +159,17 @@ class ClusterTopology:
         self.swaps = 0
 
     async def first_view(self) -> ClusterView:
-        """A snapshot of the cluster, retried with backoff (logged) until etcd answers."""
+        """A snapshot of the cluster, retried with backoff (logged) until etcd answers. A
+        refusal (AccessDenied: TLS files, user, password or role) is raised at once: no
+        retry cures it, and the proxy exits naming the setting to fix (proxy.cli), as at
+        `check_access` when etcd was up at the start."""
         delay = 0.1
         while True:
             try:
                 self.view = await self.coordinator.snapshot()
                 return self.view
+            except AccessDenied:
+                raise
             except CoordinatorError as exc:
                 log.error("cannot read the cluster from etcd: %s; retrying in %.1fs", exc, delay)
                 await trio.sleep(delay)

@@ -12,8 +12,10 @@ import pytest
 import trio
 
 from memring.cluster.coordinator import (
+    AccessDenied,
     ClusterConfig,
     ClusterView,
+    CoordinatorUnavailable,
     Incarnation,
     IsrRecord,
     LeaderRecord,
@@ -115,6 +117,39 @@ class _QueuedViews:
             send.send_nowait(v)
         send.close()
         yield receive
+
+
+class _Snapshots:
+    """A coordinator whose `snapshot()` raises or returns each of `outcomes` in turn."""
+
+    def __init__(self, *outcomes: ClusterView | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.asked = 0
+
+    async def snapshot(self) -> ClusterView:
+        self.asked += 1
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+async def test_the_first_view_waits_for_etcd_but_not_past_a_refusal() -> None:
+    """An etcd not answering yet is asked again (backoff from 0.1 s); a refusal ends the wait
+    at once: before, a proxy with a wrong password retried it for good, saying only so in
+    its log."""
+    base = ProxySettings(etcd="http://127.0.0.1:2379")
+    first = three_shards()
+    down = CoordinatorUnavailable("etcd at http://127.0.0.1:2379 refused within 1s")
+    etcd = _Snapshots(down, down, first)
+    with trio.fail_after(5):
+        assert await ClusterTopology(etcd, base).first_view() is first  # type: ignore[arg-type]
+    assert etcd.asked == 3
+    refused = AccessDenied("etcd at http://127.0.0.1:2379 refused user 'memring'")
+    etcd = _Snapshots(down, refused, first)
+    with trio.fail_after(5), pytest.raises(AccessDenied, match="refused user 'memring'"):
+        await ClusterTopology(etcd, base).first_view()  # type: ignore[arg-type]
+    assert etcd.asked == 2
 
 
 async def test_the_proxy_routes_by_the_newest_of_the_views_waiting() -> None:
