@@ -109,7 +109,7 @@ AUTHENTICATE_TIMEOUT = 5.0
 # once, and the check then let a wrong password by.
 CHECK_ACCESS_TRIES = 3
 CHECK_ACCESS_PAUSE = 0.1
-# How long an attempt of a call that may be sent again (`_unary(resend=True)`) waits on one
+# How long an attempt of a call that may be sent again (`unary(resend=True)`) waits on one
 # member while another could answer: a SIGSTOPped etcd leader, and a follower whose request
 # was forwarded to it, answer nothing until our deadline, and fast elections (250 ms) seat a
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
@@ -278,21 +278,35 @@ class EtcdCoordinator(Coordinator):
 
     @property
     def url(self) -> str:
-        return self._url(self._current)
+        return self.url_at(self._current)
 
-    def _url(self, index: int) -> str:
+    @property
+    def current(self) -> int:
+        """The endpoint calls go to now (an index of `endpoints`; `fail_over` moves it)."""
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def token(self) -> str:
+        """The auth token calls carry ("" before the first, or without a user)."""
+        return self._token
+
+    def url_at(self, index: int) -> str:
         return f"{self.scheme}://{self.endpoints[index]}"
 
-    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+    def call_metadata(self) -> tuple[tuple[str, str], ...] | None:
         return (("token", self._token),) if self._token else None
 
-    def _stale_token(self, code: Any, details: str) -> bool:
+    def stale_token(self, code: Any, details: str) -> bool:
         """etcd refused the token we sent (not our user): a new one may pass."""
         return bool(self._token) and (
             (code == grpc.StatusCode.UNAUTHENTICATED and INVALID_TOKEN in details)
             or (code == grpc.StatusCode.INVALID_ARGUMENT and OLD_AUTH_REVISION in details))
 
-    async def _renew_token(self, generation: int) -> None:
+    async def renew_token(self, generation: int) -> None:
         """A new token, unless another task got one since `generation` was current."""
         async with self._token_lock:
             if self._token_generation != generation:
@@ -307,7 +321,7 @@ class EtcdCoordinator(Coordinator):
                 raise AccessDenied(str(exc)) from None
             request = etcdrpc.AuthenticateRequest(name=self.security.user, password=password)
             try:
-                response = await self._unary(
+                response = await self.unary(
                     etcdrpc.AuthStub, "Authenticate", request,
                     timeout=max(self.call_timeout, AUTHENTICATE_TIMEOUT), resend=True,
                     authenticated=False)
@@ -318,7 +332,7 @@ class EtcdCoordinator(Coordinator):
             self._token = str(response.token)
             self._token_generation += 1
 
-    def _refusal(self, url: str, code: Any, details: str) -> AccessDenied | None:
+    def refusal(self, url: str, code: Any, details: str) -> AccessDenied | None:
         """The AccessDenied for an error that retrying cannot cure, naming what to fix."""
         user = self.security.user
         docs = "docs/operations.md, 'etcd security'"
@@ -356,7 +370,7 @@ class EtcdCoordinator(Coordinator):
                 f"({details}): grant its role readwrite on that prefix ({docs})")
         return None
 
-    def _stub(self, kind: Callable[[Any], T]) -> tuple[int, T]:
+    def stub(self, kind: Callable[[Any], T]) -> tuple[int, T]:
         if self._closed:
             raise CoordinatorError("the etcd coordinator is closed")
         return self._current, kind(self._channel_at(self._current))
@@ -400,7 +414,7 @@ class EtcdCoordinator(Coordinator):
                 channel.close()
 
 
-    def _fail_over(self, index: int) -> None:
+    def fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
         failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
         self._failed_at[index] = time.monotonic()
@@ -418,27 +432,27 @@ class EtcdCoordinator(Coordinator):
             self._moved.set()
             self._moved = trio.Event()
 
-    async def _until_moved_from(self, index: int) -> None:
+    async def until_moved_from(self, index: int) -> None:
         while self._current == index:
             await self._moved.wait()
 
-    def _error(self, index: int, exc: grpc.RpcError, timeout: float, *,
-               fail_over: bool = True) -> CoordinatorError:
+    def rpc_error(self, index: int, exc: grpc.RpcError, timeout: float, *,
+                  fail_over: bool = True) -> CoordinatorError:
         """The CoordinatorError for a failed call on endpoint `index`; an unavailable endpoint
         is failed over from (`fail_over=False` from a thread: the caller does it in trio)."""
-        return self._error_of(index, *_details(exc), timeout, fail_over=fail_over)
+        return self.status_error(index, *_details(exc), timeout, fail_over=fail_over)
 
-    def _error_of(self, index: int, code: Any, details: str, timeout: float, *,
-                  fail_over: bool = True) -> CoordinatorError:
-        """`_error` for a gRPC status `code` and its `details` (also the gateway's)."""
-        url = self._url(index)
-        refusal = self._refusal(url, code, details)
+    def status_error(self, index: int, code: Any, details: str, timeout: float, *,
+                     fail_over: bool = True) -> CoordinatorError:
+        """`rpc_error` for a gRPC status `code` and its `details` (also the gateway's)."""
+        url = self.url_at(index)
+        refusal = self.refusal(url, code, details)
         if refusal is not None:
             return refusal
         if code in _UNAVAILABLE or (code == grpc.StatusCode.UNKNOWN
                                     and "deadline exceeded" in (details or "")):
             if fail_over:
-                self._fail_over(index)
+                self.fail_over(index)
             what = "refused" if code == grpc.StatusCode.UNAVAILABLE else "did not answer"
             if self.scheme == "http" and "Socket closed" in details:
                 what += " (an etcd serving https:// closes plain connections so)"
@@ -451,9 +465,9 @@ class EtcdCoordinator(Coordinator):
             return LeaseNotFound(f"etcd at {url}: {details}")
         return CoordinatorError(f"etcd at {url}: {code}: {details}")
 
-    async def _unary(self, kind: Callable[[Any], Any], method: str, request: Any,
-                     timeout: float | None = None, *, resend: bool = False,
-                     authenticated: bool = True) -> Any:
+    async def unary(self, kind: Callable[[Any], Any], method: str, request: Any,
+                    timeout: float | None = None, *, resend: bool = False,
+                    authenticated: bool = True) -> Any:
         """One call on the current endpoint; an unavailable endpoint makes another current.
         A call that may be `resend` (a read, a revocation, a txn whose caller re-checks a
         failed outcome) first waits only `attempt_timeout` when there are several endpoints,
@@ -469,29 +483,29 @@ class EtcdCoordinator(Coordinator):
         resent = False
         renewed = not (authenticated and self.security.user)
         if not renewed and not self._token:
-            await self._renew_token(self._token_generation)
+            await self.renew_token(self._token_generation)
         while True:
             generation = self._token_generation
-            index, stub = self._stub(kind)
-            wait = self._attempt_wait(limit, started, resends, resent)
+            index, stub = self.stub(kind)
+            wait = self.attempt_wait(limit, started, resends, resent)
             call = functools.partial(getattr(stub, method), request, timeout=wait,
-                                     metadata=self._metadata() if authenticated else None)
+                                     metadata=self.call_metadata() if authenticated else None)
             try:
                 return await self._in_thread(call)
             except grpc.RpcError as exc:
-                if not renewed and self._stale_token(*_details(exc)):
+                if not renewed and self.stale_token(*_details(exc)):
                     renewed = True
-                    await self._renew_token(generation)
+                    await self.renew_token(generation)
                     continue
-                error = self._error(index, exc, wait, fail_over=not resends)
+                error = self.rpc_error(index, exc, wait, fail_over=not resends)
                 if not isinstance(error, CoordinatorUnavailable) or not resends:
                     raise error from None
                 resends -= 1
                 resent = True
-                await self._to_answering_leader(index, started + limit - self.attempt_timeout)
+                await self.to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
 
-    def _attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
+    def attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
         """An attempt's timeout within a call of `limit` s begun at `started`: one
         `attempt_timeout` while a resend remains, the rest of `limit` (at least one attempt's)
         for the resend, else the whole `limit`."""
@@ -507,7 +521,7 @@ class EtcdCoordinator(Coordinator):
             return None
         call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
-                                 metadata=self._metadata())
+                                 metadata=self.call_metadata())
         try:
             response = await self._in_thread(call)
         except grpc.RpcError:
@@ -521,18 +535,18 @@ class EtcdCoordinator(Coordinator):
         timeout = min(ROUND_TIMEOUT, self.attempt_timeout)
         if len(self.endpoints) > 1 and await self._status(index, timeout) is None:
             log.warning("etcd at %s did not answer a status check within %gs: moving to the "
-                        "next member", self._url(index), timeout)
-            self._fail_over(index)
+                        "next member", self.url_at(index), timeout)
+            self.fail_over(index)
             return self._current != index
         return False
 
-    async def _to_answering_leader(self, failed: int, deadline: float) -> None:
+    async def to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
         else the next endpoint."""
         leader = await answering_leader(self._status, len(self.endpoints), deadline)
         if leader is None:
-            self._fail_over(failed)
+            self.fail_over(failed)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()
@@ -545,7 +559,7 @@ class EtcdCoordinator(Coordinator):
         request = etcdrpc.RangeRequest(key=raw)
         if prefix:
             request.range_end = prefix_end(raw)
-        response = await self._unary(etcdrpc.KVStub, "Range", request, resend=True)
+        response = await self.unary(etcdrpc.KVStub, "Range", request, resend=True)
         return int(response.header.revision), {e.key: e for e in map(entry, response.kvs)}
 
     async def _txn(self, compares: Sequence[Compare], success: Sequence[Op],
@@ -553,7 +567,7 @@ class EtcdCoordinator(Coordinator):
         request = etcdrpc.TxnRequest(compare=[_compare(c) for c in compares],
                                      success=[_request_op(o) for o in success],
                                      failure=[_request_op(o) for o in failure])
-        response = await self._unary(etcdrpc.KVStub, "Txn", request, resend=resend)
+        response = await self.unary(etcdrpc.KVStub, "Txn", request, resend=resend)
         return TxnResult(bool(response.succeeded), int(response.header.revision))
 
     async def _grant(self, ttl: float) -> tuple[int, float]:
@@ -571,7 +585,7 @@ class EtcdCoordinator(Coordinator):
         """A watch whose creation etcd refused for our token is created again, once, after a
         new token; refused again, it is AccessDenied."""
         if self.security.user and not self._token:
-            await self._renew_token(self._token_generation)
+            await self.renew_token(self._token_generation)
         generation = self._token_generation
         yielded = False
         try:
@@ -582,7 +596,7 @@ class EtcdCoordinator(Coordinator):
         except WatchRefused:
             if yielded or not self.security.user:
                 raise
-        await self._renew_token(generation)
+        await self.renew_token(generation)
         try:
             async with self.watches.open(prefix, from_revision) as stream:
                 yield stream

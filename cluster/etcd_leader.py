@@ -1,6 +1,6 @@
 """Which etcd member leads and answers, from every member's maintenance Status.
 
-Theory of operation. A call that went unanswered (`EtcdCoordinator._unary` with `resend`) is
+Theory of operation. A call that went unanswered (`EtcdCoordinator.unary` with `resend`) is
 sent again, once; where to matters. While etcd's leader is frozen (SIGSTOP, a stalled disk)
 the other members keep naming it leader until their election timeout, and a write or a
 linearizable read sent to one of them is forwarded to the frozen leader and lost: it waits out

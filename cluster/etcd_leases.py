@@ -75,14 +75,14 @@ class EtcdLeases:
 
     async def grant(self, ttl: float) -> tuple[int, float]:
         request = etcdrpc.LeaseGrantRequest(TTL=max(1, math.ceil(ttl)))
-        response = await self._host._unary(etcdrpc.LeaseStub, "LeaseGrant", request)
+        response = await self._host.unary(etcdrpc.LeaseStub, "LeaseGrant", request)
         if response.error:
             raise CoordinatorError(f"etcd at {self._host.url} refused a lease: {response.error}")
         return int(response.ID), float(response.TTL)
 
     async def keepalive(self, lease_id: int, *, timeout: float) -> float:
         """One keepalive through etcd's JSON gateway (no thread), within `timeout` of its
-        send. As `_unary(resend=True)` (a keepalive is idempotent): with several endpoints an
+        send. As `unary(resend=True)` (a keepalive is idempotent): with several endpoints an
         attempt gets `attempt_timeout`, then is sent once more to the member that leads etcd
         and answers; a token etcd calls stale is renewed once."""
         if not self._host.gateway.keepalives:
@@ -91,12 +91,12 @@ class EtcdLeases:
         resends = 1 if len(self._host.endpoints) > 1 else 0
         resent = False
         renewed = not self._host.security.user
-        if not renewed and not self._host._token:
-            await self._host._renew_token(self._host._token_generation)
+        if not renewed and not self._host.token:
+            await self._host.renew_token(self._host.authentications)
         while True:
-            generation = self._host._token_generation
-            index = self._host._current
-            wait = self._host._attempt_wait(timeout, started, resends, resent)
+            generation = self._host.authentications
+            index = self._host.current
+            wait = self._host.attempt_wait(timeout, started, resends, resent)
             try:
                 result = await self._gateway_call(index, KEEPALIVE_PATH, {"ID": str(lease_id)},
                                                   wait)
@@ -104,32 +104,32 @@ class EtcdLeases:
                 if CN_REFUSED in exc.message:
                     log.info("etcd at %s refuses gateway calls from a client certificate with "
                              "a common name: lease keepalives go over gRPC",
-                             self._host._url(index))
+                             self._host.url_at(index))
                     self._host.gateway.keepalives = False
                     return await self._keepalive_stream_call(
                         lease_id, timeout=max(0.0, started + timeout - trio.current_time()))
                 code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
-                if not renewed and self._host._stale_token(code, exc.message):
+                if not renewed and self._host.stale_token(code, exc.message):
                     renewed = True
-                    await self._host._renew_token(generation)
+                    await self._host.renew_token(generation)
                     continue
-                error = self._host._error_of(index, code, exc.message, wait,
-                                             fail_over=not resends)
+                error = self._host.status_error(index, code, exc.message, wait,
+                                                fail_over=not resends)
             except GatewayUnreachable as exc:
                 error = self._unreachable(index, exc, wait, fail_over=not resends)
             else:
                 if int(result.get("ID", 0)) == lease_id:
                     return float(result.get("TTL", 0))  # etcd leaves out a TTL of 0: gone
                 error = CoordinatorUnavailable(
-                    f"etcd at {self._host._url(index)} answered a keepalive of lease "
+                    f"etcd at {self._host.url_at(index)} answered a keepalive of lease "
                     f"{lease_id:x} for another lease: {result.get('ID')!r}")
                 if not resends:
-                    self._host._fail_over(index)
+                    self._host.fail_over(index)
             if not isinstance(error, CoordinatorUnavailable) or not resends:
                 raise error
             resends -= 1
             resent = True
-            await self._host._to_answering_leader(
+            await self._host.to_answering_leader(
                 index, started + timeout - self._host.attempt_timeout)
             log.info("%s; sending the keepalive again through %s", error, self._host.url)
 
@@ -137,7 +137,7 @@ class EtcdLeases:
                             timeout: float) -> dict[str, Any]:
         """One call to endpoint `index`'s gateway on the kept connection (made anew when the
         endpoint changed); the wait for another keepalive counts in `timeout`."""
-        if self._host._closed:
+        if self._host.closed:
             raise CoordinatorError("the etcd coordinator is closed")
         try:
             with trio.fail_after(timeout):
@@ -147,18 +147,18 @@ class EtcdLeases:
                             await self._gateway[1].aclose()
                         self._gateway = (index, EtcdGateway(self._host.endpoints[index],
                                                             self._host.gateway.tls_context()))
-                    return await self._gateway[1].call(path, payload, self._host._token)
+                    return await self._gateway[1].call(path, payload, self._host.token)
         except trio.TooSlowError:
             raise GatewayUnreachable("no answer") from None
 
     def _unreachable(self, index: int, exc: GatewayUnreachable, timeout: float, *,
                      fail_over: bool) -> CoordinatorError:
         """The CoordinatorError for a gateway call that got no answer from endpoint `index`."""
-        url = self._host._url(index)
+        url = self._host.url_at(index)
         if exc.tls_refused:
             return self._host.gateway.tls_refusal(url, exc)
         if fail_over:
-            self._host._fail_over(index)
+            self._host.fail_over(index)
         return CoordinatorUnavailable(
             f"etcd at {url} did not answer a keepalive within {timeout:g}s ({exc}); is etcd "
             "running there?")
@@ -168,10 +168,10 @@ class EtcdLeases:
         the gateway refuses our client certificate."""
         request = etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
         renewed = not self._host.security.user
-        if not renewed and not self._host._token:
-            await self._host._renew_token(self._host._token_generation)
+        if not renewed and not self._host.token:
+            await self._host.renew_token(self._host.authentications)
         while True:
-            generation = self._host._token_generation
+            generation = self._host.authentications
             stream: _KeepAliveStream | None = None
             try:
                 with trio.fail_after(timeout):
@@ -191,37 +191,37 @@ class EtcdLeases:
                         f"etcd at {self._host.url}: no keepalive answered within {timeout:g}s"
                     ) from None
                 self._close_keepalives(stream)
-                self._host._fail_over(stream.index)
+                self._host.fail_over(stream.index)
                 raise CoordinatorUnavailable(
-                    f"etcd at {self._host._url(stream.index)} did not answer a keepalive within "
-                    f"{timeout:g}s; is etcd running there?") from None
+                    f"etcd at {self._host.url_at(stream.index)} did not answer a keepalive "
+                    f"within {timeout:g}s; is etcd running there?") from None
             except grpc.RpcError as exc:
                 assert stream is not None
                 self._close_keepalives(stream)
-                if not renewed and self._host._stale_token(*details(exc)):
+                if not renewed and self._host.stale_token(*details(exc)):
                     renewed = True
-                    await self._host._renew_token(generation)
+                    await self._host.renew_token(generation)
                     continue
-                raise self._host._error(stream.index, exc, timeout) from None
+                raise self._host.rpc_error(stream.index, exc, timeout) from None
             if response is None or int(response.ID) != lease_id:
                 self._close_keepalives(stream)
-                self._host._fail_over(stream.index)
+                self._host.fail_over(stream.index)
                 raise CoordinatorUnavailable(
-                    f"etcd at {self._host._url(stream.index)} ended the keepalive stream")
+                    f"etcd at {self._host.url_at(stream.index)} ended the keepalive stream")
             return float(response.TTL)
 
     def _keepalive_stream(self) -> _KeepAliveStream:
         """The open keepalive stream, opened anew on the current endpoint with the current
         token if the endpoint or the token changed."""
         stream = self._keepalives
-        if stream is not None and (stream.index != self._host._current
-                                   or stream.generation != self._host._token_generation):
+        if stream is not None and (stream.index != self._host.current
+                                   or stream.generation != self._host.authentications):
             self._close_keepalives(stream)
             stream = None
         if stream is None:
-            index, stub = self._host._stub(etcdrpc.LeaseStub)
-            stream = self._keepalives = _KeepAliveStream(stub, index, self._host._metadata(),
-                                                         self._host._token_generation)
+            index, stub = self._host.stub(etcdrpc.LeaseStub)
+            stream = self._keepalives = _KeepAliveStream(stub, index, self._host.call_metadata(),
+                                                         self._host.authentications)
         return stream
 
     @property
@@ -238,8 +238,8 @@ class EtcdLeases:
         # sent again after an unanswered attempt: revoking twice is harmless (the second
         # finds the lease gone: False)
         try:
-            await self._host._unary(etcdrpc.LeaseStub, "LeaseRevoke",
-                              etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
+            await self._host.unary(etcdrpc.LeaseStub, "LeaseRevoke",
+                                   etcdrpc.LeaseRevokeRequest(ID=lease_id), resend=True)
         except LeaseNotFound:
             return False
         return True

@@ -94,29 +94,29 @@ class EtcdWatches:
                                   f"was compacted (now {compact_revision})")
         reason = reason.split(" desc = ", 1)[-1]  # "rpc error: code = ... desc = etcdserver: ..."
         if PERMISSION_DENIED in reason or INVALID_TOKEN in reason:
-            refusal = self._host._refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
+            refusal = self._host.refusal(url, grpc.StatusCode.PERMISSION_DENIED, reason)
             return WatchRefused(str(refusal))
         return CoordinatorError(f"etcd at {url} cancelled the watch: {reason}")
 
     def _gateway_watch_error(self, index: int, exc: GatewayRefused | GatewayUnreachable,
                              what: str) -> CoordinatorError:
         """A gateway watch's transport error as the gRPC watch's; fails over (from trio)."""
-        url = self._host._url(index)
+        url = self._host.url_at(index)
         if isinstance(exc, GatewayUnreachable):
             if exc.tls_refused:
                 return self._host.gateway.tls_refusal(url, exc)
-            self._host._fail_over(index)
+            self._host.fail_over(index)
             return CoordinatorUnavailable(f"etcd at {url} {what} ({exc}); is etcd running "
                                           "there?")
         code = STATUS_CODES.get(exc.code, grpc.StatusCode.UNKNOWN)
-        if self._host._stale_token(code, exc.message):
+        if self._host.stale_token(code, exc.message):
             return WatchRefused(f"etcd at {url} refused our token: {exc.message}")
-        return self._host._error_of(index, code, exc.message, self._host.call_timeout)
+        return self._host.status_error(index, code, exc.message, self._host.call_timeout)
 
     async def _moved(self, index: int, url: str) -> WatchMoved:
         """Once another call found endpoint `index` unavailable and moved on (a frozen member
         sends the watch no error of its own, only silence): the watch's end."""
-        await self._host._until_moved_from(index)
+        await self._host.until_moved_from(index)
         return WatchMoved(f"etcd at {url} stopped answering other calls: "
                           f"moving the watch to {self._host.url}")
 
@@ -125,10 +125,10 @@ class EtcdWatches:
                              ) -> AsyncIterator[WatchStream]:
         """A watch on a gateway connection of its own (cluster.etcd_gateway_watch), read by a
         trio task: the same errors, moves and bounds as `_watch_grpc`."""
-        if self._host._closed:
+        if self._host.closed:
             raise CoordinatorError("the etcd coordinator is closed")
-        index = self._host._current
-        url = self._host._url(index)
+        index = self._host.current
+        url = self._host.url_at(index)
         watch = GatewayWatch(self._host.endpoints[index], self._host.gateway.tls_context())
         send, receive = trio.open_memory_channel[WatchBatch](math.inf)
         stream = WatchStream(receive)
@@ -136,9 +136,9 @@ class EtcdWatches:
             try:
                 with trio.fail_after(self._host.call_timeout):
                     first = decode_message(await watch.start(
-                        create_request(prefix, from_revision), self._host._token))
+                        create_request(prefix, from_revision), self._host.token))
             except trio.TooSlowError:
-                self._host._fail_over(index)
+                self._host.fail_over(index)
                 raise CoordinatorUnavailable(
                     f"etcd at {url} did not confirm a watch within {self._host.call_timeout:g}s; "
                     "is etcd running there?") from None
@@ -188,8 +188,8 @@ class EtcdWatches:
     @asynccontextmanager
     async def _watch_grpc(self, prefix: str, from_revision: int) -> AsyncIterator[WatchStream]:
         """A watch over a gRPC stream, read by a thread."""
-        index, stub = self._host._stub(etcdrpc.WatchStub)
-        url = self._host._url(index)
+        index, stub = self._host.stub(etcdrpc.WatchStub)
+        url = self._host.url_at(index)
         raw = prefix.encode()
         create = etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
             key=raw, range_end=prefix_end(raw), start_revision=from_revision))
@@ -203,7 +203,7 @@ class EtcdWatches:
         stream = WatchStream(receive)
         created = trio.Event()
         token = trio.lowlevel.current_trio_token()
-        call = stub.Watch(requests(), metadata=self._host._metadata())
+        call = stub.Watch(requests(), metadata=self._host.call_metadata())
 
         def to_trio(fn: Callable[[], object]) -> bool:
             try:
@@ -231,16 +231,16 @@ class EtcdWatches:
             except grpc.RpcError as exc:
                 if closing.is_set():
                     return None
-                if self._host._stale_token(*details(exc)):
+                if self._host.stale_token(*details(exc)):
                     return WatchRefused(f"etcd at {url} refused our token: {exc.details()}")
-                return self._host._error(index, exc, self._host.call_timeout, fail_over=False)
+                return self._host.rpc_error(index, exc, self._host.call_timeout, fail_over=False)
 
         async def run_pump() -> None:
             # its own limiter: a long-lived watch must not hold a slot of the unary calls' pool
             error = await trio.to_thread.run_sync(pump, abandon_on_cancel=True,
                                                   limiter=trio.CapacityLimiter(1))
             if isinstance(error, CoordinatorUnavailable):
-                self._host._fail_over(index)
+                self._host.fail_over(index)
             if error is not None or stream.error is None:
                 stream.error = error
             created.set()
@@ -261,7 +261,7 @@ class EtcdWatches:
                         with trio.move_on_after(self._host.call_timeout):
                             await created.wait()
                         if not created.is_set():
-                            self._host._fail_over(index)
+                            self._host.fail_over(index)
                             failed = CoordinatorUnavailable(
                                 f"etcd at {url} did not confirm a watch within "
                                 f"{self._host.call_timeout:g}s; is etcd running there?")

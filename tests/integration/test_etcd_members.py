@@ -382,7 +382,7 @@ async def test_a_watch_confirmed_by_no_one_moves_on_at_the_next_check(
             assert watcher.url == others[0]
             member.pause()
             try:
-                watcher._fail_over(0)  # what an unanswered keepalive does
+                watcher.fail_over(0)  # what an unanswered keepalive does
                 assert watcher.url == member.url  # the watch goes to the frozen member
                 took = await _until_shown(views, writer, 3.0)
             finally:
