@@ -125,12 +125,19 @@ _TARGETS = {"create": etcdrpc.Compare.CREATE, "mod": etcdrpc.Compare.MOD,
 _OPS = {"==": etcdrpc.Compare.EQUAL, "!=": etcdrpc.Compare.NOT_EQUAL,
         "<": etcdrpc.Compare.LESS, ">": etcdrpc.Compare.GREATER}
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-# Reconnect quickly after etcd restarts (gRPC's default backoff grows to 2 minutes).
+# gRPC's details for a call that found its channel not connected and was never sent: safe to
+# send again, even a write.
+_NOT_CONNECTED = "failed to connect to all addresses"
+# Reconnect quickly after etcd restarts (gRPC's default backoff grows to 2 minutes). Each
+# channel has its own connection (a local subchannel pool): a channel made anew
+# (`_reconnect`) connects at once, where one sharing the old channel's connection would wait
+# out its backoff too.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -212,6 +219,7 @@ class EtcdCoordinator(Coordinator):
                         "token cross the network in clear (use https:// URLs)",
                         self.security.user)
         self._channels: list[grpc.Channel | None] = [None] * len(self.endpoints)
+        self._retired: list[grpc.Channel] = []  # replaced by `_reconnect`, closed when idle
         self._grpc_calls = 0  # in flight: unary calls and gRPC watches
         self._grpc_used = -math.inf  # trio time the last one ended
         self._token = ""
@@ -383,6 +391,25 @@ class EtcdCoordinator(Coordinator):
                                                        self.security)
         return channel
 
+    def _reconnect(self, index: int) -> None:
+        """Endpoint `index` gets a new channel, connecting at the next call: its channel
+        failed a call at once without sending it, waiting out gRPC's reconnect backoff
+        (up to 1 s) though etcd may be back. Measured after etcd's restart: the old channel
+        refused calls for up to 0.8 s, a new one connected at once (3-11 ms); with etcd
+        still down a new one is refused at once (<1 ms). The old channel is closed once no
+        other call or stream could be on it."""
+        old = self._channels[index]
+        self._channels[index] = None
+        if old is not None:
+            self._retired.append(old)
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        if self._grpc_calls or self.leases.keepalive_stream_open:
+            return
+        while self._retired:
+            self._retired.pop().close()
+
     async def _in_thread(self, call: Callable[[], T]) -> T:
         """A blocking gRPC call in a worker thread; its caller may give up on it."""
         with self.grpc_call():
@@ -405,6 +432,7 @@ class EtcdCoordinator(Coordinator):
         threads waking (~16 times a second in all), though no call is made; closed, none
         runs (docs/scaling.md, "round four"). The next call opens a channel again (a
         connection more, ~2-5 ms on loopback). Called with each keepalive: no timer."""
+        self._close_retired()
         if (self._grpc_calls or self.leases.keepalive_stream_open
                 or trio.current_time() - self._grpc_used < GRPC_IDLE_CLOSE):
             return
@@ -481,6 +509,7 @@ class EtcdCoordinator(Coordinator):
         started = trio.current_time()
         resends = 1 if resend and len(self.endpoints) > 1 else 0
         resent = False
+        reconnected = False
         renewed = not (authenticated and self.security.user)
         if not renewed and not self._token:
             await self.renew_token(self._token_generation)
@@ -497,7 +526,15 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self.renew_token(generation)
                     continue
-                error = self.rpc_error(index, exc, wait, fail_over=not resends)
+                if not reconnected and _NOT_CONNECTED in _details(exc)[1]:
+                    # never sent, through a channel in reconnect backoff: once more, through
+                    # a new connection, within the call's time (`_reconnect`)
+                    reconnected = resent = True
+                    self._reconnect(index)
+                    continue
+                # (a call resent so is bounded by `limit` as a whole: named in the error)
+                error = self.rpc_error(index, exc, limit if reconnected else wait,
+                                       fail_over=not resends)
                 if not isinstance(error, CoordinatorUnavailable) or not resends:
                     raise error from None
                 resends -= 1
@@ -608,7 +645,7 @@ class EtcdCoordinator(Coordinator):
             return
         self._closed = True
         await self.leases.aclose()
-        for channel in self._channels:
+        for channel in [*self._channels, *self._retired]:
             if channel is not None:
                 channel.close()
         await trio.lowlevel.checkpoint()
