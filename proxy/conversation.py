@@ -29,6 +29,7 @@ from typing import NoReturn
 
 from memring.netio.connection import Connection, Handoff, HangUp
 from memring.netio.connection_server import ConnectionServer
+from memring.netio.ready_loop import ReadyLoop
 from memring.protocol import NEED_DATA
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
@@ -57,7 +58,7 @@ class ClientConversation:
     """One client's parser, session and replies; `received` serves one read."""
 
     __slots__ = ("block", "buffers", "chosen", "client", "conn", "idle_timeout", "issued",
-                 "negotiating", "parser", "points", "replies", "server", "started")
+                 "loop", "negotiating", "parser", "points", "replies", "server", "started")
 
     def __init__(self, conn: Connection, parser: NegotiatingParser, client: ClientSession,
                  replies: ReplyStream, server: ConnectionServer, buffers: BufferBudget) -> None:
@@ -71,6 +72,7 @@ class ClientConversation:
         self.server = server
         self.buffers = buffers
         self.idle_timeout = server.idle_timeout
+        self.loop: ReadyLoop | None = server.ready_loop  # native: its rearm takes no frame or clock read
         self.block = ""  # the data block state before this read (protocol.write_points)
         self.points = WritePoints()
         self.issued = False
@@ -164,8 +166,12 @@ class ClientConversation:
             return HangUp
         if client.closing:
             return HangUp if replies.answered else _Pause.CLOSING
-        if self.issued and self.idle_timeout:
-            self.server.rearm(self.conn)  # idle from here (or from its last reply: conn.busy)
+        if self.issued and self.idle_timeout:  # idle from here (or its last reply: conn.busy)
+            loop = self.loop
+            if loop is not None:  # with the loop's pass clock
+                loop.rearm(self.conn)
+            else:
+                self.server.rearm(self.conn)
         return self._wait_for_input()
 
     def _wait_for_input(self) -> Outcome:

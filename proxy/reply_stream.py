@@ -48,6 +48,7 @@ import trio
 from memring.netio import nonblocking
 from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
+from memring.netio.streams import PlainStream
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
 from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
@@ -62,7 +63,8 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_server", "_stats", "_stream", "_unsent", "_write_timeout",
+                 "_nursery", "_plain", "_server", "_stats", "_stream", "_unsent",
+                 "_write_timeout",
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
@@ -86,6 +88,9 @@ class ReplyStream:
         self.idle_when_answered = False  # ... with no partial request buffered
         self._conn = conn
         self._stream = conn.stream
+        # a plain stream's socket, sent to directly on the fast path: PlainStream.send_now
+        # is an interpreted frame per reply (docs/benchmarks.md "Round six: proxy")
+        self._plain = conn.sock if type(conn.stream) is PlainStream else None
         self._server = server
         self._stats = stats  # each reply's latency (compiled: a native call)
         self._nursery = nursery
@@ -221,11 +226,20 @@ class ReplyStream:
             ready -= taken
             self._batch_replies += taken
             self._batch_bytes += size
-            stream = self._stream
-            sent = stream.send_now(reply) if size else 0
-            if sent < size or stream.backlog:
+            plain = self._plain
+            if plain is not None:  # as PlainStream.send_now, inline (no backlog)
+                backlog = 0
+                try:
+                    sent = plain.send(reply) if size else 0
+                except BlockingIOError:
+                    sent = 0
+            else:
+                stream = self._stream
+                sent = stream.send_now(reply) if size else 0
+                backlog = stream.backlog
+            if sent < size or backlog:
                 # Nothing of it sent: refusable at a reply boundary; else the reply started.
-                if not self._hold_output(size - sent + stream.backlog, force=sent > 0):
+                if not self._hold_output(size - sent + backlog, force=sent > 0):
                     self._refuse()
                     return
                 self._start_drainer(memoryview(reply)[sent:])

@@ -39,6 +39,7 @@ from typing import Any, TypeVar, cast
 
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
+from memring.protocol.reply_shapes import STORED, ReplyShape, ValuesOf
 from memring.protocol.request_encoder import encode_get, encode_request
 from memring.protocol.requests import (
     Arithmetic,
@@ -169,7 +170,8 @@ class ClientSession:
     # -- keyed commands --------------------------------------------------------------
 
     def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
-               renderer: Callable[[PendingReply], bytes] = render) -> Settling:
+               renderer: Callable[[PendingReply], bytes] = render,
+               shape: ReplyShape | None = None) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
             direct = to_leader(DirectLeaderWrite, self.state, shard, line, multi, self.replies,
                                renderer)
@@ -180,13 +182,17 @@ class ClientSession:
         if not nodes:
             return Unroutable(shard, multi, renderer)
         if len(nodes) == 1:
-            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite))
+            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite,
+                                                      shape))
             write.filter = renderer
             return write
         return FannedOut(nodes, line, multi, self.replies, renderer)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
-              renderer: Callable[[PendingReply], bytes] = render) -> Settling:
+              renderer: Callable[[PendingReply], bytes] = render,
+              shape: ReplyShape | None = None) -> Settling:
+        """`shape`: the reply shape of `line` when known here (the backend connection need
+        not split the line again to find it), for the one-node shards' direct reads."""
         nodes = shard.nodes
         if not nodes:
             return Unroutable(shard, multi, renderer)
@@ -197,7 +203,8 @@ class ClientSession:
                 return direct
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         if len(nodes) == 1:
-            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))
+            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead,
+                                                    shape))
             read.filter = renderer
             return read
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
@@ -222,7 +229,8 @@ class ClientSession:
                     MissOnShardError(self.state.stats, b"END\r\n", len(keys))
             if touches:
                 return self._write(router, shard, encode_request(request), True, renderer)
-            return self._read(router, shard, encode_request(request), True, renderer)
+            return self._read(router, shard, encode_request(request), True, renderer,
+                              ValuesOf(keys))
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
         # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
         parts = self._split(router, request.command, distinct, request.exptime)
@@ -241,7 +249,8 @@ class ClientSession:
             if touches:
                 parts.append((shard_keys, self._write(router, shard, line, True)))
             else:
-                parts.append((shard_keys, self._read(router, shard, line, True)))
+                parts.append((shard_keys, self._read(router, shard, line, True, render,
+                                                     ValuesOf(shard_keys))))
         return parts
 
     def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]:
@@ -253,7 +262,8 @@ class ClientSession:
                      ) -> Slot:
         shard = router.shard_for(request.key)
         return self._write(router, shard, encode_request(request), False,
-                           _drop_all if request.noreply else render)
+                           _drop_all if request.noreply else render,
+                           STORED if type(request) is Store else None)
 
     def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
               | MetaArithmetic) -> Slot:
