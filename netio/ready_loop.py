@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
@@ -64,7 +64,7 @@ from memring.netio.connection import (
     log_failure,
 )
 
-MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
+MAX_EVENTS: Final = 512  # ready connections served in one pass at most (the rest: the next pass)
 
 
 class LoopedSocket(Protocol):

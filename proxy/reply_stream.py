@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import trio
 
@@ -54,6 +54,7 @@ from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
+_WAITING: Final = WAITING  # Final: a native static, not a module-dict lookup per poll
 
 FLUSH_SIZE = 1 << 20     # replies waiting past this are sent before resolving more
 MAX_OUTSTANDING = 32     # requests of one client in flight before the proxy reads on
@@ -180,7 +181,7 @@ class ReplyStream:
         if ready <= 0 or self._drainer is not None or self._closed:
             return
         reply = queue[0].poll()
-        if reply is WAITING:
+        if reply is _WAITING:
             return  # its backend's reader calls again
         try:
             self._send_ready(queue, ready, reply)
@@ -197,7 +198,7 @@ class ReplyStream:
         flush_size = self._flush_size
         started = self.started
         while ready > 0:
-            if reply is WAITING:
+            if reply is _WAITING:
                 return  # its backend's reader calls again
             if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
                 self._start_drainer(b"")
@@ -210,7 +211,7 @@ class ReplyStream:
                 out = [reply]
                 while taken < ready:
                     reply = queue[taken].poll()
-                    if reply is WAITING:
+                    if reply is _WAITING:
                         break
                     if type(reply) is not bytes:
                         needs_task = True

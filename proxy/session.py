@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
@@ -130,7 +130,9 @@ _NO_SHARDS.fail("no shards in the cluster")
 CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
 # A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
 # many keys; a bigger one is split like any other, so its reply is rendered in slices.
-PASS_THROUGH_KEYS = 64
+PASS_THROUGH_KEYS: Final = 64
+# counted as what they are translated into (Final: no module-dict lookup per request)
+_TRANSLATED: Final = frozenset({BinaryRequest, GetBatch})
 
 _Event = TypeVar("_Event")
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30  # memcached's REALTIME_MAXDELTA: past it, a Unix time
@@ -160,7 +162,7 @@ class ClientSession:
     def issue(self, request: Request | BinaryRequest | BinaryReply | GetBatch) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
         kind = type(request)
-        if kind is not BinaryRequest and kind is not GetBatch:  # counted as translated
+        if kind not in _TRANSLATED:
             self.state.stats.commands[kind.__name__] += 1
         try:
             return _DISPATCH[type(request)](self, self.state.router, request)
@@ -421,7 +423,7 @@ class ClientSession:
 # By request type, the session's method that issues it. At class level: a table of bound
 # methods in each session would make it a reference cycle, keeping a closed client's objects
 # until the cyclic GC runs.
-_DISPATCH = dict([
+_DISPATCH: Final = dict([
     _route(Get, ClientSession._get),
     _route(Store, ClientSession._keyed_write),
     _route(Delete, ClientSession._keyed_write),
