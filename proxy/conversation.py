@@ -125,11 +125,11 @@ class ClientConversation:
         points = self.points
         chosen = self.chosen
         # a text client's events straight from its parser (the batching and negotiating
-        # wrappers only pass them on: a text request is never batched)
-        next_event = chosen.next_event if chosen is not None else self.parser.next_event
-        issue = client.issue
+        # wrappers only pass them on: a text request is never batched); called, not held as
+        # bound methods (an object each per batch)
+        parser = self.parser
         while not client.closing:
-            event = next_event()
+            event = chosen.next_event() if chosen is not None else parser.next_event()
             if event is NEED_DATA:
                 break
             self.issued = True
@@ -138,7 +138,7 @@ class ClientConversation:
             if type(event) is ProtocolError and event.close and chosen:
                 # memcached closes without writing what it had not written yet
                 del queue[max(0, len(queue) - points.unwritten):]
-            queue.append(issue(event))
+            queue.append(client.issue(event))
             points.after(event, chosen.swallow_left if chosen else 0)
             if chosen:  # replies go out only where memcached writes them (or at the end)
                 replies.held = points.unwritten

@@ -96,11 +96,11 @@ from memring.proxy.slots import (
     Ready,
     Settling,
     Slot,
-    SplitGet,
     Unroutable,
     meta_get_miss,
     render,
 )
+from memring.proxy.split_get import SplitGet
 from memring.proxy.state import ProxyState
 
 
@@ -234,7 +234,7 @@ class ClientSession:
             return self._read(router, shard, encode_request(request), True, renderer,
                               ValuesOf(keys))
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
-        # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
+        # answer every repeat, and the proxy would hold each copy): see proxy/split_get.py.
         parts = self._split(router, request.command, distinct, request.exptime)
         return SplitGet(keys, len(distinct), [part for _, part in parts],
                         [len(part_keys) for part_keys, _ in parts],
