@@ -20,7 +20,8 @@ from memring.protocol.reply_shapes import reply_shape
 from memring.protocol.response_parser import ResponseParser
 from memring.protocol.sentinels import NEED_DATA
 from memring.proxy.direct_slots import DirectRead
-from memring.proxy.slots import SplitGet, render
+from memring.proxy.slots import render
+from memring.proxy.split_get import SplitGet
 
 
 def main() -> None:

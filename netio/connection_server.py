@@ -250,6 +250,11 @@ class ConnectionServer:
             self.counters.pending_evictions += 1
             self._kick(pending[0], idle=False)
 
+    @property
+    def ready_loop(self) -> ReadyLoop | None:
+        """The loop that serves the plain connections of a ReadyHandler (None: tasks)."""
+        return self._loop
+
     @staticmethod
     def rearm(conn: Connection) -> None:
         """`conn` completed a request: it may now wait `idle_timeout` s for the next."""

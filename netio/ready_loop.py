@@ -36,13 +36,19 @@ the loop's own pass, and what they queued during a pass (`flush_after_pass`) is 
 its end, with no task woken for either (issue 16, round five: docs/benchmarks.md). They do
 not keep the loop running: when it ends it `detached()`s them, and their owners serve them
 from tasks of their own again.
+
+The pass clock: what a pass dates (a client's idle timeout restarting, `rearm`; the
+deadlines of the backend requests its flushes send) takes one clock reading at the pass's
+end, not one per request (two per request, some through interpreted frames, cost ~2% of
+the proxy's CPU: docs/benchmarks.md "Round six: proxy"). A date is late by at most the rest
+of its pass, never early.
 """
 
 from __future__ import annotations
 
 import select
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
@@ -58,7 +64,7 @@ from memring.netio.connection import (
     log_failure,
 )
 
-MAX_EVENTS = 512  # ready connections served in one pass at most (the rest: the next pass)
+MAX_EVENTS: Final = 512  # ready connections served in one pass at most (the rest: the next pass)
 
 
 class LoopedSocket(Protocol):
@@ -68,8 +74,9 @@ class LoopedSocket(Protocol):
     def readable(self) -> None:
         """Its socket is readable (level-triggered): read once and serve what came."""
 
-    def flush(self) -> None:
-        """The pass in which it asked `flush_after_pass` has ended: send what it queued."""
+    def flush(self, now: float) -> None:
+        """The pass in which it asked `flush_after_pass` has ended (at `now`, the run's
+        clock): send what it queued."""
 
     def detached(self) -> None:
         """The loop is ending and no longer reads its socket: its owner takes over."""
@@ -104,6 +111,7 @@ class ReadyLoop:
         self.stopping = False  # set by stop(): close connections as their batch ends
         self._others: dict[int, LoopedSocket] = {}  # by file descriptor: not clients
         self._flushes: list[LoopedSocket] = []  # to call at the end of this pass
+        self._rearmed: list[Connection] = []  # to date at the end of this pass (`rearm`)
         self.in_pass = False  # the loop's task is in a pass (what it calls runs in it)
 
     def __len__(self) -> int:
@@ -154,6 +162,14 @@ class ReadyLoop:
         if self._others.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
+    def rearm(self, conn: Connection) -> None:
+        """`conn` completed a request: its idle timeout restarts when this pass ends (outside
+        a pass: now), as `ConnectionServer.rearm` but with the pass's one clock reading."""
+        if self.in_pass:
+            self._rearmed.append(conn)
+        else:
+            conn.active = trio.current_time()
+
     def flush_after_pass(self, sock: LoopedSocket) -> None:
         """In a pass (`in_pass`): call `sock.flush()` once it ends (once per call)."""
         self._flushes.append(sock)
@@ -170,6 +186,8 @@ class ReadyLoop:
         waiting = self._waiting
         others = self._others
         read_size = nonblocking.READ_SIZE
+        clock = trio.lowlevel.current_clock()
+        rearmed = self._rearmed
         serves_others = _SERVING.get() is None
         if serves_others:
             _SERVING.set(self)
@@ -211,10 +229,15 @@ class ReadyLoop:
                     elif conn.looped:  # (a handler may have closed it meanwhile: the proxy)
                         self._after(conn, outcome)
                 self.in_pass = False
-                if self._flushes:
-                    flushes, self._flushes = self._flushes, []
-                    for sock in flushes:
-                        sock.flush()
+                if rearmed or self._flushes:  # the pass's one clock reading
+                    now = clock.current_time()
+                    for conn in rearmed:
+                        conn.active = now
+                    rearmed.clear()
+                    if self._flushes:
+                        flushes, self._flushes = self._flushes, []
+                        for sock in flushes:
+                            sock.flush(now)
                 if not ready:
                     if self._resumed:  # by a flush's failure: no nap before running it
                         continue
@@ -224,6 +247,11 @@ class ReadyLoop:
                 await trio.lowlevel.checkpoint()  # fairness: others run between passes
         finally:
             self.in_pass = False
+            if rearmed:  # (a pass that raised)
+                now = clock.current_time()
+                for conn in rearmed:
+                    conn.active = now
+                rearmed.clear()
             if serves_others:
                 _SERVING.set(None)
             for conn, _receiver, _recv in list(waiting.values()):

@@ -83,11 +83,11 @@ def _meta(*codes: bytes) -> ReplyShape:
     return ReplyShape((MetaReply,), frozenset(codes))
 
 
-_STORED = _statuses(b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND")
+STORED = _statuses(b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND")  # the storage commands
 _OK = ReplyShape((Status, Line), frozenset({b"OK"}))  # cache_memlimit: MEMLIMIT_TOO_SMALL ...
 _SHAPES = {
-    b"set": _STORED, b"add": _STORED, b"replace": _STORED, b"append": _STORED,
-    b"prepend": _STORED, b"cas": _STORED,
+    b"set": STORED, b"add": STORED, b"replace": STORED, b"append": STORED,
+    b"prepend": STORED, b"cas": STORED,
     b"delete": _statuses(b"DELETED", b"NOT_FOUND"),
     b"touch": _statuses(b"TOUCHED", b"NOT_FOUND"),
     b"incr": ReplyShape((Number, Status), frozenset({b"NOT_FOUND"})),

@@ -11,13 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(slots=True)
+# Get and Store (one per request) write their own `__init__` (init=False): the one
+# `dataclass` generates is interpreted even when this module is compiled (~230 ns each).
+@dataclass(slots=True, init=False)
 class Get:
     """get / gets / gat / gats: `command` is the wire token, `exptime` only for gat/gats."""
 
     command: bytes
     keys: list[bytes]
     exptime: int = 0
+
+    def __init__(self, command: bytes, keys: list[bytes], exptime: int = 0) -> None:
+        self.command = command
+        self.keys = keys
+        self.exptime = exptime
 
     @property
     def with_cas(self) -> bool:
@@ -28,7 +35,7 @@ class Get:
         return self.command in (b"gat", b"gats")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Store:
     """set / add / replace / append / prepend / cas, with its data block."""
 
@@ -39,6 +46,16 @@ class Store:
     value: bytes
     cas_unique: int = 0
     noreply: bool = False
+
+    def __init__(self, command: bytes, key: bytes, flags: int, exptime: int, value: bytes,
+                 cas_unique: int = 0, noreply: bool = False) -> None:
+        self.command = command
+        self.key = key
+        self.flags = flags
+        self.exptime = exptime
+        self.value = value
+        self.cas_unique = cas_unique
+        self.noreply = noreply
 
 
 @dataclass(slots=True)

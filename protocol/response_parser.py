@@ -10,6 +10,8 @@ Memory is bounded by `max_line` and `max_value`.
 
 from __future__ import annotations
 
+from typing import Final
+
 from memring.protocol.ascii_auth import GATE_REPLIES
 from memring.protocol.receive_buffer import ReceiveBuffer
 from memring.protocol.responses import (
@@ -26,21 +28,26 @@ from memring.protocol.responses import (
 )
 from memring.protocol.sentinels import NEED_DATA, NeedData
 
-_STATUS_WORDS = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
+_STATUS_WORDS: Final = frozenset({b"STORED", b"NOT_STORED", b"EXISTS", b"NOT_FOUND", b"DELETED",
                            b"TOUCHED", b"OK", b"RESET"})
-_META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
-_ERROR_KINDS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
-_GATE_LINES = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
+_META_CODES: Final = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
+_ERROR_KINDS: Final = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+_GATE_LINES: Final = frozenset(reply.removesuffix(b"\r\n") for reply in GATE_REPLIES)
 # Events without a payload of their own are shared, not made per reply (nothing changes them)
-_END = End()
-_STATUSES = {word: Status(word) for word in _STATUS_WORDS}
+_END: Final = End()
+_STATUSES: Final = {word: Status(word) for word in _STATUS_WORDS}
 
 
-_LF, _CR, _SPACE, _ZERO = 10, 13, 32, 48
-_VALUE_LINE = b"VALUE "
+# Final: compiled, a constant is inlined, not looked up in the module's dict at each use
+# (the VALUE header loop read _SPACE once per byte of the key)
+_LF: Final = 10
+_CR: Final = 13
+_SPACE: Final = 32
+_ZERO: Final = 48
+_VALUE_LINE: Final = b"VALUE "
 # Past this many bytes after its first block a run ends (the next call goes on): each call
 # copies at most this much of a read that may hold many clients' replies.
-RUN_WINDOW = 8192
+RUN_WINDOW: Final = 8192
 
 
 def _digits_end(data: bytes, index: int, stop: int) -> int:

@@ -46,11 +46,11 @@ from memring.netio.ready_loop import ReadyLoop, serving_loop
 from memring.netio.streams import PlainStream, TlsStream
 from memring.protocol import NEED_DATA, ResponseError, ResponseParser
 from memring.protocol.ascii_auth import Login, auth_request
-from memring.protocol.reply_shapes import reply_shape
+from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
-from memring.proxy.pending_reply import PendingReply, ReplyListener
+from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
 log = logging.getLogger("memring.proxy")
 
@@ -276,6 +276,9 @@ class BackendConnection:
         over, the reader from where the loop's parser is, the writer with the outbox."""
         self._loop = None
         self._fd = -1
+        if self._flush_asked:  # the loop ended in that pass: no flush(now) comes
+            self._flush_asked = False
+            self._date(self._clock.current_time() + self.timeout)
         task = self._run_task
         if task is not None:
             self._run_task = None
@@ -294,16 +297,21 @@ class BackendConnection:
             self._fd = -1
 
     def submit(self, request: bytes, multi: bool, listener: ReplyListener | None = None,
-               kind: type[PendingReply] = PendingReply) -> PendingReply:
+               kind: type[PendingReply] = PendingReply, shape: ReplyShape | None = None
+               ) -> PendingReply:
         """Queue `request`; `listener` hears when its reply is complete (not when it fails
         here, at once: the caller sees that in the returned reply). The reply is a `kind`
-        (a subclass that is also its client's slot: proxy/direct_slots.py)."""
+        (a subclass that is also its client's slot: proxy/direct_slots.py); `shape` is the
+        request's reply shape when the caller knows it (else found from `request`)."""
         if not self.alive:
             reply = kind(multi, 0.0)
             reply.fail(f"no connection to {self.host}:{self.port}")
             return reply
-        reply = kind(multi, self._clock.current_time() + self.timeout, listener,
-                     reply_shape(request))
+        loop = self._loop
+        in_pass = loop is not None and loop.in_pass
+        # in a pass: dated by the flush that sends it, with the pass's clock reading
+        reply = kind(multi, UNDATED if in_pass else self._clock.current_time() + self.timeout,
+                     listener, shape if shape is not None else reply_shape(request))
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)
@@ -313,8 +321,8 @@ class BackendConnection:
             self._became_busy.set()
         if in_flight > self.max_in_flight:
             self.max_in_flight = in_flight
-        loop = self._loop
-        if loop is not None and loop.in_pass:  # sent at the pass's end: no task woken
+        if in_pass:  # sent at the pass's end: no task woken
+            assert loop is not None
             if not self._flush_asked:
                 self._flush_asked = True
                 loop.flush_after_pass(self)
@@ -325,11 +333,13 @@ class BackendConnection:
             trio.lowlevel.reschedule(writer)
         return reply
 
-    def flush(self) -> None:
-        """LoopedSocket: the pass that queued requests has ended: one nonblocking send of the
-        outbox, unless the writer task holds it (woken, or waiting for the socket: it sends
-        this behind what it has); the writer gets what the kernel did not take."""
+    def flush(self, now: float) -> None:
+        """LoopedSocket: the pass that queued requests has ended (at `now`): their replies are
+        dated, then one nonblocking send of the outbox, unless the writer task holds it
+        (woken, or waiting for the socket: it sends this behind what it has); the writer
+        gets what the kernel did not take."""
         self._flush_asked = False
+        self._date(now + self.timeout)
         outbox = self._outbox
         writer = self._writer
         sock = self._sock
@@ -481,6 +491,13 @@ class BackendConnection:
         self._on_success()
         return True
 
+    def _date(self, deadline: float) -> None:
+        """Give the replies submitted in the loop's pass (the newest, UNDATED) `deadline`."""
+        for reply in reversed(self._pending):
+            if reply.deadline != UNDATED:
+                break
+            reply.deadline = deadline
+
     async def _watch_deadlines(self) -> None:
         """Fail the connection when its oldest reply is overdue. Replies come in order and
         deadlines grow with submission, so watching the head of the FIFO is enough; this
@@ -492,6 +509,8 @@ class BackendConnection:
                 await self._became_busy.wait()
                 continue
             head = pending[0]
+            if head.deadline == UNDATED:  # (dated at its pass's end, before any checkpoint)
+                self._date(self._clock.current_time() + self.timeout)
             await trio.sleep_until(head.deadline)
             if pending and pending[0] is head and not head.done:
                 self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "

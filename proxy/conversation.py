@@ -29,6 +29,7 @@ from typing import NoReturn
 
 from memring.netio.connection import Connection, Handoff, HangUp
 from memring.netio.connection_server import ConnectionServer
+from memring.netio.ready_loop import ReadyLoop
 from memring.protocol import NEED_DATA
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
@@ -57,7 +58,7 @@ class ClientConversation:
     """One client's parser, session and replies; `received` serves one read."""
 
     __slots__ = ("block", "buffers", "chosen", "client", "conn", "idle_timeout", "issued",
-                 "negotiating", "parser", "points", "replies", "server", "started")
+                 "loop", "negotiating", "parser", "points", "replies", "server", "started")
 
     def __init__(self, conn: Connection, parser: NegotiatingParser, client: ClientSession,
                  replies: ReplyStream, server: ConnectionServer, buffers: BufferBudget) -> None:
@@ -71,6 +72,7 @@ class ClientConversation:
         self.server = server
         self.buffers = buffers
         self.idle_timeout = server.idle_timeout
+        self.loop: ReadyLoop | None = server.ready_loop  # native: its rearm takes no frame or clock read
         self.block = ""  # the data block state before this read (protocol.write_points)
         self.points = WritePoints()
         self.issued = False
@@ -123,11 +125,11 @@ class ClientConversation:
         points = self.points
         chosen = self.chosen
         # a text client's events straight from its parser (the batching and negotiating
-        # wrappers only pass them on: a text request is never batched)
-        next_event = chosen.next_event if chosen is not None else self.parser.next_event
-        issue = client.issue
+        # wrappers only pass them on: a text request is never batched); called, not held as
+        # bound methods (an object each per batch)
+        parser = self.parser
         while not client.closing:
-            event = next_event()
+            event = chosen.next_event() if chosen is not None else parser.next_event()
             if event is NEED_DATA:
                 break
             self.issued = True
@@ -136,7 +138,7 @@ class ClientConversation:
             if type(event) is ProtocolError and event.close and chosen:
                 # memcached closes without writing what it had not written yet
                 del queue[max(0, len(queue) - points.unwritten):]
-            queue.append(issue(event))
+            queue.append(client.issue(event))
             points.after(event, chosen.swallow_left if chosen else 0)
             if chosen:  # replies go out only where memcached writes them (or at the end)
                 replies.held = points.unwritten
@@ -164,8 +166,12 @@ class ClientConversation:
             return HangUp
         if client.closing:
             return HangUp if replies.answered else _Pause.CLOSING
-        if self.issued and self.idle_timeout:
-            self.server.rearm(self.conn)  # idle from here (or from its last reply: conn.busy)
+        if self.issued and self.idle_timeout:  # idle from here (or its last reply: conn.busy)
+            loop = self.loop
+            if loop is not None:  # with the loop's pass clock
+                loop.rearm(self.conn)
+            else:
+                self.server.rearm(self.conn)
         return self._wait_for_input()
 
     def _wait_for_input(self) -> Outcome:

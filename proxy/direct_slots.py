@@ -13,7 +13,7 @@ with the backend connection that makes them (build_support/hot_modules.txt), so 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 from memring.protocol.responses import End
 from memring.proxy.pending_reply import PendingReply, ReplyListener
@@ -29,6 +29,9 @@ from memring.proxy.slots import (
 )
 from memring.proxy.state import ProxyState
 
+# Final: native statics, not a module-dict lookup per poll (compiled)
+_WAITING: Final = WAITING
+_NEEDS_TASK: Final = NEEDS_TASK
 
 def _one_key_hit(reply: PendingReply) -> bytes | None:
     """A one-key get's hit: its block as the backend sent it, then END (what every renderer
@@ -51,7 +54,7 @@ class DirectReply(PendingReply):
         raise NotImplementedError
 
     def settled_now(self) -> Settled:
-        return self if self.done else WAITING
+        return self if self.done else _WAITING
 
     async def settle(self) -> PendingReply:
         if not self.done:
@@ -69,7 +72,7 @@ class DirectRead(DirectReply):
 
     def poll(self) -> Poll:
         if not self.done:
-            return WAITING
+            return _WAITING
         hit = _one_key_hit(self)
         return hit if hit is not None else self.filter(self)
 
@@ -80,10 +83,10 @@ class DirectWrite(DirectReply):
     __slots__ = ()
 
     def settled_now(self) -> Settled:
-        return self._settled() if self.done else WAITING
+        return self._settled() if self.done else _WAITING
 
     def poll(self) -> Poll:
-        return self.filter(self._settled()) if self.done else WAITING
+        return self.filter(self._settled()) if self.done else _WAITING
 
     def _settled(self) -> PendingReply:
         error = self.error
@@ -115,12 +118,12 @@ class DirectLeaderReply(DirectReply):
 
     def settled_now(self) -> Settled:
         if not self.done:
-            return WAITING
+            return _WAITING
         taken_over = self.taken_over
         if taken_over is not None:
             return taken_over.settled_now()
         if self._retry():
-            return NEEDS_TASK
+            return _NEEDS_TASK
         return self
 
     def _retry(self) -> bool:
@@ -147,9 +150,9 @@ class DirectLeaderWrite(DirectLeaderReply):
 
     def poll(self) -> Poll:
         if not self.done:
-            return WAITING
+            return _WAITING
         if self.taken_over is not None or not_applied(self):
-            return NEEDS_TASK
+            return _NEEDS_TASK
         return self.filter(self)
 
     def _retry(self) -> bool:
@@ -168,12 +171,12 @@ class DirectLeaderRead(DirectLeaderReply):
 
     def poll(self) -> Poll:
         if not self.done:
-            return WAITING
+            return _WAITING
         hit = _one_key_hit(self)
         if hit is not None:
             return hit
         if self.taken_over is not None or self.error is not None or not_applied(self):
-            return NEEDS_TASK
+            return _NEEDS_TASK
         return self.filter(self)
 
     def _retry(self) -> bool:

@@ -26,6 +26,7 @@ import struct
 import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from typing import Final
 
 __all__ = ["HASH_NAMES", "KetamaRing", "key_hash", "point_name", "points_per_server"]
 
@@ -38,7 +39,7 @@ DEFAULT_PORT = 11211
 # longer is cut to 272 bytes before hashing.
 MAX_POINT_STRING = 272
 
-_MASK32 = 0xFFFFFFFF
+_MASK32: Final = 0xFFFFFFFF
 _FNV_64_INIT_LOW = 0xCBF29CE484222325 & _MASK32  # twemproxy truncates the 64-bit constants
 _FNV_64_PRIME_LOW = 0x100000001B3 & _MASK32
 _FNV_32_INIT = 2166136261
@@ -49,7 +50,10 @@ _MURMUR_M = 0x5BD1E995
 # sign-extended to 32 bits (0xFFFFFF80...). This table makes that one list index.
 _SIGNED_BYTE: tuple[int, ...] = tuple(b if b < 0x80 else b | 0xFFFFFF00 for b in range(256))
 
-_unpack_u32_le = struct.Struct("<I").unpack_from
+_unpack_u32_le: Final = struct.Struct("<I").unpack_from
+# Final: native statics, not a module-dict (or module attribute) lookup per key
+_bisect_left: Final = bisect_left
+_md5: Final = hashlib.md5
 _unpack_4u32_le = struct.Struct("<4I").unpack
 
 
@@ -88,7 +92,7 @@ def points_per_server(weight: int, total_weight: int, nservers: int) -> int:
 
 def _hash_md5(key: bytes) -> int:
     """libketama/libmemcached/twemproxy md5: the digest's first 4 bytes, little-endian."""
-    return int(_unpack_u32_le(hashlib.md5(key).digest())[0])
+    return int(_unpack_u32_le(_md5(key).digest())[0])
 
 
 def _hash_fnv1a_64(key: bytes) -> int:
@@ -333,7 +337,7 @@ class KetamaRing:
         """Index into `servers` of the server that owns `key`."""
         if self._single:
             return 0
-        i = bisect_left(self._values, self._hash(key))
+        i = _bisect_left(self._values, self._hash(key))
         return self._owners[i] if i < len(self._owners) else self._owners[0]
 
     def __len__(self) -> int:

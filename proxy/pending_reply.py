@@ -9,12 +9,16 @@ needs: it can have no interpreted subclass.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
 from memring.protocol.reply_shapes import ReplyShape
 from memring.protocol.responses import Response
+
+# The deadline of a reply submitted in a ReadyLoop pass until the pass's end dates it (no
+# run's clock reads less: trio's starts past 10,000 s).
+UNDATED: Final = -1.0
 
 
 class ReplyListener(Protocol):

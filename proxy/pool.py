@@ -29,6 +29,7 @@ from collections.abc import Callable
 import trio
 
 from memring.protocol.ascii_auth import Login
+from memring.protocol.reply_shapes import ReplyShape
 from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
@@ -165,7 +166,8 @@ class NodePool:
                 conn.close(reason)
 
     def submit(self, request: bytes, multi: bool, client: ReplyListener | None = None,
-               kind: type[PendingReply] = PendingReply) -> PendingReply:
+               kind: type[PendingReply] = PendingReply, shape: ReplyShape | None = None
+               ) -> PendingReply:
         """Queue `request` on the connection the client's `affinity` picks, so that the
         requests of one client session stay in order on one connection (memcached runs a
         connection's commands in order; a set then a get must not race on two
@@ -179,7 +181,7 @@ class NodePool:
             first = affinity % size
             conn = self._slots[first]
             if conn is not None and conn.alive:
-                return conn.submit(request, multi, client, kind)
+                return conn.submit(request, multi, client, kind, shape)
             if not self._demand.is_set():
                 self._demand.set()
                 self._opening = [True] * size

@@ -41,18 +41,20 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import trio
 
 from memring.netio import nonblocking
 from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
+from memring.netio.streams import PlainStream
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
 from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
+_WAITING: Final = WAITING  # Final: a native static, not a module-dict lookup per poll
 
 FLUSH_SIZE = 1 << 20     # replies waiting past this are sent before resolving more
 MAX_OUTSTANDING = 32     # requests of one client in flight before the proxy reads on
@@ -62,7 +64,8 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_server", "_stats", "_stream", "_unsent", "_write_timeout",
+                 "_nursery", "_plain", "_server", "_stats", "_stream", "_unsent",
+                 "_write_timeout",
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
@@ -86,6 +89,9 @@ class ReplyStream:
         self.idle_when_answered = False  # ... with no partial request buffered
         self._conn = conn
         self._stream = conn.stream
+        # a plain stream's socket, sent to directly on the fast path: PlainStream.send_now
+        # is an interpreted frame per reply (docs/benchmarks.md "Round six: proxy")
+        self._plain = conn.sock if type(conn.stream) is PlainStream else None
         self._server = server
         self._stats = stats  # each reply's latency (compiled: a native call)
         self._nursery = nursery
@@ -175,7 +181,7 @@ class ReplyStream:
         if ready <= 0 or self._drainer is not None or self._closed:
             return
         reply = queue[0].poll()
-        if reply is WAITING:
+        if reply is _WAITING:
             return  # its backend's reader calls again
         try:
             self._send_ready(queue, ready, reply)
@@ -192,7 +198,7 @@ class ReplyStream:
         flush_size = self._flush_size
         started = self.started
         while ready > 0:
-            if reply is WAITING:
+            if reply is _WAITING:
                 return  # its backend's reader calls again
             if type(reply) is not bytes:  # NEEDS_TASK, or a SlicedReply to send in slices
                 self._start_drainer(b"")
@@ -205,7 +211,7 @@ class ReplyStream:
                 out = [reply]
                 while taken < ready:
                     reply = queue[taken].poll()
-                    if reply is WAITING:
+                    if reply is _WAITING:
                         break
                     if type(reply) is not bytes:
                         needs_task = True
@@ -221,11 +227,20 @@ class ReplyStream:
             ready -= taken
             self._batch_replies += taken
             self._batch_bytes += size
-            stream = self._stream
-            sent = stream.send_now(reply) if size else 0
-            if sent < size or stream.backlog:
+            plain = self._plain
+            if plain is not None:  # as PlainStream.send_now, inline (no backlog)
+                backlog = 0
+                try:
+                    sent = plain.send(reply) if size else 0
+                except BlockingIOError:
+                    sent = 0
+            else:
+                stream = self._stream
+                sent = stream.send_now(reply) if size else 0
+                backlog = stream.backlog
+            if sent < size or backlog:
                 # Nothing of it sent: refusable at a reply boundary; else the reply started.
-                if not self._hold_output(size - sent + stream.backlog, force=sent > 0):
+                if not self._hold_output(size - sent + backlog, force=sent > 0):
                     self._refuse()
                     return
                 self._start_drainer(memoryview(reply)[sent:])

@@ -15,6 +15,7 @@ import itertools
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from memring.proxy.ketama import KetamaRing
 from memring.proxy.pool import NodePool
@@ -22,7 +23,7 @@ from memring.proxy.pool import NodePool
 # Keys whose shard a router remembers, so a hot key costs one dict lookup, not an md5 and a
 # bisect (ketama was 7% of the proxy's CPU on 10-key multi-gets); all forgotten at once past
 # this many (at most ~6 MiB with 250-byte keys; the ring is immutable, so never stale).
-PLACED_KEYS = 16384
+PLACED_KEYS: Final = 16384
 
 
 class NoShards(LookupError):

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 from memring.protocol.binary_frames import BinaryRequest
 from memring.protocol.binary_parser import BinaryReply
+from memring.protocol.reply_shapes import STORED, ReplyShape, ValuesOf
 from memring.protocol.request_encoder import encode_get, encode_request
 from memring.protocol.requests import (
     Arithmetic,
@@ -95,11 +96,11 @@ from memring.proxy.slots import (
     Ready,
     Settling,
     Slot,
-    SplitGet,
     Unroutable,
     meta_get_miss,
     render,
 )
+from memring.proxy.split_get import SplitGet
 from memring.proxy.state import ProxyState
 
 
@@ -129,7 +130,9 @@ _NO_SHARDS.fail("no shards in the cluster")
 CACHE_MEMLIMIT_REFUSED = b"SERVER_ERROR cache_memlimit is set on each backend, not through the proxy\r\n"
 # A multi-get of distinct keys on a one-shard ring goes to the backend as it came, up to this
 # many keys; a bigger one is split like any other, so its reply is rendered in slices.
-PASS_THROUGH_KEYS = 64
+PASS_THROUGH_KEYS: Final = 64
+# counted as what they are translated into (Final: no module-dict lookup per request)
+_TRANSLATED: Final = frozenset({BinaryRequest, GetBatch})
 
 _Event = TypeVar("_Event")
 MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30  # memcached's REALTIME_MAXDELTA: past it, a Unix time
@@ -159,7 +162,7 @@ class ClientSession:
     def issue(self, request: Request | BinaryRequest | BinaryReply | GetBatch) -> Slot:
         """Send `request` on its way and return its place in the reply order."""
         kind = type(request)
-        if kind is not BinaryRequest and kind is not GetBatch:  # counted as translated
+        if kind not in _TRANSLATED:
             self.state.stats.commands[kind.__name__] += 1
         try:
             return _DISPATCH[type(request)](self, self.state.router, request)
@@ -169,7 +172,8 @@ class ClientSession:
     # -- keyed commands --------------------------------------------------------------
 
     def _write(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
-               renderer: Callable[[PendingReply], bytes] = render) -> Settling:
+               renderer: Callable[[PendingReply], bytes] = render,
+               shape: ReplyShape | None = None) -> Settling:
         if router.leader_writes:  # even with no live node: one may come back and lead
             direct = to_leader(DirectLeaderWrite, self.state, shard, line, multi, self.replies,
                                renderer)
@@ -180,13 +184,17 @@ class ClientSession:
         if not nodes:
             return Unroutable(shard, multi, renderer)
         if len(nodes) == 1:
-            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite))
+            write = cast(DirectWrite, nodes[0].submit(line, multi, self.replies, DirectWrite,
+                                                      shape))
             write.filter = renderer
             return write
         return FannedOut(nodes, line, multi, self.replies, renderer)
 
     def _read(self, router: ShardRouter, shard: Shard, line: bytes, multi: bool,
-              renderer: Callable[[PendingReply], bytes] = render) -> Settling:
+              renderer: Callable[[PendingReply], bytes] = render,
+              shape: ReplyShape | None = None) -> Settling:
+        """`shape`: the reply shape of `line` when known here (the backend connection need
+        not split the line again to find it), for the one-node shards' direct reads."""
         nodes = shard.nodes
         if not nodes:
             return Unroutable(shard, multi, renderer)
@@ -197,7 +205,8 @@ class ClientSession:
                 return direct
             return LeaderRead(self.state, shard, line, multi, self.replies, renderer)
         if len(nodes) == 1:
-            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead))
+            read = cast(DirectRead, nodes[0].submit(line, multi, self.replies, DirectRead,
+                                                    shape))
             read.filter = renderer
             return read
         return ReadWithFailover(router.read_order(shard), line, multi, self.replies, renderer)
@@ -222,9 +231,10 @@ class ClientSession:
                     MissOnShardError(self.state.stats, b"END\r\n", len(keys))
             if touches:
                 return self._write(router, shard, encode_request(request), True, renderer)
-            return self._read(router, shard, encode_request(request), True, renderer)
+            return self._read(router, shard, encode_request(request), True, renderer,
+                              ValuesOf(keys))
         # Repeated keys are asked once and repeated here, slice by slice (a backend would
-        # answer every repeat, and the proxy would hold each copy): see slots.SplitGet.
+        # answer every repeat, and the proxy would hold each copy): see proxy/split_get.py.
         parts = self._split(router, request.command, distinct, request.exptime)
         return SplitGet(keys, len(distinct), [part for _, part in parts],
                         [len(part_keys) for part_keys, _ in parts],
@@ -241,7 +251,8 @@ class ClientSession:
             if touches:
                 parts.append((shard_keys, self._write(router, shard, line, True)))
             else:
-                parts.append((shard_keys, self._read(router, shard, line, True)))
+                parts.append((shard_keys, self._read(router, shard, line, True, render,
+                                                     ValuesOf(shard_keys))))
         return parts
 
     def split_get(self, keys: Iterable[bytes]) -> list[tuple[list[bytes], Settling]]:
@@ -253,7 +264,8 @@ class ClientSession:
                      ) -> Slot:
         shard = router.shard_for(request.key)
         return self._write(router, shard, encode_request(request), False,
-                           _drop_all if request.noreply else render)
+                           _drop_all if request.noreply else render,
+                           STORED if type(request) is Store else None)
 
     def _meta(self, router: ShardRouter, request: MetaGet | MetaSet | MetaDelete
               | MetaArithmetic) -> Slot:
@@ -411,7 +423,7 @@ class ClientSession:
 # By request type, the session's method that issues it. At class level: a table of bound
 # methods in each session would make it a reference cycle, keeping a closed client's objects
 # until the cyclic GC runs.
-_DISPATCH = dict([
+_DISPATCH: Final = dict([
     _route(Get, ClientSession._get),
     _route(Store, ClientSession._keyed_write),
     _route(Delete, ClientSession._keyed_write),

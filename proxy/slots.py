@@ -10,7 +10,7 @@ passed through a renderer (the client's `noreply`/meta `q` decide what it sees).
 commonest are no slot object at all: a request to a one-node shard, or to a cluster shard's
 connected leader, is its backend reply (proxy/direct_slots.py, compiled).
 
-A multi-get (`SplitGet`) asks each distinct key once; each shard's reply is a run of VALUE
+A multi-get (`SplitGet`, compiled: proxy/split_get.py) asks each distinct key once; each shard's reply is a run of VALUE
 blocks in its keys' order (protocol.responses.Values), cut into the client's key order at
 block boundaries (no object per key); a reply bigger than SLICE_SIZE is a `SlicedReply`,
 rendered a slice at a time as the client's socket drains (proxy/reply_stream.py), so
@@ -28,7 +28,7 @@ from typing import Final, Literal, Protocol
 import trio
 
 from memring.protocol.requests import MetaGet
-from memring.protocol.responses import End, ErrorReply, Values, in_key_order
+from memring.protocol.responses import ErrorReply
 from memring.protocol.sizes import GET_REPEATS_LIMIT
 from memring.protocol.write_refusals import retry_at_leader
 from memring.proxy.pending_reply import PendingReply, ReplyListener
@@ -592,91 +592,3 @@ class AllSayOk(Slot):
                 answer = rendered
                 break
         return b"" if self.noreply else answer
-
-
-class SplitGet(Slot):
-    """A multi-key get split per shard (each distinct key asked once); values reassembled in
-    the client's key order, a big reply in slices."""
-
-    __slots__ = ("distinct", "keys", "misses", "part_keys", "parts", "sliced")
-
-    def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling],
-                 part_keys: list[int], misses: ProxyStats | None = None) -> None:
-        self.keys = keys
-        self.distinct = distinct  # how many different keys `keys` names
-        self.parts = parts
-        self.part_keys = part_keys  # how many distinct keys each part asks for
-        # on_shard_error = miss: where a part whose shard cannot answer is counted as misses
-        self.misses = misses
-        self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
-
-    def _missed(self, index: int, pending: PendingReply) -> bool:
-        """Part `index` failed and answers its keys as misses (counted once: the reply
-        is rendered once)."""
-        if self.misses is None or not shard_failed(pending):
-            return False
-        self.misses.shard_error_misses += self.part_keys[index]
-        return True
-
-    def poll(self) -> Poll:
-        if self.sliced is not None:
-            return self.sliced
-        # The parts in order, as reply() awaits them: the first error is the answer.
-        settled = []
-        for part in self.parts:
-            pending = part.settled_now()
-            if isinstance(pending, _Pending):
-                return pending
-            settled.append(pending)
-        return self._answer(settled)
-
-    async def reply(self) -> Reply:
-        if self.sliced is not None:
-            return self.sliced
-        return self._answer([await part.settle() for part in self.parts])
-
-    def _answer(self, settled: list[PendingReply]) -> bytes | SlicedReply:
-        """The first failed part's error is the whole get's (on_shard_error = error); with
-        `miss`, a part whose shard cannot answer adds no values."""
-        answered = []
-        for index, pending in enumerate(settled):
-            if _incomplete(pending):
-                if self._missed(index, pending):
-                    continue
-                return render(pending)
-            answered.append(pending)
-        return self._join(answered)
-
-    def _join(self, settled: list[PendingReply]) -> bytes | SlicedReply:
-        keys = self.keys
-        runs: list[Values] = []
-        size = 0
-        for pending in settled:
-            for event in pending.events:
-                if type(event) is Values:
-                    runs.append(event)
-                    size += len(event.wire)
-        one_piece = size <= SLICE_SIZE and len(keys) == self.distinct  # the common case
-        if one_piece:  # each part's blocks cut from its run in stretches, no object per key
-            pieces = in_key_order(keys, runs)
-            if pieces is not None:
-                pieces.append(b"END\r\n")
-                return b"".join(pieces)
-        blocks: dict[bytes, bytes] = {}
-        for run in runs:
-            for index, key in enumerate(run.keys):
-                blocks[key] = run.block(index)
-        if one_piece:  # (a run out of the keys' order)
-            return b"".join([blocks[k] for k in keys if k in blocks]) + b"END\r\n"
-        reply = SlicedReply(blocks, keys)
-        if reply.rendered:
-            return reply.next_slice()
-        self.parts = []  # the encoded blocks are all the rest needs: let the replies go
-        self.sliced = reply
-        return reply
-
-
-def _incomplete(pending: PendingReply) -> bool:
-    """A get's reply that is not values then END: an error."""
-    events = pending.events
-    return pending.error is not None or not events or type(events[-1]) is not End

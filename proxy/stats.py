@@ -8,6 +8,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
+from typing import Final
 
 from memring.netio.connection_server import ConnectionCounters
 from memring.netio.tls import ServerTls
@@ -20,7 +21,11 @@ MEMRING_VERSION = "0.1.0"
 # read that brought a request in to its reply being ready to send, counted per request.
 LATENCY_BUCKETS_US = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 250000,
                       1000000)
-LATENCY_BOUNDS_S = tuple(us / 1e6 for us in LATENCY_BUCKETS_US)
+LATENCY_BOUNDS_S: Final = tuple(us / 1e6 for us in LATENCY_BUCKETS_US)
+# Final: native statics for the per-reply call, not a module-dict (or module attribute)
+# lookup each
+_bisect_left: Final = bisect_left
+_perf_counter: Final = time.perf_counter
 
 
 class ProxyStats:
@@ -43,9 +48,9 @@ class ProxyStats:
 
     def observe_reply(self, started: float) -> None:
         """A reply is ready: count its latency since `started` (a perf_counter reading)."""
-        elapsed = time.perf_counter() - started
+        elapsed = _perf_counter() - started
         self.latency_sum += elapsed
-        self.latency_buckets[bisect_left(LATENCY_BOUNDS_S, elapsed)] += 1
+        self.latency_buckets[_bisect_left(LATENCY_BOUNDS_S, elapsed)] += 1
 
     @property
     def latency_count(self) -> int:

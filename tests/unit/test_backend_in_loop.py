@@ -236,3 +236,20 @@ async def test_once_the_loop_ends_the_reader_task_finishes_a_reply_it_began() ->
         await told.arrived.wait()
         assert render(again) == HIT
         assert setup.failures == []
+
+
+async def test_a_request_issued_in_a_pass_fails_at_its_deadline_not_before() -> None:
+    # Its deadline is dated by the pass's flush with the pass's one clock reading: never
+    # before the request was read (the connection's timeout is 2 s here), and it still fires.
+    async with looped() as setup:
+        setup.backend.split.add(b"get k")  # half its reply, then nothing until the test ends
+        sent_at = trio.current_time()
+        setup.send(b"get k\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        [reply] = setup.forwarder.replies
+        assert sent_at + 2.0 <= reply.deadline <= trio.current_time() + 2.0
+        with trio.fail_after(5):
+            await reply.wait()
+        assert trio.current_time() >= sent_at + 2.0
+        assert reply.error is not None and "timeout after 2000 ms" in reply.error
+        assert setup.failures and "timeout" in setup.failures[0]

@@ -437,3 +437,44 @@ async def test_a_half_closed_client_gets_what_it_is_owed_then_closes() -> None:
             nonblocking.close(dropped)
             server.shutdown(1.0)
     assert handler.closed_count == 2
+
+
+class PassClockHandler(LineHandler):
+    """LineHandler whose `ping` rearms the idle timeout through the loop's pass clock (as
+    the proxy's conversation does), recording when the read was served."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server: ConnectionServer | None = None
+        self.served: list[tuple[Connection, float, bool]] = []  # conn, when, in a pass
+
+    def received(self, conn: Connection,
+                 data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
+        assert self.server is not None and self.server.ready_loop is not None
+        loop = self.server.ready_loop
+        self.served.append((conn, trio.current_time(), loop.in_pass))
+        conn.sock.send(b"pong\n")
+        loop.rearm(conn)
+        return None
+
+
+async def test_a_rearm_in_a_pass_is_dated_at_its_end_never_before_the_read() -> None:
+    handler = PassClockHandler()
+    server = ConnectionServer(handler, 4, ConnectionCounters(), idle_timeout=0.3)
+    handler.server = server
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await start(nursery, server)
+            client = await nonblocking.connect("127.0.0.1", port)
+            for _ in range(3):  # a client busy past the timeout is never cut
+                await trio.sleep(0.15)
+                assert await ask(client, b"ping\n") == b"pong\n"
+                conn, read_at, in_pass = handler.served[-1]
+                assert in_pass
+                assert read_at <= conn.active <= trio.current_time()
+            # then idle: closed by the sweeper, after the timeout from its last request
+            last = handler.served[-1][0].active
+            assert await nonblocking.recv(client, 100) == b""
+            assert trio.current_time() >= last + 0.3
+            nonblocking.close(client)
+            server.shutdown(1.0)
