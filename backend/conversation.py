@@ -13,7 +13,7 @@ mypyc compiles too and trio runs as any coroutine.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -29,8 +29,8 @@ from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
 from memring.protocol.write_points import WritePoints, block_of
 
-FLUSH_SIZE = 1 << 20
-GET_SLICE = 64  # keys of one multi-get handled between flushes
+FLUSH_SIZE: Final = 1 << 20
+GET_SLICE: Final = 64  # keys of one multi-get handled between flushes
 
 
 def held_from(out: list[bytes], sendable: int) -> int:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from enum import Enum
 from itertools import islice
+from typing import Final
 
 from memring.backend.item_record import (
     ACTIVE,
@@ -62,16 +63,16 @@ from memring.protocol.replication import ItemState
 from memring.protocol.sizes import slab_class
 
 # protocol.txt: an exptime above 30 days is an absolute unix time.
-MAX_RELATIVE_EXPTIME = 60 * 60 * 24 * 30
+MAX_RELATIVE_EXPTIME: Final = 60 * 60 * 24 * 30
 
 # Eviction frees down to the limit minus limit >> EVICTION_SLACK_SHIFT (0.2%), taking
 # at most EVICTION_BATCH keys per scan of the dict's front.
-EVICTION_SLACK_SHIFT = 9
-EVICTION_BATCH = 1024
+EVICTION_SLACK_SHIFT: Final = 9
+EVICTION_BATCH: Final = 1024
 
-TRIM_AFTER_TABLE = 1 << 20  # a repacked dict table this large is worth a malloc_trim
+TRIM_AFTER_TABLE: Final = 1 << 20  # a repacked dict table this large is worth a malloc_trim
 
-_EMPTY_DICT = sys.getsizeof({})
+_EMPTY_DICT: Final = sys.getsizeof({})
 
 
 class Outcome(Enum):

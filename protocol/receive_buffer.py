@@ -9,8 +9,10 @@ that must be "\\r\\n" (memcached consumes exactly `<bytes>+2` and checks the tai
 
 from __future__ import annotations
 
+from typing import Final
+
 # Read bytes are dropped in one move past this (a bytearray delete from the front copies).
-_COMPACT_AFTER = 65536
+_COMPACT_AFTER: Final = 65536
 
 
 class ReceiveBuffer:

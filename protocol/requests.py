@@ -19,6 +19,13 @@ class Get:
     keys: list[bytes]
     exptime: int = 0
 
+    def __init__(self, command: bytes, keys: list[bytes], exptime: int = 0) -> None:
+        # written out (dataclass keeps it): mypyc compiles it, where the generated one is
+        # interpreted Python, a frame per request (docs/benchmarks.md "Round six: backend")
+        self.command = command
+        self.keys = keys
+        self.exptime = exptime
+
     @property
     def with_cas(self) -> bool:
         return self.command in (b"gets", b"gats")
@@ -39,6 +46,17 @@ class Store:
     value: bytes
     cas_unique: int = 0
     noreply: bool = False
+
+    def __init__(self, command: bytes, key: bytes, flags: int, exptime: int, value: bytes,
+                 cas_unique: int = 0, noreply: bool = False) -> None:
+        # written out, compiled: as Get's
+        self.command = command
+        self.key = key
+        self.flags = flags
+        self.exptime = exptime
+        self.value = value
+        self.cas_unique = cas_unique
+        self.noreply = noreply
 
 
 @dataclass(slots=True)

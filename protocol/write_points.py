@@ -15,15 +15,17 @@ still hold.
 
 from __future__ import annotations
 
+from typing import Final
+
 from memring.protocol.requests import Get, MetaNoop, MetaSet, Store
 
 # memcached's -R default: after this many requests of one read event it writes what it has.
-REQUESTS_PER_EVENT = 20
+REQUESTS_PER_EVENT: Final = 20
 # memcached reads at most this much at a time (memcached.h READ_BUFFER_SIZE); a data block
 # that does not fit is read (or swallowed) from the socket to its end, then written after.
-READ_BUFFER_SIZE = 16384
-_WRITING = frozenset({Get, MetaNoop})
-_STORING = frozenset({Store, MetaSet})  # a large value is read from the socket to its end
+READ_BUFFER_SIZE: Final = 16384
+_WRITING: Final = frozenset({Get, MetaNoop})
+_STORING: Final = frozenset({Store, MetaSet})  # a large value is read from the socket to its end
 
 
 def block_of(in_data_block: bool, swallowing: bool) -> str:
