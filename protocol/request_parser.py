@@ -211,10 +211,15 @@ class RequestParser:
             tokens = [t for t in tokens if t]
             if not tokens:
                 return ProtocolError(ERROR)
-        handler = _DISPATCH.get(tokens[0])
+        command = tokens[0]
+        # get and set, most requests by far: native calls, not the table's Python-level call
+        if command == b"get":
+            return self._retrieval(tokens)
+        if command == b"set":
+            return self._storage(tokens)
+        handler = _DISPATCH.get(command)
         if handler is not None:
             return handler(self, tokens)
-        command = tokens[0]
         # No command is shorter than 2 bytes: ERROR before any other check (process_command_ascii).
         if len(command) < 2 or command[0] in _DISPATCHED_FIRST or (
                 command[0] == 0x6D and len(command) == 2):
