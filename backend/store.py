@@ -261,7 +261,9 @@ class Store:
             self.stats.get_misses += 1
             return None
         cas, expires, flags, _, updated, bits = unpack_header(record)
-        now = self.now()
+        # the clock only when something reads it (most items: no expiry, no flush pending,
+        # already active): a call and a float less per get
+        now = self.now() if expires or self.flush_before or not bits & ACTIVE else 0
         if (expires and expires <= now) or (
                 self.flush_before and self.flush_before <= now and updated <= self.flush_before):
             self.get(key)  # the expiry or flush, counted as get counts it
