@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from memring.backend.binary_commands import BinaryCommands
 from memring.backend.meta_commands import MetaCommands
@@ -53,8 +53,8 @@ from memring.protocol.requests import (
 )
 from memring.protocol.responses import TLS_NOT_ENABLED, refresh_certs_reply
 
-END = b"END\r\n"
-STORED = b"STORED\r\n"
+END: Final = b"END\r\n"
+STORED: Final = b"STORED\r\n"
 _OUTCOME_REPLY = {
     Outcome.STORED: STORED,
     Outcome.NOT_STORED: b"NOT_STORED\r\n",

@@ -13,7 +13,7 @@ mypyc compiles too and trio runs as any coroutine.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -29,8 +29,8 @@ from memring.protocol.request_parser import NEED_DATA, RequestParser
 from memring.protocol.requests import Get, Quit
 from memring.protocol.write_points import WritePoints, block_of
 
-FLUSH_SIZE = 1 << 20
-GET_SLICE = 64  # keys of one multi-get handled between flushes
+FLUSH_SIZE: Final = 1 << 20
+GET_SLICE: Final = 64  # keys of one multi-get handled between flushes
 
 
 def held_from(out: list[bytes], sendable: int) -> int:
@@ -104,7 +104,7 @@ class Conversation:
     callback resumes it; a TLS connection, which has its task, awaits the settling in it.
     """
 
-    __slots__ = ("conn", "counters", "depends", "event", "handler", "hanging_up", "later",
+    __slots__ = ("conn", "counters", "depends", "event", "gate", "handler", "hanging_up", "later",
                  "negotiated", "next_event", "now", "out", "parser", "points", "quitting",
                  "receive_data", "replied", "requests", "send", "sendable", "served", "server",
                  "settled", "text", "watching")
@@ -114,6 +114,9 @@ class Conversation:
         self.server = server
         self.handler: CommandHandler = server.handler  # native calls when both are compiled
         self.counters = server.counters
+        # the sync gate, held: the server has it before it serves (backend/cli.py), and a
+        # native attribute costs no Python attribute lookup per read (three before)
+        self.gate: ReplicationGate | None = server.gate
         self.conn = conn
         # a plain socket's send, called directly (the stream's contract, one call less)
         self.send = conn.sock.send if type(conn.stream) is PlainStream else None
@@ -137,7 +140,7 @@ class Conversation:
 
     def received(self, data: bytes) -> Handoff | type[HangUp] | type[Parked] | None:
         conn = self.conn
-        gate = self.server.gate
+        gate = self.gate
         if gate is not None and not self.out:
             conn.mark = gate.commits  # writes so far were other connections'
         self.counters.bytes_read += len(data)
@@ -187,7 +190,7 @@ class Conversation:
         requests = self.requests
         next_event = self.next_event
         handler = self.handler
-        gate = self.server.gate
+        gate = self.gate
         event: object = self.event
         try:
             while True:
@@ -266,7 +269,7 @@ class Conversation:
             held = out[sendable:] if sendable < len(out) else []
             del out[sendable:]
             conn = self.conn
-            gate = self.server.gate
+            gate = self.gate
             if gate is not None and (gate.commits != conn.mark or self.depends > ORIGIN):
                 if not conn.looped:  # TLS: the connection's own task awaits
                     return self._flush_then_end(held)
@@ -304,7 +307,7 @@ class Conversation:
             # answer is true, so none is given (the client sees the connection close).
             out.clear()
             return HangUp
-        gate = self.server.gate
+        gate = self.gate
         assert gate is not None
         conn.mark = gate.commits  # committed while we waited: other connections'
         return self._send_out(held) or self._after_send()
@@ -379,7 +382,7 @@ class Conversation:
             await conn.stream.send_all(rest)
         finally:
             conn.writing = False
-        gate = self.server.gate
+        gate = self.gate
         if gate is not None:
             conn.mark = gate.commits  # committed while we waited: other connections'
         return await carried_out(self._after_send())

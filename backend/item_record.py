@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import sys
 from struct import Struct
+from typing import Final
 
 from memring.protocol.sizes import item_size
 
 # A record's header: cas, expires (absolute, 0: never), flags, last_access, updated, bits.
-HEADER = Struct("<QqIIIB")
-FLAGS_FIELD = Struct("<I")
-FLAGS_AT = 16
-EXPIRES_FIELD = Struct("<q")
-EXPIRES_AT = 8
-BITS_AT = HEADER.size - 1
-VALUE_AT = HEADER.size
-FETCHED = 1
-STALE = 2
-TOKEN_SENT = 4
-KEY_BINARY = 8
-ACTIVE = 16  # hit twice (do_item_bump); cleared when eviction gives it a second chance
+HEADER: Final = Struct("<QqIIIB")
+FLAGS_FIELD: Final = Struct("<I")
+FLAGS_AT: Final = 16
+EXPIRES_FIELD: Final = Struct("<q")
+EXPIRES_AT: Final = 8
+LAST_ACCESS_FIELD: Final = Struct("<I")
+LAST_ACCESS_AT: Final = 20
+BITS_AT: Final = HEADER.size - 1
+VALUE_AT: Final = HEADER.size
+FETCHED: Final = 1
+STALE: Final = 2
+TOKEN_SENT: Final = 4
+KEY_BINARY: Final = 8
+ACTIVE: Final = 16  # hit twice (do_item_bump); cleared when eviction gives it a second chance
 
-_BYTES_OBJECT = sys.getsizeof(b"")  # a bytes object's header and trailing NUL (33)
+_BYTES_OBJECT: Final = sys.getsizeof(b"")  # a bytes object's header and trailing NUL (33)
 
 
 def allocated(length: int) -> int:
@@ -120,11 +123,11 @@ class Item:
                            self.updated, self.bits) + self.value
 
 
-unpack_header = HEADER.unpack_from
+unpack_header: Final = HEADER.unpack_from
 
 # A value up to this many bytes is read as a slice of its record (a copy), a longer one as a
 # memoryview: below 4 KiB the copy costs less than the view (90-130 ns vs 210-310 ns, timeit).
-VIEW_FROM = 4096
+VIEW_FROM: Final = 4096
 
 
 def value_of(record: bytes) -> bytes | memoryview:

@@ -9,20 +9,22 @@ error is the one reported (proto_text.c). md and ma report any of these as
 
 from __future__ import annotations
 
+from typing import Final
+
 from memring.protocol.numeric import parse_i32, parse_u32_flags, parse_u64
 from memring.protocol.requests import MetaFlags
 
 # protocol.txt: "The flags are limited to 32 bytes" for the opaque (O) token.
-MAX_OPAQUE_LENGTH = 32
+MAX_OPAQUE_LENGTH: Final = 32
 # mg/ms/md/ma refuse a line of 20 or more tokens (MFLAG_MAX_OPT_LENGTH, counted with
 # memcached's terminal token).
-MAX_META_TOKENS = 19
+MAX_META_TOKENS: Final = 19
 
-BAD_FORMAT = b"CLIENT_ERROR bad command line format"
-BAD_TOKEN = b"CLIENT_ERROR bad token in command line format"
-DUPLICATE_FLAG = b"CLIENT_ERROR duplicate flag"
-INVALID_FLAG = b"CLIENT_ERROR invalid flag"
-DECODE_ERROR = b"CLIENT_ERROR error decoding key"
+BAD_FORMAT: Final = b"CLIENT_ERROR bad command line format"
+BAD_TOKEN: Final = b"CLIENT_ERROR bad token in command line format"
+DUPLICATE_FLAG: Final = b"CLIENT_ERROR duplicate flag"
+INVALID_FLAG: Final = b"CLIENT_ERROR invalid flag"
+DECODE_ERROR: Final = b"CLIENT_ERROR error decoding key"
 
 # Flags memcached knows, for any meta command (1.6.18 plus E and x from later releases).
 _NO_TOKEN_FLAGS = frozenset("lOPLkstcfvhuqIxb")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Final
 
 _C_SPACE = b" \t\n\v\f\r"
 _DIGITS = frozenset(b"0123456789")
 
-U32_MAX = (1 << 32) - 1
-U64_MAX = (1 << 64) - 1
-I32_MIN = -(1 << 31)
-I32_MAX = (1 << 31) - 1
+U32_MAX: Final = (1 << 32) - 1
+U64_MAX: Final = (1 << 64) - 1
+I32_MIN: Final = -(1 << 31)
+I32_MAX: Final = (1 << 31) - 1
 
 
 def _strto(token: bytes) -> tuple[int, bool] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from typing import Final
 
 from memring.protocol.meta_flags import (
     BAD_FORMAT,
@@ -63,22 +64,22 @@ from memring.protocol.sizes import KEY_MAX_LENGTH, item_size
 __all__ = ["NEED_DATA", "RequestParser"]
 
 # memcached closes a connection whose unterminated line passes 2048 bytes (memcached.c).
-MAX_UNTERMINATED_LINE = 2048
-DEFAULT_MAX_LINE = 1 << 20
-DEFAULT_MAX_ITEM_SIZE = 1 << 20
+MAX_UNTERMINATED_LINE: Final = 2048
+DEFAULT_MAX_LINE: Final = 1 << 20
+DEFAULT_MAX_ITEM_SIZE: Final = 1 << 20
 
-ERROR = b"ERROR\r\n"
-_BAD_FORMAT = BAD_FORMAT + b"\r\n"
-_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
-_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
-_TOO_LONG = b"SERVER_ERROR request too long\r\n"
-_NOREPLY = b"noreply"
-_OPAQUE_TOO_LONG = b"CLIENT_ERROR opaque token too long\r\n"
+ERROR: Final = b"ERROR\r\n"
+_BAD_FORMAT: Final = BAD_FORMAT + b"\r\n"
+_TOO_LARGE: Final = b"SERVER_ERROR object too large for cache\r\n"
+_BAD_CHUNK: Final = b"CLIENT_ERROR bad data chunk\r\n"
+_TOO_LONG: Final = b"SERVER_ERROR request too long\r\n"
+_NOREPLY: Final = b"noreply"
+_OPAQUE_TOO_LONG: Final = b"CLIENT_ERROR opaque token too long\r\n"
 
 # First letters memcached dispatches on before its generic branch; an unknown command
 # starting with one of them answers ERROR even when its last token is "HTTP/..."
 # (proto_text.c process_command_ascii).
-_DISPATCHED_FIRST = frozenset(b"gsacidt")
+_DISPATCHED_FIRST: Final = frozenset(b"gsacidt")
 
 
 def _error(reply: bytes, noreply: bool = False) -> ProtocolError | None:
@@ -210,10 +211,15 @@ class RequestParser:
             tokens = [t for t in tokens if t]
             if not tokens:
                 return ProtocolError(ERROR)
-        handler = _DISPATCH.get(tokens[0])
+        command = tokens[0]
+        # get and set, most requests by far: native calls, not the table's Python-level call
+        if command == b"get":
+            return self._retrieval(tokens)
+        if command == b"set":
+            return self._storage(tokens)
+        handler = _DISPATCH.get(command)
         if handler is not None:
             return handler(self, tokens)
-        command = tokens[0]
         # No command is shorter than 2 bytes: ERROR before any other check (process_command_ascii).
         if len(command) < 2 or command[0] in _DISPATCHED_FIRST or (
                 command[0] == 0x6D and len(command) == 2):
@@ -473,7 +479,7 @@ def _meta_set_with_data(key: bytes, flags: MetaFlags, value: bytes | None) -> Re
     return MetaSet(key, flags, value)
 
 
-_DISPATCH: dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]] = {
+_DISPATCH: Final[dict[bytes, Callable[[RequestParser, list[bytes]], Request | None]]] = {
     b"get": RequestParser._retrieval, b"gets": RequestParser._retrieval,
     b"gat": RequestParser._retrieval, b"gats": RequestParser._retrieval,
     b"set": RequestParser._storage, b"add": RequestParser._storage,

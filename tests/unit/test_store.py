@@ -209,6 +209,25 @@ def test_hits_mark_fetched_then_active_as_memcached(clock: FakeClock) -> None:
     assert store.keys_by_age() == [b"b", b"a"]  # the second stamps and moves it
 
 
+def test_fetch_marks_hits_as_get_does(clock: FakeClock) -> None:
+    """`fetch` (a plain get's path) marks the record itself, without an Item: each hit
+    leaves the same records, in the same LRU order, with the same accounting as `get`."""
+    by_get, by_fetch = Store(clock=clock), Store(clock=clock)
+    for store in (by_get, by_fetch):
+        store.store(b"set", b"a", b"1", 7, 0)
+        store.store(b"set", b"b", b"2", 0, 100)
+    clock.now += 5
+    for key in (b"a", b"b", b"a", b"a", b"b"):
+        by_get.get(key)
+        assert by_fetch.fetch(key) is not None
+        assert list(by_fetch.items.items()) == list(by_get.items.items())
+        clock.now += 1
+    assert by_fetch.fetch(b"a") == (7, 1, b"1")
+    assert by_fetch.keys_by_age() == [b"a", b"b"]  # b's second hit moved it, then a's
+    assert (by_fetch.bytes, by_fetch.record_bytes, by_fetch.next_expiry) == (
+        by_get.bytes, by_get.record_bytes, by_get.next_expiry)
+
+
 def test_flush_all_gives_the_table_back(clock: FakeClock) -> None:
     store = Store(clock=clock)
     for i in range(10_000):
