@@ -628,7 +628,9 @@ class ClusterMember:
         "Many failovers at once"). Only a clean campaign of an in-sync member that is not drained
         and that no hint passes over; the campaign txn checks all of it again (and that no
         one leads), so the view read here only saves a call that would fail. Anything else
-        waits for the view, as before (`_react`)."""
+        waits for the view, as before (`_react`). The txn compares on the view's revisions
+        (`campaign(known=)`): no read first, so the shard leads one etcd round trip after the
+        revocation (a view behind etcd costs the read it saved, and one more txn)."""
         view, session, ident = self.view, self.session, self.identity
         if view is None or session is None or not session.is_valid() or self._leaving or \
                 self.leadership is not None:
@@ -644,7 +646,8 @@ class ClusterMember:
         try:
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address,
-                earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
+                earlier_leases=self._earlier_leases(session), alone=self._alone(shard),
+                known=view.entries)
         except CoordinatorError as exc:  # the view's turn (_react) retries
             log.info("shard %s: campaign after the revocation failed: %s", ident.shard, exc)
             return
