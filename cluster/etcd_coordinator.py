@@ -49,7 +49,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -400,15 +400,16 @@ class EtcdCoordinator(Coordinator):
                 channel.close()
 
 
-    def _fail_over(self, index: int) -> None:
+    def _fail_over(self, index: int, *, answered: Collection[int] = ()) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
-        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
+        failed longest ago (never-failed ones first, in order after `index`), among those
+        that just `answered` a Status first (`_to_answering_leader`). Call from trio."""
         self._failed_at[index] = time.monotonic()
         if len(self.endpoints) == 1 or index != self._current:
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._make_current(min(order, key=lambda i: self._failed_at[i]))
+        self._make_current(min(order, key=lambda i: (i not in answered, self._failed_at[i])))
 
     def _make_current(self, index: int) -> None:
         """Later calls, the keepalives and the watch (it ends: WatchMoved) go to endpoint
@@ -529,10 +530,16 @@ class EtcdCoordinator(Coordinator):
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
-        else the next endpoint."""
-        leader = await answering_leader(self._status, len(self.endpoints), deadline)
+        else the next endpoint, one that answered the search's last round first. A caller
+        whose own budget is spent (a keepalive: its first attempt took nearly all of it)
+        still gets one round (ROUND_TIMEOUT): without it the move was blind, to the member
+        that had never failed, most often etcd's frozen leader (docs/scaling.md, round five)."""
+        answered: set[int] = set()
+        deadline = max(deadline, trio.current_time() + ROUND_TIMEOUT)
+        leader = await answering_leader(self._status, len(self.endpoints), deadline,
+                                        answered=answered)
         if leader is None:
-            self._fail_over(failed)
+            self._fail_over(failed, answered=answered)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()
