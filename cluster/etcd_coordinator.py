@@ -532,12 +532,16 @@ class EtcdCoordinator(Coordinator):
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
         else the next endpoint, one that answered the search's last round first. A caller
         whose own budget is spent (a keepalive: its first attempt took nearly all of it)
-        still gets one round (ROUND_TIMEOUT): without it the move was blind, to the member
-        that had never failed, most often etcd's frozen leader (docs/scaling.md, round five)."""
+        still gets one round (ROUND_TIMEOUT), of the other members (`failed` just kept it
+        waiting: if it is frozen, a Status would only queue there): without it the move was
+        blind, to the member that had never failed, most often etcd's frozen leader
+        (docs/scaling.md, round five)."""
         answered: set[int] = set()
-        deadline = max(deadline, trio.current_time() + ROUND_TIMEOUT)
-        leader = await answering_leader(self._status, len(self.endpoints), deadline,
-                                        answered=answered)
+        now = trio.current_time()
+        spent = deadline < now + ROUND_TIMEOUT
+        leader = await answering_leader(self._status, len(self.endpoints),
+                                        now + ROUND_TIMEOUT if spent else deadline,
+                                        answered=answered, silent={failed} if spent else None)
         if leader is None:
             self._fail_over(failed, answered=answered)
             return

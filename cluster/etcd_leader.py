@@ -75,12 +75,14 @@ async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
 
 
 async def answering_leader(ask: AskStatus, count: int, give_up_at: float, *,
-                           answered: set[int] | None = None) -> int | None:
+                           answered: set[int] | None = None,
+                           silent: set[int] | None = None) -> int | None:
     """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
     silent in one round is not asked again (a frozen one would only pile up requests to
-    handle when it resumes), unless every member was. `answered` gets the members that
-    answered the last round: where to move when no leader was found (not a frozen one)."""
-    silent: set[int] = set()
+    handle when it resumes), unless every member was; `silent` ones are not asked from the
+    start. `answered` gets the members that answered the last round: where to move when no
+    leader was found (not a frozen one)."""
+    silent = set() if silent is None else set(silent)
     while True:
         now = trio.current_time()
         if now >= give_up_at:
