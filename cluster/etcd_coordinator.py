@@ -80,6 +80,7 @@ from memring.cluster.etcd_host import GatewayAccess
 from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
+from memring.cluster.etcd_status import gateway_status
 from memring.cluster.etcd_watches import EtcdWatches, WatchRefused
 from memring.cluster.keyspace import (
     Compare,
@@ -503,9 +504,14 @@ class EtcdCoordinator(Coordinator):
         return limit
 
     async def _status(self, index: int, timeout: float) -> Status | None:
-        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
+        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered.
+        Through the member's gateway where it takes our calls (cluster.etcd_status: no
+        thread, no gRPC channel to open), else over gRPC."""
         if self._closed:
             return None
+        if self.gateway.keepalives:
+            return await gateway_status(self.endpoints[index], self.gateway.tls_context(),
+                                        self._token, timeout)
         call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())
