@@ -64,6 +64,7 @@ from memring.cluster.coordinator import (
     LeaseNotFound,
     WatchStream,
 )
+from memring.cluster.etcd_gateway import GatewayRefused
 from memring.cluster.etcd_grpc import (
     AUTH_FAILED,
     AUTH_NOT_ENABLED,
@@ -510,8 +511,14 @@ class EtcdCoordinator(Coordinator):
         if self._closed:
             return None
         if self.gateway.keepalives:
-            return await gateway_status(self.endpoints[index], self.gateway.tls_context(),
-                                        self._token, timeout)
+            try:
+                return await gateway_status(self.endpoints[index], self.gateway.tls_context(),
+                                            self._token, timeout)
+            except GatewayRefused:
+                log.info("etcd at %s refuses gateway calls from a client certificate with a "
+                         "common name: lease keepalives and Status go over gRPC",
+                         self._url(index))
+                self.gateway.keepalives = False
         call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())

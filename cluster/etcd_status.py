@@ -8,7 +8,9 @@ timer threads start with it: the channels of an idle process are closed,
 cluster.etcd_coordinator GRPC_IDLE_CLOSE). Here an ask is one POST of `{}` to
 `/v3/maintenance/status` on a connection of its own, closed after the answer or at the
 timeout: no thread, no channel. The answer is a whole JSON object (uint64 fields are JSON
-strings), not a stream's "result"; anything but a 200 with the three fields is no answer.
+strings), not a stream's "result"; anything but a 200 with the three fields is no answer,
+except the refusal of a client certificate with a common name (etcd_gateway.CN_REFUSED), which
+is GatewayRefused: the caller asks over gRPC from then on, as the keepalives do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import ssl
 
 import trio
 
-from memring.cluster.etcd_gateway import RECEIVE_SIZE, STREAM_ERRORS, open_stream
+from memring.cluster.etcd_gateway import (
+    CN_REFUSED,
+    RECEIVE_SIZE,
+    STREAM_ERRORS,
+    GatewayRefused,
+    open_stream,
+)
 from memring.cluster.http1 import ResponseReader, encode_request
 
 STATUS_PATH = "/v3/maintenance/status"
@@ -29,7 +37,7 @@ Status = tuple[int, int, int]  # (member id, the leader it names, raft term)
 async def gateway_status(endpoint: str, tls: ssl.SSLContext | None, token: str,
                          timeout: float) -> Status | None:
     """Member `endpoint`'s (member id, leader it names, raft term); None if it did not
-    answer so within `timeout`."""
+    answer so within `timeout`. GatewayRefused if its gateway refuses our certificate."""
     host, _, port = endpoint.rpartition(":")
     headers = [("Content-Type", "application/json")]
     if token:
@@ -50,6 +58,8 @@ async def gateway_status(endpoint: str, tls: ssl.SSLContext | None, token: str,
         finally:
             await trio.aclose_forcefully(stream)
         if response.status != 200:
+            if CN_REFUSED.encode() in response.body:
+                raise GatewayRefused(response.status, CN_REFUSED)
             return None
         try:
             answer = json.loads(response.body)
