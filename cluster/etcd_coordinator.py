@@ -49,7 +49,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -64,7 +64,6 @@ from memring.cluster.coordinator import (
     LeaseNotFound,
     WatchStream,
 )
-from memring.cluster.etcd_gateway import GatewayRefused
 from memring.cluster.etcd_grpc import (
     AUTH_FAILED,
     AUTH_NOT_ENABLED,
@@ -81,7 +80,6 @@ from memring.cluster.etcd_host import GatewayAccess
 from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
-from memring.cluster.etcd_status import gateway_status
 from memring.cluster.etcd_watches import EtcdWatches, WatchRefused
 from memring.cluster.keyspace import (
     Compare,
@@ -402,16 +400,15 @@ class EtcdCoordinator(Coordinator):
                 channel.close()
 
 
-    def _fail_over(self, index: int, *, answered: Collection[int] = ()) -> None:
+    def _fail_over(self, index: int) -> None:
         """Endpoint `index` did not answer: if it is current, make current the endpoint that
-        failed longest ago (never-failed ones first, in order after `index`), among those
-        that just `answered` a Status first (`_to_answering_leader`). Call from trio."""
+        failed longest ago (never-failed ones first, in order after `index`). Call from trio."""
         self._failed_at[index] = time.monotonic()
         if len(self.endpoints) == 1 or index != self._current:
             return
         count = len(self.endpoints)
         order = [(index + step) % count for step in range(1, count)]
-        self._make_current(min(order, key=lambda i: (i not in answered, self._failed_at[i])))
+        self._make_current(min(order, key=lambda i: self._failed_at[i]))
 
     def _make_current(self, index: int) -> None:
         """Later calls, the keepalives and the watch (it ends: WatchMoved) go to endpoint
@@ -505,20 +502,9 @@ class EtcdCoordinator(Coordinator):
         return limit
 
     async def _status(self, index: int, timeout: float) -> Status | None:
-        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered.
-        Through the member's gateway where it takes our calls (cluster.etcd_status: no
-        thread, no gRPC channel to open), else over gRPC."""
+        """Member `index`'s maintenance Status (cluster.etcd_leader); None if unanswered."""
         if self._closed:
             return None
-        if self.gateway.keepalives:
-            try:
-                return await gateway_status(self.endpoints[index], self.gateway.tls_context(),
-                                            self._token, timeout)
-            except GatewayRefused:
-                log.info("etcd at %s refuses gateway calls from a client certificate with a "
-                         "common name: lease keepalives and Status go over gRPC",
-                         self._url(index))
-                self.gateway.keepalives = False
         call = functools.partial(etcdrpc.MaintenanceStub(self._channel_at(index)).Status,
                                  etcdrpc.StatusRequest(), timeout=timeout,
                                  metadata=self._metadata())
@@ -543,20 +529,10 @@ class EtcdCoordinator(Coordinator):
     async def _to_answering_leader(self, failed: int, deadline: float) -> None:
         """After endpoint `failed` left a call unanswered: make current the member that leads
         etcd and answers (`failed` itself if only our call was slow), found by `deadline`;
-        else the next endpoint, one that answered the search's last round first. A caller
-        whose own budget is spent (a keepalive: its first attempt took nearly all of it)
-        still gets one round (ROUND_TIMEOUT), of the other members (`failed` just kept it
-        waiting: if it is frozen, a Status would only queue there): without it the move was
-        blind, to the member that had never failed, most often etcd's frozen leader
-        (docs/scaling.md, round five)."""
-        answered: set[int] = set()
-        now = trio.current_time()
-        spent = deadline < now + ROUND_TIMEOUT
-        leader = await answering_leader(self._status, len(self.endpoints),
-                                        now + ROUND_TIMEOUT if spent else deadline,
-                                        answered=answered, silent={failed} if spent else None)
+        else the next endpoint."""
+        leader = await answering_leader(self._status, len(self.endpoints), deadline)
         if leader is None:
-            self._fail_over(failed, answered=answered)
+            self._fail_over(failed)
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()

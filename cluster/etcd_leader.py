@@ -74,15 +74,11 @@ async def _round(ask: AskStatus, indexes: list[int], count: int, timeout: float
     return (found[0] if found else _named_in_highest_term(answers)), answers
 
 
-async def answering_leader(ask: AskStatus, count: int, give_up_at: float, *,
-                           answered: set[int] | None = None,
-                           silent: set[int] | None = None) -> int | None:
+async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int | None:
     """The index of the member that leads etcd and answers, or None by `give_up_at`. A member
     silent in one round is not asked again (a frozen one would only pile up requests to
-    handle when it resumes), unless every member was; `silent` ones are not asked from the
-    start. `answered` gets the members that answered the last round: where to move when no
-    leader was found (not a frozen one)."""
-    silent = set() if silent is None else set(silent)
+    handle when it resumes), unless every member was."""
+    silent: set[int] = set()
     while True:
         now = trio.current_time()
         if now >= give_up_at:
@@ -90,9 +86,6 @@ async def answering_leader(ask: AskStatus, count: int, give_up_at: float, *,
         indexes = [i for i in range(count) if i not in silent] or list(range(count))
         leader, answers = await _round(ask, indexes, count,
                                        min(ROUND_TIMEOUT, give_up_at - now))
-        if answered is not None:
-            answered.clear()
-            answered.update(answers)
         if leader is not None:
             return leader
         silent.update(i for i in indexes if i not in answers)

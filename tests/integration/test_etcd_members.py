@@ -239,32 +239,6 @@ async def test_calls_leave_a_frozen_member_after_one_attempt(etcd3: EtcdCluster,
                 assert revoked < coordinator.call_timeout + 0.25
 
 
-async def test_status_through_the_gateway_names_what_grpc_names(etcd3: EtcdCluster) -> None:
-    """The search's Status asks over each member's gateway (cluster.etcd_status: no thread,
-    no channel): the same member id, leader and term as gRPC's answer; a paused member is
-    no answer within the round's timeout, not an error."""
-    with trio.fail_after(20):
-        async with EtcdCoordinator.connect(etcd3.urls, "status") as coordinator:
-            assert coordinator.gateway.keepalives
-            through_gateway = [await coordinator._status(i, 1.0) for i in range(3)]
-            # connect()'s probe read opened the first member's channel, the asks none
-            assert coordinator._channels[1:] == [None, None]
-            coordinator.gateway.keepalives = False  # as where the gateway refuses us
-            through_grpc = [await coordinator._status(i, 1.0) for i in range(3)]
-            coordinator.gateway.keepalives = True
-            assert None not in through_gateway
-            assert through_gateway == through_grpc
-            assert len({leader for _, leader, _ in through_gateway}) == 1
-            member = etcd3.members[0]
-            member.pause()
-            try:
-                start = trio.current_time()
-                assert await coordinator._status(0, 0.1) is None
-                assert trio.current_time() - start < 0.3
-            finally:
-                member.resume()
-
-
 class _LosesCampaignAnswers(EtcdCoordinator):
     """From the campaign's txn on, the answers of `link` (its first endpoint) are held: the
     txn reaches etcd and is applied, its answer is lost."""
