@@ -115,12 +115,6 @@ CHECK_ACCESS_PAUSE = 0.1
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
 # costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
-# A member that a search (`_to_answering_leader`) found leading etcd and answering is given a
-# call's whole timeout for this long after, not one attempt: it is alive, and a slow answer
-# there is a loaded new leader (the fault's burst of resends), where a resend, its Status round
-# and, for a campaign, the read of whether it won only added to the load (docs/scaling.md,
-# round six: calls resent to the very member that had just been too slow).
-LEADER_TRUSTED = 1.0
 # After this long without a gRPC call (none open), the channels are closed: an idle process
 # makes its keepalives and watches over etcd's gateway, and an open channel alone keeps
 # grpcio's threads waking (`_release_idle_channels`).
@@ -227,7 +221,6 @@ class EtcdCoordinator(Coordinator):
         self._current = 0
         self._failed_at = [-math.inf] * len(self.endpoints)  # monotonic time of last failure
         self._moved = trio.Event()  # set (and replaced) whenever `_current` changes
-        self._found_leading = (-1, -math.inf)  # (index, trio time) of a search's last find
         self.gateway = GatewayAccess(self.scheme, self.security)  # what leases and watches share
         self.leases = EtcdLeases(self)
         self.watches = EtcdWatches(self)
@@ -469,8 +462,7 @@ class EtcdCoordinator(Coordinator):
         a frozen member, or a follower whose request went to a frozen etcd leader, then costs
         an attempt, not the whole timeout. A plain write is sent once: it may have been
         applied. `authenticated`: with the token (got first if we have none; renewed once if
-        etcd calls it stale). On a member a search just found leading (LEADER_TRUSTED) a
-        call waits its whole timeout: no second attempt."""
+        etcd calls it stale)."""
         limit = self.call_timeout if timeout is None else timeout
         started = trio.current_time()
         resends = 1 if resend and len(self.endpoints) > 1 else 0
@@ -481,8 +473,6 @@ class EtcdCoordinator(Coordinator):
         while True:
             generation = self._token_generation
             index, stub = self._stub(kind)
-            if resends and self._trusted_leader(index):
-                resends = 0
             wait = self._attempt_wait(limit, started, resends, resent)
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self._metadata() if authenticated else None)
@@ -500,11 +490,6 @@ class EtcdCoordinator(Coordinator):
                 resent = True
                 await self._to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
-
-    def _trusted_leader(self, index: int) -> bool:
-        """Member `index` was found leading etcd and answering within LEADER_TRUSTED."""
-        found, when = self._found_leading
-        return found == index and trio.current_time() - when < LEADER_TRUSTED
 
     def _attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
         """An attempt's timeout within a call of `limit` s begun at `started`: one
@@ -551,7 +536,6 @@ class EtcdCoordinator(Coordinator):
             return
         if leader != failed:
             self._failed_at[failed] = time.monotonic()
-        self._found_leading = (leader, trio.current_time())
         self._make_current(leader)
 
     # primitives -----------------------------------------------------------------------

@@ -9,7 +9,6 @@ import pytest
 import trio
 import trio.testing
 
-from memring.cluster.etcd_coordinator import LEADER_TRUSTED, EtcdCoordinator
 from memring.cluster.etcd_leader import POLL, ROUND_TIMEOUT, Status, answering_leader
 
 pytestmark = pytest.mark.unit
@@ -74,20 +73,3 @@ async def test_gives_up_when_no_answering_member_is_named(
 async def test_one_member_is_its_own_majority(autojump_clock: trio.testing.MockClock) -> None:
     members = Members(((10, 1),))
     assert await answering_leader(members.ask, 1, give_up_at=1.0) == 0
-
-
-async def test_a_member_found_leading_gets_whole_calls_for_a_while(
-        autojump_clock: trio.testing.MockClock) -> None:
-    """After a search found member 2 leading etcd and answering, calls there wait their whole
-    timeout (no attempt split, no resend to the member that was only slow) for LEADER_TRUSTED;
-    other members, and member 2 after that, get one attempt first again."""
-    coordinator = EtcdCoordinator("http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3")
-    members = Members(((30, 3), None, (30, 3)))
-    coordinator._status = members.ask  # type: ignore[method-assign]
-    assert not coordinator._trusted_leader(2)
-    await coordinator._to_answering_leader(0, deadline=trio.current_time() + 1.0)
-    assert coordinator._current == 2
-    assert coordinator._trusted_leader(2) and not coordinator._trusted_leader(0)
-    await trio.sleep(LEADER_TRUSTED + 0.01)
-    assert not coordinator._trusted_leader(2)
-    await coordinator.aclose()
