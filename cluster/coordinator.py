@@ -469,8 +469,9 @@ class Coordinator(abc.ABC):
             if won is not None or not sent:
                 return won
             _, entries = await self._read(shard_key, prefix=True)
-            if self.keyspace.leader(shard_id) in entries:  # someone leads: us, if our txn
-                return self._won_in(entries, session, shard_id, node_id)  # was applied unanswered
+            if self.keyspace.leader(shard_id) in entries:
+                # someone leads: us, if an attempt of our txn was applied unanswered
+                return self._won_in(entries, session, shard_id, node_id)
         else:
             _, entries = await self._read(shard_key, prefix=True)  # record, isr, hint at once
         sent, won = await self._campaign_txn(session, shard_id, node_id, address, entries,
