@@ -11,22 +11,6 @@ connection ends and the port refuses connections (the process is gone), revokes 
 lease so the shard need not wait a whole TTL; epochs keep that safe if the guess is wrong. A
 timeout is not a refusal: a frozen leader is left to its own lease expiry.
 
-The takeover (`_watch_leader`): the revocation, then at once the campaign's txn on the
-revisions of this member's view (no read first: one etcd round trip after the revocation).
-Why that is safe. The txn wins only if the leader key is gone (the revocation deleted it), and
-the ISR, the shard record and the hint are at the revisions the view holds, with this
-incarnation in that ISR; a view etcd moved past fails it and writes nothing. The old leader,
-dead or not, cannot acknowledge a write this member lacks: in sync mode its writes wait for
-every ISR member's acknowledgement, this one's included, and it changes the ISR only in a
-txn fenced on its epoch, which fails once its key is gone; had it dropped this member before,
-the ISR's revision moved and the takeover fails. A "dead" leader that is alive (a refusal that
-lied: a REJECT rule, another process on its port) learns that its lease is gone at its next
-keepalive and steps down; until then its sync writes are acknowledged only once we hold
-them, and once we lead we refuse its older epoch, as do the followers we lead. A leader
-restarted on the same port is a new incarnation (new lease, empty store), in no ISR until it
-has caught up. So never two leaders that acknowledge writes, and no acknowledged write lost
-(async mode keeps its documented window: docs/failover.md).
-
 Operations (cluster.keyspace): a member whose shard record lists it as drained never
 campaigns; a leader that is drained, or that sees an election hint naming another live node
 (`memring leader transfer`), stops acknowledging writes at once and resigns (fenced on its
@@ -644,9 +628,7 @@ class ClusterMember:
         "Many failovers at once"). Only a clean campaign of an in-sync member that is not drained
         and that no hint passes over; the campaign txn checks all of it again (and that no
         one leads), so the view read here only saves a call that would fail. Anything else
-        waits for the view, as before (`_react`). The txn compares on the view's revisions
-        (`campaign(known=)`): no read first, so the shard leads one etcd round trip after the
-        revocation (a view behind etcd costs the read it saved, and one more txn)."""
+        waits for the view, as before (`_react`)."""
         view, session, ident = self.view, self.session, self.identity
         if view is None or session is None or not session.is_valid() or self._leaving or \
                 self.leadership is not None:
@@ -662,8 +644,7 @@ class ClusterMember:
         try:
             won = await self.coordinator.campaign(
                 session, ident.shard, ident.node_id, ident.address,
-                earlier_leases=self._earlier_leases(session), alone=self._alone(shard),
-                known=view.entries)
+                earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
         except CoordinatorError as exc:  # the view's turn (_react) retries
             log.info("shard %s: campaign after the revocation failed: %s", ident.shard, exc)
             return

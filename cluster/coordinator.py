@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import replace
 
@@ -437,8 +437,7 @@ class Coordinator(abc.ABC):
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
                        unclean: bool = False, earlier_leases: Iterable[int] = (),
-                       alone: bool = False, known: Mapping[str, Entry] | None = None
-                       ) -> Leadership | None:
+                       alone: bool = False) -> Leadership | None:
         """Try once to become the shard's leader; the Leadership, or None if another leads,
         this incarnation is not in the ISR, the node is drained, an election hint names
         another node, or any of these changed meanwhile.
@@ -452,47 +451,14 @@ class Coordinator(abc.ABC):
         then needs no unclean election). `alone`: a clean win also makes the ISR us alone, in
         the same txn: what the new leader's first ISR check would write next (no follower is
         connected to a leader this new: backend.replication.in_sync), without the etcd round
-        trip its writes would wait for.
-
-        `known`: the shard's keys as a cluster view holds them (ClusterView.entries, all of
-        the cluster's keys at one revision): the txn compares on their revisions instead of
-        reading them first, one etcd round trip instead of two (a fail-over's takeover, right
-        after etcd's election). A view behind etcd fails a compare and writes nothing; then
-        the campaign reads the keys and, if no one leads, tries once more as without it."""
+        trip its writes would wait for."""
         if not session.is_valid():
             return None
-        shard_key = self.keyspace.shard(shard_id)
-        if known is not None:
-            sent, won = await self._campaign_txn(session, shard_id, node_id, address, known,
-                                                 unclean=unclean, earlier_leases=earlier_leases,
-                                                 alone=alone)
-            if won is not None or not sent:
-                return won
-            _, entries = await self._read(shard_key, prefix=True)
-            if self.keyspace.leader(shard_id) in entries:
-                # someone leads: us, if an attempt of our txn was applied unanswered
-                return self._won_in(entries, session, shard_id, node_id)
-        else:
-            _, entries = await self._read(shard_key, prefix=True)  # record, isr, hint at once
-        sent, won = await self._campaign_txn(session, shard_id, node_id, address, entries,
-                                             unclean=unclean, earlier_leases=earlier_leases,
-                                             alone=alone)
-        if won is None and sent and self.endpoint_count > 1:
-            # it may have been sent again through another member, the first one applied
-            return await self._won_unanswered(session, shard_id, node_id)
-        return won
-
-    async def _campaign_txn(self, session: Session, shard_id: str, node_id: str, address: str,
-                            entries: Mapping[str, Entry], *, unclean: bool,
-                            earlier_leases: Iterable[int], alone: bool
-                            ) -> tuple[bool, Leadership | None]:
-        """The campaign's txn, its compares on `entries` (the shard's keys as last read):
-        (whether it was sent, the Leadership if it succeeded). Not sent when `entries`
-        already show this node may not lead (drained, another's hint, not in sync)."""
         shard_key = self.keyspace.shard(shard_id)
         leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
         hint_key = self.keyspace.hint(shard_id)
         me = session.incarnation(node_id)
+        _, entries = await self._read(shard_key, prefix=True)  # record, isr and hint at once
         isr_entry = entries.get(isr_key)
         leader = Put(leader_key, LeaderRecord(node_id, address, session.lease_id).to_json(),
                      session.lease_id)
@@ -506,9 +472,9 @@ class Coordinator(abc.ABC):
                 continue
             compares.append(Compare(key, "mod", "==", entry.mod_revision))
             if key == shard_key and node_id in ShardRecord.from_json(entry.value).drained:
-                return False, None
+                return None
             if key == hint_key and ElectionHint.from_json(entry.value).node_id != node_id:
-                return False, None
+                return None
         elected_with: tuple[Incarnation, ...] = (me,)
         isr_revision = 0  # the txn's own revision when it writes the ISR
         if isr_entry is None:
@@ -523,7 +489,7 @@ class Coordinator(abc.ABC):
             if unclean and not in_sync:
                 success.append(fresh_isr)
             elif not in_sync:
-                return False, None
+                return None
             elif alone:
                 elected_with = (me,)
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
@@ -535,23 +501,19 @@ class Coordinator(abc.ABC):
                 success.append(Put(isr_key, IsrRecord(elected_with, record.epoch).to_json()))
         result = await self._txn(compares, success, resend=True)
         if not result.succeeded:
-            return True, None
-        return True, Leadership(shard_id, node_id, result.revision, session.lease_id,
-                                elected_with, isr_revision or result.revision)
+            if self.endpoint_count > 1:  # it may have been sent again through another
+                return await self._won_unanswered(session, shard_id, node_id)
+            return None
+        return Leadership(shard_id, node_id, result.revision, session.lease_id, elected_with,
+                          isr_revision or result.revision)
 
     async def _won_unanswered(self, session: Session, shard_id: str, node_id: str
                               ) -> Leadership | None:
         """After a failed campaign txn: the Leadership if an earlier attempt of it, whose
-        answer was lost, was applied (`_won_in`)."""
-        _, entries = await self._read(self.keyspace.shard(shard_id), prefix=True)
-        return self._won_in(entries, session, shard_id, node_id)
-
-    def _won_in(self, entries: Mapping[str, Entry], session: Session, shard_id: str,
-                node_id: str) -> Leadership | None:
-        """The Leadership if the shard's keys (`entries`, read after a failed campaign txn)
-        show our campaign won (the leader key holds our lease: only our campaign writes it
-        so, and nothing but our own later writes touches the ISR meanwhile)."""
+        answer was lost, was applied (the leader key holds our lease: only our campaign
+        writes it so, and nothing but our own later writes touches the ISR meanwhile)."""
         leader_key, isr_key = self.keyspace.leader(shard_id), self.keyspace.isr(shard_id)
+        _, entries = await self._read(self.keyspace.shard(shard_id), prefix=True)
         leader, isr = entries.get(leader_key), entries.get(isr_key)
         if leader is None or leader.lease != session.lease_id or isr is None:
             return None

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -212,8 +212,7 @@ class StaticCoordinator(Coordinator):
 
     async def campaign(self, session: Session, shard_id: str, node_id: str, address: str, *,
                        unclean: bool = False, earlier_leases: Iterable[int] = (),
-                       alone: bool = False, known: Mapping[str, Entry] | None = None
-                       ) -> Leadership | None:
+                       alone: bool = False) -> Leadership | None:
         _refuse()
 
     async def update_isr(self, leadership: Leadership, members: Iterable[Incarnation], *,
