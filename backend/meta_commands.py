@@ -164,7 +164,10 @@ class MetaCommands:
         store = self.store
         current = store.peek(key)
         explicit_cas = flags.explicit_cas or 0
-        if flags.cas is not None and current is not None and current.cas != flags.cas:
+        # append/prepend compare a C of 0 with nothing (memcached.c do_store_item)
+        compared = flags.cas is not None and (
+            flags.cas != 0 or command not in (b"append", b"prepend"))
+        if compared and current is not None and current.cas != flags.cas:
             if (command in (b"set", b"replace") and flags.invalidate
                     and 0 < flags.cas < current.cas):
                 # I with an older CAS: store anyway, but mark the item stale.
