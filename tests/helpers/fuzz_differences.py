@@ -82,15 +82,17 @@ _META_CAS = re.compile(rb"^c\d+$")
 
 
 def canonical_cas(reply: bytes) -> bytes:
-    """Each CAS value in a reply replaced by its order of first appearance (c#1, c#2, ...).
+    """Each CAS value in a reply replaced by its order of first appearance (c#1, c#2, ...),
+    counted per key where the reply names it (a VALUE line, a meta reply's k flag): a
+    proxy's shards count apart, so two keys on two shards may hold the same number.
 
     Reads the reply as replies (VALUE and VA data blocks skipped) so data never counts;
     stops rewriting where the reply stops parsing.
     """
-    numbers: dict[bytes, bytes] = {}
+    numbers: dict[tuple[bytes, bytes], bytes] = {}
 
-    def ordinal(value: bytes) -> bytes:
-        return numbers.setdefault(value, b"#%d" % (len(numbers) + 1))
+    def ordinal(value: bytes, key: bytes = b"") -> bytes:
+        return numbers.setdefault((key, value), b"#%d" % (len(numbers) + 1))
 
     out = bytearray()
     pos = 0
@@ -103,11 +105,12 @@ def canonical_cas(reply: bytes) -> bytes:
         if tokens[0] == b"VALUE" and len(tokens) in (4, 5) and tokens[3].isdigit():
             skip = int(tokens[3]) + 2
             if len(tokens) == 5:
-                tokens[4] = ordinal(tokens[4])
+                tokens[4] = ordinal(tokens[4], tokens[1])
         elif tokens[0] in (b"VA", b"HD", b"EN", b"NF", b"NS", b"EX"):
             if tokens[0] == b"VA" and len(tokens) > 1 and tokens[1].isdigit():
                 skip = int(tokens[1]) + 2
-            tokens = [b"c" + ordinal(t[1:]) if _META_CAS.match(t) else t for t in tokens]
+            key = next((t[1:] for t in tokens[1:] if t.startswith(b"k")), b"")
+            tokens = [b"c" + ordinal(t[1:], key) if _META_CAS.match(t) else t for t in tokens]
         elif tokens[0] == b"ME":
             tokens = [b"cas=" + ordinal(t[4:]) if t.startswith(b"cas=") else t for t in tokens]
         out += b" ".join(tokens) + b"\r\n"

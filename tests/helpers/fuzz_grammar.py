@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 PREFIX_LENGTH = 10  # every prefix has this length, so a re-prefixed case keeps its key lengths
 
+PIPELINE_REPLY = 4 << 20  # the most a pipelined case's replies hold (the runner's MAX_REPLY: 8)
+
 # Words that a parser could mistake for something else when they stand where a key or a
 # number should: the text `noreply` flag, the meta quiet flag and its look-alikes (memcached
 # reads a meta flag by its first character), other meta flag letters, numbers.
@@ -69,6 +71,9 @@ class GrammarOptions:
     large_value_rate: float = 0.004
     stuck_rate: float = 0.003  # a data block longer than what follows it (the case ends idle)
     max_commands: int = 8
+    # a whole case of pipelined retrievals over a wider pool of keys (drawn from a generator
+    # of its own, so that the other cases of a seed stay what they were)
+    pipeline_rate: float = 0.04
 
 
 DEFAULT_OPTIONS = GrammarOptions()
@@ -109,6 +114,8 @@ def generate_case(seed: int, index: int, prefix: bytes,
     assert len(prefix) == PREFIX_LENGTH, prefix
     rng = random.Random(f"{seed}:{index}")
     grammar = _Grammar(rng, prefix, options)
+    if random.Random(f"{seed}:{index}:pipeline").random() < options.pipeline_rate:
+        return FuzzCase(seed, index, prefix, tuple(grammar.pipelined_case()))
     return FuzzCase(seed, index, prefix, tuple(grammar.case()))
 
 
@@ -461,6 +468,67 @@ class _Grammar:
     def binary_request(self) -> bytes:
         """A binary-protocol GET header (first byte 0x80) for key "a"."""
         return bytes([0x80, 0x00, 0x00, 0x01]) + bytes(4) + b"\x00\x00\x00\x01" + bytes(12) + b"a"
+
+    def pipelined_case(self) -> list[bytes]:
+        """Round six's reply path (replies sent inline as backends answer, multi-gets split
+        per shard and joined in key order, reply shapes checked per key): sets of empty, small
+        and big values under nine names (one a 250-byte key), then a pipelined run of get,
+        gets, gat, gats and mg naming several of them, misses and repeats included, with
+        noreply sets and deletes between the reads. The replies stay under PIPELINE_REPLY
+        bytes (the runner cuts a reply at 8 MiB)."""
+        rng = self.rng
+        names = [self.prefix + b"p%d" % i for i in range(8)]
+        names.append(self.prefix + b"k" * (250 - PREFIX_LENGTH))
+        sizes: dict[bytes, int] = {}  # what each name holds, as far as the case knows
+        reply = 0
+
+        def stored(name: bytes, noreply: bytes = b"") -> bytes:
+            value = self.pipelined_value()
+            sizes[name] = len(value)
+            return b"set %s %d 0 %d%s\r\n%s\r\n" % (
+                name, rng.choice([0, 1, 4294967295]), len(value), noreply, value)
+
+        commands = [stored(name) for name in rng.sample(names, rng.randint(2, len(names)))]
+        for _ in range(rng.randint(8, 40)):
+            roll = rng.random()
+            keys = [rng.choice(names) for _ in range(rng.choice([1, 2, 3, 5, 8, 12]))]
+            while sum(len(k) + 1 for k in keys) > 2000:  # no line past memcached's 2048
+                keys.pop()
+            size = sum(sizes.get(k, 0) + 300 for k in keys)
+            if roll < 0.55 and reply + size > PIPELINE_REPLY:
+                roll = 0.8  # a write instead of a read that would pass the bound
+            if roll < 0.45:
+                reply += size
+                commands.append(b"%s %s\r\n" % (self.pick((b"get", b"gets")), b" ".join(keys)))
+            elif roll < 0.55:
+                reply += size
+                commands.append(b"%s %s %s\r\n" % (self.pick((b"gat", b"gats")),
+                                                    self.pick((b"0", b"1000")), b" ".join(keys)))
+            elif roll < 0.75:
+                reply += sizes.get(keys[0], 0) + 300
+                letters = rng.sample([b"v", b"k", b"f", b"s", b"c", b"Oab1", b"q"],
+                                     rng.randint(0, 4))
+                if b"c" in letters and b"k" not in letters:
+                    letters.append(b"k")  # a CAS is compared per key (canonical_cas)
+                commands.append(b" ".join([b"mg", keys[0], *letters]) + b"\r\n")
+            elif roll < 0.92:
+                commands.append(stored(keys[0], b" noreply"))
+            elif roll < 0.97:
+                sizes.pop(keys[0], None)
+                commands.append(b"delete %s noreply\r\n" % keys[0])
+            else:
+                commands.append(b"mn\r\n")
+        return commands
+
+    def pipelined_value(self) -> bytes:
+        roll = self.rng.random()
+        if roll < 0.2:
+            return b""
+        if roll < 0.9:
+            return bytes(self.rng.choice(b"abEND\r\n") for _ in range(self.rng.randrange(1, 40)))
+        if roll < 0.99:
+            return b"w" * self.rng.choice([5000, 70000])
+        return b"W" * 500_000
 
     def long_line_case(self) -> list[bytes]:
         """A line past memcached's 2048-byte limit; the case stays far below its 16 KiB read
