@@ -21,7 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import servers, wire
+from memring.protocol.binary_frames import Opcode, Status
+from tests.helpers import binary_cases, servers, wire
+from tests.helpers.binary_cases import frame, get, set_
+from tests.helpers.binary_exchange import frames
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +179,68 @@ def test_many_clients_pipelining_split_gets_each_get_only_their_own(
         for future in [pool.submit(run, n) for n in range(CLIENTS)]:
             future.result()
     assert_on_both_shards(proxy, [b"c00:%d" % i for i in range(8)])
+
+
+# --- binary and text clients pipelining at once, on the same backend connections ------------
+
+Expected = tuple[int, int, bytes, bytes]  # opcode, opaque, key, value
+
+
+def binary_pipeline(number: int) -> tuple[bytes, list[Expected]]:
+    """Binary client `number`'s quiet sets and GETKQ batches across shards (misses and repeats
+    say nothing), each batch closed by a NOOP, and the responses memcached gives them."""
+    prefix = b"b%02d:" % number
+    keys = [prefix + b"%d" % i for i in range(10)]
+    items: dict[bytes, bytes] = {}
+    out: list[bytes] = []
+    expected: list[Expected] = []
+    for i, key in enumerate(keys[:8]):
+        items[key] = value_of(key + b"#0", SIZES[(i + number) % len(SIZES)])
+        out.append(set_(key, items[key], opcode=Opcode.SETQ))
+    for step in range(PIPELINE // 2):
+        picked = [keys[(step * 7 + j * 3 + number) % 10] for j in range(1 + step % 6)]
+        if step % 4 == 0:
+            key = picked[0]
+            items[key] = value_of(key + b"#%d" % step, SIZES[step % len(SIZES)])
+            out.append(set_(key, items[key], opcode=Opcode.SETQ, opaque=step))
+        for key in picked:
+            out.append(get(key, Opcode.GETKQ, opaque=step))
+            if key in items:
+                expected.append((Opcode.GETKQ, step, key, items[key]))
+        out.append(frame(Opcode.NOOP, opaque=step))
+        expected.append((Opcode.NOOP, step, b"", b""))
+    return b"".join(out), expected
+
+
+def test_binary_and_text_clients_pipelining_at_once_each_get_only_their_own(
+        proxy: servers.RunningServer) -> None:
+    def text(number: int) -> None:
+        requests, answers = client_pipeline(100 + number)
+        with wire.connect(proxy) as sock:
+            exchange = wire.drive(sock, [requests, wire.SENTINEL], until=wire.SENTINEL_REPLY,
+                                  timeout=60, max_reply=len(answers) + 100)
+        expected = answers + wire.SENTINEL_REPLY
+        assert exchange.reply == expected, \
+            (number, wire.first_difference(expected, exchange.reply, requests))
+
+    def binary(number: int) -> None:
+        requests, expected = binary_pipeline(number)
+        with wire.connect(proxy) as sock:
+            exchange = wire.drive(sock, [requests, binary_cases.SENTINEL],
+                                  until=binary_cases.SENTINEL_REPLY, timeout=60)
+        assert not exchange.timed_out and not exchange.closed, (number, len(exchange.reply))
+        got = frames(exchange.reply)[:-1]  # (the sentinel's NOOP)
+        assert all(not isinstance(r, str) and r.status == Status.SUCCESS for r in got), got[:3]
+        seen = [(r.opcode, r.opaque, r.key, r.value) for r in got if not isinstance(r, str)]
+        assert seen == expected, (number, next(
+            (i, a[:3], b[:3]) for i, (a, b) in enumerate(zip(seen, expected, strict=False))
+            if a != b) if seen[:len(expected)] != expected[:len(seen)] else len(seen))
+
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(text, n) for n in range(CLIENTS // 2)]
+        futures += [pool.submit(binary, n) for n in range(CLIENTS // 2)]
+        for future in futures:
+            future.result()
 
 
 # --- (c) a client that resets mid-reply while its backend replies are in flight -------------
