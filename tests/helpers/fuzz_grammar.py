@@ -4,7 +4,9 @@ Theory of operation: a case is a short list of commands, each one complete reque
 plus, for a storage command, its data block), drawn from a grammar of every text and meta
 command and then, with some probability, mutated: tokens replaced by hostile ones (`noreply`,
 `q` and q-like spellings, huge and negative numbers, NUL and binary bytes), tokens dropped,
-added or repeated, bare LF line ends, wrong data lengths, over-long keys and lines.
+added or repeated, bare LF line ends, wrong data lengths, over-long keys and lines. A few
+cases (`pipeline_rate`) are instead a pipelined run of retrievals over nine keys on both shards
+(`pipelined_case`), for the proxy's split multi-gets and inline replies.
 
 `generate_case(seed, index, prefix)` is a pure function of its arguments: the runner re-makes
 a case with another prefix of the same length to re-run it on a clean key space (shrinking,
