@@ -164,12 +164,12 @@ class MetaCommands:
         store = self.store
         current = store.peek(key)
         explicit_cas = flags.explicit_cas or 0
-        # append/prepend compare a C of 0 with nothing (memcached.c do_store_item)
-        compared = flags.cas is not None and (
-            flags.cas != 0 or command not in (b"append", b"prepend"))
-        if compared and current is not None and current.cas != flags.cas:
+        cas = flags.cas
+        if cas == 0 and command in (b"append", b"prepend"):
+            cas = None  # a C of 0 is compared with nothing there (memcached.c do_store_item)
+        if cas is not None and current is not None and current.cas != cas:
             if (command in (b"set", b"replace") and flags.invalidate
-                    and 0 < flags.cas < current.cas):
+                    and 0 < cas < current.cas):
                 # I with an older CAS: store anyway, but mark the item stale.
                 item.stale = True
                 return store._link(key, item, explicit_cas), item
