@@ -12,6 +12,8 @@ Scenarios, each run against every target while a few well-behaved clients do set
   c-halfline  200 clients each send a 1 MB `get` line without its newline, and wait
   d-idle      1,000 clients connect and send nothing (and again with the proxy's
               --idle-timeout, if its --help offers one)
+  e-manykeys  32 clients each pipeline 4 `get`s of the same 80 distinct 500 KB items (40 MB
+              a reply, split over every shard) and never read (round seven)
 For each: the peak RSS of the proxy and of the largest backend (VmRSS polled every 20 ms),
 their RSS before and 2 s after the hostile clients closed, and what the hostile clients got.
 Every loop is bounded in count and time; the script stops by itself.
@@ -59,7 +61,7 @@ TARGETS = {
     "proxy-mc": "memring proxy -> 3 x memcached",
     "proxy-be": "memring proxy -> 3 x backend",
 }
-SCENARIOS = ("a-repeat", "b-noread", "c-halfline", "d-idle")
+SCENARIOS = ("a-repeat", "b-noread", "c-halfline", "d-idle", "e-manykeys")
 SAMPLE_EVERY = 0.02      # seconds between RSS samples
 SETTLE = 2.0             # seconds after the hostile clients closed before "after" is read
 GOOD_CLIENTS = 4
@@ -402,6 +404,25 @@ def scenario_halfline(target: Target, args: argparse.Namespace) -> dict[str, Any
     return {"clients": len(socks), "sent_all": pushed, "got": answers}
 
 
+def scenario_manykeys(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """A multi-get the proxy splits per shard and assembles before its first byte leaves:
+    what the proxy holds for clients that ask for it and never read, against its
+    --max-buffered-bytes (256 MB by default)."""
+    keys = [b"hostile:many%02d" % i for i in range(80)]
+    for key in keys:
+        set_value(target.port, key, key[-2:] * 250_000)
+    deadline = time.monotonic() + 20
+    socks = connect_many(target.port, args.manykeys_clients, deadline)
+    try:
+        pushed = push(socks, (b"get " + b" ".join(keys) + b"\r\n") * 4, deadline)
+        hold(args.hold)
+        answers = drain_answers(socks, 64)
+    finally:
+        for s in socks:
+            s.close()
+    return {"clients": len(socks), "sent_all": pushed, "got": answers}
+
+
 def scenario_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     socks = connect_many(target.port, args.idle_clients, deadline)
@@ -419,6 +440,7 @@ SCENARIO_RUNS: dict[str, Callable[[Target, argparse.Namespace], dict[str, Any]]]
     "b-noread": scenario_noread,
     "c-halfline": scenario_halfline,
     "d-idle": scenario_idle,
+    "e-manykeys": scenario_manykeys,
 }
 
 
@@ -576,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a-repeat: value size of the repeated keys (%(default)s)")
     parser.add_argument("--noread-clients", type=int, default=100)
     parser.add_argument("--halfline-clients", type=int, default=200)
+    parser.add_argument("--manykeys-clients", type=int, default=32)
     parser.add_argument("--idle-clients", type=int, default=1000)
     parser.add_argument("--idle-timeout", type=int, default=2,
                         help="d-idle: the proxy's --idle-timeout, when it has one (%(default)s)")
