@@ -419,6 +419,11 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             row.update(failover_steps(Path(args.keep_logs), row["shard"], row["old_leader"],
                                       row["new_leader"], timings["t0_wall"]))
+    for row in rows:  # each victim's writes sent after the fault: when sent and answered
+        row["writes_after_fault"] = [
+            (round((op.sent - t0) * 1000), round((op.done - t0) * 1000) if op.done else None,
+             op.outcome) for op in load.ops
+            if op.kind == "set" and op.shard == row["shard"] and op.sent > t0][:40]
     others = [sid for sid in fleet.shard_ids if sid not in victims]
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]

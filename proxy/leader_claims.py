@@ -109,9 +109,11 @@ class LeaderClaims:
         for shard, claim in list(self._claims.items()):
             if claim.epoch <= seen.get(shard, 0):
                 del self._claims[shard]
-        for shard in [s for s, probes in self._probes.items()
-                      if all(p.reply is None or p.reply.done for p in probes.values())]:
-            del self._probes[shard]  # none in flight: the next wait starts afresh
+        now = trio.current_time()
+        for shard in [s for s, probes in self._probes.items() if all(
+                (p.reply is None or p.reply.done) and now - p.sent_at >= PROBE_INTERVAL
+                for p in probes.values())]:
+            del self._probes[shard]  # none in flight or recent: no write waits there now
         self.wake()
 
     def refused(self, shard: str, pool: NodePool) -> None:
