@@ -117,5 +117,5 @@ def test_a_waiting_write_reaches_the_new_leader_before_the_view_names_it(
         # the proxy learnt it from the claim, not from its view (still cut off)
         log = proxy.log_text()
         assert f"shard {SHARD}: " in log and "claims to lead" in log, log[-2000:]
-        assert "(epoch %d) in the view" % int(stats["memring_epoch"]) not in log
+        assert f"(epoch {int(stats['memring_epoch'])}) in the view" not in log
         relay.heal()
