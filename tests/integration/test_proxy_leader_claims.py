@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from memring.cluster.etcd_process import EtcdProcess
+from memring.proxy.ketama import KetamaRing
 from tests.helpers import servers, wire
 from tests.helpers.cluster import SHARD, ReplicatedShard, node_id, wait_for
 from tests.helpers.jepsen.relay import CutLink
@@ -78,21 +79,34 @@ def state_of(proxy: servers.RunningServer, node: servers.RunningServer) -> str:
     return wire.stats(proxy).get(f"backend:{node_id(node)}:state", "")
 
 
-def test_a_waiting_write_reaches_the_new_leader_before_the_view_names_it(
-        etcd: EtcdProcess) -> None:
+def relay_to(etcd: EtcdProcess) -> RelayThread:
     target = urlsplit(etcd.url)
     assert target.hostname is not None and target.port is not None
+    return RelayThread((target.hostname, target.port))
+
+
+def proxy_through(relay: RelayThread, cluster: str) -> contextlib.AbstractContextManager[
+        servers.RunningServer]:
+    return servers.running("proxy", [
+        sys.executable, "-m", "memring.proxy", "--listen", servers.HOST + ":{port}",
+        "--etcd", relay.url, "--cluster", cluster, "--leader-wait-ms", str(LEADER_WAIT_MS)])
+
+
+def leader_and_follower(shard: SyncShard) -> tuple[servers.RunningServer, servers.RunningServer]:
+    first, second = shard.start(), shard.start()
+    leader = shard.leader()
+    follower = second if leader is first else first
+    wait_for(lambda: wire.stats(follower).get("memring_role") == "follower", 10, "a follower")
+    return leader, follower
+
+
+def test_a_waiting_write_reaches_the_new_leader_before_the_view_names_it(
+        etcd: EtcdProcess) -> None:
     with contextlib.ExitStack() as stack:
         shard = SyncShard(etcd, stack, f"lc{time.monotonic_ns()}", {})
-        first, second = shard.start(), shard.start()
-        leader = shard.leader()
-        follower = second if leader is first else first
-        wait_for(lambda: wire.stats(follower).get("memring_role") == "follower", 10, "a follower")
-        relay = stack.enter_context(RelayThread((target.hostname, target.port)))
-        proxy = stack.enter_context(servers.running("proxy", [
-            sys.executable, "-m", "memring.proxy", "--listen", servers.HOST + ":{port}",
-            "--etcd", relay.url, "--cluster", shard.cluster,
-            "--leader-wait-ms", str(LEADER_WAIT_MS)]))
+        leader, follower = leader_and_follower(shard)
+        relay = stack.enter_context(relay_to(etcd))
+        proxy = stack.enter_context(proxy_through(relay, shard.cluster))
         with wire.connect(proxy) as sock:
             wait_for(lambda: set_one(sock, b"before", b"1") == b"STORED\r\n", 10,
                      "writes through the proxy")
@@ -118,4 +132,46 @@ def test_a_waiting_write_reaches_the_new_leader_before_the_view_names_it(
         log = proxy.log_text()
         assert f"shard {SHARD}: " in log and "claims to lead" in log, log[-2000:]
         assert f"(epoch {int(stats['memring_epoch'])}) in the view" not in log
+        relay.heal()
+
+
+def test_a_reply_ready_is_not_held_behind_a_write_still_waiting(etcd: EtcdProcess) -> None:
+    """One connection pipelines a write to s1 (its leader killed, its follower takes over)
+    and then one to s2 (its only node killed: no leader for the whole wait); the first STORED
+    is sent when it is ready, not once the second write has given up."""
+    ring = KetamaRing([("s1", 1), ("s2", 1)], "md5")
+    keys = {shard: next(b"k%d" % i for i in range(1000) if ring.server_for(b"k%d" % i) == index)
+            for index, shard in enumerate(("s1", "s2"))}
+    with contextlib.ExitStack() as stack:
+        shard = SyncShard(etcd, stack, f"lr{time.monotonic_ns()}", {})
+        leader, follower = leader_and_follower(shard)
+        lonely = stack.enter_context(servers.running("memring-backend", servers.backend_argv(
+            "--etcd", etcd.url, "--cluster", shard.cluster, "--shard", "s2",
+            "--replication", "sync", "--peer-listen", f"{servers.HOST}:{servers.free_port()}")))
+        wait_for(lambda: wire.stats(lonely).get("memring_role") == "leader", 10, "s2's leader")
+        relay = stack.enter_context(relay_to(etcd))
+        proxy = stack.enter_context(proxy_through(relay, shard.cluster))
+        with wire.connect(proxy) as sock:
+            for key in keys.values():
+                wait_for(lambda key=key: set_one(sock, key, b"1") == b"STORED\r\n", 10,
+                         f"writes to {key!r} through the proxy")
+
+        relay.cut()
+        for node in (leader, lonely):
+            node.process.kill()
+            node.process.wait()
+        wait_for(lambda: all(state_of(proxy, n) not in ("", "up") for n in (leader, lonely)),
+                 10, "both ejected")
+        with wire.connect(proxy) as sock:
+            started = time.monotonic()
+            sock.sendall(b"set %s 0 0 1\r\n2\r\nset %s 0 0 1\r\n2\r\n" % (keys["s1"], keys["s2"]))
+            first = wire.read_until(sock, b"\r\n", timeout=10)
+            first_at = time.monotonic() - started
+            second = wire.read_until(sock, b"\r\n", timeout=10)
+            second_at = time.monotonic() - started
+        print(f"\nfirst reply after {first_at * 1000:.0f} ms, second after {second_at * 1000:.0f} ms")
+        assert first == b"STORED\r\n" and second.startswith(b"SERVER_ERROR "), (first, second)
+        assert second_at >= LEADER_WAIT_MS / 1000 - 0.1  # s2's write waited it out
+        assert first_at < LEADER_WAIT_MS / 1000 / 2, first_at  # s1's did not wait for it
+        assert wire.request(follower, b"get %s\r\n" % keys["s1"]).startswith(b"VALUE ")
         relay.heal()
