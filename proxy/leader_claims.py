@@ -52,18 +52,19 @@ class Claim:
 
 
 class _Probe:
-    """One `stats` in flight to a node; its arrival wakes the waiting writes."""
+    """One `stats` in flight to a node; its arrival wakes the writes waiting for its shard."""
 
-    __slots__ = ("affinity", "claims", "reply", "sent_at")
+    __slots__ = ("affinity", "claims", "reply", "sent_at", "shard")
 
-    def __init__(self, claims: LeaderClaims, sent_at: float) -> None:
+    def __init__(self, claims: LeaderClaims, shard: str, sent_at: float) -> None:
         self.affinity = 0  # the pool's first connection
         self.claims = claims
+        self.shard = shard
         self.sent_at = sent_at
         self.reply: PendingReply | None = None
 
     def reply_arrived(self) -> None:
-        self.claims.wake()
+        self.claims.wake(self.shard)
 
 
 def said_leader(reply: PendingReply, shard: str) -> tuple[int, str] | None:
@@ -92,13 +93,24 @@ class LeaderClaims:
         self._claims: dict[str, Claim] = {}
         self._refused: dict[str, tuple[NodePool, int]] = {}  # a claim a write disproved
         self._probes: dict[str, dict[NodePool, _Probe]] = {}
-        self.changed = trio.Event()  # set (and replaced) by a probe's reply or a new view
+        # per shard, set (and dropped) by a probe's reply; every one by a new view: a probe
+        # wakes only the writes waiting for its own shard (a storm of 24 leaderless shards
+        # would otherwise wake every waiting write for every probe's reply)
+        self._changed: dict[str, trio.Event] = {}
         self.probes_sent = 0
         self.claims_taken = 0
 
-    def wake(self) -> None:
-        changed, self.changed = self.changed, trio.Event()
-        changed.set()
+    def changed(self, shard: str) -> trio.Event:
+        """Set when a probe of `shard` is answered or a new view comes."""
+        event = self._changed.get(shard)
+        if event is None:
+            event = self._changed[shard] = trio.Event()
+        return event
+
+    def wake(self, shard: str) -> None:
+        event = self._changed.pop(shard, None)
+        if event is not None:
+            event.set()
 
     def follow_view(self, epochs: Mapping[str, int]) -> None:
         """A new view: claims it caught up with end, and waiting writes look again."""
@@ -114,7 +126,9 @@ class LeaderClaims:
                 (p.reply is None or p.reply.done) and now - p.sent_at >= PROBE_INTERVAL
                 for p in probes.values())]:
             del self._probes[shard]  # none in flight or recent: no write waits there now
-        self.wake()
+        events, self._changed = self._changed, {}
+        for event in events.values():
+            event.set()
 
     def refused(self, shard: str, pool: NodePool) -> None:
         """`pool` refused a write: its claim, if it had one, is not taken again."""
@@ -146,7 +160,7 @@ class LeaderClaims:
         for pool in nodes:
             probe = probes.get(pool)
             if probe is None:
-                probe = probes[pool] = _Probe(self, -math.inf)
+                probe = probes[pool] = _Probe(self, shard, -math.inf)
             if probe.reply is None and now - probe.sent_at >= PROBE_INTERVAL and pool.available:
                 probe.sent_at = now
                 probe.reply = pool.submit(PROBE, True, probe)

@@ -410,7 +410,8 @@ class LeaderWrite(Filtered):
             # a new leader's pool connects a little after the swap: poll between swaps too
             with trio.move_on_at(min(deadline, now + 0.02)):
                 # a topology swap also wakes the claims' event (ClusterTopology.apply)
-                await (claims.changed if claims is not None else state.topology_changed).wait()
+                await (claims.changed(self.name) if claims is not None
+                       else state.topology_changed).wait()
         if shard is not None and shard.has_leader:
             pending = shard.nodes[0].submit(self.request, self.multi, self.client)
             if not pending.done:

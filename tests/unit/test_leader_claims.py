@@ -148,3 +148,15 @@ async def test_probing_is_bounded_and_stops_with_the_wait() -> None:
         assert 2 <= probes <= waited / PROBE_INTERVAL + 2, (probes, waited)
         await trio.sleep(0.1)  # no write waits: no probe
         assert nodes.asked(1, b"stats") == probes
+
+
+async def test_a_probe_wakes_only_the_writes_waiting_for_its_shard() -> None:
+    async with shard_of(old_leader(), node(lambda: role("follower", VIEW_EPOCH))) as nodes:
+        claims = nodes.state.claims
+        mine, other = claims.changed("s1"), claims.changed("s2")
+        claims.probe("s1", nodes.pools)
+        with trio.fail_after(2):
+            await mine.wait()
+        assert not other.is_set()
+        claims.follow_view({"s1": VIEW_EPOCH})  # a new view wakes every waiting write
+        assert other.is_set()
