@@ -309,12 +309,15 @@ def failover_steps(log_dir: Path, sid: str, old: str, new: str, t0_wall: float
                    ) -> dict[str, int | None]:
     """When each step of one shard's failover happened, ms after the fault, from the kept
     logs: the survivor saw its leader's port refuse, it led, its ISR dropped the old
-    leader (its writes wait for that etcd write), the proxy's view named it."""
+    leader (its writes wait for that etcd write), the proxy's view named it, a waiting write
+    heard its claim to lead; `proxy_lag_ms`: from leading to the first of the last two."""
     steps: dict[str, tuple[Path, str]] = {
         "detected_ms": (log_dir / f"{new}.log", f"leader {old} of shard {sid} refuses"),
         "led_ms": (log_dir / f"{new}.log", f"leader of shard {sid} (epoch"),
         "isr_shrunk_ms": (log_dir / f"{new}.log", f"ISR: dropped {old} "),
         "proxy_routed_ms": (log_dir / "proxy.log", f"shard {sid}: leader {new} (epoch"),
+        # a waiting write found it leading before the view did (proxy/leader_claims.py)
+        "proxy_claimed_ms": (log_dir / "proxy.log", f"shard {sid}: {new} claims to lead"),
     }
     found: dict[str, int | None] = {}
     cache: dict[Path, list[tuple[float, str]]] = {}
@@ -323,6 +326,9 @@ def failover_steps(log_dir: Path, sid: str, old: str, new: str, t0_wall: float
             cache[path] = log_events(path, t0_wall) if path.exists() else []
         found[name] = next((round((when - t0_wall) * 1000) for when, message in cache[path]
                             if text in message), None)
+    known = [found[k] for k in ("proxy_routed_ms", "proxy_claimed_ms") if found[k] is not None]
+    found["proxy_lag_ms"] = min(known) - found["led_ms"] if known and found["led_ms"] is not None \
+        else None
     return found
 
 
@@ -413,6 +419,11 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             row.update(failover_steps(Path(args.keep_logs), row["shard"], row["old_leader"],
                                       row["new_leader"], timings["t0_wall"]))
+    for row in rows:  # each victim's writes sent after the fault: when sent and answered
+        row["writes_after_fault"] = [
+            (round((op.sent - t0) * 1000), round((op.done - t0) * 1000) if op.done else None,
+             op.outcome) for op in load.ops
+            if op.kind == "set" and op.shard == row["shard"] and op.sent > t0][:40]
     others = [sid for sid in fleet.shard_ids if sid not in victims]
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]
@@ -426,6 +437,10 @@ def run(args: argparse.Namespace) -> int:
         "lost_acked_writes": len(lost),
         "not_read_back_at_first": first_pass,
     }
+    lags = [r["proxy_lag_ms"] for r in rows if r.get("proxy_lag_ms") is not None]
+    if lags:
+        summary["proxy_lag_after_leading_ms"] = {"median": statistics.median(lags),
+                                                 "max": max(lags)}
     if args.keep_logs and timings["frozen_url"]:  # the fault's window: to the bench's `end`
         summary["etcd_clients"] = client_moves(Path(args.keep_logs), timings["frozen_url"],
                                                timings["t0_wall"],
@@ -453,13 +468,17 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_logs:
         print("\nFrom the kept logs, ms after the fault (wall clocks; '-': no such line):\n")
         print("| shard | follower saw the port refuse | led | ISR shrunk | proxy routed | "
-              "first write |")
-        print("|---|---|---|---|---|---|")
+              "proxy heard its claim | proxy's lag after leading | first write |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             cells = [r.get(k) for k in ("detected_ms", "led_ms", "isr_shrunk_ms",
-                                        "proxy_routed_ms", "first_write_ms")]
+                                        "proxy_routed_ms", "proxy_claimed_ms", "proxy_lag_ms",
+                                        "first_write_ms")]
             print(f"| {r['shard']} | " + " | ".join("-" if c is None else str(c)
                                                      for c in cells) + " |")
+        if lags:
+            print(f"\nThe proxy's lag after leading (routed, or heard the claim): median "
+                  f"{statistics.median(lags)} ms, max {max(lags)} ms")
         if "etcd_clients" in summary:
             clients = summary["etcd_clients"]
             print(f"\nWhile etcd's leader was frozen, etcd clients moved {clients['moves']} "

@@ -137,6 +137,11 @@ def _log_new_leaders(before: ClusterView | None, after: ClusterView) -> None:
                      shard.leader.node_id, shard.epoch, after.revision)
 
 
+def epochs(view: ClusterView) -> dict[str, int]:
+    """Each shard's leader epoch in `view` (0: none): a claim must be newer to be taken."""
+    return {shard_id: shard.epoch for shard_id, shard in view.shards.items()}
+
+
 def newest(view: ClusterView, views: trio.MemoryReceiveChannel[ClusterView]) -> ClusterView:
     """The last of the views already waiting after `view`: when a failover storm's events
     arrive faster than the proxy rebuilds its router (each leader, node and ISR change is a
@@ -191,6 +196,8 @@ class ClusterTopology:
         if _routing(wanted) != _routing(current):
             server.apply_topology(wanted)
             self.swaps += 1
+        # after the swap: a claim the view caught up with ends, waiting writes look again
+        server.state.claims.follow_view(epochs(view))
 
     async def register(self, address: str, proxy_id: str) -> None:
         """Keep `proxies/<proxy_id>` in etcd while the proxy runs; revoked on exit."""
@@ -226,6 +233,7 @@ async def run_cluster(settings: ProxySettings, reuse_port: bool) -> None:
         settings = settings_for(settings, view)
         nonblocking.raise_fd_limit(settings.max_connections + 64 + 8 * len(settings.shards))
         server = ProxyServer(settings, reuse_port=reuse_port)
+        server.state.claims.follow_view(epochs(view))
         background = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve)

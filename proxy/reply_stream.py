@@ -50,11 +50,12 @@ from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
 from memring.netio.streams import PlainStream
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
-from memring.proxy.slots import WAITING, Poll, Ready, SlicedReply, Slot
+from memring.proxy.slots import NEEDS_TASK, WAITING, Poll, Ready, Reply, SlicedReply, Slot
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
 _WAITING: Final = WAITING  # Final: a native static, not a module-dict lookup per poll
+_NEEDS_TASK: Final = NEEDS_TASK
 
 FLUSH_SIZE = 1 << 20     # replies waiting past this are sent before resolving more
 MAX_OUTSTANDING = 32     # requests of one client in flight before the proxy reads on
@@ -281,7 +282,21 @@ class ReplyStream:
             size = 0
             while len(queue) > self.held:
                 slot = queue[0]
-                reply = slot.data if type(slot) is Ready else await slot.reply()
+                reply: Reply
+                if type(slot) is Ready:
+                    reply = slot.data
+                else:
+                    polled = slot.poll() if out else _WAITING
+                    if polled is _WAITING or polled is _NEEDS_TASK:
+                        # Replies ready go before a slot that must wait: writes waiting for
+                        # a new leader settle one round trip each, and the first one's
+                        # STORED waited for all of them (bench/many_failovers.py's logs).
+                        if out and not await self._send(out, True):
+                            return False
+                        size = 0
+                        reply = await slot.reply()
+                    else:
+                        reply = polled
                 del queue[0]
                 observe(self.started)
                 self._batch_replies += 1

@@ -350,6 +350,7 @@ class LeaderWrite(Filtered):
     waits (bounded) for a topology that names one."""
 
     __slots__ = ("client", "filter", "multi", "name", "pending", "request", "state", "target")
+    follows_claims = True  # a waiting write may go to a node that claims to lead
 
     def __init__(self, state: ProxyState, shard: Shard, request: bytes, multi: bool,
                  client: ReplyListener | None, filter: Callable[[PendingReply], bytes] = render,
@@ -385,18 +386,32 @@ class LeaderWrite(Filtered):
         # leader that never comes (measured: a write stalled the whole leader_wait_ms, 1.5 s,
         # in 2 of 3 leader transfers under load).
         same_again = trio.current_time() + REFUSED_PAUSE
+        # Writes only: a node that claims to lead (newer than the view) takes them before
+        # the view names it; the backend refuses a wrong claim before applying anything
+        # (proxy/leader_claims.py, which says why reads stay with the view).
+        claims = state.claims if self.follows_claims else None
+        if claims is not None and refused_by is not None:
+            claims.refused(self.name, refused_by)
         while True:
             shard = state.router.by_name.get(self.name)
-            if shard is not None and shard.has_leader and shard.nodes[0].available and (
-                    shard.nodes[0] is not refused_by or trio.current_time() >= same_again):
-                self.target = shard.nodes[0]
-                return self.target.submit(self.request, self.multi, self.client)
+            claimed = claims.leader(self.name) if claims is not None else None
+            if claimed is None and shard is not None and shard.has_leader and \
+                    shard.nodes[0].available and (shard.nodes[0] is not refused_by
+                                                  or trio.current_time() >= same_again):
+                claimed = shard.nodes[0]
+            elif claimed is None and claims is not None and shard is not None:
+                claimed = claims.probe(self.name, shard.nodes)  # no leader to send to yet
+            if claimed is not None:
+                self.target = claimed
+                return claimed.submit(self.request, self.multi, self.client)
             now = trio.current_time()
             if now >= deadline:
                 break
             # a new leader's pool connects a little after the swap: poll between swaps too
             with trio.move_on_at(min(deadline, now + 0.02)):
-                await state.topology_changed.wait()
+                # a topology swap also wakes the claims' event (ClusterTopology.apply)
+                await (claims.changed(self.name) if claims is not None
+                       else state.topology_changed).wait()
         if shard is not None and shard.has_leader:
             pending = shard.nodes[0].submit(self.request, self.multi, self.client)
             if not pending.done:
@@ -449,6 +464,7 @@ class LeaderRead(LeaderWrite):
     that stepped down, a lease run out) is asked again at the leader, within leader_wait_ms."""
 
     __slots__ = ()
+    follows_claims = False  # a node's read gate answers follower reads too: the view decides
 
     @staticmethod
     def _retry(pending: PendingReply) -> bool:

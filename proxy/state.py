@@ -13,6 +13,7 @@ import trio
 from memring.netio.connection import Connection
 from memring.netio.tls import ServerTls
 from memring.proxy.buffer_budget import BufferBudget
+from memring.proxy.leader_claims import LeaderClaims
 from memring.proxy.pool import NodePool
 from memring.proxy.router import ShardRouter
 from memring.proxy.settings import ProxySettings
@@ -31,6 +32,8 @@ class ProxyState:
     pools_by_address: dict[str, NodePool] = field(default_factory=dict)
     # set (and replaced) on every topology swap: writes waiting for a leader wake on it
     topology_changed: trio.Event = field(default_factory=trio.Event)
+    # cluster mode: nodes that say they lead before the view names them (waiting writes only)
+    claims: LeaderClaims = field(default_factory=LeaderClaims)
     # the client listeners' TLS: refresh_certs reloads it, `stats` shows its counters
     tls: ServerTls | None = None
     # the client connections, for `stats conns`

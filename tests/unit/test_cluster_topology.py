@@ -26,6 +26,7 @@ from memring.cluster.coordinator import (
 from memring.cluster.keyspace import Entry, Keyspace
 from memring.cluster.status import healthy, status_doc
 from memring.proxy.cluster_topology import ClusterTopology, settings_for, shard_specs
+from memring.proxy.leader_claims import LeaderClaims
 from memring.proxy.settings import ProxySettings
 
 pytestmark = pytest.mark.unit
@@ -162,7 +163,8 @@ async def test_the_proxy_routes_by_the_newest_of_the_views_waiting() -> None:
     gone = view(*[(e.key, e.value, e.lease) for e in sorted(
         moved.entries.values(), key=lambda e: e.create_revision) if e.key != KS.node("a2")])
     base = ProxySettings(etcd="http://127.0.0.1:2379")
-    server = _RecordingServer(state=type("State", (), {"settings": settings_for(base, first)})())
+    server = _RecordingServer(state=type("State", (), {"settings": settings_for(base, first),
+                                                       "claims": LeaderClaims()})())
     topology = ClusterTopology(_QueuedViews([first, moved, gone]), base)  # type: ignore[arg-type]
     await topology.follow(server)  # type: ignore[arg-type]
     assert len(server.applied) == 1 and topology.view is gone
