@@ -156,7 +156,7 @@ class Conversation:
             requests.receive_data(data)
         else:
             block = self._received_other(data)
-        self.points = WritePoints(block=block)
+        self.points.restart(block)  # (the points of one read: no object per read)
         self.sendable = self.replied = 0
         self.event = None
         self.served = self.quitting = self.watching = self.hanging_up = False
@@ -265,7 +265,9 @@ class Conversation:
         takes it all (and no replication wait comes first)."""
         out = self.out
         text = self.text
-        if not self.hanging_up and (text is None or not text.in_data_block):
+        requests = self.requests  # (its property read natively; TextParser's by name)
+        if not self.hanging_up and (text is None or not (
+                requests.in_data_block if requests is not None else text.in_data_block)):
             sendable = len(out)  # the common case, inline
         else:
             sendable = self._sendable_at_end()
