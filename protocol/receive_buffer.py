@@ -23,13 +23,14 @@ _COMPACT_AFTER: Final = 65536
 
 
 class ReceiveBuffer:
-    __slots__ = ("_data", "_read", "_spanning", "_start")
+    __slots__ = ("_data", "_read", "_spanning", "_start", "cr_dropped")
 
     def __init__(self) -> None:
         self._read = b""  # the unread bytes from `_start` on, while not `_spanning`
         self._data = bytearray()  # the unread bytes from `_start` on, while `_spanning`
         self._spanning = False  # input spans reads: it is in `_data`
         self._start = 0
+        self.cr_dropped = False  # the last `take_line(drop_cr=True)` dropped a "\r"
 
     def __len__(self) -> int:
         if self._spanning:
@@ -88,21 +89,31 @@ class ReceiveBuffer:
             end = self._read.find(b"\n", self._start)
         return end - self._start + 1 if end >= 0 else -1
 
-    def take_line(self) -> bytes | None:
-        """The next line without its "\\n" (a "\\r" before it is kept), or None if no whole
-        line is here yet."""
+    def take_line(self, drop_cr: bool = False) -> bytes | None:
+        """The next line without its "\n" (a "\r" before it is kept, or with `drop_cr`
+        dropped, which `cr_dropped` then says: one copy of the line, not two), or None if no
+        whole line is here yet."""
         start = self._start
         if self._spanning:
-            end = self._data.find(b"\n", start)
+            data = self._data
+            end = data.find(b"\n", start)
             if end < 0:
                 return None
             self._start = end + 1
-            return bytes(self._data[start: end])
+            if drop_cr:
+                self.cr_dropped = end > start and data[end - 1] == 13
+                if self.cr_dropped:
+                    end -= 1
+            return bytes(data[start: end])
         read = self._read
         end = read.find(b"\n", start)
         if end < 0:
             return None
         self._start = end + 1
+        if drop_cr:
+            self.cr_dropped = end > start and read[end - 1] == 13
+            if self.cr_dropped:
+                end -= 1
         return read[start: end]
 
     def take(self, size: int) -> bytes | None:
