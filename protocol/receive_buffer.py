@@ -45,7 +45,7 @@ class ReceiveBuffer:
                 self._read = data
                 self._start = 0
                 return self
-            self._data += memoryview(read)[start:]  # a rest: the reads span from here
+            self._data += read[start:]  # a rest: the reads span from here
             self._read = b""
             self._spanning = True
             self._start = 0
