@@ -247,7 +247,7 @@ class CommandHandler:
         keys = request.keys
         if len(keys) == 1 and request.command == b"get" and not self.prefixes.enabled:
             # the common case: the reply as one bytes object, END included (no join)
-            hit = self.store.fetch(keys[0])
+            hit = self.store.fetch(keys[0], with_cas=False)
             if hit is None:
                 out.append(END)
                 return
@@ -273,7 +273,7 @@ class CommandHandler:
         if request.command == b"get" or (request.with_cas and not request.touches):
             with_cas = request.with_cas
             for key in keys:
-                hit = store.fetch(key)
+                hit = store.fetch(key, with_cas)
                 if hit is None:
                     continue
                 flags, cas, value = hit

@@ -21,6 +21,7 @@ from memring.backend.commands import CloseConnection, CommandHandler, StartWatch
 from memring.backend.item_dumps import StreamedReply
 from memring.backend.stats import ServerCounters
 from memring.netio.connection import Connection, Handoff, HangUp, Parked, carried_out
+from memring.netio.ready_loop import ReadyLoop
 from memring.netio.streams import PlainStream
 from memring.protocol.binary_parser import BinaryRequestParser
 from memring.protocol.negotiation import NegotiatingParser, TextParser
@@ -105,12 +106,14 @@ class Conversation:
     """
 
     __slots__ = ("conn", "counters", "depends", "event", "gate", "handler", "hanging_up", "later",
-                 "negotiated", "next_event", "now", "out", "parser", "points", "quitting",
+                 "loop", "negotiated", "next_event", "now", "out", "parser", "points", "quitting",
                  "receive_data", "replied", "requests", "send", "sendable", "served", "server",
                  "settled", "text", "watching")
 
     def __init__(self, server: ConversationHost, conn: Connection,
-                 parser: NegotiatingParser) -> None:
+                 parser: NegotiatingParser, loop: ReadyLoop | None = None) -> None:
+        """`loop`: the ReadyLoop that serves `conn` while it waits for input (None: a task
+        per connection), whose pass clock dates the replies (`_served`)."""
         self.server = server
         self.handler: CommandHandler = server.handler  # native calls when both are compiled
         self.counters = server.counters
@@ -124,6 +127,7 @@ class Conversation:
         self.next_event = parser.next_event  # the chosen parser's, once the first byte came
         self.receive_data = parser.receive_data  # the same
         self.now = trio.lowlevel.current_clock().current_time  # trio.current_time, direct
+        self.loop = loop
         self.negotiated = False
         self.text: TextParser | None = None  # write points: text only (protocol.write_points)
         self.requests: RequestParser | None = None  # text without auth: called natively
@@ -152,7 +156,7 @@ class Conversation:
             requests.receive_data(data)
         else:
             block = self._received_other(data)
-        self.points = WritePoints(block=block)
+        self.points.restart(block)  # (the points of one read: no object per read)
         self.sendable = self.replied = 0
         self.event = None
         self.served = self.quitting = self.watching = self.hanging_up = False
@@ -261,7 +265,9 @@ class Conversation:
         takes it all (and no replication wait comes first)."""
         out = self.out
         text = self.text
-        if not self.hanging_up and (text is None or not text.in_data_block):
+        requests = self.requests  # (its property read natively; TextParser's by name)
+        if not self.hanging_up and (text is None or not (
+                requests.in_data_block if requests is not None else text.in_data_block)):
             sendable = len(out)  # the common case, inline
         else:
             sendable = self._sendable_at_end()
@@ -286,8 +292,20 @@ class Conversation:
         if self.quitting or self.watching:
             return self._after_send()
         if self.served:
-            self.conn.active = self.now()  # idle from the last reply sent
+            self._served()
         return None
+
+    def _served(self) -> None:
+        """The replies of a read are sent: the connection is idle from now (`conn.active`,
+        its idle timeout and `stats conns`). In the ReadyLoop's pass, dated by the pass's one
+        clock reading at its end (`ReadyLoop.rearm`), not by a clock read per read: trio's
+        clock is an interpreted frame (~1% of the CPU per request: docs/benchmarks.md "Round
+        seven: backend")."""
+        loop = self.loop
+        if loop is not None and loop.in_pass:
+            loop.rearm(self.conn)
+        else:
+            self.conn.active = self.now()
 
     def _settle(self, verdict: bool) -> None:
         """The gate's callback for a parked connection: its verdict is known."""
@@ -342,7 +360,7 @@ class Conversation:
         if self.watching:
             return self._watch()
         if self.served:
-            self.conn.active = self.now()  # idle from the last reply sent
+            self._served()
         return None
 
     async def _finish(self, wait: Coroutine[Any, Any, None]) -> bool:

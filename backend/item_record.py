@@ -137,6 +137,22 @@ def value_of(record: bytes) -> bytes | memoryview:
     return memoryview(record)[VALUE_AT:]
 
 
+def flags_of(record: bytes) -> int:
+    """A record's client flags, read byte by byte: native code when compiled, where the
+    header's unpack is a call, a tuple and boxed ints (docs/benchmarks.md "Round seven:
+    backend")."""
+    at = FLAGS_AT
+    return record[at] | record[at + 1] << 8 | record[at + 2] << 16 | record[at + 3] << 24
+
+
+def has_expiry(record: bytes) -> bool:
+    """Whether a record has an expiry (a byte of its expiry field set), read as `flags_of`
+    reads."""
+    at = EXPIRES_AT
+    return (record[at] | record[at + 1] | record[at + 2] | record[at + 3] | record[at + 4]
+            | record[at + 5] | record[at + 6] | record[at + 7]) != 0
+
+
 def decode(key_length: int, record: bytes) -> Item:
     """The item a record holds; its value as `value_of` reads it."""
     cas, expires, flags, last_access, updated, bits = unpack_header(record)

@@ -186,7 +186,8 @@ class BackendServer:
             return BinaryRequestParser(max_item_size=settings.max_item_size, auth=auth)
 
         # memcached's -B auto: the first byte chooses text or binary for the connection
-        conversation = Conversation(self, conn, NegotiatingParser(text, binary))
+        conversation = Conversation(self, conn, NegotiatingParser(text, binary),
+                                    self.connections.ready_loop)
         self._conversations[conn] = conversation
         return conversation.received
 

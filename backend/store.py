@@ -54,6 +54,8 @@ from memring.backend.item_record import (
     allocated,
     decode,
     expiry_of,
+    flags_of,
+    has_expiry,
     record_cost,
     record_size,
     unpack_header,
@@ -252,14 +254,24 @@ class Store:
             self.fetched(key, item, now)
         return item
 
-    def fetch(self, key: bytes) -> tuple[int, int, bytes | memoryview] | None:
+    def fetch(self, key: bytes, with_cas: bool = True
+              ) -> tuple[int, int, bytes | memoryview] | None:
         """`get` for the get and gets replies, without building an Item: (flags, cas,
-        value) of the live item, a view of its record; counted and marked as `get` does."""
+        value) of the live item, a view of its record; counted and marked as `get` does.
+        Without `with_cas`, the cas is not to be read (0 when a hit changes nothing: already
+        active, no expiry, no flush pending, most gets; then only its flags are read from the
+        header)."""
         record = self.items.get(key)
         if record is None:
             self.stats.cmd_get += 1
             self.stats.get_misses += 1
             return None
+        if (not with_cas and record[BITS_AT] & ACTIVE and not self.flush_before
+                and not has_expiry(record)):
+            stats = self.stats
+            stats.cmd_get += 1
+            stats.get_hits += 1
+            return flags_of(record), 0, value_of(record)
         cas, expires, flags, _, updated, bits = unpack_header(record)
         # the clock only when something reads it (most items: no expiry, no flush pending,
         # already active): a call and a float less per get

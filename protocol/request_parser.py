@@ -166,13 +166,12 @@ class RequestParser:
                 if event is not None:
                     return event
                 continue
-            line = self._buf.take_line()
+            buf = self._buf
+            line = buf.take_line(drop_cr=True)  # (its "\r" dropped in the same copy)
             if line is None:
                 return self._unterminated()
-            if len(line) > self.max_line:
+            if len(line) + (1 if buf.cr_dropped else 0) > self.max_line:
                 return self._close(_TOO_LONG)
-            if line.endswith(b"\r"):
-                line = line[:-1]
             event = self._line(line)
             if event is not None:
                 return event
@@ -249,9 +248,10 @@ class RequestParser:
             exptime = parsed
             keys = tokens[2:]
         else:
-            keys = tokens[1:]
-            if not keys:
+            if len(tokens) < 2:
                 return ProtocolError(ERROR)
+            del tokens[0]  # the keys, in the split's own list (no second list per get)
+            keys = tokens
         for key in keys:
             if len(key) > KEY_MAX_LENGTH:
                 # The whole reply is the error: values already found are dropped.

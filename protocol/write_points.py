@@ -45,6 +45,12 @@ class WritePoints:
         self.unwritten = unwritten  # replies built since the last write point
         self._block = block
 
+    def restart(self, block: str = "") -> None:
+        """Count a new read from nothing, as `WritePoints(block=block)` would (one object
+        per connection rather than one per read)."""
+        self.requests = self.unwritten = 0
+        self._block = block
+
     def before(self) -> bool:
         """A request is about to be answered: True if a write point comes first (the
         swallowed block it follows)."""

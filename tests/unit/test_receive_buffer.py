@@ -36,3 +36,29 @@ def test_partial_block_is_not_consumed() -> None:
     assert buf.peek(10) == b"rest"
     assert buf.skip(10) == 4
     assert len(buf) == 0 and buf.take_line() is None
+
+
+def test_a_rest_spans_into_the_next_reads_and_whole_reads_come_back() -> None:
+    # A read consumed whole is kept as it came; a rest left unread moves on with the next
+    # read; once everything is consumed again, the next read is kept as it came again.
+    buf = ReceiveBuffer()
+    buf += b"get a\r\nget b"
+    assert buf.take_line() == b"get a\r"
+    assert buf.take_line() is None and len(buf) == 5
+    buf += b"\r\nset c 0 0 2\r\nx"
+    assert buf.take_line() == b"get b\r"
+    assert buf.take_line() == b"set c 0 0 2\r"
+    assert buf.take_block(2) is None and buf.peek(9) == b"x"
+    buf += b"y\r\n"
+    assert buf.take_block(2) == (b"xy", True)
+    assert len(buf) == 0
+    buf += b"get d\r\n"
+    assert buf.startswith(b"d", 4) and buf.line_length() == 7
+    assert buf.take(3) == b"get" and buf.skip(1) == 1
+    assert buf.take_line() == b"d\r" and len(buf) == 0
+    buf += b"get e"
+    buf.clear()
+    assert len(buf) == 0 and buf.take_line() is None
+    buf += b"get f\r\n"
+    assert buf.take_line() == b"get f\r"
+

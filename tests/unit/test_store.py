@@ -228,6 +228,38 @@ def test_fetch_marks_hits_as_get_does(clock: FakeClock) -> None:
         by_get.bytes, by_get.record_bytes, by_get.next_expiry)
 
 
+def test_fetch_without_cas_reads_as_the_full_header_does(clock: FakeClock) -> None:
+    """A plain get's `fetch(with_cas=False)` reads only the flags of a hit that changes
+    nothing; the items it leaves and the hits it counts are `fetch`'s, flags beyond 16 bits,
+    expiring items (until they expire) and a pending flush_all included."""
+    lean, full = Store(clock=clock), Store(clock=clock)
+    flags = 0xFEDCBA98
+    for store in (lean, full):
+        store.store(b"set", b"a", b"1", flags, 0)
+        store.store(b"set", b"b", b"22", 1, 3)  # expires 3 s from now
+        store.store(b"set", b"c", b"333", 1 << 24, 0)
+    seen = []
+    lean_hits = 0
+    for step in range(7):
+        if step == 3:
+            for store in (lean, full):
+                store.flush_all(delay=2)  # flushes everything stored before then
+        for key in (b"a", b"b", b"c"):
+            hit, expected = lean.fetch(key, with_cas=False), full.fetch(key)
+            assert (hit is None) == (expected is None)
+            if hit is not None and expected is not None:
+                assert (hit[0], hit[2]) == (expected[0], expected[2])
+                lean_hits += hit[1] == 0  # (the cas unread: only the flags were)
+                seen.append(hit[0])
+            assert list(lean.items.items()) == list(full.items.items())
+        clock.now += 1
+    assert {flags, 1, 1 << 24} <= set(seen)  # each hit at least once, all gone at the end
+    assert lean_hits == 2  # a's and c's third hits (b has an expiry; then a flush is pending)
+    assert hit is None  # (c's last: flushed)
+    assert (lean.stats.get_hits, lean.stats.get_misses) == (
+        full.stats.get_hits, full.stats.get_misses)
+
+
 def test_flush_all_gives_the_table_back(clock: FakeClock) -> None:
     store = Store(clock=clock)
     for i in range(10_000):
