@@ -538,6 +538,10 @@ class Store:
             elif count_miss:
                 stats.decr_misses += 1
             return Outcome.NOT_FOUND, 0, None
+        # memcached's order (do_add_delta): an empty value is non-numeric before the CAS is
+        # compared; any other value's CAS is compared before its digits are read
+        if not len(item.value):
+            return Outcome.NON_NUMERIC, 0, item
         if cas_unique and item.cas != cas_unique:
             return Outcome.EXISTS, 0, item
         current = parse_stored_number(bytes(item.value))

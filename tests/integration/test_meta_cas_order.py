@@ -64,10 +64,6 @@ def test_the_backend_answers_as_memcached(backend: servers.RunningServer, reques
     assert wire.request(backend, request_ % {b"k": b"be-cas-order"}) == answer
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (round seven audit): the backend's ma compares the CAS before finding an empty "
-    "value non-numeric; fix in backend/store.py Store.arithmetic (owned by the backend "
-    "engineer): answer NON_NUMERIC for an empty value before comparing cas_unique"))
 def test_the_backend_finds_an_empty_value_non_numeric_before_the_cas(
         backend: servers.RunningServer) -> None:
     request_, answer = MA_EMPTY
