@@ -472,8 +472,8 @@ class BackendConnection:
                     if head.listener is not None:
                         arrived.append(head.listener)
                     head = None
-        except Unauthenticated as exc:
-            self._fail(f"{self.host}:{self.port}: {exc}" + (
+        except Unauthenticated as refusal:  # (its own name: mypyc types one by its first handler)
+            self._fail(f"{self.host}:{self.port}: {refusal}" + (
                            "" if self.login is not None else
                            " and this proxy has no credentials: give it "
                            "--backend-auth-file"))

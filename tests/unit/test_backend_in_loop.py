@@ -194,6 +194,22 @@ async def test_a_backend_closing_mid_reply_fails_every_pending_reply() -> None:
         assert setup.backend.asked == [b"get a"]  # the socket closed before b was read
 
 
+async def test_a_reply_that_answers_no_request_fails_the_connection_as_a_bad_reply() -> None:
+    # An ordinary ResponseError after the Unauthenticated handler in the same function: the
+    # compiled module once raised TypeError here (one exception variable, typed by the
+    # first handler), which the loop logged as an unexpected failure.
+    async with looped() as setup:
+        setup.backend.answer = lambda line: b"STORED\r\n"  # a get answered as a set
+        setup.send(b"get a\r\n")
+        while not setup.forwarder.told.tasks:
+            await setup.forwarder.told.arrived.wait()
+        (reply,) = setup.forwarder.replies
+        assert reply.error is not None and "bad reply from" in reply.error
+        assert "out of step" in reply.error
+        assert not setup.conn.alive
+        assert len(setup.failures) == 1 and "bad reply from" in setup.failures[0]
+
+
 async def test_a_send_the_kernel_does_not_take_whole_falls_back_to_the_writer() -> None:
     steps = TaskSteps("_write_forever")
     async with looped({b"big": BIG_SET}) as setup:
