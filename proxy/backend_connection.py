@@ -502,8 +502,8 @@ class BackendConnection:
         if pending and pending[0].events:
             # A reply spanning reads is a big one: its client's budget is charged for each
             # read as it comes (ReplyStream.hold_arriving), not only once it is whole.
-            listener = pending[0].listener
-            hold = getattr(listener, "hold_arriving", None) if listener is not None else None
+            owner = pending[0].listener
+            hold = getattr(owner, "hold_arriving", None) if owner is not None else None
             if hold is not None:
                 hold(len(data))
         self._on_success()
