@@ -50,7 +50,9 @@ from memring.netio.connection import Connection
 from memring.netio.connection_server import ConnectionServer
 from memring.netio.streams import PlainStream
 from memring.proxy.buffer_budget import OUT_OF_MEMORY_WRITING, BufferBudget
+from memring.proxy.held_replies import held_bytes
 from memring.proxy.slots import NEEDS_TASK, WAITING, Poll, Ready, Reply, SlicedReply, Slot
+from memring.proxy.split_get import SplitGet
 from memring.proxy.stats import ProxyStats
 
 log = logging.getLogger("memring.proxy")
@@ -65,8 +67,8 @@ INITIAL_WINDOW = 4       # ... on a new connection, until it has taken its repli
 class ReplyStream:
     __slots__ = ("_answered", "_batch_bytes", "_batch_replies", "_budget", "_buffers",
                  "_closed", "_conn", "_drainer", "_flush_size", "_held_most", "_held_out",
-                 "_nursery", "_plain", "_server", "_stats", "_stream", "_unsent",
-                 "_write_timeout",
+                 "_held_replies", "_in_hand", "_nursery", "_plain", "_server", "_stats",
+                 "_stream", "_unsent", "_write_timeout",
                  "affinity", "held", "held_input", "idle_when_answered", "queue",
                  "started", "waiting_for_client", "window")
 
@@ -107,6 +109,8 @@ class ReplyStream:
         self.held_input = 0  # bytes charged to `buffers`: the parser's partial requests
         self._held_out = 0  # ... and replies waiting for the socket
         self._held_most = 0
+        self._held_replies = 0  # ... and, while a drainer owns the queue, what its slots hold
+        self._in_hand: Slot | None = None  # the slot whose reply the drainer is sending
         self._batch_bytes = 0  # replies sent since the window was last adjusted
         self._batch_replies = 0
 
@@ -164,9 +168,10 @@ class ReplyStream:
         give back what it held; returns the most it ever held (netio.heap trims the heap
         after big ones)."""
         self._closed = True
-        self._buffers.change(self.held_input + self._held_out, 0)
-        self.held_input = self._held_out = 0
+        self._buffers.change(self.held_input + self._held_out + self._held_replies, 0)
+        self.held_input = self._held_out = self._held_replies = 0
         self._unsent = b""
+        self._in_hand = None
         self.queue.clear()  # the slots' replies go now, not when the collector finds them
         if self._drainer is not None:
             self._drainer.cancel()
@@ -179,7 +184,10 @@ class ReplyStream:
         # before anything is made for a send or another call.
         queue = self.queue
         ready = len(queue) - self.held  # slots whose replies may leave
-        if ready <= 0 or self._drainer is not None or self._closed:
+        if self._drainer is not None:
+            self._charge_replies()  # the client is behind: what it holds here counts
+            return
+        if ready <= 0 or self._closed:
             return
         reply = queue[0].poll()
         if reply is _WAITING:
@@ -266,6 +274,7 @@ class ReplyStream:
         with scope:
             if await self._drain_queue():
                 self._drainer = None
+                self._in_hand = None
                 self._done()
 
     async def _drain_queue(self) -> bool:
@@ -298,6 +307,7 @@ class ReplyStream:
                     else:
                         reply = polled
                 del queue[0]
+                self._in_hand = slot  # (its reply's blocks are held until the next is taken)
                 observe(self.started)
                 self._batch_replies += 1
                 if isinstance(reply, bytes):
@@ -353,6 +363,9 @@ class ReplyStream:
 
     async def _wait_sent(self, data: bytes | memoryview) -> bool:
         """Send `data` and whatever the stream holds back (its TLS backlog)."""
+        self._charge_replies()
+        if self._closed:
+            return False
         with trio.move_on_after(self._write_timeout) as scope:
             await self._stream.send_all(data)
         if scope.cancelled_caught:
@@ -361,7 +374,49 @@ class ReplyStream:
             self.drop(None)
             return False
         self._hold_output(0)
+        self._charge_replies()
         return not self._closed
+
+    def _charge_replies(self) -> None:
+        """A drainer owns the queue (the client is behind, or a big reply goes in slices):
+        charge what its queued replies and the one being sent hold (proxy/held_replies.py).
+        They are in hand, so the charge is forced; one that passes the budget closes the
+        client, with memcached's error line if it stands between whole replies."""
+        if self._closed:
+            return
+        held = sum([held_bytes(slot) for slot in self.queue])
+        if self._in_hand is not None:
+            held += held_bytes(self._in_hand)
+        self._charge(held)
+
+    def hold_arriving(self, size: int) -> None:
+        """A backend connection read `size` bytes of a reply to this client that spans
+        reads (a big one): charged as they come, counted exactly once replies leave."""
+        if not self._closed:
+            self._charge(self._held_replies + size)
+
+    def _charge(self, held: int) -> None:
+        """Charge `held` bytes of replies; past the budget, close the client."""
+        buffers = self._buffers
+        grew = held > self._held_replies
+        buffers.change(self._held_replies, held, force=True)
+        self._held_replies = held
+        self._held_most = max(self._held_most, held + self._held_out + self.held_input)
+        if grew and buffers.used > buffers.limit:
+            buffers.refusals += 1
+            if self._between_replies():
+                self._refuse()
+            else:  # no line fits inside a reply under way: the close says it
+                buffers.log_refusal("replies")
+                self.drop(None)
+
+    def _between_replies(self) -> bool:
+        """Whatever went to the client so far ends where a reply ends."""
+        if self._held_out or self._unsent or self._stream.backlog:
+            return False
+        in_hand = self._in_hand
+        return not isinstance(in_hand, SplitGet) or in_hand.sliced is None or \
+            in_hand.sliced.done
 
     def _refuse(self) -> None:
         """Holding more for this client would pass --max-buffered-bytes: tell it as memcached
@@ -377,6 +432,8 @@ class ReplyStream:
     def _done(self) -> None:
         """Everything issued is answered: let the session issue more, or stop it when the
         server is shutting down and it only waits for its client."""
+        if self._held_replies:  # (the fast path charges nothing: only after big replies)
+            self._charge_replies()
         if self._answered is not None:
             self._answered.set()
             self._answered = None

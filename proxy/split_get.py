@@ -42,7 +42,7 @@ class SplitGet:
     """A multi-key get split per shard (each distinct key asked once); values reassembled in
     the client's key order, a big reply in slices."""
 
-    __slots__ = ("distinct", "keys", "misses", "part_keys", "parts", "sliced")
+    __slots__ = ("distinct", "keys", "misses", "part_keys", "parts", "sliced", "sliced_bytes")
 
     def __init__(self, keys: list[bytes], distinct: int, parts: list[Settling],
                  part_keys: list[int], misses: ProxyStats | None = None) -> None:
@@ -53,6 +53,21 @@ class SplitGet:
         # on_shard_error = miss: where a part whose shard cannot answer is counted as misses
         self.misses = misses
         self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
+        self.sliced_bytes = 0  # ... and the encoded blocks it holds until it is dropped
+
+    def held_bytes(self) -> int:
+        """The value bytes this get holds for its client (proxy/held_replies.py): its
+        parts' values so far, or once sliced the blocks its reply renders from."""
+        if self.sliced is not None:
+            return self.sliced_bytes
+        held = 0
+        for part in self.parts:
+            pending = part if isinstance(part, PendingReply) else getattr(part, "pending", None)
+            if isinstance(pending, PendingReply):
+                for event in pending.events:
+                    if type(event) is Values:
+                        held += len(event.wire)
+        return held
 
     def _missed(self, index: int, pending: PendingReply) -> bool:
         """Part `index` failed and answers its keys as misses (counted once: the reply
@@ -117,6 +132,7 @@ class SplitGet:
             return reply.next_slice()
         self.parts = []  # the encoded blocks are all the rest needs: let the replies go
         self.sliced = reply
+        self.sliced_bytes = size
         return reply
 
 

@@ -25,11 +25,6 @@ KEYS = [b"budget:%02d" % i for i in range(80)]
 CLIENTS = 12
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (round seven audit): a split multi-get's parts are held uncharged until the whole "
-    "reply is rendered; fix: charge a part's values to the BufferBudget as they arrive "
-    "(proxy/split_get.py, proxy/pending_reply.py), or cut a client's window by the bytes its "
-    "gets may return"))
 def test_clients_that_never_read_big_multi_gets_stay_within_the_budget() -> None:
     with servers.proxy_over("memcached", shards=3, max_buffered_bytes=BUDGET) as proxy:
         for start in range(0, len(KEYS), 10):
