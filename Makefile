@@ -61,6 +61,7 @@ lint: venv
 	$(BIN)/ruff check memring protocol netio cluster backend proxy tests bench compose build_support
 	$(BIN)/mypy
 	$(BIN)/mypy --strict compose/healthcheck.py compose/secure_init.py compose/rolling_restart.py build_support/compile_hot_modules.py
+	$(if $(filter yes,$(COMPILE)),$(BIN)/python build_support/compile_hot_modules.py --verify)
 
 test: debian-deps venv lint
 	$(BIN)/python -m pytest -q --durations=15 --ignore=tests/compose

@@ -79,22 +79,30 @@ def up_to_date(modules: list[str]) -> bool:
                     .with_suffix(EXTENSION_SUFFIX).is_file() for module in modules))
 
 
-def build(modules: list[str]) -> bool:
-    """Compile `modules` in place and write the manifest; False (one line on stderr) when it cannot."""
+def cannot_compile() -> str | None:
+    """Why this machine cannot build the extensions (no compiler, headers or mypyc), or None."""
     compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
-        print(f"memring: no C compiler ({compiler}); the hot modules stay pure Python", file=sys.stderr)
-        return False
+        return f"no C compiler ({compiler})"
     headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
     if not headers.is_file():
-        print(f"memring: no Python headers ({headers}); the hot modules stay pure Python", file=sys.stderr)
-        return False
+        return f"no Python headers ({headers})"
     try:
-        from mypyc.build import mypycify
-        from setuptools import Distribution  # type: ignore[import-untyped]
+        import mypyc.build  # noqa: F401
+        import setuptools  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as error:
-        print(f"memring: mypyc unavailable ({error}); the hot modules stay pure Python", file=sys.stderr)
+        return f"mypyc unavailable ({error})"
+    return None
+
+
+def build(modules: list[str]) -> bool:
+    """Compile `modules` in place and write the manifest; False (one line on stderr) when it cannot."""
+    reason = cannot_compile()
+    if reason is not None:
+        print(f"memring: {reason}; the hot modules stay pure Python", file=sys.stderr)
         return False
+    from mypyc.build import mypycify
+    from setuptools import Distribution
     clean()  # no extension of an earlier build outlives this one
     sources = {module: module_source(PACKAGE_FOLDER, PACKAGE, module) for module in modules}
     # Hashed before compiling: an edit made during the build leaves the manifest stale, not wrong.
@@ -120,17 +128,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true", help="remove the compiled extensions")
     parser.add_argument("--force", action="store_true", help="rebuild even if the build is up to date")
+    parser.add_argument("--verify", action="store_true",
+                        help="exit 1 if this machine can compile but the build is missing or stale")
     arguments = parser.parse_args()
     if arguments.clean:
         clean()
         return
     modules = hot_modules()
+    if arguments.verify:
+        sys.exit(verify(modules))
     if not arguments.force and up_to_date(modules):
         print(f"memring: the {len(modules)} compiled modules are up to date")
         return
     started = time.monotonic()
     if build(modules):
         print(f"memring: {len(modules)} modules compiled with mypyc in {time.monotonic() - started:.0f} s")
+
+
+def verify(modules: list[str]) -> int:
+    """`make lint`: a build that mypyc refused falls back to pure Python without failing `make
+    venv` (by design, for machines without a compiler), so a module edit mypyc cannot compile
+    would otherwise pass every test uncompiled and slow (round seven: one did, unnoticed)."""
+    reason = cannot_compile()
+    if reason is not None:
+        print(f"memring: {reason}: the hot modules run as pure Python here")
+        return 0
+    if up_to_date(modules):
+        print(f"memring: the {len(modules)} compiled modules are up to date")
+        return 0
+    print("memring: the hot modules are not compiled although this machine can compile them: "
+          "run `make venv` and read mypyc's error above its 'mypyc build failed' line", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
