@@ -378,12 +378,19 @@ def scenario_repeat(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
 def scenario_noread(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     set_value(target.port, b"hostile:big", b"b" * 100_000)
-    deadline = time.monotonic() + 20
-    socks = connect_many(target.port, args.noread_clients, deadline)
+    return flood(target, args, args.noread_clients, b"get hostile:big\r\n" * 40, 20, 64)
+
+
+def flood(target: Target, args: argparse.Namespace, clients: int, data: bytes,
+          seconds: float, drain: int) -> dict[str, Any]:
+    """`clients` connections each send `data` and read nothing for `args.hold` seconds; then
+    what they got (the first `drain` bytes of each), and all close."""
+    deadline = time.monotonic() + seconds
+    socks = connect_many(target.port, clients, deadline)
     try:
-        pushed = push(socks, b"get hostile:big\r\n" * 40, deadline)
+        pushed = push(socks, data, deadline)
         hold(args.hold)
-        answers = drain_answers(socks, 64)
+        answers = drain_answers(socks, drain)
     finally:
         for s in socks:
             s.close()
@@ -392,16 +399,7 @@ def scenario_noread(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
 def scenario_halfline(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     line = b"get" + b" hk" * ((1_000_000 - 3) // 3)  # no newline
-    deadline = time.monotonic() + 30
-    socks = connect_many(target.port, args.halfline_clients, deadline)
-    try:
-        pushed = push(socks, line, deadline)
-        hold(args.hold)
-        answers = drain_answers(socks, 128)
-    finally:
-        for s in socks:
-            s.close()
-    return {"clients": len(socks), "sent_all": pushed, "got": answers}
+    return flood(target, args, args.halfline_clients, line, 30, 128)
 
 
 def scenario_manykeys(target: Target, args: argparse.Namespace) -> dict[str, Any]:
@@ -411,16 +409,8 @@ def scenario_manykeys(target: Target, args: argparse.Namespace) -> dict[str, Any
     keys = [b"hostile:many%02d" % i for i in range(80)]
     for key in keys:
         set_value(target.port, key, key[-2:] * 250_000)
-    deadline = time.monotonic() + 20
-    socks = connect_many(target.port, args.manykeys_clients, deadline)
-    try:
-        pushed = push(socks, (b"get " + b" ".join(keys) + b"\r\n") * 4, deadline)
-        hold(args.hold)
-        answers = drain_answers(socks, 64)
-    finally:
-        for s in socks:
-            s.close()
-    return {"clients": len(socks), "sent_all": pushed, "got": answers}
+    return flood(target, args, args.manykeys_clients, (b"get " + b" ".join(keys) + b"\r\n") * 4,
+                 20, 64)
 
 
 def scenario_idle(target: Target, args: argparse.Namespace) -> dict[str, Any]:
