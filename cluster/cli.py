@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
@@ -257,11 +258,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2) if args.json else render_table(doc), flush=True)
         return 0 if healthy(doc) else 1
 
-    async def watch(etcd: Any) -> int:
-        code = 0
+    async def refresh(etcd: Any) -> None:
         previous: dict[str, Any] | None = None
         taken = 0.0
-        while True:  # bounded by Ctrl-C
+        while True:  # bounded by Ctrl-C or SIGTERM (watch)
             try:
                 now = trio.current_time()
                 doc = with_rates(await _status_doc(etcd, login, tls, channel), previous,
@@ -269,21 +269,27 @@ def _status(args: argparse.Namespace) -> int:
                 previous, taken = doc, now
             except CoordinatorError as exc:
                 print(f"memring: etcd: {exc}", file=sys.stderr, flush=True)
-                code = 1
             else:
-                code = 0 if healthy(doc) else 1
                 if args.json:
                     print(json.dumps(doc), flush=True)
                 else:
                     print("\x1b[H\x1b[2J" + render_table(doc), flush=True)
             await trio.sleep(WATCH_INTERVAL)
-        return code
+
+    async def watch(etcd: Any) -> int:
+        # Its own handlers, not KeyboardInterrupt: a process started with SIGINT ignored
+        # (a background job of a non-interactive shell, as CI starts tests) gets no
+        # KeyboardInterrupt from Python, and Ctrl-C sent to it was ignored for good.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(refresh, etcd)
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+        return 0
 
     if args.watch:
-        try:
-            return _with_etcd(args, watch)
-        except KeyboardInterrupt:
-            return 0
+        return _with_etcd(args, watch)
     return _with_etcd(args, once)
 
 
