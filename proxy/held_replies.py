@@ -26,8 +26,9 @@ def held_bytes(slot: object) -> int:
     """The bytes `slot` (a queued request's slot) holds for its client."""
     if isinstance(slot, PendingReply):  # the one-object slots (proxy/direct_slots.py)
         return events_bytes(slot)
-    if isinstance(slot, SplitGet):
-        return slot.held_bytes()
+    if isinstance(slot, SplitGet):  # its parts' values so far, or once sliced its blocks
+        return slot.sliced_bytes if slot.sliced is not None else \
+            sum([held_bytes(part) for part in slot.parts])
     if isinstance(slot, Ready):
         return len(slot.data)
     pending = getattr(slot, "pending", None)  # a Forwarded, a read with failover, ...

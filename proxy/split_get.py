@@ -55,20 +55,6 @@ class SplitGet:
         self.sliced: SlicedReply | None = None  # once rendered: the drainer sends it
         self.sliced_bytes = 0  # ... and the encoded blocks it holds until it is dropped
 
-    def held_bytes(self) -> int:
-        """The value bytes this get holds for its client (proxy/held_replies.py): its
-        parts' values so far, or once sliced the blocks its reply renders from."""
-        if self.sliced is not None:
-            return self.sliced_bytes
-        held = 0
-        for part in self.parts:
-            pending = part if isinstance(part, PendingReply) else getattr(part, "pending", None)
-            if isinstance(pending, PendingReply):
-                for event in pending.events:
-                    if type(event) is Values:
-                        held += len(event.wire)
-        return held
-
     def _missed(self, index: int, pending: PendingReply) -> bool:
         """Part `index` failed and answers its keys as misses (counted once: the reply
         is rendered once)."""
