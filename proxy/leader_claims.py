@@ -54,7 +54,7 @@ class Claim:
 class _Probe:
     """One `stats` in flight to a node; its arrival wakes the writes waiting for its shard."""
 
-    __slots__ = ("affinity", "claims", "reply", "sent_at", "shard")
+    __slots__ = ("affinity", "answered_at", "claims", "reply", "sent_at", "shard")
 
     def __init__(self, claims: LeaderClaims, shard: str, sent_at: float) -> None:
         self.affinity = 0  # the pool's first connection
@@ -62,8 +62,10 @@ class _Probe:
         self.shard = shard
         self.sent_at = sent_at
         self.reply: PendingReply | None = None
+        self.answered_at = -math.inf
 
     def reply_arrived(self) -> None:
+        self.answered_at = trio.current_time()
         self.claims.wake(self.shard)
 
 
@@ -148,7 +150,7 @@ class LeaderClaims:
                 reply = probe.reply
                 if reply is not None and reply.done:
                     probe.reply = None
-                    self._heard(shard, pool, reply)
+                    self._heard(shard, pool, reply, probe)
         claim = self._claims.get(shard)
         return claim.pool if claim is not None and claim.pool.available else None
 
@@ -167,7 +169,7 @@ class LeaderClaims:
                 self.probes_sent += 1
         return self.leader(shard)
 
-    def _heard(self, shard: str, pool: NodePool, reply: PendingReply) -> None:
+    def _heard(self, shard: str, pool: NodePool, reply: PendingReply, probe: _Probe) -> None:
         said = said_leader(reply, shard)
         claim = self._claims.get(shard)
         if said is None:
@@ -180,5 +182,10 @@ class LeaderClaims:
         if claim is None or epoch > claim.epoch:
             self._claims[shard] = Claim(pool, epoch, node_id)
             self.claims_taken += 1
-            log.info("shard %s: %s claims to lead (epoch %d): waiting writes go there", shard,
-                     node_id, epoch)
+            # the probe's timing says where a slow claim's time went (docs/scaling.md, round
+            # eight: the node answering late, or the reply read late by this process)
+            log.info("shard %s: %s claims to lead (epoch %d): waiting writes go there (its "
+                     "probe answered %.0f ms after it was sent, read %.0f ms after that; %d "
+                     "probes sent so far)", shard, node_id, epoch,
+                     (probe.answered_at - probe.sent_at) * 1e3,
+                     (trio.current_time() - probe.answered_at) * 1e3, self.probes_sent)
