@@ -247,6 +247,24 @@ def _ttl_out_of_range(_: int, command: bytes) -> bool:
     return False
 
 
+_C_WHITESPACE = frozenset(b" \t\n\v\f\r")
+
+
+def _whitespace_value(_: int, command: bytes) -> bool:
+    """A storage command (or ms) whose data block is only C whitespace: a later
+    incr/decr/ma on it makes 1.6.18's strtoull read past the value (not NUL-terminated) into
+    whatever the slab chunk held before, e.g. a deleted key's digits."""
+    words = _words(command)
+    if not words or (words[0] not in STORAGE and words[0] != b"ms"):
+        return False
+    line_end = command.find(b"\n")
+    if line_end < 0:
+        return False
+    data = command[line_end + 1:]
+    data = data[:-2] if data.endswith(b"\r\n") else data
+    return bool(data) and all(byte in _C_WHITESPACE for byte in data)  # empty: NON_NUMERIC
+
+
 COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
     CommandDifference(
         "out_of_range_number", "README: numbers past their field's range (flags and meta F past "
@@ -291,6 +309,10 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "ttl_out_of_range", "mg/ma N or T with a negative or past TTL: the t both print is "
         "clock-dependent (1.6.18 an unsigned wrap, memring a negative number)", ALL,
         _ttl_out_of_range),
+    CommandDifference(
+        "whitespace_value_arithmetic", "README: incr/decr/ma on a value of only whitespace is "
+        "non-numeric in memring; 1.6.18 reads on past the value into stale slab bytes "
+        "(tests/integration/test_arithmetic_whitespace_value.py)", ALL, _whitespace_value),
 )
 
 
