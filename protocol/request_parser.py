@@ -467,9 +467,11 @@ class RequestParser:
 # A data block's builders, bound with functools.partial rather than closures: a closure
 # compiled by mypyc is a reference cycle (its environment holds it), left to the cyclic GC.
 def _store_with_data(command: bytes, key: bytes, flags: int, exptime: int, cas_unique: int,
-                     noreply: bool, value: bytes | None) -> Request | None:
+                     noreply: bool, value: bytes | None) -> Request:
     if value is None:
-        return _error(b"CLIENT_ERROR bad data chunk", noreply)
+        # noreply hides the error, but its block still ends where memcached writes what it
+        # holds (protocol.write_points): an error with nothing to send marks that point
+        return ProtocolError(b"" if noreply else _BAD_CHUNK)
     return Store(command, key, flags, exptime, value, cas_unique, noreply)
 
 
