@@ -303,8 +303,9 @@ COMMAND_DIFFERENCES: tuple[CommandDifference, ...] = (
         "the other flags (and before mg N creates an item); 1.6.18 reports the other errors "
         "first and may create the item before refusing", ALL, _long_opaque),
     CommandDifference(
-        "vivify_base64_key", "mg with N, b and k on a miss: 1.6.18 prints the decoded key "
-        "there; memring prints the key as sent, with b", ALL, _vivify_with(b"b", b"k")),
+        "vivify_base64_key", "mg with N and b on a miss: 1.6.18 does not mark the item it "
+        "creates binary, so its k then and later prints the decoded key; memring prints the "
+        "key base64, with b, as for an item ms stored with b", ALL, _vivify_with(b"b")),
     CommandDifference(
         "ttl_out_of_range", "mg/ma N or T with a negative or past TTL: the t both print is "
         "clock-dependent (1.6.18 an unsigned wrap, memring a negative number)", ALL,
