@@ -14,7 +14,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -49,8 +49,8 @@ class DribbleRelay:
         self.threads: list[threading.Thread] = []
         self._start(self._accept)
 
-    def _start(self, run: object, *args: object) -> None:
-        thread = threading.Thread(target=run, args=args, daemon=True)  # type: ignore[arg-type]
+    def _start(self, run: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=run, args=args, daemon=True)
         self.threads.append(thread)
         thread.start()
 
@@ -99,7 +99,8 @@ def dribbled(request: pytest.FixtureRequest) -> Iterator[servers.RunningServer]:
     with contextlib.ExitStack() as stack:
         shards = [stack.enter_context(servers.start(str(request.param))) for _ in range(2)]
         relays = [DribbleRelay((servers.HOST, shard.port)) for shard in shards]
-        stack.callback(lambda: [relay.close() for relay in relays])
+        for relay in relays:
+            stack.callback(relay.close)
         fronts = [servers.RunningServer("relay", relay.port, shard.process)
                   for relay, shard in zip(relays, shards, strict=True)]
         yield stack.enter_context(servers.proxy([[front] for front in fronts], pool_size=1))
