@@ -163,6 +163,8 @@ class RequestParser:
                 # memcached consumes exactly <bytes>+2 and checks the tail (no resync).
                 data, terminated = block
                 event: Request | None = build(data if terminated else None)
+                if not terminated and type(event) is ProtocolError:
+                    event.block = len(data)  # a bad data chunk: where it ends matters
                 if event is not None:
                     return event
                 continue

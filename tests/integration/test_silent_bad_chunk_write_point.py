@@ -62,6 +62,19 @@ def server(request: pytest.FixtureRequest) -> Iterator[servers.RunningServer]:
             yield direct
 
 
+# with its reply: a 20 KB block past memcached's read buffer, read in one go by memring:
+# memcached writes its CLIENT_ERROR where the block ends, before the next line's ERROR
+SPOKEN = b"set %%s 0 0 20000\r\n%s\r\nbogus\r\n" % (b"v" * 20001)
+
+
+def test_a_bad_chunk_of_a_big_block_is_written_where_the_block_ends(
+        server: servers.RunningServer) -> None:
+    key = b"spoken-chunk"
+    seen = exchange(server.port, [SPOKEN % key + TOO_LARGE % (key + b":add"), REST])
+    assert seen == [b"CLIENT_ERROR bad data chunk\r\n",  # the stray "\n", then bogus:
+                    b"ERROR\r\nERROR\r\nSERVER_ERROR object too large for cache\r\nMN\r\n"]
+
+
 def test_the_error_after_a_silent_bad_chunk_waits_with_the_swallowed_block(
         server: servers.RunningServer) -> None:
     key = b"silent-chunk"
