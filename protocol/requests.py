@@ -235,7 +235,7 @@ class ProtocolError:
     drop_key: bytes | None = None
     # A bad data chunk: the size of the block it ends (memcached reads a block past its read
     # buffer from the socket, and writes what it holds at its end: protocol.write_points).
-    block: int = 0
+    block: int = field(default=0, compare=False)  # framing, not what the error is
 
 
 @dataclass(slots=True)
