@@ -165,8 +165,10 @@ class MetaCommands:
         current = store.peek(key)
         explicit_cas = flags.explicit_cas or 0
         cas = flags.cas
-        if cas == 0 and command in (b"append", b"prepend"):
-            cas = None  # a C of 0 is compared with nothing there (memcached.c do_store_item)
+        if command == b"add" or (cas == 0 and command in (b"append", b"prepend")):
+            # memcached.c do_store_item: NREAD_ADD never looks at the CAS (an item there is
+            # NOT_STORED whatever C says); append/prepend compare a C that is not 0
+            cas = None
         if cas is not None and current is not None and current.cas != cas:
             if (command in (b"set", b"replace") and flags.invalidate
                     and 0 < cas < current.cas):

@@ -71,6 +71,12 @@ def run_isolation(fuzz: fuzz_runner.FuzzServers, args: argparse.Namespace,
     print("\n".join(report.lines()))
     for example in report.examples:
         print(f"\n--- wrong victim reply:\n  {example}")
+    if report.wrong:  # what the proxies said meanwhile: a deadline, an ejection, an error
+        for name in (n for n in fuzz.targets if n in fuzz_differences.PROXIES):
+            said = [line for line in fuzz.targets[name].log_text().splitlines()
+                    if "level=INFO" not in line and "level=DEBUG" not in line]
+            print(f"\n--- {name}'s log above INFO ({len(said)} lines, the last 10):")
+            print("\n".join(f"  {line[:300]}" for line in said[-10:]))
     return report.wrong == 0
 
 

@@ -163,6 +163,8 @@ class RequestParser:
                 # memcached consumes exactly <bytes>+2 and checks the tail (no resync).
                 data, terminated = block
                 event: Request | None = build(data if terminated else None)
+                if not terminated and type(event) is ProtocolError:
+                    event.block = len(data)  # a bad data chunk: where it ends matters
                 if event is not None:
                     return event
                 continue
@@ -467,9 +469,11 @@ class RequestParser:
 # A data block's builders, bound with functools.partial rather than closures: a closure
 # compiled by mypyc is a reference cycle (its environment holds it), left to the cyclic GC.
 def _store_with_data(command: bytes, key: bytes, flags: int, exptime: int, cas_unique: int,
-                     noreply: bool, value: bytes | None) -> Request | None:
+                     noreply: bool, value: bytes | None) -> Request:
     if value is None:
-        return _error(b"CLIENT_ERROR bad data chunk", noreply)
+        # noreply hides the error, but its block still ends where memcached writes what it
+        # holds (protocol.write_points): an error with nothing to send marks that point
+        return ProtocolError(b"" if noreply else _BAD_CHUNK)
     return Store(command, key, flags, exptime, value, cas_unique, noreply)
 
 

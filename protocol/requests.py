@@ -233,6 +233,9 @@ class ProtocolError:
     # A `set` too large for the cache also removes the key's old item (memcached does,
     # so no stale value outlives a failed overwrite).
     drop_key: bytes | None = None
+    # A bad data chunk: the size of the block it ends (memcached reads a block past its read
+    # buffer from the socket, and writes what it holds at its end: protocol.write_points).
+    block: int = field(default=0, compare=False)  # framing, not what the error is
 
 
 @dataclass(slots=True)

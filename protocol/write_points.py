@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from memring.protocol.requests import Get, MetaNoop, MetaSet, Store
+from memring.protocol.requests import Get, MetaNoop, MetaSet, ProtocolError, Store
 
 # memcached's -R default: after this many requests of one read event it writes what it has.
 REQUESTS_PER_EVENT: Final = 20
@@ -25,7 +25,9 @@ REQUESTS_PER_EVENT: Final = 20
 # that does not fit is read (or swallowed) from the socket to its end, then written after.
 READ_BUFFER_SIZE: Final = 16384
 _WRITING: Final = frozenset({Get, MetaNoop})
-_STORING: Final = frozenset({Store, MetaSet})  # a large value is read from the socket to its end
+# a large value is read from the socket to its end, and so is a large block whose end was
+# wrong (a ProtocolError with its `block` size)
+_ENDING_BLOCKS: Final = frozenset({Store, MetaSet, ProtocolError})
 
 
 def block_of(in_data_block: bool, swallowing: bool) -> str:
@@ -66,7 +68,8 @@ class WritePoints:
         read buffer)."""
         self.requests += 1
         kind = type(request)
-        if self._block or swallow_left or kind in _STORING or self.requests > REQUESTS_PER_EVENT:
+        if self._block or swallow_left or kind in _ENDING_BLOCKS or \
+                self.requests > REQUESTS_PER_EVENT:
             self.unwritten += 1
             self._notable(request, kind, swallow_left)
         elif kind in _WRITING:  # most requests stop here or below (~0.1 us)
@@ -78,7 +81,8 @@ class WritePoints:
         count = self.requests
         # the block this request completes was read from the socket to its end
         from_socket = self._block == "store" or (
-            isinstance(request, (Store, MetaSet)) and len(request.value) > READ_BUFFER_SIZE - 2)
+            isinstance(request, (Store, MetaSet)) and len(request.value) > READ_BUFFER_SIZE - 2
+        ) or (isinstance(request, ProtocolError) and request.block > READ_BUFFER_SIZE - 2)
         if from_socket or kind in _WRITING or (
                 count > REQUESTS_PER_EVENT and count % REQUESTS_PER_EVENT == 1):
             self.unwritten = 0

@@ -76,6 +76,9 @@ class GrammarOptions:
     # a whole case of pipelined retrievals over a wider pool of keys (drawn from a generator
     # of its own, so that the other cases of a seed stay what they were)
     pipeline_rate: float = 0.04
+    # a whole case of storage modes and arithmetic with C (compare CAS) flags on empty,
+    # numeric and non-numeric values (round seven's and eight's findings; its own generator)
+    cas_mode_rate: float = 0.03
 
 
 DEFAULT_OPTIONS = GrammarOptions()
@@ -118,6 +121,10 @@ def generate_case(seed: int, index: int, prefix: bytes,
     grammar = _Grammar(rng, prefix, options)
     if random.Random(f"{seed}:{index}:pipeline").random() < options.pipeline_rate:
         return FuzzCase(seed, index, prefix, tuple(grammar.pipelined_case()))
+    cas_rng = random.Random(f"{seed}:{index}:cas-mode")
+    if cas_rng.random() < options.cas_mode_rate:
+        return FuzzCase(seed, index, prefix, tuple(_Grammar(cas_rng, prefix, options)
+                                                   .cas_mode_case()))
     return FuzzCase(seed, index, prefix, tuple(grammar.case()))
 
 
@@ -520,6 +527,44 @@ class _Grammar:
                 commands.append(b"delete %s noreply\r\n" % keys[0])
             else:
                 commands.append(b"mn\r\n")
+        return commands
+
+    def cas_mode_case(self) -> list[bytes]:
+        """Items of an empty, numeric or non-numeric value, then `ms` in every mode and `ma`,
+        `md`, incr/decr with C of 0 or of a value no counter reaches (q, I, k, c among the
+        flags), on them and on a miss, with `mg` reading back: the order in which memcached
+        compares the CAS, the mode and the value (do_store_item, do_add_delta)."""
+        rng = self.rng
+        names = [*self.names[:2], self.prefix + b"m"]  # the last one is never stored first
+        values = (b"", b"12", b"abc", b" 5", b"18446744073709551615", b"0")
+        commands = []
+        for name in names[:2]:
+            value = self.pick(values)
+            commands.append(b"set %s 0 0 %d\r\n%s\r\n" % (name, len(value), value))
+        for _ in range(rng.randint(2, 6)):
+            key = self.pick(names)
+            cas = self.pick((b"C0", b"C0", b"C99999999999", b""))
+            extra = rng.sample([b"q", b"I", b"k", b"c", b"O7", b"T0"], rng.randint(0, 2))
+            roll = rng.random()
+            if roll < 0.45:
+                value = self.pick(values)
+                mode = self.pick((b"ME", b"MA", b"MP", b"MR", b"MS", b"E", b"A", b"P", b""))
+                tokens = [b"ms", key, b"%d" % len(value), mode, cas, *extra]
+                commands.append(b" ".join(t for t in tokens if t) + b"\r\n" + value + b"\r\n")
+            elif roll < 0.7:
+                mode = self.pick((b"", b"MI", b"MD", b"M+", b"M-", b"MX"))
+                tokens = [b"ma", key, mode, cas, self.pick((b"v", b"", b"D3", b"N0")), *extra]
+                if b"N0" in tokens and b"q" in tokens:
+                    tokens.remove(b"q")  # documented: ma_vivify_ignores_q
+                commands.append(b" ".join(t for t in tokens if t) + b"\r\n")
+            elif roll < 0.8:
+                commands.append(b" ".join(t for t in [b"md", key, cas, *extra] if t) + b"\r\n")
+            elif roll < 0.9:
+                commands.append(b"%s %s %s\r\n" % (self.pick((b"incr", b"decr")), key,
+                                                    self.pick((b"1", b"0", b"abc"))))
+            else:
+                commands.append(b"mg %s v f k c\r\n" % key)
+        commands.append(b"mg %s v k\r\nmg %s v k\r\n" % (names[0], names[1]))
         return commands
 
     def pipelined_value(self) -> bytes:
