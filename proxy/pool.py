@@ -52,18 +52,27 @@ def _no_login() -> Login | None:
 
 
 class QueuedRequest:
-    """A request that came while its slot was opening: sent once the slot connects (its
+    """A request that came while its slot was opening, or a read sent again after its
+    connection was cut (`resent`: never a third time): sent once the slot connects (its
     reply then relayed to `reply`, which the caller already holds), failed if it cannot."""
 
-    __slots__ = ("affinity", "multi", "reply", "request", "sent")
+    __slots__ = ("affinity", "multi", "reply", "request", "resent", "sent")
 
     def __init__(self, request: bytes, multi: bool, reply: PendingReply,
-                 affinity: int) -> None:
+                 affinity: int, resent: bool = False) -> None:
         self.request = request
         self.multi = multi
         self.reply = reply
         self.affinity = affinity  # the client's, so the connection's listener role fits
+        self.resent = resent
         self.sent: PendingReply | None = None
+
+    def hold_arriving(self, size: int) -> None:
+        """A big reply's bytes as they come are charged to its client's budget (as
+        `BackendConnection._received` does for a reply not relayed)."""
+        hold = getattr(self.reply.listener, "hold_arriving", None)
+        if hold is not None:
+            hold(size)
 
     def send_on(self, conn: BackendConnection) -> None:
         self.sent = conn.submit(self.request, self.multi, self)
@@ -219,6 +228,15 @@ class NodePool:
         for waiting in queued:
             waiting.send_on(conn)
 
+    def _send_again(self, index: int, replies: list[PendingReply]) -> None:
+        """A connection of slot `index` was cut (BackendConnection._cut): `replies`, reads
+        its live clients still wait for, go first on the slot's next connection, once."""
+        self._opening[index] = True  # the requests that come meanwhile queue behind them
+        self._queued[index][:0] = [
+            QueuedRequest(pending.forwarded, pending.multi, pending,
+                          getattr(pending.listener, "affinity", index), resent=True)
+            for pending in replies]
+
     def _fail_queued(self, index: int, reason: str) -> None:
         self._opening[index] = False
         queued, self._queued[index] = self._queued[index], []
@@ -268,6 +286,8 @@ class NodePool:
         backoff = min(0.05, self.retry)
         while True:
             if self.ejected:
+                if self._queued[index]:  # reads sent again after a cut: none will connect
+                    self._fail_queued(index, f"{self.address} is ejected")
                 if not self._demand.is_set():
                     await self._demand.wait()  # nobody asks for it: no probing either
                     continue
@@ -297,6 +317,7 @@ class NodePool:
                 continue
             self._connected()
             backoff = min(0.05, self.retry)
+            conn.on_cut = lambda replies, index=index: self._send_again(index, replies)
             self._slots[index] = conn
             self._opened(index, conn)
             try:
