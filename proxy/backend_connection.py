@@ -64,7 +64,7 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
-from memring.proxy.cut_connection import abandoned, resend_order, resendable
+from memring.proxy.cut_connection import abandoned, resendable
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
 from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
@@ -590,7 +590,7 @@ class BackendConnection:
                   f"clients stood ahead")
         log.debug("%s (%d request(s) sent again, %d failed)", reason, len(again), len(failed))
         self.close(reason)
-        on_cut(resend_order(again))
+        on_cut(again)
 
     def _fail(self, reason: str) -> None:
         """Close and report once, whichever of the reader, writer or watchdog saw it first."""

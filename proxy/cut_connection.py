@@ -64,15 +64,3 @@ def resendable(pending: PendingReply) -> bool:
         return False
     request = getattr(pending, "forwarded", None)
     return isinstance(request, bytes) and side_effect_free(request)
-
-
-def resend_order(replies: list[PendingReply]) -> list[PendingReply]:
-    """The resent requests, those of clients with fewer of them first (a client's own
-    order kept: the sort is stable and its requests share a key). Clients are independent
-    (memcached orders nothing across connections), so a well-behaved client's one get is
-    not queued again behind another's big multi-gets."""
-    counts: dict[int, int] = {}
-    for pending in replies:
-        key = id(owner(pending))
-        counts[key] = counts.get(key, 0) + 1
-    return sorted(replies, key=lambda pending: counts[id(owner(pending))])

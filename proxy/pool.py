@@ -31,6 +31,7 @@ import trio
 from memring.protocol.ascii_auth import Login
 from memring.protocol.reply_shapes import ReplyShape
 from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
+from memring.proxy.cut_connection import owner
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
 
@@ -38,13 +39,15 @@ log = logging.getLogger("memring.proxy")
 
 
 class NodeCounters:
-    __slots__ = ("ejections", "errors", "requests", "timeouts")
+    __slots__ = ("cuts", "ejections", "errors", "requests", "resent", "timeouts")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.timeouts = 0
         self.ejections = 0
+        self.cuts = 0  # connections cut for replies owed to closed clients
+        self.resent = 0  # ... and the live reads sent again after them
 
 
 def _no_login() -> Login | None:
@@ -91,6 +94,19 @@ class QueuedRequest:
         reply._finish()  # one reply handed over whole: done, then the client is told
         if reply.listener is not None:
             reply.listener.reply_arrived()
+
+
+def resend_order(queued: list[QueuedRequest]) -> list[QueuedRequest]:
+    """A cut connection's reads sent again, and the requests queued behind them while the
+    slot reconnected: the clients with fewer of them first, each client's own order kept
+    (the sort is stable and its requests share a key). Clients are independent (memcached
+    orders nothing across connections), so a well-behaved client's one get is not queued
+    again behind another's big multi-gets."""
+    counts: dict[int, int] = {}
+    for waiting in queued:
+        key = id(owner(waiting.reply))
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(queued, key=lambda waiting: counts[id(owner(waiting.reply))])
 
 
 class NodePool:
@@ -225,12 +241,16 @@ class NodePool:
     def _opened(self, index: int, conn: BackendConnection) -> None:
         self._opening[index] = False
         queued, self._queued[index] = self._queued[index], []
+        if any([waiting.resent for waiting in queued]):
+            queued = resend_order(queued)
         for waiting in queued:
             waiting.send_on(conn)
 
     def _send_again(self, index: int, replies: list[PendingReply]) -> None:
         """A connection of slot `index` was cut (BackendConnection._cut): `replies`, reads
         its live clients still wait for, go first on the slot's next connection, once."""
+        self.counters.cuts += 1
+        self.counters.resent += len(replies)
         self._opening[index] = True  # the requests that come meanwhile queue behind them
         self._queued[index][:0] = [
             QueuedRequest(pending.forwarded, pending.multi, pending,
