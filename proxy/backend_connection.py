@@ -12,8 +12,9 @@ tells the listener of each reply it completed (the client's `ReplyStream`), whic
 what is ready from the reader's turn.
 
 A reply not complete by its deadline (counted from the send, including the wait behind
-other clients' replies on the connection) is looked at again PROGRESS_WINDOW later:
-- no byte arrived meanwhile (a frozen or dead backend): the connection fails, the socket is
+other clients' replies on the connection) is judged by the bytes read in the last window
+(PROGRESS_WINDOW of the timeout):
+- none (a frozen or dead backend): the connection fails, the socket is
   closed and every slot still waiting is failed, because after a lost reply the stream can
   no longer be matched. The owner (`NodePool`) counts the failure towards ejection and
   reconnects.
@@ -70,8 +71,8 @@ from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
 log = logging.getLogger("memring.proxy")
 
-# An overdue reply is looked at again after this share of the timeout: no byte meanwhile
-# fails the connection (a frozen backend fails at most this much past its deadline).
+# An overdue reply is judged by the bytes read in the last window of this share of the
+# timeout: none fails the connection (a frozen backend fails at its deadline, as before).
 PROGRESS_WINDOW = 0.125
 # ... and while bytes arrive for live clients only, it waits at most this many timeouts
 # past its deadline.
@@ -534,10 +535,15 @@ class BackendConnection:
             reply.deadline = deadline
 
     async def _watch_deadlines(self) -> None:
-        """Fail the connection when its oldest reply is overdue. Replies come in order and
-        deadlines grow with submission, so watching the head of the FIFO is enough; this
-        costs one wake-up per timeout period, not a cancel scope per read."""
+        """Fail the connection when its oldest reply is overdue (or cut it, or wait on: the
+        docstring's three cases). Replies come in order and deadlines grow with
+        submission, so watching the head of the FIFO is enough; this costs about one
+        wake-up per timeout period, not a cancel scope per read: a window before the head's
+        deadline (where the bytes read are noted, the progress it is judged by) when the
+        head is still there then, its deadline only when it is still there then too."""
         pending = self._pending
+        window = self.timeout * PROGRESS_WINDOW
+        clock = self._clock
         while True:
             if not pending:
                 self._became_busy = trio.Event()
@@ -545,33 +551,40 @@ class BackendConnection:
                 continue
             head = pending[0]
             if head.deadline == UNDATED:  # (dated at its pass's end, before any checkpoint)
-                self._date(self._clock.current_time() + self.timeout)
+                self._date(clock.current_time() + self.timeout)
+            await trio.sleep_until(head.deadline - window)
+            if not pending or pending[0] is not head or head.done:
+                continue
+            seen, seen_at = self.received, clock.current_time()
             await trio.sleep_until(head.deadline)
             if pending and pending[0] is head and not head.done and \
-                    not await self._overdue(head):
+                    not await self._overdue(seen, seen_at + window):
                 return
 
-    async def _overdue(self, head: PendingReply) -> bool:
-        """`head` is past its deadline: wait while bytes arrive for live clients (until
+    async def _overdue(self, seen: int, judged_at: float) -> bool:
+        """The head is past its deadline: wait while bytes arrive for live clients (until
         OVERDUE_LIMIT), cut the connection when some are owed to gone ones, fail it when
-        none arrive (the docstring's three cases). True: the connection goes on."""
+        none arrived since `seen` bytes had been read, a window before `judged_at`. True:
+        the connection goes on (the overdue replies came)."""
         pending = self._pending
         window = self.timeout * PROGRESS_WINDOW
+        clock = self._clock
         while True:
-            seen = self.received
-            await trio.sleep(window)
+            if clock.current_time() < judged_at:  # (the head came late to the watch)
+                await trio.sleep_until(judged_at)
             if not self.alive:
                 return False
-            if not pending or pending[0].deadline > self._clock.current_time():
-                return True  # the overdue replies came
+            now = clock.current_time()
+            if not pending or pending[0].deadline > now:
+                return True
             if self.received == seen:
                 break  # nothing for a whole window: frozen, or gone
             if self.on_cut is not None and any([abandoned(p) for p in pending]):
                 self._cut()
                 return False
-            head = pending[0]
-            if self._clock.current_time() > head.deadline + OVERDUE_LIMIT * self.timeout:
+            if now > pending[0].deadline + OVERDUE_LIMIT * self.timeout:
                 break
+            seen, judged_at = self.received, now + window
         self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
                    f"{self.host}:{self.port}")
         return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -43,14 +44,17 @@ def proxy() -> Iterator[servers.RunningServer]:
 
 
 def flood(proxy: servers.RunningServer) -> list[socket.socket]:
-    """Clients that queue 400 MB of replies on the one backend connection and never read
-    (the budget closes them: their replies are owed to nobody)."""
+    """Clients that queue 400 MB of replies on the one backend connection, then reset
+    their connections: those replies are owed to nobody."""
     clients = []
     for _ in range(FLOOD_CLIENTS):
         sock = socket.create_connection(proxy.address, timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.sendall((b"get " + b" ".join(BIG_KEYS) + b"\r\n") * 4)
         clients.append(sock)
     time.sleep(0.05)  # their gets are on the connection before the live client's requests
+    for sock in clients:
+        sock.close()  # (a reset: SO_LINGER 0)
     return clients
 
 
