@@ -85,7 +85,13 @@ class QueuedRequest:
     def reply_arrived(self) -> None:
         """The connection's reply is complete: it becomes the caller's."""
         sent, reply = self.sent, self.reply
-        if sent is None or reply.done:
+        if sent is None:
+            return
+        # Let go of it: its listener is this, a cycle that held a big reply's values until
+        # the cyclic collector ran (seen as hundreds of MB in hostile e-manykeys once cut
+        # connections' reads were relayed).
+        self.sent = None
+        if reply.done:
             return
         if sent.error is not None:
             reply.fail(sent.error)
