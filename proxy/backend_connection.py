@@ -19,13 +19,14 @@ other clients' replies on the connection) is judged by the bytes read in the las
   no longer be matched. The owner (`NodePool`) counts the failure towards ejection and
   reconnects.
 - bytes keep arriving, and some of the replies still owed are for clients that have gone
-  (the buffer budget closed them): the connection is cut rather than read on. The live
-  clients' reads of which nothing has arrived are handed to the owner (`on_cut`), which
-  sends them once more, on a fresh connection, the clients with fewer requests first; the
-  rest fail as above (proxy/cut_connection.py says which are sent again). A cut is not the
-  backend's failure: it does not count towards ejection.
-- bytes keep arriving and every reply is owed to a live client: the head waits on, looked
-  at every PROGRESS_WINDOW, until OVERDUE_LIMIT timeouts past its deadline.
+  (the buffer budget closed them), or a client that takes its replies waits behind one
+  that does not (its replies pile up in the proxy): the connection is cut rather than read
+  on. The live clients' reads of which nothing has arrived are handed to the owner
+  (`on_cut`), which sends them once more, on a fresh connection, the clients that take
+  their replies first; the rest fail as above (proxy/cut_connection.py says which). A cut
+  is not the backend's failure: it does not count towards ejection.
+- bytes keep arriving for clients that take them: the head waits on, judged again every
+  window, until OVERDUE_LIMIT timeouts past its deadline.
 Round seven extended the overdue head while reads arrived without the cut: the proxy then
 read every byte owed to the clients the budget had closed, and in bench/hostile_clients.py
 e-manykeys the well-behaved clients waited past their own 2 s timeout (8 and 12 errors
@@ -65,7 +66,7 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
-from memring.proxy.cut_connection import abandoned, resendable
+from memring.proxy.cut_connection import resendable, worth_cutting
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
 from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
@@ -579,7 +580,7 @@ class BackendConnection:
                 return True
             if self.received == seen:
                 break  # nothing for a whole window: frozen, or gone
-            if self.on_cut is not None and any([abandoned(p) for p in pending]):
+            if self.on_cut is not None and worth_cutting(list(pending)):
                 self._cut()
                 return False
             if now > pending[0].deadline + OVERDUE_LIMIT * self.timeout:

@@ -53,6 +53,27 @@ def abandoned(pending: PendingReply) -> bool:
     return bool(getattr(owner(pending), "closed", False))
 
 
+def behind(pending: PendingReply) -> bool:
+    """Its client does not take its replies as they come (proxy/reply_stream.py)."""
+    return bool(getattr(owner(pending), "behind", False))
+
+
+def worth_cutting(pending: list[PendingReply]) -> bool:
+    """Whether an overdue connection, bytes still arriving, is better cut than read on:
+    replies owed to gone clients are among those still owed, or a reply of a client that
+    takes its replies waits behind one of a client that does not (sent again, it goes
+    first)."""
+    seen_behind = False
+    for reply in pending:
+        if abandoned(reply):
+            return True
+        if behind(reply):
+            seen_behind = True
+        elif seen_behind and resendable(reply):
+            return True
+    return False
+
+
 def resendable(pending: PendingReply) -> bool:
     """Safe to send again on a fresh connection: a live client's read, nothing of whose
     reply has arrived (so nothing of it reached the client), not sent again already."""

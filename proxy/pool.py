@@ -31,7 +31,7 @@ import trio
 from memring.protocol.ascii_auth import Login
 from memring.protocol.reply_shapes import ReplyShape
 from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
-from memring.proxy.cut_connection import owner
+from memring.proxy.cut_connection import behind, owner
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
 
@@ -104,7 +104,8 @@ class QueuedRequest:
 
 def resend_order(queued: list[QueuedRequest]) -> list[QueuedRequest]:
     """A cut connection's reads sent again, and the requests queued behind them while the
-    slot reconnected: the clients with fewer of them first, each client's own order kept
+    slot reconnected: the clients that take their replies first, then those with fewer
+    requests, each client's own order kept
     (the sort is stable and its requests share a key). Clients are independent (memcached
     orders nothing across connections), so a well-behaved client's one get is not queued
     again behind another's big multi-gets."""
@@ -112,7 +113,8 @@ def resend_order(queued: list[QueuedRequest]) -> list[QueuedRequest]:
     for waiting in queued:
         key = id(owner(waiting.reply))
         counts[key] = counts.get(key, 0) + 1
-    return sorted(queued, key=lambda waiting: counts[id(owner(waiting.reply))])
+    return sorted(queued, key=lambda waiting: (
+        behind(waiting.reply), counts[id(owner(waiting.reply))]))
 
 
 class NodePool:
