@@ -8,7 +8,9 @@ others' tens of MB of replies, its deadline (counted from when it was sent) pass
 connection fails with every request on it, and `on_shard_error = miss` turns the failure
 into a miss. memcached serves each connection apart: the same get never misses there.
 Real proxy over real memcached shards (the backend kind does not matter: the queue is the
-proxy's), 127.0.0.1.
+proxy's), 127.0.0.1. Fixed in round eight (hol8): past the deadline, bytes still arriving, a
+connection whose replies are owed to closed clients is cut and the live reads are sent once
+more, the well-behaved client's first (proxy/cut_connection.py).
 """
 
 from __future__ import annotations
