@@ -75,6 +75,9 @@ log = logging.getLogger("memring.proxy")
 # An overdue reply is judged by the bytes read in the last window of this share of the
 # timeout: none fails the connection (a frozen backend fails at its deadline, as before).
 PROGRESS_WINDOW = 0.125
+# A reply still there at this share of its timeout, bytes arriving, is cut early when
+# worth it (proxy/cut_connection.py).
+EARLY_CUT = 0.25
 # ... and while bytes arrive for live clients only, it waits at most this many timeouts
 # past its deadline.
 OVERDUE_LIMIT = 4.0
@@ -553,6 +556,18 @@ class BackendConnection:
             head = pending[0]
             if head.deadline == UNDATED:  # (dated at its pass's end, before any checkpoint)
                 self._date(clock.current_time() + self.timeout)
+            if self.on_cut is not None:  # a cut early (a quarter of the timeout) if worth it
+                early = head.deadline - self.timeout * (1 - EARLY_CUT)
+                await trio.sleep_until(early - window)
+                if not pending or pending[0] is not head or head.done:
+                    continue
+                seen = self.received
+                await trio.sleep_until(early)
+                if not pending or pending[0] is not head or head.done:
+                    continue
+                if self.received != seen and worth_cutting(list(pending)):
+                    self._cut()
+                    return
             await trio.sleep_until(head.deadline - window)
             if not pending or pending[0] is not head or head.done:
                 continue
