@@ -21,7 +21,7 @@ other clients' replies on the connection) is judged by the bytes read in the las
 - bytes keep arriving, and some of the replies still owed are for clients that have gone
   (the buffer budget closed them), or a client that takes its replies waits behind one
   that does not (its replies pile up in the proxy): the connection is cut rather than read
-  on. The live clients' reads of which nothing has arrived are handed to the owner
+  on (already at EARLY_CUT of the head's timeout, so fewer requests queue up meanwhile). The live clients' reads of which nothing has arrived are handed to the owner
   (`on_cut`), which sends them once more, on a fresh connection, the clients that take
   their replies first; the rest fail as above (proxy/cut_connection.py says which). A cut
   is not the backend's failure: it does not count towards ejection.
