@@ -11,15 +11,26 @@ requests are thus in flight on one connection at once. Once a read is parsed, th
 tells the listener of each reply it completed (the client's `ReplyStream`), which sends
 what is ready from the reader's turn.
 
-A reply not complete by its deadline fails the connection: the socket is closed and every
-slot still waiting is failed, because after a lost reply the stream can no longer be
-matched. The owner (`NodePool`) counts the failure towards ejection and reconnects.
-The deadline counts from the send, including the wait behind other clients' replies on the
-connection. Counting time without progress instead (extending an overdue head while reads
-keep arriving) was tried in round seven and not kept: it passed the head-of-line test, but
-with bench/hostile_clients.py e-manykeys the proxy then reads every byte owed to clients the
-buffer budget has already closed, and the well-behaved clients waited past their own 2 s
-timeout instead (8 and 12 errors against 4 and 4, proxy peak 436-445 MB against 359-380).
+A reply not complete by its deadline (counted from the send, including the wait behind
+other clients' replies on the connection) is judged by the bytes read in the last window
+(PROGRESS_WINDOW of the timeout):
+- none (a frozen or dead backend): the connection fails, the socket is
+  closed and every slot still waiting is failed, because after a lost reply the stream can
+  no longer be matched. The owner (`NodePool`) counts the failure towards ejection and
+  reconnects.
+- bytes keep arriving, and some of the replies still owed are for clients that have gone
+  (the buffer budget closed them), or a client that takes its replies waits behind one
+  that does not (its replies pile up in the proxy): the connection is cut rather than read
+  on (already at EARLY_CUT of the head's timeout, so fewer requests queue up meanwhile). The live clients' reads of which nothing has arrived are handed to the owner
+  (`on_cut`), which sends them once more, on a fresh connection, the clients that take
+  their replies first; the rest fail as above (proxy/cut_connection.py says which). A cut
+  is not the backend's failure: it does not count towards ejection.
+- bytes keep arriving for clients that take them: the head waits on, judged again every
+  window, until OVERDUE_LIMIT timeouts past its deadline.
+Round seven extended the overdue head while reads arrived without the cut: the proxy then
+read every byte owed to the clients the budget had closed, and in bench/hostile_clients.py
+e-manykeys the well-behaved clients waited past their own 2 s timeout (8 and 12 errors
+against 4 and 4, proxy peak 436-445 MB against 359-380).
 
 A plain connection is read and written by the proxy's client loop when one is running
 (netio.ready_loop's `serving_loop()`, the connection a `LoopedSocket` in its epoll set): a
@@ -55,10 +66,21 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
+from memring.proxy.cut_connection import resendable, worth_cutting
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
 from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
 log = logging.getLogger("memring.proxy")
+
+# An overdue reply is judged by the bytes read in the last window of this share of the
+# timeout: none fails the connection (a frozen backend fails at its deadline, as before).
+PROGRESS_WINDOW = 0.125
+# A reply still there at this share of its timeout, bytes arriving, is cut early when
+# worth it (proxy/cut_connection.py).
+EARLY_CUT = 0.25
+# ... and while bytes arrive for live clients only, it waits at most this many timeouts
+# past its deadline.
+OVERDUE_LIMIT = 4.0
 
 
 class ConnectionFailed(Exception):
@@ -123,6 +145,9 @@ class BackendConnection:
         self._became_busy = trio.Event()
         self._cancel = trio.CancelScope()
         self.alive = False
+        self.received = 0  # bytes read: the progress an overdue reply is judged by
+        # the owner's, to send the live reads of a cut connection again (None: never cut)
+        self.on_cut: Callable[[list[PendingReply]], None] | None = None
         self.requests = 0
         self.max_in_flight = 0
         # the run's clock, asked directly for each reply's deadline (trio.current_time()
@@ -318,6 +343,7 @@ class BackendConnection:
         # in a pass: dated by the flush that sends it, with the pass's clock reading
         reply = kind(multi, UNDATED if in_pass else self._clock.current_time() + self.timeout,
                      listener, shape if shape is not None else reply_shape(request))
+        reply.forwarded = request
         pending = self._pending
         pending.append(reply)
         self._outbox.append(request)
@@ -451,6 +477,7 @@ class BackendConnection:
         parser = self._parser
         pending = self._pending
         arrived = self._arrived
+        self.received += len(data)
         parser.receive_data(data)
         try:
             head: PendingReply | None = None  # the reply the next event belongs to
@@ -512,10 +539,15 @@ class BackendConnection:
             reply.deadline = deadline
 
     async def _watch_deadlines(self) -> None:
-        """Fail the connection when its oldest reply is overdue. Replies come in order and
-        deadlines grow with submission, so watching the head of the FIFO is enough; this
-        costs one wake-up per timeout period, not a cancel scope per read."""
+        """Fail the connection when its oldest reply is overdue (or cut it, or wait on: the
+        docstring's three cases). Replies come in order and deadlines grow with
+        submission, so watching the head of the FIFO is enough; this costs about one
+        wake-up per timeout period, not a cancel scope per read: a window before the head's
+        deadline (where the bytes read are noted, the progress it is judged by) when the
+        head is still there then, its deadline only when it is still there then too."""
         pending = self._pending
+        window = self.timeout * PROGRESS_WINDOW
+        clock = self._clock
         while True:
             if not pending:
                 self._became_busy = trio.Event()
@@ -523,12 +555,71 @@ class BackendConnection:
                 continue
             head = pending[0]
             if head.deadline == UNDATED:  # (dated at its pass's end, before any checkpoint)
-                self._date(self._clock.current_time() + self.timeout)
+                self._date(clock.current_time() + self.timeout)
+            if self.on_cut is not None:  # a cut early (a quarter of the timeout) if worth it
+                early = head.deadline - self.timeout * (1 - EARLY_CUT)
+                await trio.sleep_until(early - window)
+                if not pending or pending[0] is not head or head.done:
+                    continue
+                seen = self.received
+                await trio.sleep_until(early)
+                if not pending or pending[0] is not head or head.done:
+                    continue
+                if self.received != seen and worth_cutting(list(pending)):
+                    self._cut()
+                    return
+            await trio.sleep_until(head.deadline - window)
+            if not pending or pending[0] is not head or head.done:
+                continue
+            seen, seen_at = self.received, clock.current_time()
             await trio.sleep_until(head.deadline)
-            if pending and pending[0] is head and not head.done:
-                self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
-                           f"{self.host}:{self.port}")
+            if pending and pending[0] is head and not head.done and \
+                    not await self._overdue(seen, seen_at + window):
                 return
+
+    async def _overdue(self, seen: int, judged_at: float) -> bool:
+        """The head is past its deadline: wait while bytes arrive for live clients (until
+        OVERDUE_LIMIT), cut the connection when some are owed to gone ones, fail it when
+        none arrived since `seen` bytes had been read, a window before `judged_at`. True:
+        the connection goes on (the overdue replies came)."""
+        pending = self._pending
+        window = self.timeout * PROGRESS_WINDOW
+        clock = self._clock
+        while True:
+            if clock.current_time() < judged_at:  # (the head came late to the watch)
+                await trio.sleep_until(judged_at)
+            if not self.alive:
+                return False
+            now = clock.current_time()
+            if not pending or pending[0].deadline > now:
+                return True
+            if self.received == seen:
+                break  # nothing for a whole window: frozen, or gone
+            if self.on_cut is not None and worth_cutting(list(pending)):
+                self._cut()
+                return False
+            if now > pending[0].deadline + OVERDUE_LIMIT * self.timeout:
+                break
+            seen, judged_at = self.received, now + window
+        self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
+                   f"{self.host}:{self.port}")
+        return False
+
+    def _cut(self) -> None:
+        """Close the connection without draining the replies owed to gone clients; the live
+        reads nothing of which has arrived go to `on_cut` (sent again once), the rest fail."""
+        on_cut = self.on_cut
+        assert on_cut is not None
+        again = [p for p in self._pending if resendable(p)]
+        kept = set(map(id, again))
+        failed = [p for p in self._pending if id(p) not in kept]
+        self._pending.clear()
+        self._pending.extend(failed)
+        reason = (f"connection to {self.host}:{self.port} cut: replies owed to closed "
+                  f"clients stood ahead")
+        log.debug("%s (%d request(s) sent again, %d failed)", reason, len(again), len(failed))
+        self.close(reason)
+        on_cut(again)
 
     def _fail(self, reason: str) -> None:
         """Close and report once, whichever of the reader, writer or watchdog saw it first."""

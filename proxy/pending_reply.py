@@ -33,7 +33,12 @@ class ReplyListener(Protocol):
 class PendingReply:
     """The reply to one forwarded request, filled in by the connection's reader."""
 
-    __slots__ = ("_event", "deadline", "done", "error", "events", "listener", "multi", "shape")
+    __slots__ = ("_event", "deadline", "done", "error", "events", "forwarded", "listener",
+                 "multi", "shape")
+
+    # the request as sent, set by the connection that sends it (read only if it is cut:
+    # proxy/cut_connection.py); not in __init__, which every slot kind runs
+    forwarded: bytes
 
     def __init__(self, multi: bool, deadline: float, listener: ReplyListener | None = None,
                  shape: ReplyShape | None = None) -> None:

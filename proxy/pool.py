@@ -31,6 +31,7 @@ import trio
 from memring.protocol.ascii_auth import Login
 from memring.protocol.reply_shapes import ReplyShape
 from memring.proxy.backend_connection import BackendConnection, ConnectionFailed, HandshakeFailed
+from memring.proxy.cut_connection import behind, owner
 from memring.proxy.pending_reply import PendingReply, ReplyListener
 from memring.proxy.settings import NodeSpec, ProxySettings
 
@@ -38,13 +39,15 @@ log = logging.getLogger("memring.proxy")
 
 
 class NodeCounters:
-    __slots__ = ("ejections", "errors", "requests", "timeouts")
+    __slots__ = ("cuts", "ejections", "errors", "requests", "resent", "timeouts")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.timeouts = 0
         self.ejections = 0
+        self.cuts = 0  # connections cut for replies owed to closed clients
+        self.resent = 0  # ... and the live reads sent again after them
 
 
 def _no_login() -> Login | None:
@@ -52,18 +55,27 @@ def _no_login() -> Login | None:
 
 
 class QueuedRequest:
-    """A request that came while its slot was opening: sent once the slot connects (its
+    """A request that came while its slot was opening, or a read sent again after its
+    connection was cut (`resent`: never a third time): sent once the slot connects (its
     reply then relayed to `reply`, which the caller already holds), failed if it cannot."""
 
-    __slots__ = ("affinity", "multi", "reply", "request", "sent")
+    __slots__ = ("affinity", "multi", "reply", "request", "resent", "sent")
 
     def __init__(self, request: bytes, multi: bool, reply: PendingReply,
-                 affinity: int) -> None:
+                 affinity: int, resent: bool = False) -> None:
         self.request = request
         self.multi = multi
         self.reply = reply
         self.affinity = affinity  # the client's, so the connection's listener role fits
+        self.resent = resent
         self.sent: PendingReply | None = None
+
+    def hold_arriving(self, size: int) -> None:
+        """A big reply's bytes as they come are charged to its client's budget (as
+        `BackendConnection._received` does for a reply not relayed)."""
+        hold = getattr(self.reply.listener, "hold_arriving", None)
+        if hold is not None:
+            hold(size)
 
     def send_on(self, conn: BackendConnection) -> None:
         self.sent = conn.submit(self.request, self.multi, self)
@@ -73,7 +85,13 @@ class QueuedRequest:
     def reply_arrived(self) -> None:
         """The connection's reply is complete: it becomes the caller's."""
         sent, reply = self.sent, self.reply
-        if sent is None or reply.done:
+        if sent is None:
+            return
+        # Let go of it: its listener is this, a cycle that held a big reply's values until
+        # the cyclic collector ran (seen as hundreds of MB in hostile e-manykeys once cut
+        # connections' reads were relayed).
+        self.sent = None
+        if reply.done:
             return
         if sent.error is not None:
             reply.fail(sent.error)
@@ -82,6 +100,21 @@ class QueuedRequest:
         reply._finish()  # one reply handed over whole: done, then the client is told
         if reply.listener is not None:
             reply.listener.reply_arrived()
+
+
+def resend_order(queued: list[QueuedRequest]) -> list[QueuedRequest]:
+    """A cut connection's reads sent again, and the requests queued behind them while the
+    slot reconnected: the clients that take their replies first, then those with fewer
+    requests, each client's own order kept
+    (the sort is stable and its requests share a key). Clients are independent (memcached
+    orders nothing across connections), so a well-behaved client's one get is not queued
+    again behind another's big multi-gets."""
+    counts: dict[int, int] = {}
+    for waiting in queued:
+        key = id(owner(waiting.reply))
+        counts[key] = counts.get(key, 0) + 1
+    return sorted(queued, key=lambda waiting: (
+        behind(waiting.reply), counts[id(owner(waiting.reply))]))
 
 
 class NodePool:
@@ -216,8 +249,21 @@ class NodePool:
     def _opened(self, index: int, conn: BackendConnection) -> None:
         self._opening[index] = False
         queued, self._queued[index] = self._queued[index], []
+        if any([waiting.resent for waiting in queued]):
+            queued = resend_order(queued)
         for waiting in queued:
             waiting.send_on(conn)
+
+    def _send_again(self, index: int, replies: list[PendingReply]) -> None:
+        """A connection of slot `index` was cut (BackendConnection._cut): `replies`, reads
+        its live clients still wait for, go first on the slot's next connection, once."""
+        self.counters.cuts += 1
+        self.counters.resent += len(replies)
+        self._opening[index] = True  # the requests that come meanwhile queue behind them
+        self._queued[index][:0] = [
+            QueuedRequest(pending.forwarded, pending.multi, pending,
+                          getattr(pending.listener, "affinity", index), resent=True)
+            for pending in replies]
 
     def _fail_queued(self, index: int, reason: str) -> None:
         self._opening[index] = False
@@ -268,6 +314,8 @@ class NodePool:
         backoff = min(0.05, self.retry)
         while True:
             if self.ejected:
+                if self._queued[index]:  # reads sent again after a cut: none will connect
+                    self._fail_queued(index, f"{self.address} is ejected")
                 if not self._demand.is_set():
                     await self._demand.wait()  # nobody asks for it: no probing either
                     continue
@@ -297,6 +345,7 @@ class NodePool:
                 continue
             self._connected()
             backoff = min(0.05, self.retry)
+            conn.on_cut = lambda replies, index=index: self._send_again(index, replies)
             self._slots[index] = conn
             self._opened(index, conn)
             try:

@@ -120,6 +120,12 @@ class ReplyStream:
         return self._closed
 
     @property
+    def behind(self) -> bool:
+        """Its replies wait for it (a drainer owns the queue): a backend connection cut
+        for an overdue reply sends this client's reads after the others'."""
+        return self._drainer is not None
+
+    @property
     def answered(self) -> bool:
         """Every issued request's reply has been sent, but for the `held` ones."""
         return len(self.queue) <= self.held and self._drainer is None

@@ -131,6 +131,8 @@ class ProxyStats:
                 (f"{prefix}:errors", pool.counters.errors),
                 (f"{prefix}:timeouts", pool.counters.timeouts),
                 (f"{prefix}:ejections", pool.counters.ejections),
+                (f"{prefix}:cuts", pool.counters.cuts),
+                (f"{prefix}:resent", pool.counters.resent),
                 (f"{prefix}:connections", len(conns)),
                 (f"{prefix}:in_flight", sum(c.in_flight for c in conns)),
                 (f"{prefix}:max_in_flight", max((c.max_in_flight for c in conns), default=0)),

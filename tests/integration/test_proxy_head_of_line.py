@@ -8,7 +8,9 @@ others' tens of MB of replies, its deadline (counted from when it was sent) pass
 connection fails with every request on it, and `on_shard_error = miss` turns the failure
 into a miss. memcached serves each connection apart: the same get never misses there.
 Real proxy over real memcached shards (the backend kind does not matter: the queue is the
-proxy's), 127.0.0.1.
+proxy's), 127.0.0.1. Fixed in round eight (hol8): past the deadline, bytes still arriving, a
+connection whose replies are owed to closed clients is cut and the live reads are sent once
+more, the well-behaved client's first (proxy/cut_connection.py).
 """
 
 from __future__ import annotations
@@ -30,15 +32,6 @@ HOSTILE_CLIENTS = 10
 WAVES = 3  # each wave's requests queue up past the timeout on their own
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (round seven audit): a request's deadline counts its wait behind other clients' "
-    "big replies on the shared backend connection; past it the connection fails and the "
-    "read is answered as a miss. Closing those clients at the buffer budget does not help "
-    "(3-4 wrong misses of ~640: their requests are on the connection already); a deadline "
-    "extended while reads arrive passes this test but doubles good-client timeouts in "
-    "hostile e-manykeys (proxy/backend_connection.py docstring). Left: retry the reads "
-    "queued behind a failed connection, or bound each client's reply bytes in flight per "
-    "backend connection"))
 def test_big_multi_gets_of_other_clients_never_turn_a_hit_into_a_miss() -> None:
     with servers.proxy_over("memcached", shards=3, pool_size=1, timeout_ms=300) as proxy:
         wire.store(proxy, {GOOD: GOOD_VALUE})
