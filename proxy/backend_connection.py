@@ -559,23 +559,28 @@ class BackendConnection:
             if self.on_cut is not None:  # a cut early (a quarter of the timeout) if worth it
                 early = head.deadline - self.timeout * (1 - EARLY_CUT)
                 await trio.sleep_until(early - window)
-                if not pending or pending[0] is not head or head.done:
+                if not self._waits_at_head(head):
                     continue
                 seen = self.received
                 await trio.sleep_until(early)
-                if not pending or pending[0] is not head or head.done:
+                if not self._waits_at_head(head):
                     continue
-                if self.received != seen and worth_cutting(list(pending)):
+                if self.received != seen and worth_cutting(pending):
                     self._cut()
                     return
             await trio.sleep_until(head.deadline - window)
-            if not pending or pending[0] is not head or head.done:
+            if not self._waits_at_head(head):
                 continue
             seen, seen_at = self.received, clock.current_time()
             await trio.sleep_until(head.deadline)
-            if pending and pending[0] is head and not head.done and \
-                    not await self._overdue(seen, seen_at + window):
+            if self._waits_at_head(head) and not await self._overdue(seen, seen_at + window):
                 return
+
+    def _waits_at_head(self, head: PendingReply) -> bool:
+        """Whether `head` is still the oldest reply owed, unsettled: the watch's question at
+        each of its wake-ups."""
+        pending = self._pending
+        return bool(pending) and pending[0] is head and not head.done
 
     async def _overdue(self, seen: int, judged_at: float) -> bool:
         """The head is past its deadline: wait while bytes arrive for live clients (until
@@ -595,7 +600,7 @@ class BackendConnection:
                 return True
             if self.received == seen:
                 break  # nothing for a whole window: frozen, or gone
-            if self.on_cut is not None and worth_cutting(list(pending)):
+            if self.on_cut is not None and worth_cutting(pending):
                 self._cut()
                 return False
             if now > pending[0].deadline + OVERDUE_LIMIT * self.timeout:
@@ -610,11 +615,12 @@ class BackendConnection:
         reads nothing of which has arrived go to `on_cut` (sent again once), the rest fail."""
         on_cut = self.on_cut
         assert on_cut is not None
-        again = [p for p in self._pending if resendable(p)]
-        kept = set(map(id, again))
-        failed = [p for p in self._pending if id(p) not in kept]
+        again: list[PendingReply] = []
+        failed: list[PendingReply] = []
+        for reply in self._pending:
+            (again if resendable(reply) else failed).append(reply)
         self._pending.clear()
-        self._pending.extend(failed)
+        self._pending.extend(failed)  # failed by close(), in order
         reason = (f"connection to {self.host}:{self.port} cut: replies owed to closed "
                   f"clients stood ahead")
         log.debug("%s (%d request(s) sent again, %d failed)", reason, len(again), len(failed))

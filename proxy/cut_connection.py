@@ -12,6 +12,8 @@ applied, so it fails as before. Interpreted: it runs only when a connection is c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from memring.proxy.pending_reply import PendingReply
 
 # mg flags that only ask for something back (memcached's proto_text.c: b c f h k l O q s t
@@ -58,7 +60,7 @@ def behind(pending: PendingReply) -> bool:
     return bool(getattr(owner(pending), "behind", False))
 
 
-def worth_cutting(pending: list[PendingReply]) -> bool:
+def worth_cutting(pending: Iterable[PendingReply]) -> bool:
     """Whether an overdue connection, bytes still arriving, is better cut than read on:
     replies owed to gone clients are among those still owed, or a reply of a client that
     takes its replies waits behind one of a client that does not (sent again, it goes
