@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from memring.cluster.keyspace import Entry, KeyEvent, Keyspace, WatchBatch
 
 log = logging.getLogger("memring.cluster")
+
+Member = TypeVar("Member")  # a `nodes/` or `proxies/` record (NodeRecord, ProxyRecord)
 
 
 def _dump(record: Any) -> bytes:
@@ -326,23 +328,14 @@ class ClusterView:
                     return None
                 put = event.kind == "put"
                 if ref.kind == "node":
-                    if nodes is None:
-                        nodes = dict(self.nodes)
-                    if put and ref.ident not in nodes and event.entry.key in self.entries:
-                        return None  # its place in `nodes` is its key's in `entries`
-                    if put:  # an existing key keeps its place, as in `entries`
-                        nodes[ref.ident] = NodeRecord.from_json(event.entry.value)
-                    else:
-                        nodes.pop(ref.ident, None)
-                elif ref.kind == "proxy":
-                    if proxies is None:
-                        proxies = dict(self.proxies)
-                    if put and ref.ident not in proxies and event.entry.key in self.entries:
+                    nodes = dict(self.nodes) if nodes is None else nodes
+                    if not self._member_changed(nodes, ref.ident, event, NodeRecord.from_json):
                         return None
-                    if put:
-                        proxies[ref.ident] = ProxyRecord.from_json(event.entry.value)
-                    else:
-                        proxies.pop(ref.ident, None)
+                elif ref.kind == "proxy":
+                    proxies = dict(self.proxies) if proxies is None else proxies
+                    if not self._member_changed(proxies, ref.ident, event,
+                                                ProxyRecord.from_json):
+                        return None
                 elif ref.kind in ("leader", "isr"):
                     if shards is None:
                         shards = dict(self.shards)
@@ -368,6 +361,19 @@ class ClusterView:
                            self.shards if shards is None else shards,
                            self.nodes if nodes is None else nodes,
                            self.proxies if proxies is None else proxies)
+
+    def _member_changed(self, records: dict[str, Member], ident: str, event: KeyEvent,
+                        decode: Callable[[bytes], Member]) -> bool:
+        """A node's or proxy's event applied to `records` (a copy of this view's); False
+        when a put adds a record whose key this view's entries already had: its place in
+        `records` must be its key's in `entries`, which only `build` gives."""
+        if event.kind != "put":
+            records.pop(ident, None)
+            return True
+        if ident not in records and event.entry.key in self.entries:
+            return False
+        records[ident] = decode(event.entry.value)  # an existing key keeps its place
+        return True
 
     def lease_of(self, key: str) -> int:
         entry = self.entries.get(key)
