@@ -8,6 +8,7 @@ import pytest
 
 from memring.cluster.certificates import CertificateAuthority
 from memring.cluster.etcd_process import EtcdProcess, running_etcd
+from tests.helpers import servers
 from tests.helpers.secure_etcd import SecureEtcd
 from tests.helpers.secure_etcd import secure_etcd as secure_etcd_member
 
@@ -27,3 +28,17 @@ def secure_etcd(private_ca: CertificateAuthority) -> Iterator[SecureEtcd]:
     the module requires_etcd."""
     with secure_etcd_member(private_ca, "/memring/contract", "/memring/sec") as etcd:
         yield etcd
+
+
+@pytest.fixture(scope="module")
+def module_memcached() -> Iterator[servers.RunningServer]:
+    """One real memcached for a module of differential cases (each case uses its own keys)."""
+    with servers.memcached() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_backend() -> Iterator[servers.RunningServer]:
+    """One memring backend for a module of differential cases (each case uses its own keys)."""
+    with servers.backend() as server:
+        yield server

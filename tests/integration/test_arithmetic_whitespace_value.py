@@ -37,31 +37,20 @@ def conversation(arithmetic: bytes, key: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def memcached() -> Iterator[servers.RunningServer]:
-    with servers.memcached() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[servers.RunningServer]:
-    with servers.backend() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(backend: servers.RunningServer) -> Iterator[servers.RunningServer]:
-    with servers.proxy([[backend]]) as server:
+def proxy(module_backend: servers.RunningServer) -> Iterator[servers.RunningServer]:
+    with servers.proxy([[module_backend]]) as server:
         yield server
 
 
 @pytest.mark.parametrize(("arithmetic", "memcached_says", "memring_says"), CASES)
-def test_memcached_reads_past_the_value(memcached: servers.RunningServer, arithmetic: bytes,
-                                        memcached_says: bytes, memring_says: bytes) -> None:
+def test_memcached_reads_past_the_value(module_memcached: servers.RunningServer,
+                                        arithmetic: bytes, memcached_says: bytes,
+                                        memring_says: bytes) -> None:
     """Pins the artefact: if a memcached ever stops reading past the value, this says so."""
     key = b"mc-ws-" + arithmetic.split()[0]
     number = memcached_says.split(b"\r\n")[-2]
     value = number.ljust(4)  # rewritten in place, padded with spaces
-    assert wire.request(memcached, conversation(arithmetic, key)) == (
+    assert wire.request(module_memcached, conversation(arithmetic, key)) == (
         PREFIX_REPLY + memcached_says + b"VALUE %s:c 0 4\r\n%s\r\nEND\r\n" % (key, value))
 
 
@@ -70,7 +59,8 @@ def test_memcached_reads_past_the_value(memcached: servers.RunningServer, arithm
 def test_memring_keeps_to_the_value(request: pytest.FixtureRequest, target: str,
                                     arithmetic: bytes, memcached_says: bytes,
                                     memring_says: bytes) -> None:
-    server: servers.RunningServer = request.getfixturevalue(target)
+    server: servers.RunningServer = request.getfixturevalue(
+        {"backend": "module_backend"}.get(target, target))
     key = b"%s-ws-%s" % (target.encode(), arithmetic.split()[0])
     assert wire.request(server, conversation(arithmetic, key)) == (
         PREFIX_REPLY + memring_says + b"VALUE %s:c 0 4\r\n\r\n\r \r\nEND\r\n" % key)

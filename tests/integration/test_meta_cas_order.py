@@ -11,8 +11,6 @@ Each case runs against memcached and a memring backend, real processes on loopba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.helpers import servers, wire
@@ -40,31 +38,19 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def memcached() -> Iterator[servers.RunningServer]:
-    with servers.memcached() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def backend() -> Iterator[servers.RunningServer]:
-    with servers.backend() as server:
-        yield server
-
-
 @pytest.mark.parametrize(("request_", "answer"), CASES)
-def test_memcached_answers_so(memcached: servers.RunningServer, request_: bytes,
+def test_memcached_answers_so(module_memcached: servers.RunningServer, request_: bytes,
                               answer: bytes) -> None:
-    assert wire.request(memcached, request_ % {b"k": b"mc-cas-order"}) == answer
+    assert wire.request(module_memcached, request_ % {b"k": b"mc-cas-order"}) == answer
 
 
 @pytest.mark.parametrize(("request_", "answer"), CASES[1:])
-def test_the_backend_answers_as_memcached(backend: servers.RunningServer, request_: bytes,
-                                          answer: bytes) -> None:
-    assert wire.request(backend, request_ % {b"k": b"be-cas-order"}) == answer
+def test_the_backend_answers_as_memcached(module_backend: servers.RunningServer,
+                                          request_: bytes, answer: bytes) -> None:
+    assert wire.request(module_backend, request_ % {b"k": b"be-cas-order"}) == answer
 
 
 def test_the_backend_finds_an_empty_value_non_numeric_before_the_cas(
-        backend: servers.RunningServer) -> None:
+        module_backend: servers.RunningServer) -> None:
     request_, answer = MA_EMPTY
-    assert wire.request(backend, request_ % {b"k": b"be-ma-empty"}) == answer
+    assert wire.request(module_backend, request_ % {b"k": b"be-ma-empty"}) == answer
