@@ -81,19 +81,20 @@ def reconcile_timing(expected: bytes, actual: bytes) -> bytes:
 _META_CAS = re.compile(rb"^c\d+$")
 
 
-def canonical_cas(reply: bytes) -> bytes:
-    """Each CAS value in a reply replaced by its order of first appearance (c#1, c#2, ...),
-    counted per key where the reply names it (a VALUE line, a meta reply's k flag): a
-    proxy's shards count apart, so two keys on two shards may hold the same number.
+def _size_at(tokens: list[bytes]) -> int:
+    """Where a reply line names the size of the data block after it (VALUE, VA), else 0."""
+    if tokens[0] == b"VALUE" and len(tokens) in (4, 5) and tokens[3].isdigit():
+        return 3
+    if tokens[0] == b"VA" and len(tokens) > 1 and tokens[1].isdigit():
+        return 1
+    return 0
 
-    Reads the reply as replies (VALUE and VA data blocks skipped) so data never counts;
-    stops rewriting where the reply stops parsing.
-    """
-    numbers: dict[tuple[bytes, bytes], bytes] = {}
 
-    def ordinal(value: bytes, key: bytes = b"") -> bytes:
-        return numbers.setdefault((key, value), b"#%d" % (len(numbers) + 1))
-
+def _rewrite_replies(reply: bytes,
+                     rewrite: Callable[[list[bytes], bytes], tuple[list[bytes], bytes]]) -> bytes:
+    """`reply` read as replies: each line's tokens and its data block (b"" after a line
+    without one; a block's own CRLF reads as an empty line) go through `rewrite`; stops
+    rewriting where the reply stops parsing."""
     out = bytearray()
     pos = 0
     while pos < len(reply):
@@ -101,24 +102,36 @@ def canonical_cas(reply: bytes) -> bytes:
         if end < 0:
             break
         tokens = reply[pos:end].split(b" ")
-        skip = 0
-        if tokens[0] == b"VALUE" and len(tokens) in (4, 5) and tokens[3].isdigit():
-            skip = int(tokens[3]) + 2
-            if len(tokens) == 5:
-                tokens[4] = ordinal(tokens[4], tokens[1])
+        at = _size_at(tokens)
+        pos = end + 2
+        data = reply[pos:pos + int(tokens[at])] if at else b""
+        pos += len(data)
+        tokens, data = rewrite(tokens, data)
+        out += b" ".join(tokens) + b"\r\n" + data
+    return bytes(out) + reply[pos:]
+
+
+def canonical_cas(reply: bytes) -> bytes:
+    """Each CAS value in a reply replaced by its order of first appearance (c#1, c#2, ...),
+    counted per key where the reply names it (a VALUE line, a meta reply's k flag): a
+    proxy's shards count apart, so two keys on two shards may hold the same number. Data
+    blocks never count."""
+    numbers: dict[tuple[bytes, bytes], bytes] = {}
+
+    def ordinal(value: bytes, key: bytes = b"") -> bytes:
+        return numbers.setdefault((key, value), b"#%d" % (len(numbers) + 1))
+
+    def rewrite(tokens: list[bytes], data: bytes) -> tuple[list[bytes], bytes]:
+        if _size_at(tokens) == 3 and len(tokens) == 5:
+            tokens[4] = ordinal(tokens[4], tokens[1])
         elif tokens[0] in (b"VA", b"HD", b"EN", b"NF", b"NS", b"EX"):
-            if tokens[0] == b"VA" and len(tokens) > 1 and tokens[1].isdigit():
-                skip = int(tokens[1]) + 2
             key = next((t[1:] for t in tokens[1:] if t.startswith(b"k")), b"")
             tokens = [b"c" + ordinal(t[1:], key) if _META_CAS.match(t) else t for t in tokens]
         elif tokens[0] == b"ME":
             tokens = [b"cas=" + ordinal(t[4:]) if t.startswith(b"cas=") else t for t in tokens]
-        out += b" ".join(tokens) + b"\r\n"
-        pos = end + 2
-        if skip:
-            out += reply[pos:pos + skip]
-            pos += skip
-    return bytes(out) + reply[pos:]
+        return tokens, data
+
+    return _rewrite_replies(reply, rewrite)
 
 
 _PADDED = re.compile(rb"([0-9]+) +")
@@ -127,28 +140,16 @@ _PADDED = re.compile(rb"([0-9]+) +")
 def unpadded_numbers(reply: bytes) -> bytes:
     """Each VALUE or VA data block that is a number padded with spaces (what incr/decr/ma
     leave when they rewrite a value in place) as the number alone, its length adjusted."""
-    out = bytearray()
-    pos = 0
-    while pos < len(reply):
-        end = reply.find(b"\r\n", pos)
-        if end < 0:
-            break
-        tokens = reply[pos:end].split(b" ")
-        at = 3 if tokens[0] == b"VALUE" and len(tokens) in (4, 5) else \
-            1 if tokens[0] == b"VA" and len(tokens) > 1 else 0
-        pos = end + 2
-        if not at or not tokens[at].isdigit():
-            out += reply[end - len(b" ".join(tokens)):pos]  # the line as it was
-            continue
-        size = int(tokens[at])
-        data = reply[pos:pos + size]
-        padded = _PADDED.fullmatch(data)
+
+    def rewrite(tokens: list[bytes], data: bytes) -> tuple[list[bytes], bytes]:
+        at = _size_at(tokens)
+        padded = _PADDED.fullmatch(data) if at else None
         if padded:
             data = padded.group(1)
             tokens[at] = b"%d" % len(data)
-        out += b" ".join(tokens) + b"\r\n" + data
-        pos += size
-    return bytes(out) + reply[pos:]
+        return tokens, data
+
+    return _rewrite_replies(reply, rewrite)
 
 
 REPLY_NORMALIZERS: tuple[ReplyNormalizer, ...] = (
