@@ -197,11 +197,17 @@ class InSyncReplicas:
         follower that reconnects over a half-open connection wins and the one link left is
         always the connection that acks."""
         node_id = incarnation.node_id
-        link = FollowerLink(incarnation, position, snapshotting, hang_up)
+        link = FollowerLink(incarnation, min(position, self.newest), snapshotting, hang_up)
         older = self.links.get(node_id)
         self.links[node_id] = link
         if older is not None:
             older.hang_up()
+        if node_id in self.waiting:
+            # HELLO's position is the follower's ack of all it holds: it sends no ACK for
+            # what it held when its previous connection was superseded (that connection's
+            # ack no longer counts), so without this a write acked there waited for the next
+            # write's ack, which a client waiting on it never sends (a 10 s stall)
+            self._advance()
         self.changed.unpark_all()
         return link
 

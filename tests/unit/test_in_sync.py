@@ -10,7 +10,7 @@ import trio.testing
 
 from memring.backend.replication.in_sync import InSyncReplicas
 from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
-from memring.protocol.replication import Position
+from memring.protocol.replication import ORIGIN, Position
 
 pytestmark = pytest.mark.unit
 
@@ -197,7 +197,7 @@ async def test_acks_move_only_their_own_connection_and_a_newer_connection_supers
     insync.disconnected(real)  # the superseded connection ends: the newer link stays
     assert insync.links["n2"] is impostor
 
-    again = insync.connected(N2, Position(5, 1), snapshotting=False)  # the follower is back
+    again = insync.connected(N2, Position(5, 0), snapshotting=False)  # the follower is back
     assert hung_up == ["real", "impostor"]
     insync.acked(impostor, Position(5, 1))  # nothing: it no longer stands for n2
     insync.disconnected(impostor)
@@ -233,3 +233,50 @@ async def test_the_keeper_sleeps_while_settled_and_a_write_wakes_it() -> None:
             assert trio.current_time() - woken < 0.5  # dropped at max_lag, not QUIET_INTERVAL
             assert etcd.writes[-1] == {ME}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_superseded_follower_back_at_the_newest_write_releases_it_at_hello() -> None:
+    """The 10 s stall (test_peer_impostors, [right], 1 CI run in 5): an impostor with the
+    follower's id and lease superseded the follower's connection while the follower's ACK of
+    the newest write was on its way; that ack counted for nothing, the follower came back
+    with HELLO at that write and, holding it, acked nothing more until the next write, which
+    the client waiting for this one never sends. HELLO's position is its ack."""
+    insync = leader({ME, N2})
+    real = insync.connected(N2, Position(5, 0), snapshotting=False)
+    insync.committed(Position(5, 1), 10)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 1)))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            impostor = insync.connected(N2, ORIGIN, snapshotting=False)
+            insync.acked(real, Position(5, 1))  # read after the impostor superseded it
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == [] and insync.watermark == Position(5, 0)  # the impostor holds none
+            insync.connected(N2, Position(5, 1), snapshotting=False)  # back, holding it
+            insync.disconnected(impostor)
+    assert done == [True] and insync.watermark == Position(5, 1)
+
+
+async def test_a_hello_past_the_newest_write_acknowledges_nothing_unwritten() -> None:
+    """A HELLO's position counts as its ack, but no further than what this leader wrote: a
+    peer claiming more (a lie, or a position of another history) releases nothing later."""
+    insync = leader({ME, N2})
+    link = insync.connected(N2, Position(5, 9), snapshotting=False)
+    assert link.acked == Position(5, 0) and insync.watermark == Position(5, 0)
+    insync.committed(Position(5, 1), 10)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []  # n2 has not acknowledged (5, 1)
+        insync.acked(link, Position(5, 1))
+    assert done == [True]
