@@ -221,6 +221,42 @@ def test_posing_as_the_follower_for_a_second_does_not_drop_it(
         assert shard.isr(view) == {shard.current(view, leader), real}
 
 
+def test_an_impostor_reposing_as_the_follower_stalls_no_write_past_the_lag_bound(
+        etcd: EtcdProcess) -> None:
+    """The real lease, a new connection every 0.1 s for 2 s, none ever acking: each one
+    supersedes the follower's (which reconnects, superseding it in turn). A write waits for
+    the impostor at most until the follower is back or is dropped at the lag bound."""
+    with sync_shard(etcd) as (shard, leader, follower):
+        view = trio.run(shard.view)
+        real = shard.current(view, follower)
+        peer = leader_peer(view)
+        writer = Writer(leader, pause=0.02)
+        writer.start()
+        poses = 0
+        try:
+            time.sleep(0.3)
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                with hello(peer, real.node_id, real.lease_id):
+                    poses += 1
+                    time.sleep(0.1)
+            took = back_in_sync(shard, follower, 10.0)
+            time.sleep(0.3)
+        finally:
+            writer.stop()
+        print(f"\n{poses} poses with the real lease: follower back in sync {took * 1000:.0f} ms "
+              f"after; sync writes {len(writer.latencies)}, {writer.stalled():.2f} s stalled, "
+              f"slowest {writer.slowest() * 1000:.0f} ms")
+        assert writer.error is None, f"a sync write failed: {writer.error!r}"
+        assert writer.replies == {b"STORED\r\n"}
+        assert writer.slowest() < WRITE_STALL_BOUND, \
+            f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
+            f"{WRITE_STALL_BOUND:.2f} s)"
+        assert took < BACK_IN_SYNC, f"{took:.1f} s"
+        view = trio.run(shard.view)
+        assert shard.isr(view) == {shard.current(view, leader), real}
+
+
 def test_silent_connections_do_not_lock_a_restarting_follower_out(etcd: EtcdProcess) -> None:
     with sync_shard(etcd) as (shard, leader, follower):
         peer = leader_peer(trio.run(shard.view))
