@@ -12,6 +12,9 @@ may win an election) is in `waiting`, or is this leader. So
   epoch), and from `waiting` only once that transaction succeeded. Until then writes keep
   waiting for it; if etcd cannot be reached they wait until the lease runs out, the leader
   steps down, and the waiting connections are closed without an answer (never STORED).
+  A follower that is in `waiting` but never reached etcd is dropped locally, and the writes
+  waiting for it go at once; not while a late write of ours (IsrMoved) may have put it in
+  etcd after all: then it leaves etcd first, as any member.
 
 A follower is dropped when its connection is gone, or when it lags past the bound: the oldest
 mutation it has not acknowledged is older than `max_lag` seconds, or more than
@@ -30,7 +33,9 @@ Links are per connection (issue 12's impostors): a HELLO whose incarnation is no
 refused before it gets a link (leader_side), so no unregistered identity is ever waited for;
 one current connection per node at most, a newer one superseding (and hanging up) the older;
 an ACK moves the link of the connection it was read on, never another connection's, and a
-connection that ends removes only its own link.
+connection that ends removes only its own link. A new link starts acknowledged at its HELLO's
+position (no further than the newest write), which releases at once the writes it holds: a
+follower sends no ACK for what it held when its connection was superseded.
 
 Lag is measured against `_commits`, a bounded deque of (position, monotonic time, bytes so
 far) appended once per committed command batch and trimmed of what every connected follower
@@ -197,11 +202,17 @@ class InSyncReplicas:
         follower that reconnects over a half-open connection wins and the one link left is
         always the connection that acks."""
         node_id = incarnation.node_id
-        link = FollowerLink(incarnation, position, snapshotting, hang_up)
+        link = FollowerLink(incarnation, min(position, self.newest), snapshotting, hang_up)
         older = self.links.get(node_id)
         self.links[node_id] = link
         if older is not None:
             older.hang_up()
+        if node_id in self.waiting:
+            # HELLO's position is the follower's ack of all it holds: it sends no ACK for
+            # what it held when its previous connection was superseded (that connection's
+            # ack no longer counts), so without this a write acked there waited for the next
+            # write's ack, which a client waiting on it never sends (a 10 s stall)
+            self._advance()
         self.changed.unpark_all()
         return link
 
@@ -293,16 +304,22 @@ class InSyncReplicas:
         dropped = {node_id for node_id, member in self.waiting.items()
                    if (link := links.get(node_id)) is None or link.incarnation != member
                    or not current(member) or self.too_far_behind(link)}
-        for node_id in dropped & self.adding.keys():  # never reached etcd: local only
+        # never reached etcd: dropped locally (not while etcd may hold a late write of ours
+        # that added it, `_rewrite`: then through etcd as any member)
+        local = set() if self._rewrite else dropped & self.adding.keys()
+        for node_id in local:
             del self.adding[node_id]
             del self.waiting[node_id]
             dropped.discard(node_id)
             log.info("follower %s fell behind before joining the ISR", node_id)
+        if local:
+            self._advance()  # the writes that waited for it alone go now
         if dropped:
             keep = {m for m in self.committed_isr if m.node_id not in dropped}
             if await self._write(write_isr, keep | {me}):
                 for node_id in dropped:
                     member = self.waiting.pop(node_id)
+                    self.adding.pop(node_id, None)
                     log.warning("ISR: dropped %s (lease %x): %s", node_id, member.lease_id,
                                 self._why(member))
                 self.shrinks += 1

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
+from memring.backend.replication.in_sync import CHECK_INTERVAL
 from memring.cluster.coordinator import ClusterView, Incarnation
 from memring.cluster.etcd_process import EtcdProcess
 from memring.cluster.status import status_doc
@@ -33,6 +34,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires_etcd]
 _clusters = itertools.count(1)
 BACK_IN_SYNC = 2.5  # from the impostor's leaving to the real follower back in the etcd ISR
 SLOW_WRITE = 0.05  # a sync write slower than this on loopback was held up
+# The longest a sync write may wait, as the design bounds it (docs/architecture.md, the ISR
+# invariant): a follower that does not acknowledge is dropped once it lags past --max-lag-ms
+# (500 ms, the default these shards run with), seen by the leader's next check
+# (in_sync.CHECK_INTERVAL, 20 ms), after one etcd transaction (the coordinator's call timeout,
+# 1 s, bounds it); then the write is released. Past this a write waits on an ack that no
+# follower will send.
+MAX_LAG = 0.5
+ETCD_CALL = 1.0
+WRITE_STALL_BOUND = MAX_LAG + CHECK_INTERVAL + ETCD_CALL
 
 
 class SyncShard(ReplicatedShard):
@@ -62,29 +72,41 @@ def sync_shard(etcd: EtcdProcess) -> Iterator[tuple[SyncShard, servers.RunningSe
 
 
 class Writer(threading.Thread):
-    """Sync sets on the leader, one at a time, until stopped: each write's latency."""
+    """Sync sets on the leader, one at a time, until stopped: each write's latency, and the
+    first error (no reply within the timeout, a closed connection), which ends it."""
 
-    def __init__(self, leader: servers.RunningServer, pause: float = 0.005) -> None:
+    def __init__(self, leader: servers.RunningServer, pause: float = 0.005,
+                 timeout: float = 10.0) -> None:
         super().__init__(daemon=True)
-        self.leader, self.pause = leader, pause
+        self.leader, self.pause, self.timeout = leader, pause, timeout
         self.latencies: list[float] = []
         self.replies: set[bytes] = set()
+        self.error: BaseException | None = None
         self._done = threading.Event()
 
     def run(self) -> None:
-        with wire.connect(self.leader) as sock:
-            for i in itertools.count():
-                if self._done.is_set():
-                    return
-                started = time.monotonic()
-                sock.sendall(b"set w%d 0 0 2\r\nvv\r\n" % i)
-                self.replies.add(wire.read_until(sock, b"\r\n", timeout=10))
-                self.latencies.append(time.monotonic() - started)
-                time.sleep(self.pause)
+        try:
+            with wire.connect(self.leader) as sock:
+                for i in itertools.count():
+                    if self._done.is_set():
+                        return
+                    started = time.monotonic()
+                    sock.sendall(b"set w%d 0 0 2\r\nvv\r\n" % i)
+                    try:
+                        self.replies.add(wire.read_until(sock, b"\r\n", timeout=self.timeout))
+                    finally:
+                        self.latencies.append(time.monotonic() - started)
+                    time.sleep(self.pause)
+        except Exception as exc:  # the test asserts there was none
+            self.error = exc
 
     def stop(self) -> None:
         self._done.set()
-        self.join(15)
+        self.join(self.timeout + 5)
+        assert not self.is_alive(), "the writer did not stop"
+
+    def slowest(self) -> float:
+        return max(self.latencies, default=0.0)
 
     def stalled(self) -> float:
         """Seconds spent in writes slower than SLOW_WRITE."""
@@ -151,8 +173,9 @@ def test_a_hello_under_an_unregistered_or_foreign_identity_is_refused_and_never_
                 impostor.stop()
         members = {m.node_id for isr in seen for m in isr}
         print(f"\n{len(writer.latencies)} sync writes in ~4 s, {writer.stalled():.2f} s of "
-              f"them stalled, slowest {max(writer.latencies) * 1000:.0f} ms; etcd ISRs seen: "
+              f"them stalled, slowest {writer.slowest() * 1000:.0f} ms; etcd ISRs seen: "
               f"{[sorted(m.node_id for m in isr) for isr in seen]}")
+        assert writer.error is None, f"a sync write failed: {writer.error!r}"
         assert writer.replies == {b"STORED\r\n"}
         assert members == {node_id(leader), node_id(follower)}, seen
         assert writer.stalled() < 0.5, f"{writer.stalled():.2f} s stalled"
@@ -187,8 +210,48 @@ def test_posing_as_the_follower_for_a_second_does_not_drop_it(
             writer.stop()
         print(f"\nimpostor with the {lease} lease: follower back in sync {took * 1000:.0f} ms "
               f"after it left; sync writes {len(writer.latencies)}, "
-              f"{writer.stalled():.2f} s stalled, slowest {max(writer.latencies) * 1000:.0f} ms")
+              f"{writer.stalled():.2f} s stalled, slowest {writer.slowest() * 1000:.0f} ms")
+        assert writer.error is None, f"a sync write failed: {writer.error!r}"
         assert writer.replies == {b"STORED\r\n"}
+        assert writer.slowest() < WRITE_STALL_BOUND, \
+            f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
+            f"{WRITE_STALL_BOUND:.2f} s)"
+        assert took < BACK_IN_SYNC, f"{took:.1f} s"
+        view = trio.run(shard.view)
+        assert shard.isr(view) == {shard.current(view, leader), real}
+
+
+def test_an_impostor_reposing_as_the_follower_stalls_no_write_past_the_lag_bound(
+        etcd: EtcdProcess) -> None:
+    """The real lease, a new connection every 0.1 s for 2 s, none ever acking: each one
+    supersedes the follower's (which reconnects, superseding it in turn). A write waits for
+    the impostor at most until the follower is back or is dropped at the lag bound."""
+    with sync_shard(etcd) as (shard, leader, follower):
+        view = trio.run(shard.view)
+        real = shard.current(view, follower)
+        peer = leader_peer(view)
+        writer = Writer(leader, pause=0.02)
+        writer.start()
+        poses = 0
+        try:
+            time.sleep(0.3)
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:
+                with hello(peer, real.node_id, real.lease_id):
+                    poses += 1
+                    time.sleep(0.1)
+            took = back_in_sync(shard, follower, 10.0)
+            time.sleep(0.3)
+        finally:
+            writer.stop()
+        print(f"\n{poses} poses with the real lease: follower back in sync {took * 1000:.0f} ms "
+              f"after; sync writes {len(writer.latencies)}, {writer.stalled():.2f} s stalled, "
+              f"slowest {writer.slowest() * 1000:.0f} ms")
+        assert writer.error is None, f"a sync write failed: {writer.error!r}"
+        assert writer.replies == {b"STORED\r\n"}
+        assert writer.slowest() < WRITE_STALL_BOUND, \
+            f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
+            f"{WRITE_STALL_BOUND:.2f} s)"
         assert took < BACK_IN_SYNC, f"{took:.1f} s"
         view = trio.run(shard.view)
         assert shard.isr(view) == {shard.current(view, leader), real}

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 from memring.backend.replication.in_sync import InSyncReplicas
-from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation
-from memring.protocol.replication import Position
+from memring.cluster.coordinator import CoordinatorUnavailable, Incarnation, IsrMoved
+from memring.protocol.replication import ORIGIN, Position
 
 pytestmark = pytest.mark.unit
 
@@ -197,7 +197,7 @@ async def test_acks_move_only_their_own_connection_and_a_newer_connection_supers
     insync.disconnected(real)  # the superseded connection ends: the newer link stays
     assert insync.links["n2"] is impostor
 
-    again = insync.connected(N2, Position(5, 1), snapshotting=False)  # the follower is back
+    again = insync.connected(N2, Position(5, 0), snapshotting=False)  # the follower is back
     assert hung_up == ["real", "impostor"]
     insync.acked(impostor, Position(5, 1))  # nothing: it no longer stands for n2
     insync.disconnected(impostor)
@@ -233,3 +233,120 @@ async def test_the_keeper_sleeps_while_settled_and_a_write_wakes_it() -> None:
             assert trio.current_time() - woken < 0.5  # dropped at max_lag, not QUIET_INTERVAL
             assert etcd.writes[-1] == {ME}
             nursery.cancel_scope.cancel()
+
+
+async def test_a_superseded_follower_back_at_the_newest_write_releases_it_at_hello() -> None:
+    """The 10 s stall (test_peer_impostors, [right], 1 CI run in 5): an impostor with the
+    follower's id and lease superseded the follower's connection while the follower's ACK of
+    the newest write was on its way; that ack counted for nothing, the follower came back
+    with HELLO at that write and, holding it, acked nothing more until the next write, which
+    the client waiting for this one never sends. HELLO's position is its ack."""
+    insync = leader({ME, N2})
+    real = insync.connected(N2, Position(5, 0), snapshotting=False)
+    insync.committed(Position(5, 1), 10)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 1)))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            impostor = insync.connected(N2, ORIGIN, snapshotting=False)
+            insync.acked(real, Position(5, 1))  # read after the impostor superseded it
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == [] and insync.watermark == Position(5, 0)  # the impostor holds none
+            insync.connected(N2, Position(5, 1), snapshotting=False)  # back, holding it
+            insync.disconnected(impostor)
+    assert done == [True] and insync.watermark == Position(5, 1)
+
+
+async def test_a_hello_past_the_newest_write_acknowledges_nothing_unwritten() -> None:
+    """A HELLO's position counts as its ack, but no further than what this leader wrote: a
+    peer claiming more (a lie, or a position of another history) releases nothing later."""
+    insync = leader({ME, N2})
+    link = insync.connected(N2, Position(5, 9), snapshotting=False)
+    assert link.acked == Position(5, 0) and insync.watermark == Position(5, 0)
+    insync.committed(Position(5, 1), 10)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 1)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == []  # n2 has not acknowledged (5, 1)
+        insync.acked(link, Position(5, 1))
+    assert done == [True]
+
+
+async def test_a_follower_dropped_before_it_joined_etcd_releases_the_writes_it_held() -> None:
+    """A follower waited for but not yet in etcd's ISR that goes (or lags) leaves `waiting`
+    locally, with no etcd write; the writes that waited for it alone go out at once, not
+    when some later ack happens to advance the watermark."""
+    etcd = EtcdIsr()
+    insync = leader({ME})
+    insync.committed(Position(5, 1), 10)
+    n2 = insync.connected(N2, Position(5, 0), snapshotting=False)
+    await insync._check(ME, etcd)
+    assert insync.waiting == {"n2": N2} and insync.adding == {"n2": Position(5, 1)}
+    insync.committed(Position(5, 2), 10)
+    done: list[bool] = []
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 2)))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []  # it waits for n2
+            insync.disconnected(n2)
+            await insync._check(ME, etcd)
+    assert done == [True] and insync.waiting == {} and etcd.writes == []
+
+
+async def test_a_follower_added_by_a_write_that_landed_late_leaves_etcd_first() -> None:
+    """IsrMoved: the write that added a follower timed out but landed, so etcd may name it
+    though it is still `adding`, until the rewrite commits. Dropping it meanwhile goes
+    through etcd like any member's drop (never locally only), and the writes keep waiting
+    for it until that commits."""
+    insync = leader({ME})
+    insync.committed(Position(5, 1), 10)
+    n2 = insync.connected(N2, Position(5, 0), snapshotting=False)
+    writes: list[set[Incarnation]] = []
+    failures: list[Exception] = [IsrMoved("our late write landed", 7),
+                                 CoordinatorUnavailable("etcd is slow")]
+    done: list[bool] = []
+    released_before: list[bool] = []  # at each etcd write: was the write released already
+
+    async def etcd(members: set[Incarnation]) -> object:
+        await trio.sleep(0)
+        writes.append(set(members))
+        released_before.append(bool(done))
+        if failures:
+            raise failures.pop(0)
+        return len(writes)
+
+    await insync._check(ME, etcd)
+    insync.acked(n2, Position(5, 1))
+    await insync._check(ME, etcd)  # the add lands late (IsrMoved), the rewrite fails
+    assert writes == [{ME, N2}, {ME}] and insync.adding == {"n2": Position(5, 1)}
+    assert insync._rewrite  # etcd may hold n2
+    insync.committed(Position(5, 2), 10)
+
+    async def write() -> None:
+        done.append(await insync.replicated(Position(5, 2)))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            insync.disconnected(n2)
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == []
+            await insync._check(ME, etcd)  # the drop is written to etcd before the release
+    # released only once a write without n2 committed (the third), not before it
+    assert writes == [{ME, N2}, {ME}, {ME}] and released_before == [False, False, False]
+    assert done == [True] and insync.waiting == {} and insync.adding == {}
