@@ -73,8 +73,12 @@ LOG_EVERY = 30.0      # while etcd stays unreachable, repeat the error this seld
 HANDOVER_DRAIN = 1.0  # a resigning leader waits this long at most for in-flight writes
 EARLIER_LEASES_KEPT = 8  # earlier leases of this process published in its node record
 UNCLEAN_ASK_TIMEOUT = 0.3  # an unclean candidate asks the other members' positions this long
-UNCLEAN_GRACE = 1.0  # for this long it also asks members not registered (re-registering took
-                     # ~0.4 s after a freeze past the TTL)
+UNCLEAN_GRACE = 5.0  # for this long it also asks members not registered: an in-sync member
+# alive between two sessions holds the election off. Re-registering took ~0.4 s after a freeze
+# past the TTL, 0.62 s when etcd 3.4 revoked every live lease at once under load (#12528): a
+# 1 s grace ran out 0.15 s before it, and the unclean election lost 13 acknowledged writes
+# (bench/many_failovers.py, round nine). Past it, a member that answers its peers but never
+# reaches etcd no longer keeps the shard leaderless.
 
 LEASE_EXPIRED = refusal_line(write_refusals.LEASE_EXPIRED)
 

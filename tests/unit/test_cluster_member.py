@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from memring.backend.cluster_member import LEASE_EXPIRED, ClusterMember, MemberIdentity
+from memring.backend.cluster_member import (
+    LEASE_EXPIRED,
+    UNCLEAN_GRACE,
+    ClusterMember,
+    MemberIdentity,
+)
 from memring.backend.commands import CommandHandler
 from memring.backend.settings import BackendSettings
 from memring.backend.stats import ServerCounters, StatsReport
@@ -321,3 +326,51 @@ def test_stats_name_the_role() -> None:
     member = run_commands(handler_with(Fence()), b"stats\r\n")
     assert b"STAT memring_role follower\r\nSTAT memring_shard s1\r\n" in member
     assert b"STAT memring_epoch 7\r\nEND\r\n" in member
+
+
+class _StoreAt:
+    """The replication side of a member: only its position is asked."""
+
+    def __init__(self, position: Position) -> None:
+        self._position = position
+
+    def position(self) -> Position:
+        return self._position
+
+
+async def test_an_in_sync_member_between_sessions_holds_off_an_unclean_election(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard's only in-sync member lost its session (etcd 3.4 revoking every live lease at
+    once, #12528) and, alive and holding more, registers again 0.62 s later under load. The
+    other member, outside the ISR, must wait for it over seconds (with a 1 s grace it went
+    unclean first and 13 acknowledged writes were lost), yet not forever: one that answers
+    its peers but never reaches etcd stops holding the shard leaderless after the grace. A
+    member that does not answer holds nothing off."""
+    async with open_memory_etcd() as store:
+        coord = MemoryCoordinator(store, "unit")
+        async with coord.open_session(5) as session:
+            await coord.register_node(session, NodeRecord("n1", "127.0.0.1:1", "s1"))
+            leadership = await coord.campaign(session, "s1", "n1", "127.0.0.1:1")
+            assert leadership is not None
+            await coord.update_isr(leadership, [Incarnation("n1", session.lease_id)])
+        view = await coord.snapshot()  # n1's session is gone, the ISR still names it
+        shard = view.shards["s1"]
+        assert "n1" not in view.nodes and shard.isr is not None
+        member = ClusterMember(coord, MemberIdentity("n2", "s1", "127.0.0.1:2"))
+        member.listener = _StoreAt(Position(1, 5))  # type: ignore[assignment]
+        member._last_addresses = {"n1": "127.0.0.1:1"}
+        answers: dict[str, dict[str, str] | None] = {"127.0.0.1:1": {
+            "memring_repl_position": "1:9"}}
+
+        async def fetch_all(addresses: list[str], *_: object) -> dict[str, dict[str, str] | None]:
+            return {address: answers.get(address) for address in addresses}
+
+        monkeypatch.setattr("memring.backend.cluster_member.fetch_all", fetch_all)
+        assert not await member._may_take_unclean(view, shard)
+        member._unclean_since = trio.current_time() - 1.5  # past the old 1 s grace
+        assert not await member._may_take_unclean(view, shard)
+        member._unclean_since = trio.current_time() - UNCLEAN_GRACE - 0.1
+        assert await member._may_take_unclean(view, shard)
+        member._unclean_since = None
+        answers.clear()  # n1 gone for good: nothing to wait for
+        assert await member._may_take_unclean(view, shard)
