@@ -101,9 +101,14 @@ class Fleet(Cluster):
         from memring.cluster.etcd_process import start_etcd, start_etcd_cluster
 
         try:
+            if self.args.keep_logs:  # zap: a stamp to the millisecond on each line
+                os.environ.setdefault("ETCD_LOGGER", "zap")
             if self.args.etcd_members > 1:
                 self.etcd_cluster = start_etcd_cluster(self.args.etcd_members)
                 self.stack.callback(self.etcd_cluster.stop)
+                if self.args.keep_logs:  # copied before stop removes their data dirs
+                    for i, m in enumerate(self.etcd_cluster.members):
+                        self.stack.callback(self.copy_etcd_log, m.log_path, f"etcd-{i + 1}")
                 self.etcd_urls = [m.url for m in self.etcd_cluster.members]
             else:
                 member = start_etcd()
@@ -191,6 +196,10 @@ class Fleet(Cluster):
         self.servers.append(proxy)
         if self.args.keep_logs:  # copied before `spawned` closes its temporary file
             self.stack.callback(self.copy_log, proxy.log, "proxy")
+
+    def copy_etcd_log(self, path: Path, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (Path(self.args.keep_logs) / f"{name}.log").write_bytes(path.read_bytes())
 
     def copy_log(self, log: IO[bytes], name: str) -> None:
         log.seek(0)

@@ -77,7 +77,7 @@ from memring.cluster.etcd_grpc import (
 )
 from memring.cluster.etcd_grpc import details as _details
 from memring.cluster.etcd_host import GatewayAccess
-from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader
+from memring.cluster.etcd_leader import ROUND_TIMEOUT, Status, answering_leader, leader_change
 from memring.cluster.etcd_leases import EtcdLeases
 from memring.cluster.etcd_security import EtcdSecurity, url_scheme
 from memring.cluster.etcd_watches import EtcdWatches, WatchRefused
@@ -115,6 +115,13 @@ CHECK_ACCESS_PAUSE = 0.1
 # new leader ~350 ms after the pause (docs/scaling.md). A member slowed by a loaded machine
 # costs a spurious resend: once, to etcd's answering leader, with the rest of the timeout.
 ATTEMPT_TIMEOUT = 0.25
+# An attempt that may be sent again and is still unanswered after this long is late: from
+# then on, while it waits, every member's Status is asked in rounds (cluster.etcd_leader
+# `leader_change`), and the call goes at once to etcd's new leader if one was elected
+# meanwhile or the member waited on is silent. A request that a follower forwarded to a
+# frozen leader is lost, so waiting out the attempt after etcd's election only delays it
+# (docs/scaling.md, round nine). A call answers in 1-5 ms on a quiet machine.
+LATE = 0.05
 # After this long without a gRPC call (none open), the channels are closed: an idle process
 # makes its keepalives and watches over etcd's gateway, and an open channel alone keeps
 # grpcio's threads waking (`_release_idle_channels`).
@@ -200,6 +207,14 @@ def _compare(c: Compare) -> Any:
     else:
         msg.version = int(c.operand)
     return msg
+
+
+class _LeaderChanged(Exception):
+    """A late attempt given up: etcd's answering leader is member `index` now."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
 
 class EtcdCoordinator(Coordinator):
@@ -519,14 +534,31 @@ class EtcdCoordinator(Coordinator):
             wait = self.attempt_wait(limit, started, resends, resent)
             call = functools.partial(getattr(stub, method), request, timeout=wait,
                                      metadata=self.call_metadata() if authenticated else None)
+            sent = trio.current_time()
             try:
+                if resends:
+                    return await self._watched_attempt(call, index)
                 return await self._in_thread(call)
+            except _LeaderChanged as changed:
+                resends -= 1
+                resent = True
+                self._failed_at[index] = time.monotonic()
+                self._make_current(changed.index)
+                log.info("etcd at %s left our %s unanswered for %.0f ms while etcd's leader "
+                         "changed or it went silent; sending it again through %s",
+                         self.url_at(index), method, 1000 * (trio.current_time() - sent),
+                         self.url)
+                continue
             except grpc.RpcError as exc:
                 if not renewed and self.stale_token(*_details(exc)):
                     renewed = True
                     await self.renew_token(generation)
                     continue
-                if not reconnected and _NOT_CONNECTED in _details(exc)[1]:
+                # a connection that failed at once (a channel in reconnect backoff) is made
+                # anew; one that hung (a member that accepts but never speaks: frozen) is not
+                # tried again: that would cost another attempt on it
+                if (not reconnected and _NOT_CONNECTED in _details(exc)[1]
+                        and trio.current_time() - sent < wait / 2):
                     # never sent, through a channel in reconnect backoff: once more, through
                     # a new connection, within the call's time (`_reconnect`)
                     reconnected = resent = True
@@ -541,6 +573,36 @@ class EtcdCoordinator(Coordinator):
                 resent = True
                 await self.to_answering_leader(index, started + limit - self.attempt_timeout)
                 log.info("%s; sending the %s again through %s", error, method, self.url)
+
+    async def _watched_attempt(self, call: Callable[[], T], index: int) -> T:
+        """`call` on endpoint `index` in a worker thread; once it is LATE, etcd's members are
+        asked in rounds meanwhile (`leader_change`), and if etcd elected a new leader or
+        `index` went silent, the call is given up (its thread ends by its gRPC deadline):
+        `_LeaderChanged` names the member to send it to."""
+        answer: list[T] = []
+        failure: list[Exception] = []
+        moved: list[int] = []
+
+        async def attempt(done: trio.CancelScope) -> None:
+            try:
+                answer.append(await self._in_thread(call))
+            except Exception as exc:  # re-raised below, outside the nursery
+                failure.append(exc)
+            done.cancel()
+
+        async def watch(done: trio.CancelScope) -> None:
+            await trio.sleep(LATE)
+            moved.append(await leader_change(self._status, len(self.endpoints), index))
+            done.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        if answer:
+            return answer[0]
+        if failure:
+            raise failure[0]
+        raise _LeaderChanged(moved[0])
 
     def attempt_wait(self, limit: float, started: float, resends: int, resent: bool) -> float:
         """An attempt's timeout within a call of `limit` s begun at `started`: one

@@ -90,3 +90,27 @@ async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int
             return leader
         silent.update(i for i in indexes if i not in answers)
         await trio.sleep(min(POLL, max(0.0, give_up_at - trio.current_time())))
+
+
+async def leader_change(ask: AskStatus, count: int, waiting_on: int) -> int:
+    """The index of a member that leads etcd and answers, returned once a call waiting on
+    member `waiting_on` can no longer be answered: a majority names that leader in a higher
+    term than the first round's highest (etcd elected a leader while we waited: a request a
+    follower forwarded to the old one is lost, and a frozen leader answers nothing), or
+    `waiting_on` was silent in a round and a majority names another member that answers.
+    Runs in rounds until one of these holds; the caller bounds it (its attempt's timeout).
+    A member silent in one round is not asked again (as `answering_leader`)."""
+    first_term: int | None = None
+    silent: set[int] = set()
+    while True:
+        indexes = [i for i in range(count) if i not in silent] or list(range(count))
+        _, answers = await _round(ask, indexes, count, ROUND_TIMEOUT)
+        silent.update(i for i in indexes if i not in answers)
+        leader = _named_by_majority(answers, count)
+        if first_term is None and answers:
+            first_term = max(t for _, _, t in answers.values())
+        if leader is not None and leader != waiting_on and (
+                waiting_on in silent or (first_term is not None
+                                         and answers[leader][2] > first_term)):
+            return leader
+        await trio.sleep(POLL)
