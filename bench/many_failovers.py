@@ -363,6 +363,25 @@ def client_moves(log_dir: Path, frozen_url: str, t0_wall: float, resumed_wall: f
     return {"moves": moves, "to_frozen_member": to_frozen, "processes_lost_session": lost}
 
 
+ETCD_ELECTED = re.compile(r'"ts":"([^"]+)Z".*"msg":"raft\.node: \w+ elected leader \w+ at term')
+
+
+def etcd_elected_ms(log_dir: Path, t0_wall: float) -> int | None:
+    """When a member of etcd first logged a new leader after the fault, ms after it (etcd's
+    zap logs, which --keep-logs asks for; None without them)."""
+    times = []
+    for path in log_dir.glob("etcd-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            match = ETCD_ELECTED.search(line)
+            if match is None:
+                continue
+            when = datetime.datetime.fromisoformat(match[1]).replace(
+                tzinfo=datetime.UTC).timestamp()
+            if when >= t0_wall:
+                times.append(when)
+    return round((min(times) - t0_wall) * 1000) if times else None
+
+
 def run(args: argparse.Namespace) -> int:
     from memring.proxy.ketama import KetamaRing
 
@@ -450,6 +469,15 @@ def run(args: argparse.Namespace) -> int:
     if lags:
         summary["proxy_lag_after_leading_ms"] = {"median": statistics.median(lags),
                                                  "max": max(lags)}
+    elected = etcd_elected_ms(Path(args.keep_logs), timings["t0_wall"]) \
+        if args.keep_logs and timings["frozen_url"] else None
+    if elected is not None:  # what is ours: the time from etcd's election on
+        summary["etcd_elected_ms"] = elected
+        led = [r["led_ms"] for r in rows if r.get("led_ms") is not None]
+        summary["after_etcd_election_ms"] = {
+            "led_median": statistics.median(led) - elected if led else None,
+            "first_write_median": statistics.median(firsts) - elected,
+            "first_write_max": max(firsts) - elected}
     if args.keep_logs and timings["frozen_url"]:  # the fault's window: to the bench's `end`
         summary["etcd_clients"] = client_moves(Path(args.keep_logs), timings["frozen_url"],
                                                timings["t0_wall"],
@@ -488,6 +516,11 @@ def run(args: argparse.Namespace) -> int:
         if lags:
             print(f"\nThe proxy's lag after leading (routed, or heard the claim): median "
                   f"{statistics.median(lags)} ms, max {max(lags)} ms")
+        if "after_etcd_election_ms" in summary:
+            after = summary["after_etcd_election_ms"]
+            print(f"\netcd elected a new leader {summary['etcd_elected_ms']} ms after the fault;"
+                  f" from then: led median {after['led_median']} ms, first write median "
+                  f"{after['first_write_median']} ms, max {after['first_write_max']} ms")
         if "etcd_clients" in summary:
             clients = summary["etcd_clients"]
             print(f"\nWhile etcd's leader was frozen, etcd clients moved {clients['moves']} "
