@@ -456,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]
     writes = counts(load.ops, "set")
-    summary = {
+    summary: dict[str, Any] = {
         "first_write_ms": {"median": statistics.median(firsts), "max": max(firsts)},
         "other_shards_longest_ack_gap_ms": {"median": statistics.median(gaps.values()),
                                             "max": max(gaps.values())} if gaps else None,
