@@ -92,6 +92,23 @@ async def answering_leader(ask: AskStatus, count: int, give_up_at: float) -> int
         await trio.sleep(min(POLL, max(0.0, give_up_at - trio.current_time())))
 
 
+async def _full_round(ask: AskStatus, indexes: list[int], timeout: float
+                      ) -> dict[int, Status]:
+    """The members at `indexes` asked at once, every answer awaited (up to `timeout`): a
+    member missing from the answers was silent, not cut short."""
+    answers: dict[int, Status] = {}
+
+    async def ask_one(index: int) -> None:
+        answer = await ask(index, timeout)
+        if answer is not None:
+            answers[index] = answer
+
+    async with trio.open_nursery() as nursery:
+        for index in indexes:
+            nursery.start_soon(ask_one, index)
+    return answers
+
+
 async def leader_change(ask: AskStatus, count: int, waiting_on: int) -> int:
     """The index of a member that leads etcd and answers, returned once a call waiting on
     member `waiting_on` can no longer be answered: a majority names that leader in a higher
@@ -104,7 +121,7 @@ async def leader_change(ask: AskStatus, count: int, waiting_on: int) -> int:
     silent: set[int] = set()
     while True:
         indexes = [i for i in range(count) if i not in silent] or list(range(count))
-        _, answers = await _round(ask, indexes, count, ROUND_TIMEOUT)
+        answers = await _full_round(ask, indexes, ROUND_TIMEOUT)
         silent.update(i for i in indexes if i not in answers)
         leader = _named_by_majority(answers, count)
         if first_term is None and answers:
