@@ -542,7 +542,8 @@ class EtcdCoordinator(Coordinator):
             except _LeaderChanged as changed:
                 resends -= 1
                 resent = True
-                self._failed_at[index] = time.monotonic()
+                if changed.index != index:
+                    self._failed_at[index] = time.monotonic()
                 self._make_current(changed.index)
                 log.info("etcd at %s left our %s unanswered for %.0f ms while etcd's leader "
                          "changed or it went silent; sending it again through %s",

@@ -112,9 +112,10 @@ async def _full_round(ask: AskStatus, indexes: list[int], timeout: float
 async def leader_change(ask: AskStatus, count: int, waiting_on: int) -> int:
     """The index of a member that leads etcd and answers, returned once a call waiting on
     member `waiting_on` can no longer be answered: a majority names that leader in a higher
-    term than the first round's highest (etcd elected a leader while we waited: a request a
-    follower forwarded to the old one is lost, and a frozen leader answers nothing), or
-    `waiting_on` was silent in a round and a majority names another member that answers.
+    term than the first round's highest (etcd elected a leader while we waited: a proposal a
+    follower forwarded to the old one is lost, even when that follower is the new leader, and
+    a frozen leader answers nothing), or `waiting_on` was silent in a round and a majority
+    names another member that answers.
     Runs in rounds until one of these holds; the caller bounds it (its attempt's timeout).
     A member silent in one round is not asked again (as `answering_leader`)."""
     first_term: int | None = None
@@ -126,8 +127,8 @@ async def leader_change(ask: AskStatus, count: int, waiting_on: int) -> int:
         leader = _named_by_majority(answers, count)
         if first_term is None and answers:
             first_term = max(t for _, _, t in answers.values())
-        if leader is not None and leader != waiting_on and (
-                waiting_on in silent or (first_term is not None
-                                         and answers[leader][2] > first_term)):
+        if leader is not None and (
+                (first_term is not None and answers[leader][2] > first_term)
+                or (waiting_on in silent and leader != waiting_on)):
             return leader
         await trio.sleep(POLL)

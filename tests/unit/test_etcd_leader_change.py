@@ -61,11 +61,20 @@ async def test_a_slow_call_on_a_follower_of_a_live_leader_is_left_waiting(
     assert waited.cancelled_caught
 
 
-async def test_a_call_waiting_on_the_new_leader_itself_is_left_waiting(
+async def test_a_call_waiting_on_a_follower_elected_meanwhile_is_sent_to_it_again(
         autojump_clock: trio.testing.MockClock) -> None:
-    # waiting on 30, elected meanwhile: its answer may just be late
+    # waiting on 30, a follower when the call was sent (its proposal forwarded to 20, lost),
+    # elected meanwhile: sent again, to 30 itself
     members = Members(((20, 2), None, (20, 2)), ((30, 3), None, (30, 3)))
-    with trio.move_on_after(5.0) as waited:
-        await leader_change(members.ask, 3, waiting_on=2)
-    assert waited.cancelled_caught
+    with trio.fail_after(5.0):
+        assert await leader_change(members.ask, 3, waiting_on=2) == 2
     assert members.asks[1] == 1  # the frozen member was asked once only
+
+
+async def test_a_slow_leader_waited_on_is_left_waiting(
+        autojump_clock: trio.testing.MockClock) -> None:
+    # waiting on 20, the leader all along: its answer may just be late
+    members = Members(((20, 2), (20, 2), (20, 2)))
+    with trio.move_on_after(5.0) as waited:
+        await leader_change(members.ask, 3, waiting_on=1)
+    assert waited.cancelled_caught
