@@ -382,6 +382,17 @@ def etcd_elected_ms(log_dir: Path, t0_wall: float) -> int | None:
     return round((min(times) - t0_wall) * 1000) if times else None
 
 
+def etcd_leader_changes(log_dir: Path) -> int | None:
+    """Raft leaders etcd elected after its first (each member's "became leader" lines, all
+    members): the pause's election and any spurious one (None without etcd's logs)."""
+    paths = list(log_dir.glob("etcd-*.log"))
+    if not paths:
+        return None
+    elections = sum(path.read_text(errors="replace").count('became leader at term')
+                    for path in paths)
+    return max(0, elections - 1)
+
+
 def run(args: argparse.Namespace) -> int:
     from memring.proxy.ketama import KetamaRing
 
@@ -478,6 +489,8 @@ def run(args: argparse.Namespace) -> int:
             "led_median": statistics.median(led) - elected if led else None,
             "first_write_median": statistics.median(firsts) - elected,
             "first_write_max": max(firsts) - elected}
+    if args.keep_logs:
+        summary["etcd_leader_changes"] = etcd_leader_changes(Path(args.keep_logs))
     if args.keep_logs and timings["frozen_url"]:  # the fault's window: to the bench's `end`
         summary["etcd_clients"] = client_moves(Path(args.keep_logs), timings["frozen_url"],
                                                timings["t0_wall"],
