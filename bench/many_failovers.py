@@ -244,7 +244,8 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     old = {sid: fleet.leaders(sid)[0] for sid in victims}
     survivors = {sid: [n for n in fleet.shard_nodes(sid) if n is not old[sid]]
                  for sid in victims}
-    etcd_leader = fleet.etcd_cluster.leader() if fleet.etcd_cluster is not None else None
+    etcd_leader = fleet.etcd_cluster.leader() \
+        if fleet.etcd_cluster is not None and args.etcd_pause > 0 else None  # 0: no pause
     before = etcd_rates.sample(fleet.etcd_urls)
     t0, t0_wall = time.monotonic(), time.time()
     for node in old.values():
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd-members", type=int, default=3, choices=(1, 3, 5),
                         help="etcd cluster size (%(default)s)")
     parser.add_argument("--etcd-pause", type=float, default=2.0,
-                        help="seconds etcd's leader is SIGSTOPped (%(default)s)")
+                        help="seconds etcd's leader is SIGSTOPped (%(default)s; 0: not paused)")
     parser.add_argument("--ttl", type=float, default=2.0, help="lease TTL (%(default)s)")
     parser.add_argument("--rate", type=float, default=600.0,
                         help="sets per second through the proxy (%(default)s)")
