@@ -20,7 +20,9 @@ follower answers when it could not forward to a leader in time) become `Coordina
 naming the endpoint; with several endpoints the next call goes to the next one, the member that
 failed longest ago first. A call that may be sent again (a read, a revocation, the campaign
 txn, which re-reads a failed outcome) gives its first endpoint one `ATTEMPT_TIMEOUT`, then goes
-to the member that leads etcd and answers (cluster.etcd_leader). A watch lives on the current
+to the member that leads etcd and answers (cluster.etcd_leader); once LATE it asks the members'
+Status meanwhile and goes there as soon as etcd elected a new leader or its member is silent
+(`_watched_attempt`). A watch lives on the current
 endpoint: when any call moves off that endpoint the watch ends with WatchMoved and `follow()`
 resyncs through the next one at once. A stream on a frozen (SIGSTOPped) member gets no error
 of its own, only silence: without this a paused etcd leader froze every watcher's view for as
