@@ -557,11 +557,7 @@ class EtcdCoordinator(Coordinator):
                     renewed = True
                     await self.renew_token(generation)
                     continue
-                # a connection that failed at once (a channel in reconnect backoff) is made
-                # anew; one that hung (a member that accepts but never speaks: frozen) is not
-                # tried again: that would cost another attempt on it
-                if (not reconnected and _NOT_CONNECTED in _details(exc)[1]
-                        and trio.current_time() - sent < wait / 2):
+                if not reconnected and _NOT_CONNECTED in _details(exc)[1]:
                     # never sent, through a channel in reconnect backoff: once more, through
                     # a new connection, within the call's time (`_reconnect`)
                     reconnected = resent = True
