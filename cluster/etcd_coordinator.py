@@ -22,8 +22,8 @@ failed longest ago first. A call that may be sent again (a read, a revocation, t
 txn, which re-reads a failed outcome) gives its first endpoint one `ATTEMPT_TIMEOUT`, then goes
 to the member that leads etcd and answers (cluster.etcd_leader); once LATE it asks the members'
 Status meanwhile and goes there as soon as etcd elected a new leader or its member is silent
-(`_watched_attempt`). A watch lives on the current
-endpoint: when any call moves off that endpoint the watch ends with WatchMoved and `follow()`
+(`_watched_attempt`). A watch lives on the current endpoint: when any call moves off that
+endpoint the watch ends with WatchMoved and `follow()`
 resyncs through the next one at once. A stream on a frozen (SIGSTOPped) member gets no error
 of its own, only silence: without this a paused etcd leader froze every watcher's view for as
 long as it was paused (measured: a dead memring leader replaced after 7.3 s, when the etcd

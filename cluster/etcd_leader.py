@@ -14,7 +14,9 @@ without waiting for a frozen member's), else, once the round is over, by those a
 the highest term. The resend then goes straight to it, right after the election. A member
 silent in a round is not asked again: a frozen one handles every request queued for it when
 it resumes. A member that only lost our connection (its answers held) is no leader we can
-use: the search gives up and the caller falls back to its next endpoint. gRPC stays in
+use: the search gives up and the caller falls back to its next endpoint. `leader_change` asks
+the same rounds while a late call still waits, and names etcd's leader as soon as the call
+cannot be answered where it waits (a newer term, or its member silent). gRPC stays in
 cluster.etcd_coordinator (it must import grpc first): this module gets a function that asks
 one member.
 """
