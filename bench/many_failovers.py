@@ -101,9 +101,14 @@ class Fleet(Cluster):
         from memring.cluster.etcd_process import start_etcd, start_etcd_cluster
 
         try:
+            if self.args.keep_logs:  # zap: a stamp to the millisecond on each line
+                os.environ.setdefault("ETCD_LOGGER", "zap")
             if self.args.etcd_members > 1:
                 self.etcd_cluster = start_etcd_cluster(self.args.etcd_members)
                 self.stack.callback(self.etcd_cluster.stop)
+                if self.args.keep_logs:  # copied before stop removes their data dirs
+                    for i, m in enumerate(self.etcd_cluster.members):
+                        self.stack.callback(self.copy_etcd_log, m.log_path, f"etcd-{i + 1}")
                 self.etcd_urls = [m.url for m in self.etcd_cluster.members]
             else:
                 member = start_etcd()
@@ -192,6 +197,10 @@ class Fleet(Cluster):
         if self.args.keep_logs:  # copied before `spawned` closes its temporary file
             self.stack.callback(self.copy_log, proxy.log, "proxy")
 
+    def copy_etcd_log(self, path: Path, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (Path(self.args.keep_logs) / f"{name}.log").write_bytes(path.read_bytes())
+
     def copy_log(self, log: IO[bytes], name: str) -> None:
         log.seek(0)
         (Path(self.args.keep_logs) / f"{name}.log").write_bytes(log.read())
@@ -235,7 +244,8 @@ def fault(fleet: Fleet, load: Load, victims: list[str], args: argparse.Namespace
     old = {sid: fleet.leaders(sid)[0] for sid in victims}
     survivors = {sid: [n for n in fleet.shard_nodes(sid) if n is not old[sid]]
                  for sid in victims}
-    etcd_leader = fleet.etcd_cluster.leader() if fleet.etcd_cluster is not None else None
+    etcd_leader = fleet.etcd_cluster.leader() \
+        if fleet.etcd_cluster is not None and args.etcd_pause > 0 else None  # 0: no pause
     before = etcd_rates.sample(fleet.etcd_urls)
     t0, t0_wall = time.monotonic(), time.time()
     for node in old.values():
@@ -354,6 +364,36 @@ def client_moves(log_dir: Path, frozen_url: str, t0_wall: float, resumed_wall: f
     return {"moves": moves, "to_frozen_member": to_frozen, "processes_lost_session": lost}
 
 
+ETCD_ELECTED = re.compile(r'"ts":"([^"]+)Z".*"msg":"raft\.node: \w+ elected leader \w+ at term')
+
+
+def etcd_elected_ms(log_dir: Path, t0_wall: float) -> int | None:
+    """When a member of etcd first logged a new leader after the fault, ms after it (etcd's
+    zap logs, which --keep-logs asks for; None without them)."""
+    times = []
+    for path in log_dir.glob("etcd-*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            match = ETCD_ELECTED.search(line)
+            if match is None:
+                continue
+            when = datetime.datetime.fromisoformat(match[1]).replace(
+                tzinfo=datetime.UTC).timestamp()
+            if when >= t0_wall:
+                times.append(when)
+    return round((min(times) - t0_wall) * 1000) if times else None
+
+
+def etcd_leader_changes(log_dir: Path) -> int | None:
+    """Raft leaders etcd elected after its first (each member's "became leader" lines, all
+    members): the pause's election and any spurious one (None without etcd's logs)."""
+    paths = list(log_dir.glob("etcd-*.log"))
+    if not paths:
+        return None
+    elections = sum(path.read_text(errors="replace").count('became leader at term')
+                    for path in paths)
+    return max(0, elections - 1)
+
+
 def run(args: argparse.Namespace) -> int:
     from memring.proxy.ketama import KetamaRing
 
@@ -428,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
     gaps = {sid: round(acked_gaps(load.ops, sid, t0, end) * 1000) for sid in others}
     firsts = [r["first_write_ms"] for r in rows]
     writes = counts(load.ops, "set")
-    summary = {
+    summary: dict[str, Any] = {
         "first_write_ms": {"median": statistics.median(firsts), "max": max(firsts)},
         "other_shards_longest_ack_gap_ms": {"median": statistics.median(gaps.values()),
                                             "max": max(gaps.values())} if gaps else None,
@@ -441,6 +481,17 @@ def run(args: argparse.Namespace) -> int:
     if lags:
         summary["proxy_lag_after_leading_ms"] = {"median": statistics.median(lags),
                                                  "max": max(lags)}
+    elected = etcd_elected_ms(Path(args.keep_logs), timings["t0_wall"]) \
+        if args.keep_logs and timings["frozen_url"] else None
+    if elected is not None:  # what is ours: the time from etcd's election on
+        summary["etcd_elected_ms"] = elected
+        led = [r["led_ms"] for r in rows if r.get("led_ms") is not None]
+        summary["after_etcd_election_ms"] = {
+            "led_median": statistics.median(led) - elected if led else None,
+            "first_write_median": statistics.median(firsts) - elected,
+            "first_write_max": max(firsts) - elected}
+    if args.keep_logs:
+        summary["etcd_leader_changes"] = etcd_leader_changes(Path(args.keep_logs))
     if args.keep_logs and timings["frozen_url"]:  # the fault's window: to the bench's `end`
         summary["etcd_clients"] = client_moves(Path(args.keep_logs), timings["frozen_url"],
                                                timings["t0_wall"],
@@ -479,6 +530,11 @@ def run(args: argparse.Namespace) -> int:
         if lags:
             print(f"\nThe proxy's lag after leading (routed, or heard the claim): median "
                   f"{statistics.median(lags)} ms, max {max(lags)} ms")
+        if "after_etcd_election_ms" in summary:
+            after = summary["after_etcd_election_ms"]
+            print(f"\netcd elected a new leader {summary['etcd_elected_ms']} ms after the fault;"
+                  f" from then: led median {after['led_median']} ms, first write median "
+                  f"{after['first_write_median']} ms, max {after['first_write_max']} ms")
         if "etcd_clients" in summary:
             clients = summary["etcd_clients"]
             print(f"\nWhile etcd's leader was frozen, etcd clients moved {clients['moves']} "
@@ -515,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd-members", type=int, default=3, choices=(1, 3, 5),
                         help="etcd cluster size (%(default)s)")
     parser.add_argument("--etcd-pause", type=float, default=2.0,
-                        help="seconds etcd's leader is SIGSTOPped (%(default)s)")
+                        help="seconds etcd's leader is SIGSTOPped (%(default)s; 0: not paused)")
     parser.add_argument("--ttl", type=float, default=2.0, help="lease TTL (%(default)s)")
     parser.add_argument("--rate", type=float, default=600.0,
                         help="sets per second through the proxy (%(default)s)")
