@@ -413,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
              f"{result['load_average_start']}")
     ring = KetamaRing([(f"s{i}", 1) for i in range(1, args.shards + 1)], "md5")
     rng = random.Random(args.seed)
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         fleet = Fleet(args, stack)
         fleet.start_etcd()
