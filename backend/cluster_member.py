@@ -155,6 +155,10 @@ class ClusterMember:
         self._leaving = False
         self._handing_over = False  # refusing writes while in-flight ones replicate
         self._unclean_since: float | None = None  # when an unclean election became possible
+        # One campaign at a time: the one after a revocation (_campaign_after_revoke) and the
+        # view's (_react, once the watch shows the leader gone) raced in every failover, and
+        # the loser's failed txn and re-read were 3 etcd calls for nothing.
+        self._campaigning = trio.Lock()
         self._last_addresses: dict[str, str] = {}  # shard members' client addresses, as last seen
         self._not_leader = not_leader_line(identity.shard)
         self._leases: list[int] = []  # every lease this process registered with, oldest first
@@ -431,9 +435,12 @@ class ClusterMember:
             else:  # said only now: a member that defers to another takes no data loss
                 log.warning("shard %s: no in-sync replica is alive; unclean election (data "
                             "written since the ISR was last updated is lost)", ident.shard)
-            won = await self.coordinator.campaign(
-                session, ident.shard, ident.node_id, ident.address, unclean=unclean,
-                earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
+            async with self._campaigning:
+                if self.leadership is not None:
+                    return True  # the campaign after the revocation won meanwhile
+                won = await self.coordinator.campaign(
+                    session, ident.shard, ident.node_id, ident.address, unclean=unclean,
+                    earlier_leases=self._earlier_leases(session), alone=self._alone(shard))
             if won is not None:
                 self.leadership = won
                 self.epoch = won.epoch
@@ -623,7 +630,8 @@ class ClusterMember:
                 log.warning("could not revoke the lease of leader %s: %s", leader.node_id, exc)
                 await trio.sleep(self.probe_interval)
                 continue
-            await self._campaign_after_revoke()
+            async with self._campaigning:  # after the view's campaign, if one runs
+                await self._campaign_after_revoke()
 
     async def _campaign_after_revoke(self) -> None:
         """Campaign as soon as the dead leader's lease is revoked, without waiting for the
@@ -639,8 +647,9 @@ class ClusterMember:
             return
         shard = view.shards.get(ident.shard)
         if shard is None or shard.isr is None or shard.drained(ident.node_id) or (
-                shard.hint is not None and shard.hint.node_id != ident.node_id):
-            return
+                shard.hint is not None and shard.hint.node_id != ident.node_id) or (
+                shard.leader is not None and shard.leader.lease_id not in self._revoked):
+            return  # (or the view's campaign found another leader meanwhile)
         mine = {Incarnation(ident.node_id, lease)
                 for lease in (session.lease_id, *self._earlier_leases(session))}
         if not mine & set(shard.isr.members):

@@ -374,3 +374,37 @@ async def test_an_in_sync_member_between_sessions_holds_off_an_unclean_election(
         member._unclean_since = None
         answers.clear()  # n1 gone for good: nothing to wait for
         assert await member._may_take_unclean(view, shard)
+
+
+async def test_a_failover_campaigns_once() -> None:
+    """The follower that revokes a dead leader's lease campaigns right after (without waiting
+    for the view), and the view showing the leader gone made it campaign as well: two txns
+    racing in every failover, the loser's failed txn and re-read 3 etcd calls for nothing
+    ("our campaign's answer was lost, yet it won" in the logs). One campaign now."""
+    with trio.fail_after(10):
+        async with open_memory_etcd() as store, cluster(store, 2) as running:
+            [leader] = await leaders(running)
+            follower = next(r for r in running if r is not leader)
+            while follower.member.role != "follower":
+                await trio.sleep(0.01)
+            coordinator = follower.member.coordinator
+            campaign = coordinator.campaign
+            calls = 0
+
+            async def counted(*args: object, **kwargs: object) -> object:
+                nonlocal calls
+                calls += 1
+                await trio.sleep(0.05)  # an etcd round trip: the other path catches up
+                return await campaign(*args, **kwargs)  # type: ignore[arg-type]
+
+            coordinator.campaign = counted  # type: ignore[method-assign,assignment]
+
+            async def keep(lease_id: int) -> bool:  # a killed process revokes nothing
+                return False
+
+            leader.member.coordinator.revoke = keep  # type: ignore[method-assign]
+            leader.scope.cancel()
+            leader.listener.close()  # its port refuses: the follower revokes its lease
+            await leaders([follower])
+            await trio.sleep(0.2)  # a second campaign would have started by now
+            assert calls == 1
