@@ -66,7 +66,13 @@ from memring.protocol.ascii_auth import Login, auth_request
 from memring.protocol.reply_shapes import ReplyShape, reply_shape
 from memring.protocol.response_parser import Unauthenticated
 from memring.protocol.responses import End, ErrorReply, Line, Response, Status, VersionReply
-from memring.proxy.cut_connection import resendable, worth_cutting
+from memring.proxy.cut_connection import (
+    abandoned,
+    answered_on_drain,
+    owner,
+    resendable,
+    worth_cutting,
+)
 from memring.proxy.edge_reads import EdgePoller, EdgeReader
 from memring.proxy.pending_reply import UNDATED, PendingReply, ReplyListener
 
@@ -81,6 +87,18 @@ EARLY_CUT = 0.25
 # ... and while bytes arrive for live clients only, it waits at most this many timeouts
 # past its deadline.
 OVERDUE_LIMIT = 4.0
+# A cut connection drains for its live writes' replies at most this many timeouts (what it
+# reads is bounded anyway: nothing is added to it after the cut), and no longer once every
+# one of those writes' clients has gone.
+DRAIN_LIMIT = 10.0
+
+
+class DiscardedReply(PendingReply):
+    """A reply a cut, draining connection still owes in its stream but nobody takes (a gone
+    client's, or a read sent again elsewhere): parsed to keep the stream in step, its events
+    dropped as they come."""
+
+    __slots__ = ()
 
 
 class ConnectionFailed(Exception):
@@ -148,6 +166,11 @@ class BackendConnection:
         self.received = 0  # bytes read: the progress an overdue reply is judged by
         # the owner's, to send the live reads of a cut connection again (None: never cut)
         self.on_cut: Callable[[list[PendingReply]], None] | None = None
+        # cut, it reads on only for its live writes' replies (`_kept` of them still owed),
+        # telling the owner as each comes (`on_kept_answered`), and closes after the last
+        self.draining = False
+        self._kept = 0
+        self.on_kept_answered: Callable[[], None] | None = None
         self.requests = 0
         self.max_in_flight = 0
         # the run's clock, asked directly for each reply's deadline (trio.current_time()
@@ -474,6 +497,8 @@ class BackendConnection:
         if not data:
             self._fail(f"{self.host}:{self.port} closed the connection")
             return False
+        if self.draining:
+            return self._drained(data)
         parser = self._parser
         pending = self._pending
         arrived = self._arrived
@@ -566,7 +591,8 @@ class BackendConnection:
                 if not self._waits_at_head(head):
                     continue
                 if self.received != seen and worth_cutting(pending):
-                    self._cut()
+                    if self._cut():
+                        await self._watch_drain()
                     return
             await trio.sleep_until(head.deadline - window)
             if not self._waits_at_head(head):
@@ -601,7 +627,8 @@ class BackendConnection:
             if self.received == seen:
                 break  # nothing for a whole window: frozen, or gone
             if self.on_cut is not None and worth_cutting(pending):
-                self._cut()
+                if self._cut():
+                    await self._watch_drain()
                 return False
             if now > pending[0].deadline + OVERDUE_LIMIT * self.timeout:
                 break
@@ -610,22 +637,137 @@ class BackendConnection:
                    f"{self.host}:{self.port}")
         return False
 
-    def _cut(self) -> None:
-        """Close the connection without draining the replies owed to gone clients; the live
-        reads nothing of which has arrived go to `on_cut` (sent again once), the rest fail."""
+    def _cut(self) -> bool:
+        """Stop waiting for the replies owed to gone clients: the live reads nothing of which
+        has arrived go to `on_cut` (sent again once, on a fresh connection), the live writes
+        stay and the connection drains for their replies (True), discarding the others'
+        bytes as they come; the rest fail. Without a live write it closes at once (False)."""
         on_cut = self.on_cut
         assert on_cut is not None
         again: list[PendingReply] = []
         failed: list[PendingReply] = []
+        drained: deque[PendingReply] = deque()
+        kept = 0
+        last_kept = 0
         for reply in self._pending:
-            (again if resendable(reply) else failed).append(reply)
-        self._pending.clear()
-        self._pending.extend(failed)  # failed by close(), in order
+            if resendable(reply):
+                again.append(reply)
+            elif answered_on_drain(reply):
+                drained.append(reply)
+                kept += 1
+                last_kept = len(drained)
+                continue
+            else:
+                failed.append(reply)
+            drained.append(DiscardedReply(reply.multi, reply.deadline, None, reply.shape))
         reason = (f"connection to {self.host}:{self.port} cut: replies owed to closed "
                   f"clients stood ahead")
-        log.debug("%s (%d request(s) sent again, %d failed)", reason, len(again), len(failed))
-        self.close(reason)
+        log.debug("%s (%d request(s) sent again, %d failed, %d write(s) drained)",
+                  reason, len(again), len(failed), kept)
+        self._pending.clear()
+        if kept:  # (what follows the last live write is nobody's: close() ends it)
+            for _ in range(last_kept):
+                self._pending.append(drained.popleft())
+            self.draining = True
+            self._kept = kept
+        for reply in failed:
+            reply.fail(reason)
+        if not kept:
+            self.close(reason)
         on_cut(again)
+        return self.draining and self.alive
+
+    def kept_owners(self) -> set[int]:
+        """The clients (by id) whose writes this draining connection still owes."""
+        return {id(owner(reply)) for reply in self._pending
+                if type(reply) is not DiscardedReply}
+
+    def _drained(self, data: bytes) -> bool:
+        """`_received` while the connection drains after a cut: the live writes' replies are
+        settled, the discarded ones only parsed; once the last live write is answered the
+        connection closes (False)."""
+        parser = self._parser
+        pending = self._pending
+        arrived = self._arrived
+        self.received += len(data)
+        parser.receive_data(data)
+        answered = False
+        try:
+            head: PendingReply | None = None
+            keep = False
+            while True:
+                event = parser.next_event()
+                if event is NEED_DATA:
+                    break
+                if head is None:
+                    if not pending:
+                        raise ResponseError(f"a {type(event).__name__} reply to no request")
+                    head = pending[0]
+                    shape = head.shape
+                    multi = head.multi
+                    keep = type(head) is not DiscardedReply
+                if shape is not None and not shape.accepts(event):
+                    raise ResponseError(f"out of step: a {type(event).__name__} reply "
+                                        f"does not answer the request it came for")
+                if keep:
+                    head.events.append(event)
+                kind = type(event)
+                if not multi or kind is End or kind is ErrorReply or (
+                        type(event) is Line and shape is not None and shape.ends(event)):
+                    pending.popleft()
+                    head._finish()
+                    if keep:
+                        self._kept -= 1
+                        answered = True
+                        if head.listener is not None:
+                            arrived.append(head.listener)
+                    head = None
+        except Unauthenticated as refusal:
+            self._fail(f"{self.host}:{self.port}: {refusal}")
+            return False
+        except ResponseError as exc:
+            self._fail(f"bad reply from {self.host}:{self.port}: {exc}")
+            return False
+        finally:
+            if arrived:
+                for listener in arrived:
+                    listener.reply_arrived()
+                arrived.clear()
+        self._on_success()
+        if self._kept <= 0:
+            self.close(f"connection to {self.host}:{self.port} drained after a cut")
+        if answered and self.on_kept_answered is not None:
+            self.on_kept_answered()
+        return self.alive
+
+    async def _watch_drain(self) -> None:
+        """Bound the drain: no byte for a whole timeout fails it (a frozen backend, as
+        before the cut: judged over the timeout, not one window, since the drain is judged
+        many times over and a loaded machine can hold the reader up for a window); bytes
+        arriving, it ends at DRAIN_LIMIT timeouts, or once no client waits for its writes,
+        and its writes fail (the cut is not the backend's failure: not counted towards
+        ejection)."""
+        window = self.timeout * PROGRESS_WINDOW
+        clock = self._clock
+        started = clock.current_time()
+        seen, progressed = self.received, started
+        while self.alive:
+            await trio.sleep(window)
+            if not self.alive:
+                return
+            now = clock.current_time()
+            if self.received != seen:
+                seen, progressed = self.received, now
+            elif now - progressed >= self.timeout:
+                self._fail(f"timeout after {self.timeout * 1000:.0f} ms waiting for "
+                           f"{self.host}:{self.port}")
+                return
+            if now - started > DRAIN_LIMIT * self.timeout or not any(
+                    not abandoned(reply) for reply in self._pending
+                    if type(reply) is not DiscardedReply):
+                self.close(f"connection to {self.host}:{self.port} cut: replies owed to "
+                           f"closed clients stood ahead of a write for too long")
+                return
 
     def _fail(self, reason: str) -> None:
         """Close and report once, whichever of the reader, writer or watchdog saw it first."""

@@ -76,6 +76,15 @@ def worth_cutting(pending: Iterable[PendingReply]) -> bool:
     return False
 
 
+def answered_on_drain(pending: PendingReply) -> bool:
+    """A live client's request that a cut connection drains for rather than fail: one that
+    may change something (never sent twice), nothing failed or settled yet."""
+    if pending.done or abandoned(pending):
+        return False
+    request = getattr(pending, "forwarded", None)
+    return isinstance(request, bytes) and not side_effect_free(request)
+
+
 def resendable(pending: PendingReply) -> bool:
     """Safe to send again on a fresh connection: a live client's read, nothing of whose
     reply has arrived (so nothing of it reached the client), not sent again already."""

@@ -140,6 +140,10 @@ class NodePool:
         self._demand = trio.Event()
         self._opening = [False] * self.size  # slots woken by a request, not yet connected
         self._queued: list[list[QueuedRequest]] = [[] for _ in range(self.size)]
+        # a slot's cut connection that still drains for live writes (at most one a slot),
+        # and the reads sent again for the clients whose writes it owes: held until then
+        self._draining: list[BackendConnection | None] = [None] * self.size
+        self._held: list[list[QueuedRequest]] = [[] for _ in range(self.size)]
         self._cancel = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
 
@@ -194,7 +198,10 @@ class NodePool:
         reason = f"{self.address} removed from the topology"
         for index in range(self.size):
             self._fail_queued(index, reason)
-        for conn in self._slots:
+            held, self._held[index] = self._held[index], []
+            for waiting in held:
+                waiting.reply.fail(reason)
+        for conn in self._slots + self._draining:
             if conn is not None:
                 conn.close(reason)
 
@@ -254,16 +261,51 @@ class NodePool:
         for waiting in queued:
             waiting.send_on(conn)
 
-    def _send_again(self, index: int, replies: list[PendingReply]) -> None:
-        """A connection of slot `index` was cut (BackendConnection._cut): `replies`, reads
-        its live clients still wait for, go first on the slot's next connection, once."""
+    def _send_again(self, index: int, replies: list[PendingReply], conn: BackendConnection,
+                    released: trio.Event) -> None:
+        """`conn`, slot `index`'s connection, was cut (BackendConnection._cut): `replies`,
+        reads its live clients still wait for, go first on the slot's next connection, once,
+        opened now (`released`) while `conn` drains for its live writes' replies. A client's
+        reads wait until its writes there are answered, so that it sees its own writes."""
         self.counters.cuts += 1
         self.counters.resent += len(replies)
+        self._slots[index] = None
         self._opening[index] = True  # the requests that come meanwhile queue behind them
-        self._queued[index][:0] = [
-            QueuedRequest(pending.forwarded, pending.multi, pending,
-                          getattr(pending.listener, "affinity", index), resent=True)
-            for pending in replies]
+        waiting = [QueuedRequest(pending.forwarded, pending.multi, pending,
+                                 getattr(pending.listener, "affinity", index), resent=True)
+                   for pending in replies]
+        writers: set[int] = set()
+        if conn.draining:
+            prior = self._draining[index]
+            self._draining[index] = conn
+            conn.on_kept_answered = lambda: self._release_held(index)
+            if prior is not None:  # one drains at a time: the older one's writes fail
+                prior.close(f"connection to {self.address} cut again while it drained")
+            writers = conn.kept_owners()
+        self._held[index] += [w for w in waiting if id(owner(w.reply)) in writers]
+        self._queued[index][:0] = [w for w in waiting if id(owner(w.reply)) not in writers]
+        self._release_held(index)  # (those an older drain held, when it was closed above)
+        released.set()
+
+    def _release_held(self, index: int) -> None:
+        """Send the held reads of the clients whose writes the draining connection no longer
+        owes (answered, or failed with it)."""
+        held = self._held[index]
+        if not held:
+            return
+        conn = self._draining[index]
+        writers = conn.kept_owners() if conn is not None and conn.draining and conn.alive \
+            else set()
+        go = [w for w in held if id(owner(w.reply)) not in writers]
+        if not go:
+            return
+        self._held[index] = [w for w in held if id(owner(w.reply)) in writers]
+        live = self._slots[index]
+        if live is not None and live.alive and not self._opening[index]:
+            for waiting in go:
+                waiting.send_on(live)
+        else:  # sent when the slot connects (failed if it cannot)
+            self._queued[index] += go
 
     def _fail_queued(self, index: int, reason: str) -> None:
         self._opening[index] = False
@@ -303,7 +345,7 @@ class NodePool:
             self.counters.ejections += 1
             log.warning("ejecting %s after %d failures in a row (last: %s); probing every %d ms",
                         self.address, self.failures, reason, self.retry * 1000)
-            for conn in self._slots:
+            for conn in self._slots + self._draining:
                 if conn is not None:
                     conn.close(f"{self.address} ejected: {reason}")
 
@@ -345,18 +387,32 @@ class NodePool:
                 continue
             self._connected()
             backoff = min(0.05, self.retry)
-            conn.on_cut = lambda replies, index=index: self._send_again(index, replies)
+            released = trio.Event()  # the connection failed, or was cut (and drains on)
+            conn.on_cut = lambda replies, index=index, conn=conn, released=released: \
+                self._send_again(index, replies, conn, released)
             self._slots[index] = conn
             self._opened(index, conn)
-            try:
-                await conn.run()
-            except Exception:
-                # A bug in one connection must not take the proxy down: log it with its
-                # traceback, count it against the node, and reconnect.
-                log.exception("connection to %s failed unexpectedly", self.address)
-                self._failed("internal error")
-            finally:
-                conn.close(f"connection to {self.address} lost")
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_connection, index, conn, released)
+            await released.wait()
+
+    async def _run_connection(self, index: int, conn: BackendConnection,
+                              released: trio.Event) -> None:
+        """`conn` until it fails, or until it has drained after a cut (its slot has moved on
+        to a fresh connection by then)."""
+        try:
+            await conn.run()
+        except Exception:
+            # A bug in one connection must not take the proxy down: log it with its
+            # traceback, count it against the node, and reconnect.
+            log.exception("connection to %s failed unexpectedly", self.address)
+            self._failed("internal error")
+        finally:
+            conn.close(f"connection to {self.address} lost")
+            released.set()
+            if self._draining[index] is conn:
+                self._draining[index] = None
+                self._release_held(index)
 
     def _connect_failed(self, exc: ConnectionFailed) -> None:
         if isinstance(exc, HandshakeFailed) and str(exc) != self._tls_problem:
