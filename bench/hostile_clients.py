@@ -375,6 +375,24 @@ def set_value(port: int, key: bytes, value: bytes) -> None:
             raise BenchError(f"could not store {key!r} on port {port}")
 
 
+def backend_counters(port: int) -> dict[str, int]:
+    """The proxy's backend counters summed over its nodes (`stats`: backend:<node>:cuts,
+    resent, errors, timeouts, ...); empty if it does not answer."""
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as s:
+            s.sendall(b"stats\r\n")
+            reply = recv_until(s, b"END\r\n", 5.0)
+    except OSError:
+        return {}
+    sums: dict[str, int] = {}
+    for line in reply.decode(errors="replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[1].startswith("backend:") and words[2].isdigit():
+            name = words[1].rsplit(":", 1)[1]
+            sums[name] = sums.get(name, 0) + int(words[2])
+    return sums
+
+
 def scenario_repeat(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     value = bytes(i % 251 for i in range(args.repeat_value))
     keys = keys_on_every_shard()
@@ -495,6 +513,8 @@ def measure(target: Target, scenario: str, args: argparse.Namespace) -> dict[str
         "good_max_ms": round(max(ops) * 1000, 1) if ops else float("nan"),
         "outcome": outcome,
     }
+    if target.proxy is not None:
+        row["proxy_backend_counters"] = backend_counters(target.port)
     proxy_pid = target.proxy.process.pid if target.proxy else None
     server_pids = [s.process.pid for s in target.servers]
     if proxy_pid is not None:
@@ -542,6 +562,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         if causes:
             lines.append(f"{'':<11} good clients' errors by cause: "
                          + ", ".join(f"{cause} {count}" for cause, count in causes.items()))
+        counters = row.get("proxy_backend_counters")
+        if counters:
+            lines.append(f"{'':<11} proxy's backend counters: " + ", ".join(
+                f"{name} {counters[name]}" for name in ("cuts", "resent", "errors", "timeouts")
+                if name in counters))
     return lines
 
 
