@@ -23,8 +23,11 @@ other clients' replies on the connection) is judged by the bytes read in the las
   that does not (its replies pile up in the proxy): the connection is cut rather than read
   on (already at EARLY_CUT of the head's timeout, so fewer requests queue up meanwhile). The live clients' reads of which nothing has arrived are handed to the owner
   (`on_cut`), which sends them once more, on a fresh connection, the clients that take
-  their replies first; the rest fail as above (proxy/cut_connection.py says which). A cut
-  is not the backend's failure: it does not count towards ejection.
+  their replies first. Their writes stay: the connection drains for their replies (the
+  others' bytes parsed and dropped as they come: `DiscardedReply`, `_drained`) and closes
+  after the last, bounded by `_watch_drain`; the rest fail as above
+  (proxy/cut_connection.py says which). A cut is not the backend's failure: it does not
+  count towards ejection.
 - bytes keep arriving for clients that take them: the head waits on, judged again every
   window, until OVERDUE_LIMIT timeouts past its deadline.
 Round seven extended the overdue head while reads arrived without the cut: the proxy then

@@ -6,8 +6,9 @@ buffer budget closed them, or they hung up), reading them only delays the live r
 behind: `BackendConnection` cuts the connection instead (proxy/backend_connection.py, the
 deadline paragraph), and its pool sends the live requests again on a fresh connection
 (proxy/pool.py `QueuedRequest`). Only a read without side effects is sent twice, once, and
-only while nothing of its reply has arrived: a write whose reply was lost may have been
-applied, so it fails as before. Interpreted: it runs only when a connection is cut.
+only while nothing of its reply has arrived: a write may have been applied, so it is never
+sent again; a live client's write is answered by the cut connection, which drains for it
+(`answered_on_drain`). Interpreted: it runs only when a connection is cut.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ request timeout); after `backend_idle_ms` without a request they close again and
 dormant until the next one. A topology of hundreds of shards thus costs sockets only for the
 nodes a proxy's clients use, and a proxy over 256 shards x 3 replicas opens nothing at start
 (tests/integration/test_proxy_lazy_pools.py). While in use each slot keeps its connection
-open, reconnecting after a failure. A
+open, reconnecting after a failure, or at once after a cut (proxy/cut_connection.py) while
+the cut connection drains for its live writes beside the fresh one (at most one a slot). A
 failure (connect error, timeout, reset, bad reply) counts against the node; after
 `failure_limit` in a row the node is ejected (TKO): requests to it fail at once with
 SERVER_ERROR instead of waiting on timeouts, its connections are closed, and one probe
