@@ -325,7 +325,7 @@ class NodePool:
                 await trio.sleep(self.idle / 4)
                 now = trio.current_time()
                 if self.counters.requests != seen or any(self._queued) or \
-                        any(conn.in_flight for conn in self.connections):
+                        any(self._held) or any(conn.in_flight for conn in self.connections):
                     seen, quiet_since = self.counters.requests, now
                 elif now - quiet_since >= self.idle:
                     break
