@@ -93,7 +93,7 @@ OVERDUE_LIMIT = 4.0
 # A cut connection drains for its live writes' replies at most this many timeouts (what it
 # reads is bounded anyway: nothing is added to it after the cut), and no longer once every
 # one of those writes' clients has gone.
-DRAIN_LIMIT = 10.0
+DRAIN_LIMIT = 20.0
 
 
 class DiscardedReply(PendingReply):
