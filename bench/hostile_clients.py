@@ -124,9 +124,9 @@ def proxy_argv(python: str, ports: list[int], port: int, conf: Path, extra: list
             "--max-connections", "8192", *extra]
 
 
-def proxy_help(python: str) -> str:
+def proxy_help(python: str, repo: Path) -> str:
     try:
-        done = subprocess.run([python, "-m", "memring.proxy", "--help"], cwd=REPO,
+        done = subprocess.run([python, "-m", "memring.proxy", "--help"], cwd=repo,
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise BenchError(f"cannot run the proxy's --help: {e}") from e
@@ -141,7 +141,7 @@ def started_target(name: str, args: argparse.Namespace, stack: contextlib.ExitSt
         argv = (memcached_argv(port, args.memory) if kind == "memcached"
                 else backend_argv(args.python, port, args.memory))
         srv, _ = stack.enter_context(spawned(f"{name}-{kind}-{index}", argv, port, ask_version,
-                                             "`version`"))
+                                             "`version`", cwd=args.repo))
         return srv
 
     if name == "memcached":
@@ -153,7 +153,8 @@ def started_target(name: str, args: argparse.Namespace, stack: contextlib.ExitSt
     port = free_port()
     argv = proxy_argv(args.python, [s.port for s in servers], port,
                       tmp / f"{name}-{len(extra)}.toml", extra)
-    proxy, _ = stack.enter_context(spawned(f"{name}-proxy", argv, port, ask_get, "a get"))
+    proxy, _ = stack.enter_context(spawned(f"{name}-proxy", argv, port, ask_get, "a get",
+                                           cwd=args.repo))
     yield Target(name, TARGETS[name], port, proxy, servers, note)
 
 
@@ -192,6 +193,29 @@ class RssSampler(threading.Thread):
 class Latencies:
     ops: list[float] = field(default_factory=list)
     errors: int = 0
+    causes: dict[str, int] = field(default_factory=dict)  # errors by cause (`error_cause`)
+
+    def failed(self, cause: str) -> None:
+        self.errors += 1
+        self.causes[cause] = self.causes.get(cause, 0) + 1
+
+
+class WrongReply(ConnectionError):
+    """A reply other than the one expected: `cause` says which kind."""
+
+    def __init__(self, cause: str, data: bytes) -> None:
+        super().__init__(f"unexpected reply {data[:80]!r}")
+        self.cause = cause
+
+
+def error_cause(op: str, error: OSError) -> str:
+    """A good client's failure by kind: `set-timeout`, `get-SERVER_ERROR`, `get-wrong`
+    (a reply that is neither the right one nor an error: a hit answered as a miss), ..."""
+    if isinstance(error, WrongReply):
+        return f"{op}-{error.cause}"
+    if isinstance(error, TimeoutError):
+        return f"{op}-timeout"
+    return f"{op}-closed"
 
 
 class WellBehaved(threading.Thread):
@@ -216,16 +240,18 @@ class WellBehaved(threading.Thread):
             try:
                 if sock is None:
                     sock = socket.create_connection((HOST, self.port), timeout=GOOD_TIMEOUT)
+                op = "set"
                 started = time.perf_counter()
                 sock.sendall(b"set %s 0 0 100\r\n%s\r\n" % (key, value))
                 read_reply(sock, b"STORED\r\n")
                 self.result.ops.append(time.perf_counter() - started)
+                op = "get"
                 started = time.perf_counter()
                 sock.sendall(b"get %s\r\n" % key)
                 read_reply(sock, b"VALUE %s 0 100\r\n%s\r\nEND\r\n" % (key, value))
                 self.result.ops.append(time.perf_counter() - started)
-            except OSError:
-                self.result.errors += 1
+            except OSError as error:
+                self.result.failed(error_cause(op, error))
                 self.result.ops.append(GOOD_TIMEOUT)
                 if sock is not None:
                     sock.close()
@@ -237,14 +263,18 @@ class WellBehaved(threading.Thread):
 
 
 def read_reply(sock: socket.socket, expected: bytes) -> None:
+    """Read `expected`; a reply that departs from it fails at once (a miss's `END` does not
+    wait for the rest of a hit), named by `WrongReply.cause`."""
     data = b""
     while len(data) < len(expected):
         chunk = sock.recv(len(expected) - len(data))
         if not chunk:
             raise ConnectionError("closed")
         data += chunk
-    if data != expected:
-        raise ConnectionError(f"unexpected reply {data[:80]!r}")
+        if not expected.startswith(data):
+            cause = ("SERVER_ERROR" if data.startswith(b"SERVER_E"[:len(data)]) else
+                     "miss" if data.startswith(b"END") else "wrong")
+            raise WrongReply(cause, data)
 
 
 def p99_ms(values: list[float]) -> float:
@@ -343,6 +373,24 @@ def set_value(port: int, key: bytes, value: bytes) -> None:
         s.sendall(b"set %s 0 0 %d\r\n%s\r\n" % (key, len(value), value))
         if recv_until(s, b"\r\n", 5.0) != b"STORED\r\n":
             raise BenchError(f"could not store {key!r} on port {port}")
+
+
+def backend_counters(port: int) -> dict[str, int]:
+    """The proxy's backend counters summed over its nodes (`stats`: backend:<node>:cuts,
+    resent, errors, timeouts, ...); empty if it does not answer."""
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as s:
+            s.sendall(b"stats\r\n")
+            reply = recv_until(s, b"END\r\n", 5.0)
+    except OSError:
+        return {}
+    sums: dict[str, int] = {}
+    for line in reply.decode(errors="replace").splitlines():
+        words = line.split()
+        if len(words) == 3 and words[1].startswith("backend:") and words[2].isdigit():
+            name = words[1].rsplit(":", 1)[1]
+            sums[name] = sums.get(name, 0) + int(words[2])
+    return sums
 
 
 def scenario_repeat(target: Target, args: argparse.Namespace) -> dict[str, Any]:
@@ -459,10 +507,14 @@ def measure(target: Target, scenario: str, args: argparse.Namespace) -> dict[str
     row: dict[str, Any] = {
         "scenario": scenario, "target": target.name, "note": target.note,
         "good_ops": len(ops), "good_errors": sum(c.result.errors for c in good),
+        "good_error_causes": {cause: sum(c.result.causes.get(cause, 0) for c in good)
+                              for cause in sorted({k for c in good for k in c.result.causes})},
         "good_p99_ms": round(p99_ms(ops), 2),
         "good_max_ms": round(max(ops) * 1000, 1) if ops else float("nan"),
         "outcome": outcome,
     }
+    if target.proxy is not None:
+        row["proxy_backend_counters"] = backend_counters(target.port)
     proxy_pid = target.proxy.process.pid if target.proxy else None
     server_pids = [s.process.pid for s in target.servers]
     if proxy_pid is not None:
@@ -506,6 +558,15 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"{row['scenario']:<11} {name:<24} {fmt_mb(row, 'proxy'):>15} "
                      f"{fmt_mb(row, 'server'):>15} {row['good_p99_ms']:>7.1f}ms "
                      f"{row['good_max_ms']:>8.1f} {row['good_errors']:>5}  {outcome_text(row)}")
+        causes = row.get("good_error_causes")
+        if causes:
+            lines.append(f"{'':<11} good clients' errors by cause: "
+                         + ", ".join(f"{cause} {count}" for cause, count in causes.items()))
+        counters = row.get("proxy_backend_counters")
+        if counters:
+            lines.append(f"{'':<11} proxy's backend counters: " + ", ".join(
+                f"{name} {counters[name]}" for name in ("cuts", "resent", "errors", "timeouts")
+                if name in counters))
     return lines
 
 
@@ -539,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
         if name not in SCENARIOS:
             raise BenchError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     extra = shlex.split(args.proxy_args)
-    idle_flag = "--idle-timeout" in proxy_help(args.python)
+    idle_flag = "--idle-timeout" in proxy_help(args.python, args.repo)
     print(f"proxy flags: {' '.join(extra) or '(defaults)'}; --idle-timeout "
           f"{'offered' if idle_flag else 'not offered'} by the proxy")
     rows: list[dict[str, Any]] = []
@@ -559,7 +620,8 @@ def run(args: argparse.Namespace) -> int:
                           flush=True)
                     row = measure(target, scenario, args)
                     rows.append(row)
-                    print("  " + table([row])[-1].strip(), flush=True)
+                    print("  " + "\n  ".join(line.strip() for line in table([row])[2:]),
+                          flush=True)
     print()
     print("RSS in MB: before the hostile clients / peak while they ran / 2 s after they closed;"
           " backend = the shard that grew most (memcached direct: the server itself)")
@@ -599,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="server memory limit in MB (%(default)s)")
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter that runs the proxy and backends (%(default)s)")
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="the checkout whose proxy and backend run, with --python its "
+                             "venv's interpreter: an A/B with one script (%(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     return run_until_done(run, parser.parse_args(argv), "every process started here was stopped")
 
