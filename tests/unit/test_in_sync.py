@@ -4,6 +4,9 @@ lose nothing: an etcd ISR member is never left out of the waiting set)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
@@ -41,18 +44,26 @@ def leader(elected_with: set[Incarnation], **kw: object) -> InSyncReplicas:
     return insync
 
 
-async def test_a_write_waits_for_every_in_sync_follower() -> None:
-    insync = leader({ME, N2, N3})
-    n2, n3 = (insync.connected(node, Position(5, 0), snapshotting=False) for node in (N2, N3))
-    insync.committed(Position(5, 1), 100)
+@asynccontextmanager
+async def waiting_write(insync: InSyncReplicas, position: Position) -> AsyncIterator[list[bool]]:
+    """A sync write of `position` waiting in a task once the block starts; the list holds
+    its outcome once released (the block ends when it is)."""
     done: list[bool] = []
 
     async def write() -> None:
-        done.append(await insync.replicated(Position(5, 1)))
+        done.append(await insync.replicated(position))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(write)
         await trio.testing.wait_all_tasks_blocked()
+        yield done
+
+
+async def test_a_write_waits_for_every_in_sync_follower() -> None:
+    insync = leader({ME, N2, N3})
+    n2, n3 = (insync.connected(node, Position(5, 0), snapshotting=False) for node in (N2, N3))
+    insync.committed(Position(5, 1), 100)
+    async with waiting_write(insync, Position(5, 1)) as done:
         insync.acked(n2, Position(5, 1))
         await trio.testing.wait_all_tasks_blocked()
         assert done == []  # n3 has not acknowledged
@@ -67,14 +78,7 @@ async def test_a_dead_follower_leaves_etcd_first_then_writes_stop_waiting() -> N
     n2 = insync.connected(N2, Position(5, 0), snapshotting=False)  # n3 never reconnects
     insync.committed(Position(5, 1), 10)
     insync.acked(n2, Position(5, 1))
-    results: list[bool] = []
-
-    async def write() -> None:
-        results.append(await insync.replicated(Position(5, 1)))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(write)
-        await trio.testing.wait_all_tasks_blocked()
+    async with waiting_write(insync, Position(5, 1)) as results:
         assert results == []  # n3 is in the etcd ISR: the write must wait for it
         etcd.down = True
         await insync._check(ME, etcd)
@@ -244,15 +248,8 @@ async def test_a_superseded_follower_back_at_the_newest_write_releases_it_at_hel
     insync = leader({ME, N2})
     real = insync.connected(N2, Position(5, 0), snapshotting=False)
     insync.committed(Position(5, 1), 10)
-    done: list[bool] = []
-
-    async def write() -> None:
-        done.append(await insync.replicated(Position(5, 1)))
-
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            await trio.testing.wait_all_tasks_blocked()
+        async with waiting_write(insync, Position(5, 1)) as done:
             impostor = insync.connected(N2, ORIGIN, snapshotting=False)
             insync.acked(real, Position(5, 1))  # read after the impostor superseded it
             await trio.testing.wait_all_tasks_blocked()
@@ -269,14 +266,7 @@ async def test_a_hello_past_the_newest_write_acknowledges_nothing_unwritten() ->
     link = insync.connected(N2, Position(5, 9), snapshotting=False)
     assert link.acked == Position(5, 0) and insync.watermark == Position(5, 0)
     insync.committed(Position(5, 1), 10)
-    done: list[bool] = []
-
-    async def write() -> None:
-        done.append(await insync.replicated(Position(5, 1)))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(write)
-        await trio.testing.wait_all_tasks_blocked()
+    async with waiting_write(insync, Position(5, 1)) as done:
         assert done == []  # n2 has not acknowledged (5, 1)
         insync.acked(link, Position(5, 1))
     assert done == [True]
@@ -293,15 +283,8 @@ async def test_a_follower_dropped_before_it_joined_etcd_releases_the_writes_it_h
     await insync._check(ME, etcd)
     assert insync.waiting == {"n2": N2} and insync.adding == {"n2": Position(5, 1)}
     insync.committed(Position(5, 2), 10)
-    done: list[bool] = []
-
-    async def write() -> None:
-        done.append(await insync.replicated(Position(5, 2)))
-
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            await trio.testing.wait_all_tasks_blocked()
+        async with waiting_write(insync, Position(5, 2)) as done:
             assert done == []  # it waits for n2
             insync.disconnected(n2)
             await insync._check(ME, etcd)
