@@ -20,8 +20,10 @@ pytestmark = pytest.mark.integration
 CASES = [
     pytest.param(b"set %(k)s 0 0 1\r\nx\r\nms %(k)s 1 ME C0\r\na\r\nmg %(k)s v\r\n",
                  b"STORED\r\nNS\r\nVA 1\r\nx\r\n", id="add-c0-on-an-item"),
-    pytest.param(b"set %(k)s 0 0 1\r\nx\r\nms %(k)s 1 ME C99999 q\r\na\r\nmn\r\n",
-                 b"STORED\r\nNS\r\nMN\r\n", id="add-wrong-c-quiet-on-an-item"),
+    # (wire.request's own `mn` ends a quiet case: an `mn` of the case's own was taken for it
+    # when its MN came in a segment of its own, and the reply cut short)
+    pytest.param(b"set %(k)s 0 0 1\r\nx\r\nms %(k)s 1 ME C99999 q\r\na\r\n",
+                 b"STORED\r\nNS\r\n", id="add-wrong-c-quiet-on-an-item"),
     pytest.param(b"set %(k)s 0 0 1\r\nx\r\nms %(k)s 1 ME C99999 I\r\na\r\nmg %(k)s v\r\n",
                  b"STORED\r\nNS\r\nVA 1\r\nx\r\n", id="add-wrong-c-invalidate-on-an-item"),
     pytest.param(b"ms %(k)s 1 ME C5\r\na\r\nmg %(k)s v\r\n", b"HD\r\nVA 1\r\na\r\n",
