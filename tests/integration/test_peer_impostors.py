@@ -186,6 +186,20 @@ def test_a_hello_under_an_unregistered_or_foreign_identity_is_refused_and_never_
             assert error is not None and error.code == ErrorCode.NOT_MEMBER, (name, error)
 
 
+def assert_kept_in_sync(shard: SyncShard, leader: servers.RunningServer, real: Incarnation,
+                        writer: Writer, took: float) -> None:
+    """After an impostor posed as the follower: every sync write answered STORED within the
+    design's bound, the follower back in sync soon, and the etcd ISR the two real nodes."""
+    assert writer.error is None, f"a sync write failed: {writer.error!r}"
+    assert writer.replies == {b"STORED\r\n"}
+    assert writer.slowest() < WRITE_STALL_BOUND, \
+        f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
+        f"{WRITE_STALL_BOUND:.2f} s)"
+    assert took < BACK_IN_SYNC, f"{took:.1f} s"
+    view = trio.run(shard.view)
+    assert shard.isr(view) == {shard.current(view, leader), real}
+
+
 @pytest.mark.parametrize("lease", ["wrong", "right"])
 def test_posing_as_the_follower_for_a_second_does_not_drop_it(
         etcd: EtcdProcess, lease: str) -> None:
@@ -211,14 +225,7 @@ def test_posing_as_the_follower_for_a_second_does_not_drop_it(
         print(f"\nimpostor with the {lease} lease: follower back in sync {took * 1000:.0f} ms "
               f"after it left; sync writes {len(writer.latencies)}, "
               f"{writer.stalled():.2f} s stalled, slowest {writer.slowest() * 1000:.0f} ms")
-        assert writer.error is None, f"a sync write failed: {writer.error!r}"
-        assert writer.replies == {b"STORED\r\n"}
-        assert writer.slowest() < WRITE_STALL_BOUND, \
-            f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
-            f"{WRITE_STALL_BOUND:.2f} s)"
-        assert took < BACK_IN_SYNC, f"{took:.1f} s"
-        view = trio.run(shard.view)
-        assert shard.isr(view) == {shard.current(view, leader), real}
+        assert_kept_in_sync(shard, leader, real, writer, took)
 
 
 def test_an_impostor_reposing_as_the_follower_stalls_no_write_past_the_lag_bound(
@@ -247,14 +254,7 @@ def test_an_impostor_reposing_as_the_follower_stalls_no_write_past_the_lag_bound
         print(f"\n{poses} poses with the real lease: follower back in sync {took * 1000:.0f} ms "
               f"after; sync writes {len(writer.latencies)}, {writer.stalled():.2f} s stalled, "
               f"slowest {writer.slowest() * 1000:.0f} ms")
-        assert writer.error is None, f"a sync write failed: {writer.error!r}"
-        assert writer.replies == {b"STORED\r\n"}
-        assert writer.slowest() < WRITE_STALL_BOUND, \
-            f"a sync write waited {writer.slowest():.2f} s (the design's bound: " \
-            f"{WRITE_STALL_BOUND:.2f} s)"
-        assert took < BACK_IN_SYNC, f"{took:.1f} s"
-        view = trio.run(shard.view)
-        assert shard.isr(view) == {shard.current(view, leader), real}
+        assert_kept_in_sync(shard, leader, real, writer, took)
 
 
 def test_silent_connections_do_not_lock_a_restarting_follower_out(etcd: EtcdProcess) -> None:

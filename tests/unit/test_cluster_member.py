@@ -92,13 +92,19 @@ async def leaders(running: list[Running], count: int = 1) -> list[Running]:
         await trio.sleep(0.01)
 
 
+async def leader_and_follower(running: list[Running]) -> tuple[Running, Running]:
+    """Two running members, once one leads and the other follows it."""
+    [leader] = await leaders(running)
+    follower = next(r for r in running if r is not leader)
+    while follower.member.role != "follower":
+        await trio.sleep(0.01)
+    return leader, follower
+
+
 async def test_one_leader_one_follower_and_the_isr() -> None:
     with trio.fail_after(5):
         async with open_memory_etcd() as store, cluster(store, 2) as running:
-            [leader] = await leaders(running)
-            follower = next(r for r in running if r is not leader)
-            while follower.member.role != "follower":
-                await trio.sleep(0.01)
+            leader, follower = await leader_and_follower(running)
             assert follower.member.refusal() == NOT_LEADER
             coord = MemoryCoordinator(store, "unit")
             while True:
@@ -155,10 +161,7 @@ async def test_frozen_store_makes_the_leader_refuse_before_its_lease_expires() -
 async def test_leave_resigns_and_hands_over() -> None:
     with trio.fail_after(5):
         async with open_memory_etcd() as store, cluster(store, 2) as running:
-            [leader] = await leaders(running)
-            other = next(r for r in running if r is not leader)
-            while other.member.role != "follower":
-                await trio.sleep(0.01)
+            leader, other = await leader_and_follower(running)
             await leader.member.leave()
             assert leader.member.refusal() == NOT_LEADER
             coord = MemoryCoordinator(store, "unit")
@@ -383,10 +386,7 @@ async def test_a_failover_campaigns_once() -> None:
     ("our campaign's answer was lost, yet it won" in the logs). One campaign now."""
     with trio.fail_after(10):
         async with open_memory_etcd() as store, cluster(store, 2) as running:
-            [leader] = await leaders(running)
-            follower = next(r for r in running if r is not leader)
-            while follower.member.role != "follower":
-                await trio.sleep(0.01)
+            leader, follower = await leader_and_follower(running)
             coordinator = follower.member.coordinator
             campaign = coordinator.campaign
             calls = 0
