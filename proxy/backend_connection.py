@@ -557,24 +557,27 @@ class BackendConnection:
             if head.deadline == UNDATED:  # (dated at its pass's end, before any checkpoint)
                 self._date(clock.current_time() + self.timeout)
             if self.on_cut is not None:  # a cut early (a quarter of the timeout) if worth it
-                early = head.deadline - self.timeout * (1 - EARLY_CUT)
-                await trio.sleep_until(early - window)
-                if not self._waits_at_head(head):
+                noted = await self._window_before(
+                    head, head.deadline - self.timeout * (1 - EARLY_CUT))
+                if noted is None:
                     continue
-                seen = self.received
-                await trio.sleep_until(early)
-                if not self._waits_at_head(head):
-                    continue
-                if self.received != seen and worth_cutting(pending):
+                if self.received != noted[0] and worth_cutting(pending):
                     self._cut()
                     return
-            await trio.sleep_until(head.deadline - window)
-            if not self._waits_at_head(head):
-                continue
-            seen, seen_at = self.received, clock.current_time()
-            await trio.sleep_until(head.deadline)
-            if self._waits_at_head(head) and not await self._overdue(seen, seen_at + window):
+            noted = await self._window_before(head, head.deadline)
+            if noted is not None and not await self._overdue(noted[0], noted[1] + window):
                 return
+
+    async def _window_before(self, head: PendingReply, at: float) -> tuple[int, float] | None:
+        """Sleep until `at`, noting the bytes read (and when) a window before it: the
+        progress `head` is judged by there. None once `head` is no longer the oldest reply
+        owed, unsettled, at either wake-up."""
+        await trio.sleep_until(at - self.timeout * PROGRESS_WINDOW)
+        if not self._waits_at_head(head):
+            return None
+        noted = self.received, self._clock.current_time()
+        await trio.sleep_until(at)
+        return noted if self._waits_at_head(head) else None
 
     def _waits_at_head(self, head: PendingReply) -> bool:
         """Whether `head` is still the oldest reply owed, unsettled: the watch's question at
